@@ -1,0 +1,69 @@
+"""bitkv: a persistent, log-structured (Bitcask-style) key-value store.
+
+>>> import bitkv
+>>> with bitkv.open("my-store") as db:          # doctest: +SKIP
+...     db.put(b"session:42", b"...", ttl=3600)
+...     db.get(b"session:42")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import (
+    ClosedError,
+    CorruptionError,
+    Error,
+    FormatVersionError,
+    IntegrityError,
+    LockError,
+    NotAStoreError,
+    ReadOnlyError,
+    StoreNotFoundError,
+)
+from .record import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from .store import DEFAULT_MAX_SEGMENT_SIZE, Store, SyncMode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_KEY_SIZE",
+    "MAX_VALUE_SIZE",
+    "ClosedError",
+    "CorruptionError",
+    "Error",
+    "FormatVersionError",
+    "IntegrityError",
+    "LockError",
+    "NotAStoreError",
+    "ReadOnlyError",
+    "Store",
+    "StoreNotFoundError",
+    "__version__",
+    "open",
+]
+
+
+def open(  # noqa: A001 - mirrors dbm.open / shelve.open
+    path: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    create: bool = True,
+    sync: SyncMode = "interval",
+    sync_interval: float = 1.0,
+    max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE,
+    clock: Callable[[], float] = time.time,
+    **options: Any,
+) -> Store:
+    """Open (creating if needed) the store in directory ``path`` and return a :class:`Store`.
+
+    See docs/architecture.md for the settings table. Raises :class:`LockError` if another
+    process holds the store for writing, :class:`NotAStoreError` if ``path`` holds other files,
+    :class:`StoreNotFoundError` if it does not exist and ``readonly`` or ``create=False``, and
+    :class:`FormatVersionError` if the store was written by a newer format version.
+    """
+    return Store(path, readonly=readonly, create=create, sync=sync, sync_interval=sync_interval,
+                 max_segment_size=max_segment_size, clock=clock, **options)

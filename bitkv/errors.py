@@ -1,0 +1,39 @@
+"""The exceptions bitkv raises. Every one derives from :class:`bitkv.Error`."""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base class of every error bitkv raises on purpose."""
+
+
+class LockError(Error):
+    """Another process holds the store open for writing."""
+
+
+class NotAStoreError(Error):
+    """The path exists but is not a bitkv store (and bitkv will not turn it into one)."""
+
+
+class StoreNotFoundError(Error):
+    """The store does not exist and the caller asked not to create it."""
+
+
+class FormatVersionError(Error):
+    """The store was written by a newer, unknown on-disk format version."""
+
+
+class ReadOnlyError(Error):
+    """A write was attempted on a store opened with ``readonly=True``."""
+
+
+class ClosedError(Error):
+    """The store has been closed."""
+
+
+class CorruptionError(Error):
+    """Stored bytes failed their integrity check; they are never returned as data."""
+
+
+class IntegrityError(CorruptionError):
+    """A record read through the index does not match what the index expects."""

@@ -1,0 +1,91 @@
+"""The one seam through which bitkv touches the file system.
+
+Every open, write, fsync, rename, truncate, unlink and directory listing of the engine goes
+through a :class:`FileIO`. The crash harness substitutes a subclass that records each call so it
+can build the states a power loss could leave behind. Keep this module free of store logic.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+class FileIO:
+    """Plain POSIX file operations. Methods raise ``OSError`` as the OS reports it."""
+
+    def create(self, path: str) -> int:
+        """Create ``path`` and open it read-write; fail if it exists (never clobbers a file)."""
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+
+    def open_rw(self, path: str) -> int:
+        """Open an existing file read-write, positioned at its end."""
+        fd = os.open(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+        os.lseek(fd, 0, os.SEEK_END)
+        return fd
+
+    def open_lock(self, path: str) -> int:
+        """Open (creating if needed) the lock file without truncating it."""
+        return os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+
+    def open_read(self, path: str) -> int:
+        return os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+
+    def write(self, fd: int, data: bytes) -> None:
+        """Write all of ``data`` at the file position (one syscall unless the OS writes short)."""
+        written = os.write(fd, data)
+        while written < len(data):
+            with memoryview(data) as view:
+                written += os.write(fd, view[written:])
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        return os.pread(fd, size, offset)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        """Make creations, renames and removals of entries in directory ``path`` durable."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        except OSError as exc:  # some file systems cannot fsync a directory
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+                raise
+        finally:
+            os.close(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+        os.lseek(fd, size, os.SEEK_SET)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path, 0o755)
+
+    def size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def map(self, fd: int, length: int) -> mmap.mmap | None:
+        """Map ``length`` bytes read-only, or return None for an empty range."""
+        if length <= 0:
+            return None
+        return mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+
+
+DEFAULT_FILEIO = FileIO()

@@ -1,0 +1,181 @@
+"""Encoding, decoding and scanning of data records (see docs/format.md, "Data record").
+
+A record is a 28-byte header, then the key, then the value::
+
+    crc32c u32 | flags u8 | reserved u8 | key_len u16 | value_len u32 | seq u64 | expiry_ms u64
+
+All integers are little-endian. The CRC-32C covers every byte after the CRC field: the rest of
+the header, the key and the value. This module knows nothing about files.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from .crc import crc32c
+
+HEADER = struct.Struct("<IBBHIQQ")
+HEADER_SIZE = HEADER.size  # 28
+_BODY_HEADER = struct.Struct("<BBHIQQ")  # the header without its CRC
+_CRC = struct.Struct("<I")
+
+# flags
+TOMBSTONE = 0x01
+COMPRESSED = 0x02   # value is a zstandard frame
+ENCRYPTED = 0x04    # value is nonce || AES-256-GCM ciphertext || tag
+BATCH = 0x08        # member of a multi-record atomic batch
+BATCH_FIRST = 0x10  # first member of a batch (always with BATCH)
+BATCH_LAST = 0x20   # last member of a batch (always with BATCH); commits the batch
+KNOWN_FLAGS = TOMBSTONE | COMPRESSED | ENCRYPTED | BATCH | BATCH_FIRST | BATCH_LAST
+BATCH_FLAGS = BATCH | BATCH_FIRST | BATCH_LAST
+
+MAX_KEY_SIZE = 0xFFFF
+MAX_VALUE_SIZE = 64 * 2**20
+# Room for compression framing and encryption overhead on top of the largest user value.
+MAX_STORED_VALUE_SIZE = MAX_VALUE_SIZE + 4096
+
+
+class Header(NamedTuple):
+    crc: int
+    flags: int
+    reserved: int
+    key_len: int
+    value_len: int
+    seq: int
+    expiry_ms: int
+
+
+class ScannedRecord(NamedTuple):
+    """An intact record found by :func:`scan`. ``value`` is not copied out; read it if needed."""
+
+    offset: int
+    size: int
+    flags: int
+    seq: int
+    expiry_ms: int
+    key: bytes
+    value_len: int
+
+
+class Damage(NamedTuple):
+    """A region that holds no intact record. ``tail`` is True when no intact record follows."""
+
+    offset: int
+    length: int
+    tail: bool
+
+
+def encode(key: bytes, value: bytes, seq: int, expiry_ms: int = 0, flags: int = 0) -> bytes:
+    """Return the complete on-disk bytes of one record."""
+    body = _BODY_HEADER.pack(flags, 0, len(key), len(value), seq, expiry_ms) + key + value
+    return _CRC.pack(crc32c(body)) + body
+
+
+def record_size(key_len: int, value_len: int) -> int:
+    return HEADER_SIZE + key_len + value_len
+
+
+def header_is_plausible(flags: int, reserved: int, key_len: int, value_len: int) -> bool:
+    """Cheap structural checks that reject garbage before the CRC is computed."""
+    return (
+        reserved == 0
+        and not flags & ~KNOWN_FLAGS
+        and key_len > 0
+        and value_len <= MAX_STORED_VALUE_SIZE
+        and not (flags & TOMBSTONE and value_len)
+        and (not flags & BATCH_FLAGS or flags & BATCH)
+    )
+
+
+def decode(buf: bytes, expected_key: bytes | None = None) -> tuple[Header, bytes]:
+    """Verify one whole record held in ``buf`` and return its header and value.
+
+    Raises ``ValueError`` when the length, structure, CRC or (if given) key does not match;
+    the caller turns that into a :class:`bitkv.CorruptionError` with the location.
+    """
+    if len(buf) < HEADER_SIZE:
+        raise ValueError(f"record shorter than its {HEADER_SIZE}-byte header")
+    header = Header._make(HEADER.unpack_from(buf))
+    if not header_is_plausible(header.flags, header.reserved, header.key_len, header.value_len):
+        raise ValueError("record header is malformed")
+    end = HEADER_SIZE + header.key_len + header.value_len
+    if end != len(buf):
+        raise ValueError(f"record length {end} does not match the {len(buf)} bytes read")
+    if crc32c(memoryview(buf)[4:]) != header.crc:
+        raise ValueError("record CRC mismatch")
+    if expected_key is not None and buf[HEADER_SIZE : HEADER_SIZE + header.key_len] != expected_key:
+        raise ValueError("record holds a different key than the index expects")
+    return header, buf[HEADER_SIZE + header.key_len :]
+
+
+def intact_size_at(buf, pos: int, end: int) -> int:
+    """Return the size of an intact record starting at ``buf[pos]``, or 0 if there is none."""
+    if end - pos < HEADER_SIZE:
+        return 0
+    crc, flags, reserved, key_len, value_len, _seq, _exp = HEADER.unpack_from(buf, pos)
+    if not header_is_plausible(flags, reserved, key_len, value_len):
+        return 0
+    size = HEADER_SIZE + key_len + value_len
+    if size > end - pos:
+        return 0
+    with memoryview(buf) as view:
+        if crc32c(view[pos + 4 : pos + size]) != crc:
+            return 0
+    return size
+
+
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+def find_next_intact(buf, pos: int, end: int) -> int:
+    """Return the offset of the first intact record after ``pos``, or -1.
+
+    Candidates are narrowed before any CRC is computed: a record's reserved byte (offset 5) is
+    zero and its key length (offsets 6-7) is not, so zero-filled regions are skipped with one
+    regex search and random garbage with ``find``, instead of a Python step per byte.
+    """
+    p = pos + 1
+    while p + HEADER_SIZE <= end:
+        q = buf.find(b"\x00", p + 5, end)
+        if q < 0:
+            return -1
+        p = q - 5
+        if buf[p + 6] == 0 and buf[p + 7] == 0:
+            match = _NONZERO.search(buf, p + 6, end)
+            if match is None:
+                return -1
+            p = max(p + 1, match.start() - 7)
+            continue
+        if intact_size_at(buf, p, end):
+            return p
+        p += 1
+    return -1
+
+
+def scan(buf, start: int, end: int | None = None) -> Iterator[ScannedRecord | Damage]:
+    """Yield every intact record of ``buf[start:end]`` and every damaged region, in order.
+
+    A damaged region followed by an intact record is reported with ``tail=False`` and scanning
+    resumes at that record; damage that runs to ``end`` is reported with ``tail=True``.
+    """
+    if end is None:
+        end = len(buf)
+    pos = start
+    unpack = HEADER.unpack_from
+    while pos < end:
+        size = intact_size_at(buf, pos, end)
+        if size:
+            _crc, flags, _res, key_len, value_len, seq, expiry_ms = unpack(buf, pos)
+            key = bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + key_len])
+            yield ScannedRecord(pos, size, flags, seq, expiry_ms, key, value_len)
+            pos += size
+            continue
+        nxt = find_next_intact(buf, pos, end)
+        if nxt < 0:
+            yield Damage(pos, end - pos, True)
+            return
+        yield Damage(pos, nxt - pos, False)
+        pos = nxt

@@ -1,0 +1,356 @@
+"""Opening a store directory: validate it, then rebuild the keydir from segments and hints.
+
+Policy (see docs/durability.md):
+
+* A damaged region at the end of the newest append segment, with no intact record after it, is
+  a torn write: the writer truncates it away and fsyncs (RocksDB's
+  ``kTolerateCorruptedTailRecords``). An uncommitted batch at that tail goes with it.
+* Damage followed by an intact record, and any damage in another segment, is corruption: the
+  bytes are skipped and counted, every intact record around them is kept, nothing is truncated
+  (RocksDB's ``kSkipAnyCorruptedRecords``). ``bitkv check`` reports it by file and offset.
+* A bad record is never indexed. Opening never fails because of damaged data; it fails only for
+  a directory that is not a store, or a format version this code does not know.
+
+Segments are applied in the order of their header's ``order_seq`` (then id), the newest record
+of a key winning; docs/format.md explains why that order is exact after compactions too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from . import hint, keydir, record
+from . import segment as seg_mod
+from .errors import FormatVersionError, NotAStoreError, StoreNotFoundError
+from .fileio import FileIO
+from .keydir import KeyDir
+from .lock import LOCK_NAME
+from .segment import Segment, SegmentHeader
+
+MARKER_NAME = "BITKV"
+MARKER_FORMAT_VERSION = 1
+MARKER_TEXT = f"bitkv store\nformat-version: {MARKER_FORMAT_VERSION}\n".encode()
+
+
+@dataclass
+class RecoveryReport:
+    """What opening the store found. ``damage`` lists (file, offset, length, description)."""
+
+    segments: int = 0
+    segments_from_hints: int = 0
+    records_loaded: int = 0
+    truncated_bytes: int = 0
+    corrupt_bytes: int = 0
+    dropped_batch_records: int = 0
+    damage: list[tuple[str, int, int, str]] = field(default_factory=list)
+    ignored_hints: list[tuple[str, str]] = field(default_factory=list)
+    removed_temp_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadedStore:
+    segments: list[Segment]  # in load order; the newest append segment, if any, is last
+    keydir: KeyDir
+    next_seq: int
+    next_id: int
+    report: RecoveryReport
+    slots: list[Segment | None]
+
+
+def _is_own_file(name: str) -> bool:
+    return (
+        name in (LOCK_NAME, MARKER_NAME, MARKER_NAME + seg_mod.TMP_SUFFIX)
+        or seg_mod.parse_id(name, seg_mod.DATA_SUFFIX) is not None
+        or seg_mod.parse_id(name, seg_mod.HINT_SUFFIX) is not None
+        or name.endswith(seg_mod.TMP_SUFFIX)
+    )
+
+
+def read_marker(directory: str) -> int:
+    """Return the store's format version; raise if the marker is not ours."""
+    path = os.path.join(directory, MARKER_NAME)
+    with open(path, "rb") as fh:
+        text = fh.read(256)
+    lines = text.split(b"\n")
+    if lines[0] != b"bitkv store" or len(lines) < 2 or not lines[1].startswith(b"format-version: "):
+        raise NotAStoreError(f"{directory!r}: {MARKER_NAME} is not a bitkv store marker")
+    try:
+        version = int(lines[1].split(b": ", 1)[1])
+    except ValueError:
+        raise NotAStoreError(f"{directory!r}: {MARKER_NAME} has an unreadable version") from None
+    if version > MARKER_FORMAT_VERSION:
+        raise FormatVersionError(
+            f"store {directory!r} uses on-disk format version {version}; this bitkv reads "
+            f"versions up to {MARKER_FORMAT_VERSION}. Upgrade bitkv to open it."
+        )
+    return version
+
+
+def check_directory(directory: str, *, readonly: bool, create: bool) -> bool:
+    """Validate ``directory`` without changing anything. Return True if the store must be made.
+
+    Raises StoreNotFoundError, NotAStoreError or FormatVersionError.
+    """
+    if not os.path.exists(directory):
+        if readonly or not create:
+            raise StoreNotFoundError(f"no bitkv store at {directory!r}")
+        return True
+    if not os.path.isdir(directory):
+        raise NotAStoreError(f"{directory!r} is not a directory, so it cannot be a bitkv store")
+    names = os.listdir(directory)
+    if MARKER_NAME in names:
+        read_marker(directory)
+        return False
+    foreign = sorted(n for n in names if not _is_own_file(n))
+    segments = [n for n in names if seg_mod.parse_id(n, seg_mod.DATA_SUFFIX) is not None]
+    if foreign or segments:
+        shown = ", ".join((foreign or segments)[:3])
+        raise NotAStoreError(
+            f"{directory!r} is not a bitkv store: it holds other files ({shown}) "
+            f"and no {MARKER_NAME} marker; bitkv will not write into it"
+        )
+    if readonly or not create:
+        raise StoreNotFoundError(f"no bitkv store at {directory!r} (the directory is empty)")
+    return True
+
+
+def create_store(directory: str, io: FileIO) -> None:
+    """Write the marker durably (temp file, fsync, rename, directory fsync)."""
+    tmp = os.path.join(directory, MARKER_NAME + seg_mod.TMP_SUFFIX)
+    if os.path.exists(tmp):
+        io.unlink(tmp)
+    fd = io.create(tmp)
+    try:
+        io.write(fd, MARKER_TEXT)
+        io.fsync(fd)
+    finally:
+        io.close(fd)
+    io.rename(tmp, os.path.join(directory, MARKER_NAME))
+    io.fsync_dir(directory)
+
+
+def make_directory(directory: str, io: FileIO) -> None:
+    io.mkdir(directory)
+    parent = os.path.dirname(os.path.abspath(directory))
+    io.fsync_dir(parent)  # the new entry in the parent must survive power loss
+
+
+class _Loader:
+    def __init__(self, directory: str, io: FileIO, readonly: bool, now_ms: int) -> None:
+        self.directory = directory
+        self.io = io
+        self.readonly = readonly
+        self.now_ms = now_ms
+        self.keydir = KeyDir()
+        self.report = RecoveryReport()
+        self.slots: list[Segment | None] = []
+        self.max_seq = 0
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _damage(self, path: str, offset: int, length: int, what: str) -> None:
+        self.report.damage.append((os.path.basename(path), offset, length, what))
+        self.report.corrupt_bytes += length
+
+    def _forget(self, key: bytes, old: int) -> None:
+        slot, offset, size = keydir.unpack(old)
+        owner = self.slots[slot]
+        assert owner is not None
+        owner.live_bytes -= size or owner.record_size_at(offset)
+
+    def _apply(self, seg: Segment, key: bytes, flags: int, expiry_ms: int, offset: int,
+               size: int) -> None:
+        entries = self.keydir.entries
+        old = entries.get(key)
+        if old is not None:
+            self._forget(key, old)
+        if flags & record.TOMBSTONE or (expiry_ms and expiry_ms <= self.now_ms):
+            if old is not None:
+                self.keydir.remove(key)
+            return
+        entries[key] = keydir.pack(seg.slot, offset, size)
+        seg.live_bytes += size
+        if expiry_ms:
+            self.keydir.expiries[key] = expiry_ms
+        elif old is not None and self.keydir.expiries:
+            self.keydir.expiries.pop(key, None)
+        self.report.records_loaded += 1
+
+    # -- segments ----------------------------------------------------------------------------
+
+    def open_segments(self) -> list[Segment]:
+        names = self.io.listdir(self.directory)
+        if not self.readonly:
+            temps = sorted(n for n in names if n.endswith(seg_mod.TMP_SUFFIX))
+            for name in temps:  # leftovers of an interrupted compaction or store creation
+                self.io.unlink(os.path.join(self.directory, name))
+            if temps:
+                self.io.fsync_dir(self.directory)
+                self.report.removed_temp_files = temps
+        ids = seg_mod.list_segment_ids(names)
+        self.hint_ids = {i for i in (seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) for n in names)
+                         if i is not None}
+        segments: list[Segment] = []
+        damaged: list[tuple[int, str, int, int]] = []
+        for segment_id in ids:
+            path = seg_mod.segment_path(self.directory, segment_id)
+            fd = self.io.open_read(path)
+            size = self.io.size(fd)
+            try:
+                header = seg_mod.decode_header(self.io.pread(fd, seg_mod.HEADER_SIZE, 0))
+            except seg_mod.NewerFormatError as exc:
+                self.io.close(fd)
+                for s in segments:
+                    s.close()
+                raise FormatVersionError(f"{path}: {exc}; upgrade bitkv to open it") from None
+            except seg_mod.HeaderError as exc:
+                damaged.append((segment_id, path, fd, size))
+                self._damage(path, 0, min(size, seg_mod.HEADER_SIZE), f"segment header: {exc}")
+                continue
+            segments.append(Segment(self.io, segment_id, path, fd, header, size))
+        newest_id = ids[-1] if ids else -1
+        for segment_id, path, fd, size in damaged:
+            salvaged = self._salvage_headerless(segment_id, path, fd, size, segment_id == newest_id)
+            if salvaged is not None:
+                segments.append(salvaged)
+        segments.sort(key=lambda s: (s.order_seq, s.id))
+        for s in segments:
+            s.slot = len(self.slots)
+            self.slots.append(s)
+        return segments
+
+    def _salvage_headerless(self, segment_id: int, path: str, fd: int, size: int,
+                            newest: bool) -> Segment | None:
+        """A segment whose header is bad: keep its intact records, or drop a torn creation."""
+        mm = self.io.map(fd, size)
+        seqs = []
+        if mm is not None:
+            seqs = [r.seq for r in record.scan(mm, 0, size) if isinstance(r, record.ScannedRecord)]
+            mm.close()
+        if not seqs:
+            self.io.close(fd)
+            if newest and not self.readonly and size <= seg_mod.HEADER_SIZE * 2:
+                # Created but never durably written: the crash tore its header.
+                self.io.unlink(path)
+                self.io.fsync_dir(self.directory)
+                self.report.truncated_bytes += size
+                self.report.damage.pop()
+                self.report.corrupt_bytes -= min(size, seg_mod.HEADER_SIZE)
+            return None
+        ascending = all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
+        if ascending:
+            header = SegmentHeader(seg_mod.KIND_APPEND, seqs[0], seqs[0], 0)
+        else:
+            header = SegmentHeader(seg_mod.KIND_COMPACTED, max(seqs), min(seqs), 0)
+        seg = Segment(self.io, segment_id, path, fd, header, size)
+        seg.header_damaged = True
+        return seg
+
+    def load_segment(self, seg: Segment, is_last: bool) -> None:
+        self.report.segments += 1
+        if seg.id in self.hint_ids and self._load_hint(seg):
+            seg.map()
+            return
+        seg.map()
+        mm = seg.mm
+        truncate_at = None
+        start = 0 if seg.header_damaged else seg_mod.HEADER_SIZE
+        pending: list[record.ScannedRecord] = []
+        dropped = 0
+        if mm is not None:
+            for item in record.scan(mm, start, seg.size):
+                if isinstance(item, record.Damage):
+                    dropped += len(pending)
+                    if item.tail and is_last and seg.kind == seg_mod.KIND_APPEND:
+                        truncate_at = pending[0].offset if pending else item.offset
+                    else:
+                        self._damage(seg.path, item.offset, item.length, "damaged record bytes")
+                    pending = []
+                    continue
+                if item.seq > self.max_seq:
+                    self.max_seq = item.seq
+                flags = item.flags
+                if flags & record.BATCH:
+                    if flags & record.BATCH_FIRST:
+                        dropped += len(pending)
+                        pending = [item]
+                    elif pending and item.seq == pending[-1].seq + 1:
+                        pending.append(item)
+                    else:
+                        dropped += len(pending) + 1
+                        pending = []
+                        continue
+                    if flags & record.BATCH_LAST:
+                        for r in pending:
+                            self._apply(seg, r.key, r.flags, r.expiry_ms, r.offset, r.size)
+                        pending = []
+                    continue
+                if pending:
+                    dropped += len(pending)
+                    pending = []
+                self._apply(seg, item.key, flags, item.expiry_ms, item.offset, item.size)
+        if pending:
+            dropped += len(pending)
+            if is_last and seg.kind == seg_mod.KIND_APPEND:
+                truncate_at = pending[0].offset
+        self.report.dropped_batch_records += dropped
+        if truncate_at is not None:
+            self._truncate_tail(seg, truncate_at)
+
+    def _truncate_tail(self, seg: Segment, offset: int) -> None:
+        torn = seg.size - offset
+        self.report.truncated_bytes += torn
+        seg.set_map(None)
+        if not self.readonly:
+            fd = self.io.open_rw(seg.path)
+            try:
+                self.io.truncate(fd, offset)
+                self.io.fsync(fd)
+            finally:
+                self.io.close(fd)
+            from . import killpoints
+            if killpoints.ENABLED:
+                killpoints.hit("recovery.truncated")
+        seg.size = offset
+        seg.synced_size = offset
+        seg.map()
+
+    def _load_hint(self, seg: Segment) -> bool:
+        path = os.path.join(self.directory, seg_mod.hint_name(seg.id))
+        try:
+            with open(path, "rb") as fh:
+                buf = fh.read()
+            max_seq, items = hint.decode(buf, seg.header.nonce, seg.size)
+            applied = []
+            for key, (flags, _r, key_len, value_len, offset, _seq, expiry_ms) in items:
+                applied.append((key, flags, expiry_ms, offset,
+                                record.HEADER_SIZE + key_len + value_len))
+        except (OSError, hint.HintError) as exc:
+            self.report.ignored_hints.append((os.path.basename(path), str(exc)))
+            return False
+        apply = self._apply
+        for key, flags, expiry_ms, offset, size in applied:
+            apply(seg, key, flags, expiry_ms, offset, size)
+        self.max_seq = max(self.max_seq, max_seq)
+        self.report.segments_from_hints += 1
+        return True
+
+
+def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedStore:
+    """Rebuild the index of the store in ``directory`` (already validated and locked)."""
+    loader = _Loader(directory, io, readonly, now_ms)
+    segments = loader.open_segments()
+    for i, seg in enumerate(segments):
+        loader.load_segment(seg, i == len(segments) - 1)
+    next_seq = loader.max_seq + 1
+    for seg in segments:
+        if seg.kind == seg_mod.KIND_APPEND:
+            next_seq = max(next_seq, seg.order_seq)
+    next_id = max((s.id for s in segments), default=0) + 1
+    for name in io.listdir(directory):
+        for suffix in (seg_mod.DATA_SUFFIX, seg_mod.HINT_SUFFIX):
+            sid = seg_mod.parse_id(name, suffix)
+            if sid is not None:
+                next_id = max(next_id, sid + 1)
+    return LoadedStore(segments, loader.keydir, next_seq, next_id, loader.report, loader.slots)

@@ -1,0 +1,209 @@
+"""One segment file: its header, positioned reads of records, and its bookkeeping.
+
+A segment is ``NNNNNN.data``: a 40-byte header followed by records (see docs/format.md). The
+store appends to exactly one *active* segment; every other segment is immutable and is read
+through a read-only mmap, so a get costs one slice and no syscall.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import struct
+from dataclasses import dataclass
+
+from . import record
+from .crc import crc32c
+from .errors import CorruptionError
+from .fileio import FileIO
+
+MAGIC = b"BITKVSEG"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sHHQQQI")  # magic, version, kind, order_seq, min_seq, nonce, crc
+HEADER_SIZE = HEADER.size  # 40
+
+KIND_APPEND = 0   # written by appends, records in seq order
+KIND_COMPACTED = 1  # written by compaction, one record per key, any seq order
+
+DATA_SUFFIX = ".data"
+HINT_SUFFIX = ".hint"
+TMP_SUFFIX = ".tmp"
+
+
+def data_name(segment_id: int) -> str:
+    return f"{segment_id:06d}{DATA_SUFFIX}"
+
+
+def hint_name(segment_id: int) -> str:
+    return f"{segment_id:06d}{HINT_SUFFIX}"
+
+
+def parse_id(name: str, suffix: str) -> int | None:
+    """Return the id of a file named like ``000042<suffix>``, else None."""
+    if not name.endswith(suffix):
+        return None
+    stem = name[: -len(suffix)]
+    if len(stem) < 6 or not stem.isdigit() or not stem.isascii():
+        return None
+    return int(stem)
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    kind: int
+    order_seq: int
+    min_seq: int
+    nonce: int
+    version: int = FORMAT_VERSION
+
+    def encode(self) -> bytes:
+        body = HEADER.pack(MAGIC, self.version, self.kind, self.order_seq, self.min_seq,
+                           self.nonce, 0)[:-4]
+        return body + struct.pack("<I", crc32c(body))
+
+    @staticmethod
+    def new(kind: int, order_seq: int, min_seq: int) -> SegmentHeader:
+        return SegmentHeader(kind, order_seq, min_seq, secrets.randbits(64))
+
+
+class HeaderError(ValueError):
+    """A segment header is missing, torn or not ours."""
+
+
+class NewerFormatError(HeaderError):
+    """The header is intact but names a format version this code does not know."""
+
+
+def decode_header(buf: bytes) -> SegmentHeader:
+    if len(buf) < HEADER_SIZE:
+        raise HeaderError(f"segment header is {len(buf)} bytes, expected {HEADER_SIZE}")
+    magic, version, kind, order_seq, min_seq, nonce, crc = HEADER.unpack_from(buf)
+    if magic != MAGIC:
+        raise HeaderError("segment header has the wrong magic")
+    if crc32c(buf[: HEADER_SIZE - 4]) != crc:
+        raise HeaderError("segment header CRC mismatch")
+    if version > FORMAT_VERSION:
+        raise NewerFormatError(f"segment format version {version} is newer than {FORMAT_VERSION}")
+    if kind not in (KIND_APPEND, KIND_COMPACTED):
+        raise HeaderError(f"unknown segment kind {kind}")
+    return SegmentHeader(kind, order_seq, min_seq, nonce, version)
+
+
+class Segment:
+    """An open segment file and its accounting.
+
+    ``size`` is the end of the last intact, indexed record region (the append position for the
+    active segment). ``live_bytes`` counts the bytes of records the keydir points at.
+    """
+
+    __slots__ = ("closed", "fd", "header", "header_damaged", "id", "io", "live_bytes", "mapped",
+                 "max_seq", "mm", "path", "size", "slot", "synced_size")
+
+    def __init__(self, io: FileIO, segment_id: int, path: str, fd: int, header: SegmentHeader,
+                 size: int) -> None:
+        self.io = io
+        self.id = segment_id
+        self.path = path
+        self.fd = fd
+        self.header = header
+        self.size = size
+        self.synced_size = size
+        self.live_bytes = 0
+        self.max_seq = 0
+        self.slot = -1
+        self.mm: mmap.mmap | None = None
+        self.mapped = 0
+        self.closed = False
+        self.header_damaged = False
+
+    @property
+    def kind(self) -> int:
+        return self.header.kind
+
+    @property
+    def order_seq(self) -> int:
+        return self.header.order_seq
+
+    @property
+    def min_seq(self) -> int:
+        return self.header.min_seq
+
+    @property
+    def dead_bytes(self) -> int:
+        return max(0, self.size - HEADER_SIZE - self.live_bytes)
+
+    def map(self) -> None:
+        """Map the segment's current ``size`` bytes read-only, replacing any shorter map."""
+        if self.mm is not None and self.mapped == self.size:
+            return
+        self.set_map(self.io.map(self.fd, self.size))
+
+    def set_map(self, mm: mmap.mmap | None) -> None:
+        old = self.mm
+        self.mm = mm
+        self.mapped = len(mm) if mm is not None else 0
+        if old is not None and old is not mm:
+            try:
+                old.close()
+            except BufferError:  # a reader still holds a view; the GC unmaps it later
+                pass
+
+    def release_fd(self) -> None:
+        """Close the descriptor of an immutable, fully mapped segment (saves fds)."""
+        if self.fd >= 0 and self.mm is not None and self.mapped == self.size:
+            self.io.close(self.fd)
+            self.fd = -1
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Return ``size`` bytes at ``offset`` (a slice of the map, else one pread)."""
+        mm = self.mm
+        if mm is not None and offset + size <= self.mapped:
+            return mm[offset : offset + size]
+        return self.io.pread(self.fd, size, offset)
+
+    def read_record(self, offset: int, size_hint: int, key: bytes) -> tuple[record.Header, bytes]:
+        """Read and verify the record at ``offset``; raise CorruptionError if it is not intact."""
+        try:
+            if size_hint:
+                buf = self.read(offset, size_hint)
+            else:
+                head = self.read(offset, record.HEADER_SIZE)
+                if len(head) < record.HEADER_SIZE:
+                    raise ValueError("record header is cut short")
+                _c, _f, _r, key_len, value_len, _s, _e = record.HEADER.unpack_from(head)
+                buf = self.read(offset, record.HEADER_SIZE + key_len + value_len)
+            return record.decode(buf, key)
+        except ValueError as exc:
+            if self.closed:
+                raise
+            raise CorruptionError(f"{self.path} offset {offset}: {exc}") from None
+
+    def record_size_at(self, offset: int) -> int:
+        head = self.read(offset, record.HEADER_SIZE)
+        _c, _f, _r, key_len, value_len, _s, _e = record.HEADER.unpack_from(head)
+        return record.HEADER_SIZE + key_len + value_len
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.mm is not None:
+            try:
+                self.mm.close()
+            except BufferError:  # a reader still holds a view; the GC unmaps it later
+                pass
+        if self.fd >= 0:
+            try:
+                self.io.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+
+
+def list_segment_ids(names: list[str]) -> list[int]:
+    return sorted(i for i in (parse_id(n, DATA_SUFFIX) for n in names) if i is not None)
+
+
+def segment_path(directory: str, segment_id: int) -> str:
+    return os.path.join(directory, data_name(segment_id))

@@ -1,0 +1,679 @@
+"""The Store: bitkv's public object, tying the keydir, the segments and recovery together.
+
+Concurrency model: one ``threading.Lock`` serialises every change (appends, keydir updates,
+rotation). Reads take no lock: a get is a dict lookup plus a slice of an immutable mmap (or a
+pread of the active segment); a segment removed by compaction under a reader is detected and
+the read retried against the keydir's new entry.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any, Literal, TypeVar
+
+from . import keydir, killpoints, recovery
+from . import record as rec
+from . import segment as seg_mod
+from .errors import ClosedError, CorruptionError, Error, ReadOnlyError
+from .fileio import DEFAULT_FILEIO, FileIO
+from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
+from .lock import StoreLock
+from .segment import Segment, SegmentHeader
+
+SyncMode = Literal["always", "interval", "never"]
+SYNC_MODES = ("always", "interval", "never")
+KeyLike = bytes | str | bytearray | memoryview
+ValueLike = bytes | bytearray | memoryview
+_T = TypeVar("_T")
+
+DEFAULT_MAX_SEGMENT_SIZE = 64 * 2**20
+MIN_SEGMENT_SIZE = 4096
+MAX_SEGMENT_SIZE = 2**31  # offsets are 32-bit; leave room for one oversized record
+MAX_TTL_SECONDS = 100 * 365 * 24 * 3600.0
+_OFFSET_MASK = keydir.OFFSET_MASK
+_MISSING: Any = object()
+
+
+def to_key(key: object) -> bytes:
+    """Return ``key`` as bytes (str is UTF-8 encoded); raise TypeError/ValueError if unusable."""
+    if type(key) is bytes:
+        k = key
+    elif isinstance(key, str):
+        k = key.encode("utf-8")
+    elif isinstance(key, (bytes, bytearray, memoryview)):
+        k = bytes(key)
+    else:
+        raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
+    if not 0 < len(k) <= rec.MAX_KEY_SIZE:
+        if not k:
+            raise ValueError("key must not be empty")
+        raise ValueError(f"key is {len(k)} bytes; the limit is {rec.MAX_KEY_SIZE} bytes")
+    return k
+
+
+def to_value(value: object) -> bytes:
+    """Return ``value`` as bytes; only bytes-like values are accepted."""
+    if type(value) is bytes:
+        v = value
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        v = bytes(value)
+    else:
+        hint = "; encode str values first, e.g. value.encode()" if isinstance(value, str) else ""
+        raise TypeError(f"value must be bytes, bytearray or memoryview, not "
+                        f"{type(value).__name__}{hint}")
+    if len(v) > rec.MAX_VALUE_SIZE:
+        raise ValueError(f"value is {len(v)} bytes; the limit is {rec.MAX_VALUE_SIZE} bytes")
+    return v
+
+
+def check_ttl(ttl: object) -> float:
+    """Validate a TTL in seconds: a positive, finite number no larger than 100 years."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise ValueError(f"ttl must be a positive, finite number of seconds, got {ttl!r}")
+    if ttl > MAX_TTL_SECONDS:
+        raise ValueError(f"ttl {ttl!r} exceeds the limit of {MAX_TTL_SECONDS:.0f} seconds")
+    return float(ttl)
+
+
+class _Closed(dict):
+    """Stands in for the keydir after close, so the read path needs no 'closed' check."""
+
+    def _raise(self, *args: object, **kwargs: object) -> Any:
+        raise ClosedError("the store is closed")
+
+    get = __getitem__ = __contains__ = __iter__ = __len__ = _raise  # type: ignore[assignment]
+
+
+class Store(MutableMapping[bytes, bytes]):
+    """A bitkv store. Create it with :func:`bitkv.open`.
+
+    Keys are bytes (str keys are encoded as UTF-8) and come back as bytes; values are bytes.
+    A Store may be shared by threads. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        create: bool = True,
+        sync: SyncMode = "interval",
+        sync_interval: float = 1.0,
+        max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE,
+        clock: Callable[[], float] = time.time,
+        fileio: FileIO | None = None,
+    ) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        if isinstance(sync_interval, bool) or not isinstance(sync_interval, (int, float)) \
+                or not 0 < sync_interval < math.inf:
+            raise ValueError(f"sync_interval must be a positive number of seconds, "
+                             f"not {sync_interval!r}")
+        if isinstance(max_segment_size, bool) or not isinstance(max_segment_size, int) \
+                or not MIN_SEGMENT_SIZE <= max_segment_size <= MAX_SEGMENT_SIZE:
+            raise ValueError(f"max_segment_size must be an int from {MIN_SEGMENT_SIZE} to "
+                             f"{MAX_SEGMENT_SIZE} bytes, not {max_segment_size!r}")
+        if not callable(clock):
+            raise TypeError("clock must be a callable returning Unix time in seconds")
+        self.path = os.fspath(path)
+        self.readonly = readonly
+        self.sync_mode: SyncMode = sync
+        self.sync_interval = float(sync_interval)
+        self.max_segment_size = max_segment_size
+        self._clock = clock
+        self._io = fileio or DEFAULT_FILEIO
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._closed = False
+        self._store_lock: StoreLock | None = None
+        self._flusher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._active: Segment | None = None
+
+        must_create = recovery.check_directory(self.path, readonly=readonly, create=create)
+        if not readonly:
+            if must_create and not os.path.exists(self.path):
+                recovery.make_directory(self.path, self._io)
+            self._store_lock = StoreLock(self.path, self._io)
+        try:
+            if must_create:
+                recovery.create_store(self.path, self._io)
+            loaded = recovery.load(self.path, self._io, readonly=readonly, now_ms=self._now_ms())
+        except BaseException:
+            if self._store_lock is not None:
+                self._store_lock.release()
+            raise
+        self.recovery_report = loaded.report
+        self._keydir = loaded.keydir
+        self._entries = loaded.keydir.entries
+        self._expiries = loaded.keydir.expiries
+        self._slots: list[Segment | None] = loaded.slots
+        self._free_slots: list[int] = []
+        self._segments: list[Segment] = loaded.segments  # load order; active (if any) last
+        self._next_seq = loaded.next_seq
+        self._next_id = loaded.next_id
+        self._next_expiry = min(self._expiries.values(), default=math.inf)
+        if not readonly:
+            try:
+                self._open_active()
+            except BaseException:
+                self._release_files()
+                raise
+        for s in self._segments:
+            if s is not self._active:
+                s.release_fd()
+        if not readonly and sync == "interval":
+            self._flusher = threading.Thread(target=self._flush_loop, name="bitkv-flusher",
+                                             daemon=True)
+            self._flusher.start()
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _open_active(self) -> None:
+        last = self._segments[-1] if self._segments else None
+        if (last is not None and last.kind == seg_mod.KIND_APPEND and not last.header_damaged
+                and last.size < self.max_segment_size):
+            fd = self._io.open_rw(last.path)
+            if last.fd >= 0:
+                self._io.close(last.fd)
+            last.fd = fd
+            self._active = last
+        else:
+            self._active = self._new_segment()
+
+    def _new_segment(self) -> Segment:
+        """Create, durably, an empty append segment that takes over as the active one."""
+        segment_id = self._next_id
+        self._next_id += 1
+        path = seg_mod.segment_path(self.path, segment_id)
+        header = SegmentHeader.new(seg_mod.KIND_APPEND, self._next_seq, self._next_seq)
+        fd = self._io.create(path)
+        try:
+            self._io.write(fd, header.encode())
+            self._io.fsync(fd)
+            if killpoints.ENABLED:
+                killpoints.hit("rotate.after_create")
+            self._io.fsync_dir(self.path)
+        except BaseException:
+            self._io.close(fd)
+            raise
+        seg = Segment(self._io, segment_id, path, fd, header, seg_mod.HEADER_SIZE)
+        self._attach(seg)
+        self._segments.append(seg)
+        return seg
+
+    def _attach(self, seg: Segment) -> None:
+        if self._free_slots:
+            seg.slot = self._free_slots.pop()
+            self._slots[seg.slot] = seg
+        else:
+            if len(self._slots) >= keydir.MAX_SLOTS:
+                raise Error(f"too many segments open ({keydir.MAX_SLOTS}); compact the store")
+            seg.slot = len(self._slots)
+            self._slots.append(seg)
+
+    def _detach(self, seg: Segment) -> None:
+        self._slots[seg.slot] = None
+        self._free_slots.append(seg.slot)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _expiry_ms(self, ttl: float | None) -> int:
+        if ttl is None:
+            return 0
+        return self._now_ms() + max(1, round(check_ttl(ttl) * 1000))
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise ClosedError("the store is closed")
+        if self.readonly:
+            raise ReadOnlyError(f"store {self.path!r} was opened read-only")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the store is closed")
+
+    def _append(self, data: bytes) -> tuple[Segment, int]:
+        """Append ``data`` (whole records) with one write; return (segment, offset). Locked."""
+        seg = self._active
+        assert seg is not None
+        if seg.size + len(data) > self.max_segment_size and seg.size > seg_mod.HEADER_SIZE:
+            seg = self._rotate()
+        offset = seg.size
+        if offset + len(data) > keydir.MAX_OFFSET:
+            raise Error("segment offset limit reached")
+        try:
+            self._io.write(seg.fd, data)
+        except BaseException:
+            # A short or failed write must not leave half a record before the next append.
+            try:
+                self._io.truncate(seg.fd, offset)
+            except OSError:
+                pass
+            raise
+        seg.size = offset + len(data)
+        if killpoints.ENABLED:
+            killpoints.hit("append.after_write")
+        return seg, offset
+
+    def _rotate(self) -> Segment:
+        """Seal the active segment (fsync, map) and start a new one. Locked."""
+        old = self._active
+        assert old is not None
+        with self._sync_lock:
+            self._io.fsync(old.fd)
+            old.synced_size = old.size
+        if killpoints.ENABLED:
+            killpoints.hit("rotate.after_sync")
+        old.map()
+        new = self._new_segment()
+        self._active = new
+        old.release_fd()
+        return new
+
+    def _wait_durable(self, seg: Segment, end: int) -> None:
+        """Return once ``seg`` is fsynced up to ``end``. Concurrent callers share one fsync."""
+        if seg.synced_size >= end:
+            return
+        with self._sync_lock:
+            if seg.synced_size >= end:
+                return
+            target = seg.size
+            self._io.fsync(seg.fd)
+            if target > seg.synced_size:
+                seg.synced_size = target
+        if killpoints.ENABLED:
+            killpoints.hit("append.after_sync")
+
+    def _record_size(self, entry: int) -> int:
+        size = entry & SIZE_MASK
+        if size:
+            return size
+        owner = self._slots[entry >> SLOT_SHIFT]
+        assert owner is not None
+        return owner.record_size_at((entry >> SIZE_BITS) & _OFFSET_MASK)
+
+    def _unlink_entry(self, entry: int) -> None:
+        """Account the record ``entry`` points at as dead. Locked."""
+        owner = self._slots[entry >> SLOT_SHIFT]
+        assert owner is not None
+        owner.live_bytes -= self._record_size(entry)
+
+    def _index(self, key: bytes, seg: Segment, offset: int, size: int, expiry_ms: int) -> None:
+        """Point ``key`` at a freshly appended record. Locked."""
+        old = self._entries.get(key)
+        if old is not None:
+            self._unlink_entry(old)
+        self._entries[key] = (seg.slot << SLOT_SHIFT) | (offset << SIZE_BITS) | (
+            size if size <= SIZE_MASK else 0)
+        seg.live_bytes += size
+        if expiry_ms:
+            self._expiries[key] = expiry_ms
+            if expiry_ms < self._next_expiry:
+                self._next_expiry = expiry_ms
+        elif self._expiries:
+            self._expiries.pop(key, None)
+
+    def _read(self, key: bytes, entry: int) -> tuple[rec.Header, bytes] | None:
+        """Read and verify the record ``entry`` points at; None if the key vanished meanwhile."""
+        for _attempt in range(8):
+            seg = self._slots[entry >> SLOT_SHIFT]
+            try:
+                if seg is None:
+                    raise ValueError("segment slot was released")
+                return seg.read_record((entry >> SIZE_BITS) & _OFFSET_MASK, entry & SIZE_MASK, key)
+            except (ValueError, OSError, TypeError):
+                # Compaction may have switched the key and closed the segment under us.
+                if seg is not None and not seg.closed and self._slots[seg.slot] is seg:
+                    raise
+                newer = self._entries.get(key)
+                if newer is None:
+                    return None
+                entry = newer
+        raise CorruptionError(f"key {key!r}: its segment kept changing while reading")
+
+    def _value_of(self, key: bytes, entry: int) -> bytes | None:
+        got = self._read(key, entry)
+        if got is None:
+            return None
+        header, value = got
+        if header.flags & (rec.COMPRESSED | rec.ENCRYPTED):
+            value = self._decode_value(key, header.flags, value)
+        return value
+
+    def _decode_value(self, key: bytes, flags: int, stored: bytes) -> bytes:
+        raise CorruptionError(
+            f"key {key!r}: record flags {flags:#x} name an encoding this store cannot decode")
+
+    def _live_entry(self, key: bytes) -> int | None:
+        entry = self._entries.get(key)
+        if entry is not None and self._expiries:
+            exp = self._expiries.get(key)
+            if exp is not None and exp <= self._now_ms():
+                return None
+        return entry
+
+    # -- the mapping API ---------------------------------------------------------------------
+
+    def get(self, key: KeyLike, default: _T | None = None) -> bytes | _T | None:  # type: ignore[override]
+        """Return the value of ``key``, or ``default`` if it is missing or expired.
+
+        Raises :class:`CorruptionError` if the stored record fails its CRC: damaged bytes are
+        never returned as data.
+        """
+        k = key if type(key) is bytes and key else to_key(key)
+        entry = self._entries.get(k)
+        if entry is None:
+            return default
+        if self._expiries:
+            exp = self._expiries.get(k)
+            if exp is not None and exp <= self._now_ms():
+                return default
+        value = self._value_of(k, entry)
+        return default if value is None else value
+
+    def __getitem__(self, key: KeyLike) -> bytes:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        k = to_key(key)
+        return self._live_entry(k) is not None
+
+    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, replacing any previous value and TTL.
+
+        ``ttl`` is in seconds (None: never expires). When this returns, the write has reached
+        the OS (it survives the process being killed); with ``sync="always"`` it is also on
+        stable storage (it survives power loss).
+        """
+        k = key if type(key) is bytes and key and len(key) <= rec.MAX_KEY_SIZE else to_key(key)
+        v = value if type(value) is bytes and len(value) <= rec.MAX_VALUE_SIZE else to_value(value)
+        expiry_ms = self._expiry_ms(ttl) if ttl is not None else 0
+        v, flags = self._encode_value(k, v)
+        with self._lock:
+            self._check_writable()
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            data = rec.encode(k, v, seq, expiry_ms, flags)
+            seg, offset = self._append(data)
+            self._index(k, seg, offset, len(data), expiry_ms)
+        if self.sync_mode == "always":
+            self._wait_durable(seg, offset + len(data))
+
+    def _encode_value(self, key: bytes, value: bytes) -> tuple[bytes, int]:
+        return value, 0
+
+    def __setitem__(self, key: KeyLike, value: ValueLike) -> None:
+        self.put(key, value)
+
+    def delete(self, key: KeyLike) -> bool:
+        """Delete ``key``. Return True if a live key was deleted, False if there was none."""
+        k = to_key(key)
+        with self._lock:
+            self._check_writable()
+            entry = self._entries.get(k)
+            if entry is None:
+                return False
+            exp = self._expiries.get(k) if self._expiries else None
+            if exp is not None and exp <= self._now_ms():
+                # Already invisible, and the expired record stays expired after a reopen.
+                self._unlink_entry(entry)
+                self._keydir.remove(k)
+                return False
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            data = rec.encode(k, b"", seq, 0, rec.TOMBSTONE)
+            seg, offset = self._append(data)
+            self._unlink_entry(entry)
+            self._keydir.remove(k)
+        if self.sync_mode == "always":
+            self._wait_durable(seg, offset + len(data))
+        return True
+
+    def __delitem__(self, key: KeyLike) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __len__(self) -> int:
+        """The number of live (not deleted, not expired) keys."""
+        self._check_open()
+        self._purge_expired()
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.keys()
+
+    def keys(self, prefix: KeyLike | None = None) -> Iterator[bytes]:  # type: ignore[override]
+        """Iterate over live keys (optionally only those starting with ``prefix``).
+
+        The keys are those live when iteration starts, in no particular order; keys deleted
+        or expired during iteration are skipped.
+        """
+        self._check_open()
+        self._purge_expired()
+        with self._lock:
+            snapshot = list(self._entries)
+        if prefix is not None:
+            p = prefix.encode("utf-8") if isinstance(prefix, str) else bytes(prefix)
+            snapshot = [k for k in snapshot if k.startswith(p)]
+        return self._iter_live(snapshot)
+
+    def _iter_live(self, snapshot: list[bytes]) -> Iterator[bytes]:
+        for k in snapshot:
+            if self._live_entry(k) is not None:
+                yield k
+
+    def items(self, prefix: KeyLike | None = None) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[override]
+        """Iterate over (key, value) pairs of live keys, like :meth:`keys`."""
+        for k in self.keys(prefix):
+            entry = self._live_entry(k)
+            if entry is None:
+                continue
+            value = self._value_of(k, entry)
+            if value is not None:
+                yield k, value
+
+    def values(self) -> Iterator[bytes]:  # type: ignore[override]
+        for _k, v in self.items():
+            yield v
+
+    # -- TTL ---------------------------------------------------------------------------------
+
+    def ttl(self, key: KeyLike) -> float | None:
+        """Seconds until ``key`` expires, or None if it never does.
+
+        Raises KeyError if the key is missing or expired.
+        """
+        k = to_key(key)
+        if k not in self._entries:
+            raise KeyError(key)
+        exp = self._expiries.get(k) if self._expiries else None
+        if exp is None:
+            return None
+        left = exp - self._now_ms()
+        if left <= 0:
+            raise KeyError(key)
+        return left / 1000.0
+
+    def expire(self, key: KeyLike, ttl: float) -> bool:
+        """Give ``key`` a new TTL in seconds. Return False if the key is missing or expired."""
+        return self._rewrite_expiry(to_key(key), self._expiry_ms(check_ttl(ttl)))
+
+    def persist(self, key: KeyLike) -> bool:
+        """Remove the TTL of ``key``. Return True if it had one, False if missing or none."""
+        k = to_key(key)
+        if not self._expiries or k not in self._expiries:
+            self._check_writable()
+            return False
+        return self._rewrite_expiry(k, 0)
+
+    def _rewrite_expiry(self, k: bytes, expiry_ms: int) -> bool:
+        with self._lock:
+            self._check_writable()
+            entry = self._live_entry(k)
+            if entry is None:
+                return False
+            if expiry_ms == 0 and k not in self._expiries:
+                return False
+            got = self._read(k, entry)
+            if got is None:
+                return False
+            header, stored = got
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            data = rec.encode(k, stored, seq, expiry_ms, header.flags & ~rec.BATCH_FLAGS)
+            seg, offset = self._append(data)
+            self._index(k, seg, offset, len(data), expiry_ms)
+        if self.sync_mode == "always":
+            self._wait_durable(seg, offset + len(data))
+        return True
+
+    def _purge_expired(self) -> None:
+        """Drop expired keys from the index (their records are reclaimed by compaction)."""
+        if not self._expiries:
+            return
+        now = self._now_ms()
+        if now < self._next_expiry:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            for k in self._keydir.expired_keys(now):
+                entry = self._entries.get(k)
+                if entry is not None:
+                    self._unlink_entry(entry)
+                self._keydir.remove(k)
+            self._next_expiry = min(self._expiries.values(), default=math.inf)
+
+    # -- durability --------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Make every write so far durable on stable storage (fsync)."""
+        self._check_open()
+        if self.readonly:
+            return
+        seg = self._active
+        assert seg is not None
+        self._wait_durable(seg, seg.size)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.sync_interval):
+            seg = self._active
+            if seg is None or seg.synced_size >= seg.size:
+                continue
+            try:
+                self._wait_durable(seg, seg.size)
+            except OSError:
+                if self._closed or seg.closed:
+                    return
+                raise
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush and fsync pending writes, release the lock and every file. Idempotent."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if not self.readonly and self._active is not None and not self._active.closed:
+                    with self._sync_lock:
+                        self._io.fsync(self._active.fd)
+                        self._active.synced_size = self._active.size
+            finally:
+                self._closed = True
+                self._entries = _Closed()
+                self._release_files()
+
+    def _release_files(self) -> None:
+        for s in self._segments:
+            s.close()
+        if self._store_lock is not None:
+            self._store_lock.release()
+            self._store_lock = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A store dropped without close() must not keep the lock file locked.
+        try:
+            if not self._closed:
+                self.close()
+        except Exception:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("read-only" if self.readonly else "open")
+        return f"<bitkv.Store {self.path!r} {state}>"
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Return counters describing the store.
+
+        Keys: ``keys`` (live keys), ``segments``, ``live_bytes`` (bytes of the records the
+        index points at), ``dead_bytes`` (bytes reclaimable by compaction), ``disk_bytes``
+        (all store files), ``expiring_keys``, ``active_segment``, ``sync``, and
+        ``recovery`` (what the last open found: truncated and corrupt bytes, dropped batch
+        records, ignored hint files).
+        """
+        self._check_open()
+        self._purge_expired()
+        with self._lock:
+            segs = list(self._segments)
+            keys = len(self._entries)
+            expiring = len(self._expiries)
+            live = sum(s.live_bytes for s in segs)
+            dead = sum(s.dead_bytes for s in segs)
+            active = self._active.id if self._active is not None else None
+        disk = 0
+        for name in os.listdir(self.path):
+            try:
+                disk += os.stat(os.path.join(self.path, name)).st_size
+            except OSError:
+                pass
+        report = self.recovery_report
+        return {
+            "keys": keys,
+            "segments": len(segs),
+            "live_bytes": live,
+            "dead_bytes": dead,
+            "disk_bytes": disk,
+            "expiring_keys": expiring,
+            "active_segment": active,
+            "sync": self.sync_mode,
+            "readonly": self.readonly,
+            "recovery": {
+                "truncated_bytes": report.truncated_bytes,
+                "corrupt_bytes": report.corrupt_bytes,
+                "damaged_regions": len(report.damage),
+                "dropped_batch_records": report.dropped_batch_records,
+                "ignored_hints": len(report.ignored_hints),
+                "segments_from_hints": report.segments_from_hints,
+            },
+        }
