@@ -602,6 +602,20 @@ class Store(MutableMapping[bytes, bytes]):
                 self._entries = _Closed()
                 self._release_files()
 
+    def _abandon(self) -> None:
+        """Drop every file and the lock *without* flushing: what ``kill -9`` leaves behind.
+
+        For tests and the crash harness. Writes already returned have reached the OS, so a
+        reopen sees exactly what it would after the process was killed.
+        """
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        with self._lock:
+            self._closed = True
+            self._entries = _Closed()
+            self._release_files()
+
     def _release_files(self) -> None:
         for s in self._segments:
             s.close()
