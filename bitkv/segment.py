@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from . import record
 from .crc import crc32c
-from .errors import CorruptionError
 from .fileio import FileIO
 
 MAGIC = b"BITKVSEG"
@@ -163,21 +162,20 @@ class Segment:
         return self.io.pread(self.fd, size, offset)
 
     def read_record(self, offset: int, size_hint: int, key: bytes) -> tuple[record.Header, bytes]:
-        """Read and verify the record at ``offset``; raise CorruptionError if it is not intact."""
-        try:
-            if size_hint:
-                buf = self.read(offset, size_hint)
-            else:
-                head = self.read(offset, record.HEADER_SIZE)
-                if len(head) < record.HEADER_SIZE:
-                    raise ValueError("record header is cut short")
-                _c, _f, _r, key_len, value_len, _s, _e = record.HEADER.unpack_from(head)
-                buf = self.read(offset, record.HEADER_SIZE + key_len + value_len)
-            return record.decode(buf, key)
-        except ValueError as exc:
-            if self.closed:
-                raise
-            raise CorruptionError(f"{self.path} offset {offset}: {exc}") from None
+        """Read and verify the record at ``offset``.
+
+        Raises ``ValueError`` if the bytes there are not an intact record of ``key`` (or the
+        map was closed under us); the store decides whether that is corruption or a race.
+        """
+        if size_hint:
+            buf = self.read(offset, size_hint)
+        else:
+            head = self.read(offset, record.HEADER_SIZE)
+            if len(head) < record.HEADER_SIZE:
+                raise ValueError("record header is cut short")
+            _c, _f, _r, key_len, value_len, _s, _e = record.HEADER.unpack_from(head)
+            buf = self.read(offset, record.HEADER_SIZE + key_len + value_len)
+        return record.decode(buf, key)
 
     def record_size_at(self, offset: int) -> int:
         head = self.read(offset, record.HEADER_SIZE)

@@ -107,6 +107,9 @@ class Store(MutableMapping[bytes, bytes]):
         sync_interval: float = 1.0,
         max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE,
         clock: Callable[[], float] = time.time,
+        auto_compact: bool = True,
+        compact_dead_ratio: float = 0.5,
+        compact_min_dead_bytes: int = 16 * 2**20,
         fileio: FileIO | None = None,
     ) -> None:
         if sync not in SYNC_MODES:
@@ -121,6 +124,21 @@ class Store(MutableMapping[bytes, bytes]):
                              f"{MAX_SEGMENT_SIZE} bytes, not {max_segment_size!r}")
         if not callable(clock):
             raise TypeError("clock must be a callable returning Unix time in seconds")
+        if isinstance(compact_dead_ratio, bool) or not isinstance(compact_dead_ratio, (int, float)) \
+                or not 0 < compact_dead_ratio <= 1:
+            raise ValueError(f"compact_dead_ratio must be in (0, 1], not {compact_dead_ratio!r}")
+        if isinstance(compact_min_dead_bytes, bool) or not isinstance(compact_min_dead_bytes, int) \
+                or compact_min_dead_bytes < 0:
+            raise ValueError(f"compact_min_dead_bytes must be an int >= 0, "
+                             f"not {compact_min_dead_bytes!r}")
+        self.auto_compact = bool(auto_compact)
+        self.compact_dead_ratio = float(compact_dead_ratio)
+        self.compact_min_dead_bytes = compact_min_dead_bytes
+        self._compact_lock = threading.Lock()
+        self._compact_wake = threading.Event()
+        self._compactor: threading.Thread | None = None
+        self.last_compaction: dict[str, Any] | None = None
+        self.last_compaction_error: str | None = None
         self.path = os.fspath(path)
         self.readonly = readonly
         self.sync_mode: SyncMode = sync
@@ -172,6 +190,10 @@ class Store(MutableMapping[bytes, bytes]):
             self._flusher = threading.Thread(target=self._flush_loop, name="bitkv-flusher",
                                              daemon=True)
             self._flusher.start()
+        if not readonly and self.auto_compact:
+            self._compactor = threading.Thread(target=self._compact_loop, name="bitkv-compactor",
+                                               daemon=True)
+            self._compactor.start()
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -278,7 +300,14 @@ class Store(MutableMapping[bytes, bytes]):
         new = self._new_segment()
         self._active = new
         old.release_fd()
+        self._compact_wake.set()
         return new
+
+    def _allocate_id(self) -> int:
+        with self._lock:
+            segment_id = self._next_id
+            self._next_id += 1
+            return segment_id
 
     def _wait_durable(self, seg: Segment, end: int) -> None:
         """Return once ``seg`` is fsynced up to ``end``. Concurrent callers share one fsync."""
@@ -327,17 +356,22 @@ class Store(MutableMapping[bytes, bytes]):
         """Read and verify the record ``entry`` points at; None if the key vanished meanwhile."""
         for _attempt in range(8):
             seg = self._slots[entry >> SLOT_SHIFT]
+            offset = (entry >> SIZE_BITS) & _OFFSET_MASK
             try:
                 if seg is None:
-                    raise ValueError("segment slot was released")
-                return seg.read_record((entry >> SIZE_BITS) & _OFFSET_MASK, entry & SIZE_MASK, key)
-            except (ValueError, OSError, TypeError):
-                # Compaction may have switched the key and closed the segment under us.
-                if seg is not None and not seg.closed and self._slots[seg.slot] is seg:
-                    raise
+                    raise ValueError("its segment is no longer open")
+                return seg.read_record(offset, entry & SIZE_MASK, key)
+            except (ValueError, OSError) as exc:
+                # Compaction may have switched the key and closed (or reused) the segment
+                # under us: if the index moved on, read again from the new place.
                 newer = self._entries.get(key)
                 if newer is None:
                     return None
+                if newer == entry:
+                    where = seg.path if seg is not None else "a closed segment"
+                    raise CorruptionError(
+                        f"key {key!r}: record at {where} offset {offset} is damaged: {exc}"
+                    ) from None
                 entry = newer
         raise CorruptionError(f"key {key!r}: its segment kept changing while reading")
 
@@ -580,6 +614,70 @@ class Store(MutableMapping[bytes, bytes]):
                     return
                 raise
 
+    # -- compaction --------------------------------------------------------------------------
+
+    def compact(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Rewrite the store without overwritten, deleted or expired records; return a summary.
+
+        The active segment is sealed first if it holds garbage, so everything reclaimable is
+        reclaimed. Reads and writes continue meanwhile. ``progress(done_bytes, total_bytes)``
+        is called as input segments are processed. The summary has ``segments_in``,
+        ``segments_out``, ``bytes_in``, ``bytes_out``, ``bytes_reclaimed``, ``keys_kept``,
+        ``records_dropped``, ``corrupt_records`` and ``seconds``.
+        """
+        from . import compaction
+
+        self._check_writable()
+        with self._compact_lock:
+            self._purge_expired()
+            with self._lock:
+                self._check_writable()
+                active = self._active
+                if active is not None and active.dead_bytes > 0:
+                    self._rotate()
+            summary = compaction.compact(self, progress)
+            self._note_compaction(summary.as_dict())
+        return summary.as_dict()
+
+    def _note_compaction(self, summary: dict[str, Any]) -> None:
+        summary["finished_at"] = self._clock()
+        self.last_compaction = summary
+
+    def _compaction_due(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            immutable = [s for s in self._segments if s is not self._active]
+            dead = sum(s.dead_bytes for s in immutable)
+            total = sum(s.size for s in immutable)
+        return bool(total) and dead >= self.compact_min_dead_bytes \
+            and dead >= self.compact_dead_ratio * total
+
+    def _compact_loop(self) -> None:
+        from . import compaction
+
+        while True:
+            self._compact_wake.wait(timeout=5.0)
+            self._compact_wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._purge_expired()
+                if not self._compaction_due():
+                    continue
+                if not self._compact_lock.acquire(blocking=False):
+                    continue
+                try:
+                    summary = compaction.compact(self)
+                    if not summary.aborted:
+                        self._note_compaction(summary.as_dict())
+                finally:
+                    self._compact_lock.release()
+            except Exception as exc:  # keep serving; stats() shows the failure
+                if self._stop.is_set():
+                    return
+                self.last_compaction_error = f"{type(exc).__name__}: {exc}"
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -587,6 +685,9 @@ class Store(MutableMapping[bytes, bytes]):
         if self._closed:
             return
         self._stop.set()
+        self._compact_wake.set()
+        if self._compactor is not None and self._compactor is not threading.current_thread():
+            self._compactor.join()
         if self._flusher is not None:
             self._flusher.join()
         with self._lock:
@@ -609,6 +710,9 @@ class Store(MutableMapping[bytes, bytes]):
         reopen sees exactly what it would after the process was killed.
         """
         self._stop.set()
+        self._compact_wake.set()
+        if self._compactor is not None:
+            self._compactor.join()
         if self._flusher is not None:
             self._flusher.join()
         with self._lock:
@@ -682,6 +786,8 @@ class Store(MutableMapping[bytes, bytes]):
             "active_segment": active,
             "sync": self.sync_mode,
             "readonly": self.readonly,
+            "last_compaction": self.last_compaction,
+            "last_compaction_error": self.last_compaction_error,
             "recovery": {
                 "truncated_bytes": report.truncated_bytes,
                 "corrupt_bytes": report.corrupt_bytes,

@@ -1,0 +1,283 @@
+"""Compaction (Bitcask's merge): rewrite immutable segments keeping only live records.
+
+The inputs are *every* immutable segment (all but the active one). That choice is what makes
+dropping tombstones and expired records safe: every older version of a key lives in an input,
+so it is dropped in the same pass, and nothing older survives to be resurrected.
+
+Sequence (each step a kill point for the crash harness)::
+
+    scan inputs, copy each record the keydir still points at   -> NNNNNN.data.tmp
+    write a hint per output                                    -> NNNNNN.hint.tmp
+    fsync outputs and hints
+    rename *.tmp to final names; fsync the directory           <- the compaction is durable
+    switch the keydir, a bounded chunk per lock hold, a key only if it still points at the
+      exact record copied (a write made meanwhile always wins)
+    remove inputs oldest first, fsyncing the directory after each
+
+A crash before the renames leaves only ``*.tmp`` files, removed at the next open. A crash after
+them leaves outputs beside some inputs: both hold the same newest versions, and load order
+(docs/format.md) makes either copy win identically. Inputs go oldest first, so a remaining
+tombstone always outlives the older values it hides.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import hint, keydir, killpoints
+from . import record as rec
+from . import segment as seg_mod
+from .segment import Segment, SegmentHeader
+
+if TYPE_CHECKING:
+    from .store import Store
+
+ProgressCallback = Callable[[int, int], None]
+SWITCH_CHUNK = 2048  # keys switched per hold of the writer lock: bounds the writer's wait
+
+
+@dataclass
+class CompactionSummary:
+    """What one compaction did. Sizes are bytes; ``seconds`` is wall time."""
+
+    segments_in: int = 0
+    segments_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    bytes_reclaimed: int = 0
+    keys_kept: int = 0
+    records_dropped: int = 0
+    corrupt_records: int = 0
+    seconds: float = 0.0
+    aborted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Output:
+    """One output segment being assembled in memory (at most ``max_segment_size`` bytes)."""
+
+    def __init__(self, segment_id: int) -> None:
+        self.id = segment_id
+        self.parts: list[bytes] = []
+        self.size = seg_mod.HEADER_SIZE
+        self.min_seq = 0
+        self.max_seq = 0
+        # (key, flags, value_len, offset, seq, expiry_ms) for the hint
+        self.hints: list[tuple[bytes, int, int, int, int, int]] = []
+        # (key, old keydir entry, offset, size) for the switch
+        self.moves: list[tuple[bytes, int, int, int]] = []
+
+    def add(self, key: bytes, data: bytes, flags: int, value_len: int, seq: int,
+            expiry_ms: int, old_entry: int) -> None:
+        offset = self.size
+        self.parts.append(data)
+        self.size += len(data)
+        self.min_seq = seq if not self.min_seq else min(self.min_seq, seq)
+        self.max_seq = max(self.max_seq, seq)
+        self.hints.append((key, flags, value_len, offset, seq, expiry_ms))
+        self.moves.append((key, old_entry, offset, len(data)))
+
+
+def _unlink_quietly(store: Store, path: str) -> None:
+    try:
+        store._io.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def compact(store: Store, progress: ProgressCallback | None = None) -> CompactionSummary:
+    """Compact every immutable segment of ``store``. The caller holds ``store._compact_lock``."""
+    started = time.monotonic()
+    summary = CompactionSummary()
+    io = store._io
+    with store._lock:
+        store._check_writable()
+        inputs = [s for s in store._segments if s is not store._active]
+    if not inputs:
+        summary.seconds = time.monotonic() - started
+        return summary
+    total = sum(s.size for s in inputs)
+    summary.segments_in = len(inputs)
+    summary.bytes_in = total
+    disk_before = sum(s.size for s in inputs)
+    now_ms = store._now_ms()
+    entries = store._entries
+    outputs: list[_Output] = []
+    written: list[str] = []  # temp files, removed if we abort
+    current: _Output | None = None
+    done = 0
+    expired_drops: list[tuple[bytes, int]] = []  # indexed but expired: unindex at the switch
+    saw_damage = False
+
+    def finish(out: _Output) -> None:
+        header = SegmentHeader.new(seg_mod.KIND_COMPACTED, out.max_seq, out.min_seq)
+        data_tmp = os.path.join(store.path, seg_mod.data_name(out.id) + seg_mod.TMP_SUFFIX)
+        hint_tmp = os.path.join(store.path, seg_mod.hint_name(out.id) + seg_mod.TMP_SUFFIX)
+        fd = io.create(data_tmp)
+        written.append(data_tmp)
+        try:
+            io.write(fd, header.encode() + b"".join(out.parts))
+            io.fsync(fd)
+        finally:
+            io.close(fd)
+        out.parts = []
+        out.header = header  # type: ignore[attr-defined]
+        fd = io.create(hint_tmp)
+        written.append(hint_tmp)
+        try:
+            io.write(fd, hint.encode(out.hints, header.nonce, out.size))
+            io.fsync(fd)
+        finally:
+            io.close(fd)
+        out.hints = []
+
+    try:
+        for seg in inputs:
+            mm = seg.mm
+            if mm is None:
+                continue
+            start = 0 if seg.header_damaged else seg_mod.HEADER_SIZE
+            slot = seg.slot
+            for item in rec.scan(mm, start, seg.size):
+                if store._stop.is_set():
+                    raise _Aborted
+                if isinstance(item, rec.Damage):
+                    saw_damage = True
+                    continue
+                size = item.size
+                expected = keydir.pack(slot, item.offset, size)
+                if entries.get(item.key) != expected:
+                    summary.records_dropped += 1
+                    continue
+                if item.expiry_ms and item.expiry_ms <= now_ms:
+                    summary.records_dropped += 1
+                    expired_drops.append((item.key, expected))
+                    continue
+                data = mm[item.offset : item.offset + size]
+                flags = item.flags
+                if flags & rec.BATCH_FLAGS:
+                    # The batch committed long ago; its members become plain records.
+                    value = data[rec.HEADER_SIZE + len(item.key) :]
+                    flags &= ~rec.BATCH_FLAGS
+                    data = rec.encode(item.key, value, item.seq, item.expiry_ms, flags)
+                if current is None or (current.size + size > store.max_segment_size
+                                       and current.size > seg_mod.HEADER_SIZE):
+                    if current is not None:
+                        finish(current)
+                    current = _Output(store._allocate_id())
+                    outputs.append(current)
+                current.add(item.key, data, flags, item.value_len, item.seq, item.expiry_ms,
+                            expected)
+            done += seg.size
+            if progress is not None:
+                progress(done, total)
+        if current is not None:
+            finish(current)
+        if killpoints.ENABLED:
+            killpoints.hit("compact.outputs_written")
+            killpoints.hit("compact.hints_written")
+            killpoints.hit("compact.synced")
+        if store._stop.is_set():
+            raise _Aborted
+    except _Aborted:
+        for path in written:
+            _unlink_quietly(store, path)
+        summary.aborted = True
+        summary.seconds = time.monotonic() - started
+        return summary
+    except BaseException:
+        for path in written:
+            _unlink_quietly(store, path)
+        raise
+
+    # Commit point: once renamed and the directory fsynced, the outputs are part of the store.
+    for out in outputs:
+        for name in (seg_mod.data_name(out.id), seg_mod.hint_name(out.id)):
+            final = os.path.join(store.path, name)
+            io.rename(final + seg_mod.TMP_SUFFIX, final)
+    if killpoints.ENABLED:
+        killpoints.hit("compact.renamed")
+    io.fsync_dir(store.path)
+    if killpoints.ENABLED:
+        killpoints.hit("compact.dir_synced")
+
+    new_segments: list[Segment] = []
+    for out in outputs:
+        path = seg_mod.segment_path(store.path, out.id)
+        fd = io.open_read(path)
+        segment = Segment(io, out.id, path, fd, out.header, out.size)  # type: ignore[attr-defined]
+        segment.synced_size = out.size
+        segment.map()
+        segment.release_fd()
+        new_segments.append(segment)
+    with store._lock:
+        for segment in new_segments:
+            store._attach(segment)
+        store._segments.extend(new_segments)
+        store._segments.sort(key=lambda s: (s.order_seq, s.id))
+        # The active segment must stay last in load order.
+        assert store._segments[-1] is store._active or store._active is None
+
+    for out, segment in zip(outputs, new_segments, strict=True):
+        _switch(store, out, segment, summary)
+        summary.bytes_out += out.size
+    for start in range(0, len(expired_drops), SWITCH_CHUNK):
+        with store._lock:
+            for key, old_entry in expired_drops[start : start + SWITCH_CHUNK]:
+                if entries.get(key) == old_entry:
+                    store._keydir.remove(key)
+    if killpoints.ENABLED:
+        killpoints.hit("compact.switched")
+
+    with store._lock:
+        if saw_damage:
+            # A key still pointing into an input now is one whose record failed its CRC when
+            # copied: its bytes are lost, and it must not point at a removed file.
+            input_slots = {seg.slot for seg in inputs}
+            lost = [k for k, e in store._entries.items() if e >> keydir.SLOT_SHIFT in input_slots]
+            for key in lost:
+                store._keydir.remove(key)
+            summary.corrupt_records = len(lost)
+        for seg in inputs:
+            store._segments.remove(seg)
+            store._detach(seg)
+    for seg in sorted(inputs, key=lambda s: (s.order_seq, s.id)):
+        seg.close()
+        _unlink_quietly(store, seg.path)
+        _unlink_quietly(store, os.path.join(store.path, seg_mod.hint_name(seg.id)))
+        # One directory fsync per removal: a newer input's tombstone must never be gone from
+        # disk while an older input still holding the value it deleted is present.
+        io.fsync_dir(store.path)
+        if killpoints.ENABLED:
+            killpoints.hit("compact.removed_one")
+
+    summary.segments_out = len(outputs)
+    summary.bytes_reclaimed = disk_before - summary.bytes_out
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _switch(store: Store, out: _Output, segment: Segment, summary: CompactionSummary) -> None:
+    """Point keys at their copies in ``segment``, in chunks, only if they did not change."""
+    slot = segment.slot
+    moves = out.moves
+    entries = store._entries
+    for start in range(0, len(moves), SWITCH_CHUNK):
+        with store._lock:
+            for key, old_entry, offset, size in moves[start : start + SWITCH_CHUNK]:
+                if entries.get(key) != old_entry:
+                    continue  # rewritten or deleted while we copied: the newer write wins
+                entries[key] = keydir.pack(slot, offset, size)
+                segment.live_bytes += size
+                summary.keys_kept += 1
+    out.moves = []
+
+
+class _Aborted(Exception):
+    pass
