@@ -16,16 +16,18 @@ from typing import Any
 from .errors import (
     ClosedError,
     CorruptionError,
+    EncryptionError,
     Error,
     FormatVersionError,
     IntegrityError,
     LockError,
+    NotAnIntegerError,
     NotAStoreError,
     ReadOnlyError,
     StoreNotFoundError,
 )
 from .record import MAX_KEY_SIZE, MAX_VALUE_SIZE
-from .store import DEFAULT_MAX_SEGMENT_SIZE, Store, SyncMode
+from .store import DEFAULT_MAX_SEGMENT_SIZE, Batch, Store, SyncMode
 
 __version__ = "0.1.0"
 
@@ -33,12 +35,15 @@ __all__ = [
     "MAX_KEY_SIZE",
     "MAX_VALUE_SIZE",
     "ClosedError",
+    "Batch",
     "CorruptionError",
+    "EncryptionError",
     "Error",
     "FormatVersionError",
     "IntegrityError",
     "LockError",
     "NotAStoreError",
+    "NotAnIntegerError",
     "ReadOnlyError",
     "Store",
     "StoreNotFoundError",
@@ -47,7 +52,7 @@ __all__ = [
 ]
 
 
-def open(  # noqa: A001 - mirrors dbm.open / shelve.open
+def open(
     path: str | os.PathLike[str],
     *,
     readonly: bool = False,

@@ -37,3 +37,11 @@ class CorruptionError(Error):
 
 class IntegrityError(CorruptionError):
     """A record read through the index does not match what the index expects."""
+
+
+class EncryptionError(Error):
+    """The store or a value is encrypted and the key is missing, wrong, or the value was moved."""
+
+
+class NotAnIntegerError(Error, ValueError):
+    """``incr`` found a value that is not an ASCII decimal integer, or the result overflows."""

@@ -17,6 +17,7 @@ of a key winning; docs/format.md explains why that order is exact after compacti
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 
@@ -59,8 +60,11 @@ class LoadedStore:
 
 
 def _is_own_file(name: str) -> bool:
+    from .codec import KEYCHECK_NAME, is_dict_name
+
     return (
-        name in (LOCK_NAME, MARKER_NAME, MARKER_NAME + seg_mod.TMP_SUFFIX)
+        name in (LOCK_NAME, MARKER_NAME, KEYCHECK_NAME)
+        or is_dict_name(name)
         or seg_mod.parse_id(name, seg_mod.DATA_SUFFIX) is not None
         or seg_mod.parse_id(name, seg_mod.HINT_SUFFIX) is not None
         or name.endswith(seg_mod.TMP_SUFFIX)
@@ -238,7 +242,7 @@ class _Loader:
                 self.report.damage.pop()
                 self.report.corrupt_bytes -= min(size, seg_mod.HEADER_SIZE)
             return None
-        ascending = all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
+        ascending = all(a < b for a, b in itertools.pairwise(seqs))
         if ascending:
             header = SegmentHeader(seg_mod.KIND_APPEND, seqs[0], seqs[0], 0)
         else:

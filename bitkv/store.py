@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Literal, TypeVar
 
-from . import keydir, killpoints, recovery
+from . import codec, keydir, killpoints, recovery
 from . import record as rec
 from . import segment as seg_mod
-from .errors import ClosedError, CorruptionError, Error, ReadOnlyError
+from .errors import ClosedError, CorruptionError, Error, NotAnIntegerError, ReadOnlyError
 from .fileio import DEFAULT_FILEIO, FileIO
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
 from .lock import StoreLock
@@ -35,6 +35,8 @@ MIN_SEGMENT_SIZE = 4096
 MAX_SEGMENT_SIZE = 2**31  # offsets are 32-bit; leave room for one oversized record
 MAX_TTL_SECONDS = 100 * 365 * 24 * 3600.0
 _OFFSET_MASK = keydir.OFFSET_MASK
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 _MISSING: Any = object()
 
 
@@ -81,6 +83,74 @@ def check_ttl(ttl: object) -> float:
     return float(ttl)
 
 
+def _check_number(name: str, value: object, low: float, high: float, *,
+                  low_open: bool = False, integral: bool = False) -> None:
+    """Validate a numeric option; the error names the option, its range and the bad value."""
+    kinds = (int,) if integral else (int, float)
+    ok = not isinstance(value, bool) and isinstance(value, kinds)
+    if ok:
+        number = float(value)  # type: ignore[arg-type]
+        ok = (low < number if low_open else low <= number) and number <= high
+    if not ok:
+        kind = "an int" if integral else "a number"
+        bound = f"> {low}" if low_open else f">= {low}"
+        upper = "" if high == math.inf else f" and <= {high}"
+        raise ValueError(f"{name} must be {kind} {bound}{upper}, not {value!r}")
+
+
+def parse_int(key: bytes, value: bytes) -> int:
+    """Parse a stored counter: optional '-', ASCII digits, no leading zeros or spaces."""
+    text = value.decode("ascii", "replace")
+    digits = text[1:] if text.startswith("-") else text
+    if not digits.isdigit() or not digits.isascii() or len(text) > 20 \
+            or (len(digits) > 1 and digits[0] == "0") or text == "-0":
+        raise NotAnIntegerError(f"value of key {key!r} is not an integer")
+    number = int(text)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise NotAnIntegerError(f"value of key {key!r} is out of the signed 64-bit range")
+    return number
+
+
+class Batch:
+    """Operations collected for one atomic write; see :meth:`Store.batch`."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._ops: list[tuple[bytes, bytes | None, float | None]] = []
+        self._done = False
+
+    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None) -> None:
+        if ttl is not None:
+            check_ttl(ttl)
+        self._ops.append((to_key(key), to_value(value), ttl))
+
+    def delete(self, key: KeyLike) -> None:
+        self._ops.append((to_key(key), None, None))
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def commit(self) -> None:
+        """Write every collected operation atomically. A batch commits once."""
+        if self._done:
+            raise Error("this batch was already committed or discarded")
+        self._done = True
+        self._store._commit_batch(self._ops)
+
+    def discard(self) -> None:
+        self._done = True
+        self._ops = []
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
 class _Closed(dict):
     """Stands in for the keydir after close, so the read path needs no 'closed' check."""
 
@@ -110,27 +180,22 @@ class Store(MutableMapping[bytes, bytes]):
         auto_compact: bool = True,
         compact_dead_ratio: float = 0.5,
         compact_min_dead_bytes: int = 16 * 2**20,
+        compression: str | None = None,
+        compression_min_size: int = 256,
+        encryption_key: bytes | None = None,
         fileio: FileIO | None = None,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
-        if isinstance(sync_interval, bool) or not isinstance(sync_interval, (int, float)) \
-                or not 0 < sync_interval < math.inf:
-            raise ValueError(f"sync_interval must be a positive number of seconds, "
-                             f"not {sync_interval!r}")
-        if isinstance(max_segment_size, bool) or not isinstance(max_segment_size, int) \
-                or not MIN_SEGMENT_SIZE <= max_segment_size <= MAX_SEGMENT_SIZE:
-            raise ValueError(f"max_segment_size must be an int from {MIN_SEGMENT_SIZE} to "
-                             f"{MAX_SEGMENT_SIZE} bytes, not {max_segment_size!r}")
+        _check_number("sync_interval", sync_interval, 0, math.inf, low_open=True)
+        _check_number("max_segment_size", max_segment_size, MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE,
+                      integral=True)
         if not callable(clock):
             raise TypeError("clock must be a callable returning Unix time in seconds")
-        if isinstance(compact_dead_ratio, bool) or not isinstance(compact_dead_ratio, (int, float)) \
-                or not 0 < compact_dead_ratio <= 1:
-            raise ValueError(f"compact_dead_ratio must be in (0, 1], not {compact_dead_ratio!r}")
-        if isinstance(compact_min_dead_bytes, bool) or not isinstance(compact_min_dead_bytes, int) \
-                or compact_min_dead_bytes < 0:
-            raise ValueError(f"compact_min_dead_bytes must be an int >= 0, "
-                             f"not {compact_min_dead_bytes!r}")
+        _check_number("compact_dead_ratio", compact_dead_ratio, 0, 1, low_open=True)
+        _check_number("compact_min_dead_bytes", compact_min_dead_bytes, 0, math.inf,
+                      integral=True)
+        _check_number("compression_min_size", compression_min_size, 0, math.inf, integral=True)
         self.auto_compact = bool(auto_compact)
         self.compact_dead_ratio = float(compact_dead_ratio)
         self.compact_min_dead_bytes = compact_min_dead_bytes
@@ -162,6 +227,11 @@ class Store(MutableMapping[bytes, bytes]):
         try:
             if must_create:
                 recovery.create_store(self.path, self._io)
+            codec.check_encryption_key(self.path, encryption_key, create=not readonly)
+            self._codec = codec.ValueCodec(self.path, compression=compression,
+                                           compression_min_size=compression_min_size,
+                                           encryption_key=encryption_key)
+            self._encoding = self._codec.active
             loaded = recovery.load(self.path, self._io, readonly=readonly, now_ms=self._now_ms())
         except BaseException:
             if self._store_lock is not None:
@@ -385,8 +455,7 @@ class Store(MutableMapping[bytes, bytes]):
         return value
 
     def _decode_value(self, key: bytes, flags: int, stored: bytes) -> bytes:
-        raise CorruptionError(
-            f"key {key!r}: record flags {flags:#x} name an encoding this store cannot decode")
+        return self._codec.decode(key, flags, stored)
 
     def _live_entry(self, key: bytes) -> int | None:
         entry = self._entries.get(key)
@@ -425,32 +494,249 @@ class Store(MutableMapping[bytes, bytes]):
         k = to_key(key)
         return self._live_entry(k) is not None
 
-    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None) -> None:
-        """Store ``value`` under ``key``, replacing any previous value and TTL.
+    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None,
+            if_absent: bool = False, if_present: bool = False, keep_ttl: bool = False) -> bool:
+        """Store ``value`` under ``key``; return True if written, False if a condition failed.
 
-        ``ttl`` is in seconds (None: never expires). When this returns, the write has reached
-        the OS (it survives the process being killed); with ``sync="always"`` it is also on
-        stable storage (it survives power loss).
+        ``ttl`` is in seconds (None: never expires). ``if_absent`` writes only if the key has
+        no live value, ``if_present`` only if it has one; ``keep_ttl`` keeps the key's current
+        expiry (``ttl`` must then be None). The check and the write are atomic.
+
+        When this returns, the write has reached the OS (it survives the process being
+        killed); with ``sync="always"`` it is also on stable storage (it survives power loss).
         """
         k = key if type(key) is bytes and key and len(key) <= rec.MAX_KEY_SIZE else to_key(key)
         v = value if type(value) is bytes and len(value) <= rec.MAX_VALUE_SIZE else to_value(value)
         expiry_ms = self._expiry_ms(ttl) if ttl is not None else 0
-        v, flags = self._encode_value(k, v)
-        with self._lock:
-            self._check_writable()
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            data = rec.encode(k, v, seq, expiry_ms, flags)
-            seg, offset = self._append(data)
-            self._index(k, seg, offset, len(data), expiry_ms)
+        flags = 0
+        if self._encoding:
+            v, flags = self._codec.encode(k, v)
+        if if_absent or if_present or keep_ttl:
+            if keep_ttl and ttl is not None:
+                raise ValueError("keep_ttl=True and a ttl contradict each other")
+            if if_absent and if_present:
+                raise ValueError("if_absent and if_present cannot both be true")
+            with self._lock:
+                self._check_writable()
+                live = self._live_entry(k) is not None
+                if (if_absent and live) or (if_present and not live):
+                    return False
+                if keep_ttl and live:
+                    expiry_ms = self._expiries.get(k, 0) if self._expiries else 0
+                seg, end = self._write_locked(k, v, flags, expiry_ms)
+        else:
+            with self._lock:
+                self._check_writable()
+                seq = self._next_seq
+                self._next_seq = seq + 1
+                data = rec.encode(k, v, seq, expiry_ms, flags)
+                seg, offset = self._append(data)
+                self._index(k, seg, offset, len(data), expiry_ms)
+                end = offset + len(data)
         if self.sync_mode == "always":
-            self._wait_durable(seg, offset + len(data))
+            self._wait_durable(seg, end)
+        return True
 
-    def _encode_value(self, key: bytes, value: bytes) -> tuple[bytes, int]:
-        return value, 0
+    def _write_locked(self, k: bytes, stored: bytes, flags: int, expiry_ms: int
+                      ) -> tuple[Segment, int]:
+        """Append and index one record; return (segment, end offset). Locked."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        data = rec.encode(k, stored, seq, expiry_ms, flags)
+        seg, offset = self._append(data)
+        self._index(k, seg, offset, len(data), expiry_ms)
+        return seg, offset + len(data)
+
+    def _delete_locked(self, k: bytes, entry: int) -> tuple[Segment, int]:
+        """Write a tombstone for live key ``k`` and unindex it. Locked."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        data = rec.encode(k, b"", seq, 0, rec.TOMBSTONE)
+        seg, offset = self._append(data)
+        self._unlink_entry(entry)
+        self._keydir.remove(k)
+        return seg, offset + len(data)
+
+    def _durable(self, seg: Segment, end: int) -> None:
+        if self.sync_mode == "always":
+            self._wait_durable(seg, end)
 
     def __setitem__(self, key: KeyLike, value: ValueLike) -> None:
         self.put(key, value)
+
+    # -- atomic read-modify-write ------------------------------------------------------------
+
+    def _current_locked(self, k: bytes) -> bytes | None:
+        entry = self._live_entry(k)
+        return None if entry is None else self._value_of(k, entry)
+
+    def incr(self, key: KeyLike, delta: int = 1, *, ttl: float | None = None) -> int:
+        """Atomically add ``delta`` to the integer stored at ``key`` and return the result.
+
+        The value is ASCII decimal (like Redis). A missing key starts at 0, and only then is
+        ``ttl`` applied, so a fixed rate-limit window is one call that can never leave the
+        counter without its expiry; an existing key keeps its TTL. Raises
+        :class:`NotAnIntegerError` (changing nothing) if the value is not an integer or the
+        result leaves the signed 64-bit range.
+        """
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError(f"delta must be an int, not {type(delta).__name__}")
+        k = to_key(key)
+        new_expiry = self._expiry_ms(ttl) if ttl is not None else 0
+        with self._lock:
+            self._check_writable()
+            current = self._current_locked(k)
+            if current is None:
+                number, expiry_ms = 0, new_expiry
+            else:
+                number = parse_int(k, current)
+                expiry_ms = self._expiries.get(k, 0) if self._expiries else 0
+            result = number + delta
+            if not INT64_MIN <= result <= INT64_MAX:
+                raise NotAnIntegerError(f"incrementing key {k!r} by {delta} would overflow "
+                                        "a signed 64-bit integer")
+            stored, flags = str(result).encode("ascii"), 0
+            if self._encoding:
+                stored, flags = self._codec.encode(k, stored)
+            seg, end = self._write_locked(k, stored, flags, expiry_ms)
+        self._durable(seg, end)
+        return result
+
+    def compare_and_set(self, key: KeyLike, expected: ValueLike | None, new: ValueLike, *,
+                        ttl: float | None = None) -> bool:
+        """Atomically set ``key`` to ``new`` if its value is ``expected`` (None: absent).
+
+        Return True if it was set. ``ttl`` applies to the new value (None: no expiry).
+        """
+        k = to_key(key)
+        want = None if expected is None else to_value(expected)
+        v = to_value(new)
+        expiry_ms = self._expiry_ms(ttl) if ttl is not None else 0
+        flags = 0
+        if self._encoding:
+            v, flags = self._codec.encode(k, v)
+        with self._lock:
+            self._check_writable()
+            if self._current_locked(k) != want:
+                return False
+            seg, end = self._write_locked(k, v, flags, expiry_ms)
+        self._durable(seg, end)
+        return True
+
+    def get_and_delete(self, key: KeyLike) -> bytes | None:
+        """Atomically delete ``key`` and return the value it had (None if it had none)."""
+        k = to_key(key)
+        with self._lock:
+            self._check_writable()
+            entry = self._live_entry(k)
+            if entry is None:
+                return None
+            value = self._value_of(k, entry)
+            if value is None:
+                return None
+            seg, end = self._delete_locked(k, entry)
+        self._durable(seg, end)
+        return value
+
+    def pop(self, key: KeyLike, default: Any = _MISSING) -> Any:  # type: ignore[override]
+        """Atomically remove ``key`` and return its value, else ``default`` (or KeyError)."""
+        value = self.get_and_delete(key)
+        if value is None:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return value
+
+    def setdefault(self, key: KeyLike, default: ValueLike = b"") -> bytes:  # type: ignore[override]
+        """Return the value of ``key``, first storing ``default`` if it has none (atomic)."""
+        k = to_key(key)
+        d = to_value(default)
+        while True:
+            value = self.get(k)
+            if value is not None:
+                return value
+            if self.put(k, d, if_absent=True):
+                return d
+
+    def get_with_ttl(self, key: KeyLike) -> tuple[bytes, float | None] | None:
+        """Return ``(value, seconds_left_or_None)`` for a live key, else None."""
+        k = to_key(key)
+        for _attempt in range(8):
+            entry = self._entries.get(k)
+            if entry is None:
+                return None
+            exp = self._expiries.get(k) if self._expiries else None
+            now = self._now_ms()
+            if exp is not None and exp <= now:
+                return None
+            value = self._value_of(k, entry)
+            if value is None:
+                return None
+            if self._entries.get(k) == entry:  # value and expiry belong to the same record
+                return value, None if exp is None else (exp - now) / 1000.0
+        raise Error(f"key {k!r} kept changing while being read")
+
+    def batch(self) -> Batch:
+        """Return an atomic batch: ``with db.batch() as b: b.put(...); b.delete(...)``.
+
+        On leaving the block without an exception, every operation is written with one write
+        call (and at most one fsync): after a crash at any point either all of them are
+        visible or none is. An exception inside the block discards the batch.
+        """
+        self._check_writable()
+        return Batch(self)
+
+    def _commit_batch(self, ops: list[tuple[bytes, bytes | None, float | None]]) -> None:
+        if not ops:
+            return
+        encoded: list[tuple[bytes, bytes | None, int, int]] = []
+        for k, v, ttl in ops:
+            if v is None:
+                encoded.append((k, None, rec.TOMBSTONE, 0))
+                continue
+            flags = 0
+            if self._encoding:
+                v, flags = self._codec.encode(k, v)
+            encoded.append((k, v, flags, self._expiry_ms(ttl) if ttl is not None else 0))
+        last = len(encoded) - 1
+        with self._lock:
+            self._check_writable()
+            first_seq = self._next_seq
+            self._next_seq = first_seq + len(encoded)
+            parts = []
+            for i, (k, v, flags, expiry_ms) in enumerate(encoded):
+                if last:
+                    flags |= rec.BATCH | (rec.BATCH_FIRST if i == 0 else 0) | (
+                        rec.BATCH_LAST if i == last else 0)
+                parts.append(rec.encode(k, v or b"", first_seq + i, expiry_ms, flags))
+            seg, offset = self._append(b"".join(parts))
+            pos = offset
+            for (k, v, _flags, expiry_ms), data in zip(encoded, parts, strict=True):
+                if v is None:
+                    old = self._entries.get(k)
+                    if old is not None:
+                        self._unlink_entry(old)
+                        self._keydir.remove(k)
+                else:
+                    self._index(k, seg, pos, len(data), expiry_ms)
+                pos += len(data)
+        self._durable(seg, pos)
+
+    def train_compression_dictionary(self, samples: list[bytes] | None = None, *,
+                                     dict_size: int = 16 * 1024, sample_count: int = 2000) -> int:
+        """Train a zstd dictionary and compress new values with it; return its id.
+
+        ``samples`` defaults to up to ``sample_count`` values read from the store. The
+        dictionary is stored in the store directory so every later open can decompress.
+        """
+        self._check_writable()
+        if samples is None:
+            samples = []
+            for _k, v in self.items():
+                samples.append(v)
+                if len(samples) >= sample_count:
+                    break
+        return self._codec.train(samples, dict_size)
 
     def delete(self, key: KeyLike) -> bool:
         """Delete ``key``. Return True if a live key was deleted, False if there was none."""
@@ -466,14 +752,8 @@ class Store(MutableMapping[bytes, bytes]):
                 self._unlink_entry(entry)
                 self._keydir.remove(k)
                 return False
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            data = rec.encode(k, b"", seq, 0, rec.TOMBSTONE)
-            seg, offset = self._append(data)
-            self._unlink_entry(entry)
-            self._keydir.remove(k)
-        if self.sync_mode == "always":
-            self._wait_durable(seg, offset + len(data))
+            seg, end = self._delete_locked(k, entry)
+        self._durable(seg, end)
         return True
 
     def __delitem__(self, key: KeyLike) -> None:
@@ -565,13 +845,8 @@ class Store(MutableMapping[bytes, bytes]):
             if got is None:
                 return False
             header, stored = got
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            data = rec.encode(k, stored, seq, expiry_ms, header.flags & ~rec.BATCH_FLAGS)
-            seg, offset = self._append(data)
-            self._index(k, seg, offset, len(data), expiry_ms)
-        if self.sync_mode == "always":
-            self._wait_durable(seg, offset + len(data))
+            seg, end = self._write_locked(k, stored, header.flags & ~rec.BATCH_FLAGS, expiry_ms)
+        self._durable(seg, end)
         return True
 
     def _purge_expired(self) -> None:

@@ -1,0 +1,247 @@
+"""Value encodings: zstandard compression and AES-256-GCM encryption at rest.
+
+Encoding order is compress, then encrypt (ciphertext does not compress). Each record says in
+its flags which encodings apply, so one store may mix plain, compressed and encrypted records.
+
+Encryption: each value is sealed with a fresh random 96-bit nonce; the record's key is the
+associated data, so a sealed value copied under another key fails to open. Keys, value sizes,
+sequence numbers and expiry times stay visible on disk (see docs/format.md).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import threading
+from collections.abc import Iterable
+
+import zstandard
+
+from . import record as rec
+from .crc import crc32c
+from .errors import EncryptionError, Error
+
+DICT_PREFIX = "zstd-"
+DICT_SUFFIX = ".dict"
+KEYCHECK_NAME = "ENCRYPTION"
+KEYCHECK_MAGIC = b"BITKVENC"
+NONCE_SIZE = 12
+TAG_SIZE = 16
+DEFAULT_COMPRESSION_MIN_SIZE = 256
+_KEYCHECK_PLAINTEXT = b"bitkv encryption key check v1"
+
+
+def dict_name(dict_id: int) -> str:
+    return f"{DICT_PREFIX}{dict_id:010d}{DICT_SUFFIX}"
+
+
+def is_dict_name(name: str) -> bool:
+    stem = name[len(DICT_PREFIX) : -len(DICT_SUFFIX)]
+    return name.startswith(DICT_PREFIX) and name.endswith(DICT_SUFFIX) and stem.isdigit()
+
+
+class _Cipher:
+    def __init__(self, key: bytes) -> None:
+        try:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise Error("encryption needs the 'cryptography' package: "
+                        "pip install 'bitkv[crypto]'") from None
+        self._aead = AESGCM(key)
+
+    def seal(self, key: bytes, plaintext: bytes) -> bytes:
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, plaintext, key)
+
+    def open(self, key: bytes, sealed: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        if len(sealed) < NONCE_SIZE + TAG_SIZE:
+            raise EncryptionError(f"key {key!r}: sealed value is too short")
+        try:
+            return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], key)
+        except InvalidTag:
+            raise EncryptionError(
+                f"key {key!r}: value does not open with this encryption key "
+                "(wrong key, or the value was tampered with or moved)") from None
+
+
+def check_encryption_key(directory: str, key: bytes | None, *, create: bool) -> None:
+    """Verify ``key`` against the store's key-check file, creating it when allowed.
+
+    A store that has a key-check file refuses to open without the right key; a store opened
+    with a key for the first time gets one (written atomically, fsynced).
+    """
+    path = os.path.join(directory, KEYCHECK_NAME)
+    exists = os.path.exists(path)
+    if key is None:
+        if exists:
+            raise EncryptionError(f"store {directory!r} is encrypted: open it with its "
+                                  "encryption_key")
+        return
+    cipher = _Cipher(key)
+    if exists:
+        with open(path, "rb") as fh:
+            blob = fh.read()
+        if not blob.startswith(KEYCHECK_MAGIC):
+            raise EncryptionError(f"{path}: not a bitkv key-check file")
+        try:
+            plain = cipher.open(KEYCHECK_MAGIC, blob[len(KEYCHECK_MAGIC):])
+        except EncryptionError:
+            raise EncryptionError(f"wrong encryption key for store {directory!r}") from None
+        if plain != _KEYCHECK_PLAINTEXT:
+            raise EncryptionError(f"wrong encryption key for store {directory!r}")
+        return
+    if not create:
+        return
+    blob = KEYCHECK_MAGIC + cipher.seal(KEYCHECK_MAGIC, _KEYCHECK_PLAINTEXT)
+    write_file_atomically(directory, KEYCHECK_NAME, blob)
+
+
+def write_file_atomically(directory: str, name: str, data: bytes) -> None:
+    """Write ``directory/name`` via a temp file, fsync, rename and directory fsync."""
+    tmp = os.path.join(directory, name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, os.path.join(directory, name))
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+_DICT_HEADER = struct.Struct("<8sII")  # magic, dict id, crc32c of the dictionary bytes
+_DICT_MAGIC = b"BITKVZDC"
+
+
+class ValueCodec:
+    """Turns user values into stored bytes and back, per the store's options."""
+
+    def __init__(self, directory: str, *, compression: str | None = None,
+                 compression_min_size: int = DEFAULT_COMPRESSION_MIN_SIZE,
+                 compression_level: int = 3, encryption_key: bytes | None = None) -> None:
+        if compression not in (None, "zstd"):
+            raise ValueError(f"compression must be None or 'zstd', not {compression!r}")
+        if encryption_key is not None:
+            if not isinstance(encryption_key, (bytes, bytearray)) or len(encryption_key) != 32:
+                raise ValueError("encryption_key must be 32 bytes (AES-256)")
+            encryption_key = bytes(encryption_key)
+        self.directory = directory
+        self.compression = compression
+        self.compression_min_size = compression_min_size
+        self.compression_level = compression_level
+        self._cipher = _Cipher(encryption_key) if encryption_key is not None else None
+        self._local = threading.local()  # zstd contexts are not thread-safe
+        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        self._active_dict: zstandard.ZstdCompressionDict | None = None
+        self._load_dicts()
+
+    @property
+    def active(self) -> bool:
+        return self.compression is not None or self._cipher is not None
+
+    # -- dictionaries ------------------------------------------------------------------------
+
+    def _load_dicts(self) -> None:
+        try:
+            names = sorted(n for n in os.listdir(self.directory) if is_dict_name(n))
+        except OSError:
+            return
+        for name in names:
+            with open(os.path.join(self.directory, name), "rb") as fh:
+                blob = fh.read()
+            d = _decode_dict(blob)
+            if d is not None:
+                self._dicts[d.dict_id()] = d
+                self._active_dict = d  # the newest trained dictionary compresses new values
+
+    def train(self, samples: Iterable[bytes], dict_size: int = 16 * 1024) -> int:
+        """Train a dictionary from ``samples``, store it durably, use it from now on."""
+        data = [s for s in samples if s]
+        if len(data) < 8:
+            raise ValueError("training a dictionary needs at least 8 non-empty sample values")
+        try:
+            d = zstandard.train_dictionary(dict_size, data)
+        except zstandard.ZstdError as exc:
+            raise Error(f"zstd could not train a dictionary from these samples: {exc}") from None
+        raw = d.as_bytes()
+        blob = _DICT_HEADER.pack(_DICT_MAGIC, d.dict_id(), crc32c(raw)) + raw
+        name = dict_name(d.dict_id())
+        if not os.path.exists(os.path.join(self.directory, name)):
+            write_file_atomically(self.directory, name, blob)
+        self._dicts[d.dict_id()] = d
+        self._active_dict = d
+        self._local = threading.local()
+        return d.dict_id()
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "compressor", None)
+        if c is None:
+            c = zstandard.ZstdCompressor(level=self.compression_level, dict_data=self._active_dict,
+                                         write_content_size=True)
+            self._local.compressor = c
+        return c
+
+    def _decompressor(self, dict_id: int) -> zstandard.ZstdDecompressor:
+        cache = getattr(self._local, "decompressors", None)
+        if cache is None:
+            cache = self._local.decompressors = {}
+        d = cache.get(dict_id)
+        if d is None:
+            dict_data = None
+            if dict_id:
+                dict_data = self._dicts.get(dict_id)
+                if dict_data is None:
+                    self._load_dicts()
+                    dict_data = self._dicts.get(dict_id)
+                if dict_data is None:
+                    raise Error(f"value was compressed with zstd dictionary {dict_id}, "
+                                f"whose file {dict_name(dict_id)} is missing from the store")
+            d = cache[dict_id] = zstandard.ZstdDecompressor(dict_data=dict_data)
+        return d
+
+    # -- values ------------------------------------------------------------------------------
+
+    def encode(self, key: bytes, value: bytes) -> tuple[bytes, int]:
+        flags = 0
+        if self.compression is not None and len(value) >= self.compression_min_size:
+            packed = self._compressor().compress(value)
+            if len(packed) < len(value):
+                value = packed
+                flags |= rec.COMPRESSED
+        if self._cipher is not None:
+            value = self._cipher.seal(key, value)
+            flags |= rec.ENCRYPTED
+        return value, flags
+
+    def decode(self, key: bytes, flags: int, stored: bytes) -> bytes:
+        if flags & rec.ENCRYPTED:
+            if self._cipher is None:
+                raise EncryptionError(f"key {key!r}: value is encrypted; open the store with "
+                                      "its encryption_key")
+            stored = self._cipher.open(key, stored)
+        if flags & rec.COMPRESSED:
+            try:
+                params = zstandard.get_frame_parameters(stored)
+                return self._decompressor(params.dict_id).decompress(
+                    stored, max_output_size=rec.MAX_VALUE_SIZE)
+            except zstandard.ZstdError as exc:
+                raise Error(f"key {key!r}: compressed value does not decompress: {exc}") from None
+        return stored
+
+
+def _decode_dict(blob: bytes) -> zstandard.ZstdCompressionDict | None:
+    if len(blob) < _DICT_HEADER.size:
+        return None
+    magic, dict_id, crc = _DICT_HEADER.unpack_from(blob)
+    raw = blob[_DICT_HEADER.size :]
+    if magic != _DICT_MAGIC or crc32c(raw) != crc:
+        return None
+    d = zstandard.ZstdCompressionDict(raw)
+    return d if d.dict_id() == dict_id else None
