@@ -34,8 +34,8 @@ __version__ = "0.1.0"
 __all__ = [
     "MAX_KEY_SIZE",
     "MAX_VALUE_SIZE",
-    "ClosedError",
     "Batch",
+    "ClosedError",
     "CorruptionError",
     "EncryptionError",
     "Error",
