@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import codec, keydir, killpoints, recovery
 from . import record as rec
@@ -23,6 +23,9 @@ from .fileio import DEFAULT_FILEIO, FileIO
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
 from .lock import StoreLock
 from .segment import Segment, SegmentHeader
+
+if TYPE_CHECKING:
+    from .views import JsonView, Namespace
 
 SyncMode = Literal["always", "interval", "never"]
 SYNC_MODES = ("always", "interval", "never")
@@ -721,6 +724,19 @@ class Store(MutableMapping[bytes, bytes]):
                     self._index(k, seg, pos, len(data), expiry_ms)
                 pos += len(data)
         self._durable(seg, pos)
+
+    @property
+    def json(self) -> JsonView:
+        """A view that stores JSON documents: ``db.json.put(key, obj, ttl=...)``, ``get``."""
+        from .views import JsonView
+
+        return JsonView(self)
+
+    def namespace(self, prefix: KeyLike) -> Namespace:
+        """A view confined to keys starting with ``prefix`` (given and returned without it)."""
+        from .views import Namespace
+
+        return Namespace(self, prefix)
 
     def train_compression_dictionary(self, samples: list[bytes] | None = None, *,
                                      dict_size: int = 16 * 1024, sample_count: int = 2000) -> int:
