@@ -1,0 +1,169 @@
+"""The single-writer lock, exercised with a second process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import bitkv
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, bitkv
+    db = bitkv.open(sys.argv[1], sync=sys.argv[2])
+    for i in range(50):
+        db.put(b"child-%d" % i, b"value-%d" % i)
+    print("READY", flush=True)
+    sys.stdin.readline()          # hold the lock until told to go
+    db.close()
+    print("CLOSED", flush=True)
+    """
+)
+
+TRY_OPEN = textwrap.dedent(
+    """
+    import sys, time, bitkv
+    readonly = sys.argv[2] == "readonly"
+    t0 = time.monotonic()
+    try:
+        db = bitkv.open(sys.argv[1], readonly=readonly)
+    except bitkv.Error as exc:
+        print("ERROR", type(exc).__name__, round(time.monotonic() - t0, 3), str(exc))
+    else:
+        print("OPENED", db.get(b"parent"), len(db))
+        db.close()
+    """
+)
+
+
+def _spawn_holder(path: str, sync: str = "never") -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, path, sync], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.strip() == "READY", line
+    return proc
+
+
+def _try_open_in_child(path: str, mode: str) -> str:
+    out = subprocess.run([sys.executable, "-c", TRY_OPEN, path, mode], capture_output=True,
+                         text=True, timeout=60, check=True)
+    return out.stdout.strip()
+
+
+def _release(proc: subprocess.Popen) -> None:
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "CLOSED"
+    assert proc.wait(timeout=30) == 0
+
+
+@pytest.fixture
+def holder(db_path):
+    proc = _spawn_holder(db_path)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_second_process_gets_lock_error_at_once(db_path, holder):
+    t0 = time.monotonic()
+    with pytest.raises(bitkv.LockError) as exc:
+        bitkv.open(db_path)
+    assert time.monotonic() - t0 < 1.0, "open waited for the lock instead of failing"
+    message = str(exc.value)
+    assert db_path in message
+    assert f"pid {holder.pid}" in message
+    assert "readonly=True" in message
+    with pytest.raises(bitkv.LockError):
+        bitkv.open(db_path, create=False)
+    _release(holder)
+    with bitkv.open(db_path) as db:  # released on close
+        assert db.get(b"child-49") == b"value-49"
+
+
+def test_readonly_opens_beside_the_writer(db_path, holder):
+    with bitkv.open(db_path, readonly=True) as db:
+        assert len(db) == 50
+        assert db.get(b"child-7") == b"value-7"
+        with pytest.raises(bitkv.ReadOnlyError):
+            db.put(b"x", b"y")
+    # Several readers at once, too.
+    with bitkv.open(db_path, readonly=True) as r1, bitkv.open(db_path, readonly=True) as r2:
+        assert dict(r1.items()) == dict(r2.items())
+    assert holder.poll() is None  # the writer was not disturbed
+    _release(holder)
+
+
+def test_child_process_is_refused_while_we_hold_the_lock(db_path):
+    with bitkv.open(db_path) as db:
+        db.put(b"parent", b"p")
+        out = _try_open_in_child(db_path, "write")
+        assert out.startswith("ERROR LockError"), out
+        elapsed = float(out.split()[2])
+        assert elapsed < 1.0
+        assert db_path in out
+        assert f"pid {os.getpid()}" in out
+        out = _try_open_in_child(db_path, "readonly")
+        assert out == "OPENED b'p' 1", out
+    out = _try_open_in_child(db_path, "write")
+    assert out == "OPENED b'p' 1", out
+
+
+def test_same_process_second_writer_is_refused(db_path):
+    with bitkv.open(db_path), pytest.raises(bitkv.LockError, match="locked"):
+        bitkv.open(db_path)
+
+
+def test_lock_released_after_holder_is_killed(db_path):
+    for sync in ("never", "always"):
+        proc = _spawn_holder(db_path, sync)
+        with pytest.raises(bitkv.LockError):
+            bitkv.open(db_path)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        # The LOCK file is still there with the dead pid in it; it must not block.
+        with open(os.path.join(db_path, "LOCK"), "rb") as fh:
+            assert fh.read().strip() == str(proc.pid).encode()
+        with bitkv.open(db_path) as db:
+            assert len(db) == 50  # every acknowledged put survived kill -9
+            assert db.get(b"child-0") == b"value-0"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("content", [b"", b"DEAD", b"\n", b"garbage \x00\xff"])
+def test_stale_lock_file_does_not_block(db_path, content):
+    with bitkv.open(db_path) as db:
+        db.put(b"a", b"1")
+    lock = os.path.join(db_path, "LOCK")
+    with open(lock, "wb") as fh:
+        fh.write(b"%d\n" % _dead_pid() if content == b"DEAD" else content)
+    with bitkv.open(db_path) as db:
+        assert db.get(b"a") == b"1"
+        db.put(b"b", b"2")
+        with open(lock, "rb") as fh:
+            assert fh.read() == b"%d\n" % os.getpid()
+    with bitkv.open(db_path) as db:
+        assert db.get(b"b") == b"2"
+
+
+def test_missing_lock_file_is_recreated(db_path):
+    with bitkv.open(db_path) as db:
+        db.put(b"a", b"1")
+    os.remove(os.path.join(db_path, "LOCK"))
+    with bitkv.open(db_path) as db:
+        assert db.get(b"a") == b"1"
+        assert os.path.exists(os.path.join(db_path, "LOCK"))
+        with pytest.raises(bitkv.LockError):
+            bitkv.open(db_path)
