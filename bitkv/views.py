@@ -1,0 +1,349 @@
+"""Views over a store: JSON documents (:class:`JsonView`) and key prefixes (:class:`Namespace`).
+
+Both are thin, stateless wrappers: every call goes straight to the underlying
+:class:`bitkv.Store` (so atomicity, TTLs and thread safety are the store's), and they may be
+created as often as convenient (``db.json``, ``db.namespace(b"session:")``).
+
+JSON is encoded strictly, with the standard :mod:`json` module: compact separators, no NaN or
+infinities, and only JSON types (dict, list, str, int, float, bool, None) -- anything else,
+bytes included, is a ``TypeError``. A stored value that is not strict JSON raises
+:class:`InvalidJSONError` naming the key. Nothing here ever unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, MutableMapping
+from typing import Any, Protocol
+
+from . import record as rec
+from .errors import Error
+from .store import Batch, KeyLike, Store, ValueLike, to_key
+
+__all__ = ["InvalidJSONError", "JsonView", "Namespace", "NamespaceBatch"]
+
+_MISSING: Any = object()
+
+
+class InvalidJSONError(Error, ValueError):
+    """A stored value read through a :class:`JsonView` is not strict JSON."""
+
+
+def encode_json(obj: object) -> bytes:
+    """Return ``obj`` as compact, strict JSON in UTF-8 (TypeError/ValueError if it is not)."""
+    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(key: bytes, data: bytes) -> Any:
+    """Parse stored ``data``; raise :class:`InvalidJSONError` naming ``key`` if it is not JSON."""
+    try:
+        return json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, NaN
+        raise InvalidJSONError(f"value of key {key!r} is not valid JSON: {exc}") from None
+
+
+class _KVBackend(Protocol):
+    """What a JsonView needs from the object it wraps (a Store or a Namespace)."""
+
+    def get(self, key: KeyLike, default: Any = None) -> Any: ...
+    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None,
+            if_absent: bool = False, if_present: bool = False, keep_ttl: bool = False
+            ) -> bool: ...
+    def delete(self, key: KeyLike) -> bool: ...
+    def keys(self, prefix: KeyLike | None = None) -> Iterator[bytes]: ...
+    def items(self, prefix: KeyLike | None = None) -> Iterator[tuple[bytes, bytes]]: ...
+    def __contains__(self, key: object) -> bool: ...
+    def __len__(self) -> int: ...
+
+
+class JsonView:
+    """Stores JSON documents in a store (or a :class:`Namespace`): ``db.json.put(k, {...})``.
+
+    Keys are as in the store (bytes; str is UTF-8 encoded) and come back as bytes. Values are
+    any JSON-encodable object; ``get`` returns what ``json.loads`` makes of the stored bytes
+    (so tuples come back as lists and non-str dict keys as str, as with :mod:`json`).
+    """
+
+    __slots__ = ("_kv",)
+
+    def __init__(self, store: Store | Namespace) -> None:
+        self._kv: _KVBackend = store
+
+    @property
+    def store(self) -> Store | Namespace:
+        return self._kv  # type: ignore[return-value]
+
+    def get(self, key: KeyLike, default: Any = None) -> Any:
+        """Return the decoded document of ``key``, or ``default`` if it is missing or expired."""
+        data = self._kv.get(key, _MISSING)
+        if data is _MISSING:
+            return default
+        return decode_json(to_key(key), data)
+
+    def put(self, key: KeyLike, obj: object, *, ttl: float | None = None,
+            if_absent: bool = False, if_present: bool = False, keep_ttl: bool = False) -> bool:
+        """Encode ``obj`` as JSON and store it; the options and result are those of
+        :meth:`bitkv.Store.put`. Raises TypeError (nothing is written) for non-JSON types."""
+        return self._kv.put(key, encode_json(obj), ttl=ttl, if_absent=if_absent,
+                            if_present=if_present, keep_ttl=keep_ttl)
+
+    def delete(self, key: KeyLike) -> bool:
+        return self._kv.delete(key)
+
+    def __getitem__(self, key: KeyLike) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: KeyLike, obj: object) -> None:
+        self.put(key, obj)
+
+    def __delitem__(self, key: KeyLike) -> None:
+        if not self._kv.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._kv
+
+    def __len__(self) -> int:
+        return len(self._kv)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._kv.keys()
+
+    def keys(self, prefix: KeyLike | None = None) -> Iterator[bytes]:
+        return self._kv.keys(prefix)
+
+    def items(self, prefix: KeyLike | None = None) -> Iterator[tuple[bytes, Any]]:
+        """Iterate over (key, document) of live keys, optionally only those under ``prefix``."""
+        for k, data in self._kv.items(prefix):
+            yield k, decode_json(k, data)
+
+    def __repr__(self) -> str:
+        return f"<bitkv.JsonView of {self._kv!r}>"
+
+
+def _to_prefix(prefix: object) -> bytes:
+    if isinstance(prefix, str):
+        p = prefix.encode("utf-8")
+    elif isinstance(prefix, (bytes, bytearray, memoryview)):
+        p = bytes(prefix)
+    else:
+        raise TypeError(f"namespace prefix must be bytes or str, not {type(prefix).__name__}")
+    if not p:
+        raise ValueError("namespace prefix must not be empty")
+    if len(p) >= rec.MAX_KEY_SIZE:
+        raise ValueError(f"namespace prefix is {len(p)} bytes; it must leave room for a key "
+                         f"within the {rec.MAX_KEY_SIZE}-byte limit")
+    return p
+
+
+class Namespace(MutableMapping[bytes, bytes]):
+    """The keys of a store that start with ``prefix``, addressed without it.
+
+    ``ns = db.namespace(b"session:")``: ``ns[b"42"]`` is ``db[b"session:42"]``; keys are
+    given and returned without the prefix; ``len``, iteration, ``keys``, ``items`` and
+    ``clear`` see only keys under the prefix (a key equal to the prefix itself, which no
+    namespace key can name, is not one of them). Every operation keeps the store's
+    semantics: ``incr``, ``compare_and_set``, ``get_and_delete``, conditional ``put`` and
+    batches are as atomic as on the store. ``len`` scans the store's index (O(store keys)).
+    """
+
+    def __init__(self, store: Store | Namespace, prefix: KeyLike) -> None:
+        p = _to_prefix(prefix)
+        if isinstance(store, Namespace):  # nest by concatenating the prefixes
+            p = store._prefix + p
+            store = store._store
+            if len(p) >= rec.MAX_KEY_SIZE:
+                raise ValueError(f"nested namespace prefix is {len(p)} bytes; it must leave "
+                                 f"room for a key within the {rec.MAX_KEY_SIZE}-byte limit")
+        self._store: Store = store
+        self._prefix = p
+
+    @property
+    def prefix(self) -> bytes:
+        return self._prefix
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def _full(self, key: object) -> bytes:
+        k = to_key(key)
+        full = self._prefix + k
+        if len(full) > rec.MAX_KEY_SIZE:
+            raise ValueError(f"key is {len(k)} bytes; with the {len(self._prefix)}-byte "
+                             f"namespace prefix the limit is "
+                             f"{rec.MAX_KEY_SIZE - len(self._prefix)} bytes")
+        return full
+
+    def _sub_prefix(self, prefix: KeyLike | None) -> bytes:
+        if prefix is None:
+            return self._prefix
+        if isinstance(prefix, str):
+            return self._prefix + prefix.encode("utf-8")
+        if isinstance(prefix, (bytes, bytearray, memoryview)):
+            return self._prefix + bytes(prefix)
+        raise TypeError(f"prefix must be bytes or str, not {type(prefix).__name__}")
+
+    def keys(self, prefix: KeyLike | None = None) -> Iterator[bytes]:  # type: ignore[override]
+        """Iterate over live keys of the namespace (without its prefix), like Store.keys."""
+        cut = len(self._prefix)
+        for k in self._store.keys(self._sub_prefix(prefix)):
+            if len(k) > cut:
+                yield k[cut:]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.keys()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())
+
+    def items(self, prefix: KeyLike | None = None) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[override]
+        cut = len(self._prefix)
+        for k, v in self._store.items(self._sub_prefix(prefix)):
+            if len(k) > cut:
+                yield k[cut:], v
+
+    def values(self) -> Iterator[bytes]:  # type: ignore[override]
+        for _k, v in self.items():
+            yield v
+
+    # -- the mapping API ---------------------------------------------------------------------
+
+    def get(self, key: KeyLike, default: Any = None) -> Any:  # type: ignore[override]
+        return self._store.get(self._full(key), default)
+
+    def __getitem__(self, key: KeyLike) -> bytes:
+        value = self._store.get(self._full(key), _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return self._full(key) in self._store
+
+    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None,
+            if_absent: bool = False, if_present: bool = False, keep_ttl: bool = False) -> bool:
+        return self._store.put(self._full(key), value, ttl=ttl, if_absent=if_absent,
+                               if_present=if_present, keep_ttl=keep_ttl)
+
+    def __setitem__(self, key: KeyLike, value: ValueLike) -> None:
+        self._store.put(self._full(key), value)
+
+    def delete(self, key: KeyLike) -> bool:
+        return self._store.delete(self._full(key))
+
+    def __delitem__(self, key: KeyLike) -> None:
+        if not self._store.delete(self._full(key)):
+            raise KeyError(key)
+
+    def clear(self) -> None:
+        """Delete every key of the namespace (in batches of 1000; not atomic as a whole)."""
+        keys = list(self._store.keys(self._prefix))
+        cut = len(self._prefix)
+        for start in range(0, len(keys), 1000):
+            with self._store.batch() as b:
+                for k in keys[start : start + 1000]:
+                    if len(k) > cut:
+                        b.delete(k)
+
+    # -- atomic read-modify-write ------------------------------------------------------------
+
+    def incr(self, key: KeyLike, delta: int = 1, *, ttl: float | None = None) -> int:
+        return self._store.incr(self._full(key), delta, ttl=ttl)
+
+    def compare_and_set(self, key: KeyLike, expected: ValueLike | None, new: ValueLike, *,
+                        ttl: float | None = None) -> bool:
+        return self._store.compare_and_set(self._full(key), expected, new, ttl=ttl)
+
+    def get_and_delete(self, key: KeyLike) -> bytes | None:
+        return self._store.get_and_delete(self._full(key))
+
+    def pop(self, key: KeyLike, default: Any = _MISSING) -> Any:  # type: ignore[override]
+        value = self._store.get_and_delete(self._full(key))
+        if value is None:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return value
+
+    def setdefault(self, key: KeyLike, default: ValueLike = b"") -> bytes:  # type: ignore[override]
+        return self._store.setdefault(self._full(key), default)
+
+    def get_with_ttl(self, key: KeyLike) -> tuple[bytes, float | None] | None:
+        return self._store.get_with_ttl(self._full(key))
+
+    # -- TTL ---------------------------------------------------------------------------------
+
+    def ttl(self, key: KeyLike) -> float | None:
+        """Seconds until ``key`` expires (None: never); KeyError if missing or expired."""
+        try:
+            return self._store.ttl(self._full(key))
+        except KeyError:
+            raise KeyError(key) from None
+
+    def expire(self, key: KeyLike, ttl: float) -> bool:
+        return self._store.expire(self._full(key), ttl)
+
+    def persist(self, key: KeyLike) -> bool:
+        return self._store.persist(self._full(key))
+
+    # -- derived views -----------------------------------------------------------------------
+
+    def batch(self) -> NamespaceBatch:
+        """An atomic batch whose keys are given without the prefix (see Store.batch)."""
+        return NamespaceBatch(self, self._store.batch())
+
+    def namespace(self, prefix: KeyLike) -> Namespace:
+        """A namespace nested in this one: its prefix is this prefix + ``prefix``."""
+        return Namespace(self, prefix)
+
+    @property
+    def json(self) -> JsonView:
+        """JSON documents under this namespace's keys."""
+        return JsonView(self)
+
+    def __repr__(self) -> str:
+        return f"<bitkv.Namespace {self._prefix!r} of {self._store!r}>"
+
+
+class NamespaceBatch:
+    """A :class:`bitkv.Batch` that adds its namespace's prefix to every key."""
+
+    __slots__ = ("_batch", "_ns")
+
+    def __init__(self, namespace: Namespace, batch: Batch) -> None:
+        self._ns = namespace
+        self._batch = batch
+
+    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None) -> None:
+        self._batch.put(self._ns._full(key), value, ttl=ttl)
+
+    def delete(self, key: KeyLike) -> None:
+        self._batch.delete(self._ns._full(key))
+
+    def __len__(self) -> int:
+        return len(self._batch)
+
+    def commit(self) -> None:
+        self._batch.commit()
+
+    def discard(self) -> None:
+        self._batch.discard()
+
+    def __enter__(self) -> NamespaceBatch:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
