@@ -42,6 +42,11 @@ class FileIO:
             with memoryview(data) as view:
                 written += os.write(fd, view[written:])
 
+    def write_returning_size(self, fd: int, data: bytes) -> int:
+        """:meth:`write`, returning the byte count like ``os.write`` (for the store's hot path)."""
+        self.write(fd, data)
+        return len(data)
+
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         return os.pread(fd, size, offset)
 

@@ -130,12 +130,22 @@ def intact_size_at(buf, pos: int, end: int) -> int:
 _NONZERO = re.compile(rb"[^\x00]")
 
 
-def find_next_intact(buf, pos: int, end: int) -> int:
+MIN_RECORD_SIZE = HEADER_SIZE + 1
+# Seqs an append segment may skip without a record: a failed write consumes its seq.
+SEQ_SLACK = 64
+
+
+def find_next_intact(buf, pos: int, end: int, last_seq: int | None = None) -> int:
     """Return the offset of the first intact record after ``pos``, or -1.
 
     Candidates are narrowed before any CRC is computed: a record's reserved byte (offset 5) is
     zero and its key length (offsets 6-7) is not, so zero-filled regions are skipped with one
     regex search and random garbage with ``find``, instead of a Python step per byte.
+
+    ``last_seq`` (append segments only, whose seqs ascend with no more than a few gaps) is the
+    seq of the last intact record before the damage. A candidate must then carry a seq that
+    could follow it across the damaged bytes; this rejects a record embedded in a torn value,
+    which would otherwise be indexed as a key nobody wrote.
     """
     p = pos + 1
     while p + HEADER_SIZE <= end:
@@ -143,6 +153,8 @@ def find_next_intact(buf, pos: int, end: int) -> int:
         if q < 0:
             return -1
         p = q - 5
+        if p + HEADER_SIZE > end:
+            return -1
         if buf[p + 6] == 0 and buf[p + 7] == 0:
             match = _NONZERO.search(buf, p + 6, end)
             if match is None:
@@ -150,20 +162,29 @@ def find_next_intact(buf, pos: int, end: int) -> int:
             p = max(p + 1, match.start() - 7)
             continue
         if intact_size_at(buf, p, end):
-            return p
+            if last_seq is None:
+                return p
+            seq = HEADER.unpack_from(buf, p)[5]
+            if last_seq < seq <= last_seq + 1 + (p - pos) // MIN_RECORD_SIZE + SEQ_SLACK:
+                return p
         p += 1
     return -1
 
 
-def scan(buf, start: int, end: int | None = None) -> Iterator[ScannedRecord | Damage]:
+def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = None
+         ) -> Iterator[ScannedRecord | Damage]:
     """Yield every intact record of ``buf[start:end]`` and every damaged region, in order.
 
     A damaged region followed by an intact record is reported with ``tail=False`` and scanning
     resumes at that record; damage that runs to ``end`` is reported with ``tail=True``.
+    ``first_seq`` marks an append segment whose records carry ascending seqs starting there;
+    resynchronisation after damage then only accepts records whose seq fits (see
+    :func:`find_next_intact`).
     """
     if end is None:
         end = len(buf)
     pos = start
+    last_seq = None if first_seq is None else first_seq - 1
     unpack = HEADER.unpack_from
     while pos < end:
         size = intact_size_at(buf, pos, end)
@@ -171,9 +192,11 @@ def scan(buf, start: int, end: int | None = None) -> Iterator[ScannedRecord | Da
             _crc, flags, _res, key_len, value_len, seq, expiry_ms = unpack(buf, pos)
             key = bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + key_len])
             yield ScannedRecord(pos, size, flags, seq, expiry_ms, key, value_len)
+            if last_seq is not None and seq > last_seq:
+                last_seq = seq
             pos += size
             continue
-        nxt = find_next_intact(buf, pos, end)
+        nxt = find_next_intact(buf, pos, end, last_seq)
         if nxt < 0:
             yield Damage(pos, end - pos, True)
             return

@@ -26,7 +26,6 @@ from . import segment as seg_mod
 from .errors import FormatVersionError, NotAStoreError, StoreNotFoundError
 from .fileio import FileIO
 from .keydir import KeyDir
-from .lock import LOCK_NAME
 from .segment import Segment, SegmentHeader
 
 MARKER_NAME = "BITKV"
@@ -59,16 +58,24 @@ class LoadedStore:
     slots: list[Segment | None]
 
 
-def _is_own_file(name: str) -> bool:
+def is_temp_name(name: str) -> bool:
+    """True for the temporary names bitkv itself creates (and may remove at open)."""
     from .codec import KEYCHECK_NAME, is_dict_name
 
+    if not name.endswith(seg_mod.TMP_SUFFIX):
+        return False
+    stem = name[: -len(seg_mod.TMP_SUFFIX)]
     return (
-        name in (LOCK_NAME, MARKER_NAME, KEYCHECK_NAME)
-        or is_dict_name(name)
-        or seg_mod.parse_id(name, seg_mod.DATA_SUFFIX) is not None
-        or seg_mod.parse_id(name, seg_mod.HINT_SUFFIX) is not None
-        or name.endswith(seg_mod.TMP_SUFFIX)
+        stem in (MARKER_NAME, KEYCHECK_NAME)
+        or is_dict_name(stem)
+        or seg_mod.parse_id(stem, seg_mod.DATA_SUFFIX) is not None
+        or seg_mod.parse_id(stem, seg_mod.HINT_SUFFIX) is not None
     )
+
+
+def _is_creation_leftover(name: str) -> bool:
+    """Files a crash during store creation can leave before the marker exists."""
+    return name == MARKER_NAME + seg_mod.TMP_SUFFIX
 
 
 def read_marker(directory: str) -> int:
@@ -106,10 +113,11 @@ def check_directory(directory: str, *, readonly: bool, create: bool) -> bool:
     if MARKER_NAME in names:
         read_marker(directory)
         return False
-    foreign = sorted(n for n in names if not _is_own_file(n))
-    segments = [n for n in names if seg_mod.parse_id(n, seg_mod.DATA_SUFFIX) is not None]
-    if foreign or segments:
-        shown = ", ".join((foreign or segments)[:3])
+    # The marker is the first file a new store gets, so without it only the marker's own
+    # temporary file may be present; anything else (even a LOCK or a *.tmp) is someone else's.
+    foreign = sorted(n for n in names if not _is_creation_leftover(n))
+    if foreign:
+        shown = ", ".join(foreign[:3])
         raise NotAStoreError(
             f"{directory!r} is not a bitkv store: it holds other files ({shown}) "
             f"and no {MARKER_NAME} marker; bitkv will not write into it"
@@ -122,8 +130,10 @@ def check_directory(directory: str, *, readonly: bool, create: bool) -> bool:
 def create_store(directory: str, io: FileIO) -> None:
     """Write the marker durably (temp file, fsync, rename, directory fsync)."""
     tmp = os.path.join(directory, MARKER_NAME + seg_mod.TMP_SUFFIX)
-    if os.path.exists(tmp):
-        io.unlink(tmp)
+    try:
+        io.unlink(tmp)  # left by a crash during an earlier creation
+    except FileNotFoundError:
+        pass
     fd = io.create(tmp)
     try:
         io.write(fd, MARKER_TEXT)
@@ -186,7 +196,7 @@ class _Loader:
     def open_segments(self) -> list[Segment]:
         names = self.io.listdir(self.directory)
         if not self.readonly:
-            temps = sorted(n for n in names if n.endswith(seg_mod.TMP_SUFFIX))
+            temps = sorted(n for n in names if is_temp_name(n))
             for name in temps:  # leftovers of an interrupted compaction or store creation
                 self.io.unlink(os.path.join(self.directory, name))
             if temps:
@@ -208,9 +218,9 @@ class _Loader:
                 for s in segments:
                     s.close()
                 raise FormatVersionError(f"{path}: {exc}; upgrade bitkv to open it") from None
-            except seg_mod.HeaderError as exc:
+            except seg_mod.HeaderError:
+                # Counted when salvaged: the scan from offset 0 reports the bad header bytes.
                 damaged.append((segment_id, path, fd, size))
-                self._damage(path, 0, min(size, seg_mod.HEADER_SIZE), f"segment header: {exc}")
                 continue
             segments.append(Segment(self.io, segment_id, path, fd, header, size))
         newest_id = ids[-1] if ids else -1
@@ -234,13 +244,14 @@ class _Loader:
             mm.close()
         if not seqs:
             self.io.close(fd)
-            if newest and not self.readonly and size <= seg_mod.HEADER_SIZE * 2:
+            if newest and size <= seg_mod.HEADER_SIZE * 2:
                 # Created but never durably written: the crash tore its header.
-                self.io.unlink(path)
-                self.io.fsync_dir(self.directory)
                 self.report.truncated_bytes += size
-                self.report.damage.pop()
-                self.report.corrupt_bytes -= min(size, seg_mod.HEADER_SIZE)
+                if not self.readonly:
+                    self.io.unlink(path)
+                    self.io.fsync_dir(self.directory)
+            else:
+                self._damage(path, 0, size, "segment header is damaged and no record is intact")
             return None
         ascending = all(a < b for a, b in itertools.pairwise(seqs))
         if ascending:
@@ -263,7 +274,9 @@ class _Loader:
         pending: list[record.ScannedRecord] = []
         dropped = 0
         if mm is not None:
-            for item in record.scan(mm, start, seg.size):
+            ordered = seg.kind == seg_mod.KIND_APPEND and not seg.header_damaged
+            first_seq = seg.header.order_seq if ordered else None
+            for item in record.scan(mm, start, seg.size, first_seq=first_seq):
                 if isinstance(item, record.Damage):
                     dropped += len(pending)
                     if item.tail and is_last and seg.kind == seg_mod.KIND_APPEND:

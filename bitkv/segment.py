@@ -22,6 +22,8 @@ FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sHHQQQI")  # magic, version, kind, order_seq, min_seq, nonce, crc
 HEADER_SIZE = HEADER.size  # 40
 
+REMAP_STEP = 1 << 20  # remap a growing active segment once it outgrew its map by this much
+
 KIND_APPEND = 0   # written by appends, records in seq order
 KIND_COMPACTED = 1  # written by compaction, one record per key, any seq order
 
@@ -159,7 +161,22 @@ class Segment:
         mm = self.mm
         if mm is not None and offset + size <= self.mapped:
             return mm[offset : offset + size]
+        if self.fd >= 0 and offset + size <= self.size and self.size - self.mapped >= REMAP_STEP:
+            # The active segment grew well past its map: extend the map (amortised over
+            # REMAP_STEP bytes of appends) rather than pay a pread per read from now on.
+            self.remap_grown()
+            mm = self.mm
+            if mm is not None and offset + size <= self.mapped:
+                return mm[offset : offset + size]
         return self.io.pread(self.fd, size, offset)
+
+    def remap_grown(self) -> None:
+        """Map the active segment up to its current size. The old map is left to the GC:
+        another thread may be slicing it right now."""
+        size = self.size
+        mm = self.io.map(self.fd, size)
+        self.mm = mm
+        self.mapped = size if mm is not None else 0
 
     def read_record(self, offset: int, size_hint: int, key: bytes) -> tuple[record.Header, bytes]:
         """Read and verify the record at ``offset``.
