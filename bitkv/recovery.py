@@ -262,20 +262,24 @@ class _Loader:
         seg.header_damaged = True
         return seg
 
-    def load_segment(self, seg: Segment, is_last: bool) -> None:
-        self.report.segments += 1
-        if seg.id in self.hint_ids and self._load_hint(seg):
-            seg.map()
-            return
+    def load_segment(self, seg: Segment, is_last: bool, start: int | None = None) -> None:
+        """Index ``seg`` (from ``start`` on, when a reader continues a segment it had read)."""
+        if start is None:
+            self.report.segments += 1
+            if seg.id in self.hint_ids and self._load_hint(seg):
+                seg.map()
+                return
+            start = 0 if seg.header_damaged else seg_mod.HEADER_SIZE
         seg.map()
         mm = seg.mm
         truncate_at = None
-        start = 0 if seg.header_damaged else seg_mod.HEADER_SIZE
         pending: list[record.ScannedRecord] = []
         dropped = 0
         if mm is not None:
             ordered = seg.kind == seg_mod.KIND_APPEND and not seg.header_damaged
             first_seq = seg.header.order_seq if ordered else None
+            if start > seg_mod.HEADER_SIZE and first_seq is not None:
+                first_seq = max(first_seq, self.max_seq + 1)
             for item in record.scan(mm, start, seg.size, first_seq=first_seq):
                 if isinstance(item, record.Damage):
                     dropped += len(pending)
@@ -371,3 +375,55 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedSt
             if sid is not None:
                 next_id = max(next_id, sid + 1)
     return LoadedStore(segments, loader.keydir, next_seq, next_id, loader.report, loader.slots)
+
+
+def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> bool:
+    """Index what a writer appended since ``loaded`` was built; for read-only openers.
+
+    Continues the newest append segment from where the last load stopped (an unfinished
+    write at its end is left for the next call) and loads append segments created since.
+    Returns False, changing nothing, when the store changed in a way that needs a full
+    reload: a segment was removed or a compaction output appeared.
+    """
+    names = io.listdir(directory)
+    on_disk = set(seg_mod.list_segment_ids(names))
+    known = {s.id for s in loaded.segments}
+    if not known <= on_disk:
+        return False
+    fresh: list[Segment] = []
+    for segment_id in sorted(on_disk - known):
+        path = seg_mod.segment_path(directory, segment_id)
+        fd = io.open_read(path)
+        try:
+            header = seg_mod.decode_header(io.pread(fd, seg_mod.HEADER_SIZE, 0))
+        except seg_mod.HeaderError:
+            io.close(fd)
+            break  # being created right now; pick it up next time
+        if header.kind != seg_mod.KIND_APPEND:
+            io.close(fd)
+            for seg in fresh:
+                seg.close()
+            return False
+        fresh.append(Segment(io, segment_id, path, fd, header, io.size(fd)))
+    loader = _Loader(directory, io, True, now_ms)
+    loader.keydir = loaded.keydir
+    loader.slots = loaded.slots
+    loader.report = loaded.report
+    loader.hint_ids = set()
+    loader.max_seq = loaded.next_seq - 1
+    last = loaded.segments[-1] if loaded.segments else None
+    if last is not None and last.kind == seg_mod.KIND_APPEND and last.fd >= 0:
+        grown = io.size(last.fd)
+        if grown > last.size:
+            start = last.size
+            last.size = grown
+            loader.load_segment(last, not fresh, start)
+    for i, seg in enumerate(fresh):
+        seg.slot = len(loader.slots)
+        loader.slots.append(seg)
+        loaded.segments.append(seg)
+        loader.load_segment(seg, i == len(fresh) - 1)
+    if fresh and last is not None:
+        last.release_fd()
+    loaded.next_seq = loader.max_seq + 1
+    return True

@@ -280,9 +280,10 @@ class Store(MutableMapping[bytes, bytes]):
             except BaseException:
                 self._release_files()
                 raise
-        for s in self._segments:
+        self._loaded = loaded
+        for s in self._segments[:-1] if readonly else self._segments:
             if s is not self._active:
-                s.release_fd()
+                s.release_fd()  # a reader keeps the newest segment's fd to follow the writer
         if not readonly and sync == "interval":
             self._flusher = threading.Thread(target=self._flush_loop, name="bitkv-flusher",
                                              daemon=True)
@@ -959,6 +960,37 @@ class Store(MutableMapping[bytes, bytes]):
                     self._unlink_entry(entry)
                 self._keydir.remove(k)
             self._next_expiry = min(self._expiries.values(), default=math.inf)
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Bring a read-only store up to date with its writer.
+
+        New records and new segments are indexed incrementally; after the writer compacted,
+        the index is rebuilt from hint files. A record the writer has not finished writing is
+        never returned; it is picked up by a later refresh.
+        """
+        self._check_open()
+        if not self.readonly:
+            return  # a writer's index is always current
+        with self._lock:
+            if recovery.extend(self.path, self._io, self._loaded, now_ms=self._now_ms()):
+                self._next_expiry = min(self._expiries.values(), default=math.inf)
+                return
+            loaded = recovery.load(self.path, self._io, readonly=True, now_ms=self._now_ms())
+            old_segments = self._segments
+            self._loaded = loaded
+            self.recovery_report = loaded.report
+            self._keydir = loaded.keydir
+            self._slots = loaded.slots
+            self._segments = loaded.segments
+            self._expiries = loaded.keydir.expiries
+            self._entries = loaded.keydir.entries
+            self._next_expiry = min(self._expiries.values(), default=math.inf)
+            for s in self._segments[:-1]:
+                s.release_fd()
+        for s in old_segments:
+            s.close()
 
     # -- durability --------------------------------------------------------------------------
 
