@@ -1,0 +1,736 @@
+"""Offline integrity check and salvage of a store directory (``bitkv check [--repair]``).
+
+:func:`check` reads every file of a store and reports damage by file and offset. It is strictly
+read-only: it takes no lock, creates no file, truncates nothing, and reads each file into memory
+with plain ``read`` calls (never ``mmap``, so a writer truncating a torn tail under it cannot
+crash it with SIGBUS). It may run beside a writer; files the writer adds or compacts away while
+the check runs are reported as they were seen (a vanished file is a warning).
+
+:func:`repair` salvages every intact record into clean, compacted segments and moves every file
+the store had before (segments, hints, leftover temporary files) into ``damaged-<timestamp>/``
+inside the store. Nothing is ever deleted.
+
+Severity: an issue is an ``"error"`` when bytes are damaged or files disagree (the store is then
+not healthy), and a ``"warning"`` for what a crash or a running writer normally leaves behind
+and the next writable open cleans up (a torn tail on the newest segment, a torn segment
+creation, leftover ``*.tmp`` files, a hint without its segment).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import codec, hint, keydir, record, recovery
+from . import segment as seg_mod
+from .crc import crc32c
+from .errors import Error, FormatVersionError
+from .fileio import DEFAULT_FILEIO, FileIO
+from .lock import StoreLock
+from .store import DEFAULT_MAX_SEGMENT_SIZE
+
+__all__ = ["CheckReport", "Issue", "RepairReport", "check", "repair"]
+
+ERROR = "error"
+WARNING = "warning"
+MAX_ISSUES_PER_FILE = 50  # beyond this, one summary issue per file
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass
+class Issue:
+    """One finding: ``file`` (a name inside the store), byte ``offset`` and ``length`` in it."""
+
+    file: str
+    offset: int
+    length: int
+    description: str
+    kind: str
+    severity: str = ERROR
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"{self.severity}: {self.file} offset {self.offset} length {self.length}: "
+                f"{self.description}")
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check` found. ``healthy`` is True when no issue is an error.
+
+    ``records`` counts intact records (CRC verified). ``corrupt_bytes`` are damaged bytes
+    anywhere except the torn tail of the newest segment, which is counted separately in
+    ``torn_tail_bytes`` (a crash leaves it; the next writable open truncates it).
+    ``incomplete_batch_records`` are intact records of batches that never committed, other
+    than at that tail; recovery ignores them.
+    """
+
+    path: str
+    segments: int = 0
+    records: int = 0
+    bytes_checked: int = 0
+    corrupt_regions: int = 0
+    corrupt_bytes: int = 0
+    damaged_segment_headers: int = 0
+    torn_tail_bytes: int = 0
+    incomplete_batch_records: int = 0
+    hints_ok: int = 0
+    hints_bad: int = 0
+    temp_files: int = 0
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not any(i.severity == ERROR for i in self.issues)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity != ERROR]
+
+    @property
+    def damaged_files(self) -> list[str]:
+        return sorted({i.file for i in self.issues if i.severity == ERROR})
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["healthy"] = self.healthy
+        out["damaged_files"] = self.damaged_files
+        return out
+
+
+@dataclass
+class RepairReport:
+    """What :func:`repair` did.
+
+    ``keys_salvaged`` live keys were written into ``segments_written`` new compacted segments
+    (``bytes_written`` bytes) of the store at ``output`` (or in place when ``output`` is None).
+    ``moved_aside`` names the files moved into ``damaged_dir``. ``before`` and ``after`` are
+    the checks of the store before and of the result after.
+    """
+
+    path: str
+    output: str | None
+    before: CheckReport
+    after: CheckReport | None = None
+    keys_salvaged: int = 0
+    segments_written: int = 0
+    bytes_written: int = 0
+    damaged_dir: str | None = None
+    moved_aside: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "output": self.output,
+            "keys_salvaged": self.keys_salvaged,
+            "segments_written": self.segments_written,
+            "bytes_written": self.bytes_written,
+            "damaged_dir": self.damaged_dir,
+            "moved_aside": list(self.moved_aside),
+            "seconds": self.seconds,
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict() if self.after is not None else None,
+        }
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+def _show_key(key: bytes) -> str:
+    text = repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_whole(path: str) -> bytes | None:
+    """Read a file with plain reads (no mmap); None if it does not exist (any more)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 24)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class _Checked:
+    """One segment file as :func:`check` sees it."""
+
+    def __init__(self, segment_id: int, name: str, buf: bytes) -> None:
+        self.id = segment_id
+        self.name = name
+        self.buf = buf
+        self.header: seg_mod.SegmentHeader | None = None
+        self.header_error: str | None = None
+        self.kind = seg_mod.KIND_APPEND
+        self.order_seq = 0
+        self.records: dict[int, record.ScannedRecord] = {}
+
+
+class _Checker:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.report = CheckReport(path=directory)
+        self._per_file: dict[str, int] = {}
+
+    def issue(self, file: str, offset: int, length: int, description: str, kind: str,
+              severity: str = ERROR) -> None:
+        count = self._per_file.get(file, 0) + 1
+        self._per_file[file] = count
+        if count <= MAX_ISSUES_PER_FILE:
+            self.report.issues.append(Issue(file, offset, length, description, kind, severity))
+
+    def finish_file_issues(self) -> None:
+        for file, count in sorted(self._per_file.items()):
+            if count > MAX_ISSUES_PER_FILE:
+                self.report.issues.append(Issue(
+                    file, 0, 0, f"{count - MAX_ISSUES_PER_FILE} more issues in this file "
+                    "not listed", "more", ERROR))
+
+    def run(self) -> CheckReport:
+        names = os.listdir(self.directory)
+        ids = seg_mod.list_segment_ids(names)
+        hint_ids = sorted(i for i in (seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) for n in names)
+                          if i is not None)
+        segments = self._read_segments(ids)
+        by_id = {s.id: s for s in segments}
+        segments.sort(key=lambda s: (s.order_seq, s.id))
+        for i, seg in enumerate(segments):
+            self._scan(seg, is_last=i == len(segments) - 1)
+        for hint_id in hint_ids:
+            self._check_hint(hint_id, by_id.get(hint_id))
+        for name in sorted(names):
+            if name.endswith(seg_mod.TMP_SUFFIX):
+                self.report.temp_files += 1
+                self.issue(name, 0, _size_or_zero(os.path.join(self.directory, name)),
+                           "temporary file of an interrupted (or running) compaction or file "
+                           "creation; the next writable open removes it", "temp-file", WARNING)
+            elif codec.is_dict_name(name):
+                self._check_dict(name)
+        self.finish_file_issues()
+        return self.report
+
+    # -- segments ------------------------------------------------------------------------------
+
+    def _read_segments(self, ids: list[int]) -> list[_Checked]:
+        out: list[_Checked] = []
+        newest_id = ids[-1] if ids else -1
+        for segment_id in ids:
+            name = seg_mod.data_name(segment_id)
+            buf = _read_whole(os.path.join(self.directory, name))
+            if buf is None:
+                self.issue(name, 0, 0, "segment vanished while checking (a compaction "
+                           "running beside the check removed it)", "vanished", WARNING)
+                continue
+            self.report.segments += 1
+            self.report.bytes_checked += len(buf)
+            seg = _Checked(segment_id, name, buf)
+            try:
+                seg.header = seg_mod.decode_header(buf[: seg_mod.HEADER_SIZE])
+            except seg_mod.NewerFormatError as exc:
+                raise FormatVersionError(f"{name}: {exc}; upgrade bitkv to check it") from None
+            except seg_mod.HeaderError as exc:
+                seg.header_error = str(exc)
+            if seg.header is not None:
+                seg.kind = seg.header.kind
+                seg.order_seq = seg.header.order_seq
+                out.append(seg)
+                continue
+            # Same rules as recovery: keep the intact records of a segment with a bad header.
+            seqs = [r.seq for r in record.scan(buf, 0, len(buf))
+                    if isinstance(r, record.ScannedRecord)]
+            hdr_len = min(len(buf), seg_mod.HEADER_SIZE)
+            if not seqs:
+                if segment_id == newest_id and len(buf) <= seg_mod.HEADER_SIZE * 2:
+                    self.report.torn_tail_bytes += len(buf)
+                    self.issue(name, 0, len(buf), f"newest segment was created but its header "
+                               f"never fully written ({seg.header_error}); the next writable "
+                               "open removes it", "torn-segment", WARNING)
+                else:
+                    self.report.damaged_segment_headers += 1
+                    self.report.corrupt_regions += 1
+                    self.report.corrupt_bytes += len(buf)
+                    self.issue(name, 0, len(buf), f"segment header is damaged "
+                               f"({seg.header_error}) and no intact record follows it",
+                               "segment-header")
+                continue
+            self.report.damaged_segment_headers += 1
+            self.report.corrupt_regions += 1
+            self.report.corrupt_bytes += hdr_len
+            self.issue(name, 0, hdr_len, f"segment header is damaged ({seg.header_error}); "
+                       "its intact records are still used", "segment-header")
+            ascending = all(a < b for a, b in itertools.pairwise(seqs))
+            seg.kind = seg_mod.KIND_APPEND if ascending else seg_mod.KIND_COMPACTED
+            seg.order_seq = seqs[0] if ascending else max(seqs)
+            out.append(seg)
+        return out
+
+    def _scan(self, seg: _Checked, is_last: bool) -> None:
+        """Verify every record of ``seg``, classifying damage the way recovery does."""
+        buf = seg.buf
+        size = len(buf)
+        start = 0 if seg.header is None else seg_mod.HEADER_SIZE
+        if size < start:
+            return
+        tail_rule = is_last and seg.kind == seg_mod.KIND_APPEND
+        pending: list[record.ScannedRecord] = []
+        truncate_at: int | None = None
+
+        def drop_pending(why: str) -> None:
+            if not pending:
+                return
+            first = pending[0]
+            last = pending[-1]
+            self.report.incomplete_batch_records += len(pending)
+            self.issue(seg.name, first.offset, last.offset + last.size - first.offset,
+                       f"batch of {len(pending)} intact record(s) never committed ({why}); "
+                       "recovery ignores them", "incomplete-batch")
+            pending.clear()
+
+        for item in record.scan(buf, start, size):
+            if isinstance(item, record.Damage):
+                if item.tail and tail_rule:
+                    truncate_at = pending[0].offset if pending else item.offset
+                    break
+                drop_pending(f"damaged bytes follow at offset {item.offset}")
+                self.report.corrupt_regions += 1
+                self.report.corrupt_bytes += item.length
+                where = "the rest of the segment" if item.tail else "an intact record follows"
+                self.issue(seg.name, item.offset, item.length,
+                           f"{item.length} damaged byte(s) hold no intact record ({where})",
+                           "damaged-records")
+                continue
+            self.report.records += 1
+            seg.records[item.offset] = item
+            flags = item.flags
+            if flags & record.BATCH:
+                if flags & record.BATCH_FIRST:
+                    drop_pending(f"another batch starts at offset {item.offset}")
+                    pending.append(item)
+                elif pending and item.seq == pending[-1].seq + 1:
+                    pending.append(item)
+                else:
+                    pending.append(item)
+                    drop_pending("its first record is missing or out of sequence")
+                    continue
+                if flags & record.BATCH_LAST:
+                    pending.clear()
+                continue
+            drop_pending(f"a plain record follows at offset {item.offset}")
+        else:
+            if pending:
+                if tail_rule:
+                    truncate_at = pending[0].offset
+                else:
+                    drop_pending("the segment ends before the batch does")
+        if truncate_at is not None:
+            torn = size - truncate_at
+            self.report.torn_tail_bytes += torn
+            self.issue(seg.name, truncate_at, torn,
+                       f"torn write: the last {torn} byte(s) of the newest segment hold no "
+                       "committed record (a crash, or a write in progress); the next "
+                       "writable open truncates them", "torn-tail", WARNING)
+
+    # -- hints ---------------------------------------------------------------------------------
+
+    def _check_hint(self, hint_id: int, seg: _Checked | None) -> None:
+        name = seg_mod.hint_name(hint_id)
+        buf = _read_whole(os.path.join(self.directory, name))
+        if buf is None:
+            self.issue(name, 0, 0, "hint file vanished while checking", "vanished", WARNING)
+            return
+        self.report.bytes_checked += len(buf)
+        if seg is None:
+            self.issue(name, 0, len(buf), f"hint file without its segment "
+                       f"{seg_mod.data_name(hint_id)}; it is ignored", "orphan-hint", WARNING)
+            return
+        if seg.header is None:
+            self.report.hints_bad += 1
+            self.issue(name, 0, len(buf), "hint file cannot be verified or used: its segment's "
+                       "header is damaged", "hint")
+            return
+        try:
+            _max_seq, items = hint.decode(buf, seg.header.nonce, len(seg.buf))
+            entries = list(items)
+        except hint.HintError as exc:
+            self.report.hints_bad += 1
+            self.issue(name, 0, len(buf), f"hint file is unusable: {exc} (recovery scans the "
+                       "segment instead)", "hint")
+            return
+        bad = 0
+        covered = set()
+        for index, (key, entry) in enumerate(entries):
+            flags, _r, _key_len, value_len, offset, seq, expiry_ms = entry
+            covered.add(offset)
+            at = hint.HEADER_SIZE + index * hint.ENTRY_SIZE
+            rec = seg.records.get(offset)
+            if rec is None:
+                problem = "no intact record starts there"
+            elif rec.key != key:
+                problem = f"the record there holds key {_show_key(rec.key)}"
+            elif (rec.flags, rec.value_len, rec.seq, rec.expiry_ms) != (
+                    flags, value_len, seq, expiry_ms):
+                problem = ("the record there has different flags, value length, sequence "
+                           "number or expiry")
+            else:
+                continue
+            bad += 1
+            self.issue(name, at, hint.ENTRY_SIZE, f"entry for key {_show_key(key)} points at "
+                       f"offset {offset} of {seg.name}, but {problem}", "hint-mismatch")
+        for offset, rec in sorted(seg.records.items()):
+            if offset not in covered:
+                bad += 1
+                self.issue(name, 0, len(buf), f"hint has no entry for the record of key "
+                           f"{_show_key(rec.key)} at offset {offset} of {seg.name}",
+                           "hint-mismatch")
+        if bad:
+            self.report.hints_bad += 1
+        else:
+            self.report.hints_ok += 1
+
+    # -- compression dictionaries --------------------------------------------------------------
+
+    def _check_dict(self, name: str) -> None:
+        buf = _read_whole(os.path.join(self.directory, name))
+        if buf is None:
+            return
+        self.report.bytes_checked += len(buf)
+        problem = None
+        if len(buf) < _DICT_HEADER.size:
+            problem = "is truncated"
+        else:
+            magic, _dict_id, crc = _DICT_HEADER.unpack_from(buf)
+            if magic != _DICT_MAGIC:
+                problem = "has the wrong magic"
+            elif crc32c(buf[_DICT_HEADER.size :]) != crc:
+                problem = "fails its CRC"
+        if problem:
+            self.issue(name, 0, len(buf), f"compression dictionary {problem}; values "
+                       "compressed with it cannot be read", "dictionary")
+
+
+_DICT_HEADER = struct.Struct("<8sII")  # as bitkv.codec writes it: magic, dict id, crc32c
+_DICT_MAGIC = b"BITKVZDC"
+
+
+def _size_or_zero(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
+
+
+def check(path: str | os.PathLike[str]) -> CheckReport:
+    """Verify every byte of the store in directory ``path`` and report damage; change nothing.
+
+    Every segment header, every record's CRC, every hint file (its CRC, that it belongs to its
+    segment's incarnation and length, and that each entry matches the record it points at and
+    every record has an entry) and every compression dictionary is checked. Raises
+    :class:`bitkv.StoreNotFoundError` / :class:`bitkv.NotAStoreError` if ``path`` is not a
+    store, :class:`bitkv.FormatVersionError` for a newer format. Works beside a writer.
+    """
+    directory = os.fspath(path)
+    recovery.check_directory(directory, readonly=True, create=False)
+    return _Checker(directory).run()
+
+
+# -- repair -----------------------------------------------------------------------------------
+
+
+def repair(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None = None,
+           max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE,
+           fileio: FileIO | None = None) -> RepairReport:
+    """Salvage every intact record of the store at ``path`` into clean compacted segments.
+
+    The salvaged state is exactly what recovery would index if it scanned every segment (hints
+    are not trusted): segments in load order (header ``order_seq``, then id), the last intact
+    record of each key wins, tombstones and expired records drop the key, records of
+    uncommitted batches are ignored. Stored bytes are copied verbatim (compressed and encrypted
+    values stay as they are; no key is needed), with their sequence numbers and expiry times.
+
+    With ``output=None`` the store is repaired in place: the new segments are added, then every
+    file the store had before (segments, hints, ``*.tmp`` leftovers) is moved into a new
+    ``damaged-<UTC timestamp>/`` subdirectory, oldest segment first. The marker, lock,
+    encryption key check and compression dictionaries stay. Nothing is deleted.
+
+    With ``output`` set, a new store is written at that path (which must not exist or be an
+    empty directory) and the original is left as it is.
+
+    Needs the write lock: raises :class:`bitkv.LockError` if another process holds it.
+
+    Crash safety (in place): the new segments are written as ``*.tmp`` files, fsynced, renamed
+    to their final names one by one, and the directory fsynced; only then are old files moved,
+    one segment at a time in load order, with both directories fsynced after each move. Each
+    new segment holds only the recovered state, so at every instant the store opens to the
+    same keys and values: new segments repeat what the old ones say, and removing the oldest
+    segments first means a newer record (a tombstone especially) is never gone while an older
+    one of the same key remains. Killed before the renames, the store is unchanged apart from
+    ``*.tmp`` files (removed by the next writable open); killed later, some old files are
+    still in the store beside the new ones, which is harmless; run ``repair`` again to finish.
+    """
+    started = time.monotonic()
+    io = fileio or DEFAULT_FILEIO
+    directory = os.fspath(path)
+    recovery.check_directory(directory, readonly=False, create=False)
+    target = None if output is None else os.fspath(output)
+    if target is not None:
+        _check_output(directory, target)
+    lock = StoreLock(directory, io)
+    try:
+        before = check(directory)
+        report = RepairReport(path=directory, output=target, before=before)
+        if target is None:
+            _repair_in_place(directory, io, report, max_segment_size)
+        else:
+            _repair_into(directory, target, io, report, max_segment_size)
+    finally:
+        lock.release()
+    report.after = check(directory if target is None else target)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _check_output(source: str, target: str) -> None:
+    if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+        raise Error(f"repair output {target!r} already exists and is not an empty "
+                    "directory; give a new path")
+    if os.path.realpath(target) == os.path.realpath(source):
+        raise Error("repair output must differ from the store itself; omit it to repair "
+                    "in place")
+
+
+class _Salvage:
+    """The recovered state of a store, scanning every segment (hints are not trusted)."""
+
+    def __init__(self, directory: str, io: FileIO) -> None:
+        loader = recovery._Loader(directory, io, readonly=True, now_ms=int(time.time() * 1000))
+        self.segments = loader.open_segments()
+        try:
+            loader.hint_ids = set()  # scan: a hint could point at a record that is damaged
+            for i, seg in enumerate(self.segments):
+                loader.load_segment(seg, i == len(self.segments) - 1)
+        except BaseException:
+            self.close()
+            raise
+        self.loader = loader
+
+    def live(self) -> Iterable[tuple[bytes, int, bytes, int, int]]:
+        """Yield (key, flags, stored value, seq, expiry_ms) of every live key, in file order."""
+        loader = self.loader
+        order = {id(seg): i for i, seg in enumerate(self.segments)}
+        located = []
+        for key, entry in loader.keydir.entries.items():
+            slot, offset, size_hint = keydir.unpack(entry)
+            seg = loader.slots[slot]
+            assert seg is not None
+            located.append((order[id(seg)], offset, size_hint, key, seg))
+        located.sort(key=lambda t: (t[0], t[1]))
+        for _pos, offset, size_hint, key, seg in located:
+            try:
+                header, stored = seg.read_record(offset, size_hint, key)
+            except ValueError:  # cannot happen for a record the scan verified; never copy it
+                continue
+            yield (key, header.flags & ~record.BATCH_FLAGS, bytes(stored), header.seq,
+                   header.expiry_ms)
+
+    def close(self) -> None:
+        for seg in self.segments:
+            seg.close()
+
+
+def _write_segments(directory: str, io: FileIO, first_id: int, max_segment_size: int,
+                    items: Iterable[tuple[bytes, int, bytes, int, int]],
+                    report: RepairReport) -> list[tuple[str, str]]:
+    """Write compacted segments and hints as ``*.tmp`` files, fsynced; return (tmp, final)
+    name pairs, data file before its hint, for the caller to rename."""
+    renames: list[tuple[str, str]] = []
+    next_id = first_id
+    parts: list[bytes] = []
+    hints: list[tuple[bytes, int, int, int, int, int]] = []
+    size = seg_mod.HEADER_SIZE
+    min_seq = max_seq = 0
+
+    def flush() -> None:
+        nonlocal next_id, size, min_seq, max_seq
+        header = seg_mod.SegmentHeader.new(seg_mod.KIND_COMPACTED, max_seq, min_seq)
+        for name, data in (
+            (seg_mod.data_name(next_id), header.encode() + b"".join(parts)),
+            (seg_mod.hint_name(next_id), hint.encode(hints, header.nonce, size)),
+        ):
+            tmp = os.path.join(directory, name + seg_mod.TMP_SUFFIX)
+            fd = io.create(tmp)
+            try:
+                io.write(fd, data)
+                io.fsync(fd)
+            finally:
+                io.close(fd)
+            renames.append((tmp, os.path.join(directory, name)))
+        report.segments_written += 1
+        report.bytes_written += size
+        next_id += 1
+        parts.clear()
+        hints.clear()
+        size = seg_mod.HEADER_SIZE
+        min_seq = max_seq = 0
+
+    for key, flags, stored, seq, expiry_ms in items:
+        data = record.encode(key, stored, seq, expiry_ms, flags)
+        if size + len(data) > max_segment_size and parts:
+            flush()
+        hints.append((key, flags, len(stored), size, seq, expiry_ms))
+        parts.append(data)
+        size += len(data)
+        min_seq = seq if not min_seq else min(min_seq, seq)
+        max_seq = max(max_seq, seq)
+        report.keys_salvaged += 1
+    if parts:
+        flush()
+    return renames
+
+
+def _highest_file_id(names: Iterable[str]) -> int:
+    highest = 0
+    for name in names:
+        stem = name[: -len(seg_mod.TMP_SUFFIX)] if name.endswith(seg_mod.TMP_SUFFIX) else name
+        for suffix in (seg_mod.DATA_SUFFIX, seg_mod.HINT_SUFFIX):
+            sid = seg_mod.parse_id(stem, suffix)
+            if sid is not None:
+                highest = max(highest, sid)
+    return highest
+
+
+def _make_damaged_dir(directory: str, io: FileIO) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    name = f"damaged-{stamp}"
+    n = 1
+    while os.path.lexists(os.path.join(directory, name)):
+        n += 1
+        name = f"damaged-{stamp}-{n}"
+    io.mkdir(os.path.join(directory, name))
+    io.fsync_dir(directory)
+    return name
+
+
+def _repair_in_place(directory: str, io: FileIO, report: RepairReport,
+                     max_segment_size: int) -> None:
+    names = sorted(io.listdir(directory))
+    salvage = _Salvage(directory, io)
+    try:
+        aside_name = _make_damaged_dir(directory, io)
+        aside = os.path.join(directory, aside_name)
+        report.damaged_dir = aside
+
+        def move(name: str) -> None:
+            io.rename(os.path.join(directory, name), os.path.join(aside, name))
+            report.moved_aside.append(name)
+
+        # Leftover temporary files hold no store state; set them aside first so the new
+        # segments' temporary names cannot collide with them.
+        temps = [n for n in names if n.endswith(seg_mod.TMP_SUFFIX)]
+        for name in temps:
+            move(name)
+        if temps:
+            io.fsync_dir(aside)
+            io.fsync_dir(directory)
+        first_id = _highest_file_id(names) + 1
+        renames = _write_segments(directory, io, first_id, max_segment_size, salvage.live(),
+                                  report)
+    except BaseException:
+        salvage.close()
+        raise
+    salvage.close()
+    new_names = {os.path.basename(final) for _tmp, final in renames}
+    for tmp, final in renames:
+        io.rename(tmp, final)
+    io.fsync_dir(directory)
+    # From here on the store holds both generations; remove the old one oldest first.
+    old_data = [n for n in names if seg_mod.parse_id(n, seg_mod.DATA_SUFFIX) is not None]
+    old_hints = {n for n in names if seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) is not None}
+    loaded_order = [os.path.basename(s.path) for s in salvage.segments]
+    unloaded = [n for n in old_data if n not in loaded_order]  # headerless and empty: no state
+    for data_name in unloaded + loaded_order:
+        sid = seg_mod.parse_id(data_name, seg_mod.DATA_SUFFIX)
+        hint_name = seg_mod.hint_name(sid) if sid is not None else ""
+        if hint_name in old_hints:
+            move(hint_name)
+            old_hints.discard(hint_name)
+        move(data_name)
+        io.fsync_dir(aside)
+        io.fsync_dir(directory)
+    for hint_name in sorted(old_hints):  # hints without a segment
+        move(hint_name)
+    if old_hints:
+        io.fsync_dir(aside)
+        io.fsync_dir(directory)
+    assert not new_names & set(report.moved_aside)
+    _write_note(aside, report)
+
+
+def _repair_into(directory: str, target: str, io: FileIO, report: RepairReport,
+                 max_segment_size: int) -> None:
+    salvage = _Salvage(directory, io)
+    try:
+        if not os.path.exists(target):
+            recovery.make_directory(target, io)
+        renames = _write_segments(target, io, 1, max_segment_size, salvage.live(), report)
+    finally:
+        salvage.close()
+    for tmp, final in renames:
+        io.rename(tmp, final)
+    # Files that belong to the store as a whole: the encryption key check and the
+    # compression dictionaries (compressed values name their dictionary).
+    for name in sorted(io.listdir(directory)):
+        if name == codec.KEYCHECK_NAME or codec.is_dict_name(name):
+            with open(os.path.join(directory, name), "rb") as fh:
+                data = fh.read()
+            tmp = os.path.join(target, name + seg_mod.TMP_SUFFIX)
+            fd = io.create(tmp)
+            try:
+                io.write(fd, data)
+                io.fsync(fd)
+            finally:
+                io.close(fd)
+            io.rename(tmp, os.path.join(target, name))
+    io.fsync_dir(target)
+    recovery.create_store(target, io)  # the marker last: until then it is no store at all
+
+
+def _write_note(aside: str, report: RepairReport) -> None:
+    lines = [
+        f"bitkv repair, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+        "",
+        f"These are the files of the store {os.path.dirname(aside)!r} before it was repaired.",
+        f"{report.keys_salvaged} live keys were salvaged into {report.segments_written} new "
+        "segment(s) of the store. Nothing here is used any more; keep these files until you are",
+        "sure nothing is missing, then delete this directory.",
+        "",
+        "Damaged files: " + (", ".join(report.before.damaged_files) or "none"),
+        "",
+        "Issues found before the repair:",
+    ]
+    lines += [f"  {issue}" for issue in report.before.issues] or ["  none"]
+    path = os.path.join(aside, "REPAIR.txt")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,806 @@
+"""The ``bitkv`` command: a click group with one subcommand per store operation.
+
+Read commands (get, exists, ttl, scan, stats, export) open the store read-only: they never
+create one, and they work while another process holds the store open for writing. ``put`` and
+``import`` create the store if it is missing; the other write commands do not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+import bitkv
+from bitkv.check import check as check_store
+from bitkv.check import repair as repair_store
+
+from .encoding import (
+    LineError,
+    check_value,
+    decode_line,
+    encode_line,
+    parse_key,
+    parse_prefix,
+    show_bytes,
+    show_key,
+    ttl_problem,
+)
+from .errors import (
+    EXIT_CODES_HELP,
+    EXIT_DATA,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_STORE,
+    EXIT_USAGE,
+    CliError,
+    NotFound,
+)
+
+DEFAULT_DIR = "bitkv-data"
+IMPORT_BATCH_RECORDS = 1000
+IMPORT_BATCH_BYTES = 4 * 2**20
+CRASHTEST_MODES = ("kill", "whitebox", "powerloss")
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Settings:
+    directory: str
+    hex_mode: bool
+
+    def key(self, text: str, what: str = "KEY") -> bytes:
+        return parse_key(text, self.hex_mode, what)
+
+    def show(self, key: bytes) -> str:
+        return show_key(key, self.hex_mode)
+
+
+def _translate(exc: BaseException) -> CliError | None:
+    """The one-line error (and exit status) for an expected failure, else None."""
+    if isinstance(exc, bitkv.LockError):
+        message = str(exc).split(";")[0]
+        return CliError(f"{message}; try again when it has finished (read commands work "
+                        "meanwhile)", EXIT_LOCKED)
+    if isinstance(exc, bitkv.StoreNotFoundError):
+        return CliError(f"{exc} (choose the store with --dir or BITKV_DIR)", EXIT_STORE)
+    if isinstance(exc, (bitkv.NotAStoreError, bitkv.FormatVersionError, bitkv.EncryptionError)):
+        return CliError(str(exc), EXIT_STORE)
+    if isinstance(exc, bitkv.CorruptionError):
+        return CliError(f"{exc} (run 'bitkv check')", EXIT_DATA)
+    if isinstance(exc, bitkv.Error):
+        return CliError(str(exc), EXIT_DATA)
+    if isinstance(exc, OSError):
+        return CliError(str(exc), EXIT_DATA)
+    return None
+
+
+class BitkvGroup(click.Group):
+    """Turns every expected failure into one line on stderr and a documented exit status."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name or "bitkv", complete_var, False, **extra)
+            code = rv if isinstance(rv, int) else EXIT_OK
+        except click.UsageError as exc:
+            hint = ""
+            if exc.ctx is not None:
+                hint = f" (see '{exc.ctx.command_path} --help')"
+            click.echo(f"bitkv: error: {exc.format_message()}{hint}", err=True)
+            code = EXIT_USAGE
+        except click.ClickException as exc:
+            exc.show()
+            code = exc.exit_code
+        except click.Abort:
+            click.echo("bitkv: interrupted", err=True)
+            code = EXIT_INTERRUPTED
+        except Exception as exc:
+            error = _translate(exc)
+            if error is None:
+                raise
+            error.show()
+            code = error.exit_code
+        sys.exit(code)
+
+
+@contextmanager
+def open_store(settings: Settings, *, write: bool, create: bool = False
+               ) -> Iterator[bitkv.Store]:
+    """Open the store: read-only (never creates, works beside a writer) or for writing."""
+    if write:
+        db = bitkv.open(settings.directory, create=create)
+    else:
+        db = bitkv.open(settings.directory, readonly=True)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _interactive() -> bool:
+    """Progress bars only when a person is watching: stdout and stderr are terminals."""
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """A click progress bar on stderr, created at the first report (when the total is known)
+    and only when interactive."""
+
+    def __init__(self, label: str, enabled: bool | None = None) -> None:
+        self.label = label
+        self.enabled = _interactive() if enabled is None else enabled
+        self._bar: Any = None
+        self._pos = 0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = click.progressbar(length=max(1, total or 1), label=self.label,
+                                          file=click.get_text_stream("stderr"))
+            self._bar.__enter__()
+        step = done - self._pos
+        if step > 0:
+            self._bar.update(step)
+            self._pos = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _write_stdout(data: bytes) -> None:
+    out = click.get_binary_stream("stdout")
+    out.write(data)
+    out.flush()
+
+
+def _print_mapping(data: Mapping[str, Any], indent: str = "") -> None:
+    width = max((len(str(k)) for k in data), default=0)
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            click.echo(f"{indent}{k}:")
+            _print_mapping(v, indent + "  ")
+        else:
+            click.echo(f"{indent}{str(k) + ':':<{width + 1}} {v}")
+
+
+class TTL(click.ParamType):
+    """A TTL in seconds: a positive, finite number, at most 100 years."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        problem = ttl_problem(number)
+        if problem:
+            self.fail(f"{value!r} {problem}", param, ctx)
+        return number
+
+
+# -- the group --------------------------------------------------------------------------------
+
+
+@click.group(cls=BitkvGroup, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--dir", "directory", metavar="PATH", envvar="BITKV_DIR", default=None,
+              help=f"Store directory. Default: $BITKV_DIR, else ./{DEFAULT_DIR}.")
+@click.option("--hex", "hex_mode", is_flag=True,
+              help="Keys (and --prefix) are given and printed as hex, for binary keys.")
+@click.version_option(bitkv.__version__, "-V", "--version", prog_name="bitkv")
+@click.pass_context
+def cli(ctx: click.Context, directory: str | None, hex_mode: bool) -> None:
+    """bitkv: a persistent, log-structured key-value store.
+
+    \b
+    Examples:
+      bitkv put greeting "hello, world" && bitkv get greeting
+      echo -n secret | bitkv put token --ttl 3600
+      bitkv --dir /var/lib/sessions scan --prefix session: --limit 10
+      bitkv export > backup.jsonl && bitkv --dir copy import backup.jsonl
+    """
+    ctx.obj = Settings(directory or DEFAULT_DIR, hex_mode)
+
+
+# -- keys and values --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("key")
+@click.argument("value", required=False)
+@click.option("--ttl", type=TTL(), default=None, help="Expire the key after SECONDS.")
+@click.pass_obj
+def put(settings: Settings, key: str, value: str | None, ttl: float | None) -> None:
+    """Store VALUE under KEY (creating the store if needed).
+
+    VALUE is taken from the argument, or read from stdin (binary-safe) when it is '-' or
+    absent. Put '--' before a VALUE that starts with '-'.
+
+    \b
+    Examples:
+      bitkv put greeting "hello, world"
+      bitkv put session:42 '{"user": 42}' --ttl 3600
+      bitkv put avatar < avatar.png
+    """
+    k = settings.key(key)
+    if value is None or value == "-":
+        stdin = click.get_binary_stream("stdin")
+        if value is None and stdin.isatty():
+            raise CliError("no VALUE given and stdin is a terminal: pass VALUE, pipe it in, "
+                           "or use '-' to type it (end with Ctrl-D)", EXIT_USAGE)
+        data = stdin.read()
+    else:
+        data = os.fsencode(value)
+    check_value(data)
+    with open_store(settings, write=True, create=True) as db:
+        db.put(k, data, ttl=ttl)
+
+
+@cli.command()
+@click.argument("key")
+@click.pass_obj
+def get(settings: Settings, key: str) -> None:
+    """Print the value of KEY, exactly as stored (binary-safe).
+
+    A newline is added only when stdout is a terminal and the value does not end in one.
+    A missing or expired key prints a message on stderr and exits 1.
+
+    \b
+    Example:
+      bitkv get greeting
+    """
+    k = settings.key(key)
+    with open_store(settings, write=False) as db:
+        value = db.get(k)
+    if value is None:
+        raise NotFound(f"key not found: {settings.show(k)}")
+    if _interactive() and not value.endswith(b"\n"):
+        value += b"\n"
+    _write_stdout(value)
+
+
+@cli.command()
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+@click.option("-f", "--force", is_flag=True, help="Do not fail when a key does not exist.")
+@click.pass_obj
+def delete(settings: Settings, keys: tuple[str, ...], force: bool) -> None:
+    """Delete one or more keys.
+
+    Exits 1 (after deleting the others) if a key did not exist, unless --force.
+
+    \b
+    Example:
+      bitkv delete session:41 session:42
+    """
+    ks = [settings.key(k) for k in keys]
+    missing = []
+    with open_store(settings, write=True) as db:
+        for k in ks:
+            if not db.delete(k):
+                missing.append(k)
+    if missing and not force:
+        raise NotFound("key not found: " + ", ".join(settings.show(k) for k in missing))
+
+
+@cli.command()
+@click.argument("key")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing; only the exit status.")
+@click.pass_obj
+def exists(settings: Settings, key: str, quiet: bool) -> None:
+    """Exit 0 and print 'yes' if KEY exists (and has not expired), else exit 1 ('no').
+
+    \b
+    Example:
+      bitkv exists -q session:42 && echo logged in
+    """
+    k = settings.key(key)
+    with open_store(settings, write=False) as db:
+        found = k in db
+    if not quiet:
+        click.echo("yes" if found else "no")
+    if not found:
+        click.get_current_context().exit(EXIT_NOT_FOUND)
+
+
+@cli.command()
+@click.argument("key")
+@click.pass_obj
+def ttl(settings: Settings, key: str) -> None:
+    """Print the seconds KEY has left, or 'none' if it never expires.
+
+    \b
+    Example:
+      bitkv ttl session:42
+    """
+    k = settings.key(key)
+    with open_store(settings, write=False) as db:
+        try:
+            left = db.ttl(k)
+        except KeyError:
+            raise NotFound(f"key not found: {settings.show(k)}") from None
+    click.echo("none" if left is None else f"{left:.3f}")
+
+
+@cli.command()
+@click.argument("key")
+@click.argument("seconds", type=TTL())
+@click.pass_obj
+def expire(settings: Settings, key: str, seconds: float) -> None:
+    """Make KEY expire SECONDS from now (replacing any TTL it had).
+
+    \b
+    Example:
+      bitkv expire session:42 600
+    """
+    k = settings.key(key)
+    with open_store(settings, write=True) as db:
+        done = db.expire(k, seconds)
+    if not done:
+        raise NotFound(f"key not found: {settings.show(k)}")
+
+
+@cli.command()
+@click.argument("key")
+@click.pass_obj
+def persist(settings: Settings, key: str) -> None:
+    """Remove the TTL of KEY so that it never expires.
+
+    \b
+    Example:
+      bitkv persist session:42
+    """
+    k = settings.key(key)
+    with open_store(settings, write=True) as db:
+        if k not in db:
+            raise NotFound(f"key not found: {settings.show(k)}")
+        had_ttl = db.persist(k)
+    if not had_ttl:
+        click.echo(f"bitkv: {settings.show(k)} had no TTL", err=True)
+
+
+@cli.command()
+@click.option("--prefix", "-p", metavar="P", default=None, help="Only keys starting with P.")
+@click.option("--limit", "-n", type=click.IntRange(min=0), default=None, metavar="N",
+              help="At most N keys.")
+@click.option("--values", "with_values", is_flag=True, help="Print each value after its key.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON Lines, one {\"key\", \"value\"} object per key (exact bytes).")
+@click.pass_obj
+def scan(settings: Settings, prefix: str | None, limit: int | None, with_values: bool,
+         as_json: bool) -> None:
+    """List keys in sorted (bytewise) order.
+
+    Plain output is one key per line (with --values: key, a tab, the value), control bytes
+    and invalid UTF-8 escaped as \\xNN; use --json or --hex for exact bytes.
+
+    \b
+    Examples:
+      bitkv scan --prefix session: --limit 10
+      bitkv scan --values --json | jq .
+    """
+    p = parse_prefix(prefix, settings.hex_mode)
+    with open_store(settings, write=False) as db:
+        keys = sorted(db.keys(prefix=p))
+        shown = 0
+        for k in keys:
+            if limit is not None and shown >= limit:
+                break
+            value = None
+            if with_values:
+                value = db.get(k)
+                if value is None:  # expired meanwhile
+                    continue
+            if as_json:
+                line = encode_line(k, value, None, hex_keys=settings.hex_mode, with_ttl=False)
+            elif with_values:
+                assert value is not None
+                line = f"{settings.show(k)}\t{show_bytes(value)}"
+            else:
+                line = settings.show(k)
+            _write_stdout(line.encode("utf-8") + b"\n")
+            shown += 1
+
+
+# -- maintenance ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def compact(settings: Settings, as_json: bool) -> None:
+    """Rewrite the store without overwritten, deleted or expired records.
+
+    Shows a progress bar when run in a terminal, then the summary.
+
+    \b
+    Example:
+      bitkv compact
+    """
+    with open_store(settings, write=True) as db, Progress("compacting") as progress:
+        summary = db.compact(progress=progress)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    shown = dict(summary)
+    for name in ("bytes_in", "bytes_out", "bytes_reclaimed"):
+        if isinstance(shown.get(name), int):
+            shown[name] = f"{shown[name]} ({_human(shown[name])})"
+    if isinstance(shown.get("seconds"), float):
+        shown["seconds"] = f"{shown['seconds']:.3f}"
+    _print_mapping(shown)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print every counter as JSON.")
+@click.pass_obj
+def stats(settings: Settings, as_json: bool) -> None:
+    """Show keys, segments, live/dead/disk bytes, fragmentation and the last compaction.
+
+    Fragmentation is dead / (live + dead) bytes: the share compaction would reclaim.
+
+    \b
+    Example:
+      bitkv stats --json
+    """
+    with open_store(settings, write=False) as db:
+        data = dict(db.stats())
+    live = int(data.get("live_bytes") or 0)
+    dead = int(data.get("dead_bytes") or 0)
+    data["fragmentation"] = round(dead / (live + dead), 4) if live + dead else 0.0
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    last = data.get("last_compaction")
+    if isinstance(last, Mapping):
+        last_text = ", ".join(f"{k}={v}" for k, v in last.items())
+    else:
+        last_text = "none recorded"
+    rows = [
+        ("keys", f"{data.get('keys')}"),
+        ("segments", f"{data.get('segments')}"),
+        ("live bytes", f"{live} ({_human(live)})"),
+        ("dead bytes", f"{dead} ({_human(dead)})"),
+        ("disk bytes", f"{data.get('disk_bytes')} ({_human(int(data.get('disk_bytes') or 0))})"),
+        ("fragmentation", f"{data['fragmentation'] * 100:.1f} %"),
+        ("last compaction", last_text),
+    ]
+    recovered = data.get("recovery")
+    if isinstance(recovered, Mapping) and (recovered.get("corrupt_bytes")
+                                           or recovered.get("truncated_bytes")):
+        rows.append(("damage seen", f"{recovered.get('corrupt_bytes', 0)} corrupt bytes, "
+                     f"{recovered.get('truncated_bytes', 0)} torn bytes (run 'bitkv check')"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:<{width}}  {value}")
+
+
+def _print_check(report: Any) -> None:
+    click.echo(f"store:     {report.path}")
+    click.echo(f"segments:  {report.segments} ({_human(report.bytes_checked)} checked), "
+               f"{report.records} intact records")
+    click.echo(f"hints:     {report.hints_ok} ok, {report.hints_bad} bad")
+    click.echo(f"damage:    {report.corrupt_bytes} corrupt bytes in {report.corrupt_regions} "
+               f"region(s), {report.damaged_segment_headers} damaged segment header(s), "
+               f"{report.incomplete_batch_records} record(s) of uncommitted batches")
+    note = " (normal after a crash; the next write open truncates it)" \
+        if report.torn_tail_bytes else ""
+    click.echo(f"torn tail: {report.torn_tail_bytes} bytes{note}")
+    for issue in report.issues:
+        click.echo(f"  {issue}")
+
+
+@cli.command("check")
+@click.option("--repair", "do_repair", is_flag=True,
+              help="If damaged, salvage every intact record into a clean store; the old "
+                   "files are moved (never deleted) into damaged-<time>/ inside the store.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def check_cmd(settings: Settings, do_repair: bool, as_json: bool) -> None:
+    """Verify every record, segment header and hint file; report damage by file and offset.
+
+    Read-only without --repair (works beside a running writer). Exits 0 if the store is
+    healthy, 1 if it is damaged; with --repair, 0 once the repaired store checks healthy.
+    A torn tail after a crash is reported but is not damage.
+
+    \b
+    Examples:
+      bitkv check
+      bitkv check --repair
+    """
+    report = check_store(settings.directory)
+    repaired = None
+    if do_repair and not report.healthy:
+        repaired = repair_store(settings.directory)
+    if as_json:
+        out = report.as_dict()
+        if repaired is not None:
+            out = {"check": out, "repair": repaired.as_dict()}
+        click.echo(json.dumps(out, indent=2))
+    else:
+        _print_check(report)
+        if repaired is not None:
+            click.echo(f"repaired:  {repaired.keys_salvaged} keys salvaged into "
+                       f"{repaired.segments_written} new segment(s) "
+                       f"({_human(repaired.bytes_written)})")
+            click.echo(f"moved:     {len(repaired.moved_aside)} old file(s) to "
+                       f"{repaired.damaged_dir}")
+        final = repaired.after if repaired is not None else report
+        if final is None or not final.healthy:
+            click.echo("result:    DAMAGED" + ("" if do_repair else
+                                               " (run 'bitkv check --repair' to salvage)"))
+        elif repaired is not None:
+            click.echo("result:    repaired, healthy")
+        else:
+            click.echo("result:    healthy")
+    final = repaired.after if repaired is not None else report
+    if final is None or not final.healthy:
+        click.get_current_context().exit(EXIT_NOT_FOUND)
+
+
+# -- export / import --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--prefix", "-p", metavar="P", default=None, help="Only keys starting with P.")
+@click.pass_obj
+def export(settings: Settings, prefix: str | None) -> None:
+    """Write every live key as JSON Lines to stdout, sorted by key.
+
+    \b
+    Each line: {"key": ..., "value": ..., "ttl": seconds-left-or-null}. Bytes that are
+    not UTF-8 are base64, marked "key_encoding"/"value_encoding": "base64"
+    (with --hex, keys are hex: "key_encoding": "hex").
+
+    \b
+    Example:
+      bitkv export --prefix session: > sessions.jsonl
+    """
+    p = parse_prefix(prefix, settings.hex_mode)
+    unreadable = 0
+    with open_store(settings, write=False) as db:
+        for k in sorted(db.keys(prefix=p)):
+            try:
+                got = _get_with_ttl(db, k)
+            except bitkv.CorruptionError as exc:
+                click.echo(f"bitkv: skipped {settings.show(k)}: {exc}", err=True)
+                unreadable += 1
+                continue
+            if got is None:  # expired meanwhile
+                continue
+            value, left = got
+            line = encode_line(k, value, left, hex_keys=settings.hex_mode)
+            _write_stdout(line.encode("utf-8") + b"\n")
+    if unreadable:
+        raise CliError(f"{unreadable} key(s) could not be read (damaged); run 'bitkv check'",
+                       EXIT_DATA)
+
+
+def _get_with_ttl(db: bitkv.Store, key: bytes) -> tuple[bytes, float | None] | None:
+    if hasattr(db, "get_with_ttl"):
+        return db.get_with_ttl(key)
+    value = db.get(key)
+    if value is None:
+        return None
+    try:
+        return value, db.ttl(key)
+    except KeyError:
+        return None
+
+
+@cli.command("import")
+@click.argument("file", metavar="FILE")
+@click.pass_obj
+def import_cmd(settings: Settings, file: str) -> None:
+    """Load JSON Lines (as written by export) from FILE, or stdin if FILE is '-'.
+
+    Creates the store if needed; an existing key is overwritten. Records are written in
+    atomic batches. A line that cannot be used stops the import with its line number;
+    the lines before it stay imported.
+
+    \b
+    Example:
+      bitkv export > backup.jsonl && bitkv --dir restored import backup.jsonl
+    """
+    if file == "-":
+        stream = click.get_binary_stream("stdin")
+        total = None
+        name = "stdin"
+    else:
+        try:
+            stream = open(file, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise CliError(f"cannot read {file}: {exc.strerror}", EXIT_USAGE) from None
+        total = os.fstat(stream.fileno()).st_size if os.path.isfile(file) else None
+        name = file
+    imported = 0
+    try:
+        with open_store(settings, write=True, create=True) as db, \
+                Progress("importing", enabled=_interactive() and bool(total)) as progress:
+            pending: list[tuple[bytes, bytes, float | None]] = []
+            pending_bytes = 0
+            read = 0
+            for lineno, line in enumerate(stream, start=1):
+                read += len(line)
+                try:
+                    parsed = decode_line(line)
+                except LineError as exc:
+                    imported += _write_batch(db, pending)
+                    raise CliError(f"{name} line {lineno}: {exc}; {imported} record(s) "
+                                   "before it were imported", EXIT_USAGE) from None
+                if parsed is None:
+                    continue
+                pending.append(parsed)
+                pending_bytes += len(parsed[0]) + len(parsed[1])
+                if len(pending) >= IMPORT_BATCH_RECORDS or pending_bytes >= IMPORT_BATCH_BYTES:
+                    imported += _write_batch(db, pending)
+                    pending_bytes = 0
+                    progress(read, total)
+            imported += _write_batch(db, pending)
+            progress(read, total)
+    finally:
+        if stream is not click.get_binary_stream("stdin"):
+            stream.close()
+    click.echo(f"imported {imported} record(s)")
+
+
+def _write_batch(db: bitkv.Store, pending: list[tuple[bytes, bytes, float | None]]) -> int:
+    """Write and clear ``pending``, atomically when the store offers batches."""
+    n = len(pending)
+    if not n:
+        return 0
+    if hasattr(db, "batch"):
+        with db.batch() as batch:
+            for key, value, ttl in pending:
+                batch.put(key, value, ttl=ttl)
+    else:
+        for key, value, ttl in pending:
+            db.put(key, value, ttl=ttl)
+    pending.clear()
+    return n
+
+
+# -- crash test -------------------------------------------------------------------------------
+
+
+def _summary_dict(summary: Any) -> dict[str, Any]:
+    if isinstance(summary, Mapping):
+        return dict(summary)
+    if hasattr(summary, "as_dict"):
+        return dict(summary.as_dict())
+    if dataclasses.is_dataclass(summary) and not isinstance(summary, type):
+        return dataclasses.asdict(summary)
+    return {name: getattr(summary, name) for name in (
+        "cycles", "operations_acknowledged", "operations_verified", "violations", "seed",
+        "reproduce_command") if hasattr(summary, name)}
+
+
+def _progress_adapter(progress: Progress, cycles: int) -> Callable[..., None]:
+    def report(*args: Any, **kwargs: Any) -> None:
+        numbers = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+        done = numbers[0] if numbers else kwargs.get("done", kwargs.get("cycle"))
+        total = numbers[1] if len(numbers) > 1 else kwargs.get("total", cycles)
+        if isinstance(done, int):
+            progress(done, total)
+    return report
+
+
+@cli.command()
+@click.option("--dir", "directory", metavar="PATH", default=None,
+              help="Scratch directory for the test stores (new or empty). Default: a new "
+                   "temporary directory, removed if the test passes. Never the store of "
+                   "the global --dir.")
+@click.option("--cycles", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Crash/recover cycles to run.")
+@click.option("--mode", type=click.Choice(CRASHTEST_MODES), default="kill", show_default=True,
+              help="kill: SIGKILL a writer process; whitebox: die at engine kill points; "
+                   "powerloss: drop writes that were not fsynced.")
+@click.option("--seed", type=int, default=None, help="Random seed (to reproduce a run).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def crashtest(directory: str | None, cycles: int, mode: str, seed: int | None,
+              as_json: bool) -> None:
+    """Crash a writer again and again and verify every acknowledged write survives.
+
+    Exits 0 if no violation was found, 1 otherwise (printing the seed and the command that
+    reproduces the run).
+
+    \b
+    Example:
+      bitkv crashtest --cycles 50 --mode whitebox --seed 7
+    """
+    try:
+        harness = importlib.import_module("bitkv.crashtest")
+    except ImportError as exc:
+        raise CliError(f"the crash harness is not available in this installation "
+                       f"(cannot import bitkv.crashtest: {exc})", EXIT_USAGE) from None
+    temporary = directory is None
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="bitkv-crashtest-")
+    elif os.path.exists(directory):
+        if not os.path.isdir(directory) or os.listdir(directory):
+            raise CliError(f"crashtest --dir {directory!r} must be a new or empty directory "
+                           "(the test destroys what is in it)", EXIT_USAGE)
+    else:
+        os.makedirs(directory)
+    with Progress(f"crashtest ({mode})") as progress:
+        summary = _summary_dict(harness.run(directory, mode=mode, cycles=cycles, seed=seed,
+                                            progress=_progress_adapter(progress, cycles)))
+    violations = list(summary.get("violations") or [])
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        for name in ("cycles", "operations_acknowledged", "operations_verified", "seed"):
+            if name in summary:
+                click.echo(f"{name.replace('_', ' ')}: {summary[name]}")
+        click.echo(f"violations: {len(violations)}")
+        for violation in violations[:20]:
+            click.echo(f"  {violation}")
+        if len(violations) > 20:
+            click.echo(f"  ... and {len(violations) - 20} more")
+    if violations:
+        click.echo(f"bitkv: crashtest FAILED with seed {summary.get('seed', seed)}; reproduce "
+                   f"with: {summary.get('reproduce_command', '?')}", err=True)
+        click.echo(f"bitkv: the stores are kept in {directory}", err=True)
+        click.get_current_context().exit(EXIT_NOT_FOUND)
+    if temporary:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns (or exits with) the exit status."""
+    try:
+        cli.main(args=argv, prog_name="bitkv")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return EXIT_OK
+        if isinstance(code, int):
+            return code
+        click.echo(str(code), err=True)
+        return EXIT_DATA
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
