@@ -274,9 +274,8 @@ class _Checker:
                                f"({seg.header_error}) and no intact record follows it",
                                "segment-header")
                 continue
+            # Counted as corrupt bytes by the scan, whose first damaged region covers it.
             self.report.damaged_segment_headers += 1
-            self.report.corrupt_regions += 1
-            self.report.corrupt_bytes += hdr_len
             self.issue(name, 0, hdr_len, f"segment header is damaged ({seg.header_error}); "
                        "its intact records are still used", "segment-header")
             ascending = all(a < b for a, b in itertools.pairwise(seqs))
@@ -315,6 +314,8 @@ class _Checker:
                 drop_pending(f"damaged bytes follow at offset {item.offset}")
                 self.report.corrupt_regions += 1
                 self.report.corrupt_bytes += item.length
+                if seg.header is None and item.offset == 0:
+                    continue  # the damaged segment header, already reported
                 where = "the rest of the segment" if item.tail else "an intact record follows"
                 self.issue(seg.name, item.offset, item.length,
                            f"{item.length} damaged byte(s) hold no intact record ({where})",

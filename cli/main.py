@@ -754,6 +754,9 @@ def crashtest(directory: str | None, cycles: int, mode: str, seed: int | None,
     except ImportError as exc:
         raise CliError(f"the crash harness is not available in this installation "
                        f"(cannot import bitkv.crashtest: {exc})", EXIT_USAGE) from None
+    if not callable(getattr(harness, "run", None)):
+        raise CliError("the crash harness is not available in this installation "
+                       "(bitkv.crashtest has no run())", EXIT_USAGE)
     temporary = directory is None
     if directory is None:
         directory = tempfile.mkdtemp(prefix="bitkv-crashtest-")
