@@ -55,11 +55,9 @@ def test_oversized_key_is_refused(db):
     assert len(db) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Store.get skips to_key() for any non-empty bytes key (store.py fast path "
-    "`k = key if type(key) is bytes and key else to_key(key)`), so an oversized key returns "
-    "the default instead of raising ValueError like put/delete/in/ttl do"))
 def test_get_of_oversized_key_raises_like_every_other_method(db):
+    """Found by this suite (fixed in a3bbf6f): get's fast path skipped to_key() for bytes
+    keys, so an oversized key returned the default instead of raising."""
     with pytest.raises(ValueError, match="65535"):
         db.get(b"k" * 65536)
 
@@ -173,10 +171,12 @@ def test_bad_ttl_values(db, ttl, exc):
     assert db.ttl(b"k") is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Store.keys/items coerce the prefix with bytes(prefix), so an int prefix n silently "
-    "becomes n zero bytes (keys(prefix=3) == keys(prefix=b'\\0\\0\\0')) instead of TypeError"))
-def test_non_bytes_prefix_is_a_type_error(db):
+@pytest.mark.parametrize("bad", [3, 1.5, [b"a"], object()])
+def test_non_bytes_prefix_is_a_type_error(db, bad):
+    """Found by this suite (fixed in a3bbf6f): keys()/items() coerced the prefix with
+    bytes(prefix), so keys(prefix=3) silently meant prefix b"\\0\\0\\0"."""
     db.put(b"\x00\x00\x00zero", b"v")
     with pytest.raises(TypeError):
-        list(db.keys(prefix=3))
+        list(db.keys(prefix=bad))
+    with pytest.raises(TypeError):
+        list(db.items(prefix=bad))

@@ -230,3 +230,36 @@ def test_scan_finds_every_record_around_inserted_garbage(specs, garbage):
         assert item.offset == pos
         pos += item.size if isinstance(item, ScannedRecord) else item.length
     assert pos == len(buf)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"\x07" * 50 + b"\x00", b"\x07" * 50 + b"\x00\x00", b"\x07\x00", b"\x07" * 40 + b"\x00\x07",
+     b"\x07" * 33 + b"\x00" + b"\x07" * 6, b"\xff" * 100 + b"\x00" * 3],
+)
+def test_scan_tail_ending_near_a_zero_byte(tail):
+    """A tail whose only zero bytes sit in its last few bytes (the candidate header would
+    run past the buffer) is damage, not an IndexError (fixed in a3bbf6f)."""
+    buf, _ = _records(SPECS)
+    got = _scanned(buf + tail)
+    assert [r.key for r in got[:-1]] == [k for k, _ in SPECS]
+    assert got[-1] == Damage(len(buf), len(tail), True)
+
+
+@SETTINGS
+@given(specs=st.lists(st.tuples(keys, values), max_size=4), junk=st.binary(max_size=400),
+       data=st.data())
+def test_scan_never_raises_and_tiles_any_buffer(specs, junk, data):
+    """Whatever follows the intact records, scan() reports it without raising, and its
+    items cover the buffer exactly once, also for a scan that starts mid-buffer."""
+    prefix, _ = _records(specs)
+    buf = prefix + junk
+    start = data.draw(st.integers(0, len(buf)), label="start")
+    got = _scanned(buf, start)
+    pos = start
+    for item in got:
+        assert item.offset == pos
+        pos += item.size if isinstance(item, ScannedRecord) else item.length
+    assert pos == len(buf)
+    if start == 0:
+        assert [r.key for r in got[: len(specs)]] == [k for k, _ in specs]

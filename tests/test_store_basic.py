@@ -217,35 +217,32 @@ def test_directory_with_subdirectory_is_not_a_store(tmp_path):
     assert os.listdir(path) == ["sub"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: recovery._is_own_file treats ANY '*.tmp' name as bitkv's own, so a directory "
-    "holding only a user's 'notes.tmp' passes check_directory, becomes a store, and "
-    "_Loader.open_segments then unlinks the user's file"))
-def test_directory_with_a_user_tmp_file_is_not_a_store(tmp_path):
+@pytest.mark.parametrize("name", ["notes.tmp", "000001.data.tmp", "LOCK"])
+def test_directory_with_only_a_user_tmp_or_lock_file_is_not_a_store(tmp_path, name):
+    """Found by this suite (fixed in a3bbf6f): any '*.tmp' or 'LOCK' name counted as bitkv's
+    own, so such a directory became a store; the user's notes.tmp was then unlinked at open
+    and a user's LOCK file truncated and overwritten with a pid."""
     path = tmp_path / "scratch"
     path.mkdir()
-    (path / "notes.tmp").write_bytes(b"precious")
-    try:
-        bitkv.open(path).close()
-    except bitkv.NotAStoreError:
-        pass
-    assert (path / "notes.tmp").read_bytes() == b"precious"
-    assert sorted(os.listdir(path)) == ["notes.tmp"]
+    (path / name).write_bytes(b"precious")
+    with pytest.raises(bitkv.NotAStoreError) as exc:
+        bitkv.open(path)
+    assert name in str(exc.value)
+    assert (path / name).read_bytes() == b"precious"
+    assert sorted(os.listdir(path)) == [name]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: recovery._is_own_file accepts any file named 'LOCK', so a directory holding a "
-    "user's LOCK file becomes a store and StoreLock truncates the file and writes a pid"))
-def test_directory_with_a_user_lock_file_is_not_a_store(tmp_path):
-    path = tmp_path / "scratch"
-    path.mkdir()
-    (path / "LOCK").write_bytes(b"precious")
-    try:
-        bitkv.open(path).close()
-    except bitkv.NotAStoreError:
-        pass
-    assert (path / "LOCK").read_bytes() == b"precious"
-    assert sorted(os.listdir(path)) == ["LOCK"]
+def test_user_tmp_file_inside_a_store_is_not_removed(db_path):
+    """Only bitkv's own temporary names are leftovers to clean up at open."""
+    with bitkv.open(db_path) as db:
+        db.put(b"a", b"1")
+    user = os.path.join(db_path, "notes.tmp")
+    with open(user, "wb") as fh:
+        fh.write(b"precious")
+    with bitkv.open(db_path) as db:
+        assert db.get(b"a") == b"1"
+    with open(user, "rb") as fh:
+        assert fh.read() == b"precious"
 
 
 def test_regular_file_is_not_a_store(tmp_path):
