@@ -157,7 +157,7 @@ class Progress:
             return
         if self._bar is None:
             self._bar = click.progressbar(length=max(1, total or 1), label=self.label,
-                                          file=click.get_text_stream("stderr"))
+                                          file=sys.stderr)
             self._bar.__enter__()
         step = done - self._pos
         if step > 0:
@@ -185,9 +185,11 @@ def _human(n: float) -> str:
 
 
 def _write_stdout(data: bytes) -> None:
-    out = click.get_binary_stream("stdout")
-    out.write(data)
-    out.flush()
+    click.echo(data, nl=False)  # bytes go to the binary buffer of stdout, unchanged
+
+
+def _stdin_bytes() -> Any:
+    return getattr(sys.stdin, "buffer", sys.stdin)
 
 
 def _print_mapping(data: Mapping[str, Any], indent: str = "") -> None:
@@ -266,7 +268,7 @@ def put(settings: Settings, key: str, value: str | None, ttl: float | None) -> N
     """
     k = settings.key(key)
     if value is None or value == "-":
-        stdin = click.get_binary_stream("stdin")
+        stdin = _stdin_bytes()
         if value is None and stdin.isatty():
             raise CliError("no VALUE given and stdin is a terminal: pass VALUE, pipe it in, "
                            "or use '-' to type it (end with Ctrl-D)", EXIT_USAGE)
@@ -644,7 +646,7 @@ def import_cmd(settings: Settings, file: str) -> None:
       bitkv export > backup.jsonl && bitkv --dir restored import backup.jsonl
     """
     if file == "-":
-        stream = click.get_binary_stream("stdin")
+        stream = _stdin_bytes()
         total = None
         name = "stdin"
     else:
@@ -680,7 +682,7 @@ def import_cmd(settings: Settings, file: str) -> None:
             imported += _write_batch(db, pending)
             progress(read, total)
     finally:
-        if stream is not click.get_binary_stream("stdin"):
+        if file != "-":
             stream.close()
     click.echo(f"imported {imported} record(s)")
 
