@@ -3,6 +3,7 @@ crashes (kill -9 via ``_abandon``) and, when the engine has it, compaction."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 
@@ -18,6 +19,7 @@ from hypothesis.stateful import (
 )
 
 import bitkv
+from bitkv.segment import data_name
 
 # A small key space so overwrites, deletes and TTL changes hit the same keys often.
 ALL_KEYS = [b"a", b"b", b"c", b"d", b"e", b"key:1", b"key:2", b"\x00", b"\xff" * 3]
@@ -112,6 +114,16 @@ class StoreModel(RuleBasedStateMachine):
         self.db = self._open()
         assert self.db.stats()["recovery"]["truncated_bytes"] == 0
         assert self.db.stats()["recovery"]["corrupt_bytes"] == 0
+
+    @rule(junk=st.one_of(st.binary(min_size=1, max_size=64), st.integers(1, 64).map(bytes)))
+    def crash_leaving_junk(self, junk):
+        """kill -9 in the middle of an append: junk after the last acknowledged record."""
+        active = self.db.stats()["active_segment"]  # compaction outputs may have higher ids
+        self.db._abandon()
+        with open(os.path.join(self.path, data_name(active)), "ab") as fh:
+            fh.write(junk)
+        self.db = self._open()
+        assert self.db.stats()["recovery"]["truncated_bytes"] == len(junk)
 
     @precondition(lambda self: hasattr(self.db, "compact"))
     @rule()
