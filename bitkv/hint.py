@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from .crc import crc32c
 from .record import HEADER_SIZE as RECORD_HEADER_SIZE
@@ -31,10 +32,16 @@ class HintError(ValueError):
 HintEntry = tuple[int, int, int, int, int, int, int]  # flags, 0, key_len, value_len, off, seq, exp
 
 
-def encode(entries: list[tuple[bytes, int, int, int, int, int]], nonce: int, segment_size: int
-           ) -> bytes:
-    """Encode hint entries given as (key, flags, value_len, offset, seq, expiry_ms)."""
-    max_seq = max((e[4] for e in entries), default=0)
+def encode(entries: list[tuple[bytes, int, int, int, int, int]], nonce: int, segment_size: int,
+           max_seq: int | None = None) -> bytes:
+    """Encode hint entries given as (key, flags, value_len, offset, seq, expiry_ms).
+
+    ``segment_size`` is how many bytes of the segment the hint describes (all of a compacted
+    segment; the prefix written so far for a checkpointed active segment). ``max_seq``
+    defaults to the largest entry seq.
+    """
+    if max_seq is None:
+        max_seq = max((e[4] for e in entries), default=0)
     parts = [HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(entries), nonce, segment_size, max_seq)]
     pack = ENTRY.pack
     parts.extend(pack(flags, 0, len(key), vlen, off, seq, exp)
@@ -47,8 +54,27 @@ def encode(entries: list[tuple[bytes, int, int, int, int, int]], nonce: int, seg
 def decode(buf, nonce: int, segment_size: int) -> tuple[int, Iterator[tuple[bytes, HintEntry]]]:
     """Validate a whole hint file and return (max_seq, iterator of (key, entry)).
 
+    See :func:`decode_with_coverage`, which also says how much of the segment is covered.
+    """
+    max_seq, _covered, items = decode_with_coverage(buf, nonce, segment_size)
+    return max_seq, items
+
+
+class RawHint(NamedTuple):
+    """A hint whose header, trailer and CRC have been checked; entries not yet walked."""
+
+    max_seq: int
+    covered: int  # bytes of the segment the hint describes
+    fixed: bytes  # ``count`` packed ENTRY structs
+    keys: bytes  # the key area
+
+
+def decode_raw(buf, nonce: int, segment_size: int) -> RawHint:
+    """Check a hint file's framing (magic, version, CRC, nonce, coverage) and split it.
+
     Raises :class:`HintError` if the file is truncated, corrupt, or written for another
-    incarnation or length of the segment.
+    incarnation of the segment or for more bytes than it has. The entries still need the
+    bounds checks of :func:`walk` (or an equivalent inlined loop).
     """
     if len(buf) < HEADER_SIZE + TRAILER.size:
         raise HintError("hint file is truncated")
@@ -63,27 +89,41 @@ def decode(buf, nonce: int, segment_size: int) -> tuple[int, Iterator[tuple[byte
             raise HintError("hint file CRC mismatch")
     if hint_nonce != nonce:
         raise HintError("hint file belongs to another incarnation of the segment")
-    if hint_size != segment_size:
-        raise HintError(f"hint covers {hint_size} bytes but the segment has {segment_size}")
+    if hint_size > segment_size:
+        raise HintError(f"hint covers {hint_size} bytes but the segment has only {segment_size}")
     entries_end = HEADER_SIZE + count * ENTRY_SIZE
     if entries_end > len(buf) - TRAILER.size:
         raise HintError("hint entry table is truncated")
-    fixed = bytes(buf[HEADER_SIZE:entries_end])
-    keys = bytes(buf[entries_end : len(buf) - TRAILER.size])
-    total_keys = 0
-    for entry in ENTRY.iter_unpack(fixed):
-        key_len = entry[2]
-        if key_len == 0 or entry[4] + RECORD_HEADER_SIZE + key_len + entry[3] > segment_size:
-            raise HintError("hint entry points outside its segment")
-        total_keys += key_len
-    if total_keys != len(keys):
-        raise HintError("hint key area does not match its entries")
-    return max_seq, _iterate(fixed, keys)
+    return RawHint(max_seq, hint_size, bytes(buf[HEADER_SIZE:entries_end]),
+                   bytes(buf[entries_end : len(buf) - TRAILER.size]))
 
 
-def _iterate(fixed: bytes, keys: bytes) -> Iterator[tuple[bytes, HintEntry]]:
+def walk(raw: RawHint) -> list[tuple[bytes, HintEntry]]:
+    """Return every (key, entry) of ``raw``, after checking each entry's bounds."""
+    items: list[tuple[bytes, HintEntry]] = []
+    append = items.append
+    keys = raw.keys
+    covered = raw.covered
     pos = 0
-    for entry in ENTRY.iter_unpack(fixed):
-        end = pos + entry[2]
-        yield keys[pos:end], entry
+    for entry in ENTRY.iter_unpack(raw.fixed):
+        key_len = entry[2]
+        end = pos + key_len
+        if key_len == 0 or end > len(keys) \
+                or entry[4] + RECORD_HEADER_SIZE + key_len + entry[3] > covered:
+            raise HintError("hint entry points outside the bytes it covers")
+        append((keys[pos:end], entry))
         pos = end
+    if pos != len(keys):
+        raise HintError("hint key area does not match its entries")
+    return items
+
+
+def decode_with_coverage(buf, nonce: int, segment_size: int
+                         ) -> tuple[int, int, Iterator[tuple[bytes, HintEntry]]]:
+    """Validate a whole hint file and return (max_seq, covered_bytes, iterator of entries).
+
+    ``covered_bytes`` is the segment prefix the hint describes; records after it (appended
+    after a checkpoint) must be scanned.
+    """
+    raw = decode_raw(buf, nonce, segment_size)
+    return raw.max_seq, raw.covered, iter(walk(raw))

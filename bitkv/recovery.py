@@ -58,6 +58,9 @@ class LoadedStore:
     next_id: int
     report: RecoveryReport
     slots: list[Segment | None]
+    # For the segment that becomes active: keys whose newest record in it is a tombstone or
+    # expired, as (offset, size, flags, expiry_ms); a checkpoint hint must repeat them.
+    hidden: dict[bytes, tuple[int, int, int, int]] = field(default_factory=dict)
 
 
 def is_temp_name(name: str) -> bool:
@@ -166,6 +169,7 @@ class _Loader:
         self.report = RecoveryReport()
         self.slots: list[Segment | None] = []
         self.max_seq = 0
+        self.hidden: dict[bytes, tuple[int, int, int, int]] | None = None
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -188,7 +192,11 @@ class _Loader:
         if flags & record.TOMBSTONE or (expiry_ms and expiry_ms <= self.now_ms):
             if old is not None:
                 self.keydir.remove(key)
+            if self.hidden is not None:
+                self.hidden[key] = (offset, size, flags & record.TOMBSTONE, expiry_ms)
             return
+        if self.hidden:
+            self.hidden.pop(key, None)
         entries[key] = keydir.pack(seg.slot, offset, size)
         seg.live_bytes += size
         if expiry_ms:
@@ -272,10 +280,11 @@ class _Loader:
         """Index ``seg`` (from ``start`` on, when a reader continues a segment it had read)."""
         if start is None:
             self.report.segments += 1
-            if seg.id in self.hint_ids and self._load_hint(seg):
-                seg.map()
-                return
             start = 0 if seg.header_damaged else seg_mod.HEADER_SIZE
+            if seg.id in self.hint_ids:
+                covered = self._load_hint(seg)
+                if covered is not None:
+                    start = covered
         seg.map()
         mm = seg.mm
         if mm is None:
@@ -351,6 +360,7 @@ class _Loader:
         unpack = record.HEADER.unpack_from
         base = seg.slot << keydir.SLOT_SHIFT
         max_seq = self.max_seq
+        hidden = self.hidden
         loaded = 0
         header_size = record.HEADER_SIZE
         max_value = record.MAX_STORED_VALUE_SIZE
@@ -376,7 +386,11 @@ class _Loader:
                         del entries[key]
                         if expiries:
                             expiries.pop(key, None)
+                    if hidden is not None:
+                        hidden[key] = (pos, size, flags & record.TOMBSTONE, expiry_ms)
                 else:
+                    if hidden:
+                        hidden.pop(key, None)
                     entries[key] = base | (pos << keydir.SIZE_BITS) | (
                         size if size <= keydir.SIZE_MASK else 0)
                     seg.live_bytes += size
@@ -408,24 +422,75 @@ class _Loader:
         seg.synced_size = offset
         seg.map()
 
-    def _load_hint(self, seg: Segment) -> bool:
+    def _load_hint(self, seg: Segment) -> int | None:
+        """Apply the segment's hint file; return how many bytes it covered, None if unusable."""
         path = os.path.join(self.directory, seg_mod.hint_name(seg.id))
         try:
             with open(path, "rb") as fh:
                 buf = fh.read()
-            max_seq, items = hint.decode(buf, seg.header.nonce, seg.size)
-            applied = []
-            for key, (flags, _r, key_len, value_len, offset, _seq, expiry_ms) in items:
-                applied.append((key, flags, expiry_ms, offset,
-                                record.HEADER_SIZE + key_len + value_len))
+            raw = hint.decode_raw(buf, seg.header.nonce, seg.size)
+            if self.keydir.entries or self.hidden:
+                items = hint.walk(raw)  # whole and checked before anything is applied
+            else:
+                items = None
+                if not self._load_hint_into_empty_index(seg, raw):
+                    raise hint.HintError("hint entry points outside the bytes it covers")
         except (OSError, hint.HintError) as exc:
             self.report.ignored_hints.append((os.path.basename(path), str(exc)))
-            return False
-        apply = self._apply
-        for key, flags, expiry_ms, offset, size in applied:
-            apply(seg, key, flags, expiry_ms, offset, size)
-        self.max_seq = max(self.max_seq, max_seq)
+            return None
+        if items is not None:
+            apply = self._apply
+            header_size = record.HEADER_SIZE
+            for key, (flags, _r, key_len, value_len, offset, _seq, expiry_ms) in items:
+                apply(seg, key, flags, expiry_ms, offset, header_size + key_len + value_len)
+        self.max_seq = max(self.max_seq, raw.max_seq)
         self.report.segments_from_hints += 1
+        return raw.covered
+
+    def _load_hint_into_empty_index(self, seg: Segment, raw: hint.RawHint) -> bool:
+        """The common case of reopening (one big segment first): insert the hint's entries
+        straight into the empty index in one pass, checking bounds as it goes. On a bad
+        entry, empty the index again and return False."""
+        entries = self.keydir.entries
+        expiries = self.keydir.expiries
+        hidden = self.hidden
+        header_size = record.HEADER_SIZE
+        base = seg.slot << keydir.SLOT_SHIFT
+        size_bits = keydir.SIZE_BITS
+        size_mask = keydir.SIZE_MASK
+        now_ms = self.now_ms
+        keys = raw.keys
+        covered = raw.covered
+        live = loaded = pos = 0
+        ok = True
+        for flags, _r, key_len, value_len, offset, _seq, expiry_ms in hint.ENTRY.iter_unpack(
+                raw.fixed):
+            end = pos + key_len
+            size = header_size + key_len + value_len
+            if not key_len or end > len(keys) or offset + size > covered:
+                ok = False
+                break
+            key = keys[pos:end]
+            pos = end
+            if flags & record.TOMBSTONE or (expiry_ms and expiry_ms <= now_ms) or key in entries:
+                seg.live_bytes += live
+                live = 0
+                self._apply(seg, key, flags, expiry_ms, offset, size)
+                continue
+            entries[key] = base | (offset << size_bits) | (size if size <= size_mask else 0)
+            if expiry_ms:
+                expiries[key] = expiry_ms
+            live += size
+            loaded += 1
+        if not ok or pos != len(keys):
+            entries.clear()
+            expiries.clear()
+            if hidden is not None:
+                hidden.clear()
+            seg.live_bytes = 0
+            return False
+        seg.live_bytes += live
+        self.report.records_loaded += loaded
         return True
 
 
@@ -433,8 +498,12 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedSt
     """Rebuild the index of the store in ``directory`` (already validated and locked)."""
     loader = _Loader(directory, io, readonly, now_ms)
     segments = loader.open_segments()
+    hidden: dict[bytes, tuple[int, int, int, int]] = {}
     for i, seg in enumerate(segments):
-        loader.load_segment(seg, i == len(segments) - 1)
+        is_last = i == len(segments) - 1
+        if is_last and not readonly and seg.kind == seg_mod.KIND_APPEND:
+            loader.hidden = hidden  # this segment will most likely become the active one
+        loader.load_segment(seg, is_last)
     next_seq = loader.max_seq + 1
     for seg in segments:
         if seg.kind == seg_mod.KIND_APPEND:
@@ -445,7 +514,8 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedSt
             sid = seg_mod.parse_id(name, suffix)
             if sid is not None:
                 next_id = max(next_id, sid + 1)
-    return LoadedStore(segments, loader.keydir, next_seq, next_id, loader.report, loader.slots)
+    return LoadedStore(segments, loader.keydir, next_seq, next_id, loader.report, loader.slots,
+                       hidden)
 
 
 def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> bool:

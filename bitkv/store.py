@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import codec, keydir, killpoints, recovery
+from . import codec, hint, keydir, killpoints, recovery
 from . import record as rec
 from . import segment as seg_mod
 from .crc import crc32c
@@ -39,6 +39,9 @@ _T = TypeVar("_T")
 DEFAULT_MAX_SEGMENT_SIZE = 64 * 2**20
 MIN_SEGMENT_SIZE = 4096
 MAX_SEGMENT_SIZE = 2**31  # offsets are 32-bit; leave room for one oversized record
+# A clean close writes a hint for the active segment once it holds this much: below it, a
+# scan at open is about as fast as reading the hint, and the close saves two fsyncs.
+CHECKPOINT_MIN_BYTES = 1 << 20
 MAX_TTL_SECONDS = 100 * 365 * 24 * 3600.0
 _OFFSET_MASK = keydir.OFFSET_MASK
 _MAX_KEY = rec.MAX_KEY_SIZE
@@ -274,9 +277,12 @@ class Store(MutableMapping[bytes, bytes]):
         self._next_seq = loaded.next_seq
         self._next_id = loaded.next_id
         self._next_expiry = min(self._expiries.values(), default=math.inf)
+        self._hidden: dict[bytes, tuple[int, int, int, int]] = {}
         if not readonly:
             try:
                 self._open_active()
+                if self._active is self._segments[-1] and self._active.size > seg_mod.HEADER_SIZE:
+                    self._hidden = loaded.hidden
             except BaseException:
                 self._release_files()
                 raise
@@ -400,6 +406,7 @@ class Store(MutableMapping[bytes, bytes]):
         old.map()
         new = self._new_segment()
         self._active = new
+        self._hidden = {}
         old.release_fd()
         self._compact_wake.set()
         return new
@@ -438,6 +445,17 @@ class Store(MutableMapping[bytes, bytes]):
         assert owner is not None
         owner.live_bytes -= self._record_size(entry)
 
+    def _drop_expired(self, k: bytes, entry: int, expiry_ms: int) -> None:
+        """Unindex an expired key. Locked. Its record stays on disk, still expired."""
+        self._unlink_entry(entry)
+        self._keydir.remove(k)
+        active = self._active
+        if active is not None and entry >> SLOT_SHIFT == active.slot:
+            # The checkpoint hint must still carry this record, or an older version of the
+            # key in an earlier segment would come back at the next open.
+            offset = (entry >> SIZE_BITS) & _OFFSET_MASK
+            self._hidden[k] = (offset, self._record_size(entry), 0, expiry_ms)
+
     def _index(self, key: bytes, seg: Segment, offset: int, size: int, expiry_ms: int) -> None:
         """Point ``key`` at a freshly appended record. Locked."""
         old = self._entries.get(key)
@@ -446,6 +464,8 @@ class Store(MutableMapping[bytes, bytes]):
         self._entries[key] = (seg.slot << SLOT_SHIFT) | (offset << SIZE_BITS) | (
             size if size <= SIZE_MASK else 0)
         seg.live_bytes += size
+        if self._hidden:
+            self._hidden.pop(key, None)
         if expiry_ms:
             self._expiries[key] = expiry_ms
             if expiry_ms < self._next_expiry:
@@ -608,6 +628,8 @@ class Store(MutableMapping[bytes, bytes]):
                 entries[k] = (seg.slot << SLOT_SHIFT) | (offset << SIZE_BITS) | (
                     size if size <= SIZE_MASK else 0)
                 seg.live_bytes += size
+                if self._hidden:
+                    self._hidden.pop(k, None)
                 if expiry_ms:
                     self._expiries[k] = expiry_ms
                     if expiry_ms < self._next_expiry:
@@ -637,6 +659,7 @@ class Store(MutableMapping[bytes, bytes]):
         seg, offset = self._append(data)
         self._unlink_entry(entry)
         self._keydir.remove(k)
+        self._hidden[k] = (offset, len(data), rec.TOMBSTONE, 0)
         return seg, offset + len(data)
 
     def _durable(self, seg: Segment, end: int) -> None:
@@ -799,6 +822,7 @@ class Store(MutableMapping[bytes, bytes]):
                     if old is not None:
                         self._unlink_entry(old)
                         self._keydir.remove(k)
+                    self._hidden[k] = (pos, len(data), rec.TOMBSTONE, 0)
                 else:
                     self._index(k, seg, pos, len(data), expiry_ms)
                 pos += len(data)
@@ -844,8 +868,7 @@ class Store(MutableMapping[bytes, bytes]):
             exp = self._expiries.get(k) if self._expiries else None
             if exp is not None and exp <= self._now_ms():
                 # Already invisible, and the expired record stays expired after a reopen.
-                self._unlink_entry(entry)
-                self._keydir.remove(k)
+                self._drop_expired(k, entry, exp)
                 return False
             seg, end = self._delete_locked(k, entry)
         self._durable(seg, end)
@@ -957,8 +980,9 @@ class Store(MutableMapping[bytes, bytes]):
             for k in self._keydir.expired_keys(now):
                 entry = self._entries.get(k)
                 if entry is not None:
-                    self._unlink_entry(entry)
-                self._keydir.remove(k)
+                    self._drop_expired(k, entry, self._expiries[k])
+                else:
+                    self._keydir.remove(k)
             self._next_expiry = min(self._expiries.values(), default=math.inf)
 
     # -- readers -----------------------------------------------------------------------------
@@ -1099,11 +1123,55 @@ class Store(MutableMapping[bytes, bytes]):
                     with self._sync_lock:
                         self._io.fsync(self._active.fd)
                         self._active.synced_size = self._active.size
+                    self._write_checkpoint_hint()
             finally:
                 self._closed = True
                 self._writes_refused = True
                 self._entries = _Closed()
                 self._release_files()
+
+    def _write_checkpoint_hint(self) -> None:
+        """Write a hint for the active segment's durable prefix, so the next open reads the
+        hint instead of scanning every record. Locked; the segment is fsynced to its size.
+
+        The hint lists every key whose newest record in the segment the keydir points at,
+        plus tombstones and expired records there (``_hidden``): exactly what a scan of the
+        prefix would index. Seqs are not kept in memory, so entries carry seq 0 and the
+        hint's max_seq is the store's last seq (docs/format.md).
+        """
+        seg = self._active
+        assert seg is not None
+        unhinted = seg.size - seg_mod.HEADER_SIZE
+        if unhinted < CHECKPOINT_MIN_BYTES:
+            return
+        slot = seg.slot
+        header_size = rec.HEADER_SIZE
+        expiries = self._expiries
+        items = []
+        for k, entry in self._entries.items():
+            if entry >> SLOT_SHIFT != slot:
+                continue
+            size = entry & SIZE_MASK or self._record_size(entry)
+            items.append((k, 0, size - header_size - len(k),
+                          (entry >> SIZE_BITS) & _OFFSET_MASK, 0, expiries.get(k, 0)))
+        for k, (offset, size, flags, expiry_ms) in self._hidden.items():
+            items.append((k, flags, size - header_size - len(k), offset, 0, expiry_ms))
+        blob = hint.encode(items, seg.header.nonce, seg.size, max_seq=self._next_seq - 1)
+        name = seg_mod.hint_name(seg.id)
+        final = os.path.join(self.path, name)
+        tmp = final + seg_mod.TMP_SUFFIX
+        try:
+            self._io.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        fd = self._io.create(tmp)
+        try:
+            self._io.write(fd, blob)
+            self._io.fsync(fd)
+        finally:
+            self._io.close(fd)
+        self._io.rename(tmp, final)
+        self._io.fsync_dir(self.path)
 
     def _abandon(self) -> None:
         """Drop every file and the lock *without* flushing: what ``kill -9`` leaves behind.
