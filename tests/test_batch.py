@@ -234,6 +234,60 @@ def test_torn_batch_after_rotation(db_path, clock):
         assert all(k.startswith(b"base") for k in db)
 
 
+def _checkpointed_store_with_batch(path: str, clock) -> dict:
+    """A big active segment closed cleanly (so its head may be checkpointed in a hint file);
+    then, in a session that crashes (no clean close), BEFORE, a batch and a later plain write
+    appended after the checkpointed head."""
+    with quiet_open(path, clock=clock) as db:
+        for i in range(1200):
+            db.put(f"bulk{i:05d}".encode(), bytes([i % 251]) * 1000)
+    db = quiet_open(path, clock=clock)
+    for k, v in BEFORE.items():
+        db.put(k, v)
+    seg = newest_segment(path)
+    start = os.path.getsize(seg)
+    with db.batch() as b:
+        b.put(b"old1", b"new1")
+        b.put(b"fresh", b"f" * 40)
+        b.delete(b"gone")
+        b.put(b"ttl", b"t2", ttl=1000)
+        b.put(b"fresh2", b"x")
+    end = os.path.getsize(seg)
+    db.put(b"later", b"L" * 30)
+    db._abandon()  # killed: whatever a clean close would write is not written
+    assert newest_segment(path) == seg and start > 2**20
+    return {"seg": seg, "start": start, "end": end}
+
+
+def _without_bulk(db) -> dict[bytes, bytes]:
+    return {k: v for k, v in db.items() if not k.startswith(b"bulk")}
+
+
+def test_batch_after_a_checkpointed_head_cut_and_damaged(db_path, clock):
+    """All-or-nothing also when the segment's head is loaded from a hint and the batch after
+    it is scanned."""
+    info = _checkpointed_store_with_batch(db_path, clock)
+    seg, start, end = info["seg"], info["start"], info["end"]
+    snap = snapshot_dir(db_path)
+    for cut in (start, start + 1, start + rec.HEADER_SIZE, (start + end) // 2, end - 1, end):
+        restore_dir(db_path, snap)
+        cut_file(seg, cut)
+        for _ in range(2):  # the second open may load what the first one's close wrote
+            with quiet_open(db_path, clock=clock) as db:
+                assert len(db) == 1200 + (len(AFTER) if cut == end else len(BEFORE))
+                assert _without_bulk(db) == (AFTER if cut == end else BEFORE)
+    recs = batch_records(seg, start, end)
+    restore_dir(db_path, snap)
+    flip_bit(seg, recs[2].offset + rec.HEADER_SIZE)
+    with quiet_open(db_path, clock=clock) as db:
+        assert _without_bulk(db) == {**BEFORE, b"later": b"L" * 30}
+        db.put(b"after-flip", b"1")
+    for _ in range(2):
+        with quiet_open(db_path, clock=clock) as db:
+            assert _without_bulk(db) == {**BEFORE, b"later": b"L" * 30, b"after-flip": b"1"}
+            assert len(db) == 1200 + len(BEFORE) + 2
+
+
 # -- batch semantics -------------------------------------------------------------------------
 
 
