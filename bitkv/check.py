@@ -185,6 +185,8 @@ class _Checked:
         self.kind = seg_mod.KIND_APPEND
         self.order_seq = 0
         self.records: dict[int, record.ScannedRecord] = {}
+        # Records recovery would apply, in the order it applies them (committed batches only).
+        self.applied: list[record.ScannedRecord] = []
 
 
 class _Checker:
@@ -192,6 +194,7 @@ class _Checker:
         self.directory = directory
         self.report = CheckReport(path=directory)
         self._per_file: dict[str, int] = {}
+        self.max_seq = 0  # the highest seq seen so far, in load order (as recovery tracks it)
 
     def issue(self, file: str, offset: int, length: int, description: str, kind: str,
               severity: str = ERROR) -> None:
@@ -213,14 +216,24 @@ class _Checker:
         hint_ids = sorted(i for i in (seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) for n in names)
                           if i is not None)
         segments = self._read_segments(ids)
-        by_id = {s.id: s for s in segments}
         segments.sort(key=lambda s: (s.order_seq, s.id))
+        live: set[bytes] = set()  # keys a scan of the segments so far would index
+        now_ms = int(time.time() * 1000)
         for i, seg in enumerate(segments):
             self._scan(seg, is_last=i == len(segments) - 1)
+            if seg.id in hint_ids:
+                self._check_hint(seg.id, seg, live, now_ms)
+            for rec in seg.applied:
+                if rec.flags & record.TOMBSTONE or (rec.expiry_ms and rec.expiry_ms <= now_ms):
+                    live.discard(rec.key)
+                else:
+                    live.add(rec.key)
+        checked = {s.id for s in segments}
         for hint_id in hint_ids:
-            self._check_hint(hint_id, by_id.get(hint_id))
+            if hint_id not in checked:
+                self._check_hint(hint_id, None, live, now_ms)
         for name in sorted(names):
-            if name.endswith(seg_mod.TMP_SUFFIX):
+            if recovery.is_temp_name(name):
                 self.report.temp_files += 1
                 self.issue(name, 0, _size_or_zero(os.path.join(self.directory, name)),
                            "temporary file of an interrupted (or running) compaction or file "
@@ -292,6 +305,11 @@ class _Checker:
         if size < start:
             return
         tail_rule = is_last and seg.kind == seg_mod.KIND_APPEND
+        # In an append segment seqs ascend: recovery resynchronises after damage only on a
+        # record whose seq can follow (a record inside a torn value is no record).
+        first_seq = None
+        if seg.kind == seg_mod.KIND_APPEND and seg.header is not None:
+            first_seq = max(seg.order_seq, self.max_seq + 1)
         pending: list[record.ScannedRecord] = []
         truncate_at: int | None = None
 
@@ -306,7 +324,7 @@ class _Checker:
                        "recovery ignores them", "incomplete-batch")
             pending.clear()
 
-        for item in record.scan(buf, start, size):
+        for item in record.scan(buf, start, size, first_seq=first_seq):
             if isinstance(item, record.Damage):
                 if item.tail and tail_rule:
                     truncate_at = pending[0].offset if pending else item.offset
@@ -323,6 +341,7 @@ class _Checker:
                 continue
             self.report.records += 1
             seg.records[item.offset] = item
+            self.max_seq = max(self.max_seq, item.seq)
             flags = item.flags
             if flags & record.BATCH:
                 if flags & record.BATCH_FIRST:
@@ -335,9 +354,11 @@ class _Checker:
                     drop_pending("its first record is missing or out of sequence")
                     continue
                 if flags & record.BATCH_LAST:
+                    seg.applied.extend(pending)
                     pending.clear()
                 continue
             drop_pending(f"a plain record follows at offset {item.offset}")
+            seg.applied.append(item)
         else:
             if pending:
                 if tail_rule:
@@ -354,7 +375,10 @@ class _Checker:
 
     # -- hints ---------------------------------------------------------------------------------
 
-    def _check_hint(self, hint_id: int, seg: _Checked | None) -> None:
+    def _check_hint(self, hint_id: int, seg: _Checked | None, live_before: set[bytes],
+                    now_ms: int) -> None:
+        """Verify a hint against its segment; ``live_before`` are the keys a scan of the
+        segments loaded before this one indexes."""
         name = seg_mod.hint_name(hint_id)
         buf = _read_whole(os.path.join(self.directory, name))
         if buf is None:
@@ -371,38 +395,58 @@ class _Checker:
                        "header is damaged", "hint")
             return
         try:
-            _max_seq, items = hint.decode(buf, seg.header.nonce, len(seg.buf))
-            entries = list(items)
+            covered, entries = _decode_hint(buf, seg.header.nonce, len(seg.buf))
         except hint.HintError as exc:
             self.report.hints_bad += 1
             self.issue(name, 0, len(buf), f"hint file is unusable: {exc} (recovery scans the "
                        "segment instead)", "hint")
             return
+        # Recovery reads the hint instead of scanning the segment's first ``covered`` bytes,
+        # so it must index what such a scan would: every key whose newest applied record there
+        # is live needs an entry for that record, and so does a key whose newest record is a
+        # tombstone or expired if an earlier segment holds it live (else it would come back).
+        # Entry seqs and flags other than the tombstone bit are not used; a checkpoint hint of
+        # an append segment writes them as 0.
+        newest: dict[bytes, record.ScannedRecord] = {}
+        for rec in seg.applied:
+            if rec.offset + rec.size <= covered:
+                newest[rec.key] = rec
         bad = 0
-        covered = set()
+        seen: set[bytes] = set()
         for index, (key, entry) in enumerate(entries):
-            flags, _r, _key_len, value_len, offset, seq, expiry_ms = entry
-            covered.add(offset)
+            flags, _r, _key_len, value_len, offset, _seq, expiry_ms = entry
             at = hint.HEADER_SIZE + index * hint.ENTRY_SIZE
             rec = seg.records.get(offset)
-            if rec is None:
+            want = newest.get(key)
+            if key in seen:
+                problem = "the key has another entry before this one"
+            elif rec is None:
                 problem = "no intact record starts there"
             elif rec.key != key:
                 problem = f"the record there holds key {_show_key(rec.key)}"
-            elif (rec.flags, rec.value_len, rec.seq, rec.expiry_ms) != (
-                    flags, value_len, seq, expiry_ms):
-                problem = ("the record there has different flags, value length, sequence "
-                           "number or expiry")
+            elif rec.value_len != value_len:
+                problem = f"the record there has a {rec.value_len}-byte value, not {value_len}"
+            elif (rec.flags ^ flags) & record.TOMBSTONE:
+                problem = "the entry and the record disagree on whether it is a tombstone"
+            elif rec.expiry_ms != expiry_ms:
+                problem = f"the record there expires at {rec.expiry_ms} ms, not {expiry_ms}"
+            elif want is not None and want.offset != offset:
+                problem = f"the key's newest record there is at offset {want.offset}"
+            elif want is None:
+                problem = "recovery would not index the record there (an uncommitted batch?)"
             else:
+                seen.add(key)
                 continue
+            seen.add(key)
             bad += 1
             self.issue(name, at, hint.ENTRY_SIZE, f"entry for key {_show_key(key)} points at "
                        f"offset {offset} of {seg.name}, but {problem}", "hint-mismatch")
-        for offset, rec in sorted(seg.records.items()):
-            if offset not in covered:
+        for key, rec in sorted(newest.items(), key=lambda kv: kv[1].offset):
+            hides = rec.flags & record.TOMBSTONE or (rec.expiry_ms and rec.expiry_ms <= now_ms)
+            if key not in seen and (not hides or key in live_before):
                 bad += 1
-                self.issue(name, 0, len(buf), f"hint has no entry for the record of key "
-                           f"{_show_key(rec.key)} at offset {offset} of {seg.name}",
+                self.issue(name, 0, len(buf), f"hint has no entry for key {_show_key(key)}, "
+                           f"whose newest record is at offset {rec.offset} of {seg.name}",
                            "hint-mismatch")
         if bad:
             self.report.hints_bad += 1
@@ -432,6 +476,18 @@ class _Checker:
 
 _DICT_HEADER = struct.Struct("<8sII")  # as bitkv.codec writes it: magic, dict id, crc32c
 _DICT_MAGIC = b"BITKVZDC"
+
+
+def _decode_hint(buf: bytes, nonce: int, size: int
+                 ) -> tuple[int, list[tuple[bytes, hint.HintEntry]]]:
+    """Return (bytes of the segment the hint covers, entries); raise HintError."""
+    with_coverage = getattr(hint, "decode_with_coverage", None)  # checkpoint hints
+    if with_coverage is not None:
+        _max_seq, covered, items = with_coverage(buf, nonce, size)
+    else:
+        _max_seq, items = hint.decode(buf, nonce, size)
+        covered = size
+    return covered, list(items)
 
 
 def _size_or_zero(path: str) -> int:
@@ -647,7 +703,7 @@ def _repair_in_place(directory: str, io: FileIO, report: RepairReport,
 
         # Leftover temporary files hold no store state; set them aside first so the new
         # segments' temporary names cannot collide with them.
-        temps = [n for n in names if n.endswith(seg_mod.TMP_SUFFIX)]
+        temps = [n for n in names if recovery.is_temp_name(n)]
         for name in temps:
             move(name)
         if temps:

@@ -225,12 +225,12 @@ def _rewrite_hint(hint_path: str, mutate) -> None:
 def test_hint_entry_that_disagrees_with_its_record(store):
     victim = _hint_files(store)[0]
 
-    def wrong_seq(entries):
+    def wrong_expiry(entries):
         key, flags, vlen, off, seq, exp = entries[1]
-        entries[1] = (key, flags, vlen, off, seq + 1000, exp)
+        entries[1] = (key, flags, vlen, off, seq, exp + 5000)
         return entries
 
-    _rewrite_hint(victim, wrong_seq)
+    _rewrite_hint(victim, wrong_expiry)
     report = check(store)
     assert report.hints_bad == 1
     [issue] = report.errors
@@ -395,3 +395,59 @@ def test_repair_when_nothing_is_live(db_path):
         assert len(db) == 0
         db.put(b"fresh", b"start")
     assert _state(db_path) == {b"fresh": (b"start", None)}
+
+
+def test_torn_value_holding_a_record_is_a_torn_tail_not_a_phantom(db_path):
+    phantom = record.encode(b"phantom", b"never written", seq=10**9)
+    with bitkv.open(db_path, sync="never") as db:
+        db.put(b"a", b"1")
+        db.put(b"carrier", b"<" + phantom + b">" * 50)
+    seg = _newest_in_load_order(db_path)
+    carrier = _scan(seg)[-1]
+    cut = carrier.offset + carrier.size - 20  # the carrier is torn after the embedded record
+    with open(seg, "r+b") as fh:
+        fh.truncate(cut)
+    report = check(db_path)
+    assert report.healthy, report.issues
+    assert report.torn_tail_bytes == cut - carrier.offset
+    with bitkv.open(db_path, readonly=True) as db:
+        assert b"phantom" not in db
+
+
+def test_checkpoint_hint_of_the_active_segment(db_path):
+    """A clean close may write a hint for the active segment's prefix; it must check out, and
+    a checkpoint hint that forgets a tombstone (which would resurrect a value) must not."""
+    big = 2 * 2**20
+    with bitkv.open(db_path, sync="never", max_segment_size=big) as db:
+        db.put(b"old", b"in the first segment")
+        for i in range(40000):  # a second segment, more than 1 MiB of it
+            db.put(b"k%05d" % (i % 9000), b"v" * 60)
+        db.put(b"brief", b"put and deleted in the active segment")
+        db.delete(b"brief")
+        db.delete(b"old")
+        db.delete(b"k00001")
+    assert len(segment_files(db_path)) == 2
+    report = check(db_path)
+    assert report.healthy, report.issues
+    hints = _hint_files(db_path)
+    if not hints:
+        pytest.skip("this store writes no checkpoint hint for the active segment")
+    assert report.hints_ok == len(hints)
+
+    def forget_tombstone(entries):
+        # Leaving out "brief" is fine: no earlier segment holds it. "old" is not.
+        return [e for e in entries if e[0] not in (b"old", b"brief")]
+
+    data_path = hints[-1][: -len(".hint")] + ".data"
+    with open(data_path, "rb") as fh:
+        buf = fh.read()
+    header = seg_mod.decode_header(buf[: seg_mod.HEADER_SIZE])
+    newest = {}
+    for r in _scan(data_path):
+        newest[r.key] = (r.key, r.flags & record.TOMBSTONE, r.value_len, r.offset, 0, r.expiry_ms)
+    with open(hints[-1], "wb") as fh:
+        fh.write(hint.encode(forget_tombstone(list(newest.values())), header.nonce, len(buf)))
+    report = check(db_path)
+    assert not report.healthy
+    assert [i.kind for i in report.errors] == ["hint-mismatch"]
+    assert "b'old'" in report.errors[0].description
