@@ -344,6 +344,19 @@ def test_discard_inside_with_block_is_quiet(db_path):
         assert b"a" not in db
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: Batch.put/delete after commit() or discard() "
+                   "are silently accepted and never written (store.py Batch.put/delete do not "
+                   "check self._done)")
+def test_operations_on_a_finished_batch_raise(db_path):
+    with quiet_open(db_path) as db:
+        with db.batch() as b:
+            b.put(b"a", b"1")
+        with pytest.raises(bitkv.Error):
+            b.put(b"b", b"2")  # would be lost: the batch already committed
+        with pytest.raises(bitkv.Error):
+            b.delete(b"a")
+
+
 def test_empty_and_single_op_batches(db_path):
     io = CountingFileIO()
     with quiet_open(db_path, fileio=io) as db:
