@@ -739,9 +739,13 @@ def _progress_adapter(progress: Progress, cycles: int) -> Callable[..., None]:
               help="kill: SIGKILL a writer process; whitebox: die at engine kill points; "
                    "powerloss: drop writes that were not fsynced.")
 @click.option("--seed", type=int, default=None, help="Random seed (to reproduce a run).")
+@click.option("--sync", type=click.Choice(("always", "interval", "never")), default=None,
+              help="Sync mode of the store under test (harness default: always).")
+@click.option("--ops-per-cycle", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Operations between crashes (harness default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def crashtest(directory: str | None, cycles: int, mode: str, seed: int | None,
-              as_json: bool) -> None:
+              sync: str | None, ops_per_cycle: int | None, as_json: bool) -> None:
     """Crash a writer again and again and verify every acknowledged write survives.
 
     Exits 0 if no violation was found, 1 otherwise (printing the seed and the command that
@@ -750,6 +754,8 @@ def crashtest(directory: str | None, cycles: int, mode: str, seed: int | None,
     \b
     Example:
       bitkv crashtest --cycles 50 --mode whitebox --seed 7
+
+    --dir must be new, empty, or left by an earlier crash test (its content is deleted).
     """
     try:
         harness = importlib.import_module("bitkv.crashtest")
@@ -762,15 +768,19 @@ def crashtest(directory: str | None, cycles: int, mode: str, seed: int | None,
     temporary = directory is None
     if directory is None:
         directory = tempfile.mkdtemp(prefix="bitkv-crashtest-")
-    elif os.path.exists(directory):
-        if not os.path.isdir(directory) or os.listdir(directory):
-            raise CliError(f"crashtest --dir {directory!r} must be a new or empty directory "
-                           "(the test destroys what is in it)", EXIT_USAGE)
-    else:
-        os.makedirs(directory)
-    with Progress(f"crashtest ({mode})") as progress:
-        summary = _summary_dict(harness.run(directory, mode=mode, cycles=cycles, seed=seed,
-                                            progress=_progress_adapter(progress, cycles)))
+    extra: dict[str, Any] = {}
+    if sync is not None:
+        extra["sync"] = sync
+    if ops_per_cycle is not None:
+        extra["ops_per_cycle"] = ops_per_cycle
+    try:
+        with Progress(f"crashtest ({mode})") as progress:
+            result = harness.run(directory, mode=mode, cycles=cycles, seed=seed,
+                                 progress=_progress_adapter(progress, cycles), **extra)
+    except (FileExistsError, NotADirectoryError) as exc:
+        # The harness refuses a directory it did not make: it deletes what it finds there.
+        raise CliError(f"crashtest --dir: {exc}", EXIT_USAGE) from None
+    summary = _summary_dict(result)
     violations = list(summary.get("violations") or [])
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
@@ -786,7 +796,7 @@ def crashtest(directory: str | None, cycles: int, mode: str, seed: int | None,
     if violations:
         click.echo(f"bitkv: crashtest FAILED with seed {summary.get('seed', seed)}; reproduce "
                    f"with: {summary.get('reproduce_command', '?')}", err=True)
-        click.echo(f"bitkv: the stores are kept in {directory}", err=True)
+        click.echo(f"bitkv: the test's files are kept in {directory}", err=True)
         click.get_current_context().exit(EXIT_NOT_FOUND)
     if temporary:
         shutil.rmtree(directory, ignore_errors=True)

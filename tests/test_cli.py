@@ -421,8 +421,11 @@ def test_crashtest_without_the_harness(run, monkeypatch):
 def _fake_harness(monkeypatch, violations):
     seen = {}
 
-    def fake_run(directory, *, mode, cycles, seed, progress):
-        seen.update(directory=directory, mode=mode, cycles=cycles, seed=seed)
+    def fake_run(directory, *, mode, cycles, seed, progress, **extra):
+        if os.path.exists(directory) and os.listdir(directory):
+            raise FileExistsError(f"{directory!r} is not empty and was not made by bitkv "
+                                  "crashtest")
+        seen.update(directory=directory, mode=mode, cycles=cycles, seed=seed, **extra)
         for n in range(cycles):
             progress(n + 1, cycles)
         return {"cycles": cycles, "operations_acknowledged": 10 * cycles,
@@ -440,10 +443,11 @@ def test_crashtest_reports_success(run, monkeypatch, tmp_path):
     seen = _fake_harness(monkeypatch, [])
     scratch = tmp_path / "scratch"
     result = run("crashtest", "--cycles", "3", "--mode", "whitebox", "--seed", "9",
-                 "--dir", str(scratch))
+                 "--dir", str(scratch), "--sync", "never", "--ops-per-cycle", "7")
     assert result.exit_code == 0, result.output
     assert "violations: 0" in result.stdout
-    assert seen == {"directory": str(scratch), "mode": "whitebox", "cycles": 3, "seed": 9}
+    assert seen == {"directory": str(scratch), "mode": "whitebox", "cycles": 3, "seed": 9,
+                    "sync": "never", "ops_per_cycle": 7}
     # The default scratch directory is temporary and removed after a pass.
     run("crashtest", "--cycles", "1")
     assert not os.path.exists(seen["directory"])
@@ -462,7 +466,7 @@ def test_crashtest_refuses_a_directory_with_files(run, store_dir, monkeypatch):
     _fake_harness(monkeypatch, [])
     run("put", "k", "v")
     line = _one_line_error(run("crashtest", "--dir", store_dir), EXIT_USAGE)
-    assert "new or empty" in line
+    assert "not empty" in line
 
 
 def _real_harness():
@@ -475,8 +479,14 @@ def _real_harness():
 
 @pytest.mark.skipif(_real_harness() is None, reason="bitkv.crashtest is not available yet")
 def test_crashtest_with_the_real_harness(run, tmp_path):
-    result = run("crashtest", "--cycles", "2", "--seed", "1", "--dir", str(tmp_path / "ct"))
+    scratch = str(tmp_path / "ct")
+    result = run("crashtest", "--cycles", "2", "--seed", "1", "--dir", scratch,
+                 "--ops-per-cycle", "50")
     assert result.exit_code == 0, result.output
+    assert "violations: 0" in result.stdout
+    # The same directory again, as a printed reproduce command would use it.
+    assert run("crashtest", "--cycles", "1", "--seed", "1", "--dir", scratch,
+               "--ops-per-cycle", "50").exit_code == 0
 
 
 # -- help -------------------------------------------------------------------------------------
