@@ -25,8 +25,9 @@ It behaves like :mod:`dbm.gnu` (the default :func:`dbm.open` backend) wherever t
 
   ``mode`` is the permission of the files (and, plus search bits, the directory) created for
   a new store, reduced by the umask as usual; an existing store keeps the mode it was created
-  with. Extra keyword arguments go to :func:`bitkv.open` (``encryption_key``,
-  ``compression``, ...); ``readonly`` and ``create`` are decided by ``flag``.
+  with (``mode`` is not applied when a ``fileio`` option is given). Extra keyword arguments
+  go to :func:`bitkv.open` (``encryption_key``, ``compression``, ...); ``readonly`` and
+  ``create`` are decided by ``flag``.
 
 * ``file`` names a *directory* (a bitkv store), not a single file. Flag ``'n'`` on an
   existing store deletes every key (and compacts) rather than truncating files; a path that
