@@ -188,6 +188,36 @@ def _write_stdout(data: bytes) -> None:
     click.echo(data, nl=False)  # bytes go to the binary buffer of stdout, unchanged
 
 
+class _LineWriter:
+    """Buffers output lines and writes them to stdout in large chunks (one flush per chunk,
+    not per line: listing a million keys stays fast)."""
+
+    def __init__(self, limit: int = 1 << 16) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+
+    def line(self, text: str) -> None:
+        data = text.encode("utf-8") + b"\n"
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            _write_stdout(b"".join(self._parts))
+            self._parts = []
+            self._size = 0
+
+    def __enter__(self) -> _LineWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.flush()
+
+
 def _stdin_bytes() -> Any:
     return getattr(sys.stdin, "buffer", sys.stdin)
 
@@ -423,7 +453,7 @@ def scan(settings: Settings, prefix: str | None, limit: int | None, with_values:
       bitkv scan --values --json | jq .
     """
     p = parse_prefix(prefix, settings.hex_mode)
-    with open_store(settings, write=False) as db:
+    with open_store(settings, write=False) as db, _LineWriter() as out:
         keys = sorted(db.keys(prefix=p))
         shown = 0
         for k in keys:
@@ -441,7 +471,7 @@ def scan(settings: Settings, prefix: str | None, limit: int | None, with_values:
                 line = f"{settings.show(k)}\t{show_bytes(value)}"
             else:
                 line = settings.show(k)
-            _write_stdout(line.encode("utf-8") + b"\n")
+            out.line(line)
             shown += 1
 
 
@@ -601,7 +631,7 @@ def export(settings: Settings, prefix: str | None) -> None:
     """
     p = parse_prefix(prefix, settings.hex_mode)
     unreadable = 0
-    with open_store(settings, write=False) as db:
+    with open_store(settings, write=False) as db, _LineWriter() as out:
         for k in sorted(db.keys(prefix=p)):
             try:
                 got = _get_with_ttl(db, k)
@@ -612,8 +642,7 @@ def export(settings: Settings, prefix: str | None) -> None:
             if got is None:  # expired meanwhile
                 continue
             value, left = got
-            line = encode_line(k, value, left, hex_keys=settings.hex_mode)
-            _write_stdout(line.encode("utf-8") + b"\n")
+            out.line(encode_line(k, value, left, hex_keys=settings.hex_mode))
     if unreadable:
         raise CliError(f"{unreadable} key(s) could not be read (damaged); run 'bitkv check'",
                        EXIT_DATA)
