@@ -2,11 +2,22 @@
 
 Helpers that tests import directly (``from conftest import ...``) live here too, because the
 test directory has no package of its own.
+
+``fast_db_path`` / ``fast_tempdir`` put stores under ``$BITKV_TEST_TMPDIR`` if set, else under
+``/dev/shm`` when it is a writable directory (tmpfs: fsync is free, which keeps the
+open/close-heavy recovery, regression and model tests fast), else under pytest's ``tmp_path``.
+``db_path`` is always under ``tmp_path``; the sync-mode and lock tests use it so the fsync and
+flock paths also run against a real file system.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -39,10 +50,48 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def fast_base() -> str | None:
+    """The directory fast temporary stores go under (None: use pytest's tmp_path)."""
+    env = os.environ.get("BITKV_TEST_TMPDIR")
+    if env:
+        return env
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK):
+        return shm
+    return None
+
+
+@contextlib.contextmanager
+def fast_tempdir(fallback: pathlib.Path | None = None) -> Iterator[pathlib.Path]:
+    """A fresh directory under :func:`fast_base`, removed afterwards."""
+    base = fast_base()
+    if base is None and fallback is not None:
+        yield fallback
+        return
+    path = tempfile.mkdtemp(prefix="bitkv-test-", dir=base)
+    try:
+        yield pathlib.Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def fast_tmp(tmp_path) -> Iterator[pathlib.Path]:
+    with fast_tempdir(tmp_path) as path:
+        yield path
+
+
 @pytest.fixture
 def db_path(tmp_path) -> str:
-    """A path (not yet existing) for a fresh store."""
+    """A path (not yet existing) for a fresh store, under pytest's ``tmp_path``."""
     return str(tmp_path / "db")
+
+
+@pytest.fixture
+def fast_db_path(fast_tmp) -> str:
+    """Like ``db_path`` but under :func:`fast_base` (tmpfs when available). Modules that
+    open and close stores in loops override ``db_path`` with it."""
+    return str(fast_tmp / "db")
 
 
 @pytest.fixture

@@ -9,6 +9,12 @@ import pytest
 import bitkv
 
 
+@pytest.fixture
+def db_path(fast_db_path):
+    """Stores of this module live on tmpfs when available (see conftest.fast_base)."""
+    return fast_db_path
+
+
 def test_limits_are_exported():
     assert bitkv.MAX_KEY_SIZE == 65535
     assert bitkv.MAX_VALUE_SIZE == 64 * 2**20

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 
 import hypothesis.strategies as st
-from conftest import FakeClock
+from conftest import FakeClock, fast_base
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -41,7 +41,7 @@ class StoreModel(RuleBasedStateMachine):
 
     @initialize()
     def setup(self):
-        self.dir = tempfile.mkdtemp(prefix="bitkv-model-")
+        self.dir = tempfile.mkdtemp(prefix="bitkv-model-", dir=fast_base())
         self.path = self.dir + "/db"
         self.clock = FakeClock()
         self.model: dict[bytes, tuple[bytes, int]] = {}

@@ -18,6 +18,12 @@ SEG_HDR = seg_mod.HEADER_SIZE
 REC_HDR = record.HEADER_SIZE
 
 
+@pytest.fixture
+def db_path(fast_db_path):
+    """Stores of this module live on tmpfs when available (see conftest.fast_base)."""
+    return fast_db_path
+
+
 def _write(path: str, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)

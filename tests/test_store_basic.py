@@ -16,6 +16,12 @@ from bitkv import segment as seg_mod
 SYNC_MODES = ["always", "interval", "never"]
 
 
+@pytest.fixture
+def db_path(fast_db_path):
+    """Stores of this module live on tmpfs when available (see conftest.fast_base)."""
+    return fast_db_path
+
+
 # -- the mapping API ------------------------------------------------------------------------
 
 
@@ -428,7 +434,8 @@ def test_threads_disjoint_and_overlapping_keys(db_path):
 
 
 @pytest.mark.parametrize("mode", SYNC_MODES)
-def test_sync_modes_round_trip(db_path, mode):
+def test_sync_modes_round_trip(tmp_path, mode):
+    db_path = str(tmp_path / "db")  # a real file system, not tmpfs: fsync must work there
     with bitkv.open(db_path, sync=mode, sync_interval=0.01, max_segment_size=4096) as db:
         assert db.stats()["sync"] == mode
         for i in range(150):
@@ -442,7 +449,8 @@ def test_sync_modes_round_trip(db_path, mode):
 
 
 @pytest.mark.parametrize("mode", SYNC_MODES)
-def test_abandon_keeps_every_acknowledged_write(db_path, mode):
+def test_abandon_keeps_every_acknowledged_write(tmp_path, mode):
+    db_path = str(tmp_path / "db")  # a real file system, not tmpfs
     expected = {}
     db = bitkv.open(db_path, sync=mode, max_segment_size=4096)
     for i in range(200):

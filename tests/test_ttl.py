@@ -7,6 +7,12 @@ import pytest
 import bitkv
 
 
+@pytest.fixture
+def db_path(fast_db_path):
+    """Stores of this module live on tmpfs when available (see conftest.fast_base)."""
+    return fast_db_path
+
+
 def _open(path, clock, **kw):
     return bitkv.open(path, clock=clock, **kw)
 
