@@ -88,6 +88,9 @@ def _translate(exc: BaseException) -> CliError | None:
     return None
 
 
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class BitkvGroup(click.Group):
     """Turns every expected failure into one line on stderr and a documented exit status."""
 
@@ -99,6 +102,9 @@ class BitkvGroup(click.Group):
         try:
             rv = super().main(args, prog_name or "bitkv", complete_var, False, **extra)
             code = rv if isinstance(rv, int) else EXIT_OK
+        except _NO_ARGS_IS_HELP as exc:  # `bitkv` alone: the help, as click prints it
+            exc.show()
+            code = EXIT_USAGE
         except click.UsageError as exc:
             hint = ""
             if exc.ctx is not None:

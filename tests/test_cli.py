@@ -502,3 +502,11 @@ def test_help_everywhere(run):
 
 def test_version(run):
     assert bitkv.__version__ in run("--version").stdout
+
+
+def test_no_command_shows_the_help(run):
+    result = run(dir=None)
+    assert result.exit_code == EXIT_USAGE
+    assert "Usage:" in result.output and "Commands:" in result.output
+    line = _one_line_error(run("frobnicate"), EXIT_USAGE)
+    assert "No such command" in line
