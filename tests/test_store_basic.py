@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 
 import pytest
 from conftest import segment_files, snapshot_dir
 
 import bitkv
 from bitkv import segment as seg_mod
+from bitkv.fileio import FileIO
 
 SYNC_MODES = ["always", "interval", "never"]
 
@@ -473,3 +475,54 @@ def test_abandon_keeps_every_acknowledged_write(tmp_path, mode):
     with bitkv.open(db_path) as db:
         assert db.get(b"after") == b"crash"
         assert len(db) == len(expected) + 1
+
+
+class _CountingIO(FileIO):
+    """Counts fsync calls (the seam the crash harness uses)."""
+
+    def __init__(self) -> None:
+        self.fsyncs = 0
+
+    def fsync(self, fd):
+        self.fsyncs += 1
+        super().fsync(fd)
+
+
+def test_sync_always_fsyncs_before_put_returns(tmp_path):
+    io = _CountingIO()
+    with bitkv.open(tmp_path / "db", sync="always", fileio=io) as db:
+        for i in range(5):
+            before = io.fsyncs
+            db.put(b"k%d" % i, b"v")
+            assert io.fsyncs == before + 1
+        before = io.fsyncs
+        db.delete(b"k0")
+        assert io.fsyncs == before + 1
+
+
+def test_sync_never_leaves_fsync_to_close_and_sync(tmp_path):
+    io = _CountingIO()
+    db = bitkv.open(tmp_path / "db", sync="never", fileio=io)
+    before = io.fsyncs
+    for i in range(20):
+        db.put(b"k%d" % i, b"v")
+    assert io.fsyncs == before
+    db.sync()
+    assert io.fsyncs == before + 1
+    db.sync()  # nothing new to flush
+    assert io.fsyncs == before + 1
+    db.put(b"more", b"v")
+    db.close()
+    assert io.fsyncs == before + 2
+
+
+def test_sync_interval_flushes_in_the_background(tmp_path):
+    io = _CountingIO()
+    with bitkv.open(tmp_path / "db", sync="interval", sync_interval=0.05, fileio=io) as db:
+        before = io.fsyncs
+        db.put(b"k", b"v")
+        assert io.fsyncs == before  # the put itself does not wait for the disk
+        deadline = time.monotonic() + 5
+        while io.fsyncs == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert io.fsyncs > before, "the flusher never synced the write"
