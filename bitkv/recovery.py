@@ -155,8 +155,9 @@ def make_directory(directory: str, io: FileIO) -> None:
     io.fsync_dir(parent)  # the new entry in the parent must survive power loss
 
 
-# Flags the fast indexing loop leaves to the general path: batch members and unknown bits.
-_SLOW_FLAGS = ~(record.TOMBSTONE | record.COMPRESSED | record.ENCRYPTED) & 0xFF
+# Flags the fast indexing loop leaves to the general path.
+_UNKNOWN_FLAGS = ~record.KNOWN_FLAGS & 0xFF
+_BATCH_ENDS = record.BATCH_FIRST | record.BATCH_LAST
 
 
 class _Loader:
@@ -348,7 +349,10 @@ class _Loader:
             self._truncate_tail(seg, truncate_at)
 
     def _index_plain_run(self, seg: Segment, mm: mmap.mmap, pos: int, end: int) -> int:
-        """Index the intact non-batch records from ``pos`` on; return where the run stops.
+        """Index intact records from ``pos`` on, whole batches included; return where the
+        run stops: at the first record that is damaged, or breaks the batch rule, or carries
+        an unknown flag (at the start of its batch, if it is inside one). The general path
+        takes over from there.
 
         This is :meth:`_apply` over :func:`record.scan`, inlined: reopening a store without
         hints spends its time here (~3x faster than the general path, measured on 200k keys).
@@ -364,34 +368,60 @@ class _Loader:
         loaded = 0
         header_size = record.HEADER_SIZE
         max_value = record.MAX_STORED_VALUE_SIZE
+        tombstone = record.TOMBSTONE
+        batch_flag, batch_first, batch_last = record.BATCH, record.BATCH_FIRST, record.BATCH_LAST
+        pending: list[tuple[bytes, int, int, int, int]] = []
+        pending_seq = 0
+        batch_start = -1
         with memoryview(mm) as view:
             while pos + header_size <= end:
                 crc, flags, reserved, key_len, value_len, seq, expiry_ms = unpack(mm, pos)
                 size = header_size + key_len + value_len
-                if (reserved or not key_len or flags & _SLOW_FLAGS or pos + size > end
-                        or value_len > max_value or (flags & record.TOMBSTONE and value_len)
+                if (reserved or not key_len or flags & _UNKNOWN_FLAGS or pos + size > end
+                        or value_len > max_value or (flags & tombstone and value_len)
+                        or (flags & _BATCH_ENDS and not flags & batch_flag)
                         or crc32c(view[pos + 4 : pos + size]) != crc):
                     break
                 key = mm[pos + header_size : pos + header_size + key_len]
                 if seq > max_seq:
                     max_seq = seq
-                old = entries.get(key)
-                if old is not None:
-                    owner = slots[old >> keydir.SLOT_SHIFT]
-                    old_size = old & keydir.SIZE_MASK
-                    owner.live_bytes -= old_size or owner.record_size_at(  # type: ignore[union-attr]
-                        (old >> keydir.SIZE_BITS) & keydir.OFFSET_MASK)
-                if flags & record.TOMBSTONE or (expiry_ms and expiry_ms <= now_ms):
-                    if old is not None:
-                        del entries[key]
-                        if expiries:
-                            expiries.pop(key, None)
-                    if hidden is not None:
-                        hidden[key] = (pos, size, flags & record.TOMBSTONE, expiry_ms)
+                if flags & batch_flag:
+                    if flags & batch_first:
+                        if pending:
+                            break  # an unfinished batch: the general path drops it
+                        batch_start = pos
+                    elif not pending or seq != pending_seq + 1:
+                        break
+                    pending.append((key, pos, size, flags, expiry_ms))
+                    pending_seq = seq
+                    pos += size
+                    if not flags & batch_last:
+                        continue
+                    ready = pending
+                    pending = []
                 else:
+                    if pending:
+                        break
+                    ready = [(key, pos, size, flags, expiry_ms)]
+                    pos += size
+                for key, at, size, flags, expiry_ms in ready:
+                    old = entries.get(key)
+                    if old is not None:
+                        owner = slots[old >> keydir.SLOT_SHIFT]
+                        old_size = old & keydir.SIZE_MASK
+                        owner.live_bytes -= old_size or owner.record_size_at(  # type: ignore[union-attr]
+                            (old >> keydir.SIZE_BITS) & keydir.OFFSET_MASK)
+                    if flags & tombstone or (expiry_ms and expiry_ms <= now_ms):
+                        if old is not None:
+                            del entries[key]
+                            if expiries:
+                                expiries.pop(key, None)
+                        if hidden is not None:
+                            hidden[key] = (at, size, flags & tombstone, expiry_ms)
+                        continue
                     if hidden:
                         hidden.pop(key, None)
-                    entries[key] = base | (pos << keydir.SIZE_BITS) | (
+                    entries[key] = base | (at << keydir.SIZE_BITS) | (
                         size if size <= keydir.SIZE_MASK else 0)
                     seg.live_bytes += size
                     if expiry_ms:
@@ -399,10 +429,9 @@ class _Loader:
                     elif old is not None and expiries:
                         expiries.pop(key, None)
                     loaded += 1
-                pos += size
         self.max_seq = max_seq
         self.report.records_loaded += loaded
-        return pos
+        return batch_start if pending else pos
 
     def _truncate_tail(self, seg: Segment, offset: int) -> None:
         torn = seg.size - offset

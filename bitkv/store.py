@@ -144,12 +144,20 @@ class Batch:
         self._done = False
 
     def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None) -> None:
+        """Add a put to the batch (written when the batch commits)."""
+        self._check_open()
         if ttl is not None:
             check_ttl(ttl)
         self._ops.append((to_key(key), to_value(value), ttl))
 
     def delete(self, key: KeyLike) -> None:
+        """Add a delete to the batch (a key with no value is simply absent afterwards)."""
+        self._check_open()
         self._ops.append((to_key(key), None, None))
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise Error("this batch was already committed or discarded")
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -169,6 +177,8 @@ class Batch:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._done:
+            return  # committed or discarded explicitly inside the block
         if exc_type is None:
             self.commit()
         else:
