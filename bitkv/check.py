@@ -155,19 +155,23 @@ def _show_key(key: bytes) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _read_whole(path: str) -> bytes | None:
-    """Read a file with plain reads (no mmap); None if it does not exist (any more)."""
+def _read_whole(path: str, limit: int | None = None) -> bytes | None:
+    """Read a file (at most ``limit`` bytes) with plain reads, never mmap; None if it does
+    not exist (any more)."""
     try:
         fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
         chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 24)
+        left = limit
+        while left is None or left > 0:
+            chunk = os.read(fd, 1 << 24 if left is None else min(left, 1 << 24))
             if not chunk:
                 break
             chunks.append(chunk)
+            if left is not None:
+                left -= len(chunk)
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -176,10 +180,11 @@ def _read_whole(path: str) -> bytes | None:
 class _Checked:
     """One segment file as :func:`check` sees it."""
 
-    def __init__(self, segment_id: int, name: str, buf: bytes) -> None:
+    def __init__(self, segment_id: int, name: str, buf: bytes | None) -> None:
         self.id = segment_id
         self.name = name
         self.buf = buf
+        self.size = 0
         self.header: seg_mod.SegmentHeader | None = None
         self.header_error: str | None = None
         self.kind = seg_mod.KIND_APPEND
@@ -219,7 +224,18 @@ class _Checker:
         segments.sort(key=lambda s: (s.order_seq, s.id))
         live: set[bytes] = set()  # keys a scan of the segments so far would index
         now_ms = int(time.time() * 1000)
+        checked = set()
         for i, seg in enumerate(segments):
+            # One segment in memory at a time: read, scan, check its hint, then let it go.
+            buf = _read_whole(os.path.join(self.directory, seg.name))
+            if buf is None:
+                self._vanished(seg.name)
+                continue
+            checked.add(seg.id)
+            seg.buf = buf
+            seg.size = len(buf)
+            self.report.segments += 1
+            self.report.bytes_checked += len(buf)
             self._scan(seg, is_last=i == len(segments) - 1)
             if seg.id in hint_ids:
                 self._check_hint(seg.id, seg, live, now_ms)
@@ -228,7 +244,9 @@ class _Checker:
                     live.discard(rec.key)
                 else:
                     live.add(rec.key)
-        checked = {s.id for s in segments}
+            seg.buf = None
+            seg.records = {}
+            seg.applied = []
         for hint_id in hint_ids:
             if hint_id not in checked:
                 self._check_hint(hint_id, None, live, now_ms)
@@ -245,21 +263,23 @@ class _Checker:
 
     # -- segments ------------------------------------------------------------------------------
 
+    def _vanished(self, name: str) -> None:
+        self.issue(name, 0, 0, "segment vanished while checking (a compaction running beside "
+                   "the check removed it)", "vanished", WARNING)
+
     def _read_segments(self, ids: list[int]) -> list[_Checked]:
+        """Read every segment's header (the load order needs them all before any scan)."""
         out: list[_Checked] = []
         newest_id = ids[-1] if ids else -1
         for segment_id in ids:
             name = seg_mod.data_name(segment_id)
-            buf = _read_whole(os.path.join(self.directory, name))
-            if buf is None:
-                self.issue(name, 0, 0, "segment vanished while checking (a compaction "
-                           "running beside the check removed it)", "vanished", WARNING)
+            head = _read_whole(os.path.join(self.directory, name), seg_mod.HEADER_SIZE)
+            if head is None:
+                self._vanished(name)
                 continue
-            self.report.segments += 1
-            self.report.bytes_checked += len(buf)
-            seg = _Checked(segment_id, name, buf)
+            seg = _Checked(segment_id, name, None)
             try:
-                seg.header = seg_mod.decode_header(buf[: seg_mod.HEADER_SIZE])
+                seg.header = seg_mod.decode_header(head)
             except seg_mod.NewerFormatError as exc:
                 raise FormatVersionError(f"{name}: {exc}; upgrade bitkv to check it") from None
             except seg_mod.HeaderError as exc:
@@ -270,10 +290,16 @@ class _Checker:
                 out.append(seg)
                 continue
             # Same rules as recovery: keep the intact records of a segment with a bad header.
+            buf = _read_whole(os.path.join(self.directory, name))
+            if buf is None:
+                self._vanished(name)
+                continue
             seqs = [r.seq for r in record.scan(buf, 0, len(buf))
                     if isinstance(r, record.ScannedRecord)]
             hdr_len = min(len(buf), seg_mod.HEADER_SIZE)
             if not seqs:
+                self.report.segments += 1
+                self.report.bytes_checked += len(buf)
                 if segment_id == newest_id and len(buf) <= seg_mod.HEADER_SIZE * 2:
                     self.report.torn_tail_bytes += len(buf)
                     self.issue(name, 0, len(buf), f"newest segment was created but its header "
@@ -294,12 +320,13 @@ class _Checker:
             ascending = all(a < b for a, b in itertools.pairwise(seqs))
             seg.kind = seg_mod.KIND_APPEND if ascending else seg_mod.KIND_COMPACTED
             seg.order_seq = seqs[0] if ascending else max(seqs)
-            out.append(seg)
+            out.append(seg)  # read again when its turn in the load order comes
         return out
 
     def _scan(self, seg: _Checked, is_last: bool) -> None:
         """Verify every record of ``seg``, classifying damage the way recovery does."""
         buf = seg.buf
+        assert buf is not None
         size = len(buf)
         start = 0 if seg.header is None else seg_mod.HEADER_SIZE
         if size < start:
@@ -395,7 +422,7 @@ class _Checker:
                        "header is damaged", "hint")
             return
         try:
-            covered, entries = _decode_hint(buf, seg.header.nonce, len(seg.buf))
+            covered, entries = _decode_hint(buf, seg.header.nonce, seg.size)
         except hint.HintError as exc:
             self.report.hints_bad += 1
             self.issue(name, 0, len(buf), f"hint file is unusable: {exc} (recovery scans the "
