@@ -1,0 +1,744 @@
+"""The asyncio server: connections, the command loop, durability, TLS, shutdown.
+
+Threading model. Commands run on the event loop thread, one at a time (like Redis's main
+thread): a Store get is ~2 us and a put ~5-10 us, far cheaper than a hop to a thread pool, so
+they are called directly. What can block for long runs elsewhere:
+
+* ``--sync always``: the store is opened with ``sync="never"`` and the server calls
+  ``Store.sync()`` in a worker thread once per batch of pipelined commands that wrote, before
+  sending their replies (so no reply is sent before its write is on stable storage).
+  Connections waiting at the same moment share one fsync (the Store coalesces concurrent
+  syncs). This is Redis's ``appendfsync always``, which also fsyncs once per event-loop
+  iteration before replying.
+* ``--sync interval``: the store's own flusher thread fsyncs every ``sync_interval`` seconds
+  (``appendfsync everysec``). ``--sync never`` leaves it to the OS (``appendfsync no``).
+* SAVE / BGSAVE call ``Store.sync()`` in a worker thread; BGREWRITEAOF runs
+  ``Store.compact()`` in its own thread while reads and writes go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import bitkv
+
+from . import protocol
+from .commands import (
+    COMMANDS,
+    F_ANY,
+    F_ASYNC,
+    F_NEEDAUTH,
+    F_NOAUTH,
+    F_NOMULTI,
+    F_TXCTL,
+    F_WRITE,
+    CommandError,
+    ScanIndex,
+    Spec,
+    arity_error,
+    lookup,
+    set_many,
+    unknown_command_error,
+)
+from .protocol import NIL2, NIL3, QUEUED, Limits, error, make_parser
+
+log = logging.getLogger("bitkv.server")
+
+try:  # pragma: no cover - depends on the environment
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None
+
+HAVE_UVLOOP = uvloop is not None
+
+NOAUTH = error("NOAUTH Authentication required.")
+SET_SPEC = COMMANDS[b"SET"]
+NOMULTI = error("ERR Command not allowed inside a transaction")
+MAXCLIENTS = error("ERR max number of clients reached")
+SYNC_CHOICES = ("always", "interval", "never")
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``bitkv serve`` can be told. ``hosts`` are the addresses to bind."""
+
+    dir: str = "bitkv-data"
+    hosts: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 6380
+    requirepass: str | bytes | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca_cert: str | None = None  # when set, clients must present a certificate it signed
+    sync: str = "interval"
+    sync_interval: float = 1.0
+    max_bulk_len: int = protocol.DEFAULT_MAX_BULK_LEN
+    max_multibulk_len: int = protocol.DEFAULT_MAX_MULTIBULK_LEN
+    max_query_buffer: int = protocol.DEFAULT_MAX_QUERY_BUFFER
+    maxclients: int = 10000
+    use_hiredis: bool | None = None  # None: when installed
+    use_uvloop: bool | None = None  # None: when installed
+    store_options: dict[str, Any] = field(default_factory=dict)  # more bitkv.open() options
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hosts, str):
+            self.hosts = tuple(self.hosts.split())
+        self.hosts = tuple(self.hosts)
+        if not self.hosts:
+            raise ValueError("at least one bind address is needed")
+        if self.sync not in SYNC_CHOICES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_CHOICES)}, not {self.sync!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
+        if self.tls_ca_cert and not self.tls_cert:
+            raise ValueError("--tls-ca-cert needs --tls-cert and --tls-key")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0-65535, not {self.port}")
+        if self.maxclients < 1:
+            raise ValueError("maxclients must be at least 1")
+        if self.max_bulk_len > bitkv.MAX_VALUE_SIZE:
+            raise ValueError(f"max_bulk_len cannot exceed bitkv's value limit "
+                             f"({bitkv.MAX_VALUE_SIZE} bytes)")
+        if isinstance(self.requirepass, str):
+            self.requirepass = self.requirepass.encode()
+        if self.requirepass == b"":
+            self.requirepass = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+
+def make_ssl_context(config: ServerConfig) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    assert config.tls_cert is not None
+    ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_ca_cert:
+        ctx.load_verify_locations(config.tls_ca_cert)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class Connection(asyncio.Protocol):
+    """One client. Parses reads, runs the commands in order, writes the replies."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.db = server.db
+        self.authenticated = server.requirepass is None
+        self.parser = make_parser(server.limits, self.authenticated, server.use_hiredis)
+        self.resp3 = False
+        self.null = NIL2
+        self.client_id = next(server.client_ids)
+        self.name: bytes | None = None
+        self.lib_name = b""
+        self.lib_ver = b""
+        self.multi: list[tuple[Spec, list[bytes]]] | None = None
+        self.multi_dirty = False
+        self.transport: Any = None
+        self.peer = "?"
+        self.local = "?"
+        self.created = time.monotonic()
+        self.last_active = self.created
+        self.last_command = b"NULL"
+        self._gate = 0
+        self._busy = False  # an awaited step (fsync, SAVE) is in progress
+        self._backlog: list[bytes] = []
+        self._write_paused = False
+        self._closed = False
+        self._quit = False
+        self._update_gate()
+
+    # -- state used by the commands ----------------------------------------------------------
+
+    def _update_gate(self) -> None:
+        """Flags that send a command down the slow path (auth, MULTI, async, QUIT...)."""
+        gate = F_ASYNC | F_TXCTL | F_NOMULTI
+        if not self.authenticated:
+            gate |= F_NEEDAUTH
+        if self.multi is not None:
+            gate |= F_ANY
+        self._gate = gate
+
+    def set_authenticated(self, value: bool) -> None:
+        self.authenticated = value
+        self.parser.authenticated = value
+        self._update_gate()
+
+    def set_protocol(self, version: int) -> None:
+        self.resp3 = version == 3
+        self.null = NIL3 if self.resp3 else NIL2
+
+    def close_after_reply(self) -> None:
+        self._quit = True
+
+    def describe(self) -> str:
+        now = time.monotonic()
+        def text(b: bytes | None) -> str:
+            return (b or b"").decode("utf-8", "replace")
+
+        multi = -1 if self.multi is None else len(self.multi)
+        return (f"id={self.client_id} addr={self.peer} laddr={self.local} name={text(self.name)} "
+                f"age={int(now - self.created)} idle={int(now - self.last_active)} flags=N "
+                f"db=0 sub=0 psub=0 ssub=0 multi={multi} "
+                f"cmd={text(self.last_command).lower()} user=default "
+                f"resp={3 if self.resp3 else 2} lib-name={text(self.lib_name)} "
+                f"lib-ver={text(self.lib_ver)}")
+
+    def call(self, spec: Spec, args: list[bytes]) -> bytes:
+        """Run one command's handler, turning exceptions into error replies."""
+        try:
+            return spec[0](self, args)
+        except CommandError as exc:
+            return exc.reply
+        except Exception as exc:
+            return self.error_reply(exc)
+
+    def error_reply(self, exc: Exception) -> bytes:
+        if isinstance(exc, (ValueError, TypeError, bitkv.Error)) and str(exc):
+            if not isinstance(exc, bitkv.Error):
+                log.debug("command failed", exc_info=True)
+            return error(f"ERR {exc}")
+        log.exception("internal error in a command")
+        return error(f"ERR internal error: {type(exc).__name__}: {exc}")
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        server = self.server
+        server.total_connections += 1
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+        if isinstance(sock, tuple):
+            self.local = f"{sock[0]}:{sock[1]}"
+        if server.closing or len(server.clients) >= server.config.maxclients:
+            server.rejected_connections += 1
+            self._closed = True
+            transport.write(MAXCLIENTS)
+            transport.close()
+            return
+        server.clients[self] = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._backlog.clear()
+        self.server.clients.pop(self, None)
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its requests until it does.
+        self._write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy and not self._closed:
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._busy:
+            self._backlog.append(data)
+            return
+        server = self.server
+        server.net_input_bytes += len(data)
+        cmds = self.parser.feed(data)
+        if cmds:
+            server.total_commands += len(cmds)
+            self._run(cmds, 0, [], False)
+        elif self.parser.error is not None:
+            self._protocol_error([])
+
+    # -- the command loop --------------------------------------------------------------------
+
+    def _run(self, cmds: list[list[bytes]], i: int, out: list[bytes], wrote: bool) -> None:
+        """Run ``cmds[i:]``, collecting replies in ``out``; send them when done."""
+        get = COMMANDS.get
+        append = out.append
+        n = len(cmds)
+        while i < n:
+            args = cmds[i]
+            i += 1
+            spec = get(args[0])
+            if spec is None:
+                spec = lookup(args[0])
+                if spec is None:
+                    if self.multi is not None:
+                        self.multi_dirty = True
+                    append(unknown_command_error(args))
+                    continue
+            handler, arity, flags, name = spec
+            argc = len(args)
+            if argc != arity and (arity >= 0 or argc < -arity):
+                if self.multi is not None:
+                    self.multi_dirty = True
+                append(arity_error(name))
+                continue
+            if flags & self._gate:
+                reply = self._slow(spec, args)
+                if reply is None:  # an async command: continue once it has finished
+                    self._start(self._run_async(spec, args, cmds, i, out, wrote))
+                    return
+                append(reply)
+                if self._quit:
+                    break
+            elif spec is SET_SPEC and argc == 3 and i < n and len(cmds[i]) == 3 \
+                    and get(cmds[i][0]) is SET_SPEC:
+                # A pipeline of plain SETs: write them with one batch (group commit).
+                j = i + 1
+                while j < n and len(cmds[j]) == 3 and get(cmds[j][0]) is SET_SPEC:
+                    j += 1
+                out.extend(set_many(self, cmds, i - 1, j))
+                i = j
+            else:
+                try:
+                    append(handler(self, args))
+                except CommandError as exc:
+                    append(exc.reply)
+                except Exception as exc:
+                    append(self.error_reply(exc))
+            if flags & F_WRITE:
+                wrote = True
+        self.last_command = cmds[-1][0]
+        self.last_active = time.monotonic()
+        if wrote:
+            server = self.server
+            server.write_version += 1
+            server.writes_since_save += 1
+            if server.sync_always and not self._closed:
+                self._start(self._durable_reply(out))
+                return
+        self._finish(out)
+
+    def _slow(self, spec: Spec, args: list[bytes]) -> bytes | None:
+        flags = spec[2]
+        if not self.authenticated and not flags & F_NOAUTH:
+            return NOAUTH
+        if self.multi is not None and not flags & F_TXCTL:
+            if flags & F_NOMULTI:
+                self.multi_dirty = True
+                return NOMULTI
+            self.multi.append((spec, args))
+            return QUEUED
+        if flags & F_ASYNC:
+            return None
+        reply = self.call(spec, args)
+        if flags & F_TXCTL:
+            self._update_gate()  # MULTI / EXEC / DISCARD changed the state
+        return reply
+
+    def _finish(self, out: list[bytes]) -> None:
+        if not self._closed:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif out:
+                self.transport.write(b"".join(out))
+            if self._quit:
+                self._closed = True
+                self.transport.close()
+                return
+            if self.parser.error is not None:
+                self._protocol_error([])
+
+    def _protocol_error(self, out: list[bytes]) -> None:
+        """Reply with the parser's error and close, as Redis does."""
+        message = self.parser.error or "ERR Protocol error"
+        out.append(error(message))
+        if not self._closed:
+            self.transport.write(b"".join(out))
+            self._closed = True
+            self.transport.close()
+        log.debug("protocol error from %s: %s", self.peer, message)
+
+    def _start(self, coro: Any) -> None:
+        """Stop reading and run ``coro``; reading resumes (and the backlog runs) after it."""
+        self._busy = True
+        if not self._closed:
+            self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(coro)
+        self.server.tasks.add(task)
+        task.add_done_callback(self._step_done)
+
+    def _step_done(self, task: asyncio.Task) -> None:
+        self.server.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("connection step failed", exc_info=task.exception())
+            if not self._closed:
+                self._closed = True
+                self.transport.close()
+        if self._busy:
+            return  # the step started another one
+        if self._closed:
+            return
+        if not self._write_paused:
+            self.transport.resume_reading()
+        if self._backlog:
+            data = b"".join(self._backlog)
+            self._backlog.clear()
+            self.data_received(data)
+
+    async def _run_async(self, spec: Spec, args: list[bytes], cmds: list[list[bytes]], i: int,
+                         out: list[bytes], wrote: bool) -> None:
+        try:
+            reply = await spec[0](self, args)
+        except CommandError as exc:
+            reply = exc.reply
+        except Exception as exc:
+            reply = self.error_reply(exc)
+        out.append(reply)
+        self._busy = False
+        self._run(cmds, i, out, wrote or bool(spec[2] & F_WRITE))
+
+    async def _durable_reply(self, out: list[bytes]) -> None:
+        try:
+            await self.server.sync_store()
+        except Exception as exc:
+            log.error("fsync failed; failing the replies of the writes it covered: %s", exc)
+            out = [error(f"ERR fsync failed, the write may not be durable: {exc}")] * len(out)
+        self._busy = False
+        self._finish(out)
+
+    def shutdown(self) -> None:
+        """Close at shutdown: pending replies are flushed first."""
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
+
+
+class Server:
+    """A RESP server over one bitkv Store.
+
+    ``await start()`` opens the store (unless one was given) and listens; ``await
+    serve_until_shutdown()`` returns after :meth:`request_shutdown` (SIGTERM, SHUTDOWN) once
+    the listeners are closed, connections closed, the store synced and closed.
+    """
+
+    def __init__(self, config: ServerConfig | None = None, store: bitkv.Store | None = None,
+                 **kwargs: Any) -> None:
+        self.config = config = config or ServerConfig(**kwargs)
+        self.db: bitkv.Store = store  # type: ignore[assignment]
+        self._own_store = store is None
+        self.limits = Limits(config.max_bulk_len, config.max_multibulk_len,
+                             config.max_query_buffer)
+        self.requirepass: bytes | None = config.requirepass  # type: ignore[assignment]
+        self.use_hiredis = protocol.HAVE_HIREDIS if config.use_hiredis is None \
+            else config.use_hiredis
+        self.sync_always = config.sync == "always"
+        self.clients: dict[Connection, None] = {}
+        self.client_ids = itertools.count(1)
+        self.tasks: set[asyncio.Task] = set()
+        self.port = config.port
+        self.loop_name = "asyncio"
+        self.run_id = secrets.token_hex(20)
+        self.started_at = time.time()
+        self.last_save_time = time.time()
+        self.scan_index: ScanIndex | None = None
+        self.write_version = 0
+        self.writes_since_save = 0
+        self.reset_stats()
+        self.closing = False
+        self.background_sync_running = False
+        self.last_sync_error: str | None = None
+        self.compaction_running = False
+        self.last_compaction_error: str | None = None
+        self._compaction_thread: threading.Thread | None = None
+        self._abort_compaction = threading.Event()
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bitkv-server")
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._shutdown_requested: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+
+    def reset_stats(self) -> None:
+        self.total_connections = 0
+        self.total_commands = 0
+        self.rejected_connections = 0
+        self.net_input_bytes = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self.loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+        self._shutdown_requested = asyncio.Event()
+        config = self.config
+        ssl_ctx = make_ssl_context(config) if config.tls else None
+        if self.db is None:
+            options = dict(config.store_options)
+            # With "always" the server fsyncs once per batch of commands (see the module doc).
+            options["sync"] = "never" if self.sync_always else config.sync
+            options.setdefault("sync_interval", config.sync_interval)
+            self.db = bitkv.open(config.dir, **options)
+        try:
+            self._listeners.append(await loop.create_server(
+                lambda: Connection(self), host=list(config.hosts), port=config.port,
+                ssl=ssl_ctx, backlog=511, reuse_address=True))
+        except BaseException:
+            if self._own_store:
+                self.db.close()
+            raise
+        sockets = self._listeners[0].sockets
+        self.port = sockets[0].getsockname()[1]
+        addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets)
+        log.info("bitkv %s serving %s on %s (%s, sync=%s, parser=%s, loop=%s, pid=%d)",
+                 bitkv.__version__, os.path.abspath(config.dir), addrs,
+                 "TLS" if config.tls else "plain TCP", config.sync,
+                 "hiredis" if self.use_hiredis else "python", self.loop_name, os.getpid())
+        log.info("Ready to accept connections on port %d", self.port)
+
+    def request_shutdown(self) -> None:
+        """Ask the server to stop (call from the loop thread; see :meth:`stop_threadsafe`)."""
+        if self._shutdown_requested is not None:
+            self._shutdown_requested.set()
+
+    def stop_threadsafe(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.request_shutdown)
+
+    async def serve_until_shutdown(self) -> None:
+        assert self._shutdown_requested is not None, "call start() first"
+        try:
+            await self._shutdown_requested.wait()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop listening, let in-flight steps finish, close clients, sync and close the store."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.closing = True
+        log.info("shutting down: closing %d client connection(s)", len(self.clients))
+        for listener in self._listeners:
+            listener.close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=30)
+        for conn in list(self.clients):
+            conn.shutdown()
+        await asyncio.sleep(0)  # let transports flush and close
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_store)
+        self._executor.shutdown(wait=False)
+        log.info("bitkv is now ready to exit, bye bye...")
+
+    def _close_store(self) -> None:
+        thread = self._compaction_thread
+        if thread is not None and thread.is_alive():
+            log.info("aborting the running compaction")
+            self._abort_compaction.set()
+            thread.join()
+        if self.db is not None and not self.db.closed:
+            try:
+                self.db.sync()
+            finally:
+                if self._own_store:
+                    self.db.close()
+        log.info("store synced%s", " and closed" if self._own_store else "")
+
+    # -- durability and compaction -----------------------------------------------------------
+
+    async def sync_store(self) -> None:
+        """fsync every write so far, in a worker thread."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.db.sync)
+        self.last_save_time = time.time()
+        self.writes_since_save = 0
+
+    def start_background_sync(self) -> bool:
+        if self.background_sync_running:
+            return False
+        self.background_sync_running = True
+        loop = asyncio.get_running_loop()
+
+        def done(fut: Any) -> None:
+            self.background_sync_running = False
+            exc = fut.exception()
+            if exc is None:
+                self.last_sync_error = None
+                self.last_save_time = time.time()
+                self.writes_since_save = 0
+            else:
+                self.last_sync_error = f"{type(exc).__name__}: {exc}"
+                log.error("background sync failed: %s", self.last_sync_error)
+
+        loop.run_in_executor(self._executor, self.db.sync).add_done_callback(done)
+        return True
+
+    def start_compaction(self) -> bool:
+        if self.compaction_running or self.closing:
+            return False
+        self.compaction_running = True
+        self._abort_compaction.clear()
+        thread = threading.Thread(target=self._compact, name="bitkv-server-compaction",
+                                  daemon=True)
+        self._compaction_thread = thread
+        thread.start()
+        return True
+
+    def _compact(self) -> None:
+        def progress(done: int, total: int) -> None:
+            if self._abort_compaction.is_set():
+                raise _CompactionAborted
+
+        started = time.monotonic()
+        try:
+            summary = self.db.compact(progress)
+            self.last_compaction_error = None
+            log.info("compaction done in %.2fs: %d bytes reclaimed", time.monotonic() - started,
+                     summary.get("bytes_reclaimed", 0))
+        except _CompactionAborted:
+            log.info("compaction aborted")
+        except Exception as exc:
+            self.last_compaction_error = f"{type(exc).__name__}: {exc}"
+            log.error("compaction failed: %s", self.last_compaction_error)
+        finally:
+            self.compaction_running = False
+
+
+class _CompactionAborted(Exception):
+    pass
+
+
+# -- entry points ----------------------------------------------------------------------------
+
+def _loop_factory(config: ServerConfig) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    use = HAVE_UVLOOP if config.use_uvloop is None else config.use_uvloop
+    if use:
+        if not HAVE_UVLOOP:
+            raise RuntimeError("uvloop was requested but is not installed")
+        return uvloop.new_event_loop
+    return None
+
+
+async def serve(config: ServerConfig | None = None, *, store: bitkv.Store | None = None,
+                ready: Callable[[Server], None] | None = None, install_signals: bool = False,
+                **kwargs: Any) -> None:
+    """Run a server in the current event loop until it is asked to shut down.
+
+    ``ready(server)`` is called once it listens (``server.port`` is the bound port, useful
+    with ``port=0``). With ``install_signals``, SIGTERM and SIGINT shut it down cleanly.
+    """
+    server = Server(config, store, **kwargs)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, server, sig)
+    try:
+        if ready is not None:
+            ready(server)
+        await server.serve_until_shutdown()
+    finally:
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+def _on_signal(server: Server, sig: int) -> None:
+    log.info("received %s, scheduling shutdown...", signal.Signals(sig).name)
+    server.request_shutdown()
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover
+        pass
+
+
+def run_server(config: ServerConfig | None = None, **kwargs: Any) -> None:
+    """Run a server in this (main) thread until SIGTERM/SIGINT or SHUTDOWN. Blocks."""
+    config = config or ServerConfig(**kwargs)
+    if not logging.getLogger().handlers and not log.handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(process)d:M %(asctime)s %(levelname)s %(message)s")
+    _raise_fd_limit(config.maxclients + 64)
+    with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
+        runner.run(serve(config, install_signals=True))
+
+
+class ServerThread:
+    """A server running its own event loop in a background thread (tests, embedding).
+
+    >>> with ServerThread(dir="data", port=0) as srv:     # doctest: +SKIP
+    ...     redis.Redis(port=srv.port).set("k", "v")
+    """
+
+    def __init__(self, config: ServerConfig | None = None, *,
+                 store: bitkv.Store | None = None, **kwargs: Any) -> None:
+        self.config = config or ServerConfig(**kwargs)
+        self._store = store
+        self.server: Server | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="bitkv-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    @property
+    def host(self) -> str:
+        return self.config.hosts[0]
+
+    def _main(self) -> None:
+        def ready(server: Server) -> None:
+            self.server = server
+            self._ready.set()
+
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory(self.config)) as runner:
+                runner.run(serve(self.config, store=self._store, ready=ready))
+        except BaseException as exc:
+            self._error = exc
+            if not self._ready.is_set():
+                self._ready.set()
+            else:
+                log.exception("server thread failed")
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the server did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.server is not None:
+            self.server.stop_threadsafe()
+        with contextlib.suppress(RuntimeError):
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the server did not stop in time")
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,468 @@
+"""RESP request parsing and reply encoding.
+
+Requests are parsed the way Redis 7 parses them (``networking.c``): a request starting with
+``*`` is a multibulk array of bulk strings, anything else is an inline command split like
+``sdssplitargs`` (so ``PING`` typed into telnet works). Errors carry Redis's texts
+("Protocol error: invalid bulk length", ...); after one the connection is closed.
+
+Two parsers share one interface, ``feed(data) -> list of commands`` (each a list of bytes),
+with ``error`` set to the protocol error message once the stream turned out malformed (the
+commands returned before it still run, as in Redis):
+
+* :class:`PyParser` is pure Python and authoritative: limits, inline commands, commands that
+  span many reads.
+* :class:`HiredisParser` hands whole reads that begin at a command boundary to
+  ``hiredis.Reader`` (C, ~6x faster) and checks, by recomputing the canonical wire size of
+  every command it returned, that the read held exactly those commands and nothing else. Any
+  read that does not (a partial command at the end, a malformed or unusual encoding, an
+  unauthenticated client) is re-parsed from its first byte by the :class:`PyParser`, which
+  keeps the connection until it is back at a boundary with an empty buffer. hiredis never
+  sees more than one read, so the limits hold with either parser.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:  # pragma: no cover - depends on the environment
+    import hiredis
+except ImportError:  # pragma: no cover
+    hiredis = None
+
+from ..record import MAX_VALUE_SIZE
+
+HAVE_HIREDIS = hiredis is not None
+
+# Redis's limits (server.h); the bulk length default is bitkv's largest value.
+PROTO_INLINE_MAX_SIZE = 64 * 1024
+DEFAULT_MAX_BULK_LEN = MAX_VALUE_SIZE
+DEFAULT_MAX_MULTIBULK_LEN = 1024 * 1024
+DEFAULT_MAX_QUERY_BUFFER = 2 * MAX_VALUE_SIZE + 1024 * 1024
+# Before AUTH, Redis accepts only tiny requests (processMultibulkBuffer).
+UNAUTH_MAX_MULTIBULK = 10
+UNAUTH_MAX_BULK = 16384
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+def parse_ll(b: bytes | bytearray) -> int | None:
+    """Parse like Redis's ``string2ll``: optional '-', digits, no leading zero, int64 range."""
+    if b.isdigit():  # bytes.isdigit() is ASCII-only
+        if len(b) > 19 or (b[0] == 48 and len(b) > 1):
+            return None
+        n = int(b)
+        return n if n <= INT64_MAX else None
+    if len(b) > 1 and b[0] == 45 and b[1] != 48 and len(b) <= 20 and b[1:].isdigit():
+        n = int(b)
+        return n if n >= INT64_MIN else None
+    return None
+
+
+# -- inline commands (sdssplitargs) --------------------------------------------------------
+
+_SPACE = frozenset(b" \n\r\t\v\f")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+
+
+def split_args(line: bytes) -> list[bytes] | None:
+    """Split an inline command like Redis's ``sdssplitargs``; None on unbalanced quotes."""
+    if b'"' not in line and b"'" not in line:
+        return line.split()
+    out: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return out
+        cur = bytearray()
+        inq = insq = False
+        while True:
+            if inq:
+                if i >= n:
+                    return None  # unterminated quotes
+                c = line[i]
+                if (c == 92 and i + 3 < n and line[i + 1] == 120 and line[i + 2] in _HEX
+                        and line[i + 3] in _HEX):
+                    cur.append(int(line[i + 2 : i + 4], 16))
+                    i += 3
+                elif c == 92 and i + 1 < n:
+                    i += 1
+                    c = line[i]
+                    cur.append(_ESCAPES.get(c, c))
+                elif c == 34:
+                    # closing quote must be followed by a space or nothing at all
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        return None
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            elif insq:
+                if i >= n:
+                    return None
+                c = line[i]
+                if c == 92 and i + 1 < n and line[i + 1] == 39:
+                    i += 1
+                    cur.append(39)
+                elif c == 39:
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        return None
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            else:
+                if i >= n:
+                    break
+                c = line[i]
+                if c in _SPACE:
+                    break
+                if c == 34:
+                    inq = True
+                elif c == 39:
+                    insq = True
+                else:
+                    cur.append(c)
+            i += 1
+        out.append(bytes(cur))
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class Limits:
+    """Per-request limits (``proto-max-bulk-len``, multibulk count, query buffer)."""
+
+    __slots__ = ("max_bulk_len", "max_multibulk_len", "max_query_buffer")
+
+    def __init__(self, max_bulk_len: int = DEFAULT_MAX_BULK_LEN,
+                 max_multibulk_len: int = DEFAULT_MAX_MULTIBULK_LEN,
+                 max_query_buffer: int = DEFAULT_MAX_QUERY_BUFFER) -> None:
+        for name, value in (("max_bulk_len", max_bulk_len),
+                            ("max_multibulk_len", max_multibulk_len),
+                            ("max_query_buffer", max_query_buffer)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
+        self.max_bulk_len = max_bulk_len
+        self.max_multibulk_len = max_multibulk_len
+        self.max_query_buffer = max_query_buffer
+
+
+class PyParser:
+    """Incremental RESP request parser in pure Python (see the module docstring).
+
+    ``authenticated`` is False until the client authenticates on a password-protected
+    server; until then requests are limited as Redis limits them.
+    """
+
+    __slots__ = ("_args", "_buf", "_bulk", "_cmd_bytes", "_left", "_pos", "authenticated",
+                 "error", "limits")
+
+    def __init__(self, limits: Limits | None = None, authenticated: bool = True) -> None:
+        self.limits = limits or Limits()
+        self.authenticated = authenticated
+        self.error: str | None = None
+        self._buf = bytearray()
+        self._pos = 0
+        self._args: list[bytes] | None = None  # the multibulk being read, if any
+        self._left = 0  # bulk strings still to read in it
+        self._bulk = -1  # length of the bulk string whose header was read, or -1
+        self._cmd_bytes = 0  # bytes declared by the multibulk so far (query buffer limit)
+
+    def idle(self) -> bool:
+        """True at a command boundary with nothing buffered."""
+        return self._args is None and self._pos >= len(self._buf)
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        if self.error is not None:
+            return []
+        buf = self._buf
+        buf += data
+        try:
+            return self._parse()
+        finally:
+            pos = self._pos
+            if pos >= len(buf):
+                buf.clear()
+                self._pos = 0
+            elif pos > 65536:
+                del buf[:pos]
+                self._pos = 0
+
+    def _fail(self, message: str) -> None:
+        self.error = f"ERR Protocol error: {message}"
+        raise ProtocolError(message)
+
+    def _parse(self) -> list[list[bytes]]:
+        out: list[list[bytes]] = []
+        try:
+            while self._parse_one(out):
+                pass
+        except ProtocolError:
+            self._args = None
+        return out
+
+    def _parse_one(self, out: list[list[bytes]]) -> bool:
+        """Parse one command (appending it to ``out``); False when more data is needed."""
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        limits = self.limits
+        if self._args is None:
+            if pos >= end:
+                return False
+            if buf[pos] != 42:  # not '*': an inline command
+                nl = buf.find(b"\n", pos)
+                if nl < 0:
+                    if end - pos > PROTO_INLINE_MAX_SIZE:
+                        self._fail("too big inline request")
+                    return False
+                line = bytes(buf[pos : nl - 1 if nl > pos and buf[nl - 1] == 13 else nl])
+                self._pos = nl + 1
+                args = split_args(line)
+                if args is None:
+                    self._fail("unbalanced quotes in request")
+                if args:
+                    out.append(args)
+                return True
+            nl = buf.find(b"\r", pos)
+            if nl < 0 or nl + 1 >= end:
+                if end - pos > PROTO_INLINE_MAX_SIZE:
+                    self._fail("too big mbulk count string")
+                return False
+            count = parse_ll(buf[pos + 1 : nl])
+            if count is None or count > limits.max_multibulk_len:
+                self._fail("invalid multibulk length")
+            if not self.authenticated and count > UNAUTH_MAX_MULTIBULK:
+                self._fail("unauthenticated multibulk length")
+            pos = self._pos = nl + 2
+            if count <= 0:
+                return True  # an empty command, skipped as Redis does
+            self._args = []
+            self._left = count
+            self._bulk = -1
+            self._cmd_bytes = 0
+        args = self._args
+        while self._left:
+            bulk = self._bulk
+            if bulk < 0:
+                if pos >= end:
+                    return False
+                nl = buf.find(b"\r", pos)
+                if nl < 0 or nl + 1 >= end:
+                    if end - pos > PROTO_INLINE_MAX_SIZE:
+                        self._fail("too big bulk count string")
+                    return False
+                if buf[pos] != 36:  # '$'
+                    self._fail(f"expected '$', got '{chr(buf[pos])}'")
+                bulk = parse_ll(buf[pos + 1 : nl])
+                if bulk is None or bulk < 0 or bulk > limits.max_bulk_len:
+                    self._fail("invalid bulk length")
+                if not self.authenticated and bulk > UNAUTH_MAX_BULK:
+                    self._fail("unauthenticated bulk length")
+                self._cmd_bytes += bulk
+                if self._cmd_bytes > limits.max_query_buffer:
+                    self._fail("query buffer limit exceeded")
+                pos = self._pos = nl + 2
+                self._bulk = bulk
+            if end - pos < bulk + 2:
+                return False
+            args.append(bytes(buf[pos : pos + bulk]))
+            pos = self._pos = pos + bulk + 2  # like Redis, the trailing CRLF is not checked
+            self._bulk = -1
+            self._left -= 1
+        out.append(args)
+        self._args = None
+        return True
+
+
+if HAVE_HIREDIS:
+    _HiredisReader = hiredis.Reader
+    _HiredisProtocolError = hiredis.ProtocolError
+else:  # pragma: no cover
+    _HiredisReader = None
+    _HiredisProtocolError = ProtocolError
+
+
+class HiredisParser:
+    """hiredis for whole reads at a command boundary, :class:`PyParser` for everything else."""
+
+    __slots__ = ("_max_bulk", "_max_count", "_max_query", "_py", "_reader", "error")
+
+    def __init__(self, limits: Limits | None = None, authenticated: bool = True) -> None:
+        if not HAVE_HIREDIS:  # pragma: no cover
+            raise RuntimeError("hiredis is not installed")
+        self._py = PyParser(limits, authenticated)
+        self._reader = _HiredisReader()
+        self._max_bulk = self._py.limits.max_bulk_len
+        self._max_count = self._py.limits.max_multibulk_len
+        self._max_query = self._py.limits.max_query_buffer
+        self.error: str | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self._py.authenticated
+
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
+        self._py.authenticated = value
+
+    @property
+    def limits(self) -> Limits:
+        return self._py.limits
+
+    def idle(self) -> bool:
+        return self._py.idle()
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        py = self._py
+        if data[0] != 42 or py._buf or py._args is not None or not py.authenticated \
+                or self.error is not None:
+            out = py.feed(data)
+            self.error = py.error
+            return out
+        reader = self._reader
+        reader.feed(data)
+        out = []
+        total = 0
+        max_bulk = self._max_bulk
+        try:
+            while True:
+                cmd: Any = reader.gets()
+                if cmd is False:
+                    break
+                if type(cmd) is not list:
+                    raise ProtocolError
+                n = len(cmd)
+                # The canonical size on the wire: "*n\r\n" then "$len\r\n<arg>\r\n" each.
+                size = 4 if n < 10 else 3 + len(str(n))
+                for arg in cmd:
+                    if type(arg) is not bytes:
+                        raise ProtocolError
+                    a = len(arg)
+                    if a < 10:
+                        size += a + 6
+                    elif a < 100:
+                        size += a + 7
+                    elif a < 1000:
+                        size += a + 8
+                    elif a <= max_bulk:
+                        size += a + 5 + len(str(a))
+                    else:
+                        raise ProtocolError
+                if not n or n > self._max_count or size > self._max_query:
+                    raise ProtocolError  # the pure-Python parser decides
+                total += size
+                out.append(cmd)
+        except (ProtocolError, _HiredisProtocolError):
+            total = -1
+        if total == len(data) and not reader.has_data():
+            return out
+        # Not exactly whole canonical commands: let the authoritative parser redo this read.
+        self._reader = _HiredisReader()
+        out = py.feed(data)
+        self.error = py.error
+        return out
+
+
+def make_parser(limits: Limits | None = None, authenticated: bool = True,
+                use_hiredis: bool | None = None) -> PyParser | HiredisParser:
+    """A :class:`HiredisParser` when hiredis is installed (unless told otherwise)."""
+    if use_hiredis is None:
+        use_hiredis = HAVE_HIREDIS
+    if use_hiredis:
+        return HiredisParser(limits, authenticated)
+    return PyParser(limits, authenticated)
+
+
+# -- replies ---------------------------------------------------------------------------------
+
+OK = b"+OK\r\n"
+PONG = b"+PONG\r\n"
+QUEUED = b"+QUEUED\r\n"
+NIL2 = b"$-1\r\n"
+NIL_ARRAY2 = b"*-1\r\n"
+NIL3 = b"_\r\n"
+EMPTY_ARRAY = b"*0\r\n"
+_INTS = tuple(b":%d\r\n" % i for i in range(1024))
+ZERO = _INTS[0]
+ONE = _INTS[1]
+MINUS_ONE = b":-1\r\n"
+MINUS_TWO = b":-2\r\n"
+
+
+def integer(n: int) -> bytes:
+    if 0 <= n < 1024:
+        return _INTS[n]
+    return b":%d\r\n" % n
+
+
+def bulk(v: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(v), v)
+
+
+def simple(s: str) -> bytes:
+    return b"+%b\r\n" % s.encode()
+
+
+def error(message: str) -> bytes:
+    """An error reply; ``message`` starts with its code (``ERR``, ``WRONGPASS``...)."""
+    return b"-%b\r\n" % message.replace("\r", " ").replace("\n", " ").encode("utf-8",
+                                                                              "replace")
+
+
+def array(items: list[bytes]) -> bytes:
+    """An array of already-encoded replies."""
+    return b"*%d\r\n%b" % (len(items), b"".join(items))
+
+
+def bulk_array(values: list[bytes]) -> bytes:
+    parts = [b"*%d\r\n" % len(values)]
+    for v in values:
+        parts.append(b"$%d\r\n%b\r\n" % (len(v), v))
+    return b"".join(parts)
+
+
+def map_reply(pairs: list[tuple[bytes, bytes]], resp3: bool) -> bytes:
+    """A map of already-encoded keys and values (a flat array in RESP2)."""
+    head = b"%%%d\r\n" % len(pairs) if resp3 else b"*%d\r\n" % (2 * len(pairs))
+    return head + b"".join(k + v for k, v in pairs)
+
+
+def verbatim(text: str, resp3: bool) -> bytes:
+    """A verbatim string (``=``) in RESP3, a bulk string in RESP2 (INFO uses this)."""
+    data = text.encode()
+    if resp3:
+        return b"=%d\r\ntxt:%b\r\n" % (len(data) + 4, data)
+    return bulk(data)
+
+
+def double(x: float, resp3: bool) -> bytes:
+    text = repr(float(x)).encode()
+    return b",%b\r\n" % text if resp3 else bulk(text)
+
+
+def encode_value(value: Any, resp3: bool = False) -> bytes:
+    """Encode a plain Python value: str/bytes -> bulk, int -> integer, list, dict, None."""
+    if value is None:
+        return NIL3 if resp3 else NIL2
+    if isinstance(value, bool):
+        return integer(int(value))
+    if isinstance(value, int):
+        return integer(value)
+    if isinstance(value, float):
+        return double(value, resp3)
+    if isinstance(value, str):
+        return bulk(value.encode())
+    if isinstance(value, (bytes, bytearray)):
+        return bulk(bytes(value))
+    if isinstance(value, dict):
+        return map_reply([(encode_value(k, resp3), encode_value(v, resp3))
+                          for k, v in value.items()], resp3)
+    if isinstance(value, (list, tuple)):
+        return array([encode_value(v, resp3) for v in value])
+    raise TypeError(f"cannot encode {type(value).__name__} as RESP")

@@ -1,0 +1,68 @@
+"""``bitkv serve``: run the Redis-protocol server over a store directory.
+
+Registered in the CLI group with ``main.add_command(serve)`` (``from .serve import serve``).
+"""
+
+from __future__ import annotations
+
+import click
+
+import bitkv
+from bitkv import MAX_VALUE_SIZE
+from bitkv.server import protocol as _protocol
+from bitkv.server.app import SYNC_CHOICES, ServerConfig, run_server
+
+
+@click.command("serve")
+@click.option("--dir", "directory", default="bitkv-data", show_default=True,
+              type=click.Path(file_okay=False), help="Store directory (created if missing).")
+@click.option("--port", default=6380, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free port, printed at startup).")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address(es) to listen on, space-separated. Loopback only by default.")
+@click.option("--requirepass", envvar="BITKV_REQUIREPASS", default=None, metavar="SECRET",
+              help="Require AUTH with this password (or set BITKV_REQUIREPASS).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Serve TLS (1.2+) with this PEM certificate chain.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM private key for --tls-cert.")
+@click.option("--tls-ca-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Require client certificates signed by this CA.")
+@click.option("--sync", "sync_mode", type=click.Choice(SYNC_CHOICES), default="interval",
+              show_default=True,
+              help="Durability: always (fsync before each reply, like appendfsync always), "
+                   "interval (fsync every --sync-interval s, like everysec), never (like no).")
+@click.option("--sync-interval", default=1.0, show_default=True, type=click.FloatRange(min=0,
+              min_open=True), help="Seconds between fsyncs with --sync interval.")
+@click.option("--maxclients", default=10000, show_default=True, type=click.IntRange(min=1),
+              help="Refuse connections beyond this many clients.")
+@click.option("--max-bulk-len", default=MAX_VALUE_SIZE, show_default=True,
+              type=click.IntRange(1, MAX_VALUE_SIZE),
+              help="Largest bulk string accepted (proto-max-bulk-len).")
+@click.option("--max-query-buffer", default=_protocol.DEFAULT_MAX_QUERY_BUFFER,
+              show_default=True, type=click.IntRange(min=1),
+              help="Largest single request accepted (client-query-buffer-limit).")
+@click.option("--no-hiredis", is_flag=True, help="Parse requests in pure Python.")
+@click.option("--no-uvloop", is_flag=True, help="Use the standard asyncio event loop.")
+def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cert: str | None,
+          tls_key: str | None, tls_ca_cert: str | None, sync_mode: str, sync_interval: float,
+          maxclients: int, max_bulk_len: int, max_query_buffer: int, no_hiredis: bool,
+          no_uvloop: bool) -> None:
+    """Serve the store in --dir over the Redis protocol (RESP2/RESP3).
+
+    Works with redis-cli, redis-py, redis-benchmark and twemproxy. SIGTERM or SHUTDOWN
+    syncs and closes the store.
+    """
+    try:
+        config = ServerConfig(
+            dir=directory, hosts=tuple(bind.split()), port=port, requirepass=requirepass,
+            tls_cert=tls_cert, tls_key=tls_key, tls_ca_cert=tls_ca_cert, sync=sync_mode,
+            sync_interval=sync_interval, maxclients=maxclients, max_bulk_len=max_bulk_len,
+            max_query_buffer=max_query_buffer,
+            use_hiredis=False if no_hiredis else None, use_uvloop=False if no_uvloop else None)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        run_server(config)
+    except (OSError, bitkv.Error) as exc:
+        raise click.ClickException(f"cannot serve {directory}: {exc}") from None
