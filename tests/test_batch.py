@@ -345,9 +345,6 @@ def test_explicit_commit_and_discard(db_path):
         assert b"c" not in db
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Batch.__exit__ commits a batch discard()ed inside "
-                   "the with block, raising 'already committed or discarded' (store.py "
-                   "Batch.__exit__)")
 def test_discard_inside_with_block_is_quiet(db_path):
     with quiet_open(db_path) as db:
         with db.batch() as b:
@@ -356,9 +353,6 @@ def test_discard_inside_with_block_is_quiet(db_path):
         assert b"a" not in db
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Batch.put/delete after commit() or discard() "
-                   "are silently accepted and never written (store.py Batch.put/delete do not "
-                   "check self._done)")
 def test_operations_on_a_finished_batch_raise(db_path):
     with quiet_open(db_path) as db:
         with db.batch() as b:
@@ -367,6 +361,11 @@ def test_operations_on_a_finished_batch_raise(db_path):
             b.put(b"b", b"2")  # would be lost: the batch already committed
         with pytest.raises(bitkv.Error):
             b.delete(b"a")
+        d = db.batch()
+        d.discard()
+        with pytest.raises(bitkv.Error):
+            d.put(b"c", b"3")
+        assert dict(db.items()) == {b"a": b"1"}
 
 
 def test_empty_and_single_op_batches(db_path):
