@@ -45,6 +45,7 @@ CHECKPOINT_MIN_BYTES = 1 << 20
 MAX_TTL_SECONDS = 100 * 365 * 24 * 3600.0
 _OFFSET_MASK = keydir.OFFSET_MASK
 _MAX_KEY = rec.MAX_KEY_SIZE
+_MAX_VALUE = rec.MAX_VALUE_SIZE
 _unpack_header = rec.HEADER.unpack_from
 _pack_body = struct.Struct("<BBHIQQ").pack
 _pack_crc = struct.Struct("<I").pack
@@ -145,10 +146,13 @@ class Batch:
 
     def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None) -> None:
         """Add a put to the batch (written when the batch commits)."""
-        self._check_open()
+        if self._done:
+            self._check_open()
         if ttl is not None:
             check_ttl(ttl)
-        self._ops.append((to_key(key), to_value(value), ttl))
+        k = key if type(key) is bytes and key and len(key) <= _MAX_KEY else to_key(key)
+        v = value if type(value) is bytes and len(value) <= _MAX_VALUE else to_value(value)
+        self._ops.append((k, v, ttl))
 
     def delete(self, key: KeyLike) -> None:
         """Add a delete to the batch (a key with no value is simply absent afterwards)."""
@@ -802,40 +806,68 @@ class Store(MutableMapping[bytes, bytes]):
         return Batch(self)
 
     def _commit_batch(self, ops: list[tuple[bytes, bytes | None, float | None]]) -> None:
+        """Write ``ops`` (key, value or None for a delete, ttl) as one atomic batch.
+
+        The loop bodies are inlined (encode and index), because bulk loading through batches
+        is the fastest way into the store and spends its time here.
+        """
         if not ops:
             return
-        encoded: list[tuple[bytes, bytes | None, int, int]] = []
+        now_ms = self._now_ms()
+        encoding = self._encoding
+        tombstone = rec.TOMBSTONE
+        staged: list[tuple[bytes, bytes | None, int, int]] = []
         for k, v, ttl in ops:
             if v is None:
-                encoded.append((k, None, rec.TOMBSTONE, 0))
+                staged.append((k, None, tombstone, 0))
                 continue
             flags = 0
-            if self._encoding:
+            if encoding:
                 v, flags = self._codec.encode(k, v)
-            encoded.append((k, v, flags, self._expiry_ms(ttl) if ttl is not None else 0))
-        last = len(encoded) - 1
+            staged.append((k, v, flags, now_ms + max(1, round(ttl * 1000)) if ttl else 0))
+        last = len(staged) - 1
+        batch_bits = rec.BATCH if last else 0
+        pack_body, pack_crc, crc = _pack_body, _pack_crc, _crc32c
         with self._lock:
             self._check_writable()
             first_seq = self._next_seq
-            self._next_seq = first_seq + len(encoded)
+            self._next_seq = first_seq + len(staged)
             parts = []
-            for i, (k, v, flags, expiry_ms) in enumerate(encoded):
-                if last:
-                    flags |= rec.BATCH | (rec.BATCH_FIRST if i == 0 else 0) | (
+            for i, (k, v, flags, expiry_ms) in enumerate(staged):
+                if batch_bits:
+                    flags |= batch_bits | (rec.BATCH_FIRST if i == 0 else 0) | (
                         rec.BATCH_LAST if i == last else 0)
-                parts.append(rec.encode(k, v or b"", first_seq + i, expiry_ms, flags))
-            seg, offset = self._append(b"".join(parts))
-            pos = offset
-            for (k, v, _flags, expiry_ms), data in zip(encoded, parts, strict=True):
+                body = pack_body(flags, 0, len(k), len(v) if v else 0, first_seq + i,
+                                 expiry_ms) + k + (v or b"")
+                parts.append(pack_crc(crc(body)) + body)
+            seg, pos = self._append(b"".join(parts))
+            entries = self._entries
+            expiries = self._expiries
+            hidden = self._hidden
+            base = seg.slot << SLOT_SHIFT
+            live = 0
+            for (k, v, _flags, expiry_ms), data in zip(staged, parts, strict=True):
+                size = len(data)
+                old = entries.get(k)
+                if old is not None:
+                    self._unlink_entry(old)
                 if v is None:
-                    old = self._entries.get(k)
                     if old is not None:
-                        self._unlink_entry(old)
                         self._keydir.remove(k)
-                    self._hidden[k] = (pos, len(data), rec.TOMBSTONE, 0)
+                    hidden[k] = (pos, size, tombstone, 0)
                 else:
-                    self._index(k, seg, pos, len(data), expiry_ms)
-                pos += len(data)
+                    entries[k] = base | (pos << SIZE_BITS) | (size if size <= SIZE_MASK else 0)
+                    live += size
+                    if hidden:
+                        hidden.pop(k, None)
+                    if expiry_ms:
+                        expiries[k] = expiry_ms
+                        if expiry_ms < self._next_expiry:
+                            self._next_expiry = expiry_ms
+                    elif expiries:
+                        expiries.pop(k, None)
+                pos += size
+            seg.live_bytes += live
         self._durable(seg, pos)
 
     @property
