@@ -242,6 +242,7 @@ class Store(MutableMapping[bytes, bytes]):
         self._compactor: threading.Thread | None = None
         self.last_compaction: dict[str, Any] | None = None
         self.last_compaction_error: str | None = None
+        self.last_sync_error: str | None = None
         self.path = os.fspath(path)
         self.readonly = readonly
         self.sync_mode: SyncMode = sync
@@ -1076,10 +1077,11 @@ class Store(MutableMapping[bytes, bytes]):
                 continue
             try:
                 self._wait_durable(seg, seg.size)
-            except OSError:
-                if self._closed or seg.closed:
+            except OSError as exc:
+                if self._closed:
                     return
-                raise
+                # Keep flushing: the next round may succeed (e.g. after ENOSPC clears).
+                self.last_sync_error = f"{type(exc).__name__}: {exc}"
 
     # -- compaction --------------------------------------------------------------------------
 
@@ -1301,6 +1303,7 @@ class Store(MutableMapping[bytes, bytes]):
             "readonly": self.readonly,
             "last_compaction": self.last_compaction,
             "last_compaction_error": self.last_compaction_error,
+            "last_sync_error": self.last_sync_error,
             "recovery": {
                 "truncated_bytes": report.truncated_bytes,
                 "corrupt_bytes": report.corrupt_bytes,
