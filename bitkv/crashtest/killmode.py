@@ -69,7 +69,10 @@ def choose_plan(rng: random.Random, ops: list[Op]) -> KillPlan:
     if r < 0.40:
         return KillPlan("timer", delay=rng.uniform(0, 0.25),
                         description="kill at a random time after spawn")
-    if r < 0.43:
+    if r < 0.46:
+        return KillPlan("close", delay=rng.uniform(0, 0.003),
+                        description="kill while the worker closes the store")
+    if r < 0.50:
         return KillPlan("none", description="no kill: the worker closes the store")
     i = rng.randrange(len(ops)) if ops else 0
     return KillPlan("op", op_index=i, delay=rng.choice((0.0, rng.uniform(0, 0.0003))),
@@ -149,6 +152,7 @@ class KillRunner:
         self.sync = sync
         self.ops_per_cycle = ops_per_cycle
         self.max_segment_size = max_segment_size
+        self.small_segment_size = max_segment_size
         self.keys = keyspace(nkeys)
         self.nkeys = nkeys
         self.oracle = Oracle(self.keys)
@@ -172,8 +176,12 @@ class KillRunner:
     def cycle(self, n: int) -> CycleResult:
         rng = random.Random(f"{self.seed}:{self.mode}:{n}")
         result = CycleResult()
+        # Mostly small segments (rotation, compaction); sometimes big ones, so the active
+        # segment grows past the size at which a clean close writes a checkpoint hint.
+        big = rng.random() < 0.3
+        self.max_segment_size = 4 * 2**20 if big else self.small_segment_size
         cfg = WorkloadConfig(nkeys=self.nkeys, compact=rng.choice((0.0, 0.01, 0.03)),
-                             sync_ops=self.sync != "always")
+                             sync_ops=self.sync != "always", huge_values=big)
         count = max(1, int(self.ops_per_cycle * rng.uniform(0.5, 1.5)))
         ops = generate(rng, self.next_op + 1, count, cfg)
         by_id = {op["id"]: op for op in ops}
@@ -236,7 +244,7 @@ class KillRunner:
         def handle(line: str) -> None:
             nonlocal trigger_at, last_id
             tag, _, rest = line.partition(" ")
-            if tag == "O" and plan.kind == "open":
+            if (tag == "O" and plan.kind == "open") or (tag == "D" and plan.kind == "close"):
                 trigger_at = time.monotonic() + plan.delay
             elif tag == "I":
                 op_id = int(rest)

@@ -62,6 +62,7 @@ class PowerLossRunner:
         self.sync = sync
         self.ops_per_cycle = ops_per_cycle
         self.max_segment_size = max_segment_size
+        self.small_segment_size = max_segment_size
         self.nkeys = nkeys
         self.keys = keyspace(nkeys)
         self.oracle = Oracle(self.keys)
@@ -77,8 +78,11 @@ class PowerLossRunner:
         result = PowerCycleResult()
         violations = result.violations
         interval = 0.01
+        big = rng.random() < 0.3
+        segment_size = 4 * 2**20 if big else self.small_segment_size
+        self.max_segment_size = segment_size
         cfg = WorkloadConfig(nkeys=self.nkeys, compact=rng.choice((0.0, 0.01, 0.03)),
-                             sync_ops=self.sync != "always",
+                             sync_ops=self.sync != "always", huge_values=big,
                              pause=interval * 3 if self.sync == "interval" else 0.0)
         count = max(1, int(self.ops_per_cycle * rng.uniform(0.5, 1.5)))
         ops = generate(rng, self.next_op + 1, count, cfg)
@@ -120,7 +124,13 @@ class PowerLossRunner:
                 if op["kind"] in ("sync", "pause"):
                     barriers.append((t.acked_at, op["id"] - 1))
         finally:
-            db._abandon()
+            # Usually the process just dies; sometimes it closes the store first (a clean
+            # close fsyncs and may write a checkpoint hint, which power may cut too).
+            closing = rng.random() < 0.3
+            if closing:
+                db.close()
+            else:
+                db._abandon()
 
         events = list(io.events)
         _attribute_writes(events, tracked)
@@ -129,36 +139,18 @@ class PowerLossRunner:
                         | {len(events)})
         at = check_time(last_id + 1)
         self.next_op = last_id + 2
+        durable_points(io.initial, events, tracked)
         model = DiskModel(io.initial)
-        pending: list[_Tracked] = []
         i = 0
         chosen: dict[bytes, Any] | None = None
-        descriptions = []
         for point in points:
             while i < point:
-                ev = events[i]
-                model.apply(ev)
+                model.apply(events[i])
                 i += 1
-                if ev[0] == "mark" and ev[1] == "ack":
-                    t = tracked[ev[2]]
-                    if not t.record.effects:
-                        continue
-                    if all(model.is_durable(ino, end) for ino, end, _idx in t.writes
-                           if _idx < i):
-                        t.durable_at = t.acked_at
-                    else:
-                        pending.append(t)
-                elif ev[0] in ("fsync", "fsync_dir") and pending:
-                    still = []
-                    for t in pending:
-                        if all(model.is_durable(ino, end) for ino, end, _idx in t.writes):
-                            t.durable_at = i
-                        else:
-                            still.append(t)
-                    pending = still
             if self.sync == "always":
                 for t in tracked.values():
-                    if t.acked_at is not None and t.acked_at < point and t.record.effects \
+                    if t.acked_at is not None and t.acked_at < point and t.writes \
+                            and t.record.effects \
                             and (t.durable_at is None or t.durable_at > t.acked_at) \
                             and not t.record.extra.get("flagged"):
                         t.record.extra["flagged"] = True
@@ -169,7 +161,6 @@ class PowerLossRunner:
             policy = rng.choice(POLICIES)
             files, what = model.crash_state(rng, policy)
             desc = f"power cut at I/O event {point}/{len(events)}: {what}"
-            descriptions.append(desc)
             observed, problems = self._check_state(files, at, point, tracked, barriers, rng)
             result.states += 1
             for p in problems:
@@ -189,7 +180,8 @@ class PowerLossRunner:
         else:
             self.oracle.discard()
         result.description = f"{len(ops)} ops, {result.states} crash states" + (
-            ", auto-compaction on" if auto else "")
+            ", auto-compaction on" if auto else "") + (", 4 MiB segments" if big else "") + (
+            ", closed" if closing else "")
         return result
 
     def _wait_flushed(self, io: RecordingFileIO, tracked: dict[int, _Tracked], pause: _Tracked,
@@ -197,15 +189,13 @@ class PowerLossRunner:
         """After a pause in interval mode, every earlier write must become durable soon."""
         deadline = time.monotonic() + 5.0
         while True:
-            model = DiskModel(io.initial)
             events = list(io.events)
-            for ev in events:
-                model.apply(ev)
             candidates = {k: _Tracked(t.record, t.intent_at, t.acked_at)
                           for k, t in tracked.items()
                           if t.acked_at is not None and t.record.effects}
             _attribute_writes(events, candidates)
-            late = [t for t in candidates.values() if not _durable(model, t, len(events))]
+            durable_points(io.initial, events, candidates)
+            late = [t for t in candidates.values() if t.writes and t.durable_at is None]
             if not late:
                 return
             if time.monotonic() > deadline:
@@ -287,14 +277,30 @@ def _attribute_writes(events: list[Any], tracked: dict[int, _Tracked]) -> None:
             tracked[ev[4]].writes.append((ev[1], ev[2] + len(ev[3]), idx))
 
 
-def _durable(model: DiskModel, t: _Tracked, applied: int) -> bool:
-    """Whether every write of ``t`` has happened (before event ``applied``) and is durable."""
-    if t.intent_at >= applied:
-        return False
-    if t.acked_at is None or t.acked_at >= applied:
-        # Still running: durable only once it has finished writing.
-        return False
-    return all(idx < applied and model.is_durable(ino, end) for ino, end, idx in t.writes)
+def durable_points(initial: dict[str, bytes], events: list[Any],
+                   tracked: dict[int, _Tracked]) -> None:
+    """Set ``durable_at`` of each tracked operation: the first event index at which all its
+    writes were fsynced under a durable directory entry (its ack index if already then)."""
+    model = DiskModel(initial)
+    pending: list[_Tracked] = []
+    for i, ev in enumerate(events, 1):
+        model.apply(ev)
+        if ev[0] == "mark" and ev[1] == "ack" and ev[2] in tracked:
+            t = tracked[ev[2]]
+            if not t.writes:
+                continue
+            if all(model.is_durable(ino, end) for ino, end, idx in t.writes if idx < i):
+                t.durable_at = t.acked_at
+            else:
+                pending.append(t)
+        elif ev[0] in ("fsync", "fsync_dir") and pending:
+            still = []
+            for t in pending:
+                if all(model.is_durable(ino, end) for ino, end, _idx in t.writes):
+                    t.durable_at = i
+                else:
+                    still.append(t)
+            pending = still
 
 
 def _reset(path: str, create: bool = True) -> None:

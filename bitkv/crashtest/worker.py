@@ -29,6 +29,9 @@ def main(argv: list[str]) -> int:
 
     from .workload import OpClock, execute
 
+    sabotage = os.environ.get("BITKV_CRASHTEST_SABOTAGE")
+    if sabotage:
+        _sabotage(sabotage)
     clock = OpClock(config["start_op"])
     send("O")
     try:
@@ -58,6 +61,27 @@ def main(argv: list[str]) -> int:
     db.close()
     send("C")
     return 0
+
+
+def _sabotage(kind: str) -> None:
+    """Break the store on purpose (the harness's self-test proves it notices)."""
+    from ..store import Store
+
+    if kind == "ignore-deletes":
+        Store.delete = lambda self, key: True  # type: ignore[method-assign]
+    elif kind == "drop-puts":
+        real_put = Store.put
+        count = [0]
+
+        def put(self, key, value, **kw):  # type: ignore[no-untyped-def]
+            count[0] += 1
+            if count[0] % 7 == 0:
+                return True
+            return real_put(self, key, value, **kw)
+
+        Store.put = put  # type: ignore[method-assign]
+    else:
+        raise SystemExit(f"unknown sabotage {kind!r}")
 
 
 if __name__ == "__main__":

@@ -51,11 +51,14 @@ class WorkloadConfig:
     sync_ops: bool = False      # include db.sync() (a durability barrier) in the mix
     pause: float = 0.0          # seconds; > 0 adds pauses (lets the interval flusher run)
     big_values: bool = True     # occasionally write values of several KiB
+    huge_values: bool = False   # occasionally write values of 50-300 KiB
     get: bool = True
 
 
-def _value_len(rng: random.Random, big: bool) -> int:
+def _value_len(rng: random.Random, big: bool, huge: bool = False) -> int:
     r = rng.random()
+    if huge and r < 0.03:
+        return rng.randint(50_000, 300_000)
     if r < 0.70:
         return rng.randint(0, 200)
     if r < 0.95 or not big:
@@ -98,8 +101,8 @@ def generate(rng: random.Random, first_id: int, count: int, cfg: WorkloadConfig)
                     members.append({"kind": "delete", "key": pick()})
             op = {"kind": "batch", "members": members}
         elif r < 0.55:
-            op = {"kind": "put", "key": pick(), "len": _value_len(rng, cfg.big_values),
-                  "ttl": None}
+            op = {"kind": "put", "key": pick(),
+                  "len": _value_len(rng, cfg.big_values, cfg.huge_values), "ttl": None}
         elif r < 0.68:
             op = {"kind": "put", "key": pick(), "len": _value_len(rng, cfg.big_values),
                   "ttl": _ttl(rng)}

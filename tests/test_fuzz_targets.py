@@ -1,0 +1,162 @@
+"""The fuzz targets of fuzz/ run on a few thousand seeded, mutated inputs, without atheris.
+
+Each target's ``check_one(data)`` is the same function the atheris entry point calls, so CI
+covers every target deterministically; run the real fuzzers as fuzz/README.md says.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz"))
+
+import fuzz_hint  # noqa: E402
+import fuzz_record  # noqa: E402
+import fuzz_store  # noqa: E402
+
+from bitkv import hint, record  # noqa: E402
+
+
+def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
+    """One to four random edits: bit flips, byte sets, cuts, zero/garbage runs, splices."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        r = rng.random()
+        if r < 0.35 and buf:
+            i = rng.randrange(len(buf))
+            buf[i] ^= 1 << rng.randrange(8)
+        elif r < 0.50 and buf:
+            buf[rng.randrange(len(buf))] = rng.choice((0, 0xFF, rng.randrange(256)))
+        elif r < 0.62:
+            del buf[rng.randint(0, len(buf)) :]
+        elif r < 0.72 and buf:
+            i = rng.randrange(len(buf))
+            del buf[i : i + rng.randint(1, 64)]
+        elif r < 0.82:
+            i = rng.randint(0, len(buf))
+            run = bytes(rng.randint(1, 64)) if rng.random() < 0.5 else \
+                rng.randbytes(rng.randint(1, 64))
+            buf[i:i] = run
+        else:
+            other = rng.choice(pool)
+            if other:
+                a = rng.randrange(len(other))
+                chunk = other[a : a + rng.randint(1, 200)]
+                i = rng.randint(0, len(buf))
+                buf[i:i] = chunk
+    return bytes(buf)
+
+
+def record_seeds() -> list[bytes]:
+    rng = random.Random(7)
+    seeds = []
+    for flags in (0, record.TOMBSTONE, record.COMPRESSED, record.BATCH | record.BATCH_FIRST,
+                  record.BATCH, record.BATCH | record.BATCH_LAST):
+        key = b"key-%d" % flags
+        value = b"" if flags & record.TOMBSTONE else rng.randbytes(rng.randint(0, 300))
+        seeds.append(record.encode(key, value, rng.randint(1, 10**6), rng.choice((0, 10**12)),
+                                   flags))
+    body = b"".join(record.encode(b"k%d" % i, b"v" * i, 100 + i) for i in range(8))
+    seeds += [body, body[:-5], bytes(40) + body, b"", bytes(100), rng.randbytes(120)]
+    return seeds
+
+
+def hint_seeds() -> list[bytes]:
+    seeds = []
+    for n in (0, 1, 5):
+        entries = []
+        off = 40
+        for i in range(n):
+            key = b"key-%d" % i
+            entries.append((key, 0, 10 * i, off, 100 + i, 0))
+            off += record.HEADER_SIZE + len(key) + 10 * i
+        blob = hint.encode(entries, 0xABCDEF, off)
+        for mode in range(4):
+            seeds.append(bytes([mode]) + blob)
+            seeds.append(bytes([mode]) + blob[:-4])  # CRC stripped: modes 1-3 recompute it
+    return seeds
+
+
+def store_seeds() -> list[bytes]:
+    rng = random.Random(11)
+    files = fuzz_store.template_files()
+    names = sorted(files)
+    out = [b""]
+    for _ in range(60):
+        cmds = b""
+        for _ in range(rng.randint(1, 3)):
+            idx = rng.randrange(len(names))
+            content = files[names[idx]]
+            op = rng.randrange(6)
+            if op == 0:
+                payload = mutate(rng, content, list(files.values()))
+            elif op == 1:
+                payload = b"".join(rng.randrange(65536).to_bytes(2, "little")
+                                   + bytes([rng.randrange(1, 256)])
+                                   for _ in range(rng.randint(1, 6)))
+            elif op == 2:
+                payload = rng.randrange(len(content) + 1).to_bytes(2, "little")
+            elif op == 3:
+                payload = rng.choice((bytes(rng.randint(1, 600)), rng.randbytes(rng.randint(1, 600)),
+                                      content[rng.randrange(max(1, len(content))):]))
+            elif op == 4:
+                payload = b""
+            else:
+                payload = rng.randrange(65536).to_bytes(2, "little") + rng.randbytes(
+                    rng.randint(1, 80))
+            payload = payload[:65535]
+            cmds += bytes([idx, op]) + len(payload).to_bytes(2, "little") + payload
+        out.append(cmds)
+    return out
+
+
+def run_target(check_one, seeds: list[bytes], count: int, seed: int) -> int:
+    rng = random.Random(seed)
+    pool = list(seeds)
+    started = time.monotonic()
+    for data in seeds:
+        check_one(data)
+    for _ in range(count):
+        data = mutate(rng, rng.choice(pool), pool)
+        try:
+            check_one(data)
+        except Exception as exc:
+            raise AssertionError(f"{check_one.__module__} failed on input {data!r}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        if len(pool) < 500 and rng.random() < 0.1:
+            pool.append(data)
+    return int(time.monotonic() - started)
+
+
+def test_record_target_on_seeded_mutations():
+    run_target(fuzz_record.check_one, record_seeds(), 4000, seed=1)
+
+
+def test_record_target_on_random_bytes():
+    rng = random.Random(2)
+    for _ in range(1500):
+        fuzz_record.check_one(rng.randbytes(rng.randint(0, 200)))
+
+
+def test_hint_target_on_seeded_mutations():
+    run_target(fuzz_hint.check_one, hint_seeds(), 4000, seed=3)
+
+
+def test_store_target_on_seeded_commands(tmp_path):
+    fuzz_store.setup(str(tmp_path))
+    seeds = store_seeds()
+    rng = random.Random(5)
+    for data in seeds:
+        fuzz_store.check_one(data)
+    for _ in range(300):
+        fuzz_store.check_one(mutate(rng, rng.choice(seeds), seeds))
+
+
+@pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store])
+def test_targets_have_an_atheris_entry_point(target):
+    assert callable(target.check_one) and callable(target.main)
