@@ -339,6 +339,7 @@ class _Checker:
             first_seq = max(seg.order_seq, self.max_seq + 1)
         pending: list[record.ScannedRecord] = []
         truncate_at: int | None = None
+        damage_at: int | None = None
 
         def drop_pending(why: str) -> None:
             if not pending:
@@ -355,6 +356,7 @@ class _Checker:
             if isinstance(item, record.Damage):
                 if item.tail and tail_rule:
                     truncate_at = pending[0].offset if pending else item.offset
+                    damage_at = item.offset
                     break
                 drop_pending(f"damaged bytes follow at offset {item.offset}")
                 self.report.corrupt_regions += 1
@@ -399,6 +401,23 @@ class _Checker:
                        f"torn write: the last {torn} byte(s) of the newest segment hold no "
                        "committed record (a crash, or a write in progress); the next "
                        "writable open truncates them", "torn-tail", WARNING)
+            if damage_at is not None:
+                self._suspicious_tail(seg, damage_at)
+
+    def _suspicious_tail(self, seg: _Checked, damage_at: int) -> None:
+        """A torn tail should hold no intact record after its damage. Several, in ascending
+        seq order, look like acknowledged writes that recovery's resynchronisation refused
+        (their seqs jumped) and that the next writable open would truncate away."""
+        assert seg.buf is not None
+        found = [r for r in record.scan(seg.buf, damage_at + 1, len(seg.buf))
+                 if isinstance(r, record.ScannedRecord)]
+        if len(found) < 2 or not all(a.seq < b.seq for a, b in itertools.pairwise(found)):
+            return
+        self.issue(seg.name, found[0].offset, len(seg.buf) - found[0].offset,
+                   f"{len(found)} intact records (seq {found[0].seq} to {found[-1].seq}) "
+                   "follow the damage in the torn tail, but recovery does not accept them "
+                   "and the next writable open would truncate them: copy this segment "
+                   "before opening the store for writing", "tail-records")
 
     # -- hints ---------------------------------------------------------------------------------
 

@@ -451,3 +451,27 @@ def test_checkpoint_hint_of_the_active_segment(db_path):
     assert not report.healthy
     assert [i.kind for i in report.errors] == ["hint-mismatch"]
     assert "b'old'" in report.errors[0].description
+
+
+def test_intact_records_behind_a_torn_tail_are_flagged(db_path):
+    """Records whose seqs jumped (e.g. after many failed writes) behind damaged bytes are not
+    accepted by recovery; the check must not call that a harmless torn tail."""
+    with bitkv.open(db_path, sync="never") as db:
+        for i in range(5):
+            db.put(b"k%d" % i, b"v" * 20)
+    seg = _newest_in_load_order(db_path)
+    last_seq = _scan(seg)[-1].seq
+    victim = record.encode(b"victim", b"x" * 20, last_seq + 1)
+    later = b"".join(record.encode(b"later%d" % i, b"y" * 20, last_seq + 500 + i)
+                     for i in range(3))
+    size = os.path.getsize(seg)
+    append_bytes(seg, victim + later)
+    flip_bit(seg, size + 10)
+    report = check(db_path)
+    assert report.torn_tail_bytes == len(victim) + len(later)
+    assert [i.kind for i in report.errors] == ["tail-records"]
+    assert report.errors[0].offset == size + len(victim)
+    # A plain torn tail (no intact records after the damage) stays a warning.
+    with open(seg, "r+b") as fh:
+        fh.truncate(size + len(victim))
+    assert check(db_path).healthy
