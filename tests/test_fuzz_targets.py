@@ -15,11 +15,11 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz"))
 
-import fuzz_hint  # noqa: E402
-import fuzz_record  # noqa: E402
-import fuzz_store  # noqa: E402
+import fuzz_hint
+import fuzz_record
+import fuzz_store
 
-from bitkv import hint, record  # noqa: E402
+from bitkv import hint, record
 
 
 def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
@@ -102,7 +102,8 @@ def store_seeds() -> list[bytes]:
             elif op == 2:
                 payload = rng.randrange(len(content) + 1).to_bytes(2, "little")
             elif op == 3:
-                payload = rng.choice((bytes(rng.randint(1, 600)), rng.randbytes(rng.randint(1, 600)),
+                payload = rng.choice((bytes(rng.randint(1, 600)),
+                                      rng.randbytes(rng.randint(1, 600)),
                                       content[rng.randrange(max(1, len(content))):]))
             elif op == 4:
                 payload = b""

@@ -276,7 +276,14 @@ class DiskModel:
         return names
 
     def crash_state(self, rng: random.Random, policy: str) -> tuple[dict[str, bytes], str]:
-        """Return (name -> content, description) of one state a power loss now may leave."""
+        """Return (name -> content, description) of one state a power loss now may leave.
+
+        ``policy`` is one of :data:`POLICIES`, or ``"kill"``: what a process crash (not a power
+        loss) leaves, every write and directory change exactly as made.
+        """
+        if policy == "kill":
+            return ({n: bytes(self.inodes[i].current) for n, i in self.names.items()},
+                    "process killed: everything written so far is kept")
         if policy == "synced":
             names = self._namespace(rng, "durable")
             files = {n: bytes(self.inodes[i].durable) for n, i in names.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -110,6 +111,11 @@ def recover(path: str, keys: list[bytes], at_ms: int, *, max_segment_size: int,
             with open_store(path, at_ms, readonly=True, max_segment_size=max_segment_size) as db:
                 ro, p = observe(db, keys, at_ms)
                 problems += [f"read-only open: {x}" for x in p]
+        except bitkv.StoreNotFoundError:
+            # A crash before the store's marker was durable: there is no store yet (the
+            # writable open below creates it), which is fine only if there truly is none.
+            if os.path.exists(os.path.join(path, "BITKV")):
+                problems.append("read-only open says there is no store, but BITKV exists")
         except Exception as exc:
             problems.append(f"read-only open failed: {type(exc).__name__}: {exc}\n"
                             + traceback.format_exc(limit=6))
