@@ -90,9 +90,33 @@ def _translate(exc: BaseException) -> CliError | None:
 
 _NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
+# Commands imported only when used, so that every other command starts fast.
+LAZY_COMMANDS = {"serve": ("bitkv_cli.serve", "serve")}
+
 
 class BitkvGroup(click.Group):
     """Turns every expected failure into one line on stderr and a documented exit status."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in LAZY_COMMANDS:
+            return command
+        module_name, attr = LAZY_COMMANDS[cmd_name]
+        try:
+            command = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            message = f"'bitkv {cmd_name}' is not available in this installation: {exc}"
+
+            @click.command(cmd_name, help=message, context_settings={
+                "ignore_unknown_options": True, "allow_extra_args": True})
+            def unavailable() -> None:
+                raise CliError(message, EXIT_USAGE)
+
+            return unavailable
+        return command
 
     def main(self, args: Any = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
@@ -280,6 +304,8 @@ def cli(ctx: click.Context, directory: str | None, hex_mode: bool) -> None:
       bitkv export > backup.jsonl && bitkv --dir copy import backup.jsonl
     """
     ctx.obj = Settings(directory or DEFAULT_DIR, hex_mode)
+    if directory:  # `bitkv --dir X serve` (or BITKV_DIR) serves X unless serve --dir says else
+        ctx.default_map = {**(ctx.default_map or {}), "serve": {"directory": directory}}
 
 
 # -- keys and values --------------------------------------------------------------------------
