@@ -69,6 +69,9 @@ SET_SPEC = COMMANDS[b"SET"]
 NOMULTI = error("ERR Command not allowed inside a transaction")
 MAXCLIENTS = error("ERR max number of clients reached")
 SYNC_CHOICES = ("always", "interval", "never")
+# Replies buffered by one run of pipelined commands before they are written out; if the
+# client is then not reading, the rest of the pipeline waits (see Connection._run).
+OUTPUT_FLUSH_BYTES = 1 << 20
 
 
 @dataclass
@@ -157,6 +160,7 @@ class Connection(asyncio.Protocol):
         self._gate = 0
         self._busy = False  # an awaited step (fsync, SAVE) is in progress
         self._backlog: list[bytes] = []
+        self._suspended: tuple[list[list[bytes]], int, bool] | None = None
         self._write_paused = False
         self._closed = False
         self._quit = False
@@ -247,8 +251,12 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if not self._busy and not self._closed:
-            self.transport.resume_reading()
+        if self._suspended is not None and not self._closed:
+            cmds, i, wrote = self._suspended
+            self._suspended = None
+            self._busy = False
+            self._run(cmds, i, [], wrote)
+        self._after_step()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -318,6 +326,16 @@ class Connection(asyncio.Protocol):
                     append(self.error_reply(exc))
             if flags & F_WRITE:
                 wrote = True
+            if not i & 15 and i < n and sum(map(len, out)) > OUTPUT_FLUSH_BYTES \
+                    and not (wrote and self.server.sync_always) and not self._closed:
+                # A long pipeline with big replies: write what we have, and if the client
+                # is not reading, wait for it (resume_writing) before running the rest.
+                self.transport.write(b"".join(out))
+                out.clear()
+                if self._write_paused:
+                    self._suspended = (cmds, i, wrote)
+                    self._busy = True
+                    return
         self.last_command = cmds[-1][0]
         self.last_active = time.monotonic()
         if wrote:
@@ -385,9 +403,11 @@ class Connection(asyncio.Protocol):
             if not self._closed:
                 self._closed = True
                 self.transport.close()
-        if self._busy:
-            return  # the step started another one
-        if self._closed:
+        self._after_step()
+
+    def _after_step(self) -> None:
+        """Resume reading (and run what arrived meanwhile) unless another step is pending."""
+        if self._busy or self._closed:
             return
         if not self._write_paused:
             self.transport.resume_reading()

@@ -1,0 +1,222 @@
+"""`bitkv serve` under hostile or sloppy clients: malformed and oversized requests, clients
+that vanish mid-command, hundreds of idle connections, clients that do not read replies."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+
+import pytest
+
+redis = pytest.importorskip("redis", reason="redis-py is needed for the server tests")
+
+import bitkv  # noqa: E402
+from bitkv.server import ServerThread  # noqa: E402
+
+
+@pytest.fixture
+def server(tmp_path):
+    with ServerThread(dir=str(tmp_path / "db"), port=0) as srv:
+        yield srv
+
+
+def client(srv) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=srv.port, protocol=2, socket_timeout=10)
+
+
+def connect(srv) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+
+
+def read_until_closed(s: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_exactly(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        assert chunk, f"connection closed after {len(data)} of {n} bytes: {data[-200:]!r}"
+        data += chunk
+    return data
+
+
+def encode(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+@pytest.mark.parametrize("payload, reply", [
+    (b"*1\r\n$abc\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    (b"*x\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    (b"*99999999999\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    (b"*1\r\n$99999999999\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    (b"*2\r\n$3\r\nGET\r\n:5\r\n", b"-ERR Protocol error: expected '$', got ':'\r\n"),
+    (b'GET "unterminated\r\n', b"-ERR Protocol error: unbalanced quotes in request\r\n"),
+    (b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n*1\r\n$x\r\n",
+     b"$2\r\nhi\r\n-ERR Protocol error: invalid bulk length\r\n"),
+])
+def test_malformed_requests_get_an_error_then_close(server, payload, reply):
+    with connect(server) as s:
+        s.sendall(payload)
+        assert read_until_closed(s) == reply
+    assert client(server).ping() is True  # the server is fine
+
+
+def test_oversized_bulk_is_refused_at_its_header(tmp_path):
+    with ServerThread(dir=str(tmp_path / "db"), port=0, max_bulk_len=1024) as srv:
+        with connect(srv) as s:
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1025\r\n")  # no payload sent at all
+            assert read_until_closed(s) == b"-ERR Protocol error: invalid bulk length\r\n"
+        r = client(srv)
+        assert r.set("k", b"x" * 1024) is True
+        assert r.config_get("proto-max-bulk-len") == {"proto-max-bulk-len": "1024"}
+        assert r.exists("k") == 1
+
+
+def test_garbage_never_takes_the_server_down(server):
+    rng = random.Random(8)
+    r = client(server)
+    r.set("canary", "alive")
+    for _ in range(40):
+        with connect(server) as s:
+            blob = rng.choice([
+                rng.randbytes(rng.randint(1, 3000)),
+                b"*" + rng.randbytes(rng.randint(1, 50)),
+                b"*3\r\n$3\r\nSET\r\n" + rng.randbytes(rng.randint(1, 100)),
+                b"*2\r\n$" + str(rng.randint(0, 10**12)).encode() + b"\r\n",
+            ])
+            try:
+                s.sendall(blob)
+                s.shutdown(socket.SHUT_WR)
+                read_until_closed(s)
+            except OSError:
+                pass
+    assert r.get("canary") == b"alive"
+    assert r.ping() is True
+
+
+def test_disconnect_mid_command_writes_nothing(server):
+    r = client(server)
+    partial = [
+        b"*3\r\n$3\r\nSET\r\n$4\r\nhalf\r\n$10\r\nabc",  # inside the value
+        b"*3\r\n$3\r\nSET\r\n$4\r\nhalf\r\n",  # before the value
+        b"*3\r\n$3\r\nSET\r\n$4\r\nha",  # inside the key
+        b"*3\r\n$3",  # inside a header
+        encode(b"SET", b"half", b"x" * 300_000)[:200_000],  # a big value, cut
+    ]
+    for data in partial:
+        s = connect(server)
+        s.sendall(data)
+        time.sleep(0.02)
+        s.close()
+    # A client killed after a complete command: that command ran.
+    s = connect(server)
+    s.sendall(encode(b"SET", b"whole", b"1") + encode(b"SET", b"half", b"x")[:20])
+    s.close()
+    deadline = time.time() + 5
+    while r.get("whole") is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert r.get("whole") == b"1"
+    assert r.exists("half") == 0
+    assert r.ping() is True
+
+
+def test_disconnect_while_replies_are_pending(server):
+    r = client(server)
+    r.set("big", b"v" * 200_000)
+    s = connect(server)
+    s.sendall(encode(b"GET", b"big") * 200)  # ~40 MB of replies nobody will read
+    time.sleep(0.05)
+    s.close()
+    assert r.get("big") == b"v" * 200_000
+    assert r.ping() is True
+
+
+def test_client_that_does_not_read_is_throttled_not_buffered_forever(server):
+    r = client(server)
+    value = b"x" * 100_000
+    r.set("big", value)
+    with connect(server) as s:
+        count = 300  # 30 MB of replies
+        s.sendall(encode(b"GET", b"big") * count)
+        time.sleep(0.3)
+        # The server stops running this client's pipeline instead of buffering 30 MB...
+        assert r.ping() is True  # ...and keeps serving others meanwhile.
+        conns = [c for c in list(server.server.clients) if c._suspended is not None]
+        assert len(conns) == 1
+        assert conns[0].transport.get_write_buffer_size() < 8 * 2**20
+        one = b"$100000\r\n" + value + b"\r\n"
+        assert read_exactly(s, len(one) * count) == one * count
+
+
+def test_many_idle_connections(server):
+    r = client(server)
+    idle = []
+    try:
+        for i in range(500):
+            s = connect(server)
+            if i % 5 == 0:
+                s.sendall(b"*2\r\n$4\r\nECHO\r\n$3\r\nab")  # some hold a partial command
+            idle.append(s)
+        assert r.info("clients")["connected_clients"] >= 501
+        assert r.set("k", "v") is True
+        assert r.get("k") == b"v"
+        # A partial command completes fine after a long wait.
+        idle[0].sendall(b"c\r\n")
+        assert read_exactly(idle[0], 9) == b"$3\r\nabc\r\n"
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.time() + 10
+    while r.info("clients")["connected_clients"] > 1 and time.time() < deadline:
+        time.sleep(0.02)
+    assert r.info("clients")["connected_clients"] == 1
+
+
+def test_maxclients(tmp_path):
+    with ServerThread(dir=str(tmp_path / "db"), port=0, maxclients=3) as srv:
+        held = [connect(srv) for _ in range(3)]
+        for s in held:
+            s.sendall(b"PING\r\n")
+            assert read_exactly(s, 7) == b"+PONG\r\n"
+        with connect(srv) as extra:
+            assert read_until_closed(extra) == b"-ERR max number of clients reached\r\n"
+        held.pop().close()
+        time.sleep(0.1)
+        assert client(srv).ping() is True
+        for s in held:
+            s.close()
+
+
+def test_pipelined_raw_requests_and_inline_mix(server):
+    with connect(server) as s:
+        payload = b"".join(encode(b"SET", b"k%d" % i, b"v%d" % i) for i in range(1000))
+        payload += b"GET k999\r\n" + encode(b"INCR", b"n") + b"QUIT\r\n"
+        s.sendall(payload)
+        got = read_until_closed(s)
+    assert got == b"+OK\r\n" * 1000 + b"$4\r\nv999\r\n:1\r\n+OK\r\n"
+
+
+def test_writes_survive_reopen_after_robustness_abuse(tmp_path):
+    path = str(tmp_path / "db")
+    with ServerThread(dir=path, port=0) as srv:
+        r = client(srv)
+        r.mset({f"k{i}": f"v{i}" for i in range(100)})
+        with connect(srv) as s:
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$2\r\nk1\r\n$99999999999\r\n")
+            read_until_closed(s)
+        r.close()
+    with bitkv.open(path) as db:
+        assert len(db) == 100
+        assert db.get(b"k1") == b"v1"
+        assert db.stats()["recovery"]["corrupt_bytes"] == 0
