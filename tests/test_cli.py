@@ -512,10 +512,10 @@ def test_no_command_shows_the_help(run):
     assert "No such command" in line
 
 
-def test_serve_is_registered_lazily_and_follows_the_global_dir(run, store_dir, monkeypatch):
+def test_serve_is_registered_lazily_and_follows_the_global_dir(run, monkeypatch):
     assert "serve" in run("--help", dir=None).stdout
-    text = run("serve", "--help").stdout
-    assert "Redis" in text and store_dir in text  # --dir defaults to the global --dir
+    text = run("serve", "--help", dir="my-store").stdout
+    assert "Redis" in text and "[default: my-store]" in text  # the global --dir
     monkeypatch.setitem(sys.modules, "bitkv_cli.serve", None)
     line = _one_line_error(run("serve", "--port", "0"), EXIT_USAGE)
     assert "not available" in line
