@@ -527,12 +527,7 @@ _DICT_MAGIC = b"BITKVZDC"
 def _decode_hint(buf: bytes, nonce: int, size: int
                  ) -> tuple[int, list[tuple[bytes, hint.HintEntry]]]:
     """Return (bytes of the segment the hint covers, entries); raise HintError."""
-    with_coverage = getattr(hint, "decode_with_coverage", None)  # checkpoint hints
-    if with_coverage is not None:
-        _max_seq, covered, items = with_coverage(buf, nonce, size)
-    else:
-        _max_seq, items = hint.decode(buf, nonce, size)
-        covered = size
+    _max_seq, covered, items = hint.decode_with_coverage(buf, nonce, size)
     return covered, list(items)
 
 
