@@ -249,8 +249,10 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
             store._detach(seg)
     for seg in sorted(inputs, key=lambda s: (s.order_seq, s.id)):
         seg.close()
-        _unlink_quietly(store, seg.path)
+        # The hint goes first: a crash between the two unlinks then leaves a segment without
+        # a hint (scanned, then removed by the next compaction), never an orphan hint.
         _unlink_quietly(store, os.path.join(store.path, seg_mod.hint_name(seg.id)))
+        _unlink_quietly(store, seg.path)
         # One directory fsync per removal: a newer input's tombstone must never be gone from
         # disk while an older input still holding the value it deleted is present.
         io.fsync_dir(store.path)

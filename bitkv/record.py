@@ -131,8 +131,9 @@ _NONZERO = re.compile(rb"[^\x00]")
 
 
 MIN_RECORD_SIZE = HEADER_SIZE + 1
-# Seqs an append segment may skip without a record: a failed write consumes its seq.
-SEQ_SLACK = 64
+# Seqs an append segment may skip without a record. The store gives a failed write's seq
+# back, so appended seqs are contiguous; the slack only absorbs what we cannot foresee.
+SEQ_SLACK = 4
 
 
 def find_next_intact(buf, pos: int, end: int, last_seq: int | None = None) -> int:
@@ -161,14 +162,36 @@ def find_next_intact(buf, pos: int, end: int, last_seq: int | None = None) -> in
                 return -1
             p = max(p + 1, match.start() - 7)
             continue
-        if intact_size_at(buf, p, end):
-            if last_seq is None:
-                return p
-            seq = HEADER.unpack_from(buf, p)[5]
-            if last_seq < seq <= last_seq + 1 + (p - pos) // MIN_RECORD_SIZE + SEQ_SLACK:
-                return p
+        if intact_size_at(buf, p, end) and _seq_fits(buf, p, last_seq, p - pos):
+            return p
         p += 1
     return -1
+
+
+def _seq_fits(buf, p: int, last_seq: int | None, gap: int) -> bool:
+    if last_seq is None:
+        return True
+    seq = HEADER.unpack_from(buf, p)[5]
+    return last_seq < seq <= last_seq + 1 + gap // MIN_RECORD_SIZE + SEQ_SLACK
+
+
+def _declared_size(buf, pos: int, end: int) -> int:
+    """The size a damaged record's header claims, if the header is plausible, else 0."""
+    if end - pos < HEADER_SIZE:
+        return 0
+    _crc, flags, reserved, key_len, value_len, _seq, _exp = HEADER.unpack_from(buf, pos)
+    if not header_is_plausible(flags, reserved, key_len, value_len):
+        return 0
+    return HEADER_SIZE + key_len + value_len
+
+
+def _chain_reaches_end(buf, pos: int, end: int) -> bool:
+    while pos < end:
+        size = intact_size_at(buf, pos, end)
+        if not size:
+            return False
+        pos += size
+    return True
 
 
 def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = None
@@ -177,9 +200,17 @@ def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = Non
 
     A damaged region followed by an intact record is reported with ``tail=False`` and scanning
     resumes at that record; damage that runs to ``end`` is reported with ``tail=True``.
-    ``first_seq`` marks an append segment whose records carry ascending seqs starting there;
-    resynchronisation after damage then only accepts records whose seq fits (see
-    :func:`find_next_intact`).
+
+    Where resume after a damaged record? Bytes inside it may hold what looks like an intact
+    record (a value that embeds record bytes), and indexing that would invent a key nobody
+    wrote. So: if the damaged record's header is plausible and an intact record (or the end)
+    follows exactly where it says it ends, only its value or key was damaged: skip it whole.
+    If it claims to run past the end, it is a torn write, and a record found inside it is
+    accepted only if intact records from there reach the end exactly (then the length field
+    was what got damaged). Otherwise search byte by byte (:func:`find_next_intact`).
+
+    ``first_seq`` marks an append segment whose records carry contiguous seqs starting there;
+    resynchronisation then only accepts records whose seq fits the bytes lost.
     """
     if end is None:
         end = len(buf)
@@ -196,7 +227,18 @@ def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = Non
                 last_seq = seq
             pos += size
             continue
+        declared = _declared_size(buf, pos, end)
+        if declared and pos + declared <= end:
+            after = pos + declared
+            if after == end or (intact_size_at(buf, after, end)
+                                and _seq_fits(buf, after, last_seq, declared)):
+                yield Damage(pos, declared, after == end)
+                pos = after
+                continue
         nxt = find_next_intact(buf, pos, end, last_seq)
+        if nxt >= 0 and declared and pos + declared > end and not _chain_reaches_end(
+                buf, nxt, end):
+            nxt = -1
         if nxt < 0:
             yield Damage(pos, end - pos, True)
             return

@@ -220,11 +220,26 @@ class _Loader:
         ids = seg_mod.list_segment_ids(names)
         self.hint_ids = {i for i in (seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) for n in names)
                          if i is not None}
+        orphans = sorted(self.hint_ids - set(ids))
+        if orphans and not self.readonly:
+            # Hints whose segment is gone (an older bitkv removed data before hint).
+            for segment_id in orphans:
+                self.io.unlink(os.path.join(self.directory, seg_mod.hint_name(segment_id)))
+            self.io.fsync_dir(self.directory)
         segments: list[Segment] = []
         damaged: list[tuple[int, str, int, int]] = []
         for segment_id in ids:
             path = seg_mod.segment_path(self.directory, segment_id)
-            fd = self.io.open_read(path)
+            try:
+                fd = self.io.open_read(path)
+            except FileNotFoundError:
+                # Only a read-only opener can see this: the writer's compaction removed an
+                # input after we listed it. Its outputs were durable first; start over.
+                for s in segments:
+                    s.close()
+                for _sid, _path, dfd, _size in damaged:
+                    self.io.close(dfd)
+                raise
             size = self.io.size(fd)
             try:
                 header = seg_mod.decode_header(self.io.pread(fd, seg_mod.HEADER_SIZE, 0))
@@ -525,8 +540,14 @@ class _Loader:
 
 def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedStore:
     """Rebuild the index of the store in ``directory`` (already validated and locked)."""
-    loader = _Loader(directory, io, readonly, now_ms)
-    segments = loader.open_segments()
+    for attempt in range(8 if readonly else 1):
+        loader = _Loader(directory, io, readonly, now_ms)
+        try:
+            segments = loader.open_segments()
+            break
+        except FileNotFoundError:
+            if attempt == 7:
+                raise
     hidden: dict[bytes, tuple[int, int, int, int]] = {}
     for i, seg in enumerate(segments):
         is_last = i == len(segments) - 1

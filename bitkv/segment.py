@@ -11,6 +11,7 @@ import mmap
 import os
 import secrets
 import struct
+import threading
 from dataclasses import dataclass
 
 from . import record
@@ -98,8 +99,8 @@ class Segment:
     active segment). ``live_bytes`` counts the bytes of records the keydir points at.
     """
 
-    __slots__ = ("closed", "fd", "header", "header_damaged", "id", "io", "live_bytes", "mapped",
-                 "max_seq", "mm", "path", "size", "slot", "synced_size")
+    __slots__ = ("_map_lock", "closed", "fd", "header", "header_damaged", "id", "io",
+                 "live_bytes", "mapped", "max_seq", "mm", "path", "size", "slot", "synced_size")
 
     def __init__(self, io: FileIO, segment_id: int, path: str, fd: int, header: SegmentHeader,
                  size: int) -> None:
@@ -117,6 +118,10 @@ class Segment:
         self.mapped = 0
         self.closed = False
         self.header_damaged = False
+        # Serialises changes of (mm, mapped, fd): lock-free readers may remap a growing
+        # segment while the writer seals it; without this a reader could install its older,
+        # shorter map after rotation installed the full one and closed the fd.
+        self._map_lock = threading.Lock()
 
     @property
     def kind(self) -> int:
@@ -136,11 +141,16 @@ class Segment:
 
     def map(self) -> None:
         """Map the segment's current ``size`` bytes read-only, replacing any shorter map."""
-        if self.mm is not None and self.mapped == self.size:
-            return
-        self.set_map(self.io.map(self.fd, self.size))
+        with self._map_lock:
+            if self.mm is not None and self.mapped == self.size:
+                return
+            self._install(self.io.map(self.fd, self.size))
 
     def set_map(self, mm: mmap.mmap | None) -> None:
+        with self._map_lock:
+            self._install(mm)
+
+    def _install(self, mm: mmap.mmap | None) -> None:
         old = self.mm
         self.mm = mm
         self.mapped = len(mm) if mm is not None else 0
@@ -152,9 +162,10 @@ class Segment:
 
     def release_fd(self) -> None:
         """Close the descriptor of an immutable, fully mapped segment (saves fds)."""
-        if self.fd >= 0 and self.mm is not None and self.mapped == self.size:
-            self.io.close(self.fd)
-            self.fd = -1
+        with self._map_lock:
+            if self.fd >= 0 and self.mm is not None and self.mapped == self.size:
+                self.io.close(self.fd)
+                self.fd = -1
 
     def read(self, offset: int, size: int) -> bytes:
         """Return ``size`` bytes at ``offset`` (a slice of the map, else one pread)."""
@@ -173,10 +184,13 @@ class Segment:
     def remap_grown(self) -> None:
         """Map the active segment up to its current size. The old map is left to the GC:
         another thread may be slicing it right now."""
-        size = self.size
-        mm = self.io.map(self.fd, size)
-        self.mm = mm
-        self.mapped = size if mm is not None else 0
+        with self._map_lock:
+            size = self.size
+            if self.fd < 0 or size <= self.mapped:
+                return  # sealed and fully mapped meanwhile, or another reader remapped
+            mm = self.io.map(self.fd, size)
+            self.mm = mm
+            self.mapped = size if mm is not None else 0
 
     def read_record(self, offset: int, size_hint: int, key: bytes) -> tuple[record.Header, bytes]:
         """Read and verify the record at ``offset``.

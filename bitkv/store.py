@@ -618,8 +618,9 @@ class Store(MutableMapping[bytes, bytes]):
             with self._lock:
                 if self._writes_refused:
                     self._check_writable()
+                # The seq is taken only once the write succeeded: appended seqs stay
+                # contiguous, which recovery's resynchronisation relies on (record.scan).
                 seq = self._next_seq
-                self._next_seq = seq + 1
                 body = _pack_body(flags, 0, len(k), len(v), seq, expiry_ms) + k + v
                 data = _pack_crc(_crc32c(body)) + body
                 size = len(data)
@@ -636,6 +637,7 @@ class Store(MutableMapping[bytes, bytes]):
                         self._undo_append(seg, offset)
                         raise
                     seg.size = offset + size
+                self._next_seq = seq + 1
                 entries = self._entries
                 old = entries.get(k)
                 if old is not None:
@@ -660,18 +662,18 @@ class Store(MutableMapping[bytes, bytes]):
                       ) -> tuple[Segment, int]:
         """Append and index one record; return (segment, end offset). Locked."""
         seq = self._next_seq
-        self._next_seq = seq + 1
         data = rec.encode(k, stored, seq, expiry_ms, flags)
         seg, offset = self._append(data)
+        self._next_seq = seq + 1
         self._index(k, seg, offset, len(data), expiry_ms)
         return seg, offset + len(data)
 
     def _delete_locked(self, k: bytes, entry: int) -> tuple[Segment, int]:
         """Write a tombstone for live key ``k`` and unindex it. Locked."""
         seq = self._next_seq
-        self._next_seq = seq + 1
         data = rec.encode(k, b"", seq, 0, rec.TOMBSTONE)
         seg, offset = self._append(data)
+        self._next_seq = seq + 1
         self._unlink_entry(entry)
         self._keydir.remove(k)
         self._hidden[k] = (offset, len(data), rec.TOMBSTONE, 0)
@@ -832,7 +834,6 @@ class Store(MutableMapping[bytes, bytes]):
         with self._lock:
             self._check_writable()
             first_seq = self._next_seq
-            self._next_seq = first_seq + len(staged)
             parts = []
             for i, (k, v, flags, expiry_ms) in enumerate(staged):
                 if batch_bits:
@@ -842,6 +843,7 @@ class Store(MutableMapping[bytes, bytes]):
                                  expiry_ms) + k + (v or b"")
                 parts.append(pack_crc(crc(body)) + body)
             seg, pos = self._append(b"".join(parts))
+            self._next_seq = first_seq + len(staged)
             entries = self._entries
             expiries = self._expiries
             hidden = self._hidden
