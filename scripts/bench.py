@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -60,10 +61,33 @@ RESULTS_END = "<!-- bench-results:end -->"
 # -- running the children -----------------------------------------------------------------------
 
 
+CHILD_ENV: dict[str, str] | None = None  # set by main() to point children at the snapshot
+
+
+def snapshot_bitkv(base: str) -> tuple[str, str] | None:
+    """Copy the bitkv package to ``base/src`` and return (that dir, sha256 prefix of its
+    sources), so that every run measures the same code even if the tree changes meanwhile."""
+    src = os.path.join(ROOT, "bitkv")
+    if not os.path.isfile(os.path.join(src, "__init__.py")):
+        return None
+    dst_root = os.path.join(base, "src")
+    shutil.copytree(src, os.path.join(dst_root, "bitkv"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    digest = hashlib.sha256()
+    for dirpath, dirnames, files in os.walk(os.path.join(dst_root, "bitkv")):
+        dirnames.sort()
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            digest.update(os.path.relpath(path, dst_root).encode() + b"\0")
+            with open(path, "rb") as fh:
+                digest.update(fh.read())
+    return dst_root, digest.hexdigest()[:12]
+
+
 def run_child(cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
     try:
         proc = subprocess.run([sys.executable, CHILD, json.dumps(cfg)], capture_output=True,
-                              text=True, timeout=timeout, cwd=ROOT)
+                              text=True, timeout=timeout, cwd=ROOT, env=CHILD_ENV)
     except subprocess.TimeoutExpired:
         return {"backend": cfg["backend"], "failed": f"timed out after {timeout:.0f} s"}
     lines = proc.stdout.strip().splitlines()
@@ -436,10 +460,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--probe-keys", type=int,
                     help="keys of the keydir memory probe (default 1,000,000)")
     ap.add_argument("--no-probe", action="store_true", help="skip the keydir memory probe")
+    ap.add_argument("--probe-only", action="store_true",
+                    help="run only the keydir memory probe (of bitkv, floor, semidbm, dbm.dumb "
+                         "among --backends)")
     ap.add_argument("--results-dir", default=os.path.join(ROOT, "docs", "bench"))
     ap.add_argument("--workdir", default=None,
                     help="where the stores are created (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the store directories")
+    ap.add_argument("--no-snapshot", action="store_true",
+                    help="run the live bitkv/ tree instead of a copy taken at start")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per child process")
     ap.add_argument("--update-doc", metavar="PATH",
                     help=f"replace the text between {RESULTS_BEGIN} and {RESULTS_END} in "
@@ -488,7 +517,17 @@ def run_probe(args: argparse.Namespace, base: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.makedirs(args.results_dir, exist_ok=True)
+    global CHILD_ENV
     base = tempfile.mkdtemp(prefix="bitkv-bench-", dir=args.workdir)
+    snap = None if args.no_snapshot else snapshot_bitkv(base)
+    if snap:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = snap[0] + (os.pathsep + env["PYTHONPATH"]
+                                       if env.get("PYTHONPATH") else "")
+        CHILD_ENV = env
+        args.snapshot_hash = snap[1]
+    else:
+        args.snapshot_hash = None
     per_batch = max(1, min(args.n, args.batch_max_bytes // args.value_size))
     info = machine_info(base)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -496,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {b: [] for b in args.backends}
     skipped: dict[str, str] = {}
     try:
-        for run in range(args.runs):
+        for run in range(0 if args.probe_only else args.runs):
             for name in args.backends:
                 if name in skipped:
                     continue
@@ -525,18 +564,23 @@ def main(argv: list[str] | None = None) -> int:
 
     aggs = {name: aggregate(rs) for name, rs in runs.items()}
     order = [b for b in args.backends]
-    stem = f"bench-n{args.n}-v{args.value_size}"
-    png = os.path.join(args.results_dir, stem + ".png")
-    title = (f"bitkv and peers: N={args.n:,}, {args.value_size}-byte values, "
-             f"median of {args.runs} run(s), {info['nproc']} CPUs")
-    chart_note = chart(aggs, order, png, title)
+    if args.probe_only:
+        stem = f"probe-k{args.probe_keys}"
+        png_name, chart_note = None, None
+    else:
+        stem = f"bench-n{args.n}-v{args.value_size}"
+        png = os.path.join(args.results_dir, stem + ".png")
+        title = (f"bitkv and peers: N={args.n:,}, {args.value_size}-byte values, "
+                 f"median of {args.runs} run(s), {info['nproc']} CPUs")
+        chart_note = chart(aggs, order, png, title)
+        png_name = None if chart_note else os.path.basename(png)
     md = render(args, aggs, order, probe, info, started, time.time() - t_start, per_batch,
-                None if chart_note else os.path.basename(png), chart_note)
+                png_name, chart_note)
     md_path = os.path.join(args.results_dir, stem + ".md")
     with open(md_path, "w") as fh:
         fh.write(md)
     print(md)
-    log(f"wrote {md_path}" + ("" if chart_note else f" and {png}"))
+    log(f"wrote {md_path}" + (f" and {png_name}" if png_name else ""))
     if args.update_doc:
         update_doc(args.update_doc, md, os.path.relpath(args.results_dir,
                                                         os.path.dirname(args.update_doc)))
@@ -545,19 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def render(args: argparse.Namespace, aggs: dict[str, Any], order: list[str],
-           probe: dict[str, Any], info: dict[str, str], started: str, elapsed: float,
-           per_batch: int, png_name: str | None, chart_note: str | None) -> str:
-    out: list[str] = []
-    cmd = "python scripts/bench.py " + " ".join(
-        a for a in sys.argv[1:]) if argv_is_cli() else "python scripts/bench.py"
-    out.append(f"## Results: N = {args.n:,} keys, {args.value_size}-byte values\n")
-    out.append(f"`{cmd.strip()}` — started {started}, took {elapsed / 60:.1f} min; median of "
-               f"{args.runs} run(s) per backend, each backend in its own process.\n")
-    out.append(f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info.get('memory', '?')} RAM, "
-               f"Linux {info['kernel']}, Python {info['python']}; stores on {info['disk']}.\n")
-    vers = library_versions()
-    out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".\n")
+def render_throughput(out: list[str], args: argparse.Namespace, aggs: dict[str, Any],
+                      order: list[str], probe: dict[str, Any], per_batch: int) -> None:
     out.append("### Throughput (ops/s, higher is better; reopen in ms, lower is better)\n")
     out += results_table(aggs, order)
     out.append("")
@@ -578,6 +611,31 @@ def render(args: argparse.Namespace, aggs: dict[str, Any], order: list[str],
         for t, m, s, h in evaluate_targets(aggs, probe, args.n, args.value_size):
             out.append(f"| {t} | {m} | {s} | {h} |")
         out.append("")
+
+
+def render(args: argparse.Namespace, aggs: dict[str, Any], order: list[str],
+           probe: dict[str, Any], info: dict[str, str], started: str, elapsed: float,
+           per_batch: int, png_name: str | None, chart_note: str | None) -> str:
+    out: list[str] = []
+    cmd = "python scripts/bench.py"
+    if os.path.basename(sys.argv[0]) == "bench.py" and sys.argv[1:]:
+        cmd += " " + " ".join(sys.argv[1:])
+    ran = any(a["runs"] for a in aggs.values())
+    if ran:
+        out.append(f"## Results: N = {args.n:,} keys, {args.value_size}-byte values\n")
+        out.append(f"`{cmd}` — started {started}, took {elapsed / 60:.1f} min; median of "
+                   f"{args.runs} run(s) per backend, each backend in its own process.\n")
+    else:
+        out.append(f"## Results: keydir memory probe, {args.probe_keys:,} keys\n")
+        out.append(f"`{cmd}` — started {started}, took {elapsed / 60:.1f} min.\n")
+    out.append(f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info.get('memory', '?')} RAM, "
+               f"Linux {info['kernel']}, Python {info['python']}; stores on {info['disk']}.\n")
+    vers = library_versions()
+    if args.snapshot_hash:
+        vers["bitkv"] += f", source snapshot sha256 {args.snapshot_hash}"
+    out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".\n")
+    if ran:
+        render_throughput(out, args, aggs, order, probe, per_batch)
     if probe:
         out.append("### Keydir memory probe\n")
         keys = next((r["keys"] for rs in probe.values() for r in rs if "keys" in r),
@@ -638,18 +696,13 @@ def render(args: argparse.Namespace, aggs: dict[str, Any], order: list[str],
     return "\n".join(out) + "\n"
 
 
-def argv_is_cli() -> bool:
-    return os.path.basename(sys.argv[0]) == "bench.py"
-
-
 def update_doc(path: str, md: str, rel_results: str) -> None:
     with open(path) as fh:
         text = fh.read()
     if RESULTS_BEGIN not in text or RESULTS_END not in text:
         raise SystemExit(f"{path} has no {RESULTS_BEGIN} ... {RESULTS_END} section")
-    # links in the report are relative to the results dir; rewrite them relative to the doc
-    md = md.replace("](bench-", f"]({rel_results}/bench-").replace("## Results", "### Results")
-    md = md.replace("\n### ", "\n#### ").replace("\n#### Results", "\n### Results")
+    # the report's image link is relative to the results dir; make it relative to the doc
+    md = md.replace("](bench-", f"]({rel_results}/bench-")
     head, rest = text.split(RESULTS_BEGIN, 1)
     _old, tail = rest.split(RESULTS_END, 1)
     with open(path, "w") as fh:

@@ -232,6 +232,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if reason:
         out["skipped"] = reason
         return out
+    if name == "bitkv":
+        import bitkv
+
+        out["module_file"] = bitkv.__file__
     work = cfg["dir"]
     os.makedirs(work, exist_ok=True)
     budget = cfg["budget"]
