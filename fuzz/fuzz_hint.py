@@ -61,6 +61,23 @@ def check_one(data: bytes) -> None:
         == len(body), "key area does not match the entries"
 
 
+def seeds() -> list[bytes]:
+    """A starting corpus: valid hints (0, 1 and 5 entries) in every mode, with and without CRC."""
+    seeds = []
+    for n in (0, 1, 5):
+        entries = []
+        off = 40
+        for i in range(n):
+            key = b"key-%d" % i
+            entries.append((key, 0, 10 * i, off, 100 + i, 0))
+            off += rec.HEADER_SIZE + len(key) + 10 * i
+        blob = hint.encode(entries, 0xABCDEF, off)
+        for mode in range(4):
+            seeds.append(bytes([mode]) + blob)
+            seeds.append(bytes([mode]) + blob[:-4])  # CRC stripped: modes 1-3 recompute it
+    return seeds
+
+
 def main() -> None:  # pragma: no cover - needs atheris
     import atheris
 

@@ -14,6 +14,7 @@ other exception, a hang, an overlap or gap) is a bug. ``tests/test_fuzz_targets.
 from __future__ import annotations
 
 import inspect
+import random
 import sys
 
 from bitkv import record
@@ -70,6 +71,21 @@ def check_one(data: bytes) -> None:
         start = data[0] % (len(data) + 1)
         first_seq = int.from_bytes(data[-2:], "little") if len(data) > 1 else None
         _check_scan(data, start, first_seq)
+
+
+def seeds() -> list[bytes]:
+    """A starting corpus: valid records of every kind, a segment body, zeros, garbage."""
+    rng = random.Random(7)
+    seeds = []
+    for flags in (0, record.TOMBSTONE, record.COMPRESSED, record.BATCH | record.BATCH_FIRST,
+                  record.BATCH, record.BATCH | record.BATCH_LAST):
+        key = b"key-%d" % flags
+        value = b"" if flags & record.TOMBSTONE else rng.randbytes(rng.randint(0, 300))
+        seeds.append(record.encode(key, value, rng.randint(1, 10**6), rng.choice((0, 10**12)),
+                                   flags))
+    body = b"".join(record.encode(b"k%d" % i, b"v" * i, 100 + i) for i in range(8))
+    seeds += [body, body[:-5], bytes(40) + body, b"", bytes(100), rng.randbytes(120)]
+    return seeds
 
 
 def main() -> None:  # pragma: no cover - needs atheris

@@ -195,6 +195,51 @@ def check_one(data: bytes) -> None:
                         f"{second[changed[0]]!r:.80}"
 
 
+def seeds() -> list[bytes]:
+    """A starting corpus: commands that damage the template in every way."""
+    rng = random.Random(11)
+    files = template_files()
+    names = sorted(files)
+    out = [b""]
+    for _ in range(60):
+        cmds = b""
+        for _ in range(rng.randint(1, 3)):
+            idx = rng.randrange(len(names))
+            content = files[names[idx]]
+            op = rng.randrange(6)
+            if op == 0:
+                payload = _mutate(rng, content)
+            elif op == 1:
+                payload = b"".join(rng.randrange(65536).to_bytes(2, "little")
+                                   + bytes([rng.randrange(1, 256)])
+                                   for _ in range(rng.randint(1, 6)))
+            elif op == 2:
+                payload = rng.randrange(len(content) + 1).to_bytes(2, "little")
+            elif op == 3:
+                payload = rng.choice((bytes(rng.randint(1, 600)),
+                                      rng.randbytes(rng.randint(1, 600)),
+                                      content[rng.randrange(max(1, len(content))):]))
+            elif op == 4:
+                payload = b""
+            else:
+                payload = rng.randrange(65536).to_bytes(2, "little") + rng.randbytes(
+                    rng.randint(1, 80))
+            payload = payload[:65535]
+            cmds += bytes([idx, op]) + len(payload).to_bytes(2, "little") + payload
+        out.append(cmds)
+    return out
+
+
+def _mutate(rng: random.Random, data: bytes) -> bytes:
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        if buf and rng.random() < 0.6:
+            buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+        elif buf:
+            del buf[rng.randrange(len(buf)) :]
+    return bytes(buf)
+
+
 def main() -> None:  # pragma: no cover - needs atheris
     import atheris
 

@@ -19,8 +19,6 @@ import fuzz_hint
 import fuzz_record
 import fuzz_store
 
-from bitkv import hint, record
-
 
 def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
     """One to four random edits: bit flips, byte sets, cuts, zero/garbage runs, splices."""
@@ -52,70 +50,6 @@ def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
     return bytes(buf)
 
 
-def record_seeds() -> list[bytes]:
-    rng = random.Random(7)
-    seeds = []
-    for flags in (0, record.TOMBSTONE, record.COMPRESSED, record.BATCH | record.BATCH_FIRST,
-                  record.BATCH, record.BATCH | record.BATCH_LAST):
-        key = b"key-%d" % flags
-        value = b"" if flags & record.TOMBSTONE else rng.randbytes(rng.randint(0, 300))
-        seeds.append(record.encode(key, value, rng.randint(1, 10**6), rng.choice((0, 10**12)),
-                                   flags))
-    body = b"".join(record.encode(b"k%d" % i, b"v" * i, 100 + i) for i in range(8))
-    seeds += [body, body[:-5], bytes(40) + body, b"", bytes(100), rng.randbytes(120)]
-    return seeds
-
-
-def hint_seeds() -> list[bytes]:
-    seeds = []
-    for n in (0, 1, 5):
-        entries = []
-        off = 40
-        for i in range(n):
-            key = b"key-%d" % i
-            entries.append((key, 0, 10 * i, off, 100 + i, 0))
-            off += record.HEADER_SIZE + len(key) + 10 * i
-        blob = hint.encode(entries, 0xABCDEF, off)
-        for mode in range(4):
-            seeds.append(bytes([mode]) + blob)
-            seeds.append(bytes([mode]) + blob[:-4])  # CRC stripped: modes 1-3 recompute it
-    return seeds
-
-
-def store_seeds() -> list[bytes]:
-    rng = random.Random(11)
-    files = fuzz_store.template_files()
-    names = sorted(files)
-    out = [b""]
-    for _ in range(60):
-        cmds = b""
-        for _ in range(rng.randint(1, 3)):
-            idx = rng.randrange(len(names))
-            content = files[names[idx]]
-            op = rng.randrange(6)
-            if op == 0:
-                payload = mutate(rng, content, list(files.values()))
-            elif op == 1:
-                payload = b"".join(rng.randrange(65536).to_bytes(2, "little")
-                                   + bytes([rng.randrange(1, 256)])
-                                   for _ in range(rng.randint(1, 6)))
-            elif op == 2:
-                payload = rng.randrange(len(content) + 1).to_bytes(2, "little")
-            elif op == 3:
-                payload = rng.choice((bytes(rng.randint(1, 600)),
-                                      rng.randbytes(rng.randint(1, 600)),
-                                      content[rng.randrange(max(1, len(content))):]))
-            elif op == 4:
-                payload = b""
-            else:
-                payload = rng.randrange(65536).to_bytes(2, "little") + rng.randbytes(
-                    rng.randint(1, 80))
-            payload = payload[:65535]
-            cmds += bytes([idx, op]) + len(payload).to_bytes(2, "little") + payload
-        out.append(cmds)
-    return out
-
-
 def run_target(check_one, seeds: list[bytes], count: int, seed: int) -> int:
     rng = random.Random(seed)
     pool = list(seeds)
@@ -135,7 +69,7 @@ def run_target(check_one, seeds: list[bytes], count: int, seed: int) -> int:
 
 
 def test_record_target_on_seeded_mutations():
-    run_target(fuzz_record.check_one, record_seeds(), 4000, seed=1)
+    run_target(fuzz_record.check_one, fuzz_record.seeds(), 4000, seed=1)
 
 
 def test_record_target_on_random_bytes():
@@ -145,12 +79,12 @@ def test_record_target_on_random_bytes():
 
 
 def test_hint_target_on_seeded_mutations():
-    run_target(fuzz_hint.check_one, hint_seeds(), 4000, seed=3)
+    run_target(fuzz_hint.check_one, fuzz_hint.seeds(), 4000, seed=3)
 
 
 def test_store_target_on_seeded_commands(tmp_path):
     fuzz_store.setup(str(tmp_path))
-    seeds = store_seeds()
+    seeds = fuzz_store.seeds()
     rng = random.Random(5)
     for data in seeds:
         fuzz_store.check_one(data)

@@ -1,0 +1,33 @@
+"""Write each target's seed inputs to ``DIR/<target>/`` (default ``fuzz/corpus``) for atheris.
+
+Usage: ``python fuzz/make_corpus.py [DIR]``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import fuzz_hint
+import fuzz_record
+import fuzz_store
+
+
+def main() -> None:
+    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "corpus")
+    for name, module in (("record", fuzz_record), ("hint", fuzz_hint), ("store", fuzz_store)):
+        where = os.path.join(root, name)
+        os.makedirs(where, exist_ok=True)
+        for data in module.seeds():
+            digest = hashlib.sha1(data).hexdigest()
+            with open(os.path.join(where, digest), "wb") as fh:
+                fh.write(data)
+        print(f"{where}: {len(os.listdir(where))} inputs")
+
+
+if __name__ == "__main__":
+    main()
