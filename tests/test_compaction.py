@@ -783,14 +783,12 @@ def test_a_failing_progress_callback_aborts_cleanly(db_path, clock):
         m.check(db)
 
 
-# -- known bugs ----------------------------------------------------------------------------
+# -- regressions: bugs these tests found, fixed in 0e51dbd ----------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: compaction.py removes an input's .data before its .hint (two unlinks, then one "
-    "directory fsync); a kill between them leaves an orphan NNNNNN.hint that no open, "
-    "compaction or close ever removes (a disk leak of ~44 bytes per key of the segment). "
-    "Fix: unlink the hint first, or have a writable open delete hints without a .data"))
 def test_no_orphan_hint_survives_a_crash_between_an_inputs_two_unlinks(db_path, clock):
+    """Compaction removed an input's .data, then its .hint, then fsynced the directory: a kill
+    between the two unlinks left an orphan hint nothing ever removed. Fixed by removing the
+    hint first, and by a writable open removing hints without a segment."""
     io = RecordingIO()
     db = opendb(db_path, clock, fileio=io)
     m = Model(db, clock)
@@ -799,7 +797,16 @@ def test_no_orphan_hint_survives_a_crash_between_an_inputs_two_unlinks(db_path, 
     db.compact()  # outputs with hints: the next compaction's inputs
     fill_generation_2(m, random.Random(14))
     io.armed = True
-    io.crash_when = lambda op: op[0] == "unlink" and op[1].endswith(seg_mod.HINT_SUFFIX)
+    # Die between the two unlinks of the oldest input (a compacted segment with a hint),
+    # whichever of its files goes first.
+    unlinks = []
+
+    def second_unlink(op):
+        if op[0] == "unlink":
+            unlinks.append(op)
+        return len(unlinks) == 2
+
+    io.crash_when = second_unlink
     with pytest.raises(Crash):
         db.compact()
     db._abandon()
@@ -811,6 +818,22 @@ def test_no_orphan_hint_survives_a_crash_between_an_inputs_two_unlinks(db_path, 
     datas = {seg_mod.parse_id(n, seg_mod.DATA_SUFFIX) for n in names} - {None}
     hints = {seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) for n in names} - {None}
     assert hints <= datas, f"orphan hints: {sorted(hints - datas)}"
+
+
+def test_an_orphan_hint_is_removed_by_a_writable_open_only(db_path, clock):
+    with opendb(db_path, clock) as db:
+        fill_generation_1(Model(db, clock), random.Random(15))
+        db.compact()
+    hints = sorted(n for n in os.listdir(db_path) if n.endswith(seg_mod.HINT_SUFFIX))
+    orphan = os.path.join(db_path, seg_mod.hint_name(999_999))
+    with open(os.path.join(db_path, hints[0]), "rb") as src, open(orphan, "wb") as dst:
+        dst.write(src.read())
+    with opendb(db_path, clock, readonly=True) as ro:
+        assert ro.recovery_report.segments_from_hints == len(hints)
+    assert os.path.exists(orphan)
+    with opendb(db_path, clock) as db:
+        assert db.recovery_report.segments_from_hints == len(hints)
+    assert not os.path.exists(orphan)
 
 
 class _GateIO(FileIO):
@@ -866,13 +889,9 @@ def _writer_compacting_in_background(path, clock):
     return w, m, gate, done, t
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "BUG: recovery._Loader.open_segments lists the directory, then opens each listed segment; "
-    "a read-only open racing a writer's compaction (inputs unlinked in between) raises "
-    "FileNotFoundError. Fix: for readonly loads, on FileNotFoundError close what was opened "
-    "and restart the load from listdir (a vanished input means the compaction's outputs "
-    "were durable before it was removed), a bounded number of times"))
 def test_readonly_open_racing_compaction_removal(db_path, clock):
+    """A read-only open listed the directory, then the writer's compaction removed an input
+    before the reader opened it: FileNotFoundError. Fixed: a read-only load starts over."""
     w, m, gate, done, t = _writer_compacting_in_background(db_path, clock)
     gate.armed = True
     t.start()
@@ -887,12 +906,8 @@ def test_readonly_open_racing_compaction_removal(db_path, clock):
         w.close()
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "BUG: Store.refresh() on a read-only store falls back to recovery.load, which raises "
-    "FileNotFoundError when a writer's compaction unlinks an input between the reader's "
-    "listdir and its open (recovery._Loader.open_segments). Fix as for the read-only open: "
-    "retry the load from listdir"))
 def test_readonly_refresh_racing_compaction_removal(db_path, clock):
+    """The same race through refresh(), which falls back to a full load after a compaction."""
     w, m, gate, done, t = _writer_compacting_in_background(db_path, clock)
     reader_io = _ListThenWaitIO(gate, done, nth=0)
     ro = opendb(db_path, clock, readonly=True, fileio=reader_io)
