@@ -75,6 +75,8 @@ def check_encryption_key(directory: str, key: bytes | None, *, create: bool) -> 
     """
     path = os.path.join(directory, KEYCHECK_NAME)
     exists = os.path.exists(path)
+    if key is not None:
+        key = validate_key(key)  # before anything is written with it
     if key is None:
         if exists:
             raise EncryptionError(f"store {directory!r} is encrypted: open it with its "
@@ -99,9 +101,22 @@ def check_encryption_key(directory: str, key: bytes | None, *, create: bool) -> 
     write_file_atomically(directory, KEYCHECK_NAME, blob)
 
 
+def validate_key(key: object) -> bytes:
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise TypeError(f"encryption_key must be 32 bytes, not {type(key).__name__}")
+    key = bytes(key)
+    if len(key) != 32:
+        raise ValueError(f"encryption_key must be 32 bytes (AES-256), not {len(key)}")
+    return key
+
+
 def write_file_atomically(directory: str, name: str, data: bytes) -> None:
     """Write ``directory/name`` via a temp file, fsync, rename and directory fsync."""
     tmp = os.path.join(directory, name + ".tmp")
+    try:
+        os.unlink(tmp)  # left by a crash; the caller holds the store's write lock
+    except FileNotFoundError:
+        pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, data)
@@ -118,6 +133,7 @@ def write_file_atomically(directory: str, name: str, data: bytes) -> None:
 
 _DICT_HEADER = struct.Struct("<8sII")  # magic, dict id, crc32c of the dictionary bytes
 _DICT_MAGIC = b"BITKVZDC"
+_DICT_MAGIC_SEALED = b"BITKVZDS"  # the dictionary bytes are AES-256-GCM sealed
 
 
 class ValueCodec:
@@ -129,9 +145,7 @@ class ValueCodec:
         if compression not in (None, "zstd"):
             raise ValueError(f"compression must be None or 'zstd', not {compression!r}")
         if encryption_key is not None:
-            if not isinstance(encryption_key, (bytes, bytearray)) or len(encryption_key) != 32:
-                raise ValueError("encryption_key must be 32 bytes (AES-256)")
-            encryption_key = bytes(encryption_key)
+            encryption_key = validate_key(encryption_key)
         self.directory = directory
         self.compression = compression
         self.compression_min_size = compression_min_size
@@ -153,10 +167,10 @@ class ValueCodec:
             names = sorted(n for n in os.listdir(self.directory) if is_dict_name(n))
         except OSError:
             return
-        for name in names:
+        for name in names:  # ids grow in training order, so the last is the newest
             with open(os.path.join(self.directory, name), "rb") as fh:
                 blob = fh.read()
-            d = _decode_dict(blob)
+            d = _decode_dict(blob, name, self._cipher)
             if d is not None:
                 self._dicts[d.dict_id()] = d
                 self._active_dict = d  # the newest trained dictionary compresses new values
@@ -166,13 +180,20 @@ class ValueCodec:
         data = [s for s in samples if s]
         if len(data) < 8:
             raise ValueError("training a dictionary needs at least 8 non-empty sample values")
+        # Ids above 32767 are free for private use; counting up keeps "newest" well defined.
+        dict_id = max(self._dicts, default=32767) + 1
         try:
-            d = zstandard.train_dictionary(dict_size, data)
+            d = zstandard.train_dictionary(dict_size, data, dict_id=dict_id)
         except zstandard.ZstdError as exc:
             raise Error(f"zstd could not train a dictionary from these samples: {exc}") from None
         raw = d.as_bytes()
-        blob = _DICT_HEADER.pack(_DICT_MAGIC, d.dict_id(), crc32c(raw)) + raw
         name = dict_name(d.dict_id())
+        if self._cipher is not None:
+            # A dictionary is made of value fragments: in an encrypted store it is sealed too.
+            blob = _DICT_HEADER.pack(_DICT_MAGIC_SEALED, d.dict_id(), crc32c(raw)) + \
+                self._cipher.seal(name.encode(), raw)
+        else:
+            blob = _DICT_HEADER.pack(_DICT_MAGIC, d.dict_id(), crc32c(raw)) + raw
         if not os.path.exists(os.path.join(self.directory, name)):
             write_file_atomically(self.directory, name, blob)
         self._dicts[d.dict_id()] = d
@@ -236,12 +257,22 @@ class ValueCodec:
         return stored
 
 
-def _decode_dict(blob: bytes) -> zstandard.ZstdCompressionDict | None:
+def _decode_dict(blob: bytes, name: str, cipher: _Cipher | None
+                 ) -> zstandard.ZstdCompressionDict | None:
     if len(blob) < _DICT_HEADER.size:
         return None
     magic, dict_id, crc = _DICT_HEADER.unpack_from(blob)
     raw = blob[_DICT_HEADER.size :]
-    if magic != _DICT_MAGIC or crc32c(raw) != crc:
+    if magic == _DICT_MAGIC_SEALED:
+        if cipher is None:
+            return None
+        try:
+            raw = cipher.open(name.encode(), raw)
+        except EncryptionError:
+            return None
+    elif magic != _DICT_MAGIC:
+        return None
+    if crc32c(raw) != crc:
         return None
     d = zstandard.ZstdCompressionDict(raw)
     return d if d.dict_id() == dict_id else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import secrets
 from dataclasses import dataclass, field
 
 from . import hint, keydir, record
@@ -71,16 +72,44 @@ def is_temp_name(name: str) -> bool:
         return False
     stem = name[: -len(seg_mod.TMP_SUFFIX)]
     return (
-        stem in (MARKER_NAME, KEYCHECK_NAME)
+        _is_creation_leftover(name)
+        or stem in (MARKER_NAME, KEYCHECK_NAME)
         or is_dict_name(stem)
         or seg_mod.parse_id(stem, seg_mod.DATA_SUFFIX) is not None
         or seg_mod.parse_id(stem, seg_mod.HINT_SUFFIX) is not None
     )
 
 
+def _marker_temp_name() -> str:
+    # Unique per creator: two processes creating the same store at once must not remove or
+    # rename each other's temporary file (then one of them gets LockError, as it should).
+    return f"{MARKER_NAME}.{os.getpid()}-{secrets.token_hex(4)}{seg_mod.TMP_SUFFIX}"
+
+
+def _creator_alive(name: str) -> bool:
+    """True for a marker temp file whose creating process still runs: it may be renaming it
+    into place right now (two openers creating one store at once)."""
+    if not _is_creation_leftover(name):
+        return False
+    pid = int(name[len(MARKER_NAME) + 1 :].partition("-")[0])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _is_creation_leftover(name: str) -> bool:
     """Files a crash during store creation can leave before the marker exists."""
-    return name == MARKER_NAME + seg_mod.TMP_SUFFIX
+    if not (name.startswith(MARKER_NAME + ".") and name.endswith(seg_mod.TMP_SUFFIX)):
+        return False
+    middle = name[len(MARKER_NAME) + 1 : -len(seg_mod.TMP_SUFFIX)]
+    pid, _, token = middle.partition("-")
+    return pid.isdigit() and len(token) == 8 and all(c in "0123456789abcdef" for c in token)
 
 
 def read_marker(directory: str) -> int:
@@ -134,11 +163,7 @@ def check_directory(directory: str, *, readonly: bool, create: bool) -> bool:
 
 def create_store(directory: str, io: FileIO) -> None:
     """Write the marker durably (temp file, fsync, rename, directory fsync)."""
-    tmp = os.path.join(directory, MARKER_NAME + seg_mod.TMP_SUFFIX)
-    try:
-        io.unlink(tmp)  # left by a crash during an earlier creation
-    except FileNotFoundError:
-        pass
+    tmp = os.path.join(directory, _marker_temp_name())
     fd = io.create(tmp)
     try:
         io.write(fd, MARKER_TEXT)
@@ -150,7 +175,12 @@ def create_store(directory: str, io: FileIO) -> None:
 
 
 def make_directory(directory: str, io: FileIO) -> None:
-    io.mkdir(directory)
+    try:
+        io.mkdir(directory)
+    except FileExistsError:
+        if not os.path.isdir(directory):
+            raise NotAStoreError(f"{directory!r} is not a directory") from None
+        return  # another opener created it a moment ago
     parent = os.path.dirname(os.path.abspath(directory))
     io.fsync_dir(parent)  # the new entry in the parent must survive power loss
 
@@ -211,7 +241,7 @@ class _Loader:
     def open_segments(self) -> list[Segment]:
         names = self.io.listdir(self.directory)
         if not self.readonly:
-            temps = sorted(n for n in names if is_temp_name(n))
+            temps = sorted(n for n in names if is_temp_name(n) and not _creator_alive(n))
             for name in temps:  # leftovers of an interrupted compaction or store creation
                 self.io.unlink(os.path.join(self.directory, name))
             if temps:
@@ -359,6 +389,8 @@ class _Loader:
             dropped += len(pending)
             if is_last and seg.kind == seg_mod.KIND_APPEND:
                 truncate_at = pending[0].offset
+                # Its seqs are given back, keeping the segment's seqs contiguous.
+                self.max_seq = pending[0].seq - 1
         self.report.dropped_batch_records += dropped
         if truncate_at is not None:
             self._truncate_tail(seg, truncate_at)

@@ -14,6 +14,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -189,6 +190,31 @@ class Batch:
             self.discard()
 
 
+def _flusher_main(ref: weakref.ref[Store], stop: threading.Event, interval: float) -> None:
+    """Background fsync for sync="interval": every ``interval`` seconds, if anything is new."""
+    while not stop.wait(interval):
+        store = ref()
+        if store is None:
+            return
+        store._flush_once()
+        del store  # hold no strong reference while waiting
+
+
+def _compactor_main(ref: weakref.ref[Store], stop: threading.Event,
+                    wake: threading.Event) -> None:
+    """Auto-compaction: wakes on rotation or every 5 s, compacts when thresholds are crossed."""
+    while True:
+        wake.wait(timeout=5.0)
+        wake.clear()
+        if stop.is_set():
+            return
+        store = ref()
+        if store is None:
+            return
+        store._compact_if_due()
+        del store
+
+
 class _Closed(dict):
     """Stands in for the keydir after close, so the read path needs no 'closed' check."""
 
@@ -306,12 +332,16 @@ class Store(MutableMapping[bytes, bytes]):
             if s is not self._active:
                 s.release_fd()  # a reader keeps the newest segment's fd to follow the writer
         if not readonly and sync == "interval":
-            self._flusher = threading.Thread(target=self._flush_loop, name="bitkv-flusher",
-                                             daemon=True)
+            # Threads hold only a weak reference, so a store dropped without close() is still
+            # collected, and its __del__ releases the lock.
+            self._flusher = threading.Thread(
+                target=_flusher_main, args=(weakref.ref(self), self._stop, self.sync_interval),
+                name="bitkv-flusher", daemon=True)
             self._flusher.start()
         if not readonly and self.auto_compact:
-            self._compactor = threading.Thread(target=self._compact_loop, name="bitkv-compactor",
-                                               daemon=True)
+            self._compactor = threading.Thread(
+                target=_compactor_main, args=(weakref.ref(self), self._stop, self._compact_wake),
+                name="bitkv-compactor", daemon=True)
             self._compactor.start()
 
     # -- opening -----------------------------------------------------------------------------
@@ -1072,16 +1102,14 @@ class Store(MutableMapping[bytes, bytes]):
         assert seg is not None
         self._wait_durable(seg, seg.size)
 
-    def _flush_loop(self) -> None:
-        while not self._stop.wait(self.sync_interval):
-            seg = self._active
-            if seg is None or seg.synced_size >= seg.size:
-                continue
-            try:
-                self._wait_durable(seg, seg.size)
-            except OSError as exc:
-                if self._closed:
-                    return
+    def _flush_once(self) -> None:
+        seg = self._active
+        if seg is None or seg.synced_size >= seg.size:
+            return
+        try:
+            self._wait_durable(seg, seg.size)
+        except OSError as exc:
+            if not self._closed:
                 # Keep flushing: the next round may succeed (e.g. after ENOSPC clears).
                 self.last_sync_error = f"{type(exc).__name__}: {exc}"
 
@@ -1124,29 +1152,23 @@ class Store(MutableMapping[bytes, bytes]):
         return bool(total) and dead >= self.compact_min_dead_bytes \
             and dead >= self.compact_dead_ratio * total
 
-    def _compact_loop(self) -> None:
+    def _compact_if_due(self) -> None:
         from . import compaction
 
-        while True:
-            self._compact_wake.wait(timeout=5.0)
-            self._compact_wake.clear()
-            if self._stop.is_set():
+        try:
+            self._purge_expired()
+            if not self._compaction_due():
+                return
+            if not self._compact_lock.acquire(blocking=False):
                 return
             try:
-                self._purge_expired()
-                if not self._compaction_due():
-                    continue
-                if not self._compact_lock.acquire(blocking=False):
-                    continue
-                try:
-                    summary = compaction.compact(self)
-                    if not summary.aborted:
-                        self._note_compaction(summary.as_dict())
-                finally:
-                    self._compact_lock.release()
-            except Exception as exc:  # keep serving; stats() shows the failure
-                if self._stop.is_set():
-                    return
+                summary = compaction.compact(self)
+                if not summary.aborted:
+                    self._note_compaction(summary.as_dict())
+            finally:
+                self._compact_lock.release()
+        except Exception as exc:  # keep serving; stats() shows the failure
+            if not self._stop.is_set():
                 self.last_compaction_error = f"{type(exc).__name__}: {exc}"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -1157,10 +1179,10 @@ class Store(MutableMapping[bytes, bytes]):
             return
         self._stop.set()
         self._compact_wake.set()
-        if self._compactor is not None and self._compactor is not threading.current_thread():
-            self._compactor.join()
-        if self._flusher is not None:
-            self._flusher.join()
+        me = threading.current_thread()
+        for thread in (self._compactor, self._flusher):
+            if thread is not None and thread is not me:  # __del__ may run on our own thread
+                thread.join()
         with self._lock:
             if self._closed:
                 return
@@ -1227,10 +1249,10 @@ class Store(MutableMapping[bytes, bytes]):
         """
         self._stop.set()
         self._compact_wake.set()
-        if self._compactor is not None:
-            self._compactor.join()
-        if self._flusher is not None:
-            self._flusher.join()
+        me = threading.current_thread()
+        for thread in (self._compactor, self._flusher):
+            if thread is not None and thread is not me:
+                thread.join()
         with self._lock:
             self._closed = True
             self._writes_refused = True

@@ -174,14 +174,7 @@ def test_key_must_be_bytes(db_path, key):
         bitkv.open(db_path, encryption_key=key)
 
 
-KEY_ORDER_BUG = ("BUG: the key length is validated only after codec.check_encryption_key has "
-                 "used the key (store.py Store.__init__ calls check_encryption_key before "
-                 "codec.ValueCodec checks len == 32): a 16- or 24-byte key writes the "
-                 "ENCRYPTION key-check file (AES-128/192) and then fails, bricking a plaintext "
-                 "store; other lengths fail inside cryptography without the '32 bytes' message")
 
-
-@pytest.mark.xfail(strict=True, reason=KEY_ORDER_BUG)
 @pytest.mark.parametrize("key", [b"x" * 16, b"x" * 24, b"x" * 31])
 def test_rejected_key_writes_nothing_and_says_32_bytes(db_path, key):
     with bitkv.open(db_path) as db:
@@ -192,7 +185,6 @@ def test_rejected_key_writes_nothing_and_says_32_bytes(db_path, key):
     assert "32 bytes" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=KEY_ORDER_BUG)
 def test_rejected_key_leaves_a_plain_store_usable(db_path):
     with bitkv.open(db_path) as db:
         db.put(b"a", b"plain")
@@ -231,9 +223,6 @@ def test_encrypted_with_trained_dictionary(db_path):
         assert all(db.get(f"s:{i}".encode()) == d for i, d in enumerate(docs))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in an encrypted store the trained zstd "
-                   "dictionary file (zstd-*.dict, codec.ValueCodec.train) is written in "
-                   "plaintext and holds fragments of the encrypted values")
 def test_trained_dictionary_does_not_leak_plaintext(db_path):
     docs = [f'{{"user_id":{i},"api_secret":"hunter2-ORG-WIDE","n":{i * 7}}}'.encode()
             for i in range(500)]

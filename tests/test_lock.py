@@ -187,11 +187,6 @@ class _PauseAfterCreate(FileIO):
         return fd
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (from a3bbf6f, which writes the BITKV marker before taking the lock): two openers "
-    "creating the same new store race on the shared temp name BITKV.tmp: the second one's "
-    "recovery.create_store unlinks the first one's BITKV.tmp and renames its own, so the first "
-    "gets a raw FileNotFoundError from rename instead of LockError"))
 def test_concurrent_creation_of_a_new_store_gives_lock_error(db_path):
     """Two openers create the same new store at once: one wins, the other gets LockError."""
     outcome = {}
@@ -217,16 +212,10 @@ def test_concurrent_creation_of_a_new_store_gives_lock_error(db_path):
         assert len(db) == 0
 
 
-_DROP_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: Store.__del__ promises that a store dropped without close() releases its lock, but "
-    "the flusher (sync='interval') and auto-compaction threads are started with bound methods "
-    "of the store (store.py: threading.Thread(target=self._flush_loop / self._compact_loop)), "
-    "so the store is never collected and its flock is held until the process exits"))
-
 
 @pytest.mark.parametrize("kwargs", [
-    pytest.param({"sync": "interval"}, marks=_DROP_BUG, id="defaults"),
-    pytest.param({"sync": "never"}, marks=_DROP_BUG, id="never"),
+    pytest.param({"sync": "interval"}, id="defaults"),
+    pytest.param({"sync": "never"}, id="never"),
     pytest.param({"sync": "never", "auto_compact": False}, id="no-threads"),
 ])
 def test_store_dropped_without_close_releases_the_lock(db_path, kwargs):

@@ -392,11 +392,6 @@ def test_torn_tail_inside_a_value_holding_an_implausible_record_invents_no_key(d
         assert os.path.getsize(seg) == last_off
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: record.scan resyncs byte by byte after a torn record and accepts an intact record "
-    "embedded in the torn record's value when its seq is plausible (a3bbf6f only rejects "
-    "seqs outside last_seq+1..+64+gap): recovery indexes 'phantom', a key nobody wrote, "
-    "and does not truncate back to the last intact record"))
 def test_torn_tail_inside_a_value_holding_record_bytes_invents_no_key(db_path):
     # The store numbers records 1, 2, ...: 'a' is seq 1, 'blob' seq 2, so the record a
     # crash would have written next carries seq 3, which is what the embedded one claims.

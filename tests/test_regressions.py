@@ -71,11 +71,6 @@ def test_bitcask_212_crc_failing_record_in_sealed_segment(db_path):
         assert len(db) == 150
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: record.scan resyncs byte by byte after a CRC failure and accepts an intact record "
-    "found INSIDE the failing record's value (its header, and so its extent, is intact) when "
-    "the embedded seq is plausible, so 'phantom', a key that only exists as bytes in a user "
-    "value, is indexed as if it had been put"))
 def test_bitcask_212_no_key_from_bytes_inside_a_crc_failing_record(db_path):
     embedded = record.encode(b"phantom", b"never written", seq=2)  # 'blob' is seq 1
     with bitkv.open(db_path) as db:
@@ -361,12 +356,6 @@ class _FailingWrites(FileIO):
         return super().write(fd, data)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (regression from a3bbf6f): record.find_next_intact only accepts a resync candidate "
-    "whose seq is within last_seq + 1 + gap/29 + SEQ_SLACK(64), but every failed put consumes "
-    "a seq (store.py put: _next_seq is bumped before the write), so after >64 failed writes "
-    "(ENOSPC) a damaged record followed by intact ones makes recovery reject every later "
-    "record and TRUNCATE them away as a torn tail: acknowledged writes are lost"))
 def test_damage_before_a_run_of_failed_writes_keeps_later_records(db_path):
     _FailingWrites.fail = 0
     with bitkv.open(db_path, sync="never", fileio=_FailingWrites()) as db:
@@ -409,13 +398,6 @@ def _value(key: bytes) -> bytes:
     return (key * 1000)[:1000]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (from a3bbf6f): Segment.remap_grown (segment.py) is run by LOCK-FREE readers and "
-    "writes self.mm/self.mapped unsynchronised; if rotation (Store._rotate: old.map() then "
-    "old.release_fd()) runs between the reader's io.map() and its assignment, the reader "
-    "installs its older, shorter map over rotation's full one after the fd was closed. Every "
-    "record past the short map then raises CorruptionError until reopen, and compact() dies "
-    "with struct.error scanning seg.size bytes of the short map"))
 def test_remap_by_a_reader_racing_rotation_loses_nothing(db_path):
     _RotateAfterMap.hook = None
     db = bitkv.open(db_path, sync="never", max_segment_size=4 * 2**20, fileio=_RotateAfterMap())

@@ -555,6 +555,60 @@ def cmd_getex(c: Connection, args: list[bytes]) -> bytes:
     return bulk(v)
 
 
+@command("getset", 3, F_WRITE | F_FAST, (1, 1, 1), "string",
+         "Set the string value of a key and return its old value")
+def cmd_getset(c: Connection, args: list[bytes]) -> bytes:
+    db = c.db
+    old = _get(db, args[1])
+    db.put(args[1], args[2])
+    return c.null if old is None else bulk(old)
+
+
+@command("getrange", 4, F_READONLY, (1, 1, 1), "string",
+         "Get a substring of the string stored at a key", "2.4.0")
+def cmd_getrange(c: Connection, args: list[bytes]) -> bytes:
+    start, end = to_int(args[2]), to_int(args[3])
+    v = _get(c.db, args[1]) or b""
+    n = len(v)
+    if start < 0 and end < 0 and start > end:
+        return b"$0\r\n\r\n"
+    if start < 0:
+        start = max(n + start, 0)
+    if end < 0:
+        end = max(n + end, 0)
+    end = min(end, n - 1)
+    if start > end or n == 0:
+        return b"$0\r\n\r\n"
+    return bulk(v[start : end + 1])
+
+
+@command("substr", 4, F_READONLY, (1, 1, 1), "string",
+         "Get a substring of the string stored at a key")
+def cmd_substr(c: Connection, args: list[bytes]) -> bytes:
+    return cmd_getrange(c, args)
+
+
+@command("setrange", 4, F_WRITE, (1, 1, 1), "string",
+         "Overwrite part of a string at key starting at the specified offset", "2.2.0")
+def cmd_setrange(c: Connection, args: list[bytes]) -> bytes:
+    offset = to_int(args[2])
+    if offset < 0:
+        raise CommandError("ERR offset is out of range")
+    value = args[3]
+    db = c.db
+    old = _get(db, args[1])
+    if not value:
+        return integer(0 if old is None else len(old))
+    if offset + len(value) > min(MAX_VALUE_SIZE, c.server.limits.max_bulk_len):
+        raise CommandError("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+    cur = old or b""
+    if len(cur) < offset:
+        cur += bytes(offset - len(cur))
+    new = cur[:offset] + value + cur[offset + len(value):]
+    db.put(args[1], new, keep_ttl=True)
+    return integer(len(new))
+
+
 @command("mget", -2, F_READONLY | F_FAST, (1, -1, 1), "string",
          "Get the values of all the given keys")
 def cmd_mget(c: Connection, args: list[bytes]) -> bytes:
