@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .check import CheckReport, RepairReport, check, repair
 from .errors import (
     ClosedError,
     CorruptionError,
@@ -28,6 +29,7 @@ from .errors import (
 )
 from .record import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from .store import DEFAULT_MAX_SEGMENT_SIZE, Batch, Store, SyncMode
+from .views import InvalidJSONError, JsonView, Namespace
 
 __version__ = "0.1.0"
 
@@ -35,20 +37,27 @@ __all__ = [
     "MAX_KEY_SIZE",
     "MAX_VALUE_SIZE",
     "Batch",
+    "CheckReport",
     "ClosedError",
     "CorruptionError",
     "EncryptionError",
     "Error",
     "FormatVersionError",
     "IntegrityError",
+    "InvalidJSONError",
+    "JsonView",
     "LockError",
+    "Namespace",
     "NotAStoreError",
     "NotAnIntegerError",
     "ReadOnlyError",
+    "RepairReport",
     "Store",
     "StoreNotFoundError",
     "__version__",
+    "check",
     "open",
+    "repair",
 ]
 
 
