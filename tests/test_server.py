@@ -300,6 +300,24 @@ def test_incr_family(r):
     assert 99 <= r.ttl("ttl") <= 100  # INCR keeps the TTL
 
 
+def test_getset_getrange_setrange(r):
+    assert r.getset("k", "a") is None
+    assert r.getset("k", "b") == b"a"
+    r.set("s", "Hello World")
+    assert r.getrange("s", 0, 4) == b"Hello"
+    assert r.getrange("s", -5, -1) == b"World"
+    assert r.getrange("s", 5, 2) == b""
+    assert r.getrange("s", 0, 100) == b"Hello World"
+    assert r.getrange("missing", 0, 10) == b""
+    assert r.setrange("s", 6, "Redis") == 11
+    assert r.get("s") == b"Hello Redis"
+    assert r.setrange("pad", 3, "x") == 4
+    assert r.get("pad") == b"\x00\x00\x00x"
+    assert r.setrange("nothing", 5, "") == 0
+    assert r.exists("nothing") == 0
+    assert error_of(r.setrange, "s", -1, "x") == "offset is out of range"
+
+
 # -- keys ------------------------------------------------------------------------------------
 
 def test_del_unlink_exists_type(r):

@@ -27,7 +27,11 @@ from zlib import crc32
 from .. import __version__ as BITKV_VERSION
 from ..errors import NotAnIntegerError
 from ..record import MAX_VALUE_SIZE
-from ..store import MAX_TTL_SECONDS
+
+try:  # the engine keeps its TTL limit here (or, in older trees, in store.py)
+    from ..validate import MAX_TTL_SECONDS
+except ImportError:  # pragma: no cover
+    from ..store import MAX_TTL_SECONDS  # type: ignore[attr-defined,no-redef]
 from .glob import compile_glob, literal_prefix
 from .protocol import (
     EMPTY_ARRAY,
