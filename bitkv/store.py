@@ -21,20 +21,31 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from . import codec, hint, keydir, killpoints, recovery
 from . import record as rec
 from . import segment as seg_mod
+from .batch import Batch
 from .crc import crc32c
 from .errors import ClosedError, CorruptionError, Error, NotAnIntegerError, ReadOnlyError
 from .fileio import DEFAULT_FILEIO, FileIO
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
 from .lock import StoreLock
 from .segment import Segment, SegmentHeader
+from .validate import (
+    INT64_MAX,
+    INT64_MIN,
+    KeyLike,
+    ValueLike,
+    check_number,
+    check_ttl,
+    parse_int,
+    to_key,
+    to_prefix,
+    to_value,
+)
 
 if TYPE_CHECKING:
     from .views import JsonView, Namespace
 
 SyncMode = Literal["always", "interval", "never"]
 SYNC_MODES = ("always", "interval", "never")
-KeyLike = bytes | str | bytearray | memoryview
-ValueLike = bytes | bytearray | memoryview
 _T = TypeVar("_T")
 
 DEFAULT_MAX_SEGMENT_SIZE = 64 * 2**20
@@ -43,7 +54,6 @@ MAX_SEGMENT_SIZE = 2**31  # offsets are 32-bit; leave room for one oversized rec
 # A clean close writes a hint for the active segment once it holds this much: below it, a
 # scan at open is about as fast as reading the hint, and the close saves two fsyncs.
 CHECKPOINT_MIN_BYTES = 1 << 20
-MAX_TTL_SECONDS = 100 * 365 * 24 * 3600.0
 _OFFSET_MASK = keydir.OFFSET_MASK
 _MAX_KEY = rec.MAX_KEY_SIZE
 _MAX_VALUE = rec.MAX_VALUE_SIZE
@@ -52,142 +62,7 @@ _pack_body = struct.Struct("<BBHIQQ").pack
 _pack_crc = struct.Struct("<I").pack
 _HEADER_SIZE = rec.HEADER_SIZE
 _crc32c = crc32c
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 _MISSING: Any = object()
-
-
-def to_key(key: object) -> bytes:
-    """Return ``key`` as bytes (str is UTF-8 encoded); raise TypeError/ValueError if unusable."""
-    if type(key) is bytes:
-        k = key
-    elif isinstance(key, str):
-        k = key.encode("utf-8")
-    elif isinstance(key, (bytes, bytearray, memoryview)):
-        k = bytes(key)
-    else:
-        raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
-    if not 0 < len(k) <= rec.MAX_KEY_SIZE:
-        if not k:
-            raise ValueError("key must not be empty")
-        raise ValueError(f"key is {len(k)} bytes; the limit is {rec.MAX_KEY_SIZE} bytes")
-    return k
-
-
-def to_prefix(prefix: object) -> bytes:
-    """Return a key prefix as bytes (str is UTF-8 encoded; empty matches every key)."""
-    if isinstance(prefix, str):
-        return prefix.encode("utf-8")
-    if isinstance(prefix, (bytes, bytearray, memoryview)):
-        return bytes(prefix)
-    raise TypeError(f"prefix must be bytes or str, not {type(prefix).__name__}")
-
-
-def to_value(value: object) -> bytes:
-    """Return ``value`` as bytes; only bytes-like values are accepted."""
-    if type(value) is bytes:
-        v = value
-    elif isinstance(value, (bytes, bytearray, memoryview)):
-        v = bytes(value)
-    else:
-        hint = "; encode str values first, e.g. value.encode()" if isinstance(value, str) else ""
-        raise TypeError(f"value must be bytes, bytearray or memoryview, not "
-                        f"{type(value).__name__}{hint}")
-    if len(v) > rec.MAX_VALUE_SIZE:
-        raise ValueError(f"value is {len(v)} bytes; the limit is {rec.MAX_VALUE_SIZE} bytes")
-    return v
-
-
-def check_ttl(ttl: object) -> float:
-    """Validate a TTL in seconds: a positive, finite number no larger than 100 years."""
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
-    if not math.isfinite(ttl) or ttl <= 0:
-        raise ValueError(f"ttl must be a positive, finite number of seconds, got {ttl!r}")
-    if ttl > MAX_TTL_SECONDS:
-        raise ValueError(f"ttl {ttl!r} exceeds the limit of {MAX_TTL_SECONDS:.0f} seconds")
-    return float(ttl)
-
-
-def _check_number(name: str, value: object, low: float, high: float, *,
-                  low_open: bool = False, integral: bool = False) -> None:
-    """Validate a numeric option; the error names the option, its range and the bad value."""
-    kinds = (int,) if integral else (int, float)
-    ok = not isinstance(value, bool) and isinstance(value, kinds)
-    if ok:
-        number = float(value)  # type: ignore[arg-type]
-        ok = (low < number if low_open else low <= number) and number <= high
-    if not ok:
-        kind = "an int" if integral else "a number"
-        bound = f"> {low}" if low_open else f">= {low}"
-        upper = "" if high == math.inf else f" and <= {high}"
-        raise ValueError(f"{name} must be {kind} {bound}{upper}, not {value!r}")
-
-
-def parse_int(key: bytes, value: bytes) -> int:
-    """Parse a stored counter: optional '-', ASCII digits, no leading zeros or spaces."""
-    text = value.decode("ascii", "replace")
-    digits = text[1:] if text.startswith("-") else text
-    if not digits.isdigit() or not digits.isascii() or len(text) > 20 \
-            or (len(digits) > 1 and digits[0] == "0") or text == "-0":
-        raise NotAnIntegerError(f"value of key {key!r} is not an integer")
-    number = int(text)
-    if not INT64_MIN <= number <= INT64_MAX:
-        raise NotAnIntegerError(f"value of key {key!r} is out of the signed 64-bit range")
-    return number
-
-
-class Batch:
-    """Operations collected for one atomic write; see :meth:`Store.batch`."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._ops: list[tuple[bytes, bytes | None, float | None]] = []
-        self._done = False
-
-    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None) -> None:
-        """Add a put to the batch (written when the batch commits)."""
-        if self._done:
-            self._check_open()
-        if ttl is not None:
-            check_ttl(ttl)
-        k = key if type(key) is bytes and key and len(key) <= _MAX_KEY else to_key(key)
-        v = value if type(value) is bytes and len(value) <= _MAX_VALUE else to_value(value)
-        self._ops.append((k, v, ttl))
-
-    def delete(self, key: KeyLike) -> None:
-        """Add a delete to the batch (a key with no value is simply absent afterwards)."""
-        self._check_open()
-        self._ops.append((to_key(key), None, None))
-
-    def _check_open(self) -> None:
-        if self._done:
-            raise Error("this batch was already committed or discarded")
-
-    def __len__(self) -> int:
-        return len(self._ops)
-
-    def commit(self) -> None:
-        """Write every collected operation atomically. A batch commits once."""
-        if self._done:
-            raise Error("this batch was already committed or discarded")
-        self._done = True
-        self._store._commit_batch(self._ops)
-
-    def discard(self) -> None:
-        self._done = True
-        self._ops = []
-
-    def __enter__(self) -> Batch:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if self._done:
-            return  # committed or discarded explicitly inside the block
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
 
 
 def _flusher_main(ref: weakref.ref[Store], stop: threading.Event, interval: float) -> None:
@@ -251,15 +126,15 @@ class Store(MutableMapping[bytes, bytes]):
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
-        _check_number("sync_interval", sync_interval, 0, math.inf, low_open=True)
-        _check_number("max_segment_size", max_segment_size, MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE,
+        check_number("sync_interval", sync_interval, 0, math.inf, low_open=True)
+        check_number("max_segment_size", max_segment_size, MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE,
                       integral=True)
         if not callable(clock):
             raise TypeError("clock must be a callable returning Unix time in seconds")
-        _check_number("compact_dead_ratio", compact_dead_ratio, 0, 1, low_open=True)
-        _check_number("compact_min_dead_bytes", compact_min_dead_bytes, 0, math.inf,
+        check_number("compact_dead_ratio", compact_dead_ratio, 0, 1, low_open=True)
+        check_number("compact_min_dead_bytes", compact_min_dead_bytes, 0, math.inf,
                       integral=True)
-        _check_number("compression_min_size", compression_min_size, 0, math.inf, integral=True)
+        check_number("compression_min_size", compression_min_size, 0, math.inf, integral=True)
         self.auto_compact = bool(auto_compact)
         self.compact_dead_ratio = float(compact_dead_ratio)
         self.compact_min_dead_bytes = compact_min_dead_bytes
@@ -272,6 +147,7 @@ class Store(MutableMapping[bytes, bytes]):
         self.path = os.fspath(path)
         self.readonly = readonly
         self.sync_mode: SyncMode = sync
+        self._sync_always = sync == "always"
         self.sync_interval = float(sync_interval)
         self.max_segment_size = max_segment_size
         self._clock = clock
@@ -625,8 +501,8 @@ class Store(MutableMapping[bytes, bytes]):
         When this returns, the write has reached the OS (it survives the process being
         killed); with ``sync="always"`` it is also on stable storage (it survives power loss).
         """
-        k = key if type(key) is bytes and key and len(key) <= rec.MAX_KEY_SIZE else to_key(key)
-        v = value if type(value) is bytes and len(value) <= rec.MAX_VALUE_SIZE else to_value(value)
+        k = key if type(key) is bytes and key and len(key) <= _MAX_KEY else to_key(key)
+        v = value if type(value) is bytes and len(value) <= _MAX_VALUE else to_value(value)
         expiry_ms = self._expiry_ms(ttl) if ttl is not None else 0
         flags = 0
         if self._encoding:
@@ -670,8 +546,9 @@ class Store(MutableMapping[bytes, bytes]):
                 self._next_seq = seq + 1
                 entries = self._entries
                 old = entries.get(k)
-                if old is not None:
-                    self._unlink_entry(old)
+                if old is not None:  # the overwritten record becomes dead bytes
+                    self._slots[old >> SLOT_SHIFT].live_bytes -= (  # type: ignore[union-attr]
+                        old & SIZE_MASK or self._record_size(old))
                 entries[k] = (seg.slot << SLOT_SHIFT) | (offset << SIZE_BITS) | (
                     size if size <= SIZE_MASK else 0)
                 seg.live_bytes += size
@@ -684,7 +561,7 @@ class Store(MutableMapping[bytes, bytes]):
                 elif self._expiries:
                     self._expiries.pop(k, None)
                 end = offset + size
-        if self.sync_mode == "always":
+        if self._sync_always:
             self._wait_durable(seg, end)
         return True
 
@@ -710,7 +587,7 @@ class Store(MutableMapping[bytes, bytes]):
         return seg, offset + len(data)
 
     def _durable(self, seg: Segment, end: int) -> None:
-        if self.sync_mode == "always":
+        if self._sync_always:
             self._wait_durable(seg, end)
 
     def __setitem__(self, key: KeyLike, value: ValueLike) -> None:

@@ -17,8 +17,10 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any, Protocol
 
 from . import record as rec
+from .batch import Batch
 from .errors import Error
-from .store import Batch, KeyLike, Store, ValueLike, to_key
+from .store import Store
+from .validate import KeyLike, ValueLike, to_key
 
 __all__ = ["InvalidJSONError", "JsonView", "Namespace", "NamespaceBatch"]
 

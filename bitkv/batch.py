@@ -1,0 +1,72 @@
+"""Atomic batches: operations collected in memory, then written with one write call.
+
+The store's ``_commit_batch`` frames them with the batch flags (docs/format.md), so after a
+crash at any point either every operation of a batch is visible or none is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import record as rec
+from .errors import Error
+from .validate import KeyLike, ValueLike, check_ttl, to_key, to_value
+
+if TYPE_CHECKING:
+    from .store import Store
+
+_MAX_KEY = rec.MAX_KEY_SIZE
+_MAX_VALUE = rec.MAX_VALUE_SIZE
+
+
+class Batch:
+    """Operations collected for one atomic write; see :meth:`Store.batch`."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._ops: list[tuple[bytes, bytes | None, float | None]] = []
+        self._done = False
+
+    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None) -> None:
+        """Add a put to the batch (written when the batch commits)."""
+        if self._done:
+            self._check_open()
+        if ttl is not None:
+            check_ttl(ttl)
+        k = key if type(key) is bytes and key and len(key) <= _MAX_KEY else to_key(key)
+        v = value if type(value) is bytes and len(value) <= _MAX_VALUE else to_value(value)
+        self._ops.append((k, v, ttl))
+
+    def delete(self, key: KeyLike) -> None:
+        """Add a delete to the batch (a key with no value is simply absent afterwards)."""
+        self._check_open()
+        self._ops.append((to_key(key), None, None))
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise Error("this batch was already committed or discarded")
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def commit(self) -> None:
+        """Write every collected operation atomically. A batch commits once."""
+        if self._done:
+            raise Error("this batch was already committed or discarded")
+        self._done = True
+        self._store._commit_batch(self._ops)
+
+    def discard(self) -> None:
+        self._done = True
+        self._ops = []
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._done:
+            return  # committed or discarded explicitly inside the block
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
