@@ -21,6 +21,7 @@ import zstandard
 from . import record as rec
 from .crc import crc32c
 from .errors import EncryptionError, Error
+from .fileio import DEFAULT_FILEIO, FileIO
 
 DICT_PREFIX = "zstd-"
 DICT_SUFFIX = ".dict"
@@ -67,7 +68,8 @@ class _Cipher:
                 "(wrong key, or the value was tampered with or moved)") from None
 
 
-def check_encryption_key(directory: str, key: bytes | None, *, create: bool) -> None:
+def check_encryption_key(directory: str, key: bytes | None, *, create: bool,
+                         io: FileIO = DEFAULT_FILEIO) -> None:
     """Verify ``key`` against the store's key-check file, creating it when allowed.
 
     A store that has a key-check file refuses to open without the right key; a store opened
@@ -98,7 +100,7 @@ def check_encryption_key(directory: str, key: bytes | None, *, create: bool) -> 
     if not create:
         return
     blob = KEYCHECK_MAGIC + cipher.seal(KEYCHECK_MAGIC, _KEYCHECK_PLAINTEXT)
-    write_file_atomically(directory, KEYCHECK_NAME, blob)
+    write_file_atomically(io, directory, KEYCHECK_NAME, blob)
 
 
 def validate_key(key: object) -> bytes:
@@ -110,25 +112,21 @@ def validate_key(key: object) -> bytes:
     return key
 
 
-def write_file_atomically(directory: str, name: str, data: bytes) -> None:
+def write_file_atomically(io: FileIO, directory: str, name: str, data: bytes) -> None:
     """Write ``directory/name`` via a temp file, fsync, rename and directory fsync."""
     tmp = os.path.join(directory, name + ".tmp")
     try:
-        os.unlink(tmp)  # left by a crash; the caller holds the store's write lock
+        io.unlink(tmp)  # left by a crash; the caller holds the store's write lock
     except FileNotFoundError:
         pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = io.create(tmp)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        io.write(fd, data)
+        io.fsync(fd)
     finally:
-        os.close(fd)
-    os.rename(tmp, os.path.join(directory, name))
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        io.close(fd)
+    io.rename(tmp, os.path.join(directory, name))
+    io.fsync_dir(directory)
 
 
 _DICT_HEADER = struct.Struct("<8sII")  # magic, dict id, crc32c of the dictionary bytes
@@ -141,7 +139,9 @@ class ValueCodec:
 
     def __init__(self, directory: str, *, compression: str | None = None,
                  compression_min_size: int = DEFAULT_COMPRESSION_MIN_SIZE,
-                 compression_level: int = 3, encryption_key: bytes | None = None) -> None:
+                 compression_level: int = 3, encryption_key: bytes | None = None,
+                 io: FileIO = DEFAULT_FILEIO) -> None:
+        self._io = io
         if compression not in (None, "zstd"):
             raise ValueError(f"compression must be None or 'zstd', not {compression!r}")
         if encryption_key is not None:
@@ -195,7 +195,7 @@ class ValueCodec:
         else:
             blob = _DICT_HEADER.pack(_DICT_MAGIC, d.dict_id(), crc32c(raw)) + raw
         if not os.path.exists(os.path.join(self.directory, name)):
-            write_file_atomically(self.directory, name, blob)
+            write_file_atomically(self._io, self.directory, name, blob)
         self._dicts[d.dict_id()] = d
         self._active_dict = d
         self._local = threading.local()

@@ -174,10 +174,11 @@ class Store(MutableMapping[bytes, bytes]):
         if not readonly:
             self._store_lock = StoreLock(self.path, self._io)
         try:
-            codec.check_encryption_key(self.path, encryption_key, create=not readonly)
+            codec.check_encryption_key(self.path, encryption_key, create=not readonly,
+                                       io=self._io)
             self._codec = codec.ValueCodec(self.path, compression=compression,
                                            compression_min_size=compression_min_size,
-                                           encryption_key=encryption_key)
+                                           encryption_key=encryption_key, io=self._io)
             self._encoding = self._codec.active
             loaded = recovery.load(self.path, self._io, readonly=readonly, now_ms=self._now_ms())
         except BaseException:
