@@ -43,6 +43,7 @@ from .commands import (
     F_NEEDAUTH,
     F_NOAUTH,
     F_NOMULTI,
+    F_STATE,
     F_TXCTL,
     F_WRITE,
     CommandError,
@@ -66,6 +67,7 @@ HAVE_UVLOOP = uvloop is not None
 
 NOAUTH = error("NOAUTH Authentication required.")
 SET_SPEC = COMMANDS[b"SET"]
+GET_SPEC = COMMANDS[b"GET"]
 NOMULTI = error("ERR Command not allowed inside a transaction")
 MAXCLIENTS = error("ERR max number of clients reached")
 SYNC_CHOICES = ("always", "interval", "never")
@@ -170,7 +172,7 @@ class Connection(asyncio.Protocol):
 
     def _update_gate(self) -> None:
         """Flags that send a command down the slow path (auth, MULTI, async, QUIT...)."""
-        gate = F_ASYNC | F_TXCTL | F_NOMULTI
+        gate = F_ASYNC | F_TXCTL | F_NOMULTI | F_STATE
         if not self.authenticated:
             gate |= F_NEEDAUTH
         if self.multi is not None:
@@ -283,49 +285,71 @@ class Connection(asyncio.Protocol):
         get = COMMANDS.get
         append = out.append
         n = len(cmds)
+        fast_get = not GET_SPEC[2] & self._gate  # no AUTH pending, not inside MULTI
+        dbget = self.db.get
+        null = self.null
         while i < n:
             args = cmds[i]
             i += 1
             spec = get(args[0])
-            if spec is None:
-                spec = lookup(args[0])
+            if spec is GET_SPEC and fast_get and len(args) == 2:
+                # GET, the most common command, inlined (the same as commands.cmd_get).
+                try:
+                    v = dbget(args[1])
+                except ValueError:  # an empty or oversized key: no such key can exist
+                    v = None
+                except Exception as exc:
+                    v = exc
+                if v is None:
+                    append(null)
+                elif type(v) is bytes:
+                    append(b"$%d\r\n%b\r\n" % (len(v), v))
+                else:
+                    append(self.error_reply(v))  # type: ignore[arg-type]
+                if i & 15:
+                    continue
+            else:
                 if spec is None:
+                    spec = lookup(args[0])
+                    if spec is None:
+                        if self.multi is not None:
+                            self.multi_dirty = True
+                        append(unknown_command_error(args))
+                        continue
+                handler, arity, flags, name = spec
+                argc = len(args)
+                if argc != arity and (arity >= 0 or argc < -arity):
                     if self.multi is not None:
                         self.multi_dirty = True
-                    append(unknown_command_error(args))
+                    append(arity_error(name))
                     continue
-            handler, arity, flags, name = spec
-            argc = len(args)
-            if argc != arity and (arity >= 0 or argc < -arity):
-                if self.multi is not None:
-                    self.multi_dirty = True
-                append(arity_error(name))
-                continue
-            if flags & self._gate:
-                reply = self._slow(spec, args)
-                if reply is None:  # an async command: continue once it has finished
-                    self._start(self._run_async(spec, args, cmds, i, out, wrote))
-                    return
-                append(reply)
-                if self._quit:
-                    break
-            elif spec is SET_SPEC and argc == 3 and i < n and len(cmds[i]) == 3 \
-                    and get(cmds[i][0]) is SET_SPEC:
-                # A pipeline of plain SETs: write them with one batch (group commit).
-                j = i + 1
-                while j < n and len(cmds[j]) == 3 and get(cmds[j][0]) is SET_SPEC:
-                    j += 1
-                out.extend(set_many(self, cmds, i - 1, j))
-                i = j
-            else:
-                try:
-                    append(handler(self, args))
-                except CommandError as exc:
-                    append(exc.reply)
-                except Exception as exc:
-                    append(self.error_reply(exc))
-            if flags & F_WRITE:
-                wrote = True
+                if flags & self._gate:
+                    reply = self._slow(spec, args)
+                    if reply is None:  # an async command: continue once it has finished
+                        self._start(self._run_async(spec, args, cmds, i, out, wrote))
+                        return
+                    append(reply)
+                    if self._quit:
+                        break
+                    fast_get = not GET_SPEC[2] & self._gate  # AUTH, MULTI, EXEC, HELLO...
+                    null = self.null
+                elif spec is SET_SPEC and argc == 3 and i < n and len(cmds[i]) == 3 \
+                        and get(cmds[i][0]) is SET_SPEC:
+                    # A pipeline of plain SETs: write them with one batch (group commit).
+                    j = i + 1
+                    while j < n and len(cmds[j]) == 3 and get(cmds[j][0]) is SET_SPEC:
+                        j += 1
+                    out.extend(set_many(self, cmds, i - 1, j))
+                    i = j
+                else:
+                    try:
+                        append(handler(self, args))
+                    except CommandError as exc:
+                        append(exc.reply)
+                    except Exception as exc:
+                        append(self.error_reply(exc))
+                if flags & F_WRITE:
+                    wrote = True
             if not i & 15 and i < n and sum(map(len, out)) > OUTPUT_FLUSH_BYTES \
                     and not (wrote and self.server.sync_always) and not self._closed:
                 # A long pipeline with big replies: write what we have, and if the client
@@ -360,8 +384,8 @@ class Connection(asyncio.Protocol):
         if flags & F_ASYNC:
             return None
         reply = self.call(spec, args)
-        if flags & F_TXCTL:
-            self._update_gate()  # MULTI / EXEC / DISCARD changed the state
+        if flags & (F_TXCTL | F_STATE):
+            self._update_gate()  # MULTI / EXEC / DISCARD / AUTH / HELLO changed the state
         return reply
 
     def _finish(self, out: list[bytes]) -> None:

@@ -70,6 +70,7 @@ F_FAST = 64
 F_ADMIN = 128
 F_NEEDAUTH = 256  # set on every command without F_NOAUTH
 F_ANY = 512  # set on every command
+F_STATE = 1024  # changes the connection's state (AUTH, HELLO): runs on the slow path
 
 NOT_INT = "ERR value is not an integer or out of range"
 SYNTAX = "ERR syntax error"
@@ -199,7 +200,7 @@ def _check_password(c: Connection, user: bytes, password: bytes) -> bool:
 WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
 
 
-@command("auth", -2, F_NOAUTH | F_FAST, group="connection",
+@command("auth", -2, F_NOAUTH | F_STATE | F_FAST, group="connection",
          summary="Authenticate to the server")
 def cmd_auth(c: Connection, args: list[bytes]) -> bytes:
     if len(args) > 3:
@@ -222,7 +223,7 @@ def _valid_client_name(name: bytes) -> bool:
     return all(33 <= ch <= 126 for ch in name)
 
 
-@command("hello", -1, F_NOAUTH | F_FAST, group="connection",
+@command("hello", -1, F_NOAUTH | F_STATE | F_FAST, group="connection",
          summary="Handshake: protocol version, authentication, client name", since="6.0.0")
 def cmd_hello(c: Connection, args: list[bytes]) -> bytes:
     version = None
