@@ -14,7 +14,6 @@ keys exactly fill the key area.
 from __future__ import annotations
 
 import struct
-import sys
 
 from bitkv import hint
 from bitkv import record as rec
@@ -79,11 +78,9 @@ def seeds() -> list[bytes]:
 
 
 def main() -> None:  # pragma: no cover - needs atheris
-    import atheris
+    from _atheris import fuzz
 
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, check_one)
-    atheris.Fuzz()
+    fuzz(check_one)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import random
-import sys
 
 from bitkv import record
 
@@ -89,11 +88,9 @@ def seeds() -> list[bytes]:
 
 
 def main() -> None:  # pragma: no cover - needs atheris
-    import atheris
+    from _atheris import fuzz
 
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, check_one)
-    atheris.Fuzz()
+    fuzz(check_one)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,7 +21,6 @@ import atexit
 import os
 import random
 import shutil
-import sys
 import tempfile
 from typing import Any
 
@@ -241,12 +240,10 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
 
 
 def main() -> None:  # pragma: no cover - needs atheris
-    import atheris
+    from _atheris import fuzz
 
     setup()
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, check_one)
-    atheris.Fuzz()
+    fuzz(check_one)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -114,11 +114,28 @@ def newest_append_segment(store: str) -> str | None:
     return best[1]
 
 
-def torn_tail(rng: random.Random, keys: list[bytes], serial: int) -> tuple[bytes, str]:
-    """Bytes a write cut short by a crash may leave: never a whole, committed record."""
+def next_seq_of(path: str) -> int:
+    """The seq the next write to segment ``path`` would get (its highest seq + 1)."""
+    with open(path, "rb") as fh:
+        buf = fh.read()
+    seqs = [r.seq for r in record.scan(buf, seg_mod.HEADER_SIZE)
+            if isinstance(r, record.ScannedRecord)]
+    try:
+        first = seg_mod.decode_header(buf[: seg_mod.HEADER_SIZE]).order_seq
+    except ValueError:
+        first = 1
+    return max([first, *seqs]) + 1
+
+
+def torn_tail(rng: random.Random, keys: list[bytes], serial: int, seq: int
+              ) -> tuple[bytes, str]:
+    """Bytes a write cut short by a crash may leave: never a whole, committed record.
+
+    ``seq`` is the seq the cut write would have carried (the segment's next one), as in a
+    real torn append.
+    """
     kind = rng.choice(("record", "record", "batch", "zeros", "garbage"))
     key = rng.choice(keys)
-    seq = 10**12 + serial * 100
     if kind == "record":
         data = record.encode(key, make_value(key, f"torn{serial}", rng.randint(0, 3000)), seq)
         cut = rng.randint(1, len(data) - 1)
@@ -197,7 +214,7 @@ class KillRunner:
         if inject:
             seg = newest_append_segment(self.store)
             if seg is not None:
-                data, what = torn_tail(rng, self.keys, n)
+                data, what = torn_tail(rng, self.keys, n, next_seq_of(seg))
                 with open(seg, "ab") as fh:
                     fh.write(data)
                 notes.append(f"{what} appended to {os.path.basename(seg)}")
