@@ -511,7 +511,9 @@ class _Checker:
             problem = "is truncated"
         else:
             magic, _dict_id, crc = _DICT_HEADER.unpack_from(buf)
-            if magic != _DICT_MAGIC:
+            if magic == codec.DICT_MAGIC_SEALED:
+                pass  # sealed with the store key (encrypted store): its CRC covers the plaintext
+            elif magic != codec.DICT_MAGIC:
                 problem = "has the wrong magic"
             elif crc32c(buf[_DICT_HEADER.size :]) != crc:
                 problem = "fails its CRC"
@@ -521,7 +523,6 @@ class _Checker:
 
 
 _DICT_HEADER = struct.Struct("<8sII")  # as bitkv.codec writes it: magic, dict id, crc32c
-_DICT_MAGIC = b"BITKVZDC"
 
 
 def _decode_hint(buf: bytes, nonce: int, size: int

@@ -130,8 +130,8 @@ def write_file_atomically(io: FileIO, directory: str, name: str, data: bytes) ->
 
 
 _DICT_HEADER = struct.Struct("<8sII")  # magic, dict id, crc32c of the dictionary bytes
-_DICT_MAGIC = b"BITKVZDC"
-_DICT_MAGIC_SEALED = b"BITKVZDS"  # the dictionary bytes are AES-256-GCM sealed
+DICT_MAGIC = b"BITKVZDC"
+DICT_MAGIC_SEALED = b"BITKVZDS"  # the dictionary bytes are AES-256-GCM sealed
 
 
 class ValueCodec:
@@ -190,10 +190,10 @@ class ValueCodec:
         name = dict_name(d.dict_id())
         if self._cipher is not None:
             # A dictionary is made of value fragments: in an encrypted store it is sealed too.
-            blob = _DICT_HEADER.pack(_DICT_MAGIC_SEALED, d.dict_id(), crc32c(raw)) + \
+            blob = _DICT_HEADER.pack(DICT_MAGIC_SEALED, d.dict_id(), crc32c(raw)) + \
                 self._cipher.seal(name.encode(), raw)
         else:
-            blob = _DICT_HEADER.pack(_DICT_MAGIC, d.dict_id(), crc32c(raw)) + raw
+            blob = _DICT_HEADER.pack(DICT_MAGIC, d.dict_id(), crc32c(raw)) + raw
         if not os.path.exists(os.path.join(self.directory, name)):
             write_file_atomically(self._io, self.directory, name, blob)
         self._dicts[d.dict_id()] = d
@@ -250,6 +250,11 @@ class ValueCodec:
         if flags & rec.COMPRESSED:
             try:
                 params = zstandard.get_frame_parameters(stored)
+                # zstandard ignores max_output_size when the frame declares its size, so
+                # check the declaration: a damaged frame must not make us allocate gigabytes.
+                if params.content_size > rec.MAX_VALUE_SIZE:
+                    raise Error(f"key {key!r}: compressed value declares {params.content_size} "
+                                "bytes, over the value size limit")
                 return self._decompressor(params.dict_id).decompress(
                     stored, max_output_size=rec.MAX_VALUE_SIZE)
             except zstandard.ZstdError as exc:
@@ -263,14 +268,14 @@ def _decode_dict(blob: bytes, name: str, cipher: _Cipher | None
         return None
     magic, dict_id, crc = _DICT_HEADER.unpack_from(blob)
     raw = blob[_DICT_HEADER.size :]
-    if magic == _DICT_MAGIC_SEALED:
+    if magic == DICT_MAGIC_SEALED:
         if cipher is None:
             return None
         try:
             raw = cipher.open(name.encode(), raw)
         except EncryptionError:
             return None
-    elif magic != _DICT_MAGIC:
+    elif magic != DICT_MAGIC:
         return None
     if crc32c(raw) != crc:
         return None

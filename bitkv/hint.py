@@ -1,10 +1,12 @@
-"""Hint files: the index of one compacted segment, so reopening reads keys, not values.
+"""Hint files: the index of one segment, so reopening reads keys, not values.
 
 ``NNNNNN.hint`` describes segment ``NNNNNN.data``: a 40-byte header, one 28-byte fixed entry
 per record, the keys of all entries concatenated, and a CRC-32C of everything before it (see
-docs/format.md, "Hint file"). A hint is believed only if its CRC holds and it names the exact
-segment incarnation (random nonce) and length it was written for; otherwise it is ignored and
-the segment is scanned instead.
+docs/format.md, "Hint files"). Compaction writes one for each output; a clean close writes a
+*checkpoint* hint for the active segment, covering the bytes written so far. A hint is believed
+only if its CRC holds, it names the exact segment incarnation (random nonce), and it covers no
+more bytes than the segment has; otherwise it is ignored and the segment scanned. Records after
+the covered prefix are scanned.
 """
 
 from __future__ import annotations

@@ -353,6 +353,8 @@ class _Loader:
                     dropped += len(pending)
                     if item.tail and is_last and seg.kind == seg_mod.KIND_APPEND:
                         truncate_at = pending[0].offset if pending else item.offset
+                        if pending:  # the torn batch's seqs are given back (contiguity)
+                            self.max_seq = pending[0].seq - 1
                     else:
                         self._damage(seg.path, item.offset, item.length, "damaged record bytes")
                     pending = []

@@ -48,7 +48,10 @@ def parse_id(name: str, suffix: str) -> int | None:
     stem = name[: -len(suffix)]
     if len(stem) < 6 or not stem.isdigit() or not stem.isascii():
         return None
-    return int(stem)
+    segment_id = int(stem)
+    if stem != f"{segment_id:06d}":
+        return None  # not a name bitkv writes (e.g. 0000001.data): not ours
+    return segment_id
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,14 @@ from . import record as rec
 from . import segment as seg_mod
 from .batch import Batch
 from .crc import crc32c
-from .errors import ClosedError, CorruptionError, Error, NotAnIntegerError, ReadOnlyError
+from .errors import (
+    ClosedError,
+    CorruptionError,
+    Error,
+    IntegrityError,
+    NotAnIntegerError,
+    ReadOnlyError,
+)
 from .fileio import DEFAULT_FILEIO, FileIO
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
 from .lock import StoreLock
@@ -54,6 +61,7 @@ MAX_SEGMENT_SIZE = 2**31  # offsets are 32-bit; leave room for one oversized rec
 # A clean close writes a hint for the active segment once it holds this much: below it, a
 # scan at open is about as fast as reading the hint, and the close saves two fsyncs.
 CHECKPOINT_MIN_BYTES = 1 << 20
+MAX_SYNC_INTERVAL = 86400.0
 _OFFSET_MASK = keydir.OFFSET_MASK
 _MAX_KEY = rec.MAX_KEY_SIZE
 _MAX_VALUE = rec.MAX_VALUE_SIZE
@@ -126,7 +134,7 @@ class Store(MutableMapping[bytes, bytes]):
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
-        check_number("sync_interval", sync_interval, 0, math.inf, low_open=True)
+        check_number("sync_interval", sync_interval, 0, MAX_SYNC_INTERVAL, low_open=True)
         check_number("max_segment_size", max_segment_size, MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE,
                       integral=True)
         if not callable(clock):
@@ -156,6 +164,7 @@ class Store(MutableMapping[bytes, bytes]):
         # frame per put); any substitute FileIO, such as the crash harness's, sees every write.
         self._write = os.write if type(self._io) is FileIO else self._io.write_returning_size
         self._writes_refused = readonly  # True once closed too: one check on the write path
+        self._sync_failure: str | None = None
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._closed = False
@@ -285,6 +294,10 @@ class Store(MutableMapping[bytes, bytes]):
             raise ClosedError("the store is closed")
         if self.readonly:
             raise ReadOnlyError(f"store {self.path!r} was opened read-only")
+        if self._sync_failure is not None:
+            raise Error(f"store {self.path!r} refuses writes: an fsync failed "
+                        f"({self._sync_failure}); what it covered may not be on disk. "
+                        "Close and reopen the store to recover from what is.")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -347,7 +360,15 @@ class Store(MutableMapping[bytes, bytes]):
             if seg.synced_size >= end:
                 return
             target = seg.size
-            self._io.fsync(seg.fd)
+            try:
+                self._io.fsync(seg.fd)
+            except OSError as exc:
+                # After a failed fsync the kernel may have dropped the dirty pages, so a retry
+                # that succeeds proves nothing (the PostgreSQL "fsyncgate" lesson): refuse
+                # further writes until the store is reopened and recovered from disk.
+                self._sync_failure = f"{type(exc).__name__}: {exc}"
+                self._writes_refused = True
+                raise
             if target > seg.synced_size:
                 seg.synced_size = target
         if killpoints.ENABLED:
@@ -418,7 +439,7 @@ class Store(MutableMapping[bytes, bytes]):
                     if failures < 2:
                         continue
                     where = seg.path if seg is not None else "a closed segment"
-                    raise CorruptionError(
+                    raise IntegrityError(
                         f"key {key!r}: record at {where} offset {offset} is damaged: {exc}"
                     ) from None
                 entry = newer

@@ -218,6 +218,9 @@ class Connection(asyncio.Protocol):
             if not isinstance(exc, bitkv.Error):
                 log.debug("command failed", exc_info=True)
             return error(f"ERR {exc}")
+        if isinstance(exc, OSError):  # disk full, I/O error: the store refused the write
+            log.error("I/O error in a command: %s", exc)
+            return error(f"ERR I/O error: {exc}")
         log.exception("internal error in a command")
         return error(f"ERR internal error: {type(exc).__name__}: {exc}")
 
