@@ -235,6 +235,10 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
     if killpoints.ENABLED:
         killpoints.hit("compact.switched")
 
+    # An input record that was not copied because a newer write superseded it may be the only
+    # durable version of its key: make the superseding writes durable before any input goes,
+    # or a power cut could lose both (the new one unsynced, the old one removed).
+    store._sync_active_for_compaction()
     with store._lock:
         if saw_damage:
             # A key still pointing into an input now is one whose record failed its CRC when

@@ -338,6 +338,7 @@ class _Loader:
         end = seg.size
         ordered = seg.kind == seg_mod.KIND_APPEND and not seg.header_damaged
         truncate_at = None
+        last_damage_end = -1
         pending: list[record.ScannedRecord] = []
         dropped = 0
         pos = start
@@ -357,6 +358,7 @@ class _Loader:
                             self.max_seq = pending[0].seq - 1
                     else:
                         self._damage(seg.path, item.offset, item.length, "damaged record bytes")
+                        last_damage_end = item.offset + item.length
                     pending = []
                     pos = item.offset + item.length
                     continue
@@ -393,6 +395,13 @@ class _Loader:
                 truncate_at = pending[0].offset
                 # Its seqs are given back, keeping the segment's seqs contiguous.
                 self.max_seq = pending[0].seq - 1
+        if (truncate_at is not None and last_damage_end == truncate_at
+                and self.report.damage and self.report.damage[-1][0] == os.path.basename(seg.path)):
+            # Damage right before the torn batch is part of the same torn write: with the
+            # batch gone it is the tail, so it goes too (and was not corruption after all).
+            _name, offset, length, _what = self.report.damage.pop()
+            self.report.corrupt_bytes -= length
+            truncate_at = offset
         self.report.dropped_batch_records += dropped
         if truncate_at is not None:
             self._truncate_tail(seg, truncate_at)

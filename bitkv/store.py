@@ -1037,6 +1037,11 @@ class Store(MutableMapping[bytes, bytes]):
             self._note_compaction(summary.as_dict())
         return summary.as_dict()
 
+    def _sync_active_for_compaction(self) -> None:
+        seg = self._active
+        if seg is not None:
+            self._wait_durable(seg, seg.size)
+
     def _note_compaction(self, summary: dict[str, Any]) -> None:
         summary["finished_at"] = self._clock()
         self.last_compaction = summary
