@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import killpoints, record
@@ -68,7 +67,7 @@ def choose_plan(rng: random.Random, ops: list[Op]) -> KillPlan:
                         description=f"kill during compaction (op {ops[i]['id']})")
     if r < 0.40:
         return KillPlan("timer", delay=rng.uniform(0, 0.25),
-                        description="kill at a random time after spawn")
+                        description="kill at a random time after the store is open")
     if r < 0.46:
         return KillPlan("close", delay=rng.uniform(0, 0.003),
                         description="kill while the worker closes the store")
@@ -76,7 +75,7 @@ def choose_plan(rng: random.Random, ops: list[Op]) -> KillPlan:
         return KillPlan("none", description="no kill: the worker closes the store")
     i = rng.randrange(len(ops)) if ops else 0
     return KillPlan("op", op_index=i, delay=rng.choice((0.0, rng.uniform(0, 0.0003))),
-                    description=f"kill around op {ops[i]['id'] if ops else '-'}")
+                    description=f"kill once op {ops[i]['id'] if ops else '-'} has started")
 
 
 def choose_killpoints(rng: random.Random, ops_count: int) -> tuple[str, str]:
@@ -160,8 +159,7 @@ def torn_tail(rng: random.Random, keys: list[bytes], serial: int, seq: int
 
 class KillRunner:
     def __init__(self, directory: str, *, mode: str, seed: int, sync: str, ops_per_cycle: int,
-                 max_segment_size: int = 64 * 1024, nkeys: int = 40,
-                 report: Callable[[str], None] | None = None) -> None:
+                 max_segment_size: int = 64 * 1024, nkeys: int = 40) -> None:
         self.directory = directory
         self.store = os.path.join(directory, "store")
         self.mode = mode
@@ -174,7 +172,6 @@ class KillRunner:
         self.nkeys = nkeys
         self.oracle = Oracle(self.keys)
         self.next_op = 1
-        self.report = report
         self.saved = 0
 
     def _worker_env(self, killpoint_spec: str | None, kp_seed: int) -> dict[str, str]:
@@ -254,14 +251,15 @@ class KillRunner:
         buf = b""
         killed = False
         started = time.monotonic()
-        trigger_at: float | None = started + plan.delay if plan.kind == "timer" else None
+        trigger_at: float | None = None
         eof = False
         errors: list[str] = []
 
         def handle(line: str) -> None:
             nonlocal trigger_at, last_id
             tag, _, rest = line.partition(" ")
-            if (tag == "O" and plan.kind == "open") or (tag == "D" and plan.kind == "close"):
+            if (tag == "O" and plan.kind == "open") or (tag == "D" and plan.kind == "close") \
+                    or (tag == "R" and plan.kind == "timer"):
                 trigger_at = time.monotonic() + plan.delay
             elif tag == "I":
                 op_id = int(rest)
@@ -318,6 +316,17 @@ class KillRunner:
             violations.append(f"the worker exited with status {code}: {stderr[-2000:]}")
         if code == -signal.SIGKILL and not killed:
             result.description += " (worker hit its kill point)"
+        if code == -signal.SIGKILL:
+            in_flight = [r for r in records.values() if not r.acked]
+            if in_flight:
+                r = in_flight[-1]
+                result.description += f" [died during {r.op['kind']} op {r.id}]"
+            elif not records:
+                result.description += " [died before its first operation]"
+            else:
+                result.description += " [died between operations]"
+        elif code == 0:
+            result.description += " [the worker finished and closed the store]"
 
         at = last_id + 1
         self.next_op = at + 1
