@@ -220,3 +220,21 @@ def test_writes_survive_reopen_after_robustness_abuse(tmp_path):
         assert len(db) == 100
         assert db.get(b"k1") == b"v1"
         assert db.stats()["recovery"]["corrupt_bytes"] == 0
+
+
+def test_pure_python_parser_and_stock_asyncio_loop(tmp_path):
+    """The fallbacks used when hiredis / uvloop are not installed serve the same bytes."""
+    with ServerThread(dir=str(tmp_path / "db"), port=0, use_hiredis=False,
+                      use_uvloop=False) as srv:
+        assert srv.server.loop_name == "asyncio" and not srv.server.use_hiredis
+        r = client(srv)
+        big = bytes(range(256)) * 2048
+        pipe = r.pipeline(transaction=False)
+        for i in range(300):
+            pipe.set(f"k{i}", f"v{i}")
+        pipe.set("big", big).get("big").mget("k1", "k299", "nope")
+        assert pipe.execute()[-2:] == [big, [b"v1", b"v299", None]]
+        with connect(srv) as s:
+            s.sendall(b"GET k7\r\n" + encode(b"STRLEN", b"big") + b"*1\r\n$x\r\n")
+            assert read_until_closed(s) == (b"$2\r\nv7\r\n:524288\r\n"
+                                            b"-ERR Protocol error: invalid bulk length\r\n")

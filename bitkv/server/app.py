@@ -157,7 +157,7 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.local = "?"
         self.created = time.monotonic()
-        self.last_active = self.created
+        self.last_active = self.created  # to the second, from Server.clock
         self.last_command = b"NULL"
         self._gate = 0
         self._busy = False  # an awaited step (fsync, SAVE) is in progress
@@ -272,11 +272,9 @@ class Connection(asyncio.Protocol):
         if self._busy:
             self._backlog.append(data)
             return
-        server = self.server
-        server.net_input_bytes += len(data)
         cmds = self.parser.feed(data)
         if cmds:
-            server.total_commands += len(cmds)
+            self.server.total_commands += len(cmds)
             self._run(cmds, 0, [], False)
         elif self.parser.error is not None:
             self._protocol_error([])
@@ -364,7 +362,7 @@ class Connection(asyncio.Protocol):
                     self._busy = True
                     return
         self.last_command = cmds[-1][0]
-        self.last_active = time.monotonic()
+        self.last_active = self.server.clock
         if wrote:
             server = self.server
             server.write_version += 1
@@ -372,7 +370,12 @@ class Connection(asyncio.Protocol):
             if server.sync_always and not self._closed:
                 self._start(self._durable_reply(out))
                 return
-        self._finish(out)
+        if self._closed or self._quit or self.parser.error is not None:
+            self._finish(out)
+        elif len(out) == 1:
+            self.transport.write(out[0])
+        elif out:
+            self.transport.write(b"".join(out))
 
     def _slow(self, spec: Spec, args: list[bytes]) -> bytes | None:
         flags = spec[2]
@@ -514,12 +517,17 @@ class Server:
         self._shutdown_requested: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
+        self.clock = time.monotonic()  # refreshed every second (cheap "last active" times)
+
+    def _tick(self) -> None:
+        self.clock = time.monotonic()
+        if not self._stopped and self._loop is not None:
+            self._loop.call_later(1.0, self._tick)
 
     def reset_stats(self) -> None:
         self.total_connections = 0
         self.total_commands = 0
         self.rejected_connections = 0
-        self.net_input_bytes = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -527,6 +535,7 @@ class Server:
         loop = self._loop = asyncio.get_running_loop()
         self.loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         self._shutdown_requested = asyncio.Event()
+        self._tick()
         config = self.config
         ssl_ctx = make_ssl_context(config) if config.tls else None
         if self.db is None:

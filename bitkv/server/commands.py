@@ -1222,7 +1222,6 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("total_connections_received", server.total_connections),
             ("total_commands_processed", server.total_commands),
             ("rejected_connections", server.rejected_connections),
-            ("total_net_input_bytes", server.net_input_bytes),
             ("expired_keys", 0),
             ("evicted_keys", 0),
         ],
