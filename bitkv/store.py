@@ -1087,6 +1087,11 @@ class Store(MutableMapping[bytes, bytes]):
         for thread in (self._compactor, self._flusher):
             if thread is not None and thread is not me:  # __del__ may run on our own thread
                 thread.join()
+        # A compact() running in another thread sees _stop and aborts, or finishes its
+        # (bounded) switch and removals; either way it must be done before files close.
+        if self._compactor is not me:
+            self._compact_lock.acquire()
+            self._compact_lock.release()
         with self._lock:
             if self._closed:
                 return

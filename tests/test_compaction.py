@@ -952,14 +952,6 @@ def test_compaction_by_the_writer_path_keeps_a_tombstone_in_the_active_segment(d
             m.check(db)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "BUG: Store.close() does not wait for an explicit compact() running in another thread: "
-    "it closes the segments' mmaps (and releases the store LOCK) mid-compaction, and "
-    "compaction.compact's scan then dies with ValueError('mmap closed or invalid') from "
-    "record.scan (store.py close(); compaction.py scan loop). Data on disk stays consistent. "
-    "Fix: in close(), after _stop.set(), acquire _compact_lock (the compaction aborts at its "
-    "next _stop check) before releasing files; or treat ValueError/OSError in the scan as "
-    "_Aborted when _stop is set"))
 def test_close_from_another_thread_during_compact_aborts_it_cleanly(db_path, clock):
     db = opendb(db_path, clock)
     m = Model(db, clock)
