@@ -120,6 +120,20 @@ def walk(raw: RawHint) -> list[tuple[bytes, HintEntry]]:
     return items
 
 
+def check_bounds(raw: RawHint) -> None:
+    """Raise :class:`HintError` unless every entry lies inside the bytes the hint covers."""
+    keys_len = len(raw.keys)
+    covered = raw.covered
+    pos = 0
+    for _flags, _r, key_len, value_len, offset, _seq, _exp in ENTRY.iter_unpack(raw.fixed):
+        pos += key_len
+        if not key_len or pos > keys_len or offset + RECORD_HEADER_SIZE + key_len + value_len \
+                > covered:
+            raise HintError("hint entry points outside the bytes it covers")
+    if pos != keys_len:
+        raise HintError("hint key area does not match its entries")
+
+
 def decode_with_coverage(buf, nonce: int, segment_size: int
                          ) -> tuple[int, int, Iterator[tuple[bytes, HintEntry]]]:
     """Validate a whole hint file and return (max_seq, covered_bytes, iterator of entries).

@@ -517,34 +517,38 @@ class _Loader:
                 buf = fh.read()
             raw = hint.decode_raw(buf, seg.header.nonce, seg.size)
             if self.keydir.entries or self.hidden:
-                items = hint.walk(raw)  # whole and checked before anything is applied
-            else:
-                items = None
-                if not self._load_hint_into_empty_index(seg, raw):
-                    raise hint.HintError("hint entry points outside the bytes it covers")
+                # Entries cannot be taken back out of a shared index: check them all first.
+                hint.check_bounds(raw)
+                self._apply_hint(seg, raw)
+            elif not self._apply_hint(seg, raw):
+                # The index was empty: checking while applying, then emptying it again on a
+                # bad entry, saves a pass over the common case (one big compacted segment).
+                self.keydir.entries.clear()
+                self.keydir.expiries.clear()
+                if self.hidden is not None:
+                    self.hidden.clear()
+                seg.live_bytes = 0
+                raise hint.HintError("hint entry points outside the bytes it covers")
         except (OSError, hint.HintError) as exc:
             self.report.ignored_hints.append((os.path.basename(path), str(exc)))
             return None
-        if items is not None:
-            apply = self._apply
-            header_size = record.HEADER_SIZE
-            for key, (flags, _r, key_len, value_len, offset, _seq, expiry_ms) in items:
-                apply(seg, key, flags, expiry_ms, offset, header_size + key_len + value_len)
         self.max_seq = max(self.max_seq, raw.max_seq)
         self.report.segments_from_hints += 1
         return raw.covered
 
-    def _load_hint_into_empty_index(self, seg: Segment, raw: hint.RawHint) -> bool:
-        """The common case of reopening (one big segment first): insert the hint's entries
-        straight into the empty index in one pass, checking bounds as it goes. On a bad
-        entry, empty the index again and return False."""
+    def _apply_hint(self, seg: Segment, raw: hint.RawHint) -> bool:
+        """Index every entry of a hint (what :meth:`_apply` does per entry, inlined: this is
+        most of the time of reopening a compacted store). Return False at the first entry out
+        of bounds, with the entries before it applied."""
         entries = self.keydir.entries
         expiries = self.keydir.expiries
         hidden = self.hidden
+        slots = self.slots
         header_size = record.HEADER_SIZE
         base = seg.slot << keydir.SLOT_SHIFT
-        size_bits = keydir.SIZE_BITS
-        size_mask = keydir.SIZE_MASK
+        size_bits, size_mask = keydir.SIZE_BITS, keydir.SIZE_MASK
+        slot_shift, offset_mask = keydir.SLOT_SHIFT, keydir.OFFSET_MASK
+        tombstone = record.TOMBSTONE
         now_ms = self.now_ms
         keys = raw.keys
         covered = raw.covered
@@ -559,26 +563,34 @@ class _Loader:
                 break
             key = keys[pos:end]
             pos = end
-            if flags & record.TOMBSTONE or (expiry_ms and expiry_ms <= now_ms) or key in entries:
-                seg.live_bytes += live
-                live = 0
-                self._apply(seg, key, flags, expiry_ms, offset, size)
+            old = entries.get(key)
+            if old is not None:
+                owner = slots[old >> slot_shift]
+                if owner is seg:
+                    live -= old & size_mask or seg.record_size_at(
+                        (old >> size_bits) & offset_mask)
+                else:
+                    owner.live_bytes -= old & size_mask or owner.record_size_at(  # type: ignore[union-attr]
+                        (old >> size_bits) & offset_mask)
+            if flags & tombstone or (expiry_ms and expiry_ms <= now_ms):
+                if old is not None:
+                    del entries[key]
+                    expiries.pop(key, None)
+                if hidden is not None:
+                    hidden[key] = (offset, size, flags & tombstone, expiry_ms)
                 continue
+            if hidden:
+                hidden.pop(key, None)
             entries[key] = base | (offset << size_bits) | (size if size <= size_mask else 0)
             if expiry_ms:
                 expiries[key] = expiry_ms
+            elif old is not None:
+                expiries.pop(key, None)
             live += size
             loaded += 1
-        if not ok or pos != len(keys):
-            entries.clear()
-            expiries.clear()
-            if hidden is not None:
-                hidden.clear()
-            seg.live_bytes = 0
-            return False
         seg.live_bytes += live
         self.report.records_loaded += loaded
-        return True
+        return ok and pos == len(keys)
 
 
 def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedStore:
