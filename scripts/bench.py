@@ -363,7 +363,17 @@ def machine_info(workdir: str) -> dict[str, str]:
         disk += " — WARNING: memory-backed, fsync is free, durable rows mean nothing"
     info["disk"] = disk
     info["workdir"] = workdir
+    info["load_start"] = load_average()
     return info
+
+
+def load_average() -> str:
+    """The 1-minute load average: on a shared machine, how much else was running."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return fh.read().split()[0]
+    except OSError:
+        return "?"
 
 
 def library_versions() -> dict[str, str]:
@@ -629,7 +639,9 @@ def render(args: argparse.Namespace, aggs: dict[str, Any], order: list[str],
         out.append(f"## Results: keydir memory probe, {args.probe_keys:,} keys\n")
         out.append(f"`{cmd}` — started {started}, took {elapsed / 60:.1f} min.\n")
     out.append(f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info.get('memory', '?')} RAM, "
-               f"Linux {info['kernel']}, Python {info['python']}; stores on {info['disk']}.\n")
+               f"Linux {info['kernel']}, Python {info['python']}; stores on {info['disk']}. "
+               f"Load average (1 min) {info['load_start']} at the start, {load_average()} at "
+               f"the end.\n")
     vers = library_versions()
     if args.snapshot_hash:
         vers["bitkv"] += f", source snapshot sha256 {args.snapshot_hash}"

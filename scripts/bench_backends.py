@@ -207,6 +207,7 @@ class FloorAdapter(Adapter):
         hsize = _FLOOR_HSIZE
         durable = self.durable
         pread = os.pread
+        unpack_crc = struct.Struct("<I").unpack_from
         remap_step = 1 << 20
 
         def put(key: bytes, value: bytes) -> None:
@@ -236,7 +237,7 @@ class FloorAdapter(Adapter):
                 buf = self.mm[start:end]  # type: ignore[index]
             else:  # the few bytes appended since the last map
                 buf = pread(fd, end - start, start)
-            if crc32c(memoryview(buf)[4:]) != int.from_bytes(buf[:4], "little"):
+            if crc32c(buf[4:]) != unpack_crc(buf)[0]:
                 raise ValueError("CRC mismatch")
             return buf[hsize + len(key) :]
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """cProfile of bitkv's hot paths, for whoever optimises the engine.
 
-    python scripts/bench_profile.py                 # 200,000 puts, gets, and one reopen
+    python scripts/bench_profile.py                 # 200,000 puts, gets, a batch, a reopen
     python scripts/bench_profile.py --n 50000 --top 20 --out /tmp/profile.md
 
-Profiles, each in isolation on the same store: N puts of fresh keys in random order (the
-fill), N random gets, and one close + reopen (the index rebuild). Prints the top functions
+Profiles, each in isolation: N puts of fresh keys in random order (the fill), N random
+gets, the same N puts through one ``db.batch()`` (when the store has it) into a fresh store,
+and one close + reopen of the first store (the index rebuild). Prints the top functions
 by tottime (time spent in the function itself) for each, and writes them as Markdown to
 ``--out`` (default docs/bench/profile.md). cProfile adds a fixed cost to every Python call,
 so read the ranking and the call counts, not the absolute times; the ops/s printed next to
@@ -99,6 +100,27 @@ def main(argv: list[str] | None = None) -> int:
         prof.disable()
         sections.append((f"get: {n:,} random gets, {get_rate:,.0f} ops/s unprofiled", prof))
         db.close()
+        if hasattr(db, "batch"):
+            bpath = os.path.join(base, "batch")
+            bdb = bitkv.open(bpath)
+            t0 = time.perf_counter()
+            with bdb.batch() as b:
+                for k, v in zip(keys, vals, strict=False):
+                    b.put(k, v)
+            batch_rate = n / (time.perf_counter() - t0)
+            bdb.close()
+            shutil.rmtree(bpath)
+            bdb = bitkv.open(bpath)
+            prof = cProfile.Profile()
+            prof.enable()
+            with bdb.batch() as b:
+                bput = b.put
+                for k, v in zip(keys, vals, strict=False):
+                    bput(k, v)
+            prof.disable()
+            bdb.close()
+            sections.append((f"batch: {n:,} puts in one `db.batch()`, {batch_rate:,.0f} ops/s "
+                             "unprofiled", prof))
         prof = cProfile.Profile()
         prof.enable()
         db = bitkv.open(path)
