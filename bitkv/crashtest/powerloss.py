@@ -135,8 +135,9 @@ class PowerLossRunner:
         events = list(io.events)
         _attribute_writes(events, tracked)
         # Crash points: random indices of the log, and always its very end.
-        points = sorted({rng.randint(0, len(events)) for _ in range(self.states_per_cycle - 1)}
-                        | {len(events)})
+        points = sorted({*rng.sample(range(len(events)),
+                                     min(self.states_per_cycle - 1, len(events))),
+                         len(events)})
         at = check_time(last_id + 1)
         self.next_op = last_id + 2
         durable_points(io.initial, events, tracked)
