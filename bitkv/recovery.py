@@ -339,6 +339,7 @@ class _Loader:
         ordered = seg.kind == seg_mod.KIND_APPEND and not seg.header_damaged
         truncate_at = None
         last_damage_end = -1
+        max_before_batch = self.max_seq
         pending: list[record.ScannedRecord] = []
         dropped = 0
         pos = start
@@ -355,7 +356,7 @@ class _Loader:
                     if item.tail and is_last and seg.kind == seg_mod.KIND_APPEND:
                         truncate_at = pending[0].offset if pending else item.offset
                         if pending:  # the torn batch's seqs are given back (contiguity)
-                            self.max_seq = pending[0].seq - 1
+                            self.max_seq = max(max_before_batch, pending[0].seq - 1)
                     else:
                         self._damage(seg.path, item.offset, item.length, "damaged record bytes")
                         last_damage_end = item.offset + item.length
@@ -363,6 +364,7 @@ class _Loader:
                     pos = item.offset + item.length
                     continue
                 pos = item.offset + item.size
+                max_before = self.max_seq
                 if item.seq > self.max_seq:
                     self.max_seq = item.seq
                 flags = item.flags
@@ -370,6 +372,7 @@ class _Loader:
                     if flags & record.BATCH_FIRST:
                         dropped += len(pending)
                         pending = [item]
+                        max_before_batch = max_before
                     elif pending and item.seq == pending[-1].seq + 1:
                         pending.append(item)
                     else:
@@ -393,8 +396,9 @@ class _Loader:
             dropped += len(pending)
             if is_last and seg.kind == seg_mod.KIND_APPEND:
                 truncate_at = pending[0].offset
-                # Its seqs are given back, keeping the segment's seqs contiguous.
-                self.max_seq = pending[0].seq - 1
+                # Its seqs are given back, keeping the segment's seqs contiguous; never below
+                # a seq already on disk (stale bytes may carry any seq).
+                self.max_seq = max(max_before_batch, pending[0].seq - 1)
         if (truncate_at is not None and last_damage_end == truncate_at
                 and self.report.damage and self.report.damage[-1][0] == os.path.basename(seg.path)):
             # Damage right before the torn batch is part of the same torn write: with the
@@ -431,6 +435,7 @@ class _Loader:
         pending: list[tuple[bytes, int, int, int, int]] = []
         pending_seq = 0
         batch_start = -1
+        max_before_batch = max_seq
         with memoryview(mm) as view:
             while pos + header_size <= end:
                 crc, flags, reserved, key_len, value_len, seq, expiry_ms = unpack(mm, pos)
@@ -441,6 +446,7 @@ class _Loader:
                         or crc32c(view[pos + 4 : pos + size]) != crc):
                     break
                 key = mm[pos + header_size : pos + header_size + key_len]
+                max_before = max_seq
                 if seq > max_seq:
                     max_seq = seq
                 if flags & batch_flag:
@@ -448,6 +454,7 @@ class _Loader:
                         if pending:
                             break  # an unfinished batch: the general path drops it
                         batch_start = pos
+                        max_before_batch = max_before
                     elif not pending or seq != pending_seq + 1:
                         break
                     pending.append((key, pos, size, flags, expiry_ms))
@@ -487,6 +494,8 @@ class _Loader:
                     elif old is not None and expiries:
                         expiries.pop(key, None)
                     loaded += 1
+        if pending:  # not ours to count: the general path decides what the batch was
+            max_seq = max_before_batch
         self.max_seq = max_seq
         self.report.records_loaded += loaded
         return batch_start if pending else pos
