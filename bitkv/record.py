@@ -61,11 +61,17 @@ class ScannedRecord(NamedTuple):
 
 
 class Damage(NamedTuple):
-    """A region that holds no intact record. ``tail`` is True when no intact record follows."""
+    """A region that holds no intact record. ``tail`` is True when no intact record follows.
+
+    ``key`` is set when the region is one record whose header and extent are intact (an
+    intact record follows where it says it ends) but whose bytes fail the CRC: the key bytes
+    it claims, unverified.
+    """
 
     offset: int
     length: int
     tail: bool
+    key: bytes | None = None
 
 
 def encode(key: bytes, value: bytes, seq: int, expiry_ms: int = 0, flags: int = 0) -> bytes:
@@ -235,7 +241,9 @@ def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = Non
             after = pos + declared
             if after == end or (intact_size_at(buf, after, end)
                                 and _seq_fits(buf, after, last_seq, declared)):
-                yield Damage(pos, declared, after == end)
+                key_len = unpack(buf, pos)[3]
+                claimed = bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + key_len])
+                yield Damage(pos, declared, after == end, claimed)
                 pos = after
                 continue
         nxt = find_next_intact(buf, pos, end, last_seq)

@@ -46,6 +46,7 @@ class RecoveryReport:
     truncated_bytes: int = 0
     corrupt_bytes: int = 0
     dropped_batch_records: int = 0
+    poisoned_keys: int = 0  # keys whose newest record is damaged: reading them raises
     damage: list[tuple[str, int, int, str]] = field(default_factory=list)
     ignored_hints: list[tuple[str, str]] = field(default_factory=list)
     removed_temp_files: list[str] = field(default_factory=list)
@@ -236,6 +237,24 @@ class _Loader:
             self.keydir.expiries.pop(key, None)
         self.report.records_loaded += 1
 
+    def _poison(self, seg: Segment, damage: record.Damage) -> None:
+        """A damaged record that was probably the newest version of a key already indexed:
+        point the key at the damaged bytes, so reading it raises IntegrityError instead of
+        silently returning the older version (or bringing a deleted key back). A key not
+        indexed gets no entry: no key is ever invented from damaged bytes."""
+        key = damage.key
+        assert key is not None
+        old = self.keydir.entries.get(key)
+        if old is None:
+            return
+        self._forget(key, old)
+        self.keydir.entries[key] = keydir.pack(seg.slot, damage.offset, damage.length)
+        self.keydir.expiries.pop(key, None)
+        if self.hidden:
+            self.hidden.pop(key, None)
+        seg.live_bytes += damage.length
+        self.report.poisoned_keys += 1
+
     # -- segments ----------------------------------------------------------------------------
 
     def open_segments(self) -> list[Segment]:
@@ -360,6 +379,8 @@ class _Loader:
                     else:
                         self._damage(seg.path, item.offset, item.length, "damaged record bytes")
                         last_damage_end = item.offset + item.length
+                        if item.key is not None:
+                            self._poison(seg, item)
                     pending = []
                     pos = item.offset + item.length
                     continue

@@ -1242,6 +1242,7 @@ class Store(MutableMapping[bytes, bytes]):
                 "corrupt_bytes": report.corrupt_bytes,
                 "damaged_regions": len(report.damage),
                 "dropped_batch_records": report.dropped_batch_records,
+                "damaged_keys": report.poisoned_keys,
                 "ignored_hints": len(report.ignored_hints),
                 "segments_from_hints": report.segments_from_hints,
             },

@@ -295,7 +295,9 @@ def test_bit_flips_under_an_open_store_raise_corruption_error(db_path, where):
 
 
 def test_bit_flips_then_reopen_never_return_wrong_bytes(db_path):
-    """Recovery skips the damaged record: the key reads as absent or as its older version."""
+    """Recovery skips the damaged record: the key reads as absent, or raises (its newest
+    record is damaged but its key intact), or, when the damage hides which key the record
+    was for, reads as its older version. Never the damaged bytes."""
     items = [(b"k", b"old-version"), (b"a", b"1"), (b"k", b"new-version"), (b"b", b"2"),
              (b"c", b"3")]
     seg, spans = _fill(db_path, items)
@@ -323,7 +325,8 @@ def test_bit_flips_then_reopen_never_return_wrong_bytes(db_path):
             + pristine[off + bit // 8 + 1 :]
         ), "recovery changed a segment with damage in the middle"
         flip_bit(seg, off + bit // 8, bit % 8)
-    assert outcomes == {b"old-version"}
+    assert "corruption-error" in outcomes  # most flips leave the key readable: detected
+    assert outcomes <= {b"old-version", "corruption-error"}
 
 
 # -- damaged segment headers ----------------------------------------------------------------
