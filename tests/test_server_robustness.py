@@ -238,3 +238,73 @@ def test_pure_python_parser_and_stock_asyncio_loop(tmp_path):
             s.sendall(b"GET k7\r\n" + encode(b"STRLEN", b"big") + b"*1\r\n$x\r\n")
             assert read_until_closed(s) == (b"$2\r\nv7\r\n:524288\r\n"
                                             b"-ERR Protocol error: invalid bulk length\r\n")
+
+
+class FakeTransport:
+    """Collects what the server writes; enough of an asyncio transport for Connection."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_group_commit_keeps_order_across_clients(tmp_path):
+    """SETs from several clients in one loop iteration are written as one batch, and a
+    command read after them (any client's) runs after the batch, so it sees them."""
+    import asyncio
+
+    from bitkv.server.app import Connection, Server, ServerConfig
+
+    async def scenario():
+        server = Server(ServerConfig(dir=str(tmp_path / "db"), port=0))
+        await server.start()
+        try:
+            a, b, c = (Connection(server) for _ in range(3))
+            ta, tb, tc = FakeTransport(), FakeTransport(), FakeTransport()
+            a.connection_made(ta)
+            b.connection_made(tb)
+            c.connection_made(tc)
+            a.data_received(encode(b"SET", b"k", b"1") + encode(b"SET", b"j", b"x"))
+            b.data_received(encode(b"SET", b"k", b"2"))
+            assert ta.data == tb.data == b""  # held until the batch is written
+            c.data_received(encode(b"GET", b"k") + encode(b"MGET", b"j", b"k"))
+            assert tc.data == b"$1\r\n2\r\n*2\r\n$1\r\nx\r\n$1\r\n2\r\n"
+            assert ta.data == b"+OK\r\n+OK\r\n" and tb.data == b"+OK\r\n"
+            a.data_received(encode(b"SET", b"k", b"3"))
+            a.data_received(encode(b"GET", b"k"))  # arrives while its SET is held: queued
+            assert ta.data == b"+OK\r\n+OK\r\n"
+            await asyncio.sleep(0.01)  # end of the loop iteration: the batch is written
+            assert ta.data == b"+OK\r\n+OK\r\n+OK\r\n$1\r\n3\r\n"
+            # A failing batch fails exactly the SETs in it.
+            original = server.db.batch
+
+            def broken_batch():
+                raise OSError(28, "No space left on device")
+
+            server.db.batch = broken_batch
+            b.data_received(encode(b"SET", b"x", b"1") + encode(b"GET", b"k"))
+            await asyncio.sleep(0.01)
+            assert tb.data == (b"+OK\r\n-ERR I/O error: [Errno 28] No space left on device\r\n"
+                               b"$1\r\n3\r\n")
+            server.db.batch = original
+        finally:
+            await server.shutdown()
+
+    asyncio.run(scenario())
+    with bitkv.open(str(tmp_path / "db")) as db:
+        assert db.get(b"k") == b"3" and db.get(b"x") is None

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bitkv
+from bitkv.record import MAX_KEY_SIZE
 
 from . import protocol
 from .commands import (
@@ -51,10 +52,9 @@ from .commands import (
     Spec,
     arity_error,
     lookup,
-    set_many,
     unknown_command_error,
 )
-from .protocol import NIL2, NIL3, QUEUED, Limits, error, make_parser
+from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
 
 log = logging.getLogger("bitkv.server")
 
@@ -137,6 +137,19 @@ def make_ssl_context(config: ServerConfig) -> ssl.SSLContext:
     return ctx
 
 
+def error_reply(exc: Exception) -> bytes:
+    """The RESP error for an exception a command raised."""
+    if isinstance(exc, (ValueError, TypeError, bitkv.Error)) and str(exc):
+        if not isinstance(exc, bitkv.Error):
+            log.debug("command failed", exc_info=True)
+        return error(f"ERR {exc}")
+    if isinstance(exc, OSError):  # disk full, I/O error: the store refused the write
+        log.error("I/O error in a command: %s", exc)
+        return error(f"ERR I/O error: {exc}")
+    log.exception("internal error in a command")
+    return error(f"ERR internal error: {type(exc).__name__}: {exc}")
+
+
 class Connection(asyncio.Protocol):
     """One client. Parses reads, runs the commands in order, writes the replies."""
 
@@ -163,6 +176,8 @@ class Connection(asyncio.Protocol):
         self._busy = False  # an awaited step (fsync, SAVE) is in progress
         self._backlog: list[bytes] = []
         self._suspended: tuple[list[list[bytes]], int, bool] | None = None
+        self._unresolved = 0  # this client's SETs waiting in the server's group commit
+        self._held: tuple[list[bytes], bool] | None = None  # replies held until it is done
         self._write_paused = False
         self._closed = False
         self._quit = False
@@ -214,15 +229,7 @@ class Connection(asyncio.Protocol):
             return self.error_reply(exc)
 
     def error_reply(self, exc: Exception) -> bytes:
-        if isinstance(exc, (ValueError, TypeError, bitkv.Error)) and str(exc):
-            if not isinstance(exc, bitkv.Error):
-                log.debug("command failed", exc_info=True)
-            return error(f"ERR {exc}")
-        if isinstance(exc, OSError):  # disk full, I/O error: the store refused the write
-            log.error("I/O error in a command: %s", exc)
-            return error(f"ERR I/O error: {exc}")
-        log.exception("internal error in a command")
-        return error(f"ERR internal error: {type(exc).__name__}: {exc}")
+        return error_reply(exc)
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -289,12 +296,24 @@ class Connection(asyncio.Protocol):
         fast_get = not GET_SPEC[2] & self._gate  # no AUTH pending, not inside MULTI
         dbget = self.db.get
         null = self.null
+        server = self.server
+        pending = server.pending_sets  # plain SETs not yet written (see Server.defer_set)
         while i < n:
             args = cmds[i]
             i += 1
             spec = get(args[0])
-            if spec is GET_SPEC and fast_get and len(args) == 2:
+            if spec is SET_SPEC and len(args) == 3 and not SET_SPEC[2] & self._gate \
+                    and 0 < len(args[1]) <= MAX_KEY_SIZE:
+                # A plain SET joins the group commit: written with the other SETs of this
+                # loop iteration (any client's) as one batch; its reply waits for that.
+                server.defer_set(self, out, args[1], args[2])
+                wrote = True
+                if i & 15:
+                    continue
+            elif spec is GET_SPEC and fast_get and len(args) == 2:
                 # GET, the most common command, inlined (the same as commands.cmd_get).
+                if pending:
+                    server.flush_sets()  # it must see every SET before it
                 try:
                     v = dbget(args[1])
                 except ValueError:  # an empty or oversized key: no such key can exist
@@ -310,6 +329,8 @@ class Connection(asyncio.Protocol):
                 if i & 15:
                     continue
             else:
+                if pending:
+                    server.flush_sets()  # commands run in order: pending SETs first
                 if spec is None:
                     spec = lookup(args[0])
                     if spec is None:
@@ -334,14 +355,6 @@ class Connection(asyncio.Protocol):
                         break
                     fast_get = not GET_SPEC[2] & self._gate  # AUTH, MULTI, EXEC, HELLO...
                     null = self.null
-                elif spec is SET_SPEC and argc == 3 and i < n and len(cmds[i]) == 3 \
-                        and get(cmds[i][0]) is SET_SPEC:
-                    # A pipeline of plain SETs: write them with one batch (group commit).
-                    j = i + 1
-                    while j < n and len(cmds[j]) == 3 and get(cmds[j][0]) is SET_SPEC:
-                        j += 1
-                    out.extend(set_many(self, cmds, i - 1, j))
-                    i = j
                 else:
                     try:
                         append(handler(self, args))
@@ -351,10 +364,12 @@ class Connection(asyncio.Protocol):
                         append(self.error_reply(exc))
                 if flags & F_WRITE:
                     wrote = True
-            if not i & 15 and i < n and sum(map(len, out)) > OUTPUT_FLUSH_BYTES \
-                    and not (wrote and self.server.sync_always) and not self._closed:
+            if not i & 15 and i < n and not (wrote and server.sync_always) \
+                    and not self._closed and sum(map(len, out)) > OUTPUT_FLUSH_BYTES:
                 # A long pipeline with big replies: write what we have, and if the client
                 # is not reading, wait for it (resume_writing) before running the rest.
+                if self._unresolved:
+                    server.flush_sets()
                 self.transport.write(b"".join(out))
                 out.clear()
                 if self._write_paused:
@@ -362,20 +377,39 @@ class Connection(asyncio.Protocol):
                     self._busy = True
                     return
         self.last_command = cmds[-1][0]
-        self.last_active = self.server.clock
+        self.last_active = server.clock
         if wrote:
-            server = self.server
             server.write_version += 1
             server.writes_since_save += 1
-            if server.sync_always and not self._closed:
-                self._start(self._durable_reply(out))
-                return
+        if self._unresolved:
+            # Replies wait for the group commit (end of this loop iteration at the latest);
+            # requests arriving meanwhile queue up behind them.
+            self._held = (out, wrote)
+            self._busy = True
+            server.waiting.append(self)
+            return
+        self._reply(out, wrote)
+
+    def _reply(self, out: list[bytes], wrote: bool) -> None:
+        """Send ``out``, after an fsync if it holds writes and the server syncs always."""
+        if wrote and self.server.sync_always and not self._closed:
+            self._start(self._durable_reply(out))
+            return
         if self._closed or self._quit or self.parser.error is not None:
             self._finish(out)
         elif len(out) == 1:
             self.transport.write(out[0])
         elif out:
             self.transport.write(b"".join(out))
+
+    def release(self) -> None:
+        """The group commit wrote this client's SETs: send the held replies, go on."""
+        assert self._held is not None
+        out, wrote = self._held
+        self._held = None
+        self._busy = False
+        self._reply(out, wrote)
+        self._after_step()
 
     def _slow(self, spec: Spec, args: list[bytes]) -> bytes | None:
         flags = spec[2]
@@ -518,11 +552,61 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
         self.clock = time.monotonic()  # refreshed every second (cheap "last active" times)
+        # Group commit of plain SETs: (key, value) pairs, where their replies go, and the
+        # clients whose replies wait for the commit.
+        self.pending_sets: list[tuple[bytes, bytes]] = []
+        self._pending_replies: list[tuple[Connection, list[bytes], int]] = []
+        self.waiting: list[Connection] = []
+        self._flush_scheduled = False
 
     def _tick(self) -> None:
         self.clock = time.monotonic()
         if not self._stopped and self._loop is not None:
             self._loop.call_later(1.0, self._tick)
+
+    def defer_set(self, conn: Connection, out: list[bytes], key: bytes, value: bytes) -> None:
+        """Queue a plain SET for the group commit; its reply slot in ``out`` is filled then."""
+        self.pending_sets.append((key, value))
+        self._pending_replies.append((conn, out, len(out)))
+        out.append(OK)
+        conn._unresolved += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush_sets()
+
+    def flush_sets(self) -> None:
+        """Write every queued SET as one atomic batch (one append), then release replies.
+
+        Runs before any other command executes and at the end of the loop iteration, so
+        commands still take effect in the order they were read: this only saves the
+        per-SET lock, encode and write call, it never reorders.
+        """
+        ops = self.pending_sets
+        if ops:
+            replies = self._pending_replies
+            try:
+                batch = self.db.batch()
+                put = batch.put
+                for key, value in ops:
+                    put(key, value)
+                batch.commit()
+                reply = OK
+            except Exception as exc:
+                reply = error_reply(exc)
+            for conn, out, index in replies:
+                out[index] = reply
+                conn._unresolved -= 1
+            ops.clear()
+            replies.clear()
+        if self.waiting:
+            waiting, self.waiting = self.waiting, []
+            for conn in waiting:
+                conn.release()
 
     def reset_stats(self) -> None:
         self.total_connections = 0
@@ -586,10 +670,12 @@ class Server:
         log.info("shutting down: closing %d client connection(s)", len(self.clients))
         for listener in self._listeners:
             listener.close()
+        self.flush_sets()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=30)
         for conn in list(self.clients):
             conn.shutdown()
+        self.flush_sets()  # SETs read before the connections closed
         await asyncio.sleep(0)  # let transports flush and close
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._close_store)

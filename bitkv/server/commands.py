@@ -447,33 +447,6 @@ def _set(c: Connection, key: bytes, value: bytes, nx: bool, xx: bool, get: bool,
     return OK if written else c.null
 
 
-def set_many(c: Connection, cmds: list[list[bytes]], start: int, end: int) -> list[bytes]:
-    """Run the plain ``SET key value`` commands ``cmds[start:end]`` as one atomic batch.
-
-    Group commit: one append (one write call) for a pipeline of SETs instead of one each; the
-    result is the same as running them in order. Replies are sent only after the batch is
-    written, so no client sees OK for a write that is not there.
-    """
-    n = end - start
-    try:
-        batch = c.db.batch()
-        put = batch.put
-        for k in range(start, end):
-            a = cmds[k]
-            put(a[1], a[2])
-    except (ValueError, TypeError):
-        # An unusable key (empty, too long): run them one at a time so only that SET fails.
-        spec = COMMANDS[b"SET"]
-        return [c.call(spec, cmds[k]) for k in range(start, end)]
-    except Exception as exc:
-        return [c.error_reply(exc)] * n
-    try:
-        batch.commit()
-    except Exception as exc:
-        return [c.error_reply(exc)] * n
-    return [OK] * n
-
-
 def _get(db: Any, key: bytes) -> bytes | None:
     try:
         return db.get(key)
