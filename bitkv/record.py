@@ -241,8 +241,11 @@ def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = Non
             after = pos + declared
             if after == end or (intact_size_at(buf, after, end)
                                 and _seq_fits(buf, after, last_seq, declared)):
-                key_len = unpack(buf, pos)[3]
-                claimed = bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + key_len])
+                _crc, flags, _res, key_len, _vl, _seq, _exp = unpack(buf, pos)
+                # A batch member is not named: the batch it belonged to is dropped whole, so
+                # the older values of all its keys are the right ones to keep.
+                claimed = None if flags & BATCH else bytes(
+                    buf[pos + HEADER_SIZE : pos + HEADER_SIZE + key_len])
                 yield Damage(pos, declared, after == end, claimed)
                 pos = after
                 continue

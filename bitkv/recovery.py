@@ -202,6 +202,10 @@ class _Loader:
         self.slots: list[Segment | None] = []
         self.max_seq = 0
         self.hidden: dict[bytes, tuple[int, int, int, int]] | None = None
+        # Within the segment being loaded: the end of the last record indexed, and the
+        # largest seq seen up to it (a torn tail is cut back to there).
+        self._applied_end = 0
+        self._applied_max_seq = 0
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -247,6 +251,9 @@ class _Loader:
         old = self.keydir.entries.get(key)
         if old is None:
             return
+        slot, offset, _size = keydir.unpack(old)
+        if slot == seg.slot and offset > damage.offset:
+            return  # a later record of this segment is newer than the damaged one
         self._forget(key, old)
         self.keydir.entries[key] = keydir.pack(seg.slot, damage.offset, damage.length)
         self.keydir.expiries.pop(key, None)
@@ -356,12 +363,13 @@ class _Loader:
             return
         end = seg.size
         ordered = seg.kind == seg_mod.KIND_APPEND and not seg.header_damaged
-        truncate_at = None
-        last_damage_end = -1
-        max_before_batch = self.max_seq
+        torn = False
         pending: list[record.ScannedRecord] = []
+        poisons: list[record.Damage] = []
         dropped = 0
         pos = start
+        self._applied_end = start
+        self._applied_max_seq = self.max_seq
         while pos < end:
             pos = self._index_plain_run(seg, mm, pos, end)
             if pos >= end:
@@ -372,20 +380,16 @@ class _Loader:
             for item in record.scan(mm, pos, end, first_seq=first_seq):
                 if isinstance(item, record.Damage):
                     dropped += len(pending)
+                    pending = []
                     if item.tail and is_last and seg.kind == seg_mod.KIND_APPEND:
-                        truncate_at = pending[0].offset if pending else item.offset
-                        if pending:  # the torn batch's seqs are given back (contiguity)
-                            self.max_seq = max(max_before_batch, pending[0].seq - 1)
+                        torn = True
                     else:
                         self._damage(seg.path, item.offset, item.length, "damaged record bytes")
-                        last_damage_end = item.offset + item.length
                         if item.key is not None:
-                            self._poison(seg, item)
-                    pending = []
+                            poisons.append(item)
                     pos = item.offset + item.length
                     continue
                 pos = item.offset + item.size
-                max_before = self.max_seq
                 if item.seq > self.max_seq:
                     self.max_seq = item.seq
                 flags = item.flags
@@ -393,7 +397,6 @@ class _Loader:
                     if flags & record.BATCH_FIRST:
                         dropped += len(pending)
                         pending = [item]
-                        max_before_batch = max_before
                     elif pending and item.seq == pending[-1].seq + 1:
                         pending.append(item)
                     else:
@@ -404,29 +407,41 @@ class _Loader:
                         for r in pending:
                             self._apply(seg, r.key, r.flags, r.expiry_ms, r.offset, r.size)
                         pending = []
+                        self._applied_end = pos
+                        self._applied_max_seq = self.max_seq
                         break
                     continue
                 if pending:
                     dropped += len(pending)
                     pending = []
                 self._apply(seg, item.key, flags, item.expiry_ms, item.offset, item.size)
+                self._applied_end = pos
+                self._applied_max_seq = self.max_seq
                 break
             else:
                 break  # the scan reached the end
         if pending:
             dropped += len(pending)
             if is_last and seg.kind == seg_mod.KIND_APPEND:
-                truncate_at = pending[0].offset
-                # Its seqs are given back, keeping the segment's seqs contiguous; never below
-                # a seq already on disk (stale bytes may carry any seq).
-                self.max_seq = max(max_before_batch, pending[0].seq - 1)
-        if (truncate_at is not None and last_damage_end == truncate_at
-                and self.report.damage and self.report.damage[-1][0] == os.path.basename(seg.path)):
-            # Damage right before the torn batch is part of the same torn write: with the
-            # batch gone it is the tail, so it goes too (and was not corruption after all).
-            _name, offset, length, _what = self.report.damage.pop()
-            self.report.corrupt_bytes -= length
-            truncate_at = offset
+                torn = True
+        truncate_at = None
+        if torn:
+            # Everything after the last record applied is damage or uncommitted batches: one
+            # torn write (a power cut may garble several unsynced ones). Cut it all in this
+            # open, give its seqs back, and do not count it as corruption.
+            truncate_at = self._applied_end
+            name = os.path.basename(seg.path)
+            kept = []
+            for entry in self.report.damage:
+                if entry[0] == name and entry[1] >= truncate_at:
+                    self.report.corrupt_bytes -= entry[2]
+                else:
+                    kept.append(entry)
+            self.report.damage = kept
+            poisons = [d for d in poisons if d.offset < truncate_at]
+            self.max_seq = self._applied_max_seq
+        for damage in poisons:
+            self._poison(seg, damage)
         self.report.dropped_batch_records += dropped
         if truncate_at is not None:
             self._truncate_tail(seg, truncate_at)
@@ -457,6 +472,8 @@ class _Loader:
         pending_seq = 0
         batch_start = -1
         max_before_batch = max_seq
+        applied_end = -1
+        applied_max_seq = max_seq
         with memoryview(mm) as view:
             while pos + header_size <= end:
                 crc, flags, reserved, key_len, value_len, seq, expiry_ms = unpack(mm, pos)
@@ -515,9 +532,14 @@ class _Loader:
                     elif old is not None and expiries:
                         expiries.pop(key, None)
                     loaded += 1
+                applied_end = pos
+                applied_max_seq = max_seq
         if pending:  # not ours to count: the general path decides what the batch was
             max_seq = max_before_batch
         self.max_seq = max_seq
+        if applied_end > self._applied_end:
+            self._applied_end = applied_end
+            self._applied_max_seq = applied_max_seq
         self.report.records_loaded += loaded
         return batch_start if pending else pos
 

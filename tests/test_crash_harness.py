@@ -16,11 +16,7 @@ from bitkv.crashtest.workload import now_ms
 
 # Violations the engine is known to produce today, each pinned by an xfail-strict test in
 # tests/test_crash_powerloss.py. A run may show only these; anything else fails the test.
-KNOWN_POWERLOSS_BUGS = {
-    # several uncommitted batches garbled by one power cut: the tail repair takes two opens
-    # (test_torn_tail_of_several_uncommitted_batches_is_repaired_in_one_open)
-    "non-idempotent-multi-batch-tail-repair": re.compile(r"the second open repaired again"),
-}
+KNOWN_POWERLOSS_BUGS: dict[str, re.Pattern[str]] = {}
 
 
 def unexplained(violations: list[str]) -> list[str]:

@@ -294,14 +294,6 @@ def test_segment_header_size_is_what_the_harness_assumes():
     assert segment.HEADER_SIZE == 40
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: c7e539d truncates damage right before a torn uncommitted batch at the tail, but only "
-    "one level deep: for [last committed record][damage][uncommitted batch][damage][uncommitted "
-    "batch][damage] (several unsynced batches garbled by one power cut, found by crashtest "
-    "powerloss --sync never --seed 777, cycle 90) the first open truncates back to the second "
-    "batch's damage, the second open truncates the rest, and the first damaged region is "
-    "reported as corruption. Fix: truncate at the end of the last *applied* record whenever only "
-    "damage and uncommitted batches follow it"))
 def test_torn_tail_of_several_uncommitted_batches_is_repaired_in_one_open(fast_tmp):
     path = str(fast_tmp / "db")
     seg = _fill(path)
