@@ -105,6 +105,8 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
         # every live byte again (basho/bitcask #205).
         summary.seconds = time.monotonic() - started
         return summary
+    if killpoints.ENABLED:
+        killpoints.hit("compact.inputs_selected")
     total = sum(s.size for s in inputs)
     summary.segments_in = len(inputs)
     summary.bytes_in = total

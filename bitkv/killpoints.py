@@ -19,6 +19,7 @@ POINTS = (
     "append.after_sync",         # record fsynced, call not yet returned
     "rotate.after_sync",         # old active segment fsynced, new one not yet created
     "rotate.after_create",       # new segment created, directory not yet fsynced
+    "compact.inputs_selected",   # inputs chosen, nothing written yet
     "compact.outputs_written",   # output segments written under temporary names
     "compact.hints_written",     # hint files written under temporary names
     "compact.synced",            # outputs and hints fsynced
@@ -27,6 +28,7 @@ POINTS = (
     "compact.switched",          # keydir switched to outputs
     "compact.removed_one",       # one input segment removed
     "recovery.truncated",        # torn tail truncated during open
+    "checkpoint.written",        # checkpoint hint written and fsynced, not yet renamed
 )
 
 _spec = os.environ.get("BITKV_KILLPOINTS", "")

@@ -1147,6 +1147,8 @@ class Store(MutableMapping[bytes, bytes]):
             self._io.fsync(fd)
         finally:
             self._io.close(fd)
+        if killpoints.ENABLED:
+            killpoints.hit("checkpoint.written")
         self._io.rename(tmp, final)
         self._io.fsync_dir(self.path)
 
