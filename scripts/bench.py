@@ -429,7 +429,8 @@ def chart(aggs: dict[str, Any], order: list[str], path: str, title: str) -> str 
             colors.append("#d62728" if name == "bitkv" else
                           "#7f7f7f" if name == "floor" else "#1f77b4")
         ax.barh(labels[::-1], vals[::-1], color=colors[::-1])
-        ax.set_xscale("log")
+        if vals and min(vals) > 0 and max(vals) / min(vals) > 30:
+            ax.set_xscale("log")  # else a linear axis: log ticks crowd a narrow range
         ax.set_title(ttl + ("  (lower is better)" if kind == "time" else "  (ops/s)"),
                      fontsize=10)
         ax.tick_params(labelsize=8)
@@ -713,8 +714,10 @@ def update_doc(path: str, md: str, rel_results: str) -> None:
         text = fh.read()
     if RESULTS_BEGIN not in text or RESULTS_END not in text:
         raise SystemExit(f"{path} has no {RESULTS_BEGIN} ... {RESULTS_END} section")
-    # the report's image link is relative to the results dir; make it relative to the doc
+    # the report's image link is relative to the results dir; make it relative to the doc,
+    # and its headings go one level down, under the doc's own "Latest results"
     md = md.replace("](bench-", f"]({rel_results}/bench-")
+    md = "\n".join("#" + line if line.startswith("#") else line for line in md.split("\n"))
     head, rest = text.split(RESULTS_BEGIN, 1)
     _old, tail = rest.split(RESULTS_END, 1)
     with open(path, "w") as fh:

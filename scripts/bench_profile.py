@@ -22,6 +22,7 @@ import os
 import pstats
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -132,10 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "bitkv"], cwd=ROOT,
+                               text=True, capture_output=True, timeout=10).stdout.strip()
+        rev = f"git {rev}" + (" with uncommitted changes in bitkv/" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        rev = "git revision unknown"
     out = [f"## bitkv profile (cProfile, top {args.top} by tottime)\n",
            f"`python scripts/bench_profile.py --n {n}` on Python {sys.version.split()[0]}, "
-           f"{time.strftime('%Y-%m-%d')}. tottime = seconds inside the function itself; "
-           "cumtime includes callees. Absolute times carry cProfile's per-call overhead.\n"]
+           f"{time.strftime('%Y-%m-%d')}, bitkv {rev}. tottime = seconds inside the function "
+           "itself; cumtime includes callees. Absolute times carry cProfile's per-call "
+           "overhead.\n"]
     for title, prof in sections:
         rows, total = top_rows(prof, args.top)
         out.append(f"### {title}\n")
