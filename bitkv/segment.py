@@ -154,6 +154,8 @@ class Segment:
             self._install(mm)
 
     def _install(self, mm: mmap.mmap | None) -> None:
+        # mm is stored before mapped, and lock-free readers load mapped before mm: a map
+        # that grows is then never paired with a length it does not have.
         old = self.mm
         self.mm = mm
         self.mapped = len(mm) if mm is not None else 0
@@ -172,8 +174,9 @@ class Segment:
 
     def read(self, offset: int, size: int) -> bytes:
         """Return ``size`` bytes at ``offset`` (a slice of the map, else one pread)."""
+        mapped = self.mapped  # before mm: see _install
         mm = self.mm
-        if mm is not None and offset + size <= self.mapped:
+        if mm is not None and offset + size <= mapped:
             return mm[offset : offset + size]
         if self.fd >= 0 and offset + size <= self.size and self.size - self.mapped >= REMAP_STEP:
             # The active segment grew well past its map: extend the map (amortised over

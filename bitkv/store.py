@@ -487,9 +487,12 @@ class Store(MutableMapping[bytes, bytes]):
         size = entry & SIZE_MASK
         seg = self._slots[entry >> SLOT_SHIFT]
         if size and seg is not None:
+            # mapped before mm: maps only grow, and mm is stored before mapped, so the map
+            # read second is always at least as long as the length read first.
+            mapped = seg.mapped
             mm = seg.mm
             offset = (entry >> SIZE_BITS) & _OFFSET_MASK
-            if mm is not None and offset + size <= seg.mapped:
+            if mm is not None and offset + size <= mapped:
                 try:
                     buf = mm[offset : offset + size]
                 except ValueError:  # map closed by compaction or close()
