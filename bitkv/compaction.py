@@ -218,6 +218,7 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
         fd = io.open_read(path)
         segment = Segment(io, out.id, path, fd, out.header, out.size)  # type: ignore[attr-defined]
         segment.synced_size = out.size
+        segment.hinted = True
         segment.map()
         segment.release_fd()
         new_segments.append(segment)

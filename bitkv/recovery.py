@@ -357,6 +357,7 @@ class _Loader:
                 covered = self._load_hint(seg)
                 if covered is not None:
                     start = covered
+                    seg.hinted = covered == seg.size
         seg.map()
         mm = seg.mm
         if mm is None:

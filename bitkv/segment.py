@@ -102,7 +102,7 @@ class Segment:
     active segment). ``live_bytes`` counts the bytes of records the keydir points at.
     """
 
-    __slots__ = ("_map_lock", "closed", "fd", "header", "header_damaged", "id", "io",
+    __slots__ = ("_map_lock", "closed", "fd", "header", "header_damaged", "hinted", "id", "io",
                  "live_bytes", "mapped", "max_seq", "mm", "path", "size", "slot", "synced_size")
 
     def __init__(self, io: FileIO, segment_id: int, path: str, fd: int, header: SegmentHeader,
@@ -121,6 +121,7 @@ class Segment:
         self.mapped = 0
         self.closed = False
         self.header_damaged = False
+        self.hinted = False  # a hint file covers all of it
         # Serialises changes of (mm, mapped, fd): lock-free readers may remap a growing
         # segment while the writer seals it; without this a reader could install its older,
         # shorter map after rotation installed the full one and closed the fd.

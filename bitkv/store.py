@@ -85,7 +85,8 @@ def _flusher_main(ref: weakref.ref[Store], stop: threading.Event, interval: floa
 
 def _compactor_main(ref: weakref.ref[Store], stop: threading.Event,
                     wake: threading.Event) -> None:
-    """Auto-compaction: wakes on rotation or every 5 s, compacts when thresholds are crossed."""
+    """Maintenance: wakes on rotation or every 5 s; writes hints for sealed segments, and
+    compacts when auto-compaction is on and its thresholds are crossed."""
     while True:
         wake.wait(timeout=5.0)
         wake.clear()
@@ -94,7 +95,9 @@ def _compactor_main(ref: weakref.ref[Store], stop: threading.Event,
         store = ref()
         if store is None:
             return
-        store._compact_if_due()
+        store._write_seal_hints()
+        if store.auto_compact:
+            store._compact_if_due()
         del store
 
 
@@ -224,7 +227,8 @@ class Store(MutableMapping[bytes, bytes]):
                 target=_flusher_main, args=(weakref.ref(self), self._stop, self.sync_interval),
                 name="bitkv-flusher", daemon=True)
             self._flusher.start()
-        if not readonly and self.auto_compact:
+        if not readonly:
+            # The maintenance thread: hints for sealed segments, and auto-compaction.
             self._compactor = threading.Thread(
                 target=_compactor_main, args=(weakref.ref(self), self._stop, self._compact_wake),
                 name="bitkv-compactor", daemon=True)
@@ -1058,6 +1062,30 @@ class Store(MutableMapping[bytes, bytes]):
             total = sum(s.size for s in immutable)
         return bool(total) and dead >= self.compact_min_dead_bytes \
             and dead >= self.compact_dead_ratio * total
+
+    def _write_seal_hints(self, blocking: bool = False) -> None:
+        """Give every sealed append segment without a hint one (background; see sealing.py)."""
+        from . import sealing
+
+        try:
+            if not self._compact_lock.acquire(blocking=blocking):
+                return  # a compaction is running: its outputs get hints anyway
+            try:
+                with self._lock:
+                    todo = [s for s in self._segments if s is not self._active and not s.hinted
+                            and s.kind == seg_mod.KIND_APPEND]
+                for seg in todo:
+                    if self._stop.is_set():
+                        return
+                    blob = sealing.build_hint(self.path, self._io, seg)
+                    seg.hinted = True  # written, or not worth trying again (damage)
+                    if blob is not None:
+                        sealing.write_hint(self.path, self._io, seg, blob)
+            finally:
+                self._compact_lock.release()
+        except Exception as exc:  # keep serving; stats() shows the failure
+            if not self._stop.is_set():
+                self.last_compaction_error = f"hint: {type(exc).__name__}: {exc}"
 
     def _compact_if_due(self) -> None:
         from . import compaction

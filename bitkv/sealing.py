@@ -1,0 +1,63 @@
+"""Hints for sealed append segments, written in the background after rotation.
+
+Compaction gives its outputs hints, and a clean close checkpoints the active segment; a store
+that grows without compacting would otherwise rescan every sealed segment at each open. A
+sealed segment is immutable, so its hint is built by loading just that segment into a private
+index, exactly as recovery would apply it: the newest record of each key in the segment,
+tombstones and expired records included (a later open decides what they hide).
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import hint, keydir, record, recovery
+from . import segment as seg_mod
+from .fileio import FileIO
+from .segment import Segment
+
+
+def build_hint(directory: str, io: FileIO, seg: Segment) -> bytes | None:
+    """Return the hint describing all of sealed segment ``seg``, or None if it has damage
+    (recovery treats damaged bytes in the context of the whole store; leave those to a scan)."""
+    shadow = Segment(io, seg.id, seg.path, -1, seg.header, seg.size)
+    shadow.mm, shadow.mapped, shadow.slot = seg.mm, seg.mapped, 0
+    if shadow.mm is None or shadow.mapped != seg.size:
+        return None
+    loader = recovery._Loader(directory, io, True, now_ms=0)  # 0: keep expired records
+    loader.slots = [shadow]
+    loader.hidden = {}
+    loader.hint_ids = set()
+    start = 0 if seg.header_damaged else seg_mod.HEADER_SIZE
+    loader.load_segment(shadow, False, start)
+    report = loader.report
+    if report.damage or report.truncated_bytes or report.poisoned_keys or seg.header_damaged:
+        return None
+    header_size = record.HEADER_SIZE
+    expiries = loader.keydir.expiries
+    items = []
+    for key, entry in loader.keydir.entries.items():
+        _slot, offset, size = keydir.unpack(entry)
+        size = size or shadow.record_size_at(offset)
+        items.append((key, 0, size - header_size - len(key), offset, 0, expiries.get(key, 0)))
+    for key, (offset, size, flags, expiry_ms) in loader.hidden.items():
+        items.append((key, flags, size - header_size - len(key), offset, 0, expiry_ms))
+    return hint.encode(items, seg.header.nonce, seg.size, max_seq=loader.max_seq)
+
+
+def write_hint(directory: str, io: FileIO, seg: Segment, blob: bytes) -> None:
+    """Install ``blob`` as the hint of ``seg``: temp file, fsync, rename, directory fsync."""
+    final = os.path.join(directory, seg_mod.hint_name(seg.id))
+    tmp = final + seg_mod.TMP_SUFFIX
+    try:
+        io.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = io.create(tmp)
+    try:
+        io.write(fd, blob)
+        io.fsync(fd)
+    finally:
+        io.close(fd)
+    io.rename(tmp, final)
+    io.fsync_dir(directory)
