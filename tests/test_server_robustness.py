@@ -308,3 +308,15 @@ def test_group_commit_keeps_order_across_clients(tmp_path):
     asyncio.run(scenario())
     with bitkv.open(str(tmp_path / "db")) as db:
         assert db.get(b"k") == b"3" and db.get(b"x") is None
+
+
+def test_half_closed_client_gets_every_reply(tmp_path):
+    """`printf 'SET a b\\r\\n...' | nc -q1`: the client shuts down its sending side right
+    after the requests; replies held for the group commit or an fsync still arrive."""
+    for sync in ("interval", "always"):
+        with ServerThread(dir=str(tmp_path / sync), port=0, sync=sync) as srv:
+            for _ in range(20):
+                with connect(srv) as s:
+                    s.sendall(b"SET a 1\r\nSET b 2\r\nGET a\r\nSET c 3\r\nSAVE\r\nSET d 4\r\n")
+                    s.shutdown(socket.SHUT_WR)
+                    assert read_until_closed(s) == b"+OK\r\n+OK\r\n$1\r\n1\r\n+OK\r\n+OK\r\n+OK\r\n"

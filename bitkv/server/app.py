@@ -181,6 +181,7 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._closed = False
         self._quit = False
+        self._eof = False  # the client half-closed while replies were still pending
         self._update_gate()
 
     # -- state used by the commands ----------------------------------------------------------
@@ -271,7 +272,11 @@ class Connection(asyncio.Protocol):
         self._after_step()
 
     def eof_received(self) -> bool:
-        return False  # close our side too
+        """The client shut down its sending side: finish what it sent, then close."""
+        if self._busy or self._backlog:
+            self._eof = True
+            return True  # keep the transport open for the replies still to come
+        return False  # every reply is written already: close our side too
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -473,12 +478,17 @@ class Connection(asyncio.Protocol):
         """Resume reading (and run what arrived meanwhile) unless another step is pending."""
         if self._busy or self._closed:
             return
-        if not self._write_paused:
-            self.transport.resume_reading()
         if self._backlog:
             data = b"".join(self._backlog)
             self._backlog.clear()
             self.data_received(data)
+            if self._busy or self._closed:
+                return
+        if self._eof:
+            self._closed = True
+            self.transport.close()
+        elif not self._write_paused:
+            self.transport.resume_reading()
 
     async def _run_async(self, spec: Spec, args: list[bytes], cmds: list[list[bytes]], i: int,
                          out: list[bytes], wrote: bool) -> None:
