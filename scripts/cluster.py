@@ -150,6 +150,12 @@ class Cluster:
         if nutcracker is None:
             raise SystemExit(f"{args.nutcracker} not found; install it: "
                              "apt-get install -y nutcracker")
+        probe = subprocess.run([args.python, "-c", "import bitkv.server"], capture_output=True,
+                               text=True)
+        if probe.returncode != 0:
+            raise SystemExit(f"{args.python} cannot import bitkv.server; run this script with "
+                             "the interpreter that has bitkv installed, or pass --python:\n"
+                             + probe.stderr.strip().splitlines()[-1])
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.state_path.exists():
             old = json.loads(self.state_path.read_text())
