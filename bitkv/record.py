@@ -212,11 +212,13 @@ def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = Non
 
     Where resume after a damaged record? Bytes inside it may hold what looks like an intact
     record (a value that embeds record bytes), and indexing that would invent a key nobody
-    wrote. So: if the damaged record's header is plausible and an intact record (or the end)
-    follows exactly where it says it ends, only its value or key was damaged: skip it whole.
-    If it claims to run past the end, it is a torn write, and a record found inside it is
-    accepted only if intact records from there reach the end exactly (then the length field
-    was what got damaged). Otherwise search byte by byte (:func:`find_next_intact`).
+    wrote. So: if the damaged record's header is plausible (in an append segment: carrying
+    the next seq) and an intact record follows exactly where it says it ends (or, in an
+    append segment, the end does), only its value or key was damaged: skip it whole.
+    If such a header (with the next seq) claims to run past the end, it is a torn write, and a
+    record found inside it is accepted only if intact records from there reach the end exactly
+    (then the length field was what got damaged). Otherwise search byte by byte
+    (:func:`find_next_intact`).
 
     ``first_seq`` marks an append segment whose records carry contiguous seqs starting there;
     resynchronisation then only accepts records whose seq fits the bytes lost.
@@ -238,9 +240,17 @@ def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = Non
             continue
         declared = _declared_size(buf, pos, end)
         if declared and pos + declared <= end:
+            # In an append segment, evidence that this is the real header of the next record
+            # (not garbage that parses as one): it carries the next seq, or the record right
+            # after it carries the one after that.
             after = pos + declared
-            if after == end or (intact_size_at(buf, after, end)
-                                and _seq_fits(buf, after, last_seq, declared)):
+            next_seq = None if last_seq is None else last_seq + 1
+            follows = after < end and intact_size_at(buf, after, end) and (
+                next_seq is None or unpack(buf, after)[5] == next_seq + 1
+                or (unpack(buf, pos)[5] == next_seq
+                    and _seq_fits(buf, after, last_seq, declared)))
+            at_end = after == end and next_seq is not None and unpack(buf, pos)[5] == next_seq
+            if follows or at_end:
                 _crc, flags, _res, key_len, _vl, _seq, _exp = unpack(buf, pos)
                 # A batch member is not named: the batch it belonged to is dropped whole, so
                 # the older values of all its keys are the right ones to keep.
@@ -250,8 +260,12 @@ def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = Non
                 pos = after
                 continue
         nxt = find_next_intact(buf, pos, end, last_seq)
-        if nxt >= 0 and declared and pos + declared > end and not _chain_reaches_end(
-                buf, nxt, end):
+        if (nxt >= 0 and declared and pos + declared > end and last_seq is not None
+                and unpack(buf, pos)[5] == last_seq + 1
+                and not _chain_reaches_end(buf, nxt, end)):
+            # The next record's genuine header, cut short: a torn write, whose value may
+            # embed record bytes. Only a run of intact records reaching the end says that
+            # its length field was damaged instead.
             nxt = -1
         if nxt < 0:
             yield Damage(pos, end - pos, True)

@@ -64,6 +64,8 @@ CHECKPOINT_MIN_BYTES = 1 << 20
 MAX_SYNC_INTERVAL = 86400.0
 _OFFSET_MASK = keydir.OFFSET_MASK
 _MAX_KEY = rec.MAX_KEY_SIZE
+# Flags the fast read path cannot serve (batch bits are fine: the record is a plain value).
+_ENCODED = ~rec.BATCH_FLAGS & 0xFF
 _MAX_VALUE = rec.MAX_VALUE_SIZE
 _unpack_header = rec.HEADER.unpack_from
 _pack_body = struct.Struct("<BBHIQQ").pack
@@ -85,8 +87,8 @@ def _flusher_main(ref: weakref.ref[Store], stop: threading.Event, interval: floa
 
 def _compactor_main(ref: weakref.ref[Store], stop: threading.Event,
                     wake: threading.Event) -> None:
-    """Maintenance: wakes on rotation or every 5 s; writes hints for sealed segments, and
-    compacts when auto-compaction is on and its thresholds are crossed."""
+    """Maintenance (auto_compact=True): wakes on rotation or every 5 s; writes hints for
+    sealed segments, and compacts when its thresholds are crossed."""
     while True:
         wake.wait(timeout=5.0)
         wake.clear()
@@ -96,8 +98,7 @@ def _compactor_main(ref: weakref.ref[Store], stop: threading.Event,
         if store is None:
             return
         store._write_seal_hints()
-        if store.auto_compact:
-            store._compact_if_due()
+        store._compact_if_due()
         del store
 
 
@@ -227,8 +228,9 @@ class Store(MutableMapping[bytes, bytes]):
                 target=_flusher_main, args=(weakref.ref(self), self._stop, self.sync_interval),
                 name="bitkv-flusher", daemon=True)
             self._flusher.start()
-        if not readonly:
-            # The maintenance thread: hints for sealed segments, and auto-compaction.
+        if not readonly and self.auto_compact:
+            # The maintenance thread: hints for sealed segments, and compaction when due.
+            # auto_compact=False means no background file activity at all.
             self._compactor = threading.Thread(
                 target=_compactor_main, args=(weakref.ref(self), self._stop, self._compact_wake),
                 name="bitkv-compactor", daemon=True)
@@ -503,7 +505,8 @@ class Store(MutableMapping[bytes, bytes]):
                     buf = b""
                 if len(buf) == size:
                     crc, flags, _r, key_len, _v, _s, _e = _unpack_header(buf)
-                    if (not flags and key_len == len(k) and buf.startswith(k, _HEADER_SIZE)
+                    if (not flags & _ENCODED and key_len == len(k)
+                            and buf.startswith(k, _HEADER_SIZE)
                             and _crc32c(buf[4:]) == crc):
                         return buf[_HEADER_SIZE + key_len :]
         value = self._value_of(k, entry)

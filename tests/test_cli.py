@@ -9,11 +9,11 @@ import sys
 import types
 
 import pytest
-from bitkv_cli.main import cli
 from click.testing import CliRunner
 from conftest import flip_bit, segment_files
 
 import bitkv
+from bitkv_cli.main import cli
 
 EXIT_NOT_FOUND, EXIT_USAGE, EXIT_STORE, EXIT_LOCKED = 1, 2, 3, 4
 
@@ -362,7 +362,7 @@ def test_import_non_utf8_line_and_missing_file(run, tmp_path):
 
 
 def _damaged_store(store_dir: str) -> None:
-    with bitkv.open(store_dir, max_segment_size=4096) as db:
+    with bitkv.open(store_dir, max_segment_size=4096, auto_compact=False) as db:
         for i in range(200):
             db.put(b"k%03d" % i, b"v" * 50)
     first = segment_files(store_dir)[0]

@@ -59,16 +59,36 @@ def test_bitcask_212_key_of_crc_failing_record_is_not_indexed(db_path, part):
 
 
 def test_bitcask_212_crc_failing_record_in_sealed_segment(db_path):
-    with bitkv.open(db_path, max_segment_size=4096) as db:
+    # auto_compact=False: no background hint for the sealed segment, so the open scans it.
+    with bitkv.open(db_path, max_segment_size=4096, auto_compact=False) as db:
         db.put(b"victim", b"v" * 40)
         for i in range(150):
             db.put(b"fill-%d" % i, b"f" * 40)
     first = segment_files(db_path)[0]
     flip_bit(first, _offset_of(first, b"victim", b"v" * 40) + REC_HDR + 1)
-    with bitkv.open(db_path, max_segment_size=4096) as db:
+    with bitkv.open(db_path, max_segment_size=4096, auto_compact=False) as db:
         assert b"victim" not in db
         assert not [k for k in db if k.startswith(b"vi")]
         assert len(db) == 150
+
+
+def test_bitcask_212_damage_under_a_hint_is_never_returned_as_data(db_path):
+    """A hint is written from records verified when the segment was sealed; damage after
+    that is not seen at open (the values are not read), but every read verifies the CRC."""
+    with bitkv.open(db_path, max_segment_size=4096, auto_compact=False) as db:
+        db.put(b"victim", b"v" * 40)
+        for i in range(150):
+            db.put(b"fill-%d" % i, b"f" * 40)
+        db._write_seal_hints(blocking=True)
+    first = segment_files(db_path)[0]
+    assert os.path.exists(first[: -len(".data")] + ".hint")
+    flip_bit(first, _offset_of(first, b"victim", b"v" * 40) + REC_HDR + 1)
+    with bitkv.open(db_path, max_segment_size=4096, auto_compact=False) as db:
+        assert db.recovery_report.segments_from_hints >= 1
+        with pytest.raises(bitkv.IntegrityError):
+            db.get(b"victim")
+        assert db.get(b"fill-3") == b"f" * 40
+    assert not bitkv.check(db_path).healthy
 
 
 def test_bitcask_212_no_key_from_bytes_inside_a_crc_failing_record(db_path):
@@ -383,14 +403,19 @@ class _RotateAfterMap(FileIO):
     stores the new map: a GIL switch between two statements of Segment.remap_grown."""
 
     hook = None
+    thread: threading.Thread | None = None
 
     def map(self, fd, length):
         mm = super().map(fd, length)
         hook, _RotateAfterMap.hook = _RotateAfterMap.hook, None
         if hook is not None:
+            # Give the writer the chance to rotate between map() and the store of its
+            # result. With the fix, rotation waits for the segment's map lock, so it cannot
+            # finish here: wait a moment, not for it to end.
             t = threading.Thread(target=hook)
+            _RotateAfterMap.thread = t
             t.start()
-            t.join(30)
+            t.join(0.5)
         return mm
 
 
@@ -414,6 +439,9 @@ def test_remap_by_a_reader_racing_rotation_loses_nothing(db_path):
         _RotateAfterMap.hook = writer
         assert db.get(b"k0") == _value(b"k0")
         assert _RotateAfterMap.hook is None, "the read did not remap"
+        assert _RotateAfterMap.thread is not None
+        _RotateAfterMap.thread.join(30)
+        assert not _RotateAfterMap.thread.is_alive()
         assert db.stats()["segments"] >= 2
         unreadable = []
         for k in first + more:
@@ -428,4 +456,5 @@ def test_remap_by_a_reader_racing_rotation_loses_nothing(db_path):
             assert all(db.get(k) == _value(k) for k in first + more)
     finally:
         _RotateAfterMap.hook = None
+        _RotateAfterMap.thread = None
         db.close()
