@@ -677,12 +677,7 @@ def _write_segments(directory: str, io: FileIO, first_id: int, max_segment_size:
             (seg_mod.hint_name(next_id), hint.encode(hints, header.nonce, size)),
         ):
             tmp = os.path.join(directory, name + seg_mod.TMP_SUFFIX)
-            fd = io.create(tmp)
-            try:
-                io.write(fd, data)
-                io.fsync(fd)
-            finally:
-                io.close(fd)
+            io.write_new_file(tmp, data)
             renames.append((tmp, os.path.join(directory, name)))
         report.segments_written += 1
         report.bytes_written += size
@@ -803,12 +798,7 @@ def _repair_into(directory: str, target: str, io: FileIO, report: RepairReport,
             with open(os.path.join(directory, name), "rb") as fh:
                 data = fh.read()
             tmp = os.path.join(target, name + seg_mod.TMP_SUFFIX)
-            fd = io.create(tmp)
-            try:
-                io.write(fd, data)
-                io.fsync(fd)
-            finally:
-                io.close(fd)
+            io.write_new_file(tmp, data)
             io.rename(tmp, os.path.join(target, name))
     io.fsync_dir(target)
     recovery.create_store(target, io)  # the marker last: until then it is no store at all

@@ -100,7 +100,7 @@ def check_encryption_key(directory: str, key: bytes | None, *, create: bool,
     if not create:
         return
     blob = KEYCHECK_MAGIC + cipher.seal(KEYCHECK_MAGIC, _KEYCHECK_PLAINTEXT)
-    write_file_atomically(io, directory, KEYCHECK_NAME, blob)
+    io.replace_file(directory, KEYCHECK_NAME, blob)
 
 
 def validate_key(key: object) -> bytes:
@@ -110,23 +110,6 @@ def validate_key(key: object) -> bytes:
     if len(key) != 32:
         raise ValueError(f"encryption_key must be 32 bytes (AES-256), not {len(key)}")
     return key
-
-
-def write_file_atomically(io: FileIO, directory: str, name: str, data: bytes) -> None:
-    """Write ``directory/name`` via a temp file, fsync, rename and directory fsync."""
-    tmp = os.path.join(directory, name + ".tmp")
-    try:
-        io.unlink(tmp)  # left by a crash; the caller holds the store's write lock
-    except FileNotFoundError:
-        pass
-    fd = io.create(tmp)
-    try:
-        io.write(fd, data)
-        io.fsync(fd)
-    finally:
-        io.close(fd)
-    io.rename(tmp, os.path.join(directory, name))
-    io.fsync_dir(directory)
 
 
 _DICT_HEADER = struct.Struct("<8sII")  # magic, dict id, crc32c of the dictionary bytes
@@ -195,7 +178,7 @@ class ValueCodec:
         else:
             blob = _DICT_HEADER.pack(DICT_MAGIC, d.dict_id(), crc32c(raw)) + raw
         if not os.path.exists(os.path.join(self.directory, name)):
-            write_file_atomically(self._io, self.directory, name, blob)
+            self._io.replace_file(self.directory, name, blob)
         self._dicts[d.dict_id()] = d
         self._active_dict = d
         self._local = threading.local()

@@ -124,22 +124,12 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
         header = SegmentHeader.new(seg_mod.KIND_COMPACTED, out.max_seq, out.min_seq)
         data_tmp = os.path.join(store.path, seg_mod.data_name(out.id) + seg_mod.TMP_SUFFIX)
         hint_tmp = os.path.join(store.path, seg_mod.hint_name(out.id) + seg_mod.TMP_SUFFIX)
-        fd = io.create(data_tmp)
         written.append(data_tmp)
-        try:
-            io.write(fd, header.encode() + b"".join(out.parts))
-            io.fsync(fd)
-        finally:
-            io.close(fd)
+        io.write_new_file(data_tmp, header.encode() + b"".join(out.parts))
         out.parts = []
         out.header = header  # type: ignore[attr-defined]
-        fd = io.create(hint_tmp)
         written.append(hint_tmp)
-        try:
-            io.write(fd, hint.encode(out.hints, header.nonce, out.size))
-            io.fsync(fd)
-        finally:
-            io.close(fd)
+        io.write_new_file(hint_tmp, hint.encode(out.hints, header.nonce, out.size))
         out.hints = []
 
     try:

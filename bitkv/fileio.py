@@ -47,6 +47,26 @@ class FileIO:
         self.write(fd, data)
         return len(data)
 
+    def write_new_file(self, path: str, data: bytes) -> None:
+        """Create ``path`` (replacing a leftover of a crash), write ``data`` and fsync it."""
+        if os.path.lexists(path):
+            self.unlink(path)
+        fd = self.create(path)
+        try:
+            self.write(fd, data)
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+
+    def replace_file(self, directory: str, name: str, data: bytes) -> None:
+        """Durably install ``directory/name`` with ``data``: written and fsynced under a
+        temporary name, renamed into place, directory fsynced. Readers see the old file or
+        the whole new one, before and after a crash."""
+        final = os.path.join(directory, name)
+        self.write_new_file(final + ".tmp", data)
+        self.rename(final + ".tmp", final)
+        self.fsync_dir(directory)
+
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         return os.pread(fd, size, offset)
 

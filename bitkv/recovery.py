@@ -165,12 +165,7 @@ def check_directory(directory: str, *, readonly: bool, create: bool) -> bool:
 def create_store(directory: str, io: FileIO) -> None:
     """Write the marker durably (temp file, fsync, rename, directory fsync)."""
     tmp = os.path.join(directory, _marker_temp_name())
-    fd = io.create(tmp)
-    try:
-        io.write(fd, MARKER_TEXT)
-        io.fsync(fd)
-    finally:
-        io.close(fd)
+    io.write_new_file(tmp, MARKER_TEXT)
     io.rename(tmp, os.path.join(directory, MARKER_NAME))
     io.fsync_dir(directory)
 

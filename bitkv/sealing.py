@@ -9,8 +9,6 @@ tombstones and expired records included (a later open decides what they hide).
 
 from __future__ import annotations
 
-import os
-
 from . import hint, keydir, record, recovery
 from . import segment as seg_mod
 from .fileio import FileIO
@@ -46,18 +44,5 @@ def build_hint(directory: str, io: FileIO, seg: Segment) -> bytes | None:
 
 
 def write_hint(directory: str, io: FileIO, seg: Segment, blob: bytes) -> None:
-    """Install ``blob`` as the hint of ``seg``: temp file, fsync, rename, directory fsync."""
-    final = os.path.join(directory, seg_mod.hint_name(seg.id))
-    tmp = final + seg_mod.TMP_SUFFIX
-    try:
-        io.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = io.create(tmp)
-    try:
-        io.write(fd, blob)
-        io.fsync(fd)
-    finally:
-        io.close(fd)
-    io.rename(tmp, final)
-    io.fsync_dir(directory)
+    """Install ``blob`` as the hint of ``seg`` (temp file, fsync, rename, directory fsync)."""
+    io.replace_file(directory, seg_mod.hint_name(seg.id), blob)

@@ -1169,22 +1169,15 @@ class Store(MutableMapping[bytes, bytes]):
             items.append((k, flags, size - header_size - len(k), offset, 0, expiry_ms))
         blob = hint.encode(items, seg.header.nonce, seg.size, max_seq=self._next_seq - 1)
         name = seg_mod.hint_name(seg.id)
-        final = os.path.join(self.path, name)
-        tmp = final + seg_mod.TMP_SUFFIX
-        try:
-            self._io.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        fd = self._io.create(tmp)
-        try:
-            self._io.write(fd, blob)
-            self._io.fsync(fd)
-        finally:
-            self._io.close(fd)
         if killpoints.ENABLED:
+            # The kill point sits between the fsync and the rename of replace_file.
+            final = os.path.join(self.path, name)
+            self._io.write_new_file(final + seg_mod.TMP_SUFFIX, blob)
             killpoints.hit("checkpoint.written")
-        self._io.rename(tmp, final)
-        self._io.fsync_dir(self.path)
+            self._io.rename(final + seg_mod.TMP_SUFFIX, final)
+            self._io.fsync_dir(self.path)
+        else:
+            self._io.replace_file(self.path, name, blob)
 
     def _abandon(self) -> None:
         """Drop every file and the lock *without* flushing: what ``kill -9`` leaves behind.
