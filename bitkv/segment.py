@@ -103,7 +103,7 @@ class Segment:
     """
 
     __slots__ = ("_map_lock", "closed", "fd", "header", "header_damaged", "hinted", "id", "io",
-                 "live_bytes", "mapped", "max_seq", "mm", "path", "size", "slot", "synced_size")
+                 "live_bytes", "mapped", "mm", "path", "size", "slot", "synced_size")
 
     def __init__(self, io: FileIO, segment_id: int, path: str, fd: int, header: SegmentHeader,
                  size: int) -> None:
@@ -115,7 +115,6 @@ class Segment:
         self.size = size
         self.synced_size = size
         self.live_bytes = 0
-        self.max_seq = 0
         self.slot = -1
         self.mm: mmap.mmap | None = None
         self.mapped = 0
