@@ -9,6 +9,8 @@ tombstones and expired records included (a later open decides what they hide).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from . import hint, keydir, record, recovery
 from . import segment as seg_mod
 from .fileio import FileIO
@@ -31,16 +33,26 @@ def build_hint(directory: str, io: FileIO, seg: Segment) -> bytes | None:
     report = loader.report
     if report.damage or report.truncated_bytes or report.poisoned_keys or seg.header_damaged:
         return None
-    header_size = record.HEADER_SIZE
-    expiries = loader.keydir.expiries
-    items = []
-    for key, entry in loader.keydir.entries.items():
-        _slot, offset, size = keydir.unpack(entry)
-        size = size or shadow.record_size_at(offset)
-        items.append((key, 0, size - header_size - len(key), offset, 0, expiries.get(key, 0)))
-    for key, (offset, size, flags, expiry_ms) in loader.hidden.items():
-        items.append((key, flags, size - header_size - len(key), offset, 0, expiry_ms))
+    items = hint_items(shadow, loader.keydir.entries.items(), loader.keydir.expiries,
+                       loader.hidden)
     return hint.encode(items, seg.header.nonce, seg.size, max_seq=loader.max_seq)
+
+
+def hint_items(seg: Segment, indexed: Iterable[tuple[bytes, int]], expiries: dict[bytes, int],
+               hidden: dict[bytes, tuple[int, int, int, int]]
+               ) -> list[tuple[bytes, int, int, int, int, int]]:
+    """Hint entries for ``seg``: its indexed keys (``indexed`` yields (key, keydir entry),
+    all pointing into ``seg``) and its tombstones and expired records (``hidden``). Seqs are
+    not kept in memory, so entries carry seq 0 (docs/format.md)."""
+    header_size = record.HEADER_SIZE
+    items = []
+    for key, entry in indexed:
+        _slot, offset, size = keydir.unpack(entry)
+        size = size or seg.record_size_at(offset)
+        items.append((key, 0, size - header_size - len(key), offset, 0, expiries.get(key, 0)))
+    for key, (offset, size, flags, expiry_ms) in hidden.items():
+        items.append((key, flags, size - header_size - len(key), offset, 0, expiry_ms))
+    return items
 
 
 def write_hint(directory: str, io: FileIO, seg: Segment, blob: bytes) -> None:

@@ -1159,18 +1159,11 @@ class Store(MutableMapping[bytes, bytes]):
         unhinted = seg.size - seg_mod.HEADER_SIZE
         if unhinted < CHECKPOINT_MIN_BYTES:
             return
+        from .sealing import hint_items
+
         slot = seg.slot
-        header_size = rec.HEADER_SIZE
-        expiries = self._expiries
-        items = []
-        for k, entry in self._entries.items():
-            if entry >> SLOT_SHIFT != slot:
-                continue
-            size = entry & SIZE_MASK or self._record_size(entry)
-            items.append((k, 0, size - header_size - len(k),
-                          (entry >> SIZE_BITS) & _OFFSET_MASK, 0, expiries.get(k, 0)))
-        for k, (offset, size, flags, expiry_ms) in self._hidden.items():
-            items.append((k, flags, size - header_size - len(k), offset, 0, expiry_ms))
+        indexed = ((k, e) for k, e in self._entries.items() if e >> SLOT_SHIFT == slot)
+        items = hint_items(seg, indexed, self._expiries, self._hidden)
         blob = hint.encode(items, seg.header.nonce, seg.size, max_seq=self._next_seq - 1)
         name = seg_mod.hint_name(seg.id)
         if killpoints.ENABLED:
