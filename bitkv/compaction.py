@@ -9,19 +9,23 @@ Sequence (each step a kill point for the crash harness)::
     scan inputs, copy each record the keydir still points at   -> NNNNNN.data.tmp
     write a hint per output                                    -> NNNNNN.hint.tmp
     fsync outputs and hints
-    rename *.tmp to final names; fsync the directory           <- the compaction is durable
+    rename *.tmp to final names; fsync the directory           (orphans until committed)
+    fsync the active segment (superseding writes durable first)
+    write the MANIFEST: outputs in, inputs out                 <- the commit point
     switch the keydir, a bounded chunk per lock hold, a key only if it still points at the
       exact record copied (a write made meanwhile always wins)
-    remove inputs oldest first, fsyncing the directory after each
+    remove inputs and their hints; fsync the directory
 
-A crash before the renames leaves only ``*.tmp`` files, removed at the next open. A crash after
-them leaves outputs beside some inputs: both hold the same newest versions, and load order
-(docs/format.md) makes either copy win identically. Inputs go oldest first, so a remaining
-tombstone always outlives the older values it hides.
+Before the commit point any failure removes the outputs and leaves the store as it was; a
+crash leaves orphans the next open removes. After it the MANIFEST lists the outputs, so the
+inputs are orphans, removed in any order. A failure after the commit point (or while writing
+the MANIFEST, when which version is on disk is unknown) makes the store refuse writes until
+it is reopened: a compaction either finishes or leaves a store that reloads from disk.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -36,6 +40,7 @@ from .segment import Segment, SegmentHeader
 if TYPE_CHECKING:
     from .store import Store
 
+log = logging.getLogger("bitkv")
 ProgressCallback = Callable[[int, int], None]
 SWITCH_CHUNK = 2048  # keys switched per hold of the writer lock: bounds the writer's wait
 
@@ -191,73 +196,102 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
             _unlink_quietly(store, path)
         raise
 
-    # Commit point: once renamed and the directory fsynced, the outputs are part of the store.
-    for out in outputs:
-        for name in (seg_mod.data_name(out.id), seg_mod.hint_name(out.id)):
-            final = os.path.join(store.path, name)
-            io.rename(final + seg_mod.TMP_SUFFIX, final)
-    if killpoints.ENABLED:
-        killpoints.hit("compact.renamed")
-    io.fsync_dir(store.path)
-    if killpoints.ENABLED:
-        killpoints.hit("compact.dir_synced")
-
+    # Outputs get their final names, but they are not part of the store until the MANIFEST
+    # lists them: a crash or an error before that leaves orphans the next open removes.
+    renamed: list[str] = []
     new_segments: list[Segment] = []
-    for out in outputs:
-        path = seg_mod.segment_path(store.path, out.id)
-        fd = io.open_read(path)
-        segment = Segment(io, out.id, path, fd, out.header, out.size)  # type: ignore[attr-defined]
-        segment.synced_size = out.size
-        segment.hinted = True
-        segment.map()
-        segment.release_fd()
-        new_segments.append(segment)
-    with store._lock:
-        for segment in new_segments:
-            store._attach(segment)
-        store._segments.extend(new_segments)
-        store._segments.sort(key=lambda s: (s.order_seq, s.id))
-        # The active segment must stay last in load order.
-        assert store._segments[-1] is store._active or store._active is None
-
-    for out, segment in zip(outputs, new_segments, strict=True):
-        _switch(store, out, segment, summary)
-        summary.bytes_out += out.size
-    for start in range(0, len(expired_drops), SWITCH_CHUNK):
-        with store._lock:
-            for key, old_entry in expired_drops[start : start + SWITCH_CHUNK]:
-                if entries.get(key) == old_entry:
-                    store._keydir.remove(key)
-    if killpoints.ENABLED:
-        killpoints.hit("compact.switched")
-
-    # An input record that was not copied because a newer write superseded it may be the only
-    # durable version of its key: make the superseding writes durable before any input goes,
-    # or a power cut could lose both (the new one unsynced, the old one removed).
-    store._sync_active_for_compaction()
-    with store._lock:
-        if saw_damage:
-            # A key still pointing into an input now is one whose record failed its CRC when
-            # copied: its bytes are lost, and it must not point at a removed file.
-            input_slots = {seg.slot for seg in inputs}
-            lost = [k for k, e in store._entries.items() if e >> keydir.SLOT_SHIFT in input_slots]
-            for key in lost:
-                store._keydir.remove(key)
-            summary.corrupt_records = len(lost)
-        for seg in inputs:
-            store._segments.remove(seg)
-            store._detach(seg)
-    for seg in sorted(inputs, key=lambda s: (s.order_seq, s.id)):
-        seg.close()
-        # The hint goes first: a crash between the two unlinks then leaves a segment without
-        # a hint (scanned, then removed by the next compaction), never an orphan hint.
-        _unlink_quietly(store, os.path.join(store.path, seg_mod.hint_name(seg.id)))
-        _unlink_quietly(store, seg.path)
-        # One directory fsync per removal: a newer input's tombstone must never be gone from
-        # disk while an older input still holding the value it deleted is present.
+    committing = False
+    try:
+        for out in outputs:
+            for name in (seg_mod.data_name(out.id), seg_mod.hint_name(out.id)):
+                final = os.path.join(store.path, name)
+                io.rename(final + seg_mod.TMP_SUFFIX, final)
+                renamed.append(final)
+        if killpoints.ENABLED:
+            killpoints.hit("compact.renamed")
         io.fsync_dir(store.path)
         if killpoints.ENABLED:
+            killpoints.hit("compact.dir_synced")
+        for out in outputs:
+            path = seg_mod.segment_path(store.path, out.id)
+            fd = io.open_read(path)
+            segment = Segment(io, out.id, path, fd, out.header, out.size)  # type: ignore[attr-defined]
+            segment.synced_size = out.size
+            segment.hinted = True
+            segment.map()
+            segment.release_fd()
+            new_segments.append(segment)
+        # An input record that was not copied because a newer write superseded it may be the
+        # only durable version of its key: the superseding writes must be durable before the
+        # inputs leave the store, or a power cut could lose both.
+        store._sync_active_for_compaction()
+        # The commit point: the MANIFEST now lists the outputs instead of the inputs.
+        committing = True
+        store._install_compaction(inputs, new_segments)
+    except BaseException:
+        for segment in new_segments:
+            segment.close()
+        if committing:
+            # Which MANIFEST is on disk is unknown (the store now refuses writes): keep both
+            # the inputs and the outputs, so that either one loads to the same contents.
+            raise
+        for path in written + renamed:
+            _unlink_quietly(store, path)
+        raise
+    if killpoints.ENABLED:
+        killpoints.hit("compact.committed")
+
+    # From here on a failure cannot be undone: finish what can be finished, and if anything
+    # fails the store refuses writes until it is reopened from the committed MANIFEST.
+    try:
+        for out, segment in zip(outputs, new_segments, strict=True):
+            _switch(store, out, segment, summary)
+            summary.bytes_out += out.size
+        for start in range(0, len(expired_drops), SWITCH_CHUNK):
+            with store._lock:
+                for key, old_entry in expired_drops[start : start + SWITCH_CHUNK]:
+                    if entries.get(key) == old_entry:
+                        store._keydir.remove(key)
+        if killpoints.ENABLED:
+            killpoints.hit("compact.switched")
+        with store._lock:
+            if saw_damage:
+                # A key still pointing into an input now is one whose record failed its CRC
+                # when copied: its bytes are lost, and it must not point at a removed file.
+                input_slots = {seg.slot for seg in inputs}
+                lost = [k for k, e in store._entries.items()
+                        if e >> keydir.SLOT_SHIFT in input_slots]
+                for key in lost:
+                    store._keydir.remove(key)
+                summary.corrupt_records = len(lost)
+            for seg in inputs:
+                store._detach(seg)
+    except BaseException as exc:
+        store._fail_after_commit(exc)
+        raise
+    # The inputs are no longer listed, so the order and durability of their removal no
+    # longer matter for correctness (an input left behind is an orphan the next open
+    # removes); one directory fsync at the end keeps the disk from holding them long.
+    removal_error: OSError | None = None
+    for seg in sorted(inputs, key=lambda s: (s.order_seq, s.id)):
+        seg.close()
+        for path in (os.path.join(store.path, seg_mod.hint_name(seg.id)), seg.path):
+            try:
+                io.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                removal_error = removal_error or exc
+        if killpoints.ENABLED:
             killpoints.hit("compact.removed_one")
+    try:
+        io.fsync_dir(store.path)
+    except OSError as exc:
+        store._fail_after_commit(exc)
+        raise
+    if removal_error is not None:
+        log.warning("bitkv store %s: compaction could not remove an input (%s); the next "
+                    "writable open removes it", store.path, removal_error)
 
     summary.segments_out = len(outputs)
     summary.bytes_reclaimed = disk_before - summary.bytes_out

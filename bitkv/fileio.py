@@ -70,6 +70,34 @@ class FileIO:
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         return os.pread(fd, size, offset)
 
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` without moving the file position."""
+        written = os.pwrite(fd, data, offset)
+        if written != len(data):
+            raise OSError(errno.EIO, f"short positioned write ({written} of {len(data)} bytes)")
+
+    def read_file(self, path: str, limit: int) -> bytes:
+        """Read a whole small file (never following a symlink); raise if it exceeds ``limit``
+        bytes, so a hostile file cannot make the reader allocate without bound."""
+        fd = self.open_read(path)
+        try:
+            size = os.fstat(fd).st_size
+            if size > limit:
+                raise OSError(errno.EFBIG, f"{path} is {size} bytes, more than {limit}")
+            chunks = []
+            left = limit
+            while True:
+                chunk = os.read(fd, min(left + 1, max(size, 4096)))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+                if left < 0:
+                    raise OSError(errno.EFBIG, f"{path} grew past {limit} bytes while read")
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 

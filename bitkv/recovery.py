@@ -21,19 +21,26 @@ import itertools
 import mmap
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 
-from . import hint, keydir, record
+from . import durable, hint, keydir, manifest, record
 from . import segment as seg_mod
 from .crc import crc32c
-from .errors import FormatVersionError, NotAStoreError, StoreNotFoundError
+from .errors import CorruptionError, FormatVersionError, NotAStoreError, StoreNotFoundError
 from .fileio import FileIO
 from .keydir import KeyDir
 from .segment import Segment, SegmentHeader
 
 MARKER_NAME = "BITKV"
-MARKER_FORMAT_VERSION = 1
+# Version 2 adds the MANIFEST and the DURABLE mark; segments, records and hints are as in 1.
+# A version-1 store is upgraded by its first writable open (MANIFEST first, then the marker),
+# so a bitkv that knows only version 1 can never write into a store whose MANIFEST it would
+# leave stale.
+MARKER_FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
 MARKER_TEXT = f"bitkv store\nformat-version: {MARKER_FORMAT_VERSION}\n".encode()
+_MAX_HINT_READ = 1 << 34  # a hint of 2^32 entries; read_file allocates only what is there  # bytes of an unlisted segment read to see whether it holds records
 
 
 @dataclass
@@ -50,6 +57,31 @@ class RecoveryReport:
     damage: list[tuple[str, int, int, str]] = field(default_factory=list)
     ignored_hints: list[tuple[str, str]] = field(default_factory=list)
     removed_temp_files: list[str] = field(default_factory=list)
+    # Keys whose newest record is damaged (reading them raises), as far as they are known.
+    damaged_keys: list[bytes] = field(default_factory=list)
+    # Segment files the MANIFEST does not list: removed (leftovers of a rotation or a
+    # compaction that did not commit, or inputs of one that did) or left alone (copies).
+    removed_orphans: list[str] = field(default_factory=list)
+    ignored_files: list[tuple[str, str]] = field(default_factory=list)
+    # Segments the MANIFEST lists that are missing or cut short (only when tolerated, by
+    # repair): (file, what happened, keys at stake as far as a hint tells).
+    lost_segments: list[tuple[str, str, list[bytes]]] = field(default_factory=list)
+    durable_end: int = 0  # how far the newest append segment was known to be fsynced
+    manifest_created: bool = False
+
+
+class SegmentLossError(CorruptionError):
+    """A segment the store consists of is missing, cut short or replaced. Opening refuses:
+    indexing the rest would silently lose its keys or bring older values back.
+    ``bitkv check --repair`` salvages the rest and records what was lost."""
+
+    def __init__(self, message: str, losses: list[tuple[str, str, list[bytes]]]) -> None:
+        super().__init__(message)
+        self.losses = losses
+
+
+class _Retry(Exception):
+    """A read-only opener saw the store change under it (compaction, rotation): load again."""
 
 
 @dataclass
@@ -63,6 +95,9 @@ class LoadedStore:
     # For the segment that becomes active: keys whose newest record in it is a tombstone or
     # expired, as (offset, size, flags, expiry_ms); a checkpoint hint must repeat them.
     hidden: dict[bytes, tuple[int, int, int, int]] = field(default_factory=dict)
+    manifest: manifest.Manifest | None = None
+    marker_version: int = MARKER_FORMAT_VERSION
+    mark: durable.Mark | None = None
 
 
 def is_temp_name(name: str) -> bool:
@@ -74,7 +109,7 @@ def is_temp_name(name: str) -> bool:
     stem = name[: -len(seg_mod.TMP_SUFFIX)]
     return (
         _is_creation_leftover(name)
-        or stem in (MARKER_NAME, KEYCHECK_NAME)
+        or stem in (MARKER_NAME, KEYCHECK_NAME, manifest.MANIFEST_NAME)
         or is_dict_name(stem)
         or seg_mod.parse_id(stem, seg_mod.DATA_SUFFIX) is not None
         or seg_mod.parse_id(stem, seg_mod.HINT_SUFFIX) is not None
@@ -170,6 +205,11 @@ def create_store(directory: str, io: FileIO) -> None:
     io.fsync_dir(directory)
 
 
+def upgrade_marker(directory: str, io: FileIO) -> None:
+    """Rewrite a version-1 marker as the current version (after the MANIFEST exists)."""
+    io.replace_file(directory, MARKER_NAME, MARKER_TEXT)
+
+
 def make_directory(directory: str, io: FileIO) -> None:
     try:
         io.mkdir(directory)
@@ -180,6 +220,24 @@ def make_directory(directory: str, io: FileIO) -> None:
     parent = os.path.dirname(os.path.abspath(directory))
     io.fsync_dir(parent)  # the new entry in the parent must survive power loss
 
+
+def _describe_losses(directory: str, losses: list[tuple[str, str, list[bytes]]]) -> str:
+    parts = []
+    for name, what, keys in losses:
+        if keys:
+            shown = ", ".join(repr(k) for k in keys[:5])
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            at_stake = f"; keys at stake: {shown}{more}"
+        else:
+            at_stake = "; the keys it held are unknown (no hint file)"
+        parts.append(f"segment {name} is {what}{at_stake}")
+    return (f"store {directory!r} is missing data it had acknowledged: " + "; ".join(parts)
+            + ". Nothing was changed. `bitkv check` shows the damage; `bitkv check --repair` "
+            "salvages every other record and records what was lost.")
+
+
+_MAX_BITFLIP_KEY = 1024  # keys up to this long are tried with each of their bits flipped
+_MAX_KEY_LENGTHS = 64  # distinct key lengths tried as the length of a damaged record's key
 
 # Flags the fast indexing loop leaves to the general path.
 _UNKNOWN_FLAGS = ~record.KNOWN_FLAGS & 0xFF
@@ -201,6 +259,9 @@ class _Loader:
         # largest seq seen up to it (a torn tail is cut back to there).
         self._applied_end = 0
         self._applied_max_seq = 0
+        self._key_lengths: list[int] | None = None  # of indexed keys, for _attribute
+        self.listed: manifest.Manifest | None = None
+        self.hint_ids: set[int] = set()
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -236,13 +297,21 @@ class _Loader:
             self.keydir.expiries.pop(key, None)
         self.report.records_loaded += 1
 
-    def _poison(self, seg: Segment, damage: record.Damage) -> None:
+    def _poison(self, seg: Segment, damage: record.Damage, mm: mmap.mmap) -> None:
         """A damaged record that was probably the newest version of a key already indexed:
         point the key at the damaged bytes, so reading it raises IntegrityError instead of
         silently returning the older version (or bringing a deleted key back). A key not
-        indexed gets no entry: no key is ever invented from damaged bytes."""
-        key = damage.key
-        assert key is not None
+        indexed gets no entry: no key is ever invented from damaged bytes.
+
+        Which key? The one the damaged header names, if it is indexed. Otherwise the damage
+        may have hit the key itself or its length: if exactly one indexed key differs from
+        the bytes in one bit, or is the prefix of the bytes after the header at one of the
+        key lengths the index holds, it is taken. With several candidates none is poisoned
+        (a wrong guess would make a healthy key unreadable); the damage is reported either way.
+        """
+        key = self._attribute(damage, mm)
+        if key is None:
+            return
         old = self.keydir.entries.get(key)
         if old is None:
             return
@@ -256,10 +325,56 @@ class _Loader:
             self.hidden.pop(key, None)
         seg.live_bytes += damage.length
         self.report.poisoned_keys += 1
+        self.report.damaged_keys.append(key)
+
+    def _attribute(self, damage: record.Damage, mm: mmap.mmap) -> bytes | None:
+        entries = self.keydir.entries
+        if damage.key is not None and damage.key in entries:
+            return damage.key
+        if not entries:
+            return None
+        key_start = damage.offset + record.HEADER_SIZE
+        room = damage.length - record.HEADER_SIZE
+        if room <= 0 or mm[damage.offset + 4] & record.BATCH:
+            # A batch member is not named (see record.scan): its batch is dropped whole.
+            return None
+        found: set[bytes] = set()
+        if damage.key is not None and len(damage.key) <= _MAX_BITFLIP_KEY:
+            flipped = bytearray(damage.key)
+            for i in range(len(flipped)):
+                for bit in range(8):
+                    flipped[i] ^= 1 << bit
+                    candidate = bytes(flipped)
+                    flipped[i] ^= 1 << bit
+                    if candidate in entries:
+                        found.add(candidate)
+        else:
+            if self._key_lengths is None:
+                lengths: set[int] = set()
+                for k in entries:
+                    lengths.add(len(k))
+                    if len(lengths) > _MAX_KEY_LENGTHS:
+                        break
+                self._key_lengths = sorted(lengths)
+            for key_len in self._key_lengths:
+                if key_len <= room:
+                    candidate = mm[key_start : key_start + key_len]
+                    if candidate in entries:
+                        found.add(candidate)
+        return found.pop() if len(found) == 1 else None
 
     # -- segments ----------------------------------------------------------------------------
 
-    def open_segments(self) -> list[Segment]:
+    def open_segments(self, listed: manifest.Manifest | None = None, *,
+                      require_manifest: bool = False, tolerate_loss: bool = False
+                      ) -> list[Segment]:
+        """Open the store's segments and return them in load order.
+
+        With a MANIFEST (``listed``), exactly the segments it lists: one missing, cut short or
+        replaced raises :class:`SegmentLossError` (or, with ``tolerate_loss``, is recorded in
+        ``report.lost_segments``), and files it does not list are orphans. Without one (a
+        version-1 store), every ``*.data`` file, as before the MANIFEST existed.
+        """
         names = self.io.listdir(self.directory)
         if not self.readonly:
             temps = sorted(n for n in names if is_temp_name(n) and not _creator_alive(n))
@@ -268,52 +383,244 @@ class _Loader:
             if temps:
                 self.io.fsync_dir(self.directory)
                 self.report.removed_temp_files = temps
+                names = [n for n in names if n not in temps]
         ids = seg_mod.list_segment_ids(names)
         self.hint_ids = {i for i in (seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) for n in names)
                          if i is not None}
-        orphans = sorted(self.hint_ids - set(ids))
-        if orphans and not self.readonly:
-            # Hints whose segment is gone (an older bitkv removed data before hint).
-            for segment_id in orphans:
-                self.io.unlink(os.path.join(self.directory, seg_mod.hint_name(segment_id)))
+        self.listed = listed
+        opened: list[tuple[int, str, int, int]] = []  # (id, path, fd, size)
+        try:
+            if listed is None:
+                if require_manifest:
+                    self._refuse_without_manifest(ids)
+                for segment_id in ids:
+                    path = seg_mod.segment_path(self.directory, segment_id)
+                    # FileNotFoundError: only a read-only opener can see this (the writer's
+                    # compaction removed an input after we listed it): load again.
+                    fd = self.io.open_read(path)
+                    opened.append((segment_id, path, fd, self.io.size(fd)))
+                segments = self._headers(opened, newest_id=ids[-1] if ids else -1)
+            else:
+                segments = self._open_listed(listed, ids, names, opened, tolerate_loss)
+        except BaseException:
+            for _sid, _path, fd, _size in opened:
+                try:
+                    self.io.close(fd)
+                except OSError:
+                    pass
+            raise
+        orphan_hints = sorted(self.hint_ids - set(ids) - {s.id for s in segments})
+        if orphan_hints and not self.readonly:
+            # Hints whose segment is gone (removed, or an older bitkv removed data first).
+            for segment_id in orphan_hints:
+                self._unlink_quietly(seg_mod.hint_name(segment_id))
             self.io.fsync_dir(self.directory)
-        segments: list[Segment] = []
-        damaged: list[tuple[int, str, int, int]] = []
+        segments.sort(key=lambda s: (s.order_seq, s.id))
+        for s in segments:
+            s.slot = len(self.slots)
+            self.slots.append(s)
+        return segments
+
+    def _unlink_quietly(self, name: str) -> None:
+        try:
+            self.io.unlink(os.path.join(self.directory, name))
+        except FileNotFoundError:
+            pass
+
+    def _refuse_without_manifest(self, ids: list[int]) -> None:
+        """A store of the MANIFEST's format without one: fine only if it holds no records
+        yet (a crash between creating the marker and the MANIFEST)."""
         for segment_id in ids:
             path = seg_mod.segment_path(self.directory, segment_id)
             try:
-                fd = self.io.open_read(path)
+                size = os.lstat(path).st_size
             except FileNotFoundError:
-                # Only a read-only opener can see this: the writer's compaction removed an
-                # input after we listed it. Its outputs were durable first; start over.
-                for s in segments:
-                    s.close()
-                for _sid, _path, dfd, _size in damaged:
-                    self.io.close(dfd)
-                raise
-            size = self.io.size(fd)
+                continue
+            if size > seg_mod.HEADER_SIZE:
+                raise SegmentLossError(
+                    f"store {self.directory!r} has no {manifest.MANIFEST_NAME} but holds "
+                    f"segment {seg_mod.data_name(segment_id)} with data: which segments make "
+                    "up the store is unknown. Run `bitkv check --repair` to rebuild it from "
+                    "the segments present.", [])
+
+    def _headers(self, opened: list[tuple[int, str, int, int]], newest_id: int
+                 ) -> list[Segment]:
+        """Read the headers of segments opened without a MANIFEST (version-1 rules)."""
+        segments: list[Segment] = []
+        damaged: list[tuple[int, str, int, int]] = []
+        while opened:
+            segment_id, path, fd, size = opened.pop(0)
             try:
                 header = seg_mod.decode_header(self.io.pread(fd, seg_mod.HEADER_SIZE, 0))
             except seg_mod.NewerFormatError as exc:
                 self.io.close(fd)
                 for s in segments:
                     s.close()
+                for _sid, _path, dfd, _size in damaged:
+                    self.io.close(dfd)
                 raise FormatVersionError(f"{path}: {exc}; upgrade bitkv to open it") from None
             except seg_mod.HeaderError:
                 # Counted when salvaged: the scan from offset 0 reports the bad header bytes.
                 damaged.append((segment_id, path, fd, size))
                 continue
             segments.append(Segment(self.io, segment_id, path, fd, header, size))
-        newest_id = ids[-1] if ids else -1
         for segment_id, path, fd, size in damaged:
             salvaged = self._salvage_headerless(segment_id, path, fd, size, segment_id == newest_id)
             if salvaged is not None:
                 segments.append(salvaged)
-        segments.sort(key=lambda s: (s.order_seq, s.id))
-        for s in segments:
-            s.slot = len(self.slots)
-            self.slots.append(s)
         return segments
+
+    def _open_listed(self, listed: manifest.Manifest, ids: list[int], names: list[str],
+                     opened: list[tuple[int, str, int, int]], tolerate_loss: bool
+                     ) -> list[Segment]:
+        entries = listed.by_id()
+        segments: list[Segment] = []
+        losses: list[tuple[str, str, list[bytes]]] = []
+        present = set(ids)
+        for entry in sorted(entries.values(), key=lambda e: e.segment_id):
+            name = seg_mod.data_name(entry.segment_id)
+            path = os.path.join(self.directory, name)
+            if entry.segment_id not in present:
+                if self.readonly:
+                    # The writer may have compacted it away after we read the MANIFEST.
+                    raise _Retry(name)
+                losses.append((name, "missing", self._keys_at_stake(entry, 0)))
+                continue
+            try:
+                fd = self.io.open_read(path)
+            except FileNotFoundError:
+                if self.readonly:
+                    raise _Retry(name) from None
+                losses.append((name, "missing", self._keys_at_stake(entry, 0)))
+                continue
+            opened.append((entry.segment_id, path, fd, 0))
+            size = self.io.size(fd)
+            head = self.io.pread(fd, seg_mod.HEADER_SIZE, 0)
+            header: SegmentHeader | None
+            try:
+                header = seg_mod.decode_header(head)
+            except seg_mod.NewerFormatError as exc:
+                raise FormatVersionError(f"{path}: {exc}; upgrade bitkv to open it") from None
+            except seg_mod.HeaderError:
+                header = None
+            if header is not None and header.nonce != entry.nonce:
+                losses.append((name, "replaced by another file (its header names another "
+                               "incarnation than the one the MANIFEST lists)",
+                               self._keys_at_stake(entry, 0)))
+                continue
+            if size < seg_mod.HEADER_SIZE or (not entry.is_open and size < entry.sealed_size):
+                expected = (f"{entry.sealed_size}" if not entry.is_open
+                            else f"at least {seg_mod.HEADER_SIZE}")
+                losses.append((name, f"truncated to {size} bytes (expected {expected})",
+                               self._keys_at_stake(entry, size)))
+                continue
+            if not entry.is_open and size > entry.sealed_size:
+                # Bytes appended after the segment was sealed were never written by the store
+                # (a sealed segment is never appended to): never index them.
+                self._damage(path, entry.sealed_size, size - entry.sealed_size,
+                             "bytes past the length the segment was sealed at")
+                size = entry.sealed_size
+            seg_header = header or SegmentHeader(entry.kind, entry.order_seq, entry.order_seq,
+                                                 entry.nonce)
+            seg = Segment(self.io, entry.segment_id, path, fd, seg_header, size)
+            opened.pop()
+            if header is None:
+                # Rebuilt from the MANIFEST, which knows the kind, load position and nonce.
+                # The records after it are scanned (or read through its hint) as usual; the
+                # segment never becomes the active one, and compaction rewrites it.
+                seg.header_damaged = True
+                self._damage(path, 0, seg_mod.HEADER_SIZE,
+                             "segment header is damaged (rebuilt from the MANIFEST)")
+            segments.append(seg)
+        if losses:
+            if not tolerate_loss:
+                for s in segments:
+                    s.close()
+                raise SegmentLossError(_describe_losses(self.directory, losses), losses)
+            self.report.lost_segments.extend(losses)
+        self._handle_orphans(listed, [i for i in ids if i not in entries])
+        return segments
+
+    def _keys_at_stake(self, entry: manifest.ManifestEntry, kept: int) -> list[bytes]:
+        """Keys the segment's hint says had records at or past ``kept`` bytes."""
+        path = os.path.join(self.directory, seg_mod.hint_name(entry.segment_id))
+        try:
+            buf = self.io.read_file(path, _MAX_HINT_READ)
+            raw = hint.decode_raw(buf, entry.nonce, 1 << 62)
+        except (OSError, hint.HintError):
+            return []
+        keys: list[bytes] = []
+        pos = 0
+        for _f, _r, key_len, value_len, offset, _seq, _exp in hint.ENTRY.iter_unpack(raw.fixed):
+            key = raw.keys[pos : pos + key_len]
+            pos += key_len
+            if offset + record.HEADER_SIZE + key_len + value_len > kept:
+                keys.append(bytes(key))
+        return keys
+
+    def _handle_orphans(self, listed: manifest.Manifest, orphan_ids: list[int]) -> None:
+        """Segment files the MANIFEST does not list: remove what provably holds nothing the
+        store needs; refuse when one holds writes newer than the MANIFEST knows."""
+        nonces = {e.nonce for e in listed.entries}
+        open_entry = next((e for e in listed.entries if e.is_open), None)
+        newest_listed = max((e.order_seq for e in listed.entries), default=0)
+        doomed: list[str] = []
+        for segment_id in orphan_ids:
+            name = seg_mod.data_name(segment_id)
+            path = os.path.join(self.directory, name)
+            try:
+                fd = self.io.open_read(path)
+            except FileNotFoundError:
+                continue
+            try:
+                size = self.io.size(fd)
+                head = self.io.pread(fd, seg_mod.HEADER_SIZE, 0)
+            finally:
+                self.io.close(fd)
+            try:
+                header: SegmentHeader | None = seg_mod.decode_header(head)
+            except seg_mod.HeaderError:
+                header = None
+            if header is None:
+                if size <= seg_mod.HEADER_SIZE * 2:
+                    doomed.append(name)  # a creation torn before it was ever listed
+                else:
+                    self.report.ignored_files.append(
+                        (name, "not in the MANIFEST and its header is damaged; left alone"))
+                continue
+            if header.nonce in nonces:
+                self.report.ignored_files.append(
+                    (name, "a copy of a segment the MANIFEST lists (same nonce); ignored and "
+                     "left alone"))
+                continue
+            holds_records = size > seg_mod.HEADER_SIZE
+            if header.kind == seg_mod.KIND_COMPACTED or not holds_records:
+                # An output of a compaction that did not commit, an input of one that did, or
+                # a segment created by a rotation that did not commit: nothing only it holds.
+                doomed.append(name)
+                continue
+            if open_entry is not None and header.order_seq < open_entry.order_seq:
+                doomed.append(name)  # an input of a committed compaction, not yet removed
+                continue
+            if open_entry is None and header.order_seq <= newest_listed:
+                doomed.append(name)
+                continue
+            if self.readonly:
+                raise _Retry(name)  # the writer rotated after we read the MANIFEST
+            raise SegmentLossError(
+                f"store {self.directory!r}: segment {name} holds writes newer than every "
+                f"segment the {manifest.MANIFEST_NAME} lists, which does not list it (an old "
+                f"{manifest.MANIFEST_NAME} restored, or files copied in). Nothing was changed; "
+                "run `bitkv check` to see the store, `bitkv check --repair` to salvage "
+                "every segment.", [(name, "not listed", [])])
+        if doomed and not self.readonly:
+            for name in doomed:
+                segment_id = seg_mod.parse_id(name, seg_mod.DATA_SUFFIX)
+                if segment_id is not None and segment_id in self.hint_ids:
+                    self._unlink_quietly(seg_mod.hint_name(segment_id))
+                self._unlink_quietly(name)
+            self.io.fsync_dir(self.directory)
+            self.report.removed_orphans = doomed
 
     def _salvage_headerless(self, segment_id: int, path: str, fd: int, size: int,
                             newest: bool) -> Segment | None:
@@ -343,11 +650,19 @@ class _Loader:
         seg.header_damaged = True
         return seg
 
-    def load_segment(self, seg: Segment, is_last: bool, start: int | None = None) -> None:
-        """Index ``seg`` (from ``start`` on, when a reader continues a segment it had read)."""
+    def load_segment(self, seg: Segment, is_last: bool, start: int | None = None,
+                     durable_end: int = 0) -> None:
+        """Index ``seg`` (from ``start`` on, when a reader continues a segment it had read).
+
+        ``durable_end``: the segment is known to have been fsynced up to there (the DURABLE
+        mark). Damage before it is corruption even at the very end: no crash tears bytes an
+        fsync covered, so it is bit rot in an acknowledged write, never a torn tail.
+        """
         if start is None:
             self.report.segments += 1
-            start = 0 if seg.header_damaged else seg_mod.HEADER_SIZE
+            # A header the MANIFEST rebuilt was reported already; one rebuilt by guessing
+            # (a store without a MANIFEST) is reported by the scan from offset 0.
+            start = 0 if seg.header_damaged and self.listed is None else seg_mod.HEADER_SIZE
             if seg.id in self.hint_ids:
                 covered = self._load_hint(seg)
                 if covered is not None:
@@ -358,7 +673,9 @@ class _Loader:
         if mm is None:
             return
         end = seg.size
+        durable_end = min(durable_end, end)
         ordered = seg.kind == seg_mod.KIND_APPEND and not seg.header_damaged
+        tail_rule = is_last and seg.kind == seg_mod.KIND_APPEND
         torn = False
         pending: list[record.ScannedRecord] = []
         poisons: list[record.Damage] = []
@@ -367,22 +684,31 @@ class _Loader:
         self._applied_end = start
         self._applied_max_seq = self.max_seq
         while pos < end:
-            pos = self._index_plain_run(seg, mm, pos, end)
-            if pos >= end:
-                break
+            # The durable prefix is scanned as a region of its own: its end is a write
+            # boundary (an fsync covers whole writes), and damage inside it is never torn.
+            in_durable = pos < durable_end
+            limit = durable_end if in_durable else end
+            pos = self._index_plain_run(seg, mm, pos, limit)
+            if pos >= limit:
+                if limit == end:
+                    break
+                continue
             # Something the fast loop does not handle (a batch, damage): take the general
             # path until the log is back to plain records, then resume the fast loop.
             first_seq = max(seg.header.order_seq, self.max_seq + 1) if ordered else None
-            for item in record.scan(mm, pos, end, first_seq=first_seq):
+            for item in record.scan(mm, pos, limit, first_seq=first_seq):
                 if isinstance(item, record.Damage):
                     dropped += len(pending)
                     pending = []
-                    if item.tail and is_last and seg.kind == seg_mod.KIND_APPEND:
+                    if item.tail and tail_rule and not in_durable:
                         torn = True
                     else:
-                        self._damage(seg.path, item.offset, item.length, "damaged record bytes")
-                        if item.key is not None:
-                            poisons.append(item)
+                        what = "damaged record bytes"
+                        if in_durable and item.tail and tail_rule:
+                            what += (" at the end of the durable bytes (damage to an "
+                                     "acknowledged, fsynced write: not a torn one)")
+                        self._damage(seg.path, item.offset, item.length, what)
+                        poisons.append(item)
                     pos = item.offset + item.length
                     continue
                 pos = item.offset + item.size
@@ -415,17 +741,20 @@ class _Loader:
                 self._applied_max_seq = self.max_seq
                 break
             else:
-                break  # the scan reached the end
+                if limit == end:
+                    break  # the scan reached the end
+                pos = limit
         if pending:
             dropped += len(pending)
-            if is_last and seg.kind == seg_mod.KIND_APPEND:
+            if tail_rule and pending[0].offset >= durable_end:
                 torn = True
         truncate_at = None
         if torn:
             # Everything after the last record applied is damage or uncommitted batches: one
             # torn write (a power cut may garble several unsynced ones). Cut it all in this
-            # open, give its seqs back, and do not count it as corruption.
-            truncate_at = self._applied_end
+            # open, give its seqs back, and do not count it as corruption. Never below the
+            # durable end: what an fsync covered stays, damaged or not.
+            truncate_at = max(self._applied_end, durable_end)
             name = os.path.basename(seg.path)
             kept = []
             for entry in self.report.damage:
@@ -435,9 +764,10 @@ class _Loader:
                     kept.append(entry)
             self.report.damage = kept
             poisons = [d for d in poisons if d.offset < truncate_at]
-            self.max_seq = self._applied_max_seq
+            if truncate_at == self._applied_end:
+                self.max_seq = self._applied_max_seq
         for damage in poisons:
-            self._poison(seg, damage)
+            self._poison(seg, damage, mm)
         self.report.dropped_batch_records += dropped
         if truncate_at is not None:
             self._truncate_tail(seg, truncate_at)
@@ -641,22 +971,56 @@ class _Loader:
         return ok and pos == len(keys)
 
 
-def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedStore:
-    """Rebuild the index of the store in ``directory`` (already validated and locked)."""
-    for attempt in range(8 if readonly else 1):
+def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
+         tolerate_loss: bool = False) -> LoadedStore:
+    """Rebuild the index of the store in ``directory`` (already validated and locked).
+
+    Raises :class:`SegmentLossError` when a segment the MANIFEST lists is missing, cut short
+    or replaced, or when the newest append segment is shorter than its durable-end mark
+    (with ``tolerate_loss``, as repair asks, those are recorded in the report instead).
+    """
+    version = read_marker(directory)
+    attempts = 8 if readonly else 1
+    for attempt in range(attempts):
+        listed = manifest.read(directory, io)
+        mark = durable.read(directory, io) if listed is not None else None
         loader = _Loader(directory, io, readonly, now_ms)
         try:
-            segments = loader.open_segments()
+            segments = loader.open_segments(
+                listed, require_manifest=version > LEGACY_FORMAT_VERSION,
+                tolerate_loss=tolerate_loss)
             break
-        except FileNotFoundError:
-            if attempt == 7:
-                raise
+        except (FileNotFoundError, _Retry) as exc:
+            # A read-only opener raced the writer (a compaction removed a segment, a rotation
+            # added one after we read the MANIFEST): load again, a little later each time.
+            if attempt == attempts - 1:
+                name = exc.args[0] if isinstance(exc, _Retry) else exc.filename
+                raise SegmentLossError(
+                    f"store {directory!r} kept changing while being opened read-only, or "
+                    f"segment {os.path.basename(str(name))} is missing; try again, or run "
+                    "`bitkv check`", []) from None
+            time.sleep(0.001 * 2**attempt)
+    durable_end = 0
+    last = segments[-1] if segments else None
+    if (mark is not None and last is not None and last.kind == seg_mod.KIND_APPEND
+            and last.id == mark.segment_id and last.header.nonce == mark.nonce):
+        durable_end = mark.end
+        if last.size < durable_end:
+            loss = (os.path.basename(last.path), f"truncated to {last.size} bytes, but "
+                    f"{durable_end} were fsynced and acknowledged", [])
+            if not tolerate_loss:
+                for seg in segments:
+                    seg.close()
+                raise SegmentLossError(_describe_losses(directory, [loss]), [loss])
+            loader.report.lost_segments.append(loss)
+            durable_end = last.size
+    loader.report.durable_end = durable_end
     hidden: dict[bytes, tuple[int, int, int, int]] = {}
     for i, seg in enumerate(segments):
         is_last = i == len(segments) - 1
         if is_last and not readonly and seg.kind == seg_mod.KIND_APPEND:
             loader.hidden = hidden  # this segment will most likely become the active one
-        loader.load_segment(seg, is_last)
+        loader.load_segment(seg, is_last, durable_end=durable_end if is_last else 0)
     next_seq = loader.max_seq + 1
     for seg in segments:
         if seg.kind == seg_mod.KIND_APPEND:
@@ -667,8 +1031,22 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedSt
             sid = seg_mod.parse_id(name, suffix)
             if sid is not None:
                 next_id = max(next_id, sid + 1)
+    if listed is not None:
+        next_id = max([next_id] + [e.segment_id + 1 for e in listed.entries])
     return LoadedStore(segments, loader.keydir, next_seq, next_id, loader.report, loader.slots,
-                       hidden)
+                       hidden, manifest=listed, marker_version=version, mark=mark)
+
+
+def manifest_for(segments: list[Segment], active: Segment | None, generation: int
+                 ) -> manifest.Manifest:
+    """The MANIFEST describing ``segments``, ``active`` (if any) being the open one."""
+    entries = []
+    for seg in segments:
+        is_open = seg is active
+        entries.append(manifest.ManifestEntry(
+            seg.id, seg.header.nonce, seg.order_seq,
+            manifest.OPEN if is_open else seg.size, seg.kind))
+    return manifest.Manifest(generation, tuple(entries))
 
 
 def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> bool:
@@ -679,15 +1057,26 @@ def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> b
     Returns False, changing nothing, when the store changed in a way that needs a full
     reload: a segment was removed or a compaction output appeared.
     """
-    names = io.listdir(directory)
-    on_disk = set(seg_mod.list_segment_ids(names))
+    listed = manifest.read(directory, io)
+    if listed is not None:
+        # Exactly the segments the MANIFEST lists: a file not (yet) listed holds no write.
+        if loaded.manifest is None:
+            return False  # the writer upgraded the store since: load it afresh
+        on_disk = set(listed.by_id())
+    else:
+        on_disk = set(seg_mod.list_segment_ids(io.listdir(directory)))
     known = {s.id for s in loaded.segments}
     if not known <= on_disk:
         return False
     fresh: list[Segment] = []
     for segment_id in sorted(on_disk - known):
         path = seg_mod.segment_path(directory, segment_id)
-        fd = io.open_read(path)
+        try:
+            fd = io.open_read(path)
+        except FileNotFoundError:
+            for seg in fresh:
+                seg.close()
+            return False
         try:
             header = seg_mod.decode_header(io.pread(fd, seg_mod.HEADER_SIZE, 0))
         except seg_mod.HeaderError:

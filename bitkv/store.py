@@ -9,6 +9,7 @@ the read retried against the keydir's new entry.
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import struct
@@ -18,7 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import codec, hint, keydir, killpoints, recovery
+from . import codec, durable, hint, keydir, killpoints, manifest, recovery
 from . import record as rec
 from . import segment as seg_mod
 from .batch import Batch
@@ -73,6 +74,26 @@ _pack_crc = struct.Struct("<I").pack
 _HEADER_SIZE = rec.HEADER_SIZE
 _crc32c = crc32c
 _MISSING: Any = object()
+log = logging.getLogger("bitkv")
+
+
+def _log_recovery(path: str, report: recovery.RecoveryReport) -> None:
+    """Say what opening found, so damage and repairs are never silent."""
+    if report.corrupt_bytes or report.damage:
+        log.warning("bitkv store %s: %d damaged byte(s) in %d region(s) skipped at open "
+                    "(never returned as data)%s; run `bitkv check` for details", path,
+                    report.corrupt_bytes, len(report.damage),
+                    f", {len(report.damaged_keys)} key(s) whose newest record is damaged "
+                    "raise on read" if report.damaged_keys else "")
+    if report.truncated_bytes:
+        log.warning("bitkv store %s: cut %d byte(s) of a torn write (never acknowledged as "
+                    "durable) from the newest segment", path, report.truncated_bytes)
+    if report.removed_orphans:
+        log.info("bitkv store %s: removed %d segment file(s) of an unfinished rotation or "
+                 "compaction: %s", path, len(report.removed_orphans),
+                 ", ".join(report.removed_orphans))
+    for name, why in report.ignored_files:
+        log.warning("bitkv store %s: %s: %s", path, name, why)
 
 
 def _flusher_main(ref: weakref.ref[Store], stop: threading.Event, interval: float) -> None:
@@ -176,6 +197,8 @@ class Store(MutableMapping[bytes, bytes]):
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
         self._active: Segment | None = None
+        self._marker: durable.DurableMarker | None = None
+        self._manifest_generation = 0
 
         must_create = recovery.check_directory(self.path, readonly=readonly, create=create)
         if must_create:
@@ -211,13 +234,26 @@ class Store(MutableMapping[bytes, bytes]):
         self._hidden: dict[bytes, tuple[int, int, int, int]] = {}
         if not readonly:
             try:
+                self._marker = durable.DurableMarker(self.path, self._io, loaded.mark)
                 self._open_active()
                 if self._active is self._segments[-1] and self._active.size > seg_mod.HEADER_SIZE:
                     self._hidden = loaded.hidden
+                self._manifest_generation = (loaded.manifest.generation
+                                             if loaded.manifest is not None else 0)
+                wanted = recovery.manifest_for(self._segments, self._active, 0)
+                if loaded.manifest is None or set(wanted.entries) != set(
+                        loaded.manifest.entries):
+                    self._commit_manifest()
+                    loaded.report.manifest_created = loaded.manifest is None
+                if loaded.marker_version < recovery.MARKER_FORMAT_VERSION:
+                    # After the MANIFEST: a bitkv that knows only version 1 must no longer
+                    # write here, or the MANIFEST would go stale behind its back.
+                    recovery.upgrade_marker(self.path, self._io)
             except BaseException:
                 self._release_files()
                 raise
         self._loaded = loaded
+        _log_recovery(self.path, loaded.report)
         for s in self._segments[:-1] if readonly else self._segments:
             if s is not self._active:
                 s.release_fd()  # a reader keeps the newest segment's fd to follow the writer
@@ -251,7 +287,11 @@ class Store(MutableMapping[bytes, bytes]):
             self._active = self._new_segment()
 
     def _new_segment(self) -> Segment:
-        """Create, durably, an empty append segment that takes over as the active one."""
+        """Create, durably, an empty append segment that takes over as the active one.
+
+        The caller commits it to the MANIFEST before anything is written into it: until then
+        it is an orphan that the next open removes, which is safe because it holds nothing.
+        """
         segment_id = self._next_id
         self._next_id += 1
         path = seg_mod.segment_path(self.path, segment_id)
@@ -259,17 +299,58 @@ class Store(MutableMapping[bytes, bytes]):
         fd = self._io.create(path)
         try:
             self._io.write(fd, header.encode())
-            self._io.fsync(fd)
+            self._fsync(fd)
             if killpoints.ENABLED:
                 killpoints.hit("rotate.after_create")
-            self._io.fsync_dir(self.path)
+            self._fsync_dir()
         except BaseException:
             self._io.close(fd)
+            try:  # a segment that never got its header durably holds nothing: drop it
+                self._io.unlink(path)
+            except OSError:
+                pass
             raise
         seg = Segment(self._io, segment_id, path, fd, header, seg_mod.HEADER_SIZE)
         self._attach(seg)
         self._segments.append(seg)
         return seg
+
+    def _fail_sync(self, exc: BaseException) -> None:
+        """An fsync failed: after it the kernel may have dropped the dirty pages, so a retry
+        that succeeds proves nothing (PostgreSQL's "fsyncgate"). Refuse every write until the
+        store is reopened and recovered from what is really on disk."""
+        if self._sync_failure is None:
+            self._sync_failure = f"{type(exc).__name__}: {exc}"
+            log.error("bitkv store %s: an fsync failed (%s); refusing writes until reopened",
+                      self.path, self._sync_failure)
+        self.last_sync_error = self._sync_failure
+        self._writes_refused = True
+
+    def _fsync(self, fd: int) -> None:
+        try:
+            self._io.fsync(fd)
+        except OSError as exc:
+            self._fail_sync(exc)
+            raise
+
+    def _fsync_dir(self) -> None:
+        try:
+            self._io.fsync_dir(self.path)
+        except OSError as exc:
+            self._fail_sync(exc)
+            raise
+
+    def _commit_manifest(self) -> None:
+        """Durably record the current segment set (the commit point of a rotation, a
+        compaction, an upgrade). Locked. A failure leaves the old or the new MANIFEST on
+        disk, and which one is unknown when the directory fsync failed: refuse writes."""
+        self._manifest_generation += 1
+        listed = recovery.manifest_for(self._segments, self._active, self._manifest_generation)
+        try:
+            manifest.write(self.path, self._io, listed)
+        except OSError as exc:
+            self._fail_sync(exc)
+            raise
 
     def _attach(self, seg: Segment) -> None:
         if self._free_slots:
@@ -338,15 +419,27 @@ class Store(MutableMapping[bytes, bytes]):
     def _rotate(self) -> Segment:
         """Seal the active segment (fsync, map) and start a new one. Locked."""
         old = self._active
-        assert old is not None
+        if old is None:
+            raise Error("internal error: no active segment to rotate")
         with self._sync_lock:
-            self._io.fsync(old.fd)
+            if self._sync_failure is not None:
+                self._check_writable()
+            self._fsync(old.fd)
             old.synced_size = old.size
         if killpoints.ENABLED:
             killpoints.hit("rotate.after_sync")
         old.map()
         new = self._new_segment()
         self._active = new
+        try:
+            self._commit_manifest()
+        except BaseException:
+            # Writes are refused now; keep the old segment as the one reads expect to grow.
+            self._active = old
+            self._segments.remove(new)
+            self._detach(new)
+            new.close()
+            raise
         self._hidden = {}
         old.release_fd()
         self._compact_wake.set()
@@ -365,18 +458,21 @@ class Store(MutableMapping[bytes, bytes]):
         with self._sync_lock:
             if seg.synced_size >= end:
                 return
+            if self._sync_failure is not None:
+                # An earlier fsync failed: no later one can promise anything (see _fail_sync).
+                self._check_writable()
             target = seg.size
-            try:
-                self._io.fsync(seg.fd)
-            except OSError as exc:
-                # After a failed fsync the kernel may have dropped the dirty pages, so a retry
-                # that succeeds proves nothing (the PostgreSQL "fsyncgate" lesson): refuse
-                # further writes until the store is reopened and recovered from disk.
-                self._sync_failure = f"{type(exc).__name__}: {exc}"
-                self._writes_refused = True
-                raise
+            self._fsync(seg.fd)
             if target > seg.synced_size:
                 seg.synced_size = target
+            marker = self._marker
+            if marker is not None and seg is self._active:
+                try:
+                    marker.record(seg.id, seg.header.nonce, target)
+                except OSError as exc:
+                    # Only the torn-tail classification gets weaker (docs/format.md); the
+                    # write itself is durable.
+                    self.last_sync_error = f"durable mark: {type(exc).__name__}: {exc}"
         # Writers that queued behind this fsync are covered by it now; let them take the GIL
         # and return, instead of waiting out the interpreter's switch interval (5 ms, 20x an
         # fsync here) while this thread starts its next write.
@@ -1019,11 +1115,13 @@ class Store(MutableMapping[bytes, bytes]):
         seg = self._active
         if seg is None or seg.synced_size >= seg.size:
             return
+        if self._sync_failure is not None:
+            return  # no fsync after a failed one can promise anything; see _fail_sync
         try:
             self._wait_durable(seg, seg.size)
-        except OSError as exc:
+        except (OSError, Error) as exc:
             if not self._closed:
-                # Keep flushing: the next round may succeed (e.g. after ENOSPC clears).
+                # The store now refuses writes (_fail_sync); stats() and the log say why.
                 self.last_sync_error = f"{type(exc).__name__}: {exc}"
 
     # -- compaction --------------------------------------------------------------------------
@@ -1055,6 +1153,45 @@ class Store(MutableMapping[bytes, bytes]):
         seg = self._active
         if seg is not None:
             self._wait_durable(seg, seg.size)
+
+    def _fail_after_commit(self, exc: BaseException) -> None:
+        """A compaction failed after its commit point: the running store may no longer match
+        the MANIFEST on disk, so it refuses writes until reopened from it."""
+        self._fail_sync(Error(f"compaction failed after its commit point: "
+                              f"{type(exc).__name__}: {exc}"))
+
+    def _install_compaction(self, inputs: list[Segment], outputs: list[Segment]) -> None:
+        """The commit point of a compaction: the outputs replace the inputs in the MANIFEST.
+
+        The inputs stay attached (the keydir still points into them until the switch), but
+        they are no longer part of the store: a crash from here on loads the outputs.
+        Raises, with the MANIFEST and the segment list unchanged in memory, if the MANIFEST
+        could not be written (writes are then refused: see _commit_manifest).
+        """
+        with self._lock:
+            self._check_writable()
+            if any(seg not in self._segments for seg in inputs) or (
+                    self._active is not None and self._active in inputs):
+                raise Error("internal error: compaction inputs changed while it ran")
+            before = list(self._segments)
+            for seg in outputs:
+                self._attach(seg)
+            kept = [s for s in self._segments if s not in inputs]
+            kept.extend(outputs)
+            kept.sort(key=lambda s: (s.order_seq, s.id))
+            if self._active is not None and kept[-1] is not self._active:
+                for seg in outputs:
+                    self._detach(seg)
+                raise Error("internal error: a compaction output would load after the "
+                            "active segment")
+            self._segments = kept
+            try:
+                self._commit_manifest()
+            except BaseException:
+                self._segments = before
+                for seg in outputs:
+                    self._detach(seg)
+                raise
 
     def _note_compaction(self, summary: dict[str, Any]) -> None:
         summary["finished_at"] = self._clock()
@@ -1109,9 +1246,11 @@ class Store(MutableMapping[bytes, bytes]):
                     self._note_compaction(summary.as_dict())
             finally:
                 self._compact_lock.release()
-        except Exception as exc:  # keep serving; stats() shows the failure
+        except Exception as exc:  # keep serving; stats() and the log show the failure
             if not self._stop.is_set():
                 self.last_compaction_error = f"{type(exc).__name__}: {exc}"
+                log.error("bitkv store %s: background compaction failed: %s", self.path,
+                          self.last_compaction_error)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -1134,10 +1273,21 @@ class Store(MutableMapping[bytes, bytes]):
             if self._closed:
                 return
             try:
-                if not self.readonly and self._active is not None and not self._active.closed:
+                if (not self.readonly and self._active is not None and not self._active.closed
+                        and self._sync_failure is None):
+                    # After a failed fsync nothing is fsynced again (it could not promise
+                    # anything) and no checkpoint is written: the next open scans the files.
+                    active = self._active
                     with self._sync_lock:
-                        self._io.fsync(self._active.fd)
-                        self._active.synced_size = self._active.size
+                        self._fsync(active.fd)
+                        active.synced_size = active.size
+                        if self._marker is not None:
+                            try:
+                                self._marker.record(active.id, active.header.nonce,
+                                                    active.size)
+                                self._marker.sync()
+                            except OSError as exc:  # the segment is durable regardless
+                                self.last_sync_error = f"durable mark: {exc}"
                     self._write_checkpoint_hint()
             finally:
                 self._closed = True
@@ -1197,6 +1347,12 @@ class Store(MutableMapping[bytes, bytes]):
     def _release_files(self) -> None:
         for s in self._segments:
             s.close()
+        if self._marker is not None:
+            try:
+                self._marker.close()
+            except OSError:
+                pass
+            self._marker = None
         if self._store_lock is not None:
             self._store_lock.release()
             self._store_lock = None

@@ -142,3 +142,22 @@ def snapshot_dir(path: str) -> dict[str, bytes]:
         else:
             out[name] = b"<dir>"
     return out
+
+
+def forget_fsyncs(path: str) -> None:
+    """Make the store at ``path`` look as if its writer died before the fsync that covered
+    its last writes: remove the DURABLE mark (docs/format.md), so that recovery takes damage
+    at the end of the newest segment for a torn write, which is what a test that tears or
+    garbles a tail after a clean close means to simulate. Without this, the close's fsync
+    vouches for those bytes and the same damage is (rightly) bit rot in acknowledged writes.
+    """
+    try:
+        os.remove(os.path.join(path, "DURABLE"))
+    except FileNotFoundError:
+        pass
+
+
+def tear(segment: str, size: int) -> None:
+    """Cut ``segment`` to ``size`` bytes as a crash before its fsync would have."""
+    os.truncate(segment, size)
+    forget_fsyncs(os.path.dirname(segment))

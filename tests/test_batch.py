@@ -8,7 +8,7 @@ import shutil
 import time
 
 import pytest
-from conftest import flip_bit, newest_segment, segment_files, snapshot_dir
+from conftest import flip_bit, forget_fsyncs, newest_segment, segment_files, snapshot_dir, tear
 
 import bitkv
 from bitkv import record as rec
@@ -63,8 +63,7 @@ def restore_dir(path: str, snap: dict[str, bytes]) -> None:
 
 
 def cut_file(path: str, size: int) -> None:
-    with open(path, "r+b") as fh:
-        fh.truncate(size)
+    tear(path, size)
 
 
 BEFORE = {b"keep": b"k0", b"old1": b"o1", b"gone": b"g", b"ttl": b"t"}

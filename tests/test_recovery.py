@@ -8,7 +8,7 @@ import random
 import shutil
 
 import pytest
-from conftest import append_bytes, flip_bit, newest_segment, segment_files
+from conftest import append_bytes, flip_bit, forget_fsyncs, newest_segment, segment_files
 
 import bitkv
 from bitkv import record
@@ -25,8 +25,10 @@ def db_path(fast_db_path):
 
 
 def _write(path: str, data: bytes) -> None:
+    """Replace a file's bytes as a crash before the covering fsync would (see forget_fsyncs)."""
     with open(path, "wb") as fh:
         fh.write(data)
+    forget_fsyncs(os.path.dirname(path))
 
 
 def _read(path: str) -> bytes:
@@ -40,6 +42,8 @@ def _fill(db_path, items, **kwargs):
     with bitkv.open(db_path, sync="never", **kwargs) as db:
         for k, v in items:
             db.put(k, v)
+    # These tests tear and garble tails as a crash before the fsync would: see forget_fsyncs.
+    forget_fsyncs(db_path)
     seg = newest_segment(db_path)
     size = os.path.getsize(seg)
     spans = []
@@ -117,6 +121,10 @@ def test_torn_tail_when_last_record_is_alone_in_a_fresh_segment(db_path):
 
 
 def test_torn_header_of_a_fresh_segment_at_every_offset(db_path, tmp_path):
+    """A segment the MANIFEST lists had its header fsynced before it was listed, so no crash
+    can tear it: a cut header is damage from outside, and opening refuses (naming the file)
+    rather than guess; repair salvages the rest. (Before the MANIFEST, such a segment was
+    taken for a torn creation and deleted.)"""
     big = b"B" * 5000
     with bitkv.open(db_path, max_segment_size=4096, sync="never") as db:
         db.put(b"a", b"1")
@@ -129,27 +137,24 @@ def test_torn_header_of_a_fresh_segment_at_every_offset(db_path, tmp_path):
     assert os.path.getsize(fresh) == SEG_HDR
     pristine_dir = str(tmp_path / "pristine")
     shutil.copytree(db_path, pristine_dir)
-    for cut in range(SEG_HDR):
+    for cut in range(0, SEG_HDR, 7):
         shutil.rmtree(db_path)
         shutil.copytree(pristine_dir, db_path)
         with open(fresh, "r+b") as fh:
             fh.truncate(cut)
-        with bitkv.open(db_path, max_segment_size=4096, sync="never") as db:
+        for readonly in (True, False):
+            with pytest.raises(bitkv.CorruptionError, match=os.path.basename(fresh)):
+                bitkv.open(db_path, max_segment_size=4096, readonly=readonly)
+        assert not bitkv.check(db_path).healthy
+        bitkv.repair(db_path)
+        with bitkv.open(db_path, max_segment_size=4096) as db:
             assert db.get(b"a") == b"1"
             assert db.get(b"big") == big
             assert len(db) == 2
-            # The torn file is gone or was replaced by an intact, empty segment.
-            if os.path.exists(fresh):
-                assert os.path.getsize(fresh) == SEG_HDR, cut
-                seg_mod.decode_header(_read(fresh))
-            assert _recovery(db)["corrupt_bytes"] == 0
             db.put(b"after", b"%d" % cut)
         with bitkv.open(db_path, max_segment_size=4096) as db:
             assert db.get(b"after") == b"%d" % cut
-            assert db.get(b"big") == big
             assert len(db) == 3
-            assert _recovery(db)["corrupt_bytes"] == 0
-            assert _recovery(db)["truncated_bytes"] == 0
 
 
 @pytest.mark.parametrize("length", [1, 2, 27, 28, 29, 100, 4096, 10000])
