@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -32,6 +33,10 @@ from .store import DEFAULT_MAX_SEGMENT_SIZE, Batch, Store, SyncMode
 from .views import InvalidJSONError, JsonView, Namespace
 
 __version__ = "0.1.0"
+
+# The library logs what recovery, compaction and failed fsyncs find to the "bitkv" logger;
+# the application decides where it goes (the CLI and the server print warnings).
+logging.getLogger("bitkv").addHandler(logging.NullHandler())
 
 __all__ = [
     "MAX_KEY_SIZE",

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import codec, hint, keydir, record, recovery
+from . import codec, durable, hint, keydir, manifest, record, recovery
 from . import segment as seg_mod
 from .crc import crc32c
 from .errors import Error, FormatVersionError
@@ -86,6 +86,7 @@ class CheckReport:
     hints_ok: int = 0
     hints_bad: int = 0
     temp_files: int = 0
+    missing_segments: int = 0  # listed in the MANIFEST, absent, cut short or replaced
     issues: list[Issue] = field(default_factory=list)
 
     @property
@@ -131,6 +132,8 @@ class RepairReport:
     damaged_dir: str | None = None
     moved_aside: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Segments the store had lost before the repair: (file, what happened, keys at stake).
+    lost_segments: list[tuple[str, str, list[bytes]]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +145,9 @@ class RepairReport:
             "damaged_dir": self.damaged_dir,
             "moved_aside": list(self.moved_aside),
             "seconds": self.seconds,
+            "lost_segments": [
+                {"file": name, "what": what, "keys_at_stake": [_show_key(k) for k in keys]}
+                for name, what, keys in self.lost_segments],
             "before": self.before.as_dict(),
             "after": self.after.as_dict() if self.after is not None else None,
         }
@@ -192,6 +198,9 @@ class _Checked:
         self.records: dict[int, record.ScannedRecord] = {}
         # Records recovery would apply, in the order it applies them (committed batches only).
         self.applied: list[record.ScannedRecord] = []
+        self.durable_end = 0  # fsynced up to here (the DURABLE mark): no torn tail before it
+        self.limit: int | None = None  # the sealed length, when the file is longer
+        self.header_rebuilt = False
 
 
 class _Checker:
@@ -200,6 +209,8 @@ class _Checker:
         self.report = CheckReport(path=directory)
         self._per_file: dict[str, int] = {}
         self.max_seq = 0  # the highest seq seen so far, in load order (as recovery tracks it)
+        self.listed: manifest.Manifest | None = None
+        self.mark: durable.Mark | None = None
 
     def issue(self, file: str, offset: int, length: int, description: str, kind: str,
               severity: str = ERROR) -> None:
@@ -217,11 +228,23 @@ class _Checker:
 
     def run(self) -> CheckReport:
         names = os.listdir(self.directory)
-        ids = seg_mod.list_segment_ids(names)
+        ids = self._listed_ids(seg_mod.list_segment_ids(names))
         hint_ids = sorted(i for i in (seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) for n in names)
                           if i is not None)
         segments = self._read_segments(ids)
         segments.sort(key=lambda s: (s.order_seq, s.id))
+        last = segments[-1] if segments else None
+        if (self.mark is not None and last is not None and last.header is not None
+                and last.kind == seg_mod.KIND_APPEND and last.id == self.mark.segment_id
+                and last.header.nonce == self.mark.nonce):
+            last.durable_end = self.mark.end
+            size = _size_or_zero(os.path.join(self.directory, last.name))
+            if size < self.mark.end and self.listed is not None:
+                entry = self.listed.by_id().get(last.id)
+                if entry is not None:
+                    self._lost(entry, f"is cut short to {size} bytes, below the "
+                               f"{self.mark.end} bytes fsynced and acknowledged", size)
+                    segments.pop()
         live: set[bytes] = set()  # keys a scan of the segments so far would index
         now_ms = int(time.time() * 1000)
         checked = set()
@@ -232,6 +255,8 @@ class _Checker:
                 self._vanished(seg.name)
                 continue
             checked.add(seg.id)
+            if seg.limit is not None:
+                buf = buf[: seg.limit]
             seg.buf = buf
             seg.size = len(buf)
             self.report.segments += 1
@@ -267,6 +292,68 @@ class _Checker:
         self.issue(name, 0, 0, "segment vanished while checking (a compaction running beside "
                    "the check removed it)", "vanished", WARNING)
 
+    def _listed_ids(self, ids: list[int]) -> list[int]:
+        """The segments to check: those the MANIFEST lists (reporting the ones missing and
+        every file it does not list), or every segment file in a store without one."""
+        io = DEFAULT_FILEIO
+        try:
+            self.listed = manifest.read(self.directory, io)
+        except (manifest.ManifestError, OSError) as exc:
+            self.issue(manifest.MANIFEST_NAME, 0, _size_or_zero(os.path.join(
+                self.directory, manifest.MANIFEST_NAME)), f"{exc}: which segments make up "
+                "the store is unknown; every segment file was checked. `bitkv check "
+                "--repair` rebuilds it", "manifest")
+            return ids
+        if self.listed is None:
+            if recovery.read_marker(self.directory) > recovery.LEGACY_FORMAT_VERSION and any(
+                    _size_or_zero(seg_mod.segment_path(self.directory, i))
+                    > seg_mod.HEADER_SIZE for i in ids):
+                self.issue(manifest.MANIFEST_NAME, 0, 0, f"{manifest.MANIFEST_NAME} is missing "
+                           "but segments hold data: opening refuses; `bitkv check --repair` "
+                           "rebuilds it from every segment present", "manifest")
+            return ids
+        try:
+            self.mark = durable.read(self.directory, io)
+        except OSError:
+            self.mark = None
+        entries = self.listed.by_id()
+        present = set(ids)
+        for segment_id, entry in sorted(entries.items()):
+            if segment_id not in present:
+                self._lost(entry, "is missing", 0)
+        for segment_id in ids:
+            if segment_id in entries:
+                continue
+            name = seg_mod.data_name(segment_id)
+            verdict, why = recovery.classify_orphan(self.directory, io, self.listed,
+                                                    segment_id)
+            if verdict == recovery.ORPHAN_STALE:
+                self.issue(name, 0, _size_or_zero(os.path.join(self.directory, name)),
+                           f"not in the {manifest.MANIFEST_NAME}, but {why}: opening refuses; "
+                           "`bitkv check --repair` salvages it with the rest", "unlisted")
+            elif verdict == recovery.ORPHAN_REMOVE:
+                self.issue(name, 0, _size_or_zero(os.path.join(self.directory, name)),
+                           f"not in the {manifest.MANIFEST_NAME}: {why}; the next writable "
+                           "open removes it", "orphan", WARNING)
+            elif verdict == recovery.ORPHAN_IGNORE:
+                self.issue(name, 0, _size_or_zero(os.path.join(self.directory, name)),
+                           f"not in the {manifest.MANIFEST_NAME}: {why}", "unlisted", WARNING)
+        return [i for i in ids if i in entries]
+
+    def _lost(self, entry: manifest.ManifestEntry, what: str, kept: int) -> None:
+        name = seg_mod.data_name(entry.segment_id)
+        keys = recovery.keys_at_stake(self.directory, DEFAULT_FILEIO, entry, kept)
+        if keys:
+            shown = ", ".join(_show_key(k) for k in keys[:10])
+            more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+            stake = f"keys at stake: {shown}{more}"
+        else:
+            stake = "the keys it held are unknown (no hint file)"
+        self.report.missing_segments += 1
+        self.issue(name, kept, 0, f"segment listed in the {manifest.MANIFEST_NAME} {what}; "
+                   f"{stake}. Opening refuses; `bitkv check --repair` salvages the rest and "
+                   "records what was lost", "missing-segment")
+
     def _read_segments(self, ids: list[int]) -> list[_Checked]:
         """Read every segment's header (the load order needs them all before any scan)."""
         out: list[_Checked] = []
@@ -284,6 +371,34 @@ class _Checker:
                 raise FormatVersionError(f"{name}: {exc}; upgrade bitkv to check it") from None
             except seg_mod.HeaderError as exc:
                 seg.header_error = str(exc)
+            entry = self.listed.by_id().get(segment_id) if self.listed is not None else None
+            if entry is not None:
+                size = _size_or_zero(os.path.join(self.directory, name))
+                if seg.header is not None and seg.header.nonce != entry.nonce:
+                    self._lost(entry, "was replaced by another file (another nonce)", 0)
+                    continue
+                if size < seg_mod.HEADER_SIZE or (not entry.is_open
+                                                  and size < entry.sealed_size):
+                    self._lost(entry, f"is cut short to {size} bytes", size)
+                    continue
+                if not entry.is_open and size > entry.sealed_size:
+                    self.report.corrupt_regions += 1
+                    self.report.corrupt_bytes += size - entry.sealed_size
+                    self.issue(name, entry.sealed_size, size - entry.sealed_size,
+                               "bytes past the length the segment was sealed at (never "
+                               "written by the store; ignored)", "past-seal")
+                    seg.limit = entry.sealed_size
+                if seg.header is None:
+                    # The MANIFEST knows what the header said: the records are still used.
+                    self.report.damaged_segment_headers += 1
+                    self.report.corrupt_regions += 1
+                    self.report.corrupt_bytes += seg_mod.HEADER_SIZE
+                    self.issue(name, 0, seg_mod.HEADER_SIZE, f"segment header is damaged "
+                               f"({seg.header_error}); rebuilt from the MANIFEST, its records "
+                               "are still used", "segment-header")
+                    seg.header = seg_mod.SegmentHeader(entry.kind, entry.order_seq,
+                                                       entry.order_seq, entry.nonce)
+                    seg.header_rebuilt = True
             if seg.header is not None:
                 seg.kind = seg.header.kind
                 seg.order_seq = seg.header.order_seq
@@ -332,11 +447,21 @@ class _Checker:
         if size < start:
             return
         tail_rule = is_last and seg.kind == seg_mod.KIND_APPEND
-        # In an append segment seqs ascend: recovery resynchronises after damage only on a
-        # record whose seq can follow (a record inside a torn value is no record).
-        first_seq = None
-        if seg.kind == seg_mod.KIND_APPEND and seg.header is not None:
-            first_seq = max(seg.order_seq, self.max_seq + 1)
+        durable_end = min(seg.durable_end, size)
+        ordered = seg.kind == seg_mod.KIND_APPEND and seg.header is not None
+
+        def items() -> Iterable[tuple[record.ScannedRecord | record.Damage, bool]]:
+            """Every record and damaged region, and whether it lies in the durable prefix
+            (scanned as a region of its own, exactly as recovery does)."""
+            bounds = [(start, durable_end), (durable_end, size)] if start < durable_end \
+                else [(start, size)]
+            for lo, hi in bounds:
+                # In an append segment seqs ascend: recovery resynchronises after damage only
+                # on a record whose seq can follow (a record inside a torn value is no record).
+                first_seq = max(seg.order_seq, self.max_seq + 1) if ordered else None
+                for item in record.scan(buf, lo, hi, first_seq=first_seq):
+                    yield item, hi <= durable_end
+
         pending: list[record.ScannedRecord] = []
         truncate_at: int | None = None
         damage_at: int | None = None
@@ -352,10 +477,11 @@ class _Checker:
                        "recovery ignores them", "incomplete-batch")
             pending.clear()
 
-        for item in record.scan(buf, start, size, first_seq=first_seq):
+        for item, in_durable in items():
             if isinstance(item, record.Damage):
-                if item.tail and tail_rule:
+                if item.tail and tail_rule and not in_durable:
                     truncate_at = pending[0].offset if pending else item.offset
+                    truncate_at = max(truncate_at, durable_end)
                     damage_at = item.offset
                     break
                 drop_pending(f"damaged bytes follow at offset {item.offset}")
@@ -363,7 +489,13 @@ class _Checker:
                 self.report.corrupt_bytes += item.length
                 if seg.header is None and item.offset == 0:
                     continue  # the damaged segment header, already reported
-                where = "the rest of the segment" if item.tail else "an intact record follows"
+                if in_durable and item.tail and tail_rule:
+                    where = ("the end of the bytes fsynced and acknowledged: bit rot in a "
+                             "durable write, not a torn one")
+                elif item.tail:
+                    where = "the rest of the segment"
+                else:
+                    where = "an intact record follows"
                 self.issue(seg.name, item.offset, item.length,
                            f"{item.length} damaged byte(s) hold no intact record ({where})",
                            "damaged-records")
@@ -390,7 +522,7 @@ class _Checker:
             seg.applied.append(item)
         else:
             if pending:
-                if tail_rule:
+                if tail_rule and pending[0].offset >= durable_end:
                     truncate_at = pending[0].offset
                 else:
                     drop_pending("the segment ends before the batch does")
@@ -623,11 +755,25 @@ class _Salvage:
 
     def __init__(self, directory: str, io: FileIO) -> None:
         loader = recovery._Loader(directory, io, readonly=True, now_ms=int(time.time() * 1000))
-        self.segments = loader.open_segments()
         try:
+            listed = manifest.read(directory, io)
+        except manifest.ManifestError:
+            listed = None  # unknown which segments: salvage every one (load order decides)
+        # With a MANIFEST: what it lists (missing ones recorded as lost) plus unlisted files
+        # holding newer writes; the leftovers of unfinished changes are not store state.
+        self.segments = loader.open_segments(listed, tolerate_loss=True)
+        self.lost = loader.report.lost_segments
+        try:
+            mark = durable.read(directory, io) if listed is not None else None
+            last = self.segments[-1] if self.segments else None
+            durable_end = 0
+            if (mark is not None and last is not None and last.id == mark.segment_id
+                    and last.header.nonce == mark.nonce):
+                durable_end = min(mark.end, last.size)
             loader.hint_ids = set()  # scan: a hint could point at a record that is damaged
             for i, seg in enumerate(self.segments):
-                loader.load_segment(seg, i == len(self.segments) - 1)
+                is_last = i == len(self.segments) - 1
+                loader.load_segment(seg, is_last, durable_end=durable_end if is_last else 0)
         except BaseException:
             self.close()
             raise
@@ -659,9 +805,11 @@ class _Salvage:
 
 def _write_segments(directory: str, io: FileIO, first_id: int, max_segment_size: int,
                     items: Iterable[tuple[bytes, int, bytes, int, int]],
-                    report: RepairReport) -> list[tuple[str, str]]:
+                    report: RepairReport, listing: list[manifest.ManifestEntry]
+                    ) -> list[tuple[str, str]]:
     """Write compacted segments and hints as ``*.tmp`` files, fsynced; return (tmp, final)
-    name pairs, data file before its hint, for the caller to rename."""
+    name pairs, data file before its hint, for the caller to rename. ``listing`` receives
+    the MANIFEST entry of each segment written."""
     renames: list[tuple[str, str]] = []
     next_id = first_id
     parts: list[bytes] = []
@@ -672,6 +820,8 @@ def _write_segments(directory: str, io: FileIO, first_id: int, max_segment_size:
     def flush() -> None:
         nonlocal next_id, size, min_seq, max_seq
         header = seg_mod.SegmentHeader.new(seg_mod.KIND_COMPACTED, max_seq, min_seq)
+        listing.append(manifest.ManifestEntry(next_id, header.nonce, max_seq, size,
+                                              seg_mod.KIND_COMPACTED))
         for name, data in (
             (seg_mod.data_name(next_id), header.encode() + b"".join(parts)),
             (seg_mod.hint_name(next_id), hint.encode(hints, header.nonce, size)),
@@ -747,8 +897,10 @@ def _repair_in_place(directory: str, io: FileIO, report: RepairReport,
             io.fsync_dir(aside)
             io.fsync_dir(directory)
         first_id = _highest_file_id(names) + 1
+        listing: list[manifest.ManifestEntry] = []
         renames = _write_segments(directory, io, first_id, max_segment_size, salvage.live(),
-                                  report)
+                                  report, listing)
+        report.lost_segments = list(salvage.lost)
     except BaseException:
         salvage.close()
         raise
@@ -757,6 +909,17 @@ def _repair_in_place(directory: str, io: FileIO, report: RepairReport,
     for tmp, final in renames:
         io.rename(tmp, final)
     io.fsync_dir(directory)
+    # The commit point: the store is now the new segments (the next writable open adds an
+    # append segment). The old files are orphans from here; they are moved aside below.
+    generation = 1
+    try:
+        old = manifest.read(directory, io)
+        generation = old.generation + 1 if old is not None else 1
+    except manifest.ManifestError:
+        pass
+    manifest.write(directory, io, manifest.Manifest(generation, tuple(listing)))
+    if recovery.read_marker(directory) < recovery.MARKER_FORMAT_VERSION:
+        recovery.upgrade_marker(directory, io)
     # From here on the store holds both generations; remove the old one oldest first.
     old_data = [n for n in names if seg_mod.parse_id(n, seg_mod.DATA_SUFFIX) is not None]
     old_hints = {n for n in names if seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) is not None}
@@ -776,7 +939,8 @@ def _repair_in_place(directory: str, io: FileIO, report: RepairReport,
     if old_hints:
         io.fsync_dir(aside)
         io.fsync_dir(directory)
-    assert not new_names & set(report.moved_aside)
+    if new_names & set(report.moved_aside):
+        raise Error("internal error: repair moved aside a segment it had just written")
     _write_note(aside, report)
 
 
@@ -786,11 +950,16 @@ def _repair_into(directory: str, target: str, io: FileIO, report: RepairReport,
     try:
         if not os.path.exists(target):
             recovery.make_directory(target, io)
-        renames = _write_segments(target, io, 1, max_segment_size, salvage.live(), report)
+        listing: list[manifest.ManifestEntry] = []
+        renames = _write_segments(target, io, 1, max_segment_size, salvage.live(), report,
+                                  listing)
+        report.lost_segments = list(salvage.lost)
     finally:
         salvage.close()
     for tmp, final in renames:
         io.rename(tmp, final)
+    io.fsync_dir(target)
+    manifest.write(target, io, manifest.Manifest(1, tuple(listing)))
     # Files that belong to the store as a whole: the encryption key check and the
     # compression dictionaries (compressed values name their dictionary).
     for name in sorted(io.listdir(directory)):
@@ -814,6 +983,20 @@ def _write_note(aside: str, report: RepairReport) -> None:
         "sure nothing is missing, then delete this directory.",
         "",
         "Damaged files: " + (", ".join(report.before.damaged_files) or "none"),
+        "",
+        "Segments lost before the repair (their records could not be salvaged):",
+    ]
+    for name, what, keys in report.lost_segments:
+        lines.append(f"  {name}: {what}")
+        if keys:
+            lines.append(f"    keys at stake ({len(keys)}): their value after the repair is an "
+                         "older one, or they are gone, or (if the lost record deleted them) back:")
+            lines += [f"      {_show_key(k)}" for k in keys]
+        else:
+            lines.append("    the keys it held are unknown (it had no hint file)")
+    if not report.lost_segments:
+        lines.append("  none")
+    lines += [
         "",
         "Issues found before the repair:",
     ]

@@ -19,12 +19,14 @@ POINTS = (
     "append.after_sync",         # record fsynced, call not yet returned
     "rotate.after_sync",         # old active segment fsynced, new one not yet created
     "rotate.after_create",       # new segment created, directory not yet fsynced
+    "rotate.after_manifest",     # MANIFEST lists the new segment as the open one
     "compact.inputs_selected",   # inputs chosen, nothing written yet
     "compact.outputs_written",   # output segments written under temporary names
     "compact.hints_written",     # hint files written under temporary names
     "compact.synced",            # outputs and hints fsynced
     "compact.renamed",           # outputs renamed to final names
-    "compact.dir_synced",        # directory fsynced after renames
+    "compact.dir_synced",        # directory fsynced after renames (outputs still orphans)
+    "compact.committed",         # MANIFEST lists the outputs, keydir not yet switched
     "compact.switched",          # keydir switched to outputs
     "compact.removed_one",       # one input segment removed
     "recovery.truncated",        # torn tail truncated during open
@@ -45,7 +47,8 @@ if ENABLED:
 
 def hit(name: str) -> None:
     """Kill the process at point ``name`` with the configured probability."""
-    assert name in POINTS, name
+    if name not in POINTS:
+        raise ValueError(f"unknown kill point {name!r}")
     prob = _probabilities.get(name, _probabilities.get("*", 0.0))
     if prob and _rng.random() < prob:
         os.kill(os.getpid(), signal.SIGKILL)

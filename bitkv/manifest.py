@@ -28,7 +28,7 @@ MANIFEST_NAME = "MANIFEST"
 MAGIC = b"BITKVMAN"
 VERSION = 1
 HEADER = struct.Struct("<8sHHIQ")  # magic, version, reserved, count, generation
-ENTRY = struct.Struct("<QQQQB7x")  # id, nonce, order_seq, sealed_size, kind
+ENTRY = struct.Struct("<QQQQQB7x")  # id, nonce, order_seq, sealed_size, durable_end, kind
 TRAILER = struct.Struct("<I")  # crc32c of everything before it
 OPEN = 0  # sealed_size of the one segment still being appended to
 MAX_ENTRIES = 1 << 20  # far above the 65,536 segments a store can hold open
@@ -36,13 +36,20 @@ MAX_ENTRIES = 1 << 20  # far above the 65,536 segments a store can hold open
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One segment of the store. ``sealed_size`` is :data:`OPEN` for the active segment."""
+    """One segment of the store. ``sealed_size`` is :data:`OPEN` for the active segment.
+
+    ``durable_end``: the bytes before it were fsynced as the store wrote them, so damage
+    there is bit rot in acknowledged writes. It equals ``sealed_size`` but for a segment that
+    a crash left with damaged unsynced bytes, sealed by the next open (0 for the open one,
+    whose durable end is the DURABLE mark).
+    """
 
     segment_id: int
     nonce: int
     order_seq: int
     sealed_size: int
     kind: int
+    durable_end: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -60,7 +67,8 @@ class Manifest:
     def encode(self) -> bytes:
         parts = [HEADER.pack(MAGIC, VERSION, 0, len(self.entries), self.generation)]
         for e in sorted(self.entries, key=lambda e: e.segment_id):
-            parts.append(ENTRY.pack(e.segment_id, e.nonce, e.order_seq, e.sealed_size, e.kind))
+            parts.append(ENTRY.pack(e.segment_id, e.nonce, e.order_seq, e.sealed_size,
+                                    e.durable_end, e.kind))
         body = b"".join(parts)
         return body + TRAILER.pack(crc32c(body))
 
@@ -85,8 +93,11 @@ def decode(buf: bytes) -> Manifest:
         raise ManifestError(f"{MANIFEST_NAME} CRC mismatch")
     entries = []
     for i in range(count):
-        sid, nonce, order_seq, sealed, kind = ENTRY.unpack_from(buf, HEADER.size + i * ENTRY.size)
-        entries.append(ManifestEntry(sid, nonce, order_seq, sealed, kind))
+        sid, nonce, order_seq, sealed, durable_end, kind = ENTRY.unpack_from(
+            buf, HEADER.size + i * ENTRY.size)
+        if durable_end > sealed:
+            raise ManifestError(f"{MANIFEST_NAME} entry {sid}: durable end past its length")
+        entries.append(ManifestEntry(sid, nonce, order_seq, sealed, kind, durable_end))
     if len({e.segment_id for e in entries}) != len(entries):
         raise ManifestError(f"{MANIFEST_NAME} lists a segment twice")
     if sum(e.is_open for e in entries) > 1:

@@ -40,7 +40,7 @@ MARKER_NAME = "BITKV"
 MARKER_FORMAT_VERSION = 2
 LEGACY_FORMAT_VERSION = 1
 MARKER_TEXT = f"bitkv store\nformat-version: {MARKER_FORMAT_VERSION}\n".encode()
-_MAX_HINT_READ = 1 << 34  # a hint of 2^32 entries; read_file allocates only what is there  # bytes of an unlisted segment read to see whether it holds records
+_MAX_HINT_READ = 1 << 34  # a hint of 2^32 entries; read_file allocates only what is there
 
 
 @dataclass
@@ -67,6 +67,9 @@ class RecoveryReport:
     # repair): (file, what happened, keys at stake as far as a hint tells).
     lost_segments: list[tuple[str, str, list[bytes]]] = field(default_factory=list)
     durable_end: int = 0  # how far the newest append segment was known to be fsynced
+    # Damage a crash left in unsynced bytes of the newest append segment, followed by intact
+    # records: a writer seals that segment (recording its durable end) instead of appending.
+    damage_past_durable_end: bool = False
     manifest_created: bool = False
 
 
@@ -236,6 +239,75 @@ def _describe_losses(directory: str, losses: list[tuple[str, str, list[bytes]]])
             "salvages every other record and records what was lost.")
 
 
+ORPHAN_REMOVE = "remove"  # holds nothing the store needs: a writable open deletes it
+ORPHAN_IGNORE = "ignore"  # not ours to delete (a copy, or unreadable): left alone, reported
+ORPHAN_STALE = "stale"  # holds writes the MANIFEST does not know: refuse to guess
+ORPHAN_GONE = "gone"  # vanished while we looked
+
+
+def classify_orphan(directory: str, io: FileIO, listed: manifest.Manifest, segment_id: int
+                    ) -> tuple[str, str]:
+    """What a segment file the MANIFEST does not list is, and why (docs/format.md).
+
+    Such a file is left by a change of the segment set that did not commit (a rotation's new
+    segment, a compaction's outputs) or that committed and had not yet removed its inputs.
+    Neither holds anything the store needs. One that holds records newer than the segment
+    the MANIFEST lists as open cannot be either: the MANIFEST is older than the files.
+    """
+    path = os.path.join(directory, seg_mod.data_name(segment_id))
+    try:
+        fd = io.open_read(path)
+    except FileNotFoundError:
+        return ORPHAN_GONE, "vanished"
+    try:
+        size = io.size(fd)
+        head = io.pread(fd, seg_mod.HEADER_SIZE, 0)
+    finally:
+        io.close(fd)
+    try:
+        header = seg_mod.decode_header(head)
+    except seg_mod.HeaderError:
+        if size <= seg_mod.HEADER_SIZE * 2:
+            return ORPHAN_REMOVE, "a segment whose creation never finished (not listed)"
+        return ORPHAN_IGNORE, "not in the MANIFEST and its header is damaged; left alone"
+    if header.nonce in {e.nonce for e in listed.entries}:
+        return ORPHAN_IGNORE, ("a copy of a segment the MANIFEST lists (same nonce); ignored "
+                               "and left alone")
+    if header.kind == seg_mod.KIND_COMPACTED:
+        return ORPHAN_REMOVE, ("an output of a compaction that did not commit, or an input "
+                               "of one that did")
+    if size <= seg_mod.HEADER_SIZE:
+        return ORPHAN_REMOVE, "an empty segment of a rotation that did not commit"
+    open_entry = next((e for e in listed.entries if e.is_open), None)
+    newest = (open_entry.order_seq if open_entry is not None
+              else max((e.order_seq for e in listed.entries), default=0) + 1)
+    if header.order_seq < newest:
+        return ORPHAN_REMOVE, "an input of a committed compaction, not yet removed"
+    return ORPHAN_STALE, ("holds writes newer than every segment the MANIFEST lists, which "
+                          "does not list it (an old MANIFEST restored, or files copied in)")
+
+
+def keys_at_stake(directory: str, io: FileIO, entry: manifest.ManifestEntry, kept: int
+                  ) -> list[bytes]:
+    """Keys whose records the segment's hint places at or past byte ``kept`` (all of them
+    for a missing segment); empty if it has no readable hint."""
+    path = os.path.join(directory, seg_mod.hint_name(entry.segment_id))
+    try:
+        buf = io.read_file(path, _MAX_HINT_READ)
+        raw = hint.decode_raw(buf, entry.nonce, 1 << 62)
+    except (OSError, hint.HintError):
+        return []
+    keys: list[bytes] = []
+    pos = 0
+    for _f, _r, key_len, value_len, offset, _seq, _exp in hint.ENTRY.iter_unpack(raw.fixed):
+        key = raw.keys[pos : pos + key_len]
+        pos += key_len
+        if offset + record.HEADER_SIZE + key_len + value_len > kept:
+            keys.append(bytes(key))
+    return keys
+
+
+_NOT_LISTED = manifest.ManifestEntry(0, 0, 0, 1, 0)  # a sealed stand-in for "not listed"
 _MAX_BITFLIP_KEY = 1024  # keys up to this long are tried with each of their bits flipped
 _MAX_KEY_LENGTHS = 64  # distinct key lengths tried as the length of a damaged record's key
 
@@ -297,19 +369,22 @@ class _Loader:
             self.keydir.expiries.pop(key, None)
         self.report.records_loaded += 1
 
-    def _poison(self, seg: Segment, damage: record.Damage, mm: mmap.mmap) -> None:
+    def _poison(self, seg: Segment, damage: record.Damage, mm: mmap.mmap, guess: bool) -> None:
         """A damaged record that was probably the newest version of a key already indexed:
         point the key at the damaged bytes, so reading it raises IntegrityError instead of
         silently returning the older version (or bringing a deleted key back). A key not
         indexed gets no entry: no key is ever invented from damaged bytes.
 
-        Which key? The one the damaged header names, if it is indexed. Otherwise the damage
-        may have hit the key itself or its length: if exactly one indexed key differs from
-        the bytes in one bit, or is the prefix of the bytes after the header at one of the
-        key lengths the index holds, it is taken. With several candidates none is poisoned
-        (a wrong guess would make a healthy key unreadable); the damage is reported either way.
+        Which key? The one the damaged header names, if it is indexed. In bytes that were
+        fsynced (``guess``: damage there is bit rot in an acknowledged write, never a write
+        that a crash may lose), the damage may also have hit the key itself or its length: if
+        exactly one indexed key differs from the claimed key in one bit, or is the prefix of
+        the bytes after the header at one of the key lengths the index holds, it is taken.
+        With several candidates none is (a wrong guess would make a healthy key unreadable);
+        the damage is reported either way. Past the durable end no guess is made: those
+        bytes may be a write the crash lost, whose key rightly shows its older value.
         """
-        key = self._attribute(damage, mm)
+        key = self._attribute(damage, mm, guess)
         if key is None:
             return
         old = self.keydir.entries.get(key)
@@ -327,11 +402,11 @@ class _Loader:
         self.report.poisoned_keys += 1
         self.report.damaged_keys.append(key)
 
-    def _attribute(self, damage: record.Damage, mm: mmap.mmap) -> bytes | None:
+    def _attribute(self, damage: record.Damage, mm: mmap.mmap, guess: bool) -> bytes | None:
         entries = self.keydir.entries
         if damage.key is not None and damage.key in entries:
             return damage.key
-        if not entries:
+        if not entries or not guess:
             return None
         key_start = damage.offset + record.HEADER_SIZE
         room = damage.length - record.HEADER_SIZE
@@ -481,7 +556,7 @@ class _Loader:
             name = seg_mod.data_name(entry.segment_id)
             path = os.path.join(self.directory, name)
             if entry.segment_id not in present:
-                if self.readonly:
+                if self.readonly and not tolerate_loss:
                     # The writer may have compacted it away after we read the MANIFEST.
                     raise _Retry(name)
                 losses.append((name, "missing", self._keys_at_stake(entry, 0)))
@@ -489,7 +564,7 @@ class _Loader:
             try:
                 fd = self.io.open_read(path)
             except FileNotFoundError:
-                if self.readonly:
+                if self.readonly and not tolerate_loss:
                     raise _Retry(name) from None
                 losses.append((name, "missing", self._keys_at_stake(entry, 0)))
                 continue
@@ -523,6 +598,7 @@ class _Loader:
             seg_header = header or SegmentHeader(entry.kind, entry.order_seq, entry.order_seq,
                                                  entry.nonce)
             seg = Segment(self.io, entry.segment_id, path, fd, seg_header, size)
+            seg.durable_end = 0 if entry.is_open else min(entry.durable_end, size)
             opened.pop()
             if header is None:
                 # Rebuilt from the MANIFEST, which knows the kind, load position and nonce.
@@ -538,81 +614,45 @@ class _Loader:
                     s.close()
                 raise SegmentLossError(_describe_losses(self.directory, losses), losses)
             self.report.lost_segments.extend(losses)
-        self._handle_orphans(listed, [i for i in ids if i not in entries])
+        extra = self._handle_orphans(listed, [i for i in ids if i not in entries],
+                                     tolerate_loss)
+        if extra:
+            # Repair: segments holding writes the MANIFEST does not know are salvaged too.
+            for segment_id in extra:
+                path = seg_mod.segment_path(self.directory, segment_id)
+                fd = self.io.open_read(path)
+                opened.append((segment_id, path, fd, self.io.size(fd)))
+            segments.extend(self._headers(opened, newest_id=-1))
         return segments
 
     def _keys_at_stake(self, entry: manifest.ManifestEntry, kept: int) -> list[bytes]:
-        """Keys the segment's hint says had records at or past ``kept`` bytes."""
-        path = os.path.join(self.directory, seg_mod.hint_name(entry.segment_id))
-        try:
-            buf = self.io.read_file(path, _MAX_HINT_READ)
-            raw = hint.decode_raw(buf, entry.nonce, 1 << 62)
-        except (OSError, hint.HintError):
-            return []
-        keys: list[bytes] = []
-        pos = 0
-        for _f, _r, key_len, value_len, offset, _seq, _exp in hint.ENTRY.iter_unpack(raw.fixed):
-            key = raw.keys[pos : pos + key_len]
-            pos += key_len
-            if offset + record.HEADER_SIZE + key_len + value_len > kept:
-                keys.append(bytes(key))
-        return keys
+        return keys_at_stake(self.directory, self.io, entry, kept)
 
-    def _handle_orphans(self, listed: manifest.Manifest, orphan_ids: list[int]) -> None:
+    def _handle_orphans(self, listed: manifest.Manifest, orphan_ids: list[int],
+                        tolerate_loss: bool) -> list[int]:
         """Segment files the MANIFEST does not list: remove what provably holds nothing the
-        store needs; refuse when one holds writes newer than the MANIFEST knows."""
-        nonces = {e.nonce for e in listed.entries}
-        open_entry = next((e for e in listed.entries if e.is_open), None)
-        newest_listed = max((e.order_seq for e in listed.entries), default=0)
+        store needs; refuse when one holds writes newer than the MANIFEST knows (with
+        ``tolerate_loss``, as repair asks, return those to be loaded too)."""
         doomed: list[str] = []
+        extra: list[int] = []
         for segment_id in orphan_ids:
             name = seg_mod.data_name(segment_id)
-            path = os.path.join(self.directory, name)
-            try:
-                fd = self.io.open_read(path)
-            except FileNotFoundError:
+            verdict, why = classify_orphan(self.directory, self.io, listed, segment_id)
+            if verdict == ORPHAN_GONE:
                 continue
-            try:
-                size = self.io.size(fd)
-                head = self.io.pread(fd, seg_mod.HEADER_SIZE, 0)
-            finally:
-                self.io.close(fd)
-            try:
-                header: SegmentHeader | None = seg_mod.decode_header(head)
-            except seg_mod.HeaderError:
-                header = None
-            if header is None:
-                if size <= seg_mod.HEADER_SIZE * 2:
-                    doomed.append(name)  # a creation torn before it was ever listed
-                else:
-                    self.report.ignored_files.append(
-                        (name, "not in the MANIFEST and its header is damaged; left alone"))
-                continue
-            if header.nonce in nonces:
-                self.report.ignored_files.append(
-                    (name, "a copy of a segment the MANIFEST lists (same nonce); ignored and "
-                     "left alone"))
-                continue
-            holds_records = size > seg_mod.HEADER_SIZE
-            if header.kind == seg_mod.KIND_COMPACTED or not holds_records:
-                # An output of a compaction that did not commit, an input of one that did, or
-                # a segment created by a rotation that did not commit: nothing only it holds.
+            if verdict == ORPHAN_REMOVE:
                 doomed.append(name)
-                continue
-            if open_entry is not None and header.order_seq < open_entry.order_seq:
-                doomed.append(name)  # an input of a committed compaction, not yet removed
-                continue
-            if open_entry is None and header.order_seq <= newest_listed:
-                doomed.append(name)
-                continue
-            if self.readonly:
-                raise _Retry(name)  # the writer rotated after we read the MANIFEST
-            raise SegmentLossError(
-                f"store {self.directory!r}: segment {name} holds writes newer than every "
-                f"segment the {manifest.MANIFEST_NAME} lists, which does not list it (an old "
-                f"{manifest.MANIFEST_NAME} restored, or files copied in). Nothing was changed; "
-                "run `bitkv check` to see the store, `bitkv check --repair` to salvage "
-                "every segment.", [(name, "not listed", [])])
+            elif verdict == ORPHAN_IGNORE:
+                self.report.ignored_files.append((name, why))
+            elif tolerate_loss:
+                extra.append(segment_id)
+            elif self.readonly:
+                raise _Retry(name)  # the writer may have rotated after we read the MANIFEST
+            else:
+                raise SegmentLossError(
+                    f"store {self.directory!r}: {name} {why}. Nothing was changed; run "
+                    "`bitkv check` to see the store, `bitkv check --repair` to salvage every "
+                    "segment.", [(name, "not listed", [])])
         if doomed and not self.readonly:
             for name in doomed:
                 segment_id = seg_mod.parse_id(name, seg_mod.DATA_SUFFIX)
@@ -621,6 +661,7 @@ class _Loader:
                 self._unlink_quietly(name)
             self.io.fsync_dir(self.directory)
             self.report.removed_orphans = doomed
+        return extra
 
     def _salvage_headerless(self, segment_id: int, path: str, fd: int, size: int,
                             newest: bool) -> Segment | None:
@@ -678,7 +719,7 @@ class _Loader:
         tail_rule = is_last and seg.kind == seg_mod.KIND_APPEND
         torn = False
         pending: list[record.ScannedRecord] = []
-        poisons: list[record.Damage] = []
+        poisons: list[tuple[record.Damage, bool]] = []  # (damage, inside the durable bytes)
         dropped = 0
         pos = start
         self._applied_end = start
@@ -708,7 +749,7 @@ class _Loader:
                             what += (" at the end of the durable bytes (damage to an "
                                      "acknowledged, fsynced write: not a torn one)")
                         self._damage(seg.path, item.offset, item.length, what)
-                        poisons.append(item)
+                        poisons.append((item, in_durable))
                     pos = item.offset + item.length
                     continue
                 pos = item.offset + item.size
@@ -763,11 +804,11 @@ class _Loader:
                 else:
                     kept.append(entry)
             self.report.damage = kept
-            poisons = [d for d in poisons if d.offset < truncate_at]
+            poisons = [(d, durable) for d, durable in poisons if d.offset < truncate_at]
             if truncate_at == self._applied_end:
                 self.max_seq = self._applied_max_seq
-        for damage in poisons:
-            self._poison(seg, damage, mm)
+        for damage, durable in poisons:
+            self._poison(seg, damage, mm, guess=durable)
         self.report.dropped_batch_records += dropped
         if truncate_at is not None:
             self._truncate_tail(seg, truncate_at)
@@ -1015,12 +1056,22 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
             loader.report.lost_segments.append(loss)
             durable_end = last.size
     loader.report.durable_end = durable_end
+    if last is not None and listed is not None and last.kind == seg_mod.KIND_APPEND \
+            and listed.by_id().get(last.id, _NOT_LISTED).is_open:
+        last.durable_end = durable_end
+    elif listed is None:
+        for seg in segments:
+            seg.durable_end = 0  # a store older than the MANIFEST: nothing is known
     hidden: dict[bytes, tuple[int, int, int, int]] = {}
     for i, seg in enumerate(segments):
         is_last = i == len(segments) - 1
         if is_last and not readonly and seg.kind == seg_mod.KIND_APPEND:
             loader.hidden = hidden  # this segment will most likely become the active one
-        loader.load_segment(seg, is_last, durable_end=durable_end if is_last else 0)
+        loader.load_segment(seg, is_last, durable_end=seg.durable_end)
+    if last is not None and last.kind == seg_mod.KIND_APPEND:
+        name = os.path.basename(last.path)
+        loader.report.damage_past_durable_end = any(
+            d[0] == name and d[1] >= last.durable_end for d in loader.report.damage)
     next_seq = loader.max_seq + 1
     for seg in segments:
         if seg.kind == seg_mod.KIND_APPEND:
@@ -1045,7 +1096,8 @@ def manifest_for(segments: list[Segment], active: Segment | None, generation: in
         is_open = seg is active
         entries.append(manifest.ManifestEntry(
             seg.id, seg.header.nonce, seg.order_seq,
-            manifest.OPEN if is_open else seg.size, seg.kind))
+            manifest.OPEN if is_open else seg.size, seg.kind,
+            0 if is_open else min(seg.durable_end, seg.size)))
     return manifest.Manifest(generation, tuple(entries))
 
 

@@ -102,8 +102,9 @@ class Segment:
     active segment). ``live_bytes`` counts the bytes of records the keydir points at.
     """
 
-    __slots__ = ("_map_lock", "closed", "fd", "header", "header_damaged", "hinted", "id", "io",
-                 "live_bytes", "mapped", "mm", "path", "size", "slot", "synced_size")
+    __slots__ = ("_map_lock", "closed", "durable_end", "fd", "header", "header_damaged",
+                 "hinted", "id", "io", "live_bytes", "mapped", "mm", "path", "size", "slot",
+                 "synced_size")
 
     def __init__(self, io: FileIO, segment_id: int, path: str, fd: int, header: SegmentHeader,
                  size: int) -> None:
@@ -114,6 +115,9 @@ class Segment:
         self.header = header
         self.size = size
         self.synced_size = size
+        # Bytes before this were fsynced as the store wrote them (docs/format.md, MANIFEST):
+        # damage there is bit rot in acknowledged writes, not what a crash left.
+        self.durable_end = size
         self.live_bytes = 0
         self.slot = -1
         self.mm: mmap.mmap | None = None

@@ -86,8 +86,8 @@ def _log_recovery(path: str, report: recovery.RecoveryReport) -> None:
                     f", {len(report.damaged_keys)} key(s) whose newest record is damaged "
                     "raise on read" if report.damaged_keys else "")
     if report.truncated_bytes:
-        log.warning("bitkv store %s: cut %d byte(s) of a torn write (never acknowledged as "
-                    "durable) from the newest segment", path, report.truncated_bytes)
+        log.warning("bitkv store %s: cut %d byte(s) of a torn write (past the last fsync) "
+                    "from the newest segment", path, report.truncated_bytes)
     if report.removed_orphans:
         log.info("bitkv store %s: removed %d segment file(s) of an unfinished rotation or "
                  "compaction: %s", path, len(report.removed_orphans),
@@ -277,13 +277,25 @@ class Store(MutableMapping[bytes, bytes]):
     def _open_active(self) -> None:
         last = self._segments[-1] if self._segments else None
         if (last is not None and last.kind == seg_mod.KIND_APPEND and not last.header_damaged
-                and last.size < self.max_segment_size):
+                and last.size < self.max_segment_size
+                and not self.recovery_report.damage_past_durable_end):
             fd = self._io.open_rw(last.path)
             if last.fd >= 0:
                 self._io.close(last.fd)
             last.fd = fd
             self._active = last
         else:
+            if last is not None and last.kind == seg_mod.KIND_APPEND:
+                # The segment a crash left becomes immutable: what it holds past its last
+                # fsync must be durable before the MANIFEST records it as sealed at this size.
+                fd = self._io.open_rw(last.path)
+                try:
+                    self._fsync(fd)
+                finally:
+                    self._io.close(fd)
+                last.synced_size = last.size
+                if not self.recovery_report.damage_past_durable_end:
+                    last.durable_end = last.size
             self._active = self._new_segment()
 
     def _new_segment(self) -> Segment:
@@ -426,6 +438,7 @@ class Store(MutableMapping[bytes, bytes]):
                 self._check_writable()
             self._fsync(old.fd)
             old.synced_size = old.size
+            old.durable_end = old.size
         if killpoints.ENABLED:
             killpoints.hit("rotate.after_sync")
         old.map()
@@ -440,6 +453,8 @@ class Store(MutableMapping[bytes, bytes]):
             self._detach(new)
             new.close()
             raise
+        if killpoints.ENABLED:
+            killpoints.hit("rotate.after_manifest")
         self._hidden = {}
         old.release_fd()
         self._compact_wake.set()

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from conftest import append_bytes, flip_bit, segment_files, snapshot_dir
+from conftest import append_bytes, flip_bit, forget_fsyncs, segment_files, snapshot_dir, tear
 
 import bitkv
 from bitkv import hint, record
@@ -30,7 +30,10 @@ def _state(path: str) -> dict[bytes, tuple[bytes, int | None]]:
     with bitkv.open(path, readonly=True) as db:
         out = {}
         for k in db:
-            got = db.get_with_ttl(k)
+            try:
+                got = db.get_with_ttl(k)
+            except bitkv.CorruptionError:
+                continue  # its newest record is damaged: reading it raises, repair drops it
             if got is not None:
                 value, left = got
                 out[k] = (value, None if left is None else round(left / 10))
@@ -149,8 +152,7 @@ def test_uncommitted_batch_at_the_tail_is_torn(db_path):
     seg = _newest_in_load_order(db_path)
     recs = _scan(seg)
     batch_start = recs[1].offset
-    with open(seg, "r+b") as fh:
-        fh.truncate(os.path.getsize(seg) - 5)  # the commit record is cut short
+    tear(seg, os.path.getsize(seg) - 5)  # the commit record is cut short
     report = check(db_path)
     assert report.healthy
     assert report.torn_tail_bytes == os.path.getsize(seg) - batch_start
@@ -354,7 +356,13 @@ def test_repair_killed_at_any_step_leaves_the_same_data(store, tmp_path):
         assert _state(store) == expected, f"killed before rename {n}"
         # A writable open copes with the half-done repair, then repairing again finishes it.
         with bitkv.open(store, max_segment_size=SEG) as db:
-            assert {k: db.get(k) for k in db} == {k: v[0] for k, v in expected.items()}
+            seen = {}
+            for k in db:
+                try:
+                    seen[k] = db.get(k)
+                except bitkv.CorruptionError:
+                    pass  # the damaged key, not yet dropped by the repair
+            assert seen == {k: v[0] for k, v in expected.items()}
         again = repair(store)
         assert again.after is not None and again.after.healthy
         assert _state(store) == expected
@@ -405,8 +413,7 @@ def test_torn_value_holding_a_record_is_a_torn_tail_not_a_phantom(db_path):
     seg = _newest_in_load_order(db_path)
     carrier = _scan(seg)[-1]
     cut = carrier.offset + carrier.size - 20  # the carrier is torn after the embedded record
-    with open(seg, "r+b") as fh:
-        fh.truncate(cut)
+    tear(seg, cut)
     report = check(db_path)
     assert report.healthy, report.issues
     assert report.torn_tail_bytes == cut - carrier.offset

@@ -133,7 +133,24 @@ class RecordingFileIO(FileIO):
                 end = os.lseek(fd, 0, os.SEEK_CUR)
                 if end > offset:
                     self.events.append(("write", ino, offset, bytes(data[: end - offset]),
-                                        self.current_op))
+                                        self._op_for(ino)))
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        with self._lock:
+            super().pwrite(fd, data, offset)
+            ino = self._fds.get(fd)
+            if ino is not None:
+                self.events.append(("write", ino, offset, bytes(data), None))
+
+    def _op_for(self, ino: int) -> int | None:
+        """The operation a write belongs to, for the durability oracle: only the bytes of
+        its records count. A MANIFEST or hint written on its way (a rotation, a close) is
+        the store's own bookkeeping, which another thread may legitimately replace before
+        the operation is acknowledged."""
+        for name, known in self._names.items():
+            if known == ino:
+                return self.current_op if name.endswith(".data") else None
+        return None
 
     def fsync(self, fd: int) -> None:
         with self._lock:
