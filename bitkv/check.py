@@ -766,14 +766,18 @@ class _Salvage:
         try:
             mark = durable.read(directory, io) if listed is not None else None
             last = self.segments[-1] if self.segments else None
-            durable_end = 0
+            entries = listed.by_id() if listed is not None else {}
+            for seg in self.segments:
+                # As recovery classifies damage: by what the MANIFEST and the mark vouch for.
+                entry = entries.get(seg.id)
+                seg.durable_end = 0 if entry is None or entry.is_open else entry.durable_end
             if (mark is not None and last is not None and last.id == mark.segment_id
                     and last.header.nonce == mark.nonce):
-                durable_end = min(mark.end, last.size)
+                last.durable_end = min(mark.end, last.size)
             loader.hint_ids = set()  # scan: a hint could point at a record that is damaged
             for i, seg in enumerate(self.segments):
                 is_last = i == len(self.segments) - 1
-                loader.load_segment(seg, is_last, durable_end=durable_end if is_last else 0)
+                loader.load_segment(seg, is_last, durable_end=seg.durable_end)
         except BaseException:
             self.close()
             raise

@@ -582,13 +582,19 @@ class _Loader:
                 losses.append((name, "replaced by another file (its header names another "
                                "incarnation than the one the MANIFEST lists)",
                                self._keys_at_stake(entry, 0)))
+                if tolerate_loss:  # repair salvages whatever the file holds, as it is
+                    segments.append(Segment(self.io, entry.segment_id, path, fd, header,
+                                            size))
+                    opened.pop()
                 continue
             if size < seg_mod.HEADER_SIZE or (not entry.is_open and size < entry.sealed_size):
                 expected = (f"{entry.sealed_size}" if not entry.is_open
                             else f"at least {seg_mod.HEADER_SIZE}")
                 losses.append((name, f"truncated to {size} bytes (expected {expected})",
                                self._keys_at_stake(entry, size)))
-                continue
+                if not tolerate_loss:
+                    continue
+                # Repair salvages the records left in the part that is still there.
             if not entry.is_open and size > entry.sealed_size:
                 # Bytes appended after the segment was sealed were never written by the store
                 # (a sealed segment is never appended to): never index them.

@@ -8,7 +8,7 @@ import shutil
 import time
 
 import pytest
-from conftest import flip_bit, forget_fsyncs, newest_segment, segment_files, snapshot_dir, tear
+from conftest import flip_bit, newest_segment, segment_files, snapshot_dir, tear
 
 import bitkv
 from bitkv import record as rec

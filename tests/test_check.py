@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from conftest import append_bytes, flip_bit, forget_fsyncs, segment_files, snapshot_dir, tear
+from conftest import append_bytes, flip_bit, segment_files, snapshot_dir, tear
 
 import bitkv
 from bitkv import hint, record

@@ -16,6 +16,8 @@ import random
 import shutil
 
 import pytest
+from conftest import snapshot_dir as snapshot
+from conftest import tear
 
 import bitkv
 from bitkv import hint, record
@@ -126,7 +128,7 @@ def test_torn_last_write_cut_at_every_byte(fast_tmp, last_batch):
     for cut in range(last.offset, size):
         path = str(fast_tmp / f"cut-{cut}")
         shutil.copytree(pristine, path)
-        os.truncate(os.path.join(path, os.path.basename(newest)), cut)
+        tear(os.path.join(path, os.path.basename(newest)), cut)
         stats = check_store(path, expected, victims)
         assert stats["truncated_bytes"] == cut - last.offset
         assert stats["corrupt_bytes"] == 0
@@ -350,16 +352,34 @@ def test_a_hint_that_lies_with_a_valid_crc_never_yields_wrong_bytes(compacted):
                 assert parse_value(got)[0] == key
 
 
-def test_hint_covering_more_than_its_segment_is_ignored(compacted):
+def test_a_sealed_segment_cut_short_is_refused_and_names_its_keys(compacted):
+    """Issue 11 #1: a compaction output that lost its tail used to be opened as if it were
+    whole (its hint ignored, its last keys silently gone). The MANIFEST knows its length:
+    every open refuses naming the file and the keys its hint places in the lost bytes;
+    check reports it; repair salvages the rest and records what was lost."""
     path, expected, hints = compacted
     seg_path = hints[0][: -len(".hint")] + ".data"
-    size = os.path.getsize(seg_path)
+    name = os.path.basename(seg_path)
     recs = [r for f, r in records_of(path) if f == seg_path]
     os.truncate(seg_path, recs[-1].offset)  # the segment lost its last record
-    victims = {recs[-1].key}
-    stats = check_store(path, expected, victims)
-    assert stats["ignored_hints"] >= 1
-    assert os.path.getsize(seg_path) <= size
+    before = snapshot(path)
+    for readonly in (False, True):
+        with pytest.raises(bitkv.CorruptionError, match=name) as info:
+            _open(path, readonly=readonly)
+        assert repr(recs[-1].key) in str(info.value)
+    assert snapshot(path) == before  # refusing changed nothing
+    report = bitkv.check(path)
+    assert not report.healthy and report.missing_segments == 1
+    assert name in report.damaged_files
+    repaired = bitkv.repair(path)
+    assert [(n, keys) for n, _what, keys in repaired.lost_segments] == [(name, [recs[-1].key])]
+    with open(os.path.join(repaired.damaged_dir, "REPAIR.txt"), encoding="utf-8") as fh:
+        note = fh.read()
+    assert name in note and repr(recs[-1].key) in note
+    with _open(path) as db:
+        for key, want in expected.items():
+            if key != recs[-1].key and want is not None:
+                assert db.get(key) == want
 
 
 # -- an older version must not come back --
