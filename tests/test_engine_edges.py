@@ -6,6 +6,7 @@ import errno
 import os
 
 import pytest
+from conftest import forget_fsyncs, tear
 
 import bitkv
 from bitkv import record
@@ -28,8 +29,7 @@ def test_torn_batch_then_later_damage_keeps_every_intact_record(tmp_path):
             for i in range(12):
                 b.put(b"batch%d" % i, b"x" * 20)
     seg = _segment(path)
-    with open(seg, "r+b") as fh:  # tear the batch's end off, as a crash mid-write would
-        fh.truncate(os.path.getsize(seg) - 30)
+    tear(seg, os.path.getsize(seg) - 30)  # tear the batch's end off, as a crash would
     with bitkv.open(path, auto_compact=False) as db:
         assert sorted(db.keys()) == [b"before"]
         assert os.path.getsize(seg) == start
@@ -37,6 +37,7 @@ def test_torn_batch_then_later_damage_keeps_every_intact_record(tmp_path):
         for i in range(10):
             offsets.append(os.path.getsize(seg))
             db.put(b"after%d" % i, b"y" * 10)
+    forget_fsyncs(str(path))  # as if those writes were never fsynced: damage is then torn
     with open(seg, "r+b") as fh:  # damage the first record written after the torn batch
         fh.seek(offsets[0] + record.HEADER_SIZE)
         byte = fh.read(1)
