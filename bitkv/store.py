@@ -8,7 +8,6 @@ the read retried against the keydir's new entry.
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import struct
@@ -169,6 +168,9 @@ class Store(MutableMapping[bytes, bytes]):
         self._write = os.write if type(self._io) is FileIO else self._io.write_returning_size
         self._writes_refused = readonly  # True once closed too: one check on the write path
         self._sync_failure: str | None = None
+        # Why writes are refused for a reason other than an fsync failure (a failed undo of a
+        # short write, a lost lock); set once by _refuse_writes, cleared only by a reopen.
+        self._write_refusal: str | None = None
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._closed = False
@@ -304,6 +306,15 @@ class Store(MutableMapping[bytes, bytes]):
             raise Error(f"store {self.path!r} refuses writes: an fsync failed "
                         f"({self._sync_failure}); what it covered may not be on disk. "
                         "Close and reopen the store to recover from what is.")
+        if self._write_refusal is not None:
+            raise Error(f"store {self.path!r} refuses writes: {self._write_refusal}. "
+                        "Close and reopen the store.")
+
+    def _refuse_writes(self, reason: str) -> None:
+        """Refuse every later write of this open store (the first reason is kept)."""
+        if self._write_refusal is None:
+            self._write_refusal = reason
+        self._writes_refused = True
 
     def _check_open(self) -> None:
         if self._closed:
@@ -332,8 +343,17 @@ class Store(MutableMapping[bytes, bytes]):
         """After a failed or short write, cut the segment back so no half record stays."""
         try:
             self._io.truncate(seg.fd, offset)
-        except OSError:
-            pass
+        except OSError as exc:
+            # Part of a record may remain at ``offset`` and the file position is unknown: a
+            # later append would land somewhere the index does not point (its reads then
+            # fail and compaction drops it as corrupt). Stop here; a reopen's recovery cuts
+            # the half record as a torn tail.
+            self._refuse_writes(f"a failed write could not be undone ({type(exc).__name__}: "
+                                f"{exc}); the end of {os.path.basename(seg.path)} is unknown")
+            try:
+                os.lseek(seg.fd, offset, os.SEEK_SET)
+            except OSError:
+                pass
 
     def _rotate(self) -> Segment:
         """Seal the active segment (fsync, map) and start a new one. Locked."""
@@ -573,8 +593,11 @@ class Store(MutableMapping[bytes, bytes]):
                 else:
                     # _append inlined for the common case: no rotation, no kill point.
                     try:
-                        if self._write(seg.fd, data) != size:
-                            raise OSError(errno.EIO, "short write")
+                        written = self._write(seg.fd, data)
+                        if written != size:
+                            # Finish the write: it completes, or raises the OS's reason
+                            # (ENOSPC on a full disk), not a made-up EIO.
+                            self._io.write(seg.fd, data[written:])
                     except BaseException:
                         self._undo_append(seg, offset)
                         raise
