@@ -81,6 +81,7 @@ def _flusher_main(ref: weakref.ref[Store], stop: threading.Event, interval: floa
         if store is None:
             return
         store._flush_once()
+        store._verify_lock()
         del store  # hold no strong reference while waiting
 
 
@@ -96,6 +97,7 @@ def _compactor_main(ref: weakref.ref[Store], stop: threading.Event,
         store = ref()
         if store is None:
             return
+        store._verify_lock()
         store._write_seal_hints()
         store._compact_if_due()
         del store
@@ -316,6 +318,19 @@ class Store(MutableMapping[bytes, bytes]):
             self._write_refusal = reason
         self._writes_refused = True
 
+    def _verify_lock(self, *, raise_now: bool = False) -> None:
+        """Refuse writes if the lock this store holds no longer guards its path: ``LOCK`` or
+        the directory was removed or replaced, so another writer could lock the new one and
+        append at the same offsets. Called by the background threads, at rotation and sync."""
+        lock = self._store_lock
+        if lock is not None and self._write_refusal is None and not self._closed \
+                and not lock.still_held():
+            self._refuse_writes("its LOCK file or directory was removed or replaced while "
+                                "this process held the lock, so another process may be "
+                                "writing to it too")
+        if raise_now and self._write_refusal is not None:
+            self._check_writable()
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the store is closed")
@@ -357,6 +372,7 @@ class Store(MutableMapping[bytes, bytes]):
 
     def _rotate(self) -> Segment:
         """Seal the active segment (fsync, map) and start a new one. Locked."""
+        self._verify_lock(raise_now=True)
         old = self._active
         assert old is not None
         with self._sync_lock:
@@ -1034,6 +1050,7 @@ class Store(MutableMapping[bytes, bytes]):
         self._check_open()
         if self.readonly:
             return
+        self._verify_lock(raise_now=True)
         seg = self._active
         assert seg is not None
         self._wait_durable(seg, seg.size)
