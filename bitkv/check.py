@@ -352,7 +352,10 @@ class _Checker:
                        "recovery ignores them", "incomplete-batch")
             pending.clear()
 
-        for item in record.scan(buf, start, size, first_seq=first_seq):
+        # The same bounded resync as recovery at the tail (record.TAIL_RESYNC_CANDIDATES),
+        # so check reports as torn exactly what the next writable open truncates.
+        budget = record.TAIL_RESYNC_CANDIDATES if tail_rule else None
+        for item in record.scan(buf, start, size, first_seq=first_seq, max_candidates=budget):
             if isinstance(item, record.Damage):
                 if item.tail and tail_rule:
                     truncate_at = pending[0].offset if pending else item.offset

@@ -318,11 +318,14 @@ class _Loader:
     def _salvage_headerless(self, segment_id: int, path: str, fd: int, size: int,
                             newest: bool) -> Segment | None:
         """A segment whose header is bad: keep its intact records, or drop a torn creation."""
-        mm = self.io.map(fd, size)
+        if self.readonly and newest:
+            mm, size = read_snapshot(self.io, fd, 0, size)  # may be truncated: see load_segment
+        else:
+            mm = self.io.map(fd, size)
         seqs = []
         if mm is not None:
             seqs = [r.seq for r in record.scan(mm, 0, size) if isinstance(r, record.ScannedRecord)]
-            mm.close()
+            _close_map(mm)
         if not seqs:
             self.io.close(fd)
             if newest and size <= seg_mod.HEADER_SIZE * 2:
@@ -353,10 +356,22 @@ class _Loader:
                 if covered is not None:
                     start = covered
                     seg.hinted = covered == seg.size
-        seg.map()
-        mm = seg.mm
-        if mm is None:
+        if seg.pread_only:
+            # A read-only opener's newest segment: scan a private copy of the new bytes, so
+            # a writer truncating its torn tail meanwhile cannot SIGBUS us.
+            snapshot, seg.size = read_snapshot(self.io, seg.fd, start, seg.size)
+            try:
+                if snapshot is not None:
+                    self._scan_segment(seg, snapshot, is_last, start)
+            finally:
+                if snapshot is not None:
+                    _close_map(snapshot)
             return
+        seg.map()
+        if seg.mm is not None:
+            self._scan_segment(seg, seg.mm, is_last, start)
+
+    def _scan_segment(self, seg: Segment, mm: mmap.mmap, is_last: bool, start: int) -> None:
         end = seg.size
         ordered = seg.kind == seg_mod.KIND_APPEND and not seg.header_damaged
         torn = False
@@ -366,6 +381,10 @@ class _Loader:
         pos = start
         self._applied_end = start
         self._applied_max_seq = self.max_seq
+        # Where damage running to the end is a torn tail (and truncated), bound the search
+        # for a record after it: see record.TAIL_RESYNC_CANDIDATES.
+        budget = record.TAIL_RESYNC_CANDIDATES if is_last and seg.kind == seg_mod.KIND_APPEND \
+            else None
         while pos < end:
             pos = self._index_plain_run(seg, mm, pos, end)
             if pos >= end:
@@ -373,7 +392,7 @@ class _Loader:
             # Something the fast loop does not handle (a batch, damage): take the general
             # path until the log is back to plain records, then resume the fast loop.
             first_seq = max(seg.header.order_seq, self.max_seq + 1) if ordered else None
-            for item in record.scan(mm, pos, end, first_seq=first_seq):
+            for item in record.scan(mm, pos, end, first_seq=first_seq, max_candidates=budget):
                 if isinstance(item, record.Damage):
                     dropped += len(pending)
                     pending = []
@@ -641,6 +660,33 @@ class _Loader:
         return ok and pos == len(keys)
 
 
+SNAPSHOT_CHUNK = 8 << 20
+
+
+def read_snapshot(io: FileIO, fd: int, start: int, end: int) -> tuple[mmap.mmap | None, int]:
+    """Copy the file's bytes ``[start, end)`` with pread into anonymous memory, at their own
+    offsets (the pages below ``start`` are never touched, so cost nothing). Return the copy
+    and where the bytes read end: sooner than ``end`` if the file shrank meanwhile."""
+    if end <= start:
+        return None, start
+    mm = mmap.mmap(-1, end)
+    pos = start
+    while pos < end:
+        chunk = io.pread(fd, min(SNAPSHOT_CHUNK, end - pos), pos)
+        if not chunk:
+            break
+        mm[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return mm, pos
+
+
+def _close_map(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:  # a view is still alive somewhere; the GC unmaps it later
+        pass
+
+
 def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedStore:
     """Rebuild the index of the store in ``directory`` (already validated and locked)."""
     for attempt in range(8 if readonly else 1):
@@ -654,6 +700,8 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedSt
     hidden: dict[bytes, tuple[int, int, int, int]] = {}
     for i, seg in enumerate(segments):
         is_last = i == len(segments) - 1
+        # The only segment a writer may still truncate (its torn tail, at its next open).
+        seg.pread_only = readonly and is_last
         if is_last and not readonly and seg.kind == seg_mod.KIND_APPEND:
             loader.hidden = hidden  # this segment will most likely become the active one
         loader.load_segment(seg, is_last)
@@ -706,6 +754,10 @@ def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> b
     loader.hint_ids = set()
     loader.max_seq = loaded.next_seq - 1
     last = loaded.segments[-1] if loaded.segments else None
+    if last is not None and fresh:
+        # A newer segment exists, so the writer is done with this one: it is sealed and no
+        # recovery truncates it any more (it truncates only the newest). Map it again.
+        last.pread_only = False
     if last is not None and last.kind == seg_mod.KIND_APPEND and last.fd >= 0:
         grown = io.size(last.fd)
         if grown > last.size:
@@ -716,8 +768,10 @@ def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> b
         seg.slot = len(loader.slots)
         loader.slots.append(seg)
         loaded.segments.append(seg)
+        seg.pread_only = i == len(fresh) - 1
         loader.load_segment(seg, i == len(fresh) - 1)
     if fresh and last is not None:
+        last.map()
         last.release_fd()
     loaded.next_seq = loader.max_seq + 1
     return True
