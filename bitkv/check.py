@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import struct
 import time
 from collections.abc import Iterable
@@ -177,6 +178,23 @@ def _read_whole(path: str, limit: int | None = None) -> bytes | None:
         os.close(fd)
 
 
+def _symlinked_store_files(directory: str, names: list[str]) -> list[str]:
+    """The store's own files (LOCK, marker, segments, hints) that are symbolic links."""
+    from .lock import LOCK_NAME
+    from .recovery import MARKER_NAME
+
+    found = []
+    for name in sorted(names):
+        if name in (LOCK_NAME, MARKER_NAME) or seg_mod.parse_id(name, seg_mod.DATA_SUFFIX) \
+                is not None or seg_mod.parse_id(name, seg_mod.HINT_SUFFIX) is not None:
+            try:
+                if stat.S_ISLNK(os.lstat(os.path.join(directory, name)).st_mode):
+                    found.append(name)
+            except OSError:
+                pass  # removed meanwhile
+    return found
+
+
 class _Checked:
     """One segment file as :func:`check` sees it."""
 
@@ -217,6 +235,12 @@ class _Checker:
 
     def run(self) -> CheckReport:
         names = os.listdir(self.directory)
+        linked = _symlinked_store_files(self.directory, names)
+        for name in linked:
+            self.issue(name, 0, 0, "is a symbolic link: bitkv opens no store file through a "
+                       "symlink, so the store cannot be opened; replace it with the file "
+                       "itself", "symlink")
+        names = [n for n in names if n not in linked]
         ids = seg_mod.list_segment_ids(names)
         hint_ids = sorted(i for i in (seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) for n in names)
                           if i is not None)

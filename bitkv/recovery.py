@@ -17,16 +17,18 @@ of a key winning; docs/format.md explains why that order is exact after compacti
 
 from __future__ import annotations
 
+import errno
 import itertools
 import mmap
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 
 from . import hint, keydir, record
 from . import segment as seg_mod
 from .crc import crc32c
-from .errors import FormatVersionError, NotAStoreError, StoreNotFoundError
+from .errors import Error, FormatVersionError, NotAStoreError, StoreNotFoundError, UnsafeFileError
 from .fileio import FileIO
 from .keydir import KeyDir
 from .segment import Segment, SegmentHeader
@@ -282,7 +284,7 @@ class _Loader:
         for segment_id in ids:
             path = seg_mod.segment_path(self.directory, segment_id)
             try:
-                fd = self.io.open_read(path)
+                fd = _open_no_symlink(self.io, path)
             except FileNotFoundError:
                 # Only a read-only opener can see this: the writer's compaction removed an
                 # input after we listed it. Its outputs were durable first; start over.
@@ -580,8 +582,11 @@ class _Loader:
         """Apply the segment's hint file; return how many bytes it covered, None if unusable."""
         path = os.path.join(self.directory, seg_mod.hint_name(seg.id))
         try:
-            with open(path, "rb") as fh:
-                buf = fh.read()
+            fd = _open_no_symlink(self.io, path)
+            try:
+                buf = self.io.pread(fd, self.io.size(fd), 0)
+            finally:
+                self.io.close(fd)
             raw = hint.decode_raw(buf, seg.header.nonce, seg.size)
             if self.keydir.entries or self.hidden:
                 # Entries cannot be taken back out of a shared index: check them all first.
@@ -687,16 +692,40 @@ def _close_map(mm: mmap.mmap) -> None:
         pass
 
 
+def _open_no_symlink(io: FileIO, path: str) -> int:
+    """Open a store file for reading; a symlink there is a clear error naming it (bitkv
+    follows no symlink, so it never writes through one either)."""
+    try:
+        return io.open_read(path)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    raise UnsafeFileError(f"{path!r} is a symbolic link; bitkv opens no store file through a "
+                          "symlink. Replace it with the file itself") from None
+
+
+LOAD_ATTEMPTS = 8
+
+
 def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int) -> LoadedStore:
     """Rebuild the index of the store in ``directory`` (already validated and locked)."""
-    for attempt in range(8 if readonly else 1):
+    delay = 0.002
+    for attempt in range(LOAD_ATTEMPTS if readonly else 1):
         loader = _Loader(directory, io, readonly, now_ms)
         try:
             segments = loader.open_segments()
             break
-        except FileNotFoundError:
-            if attempt == 7:
+        except FileNotFoundError as exc:
+            # A reader only: the writer's compaction removed a segment after we listed it.
+            # Back off (2 ms doubling, ~0.5 s in all) so a compaction's removals can finish.
+            if not readonly:
                 raise
+            if attempt == LOAD_ATTEMPTS - 1:
+                raise Error(f"store {directory!r} kept changing while being read (segments "
+                            f"removed by the writer's compaction: {exc.filename}); "
+                            "try again") from None
+            time.sleep(delay)
+            delay *= 2
     hidden: dict[bytes, tuple[int, int, int, int]] = {}
     for i, seg in enumerate(segments):
         is_last = i == len(segments) - 1
@@ -735,7 +764,12 @@ def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> b
     fresh: list[Segment] = []
     for segment_id in sorted(on_disk - known):
         path = seg_mod.segment_path(directory, segment_id)
-        fd = io.open_read(path)
+        try:
+            fd = _open_no_symlink(io, path)
+        except FileNotFoundError:  # removed by a compaction since we listed it: reload
+            for seg in fresh:
+                seg.close()
+            return False
         try:
             header = seg_mod.decode_header(io.pread(fd, seg_mod.HEADER_SIZE, 0))
         except seg_mod.HeaderError:

@@ -191,3 +191,41 @@ def test_short_write_whose_undo_fails_refuses_writes(tmp_path):
         db.put(b"acked", b"important")
         db.compact()
         assert db.get(b"acked") == b"important"
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+@pytest.mark.parametrize("name", ["000001.data", "000001.hint"])
+def test_symlinked_segment_or_hint_is_a_clear_error(tmp_path, name, readonly):
+    """Issue 11 item 10: a symlinked segment gave a raw ELOOP (and a hint was followed)."""
+    path = tmp_path / "db"
+    with bitkv.open(path, auto_compact=False) as db:
+        for i in range(20000):  # enough for a checkpoint hint at close
+            db.put(b"k%d" % i, b"v" * 50)
+    os.rename(path / name, tmp_path / name)
+    os.symlink(tmp_path / name, path / name)
+    with pytest.raises(bitkv.UnsafeFileError, match=name):
+        bitkv.open(path, readonly=readonly, auto_compact=False)
+
+
+class _SegmentsVanish(FileIO):
+    """A read-only opener racing a compaction: listed segments are gone when opened."""
+
+    def __init__(self, times: int) -> None:
+        self.left = times
+
+    def open_read(self, path: str) -> int:
+        if path.endswith(".data") and self.left > 0:
+            self.left -= 1
+            raise FileNotFoundError(errno.ENOENT, "removed by compaction", path)
+        return super().open_read(path)
+
+
+def test_reader_racing_compaction_retries_then_raises_a_bitkv_error(tmp_path):
+    """Issue 11 item 10: 8 retries without backoff, then a raw FileNotFoundError."""
+    path = tmp_path / "db"
+    with bitkv.open(path, auto_compact=False) as db:
+        db.put(b"k", b"v")
+    with bitkv.open(path, readonly=True, fileio=_SegmentsVanish(3)) as r:
+        assert r.get(b"k") == b"v"
+    with pytest.raises(bitkv.Error, match="kept changing"):
+        bitkv.open(path, readonly=True, fileio=_SegmentsVanish(100))
