@@ -27,6 +27,7 @@ from .errors import (
     NotAStoreError,
     ReadOnlyError,
     StoreNotFoundError,
+    UnsafeFileError,
 )
 from .record import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from .store import DEFAULT_MAX_SEGMENT_SIZE, Batch, Store, SyncMode
@@ -59,6 +60,7 @@ __all__ = [
     "RepairReport",
     "Store",
     "StoreNotFoundError",
+    "UnsafeFileError",
     "__version__",
     "check",
     "open",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import struct
 import time
 from collections.abc import Iterable
@@ -183,6 +184,23 @@ def _read_whole(path: str, limit: int | None = None) -> bytes | None:
         os.close(fd)
 
 
+def _symlinked_store_files(directory: str, names: list[str]) -> list[str]:
+    """The store's own files (LOCK, marker, segments, hints) that are symbolic links."""
+    from .lock import LOCK_NAME
+    from .recovery import MARKER_NAME
+
+    found = []
+    for name in sorted(names):
+        if name in (LOCK_NAME, MARKER_NAME) or seg_mod.parse_id(name, seg_mod.DATA_SUFFIX) \
+                is not None or seg_mod.parse_id(name, seg_mod.HINT_SUFFIX) is not None:
+            try:
+                if stat.S_ISLNK(os.lstat(os.path.join(directory, name)).st_mode):
+                    found.append(name)
+            except OSError:
+                pass  # removed meanwhile
+    return found
+
+
 class _Checked:
     """One segment file as :func:`check` sees it."""
 
@@ -228,6 +246,12 @@ class _Checker:
 
     def run(self) -> CheckReport:
         names = os.listdir(self.directory)
+        linked = _symlinked_store_files(self.directory, names)
+        for name in linked:
+            self.issue(name, 0, 0, "is a symbolic link: bitkv opens no store file through a "
+                       "symlink, so the store cannot be opened; replace it with the file "
+                       "itself", "symlink")
+        names = [n for n in names if n not in linked]
         ids = self._listed_ids(seg_mod.list_segment_ids(names))
         hint_ids = sorted(i for i in (seg_mod.parse_id(n, seg_mod.HINT_SUFFIX) for n in names)
                           if i is not None)
@@ -459,8 +483,14 @@ class _Checker:
                 # In an append segment seqs ascend: recovery resynchronises after damage only
                 # on a record whose seq can follow (a record inside a torn value is no record).
                 first_seq = max(seg.order_seq, self.max_seq + 1) if ordered else None
-                for item in record.scan(buf, lo, hi, first_seq=first_seq):
-                    yield item, hi <= durable_end
+                # The same bounded resync as recovery at the tail (past the durable end),
+                # so check reports as torn exactly what the next writable open truncates.
+                in_durable = hi <= durable_end
+                budget = record.TAIL_RESYNC_CANDIDATES if tail_rule and not in_durable \
+                    else None
+                for item in record.scan(buf, lo, hi, first_seq=first_seq,
+                                        max_candidates=budget):
+                    yield item, in_durable
 
         pending: list[record.ScannedRecord] = []
         truncate_at: int | None = None

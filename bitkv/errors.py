@@ -11,6 +11,10 @@ class LockError(Error):
     """Another process holds the store open for writing."""
 
 
+class UnsafeFileError(Error):
+    """A store file is a symbolic link (or not a regular file); bitkv will not use it."""
+
+
 class NotAStoreError(Error):
     """The path exists but is not a bitkv store (and bitkv will not turn it into one)."""
 

@@ -39,8 +39,14 @@ class FileIO:
         """Write all of ``data`` at the file position (one syscall unless the OS writes short)."""
         written = os.write(fd, data)
         while written < len(data):
+            # A short write is not an error yet: writing the rest either completes or raises
+            # the OS's real reason (ENOSPC on a full disk), which the caller must see as is.
             with memoryview(data) as view:
-                written += os.write(fd, view[written:])
+                n = os.write(fd, view[written:])
+            if n <= 0:
+                raise OSError(errno.EIO, f"write made no progress after {written} of "
+                                         f"{len(data)} bytes")
+            written += n
 
     def write_returning_size(self, fd: int, data: bytes) -> int:
         """:meth:`write`, returning the byte count like ``os.write`` (for the store's hot path)."""
@@ -113,8 +119,12 @@ class FileIO:
             os.close(fd)
 
     def truncate(self, fd: int, size: int) -> None:
-        os.ftruncate(fd, size)
-        os.lseek(fd, size, os.SEEK_SET)
+        """Cut the file to ``size`` and put the file position there, even if the cut fails:
+        appends must never continue from a position past what the caller believes is the end."""
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.lseek(fd, size, os.SEEK_SET)
 
     def rename(self, src: str, dst: str) -> None:
         os.rename(src, dst)

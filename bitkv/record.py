@@ -140,9 +140,16 @@ MIN_RECORD_SIZE = HEADER_SIZE + 1
 # Seqs an append segment may skip without a record. The store gives a failed write's seq
 # back, so appended seqs are contiguous; the slack only absorbs what we cannot foresee.
 SEQ_SLACK = 4
+# At the tail of the newest append segment, a resync search examines at most this many
+# candidate offsets (those passing the byte filter) before it calls the rest a torn tail. A
+# torn write's bytes are a client's value: crafted to look like a header every 29 bytes, an
+# unbounded search cost ~5 us per candidate (a 64 MiB torn tail: ~18 s at every open). Random
+# binary garbage has ~1 candidate per 256 bytes, so this still searches ~16 MiB of it.
+TAIL_RESYNC_CANDIDATES = 65536
 
 
-def find_next_intact(buf, pos: int, end: int, last_seq: int | None = None) -> int:
+def find_next_intact(buf, pos: int, end: int, last_seq: int | None = None,
+                     max_candidates: int | None = None) -> int:
     """Return the offset of the first intact record after ``pos``, or -1.
 
     Candidates are narrowed before any CRC is computed: a record's reserved byte (offset 5) is
@@ -153,7 +160,11 @@ def find_next_intact(buf, pos: int, end: int, last_seq: int | None = None) -> in
     seq of the last intact record before the damage. A candidate must then carry a seq that
     could follow it across the damaged bytes; this rejects a record embedded in a torn value,
     which would otherwise be indexed as a key nobody wrote.
+
+    ``max_candidates`` bounds the offsets checked past the byte filter; the search then gives
+    up (returns -1) as if nothing intact followed.
     """
+    left = -1 if max_candidates is None else max_candidates
     p = pos + 1
     while p + HEADER_SIZE <= end:
         q = buf.find(b"\x00", p + 5, end)
@@ -173,6 +184,9 @@ def find_next_intact(buf, pos: int, end: int, last_seq: int | None = None) -> in
         # the search linear instead of (damaged bytes x claimed size).
         if _seq_fits(buf, p, last_seq, p - pos) and intact_size_at(buf, p, end):
             return p
+        if left == 0:
+            return -1
+        left -= 1
         p += 1
     return -1
 
@@ -203,8 +217,8 @@ def _chain_reaches_end(buf, pos: int, end: int) -> bool:
     return True
 
 
-def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = None
-         ) -> Iterator[ScannedRecord | Damage]:
+def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = None,
+         max_candidates: int | None = None) -> Iterator[ScannedRecord | Damage]:
     """Yield every intact record of ``buf[start:end]`` and every damaged region, in order.
 
     A damaged region followed by an intact record is reported with ``tail=False`` and scanning
@@ -222,6 +236,9 @@ def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = Non
 
     ``first_seq`` marks an append segment whose records carry contiguous seqs starting there;
     resynchronisation then only accepts records whose seq fits the bytes lost.
+
+    ``max_candidates`` (the tail of the newest append segment: :data:`TAIL_RESYNC_CANDIDATES`)
+    bounds each resync search; one that gives up reports the rest as damage to the end.
     """
     if end is None:
         end = len(buf)
@@ -259,7 +276,7 @@ def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = Non
                 yield Damage(pos, declared, after == end, claimed)
                 pos = after
                 continue
-        nxt = find_next_intact(buf, pos, end, last_seq)
+        nxt = find_next_intact(buf, pos, end, last_seq, max_candidates)
         if (nxt >= 0 and declared and pos + declared > end and last_seq is not None
                 and unpack(buf, pos)[5] == last_seq + 1
                 and not _chain_reaches_end(buf, nxt, end)):

@@ -17,6 +17,7 @@ of a key winning; docs/format.md explains why that order is exact after compacti
 
 from __future__ import annotations
 
+import errno
 import itertools
 import mmap
 import os
@@ -27,7 +28,13 @@ from dataclasses import dataclass, field
 from . import durable, hint, keydir, manifest, record
 from . import segment as seg_mod
 from .crc import crc32c
-from .errors import CorruptionError, FormatVersionError, NotAStoreError, StoreNotFoundError
+from .errors import (
+    CorruptionError,
+    FormatVersionError,
+    NotAStoreError,
+    StoreNotFoundError,
+    UnsafeFileError,
+)
 from .fileio import FileIO
 from .keydir import KeyDir
 from .segment import Segment, SegmentHeader
@@ -256,7 +263,7 @@ def classify_orphan(directory: str, io: FileIO, listed: manifest.Manifest, segme
     """
     path = os.path.join(directory, seg_mod.data_name(segment_id))
     try:
-        fd = io.open_read(path)
+        fd = _open_no_symlink(io, path)
     except FileNotFoundError:
         return ORPHAN_GONE, "vanished"
     try:
@@ -472,7 +479,7 @@ class _Loader:
                     path = seg_mod.segment_path(self.directory, segment_id)
                     # FileNotFoundError: only a read-only opener can see this (the writer's
                     # compaction removed an input after we listed it): load again.
-                    fd = self.io.open_read(path)
+                    fd = _open_no_symlink(self.io, path)
                     opened.append((segment_id, path, fd, self.io.size(fd)))
                 segments = self._headers(opened, newest_id=ids[-1] if ids else -1)
             else:
@@ -562,7 +569,7 @@ class _Loader:
                 losses.append((name, "missing", self._keys_at_stake(entry, 0)))
                 continue
             try:
-                fd = self.io.open_read(path)
+                fd = _open_no_symlink(self.io, path)
             except FileNotFoundError:
                 if self.readonly and not tolerate_loss:
                     raise _Retry(name) from None
@@ -626,7 +633,7 @@ class _Loader:
             # Repair: segments holding writes the MANIFEST does not know are salvaged too.
             for segment_id in extra:
                 path = seg_mod.segment_path(self.directory, segment_id)
-                fd = self.io.open_read(path)
+                fd = _open_no_symlink(self.io, path)
                 opened.append((segment_id, path, fd, self.io.size(fd)))
             segments.extend(self._headers(opened, newest_id=-1))
         return segments
@@ -672,11 +679,14 @@ class _Loader:
     def _salvage_headerless(self, segment_id: int, path: str, fd: int, size: int,
                             newest: bool) -> Segment | None:
         """A segment whose header is bad: keep its intact records, or drop a torn creation."""
-        mm = self.io.map(fd, size)
+        if self.readonly and newest:
+            mm, size = read_snapshot(self.io, fd, 0, size)  # may be truncated: see load_segment
+        else:
+            mm = self.io.map(fd, size)
         seqs = []
         if mm is not None:
             seqs = [r.seq for r in record.scan(mm, 0, size) if isinstance(r, record.ScannedRecord)]
-            mm.close()
+            _close_map(mm)
         if not seqs:
             self.io.close(fd)
             if newest and size <= seg_mod.HEADER_SIZE * 2:
@@ -715,10 +725,23 @@ class _Loader:
                 if covered is not None:
                     start = covered
                     seg.hinted = covered == seg.size
-        seg.map()
-        mm = seg.mm
-        if mm is None:
+        if seg.pread_only:
+            # A read-only opener's newest segment: scan a private copy of the new bytes, so
+            # a writer truncating its torn tail meanwhile cannot SIGBUS us.
+            snapshot, seg.size = read_snapshot(self.io, seg.fd, start, seg.size)
+            try:
+                if snapshot is not None:
+                    self._scan_segment(seg, snapshot, is_last, start, durable_end)
+            finally:
+                if snapshot is not None:
+                    _close_map(snapshot)
             return
+        seg.map()
+        if seg.mm is not None:
+            self._scan_segment(seg, seg.mm, is_last, start, durable_end)
+
+    def _scan_segment(self, seg: Segment, mm: mmap.mmap, is_last: bool, start: int,
+                      durable_end: int) -> None:
         end = seg.size
         durable_end = min(durable_end, end)
         ordered = seg.kind == seg_mod.KIND_APPEND and not seg.header_damaged
@@ -730,6 +753,9 @@ class _Loader:
         pos = start
         self._applied_end = start
         self._applied_max_seq = self.max_seq
+        # Where damage running to the end is a torn tail (and truncated), bound the search
+        # for a record after it: see record.TAIL_RESYNC_CANDIDATES. Never in durable bytes.
+        tail_budget = record.TAIL_RESYNC_CANDIDATES if tail_rule else None
         while pos < end:
             # The durable prefix is scanned as a region of its own: its end is a write
             # boundary (an fsync covers whole writes), and damage inside it is never torn.
@@ -743,7 +769,8 @@ class _Loader:
             # Something the fast loop does not handle (a batch, damage): take the general
             # path until the log is back to plain records, then resume the fast loop.
             first_seq = max(seg.header.order_seq, self.max_seq + 1) if ordered else None
-            for item in record.scan(mm, pos, limit, first_seq=first_seq):
+            budget = None if in_durable else tail_budget
+            for item in record.scan(mm, pos, limit, first_seq=first_seq, max_candidates=budget):
                 if isinstance(item, record.Damage):
                     dropped += len(pending)
                     pending = []
@@ -810,11 +837,11 @@ class _Loader:
                 else:
                     kept.append(entry)
             self.report.damage = kept
-            poisons = [(d, durable) for d, durable in poisons if d.offset < truncate_at]
+            poisons = [(d, v) for d, v in poisons if d.offset < truncate_at]
             if truncate_at == self._applied_end:
                 self.max_seq = self._applied_max_seq
-        for damage, durable in poisons:
-            self._poison(seg, damage, mm, guess=durable)
+        for damage, vouched in poisons:
+            self._poison(seg, damage, mm, guess=vouched)
         self.report.dropped_batch_records += dropped
         if truncate_at is not None:
             self._truncate_tail(seg, truncate_at)
@@ -938,8 +965,11 @@ class _Loader:
         """Apply the segment's hint file; return how many bytes it covered, None if unusable."""
         path = os.path.join(self.directory, seg_mod.hint_name(seg.id))
         try:
-            with open(path, "rb") as fh:
-                buf = fh.read()
+            fd = _open_no_symlink(self.io, path)
+            try:
+                buf = self.io.pread(fd, self.io.size(fd), 0)
+            finally:
+                self.io.close(fd)
             raw = hint.decode_raw(buf, seg.header.nonce, seg.size)
             if self.keydir.entries or self.hidden:
                 # Entries cannot be taken back out of a shared index: check them all first.
@@ -1018,6 +1048,48 @@ class _Loader:
         return ok and pos == len(keys)
 
 
+SNAPSHOT_CHUNK = 8 << 20
+
+
+def read_snapshot(io: FileIO, fd: int, start: int, end: int) -> tuple[mmap.mmap | None, int]:
+    """Copy the file's bytes ``[start, end)`` with pread into anonymous memory, at their own
+    offsets (the pages below ``start`` are never touched, so cost nothing). Return the copy
+    and where the bytes read end: sooner than ``end`` if the file shrank meanwhile."""
+    if end <= start:
+        return None, start
+    mm = mmap.mmap(-1, end)
+    pos = start
+    while pos < end:
+        chunk = io.pread(fd, min(SNAPSHOT_CHUNK, end - pos), pos)
+        if not chunk:
+            break
+        mm[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return mm, pos
+
+
+def _close_map(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:  # a view is still alive somewhere; the GC unmaps it later
+        pass
+
+
+def _open_no_symlink(io: FileIO, path: str) -> int:
+    """Open a store file for reading; a symlink there is a clear error naming it (bitkv
+    follows no symlink, so it never writes through one either)."""
+    try:
+        return io.open_read(path)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    raise UnsafeFileError(f"{path!r} is a symbolic link; bitkv opens no store file through a "
+                          "symlink. Replace it with the file itself") from None
+
+
+LOAD_ATTEMPTS = 8
+
+
 def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
          tolerate_loss: bool = False) -> LoadedStore:
     """Rebuild the index of the store in ``directory`` (already validated and locked).
@@ -1027,7 +1099,8 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
     (with ``tolerate_loss``, as repair asks, those are recorded in the report instead).
     """
     version = read_marker(directory)
-    attempts = 8 if readonly else 1
+    attempts = LOAD_ATTEMPTS if readonly else 1
+    delay = 0.002
     for attempt in range(attempts):
         listed = manifest.read(directory, io)
         mark = durable.read(directory, io) if listed is not None else None
@@ -1043,10 +1116,12 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
             if attempt == attempts - 1:
                 name = exc.args[0] if isinstance(exc, _Retry) else exc.filename
                 raise SegmentLossError(
-                    f"store {directory!r} kept changing while being opened read-only, or "
-                    f"segment {os.path.basename(str(name))} is missing; try again, or run "
-                    "`bitkv check`", []) from None
-            time.sleep(0.001 * 2**attempt)
+                    f"store {directory!r} kept changing while being read (segments removed "
+                    f"or added by the writer: {os.path.basename(str(name))}), or that segment "
+                    "is missing; try again, or run `bitkv check`", []) from None
+            # Back off (2 ms doubling, ~0.5 s in all) so a compaction's removals can finish.
+            time.sleep(delay)
+            delay *= 2
     durable_end = 0
     last = segments[-1] if segments else None
     if (mark is not None and last is not None and last.kind == seg_mod.KIND_APPEND
@@ -1071,6 +1146,8 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
     hidden: dict[bytes, tuple[int, int, int, int]] = {}
     for i, seg in enumerate(segments):
         is_last = i == len(segments) - 1
+        # The only segment a writer may still truncate (its torn tail, at its next open).
+        seg.pread_only = readonly and is_last
         if is_last and not readonly and seg.kind == seg_mod.KIND_APPEND:
             loader.hidden = hidden  # this segment will most likely become the active one
         loader.load_segment(seg, is_last, durable_end=seg.durable_end)
@@ -1130,8 +1207,8 @@ def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> b
     for segment_id in sorted(on_disk - known):
         path = seg_mod.segment_path(directory, segment_id)
         try:
-            fd = io.open_read(path)
-        except FileNotFoundError:
+            fd = _open_no_symlink(io, path)
+        except FileNotFoundError:  # removed by a compaction since we listed it: reload
             for seg in fresh:
                 seg.close()
             return False
@@ -1153,6 +1230,10 @@ def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> b
     loader.hint_ids = set()
     loader.max_seq = loaded.next_seq - 1
     last = loaded.segments[-1] if loaded.segments else None
+    if last is not None and fresh:
+        # A newer segment exists, so the writer is done with this one: it is sealed and no
+        # recovery truncates it any more (it truncates only the newest). Map it again.
+        last.pread_only = False
     if last is not None and last.kind == seg_mod.KIND_APPEND and last.fd >= 0:
         grown = io.size(last.fd)
         if grown > last.size:
@@ -1163,8 +1244,10 @@ def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> b
         seg.slot = len(loader.slots)
         loader.slots.append(seg)
         loaded.segments.append(seg)
+        seg.pread_only = i == len(fresh) - 1
         loader.load_segment(seg, i == len(fresh) - 1)
     if fresh and last is not None:
+        last.map()
         last.release_fd()
     loaded.next_seq = loader.max_seq + 1
     return True

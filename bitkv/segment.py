@@ -103,7 +103,8 @@ class Segment:
     """
 
     __slots__ = ("_map_lock", "closed", "durable_end", "fd", "header", "header_damaged",
-                 "hinted", "id", "io", "live_bytes", "mapped", "mm", "path", "size", "slot",
+                 "hinted", "id", "io", "live_bytes", "mapped", "mm", "path", "pread_only", "size",
+                 "slot",
                  "synced_size")
 
     def __init__(self, io: FileIO, segment_id: int, path: str, fd: int, header: SegmentHeader,
@@ -125,6 +126,10 @@ class Segment:
         self.closed = False
         self.header_damaged = False
         self.hinted = False  # a hint file covers all of it
+        # Never mapped, read with pread only: a read-only opener's newest append segment,
+        # whose tail a writer's recovery may truncate. Touching a mapped page past the new
+        # end of file kills the process with SIGBUS; a pread just returns fewer bytes.
+        self.pread_only = False
         # Serialises changes of (mm, mapped, fd): lock-free readers may remap a growing
         # segment while the writer seals it; without this a reader could install its older,
         # shorter map after rotation installed the full one and closed the fd.
@@ -149,7 +154,7 @@ class Segment:
     def map(self) -> None:
         """Map the segment's current ``size`` bytes read-only, replacing any shorter map."""
         with self._map_lock:
-            if self.mm is not None and self.mapped == self.size:
+            if self.pread_only or (self.mm is not None and self.mapped == self.size):
                 return
             self._install(self.io.map(self.fd, self.size))
 
@@ -182,7 +187,8 @@ class Segment:
         mm = self.mm
         if mm is not None and offset + size <= mapped:
             return mm[offset : offset + size]
-        if self.fd >= 0 and offset + size <= self.size and self.size - self.mapped >= REMAP_STEP:
+        if (self.fd >= 0 and offset + size <= self.size and self.size - self.mapped >= REMAP_STEP
+                and not self.pread_only):
             # The active segment grew well past its map: extend the map (amortised over
             # REMAP_STEP bytes of appends) rather than pay a pread per read from now on.
             self.remap_grown()
@@ -196,7 +202,7 @@ class Segment:
         another thread may be slicing it right now."""
         with self._map_lock:
             size = self.size
-            if self.fd < 0 or size <= self.mapped:
+            if self.fd < 0 or size <= self.mapped or self.pread_only:
                 return  # sealed and fully mapped meanwhile, or another reader remapped
             mm = self.io.map(self.fd, size)
             self.mm = mm

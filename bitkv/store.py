@@ -8,7 +8,6 @@ the read retried against the keydir's new entry.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -103,6 +102,7 @@ def _flusher_main(ref: weakref.ref[Store], stop: threading.Event, interval: floa
         if store is None:
             return
         store._flush_once()
+        store._verify_lock()
         del store  # hold no strong reference while waiting
 
 
@@ -118,6 +118,7 @@ def _compactor_main(ref: weakref.ref[Store], stop: threading.Event,
         store = ref()
         if store is None:
             return
+        store._verify_lock()
         store._write_seal_hints()
         store._compact_if_due()
         del store
@@ -190,6 +191,9 @@ class Store(MutableMapping[bytes, bytes]):
         self._write = os.write if type(self._io) is FileIO else self._io.write_returning_size
         self._writes_refused = readonly  # True once closed too: one check on the write path
         self._sync_failure: str | None = None
+        # Why writes are refused for a reason other than an fsync failure (a failed undo of a
+        # short write, a lost lock); set once by _refuse_writes, cleared only by a reopen.
+        self._write_refusal: str | None = None
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._closed = False
@@ -397,6 +401,28 @@ class Store(MutableMapping[bytes, bytes]):
             raise Error(f"store {self.path!r} refuses writes: an fsync failed "
                         f"({self._sync_failure}); what it covered may not be on disk. "
                         "Close and reopen the store to recover from what is.")
+        if self._write_refusal is not None:
+            raise Error(f"store {self.path!r} refuses writes: {self._write_refusal}. "
+                        "Close and reopen the store.")
+
+    def _refuse_writes(self, reason: str) -> None:
+        """Refuse every later write of this open store (the first reason is kept)."""
+        if self._write_refusal is None:
+            self._write_refusal = reason
+        self._writes_refused = True
+
+    def _verify_lock(self, *, raise_now: bool = False) -> None:
+        """Refuse writes if the lock this store holds no longer guards its path: ``LOCK`` or
+        the directory was removed or replaced, so another writer could lock the new one and
+        append at the same offsets. Called by the background threads, at rotation and sync."""
+        lock = self._store_lock
+        if lock is not None and self._write_refusal is None and not self._closed \
+                and not lock.still_held():
+            self._refuse_writes("its LOCK file or directory was removed or replaced while "
+                                "this process held the lock, so another process may be "
+                                "writing to it too")
+        if raise_now and self._write_refusal is not None:
+            self._check_writable()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -425,11 +451,21 @@ class Store(MutableMapping[bytes, bytes]):
         """After a failed or short write, cut the segment back so no half record stays."""
         try:
             self._io.truncate(seg.fd, offset)
-        except OSError:
-            pass
+        except OSError as exc:
+            # Part of a record may remain at ``offset`` and the file position is unknown: a
+            # later append would land somewhere the index does not point (its reads then
+            # fail and compaction drops it as corrupt). Stop here; a reopen's recovery cuts
+            # the half record as a torn tail.
+            self._refuse_writes(f"a failed write could not be undone ({type(exc).__name__}: "
+                                f"{exc}); the end of {os.path.basename(seg.path)} is unknown")
+            try:
+                os.lseek(seg.fd, offset, os.SEEK_SET)
+            except OSError:
+                pass
 
     def _rotate(self) -> Segment:
         """Seal the active segment (fsync, map) and start a new one. Locked."""
+        self._verify_lock(raise_now=True)
         old = self._active
         if old is None:
             raise Error("internal error: no active segment to rotate")
@@ -684,8 +720,11 @@ class Store(MutableMapping[bytes, bytes]):
                 else:
                     # _append inlined for the common case: no rotation, no kill point.
                     try:
-                        if self._write(seg.fd, data) != size:
-                            raise OSError(errno.EIO, "short write")
+                        written = self._write(seg.fd, data)
+                        if written != size:
+                            # Finish the write: it completes, or raises the OS's reason
+                            # (ENOSPC on a full disk), not a made-up EIO.
+                            self._io.write(seg.fd, data[written:])
                     except BaseException:
                         self._undo_append(seg, offset)
                         raise
@@ -1122,6 +1161,7 @@ class Store(MutableMapping[bytes, bytes]):
         self._check_open()
         if self.readonly:
             return
+        self._verify_lock(raise_now=True)
         seg = self._active
         assert seg is not None
         self._wait_durable(seg, seg.size)

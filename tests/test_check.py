@@ -482,3 +482,20 @@ def test_intact_records_behind_a_torn_tail_are_flagged(db_path):
     with open(seg, "r+b") as fh:
         fh.truncate(size + len(victim))
     assert check(db_path).healthy
+
+
+@pytest.mark.parametrize("which", ["segment", "hint", "LOCK"])
+def test_symlinked_store_file_is_reported(tmp_path, which):
+    """Issue 11 item 10: the store could not be opened (raw ELOOP) but check called it
+    healthy (or crashed with the raw ELOOP)."""
+    path = tmp_path / "db"
+    with bitkv.open(path, auto_compact=False) as db:
+        for i in range(20000):  # enough for a checkpoint hint at close
+            db.put(b"k%d" % i, b"v" * 50)
+    names = {"segment": "000001.data", "hint": "000001.hint", "LOCK": "LOCK"}
+    name = names[which]
+    os.rename(path / name, tmp_path / name)
+    os.symlink(tmp_path / name, path / name)
+    report = check(path)
+    assert not report.healthy
+    assert any(i.file == name and i.kind == "symlink" for i in report.issues), report.issues

@@ -108,3 +108,125 @@ def test_read_of_damaged_record_raises_integrity_error(tmp_path):
         assert issubclass(bitkv.IntegrityError, bitkv.CorruptionError)
     finally:
         db.close()
+
+
+class _FullDisk(FileIO):
+    """A disk that fills up mid-put: ``os.write`` writes half the record and returns short,
+    then writing the rest fails with ENOSPC. The undo's ftruncate may be made to fail too."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.full = False
+        self.truncate_fails = False
+
+    def write_returning_size(self, fd: int, data: bytes) -> int:
+        if self.armed:
+            self.armed = False
+            self.full = True
+            return os.write(fd, data[: len(data) // 2])
+        self.full = False  # a new put: only the rest of the short write hits the full disk
+        return super().write_returning_size(fd, data)
+
+    def write(self, fd: int, data: bytes) -> None:
+        if self.full:
+            self.full = False
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super().write(fd, data)
+
+    def truncate(self, fd: int, size: int) -> None:
+        if self.truncate_fails:
+            raise OSError(errno.EIO, "simulated ftruncate failure")
+        super().truncate(fd, size)
+
+
+def test_full_disk_during_put_reports_enospc_and_store_stays_usable(tmp_path):
+    """Issue 11 item 10: a short write followed by ENOSPC was reported as EIO "short write"."""
+    path = tmp_path / "db"
+    io = _FullDisk()
+    db = bitkv.open(path, sync="always", auto_compact=False, fileio=io)
+    try:
+        db.put(b"a", b"1" * 100)
+        size = os.path.getsize(_segment(path))
+        io.armed = True
+        with pytest.raises(OSError) as info:
+            db.put(b"b", b"2" * 100)
+        assert info.value.errno == errno.ENOSPC
+        assert os.path.getsize(_segment(path)) == size  # the half record was cut off
+        # The undo worked: a full disk is not an fsync failure, the store goes on.
+        db.put(b"c", b"3" * 100)
+        assert db.get(b"c") == b"3" * 100
+        assert db.get(b"b") is None
+    finally:
+        db.close()
+    with bitkv.open(path, auto_compact=False) as db:
+        assert dict(db.items()) == {b"a": b"1" * 100, b"c": b"3" * 100}
+        assert db.stats()["recovery"]["corrupt_bytes"] == 0
+
+
+def test_short_write_whose_undo_fails_refuses_writes(tmp_path):
+    """Issue 11 item 4: the failed ftruncate was ignored and the seek back never ran, so the
+    next (acknowledged, fsynced) put was indexed at a wrong offset and compaction deleted it."""
+    path = tmp_path / "db"
+    io = _FullDisk()
+    db = bitkv.open(path, sync="always", auto_compact=False, fileio=io)
+    try:
+        for i in range(10):
+            db.put(b"a%d" % i, b"A" * 500)
+        db.put(b"a0", b"new")
+        io.armed = True
+        io.truncate_fails = True
+        with pytest.raises(OSError):
+            db.put(b"victim", b"V" * 1000)
+        io.truncate_fails = False
+        with pytest.raises(bitkv.Error, match="could not be undone"):
+            db.put(b"acked", b"important")
+        with pytest.raises(bitkv.Error, match="refuses writes"):
+            db.compact()
+        assert db.get(b"a5") == b"A" * 500  # reads go on
+    finally:
+        db._abandon()
+    with bitkv.open(path, auto_compact=False) as db:
+        assert db.get(b"a0") == b"new"
+        assert len(db) == 10
+        assert db.recovery_report.truncated_bytes > 0  # the half record: a torn tail
+        db.put(b"acked", b"important")
+        db.compact()
+        assert db.get(b"acked") == b"important"
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+@pytest.mark.parametrize("name", ["000001.data", "000001.hint"])
+def test_symlinked_segment_or_hint_is_a_clear_error(tmp_path, name, readonly):
+    """Issue 11 item 10: a symlinked segment gave a raw ELOOP (and a hint was followed)."""
+    path = tmp_path / "db"
+    with bitkv.open(path, auto_compact=False) as db:
+        for i in range(20000):  # enough for a checkpoint hint at close
+            db.put(b"k%d" % i, b"v" * 50)
+    os.rename(path / name, tmp_path / name)
+    os.symlink(tmp_path / name, path / name)
+    with pytest.raises(bitkv.UnsafeFileError, match=name):
+        bitkv.open(path, readonly=readonly, auto_compact=False)
+
+
+class _SegmentsVanish(FileIO):
+    """A read-only opener racing a compaction: listed segments are gone when opened."""
+
+    def __init__(self, times: int) -> None:
+        self.left = times
+
+    def open_read(self, path: str) -> int:
+        if path.endswith(".data") and self.left > 0:
+            self.left -= 1
+            raise FileNotFoundError(errno.ENOENT, "removed by compaction", path)
+        return super().open_read(path)
+
+
+def test_reader_racing_compaction_retries_then_raises_a_bitkv_error(tmp_path):
+    """Issue 11 item 10: 8 retries without backoff, then a raw FileNotFoundError."""
+    path = tmp_path / "db"
+    with bitkv.open(path, auto_compact=False) as db:
+        db.put(b"k", b"v")
+    with bitkv.open(path, readonly=True, fileio=_SegmentsVanish(3)) as r:
+        assert r.get(b"k") == b"v"
+    with pytest.raises(bitkv.Error, match="kept changing"):
+        bitkv.open(path, readonly=True, fileio=_SegmentsVanish(100))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import signal
@@ -225,3 +226,103 @@ def test_store_dropped_without_close_releases_the_lock(db_path, kwargs):
     gc.collect()
     with bitkv.open(db_path) as again:
         assert again.get(b"a") == b"1"
+
+
+# -- issue 11 item 3: a LOCK file that is unlinked or replaced under its holder --------------
+
+
+def test_lock_file_removed_under_the_writer_still_blocks_a_second_writer(db_path):
+    """A cleanup script removed LOCK: the second writer used to lock a new inode and append
+    at the same offsets as the first (thousands of acknowledged writes lost)."""
+    with bitkv.open(db_path, sync="always", auto_compact=False) as db:
+        db.put(b"parent", b"1")
+        os.unlink(os.path.join(db_path, "LOCK"))
+        out = _try_open_in_child(db_path, "write")
+        assert out.startswith("ERROR LockError"), out
+
+
+def test_lock_file_replaced_under_the_writer_refuses_its_writes(db_path):
+    """An rsync/cp restore replaced LOCK: the holder notices at its next sync (or rotation,
+    or background tick) and refuses writes instead of appending beside another writer."""
+    db = bitkv.open(db_path, sync="never", auto_compact=False)
+    try:
+        db.put(b"a", b"1")
+        lock = os.path.join(db_path, "LOCK")
+        os.replace(_copy(lock), lock)
+        with pytest.raises(bitkv.Error, match="removed or replaced"):
+            db.sync()
+        with pytest.raises(bitkv.Error, match="removed or replaced"):
+            db.put(b"b", b"2")
+        assert db.get(b"a") == b"1"  # reads go on
+    finally:
+        db.close()
+    with bitkv.open(db_path) as db:  # a reopen locks the new file; everything acknowledged
+        assert db.get(b"a") == b"1"
+        db.put(b"b", b"2")
+
+
+def test_background_thread_notices_a_replaced_lock(db_path):
+    db = bitkv.open(db_path, sync="interval", sync_interval=0.05, auto_compact=False)
+    try:
+        db.put(b"a", b"1")
+        lock = os.path.join(db_path, "LOCK")
+        os.replace(_copy(lock), lock)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                db.put(b"b", b"2")
+            except bitkv.Error as exc:
+                assert "removed or replaced" in str(exc)
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("writes were never refused after LOCK was replaced")
+    finally:
+        db.close()
+
+
+def _copy(path: str) -> str:
+    tmp = path + ".copy"
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        dst.write(src.read())
+    return tmp
+
+
+class _UnlinkAfterOpen(FileIO):
+    """LOCK is removed between the writer's open and its flock, once."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def open_lock(self, path: str) -> int:
+        fd = super().open_lock(path)
+        if not self.done:
+            self.done = True
+            os.unlink(path)
+        return fd
+
+
+def test_lock_taken_on_the_file_at_the_path(db_path):
+    """The lock must end up on the inode named LOCK, not on one unlinked before the flock."""
+    with bitkv.open(db_path, fileio=_UnlinkAfterOpen(), auto_compact=False) as db:
+        lock = os.path.join(db_path, "LOCK")
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        db.put(b"k", b"v")
+
+
+def test_symlinked_lock_file_is_a_clear_error(db_path, tmp_path):
+    bitkv.open(db_path).close()
+    lock = os.path.join(db_path, "LOCK")
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    os.unlink(lock)
+    os.symlink(target, lock)
+    with pytest.raises(bitkv.UnsafeFileError, match="LOCK"):
+        bitkv.open(db_path)
+    assert target.read_bytes() == b""  # never followed into a write

@@ -132,3 +132,118 @@ def test_readonly_len_and_keys_hide_expired_keys(filled, clock):
         assert list(db.keys()) == [b"a"]
         with pytest.raises(KeyError):
             db.ttl(b"t")
+
+
+# -- issue 11 item 7: a writer's recovery truncating the tail a reader is reading ------------
+
+_TRUNCATING_READER = """
+import os, sys, bitkv
+from bitkv.fileio import FileIO
+seg, cut = sys.argv[2], int(sys.argv[3])
+
+class WriterTruncatesMeanwhile(FileIO):
+    # A writer opening the store cuts the torn tail while this reader reads it.
+    done = False
+
+    def _cut(self):
+        if not self.done:
+            WriterTruncatesMeanwhile.done = True
+            os.truncate(seg, cut)
+
+    def map(self, fd, length):
+        mm = super().map(fd, length)
+        if length > cut and os.fstat(fd).st_ino == os.stat(seg).st_ino:
+            self._cut()
+        return mm
+
+    def pread(self, fd, size, offset):
+        if offset + size > cut and os.fstat(fd).st_ino == os.stat(seg).st_ino:
+            self._cut()
+        return super().pread(fd, size, offset)
+
+db = bitkv.open(sys.argv[1], readonly=True, fileio=WriterTruncatesMeanwhile())
+print(len(db), db.get(b"k7"), flush=True)
+db.refresh()
+print(len(db), flush=True)
+"""
+
+
+def _store_with_torn_tail(path, tail: bytes, keys: int = 50) -> tuple[str, int]:
+    with bitkv.open(path, auto_compact=False) as db:
+        for i in range(keys):
+            db.put(b"k%d" % i, b"v" * 100)
+    seg = newest_segment(str(path))
+    cut = os.path.getsize(seg)
+    with open(seg, "ab") as fh:
+        fh.write(tail)
+    return seg, cut
+
+
+def _torn_record(seq: int, value_len: int, body: bytes) -> bytes:
+    import struct
+    return struct.pack("<IBBHIQQ", 0, 0, 0, 3, value_len, seq, 0) + b"big" + body
+
+
+def test_reader_survives_the_writer_truncating_the_tail_it_scans(tmp_path):
+    """A read-only opener mapped the torn tail and died of SIGBUS when a writer's recovery
+    truncated it (no exception, no message); the CLI's read commands too."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "db"
+    seg, cut = _store_with_torn_tail(path, _torn_record(51, 8 << 20, os.urandom(1 << 20)))
+    out = subprocess.run([sys.executable, "-c", _TRUNCATING_READER, str(path), seg, str(cut)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split("\n")[:2] == [f"50 {b'v' * 100!r}", "50"]
+    assert os.path.getsize(seg) == cut
+
+
+def test_crafted_torn_tail_costs_a_bounded_search(tmp_path, monkeypatch):
+    """A torn value crafted to hold a plausible header every 29 bytes made every open search
+    it to the end (64 MiB: ~18 s per open); the search at the tail is bounded now."""
+    import struct
+
+    from bitkv import record
+
+    junk = struct.pack("<IBBHIQQ", 0, 0, 0, 1, 0, 52, 0) + b"k"  # seq fits, CRC does not
+    tail = _torn_record(51, 60 << 20, junk * ((4 << 20) // len(junk)))
+    seg, cut = _store_with_torn_tail(tmp_path / "db", tail)
+    checked = 0
+    real = record.intact_size_at
+
+    def counting(buf, pos, end):  # type: ignore[no-untyped-def]
+        nonlocal checked
+        checked += 1
+        return real(buf, pos, end)
+
+    monkeypatch.setattr(record, "intact_size_at", counting)
+    with bitkv.open(tmp_path / "db", readonly=True) as db:
+        assert len(db) == 50
+        assert db.stats()["recovery"]["truncated_bytes"] == len(tail)
+    assert checked < 100_000  # 4 MiB of junk: ~145,000 candidates searched before
+    report = bitkv.check(tmp_path / "db")
+    assert any("torn" in str(issue) for issue in report.issues)
+    with bitkv.open(tmp_path / "db", auto_compact=False) as db:
+        assert len(db) == 50
+    assert os.path.getsize(seg) == cut
+
+
+def test_readonly_gets_follow_the_writer_through_rotation(tmp_path):
+    """The reader's newest segment is read with pread; once sealed it is mapped again."""
+    path = tmp_path / "db"
+    w = bitkv.open(path, max_segment_size=4096, auto_compact=False)
+    try:
+        w.put(b"a", b"1")
+        with bitkv.open(path, readonly=True) as r:
+            newest = r._segments[-1]
+            assert newest.pread_only and newest.mm is None
+            assert r.get(b"a") == b"1"
+            for i in range(200):
+                w.put(b"k%d" % i, b"x" * 50)
+            r.refresh()
+            assert newest.mm is not None and not newest.pread_only
+            assert r._segments[-1].pread_only
+            assert all(r.get(b"k%d" % i) == b"x" * 50 for i in range(200))
+    finally:
+        w.close()
