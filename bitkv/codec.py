@@ -188,12 +188,14 @@ def check_encryption_key(directory: str, key: bytes | None, *, create: bool,
         raise EncryptionError(
             f"store {directory!r} holds encrypted records but its {KEYCHECK_NAME} key-check "
             "file is missing: restore it from a backup (bitkv does not recreate it)")
-    check = KeyCheck(2, plain_allowed=any_record)
-    if create:
-        plaintext = _KEYCHECK_PLAINTEXT_V2_MIXED if any_record else _KEYCHECK_PLAINTEXT_V2
-        blob = KEYCHECK_MAGIC_V2 + cipher.seal(KEYCHECK_MAGIC_V2, plaintext)
-        io.replace_file(directory, KEYCHECK_NAME, blob)
-    return check
+    if not create:
+        # A reader creates nothing; with no key check, nothing says plain records are forged.
+        return KeyCheck(2, plain_allowed=True)
+    # "strict" for a store with no record yet; "mixed" keeps its plain records readable.
+    plaintext = _KEYCHECK_PLAINTEXT_V2_MIXED if any_record else _KEYCHECK_PLAINTEXT_V2
+    blob = KEYCHECK_MAGIC_V2 + cipher.seal(KEYCHECK_MAGIC_V2, plaintext)
+    io.replace_file(directory, KEYCHECK_NAME, blob)
+    return KeyCheck(2, plain_allowed=any_record)
 
 
 def validate_key(key: object) -> bytes:
