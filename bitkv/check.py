@@ -307,6 +307,8 @@ class _Checker:
                            "creation; the next writable open removes it", "temp-file", WARNING)
             elif codec.is_dict_name(name):
                 self._check_dict(name)
+            elif name == codec.KEYCHECK_NAME:
+                self._check_keycheck(name)
         self.finish_file_issues()
         return self.report
 
@@ -674,7 +676,10 @@ class _Checker:
         else:
             magic, _dict_id, crc = _DICT_HEADER.unpack_from(buf)
             if magic == codec.DICT_MAGIC_SEALED:
-                pass  # sealed with the store key (encrypted store): its CRC covers the plaintext
+                # Sealed with the store key, which check does not have: its CRC covers the
+                # plaintext, so only the shape can be checked here.
+                if len(buf) < _DICT_HEADER.size + codec.NONCE_SIZE + codec.TAG_SIZE:
+                    problem = "is truncated"
             elif magic != codec.DICT_MAGIC:
                 problem = "has the wrong magic"
             elif crc32c(buf[_DICT_HEADER.size :]) != crc:
@@ -682,6 +687,26 @@ class _Checker:
         if problem:
             self.issue(name, 0, len(buf), f"compression dictionary {problem}; values "
                        "compressed with it cannot be read", "dictionary")
+
+
+    # -- the encryption key check --------------------------------------------------------------
+
+    def _check_keycheck(self, name: str) -> None:
+        # Without the key only the shape can be checked; but a file that is not a key check
+        # makes every open fail, so it is damage, not a detail.
+        buf = _read_whole(os.path.join(self.directory, name))
+        if buf is None:
+            return
+        self.report.bytes_checked += len(buf)
+        problem = codec.keycheck_problem(buf)
+        if problem is not None:
+            self.issue(name, 0, len(buf), f"not a valid encryption key-check file: {problem}; "
+                       "the store cannot be opened until it is restored (or removed, if the "
+                       "store was never encrypted)", "keycheck")
+        elif buf.startswith(codec.KEYCHECK_MAGIC):
+            self.issue(name, 0, len(buf), "version-1 encryption: only each value's key is "
+                       "authenticated, not its flags, seq or expiry (docs/format.md, "
+                       "\"What encryption protects\")", "keycheck-v1", WARNING)
 
 
 _DICT_HEADER = struct.Struct("<8sII")  # as bitkv.codec writes it: magic, dict id, crc32c

@@ -214,12 +214,18 @@ class Store(MutableMapping[bytes, bytes]):
         if not readonly:
             self._store_lock = StoreLock(self.path, self._io)
         try:
-            codec.check_encryption_key(self.path, encryption_key, create=not readonly,
-                                       io=self._io)
+            keycheck = codec.check_encryption_key(self.path, encryption_key,
+                                                  create=not readonly, io=self._io)
             self._codec = codec.ValueCodec(self.path, compression=compression,
                                            compression_min_size=compression_min_size,
-                                           encryption_key=encryption_key, io=self._io)
+                                           encryption_key=encryption_key, keycheck=keycheck,
+                                           io=self._io)
             self._encoding = self._codec.active
+            # Sealing binds the seq, so it happens under the lock, after the seq is taken.
+            self._sealing = self._codec.encrypting
+            # False in a strict encrypted store: plain records there are refused, so the
+            # get fast path (which serves plain records) must not serve them.
+            self._plain_ok = not self._codec.refuses_plain
             loaded = recovery.load(self.path, self._io, readonly=readonly, now_ms=self._now_ms())
         except BaseException:
             if self._store_lock is not None:
@@ -607,12 +613,12 @@ class Store(MutableMapping[bytes, bytes]):
         if got is None:
             return None
         header, value = got
-        if header.flags & (rec.COMPRESSED | rec.ENCRYPTED):
-            value = self._decode_value(key, header.flags, value)
+        if header.flags & (rec.COMPRESSED | rec.ENCRYPTED) or not self._plain_ok:
+            value = self._decode_value(key, header, value)
         return value
 
-    def _decode_value(self, key: bytes, flags: int, stored: bytes) -> bytes:
-        return self._codec.decode(key, flags, stored)
+    def _decode_value(self, key: bytes, header: rec.Header, stored: bytes) -> bytes:
+        return self._codec.decode(key, header.flags, header.seq, header.expiry_ms, stored)
 
     def _live_entry(self, key: bytes) -> int | None:
         entry = self._entries.get(key)
@@ -656,7 +662,7 @@ class Store(MutableMapping[bytes, bytes]):
                     buf = b""
                 if len(buf) == size:
                     crc, flags, _r, key_len, _v, _s, _e = _unpack_header(buf)
-                    if (not flags & _ENCODED and key_len == len(k)
+                    if (not flags & _ENCODED and key_len == len(k) and self._plain_ok
                             and buf.startswith(k, _HEADER_SIZE)
                             and _crc32c(buf[4:]) == crc):
                         return buf[_HEADER_SIZE + key_len :]
@@ -689,7 +695,7 @@ class Store(MutableMapping[bytes, bytes]):
         expiry_ms = self._expiry_ms(ttl) if ttl is not None else 0
         flags = 0
         if self._encoding:
-            v, flags = self._codec.encode(k, v)
+            v, flags = self._codec.compress(v)  # sealed below, once the seq is known
         if if_absent or if_present or keep_ttl:
             if keep_ttl and ttl is not None:
                 raise ValueError("keep_ttl=True and a ttl contradict each other")
@@ -710,6 +716,8 @@ class Store(MutableMapping[bytes, bytes]):
                 # The seq is taken only once the write succeeded: appended seqs stay
                 # contiguous, which recovery's resynchronisation relies on (record.scan).
                 seq = self._next_seq
+                if self._sealing:
+                    v, flags = self._codec.seal(k, v, flags, seq, expiry_ms)
                 body = _pack_body(flags, 0, len(k), len(v), seq, expiry_ms) + k + v
                 data = _pack_crc(_crc32c(body)) + body
                 size = len(data)
@@ -753,8 +761,13 @@ class Store(MutableMapping[bytes, bytes]):
 
     def _write_locked(self, k: bytes, stored: bytes, flags: int, expiry_ms: int
                       ) -> tuple[Segment, int]:
-        """Append and index one record; return (segment, end offset). Locked."""
+        """Append and index one record; return (segment, end offset). Locked.
+
+        ``stored`` is compressed (if at all) but not yet sealed: sealing needs the seq.
+        """
         seq = self._next_seq
+        if self._sealing:
+            stored, flags = self._codec.seal(k, stored, flags, seq, expiry_ms)
         data = rec.encode(k, stored, seq, expiry_ms, flags)
         seg, offset = self._append(data)
         self._next_seq = seq + 1
@@ -812,7 +825,7 @@ class Store(MutableMapping[bytes, bytes]):
                                         "a signed 64-bit integer")
             stored, flags = str(result).encode("ascii"), 0
             if self._encoding:
-                stored, flags = self._codec.encode(k, stored)
+                stored, flags = self._codec.compress(stored)
             seg, end = self._write_locked(k, stored, flags, expiry_ms)
         self._durable(seg, end)
         return result
@@ -829,7 +842,7 @@ class Store(MutableMapping[bytes, bytes]):
         expiry_ms = self._expiry_ms(ttl) if ttl is not None else 0
         flags = 0
         if self._encoding:
-            v, flags = self._codec.encode(k, v)
+            v, flags = self._codec.compress(v)
         with self._lock:
             self._check_writable()
             if self._current_locked(k) != want:
@@ -919,16 +932,19 @@ class Store(MutableMapping[bytes, bytes]):
                 continue
             flags = 0
             if encoding:
-                v, flags = self._codec.encode(k, v)
+                v, flags = self._codec.compress(v)  # sealed under the lock, below
             staged.append((k, v, flags, now_ms + max(1, round(ttl * 1000)) if ttl else 0))
         last = len(staged) - 1
         batch_bits = rec.BATCH if last else 0
         pack_body, pack_crc, crc = _pack_body, _pack_crc, _crc32c
+        seal = self._codec.seal if self._sealing else None
         with self._lock:
             self._check_writable()
             first_seq = self._next_seq
             parts = []
             for i, (k, v, flags, expiry_ms) in enumerate(staged):
+                if seal is not None and v is not None:
+                    v, flags = seal(k, v, flags, first_seq + i, expiry_ms)
                 if batch_bits:
                     flags |= batch_bits | (rec.BATCH_FIRST if i == 0 else 0) | (
                         rec.BATCH_LAST if i == last else 0)
@@ -1101,7 +1117,13 @@ class Store(MutableMapping[bytes, bytes]):
             if got is None:
                 return False
             header, stored = got
-            seg, end = self._write_locked(k, stored, header.flags & ~rec.BATCH_FLAGS, expiry_ms)
+            flags = header.flags & ~rec.BATCH_FLAGS
+            if flags & rec.ENCRYPTED or not self._plain_ok:
+                # The expiry and seq are sealed into the value: open it (which also refuses a
+                # plain record in a strict store) and let _write_locked seal it anew.
+                stored, flags = self._codec.unseal(k, flags, header.seq, header.expiry_ms,
+                                                   stored)
+            seg, end = self._write_locked(k, stored, flags, expiry_ms)
         self._durable(seg, end)
         return True
 

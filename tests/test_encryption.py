@@ -11,6 +11,7 @@ from conftest import newest_segment, segment_files
 import bitkv
 from bitkv import codec
 from bitkv import record as rec
+from bitkv.check import check
 
 pytest.importorskip("cryptography")
 
@@ -279,3 +280,261 @@ def test_plain_store_opened_with_a_key_becomes_encrypted(db_path):
         bitkv.open(db_path)
     with bitkv.open(db_path, encryption_key=KEY) as db:
         assert dict(db.items()) == {b"old": b"plain value", b"new": SECRET}
+
+
+# -- tampering by someone who can write the files but has no key (issue 11, item 8) ------------
+#
+# Each test rewrites one record of an encrypted store and recomputes its (unkeyed) CRC, as an
+# attacker could, then checks that a read raises instead of returning wrong data.
+
+TAMPER_OPTS = {"encryption_key": KEY, "auto_compact": False}
+
+
+def _records_of(seg: str) -> list[tuple[rec.ScannedRecord, bytes]]:
+    with open(seg, "rb") as fh:
+        data = fh.read()
+    return [(r, data[r.offset + rec.HEADER_SIZE + len(r.key) : r.offset + r.size])
+            for r in rec.scan(data, 40) if isinstance(r, rec.ScannedRecord)]
+
+
+def _rewrite(seg: str, old: rec.ScannedRecord, new: bytes) -> None:
+    """Replace record ``old`` in ``seg`` by the record bytes ``new``, CRC and all."""
+    with open(seg, "rb") as fh:
+        data = fh.read()
+    with open(seg, "wb") as fh:
+        fh.write(data[: old.offset] + new + data[old.offset + old.size :])
+
+
+def _tampered_store(db_path: str, **opts: object
+                    ) -> tuple[str, list[tuple[rec.ScannedRecord, bytes]]]:
+    with bitkv.open(db_path, **TAMPER_OPTS, **opts) as db:
+        db.put(b"alice", b"alice-secret-" + b"A" * 300)
+        db.put(b"bob", b"bob-secret-" + b"B" * 300)
+        db.put(b"carol", b"carol-old-" + b"C" * 300, ttl=3600)
+        db.put(b"carol", b"carol-new-" + b"c" * 300, ttl=3600)
+    seg = newest_segment(db_path)
+    return seg, _records_of(seg)
+
+
+def _read_fails(db_path: str, key: bytes, **opts: object) -> None:
+    with bitkv.open(db_path, readonly=True, encryption_key=KEY, **opts) as db:
+        with pytest.raises((bitkv.CorruptionError, bitkv.EncryptionError)):
+            db.get(key)
+        with pytest.raises((bitkv.CorruptionError, bitkv.EncryptionError)):
+            dict(db.items())
+
+
+def test_clearing_the_encrypted_flag_is_refused_not_returned_as_ciphertext(db_path):
+    seg, recs = _tampered_store(db_path)
+    r, value = recs[0]
+    _rewrite(seg, r, rec.encode(r.key, value, r.seq, r.expiry_ms, r.flags & ~rec.ENCRYPTED))
+    with bitkv.open(db_path, readonly=True, encryption_key=KEY) as db:
+        with pytest.raises(bitkv.IntegrityError, match="not encrypted"):
+            db.get(b"alice")
+        assert db.get(b"bob") == b"bob-secret-" + b"B" * 300
+    _read_fails(db_path, b"alice")
+
+
+def test_clearing_the_compressed_flag_is_refused(db_path):
+    seg, recs = _tampered_store(db_path, compression="zstd", compression_min_size=16)
+    r, value = recs[0]
+    assert r.flags & rec.COMPRESSED
+    _rewrite(seg, r, rec.encode(r.key, value, r.seq, r.expiry_ms, r.flags & ~rec.COMPRESSED))
+    _read_fails(db_path, b"alice", compression="zstd")
+
+
+def test_replaying_an_older_ciphertext_of_the_same_key_is_refused(db_path):
+    seg, recs = _tampered_store(db_path)
+    (old, old_value), (new, _new_value) = recs[2], recs[3]
+    assert old.key == new.key == b"carol"
+    _rewrite(seg, new, rec.encode(new.key, old_value, new.seq, new.expiry_ms, new.flags))
+    _read_fails(db_path, b"carol")
+
+
+def test_zeroing_the_expiry_is_refused(db_path):
+    seg, recs = _tampered_store(db_path)
+    r, value = recs[3]
+    assert r.expiry_ms
+    _rewrite(seg, r, rec.encode(r.key, value, r.seq, 0, r.flags))
+    _read_fails(db_path, b"carol")
+
+
+def test_changing_the_seq_is_refused(db_path):
+    seg, recs = _tampered_store(db_path)
+    r, value = recs[0]
+    _rewrite(seg, r, rec.encode(r.key, value, r.seq + 100, r.expiry_ms, r.flags))
+    _read_fails(db_path, b"alice")
+
+
+def test_appended_plain_record_is_refused(db_path):
+    _seg, recs = _tampered_store(db_path)
+    append_record(db_path, rec.encode(b"alice", b"attacker-chosen", recs[-1][0].seq + 1))
+    _read_fails(db_path, b"alice")
+    # The writable paths refuse it too: expire must not launder it into a sealed record.
+    with bitkv.open(db_path, **TAMPER_OPTS) as db:
+        with pytest.raises(bitkv.IntegrityError):
+            db.expire(b"alice", 100)
+        with pytest.raises(bitkv.IntegrityError):
+            db.incr(b"alice")
+
+
+def test_downgrading_the_key_check_to_version_1_does_not_open_version_2_values(db_path):
+    """Replacing ENCRYPTION by a version-1 key check made with the same key (say, kept from
+    before an upgrade) must not make version-2 values open with the weaker associated data."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    _tampered_store(db_path)
+    nonce = os.urandom(12)
+    v1 = codec.KEYCHECK_MAGIC + nonce + AESGCM(KEY).encrypt(
+        nonce, codec._KEYCHECK_PLAINTEXT, codec.KEYCHECK_MAGIC)
+    with open(os.path.join(db_path, codec.KEYCHECK_NAME), "wb") as fh:
+        fh.write(v1)
+    _read_fails(db_path, b"alice")
+
+
+def test_new_encrypted_store_writes_a_version_2_key_check(db_path):
+    with bitkv.open(db_path, encryption_key=KEY) as db:
+        db.put(b"k", b"v")
+    with open(os.path.join(db_path, codec.KEYCHECK_NAME), "rb") as fh:
+        blob = fh.read()
+    assert blob.startswith(codec.KEYCHECK_MAGIC_V2)
+    assert codec.keycheck_problem(blob) is None
+
+
+def test_expire_persist_batch_incr_and_compaction_keep_values_readable(db_path, clock):
+    """The associated data holds seq and expiry: every path that writes them must seal anew
+    (expire, persist, batches, incr), and compaction, which copies records with the same seq
+    and expiry but clears batch bits, must leave them openable."""
+    opts = dict(encryption_key=KEY, clock=clock, auto_compact=False, compression="zstd",
+                compression_min_size=16)
+    with bitkv.open(db_path, **opts) as db:
+        db.put(b"t", SECRET * 4, ttl=100)
+        assert db.expire(b"t", 500)
+        db.put(b"p", SECRET, ttl=100)
+        assert db.persist(b"p")
+        with db.batch() as b:
+            b.put(b"b1", SECRET + b"1", ttl=50)
+            b.put(b"b2", SECRET + b"2")
+            b.delete(b"p2")
+        assert db.incr(b"n", 5) == 5
+        assert db.incr(b"n", 2) == 7
+        db.compare_and_set(b"c", None, SECRET + b"cas")
+        db.compact()
+        assert db.expire(b"b1", 900)
+    with bitkv.open(db_path, readonly=True, **{k: v for k, v in opts.items()
+                                               if k != "auto_compact"}) as db:
+        assert db.get(b"t") == SECRET * 4 and db.ttl(b"t") == pytest.approx(500)
+        assert db.get(b"p") == SECRET and db.ttl(b"p") is None
+        assert db.get(b"b1") == SECRET + b"1" and db.ttl(b"b1") == pytest.approx(900)
+        assert db.get(b"b2") == SECRET + b"2"
+        assert db.get(b"n") == b"7"
+        assert db.get(b"c") == SECRET + b"cas"
+    assert all(r.flags & rec.ENCRYPTED for r, _v in scanned(db_path) if not r.flags & rec.TOMBSTONE)
+
+
+# -- version-1 stores (written before the associated data bound flags, seq and expiry) ---------
+
+
+def _make_v1_store(path: str, values: dict[bytes, bytes]) -> None:
+    """Build a store as bitkv wrote it with key-only associated data: a BITKVENC key check and
+    values sealed with the record key alone as associated data."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(KEY)
+    with bitkv.open(path) as db:
+        db.put(b"plain-old", b"written before the key")
+    nonce = os.urandom(12)
+    with open(os.path.join(path, codec.KEYCHECK_NAME), "wb") as fh:
+        fh.write(codec.KEYCHECK_MAGIC + nonce
+                 + aead.encrypt(nonce, codec._KEYCHECK_PLAINTEXT, codec.KEYCHECK_MAGIC))
+    seq = max(r.seq for r, _v in scanned(path)) + 1
+    for k, v in values.items():
+        nonce = os.urandom(12)
+        append_record(path, rec.encode(k, nonce + aead.encrypt(nonce, v, k), seq, 0,
+                                       rec.ENCRYPTED))
+        seq += 1
+
+
+def test_version_1_store_stays_readable_and_version_1(db_path):
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    _make_v1_store(db_path, {b"a": SECRET, b"b": SECRET + b"b"})
+    keycheck = os.path.join(db_path, codec.KEYCHECK_NAME)
+    with open(keycheck, "rb") as fh:
+        before = fh.read()
+    with bitkv.open(db_path, encryption_key=KEY, auto_compact=False) as db:
+        assert db.get(b"a") == SECRET
+        assert db.get(b"plain-old") == b"written before the key"
+        db.put(b"new", SECRET + b"new")
+        assert db.expire(b"b", 100)
+        db.compact()
+    with open(keycheck, "rb") as fh:
+        assert fh.read() == before  # not upgraded silently, nor downgraded
+    # New records of a version-1 store use the version-1 associated data (the key alone), so
+    # the store never mixes the two.
+    aead = AESGCM(KEY)
+    for r, value in scanned(db_path):
+        if r.flags & rec.ENCRYPTED:
+            aead.decrypt(value[:12], value[12:], r.key)
+    with bitkv.open(db_path, encryption_key=KEY, readonly=True) as db:
+        assert dict(db.items()) == {b"a": SECRET, b"b": SECRET + b"b", b"new": SECRET + b"new",
+                                    b"plain-old": b"written before the key"}
+    report = check(db_path)
+    assert report.healthy
+    assert [i.kind for i in report.issues] == ["keycheck-v1"]
+
+
+# -- the key-check file and dictionaries (issue 11, item 10) ---------------------------------
+
+
+def test_a_file_named_encryption_that_is_no_key_check_fails_open_and_check(db_path):
+    from click.testing import CliRunner
+
+    from bitkv_cli.main import cli
+
+    with bitkv.open(db_path) as db:
+        db.put(b"k", b"v")
+    with open(os.path.join(db_path, codec.KEYCHECK_NAME), "wb") as fh:
+        fh.write(b"not a key check at all\n")
+    for key in (None, KEY):
+        with pytest.raises(bitkv.EncryptionError, match="not a valid bitkv key-check file"):
+            bitkv.open(db_path, encryption_key=key)
+    report = check(db_path)
+    assert not report.healthy
+    assert [(i.file, i.kind) for i in report.errors] == [(codec.KEYCHECK_NAME, "keycheck")]
+    result = CliRunner().invoke(cli, ["--dir", db_path, "check"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert codec.KEYCHECK_NAME in result.stdout
+
+
+def test_missing_key_check_in_a_store_with_sealed_values_is_not_recreated(db_path):
+    """Recreating it would let whoever deleted it downgrade the store (or inject plain
+    records): the open refuses instead."""
+    with bitkv.open(db_path, encryption_key=KEY) as db:
+        db.put(b"k", SECRET)
+    os.unlink(os.path.join(db_path, codec.KEYCHECK_NAME))
+    for readonly in (False, True):
+        with pytest.raises(bitkv.EncryptionError, match="missing"):
+            bitkv.open(db_path, encryption_key=KEY, readonly=readonly)
+    assert not os.path.exists(os.path.join(db_path, codec.KEYCHECK_NAME))
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_damaged_dictionary_is_reported_as_damaged_not_missing(db_path, encrypted):
+    key = KEY if encrypted else None
+    samples = [b"session user=%d role=admin theme=dark lang=en-GB " % i * 4 for i in range(200)]
+    with bitkv.open(db_path, compression="zstd", compression_min_size=32,
+                    encryption_key=key) as db:
+        dict_id = db.train_compression_dictionary(samples, dict_size=2048)
+        db.put(b"k", samples[7])
+    name = codec.dict_name(dict_id)
+    path = os.path.join(db_path, name)
+    with open(path, "rb") as fh:
+        blob = bytearray(fh.read())
+    blob[40] ^= 0xFF  # inside the dictionary bytes, or their sealed form
+    with open(path, "wb") as fh:
+        fh.write(blob)
+    with bitkv.open(db_path, compression="zstd", encryption_key=key) as db:
+        with pytest.raises(bitkv.CorruptionError, match=f"{name} is damaged") as info:
+            db.get(b"k")
+        assert "missing" not in str(info.value)
