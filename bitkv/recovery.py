@@ -338,6 +338,7 @@ class _Loader:
         # largest seq seen up to it (a torn tail is cut back to there).
         self._applied_end = 0
         self._applied_max_seq = 0
+        self.final = True
         self._key_lengths: list[int] | None = None  # of indexed keys, for _attribute
         self.listed: manifest.Manifest | None = None
         self.hint_ids: set[int] = set()
@@ -448,15 +449,18 @@ class _Loader:
     # -- segments ----------------------------------------------------------------------------
 
     def open_segments(self, listed: manifest.Manifest | None = None, *,
-                      require_manifest: bool = False, tolerate_loss: bool = False
-                      ) -> list[Segment]:
+                      require_manifest: bool = False, tolerate_loss: bool = False,
+                      final: bool = True) -> list[Segment]:
         """Open the store's segments and return them in load order.
 
         With a MANIFEST (``listed``), exactly the segments it lists: one missing, cut short or
         replaced raises :class:`SegmentLossError` (or, with ``tolerate_loss``, is recorded in
         ``report.lost_segments``), and files it does not list are orphans. Without one (a
-        version-1 store), every ``*.data`` file, as before the MANIFEST existed.
+        version-1 store), every ``*.data`` file, as before the MANIFEST existed. A read-only
+        opener that may still retry (not ``final``) raises ``_Retry`` instead of refusing,
+        since a writer changing the store under it looks the same for a moment.
         """
+        self.final = final
         names = self.io.listdir(self.directory)
         if not self.readonly:
             temps = sorted(n for n in names if is_temp_name(n) and not _creator_alive(n))
@@ -563,7 +567,7 @@ class _Loader:
             name = seg_mod.data_name(entry.segment_id)
             path = os.path.join(self.directory, name)
             if entry.segment_id not in present:
-                if self.readonly and not tolerate_loss:
+                if self.readonly and not tolerate_loss and not self.final:
                     # The writer may have compacted it away after we read the MANIFEST.
                     raise _Retry(name)
                 losses.append((name, "missing", self._keys_at_stake(entry, 0)))
@@ -571,7 +575,7 @@ class _Loader:
             try:
                 fd = _open_no_symlink(self.io, path)
             except FileNotFoundError:
-                if self.readonly and not tolerate_loss:
+                if self.readonly and not tolerate_loss and not self.final:
                     raise _Retry(name) from None
                 losses.append((name, "missing", self._keys_at_stake(entry, 0)))
                 continue
@@ -659,7 +663,7 @@ class _Loader:
                 self.report.ignored_files.append((name, why))
             elif tolerate_loss:
                 extra.append(segment_id)
-            elif self.readonly:
+            elif self.readonly and not self.final:
                 raise _Retry(name)  # the writer may have rotated after we read the MANIFEST
             else:
                 raise SegmentLossError(
@@ -1108,7 +1112,7 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
         try:
             segments = loader.open_segments(
                 listed, require_manifest=version > LEGACY_FORMAT_VERSION,
-                tolerate_loss=tolerate_loss)
+                tolerate_loss=tolerate_loss, final=attempt == attempts - 1)
             break
         except (FileNotFoundError, _Retry) as exc:
             # A read-only opener raced the writer (a compaction removed a segment, a rotation
