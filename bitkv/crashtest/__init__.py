@@ -1,6 +1,6 @@
 """bitkv's crash-recovery harness (``bitkv crashtest``).
 
-Four ways to crash a store, each repeated for many cycles on the same store, each followed by
+Ways to crash a store, each repeated for many cycles on the same store, each followed by
 recovery and a check of every key against an oracle (see docs/durability.md):
 
 * ``mode="kill"``: a worker process runs a random workload and is SIGKILLed at a random moment,
@@ -12,6 +12,8 @@ recovery and a check of every key against an oracle (see docs/durability.md):
 * ``mode="faults"``: the workload runs in-process on a FileIO that makes one class of file
   operation fail (EIO, ENOSPC, short writes) in any phase; between runs, segments are
   deleted, truncated or duplicated and ``LOCK`` is replaced (see :mod:`.faults`).
+* ``mode="powerfaults"``: ``powerloss`` where one fsync per cycle fails; the failed fsync is
+  no durability point in the disk model.
 
 >>> summary = bitkv.crashtest.run("/tmp/ct", mode="kill", cycles=20, seed=1)  # doctest: +SKIP
 >>> summary.violations                                                         # doctest: +SKIP
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["MODES", "CrashTestSummary", "run"]
 
-MODES = ("kill", "whitebox", "powerloss", "faults")
+MODES = ("kill", "whitebox", "powerloss", "faults", "powerfaults")
 SYNC_MODES = ("always", "interval", "never")
 RUN_MARKER = "CRASHTEST"
 MAX_VIOLATIONS = 200
@@ -138,10 +140,11 @@ def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | No
             if len(violations) < MAX_VIOLATIONS:
                 violations.append(f"cycle {n} ({description}): {v}")
 
-    if mode == "powerloss":
+    if mode in ("powerloss", "powerfaults"):
         from .powerloss import PowerLossRunner
 
-        pl = PowerLossRunner(directory, seed=seed, sync=sync, ops_per_cycle=ops_per_cycle)
+        pl = PowerLossRunner(directory, seed=seed, sync=sync, ops_per_cycle=ops_per_cycle,
+                             fsync_faults=mode == "powerfaults")
         done = 0
         for n in range(cycles):
             res = pl.cycle(n)
