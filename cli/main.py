@@ -51,7 +51,7 @@ from .errors import (
 DEFAULT_DIR = "bitkv-data"
 IMPORT_BATCH_RECORDS = 1000
 IMPORT_BATCH_BYTES = 4 * 2**20
-CRASHTEST_MODES = ("kill", "whitebox", "powerloss")
+CRASHTEST_MODES = ("kill", "whitebox", "powerloss", "faults", "powerfaults")
 
 
 # -- plumbing ---------------------------------------------------------------------------------
@@ -798,7 +798,9 @@ def _progress_adapter(progress: Progress, cycles: int) -> Callable[..., None]:
               help="Crash/recover cycles to run.")
 @click.option("--mode", type=click.Choice(CRASHTEST_MODES), default="kill", show_default=True,
               help="kill: SIGKILL a writer process; whitebox: die at engine kill points; "
-                   "powerloss: drop writes that were not fsynced.")
+                   "powerloss: drop writes that were not fsynced; faults: fail file "
+                   "operations (EIO, ENOSPC, short writes) and damage segment and LOCK "
+                   "files; powerfaults: powerloss with a failing fsync.")
 @click.option("--seed", type=int, default=None, help="Random seed (to reproduce a run).")
 @click.option("--sync", type=click.Choice(("always", "interval", "never")), default=None,
               help="Sync mode of the store under test (harness default: always).")

@@ -1,6 +1,6 @@
 """bitkv's crash-recovery harness (``bitkv crashtest``).
 
-Three ways to crash a store, each repeated for many cycles on the same store, each followed by
+Ways to crash a store, each repeated for many cycles on the same store, each followed by
 recovery and a check of every key against an oracle (see docs/durability.md):
 
 * ``mode="kill"``: a worker process runs a random workload and is SIGKILLed at a random moment,
@@ -9,6 +9,11 @@ recovery and a check of every key against an oracle (see docs/durability.md):
   (:mod:`bitkv.killpoints`), chosen at random with a random probability each cycle.
 * ``mode="powerloss"``: the workload runs in-process on a recording FileIO; the disk states a
   power cut at points of its I/O log may leave are built, recovered and checked.
+* ``mode="faults"``: the workload runs in-process on a FileIO that makes one class of file
+  operation fail (EIO, ENOSPC, short writes) in any phase; between runs, segments are
+  deleted, truncated or duplicated and ``LOCK`` is replaced (see :mod:`.faults`).
+* ``mode="powerfaults"``: ``powerloss`` where one fsync per cycle fails; the failed fsync is
+  no durability point in the disk model.
 
 >>> summary = bitkv.crashtest.run("/tmp/ct", mode="kill", cycles=20, seed=1)  # doctest: +SKIP
 >>> summary.violations                                                         # doctest: +SKIP
@@ -21,12 +26,12 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["MODES", "CrashTestSummary", "run"]
 
-MODES = ("kill", "whitebox", "powerloss")
+MODES = ("kill", "whitebox", "powerloss", "faults", "powerfaults")
 SYNC_MODES = ("always", "interval", "never")
 RUN_MARKER = "CRASHTEST"
 MAX_VIOLATIONS = 200
@@ -75,7 +80,13 @@ def _prepare(directory: str) -> None:
 
 
 def reproduce_command(directory: str, mode: str, cycles: int, seed: int, sync: str,
-                      ops_per_cycle: int) -> str:
+                      ops_per_cycle: int, faults: Sequence[str] | None = None) -> str:
+    if faults:
+        # The CLI runs every fault class; a run limited to some is reproduced from Python.
+        return (f"python -c \"import bitkv.crashtest as c; s = c.run({directory!r}, "
+                f"mode={mode!r}, cycles={cycles}, seed={seed}, sync={sync!r}, "
+                f"ops_per_cycle={ops_per_cycle}, faults={tuple(faults)!r}); "
+                "print(*s.violations, sep=chr(10))\"")
     cmd = f"bitkv crashtest --dir {directory} --mode {mode} --cycles {cycles} --seed {seed}"
     if sync != "always":
         cmd += f" --sync {sync}"
@@ -86,12 +97,15 @@ def reproduce_command(directory: str, mode: str, cycles: int, seed: int, sync: s
 
 def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | None = None,
         sync: str = "always", progress: Callable[[int, int], None] | None = None,
-        ops_per_cycle: int = 200) -> CrashTestSummary:
+        ops_per_cycle: int = 200, faults: Sequence[str] | None = None) -> CrashTestSummary:
     """Crash a store ``cycles`` times in ``mode`` and check every recovery; see the module doc.
 
     Everything is written inside ``directory`` (created if missing; it must be empty or hold a
     previous crash test). ``progress(done, total)`` is called after each cycle. Returns a
     :class:`CrashTestSummary`; ``violations`` lists every broken promise found.
+
+    ``faults`` (``mode="faults"`` only) limits the fault classes injected to some of
+    :data:`bitkv.crashtest.faults.FAULT_CLASSES` (default: all).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -102,12 +116,15 @@ def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | No
     if isinstance(ops_per_cycle, bool) or not isinstance(ops_per_cycle, int) \
             or ops_per_cycle < 1:
         raise ValueError(f"ops_per_cycle must be an int >= 1, not {ops_per_cycle!r}")
+    if faults is not None and mode != "faults":
+        raise ValueError("faults= applies to mode='faults' only")
     if seed is None:
         seed = random.SystemRandom().randrange(1, 2**31)
     directory = os.path.abspath(os.fspath(directory))
     _prepare(directory)
     with open(os.path.join(directory, RUN_MARKER), "w") as fh:
-        fh.write(reproduce_command(directory, mode, cycles, seed, sync, ops_per_cycle) + "\n")
+        fh.write(reproduce_command(directory, mode, cycles, seed, sync, ops_per_cycle,
+                                   faults) + "\n")
     started = time.monotonic()
     violations: list[str] = []
     log: list[str] = []
@@ -123,10 +140,11 @@ def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | No
             if len(violations) < MAX_VIOLATIONS:
                 violations.append(f"cycle {n} ({description}): {v}")
 
-    if mode == "powerloss":
+    if mode in ("powerloss", "powerfaults"):
         from .powerloss import PowerLossRunner
 
-        pl = PowerLossRunner(directory, seed=seed, sync=sync, ops_per_cycle=ops_per_cycle)
+        pl = PowerLossRunner(directory, seed=seed, sync=sync, ops_per_cycle=ops_per_cycle,
+                             fsync_faults=mode == "powerfaults")
         done = 0
         for n in range(cycles):
             res = pl.cycle(n)
@@ -136,6 +154,14 @@ def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | No
             if progress is not None:
                 progress(done, cycles)
         verified = pl.oracle.verified
+    elif mode == "faults":
+        from .faults import FaultRunner, run_cycles
+
+        fr = FaultRunner(directory, seed=seed, sync=sync, ops_per_cycle=ops_per_cycle,
+                         faults=faults)
+        done = run_cycles(fr, cycles, note, progress)
+        states = done
+        verified = fr.oracle.verified
     else:
         from .killmode import KillRunner, _Fatal
 
@@ -157,5 +183,6 @@ def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | No
     return CrashTestSummary(
         cycles=done, operations_acknowledged=acked, operations_verified=verified,
         violations=violations, seed=seed,
-        reproduce_command=reproduce_command(directory, mode, cycles, seed, sync, ops_per_cycle),
+        reproduce_command=reproduce_command(directory, mode, cycles, seed, sync, ops_per_cycle,
+                                            faults),
         mode=mode, sync=sync, crash_states=states, seconds=time.monotonic() - started, log=log)

@@ -125,6 +125,10 @@ class Oracle:
                 else:
                     effects.append((key, None))
         record = OpRecord(op, effects, expected)
+        if effects:
+            # The states before the operation, for settle(): an operation that raised may
+            # have left its keys as they were.
+            record.extra["before"] = {key: cur[key] for key, _state in effects}
         for key, state in effects:
             cur[key] = state
         self.records.append(record)
@@ -145,6 +149,51 @@ class Oracle:
             return (f"op {record.id} {record.op['kind']} {record.op['key']!r} returned "
                     f"{result!r}; the oracle expected {record.expected!r}")
         return None
+
+    def settle(self, record: OpRecord, shown: dict[bytes, Any]) -> list[str]:
+        """The operation of ``record`` raised, and the store, still running, now shows
+        ``shown`` (key -> state, as :func:`verify.observe` reports it) for its keys.
+
+        A failed operation may or may not have been applied. The record stays unacknowledged
+        (a later :meth:`check` accepts either outcome), but the running state that later
+        operations compute their expected results from must follow the store: if the store
+        shows the key as it was before, later reads must see that. A state that is neither
+        before nor after, or a batch applied to some keys only, is a violation.
+        """
+        at = now_ms(record.id)
+        before: dict[bytes, Any] = record.extra.get("before", {})
+        violations: list[str] = []
+        outcomes: set[str] = set()
+        for key, after in record.final().items():
+            prior = before.get(key)
+            got = shown.get(key, UNKNOWN)
+            if got is UNKNOWN or prior is UNKNOWN or after is UNKNOWN:
+                self.current[key] = UNKNOWN
+                continue
+            if isinstance(got, tuple) and got and got[0] in ("garbage", "corrupt", "error"):
+                violations.append(f"after op {record.id} ({record.op['kind']}) raised, "
+                                  f"reading {key!r} gives {got[0]}: {got[1]}")
+                self.current[key] = UNKNOWN
+                continue
+            is_after = visible(after, at) == got
+            is_before = visible(prior, at) == got
+            if is_after and is_before:
+                continue
+            if is_after:
+                outcomes.add("applied")
+            elif is_before:
+                outcomes.add("not applied")
+                self.current[key] = prior
+            else:
+                violations.append(
+                    f"after op {record.id} ({record.op['kind']}) raised, {key!r} shows "
+                    f"{describe_state(got)}; allowed: {describe_state(visible(prior, at))} "
+                    f"(before) | {describe_state(visible(after, at))} (after)")
+                self.current[key] = UNKNOWN
+        if len(outcomes) > 1:
+            violations.append(f"batch op {record.id} raised and is half applied in the "
+                              "running store (some keys show it, others do not)")
+        return violations
 
     # -- checking after a crash ----------------------------------------------------------------
 

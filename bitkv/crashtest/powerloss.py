@@ -28,9 +28,45 @@ import bitkv
 from .oracle import OpRecord, Oracle
 from .recording import POLICIES, DiskModel, RecordingFileIO, write_state
 from .verify import check_time, observe, open_store, recover
-from .workload import OpClock, WorkloadConfig, execute, generate, keyspace
+from .workload import OpClock, WorkloadConfig, execute, generate, keyspace, now_ms
 
 STATES_PER_CYCLE = 4
+
+
+class FailingRecordingFileIO(RecordingFileIO):
+    """A :class:`RecordingFileIO` whose ``fail_at``-th fsync (file or directory) raises EIO.
+
+    The failed call is not logged as an fsync, so the disk model never counts it as a
+    durability point: what it should have made durable stays as unsynced as it was.
+    """
+
+    def __init__(self, root: str, fail_at: int) -> None:
+        super().__init__(root)
+        self.fail_at = fail_at
+        self.fsyncs = 0
+        self.failed = False
+        self.armed = False  # set once the store is open (a failed open tests nothing here)
+
+    def _fail(self) -> bool:
+        with self._lock:
+            if not self.armed:
+                return False
+            self.fsyncs += 1
+            if self.fsyncs != self.fail_at:
+                return False
+            self.failed = True
+            return True
+
+    def fsync(self, fd: int) -> None:
+        if self._fail():
+            raise OSError(5, "Input/output error (injected into fsync by bitkv crashtest)")
+        super().fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        if self._fail():
+            raise OSError(5, "Input/output error (injected into a directory fsync by bitkv "
+                             "crashtest)")
+        super().fsync_dir(path)
 
 
 @dataclass
@@ -53,7 +89,8 @@ class PowerCycleResult:
 class PowerLossRunner:
     def __init__(self, directory: str, *, seed: int, sync: str, ops_per_cycle: int,
                  max_segment_size: int = 64 * 1024, nkeys: int = 40,
-                 states_per_cycle: int = STATES_PER_CYCLE) -> None:
+                 states_per_cycle: int = STATES_PER_CYCLE, fsync_faults: bool = False
+                 ) -> None:
         self.directory = os.path.join(directory, "powerloss")
         self.base = os.path.join(self.directory, "base")
         self.work = os.path.join(self.directory, "work")
@@ -69,6 +106,8 @@ class PowerLossRunner:
         self.next_op = 1
         self.states_per_cycle = states_per_cycle
         self.saved = 0
+        # mode="powerfaults": one fsync per cycle fails (and is no durability point).
+        self.fsync_faults = fsync_faults
         os.makedirs(self.base, exist_ok=True)
 
     # -- one cycle -----------------------------------------------------------------------------
@@ -91,7 +130,9 @@ class PowerLossRunner:
         _reset(self.work)
         for name in os.listdir(self.base):
             shutil.copyfile(os.path.join(self.base, name), os.path.join(self.work, name))
-        io = RecordingFileIO(self.work)
+        io = RecordingFileIO(self.work) if not self.fsync_faults else \
+            FailingRecordingFileIO(self.work, fail_at=rng.randint(
+                1, 2 * count if self.sync == "always" else 12))
         clock = OpClock(self.next_op)
         tracked: dict[int, _Tracked] = {}
         barriers: list[tuple[int, int]] = []  # (ack index of a sync, last op id it covers)
@@ -100,6 +141,8 @@ class PowerLossRunner:
                         auto_compact=auto, compact_min_dead_bytes=16 * 1024,
                         compact_dead_ratio=0.3)
         last_id = self.next_op
+        if isinstance(io, FailingRecordingFileIO):
+            io.armed = True
         try:
             for op in ops:
                 if op["kind"] == "batch" and not hasattr(db, "batch"):
@@ -112,8 +155,19 @@ class PowerLossRunner:
                 io.current_op = op["id"]
                 try:
                     res = execute(db, op)
-                    if op["kind"] == "pause":
+                    if op["kind"] == "pause" and not getattr(io, "failed", False):
+                        # (After a failed fsync, earlier writes may never become durable:
+                        # the store must refuse writes, not make them so.)
                         self._wait_flushed(io, tracked, t, violations)
+                except (OSError, bitkv.Error) as exc:
+                    if not getattr(io, "failed", False):
+                        raise
+                    # Not acknowledged: it may or may not survive. Later operations expect
+                    # what the running store shows.
+                    violations += self.oracle.settle(rec, self._shown(db, rec))
+                    if isinstance(exc, bitkv.ClosedError):
+                        break
+                    continue
                 finally:
                     io.current_op = None
                 t.acked_at = io.mark("ack", op["id"])
@@ -128,7 +182,11 @@ class PowerLossRunner:
             # close fsyncs and may write a checkpoint hint, which power may cut too).
             closing = rng.random() < 0.3
             if closing:
-                db.close()
+                try:
+                    db.close()
+                except (OSError, bitkv.Error):
+                    if not getattr(io, "failed", False):
+                        raise
             else:
                 db._abandon()
 
@@ -182,8 +240,19 @@ class PowerLossRunner:
             self.oracle.discard()
         result.description = f"{len(ops)} ops, {result.states} crash states" + (
             ", auto-compaction on" if auto else "") + (", 4 MiB segments" if big else "") + (
-            ", closed" if closing else "")
+            ", closed" if closing else "") + (
+            f", fsync #{io.fail_at} failed" if getattr(io, "failed", False) else "")
         return result
+
+    def _shown(self, db: Any, rec: OpRecord) -> dict[bytes, Any]:
+        keys = list(rec.final())
+        if not keys:
+            return {}
+        try:
+            shown, _problems = observe(db, keys, now_ms(rec.id))
+        except bitkv.ClosedError:
+            return {}
+        return shown
 
     def _wait_flushed(self, io: RecordingFileIO, tracked: dict[int, _Tracked], pause: _Tracked,
                       violations: list[str]) -> None:
