@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+from collections.abc import Callable
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -152,3 +153,86 @@ class FileIO:
 
 
 DEFAULT_FILEIO = FileIO()
+
+
+class FsyncGuard(FileIO):
+    """Forwards every call to ``inner`` and reports each failed fsync (of a file or of a
+    directory) to ``on_failure`` before re-raising it.
+
+    A store wraps its FileIO in one, so that *every* fsync failure, wherever it happens
+    (appends, rotation, compaction outputs, hints, the MANIFEST, recovery), puts the store
+    into its refuse-writes state: after a failed fsync the kernel may have dropped the dirty
+    pages, so a later fsync that succeeds proves nothing (PostgreSQL's "fsyncgate").
+    """
+
+    def __init__(self, inner: FileIO, on_failure: Callable[[OSError], None]) -> None:
+        self.inner = inner
+        self._on_failure = on_failure
+
+    def fsync(self, fd: int) -> None:
+        try:
+            self.inner.fsync(fd)
+        except OSError as exc:
+            self._on_failure(exc)
+            raise
+
+    def fsync_dir(self, path: str) -> None:
+        try:
+            self.inner.fsync_dir(path)
+        except OSError as exc:
+            self._on_failure(exc)
+            raise
+
+    # Everything else goes straight to the wrapped FileIO (write_new_file and replace_file
+    # are FileIO's own, built on these, so their fsyncs pass through the methods above).
+
+    def create(self, path: str) -> int:
+        return self.inner.create(path)
+
+    def open_rw(self, path: str) -> int:
+        return self.inner.open_rw(path)
+
+    def open_lock(self, path: str) -> int:
+        return self.inner.open_lock(path)
+
+    def open_read(self, path: str) -> int:
+        return self.inner.open_read(path)
+
+    def write(self, fd: int, data: bytes) -> None:
+        self.inner.write(fd, data)
+
+    def write_returning_size(self, fd: int, data: bytes) -> int:
+        return self.inner.write_returning_size(fd, data)
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        return self.inner.pread(fd, size, offset)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        self.inner.pwrite(fd, data, offset)
+
+    def read_file(self, path: str, limit: int) -> bytes:
+        return self.inner.read_file(path, limit)
+
+    def truncate(self, fd: int, size: int) -> None:
+        self.inner.truncate(fd, size)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.inner.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        self.inner.unlink(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return self.inner.listdir(path)
+
+    def mkdir(self, path: str) -> None:
+        self.inner.mkdir(path)
+
+    def size(self, fd: int) -> int:
+        return self.inner.size(fd)
+
+    def close(self, fd: int) -> None:
+        self.inner.close(fd)
+
+    def map(self, fd: int, length: int) -> mmap.mmap | None:
+        return self.inner.map(fd, length)

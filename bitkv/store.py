@@ -31,7 +31,7 @@ from .errors import (
     NotAnIntegerError,
     ReadOnlyError,
 )
-from .fileio import DEFAULT_FILEIO, FileIO
+from .fileio import DEFAULT_FILEIO, FileIO, FsyncGuard
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
 from .lock import StoreLock
 from .segment import Segment, SegmentHeader
@@ -185,10 +185,12 @@ class Store(MutableMapping[bytes, bytes]):
         self.sync_interval = float(sync_interval)
         self.max_segment_size = max_segment_size
         self._clock = clock
-        self._io = fileio or DEFAULT_FILEIO
+        given = fileio or DEFAULT_FILEIO
+        # Every fsync failure, wherever it happens, makes the store refuse writes (_fail_sync).
+        self._io: FileIO = FsyncGuard(given, self._fail_sync)
         # The hot path calls os.write directly when the seam is the plain one (saves a Python
         # frame per put); any substitute FileIO, such as the crash harness's, sees every write.
-        self._write = os.write if type(self._io) is FileIO else self._io.write_returning_size
+        self._write = os.write if type(given) is FileIO else given.write_returning_size
         self._writes_refused = readonly  # True once closed too: one check on the write path
         self._sync_failure: str | None = None
         # Why writes are refused for a reason other than an fsync failure (a failed undo of a
@@ -1184,6 +1186,10 @@ class Store(MutableMapping[bytes, bytes]):
         if self.readonly:
             return
         self._verify_lock(raise_now=True)
+        if self._sync_failure is not None or self._write_refusal is not None:
+            # Nothing can be promised durable after a failed fsync, even what an earlier,
+            # successful one covered: say so rather than return as if all were well.
+            self._check_writable()
         seg = self._active
         assert seg is not None
         self._wait_durable(seg, seg.size)

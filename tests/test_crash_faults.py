@@ -2,9 +2,8 @@
 its fault-injecting FileIO, its API, and bounded seeded runs of every fault class in every
 sync mode (longer soaks: tests/test_crash_soak.py).
 
-Several runs fail on today's engine; each is marked ``xfail(strict=False)`` with the engine bug
-it finds (the repro scripts named are in /work/shared/repro). When a fix lands, the run passes
-(XPASS) and its mark can go.
+Before issue 11's fixes these runs found every engine bug of its reproductions (the scripts in
+/work/shared/repro); each run is now the regression test of its fault class.
 """
 
 from __future__ import annotations
@@ -24,26 +23,6 @@ from bitkv.crashtest.faults import (
     FaultyFileIO,
     InjectedFault,
 )
-
-# -- the engine bugs today's runs find (see the module doc) --
-
-FSYNCGATE = ("engine bug: after a failed fsync outside the commit path (rotation, new segment, "
-             "compaction, hints, directory fsyncs) writes are still acknowledged, and sync() "
-             "retries a failed fsync and returns (fsync_exp.py)")
-COMPACT_RESURRECT = ("engine bug: compact() failing after its commit point (rename, unlink or "
-                     "directory fsync) leaves files the store no longer tracks; deleted keys "
-                     "and old values come back (compact_fail_resurrect.py)")
-SHORT_WRITE = ("engine bug: a short write whose ftruncate undo fails leaves a half record; the "
-               "next put is indexed at the wrong offset and acknowledged writes are lost "
-               "(shortwrite_trunc_fail.py)")
-REPAIR_AGAIN = ("engine bug: a short write into a new segment's header leaves a file recovery "
-                "repairs again at every open (the second open truncates 20 more bytes)")
-NO_MANIFEST = ("engine bug: no MANIFEST: a missing or truncated segment opens silently (live "
-               "data lost, deleted keys back) and check() calls the store healthy")
-DUPLICATE = ("engine bug: a duplicated segment: compact() raises AssertionError, a damaged "
-             "copy shadows the intact records, old values after reopen (dup_segment_assert.py)")
-TWO_WRITERS = ("engine bug: a replaced LOCK lets a second writer in; both acknowledge writes "
-               "and sync='always' writes are lost (two_writers.py)")
 
 SYNCS = ("always", "interval", "never")
 CYCLES = 30
@@ -171,7 +150,7 @@ def test_the_cli_runs_the_faults_mode(fast_tmp):
     result = CliRunner().invoke(cli, ["crashtest", "--mode", "faults", "--cycles", "2",
                                       "--seed", "3", "--ops-per-cycle", "20", "--json",
                                       "--dir", str(fast_tmp / "ct")])
-    assert result.exit_code in (0, 1), result.output  # 1: violations (today's engine)
+    assert result.exit_code == 0, result.output
     assert '"mode": "faults"' in result.output
 
 
@@ -188,30 +167,14 @@ def test_it_catches_a_store_that_ignores_a_failed_commit_fsync(fast_tmp, monkeyp
 # -- bounded runs of every fault class --
 
 
-def _xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=False, reason=reason)
-
-
-# What each class's run (seed 11, 30 cycles of ~60 ops) finds on today's engine; None: clean.
-TODAY: dict[str, str | None] = {
-    "write": REPAIR_AGAIN,
-    "fsync": FSYNCGATE,
-    "fsync_dir": FSYNCGATE + "; " + COMPACT_RESURRECT,
-    "rename": COMPACT_RESURRECT,
-    "truncate": SHORT_WRITE + "; " + REPAIR_AGAIN,
-    "create": None,
-    "unlink": COMPACT_RESURRECT,
-    "missing-segment": NO_MANIFEST,
-    "truncated-segment": NO_MANIFEST,
-    "duplicate-segment": DUPLICATE,
-    "replaced-lock": TWO_WRITERS,
-}
+# Each class's run (seed 11, 30 cycles of ~60 ops) found engine bugs before issue 11's fixes
+# (fsyncgate after rotation, compaction and hint failures; resurrection after a failed
+# compaction; a failed undo of a short write; no MANIFEST; a duplicated segment; a replaced
+# LOCK). They are all clean now; each run is the regression test of its class.
 
 
 def _case(fault: str, *args: str) -> object:
-    reason = TODAY[fault]
-    return pytest.param(fault, *args, id="-".join((fault, *args)),
-                        marks=[_xfail(reason)] if reason else [])
+    return pytest.param(fault, *args, id="-".join((fault, *args)))
 
 
 IO_CASES = [_case(fault, sync) for fault in IO_FAULTS for sync in SYNCS]
@@ -227,18 +190,13 @@ def test_file_fault(fast_tmp, fault):
     _assert_clean(_run(str(fast_tmp / "ct"), (fault,), "always"))
 
 
-@_xfail("every engine bug above")
 def test_every_fault_class_mixed(fast_tmp):
     _assert_clean(_run(str(fast_tmp / "ct"), FAULT_CLASSES, "interval", cycles=40))
 
 
-POWER_RESURRECT = ("engine bug: after one failed fsync and a power cut, deleted keys come "
-                   "back (the compaction failure path, as compact_fail_resurrect.py)")
 
 
-@pytest.mark.parametrize("sync", [pytest.param(s, marks=_xfail(POWER_RESURRECT)
-                                               if s != "always" else [])
-                                  for s in SYNCS])
+@pytest.mark.parametrize("sync", SYNCS)
 def test_power_loss_with_a_failed_fsync(fast_tmp, sync):
     # mode="powerfaults": the failed fsync is no durability point in the disk model.
     summary = crashtest.run(str(fast_tmp / "ct"), mode="powerfaults", cycles=40, seed=4,
