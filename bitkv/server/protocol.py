@@ -377,35 +377,39 @@ class HiredisParser:
         reader = self._reader
         reader.feed(data)
         out = []
-        total = 0
+        total = 0  # where the next command starts, if every one so far was canonical
         max_bulk = self._max_bulk
         try:
             while True:
                 cmd: Any = reader.gets()
                 if cmd is False:
                     break
-                if type(cmd) is not list:
+                # Sizes alone can be fooled: "~2" (a RESP3 set) is as long as "*2", and a
+                # "+a" simple string (shorter than "$1" + "a") can make up for a longer
+                # element. So each element's type byte is checked where the canonical
+                # encoding puts it; an IndexError past the end lands in the except below.
+                if type(cmd) is not list or data[total] != 42:  # '*'
                     raise ProtocolError
                 n = len(cmd)
-                # The canonical size on the wire: "*n\r\n" then "$len\r\n<arg>\r\n" each.
-                size = 4 if n < 10 else 3 + len(str(n))
+                # The canonical encoding: "*n\r\n" then "$len\r\n<arg>\r\n" each.
+                pos = total + (4 if n < 10 else 3 + len(str(n)))
                 for arg in cmd:
-                    if type(arg) is not bytes:
+                    if type(arg) is not bytes or data[pos] != 36:  # '$'
                         raise ProtocolError
                     a = len(arg)
                     if a < 10:
-                        size += a + 6
+                        pos += a + 6
                     elif a < 100:
-                        size += a + 7
+                        pos += a + 7
                     elif a < 1000:
-                        size += a + 8
+                        pos += a + 8
                     elif a <= max_bulk:
-                        size += a + 5 + len(str(a))
+                        pos += a + 5 + len(str(a))
                     else:
                         raise ProtocolError
-                if not n or n > self._max_count or size > self._max_query:
+                if not n or n > self._max_count or pos - total > self._max_query:
                     raise ProtocolError  # the pure-Python parser decides
-                total += size
+                total = pos
                 out.append(cmd)
         except Exception:
             # Whatever hiredis makes of a read that is not plain bulk-string arrays (its
