@@ -109,6 +109,7 @@ def seeds() -> list[bytes]:
     ]
     out = []
     for i, stream in enumerate(streams):
+        out.append(b"\x02\x00" + stream)  # default limits, authenticated, one read
         out.append(bytes([i % 8, (i * 37) % 256]) + stream)
     return out
 
