@@ -93,12 +93,12 @@ def test_store_target_on_seeded_commands(tmp_path):
         fuzz_store.check_one(mutate(rng, rng.choice(seeds), seeds))
 
 
-def test_server_parser_target_on_seeded_mutations():
+def test_server_parser_target_on_seeded_mutations() -> None:
     """Differential: hiredis path vs pure-Python parser vs one-piece parsing agree."""
     run_target(fuzz_server_parser.check_one, fuzz_server_parser.seeds(), 4000, seed=11)
 
 
-def test_server_parser_target_on_random_bytes():
+def test_server_parser_target_on_random_bytes() -> None:
     rng = random.Random(12)
     for _ in range(1500):
         fuzz_server_parser.check_one(rng.randbytes(rng.randint(0, 200)))

@@ -3,6 +3,7 @@ that vanish mid-command, hundreds of idle connections, clients that do not read 
 
 from __future__ import annotations
 
+import pathlib
 import random
 import socket
 import time
@@ -331,7 +332,7 @@ PARSERS = [pytest.param(False, id="python"),
                reason="hiredis is not installed"))]
 
 
-def ping_latency(srv) -> float:
+def ping_latency(srv: ServerThread) -> float:
     with connect(srv) as s:
         started = time.monotonic()
         s.sendall(b"PING\r\n")
@@ -355,8 +356,8 @@ def ping_latency(srv) -> float:
      b"+OK\r\n"),
     (b"*1\r\n$9223372036854775807\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
 ])
-def test_huge_declared_sizes_are_refused_before_any_allocation(tmp_path, use_hiredis, payload,
-                                                               reply):
+def test_huge_declared_sizes_are_refused_before_any_allocation(
+        tmp_path: pathlib.Path, use_hiredis: bool, payload: bytes, reply: bytes) -> None:
     with ServerThread(dir=str(tmp_path / "db"), port=0, use_hiredis=use_hiredis) as srv, \
             connect(srv) as other:  # another client, connected before the attack
         for _ in range(3):
@@ -370,7 +371,7 @@ def test_huge_declared_sizes_are_refused_before_any_allocation(tmp_path, use_hir
         assert ping_latency(srv) < 1.0
 
 
-def test_hiredis_never_sees_a_large_aggregate_count(monkeypatch):
+def test_hiredis_never_sees_a_large_aggregate_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """Deterministic companion of the timing test: what reaches hiredis at all."""
     protocol = server_protocol
     if not protocol.HAVE_HIREDIS:
@@ -429,8 +430,9 @@ def test_hiredis_never_sees_a_large_aggregate_count(monkeypatch):
     (b"*2\r\n$4\r\nECHO\r\n-ERR x\r\n", b"-"),
     (b"*2\r\n$4\r\nECHO\r\n!3\r\nerr\r\n", b"!"),
 ])
-def test_non_bulk_elements_get_a_protocol_error_and_no_traceback(tmp_path, caplog, use_hiredis,
-                                                                 payload, got):
+def test_non_bulk_elements_get_a_protocol_error_and_no_traceback(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, use_hiredis: bool,
+        payload: bytes, got: bytes) -> None:
     caplog.set_level("DEBUG")
     with ServerThread(dir=str(tmp_path / "db"), port=0, use_hiredis=use_hiredis) as srv:
         for prefix in (b"", encode(b"ECHO", b"first")):  # alone, and after a good command
@@ -444,7 +446,7 @@ def test_non_bulk_elements_get_a_protocol_error_and_no_traceback(tmp_path, caplo
     assert [r for r in caplog.records if r.exc_info or r.levelno >= 40] == []
 
 
-def fill_partial(srv, sock: socket.socket, data: bytes, total: int) -> None:
+def fill_partial(srv: ServerThread, sock: socket.socket, data: bytes, total: int) -> None:
     """Send ``data`` and wait until the server counts ``total`` partial bytes in all."""
     sock.sendall(data)
     deadline = time.time() + 10
@@ -453,7 +455,7 @@ def fill_partial(srv, sock: socket.socket, data: bytes, total: int) -> None:
     assert srv.server.partial_bytes >= total
 
 
-def test_total_of_partial_requests_is_bounded(tmp_path):
+def test_total_of_partial_requests_is_bounded(tmp_path: pathlib.Path) -> None:
     mib = 1 << 20
     with ServerThread(dir=str(tmp_path / "db"), port=0, max_bulk_len=mib,
                       max_query_buffer=mib + 1024, max_query_buffer_total=2 * mib) as srv:
@@ -490,7 +492,7 @@ def test_total_of_partial_requests_is_bounded(tmp_path):
                 s.close()
 
 
-def test_partial_arguments_already_parsed_count_too(tmp_path):
+def test_partial_arguments_already_parsed_count_too(tmp_path: pathlib.Path) -> None:
     """MSET with many complete arguments and one still missing: the parsed arguments are
     held in memory as much as the unparsed bytes are."""
     with ServerThread(dir=str(tmp_path / "db"), port=0, use_hiredis=False) as srv, \
@@ -505,7 +507,7 @@ def test_partial_arguments_already_parsed_count_too(tmp_path):
         assert srv.server.partial_bytes == 0
 
 
-def test_query_buffer_total_must_fit_one_request(tmp_path):
+def test_query_buffer_total_must_fit_one_request(tmp_path: pathlib.Path) -> None:
     from bitkv.server.app import ServerConfig
 
     with pytest.raises(ValueError, match="max_query_buffer_total"):

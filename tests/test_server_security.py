@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import pathlib
 import socket
 import ssl
 import time
@@ -222,7 +223,8 @@ def test_tls_verifies_and_refuses_plain_and_old_clients(tls_server):
 WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
 
 
-def test_failed_auth_is_delayed_then_disconnected(locked, monkeypatch):
+def test_failed_auth_is_delayed_then_disconnected(locked: ServerThread,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from bitkv.server import app
 
     monkeypatch.setattr(app, "AUTH_FAILURE_DELAY", 0.05)
@@ -243,14 +245,14 @@ def test_failed_auth_is_delayed_then_disconnected(locked, monkeypatch):
     assert time.monotonic() - started >= 0.05 + 0.1 + 0.1 + 0.05
 
 
-def test_one_wrong_password_costs_a_person_little(locked):
+def test_one_wrong_password_costs_a_person_little(locked: ServerThread) -> None:
     started = time.monotonic()
     got = raw(locked.port, b'AUTH typo\r\nAUTH "s3cret pass"\r\nPING\r\nQUIT\r\n')
     assert got == WRONGPASS + b"+OK\r\n+PONG\r\n+OK\r\n"
     assert 0.1 <= time.monotonic() - started < 1.0
 
 
-def test_other_clients_are_not_slowed_by_a_guessing_one(locked):
+def test_other_clients_are_not_slowed_by_a_guessing_one(locked: ServerThread) -> None:
     with socket.create_connection(("127.0.0.1", locked.port), timeout=10) as guesser:
         guesser.sendall(b"".join(b"AUTH guess%d\r\n" % i for i in range(50)))
         r = redis.Redis(port=locked.port, password=PASSWORD, protocol=2)
@@ -260,7 +262,8 @@ def test_other_clients_are_not_slowed_by_a_guessing_one(locked):
         assert time.monotonic() - started < 1.0
 
 
-def test_auth_failures_are_limited_server_wide(tmp_path, monkeypatch):
+def test_auth_failures_are_limited_server_wide(tmp_path: pathlib.Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Many connections guessing at once share one budget; a password is checked only when
     the budget allows, so a right guess is not confirmed sooner than a wrong one."""
     from bitkv.server import app
