@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuz
 
 import fuzz_hint
 import fuzz_record
+import fuzz_server_parser
 import fuzz_store
 
 
@@ -92,6 +93,17 @@ def test_store_target_on_seeded_commands(tmp_path):
         fuzz_store.check_one(mutate(rng, rng.choice(seeds), seeds))
 
 
-@pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store])
+def test_server_parser_target_on_seeded_mutations() -> None:
+    """Differential: hiredis path vs pure-Python parser vs one-piece parsing agree."""
+    run_target(fuzz_server_parser.check_one, fuzz_server_parser.seeds(), 4000, seed=11)
+
+
+def test_server_parser_target_on_random_bytes() -> None:
+    rng = random.Random(12)
+    for _ in range(1500):
+        fuzz_server_parser.check_one(rng.randbytes(rng.randint(0, 200)))
+
+
+@pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)

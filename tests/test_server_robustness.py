@@ -3,6 +3,7 @@ that vanish mid-command, hundreds of idle connections, clients that do not read 
 
 from __future__ import annotations
 
+import pathlib
 import random
 import socket
 import time
@@ -13,6 +14,7 @@ redis = pytest.importorskip("redis", reason="redis-py is needed for the server t
 
 import bitkv  # noqa: E402
 from bitkv.server import ServerThread  # noqa: E402
+from bitkv.server import protocol as server_protocol  # noqa: E402
 
 
 @pytest.fixture
@@ -320,3 +322,195 @@ def test_half_closed_client_gets_every_reply(tmp_path):
                     s.sendall(b"SET a 1\r\nSET b 2\r\nGET a\r\nSET c 3\r\nSAVE\r\nSET d 4\r\n")
                     s.shutdown(socket.SHUT_WR)
                     assert read_until_closed(s) == b"+OK\r\n+OK\r\n$1\r\n1\r\n+OK\r\n+OK\r\n+OK\r\n"
+
+
+# -- issue 11: declared sizes, non-bulk elements, the total of partial requests ---------------
+
+PARSERS = [pytest.param(False, id="python"),
+           pytest.param(True, id="hiredis", marks=pytest.mark.skipif(
+               not server_protocol.HAVE_HIREDIS,
+               reason="hiredis is not installed"))]
+
+
+def ping_latency(srv: ServerThread) -> float:
+    with connect(srv) as s:
+        started = time.monotonic()
+        s.sendall(b"PING\r\n")
+        assert read_exactly(s, 7) == b"+PONG\r\n"
+        return time.monotonic() - started
+
+
+@pytest.mark.parametrize("use_hiredis", PARSERS)
+@pytest.mark.parametrize("payload, reply", [
+    # 14 bytes that made hiredis allocate a 2^31-slot list (16 GB virtual) and stall ~3 s
+    (b"*2147483647\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    (b"*1048577\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    # the same count in nested aggregates, which hiredis also pre-sizes
+    (b"*1\r\n*2147483647\r\n", b"-ERR Protocol error: expected '$', got '*'\r\n"),
+    (b"*2\r\n$4\r\nPING\r\n~2147483647\r\n", b"-ERR Protocol error: expected '$', got '~'\r\n"),
+    (b"*3\r\n$4\r\nECHO\r\n$1\r\na\r\n>2147483647\r\n",
+     b"-ERR Protocol error: expected '$', got '>'\r\n"),
+    # after a whole command, at top level (hiredis would read it as a RESP3 set)
+    (encode(b"ECHO", b"a") + b"~2147483647\r\n" + encode(b"QUIT"),
+     b"$1\r\na\r\n-ERR unknown command '~2147483647', with args beginning with: \r\n"
+     b"+OK\r\n"),
+    (b"*1\r\n$9223372036854775807\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+])
+def test_huge_declared_sizes_are_refused_before_any_allocation(
+        tmp_path: pathlib.Path, use_hiredis: bool, payload: bytes, reply: bytes) -> None:
+    with ServerThread(dir=str(tmp_path / "db"), port=0, use_hiredis=use_hiredis) as srv, \
+            connect(srv) as other:  # another client, connected before the attack
+        for _ in range(3):
+            started = time.monotonic()
+            with connect(srv) as s:
+                s.sendall(payload)
+                assert read_until_closed(s) == reply
+            assert time.monotonic() - started < 1.0
+            other.sendall(b"PING\r\n")
+            assert read_exactly(other, 7) == b"+PONG\r\n"
+        assert ping_latency(srv) < 1.0
+
+
+def test_hiredis_never_sees_a_large_aggregate_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deterministic companion of the timing test: what reaches hiredis at all."""
+    protocol = server_protocol
+    if not protocol.HAVE_HIREDIS:
+        pytest.skip("hiredis is not installed")
+    fed: list[bytes] = []
+    real = protocol._HiredisReader
+
+    class SpyReader:
+        def __init__(self) -> None:
+            self._reader = real()
+
+        def feed(self, data: bytes) -> None:
+            fed.append(data)
+            self._reader.feed(data)
+
+        def gets(self) -> object:
+            return self._reader.gets()
+
+        def has_data(self) -> bool:
+            return bool(self._reader.has_data())
+
+    monkeypatch.setattr(protocol, "_HiredisReader", SpyReader)
+    ok = encode(b"SET", b"k", b"v") + encode(b"GET", b"k")
+    for data, commands in [
+        (b"*2147483647\r\n", []),
+        (b"*1\r\n*100\r\n", []),
+        (ok + b"~99999\r\n", [[b"SET", b"k", b"v"], [b"GET", b"k"], [b"~99999"]]),
+        (ok + b"*1\r\n$1\r\na\r\n|123\r\n",
+         [[b"SET", b"k", b"v"], [b"GET", b"k"], [b"a"], [b"|123"]]),
+        (b"*2\r\n$1\r\na\r\n>100\r\n", []),
+        (encode(*[b"x"] * 100), [[b"x"] * 100]),  # 100+ arguments: the Python parser
+    ]:
+        parser = protocol.HiredisParser()
+        assert parser.feed(data) == commands
+        assert fed == []
+    parser = protocol.HiredisParser()
+    assert parser.feed(ok) == [[b"SET", b"k", b"v"], [b"GET", b"k"]]
+    assert fed == [ok]  # the common case still goes to hiredis
+
+
+@pytest.mark.parametrize("use_hiredis", PARSERS)
+@pytest.mark.parametrize("payload, got", [
+    (b"*1\r\n%1\r\n*0\r\n$1\r\nb\r\n", b"%"),  # a RESP3 map keyed by an array (TypeError)
+    (b"*1\r\n%1\r\n$1\r\na\r\n$1\r\nb\r\n", b"%"),
+    (b"*1\r\n~1\r\n$1\r\na\r\n", b"~"),
+    (b"*2\r\n$4\r\nECHO\r\n*1\r\n$1\r\na\r\n", b"*"),
+    (b"*2\r\n$4\r\nECHO\r\n:1\r\n", b":"),
+    (b"*2\r\n$4\r\nECHO\r\n_\r\n", b"_"),
+    (b"*2\r\n$4\r\nECHO\r\n#t\r\n", b"#"),
+    (b"*2\r\n$4\r\nECHO\r\n,1.5\r\n", b","),
+    (b"*2\r\n$4\r\nECHO\r\n(12345678901234567890\r\n", b"("),
+    (b"*2\r\n$4\r\nECHO\r\n=5\r\ntxt:a\r\n", b"="),
+    (b"*2\r\n$4\r\nECHO\r\n>1\r\n$1\r\na\r\n", b">"),
+    (b"*2\r\n$4\r\nECHO\r\n|1\r\n$1\r\na\r\n$1\r\nb\r\n", b"|"),
+    (b"*2\r\n$4\r\nECHO\r\n+OK\r\n", b"+"),
+    (b"*2\r\n$4\r\nECHO\r\n-ERR x\r\n", b"-"),
+    (b"*2\r\n$4\r\nECHO\r\n!3\r\nerr\r\n", b"!"),
+])
+def test_non_bulk_elements_get_a_protocol_error_and_no_traceback(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, use_hiredis: bool,
+        payload: bytes, got: bytes) -> None:
+    caplog.set_level("DEBUG")
+    with ServerThread(dir=str(tmp_path / "db"), port=0, use_hiredis=use_hiredis) as srv:
+        for prefix in (b"", encode(b"ECHO", b"first")):  # alone, and after a good command
+            with connect(srv) as s:
+                s.sendall(prefix + payload)
+                expected = b"-ERR Protocol error: expected '$', got '%b'\r\n" % got
+                if prefix:
+                    expected = b"$5\r\nfirst\r\n" + expected
+                assert read_until_closed(s) == expected
+        assert client(srv).ping() is True
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= 40] == []
+
+
+def fill_partial(srv: ServerThread, sock: socket.socket, data: bytes, total: int) -> None:
+    """Send ``data`` and wait until the server counts ``total`` partial bytes in all."""
+    sock.sendall(data)
+    deadline = time.time() + 10
+    while srv.server.partial_bytes < total and time.time() < deadline:
+        time.sleep(0.005)
+    assert srv.server.partial_bytes >= total
+
+
+def test_total_of_partial_requests_is_bounded(tmp_path: pathlib.Path) -> None:
+    mib = 1 << 20
+    with ServerThread(dir=str(tmp_path / "db"), port=0, max_bulk_len=mib,
+                      max_query_buffer=mib + 1024, max_query_buffer_total=2 * mib) as srv:
+        r = client(srv)
+        assert r.config_get("bitkv-query-buffer-total-limit") == {
+            "bitkv-query-buffer-total-limit": str(2 * mib)}
+        head = b"*3\r\n$3\r\nSET\r\n$1\r\n%b\r\n$1000000\r\n"
+        a, b, c = connect(srv), connect(srv), connect(srv)
+        try:
+            fill_partial(srv, a, head % b"a" + b"a" * 800_000, 800_000)
+            fill_partial(srv, b, head % b"b" + b"b" * 600_000, 1_400_000)
+            # c's 750 KB push the total past 2 MiB: a, holding the most, is closed
+            c.sendall(head % b"c" + b"c" * 750_000)
+            assert read_until_closed(a) == (b"-ERR the server's total query buffer limit was "
+                                            b"reached; closing the connection with the largest "
+                                            b"partial request\r\n")
+            assert srv.server.partial_bytes < 2 * mib
+            # the others go on and complete their requests
+            b.sendall(b"b" * 400_000 + b"\r\n")
+            c.sendall(b"c" * 250_000 + b"\r\n")
+            assert read_exactly(b, 5) == b"+OK\r\n"
+            assert read_exactly(c, 5) == b"+OK\r\n"
+            assert r.exists("a", "b", "c") == 2
+            assert srv.server.partial_bytes == 0
+            # a partial request given up by its client is no longer counted
+            fill_partial(srv, b, head % b"b" + b"b" * 300_000, 300_000)
+            b.close()
+            deadline = time.time() + 10
+            while srv.server.partial_bytes and time.time() < deadline:
+                time.sleep(0.005)
+            assert srv.server.partial_bytes == 0
+        finally:
+            for s in (a, b, c):
+                s.close()
+
+
+def test_partial_arguments_already_parsed_count_too(tmp_path: pathlib.Path) -> None:
+    """MSET with many complete arguments and one still missing: the parsed arguments are
+    held in memory as much as the unparsed bytes are."""
+    with ServerThread(dir=str(tmp_path / "db"), port=0, use_hiredis=False) as srv, \
+            connect(srv) as s:
+        args = [b"MSET"] + [b"k%d" % i if i % 2 else b"v" * 1000 for i in range(1, 400)]
+        data = encode(*args, b"last")[:-3]
+        fill_partial(srv, s, data, 399 * 1000 // 2)
+        # 199 values of 1000 bytes and 399 argument objects, not just the unparsed tail
+        assert srv.server.partial_bytes >= 199 * 1000 + 399 * server_protocol.ARG_OVERHEAD
+        s.sendall(b"t\r\n")
+        assert read_exactly(s, 5) == b"+OK\r\n"
+        assert srv.server.partial_bytes == 0
+
+
+def test_query_buffer_total_must_fit_one_request(tmp_path: pathlib.Path) -> None:
+    from bitkv.server.app import ServerConfig
+
+    with pytest.raises(ValueError, match="max_query_buffer_total"):
+        ServerConfig(dir=str(tmp_path), max_query_buffer=1 << 20, max_query_buffer_total=1000)
+    assert ServerConfig(dir=str(tmp_path), max_query_buffer=1 << 20).max_query_buffer_total \
+        == 2 << 20

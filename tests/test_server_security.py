@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import pathlib
 import socket
 import ssl
+import time
 import warnings
 
 import pytest
@@ -24,10 +26,20 @@ def raw(port: int, payload: bytes) -> bytes:
     """Send ``payload`` (ending with QUIT) and read until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(payload)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-        return data
+        return read_until_closed(s)
+
+
+def read_until_closed(s: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:  # closed with requests of ours still unread
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +216,93 @@ def test_tls_verifies_and_refuses_plain_and_old_clients(tls_server):
         old.wrap_socket(sock, server_hostname="localhost")
     assert redis.Redis(host="127.0.0.1", port=srv.port, ssl=True, ssl_ca_certs=cert,
                        password=PASSWORD).ping() is True
+
+
+# -- AUTH brute force (issue 11) --------------------------------------------------------------
+
+WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+
+
+def test_failed_auth_is_delayed_then_disconnected(locked: ServerThread,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from bitkv.server import app
+
+    monkeypatch.setattr(app, "AUTH_FAILURE_DELAY", 0.05)
+    monkeypatch.setattr(app, "AUTH_FAILURE_MAX_DELAY", 0.1)
+    monkeypatch.setattr(app, "AUTH_MAX_FAILURES", 4)
+    started = time.monotonic()
+    # 100 pipelined guesses (what took ~1 ms before): the 4th failure closes the connection
+    got = raw(locked.port, b"".join(b"AUTH guess%d\r\n" % i for i in range(100)) + b"PING\r\n")
+    elapsed = time.monotonic() - started
+    assert got == WRONGPASS * 4
+    assert elapsed >= 0.05 + 0.1 + 0.1  # the delays after failures 1-3
+    # HELLO ... AUTH counts too, and a right password in between starts the count over
+    started = time.monotonic()
+    got = raw(locked.port, b"AUTH a\r\nHELLO 2 AUTH default b\r\nAUTH default c\r\n"
+                           b'AUTH "s3cret pass"\r\nAUTH d\r\nGET nosuch\r\nQUIT\r\n')
+    assert got.startswith(WRONGPASS + b"-WRONGPASS") and got.endswith(
+        WRONGPASS + b"+OK\r\n" + WRONGPASS + b"$-1\r\n+OK\r\n")
+    assert time.monotonic() - started >= 0.05 + 0.1 + 0.1 + 0.05
+
+
+def test_one_wrong_password_costs_a_person_little(locked: ServerThread) -> None:
+    started = time.monotonic()
+    got = raw(locked.port, b'AUTH typo\r\nAUTH "s3cret pass"\r\nPING\r\nQUIT\r\n')
+    assert got == WRONGPASS + b"+OK\r\n+PONG\r\n+OK\r\n"
+    assert 0.1 <= time.monotonic() - started < 1.0
+
+
+def test_other_clients_are_not_slowed_by_a_guessing_one(locked: ServerThread) -> None:
+    with socket.create_connection(("127.0.0.1", locked.port), timeout=10) as guesser:
+        guesser.sendall(b"".join(b"AUTH guess%d\r\n" % i for i in range(50)))
+        r = redis.Redis(port=locked.port, password=PASSWORD, protocol=2)
+        started = time.monotonic()
+        for _ in range(20):
+            assert r.ping() is True
+        assert time.monotonic() - started < 1.0
+
+
+def test_auth_failures_are_limited_server_wide(tmp_path: pathlib.Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many connections guessing at once share one budget; a password is checked only when
+    the budget allows, so a right guess is not confirmed sooner than a wrong one."""
+    from bitkv.server import app
+
+    monkeypatch.setattr(app, "AUTH_GLOBAL_RATE", 10.0)
+    monkeypatch.setattr(app, "AUTH_GLOBAL_BURST", 3)
+    monkeypatch.setattr(app, "AUTH_GLOBAL_MAX_WAIT", 0.25)
+    with ServerThread(dir=str(tmp_path / "db"), port=0, requirepass=PASSWORD) as srv:
+        socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                 for _ in range(12)]
+        started = time.monotonic()
+        for s in socks:
+            s.sendall(b"AUTH wrong\r\nPING\r\n")
+        replies = []
+        for s in socks:
+            data = b""
+            while not data.endswith((b"NOAUTH Authentication required.\r\n", b"later\r\n")):
+                try:
+                    chunk = s.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            replies.append(data)
+        elapsed = time.monotonic() - started
+        checked = [r for r in replies if r.startswith(WRONGPASS)]
+        refused = [r for r in replies
+                   if r == b"-ERR too many failed AUTH attempts on this server, try again later"
+                           b"\r\n"]
+        assert len(checked) + len(refused) == 12
+        # the burst of 3, then 10 a second for at most AUTH_GLOBAL_MAX_WAIT (+1 for timing)
+        assert 3 <= len(checked) <= 3 + 10 * 0.25 + 1
+        assert len(refused) >= 12 - 3 - 4
+        assert elapsed >= 0.2  # the checked ones beyond the burst waited their turn
+        for s in socks:
+            s.close()
+        # Once the budget has refilled, the right password works at once.
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert redis.Redis(port=srv.port, password=PASSWORD, protocol=2).ping() is True
+        assert time.monotonic() - started < 0.2

@@ -68,12 +68,36 @@ HAVE_UVLOOP = uvloop is not None
 NOAUTH = error("NOAUTH Authentication required.")
 SET_SPEC = COMMANDS[b"SET"]
 GET_SPEC = COMMANDS[b"GET"]
+AUTH_SPEC = COMMANDS[b"AUTH"]
+HELLO_SPEC = COMMANDS[b"HELLO"]
 NOMULTI = error("ERR Command not allowed inside a transaction")
 MAXCLIENTS = error("ERR max number of clients reached")
 SYNC_CHOICES = ("always", "interval", "never")
 # Replies buffered by one run of pipelined commands before they are written out; if the
 # client is then not reading, the rest of the pipeline waits (see Connection._run).
 OUTPUT_FLUSH_BYTES = 1 << 20
+
+# AUTH brute force. Unthrottled, one connection tried ~140,000 passwords a second. After a
+# failed AUTH (or HELLO ... AUTH) the reply, and everything the connection sent after it,
+# waits AUTH_FAILURE_DELAY * 2 ** (failures - 1) seconds, at most AUTH_FAILURE_MAX_DELAY:
+# someone who mistyped waits 0.1 s, a guessing loop gets 10 tries per ~15 s, and the
+# AUTH_MAX_FAILURES-th failure closes the connection (reconnecting starts over, which is
+# what the server-wide limit below is for).
+AUTH_FAILURE_DELAY = 0.1
+AUTH_FAILURE_MAX_DELAY = 3.0
+AUTH_MAX_FAILURES = 10
+# Server-wide, so that many connections cannot guess in parallel: failed attempts draw from
+# a bucket of AUTH_GLOBAL_BURST tokens refilled at AUTH_GLOBAL_RATE a second (the burst
+# covers a fleet of clients restarting with a stale password). When it is empty, an attempt
+# waits for its turn before the password is compared at all (so a right guess is confirmed
+# no sooner than a wrong one), and one that would wait more than AUTH_GLOBAL_MAX_WAIT is
+# refused unchecked and its connection closed: at most ~20 guesses a second in total.
+AUTH_GLOBAL_RATE = 20.0
+AUTH_GLOBAL_BURST = 100
+AUTH_GLOBAL_MAX_WAIT = 5.0
+TOO_MANY_AUTH = error("ERR too many failed AUTH attempts on this server, try again later")
+QUERY_BUFFERS_FULL = error("ERR the server's total query buffer limit was reached; closing "
+                           "the connection with the largest partial request")
 
 
 @dataclass
@@ -92,6 +116,9 @@ class ServerConfig:
     max_bulk_len: int = protocol.DEFAULT_MAX_BULK_LEN
     max_multibulk_len: int = protocol.DEFAULT_MAX_MULTIBULK_LEN
     max_query_buffer: int = protocol.DEFAULT_MAX_QUERY_BUFFER
+    # Bytes held in incomplete requests across all clients (None: 2 * max_query_buffer, so
+    # two requests of the largest size can arrive at once); see Server.shed_partial_requests.
+    max_query_buffer_total: int | None = None
     maxclients: int = 10000
     use_hiredis: bool | None = None  # None: when installed
     use_uvloop: bool | None = None  # None: when installed
@@ -113,6 +140,11 @@ class ServerConfig:
             raise ValueError(f"port must be 0-65535, not {self.port}")
         if self.maxclients < 1:
             raise ValueError("maxclients must be at least 1")
+        if self.max_query_buffer_total is None:
+            self.max_query_buffer_total = 2 * self.max_query_buffer
+        elif self.max_query_buffer_total < self.max_query_buffer:
+            raise ValueError("max_query_buffer_total cannot be below max_query_buffer (a "
+                             "request of the largest allowed size could never arrive)")
         if self.max_bulk_len > bitkv.MAX_VALUE_SIZE:
             raise ValueError(f"max_bulk_len cannot exceed bitkv's value limit "
                              f"({bitkv.MAX_VALUE_SIZE} bytes)")
@@ -135,6 +167,51 @@ def make_ssl_context(config: ServerConfig) -> ssl.SSLContext:
         ctx.load_verify_locations(config.tls_ca_cert)
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+class AuthLimiter:
+    """A token bucket over failed AUTH attempts, shared by every connection of a server."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self._stamp = time.monotonic()
+        self.refused = 0  # attempts refused since the last warning in the log
+        self._warned = 0.0
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def reserve(self) -> float:
+        """Take a token for one attempt; the seconds it must wait before it is checked."""
+        self._refill()
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def refund(self) -> None:
+        """Give back the token of an attempt that did not fail (or was not checked)."""
+        self._refill()
+        self.tokens = min(self.burst, self.tokens + 1.0)
+
+    def note_refusal(self, peer: str) -> None:
+        # One log line a minute at most: an attacker must not be able to flood the log.
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._warned >= 60.0:
+            log.warning("too many failed AUTH attempts server-wide: refused %d attempt(s) "
+                        "unchecked (latest from %s)", self.refused, peer)
+            self._warned = now
+            self.refused = 0
+
+
+def _auth_attempt(spec: Spec, args: list[bytes]) -> bool:
+    """AUTH, or HELLO with an AUTH option: a command that compares a password."""
+    if spec is AUTH_SPEC:
+        return True
+    return spec is HELLO_SPEC and any(a.upper() == b"AUTH" for a in args[2:])
 
 
 def error_reply(exc: Exception) -> bytes:
@@ -172,6 +249,8 @@ class Connection(asyncio.Protocol):
         self.created = time.monotonic()
         self.last_active = self.created  # to the second, from Server.clock
         self.last_command = b"NULL"
+        self.auth_failures = 0  # failed AUTH attempts since the last successful one
+        self._partial = 0  # bytes of this client's incomplete request counted by the server
         self._gate = 0
         self._busy = False  # an awaited step (fsync, SAVE) is in progress
         self._backlog: list[bytes] = []
@@ -194,6 +273,14 @@ class Connection(asyncio.Protocol):
         if self.multi is not None:
             gate |= F_ANY
         self._gate = gate
+
+    def auth_checked(self, ok: bool) -> None:
+        """A password was compared (AUTH, HELLO AUTH): count failures for the throttle."""
+        self.auth_failures = 0 if ok else self.auth_failures + 1
+        if not ok and self.auth_failures >= AUTH_MAX_FAILURES:
+            log.warning("closing the connection from %s after %d failed AUTH attempts",
+                        self.peer, self.auth_failures)
+            self.close_after_reply()
 
     def set_authenticated(self, value: bool) -> None:
         self.authenticated = value
@@ -255,6 +342,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._backlog.clear()
+        self._release_partial()
         self.server.clients.pop(self, None)
 
     def pause_writing(self) -> None:
@@ -284,12 +372,52 @@ class Connection(asyncio.Protocol):
         if self._busy:
             self._backlog.append(data)
             return
-        cmds = self.parser.feed(data)
+        parser = self.parser
+        try:
+            cmds = parser.feed(data)
+        except Exception:
+            # A parser bug: close this connection with an error instead of letting the
+            # exception reach the event loop (which would drop the client without a word).
+            log.error("the request parser failed on data from %s", self.peer, exc_info=True)
+            parser.reset()
+            parser.error = "ERR Protocol error: internal parser error"
+            cmds = []
+        buffered = parser.buffered()
+        if buffered or self._partial:
+            self._count_partial(buffered)
+            if self._closed:
+                return
         if cmds:
             self.server.total_commands += len(cmds)
             self._run(cmds, 0, [], False)
         elif self.parser.error is not None:
             self._protocol_error([])
+
+    def _count_partial(self, buffered: int) -> None:
+        """Track the bytes held for this client's incomplete request in the server's total."""
+        server = self.server
+        server.partial_bytes += buffered - self._partial
+        self._partial = buffered
+        if server.partial_bytes > server.max_partial_bytes:
+            server.shed_partial_requests()
+
+    def _release_partial(self) -> None:
+        if self._partial:
+            self.server.partial_bytes -= self._partial
+            self._partial = 0
+
+    def drop_partial(self) -> None:
+        """Closed to keep the server's total of partial requests within its limit."""
+        log.warning("closing the connection from %s: its partial request of %d bytes pushed "
+                    "the server's total of partial requests over %d bytes", self.peer,
+                    self._partial, self.server.max_partial_bytes)
+        self._release_partial()
+        self.parser.reset()
+        self._backlog.clear()
+        if not self._closed:
+            self._closed = True
+            self.transport.write(QUERY_BUFFERS_FULL)
+            self.transport.close()
 
     # -- the command loop --------------------------------------------------------------------
 
@@ -351,6 +479,13 @@ class Connection(asyncio.Protocol):
                     append(arity_error(name))
                     continue
                 if flags & self._gate:
+                    if flags & F_STATE and server.requirepass is not None \
+                            and self.multi is None and _auth_attempt(spec, args):
+                        # Password checks are throttled (see AUTH_FAILURE_DELAY): they run
+                        # as a step of their own that may wait before and after the check.
+                        server.track_throttle(
+                            self._start(self._throttled_auth(spec, args, cmds, i, out, wrote)))
+                        return
                     reply = self._slow(spec, args)
                     if reply is None:  # an async command: continue once it has finished
                         self._start(self._run_async(spec, args, cmds, i, out, wrote))
@@ -456,7 +591,7 @@ class Connection(asyncio.Protocol):
             self.transport.close()
         log.debug("protocol error from %s: %s", self.peer, message)
 
-    def _start(self, coro: Any) -> None:
+    def _start(self, coro: Any) -> asyncio.Task[None]:
         """Stop reading and run ``coro``; reading resumes (and the backlog runs) after it."""
         self._busy = True
         if not self._closed:
@@ -464,6 +599,7 @@ class Connection(asyncio.Protocol):
         task = asyncio.get_running_loop().create_task(coro)
         self.server.tasks.add(task)
         task.add_done_callback(self._step_done)
+        return task
 
     def _step_done(self, task: asyncio.Task) -> None:
         self.server.tasks.discard(task)
@@ -502,6 +638,33 @@ class Connection(asyncio.Protocol):
         self._busy = False
         self._run(cmds, i, out, wrote or bool(spec[2] & F_WRITE))
 
+    async def _throttled_auth(self, spec: Spec, args: list[bytes], cmds: list[list[bytes]],
+                              i: int, out: list[bytes], wrote: bool) -> None:
+        """Run one AUTH / HELLO AUTH under the server-wide and per-connection throttles."""
+        limiter = self.server.auth_limiter
+        wait = limiter.reserve()
+        if wait > AUTH_GLOBAL_MAX_WAIT:
+            limiter.refund()  # not checked, so not a failure
+            limiter.note_refusal(self.peer)
+            out.append(TOO_MANY_AUTH)
+            self.close_after_reply()
+        else:
+            if wait > 0:
+                await asyncio.sleep(wait)
+            failures = self.auth_failures
+            reply = self._slow(spec, args)
+            if reply is not None:  # always: AUTH and HELLO are neither async nor queued here
+                out.append(reply)
+            if self.auth_failures <= failures:
+                limiter.refund()  # right password, or no password compared at all
+            elif not self._quit:
+                await asyncio.sleep(min(AUTH_FAILURE_DELAY * 2 ** (self.auth_failures - 1),
+                                        AUTH_FAILURE_MAX_DELAY))
+        self._busy = False
+        # Go on with the rest of the batch; after a disconnecting failure, just send the
+        # replies so far and close (_run stops at once when i == len(cmds)).
+        self._run(cmds, len(cmds) if self._quit else i, out, wrote)
+
     async def _durable_reply(self, out: list[bytes]) -> None:
         try:
             await self.server.sync_store()
@@ -533,6 +696,11 @@ class Server:
         self._own_store = store is None
         self.limits = Limits(config.max_bulk_len, config.max_multibulk_len,
                              config.max_query_buffer)
+        # Bytes held in incomplete requests, all clients together (Connection._count_partial)
+        self.partial_bytes = 0
+        self.max_partial_bytes: int = config.max_query_buffer_total  # type: ignore[assignment]
+        self.auth_limiter = AuthLimiter(AUTH_GLOBAL_RATE, AUTH_GLOBAL_BURST)
+        self._throttles: set[asyncio.Task[None]] = set()  # AUTH steps waiting out a delay
         self.requirepass: bytes | None = config.requirepass  # type: ignore[assignment]
         self.use_hiredis = protocol.HAVE_HIREDIS if config.use_hiredis is None \
             else config.use_hiredis
@@ -618,6 +786,24 @@ class Server:
             for conn in waiting:
                 conn.release()
 
+    def shed_partial_requests(self) -> None:
+        """Close the clients holding the largest partial requests until the total of all
+        partial requests is within ``max_query_buffer_total`` again.
+
+        Each client is bounded by ``max_query_buffer`` alone, but many clients each holding
+        most of one (10 clients with 59 MiB each took the server to 622 MB) add up; closing
+        the largest frees the most and spares clients that send ordinary requests.
+        """
+        while self.partial_bytes > self.max_partial_bytes:
+            victim = max(self.clients, key=lambda c: c._partial, default=None)
+            if victim is None or not victim._partial:
+                break  # the count is off (cannot happen); do not loop forever
+            victim.drop_partial()
+
+    def track_throttle(self, task: asyncio.Task[None]) -> None:
+        self._throttles.add(task)
+        task.add_done_callback(self._throttles.discard)
+
     def reset_stats(self) -> None:
         self.total_connections = 0
         self.total_commands = 0
@@ -681,6 +867,8 @@ class Server:
         for listener in self._listeners:
             listener.close()
         self.flush_sets()
+        for task in list(self._throttles):
+            task.cancel()  # an AUTH waiting out its delay: no reason to keep shutdown waiting
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=30)
         for conn in list(self.clients):

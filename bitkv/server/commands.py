@@ -190,11 +190,11 @@ def cmd_select(c: Connection, args: list[bytes]) -> bytes:
 
 def _check_password(c: Connection, user: bytes, password: bytes) -> bool:
     secret = c.server.requirepass
-    if user != b"default":
-        return False
     if secret is None:
-        return True  # the default user has no password: anything goes, as in Redis
-    return hmac.compare_digest(password, secret)
+        return user == b"default"  # the default user has no password: anything goes
+    ok = user == b"default" and hmac.compare_digest(password, secret)
+    c.auth_checked(ok)  # failures are throttled, see app.AUTH_FAILURE_DELAY
+    return ok
 
 
 WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
@@ -1020,6 +1020,7 @@ def _config_params(c: Connection) -> dict[str, str]:
         "tcp-keepalive": "0",
         "proto-max-bulk-len": str(limits.max_bulk_len),
         "client-query-buffer-limit": str(limits.max_query_buffer),
+        "bitkv-query-buffer-total-limit": str(server.max_partial_bytes),
         "io-threads": "1",
         "cluster-enabled": "no",
         "protected-mode": "no",

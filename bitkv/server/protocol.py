@@ -18,10 +18,20 @@ commands returned before it still run, as in Redis):
   unauthenticated client) is re-parsed from its first byte by the :class:`PyParser`, which
   keeps the connection until it is back at a boundary with an empty buffer. hiredis never
   sees more than one read, so the limits hold with either parser.
+
+Declared sizes are checked before anything is allocated for them, on both paths. The
+:class:`PyParser` checks each ``*N`` and ``$N`` header against the limits before reading on
+(it never pre-sizes anything from a header). hiredis, though, allocates an aggregate's
+declared number of slots the moment it reads its header (``PyList_New(N)``), nested
+aggregates included, so ``*2147483647\r\n`` alone made it allocate a 16 GB list and freeing
+it stalled every client for seconds. :class:`HiredisParser` therefore only hands hiredis a
+read in which no aggregate header can declare 100 or more elements (a cheap regex over the
+read, see ``_large_count``); anything else goes to the :class:`PyParser`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 try:  # pragma: no cover - depends on the environment
@@ -41,6 +51,10 @@ DEFAULT_MAX_QUERY_BUFFER = 2 * MAX_VALUE_SIZE + 1024 * 1024
 # Before AUTH, Redis accepts only tiny requests (processMultibulkBuffer).
 UNAUTH_MAX_MULTIBULK = 10
 UNAUTH_MAX_BULK = 16384
+
+# Python-side memory of one parsed argument beyond its bytes: a bytes object's header (33)
+# and its list slot (8). Counted so that a million empty arguments are not "0 bytes".
+ARG_OVERHEAD = 41
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -177,6 +191,23 @@ class PyParser:
         """True at a command boundary with nothing buffered."""
         return self._args is None and self._pos >= len(self._buf)
 
+    def buffered(self) -> int:
+        """Approximate memory held for the incomplete command: unparsed bytes plus the
+        arguments already parsed from it (their bytes and per-object overhead)."""
+        held = len(self._buf) - self._pos
+        args = self._args
+        if args is not None:
+            # _cmd_bytes counts the declared length of the argument being read too
+            held += self._cmd_bytes - max(self._bulk, 0) + ARG_OVERHEAD * len(args)
+        return held
+
+    def reset(self) -> None:
+        """Drop everything buffered (the connection is being closed)."""
+        self._buf = bytearray()
+        self._pos = 0
+        self._args = None
+        self._bulk = -1
+
     def feed(self, data: bytes) -> list[list[bytes]]:
         if self.error is not None:
             return []
@@ -282,10 +313,20 @@ class PyParser:
 
 if HAVE_HIREDIS:
     _HiredisReader = hiredis.Reader
-    _HiredisProtocolError = hiredis.ProtocolError
 else:  # pragma: no cover
     _HiredisReader = None
-    _HiredisProtocolError = ProtocolError
+
+# hiredis allocates N slots when it reads an aggregate header "*N", "~N", ">N" or "|N" (and
+# nested ones as deep as 1024 levels), before a single element arrived ("%N" maps are dicts,
+# not pre-sized). A read goes to hiredis only if no such header in it can have 3 or more
+# digits: then one read can make it allocate at most 1024 * 99 slots (measured: 0.6 ms for
+# the worst 5.5 KB read, about what serving 5.5 KB of real commands costs), where
+# "*2147483647" cost seconds. The regexes match anywhere, payloads too, so a value holding
+# "*123" merely takes the pure-Python path; they never miss a header. Commands of 100 or
+# more arguments take that path too. "~", ">" and "|" are rare in requests: a memchr-speed
+# find() for each decides whether the slower character-class regex has to run.
+_large_count = re.compile(rb"\*[0-9]{3}").search
+_large_other_count = re.compile(rb"[~>|][0-9]{3}").search
 
 
 class HiredisParser:
@@ -318,47 +359,62 @@ class HiredisParser:
     def idle(self) -> bool:
         return self._py.idle()
 
+    def buffered(self) -> int:
+        return self._py.buffered()  # hiredis never keeps anything between reads
+
+    def reset(self) -> None:
+        self._py.reset()
+
     def feed(self, data: bytes) -> list[list[bytes]]:
         py = self._py
         if data[0] != 42 or py._buf or py._args is not None or not py.authenticated \
-                or self.error is not None:
+                or self.error is not None or _large_count(data) is not None \
+                or ((data.find(b"~") >= 0 or data.find(b">") >= 0 or data.find(b"|") >= 0)
+                    and _large_other_count(data) is not None):
             out = py.feed(data)
             self.error = py.error
             return out
         reader = self._reader
         reader.feed(data)
         out = []
-        total = 0
+        total = 0  # where the next command starts, if every one so far was canonical
         max_bulk = self._max_bulk
         try:
             while True:
                 cmd: Any = reader.gets()
                 if cmd is False:
                     break
-                if type(cmd) is not list:
+                # Sizes alone can be fooled: "~2" (a RESP3 set) is as long as "*2", and a
+                # "+a" simple string (shorter than "$1" + "a") can make up for a longer
+                # element. So each element's type byte is checked where the canonical
+                # encoding puts it; an IndexError past the end lands in the except below.
+                if type(cmd) is not list or data[total] != 42:  # '*'
                     raise ProtocolError
                 n = len(cmd)
-                # The canonical size on the wire: "*n\r\n" then "$len\r\n<arg>\r\n" each.
-                size = 4 if n < 10 else 3 + len(str(n))
+                # The canonical encoding: "*n\r\n" then "$len\r\n<arg>\r\n" each.
+                pos = total + (4 if n < 10 else 3 + len(str(n)))
                 for arg in cmd:
-                    if type(arg) is not bytes:
+                    if type(arg) is not bytes or data[pos] != 36:  # '$'
                         raise ProtocolError
                     a = len(arg)
                     if a < 10:
-                        size += a + 6
+                        pos += a + 6
                     elif a < 100:
-                        size += a + 7
+                        pos += a + 7
                     elif a < 1000:
-                        size += a + 8
+                        pos += a + 8
                     elif a <= max_bulk:
-                        size += a + 5 + len(str(a))
+                        pos += a + 5 + len(str(a))
                     else:
                         raise ProtocolError
-                if not n or n > self._max_count or size > self._max_query:
+                if not n or n > self._max_count or pos - total > self._max_query:
                     raise ProtocolError  # the pure-Python parser decides
-                total += size
+                total = pos
                 out.append(cmd)
-        except (ProtocolError, _HiredisProtocolError):
+        except Exception:
+            # Whatever hiredis makes of a read that is not plain bulk-string arrays (its
+            # ProtocolError, or TypeError for a RESP3 map keyed by an array, which it builds
+            # as a dict) only means "not the common case": the authoritative parser decides.
             total = -1
         if total == len(data) and not reader.has_data():
             return out
