@@ -629,7 +629,11 @@ class _Loader:
             if not tolerate_loss:
                 for s in segments:
                     s.close()
-                raise SegmentLossError(_describe_losses(self.directory, losses), losses)
+                message = _describe_losses(self.directory, losses)
+                if self.readonly:
+                    message = ("the store kept changing while being read (a writer "
+                               "compacting it?), or " + message)
+                raise SegmentLossError(message, losses)
             self.report.lost_segments.extend(losses)
         extra = self._handle_orphans(listed, [i for i in ids if i not in entries],
                                      tolerate_loss)
