@@ -28,7 +28,8 @@ MANIFEST_NAME = "MANIFEST"
 MAGIC = b"BITKVMAN"
 VERSION = 1
 HEADER = struct.Struct("<8sHHIQ")  # magic, version, reserved, count, generation
-ENTRY = struct.Struct("<QQQQQB7x")  # id, nonce, order_seq, sealed_size, durable_end, kind
+# id, nonce, order_seq, sealed_size, durable_end, kind, reserved (written as zeros)
+ENTRY = struct.Struct("<QQQQQB7s")
 TRAILER = struct.Struct("<I")  # crc32c of everything before it
 OPEN = 0  # sealed_size of the one segment still being appended to
 MAX_ENTRIES = 1 << 20  # far above the 65,536 segments a store can hold open
@@ -68,7 +69,7 @@ class Manifest:
         parts = [HEADER.pack(MAGIC, VERSION, 0, len(self.entries), self.generation)]
         for e in sorted(self.entries, key=lambda e: e.segment_id):
             parts.append(ENTRY.pack(e.segment_id, e.nonce, e.order_seq, e.sealed_size,
-                                    e.durable_end, e.kind))
+                                    e.durable_end, e.kind, bytes(7)))
         body = b"".join(parts)
         return body + TRAILER.pack(crc32c(body))
 
@@ -93,7 +94,7 @@ def decode(buf: bytes) -> Manifest:
         raise ManifestError(f"{MANIFEST_NAME} CRC mismatch")
     entries = []
     for i in range(count):
-        sid, nonce, order_seq, sealed, durable_end, kind = ENTRY.unpack_from(
+        sid, nonce, order_seq, sealed, durable_end, kind, _reserved = ENTRY.unpack_from(
             buf, HEADER.size + i * ENTRY.size)
         if durable_end > sealed:
             raise ManifestError(f"{MANIFEST_NAME} entry {sid}: durable end past its length")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import bitkv
-from bitkv import hint, record, recovery, segment
+from bitkv import durable, hint, manifest, record, recovery, segment
 from bitkv.crc import crc32c
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -165,6 +165,63 @@ def hint_file(directory: str, name: str, nonce: int, seg_size: int) -> None:
     assert max_seq == max(e[5] for _k, e in entries)
 
 
+def manifest_file(directory: str) -> None:
+    data = _read(directory, manifest.MANIFEST_NAME)
+    listed = manifest.decode(data)  # the real decoder believes it
+    d = Dump(manifest.MANIFEST_NAME, data)
+    print(f"MANIFEST: header, {manifest.HEADER.size} bytes")
+    d.field("magic", 8, repr(data[:8]))
+    d.uint("version", "H")
+    d.uint("reserved", "H")
+    d.uint("count", "I")
+    d.uint("generation", "Q", lambda v: f"{v} = MANIFESTs written so far")
+    for i, entry in enumerate(sorted(listed.entries, key=lambda e: e.segment_id)):
+        print()
+        print(f"MANIFEST: entry {i}, {manifest.ENTRY.size} bytes")
+        d.uint("id", "Q", lambda v: f"{v} = {segment.data_name(v)}")
+        d.uint("nonce", "Q", lambda v: f"0x{v:016x} = its header's nonce")
+        d.uint("order_seq", "Q", lambda v: f"{v} = its header's order_seq")
+        d.uint("sealed", "Q", lambda v: f"{v} = " + (
+            "open: the active segment" if v == manifest.OPEN else "its length, sealed"))
+        d.uint("durable", "Q", lambda v: f"{v} = fsynced up to here" if v else
+               "0 (open: see DURABLE)")
+        d.uint("kind", "B", lambda v: f"{v} = " + ("append" if v == segment.KIND_APPEND
+                                                      else "compacted"))
+        d.field("reserved", 7, "zeros")
+        assert entry.segment_id
+    print()
+    print("MANIFEST: trailer")
+    d.crc(0, len(data) - 4)
+    d.done()
+
+
+def durable_file(directory: str) -> None:
+    data = _read(directory, durable.DURABLE_NAME)
+    mark = durable.decode(data)
+    assert mark is not None
+    d = Dump(durable.DURABLE_NAME, data)
+    for at in (0, durable.SLOT_SPACING):
+        if at:
+            print()
+            gap = at - d.pos
+            d.pos += gap
+            print(f"  {'':5}  ({gap} zero bytes up to offset {at}: the slots never share a "
+                  "sector)")
+        print(f"DURABLE: slot at offset {at}, {durable.SLOT.size} bytes")
+        raw = data[at : at + durable.SLOT.size]
+        if raw == bytes(len(raw)):
+            d.field("slot", durable.SLOT.size, "zeros: never written (no valid magic)")
+            continue
+        d.field("magic", 8, repr(raw[:8]))
+        d.uint("segment", "Q", lambda v: f"{v} = {segment.data_name(v)}")
+        d.uint("nonce", "Q", lambda v: f"0x{v:016x} = its header's nonce")
+        d.uint("end", "Q", lambda v: f"{v} = fsynced up to this offset")
+        d.uint("generation", "Q", lambda v: f"{v}" + (" (the newest: it wins)"
+                                                      if v == mark.generation else ""))
+        d.crc(at, at + durable.SLOT.size - 4)
+    d.done()
+
+
 def listing(directory: str) -> None:
     print("directory listing:")
     for name in sorted(os.listdir(directory)):
@@ -207,10 +264,14 @@ def run(path: str) -> None:
     print()
     segment_file(path, "000001.data")
     print()
+    manifest_file(path)
+    print()
+    durable_file(path)
+    print()
     print("# step 2: db = bitkv.open(path); db.compact(); db.close()")
     print("#   compact() seals 000001.data (it holds dead records) by starting 000002.data,")
     print("#   copies the one live record into 000003.data with its hint 000003.hint,")
-    print("#   then removes 000001.data.")
+    print("#   commits the MANIFEST listing 000002 and 000003, then removes 000001.data.")
     with bitkv.open(path, **OPTIONS) as db:
         db.compact()
     listing(path)
@@ -221,6 +282,8 @@ def run(path: str) -> None:
     print()
     seg3 = _read(path, "000003.data")
     hint_file(path, "000003.hint", segment.decode_header(seg3).nonce, len(seg3))
+    print()
+    manifest_file(path)
     with bitkv.open(path, **OPTIONS) as db:  # reopening believes the hint
         assert db.recovery_report.segments_from_hints == 1
         assert dict(db.items()) == {b"session:9": b"tok"}

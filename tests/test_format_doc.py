@@ -120,7 +120,8 @@ def test_example_script_is_deterministic() -> None:
 
 STRUCTS = ["bitkv.segment.HEADER", "bitkv.record.HEADER", "bitkv.hint.HEADER",
            "bitkv.hint.ENTRY", "bitkv.hint.TRAILER", "bitkv.codec._DICT_HEADER",
-           "bitkv.codec._AAD_V2"]
+           "bitkv.codec._AAD_V2", "bitkv.manifest.HEADER", "bitkv.manifest.ENTRY",
+           "bitkv.manifest.TRAILER", "bitkv.durable.SLOT"]
 
 
 def test_every_struct_table_is_checked() -> None:
