@@ -22,6 +22,7 @@ import itertools
 import mmap
 import os
 import secrets
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -315,6 +316,7 @@ def keys_at_stake(directory: str, io: FileIO, entry: manifest.ManifestEntry, kep
 
 
 _NOT_LISTED = manifest.ManifestEntry(0, 0, 0, 1, 0)  # a sealed stand-in for "not listed"
+_KEY_LEN = struct.Struct("<H")  # a record header's key_len, at offset 6
 _MAX_BITFLIP_KEY = 1024  # keys up to this long are tried with each of their bits flipped
 _MAX_KEY_LENGTHS = 64  # distinct key lengths tried as the length of a damaged record's key
 
@@ -417,10 +419,16 @@ class _Loader:
         if not entries or not guess:
             return None
         key_start = damage.offset + record.HEADER_SIZE
-        room = damage.length - record.HEADER_SIZE
-        if room <= 0 or mm[damage.offset + 4] & record.BATCH:
-            # A batch member is not named (see record.scan): its batch is dropped whole.
+        room = min(damage.length - record.HEADER_SIZE, record.MAX_KEY_SIZE)
+        if room <= 0:
             return None
+        # The key the header names, if that is indexed (the damage hit elsewhere, perhaps a
+        # flag: an acknowledged record, even a batch member, is named in durable bytes).
+        (claimed_len,) = _KEY_LEN.unpack_from(mm, damage.offset + 6)
+        if 0 < claimed_len <= room:
+            claimed = mm[key_start : key_start + claimed_len]
+            if claimed in entries:
+                return claimed
         found: set[bytes] = set()
         if damage.key is not None and len(damage.key) <= _MAX_BITFLIP_KEY:
             flipped = bytearray(damage.key)
