@@ -639,8 +639,8 @@ class _Loader:
                     s.close()
                 message = _describe_losses(self.directory, losses)
                 if self.readonly:
-                    message = ("the store kept changing while being read (a writer "
-                               "compacting it?), or " + message)
+                    message += (" (A read-only opener retried: if a writer was compacting "
+                                "the store, it kept changing while being read; try again.)")
                 raise SegmentLossError(message, losses)
             self.report.lost_segments.extend(losses)
         extra = self._handle_orphans(listed, [i for i in ids if i not in entries],

@@ -228,5 +228,5 @@ def test_reader_racing_compaction_retries_then_raises_a_bitkv_error(tmp_path):
         db.put(b"k", b"v")
     with bitkv.open(path, readonly=True, fileio=_SegmentsVanish(3)) as r:
         assert r.get(b"k") == b"v"
-    with pytest.raises(bitkv.Error, match="kept changing"):
+    with pytest.raises(bitkv.Error, match="kept changing while being read"):
         bitkv.open(path, readonly=True, fileio=_SegmentsVanish(100))
