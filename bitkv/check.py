@@ -369,12 +369,7 @@ class _Checker:
     def _lost(self, entry: manifest.ManifestEntry, what: str, kept: int) -> None:
         name = seg_mod.data_name(entry.segment_id)
         keys = recovery.keys_at_stake(self.directory, DEFAULT_FILEIO, entry, kept)
-        if keys:
-            shown = ", ".join(_show_key(k) for k in keys[:10])
-            more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
-            stake = f"keys at stake: {shown}{more}"
-        else:
-            stake = "the keys it held are unknown (no hint file)"
+        stake = recovery.describe_keys_at_stake(keys, shown=10)
         self.report.missing_segments += 1
         self.issue(name, kept, 0, f"segment listed in the {manifest.MANIFEST_NAME} {what}; "
                    f"{stake}. Opening refuses; `bitkv check --repair` salvages the rest and "

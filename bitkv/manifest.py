@@ -118,4 +118,19 @@ def read(directory: str, io: FileIO) -> Manifest | None:
 
 def write(directory: str, io: FileIO, manifest: Manifest) -> None:
     """Durably replace the MANIFEST (the commit point of a change of the segment set)."""
-    io.replace_file(directory, MANIFEST_NAME, manifest.encode())
+    install(directory, io, stage(directory, io, manifest))
+
+
+def stage(directory: str, io: FileIO, manifest: Manifest) -> str:
+    """Write the new MANIFEST under its temporary name, fsynced; return that path. A failure
+    here leaves the MANIFEST on disk as it was."""
+    tmp = os.path.join(directory, MANIFEST_NAME + ".tmp")
+    io.write_new_file(tmp, manifest.encode())
+    return tmp
+
+
+def install(directory: str, io: FileIO, staged: str) -> None:
+    """Rename a staged MANIFEST into place and fsync the directory: the commit point. After a
+    failure here, which MANIFEST a crash would leave is unknown."""
+    io.rename(staged, os.path.join(directory, MANIFEST_NAME))
+    io.fsync_dir(directory)

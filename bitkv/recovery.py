@@ -232,16 +232,24 @@ def make_directory(directory: str, io: FileIO) -> None:
     io.fsync_dir(parent)  # the new entry in the parent must survive power loss
 
 
+def describe_keys_at_stake(keys: list[bytes], shown: int = 5) -> str:
+    """"keys at stake: a, b and 3 more", or what saying none means (no hint told them)."""
+    if not keys:
+        return "the keys it held are unknown (no hint file)"
+    listed = ", ".join(_show(k) for k in keys[:shown])
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"keys at stake: {listed}{more}"
+
+
+def _show(key: bytes) -> str:
+    text = repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _describe_losses(directory: str, losses: list[tuple[str, str, list[bytes]]]) -> str:
     parts = []
     for name, what, keys in losses:
-        if keys:
-            shown = ", ".join(repr(k) for k in keys[:5])
-            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
-            at_stake = f"; keys at stake: {shown}{more}"
-        else:
-            at_stake = "; the keys it held are unknown (no hint file)"
-        parts.append(f"segment {name} is {what}{at_stake}")
+        parts.append(f"segment {name} is {what}; {describe_keys_at_stake(keys)}")
     return (f"store {directory!r} is missing data it had acknowledged: " + "; ".join(parts)
             + ". Nothing was changed. `bitkv check` shows the damage; `bitkv check --repair` "
             "salvages every other record and records what was lost.")

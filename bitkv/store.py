@@ -302,7 +302,7 @@ class Store(MutableMapping[bytes, bytes]):
                 # fsync must be durable before the MANIFEST records it as sealed at this size.
                 fd = self._io.open_rw(last.path)
                 try:
-                    self._fsync(fd)
+                    self._io.fsync(fd)
                 finally:
                     self._io.close(fd)
                 last.synced_size = last.size
@@ -323,10 +323,10 @@ class Store(MutableMapping[bytes, bytes]):
         fd = self._io.create(path)
         try:
             self._io.write(fd, header.encode())
-            self._fsync(fd)
+            self._io.fsync(fd)
             if killpoints.ENABLED:
                 killpoints.hit("rotate.after_create")
-            self._fsync_dir()
+            self._io.fsync_dir(self.path)
         except BaseException:
             self._io.close(fd)
             try:  # a segment that never got its header durably holds nothing: drop it
@@ -339,41 +339,30 @@ class Store(MutableMapping[bytes, bytes]):
         self._segments.append(seg)
         return seg
 
-    def _fail_sync(self, exc: BaseException) -> None:
+    def _fail_sync(self, exc: BaseException, what: str = "an fsync failed") -> None:
         """An fsync failed: after it the kernel may have dropped the dirty pages, so a retry
         that succeeds proves nothing (PostgreSQL's "fsyncgate"). Refuse every write until the
-        store is reopened and recovered from what is really on disk."""
+        store is reopened and recovered from what is really on disk. (Also used when what is
+        on disk is otherwise in doubt: ``what`` says which.)"""
         if self._sync_failure is None:
-            self._sync_failure = f"{type(exc).__name__}: {exc}"
-            log.error("bitkv store %s: an fsync failed (%s); refusing writes until reopened",
-                      self.path, self._sync_failure)
+            self._sync_failure = f"{what} ({type(exc).__name__}: {exc})"
+            log.error("bitkv store %s: %s; refusing writes until reopened", self.path,
+                      self._sync_failure)
         self.last_sync_error = self._sync_failure
         self._writes_refused = True
 
-    def _fsync(self, fd: int) -> None:
-        try:
-            self._io.fsync(fd)
-        except OSError as exc:
-            self._fail_sync(exc)
-            raise
-
-    def _fsync_dir(self) -> None:
-        try:
-            self._io.fsync_dir(self.path)
-        except OSError as exc:
-            self._fail_sync(exc)
-            raise
-
     def _commit_manifest(self) -> None:
         """Durably record the current segment set (the commit point of a rotation, a
-        compaction, an upgrade). Locked. A failure leaves the old or the new MANIFEST on
-        disk, and which one is unknown when the directory fsync failed: refuse writes."""
+        compaction, an upgrade). Locked. A failure while staging the new MANIFEST changes
+        nothing (a failed fsync still refuses writes, as every one does); a failure while
+        installing it leaves unknown which MANIFEST a crash would show: refuse writes."""
         self._manifest_generation += 1
         listed = recovery.manifest_for(self._segments, self._active, self._manifest_generation)
+        staged = manifest.stage(self.path, self._io, listed)
         try:
-            manifest.write(self.path, self._io, listed)
+            manifest.install(self.path, self._io, staged)
         except OSError as exc:
-            self._fail_sync(exc)
+            self._fail_sync(exc, "the MANIFEST could not be installed")
             raise
 
     def _attach(self, seg: Segment) -> None:
@@ -406,9 +395,9 @@ class Store(MutableMapping[bytes, bytes]):
         if self.readonly:
             raise ReadOnlyError(f"store {self.path!r} was opened read-only")
         if self._sync_failure is not None:
-            raise Error(f"store {self.path!r} refuses writes: an fsync failed "
-                        f"({self._sync_failure}); what it covered may not be on disk. "
-                        "Close and reopen the store to recover from what is.")
+            raise Error(f"store {self.path!r} refuses writes: {self._sync_failure}; what is "
+                        "on disk may differ from what this process knows. Close and reopen "
+                        "the store to recover from what is.")
         if self._write_refusal is not None:
             raise Error(f"store {self.path!r} refuses writes: {self._write_refusal}. "
                         "Close and reopen the store.")
@@ -480,7 +469,7 @@ class Store(MutableMapping[bytes, bytes]):
         with self._sync_lock:
             if self._sync_failure is not None:
                 self._check_writable()
-            self._fsync(old.fd)
+            self._io.fsync(old.fd)
             old.synced_size = old.size
             old.durable_end = old.size
         if killpoints.ENABLED:
@@ -521,7 +510,7 @@ class Store(MutableMapping[bytes, bytes]):
                 # An earlier fsync failed: no later one can promise anything (see _fail_sync).
                 self._check_writable()
             target = seg.size
-            self._fsync(seg.fd)
+            self._io.fsync(seg.fd)
             if target > seg.synced_size:
                 seg.synced_size = target
             marker = self._marker
@@ -1240,8 +1229,7 @@ class Store(MutableMapping[bytes, bytes]):
     def _fail_after_commit(self, exc: BaseException) -> None:
         """A compaction failed after its commit point: the running store may no longer match
         the MANIFEST on disk, so it refuses writes until reopened from it."""
-        self._fail_sync(Error(f"compaction failed after its commit point: "
-                              f"{type(exc).__name__}: {exc}"))
+        self._fail_sync(exc, "a compaction failed after its commit point")
 
     def _install_compaction(self, inputs: list[Segment], outputs: list[Segment]) -> None:
         """The commit point of a compaction: the outputs replace the inputs in the MANIFEST.
@@ -1362,7 +1350,7 @@ class Store(MutableMapping[bytes, bytes]):
                     # anything) and no checkpoint is written: the next open scans the files.
                     active = self._active
                     with self._sync_lock:
-                        self._fsync(active.fd)
+                        self._io.fsync(active.fd)
                         active.synced_size = active.size
                         if self._marker is not None:
                             try:
