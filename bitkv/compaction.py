@@ -250,8 +250,7 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
         for start in range(0, len(expired_drops), SWITCH_CHUNK):
             with store._lock:
                 for key, old_entry in expired_drops[start : start + SWITCH_CHUNK]:
-                    if entries.get(key) == old_entry:
-                        store._keydir.remove(key)
+                    store._keydir.remove_if(key, old_entry)
         if killpoints.ENABLED:
             killpoints.hit("compact.switched")
         with store._lock:
@@ -303,15 +302,13 @@ def _switch(store: Store, out: _Output, segment: Segment, summary: CompactionSum
     """Point keys at their copies in ``segment``, in chunks, only if they did not change."""
     slot = segment.slot
     moves = out.moves
-    entries = store._entries
+    switch = store._keydir.switch
     for start in range(0, len(moves), SWITCH_CHUNK):
         with store._lock:
             for key, old_entry, offset, size in moves[start : start + SWITCH_CHUNK]:
-                if entries.get(key) != old_entry:
-                    continue  # rewritten or deleted while we copied: the newer write wins
-                entries[key] = keydir.pack(slot, offset, size)
-                segment.live_bytes += size
-                summary.keys_kept += 1
+                # Only if it still points at the record copied: a newer write wins.
+                if switch(key, old_entry, segment, slot, offset, size):
+                    summary.keys_kept += 1
         # threading.Lock is not fair: without yielding here, a waiting writer could sit out
         # most of the switch instead of one chunk (measured: stalls of 190 ms vs 20 ms).
         time.sleep(0)

@@ -14,6 +14,12 @@ nothing for the feature.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from .record import TOMBSTONE
+
 SLOT_BITS = 16
 OFFSET_BITS = 32
 SIZE_BITS = 12
@@ -33,26 +39,148 @@ def unpack(entry: int) -> tuple[int, int, int]:
     return entry >> SLOT_SHIFT, (entry >> SIZE_BITS) & OFFSET_MASK, entry & SIZE_MASK
 
 
+class _Owner(Protocol):
+    """What the keydir needs of a segment: its live-byte count and a record's size."""
+
+    live_bytes: int
+
+    def record_size_at(self, offset: int) -> int: ...
+
+
+# A record hidden from the index but kept in the active segment's checkpoint hint: a key whose
+# newest record there is a tombstone or expired, as (offset, size, tombstone flag, expiry_ms).
+Hidden = tuple[int, int, int, int]
+
+
 class KeyDir:
-    """The two dicts of the index. The store reads them directly on its hot paths."""
+    """The index, and the one owner of the rules that change it.
 
-    __slots__ = ("entries", "expiries")
+    ``entries`` (key -> packed entry) and ``expiries`` (key -> expiry_ms, only keys that have
+    one) are read directly by the lock-free read path. Every change goes through a method
+    here: the live-byte accounting of the segment each entry points into (``slots``, the
+    store's table of open segments, shared), the earliest expiry (``next_expiry``), and the
+    records hidden from the index that the active segment's checkpoint hint must still list
+    (``hidden``; None while loading a segment that will not become active).
 
-    def __init__(self) -> None:
+    Replay of a segment and the single-put fast path inline :meth:`apply` for speed
+    (recovery.py, store.py say where); those copies follow exactly these rules.
+    """
+
+    __slots__ = ("entries", "expiries", "hidden", "next_expiry", "slots")
+
+    def __init__(self, slots: list[Any] | None = None) -> None:
         self.entries: dict[bytes, int] = {}
         self.expiries: dict[bytes, int] = {}
+        self.slots: list[Any] = slots if slots is not None else []
+        self.hidden: dict[bytes, Hidden] | None = None
+        self.next_expiry: float = math.inf
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def set(self, key: bytes, entry: int, expiry_ms: int) -> None:
-        self.entries[key] = entry
+    # -- accounting ------------------------------------------------------------------------
+
+    def record_size(self, entry: int) -> int:
+        """The size of the record ``entry`` points at (from its hint, else its header)."""
+        size = entry & SIZE_MASK
+        if size:
+            return size
+        owner: _Owner = self.slots[entry >> SLOT_SHIFT]
+        return owner.record_size_at((entry >> SIZE_BITS) & OFFSET_MASK)
+
+    def forget(self, entry: int) -> None:
+        """Account the record ``entry`` points at as dead bytes of its segment."""
+        owner: _Owner = self.slots[entry >> SLOT_SHIFT]
+        owner.live_bytes -= self.record_size(entry)
+
+    # -- the rules -------------------------------------------------------------------------
+
+    def apply(self, seg: _Owner, slot: int, key: bytes, offset: int, size: int, flags: int,
+              expiry_ms: int, now_ms: int = 0) -> bool:
+        """Index the record of ``key`` at ``offset`` in ``seg`` (at ``slot``) as its newest:
+        the record applied last wins. A tombstone (``flags`` has TOMBSTONE) or an expired
+        record (``expiry_ms <= now_ms``) removes the key and, for the active segment, is
+        remembered in ``hidden``. Return True if the key is now indexed."""
+        entries = self.entries
+        old = entries.get(key)
+        if old is not None:
+            self.forget(old)
+        if flags & TOMBSTONE or (expiry_ms and expiry_ms <= now_ms):
+            if old is not None:
+                del entries[key]
+                if self.expiries:
+                    self.expiries.pop(key, None)
+            if self.hidden is not None:
+                self.hidden[key] = (offset, size, flags & TOMBSTONE, expiry_ms)
+            return False
+        if self.hidden:
+            self.hidden.pop(key, None)
+        entries[key] = (slot << SLOT_SHIFT) | (offset << SIZE_BITS) | (
+            size if size <= SIZE_MASK else 0)
+        seg.live_bytes += size
         if expiry_ms:
             self.expiries[key] = expiry_ms
-        elif self.expiries:
+            if expiry_ms < self.next_expiry:
+                self.next_expiry = expiry_ms
+        elif old is not None and self.expiries:
             self.expiries.pop(key, None)
+        return True
+
+    def apply_run(self, seg: _Owner, slot: int, start: int,
+                  records: Iterable[tuple[bytes, int, int, int]], now_ms: int = 0) -> int:
+        """:meth:`apply` for records written back to back from ``start`` (a batch): each is
+        (key, size, flags, expiry_ms). Return the offset after the last."""
+        pos = start
+        for key, size, flags, expiry_ms in records:
+            self.apply(seg, slot, key, pos, size, flags, expiry_ms, now_ms)
+            pos += size
+        return pos
+
+    def unindex(self, key: bytes, entry: int, hide: Hidden | None = None) -> None:
+        """Remove ``key`` (indexed at ``entry``), its bytes now dead; ``hide`` records why in
+        the active segment's checkpoint (its tombstone, or its expired record there)."""
+        self.forget(entry)
+        del self.entries[key]
+        if self.expiries:
+            self.expiries.pop(key, None)
+        if hide is not None and self.hidden is not None:
+            self.hidden[key] = hide
+
+    def point_at_damage(self, key: bytes, slot: int, offset: int, length: int) -> bool:
+        """Make ``key`` (if indexed) point at damaged bytes, so reading it raises instead of
+        returning an older version: recovery's answer to a damaged newest record."""
+        old = self.entries.get(key)
+        if old is None:
+            return False
+        self.forget(old)
+        self.entries[key] = pack(slot, offset, length)
+        self.expiries.pop(key, None)
+        if self.hidden:
+            self.hidden.pop(key, None)
+        self.slots[slot].live_bytes += length
+        return True
+
+    def switch(self, key: bytes, expected: int, seg: _Owner, slot: int, offset: int,
+               size: int) -> bool:
+        """Bitcask's conditional put, for compaction: point ``key`` at its copy only if it
+        still points at exactly the record copied (``expected``); a write made meanwhile
+        wins. The copy's bytes become live; the original's are forgotten with its segment."""
+        if self.entries.get(key) != expected:
+            return False
+        self.entries[key] = pack(slot, offset, size)
+        seg.live_bytes += size
+        return True
+
+    def remove_if(self, key: bytes, expected: int) -> bool:
+        """Unindex ``key`` only if it still points at ``expected`` (no accounting: for keys
+        whose segment is being retired)."""
+        if self.entries.get(key) != expected:
+            return False
+        self.remove(key)
+        return True
 
     def remove(self, key: bytes) -> int | None:
+        """Drop ``key`` from the index without accounting (its segment is going away)."""
         entry = self.entries.pop(key, None)
         if self.expiries:
             self.expiries.pop(key, None)
@@ -60,3 +188,6 @@ class KeyDir:
 
     def expired_keys(self, now_ms: int) -> list[bytes]:
         return [k for k, exp in self.expiries.items() if exp <= now_ms]
+
+    def recompute_next_expiry(self) -> None:
+        self.next_expiry = min(self.expiries.values(), default=math.inf)

@@ -339,11 +339,10 @@ class _Loader:
         self.io = io
         self.readonly = readonly
         self.now_ms = now_ms
-        self.keydir = KeyDir()
-        self.report = RecoveryReport()
         self.slots: list[Segment | None] = []
+        self.keydir = KeyDir(self.slots)
+        self.report = RecoveryReport()
         self.max_seq = 0
-        self.hidden: dict[bytes, tuple[int, int, int, int]] | None = None
         # Within the segment being loaded: the end of the last record indexed, and the
         # largest seq seen up to it (a torn tail is cut back to there).
         self._applied_end = 0
@@ -359,33 +358,20 @@ class _Loader:
         self.report.damage.append((os.path.basename(path), offset, length, what))
         self.report.corrupt_bytes += length
 
-    def _forget(self, key: bytes, old: int) -> None:
-        slot, offset, size = keydir.unpack(old)
-        owner = self.slots[slot]
-        assert owner is not None
-        owner.live_bytes -= size or owner.record_size_at(offset)
+    @property
+    def hidden(self) -> dict[bytes, keydir.Hidden] | None:
+        """The records hidden from the index that the segment being loaded (if it will
+        become the active one) must keep for its checkpoint: the keydir's."""
+        return self.keydir.hidden
+
+    @hidden.setter
+    def hidden(self, value: dict[bytes, keydir.Hidden] | None) -> None:
+        self.keydir.hidden = value
 
     def _apply(self, seg: Segment, key: bytes, flags: int, expiry_ms: int, offset: int,
                size: int) -> None:
-        entries = self.keydir.entries
-        old = entries.get(key)
-        if old is not None:
-            self._forget(key, old)
-        if flags & record.TOMBSTONE or (expiry_ms and expiry_ms <= self.now_ms):
-            if old is not None:
-                self.keydir.remove(key)
-            if self.hidden is not None:
-                self.hidden[key] = (offset, size, flags & record.TOMBSTONE, expiry_ms)
-            return
-        if self.hidden:
-            self.hidden.pop(key, None)
-        entries[key] = keydir.pack(seg.slot, offset, size)
-        seg.live_bytes += size
-        if expiry_ms:
-            self.keydir.expiries[key] = expiry_ms
-        elif old is not None and self.keydir.expiries:
-            self.keydir.expiries.pop(key, None)
-        self.report.records_loaded += 1
+        if self.keydir.apply(seg, seg.slot, key, offset, size, flags, expiry_ms, self.now_ms):
+            self.report.records_loaded += 1
 
     def _poison(self, seg: Segment, damage: record.Damage, mm: mmap.mmap, guess: bool) -> None:
         """A damaged record that was probably the newest version of a key already indexed:
@@ -411,12 +397,7 @@ class _Loader:
         slot, offset, _size = keydir.unpack(old)
         if slot == seg.slot and offset > damage.offset:
             return  # a later record of this segment is newer than the damaged one
-        self._forget(key, old)
-        self.keydir.entries[key] = keydir.pack(seg.slot, damage.offset, damage.length)
-        self.keydir.expiries.pop(key, None)
-        if self.hidden:
-            self.hidden.pop(key, None)
-        seg.live_bytes += damage.length
+        self.keydir.point_at_damage(key, seg.slot, damage.offset, damage.length)
         self.report.poisoned_keys += 1
         self.report.damaged_keys.append(key)
 

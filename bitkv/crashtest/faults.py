@@ -43,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,9 +106,24 @@ class Fired:
     started: int            # FaultyFileIO.ops_started when it fired
     epoch: int              # FaultyFileIO.epoch (bumped at every open)
     thread: int
+    when: float = 0.0       # time.monotonic() when it fired
 
     def describe(self) -> str:
         return f"{self.op_class} {errno.errorcode.get(self.err, self.err)} in {self.phase}"
+
+
+# How long after a background thread's fsync failed a write may still race it (the failing
+# thread needs the GIL to mark the store failed; a writer may hold it for a switch interval
+# and more on a loaded machine). Beyond this, an acknowledged write is an fsyncgate violation.
+BACKGROUND_NOTICE_SECONDS = 0.5
+
+
+def _reports_sync_failure(db: object) -> bool:
+    """Whether the store already says an fsync failed (it must then refuse writes)."""
+    try:
+        return bool(getattr(db, "last_sync_error", None))
+    except Exception:
+        return False
 
 
 # Engine functions that name the phase a file operation belongs to, innermost first wins.
@@ -217,7 +233,7 @@ class FaultyFileIO(FileIO):
 
     def _fire(self, op_class: str, err: int, short: bool) -> tuple[int, bool]:
         self.fired.append(Fired(op_class, err, current_phase(4), self.ops_started, self.epoch,
-                                threading.get_ident()))
+                                threading.get_ident(), time.monotonic()))
         return err, short
 
     @staticmethod
@@ -319,7 +335,7 @@ def live_extents(path: str, at_ms: int) -> dict[str, list[tuple[int, int]]]:
             seg = db._slots[slot]
             if seg is None:
                 continue
-            size = db._record_size(entry)
+            size = db._keydir.record_size(entry)
             out.setdefault(os.path.basename(seg.path), []).append((offset, offset + size))
     return out
 
@@ -477,6 +493,8 @@ class FaultRunner:
                 continue
             rec = self.oracle.begin(op)
             epoch = io.epoch
+            began = time.monotonic()
+            known = _reports_sync_failure(db)
             try:
                 res = execute(db, op)
             except (OSError, Error) as exc:
@@ -497,9 +515,13 @@ class FaultRunner:
                 violations.append(v)
             failed = io.sync_failure(epoch)
             if failed is not None and _writes(op, res) and (
-                    failed.started < started or failed.thread == threading.get_ident()):
-                # Within the same operation only a failure on this thread counts: a
-                # background flusher failing meanwhile may come after the write returned.
+                    (failed.thread == threading.get_ident() and failed.started <= started)
+                    or (failed.started < started and (
+                        known or began - failed.when > BACKGROUND_NOTICE_SECONDS))):
+                # A failure on this thread counts from the operation that met it. One in a
+                # background thread (flusher, hints, compaction) counts once the store could
+                # have learnt of it: it reported it, or it is older than the grace period (a
+                # write racing the failing thread may rightly finish first).
                 gate.append((op["id"], op["kind"]))
                 gate_fault = gate_fault or failed.describe()
         if gate:
