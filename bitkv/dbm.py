@@ -219,7 +219,7 @@ class _Database(MutableMapping[bytes, bytes]):
         return value
 
     @_guard
-    def get(self, key: bytes | str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: bytes | str, default: Any = None) -> Any:
         db = self._store()
         k = _to_bytes(key, "keys")
         if not _addressable(k):
@@ -266,7 +266,7 @@ class _Database(MutableMapping[bytes, bytes]):
             raise KeyError(key)
 
     @_guard
-    def setdefault(self, key: bytes | str, default: bytes | str = b"") -> bytes:  # type: ignore[override]
+    def setdefault(self, key: bytes | str, default: bytes | str = b"") -> bytes:
         """Return the value of ``key``, first storing ``default`` if it has none (atomic)."""
         db = self._store()
         k = _to_bytes(key, "keys")
@@ -278,7 +278,7 @@ class _Database(MutableMapping[bytes, bytes]):
         return db.setdefault(k, _to_bytes(default, "values"))
 
     @_guard
-    def pop(self, key: bytes | str, default: Any = _MISSING) -> Any:  # type: ignore[override]
+    def pop(self, key: bytes | str, default: Any = _MISSING) -> Any:
         """Atomically remove ``key`` and return its value, else ``default`` (or KeyError)."""
         db = self._writable()
         k = _to_bytes(key, "keys")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from .. import killpoints, record
 from .. import segment as seg_mod
+from ..store import SyncMode
 from .oracle import OpRecord, Oracle
 from .values import make_value
 from .verify import check_time, recover
@@ -158,7 +159,7 @@ def torn_tail(rng: random.Random, keys: list[bytes], serial: int, seq: int
 
 
 class KillRunner:
-    def __init__(self, directory: str, *, mode: str, seed: int, sync: str, ops_per_cycle: int,
+    def __init__(self, directory: str, *, mode: str, seed: int, sync: SyncMode, ops_per_cycle: int,
                  max_segment_size: int = 64 * 1024, nkeys: int = 40) -> None:
         self.directory = directory
         self.store = os.path.join(directory, "store")
