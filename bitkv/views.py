@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, MutableMapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import record as rec
 from .batch import Batch
 from .errors import Error
-from .store import Store
 from .validate import KeyLike, ValueLike, to_key
+
+if TYPE_CHECKING:  # annotations only: the store imports this module (Store.json/namespace)
+    from .store import Store
 
 __all__ = ["InvalidJSONError", "JsonView", "Namespace", "NamespaceBatch"]
 

@@ -167,14 +167,14 @@ def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | No
         states = done
         verified = fr.oracle.verified
     else:
-        from .killmode import KillRunner, _Fatal
+        from .killmode import FatalError, KillRunner
 
         kr = KillRunner(directory, mode=mode, seed=seed, sync=sync, ops_per_cycle=ops_per_cycle)
         done = 0
         for n in range(cycles):
             try:
                 res = kr.cycle(n)
-            except _Fatal as fatal:
+            except FatalError as fatal:
                 note(n, "the store could not be reopened; stopping", fatal.violations, 0)
                 done = n + 1
                 break

@@ -342,7 +342,7 @@ class KillRunner:
         if violations and snapshot is not None:
             self._save(snapshot, n)
         if observed is None:
-            raise _Fatal(violations)
+            raise FatalError(violations)
         return result
 
     def _snapshot(self) -> dict[str, bytes] | None:
@@ -365,7 +365,9 @@ class KillRunner:
                 fh.write(data)
 
 
-class _Fatal(Exception):
+class FatalError(Exception):
+    """The store cannot be reopened after a crash; the run stops (``violations`` say why)."""
+
     def __init__(self, violations: list[str]) -> None:
         super().__init__("the store cannot be opened any more")
         self.violations = violations
