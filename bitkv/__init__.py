@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .batch import Batch
 from .check import CheckReport, RepairReport, check, repair
 from .errors import (
     ClosedError,
@@ -30,7 +31,7 @@ from .errors import (
     UnsafeFileError,
 )
 from .record import MAX_KEY_SIZE, MAX_VALUE_SIZE
-from .store import DEFAULT_MAX_SEGMENT_SIZE, Batch, Store, SyncMode
+from .store import DEFAULT_MAX_SEGMENT_SIZE, Store, SyncMode
 from .views import InvalidJSONError, JsonView, Namespace
 
 __version__ = "0.1.0"

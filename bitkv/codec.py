@@ -270,7 +270,8 @@ class ValueCodec:
 
     def train(self, samples: Iterable[bytes], dict_size: int = 16 * 1024) -> int:
         """Train a dictionary from ``samples``, store it durably, use it from now on."""
-        data = [s for s in samples if s]
+        # (typed as zstandard's stub wants: it takes a list, which is invariant)
+        data: list[bytes | bytearray | memoryview[int]] = [s for s in samples if s]
         if len(data) < 8:
             raise ValueError("training a dictionary needs at least 8 non-empty sample values")
         # Ids above 32767 are free for private use; counting up keeps "newest" well defined.

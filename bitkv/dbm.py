@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 
 from . import record as rec
 from .errors import Error, StoreNotFoundError
-from .fileio import _O_CLOEXEC, _O_NOFOLLOW, FileIO
+from .fileio import O_CLOEXEC, O_NOFOLLOW, FileIO
 from .recovery import MARKER_NAME
 from .store import Store
 
@@ -127,11 +127,11 @@ class _ModeFileIO(FileIO):
         self.dir_mode = self.file_mode | ((self.file_mode & 0o444) >> 2)
 
     def create(self, path: str) -> int:
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | O_CLOEXEC | O_NOFOLLOW
         return os.open(path, flags, self.file_mode)
 
     def open_lock(self, path: str) -> int:
-        return os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, self.file_mode)
+        return os.open(path, os.O_RDWR | os.O_CREAT | O_CLOEXEC | O_NOFOLLOW, self.file_mode)
 
     def mkdir(self, path: str) -> None:
         os.mkdir(path, self.dir_mode)
@@ -219,7 +219,7 @@ class _Database(MutableMapping[bytes, bytes]):
         return value
 
     @_guard
-    def get(self, key: bytes | str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: bytes | str, default: Any = None) -> Any:
         db = self._store()
         k = _to_bytes(key, "keys")
         if not _addressable(k):
@@ -266,7 +266,7 @@ class _Database(MutableMapping[bytes, bytes]):
             raise KeyError(key)
 
     @_guard
-    def setdefault(self, key: bytes | str, default: bytes | str = b"") -> bytes:  # type: ignore[override]
+    def setdefault(self, key: bytes | str, default: bytes | str = b"") -> bytes:
         """Return the value of ``key``, first storing ``default`` if it has none (atomic)."""
         db = self._store()
         k = _to_bytes(key, "keys")
@@ -278,7 +278,7 @@ class _Database(MutableMapping[bytes, bytes]):
         return db.setdefault(k, _to_bytes(default, "values"))
 
     @_guard
-    def pop(self, key: bytes | str, default: Any = _MISSING) -> Any:  # type: ignore[override]
+    def pop(self, key: bytes | str, default: Any = _MISSING) -> Any:
         """Atomically remove ``key`` and return its value, else ``default`` (or KeyError)."""
         db = self._writable()
         k = _to_bytes(key, "keys")

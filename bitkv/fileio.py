@@ -12,8 +12,9 @@ import mmap
 import os
 from collections.abc import Callable
 
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# Open flags, 0 where the platform lacks them (public: dbm opens files with them too).
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class FileIO:
@@ -21,20 +22,20 @@ class FileIO:
 
     def create(self, path: str) -> int:
         """Create ``path`` and open it read-write; fail if it exists (never clobbers a file)."""
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o644)
 
     def open_rw(self, path: str) -> int:
         """Open an existing file read-write, positioned at its end."""
-        fd = os.open(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+        fd = os.open(path, os.O_RDWR | O_CLOEXEC | O_NOFOLLOW)
         os.lseek(fd, 0, os.SEEK_END)
         return fd
 
     def open_lock(self, path: str) -> int:
         """Open (creating if needed) the lock file without truncating it."""
-        return os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+        return os.open(path, os.O_RDWR | os.O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
 
     def open_read(self, path: str) -> int:
-        return os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+        return os.open(path, os.O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
 
     def write(self, fd: int, data: bytes) -> None:
         """Write all of ``data`` at the file position (one syscall unless the OS writes short)."""
@@ -110,7 +111,7 @@ class FileIO:
 
     def fsync_dir(self, path: str) -> None:
         """Make creations, renames and removals of entries in directory ``path`` durable."""
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | O_CLOEXEC)
         try:
             os.fsync(fd)
         except OSError as exc:  # some file systems cannot fsync a directory

@@ -12,11 +12,12 @@ the covered prefix are scanned.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from .crc import crc32c
 from .record import HEADER_SIZE as RECORD_HEADER_SIZE
+from .record import ScanBuffer
 
 MAGIC = b"BITKVHNT"
 FORMAT_VERSION = 1
@@ -34,9 +35,22 @@ class HintError(ValueError):
 HintEntry = tuple[int, int, int, int, int, int, int]  # flags, 0, key_len, value_len, off, seq, exp
 
 
-def encode(entries: list[tuple[bytes, int, int, int, int, int]], nonce: int, segment_size: int,
-           max_seq: int | None = None) -> bytes:
+class HintItem(NamedTuple):
+    """One entry to :func:`encode`: where a key's newest record is and what it says."""
+
+    key: bytes
+    flags: int
+    value_len: int
+    offset: int
+    seq: int
+    expiry_ms: int
+
+
+def encode(entries: Sequence[tuple[bytes, int, int, int, int, int]], nonce: int,
+           segment_size: int, max_seq: int | None = None) -> bytes:
     """Encode hint entries given as (key, flags, value_len, offset, seq, expiry_ms).
+
+    Entries may be :class:`HintItem` values or plain tuples in that order (a HintItem is one).
 
     ``segment_size`` is how many bytes of the segment the hint describes (all of a compacted
     segment; the prefix written so far for a checkpointed active segment). ``max_seq``
@@ -53,7 +67,8 @@ def encode(entries: list[tuple[bytes, int, int, int, int, int]], nonce: int, seg
     return body + TRAILER.pack(crc32c(body))
 
 
-def decode(buf, nonce: int, segment_size: int) -> tuple[int, Iterator[tuple[bytes, HintEntry]]]:
+def decode(buf: ScanBuffer, nonce: int, segment_size: int
+           ) -> tuple[int, Iterator[tuple[bytes, HintEntry]]]:
     """Validate a whole hint file and return (max_seq, iterator of (key, entry)).
 
     See :func:`decode_with_coverage`, which also says how much of the segment is covered.
@@ -71,7 +86,7 @@ class RawHint(NamedTuple):
     keys: bytes  # the key area
 
 
-def decode_raw(buf, nonce: int, segment_size: int) -> RawHint:
+def decode_raw(buf: ScanBuffer, nonce: int, segment_size: int) -> RawHint:
     """Check a hint file's framing (magic, version, CRC, nonce, coverage) and split it.
 
     Raises :class:`HintError` if the file is truncated, corrupt, or written for another
@@ -134,7 +149,7 @@ def check_bounds(raw: RawHint) -> None:
         raise HintError("hint key area does not match its entries")
 
 
-def decode_with_coverage(buf, nonce: int, segment_size: int
+def decode_with_coverage(buf: ScanBuffer, nonce: int, segment_size: int
                          ) -> tuple[int, int, Iterator[tuple[bytes, HintEntry]]]:
     """Validate a whole hint file and return (max_seq, covered_bytes, iterator of entries).
 

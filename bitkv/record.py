@@ -10,14 +10,19 @@ the header, the key and the value. This module knows nothing about files.
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from .crc import crc32c
 
 HEADER = struct.Struct("<IBBHIQQ")
+
+# What the scanners read: a whole segment in memory or mapped. They need ``find`` and indexing
+# to ints, which ``memoryview`` lacks, so this is narrower than a buffer.
+ScanBuffer: TypeAlias = bytes | bytearray | mmap.mmap
 HEADER_SIZE = HEADER.size  # 28
 _BODY_HEADER = struct.Struct("<BBHIQQ")  # the header without its CRC
 _CRC = struct.Struct("<I")
@@ -92,7 +97,7 @@ def header_is_plausible(flags: int, reserved: int, key_len: int, value_len: int)
         and key_len > 0
         and value_len <= MAX_STORED_VALUE_SIZE
         and not (flags & TOMBSTONE and value_len)
-        and (not flags & BATCH_FLAGS or flags & BATCH)
+        and (not flags & BATCH_FLAGS or (flags & BATCH) != 0)
     )
 
 
@@ -117,10 +122,14 @@ def decode(buf: bytes, expected_key: bytes | None = None) -> tuple[Header, bytes
     return header, buf[HEADER_SIZE + header.key_len :]
 
 
-def intact_size_at(buf, pos: int, end: int) -> int:
+def intact_size_at(buf: ScanBuffer, pos: int, end: int) -> int:
     """Return the size of an intact record starting at ``buf[pos]``, or 0 if there is none."""
     if end - pos < HEADER_SIZE:
         return 0
+    # struct unpacks to Any; the declarations type what the header fields are (no runtime cost).
+    crc: int
+    key_len: int
+    value_len: int
     crc, flags, reserved, key_len, value_len, _seq, _exp = HEADER.unpack_from(buf, pos)
     if not header_is_plausible(flags, reserved, key_len, value_len):
         return 0
@@ -148,7 +157,7 @@ SEQ_SLACK = 4
 TAIL_RESYNC_CANDIDATES = 65536
 
 
-def find_next_intact(buf, pos: int, end: int, last_seq: int | None = None,
+def find_next_intact(buf: ScanBuffer, pos: int, end: int, last_seq: int | None = None,
                      max_candidates: int | None = None) -> int:
     """Return the offset of the first intact record after ``pos``, or -1.
 
@@ -191,24 +200,26 @@ def find_next_intact(buf, pos: int, end: int, last_seq: int | None = None,
     return -1
 
 
-def _seq_fits(buf, p: int, last_seq: int | None, gap: int) -> bool:
+def _seq_fits(buf: ScanBuffer, p: int, last_seq: int | None, gap: int) -> bool:
     if last_seq is None:
         return True
-    seq = HEADER.unpack_from(buf, p)[5]
+    seq: int = HEADER.unpack_from(buf, p)[5]
     return last_seq < seq <= last_seq + 1 + gap // MIN_RECORD_SIZE + SEQ_SLACK
 
 
-def _declared_size(buf, pos: int, end: int) -> int:
+def _declared_size(buf: ScanBuffer, pos: int, end: int) -> int:
     """The size a damaged record's header claims, if the header is plausible, else 0."""
     if end - pos < HEADER_SIZE:
         return 0
+    key_len: int
+    value_len: int
     _crc, flags, reserved, key_len, value_len, _seq, _exp = HEADER.unpack_from(buf, pos)
     if not header_is_plausible(flags, reserved, key_len, value_len):
         return 0
     return HEADER_SIZE + key_len + value_len
 
 
-def _chain_reaches_end(buf, pos: int, end: int) -> bool:
+def _chain_reaches_end(buf: ScanBuffer, pos: int, end: int) -> bool:
     while pos < end:
         size = intact_size_at(buf, pos, end)
         if not size:
@@ -217,7 +228,7 @@ def _chain_reaches_end(buf, pos: int, end: int) -> bool:
     return True
 
 
-def scan(buf, start: int, end: int | None = None, *, first_seq: int | None = None,
+def scan(buf: ScanBuffer, start: int, end: int | None = None, *, first_seq: int | None = None,
          max_candidates: int | None = None) -> Iterator[ScannedRecord | Damage]:
     """Yield every intact record of ``buf[start:end]`` and every damaged region, in order.
 

@@ -226,6 +226,8 @@ class Segment:
 
     def record_size_at(self, offset: int) -> int:
         head = self.read(offset, record.HEADER_SIZE)
+        key_len: int  # struct unpacks to Any
+        value_len: int
         _c, _f, _r, key_len, value_len, _s, _e = record.HEADER.unpack_from(head)
         return record.HEADER_SIZE + key_len + value_len
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, MutableMapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import record as rec
 from .batch import Batch
 from .errors import Error
-from .store import Store
 from .validate import KeyLike, ValueLike, to_key
+
+if TYPE_CHECKING:  # annotations only: the store imports this module (Store.json/namespace)
+    from .store import Store
 
 __all__ = ["InvalidJSONError", "JsonView", "Namespace", "NamespaceBatch"]
 
@@ -159,13 +161,13 @@ class Namespace(MutableMapping[bytes, bytes]):
     def __init__(self, store: Store | Namespace, prefix: KeyLike) -> None:
         p = _to_prefix(prefix)
         if isinstance(store, Namespace):  # nest by concatenating the prefixes
-            p = store._prefix + p
-            store = store._store
+            p = store.prefix + p
+            store = store.store
             if len(p) >= rec.MAX_KEY_SIZE:
                 raise ValueError(f"nested namespace prefix is {len(p)} bytes; it must leave "
                                  f"room for a key within the {rec.MAX_KEY_SIZE}-byte limit")
         self._store: Store = store
-        self._prefix = p
+        self._prefix: bytes = p
 
     @property
     def prefix(self) -> bytes:
@@ -220,12 +222,12 @@ class Namespace(MutableMapping[bytes, bytes]):
 
     # -- the mapping API ---------------------------------------------------------------------
 
-    def get(self, key: KeyLike, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: KeyLike, default: Any = None) -> Any:
         return self._store.get(self._full(key), default)
 
     def __getitem__(self, key: KeyLike) -> bytes:
-        value = self._store.get(self._full(key), _MISSING)
-        if value is _MISSING:
+        value = self._store.get(self._full(key))
+        if value is None:  # stored values are bytes, so None means missing or expired
             raise KeyError(key)
         return value
 
@@ -269,7 +271,7 @@ class Namespace(MutableMapping[bytes, bytes]):
     def get_and_delete(self, key: KeyLike) -> bytes | None:
         return self._store.get_and_delete(self._full(key))
 
-    def pop(self, key: KeyLike, default: Any = _MISSING) -> Any:  # type: ignore[override]
+    def pop(self, key: KeyLike, default: Any = _MISSING) -> Any:
         value = self._store.get_and_delete(self._full(key))
         if value is None:
             if default is _MISSING:
@@ -277,7 +279,7 @@ class Namespace(MutableMapping[bytes, bytes]):
             return default
         return value
 
-    def setdefault(self, key: KeyLike, default: ValueLike = b"") -> bytes:  # type: ignore[override]
+    def setdefault(self, key: KeyLike, default: ValueLike = b"") -> bytes:
         return self._store.setdefault(self._full(key), default)
 
     def get_with_ttl(self, key: KeyLike) -> tuple[bytes, float | None] | None:

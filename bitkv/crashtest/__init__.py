@@ -28,6 +28,10 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: importing the harness must not load the engine
+    from ..store import SyncMode
 
 __all__ = ["MODES", "CrashTestSummary", "run"]
 
@@ -96,7 +100,7 @@ def reproduce_command(directory: str, mode: str, cycles: int, seed: int, sync: s
 
 
 def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | None = None,
-        sync: str = "always", progress: Callable[[int, int], None] | None = None,
+        sync: SyncMode = "always", progress: Callable[[int, int], None] | None = None,
         ops_per_cycle: int = 200, faults: Sequence[str] | None = None) -> CrashTestSummary:
     """Crash a store ``cycles`` times in ``mode`` and check every recovery; see the module doc.
 
@@ -147,9 +151,9 @@ def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | No
                              fsync_faults=mode == "powerfaults")
         done = 0
         for n in range(cycles):
-            res = pl.cycle(n)
-            states += res.states
-            note(n, res.description, res.violations, res.acked)
+            pres = pl.cycle(n)
+            states += pres.states
+            note(n, pres.description, pres.violations, pres.acked)
             done = n + 1
             if progress is not None:
                 progress(done, cycles)
@@ -163,14 +167,14 @@ def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | No
         states = done
         verified = fr.oracle.verified
     else:
-        from .killmode import KillRunner, _Fatal
+        from .killmode import FatalError, KillRunner
 
         kr = KillRunner(directory, mode=mode, seed=seed, sync=sync, ops_per_cycle=ops_per_cycle)
         done = 0
         for n in range(cycles):
             try:
                 res = kr.cycle(n)
-            except _Fatal as fatal:
+            except FatalError as fatal:
                 note(n, "the store could not be reopened; stopping", fatal.violations, 0)
                 done = n + 1
                 break

@@ -56,6 +56,7 @@ from ..errors import ClosedError, CorruptionError, Error
 from ..fileio import FileIO
 from ..keydir import unpack
 from ..lock import LOCK_NAME
+from ..store import SyncMode
 from .oracle import OpRecord, Oracle
 from .verify import check_time, observe, open_store, recover
 from .workload import Op, OpClock, WorkloadConfig, execute, generate, keyspace, now_ms
@@ -370,7 +371,7 @@ print(json.dumps({"opened": True, "acked": acked, "error": error}))
 class FaultRunner:
     """Runs ``mode="faults"`` cycles on one store; see the module doc."""
 
-    def __init__(self, directory: str, *, seed: int, sync: str, ops_per_cycle: int,
+    def __init__(self, directory: str, *, seed: int, sync: SyncMode, ops_per_cycle: int,
                  nkeys: int = 40, faults: Sequence[str] | None = None) -> None:
         self.directory = os.path.join(directory, "faults")
         self.path = os.path.join(self.directory, "store")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from .. import killpoints, record
 from .. import segment as seg_mod
+from ..store import SyncMode
 from .oracle import OpRecord, Oracle
 from .values import make_value
 from .verify import check_time, recover
@@ -158,7 +159,7 @@ def torn_tail(rng: random.Random, keys: list[bytes], serial: int, seq: int
 
 
 class KillRunner:
-    def __init__(self, directory: str, *, mode: str, seed: int, sync: str, ops_per_cycle: int,
+    def __init__(self, directory: str, *, mode: str, seed: int, sync: SyncMode, ops_per_cycle: int,
                  max_segment_size: int = 64 * 1024, nkeys: int = 40) -> None:
         self.directory = directory
         self.store = os.path.join(directory, "store")
@@ -341,7 +342,7 @@ class KillRunner:
         if violations and snapshot is not None:
             self._save(snapshot, n)
         if observed is None:
-            raise _Fatal(violations)
+            raise FatalError(violations)
         return result
 
     def _snapshot(self) -> dict[str, bytes] | None:
@@ -364,7 +365,9 @@ class KillRunner:
                 fh.write(data)
 
 
-class _Fatal(Exception):
+class FatalError(Exception):
+    """The store cannot be reopened after a crash; the run stops (``violations`` say why)."""
+
     def __init__(self, violations: list[str]) -> None:
         super().__init__("the store cannot be opened any more")
         self.violations = violations

@@ -62,7 +62,8 @@ class OpRecord:
 
     @property
     def id(self) -> int:
-        return self.op["id"]
+        op_id: int = self.op["id"]  # ops are JSON-like dicts (workload.Op); "id" is an int
+        return op_id
 
     def final(self) -> dict[bytes, State]:
         out: dict[bytes, State] = {}

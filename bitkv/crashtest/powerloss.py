@@ -25,6 +25,7 @@ from typing import Any
 
 import bitkv
 
+from ..store import SyncMode
 from .oracle import OpRecord, Oracle
 from .recording import POLICIES, DiskModel, RecordingFileIO, write_state
 from .verify import check_time, observe, open_store, recover
@@ -87,7 +88,7 @@ class PowerCycleResult:
 
 
 class PowerLossRunner:
-    def __init__(self, directory: str, *, seed: int, sync: str, ops_per_cycle: int,
+    def __init__(self, directory: str, *, seed: int, sync: SyncMode, ops_per_cycle: int,
                  max_segment_size: int = 64 * 1024, nkeys: int = 40,
                  states_per_cycle: int = STATES_PER_CYCLE, fsync_faults: bool = False
                  ) -> None:
@@ -244,7 +245,8 @@ class PowerLossRunner:
         result.description = f"{len(ops)} ops, {result.states} crash states" + (
             ", auto-compaction on" if auto else "") + (", 4 MiB segments" if big else "") + (
             ", closed" if closing else "") + (
-            f", fsync #{io.fail_at} failed" if getattr(io, "failed", False) else "")
+            f", fsync #{io.fail_at} failed"
+            if isinstance(io, FailingRecordingFileIO) and io.failed else "")
         return result
 
     def _shown(self, db: Any, rec: OpRecord) -> dict[bytes, Any]:

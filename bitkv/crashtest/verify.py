@@ -11,6 +11,7 @@ import bitkv
 
 from ..errors import CorruptionError
 from ..fileio import FileIO
+from ..store import SyncMode
 from .values import describe, parse_value
 from .workload import EPOCH
 
@@ -77,7 +78,7 @@ def observe(db: Any, keys: list[bytes], at_ms: int) -> tuple[Observed, list[str]
     return observed, problems
 
 
-def open_store(path: str, at_ms: int, *, sync: str = "never", readonly: bool = False,
+def open_store(path: str, at_ms: int, *, sync: SyncMode = "never", readonly: bool = False,
                max_segment_size: int = 64 * 1024, fileio: FileIO | None = None) -> Any:
     options: dict[str, Any] = {}
     if fileio is not None:
