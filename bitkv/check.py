@@ -621,20 +621,20 @@ class _Checker:
         for index, (key, entry) in enumerate(entries):
             flags, _r, _key_len, value_len, offset, _seq, expiry_ms = entry
             at = hint.HEADER_SIZE + index * hint.ENTRY_SIZE
-            rec = seg.records.get(offset)
+            there = seg.records.get(offset)
             want = newest.get(key)
             if key in seen:
                 problem = "the key has another entry before this one"
-            elif rec is None:
+            elif there is None:
                 problem = "no intact record starts there"
-            elif rec.key != key:
-                problem = f"the record there holds key {_show_key(rec.key)}"
-            elif rec.value_len != value_len:
-                problem = f"the record there has a {rec.value_len}-byte value, not {value_len}"
-            elif (rec.flags ^ flags) & record.TOMBSTONE:
+            elif there.key != key:
+                problem = f"the record there holds key {_show_key(there.key)}"
+            elif there.value_len != value_len:
+                problem = f"the record there has a {there.value_len}-byte value, not {value_len}"
+            elif (there.flags ^ flags) & record.TOMBSTONE:
                 problem = "the entry and the record disagree on whether it is a tombstone"
-            elif rec.expiry_ms != expiry_ms:
-                problem = f"the record there expires at {rec.expiry_ms} ms, not {expiry_ms}"
+            elif there.expiry_ms != expiry_ms:
+                problem = f"the record there expires at {there.expiry_ms} ms, not {expiry_ms}"
             elif want is not None and want.offset != offset:
                 problem = f"the key's newest record there is at offset {want.offset}"
             elif want is None:

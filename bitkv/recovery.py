@@ -673,9 +673,9 @@ class _Loader:
                     "segment.", [(name, "not listed", [])])
         if doomed and not self.readonly:
             for name in doomed:
-                segment_id = seg_mod.parse_id(name, seg_mod.DATA_SUFFIX)
-                if segment_id is not None and segment_id in self.hint_ids:
-                    self._unlink_quietly(seg_mod.hint_name(segment_id))
+                doomed_id = seg_mod.parse_id(name, seg_mod.DATA_SUFFIX)
+                if doomed_id is not None and doomed_id in self.hint_ids:
+                    self._unlink_quietly(seg_mod.hint_name(doomed_id))
                 self._unlink_quietly(name)
             self.io.fsync_dir(self.directory)
             self.report.removed_orphans = doomed
@@ -1133,8 +1133,9 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
             and last.id == mark.segment_id and last.header.nonce == mark.nonce):
         durable_end = mark.end
         if last.size < durable_end:
-            loss = (os.path.basename(last.path), f"truncated to {last.size} bytes, but "
-                    f"{durable_end} were fsynced and acknowledged", [])
+            loss: tuple[str, str, list[bytes]] = (
+                os.path.basename(last.path), f"truncated to {last.size} bytes, but "
+                f"{durable_end} were fsynced and acknowledged", [])
             if not tolerate_loss:
                 for seg in segments:
                     seg.close()

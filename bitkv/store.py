@@ -124,13 +124,13 @@ def _compactor_main(ref: weakref.ref[Store], stop: threading.Event,
         del store
 
 
-class _Closed(dict):
+class _Closed(dict[bytes, int]):
     """Stands in for the keydir after close, so the read path needs no 'closed' check."""
 
     def _raise(self, *args: object, **kwargs: object) -> Any:
         raise ClosedError("the store is closed")
 
-    get = __getitem__ = __contains__ = __iter__ = __len__ = _raise  # type: ignore[assignment]
+    get = __getitem__ = __contains__ = __iter__ = __len__ = _raise
 
 
 class Store(MutableMapping[bytes, bytes]):
@@ -248,8 +248,8 @@ class Store(MutableMapping[bytes, bytes]):
         if not readonly:
             try:
                 self._marker = durable.DurableMarker(self.path, self._io, loaded.mark)
-                self._open_active()
-                if self._active is self._segments[-1] and self._active.size > seg_mod.HEADER_SIZE:
+                active = self._open_active()
+                if active is self._segments[-1] and active.size > seg_mod.HEADER_SIZE:
                     self._keydir.hidden = loaded.hidden
                 self._manifest_generation = (loaded.manifest.generation
                                              if loaded.manifest is not None else 0)
@@ -287,7 +287,12 @@ class Store(MutableMapping[bytes, bytes]):
 
     # -- opening -----------------------------------------------------------------------------
 
-    def _open_active(self) -> None:
+    def _open_active(self) -> Segment:
+        """Make the segment writes go to the active one (continued or new); return it."""
+        self._active = self._choose_active()
+        return self._active
+
+    def _choose_active(self) -> Segment:
         last = self._segments[-1] if self._segments else None
         if (last is not None and last.kind == seg_mod.KIND_APPEND and not last.header_damaged
                 and last.size < self.max_segment_size
@@ -296,7 +301,7 @@ class Store(MutableMapping[bytes, bytes]):
             if last.fd >= 0:
                 self._io.close(last.fd)
             last.fd = fd
-            self._active = last
+            return last
         else:
             if last is not None and last.kind == seg_mod.KIND_APPEND:
                 # The segment a crash left becomes immutable: what it holds past its last
@@ -309,7 +314,7 @@ class Store(MutableMapping[bytes, bytes]):
                 last.synced_size = last.size
                 if not self.recovery_report.damage_past_durable_end:
                     last.durable_end = last.size
-            self._active = self._new_segment()
+            return self._new_segment()
 
     def _new_segment(self) -> Segment:
         """Create, durably, an empty append segment that takes over as the active one.
@@ -631,8 +636,8 @@ class Store(MutableMapping[bytes, bytes]):
         return default if value is None else value
 
     def __getitem__(self, key: KeyLike) -> bytes:
-        value = self.get(key, _MISSING)
-        if value is _MISSING:
+        value = self.get(key)
+        if value is None:  # values are bytes, never None: None means no live value
             raise KeyError(key)
         return value
 
@@ -682,7 +687,7 @@ class Store(MutableMapping[bytes, bytes]):
                 body = _pack_body(flags, 0, len(k), len(v), seq, expiry_ms) + k + v
                 data = _pack_crc(_crc32c(body)) + body
                 size = len(data)
-                seg = self._active
+                seg = self._active  # type: ignore[assignment]  # set while writable
                 offset = seg.size
                 if offset + size > self.max_segment_size or killpoints.ENABLED:
                     seg, offset = self._append(data)
@@ -827,7 +832,7 @@ class Store(MutableMapping[bytes, bytes]):
         self._durable(seg, end)
         return value
 
-    def pop(self, key: KeyLike, default: Any = _MISSING) -> Any:  # type: ignore[override]
+    def pop(self, key: KeyLike, default: Any = _MISSING) -> Any:
         """Atomically remove ``key`` and return its value, else ``default`` (or KeyError)."""
         value = self.get_and_delete(key)
         if value is None:
@@ -836,7 +841,7 @@ class Store(MutableMapping[bytes, bytes]):
             return default
         return value
 
-    def setdefault(self, key: KeyLike, default: ValueLike = b"") -> bytes:  # type: ignore[override]
+    def setdefault(self, key: KeyLike, default: ValueLike = b"") -> bytes:
         """Return the value of ``key``, first storing ``default`` if it has none (atomic)."""
         k = to_key(key)
         d = to_value(default)
@@ -1287,7 +1292,7 @@ class Store(MutableMapping[bytes, bytes]):
             self._compact_lock.acquire()
             self._compact_lock.release()
         with self._lock:
-            if self._closed:
+            if self.closed:  # another thread closed it while we waited for the threads
                 return
             try:
                 if (not self.readonly and self._active is not None and not self._active.closed
