@@ -54,6 +54,7 @@ from .commands import (
     lookup,
     unknown_command_error,
 )
+from .control import ServerControl
 from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
 
 log = logging.getLogger("bitkv.server")
@@ -231,7 +232,10 @@ class Connection(asyncio.Protocol):
     """One client. Parses reads, runs the commands in order, writes the replies."""
 
     def __init__(self, server: Server) -> None:
-        self.server = server
+        self.server = server  # the connection's own machinery (group commit, accounting)
+        # What command handlers may use of the server: only this typed view, never
+        # ``self.server`` (tests/test_server_structure.py checks).
+        self.control: ServerControl = server
         self.db = server.db
         self.authenticated = server.requirepass is None
         self.parser = make_parser(server.limits, self.authenticated, server.use_hiredis)
@@ -250,12 +254,16 @@ class Connection(asyncio.Protocol):
         self.last_active = self.created  # to the second, from Server.clock
         self.last_command = b"NULL"
         self.auth_failures = 0  # failed AUTH attempts since the last successful one
-        self._partial = 0  # bytes of this client's incomplete request counted by the server
+        # Bytes of this client's incomplete request counted in the server's total; public
+        # because the server reads it to pick whom to close (Server.shed_partial_requests).
+        self.partial_request_bytes = 0
         self._gate = 0
         self._busy = False  # an awaited step (fsync, SAVE) is in progress
         self._backlog: list[bytes] = []
         self._suspended: tuple[list[list[bytes]], int, bool] | None = None
-        self._unresolved = 0  # this client's SETs waiting in the server's group commit
+        # This client's SETs waiting in the server's group commit; the server counts them
+        # up and down (Server.defer_set, Server.flush_sets).
+        self.unresolved_sets = 0
         self._held: tuple[list[bytes], bool] | None = None  # replies held until it is done
         self._write_paused = False
         self._closed = False
@@ -383,7 +391,7 @@ class Connection(asyncio.Protocol):
             parser.error = "ERR Protocol error: internal parser error"
             cmds = []
         buffered = parser.buffered()
-        if buffered or self._partial:
+        if buffered or self.partial_request_bytes:
             self._count_partial(buffered)
             if self._closed:
                 return
@@ -396,21 +404,21 @@ class Connection(asyncio.Protocol):
     def _count_partial(self, buffered: int) -> None:
         """Track the bytes held for this client's incomplete request in the server's total."""
         server = self.server
-        server.partial_bytes += buffered - self._partial
-        self._partial = buffered
+        server.partial_bytes += buffered - self.partial_request_bytes
+        self.partial_request_bytes = buffered
         if server.partial_bytes > server.max_partial_bytes:
             server.shed_partial_requests()
 
     def _release_partial(self) -> None:
-        if self._partial:
-            self.server.partial_bytes -= self._partial
-            self._partial = 0
+        if self.partial_request_bytes:
+            self.server.partial_bytes -= self.partial_request_bytes
+            self.partial_request_bytes = 0
 
     def drop_partial(self) -> None:
         """Closed to keep the server's total of partial requests within its limit."""
         log.warning("closing the connection from %s: its partial request of %d bytes pushed "
                     "the server's total of partial requests over %d bytes", self.peer,
-                    self._partial, self.server.max_partial_bytes)
+                    self.partial_request_bytes, self.server.max_partial_bytes)
         self._release_partial()
         self.parser.reset()
         self._backlog.clear()
@@ -508,7 +516,7 @@ class Connection(asyncio.Protocol):
                     and not self._closed and sum(map(len, out)) > OUTPUT_FLUSH_BYTES:
                 # A long pipeline with big replies: write what we have, and if the client
                 # is not reading, wait for it (resume_writing) before running the rest.
-                if self._unresolved:
+                if self.unresolved_sets:
                     server.flush_sets()
                 self.transport.write(b"".join(out))
                 out.clear()
@@ -521,7 +529,7 @@ class Connection(asyncio.Protocol):
         if wrote:
             server.write_version += 1
             server.writes_since_save += 1
-        if self._unresolved:
+        if self.unresolved_sets:
             # Replies wait for the group commit (end of this loop iteration at the latest);
             # requests arriving meanwhile queue up behind them.
             self._held = (out, wrote)
@@ -696,7 +704,7 @@ class Server:
         self._own_store = store is None
         self.limits = Limits(config.max_bulk_len, config.max_multibulk_len,
                              config.max_query_buffer)
-        # Bytes held in incomplete requests, all clients together (Connection._count_partial)
+        # Bytes held in incomplete requests, all clients together (see Connection.data_received)
         self.partial_bytes = 0
         self.max_partial_bytes: int = config.max_query_buffer_total  # type: ignore[assignment]
         self.auth_limiter = AuthLimiter(AUTH_GLOBAL_RATE, AUTH_GLOBAL_BURST)
@@ -747,7 +755,7 @@ class Server:
         self.pending_sets.append((key, value))
         self._pending_replies.append((conn, out, len(out)))
         out.append(OK)
-        conn._unresolved += 1
+        conn.unresolved_sets += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._loop is not None
@@ -778,7 +786,7 @@ class Server:
                 reply = error_reply(exc)
             for conn, out, index in replies:
                 out[index] = reply
-                conn._unresolved -= 1
+                conn.unresolved_sets -= 1
             ops.clear()
             replies.clear()
         if self.waiting:
@@ -795,8 +803,8 @@ class Server:
         the largest frees the most and spares clients that send ordinary requests.
         """
         while self.partial_bytes > self.max_partial_bytes:
-            victim = max(self.clients, key=lambda c: c._partial, default=None)
-            if victim is None or not victim._partial:
+            victim = max(self.clients, key=lambda c: c.partial_request_bytes, default=None)
+            if victim is None or not victim.partial_request_bytes:
                 break  # the count is off (cannot happen); do not loop forever
             victim.drop_partial()
 
