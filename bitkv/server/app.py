@@ -61,10 +61,10 @@ log = logging.getLogger("bitkv.server")
 
 try:  # pragma: no cover - depends on the environment
     import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
 
-HAVE_UVLOOP = uvloop is not None
+    HAVE_UVLOOP = True
+except ImportError:  # pragma: no cover
+    HAVE_UVLOOP = False  # uvloop is then unbound: _loop_factory checks HAVE_UVLOOP first
 
 NOAUTH = error("NOAUTH Authentication required.")
 SET_SPEC = COMMANDS[b"SET"]
@@ -318,7 +318,8 @@ class Connection(asyncio.Protocol):
     def call(self, spec: Spec, args: list[bytes]) -> bytes:
         """Run one command's handler, turning exceptions into error replies."""
         try:
-            return spec[0](self, args)
+            reply: bytes = spec[0](self, args)  # the table types replies as Any (registry.py)
+            return reply
         except CommandError as exc:
             return exc.reply
         except Exception as exc:
@@ -455,6 +456,7 @@ class Connection(asyncio.Protocol):
                 # GET, the most common command, inlined (the same as commands.cmd_get).
                 if pending:
                     server.flush_sets()  # it must see every SET before it
+                v: bytes | Exception | None
                 try:
                     v = dbget(args[1])
                 except ValueError:  # an empty or oversized key: no such key can exist
@@ -609,7 +611,7 @@ class Connection(asyncio.Protocol):
         task.add_done_callback(self._step_done)
         return task
 
-    def _step_done(self, task: asyncio.Task) -> None:
+    def _step_done(self, task: asyncio.Task[None]) -> None:
         self.server.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("connection step failed", exc_info=task.exception())
@@ -715,7 +717,7 @@ class Server:
         self.sync_always = config.sync == "always"
         self.clients: dict[Connection, None] = {}
         self.client_ids = itertools.count(1)
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
         self.loop_name = "asyncio"
         self.run_id = secrets.token_hex(20)
@@ -733,7 +735,7 @@ class Server:
         self._compaction_thread: threading.Thread | None = None
         self._abort_compaction = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bitkv-server")
-        self._listeners: list[asyncio.AbstractServer] = []
+        self._listeners: list[asyncio.Server] = []
         self._shutdown_requested: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
@@ -973,7 +975,8 @@ def _loop_factory(config: ServerConfig) -> Callable[[], asyncio.AbstractEventLoo
     if use:
         if not HAVE_UVLOOP:
             raise RuntimeError("uvloop was requested but is not installed")
-        return uvloop.new_event_loop
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
     return None
 
 
