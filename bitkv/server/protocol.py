@@ -366,7 +366,9 @@ class HiredisParser:
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         py = self._py
-        if data[0] != 42 or py._buf or py._args is not None or not py.authenticated \
+        # py.idle(): PyParser clears its buffer once it is consumed (feed), so between reads
+        # "nothing buffered and no multibulk begun" is exactly what it reports.
+        if data[0] != 42 or not py.idle() or not py.authenticated \
                 or self.error is not None or _large_count(data) is not None \
                 or ((data.find(b"~") >= 0 or data.find(b">") >= 0 or data.find(b"|") >= 0)
                     and _large_other_count(data) is not None):
