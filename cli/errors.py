@@ -31,7 +31,9 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click's recent releases type exit_code as a ClassVar, yet click reads it from the
+        # instance; one exception class serves every exit status, so it is set per instance.
+        self.exit_code = exit_code  # type: ignore[misc, unused-ignore]
 
     def show(self, file: object = None) -> None:
         click.echo(f"bitkv: error: {self.format_message()}", err=True)

@@ -1,6 +1,7 @@
 """``bitkv serve``: run the Redis-protocol server over a store directory.
 
-Registered in the CLI group with ``main.add_command(serve)`` (``from .serve import serve``).
+Imported by ``BitkvGroup.get_command`` in main.py only when ``serve`` is asked for, so the
+other commands do not pay for importing the server at startup.
 """
 
 from __future__ import annotations

@@ -54,16 +54,17 @@ from .commands import (
     lookup,
     unknown_command_error,
 )
+from .control import ServerControl
 from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
 
 log = logging.getLogger("bitkv.server")
 
 try:  # pragma: no cover - depends on the environment
     import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
 
-HAVE_UVLOOP = uvloop is not None
+    HAVE_UVLOOP = True
+except ImportError:  # pragma: no cover
+    HAVE_UVLOOP = False  # uvloop is then unbound: _loop_factory checks HAVE_UVLOOP first
 
 NOAUTH = error("NOAUTH Authentication required.")
 SET_SPEC = COMMANDS[b"SET"]
@@ -231,7 +232,10 @@ class Connection(asyncio.Protocol):
     """One client. Parses reads, runs the commands in order, writes the replies."""
 
     def __init__(self, server: Server) -> None:
-        self.server = server
+        self.server = server  # the connection's own machinery (group commit, accounting)
+        # What command handlers may use of the server: only this typed view, never
+        # ``self.server`` (tests/test_server_structure.py checks).
+        self.control: ServerControl = server
         self.db = server.db
         self.authenticated = server.requirepass is None
         self.parser = make_parser(server.limits, self.authenticated, server.use_hiredis)
@@ -250,12 +254,16 @@ class Connection(asyncio.Protocol):
         self.last_active = self.created  # to the second, from Server.clock
         self.last_command = b"NULL"
         self.auth_failures = 0  # failed AUTH attempts since the last successful one
-        self._partial = 0  # bytes of this client's incomplete request counted by the server
+        # Bytes of this client's incomplete request counted in the server's total; public
+        # because the server reads it to pick whom to close (Server.shed_partial_requests).
+        self.partial_request_bytes = 0
         self._gate = 0
         self._busy = False  # an awaited step (fsync, SAVE) is in progress
         self._backlog: list[bytes] = []
         self._suspended: tuple[list[list[bytes]], int, bool] | None = None
-        self._unresolved = 0  # this client's SETs waiting in the server's group commit
+        # This client's SETs waiting in the server's group commit; the server counts them
+        # up and down (Server.defer_set, Server.flush_sets).
+        self.unresolved_sets = 0
         self._held: tuple[list[bytes], bool] | None = None  # replies held until it is done
         self._write_paused = False
         self._closed = False
@@ -310,7 +318,8 @@ class Connection(asyncio.Protocol):
     def call(self, spec: Spec, args: list[bytes]) -> bytes:
         """Run one command's handler, turning exceptions into error replies."""
         try:
-            return spec[0](self, args)
+            reply: bytes = spec[0](self, args)  # the table types replies as Any (registry.py)
+            return reply
         except CommandError as exc:
             return exc.reply
         except Exception as exc:
@@ -383,7 +392,7 @@ class Connection(asyncio.Protocol):
             parser.error = "ERR Protocol error: internal parser error"
             cmds = []
         buffered = parser.buffered()
-        if buffered or self._partial:
+        if buffered or self.partial_request_bytes:
             self._count_partial(buffered)
             if self._closed:
                 return
@@ -396,21 +405,21 @@ class Connection(asyncio.Protocol):
     def _count_partial(self, buffered: int) -> None:
         """Track the bytes held for this client's incomplete request in the server's total."""
         server = self.server
-        server.partial_bytes += buffered - self._partial
-        self._partial = buffered
+        server.partial_bytes += buffered - self.partial_request_bytes
+        self.partial_request_bytes = buffered
         if server.partial_bytes > server.max_partial_bytes:
             server.shed_partial_requests()
 
     def _release_partial(self) -> None:
-        if self._partial:
-            self.server.partial_bytes -= self._partial
-            self._partial = 0
+        if self.partial_request_bytes:
+            self.server.partial_bytes -= self.partial_request_bytes
+            self.partial_request_bytes = 0
 
     def drop_partial(self) -> None:
         """Closed to keep the server's total of partial requests within its limit."""
         log.warning("closing the connection from %s: its partial request of %d bytes pushed "
                     "the server's total of partial requests over %d bytes", self.peer,
-                    self._partial, self.server.max_partial_bytes)
+                    self.partial_request_bytes, self.server.max_partial_bytes)
         self._release_partial()
         self.parser.reset()
         self._backlog.clear()
@@ -447,6 +456,7 @@ class Connection(asyncio.Protocol):
                 # GET, the most common command, inlined (the same as commands.cmd_get).
                 if pending:
                     server.flush_sets()  # it must see every SET before it
+                v: bytes | Exception | None
                 try:
                     v = dbget(args[1])
                 except ValueError:  # an empty or oversized key: no such key can exist
@@ -508,7 +518,7 @@ class Connection(asyncio.Protocol):
                     and not self._closed and sum(map(len, out)) > OUTPUT_FLUSH_BYTES:
                 # A long pipeline with big replies: write what we have, and if the client
                 # is not reading, wait for it (resume_writing) before running the rest.
-                if self._unresolved:
+                if self.unresolved_sets:
                     server.flush_sets()
                 self.transport.write(b"".join(out))
                 out.clear()
@@ -521,7 +531,7 @@ class Connection(asyncio.Protocol):
         if wrote:
             server.write_version += 1
             server.writes_since_save += 1
-        if self._unresolved:
+        if self.unresolved_sets:
             # Replies wait for the group commit (end of this loop iteration at the latest);
             # requests arriving meanwhile queue up behind them.
             self._held = (out, wrote)
@@ -601,7 +611,7 @@ class Connection(asyncio.Protocol):
         task.add_done_callback(self._step_done)
         return task
 
-    def _step_done(self, task: asyncio.Task) -> None:
+    def _step_done(self, task: asyncio.Task[None]) -> None:
         self.server.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("connection step failed", exc_info=task.exception())
@@ -696,7 +706,7 @@ class Server:
         self._own_store = store is None
         self.limits = Limits(config.max_bulk_len, config.max_multibulk_len,
                              config.max_query_buffer)
-        # Bytes held in incomplete requests, all clients together (Connection._count_partial)
+        # Bytes held in incomplete requests, all clients together (see Connection.data_received)
         self.partial_bytes = 0
         self.max_partial_bytes: int = config.max_query_buffer_total  # type: ignore[assignment]
         self.auth_limiter = AuthLimiter(AUTH_GLOBAL_RATE, AUTH_GLOBAL_BURST)
@@ -707,7 +717,7 @@ class Server:
         self.sync_always = config.sync == "always"
         self.clients: dict[Connection, None] = {}
         self.client_ids = itertools.count(1)
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
         self.loop_name = "asyncio"
         self.run_id = secrets.token_hex(20)
@@ -725,7 +735,7 @@ class Server:
         self._compaction_thread: threading.Thread | None = None
         self._abort_compaction = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bitkv-server")
-        self._listeners: list[asyncio.AbstractServer] = []
+        self._listeners: list[asyncio.Server] = []
         self._shutdown_requested: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
@@ -747,7 +757,7 @@ class Server:
         self.pending_sets.append((key, value))
         self._pending_replies.append((conn, out, len(out)))
         out.append(OK)
-        conn._unresolved += 1
+        conn.unresolved_sets += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._loop is not None
@@ -778,7 +788,7 @@ class Server:
                 reply = error_reply(exc)
             for conn, out, index in replies:
                 out[index] = reply
-                conn._unresolved -= 1
+                conn.unresolved_sets -= 1
             ops.clear()
             replies.clear()
         if self.waiting:
@@ -795,8 +805,8 @@ class Server:
         the largest frees the most and spares clients that send ordinary requests.
         """
         while self.partial_bytes > self.max_partial_bytes:
-            victim = max(self.clients, key=lambda c: c._partial, default=None)
-            if victim is None or not victim._partial:
+            victim = max(self.clients, key=lambda c: c.partial_request_bytes, default=None)
+            if victim is None or not victim.partial_request_bytes:
                 break  # the count is off (cannot happen); do not loop forever
             victim.drop_partial()
 
@@ -965,7 +975,8 @@ def _loop_factory(config: ServerConfig) -> Callable[[], asyncio.AbstractEventLoo
     if use:
         if not HAVE_UVLOOP:
             raise RuntimeError("uvloop was requested but is not installed")
-        return uvloop.new_event_loop
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
     return None
 
 

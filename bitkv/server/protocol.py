@@ -32,14 +32,15 @@ read, see ``_large_count``); anything else goes to the :class:`PyParser`.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NoReturn
 
+from ..record import MAX_VALUE_SIZE
+
+hiredis: Any  # the module, or None when it is not installed
 try:  # pragma: no cover - depends on the environment
     import hiredis
 except ImportError:  # pragma: no cover
     hiredis = None
-
-from ..record import MAX_VALUE_SIZE
 
 HAVE_HIREDIS = hiredis is not None
 
@@ -224,7 +225,7 @@ class PyParser:
                 del buf[:pos]
                 self._pos = 0
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str) -> NoReturn:
         self.error = f"ERR Protocol error: {message}"
         raise ProtocolError(message)
 
@@ -290,9 +291,10 @@ class PyParser:
                     return False
                 if buf[pos] != 36:  # '$'
                     self._fail(f"expected '$', got '{chr(buf[pos])}'")
-                bulk = parse_ll(buf[pos + 1 : nl])
-                if bulk is None or bulk < 0 or bulk > limits.max_bulk_len:
+                parsed = parse_ll(buf[pos + 1 : nl])
+                if parsed is None or parsed < 0 or parsed > limits.max_bulk_len:
                     self._fail("invalid bulk length")
+                bulk = parsed
                 if not self.authenticated and bulk > UNAUTH_MAX_BULK:
                     self._fail("unauthenticated bulk length")
                 self._cmd_bytes += bulk
@@ -311,10 +313,7 @@ class PyParser:
         return True
 
 
-if HAVE_HIREDIS:
-    _HiredisReader = hiredis.Reader
-else:  # pragma: no cover
-    _HiredisReader = None
+_HiredisReader: Any = hiredis.Reader if HAVE_HIREDIS else None
 
 # hiredis allocates N slots when it reads an aggregate header "*N", "~N", ">N" or "|N" (and
 # nested ones as deep as 1024 levels), before a single element arrived ("%N" maps are dicts,
@@ -367,7 +366,9 @@ class HiredisParser:
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         py = self._py
-        if data[0] != 42 or py._buf or py._args is not None or not py.authenticated \
+        # py.idle(): PyParser clears its buffer once it is consumed (feed), so between reads
+        # "nothing buffered and no multibulk begun" is exactly what it reports.
+        if data[0] != 42 or not py.idle() or not py.authenticated \
                 or self.error is not None or _large_count(data) is not None \
                 or ((data.find(b"~") >= 0 or data.find(b">") >= 0 or data.find(b"|") >= 0)
                     and _large_other_count(data) is not None):

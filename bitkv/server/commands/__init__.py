@@ -1,0 +1,93 @@
+"""The command table: Redis commands implemented over a bitkv Store.
+
+The table, the flags and the ``@command`` decorator live in :mod:`.registry`; the commands
+are split by group, each module registering its handlers when imported here:
+
+* :mod:`.connection`   PING, ECHO, QUIT, SELECT, AUTH, HELLO, CLIENT
+* :mod:`.transactions` MULTI, DISCARD, EXEC
+* :mod:`.strings`      GET, SET, SETNX/SETEX/PSETEX, GETDEL, GETEX, GETSET, GETRANGE, SETRANGE,
+  MGET, MSET, MSETNX, APPEND, STRLEN, INCR/DECR/INCRBY/DECRBY
+* :mod:`.keyspace`     DEL, UNLINK, EXISTS, TYPE, EXPIRE and variants, TTL, PTTL, PERSIST,
+  KEYS, SCAN
+* :mod:`.admin`        DBSIZE, FLUSHDB, FLUSHALL, TIME, SAVE, BGSAVE, LASTSAVE, BGREWRITEAOF,
+  SHUTDOWN, CONFIG, COMMAND, INFO
+
+Handlers run on the event loop thread, one at a time, so a command that makes several Store
+calls is atomic with respect to every other client, as in Redis. Store calls are
+microseconds; the slow ones (compaction, fsync) run in threads (see app.py). A handler
+reaches the server only through ``conn.control`` (the :class:`~bitkv.server.control.
+ServerControl` protocol), never through the Server object.
+
+Replies and error texts follow Redis 7.0. Differences that come from the engine are listed in
+docs/cluster.md ("Redis compatibility").
+"""
+
+from __future__ import annotations
+
+# The import order is the registration order, which is the order COMMAND, COMMAND LIST and
+# COMMAND DOCS list the commands in (kept as it was when this was one module).
+# isort: off
+from . import connection, transactions, strings, keyspace, admin
+# isort: on
+from .keyspace import ScanIndex
+from .registry import (
+    COMMANDS,
+    F_ADMIN,
+    F_ANY,
+    F_ASYNC,
+    F_FAST,
+    F_NEEDAUTH,
+    F_NOAUTH,
+    F_NOMULTI,
+    F_READONLY,
+    F_STATE,
+    F_TXCTL,
+    F_WRITE,
+    INFOS,
+    NOT_INT,
+    REDIS_VERSION,
+    SYNTAX,
+    CommandError,
+    CommandInfo,
+    Handler,
+    Spec,
+    arity_error,
+    command,
+    lookup,
+    to_int,
+    unknown_command_error,
+)
+
+__all__ = [
+    "COMMANDS",
+    "F_ADMIN",
+    "F_ANY",
+    "F_ASYNC",
+    "F_FAST",
+    "F_NEEDAUTH",
+    "F_NOAUTH",
+    "F_NOMULTI",
+    "F_READONLY",
+    "F_STATE",
+    "F_TXCTL",
+    "F_WRITE",
+    "INFOS",
+    "NOT_INT",
+    "REDIS_VERSION",
+    "SYNTAX",
+    "CommandError",
+    "CommandInfo",
+    "Handler",
+    "ScanIndex",
+    "Spec",
+    "admin",
+    "arity_error",
+    "command",
+    "connection",
+    "keyspace",
+    "lookup",
+    "strings",
+    "to_int",
+    "transactions",
+    "unknown_command_error",
+]

@@ -1,0 +1,367 @@
+"""Server and administration commands: DBSIZE, FLUSHDB, TIME, SAVE, BGSAVE, BGREWRITEAOF,
+SHUTDOWN, CONFIG, COMMAND, INFO. Everything they need from the server goes through
+``conn.control`` (:class:`~bitkv.server.control.ServerControl`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from ... import __version__ as BITKV_VERSION
+from ..glob import compile_glob
+from ..protocol import (
+    EMPTY_ARRAY,
+    OK,
+    array,
+    bulk,
+    bulk_array,
+    encode_value,
+    integer,
+    map_reply,
+    verbatim,
+)
+from .registry import (
+    F_ADMIN,
+    F_ASYNC,
+    F_FAST,
+    F_NOAUTH,
+    F_NOMULTI,
+    F_READONLY,
+    F_WRITE,
+    INFOS,
+    REDIS_VERSION,
+    SYNTAX,
+    CommandError,
+    CommandInfo,
+    arity_error,
+    command,
+)
+
+if TYPE_CHECKING:
+    from ..app import Connection
+
+
+@command("dbsize", 1, F_READONLY | F_FAST, group="server",
+         summary="Return the number of keys in the selected database")
+def cmd_dbsize(c: Connection, args: list[bytes]) -> bytes:
+    return integer(len(c.db))
+
+
+def _flush_options(args: list[bytes]) -> None:
+    if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
+        raise CommandError(SYNTAX)
+
+
+@command("flushdb", -1, F_WRITE, group="server",
+         summary="Remove all keys from the current database")
+def cmd_flushdb(c: Connection, args: list[bytes]) -> bytes:
+    _flush_options(args)
+    db = c.db
+    keys = list(db.keys())
+    if keys:
+        with db.batch() as b:  # one atomic write: all keys go, or (after a crash) none
+            for k in keys:
+                b.delete(k)
+    return OK
+
+
+@command("flushall", -1, F_WRITE, group="server", summary="Remove all keys from all databases")
+def cmd_flushall(c: Connection, args: list[bytes]) -> bytes:
+    return cmd_flushdb(c, args)
+
+
+# -- server ----------------------------------------------------------------------------------
+
+@command("time", 1, F_FAST, group="server", summary="Return the current server time", since="2.6.0")
+def cmd_time(c: Connection, args: list[bytes]) -> bytes:
+    now = time.time_ns() // 1000
+    return bulk_array([b"%d" % (now // 1_000_000), b"%d" % (now % 1_000_000)])
+
+
+@command("save", 1, F_ASYNC | F_NOMULTI | F_ADMIN, group="server",
+         summary="Make every write so far durable (fsync)")
+async def cmd_save(c: Connection, args: list[bytes]) -> bytes:
+    await c.control.sync_store()
+    return OK
+
+
+@command("bgsave", -1, F_ADMIN, group="server",
+         summary="Make every write so far durable (fsync), in the background")
+def cmd_bgsave(c: Connection, args: list[bytes]) -> bytes:
+    if len(args) > 2 or (len(args) == 2 and args[1].upper() != b"SCHEDULE"):
+        raise CommandError(SYNTAX)
+    if not c.control.start_background_sync():
+        if len(args) == 2:
+            return b"+Background saving scheduled\r\n"
+        raise CommandError("ERR Background save already in progress")
+    return b"+Background saving started\r\n"
+
+
+@command("lastsave", 1, F_FAST, group="server",
+         summary="Get the UNIX time stamp of the last successful save to disk")
+def cmd_lastsave(c: Connection, args: list[bytes]) -> bytes:
+    return integer(int(c.control.last_save_time))
+
+
+@command("bgrewriteaof", 1, F_ADMIN, group="server",
+         summary="Compact the store (rewrite it without dead records) in the background")
+def cmd_bgrewriteaof(c: Connection, args: list[bytes]) -> bytes:
+    if not c.control.start_compaction():
+        raise CommandError("ERR Background append only file rewriting already in progress")
+    return b"+Background append only file rewriting started\r\n"
+
+
+@command("shutdown", -1, F_ADMIN | F_NOMULTI, group="server",
+         summary="Sync the store and shut the server down")
+def cmd_shutdown(c: Connection, args: list[bytes]) -> bytes:
+    for opt in args[1:]:
+        if opt.upper() not in (b"NOSAVE", b"SAVE", b"NOW", b"FORCE"):
+            raise CommandError(SYNTAX)
+    c.control.request_shutdown()
+    c.close_after_reply()
+    return b""  # Redis closes the connection without a reply
+
+
+def _config_params(c: Connection) -> dict[str, str]:
+    control = c.control
+    cfg = control.config
+    limits = control.limits
+    return {
+        "bind": " ".join(cfg.hosts),
+        "port": "0" if cfg.tls else str(control.port),
+        "tls-port": str(control.port) if cfg.tls else "0",
+        "tls-cert-file": cfg.tls_cert or "",
+        "tls-key-file": cfg.tls_key or "",
+        "tls-protocols": "TLSv1.2 TLSv1.3" if cfg.tls else "",
+        "dir": os.path.abspath(cfg.dir),
+        "requirepass": (control.requirepass or b"").decode("utf-8", "replace"),
+        "save": "",
+        "appendonly": "yes",
+        "appendfsync": {"always": "always", "interval": "everysec", "never": "no"}[cfg.sync],
+        "bitkv-sync-interval": repr(cfg.sync_interval),
+        "databases": "1",
+        "maxclients": str(cfg.maxclients),
+        "maxmemory": "0",
+        "maxmemory-policy": "noeviction",
+        "timeout": "0",
+        "tcp-keepalive": "0",
+        "proto-max-bulk-len": str(limits.max_bulk_len),
+        "client-query-buffer-limit": str(limits.max_query_buffer),
+        "bitkv-query-buffer-total-limit": str(control.max_partial_bytes),
+        "io-threads": "1",
+        "cluster-enabled": "no",
+        "protected-mode": "no",
+        "daemonize": "no",
+        "loglevel": "notice",
+    }
+
+
+@command("config", -2, F_ADMIN, group="server", summary="Get configuration parameters",
+         since="2.0.0")
+def cmd_config(c: Connection, args: list[bytes]) -> bytes:
+    sub = args[1].upper()
+    if sub == b"GET":
+        if len(args) < 3:
+            return arity_error("config|get")
+        params = _config_params(c)
+        found: dict[str, str] = {}
+        for pattern in args[2:]:
+            match = compile_glob(pattern.lower())
+            for name, value in params.items():
+                if match(name.encode()):
+                    found[name] = value
+        return encode_value(found, c.resp3)
+    if sub == b"SET":
+        if len(args) < 4 or len(args) % 2:
+            return arity_error("config|set")
+        name = args[2].decode("utf-8", "replace")
+        raise CommandError(f"ERR Unknown option or number of arguments for CONFIG SET - "
+                           f"'{name}' (bitkv's configuration is set on the command line)")
+    if sub == b"RESETSTAT" and len(args) == 2:
+        c.control.reset_stats()
+        return OK
+    if sub == b"REWRITE" and len(args) == 2:
+        raise CommandError("ERR The server is running without a config file")
+    if sub == b"HELP" and len(args) == 2:
+        return bulk_array([b"CONFIG <subcommand> [<arg> ...]. Subcommands are:",
+                           b"GET <pattern>", b"RESETSTAT", b"HELP"])
+    raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
+                       + "'. Try CONFIG HELP.")
+
+
+_FLAG_NAMES = ((F_WRITE, "write"), (F_READONLY, "readonly"), (F_ADMIN, "admin"),
+               (F_NOAUTH, "no_auth"), (F_NOMULTI, "no_multi"), (F_FAST, "fast"))
+
+
+def _command_entry(info: CommandInfo) -> bytes:
+    flags = [name for bit, name in _FLAG_NAMES if info.flags & bit]
+    flags_reply = b"*%d\r\n" % len(flags) + b"".join(b"+%b\r\n" % f.encode() for f in flags)
+    return array([
+        bulk(info.name.encode()), integer(info.arity), flags_reply,
+        b":%d\r\n" % info.first_key, b":%d\r\n" % info.last_key, b":%d\r\n" % info.step,
+        bulk_array([b"@" + info.group.encode()]), EMPTY_ARRAY, EMPTY_ARRAY, EMPTY_ARRAY,
+    ])
+
+
+def _command_docs(info: CommandInfo, resp3: bool) -> bytes:
+    return encode_value({"summary": info.summary, "since": info.since, "group": info.group},
+                        resp3)
+
+
+@command("command", -1, F_FAST, group="server", summary="Get details about commands",
+         since="2.8.13")
+def cmd_command(c: Connection, args: list[bytes]) -> bytes:
+    if len(args) == 1:
+        return array([_command_entry(i) for i in INFOS.values()])
+    sub = args[1].upper()
+    if sub == b"COUNT" and len(args) == 2:
+        return integer(len(INFOS))
+    if sub == b"INFO":
+        if len(args) == 2:
+            return array([_command_entry(i) for i in INFOS.values()])
+        out = []
+        for name in args[2:]:
+            info = INFOS.get(name.decode("utf-8", "replace").lower())
+            out.append(c.null if info is None else _command_entry(info))
+        return array(out)
+    if sub == b"DOCS":
+        names = [n.decode("utf-8", "replace").lower() for n in args[2:]] or list(INFOS)
+        pairs = [(bulk(n.encode()), _command_docs(INFOS[n], c.resp3))
+                 for n in names if n in INFOS]
+        return map_reply(pairs, c.resp3)
+    if sub == b"LIST":
+        return bulk_array([n.encode() for n in INFOS])
+    if sub == b"HELP" and len(args) == 2:
+        return bulk_array([b"COMMAND <subcommand> [<arg> ...]. Subcommands are:",
+                           b"(no subcommand)", b"COUNT", b"DOCS [<command-name> ...]",
+                           b"INFO [<command-name> ...]", b"LIST", b"HELP"])
+    raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
+                       + "'. Try COMMAND HELP.")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.2f}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1024
+    return str(n)
+
+
+def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
+    control = c.control
+    db = c.db
+    stats = db.stats()
+    now = time.time()
+    uptime = int(now - control.started_at)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss = usage.ru_maxrss * 1024
+    last = stats.get("last_compaction") or {}
+    rec = stats.get("recovery") or {}
+    sync = control.config.sync
+    return {
+        "server": [
+            ("redis_version", REDIS_VERSION),
+            ("bitkv_version", BITKV_VERSION),
+            ("redis_mode", "standalone"),
+            ("os", f"{platform.system()} {platform.release()} {platform.machine()}"),
+            ("arch_bits", 64 if sys.maxsize > 2**32 else 32),
+            ("multiplexing_api", control.loop_name),
+            ("python_version", platform.python_version()),
+            ("resp_parser", "hiredis" if control.use_hiredis else "python"),
+            ("process_id", os.getpid()),
+            ("run_id", control.run_id),
+            ("tcp_port", control.port),
+            ("tls", "yes" if control.config.tls else "no"),
+            ("server_time_usec", int(now * 1_000_000)),
+            ("uptime_in_seconds", uptime),
+            ("uptime_in_days", uptime // 86400),
+            ("executable", sys.executable),
+            ("config_file", ""),
+        ],
+        "clients": [
+            ("connected_clients", len(control.clients)),
+            ("maxclients", control.config.maxclients),
+            ("blocked_clients", 0),
+        ],
+        "memory": [
+            ("used_memory", rss),
+            ("used_memory_human", _human(rss)),
+            ("used_memory_rss", rss),
+            ("maxmemory", 0),
+            ("maxmemory_policy", "noeviction"),
+        ],
+        "persistence": [
+            ("loading", 0),
+            ("async_loading", 0),
+            ("rdb_changes_since_last_save", control.writes_since_save),
+            ("rdb_bgsave_in_progress", int(control.background_sync_running)),
+            ("rdb_last_save_time", int(control.last_save_time)),
+            ("rdb_last_bgsave_status", "ok" if control.last_sync_error is None else "err"),
+            ("aof_enabled", 1),
+            ("aof_rewrite_in_progress", int(control.compaction_running)),
+            ("aof_rewrite_scheduled", 0),
+            ("aof_last_rewrite_time_sec",
+             round(last["seconds"]) if "seconds" in last else -1),
+            ("aof_last_bgrewrite_status",
+             "ok" if control.last_compaction_error is None else "err"),
+            ("aof_last_write_status", "ok"),
+            ("appendfsync", {"always": "always", "interval": "everysec",
+                             "never": "no"}[sync]),
+            ("bitkv_sync", sync),
+            ("bitkv_dir", os.path.abspath(control.config.dir)),
+            ("bitkv_segments", stats["segments"]),
+            ("bitkv_live_bytes", stats["live_bytes"]),
+            ("bitkv_dead_bytes", stats["dead_bytes"]),
+            ("bitkv_disk_bytes", stats["disk_bytes"]),
+            ("bitkv_last_compaction_reclaimed_bytes", last.get("bytes_reclaimed", 0)),
+            ("bitkv_last_compaction_error", control.last_compaction_error
+             or stats.get("last_compaction_error") or ""),
+            ("bitkv_recovery_truncated_bytes", rec.get("truncated_bytes", 0)),
+            ("bitkv_recovery_corrupt_bytes", rec.get("corrupt_bytes", 0)),
+        ],
+        "stats": [
+            ("total_connections_received", control.total_connections),
+            ("total_commands_processed", control.total_commands),
+            ("rejected_connections", control.rejected_connections),
+            ("expired_keys", 0),
+            ("evicted_keys", 0),
+        ],
+        "replication": [
+            ("role", "master"),
+            ("connected_slaves", 0),
+            ("master_repl_offset", 0),
+        ],
+        "cpu": [
+            ("used_cpu_sys", f"{usage.ru_stime:.6f}"),
+            ("used_cpu_user", f"{usage.ru_utime:.6f}"),
+        ],
+        "keyspace": ([("db0", f"keys={stats['keys']},expires={stats['expiring_keys']},"
+                              "avg_ttl=0")] if stats["keys"] else []),
+    }
+
+
+_DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication",
+                     "cpu", "keyspace")
+
+
+@command("info", -1, F_FAST, group="server",
+         summary="Get information and statistics about the server")
+def cmd_info(c: Connection, args: list[bytes]) -> bytes:
+    wanted = [a.decode("utf-8", "replace").lower() for a in args[1:]]
+    sections = info_sections(c)
+    if not wanted or any(w in ("all", "everything", "default") for w in wanted):
+        names = list(_DEFAULT_SECTIONS)
+    else:
+        names = [n for n in _DEFAULT_SECTIONS if n in wanted]
+    out = []
+    for name in names:
+        out.append(f"# {name.capitalize()}\r\n")
+        out.extend(f"{k}:{v}\r\n" for k, v in sections[name])
+        out.append("\r\n")
+    text = "".join(out).rstrip("\r\n") + "\r\n" if out else ""
+    return verbatim(text, c.resp3)

@@ -1,0 +1,185 @@
+"""Connection commands: PING, ECHO, QUIT, SELECT, AUTH, HELLO, CLIENT."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING
+
+from ... import __version__ as BITKV_VERSION
+from ..protocol import OK, PONG, bulk, bulk_array, encode_value, integer, parse_ll, verbatim
+from .registry import (
+    F_FAST,
+    F_NOAUTH,
+    F_STATE,
+    F_TXCTL,
+    NOT_INT,
+    REDIS_VERSION,
+    SYNTAX,
+    CommandError,
+    arity_error,
+    command,
+)
+
+if TYPE_CHECKING:
+    from ..app import Connection
+
+
+@command("ping", -1, F_FAST, group="connection", summary="Ping the server")
+def cmd_ping(c: Connection, args: list[bytes]) -> bytes:
+    if len(args) > 2:
+        return arity_error("ping")
+    if len(args) == 2:
+        return bulk(args[1])
+    return PONG
+
+
+@command("echo", 2, F_FAST, group="connection", summary="Echo the given string")
+def cmd_echo(c: Connection, args: list[bytes]) -> bytes:
+    return bulk(args[1])
+
+
+@command("quit", 1, F_NOAUTH | F_TXCTL | F_FAST, group="connection",
+         summary="Close the connection")
+def cmd_quit(c: Connection, args: list[bytes]) -> bytes:
+    c.close_after_reply()
+    return OK
+
+
+@command("select", 2, F_FAST, group="connection", summary="Change the selected database")
+def cmd_select(c: Connection, args: list[bytes]) -> bytes:
+    index = parse_ll(args[1])
+    if index is None or not -(2**31) <= index < 2**31:
+        raise CommandError(NOT_INT)
+    if index != 0:
+        raise CommandError("ERR DB index is out of range")
+    return OK
+
+
+def _check_password(c: Connection, user: bytes, password: bytes) -> bool:
+    secret = c.control.requirepass
+    if secret is None:
+        return user == b"default"  # the default user has no password: anything goes
+    ok = user == b"default" and hmac.compare_digest(password, secret)
+    c.auth_checked(ok)  # failures are throttled, see app.AUTH_FAILURE_DELAY
+    return ok
+
+
+WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
+
+
+@command("auth", -2, F_NOAUTH | F_STATE | F_FAST, group="connection",
+         summary="Authenticate to the server")
+def cmd_auth(c: Connection, args: list[bytes]) -> bytes:
+    if len(args) > 3:
+        raise CommandError(SYNTAX)
+    if len(args) == 2:
+        if c.control.requirepass is None:
+            raise CommandError(
+                "ERR AUTH <password> called without any password configured for the default "
+                "user. Are you sure your configuration is correct?")
+        user, password = b"default", args[1]
+    else:
+        user, password = args[1], args[2]
+    if not _check_password(c, user, password):
+        raise CommandError(WRONGPASS)
+    c.set_authenticated(True)
+    return OK
+
+
+def _valid_client_name(name: bytes) -> bool:
+    return all(33 <= ch <= 126 for ch in name)
+
+
+@command("hello", -1, F_NOAUTH | F_STATE | F_FAST, group="connection",
+         summary="Handshake: protocol version, authentication, client name", since="6.0.0")
+def cmd_hello(c: Connection, args: list[bytes]) -> bytes:
+    version = None
+    i = 1
+    if len(args) >= 2:
+        version = parse_ll(args[1])
+        if version is None:
+            raise CommandError("ERR Protocol version is not an integer or out of range")
+        i = 2
+    auth: tuple[bytes, bytes] | None = None
+    name: bytes | None = None
+    while i < len(args):
+        opt = args[i].upper()
+        more = len(args) - i - 1
+        if opt == b"AUTH" and more >= 2:
+            auth = (args[i + 1], args[i + 2])
+            i += 3
+        elif opt == b"SETNAME" and more >= 1:
+            name = args[i + 1]
+            i += 2
+        else:
+            raise CommandError("ERR Syntax error in HELLO option '"
+                               + args[i].decode("utf-8", "replace") + "'")
+    if version is not None and version not in (2, 3):
+        raise CommandError("NOPROTO unsupported protocol version")
+    if auth is not None:
+        if not _check_password(c, *auth):
+            raise CommandError(WRONGPASS)
+        c.set_authenticated(True)
+    if not c.authenticated:
+        raise CommandError(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+            "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client "
+            "and select the RESP protocol version at the same time")
+    if name is not None:
+        if not _valid_client_name(name):
+            raise CommandError("ERR Client names cannot contain spaces, newlines or special "
+                               "characters.")
+        c.name = name
+    if version is not None:
+        c.set_protocol(version)
+    return encode_value({
+        "server": "bitkv",
+        "version": REDIS_VERSION,
+        "bitkv_version": BITKV_VERSION,
+        "proto": 3 if c.resp3 else 2,
+        "id": c.client_id,
+        "mode": "standalone",
+        "role": "master",
+        "modules": [],
+    }, c.resp3)
+
+
+@command("client", -2, F_FAST, group="connection", summary="Client connection commands")
+def cmd_client(c: Connection, args: list[bytes]) -> bytes:
+    sub = args[1].upper()
+    n = len(args)
+    if sub == b"ID" and n == 2:
+        return integer(c.client_id)
+    if sub == b"SETNAME" and n == 3:
+        if not _valid_client_name(args[2]):
+            raise CommandError("ERR Client names cannot contain spaces, newlines or special "
+                               "characters.")
+        c.name = args[2] or None
+        return OK
+    if sub == b"GETNAME" and n == 2:
+        return bulk(c.name) if c.name else c.null
+    if sub == b"SETINFO" and n == 4:
+        attr = args[2].upper()
+        if attr == b"LIB-NAME":
+            c.lib_name = args[3]
+        elif attr == b"LIB-VER":
+            c.lib_ver = args[3]
+        else:
+            raise CommandError("ERR Unrecognized option '" + args[2].decode("utf-8", "replace")
+                               + "'")
+        return OK
+    if sub == b"LIST" and n == 2:
+        return verbatim("".join(x.describe() + "\n" for x in c.control.clients), c.resp3)
+    if sub == b"INFO" and n == 2:
+        return verbatim(c.describe() + "\n", c.resp3)
+    if sub in (b"NO-EVICT", b"NO-TOUCH") and n == 3:
+        return OK
+    if sub == b"HELP" and n == 2:
+        return bulk_array([b"CLIENT <subcommand> [<arg> ...]. Subcommands are:",
+                           b"ID", b"SETNAME <name>", b"GETNAME", b"SETINFO <attr> <value>",
+                           b"LIST", b"INFO", b"HELP"])
+    if sub in (b"ID", b"SETNAME", b"GETNAME", b"SETINFO", b"LIST", b"INFO", b"NO-EVICT",
+               b"NO-TOUCH", b"HELP"):
+        return arity_error("client|" + sub.decode().lower())
+    raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
+                       + "'. Try CLIENT HELP.")
