@@ -126,8 +126,9 @@ class ServerConfig:
     store_options: dict[str, Any] = field(default_factory=dict)  # more bitkv.open() options
 
     def __post_init__(self) -> None:
-        if isinstance(self.hosts, str):
-            self.hosts = tuple(self.hosts.split())
+        given: object = self.hosts  # callers may pass one string of space-separated hosts
+        if isinstance(given, str):
+            self.hosts = tuple(given.split())
         self.hosts = tuple(self.hosts)
         if not self.hosts:
             raise ValueError("at least one bind address is needed")
@@ -394,7 +395,8 @@ class Connection(asyncio.Protocol):
         buffered = parser.buffered()
         if buffered or self.partial_request_bytes:
             self._count_partial(buffered)
-            if self._closed:
+            closed: bool = self._closed  # _count_partial may have closed us
+            if closed:
                 return
         if cmds:
             self.server.total_commands += len(cmds)
@@ -628,7 +630,8 @@ class Connection(asyncio.Protocol):
             data = b"".join(self._backlog)
             self._backlog.clear()
             self.data_received(data)
-            if self._busy or self._closed:
+            busy_or_closed: bool = self._busy or self._closed  # data_received changes both
+            if busy_or_closed:
                 return
         if self._eof:
             self._closed = True
@@ -828,7 +831,8 @@ class Server:
         self._tick()
         config = self.config
         ssl_ctx = make_ssl_context(config) if config.tls else None
-        if self.db is None:
+        opened: bitkv.Store | None = self.db  # None until the server opens its own store
+        if opened is None:
             options = dict(config.store_options)
             # With "always" the server fsyncs once per batch of commands (see the module doc).
             options["sync"] = "never" if self.sync_always else config.sync
