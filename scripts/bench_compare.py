@@ -264,13 +264,26 @@ def speed_ratio(a: float, b: float, kind: str) -> float:
     return b / a if kind == "time" else a / b
 
 
+def fmt_ratio(r: float) -> str:
+    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
+
+
+def paired(results: dict[str, list[dict[str, Any]]], key: str, kind: str) -> float | None:
+    """Median over rounds of that round's new/base speed ratio (the two children of a round
+    ran back to back, so a slow drift of the machine cancels out of each ratio)."""
+    base = {r["round"]: r["ops"][key] for r in results["base"] if key in r.get("ops", {})}
+    ratios = [speed_ratio(r["ops"][key], base[r["round"]], kind) for r in results["new"]
+              if key in r.get("ops", {}) and r["round"] in base]
+    return statistics.median(ratios) if ratios else None
+
+
 def table(n: int, results: dict[str, list[dict[str, Any]]], peer: str) -> list[str]:
     med: dict[str, dict[str, float]] = {}
     rows = [f"#### N = {n:,}",
             "",
-            f"| op | base median | new median | **new/base** | base spread | new spread "
-            f"| {peer} median | base/{peer} | new/{peer} |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+            f"| op | base median | new median | **new/base** | paired new/base | base spread "
+            f"| new spread | {peer} median | base/{peer} | new/{peer} |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for who in ("base", "new", "peer"):
         med[who] = {}
         for key, _t, _k in OPS:
@@ -286,10 +299,12 @@ def table(n: int, results: dict[str, list[dict[str, Any]]], peer: str) -> list[s
         cnt = f" ({len(bv)}+{len(nv)} runs)" if key == "durable" else ""
         p = med["peer"].get(key)
         prow = ("—", "—", "—") if p is None else (
-            fmt(p, kind), f"{speed_ratio(b, p, kind):.2f}x", f"{speed_ratio(nw, p, kind):.2f}x")
+            fmt(p, kind), fmt_ratio(speed_ratio(b, p, kind)), fmt_ratio(speed_ratio(nw, p, kind)))
+        pr = paired(results, key, kind)
         rows.append(
             f"| {title}{cnt} | {fmt(b, kind)} | {fmt(nw, kind)} | "
-            f"**{speed_ratio(nw, b, kind):.3f}** | {fmt(min(bv), kind)}..{fmt(max(bv), kind)} | "
+            f"**{speed_ratio(nw, b, kind):.3f}** | {'—' if pr is None else f'{pr:.3f}'} | "
+            f"{fmt(min(bv), kind)}..{fmt(max(bv), kind)} | "
             f"{fmt(min(nv), kind)}..{fmt(max(nv), kind)} | {prow[0]} | {prow[1]} | {prow[2]} |")
     return rows
 
@@ -343,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                         failures.append(f"N={n} round {r} {who}: "
                                         f"{out.get('failed') or out.get('errors')}")
                     if "ops" in out:
+                        out["round"] = r
                         res[who].append(out)
                     ops = out.get("ops", {})
                     log(f"N={n:,} round {r + 1}/{nr} {who:4s} "
@@ -356,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
                                dir=os.path.join(work, f"d-{who}-{n}-{r}"))
                     out = run_child(cfg, trees[who], args.timeout)
                     if "ops" in out:
-                        res[who].append({"ops": {"durable": out["ops"]["durable"]}})
+                        res[who].append({"ops": {"durable": out["ops"]["durable"]},
+                                         "round": nr + r})
                     else:
                         failures.append(f"durable round {r} {who}: {out.get('failed')}")
             log(f"N={n:,} durable-only rounds done, load {load1():.2f}")
@@ -382,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(f'{x:.2f}' for x in loads)}; {os.cpu_count()} CPUs; stores under "
         f"`{args.workdir}`",
         "- ratios are of medians: new/base > 1 means new is faster (reopen: base ms / new ms); "
+        "paired new/base is the median of the per-round ratios (base and new of one round ran "
+        "back to back); "
         f"base/{peer} and new/{peer} > 1 mean bitkv is faster than {peer}",
         "",
     ]
