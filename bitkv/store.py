@@ -1040,9 +1040,13 @@ class Store(MutableMapping[bytes, bytes]):
                 active = self._log.active
                 if active is not None and active.dead_bytes > 0:
                     self._log.rotate()
-            summary = compaction.compact(_CompactionHost(self), progress)
+            summary = compaction.compact(self._compaction_host(), progress)
             self._note_compaction(summary.as_dict())
         return summary.as_dict()
+
+    def _compaction_host(self) -> _CompactionHost:
+        """What compaction may touch of this store (compaction.CompactionHost)."""
+        return _CompactionHost(self)
 
     def _note_compaction(self, summary: dict[str, Any]) -> None:
         summary["finished_at"] = self._clock()
@@ -1093,7 +1097,7 @@ class Store(MutableMapping[bytes, bytes]):
             if not self._compact_lock.acquire(blocking=False):
                 return
             try:
-                summary = compaction.compact(_CompactionHost(self))
+                summary = compaction.compact(self._compaction_host())
                 if not summary.aborted:
                     self._note_compaction(summary.as_dict())
             finally:

@@ -205,7 +205,7 @@ def test_a_failed_compaction_brings_nothing_back(db_path, op, at, match):
     except (OSError, bitkv.Error):
         failed = True
     assert io.failed == 1 or not failed
-    if failed and db._sync_failure is None and db._write_refusal is None:
+    if failed and db._log.refusal() is None:
         # Failed before its commit point and nothing durable was in doubt: the store goes on,
         # and a second compaction succeeds.
         db.put(b"more", b"m")
