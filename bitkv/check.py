@@ -29,6 +29,7 @@ from typing import Any
 
 from . import codec, durable, hint, keydir, manifest, record, recovery
 from . import segment as seg_mod
+from .compacted import CompactedWriter
 from .crc import crc32c
 from .errors import Error, FormatVersionError
 from .fileio import DEFAULT_FILEIO, FileIO
@@ -861,49 +862,20 @@ def _write_segments(directory: str, io: FileIO, first_id: int, max_segment_size:
                     items: Iterable[tuple[bytes, int, bytes, int, int]],
                     report: RepairReport, listing: list[manifest.ManifestEntry]
                     ) -> list[tuple[str, str]]:
-    """Write compacted segments and hints as ``*.tmp`` files, fsynced; return (tmp, final)
-    name pairs, data file before its hint, for the caller to rename. ``listing`` receives
-    the MANIFEST entry of each segment written."""
-    renames: list[tuple[str, str]] = []
-    next_id = first_id
-    parts: list[bytes] = []
-    hints: list[tuple[bytes, int, int, int, int, int]] = []
-    size = seg_mod.HEADER_SIZE
-    min_seq = max_seq = 0
-
-    def flush() -> None:
-        nonlocal next_id, size, min_seq, max_seq
-        header = seg_mod.SegmentHeader.new(seg_mod.KIND_COMPACTED, max_seq, min_seq)
-        listing.append(manifest.ManifestEntry(next_id, header.nonce, max_seq, size,
-                                              seg_mod.KIND_COMPACTED))
-        for name, data in (
-            (seg_mod.data_name(next_id), header.encode() + b"".join(parts)),
-            (seg_mod.hint_name(next_id), hint.encode(hints, header.nonce, size)),
-        ):
-            tmp = os.path.join(directory, name + seg_mod.TMP_SUFFIX)
-            io.write_new_file(tmp, data)
-            renames.append((tmp, os.path.join(directory, name)))
-        report.segments_written += 1
-        report.bytes_written += size
-        next_id += 1
-        parts.clear()
-        hints.clear()
-        size = seg_mod.HEADER_SIZE
-        min_seq = max_seq = 0
-
+    """Write compacted segments and hints as ``*.tmp`` files, fsynced (the writer compaction
+    uses too); return (tmp, final) name pairs, data file before its hint, for the caller to
+    rename. ``listing`` receives the MANIFEST entry of each segment written."""
+    ids = itertools.count(first_id)
+    writer = CompactedWriter(directory, io, lambda: next(ids), max_segment_size)
     for key, flags, stored, seq, expiry_ms in items:
-        data = record.encode(key, stored, seq, expiry_ms, flags)
-        if size + len(data) > max_segment_size and parts:
-            flush()
-        hints.append((key, flags, len(stored), size, seq, expiry_ms))
-        parts.append(data)
-        size += len(data)
-        min_seq = seq if not min_seq else min(min_seq, seq)
-        max_seq = max(max_seq, seq)
+        writer.add(key, record.encode(key, stored, seq, expiry_ms, flags), flags, len(stored),
+                   seq, expiry_ms)
         report.keys_salvaged += 1
-    if parts:
-        flush()
-    return renames
+    for out in writer.finish():
+        listing.append(out.manifest_entry())
+        report.segments_written += 1
+        report.bytes_written += out.size
+    return writer.renames()
 
 
 def _highest_file_id(names: Iterable[str]) -> int:

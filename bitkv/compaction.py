@@ -33,12 +33,13 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from . import hint, keydir, killpoints
+from . import keydir, killpoints
 from . import record as rec
 from . import segment as seg_mod
+from .compacted import CompactedWriter, Output
 from .fileio import FileIO
 from .keydir import KeyDir
-from .segment import Segment, SegmentHeader
+from .segment import Segment
 
 
 class CompactionHost(Protocol):
@@ -101,31 +102,6 @@ class CompactionSummary:
         return asdict(self)
 
 
-class _Output:
-    """One output segment being assembled in memory (at most ``max_segment_size`` bytes)."""
-
-    def __init__(self, segment_id: int) -> None:
-        self.id = segment_id
-        self.parts: list[bytes] = []
-        self.size = seg_mod.HEADER_SIZE
-        self.min_seq = 0
-        self.max_seq = 0
-        # (key, flags, value_len, offset, seq, expiry_ms) for the hint
-        self.hints: list[tuple[bytes, int, int, int, int, int]] = []
-        # (key, old keydir entry, offset, size) for the switch
-        self.moves: list[tuple[bytes, int, int, int]] = []
-
-    def add(self, key: bytes, data: bytes, flags: int, value_len: int, seq: int,
-            expiry_ms: int, old_entry: int) -> None:
-        offset = self.size
-        self.parts.append(data)
-        self.size += len(data)
-        self.min_seq = seq if not self.min_seq else min(self.min_seq, seq)
-        self.max_seq = max(self.max_seq, seq)
-        self.hints.append((key, flags, value_len, offset, seq, expiry_ms))
-        self.moves.append((key, old_entry, offset, len(data)))
-
-
 def _unlink_quietly(host: CompactionHost, path: str) -> None:
     try:
         host.io.unlink(path)
@@ -156,24 +132,11 @@ def compact(store: CompactionHost, progress: ProgressCallback | None = None
     disk_before = sum(s.size for s in inputs)
     now_ms = store.now_ms()
     entries = store.keydir.entries
-    outputs: list[_Output] = []
-    written: list[str] = []  # temp files, removed if we abort
-    current: _Output | None = None
+    writer = CompactedWriter(store.path, io, store.allocate_id, store.max_segment_size)
+    written = writer.temp_paths  # removed if we abort
     done = 0
     expired_drops: list[tuple[bytes, int]] = []  # indexed but expired: unindex at the switch
     saw_damage = False
-
-    def finish(out: _Output) -> None:
-        header = SegmentHeader.new(seg_mod.KIND_COMPACTED, out.max_seq, out.min_seq)
-        data_tmp = os.path.join(store.path, seg_mod.data_name(out.id) + seg_mod.TMP_SUFFIX)
-        hint_tmp = os.path.join(store.path, seg_mod.hint_name(out.id) + seg_mod.TMP_SUFFIX)
-        written.append(data_tmp)
-        io.write_new_file(data_tmp, header.encode() + b"".join(out.parts))
-        out.parts = []
-        out.header = header  # type: ignore[attr-defined]
-        written.append(hint_tmp)
-        io.write_new_file(hint_tmp, hint.encode(out.hints, header.nonce, out.size))
-        out.hints = []
 
     try:
         for seg in inputs:
@@ -204,19 +167,13 @@ def compact(store: CompactionHost, progress: ProgressCallback | None = None
                     value = data[rec.HEADER_SIZE + len(item.key) :]
                     flags &= ~rec.BATCH_FLAGS
                     data = rec.encode(item.key, value, item.seq, item.expiry_ms, flags)
-                if current is None or (current.size + size > store.max_segment_size
-                                       and current.size > seg_mod.HEADER_SIZE):
-                    if current is not None:
-                        finish(current)
-                    current = _Output(store.allocate_id())
-                    outputs.append(current)
-                current.add(item.key, data, flags, item.value_len, item.seq, item.expiry_ms,
-                            expected)
+                # Tagged with the entry it was copied from: the switch is conditional on it.
+                writer.add(item.key, data, flags, item.value_len, item.seq, item.expiry_ms,
+                           tag=(item.key, expected))
             done += seg.size
             if progress is not None:
                 progress(done, total)
-        if current is not None:
-            finish(current)
+        outputs = writer.finish()
         if killpoints.ENABLED:
             killpoints.hit("compact.outputs_written")
             killpoints.hit("compact.hints_written")
@@ -240,20 +197,20 @@ def compact(store: CompactionHost, progress: ProgressCallback | None = None
     new_segments: list[Segment] = []
     committing = False
     try:
-        for out in outputs:
-            for name in (seg_mod.data_name(out.id), seg_mod.hint_name(out.id)):
-                final = os.path.join(store.path, name)
-                io.rename(final + seg_mod.TMP_SUFFIX, final)
-                renamed.append(final)
+        for tmp, final in writer.renames():
+            io.rename(tmp, final)
+            renamed.append(final)
         if killpoints.ENABLED:
             killpoints.hit("compact.renamed")
         io.fsync_dir(store.path)
         if killpoints.ENABLED:
             killpoints.hit("compact.dir_synced")
         for out in outputs:
-            path = seg_mod.segment_path(store.path, out.id)
+            path = seg_mod.segment_path(store.path, out.segment_id)
+            if out.header is None:
+                raise RuntimeError("internal error: a compaction output was never written")
             fd = io.open_read(path)
-            segment = Segment(io, out.id, path, fd, out.header, out.size)  # type: ignore[attr-defined]
+            segment = Segment(io, out.segment_id, path, fd, out.header, out.size)
             segment.synced_size = out.size
             segment.hinted = True
             segment.map()
@@ -335,22 +292,22 @@ def compact(store: CompactionHost, progress: ProgressCallback | None = None
     return summary
 
 
-def _switch(store: CompactionHost, out: _Output, segment: Segment, summary: CompactionSummary
+def _switch(store: CompactionHost, out: Output, segment: Segment, summary: CompactionSummary
             ) -> None:
     """Point keys at their copies in ``segment``, in chunks, only if they did not change."""
     slot = segment.slot
-    moves = out.moves
+    moves = out.placed
     switch = store.keydir.switch
     for start in range(0, len(moves), SWITCH_CHUNK):
         with store.locked():
-            for key, old_entry, offset, size in moves[start : start + SWITCH_CHUNK]:
+            for (key, old_entry), offset, size in moves[start : start + SWITCH_CHUNK]:
                 # Only if it still points at the record copied: a newer write wins.
                 if switch(key, old_entry, segment, slot, offset, size):
                     summary.keys_kept += 1
         # threading.Lock is not fair: without yielding here, a waiting writer could sit out
         # most of the switch instead of one chunk (measured: stalls of 190 ms vs 20 ms).
         time.sleep(0)
-    out.moves = []
+    out.placed = []
 
 
 class _Aborted(Exception):
