@@ -35,6 +35,7 @@ from .fileio import DEFAULT_FILEIO, FileIO, FsyncGuard
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
 from .lock import StoreLock
 from .log import LogWriter, SegmentTable
+from .maintenance import Maintenance
 from .segment import Segment
 from .validate import (
     INT64_MAX,
@@ -96,33 +97,29 @@ def _log_recovery(path: str, report: recovery.RecoveryReport) -> None:
         log.warning("bitkv store %s: %s: %s", path, name, why)
 
 
-def _flusher_main(ref: weakref.ref[Store], stop: threading.Event, interval: float) -> None:
-    """Background fsync for sync="interval": every ``interval`` seconds, if anything is new."""
-    while not stop.wait(interval):
-        store = ref()
+class _Background:
+    """The store's side of its background threads (maintenance.MaintenanceHost). It holds
+    the store only weakly: a store dropped without close() is still collected."""
+
+    def __init__(self, store: Store) -> None:
+        self._ref = weakref.ref(store)
+
+    def flush(self) -> bool:
+        store = self._ref()
         if store is None:
-            return
+            return False
         store._flush_once()
         store._verify_lock()
-        del store  # hold no strong reference while waiting
+        return True
 
-
-def _compactor_main(ref: weakref.ref[Store], stop: threading.Event,
-                    wake: threading.Event) -> None:
-    """Maintenance (auto_compact=True): wakes on rotation or every 5 s; writes hints for
-    sealed segments, and compacts when its thresholds are crossed."""
-    while True:
-        wake.wait(timeout=5.0)
-        wake.clear()
-        if stop.is_set():
-            return
-        store = ref()
+    def maintain(self) -> bool:
+        store = self._ref()
         if store is None:
-            return
+            return False
         store._verify_lock()
         store._write_seal_hints()
         store._compact_if_due()
-        del store
+        return True
 
 
 class _CompactionHost:
@@ -222,8 +219,6 @@ class Store(MutableMapping[bytes, bytes]):
         self.compact_dead_ratio = float(compact_dead_ratio)
         self.compact_min_dead_bytes = compact_min_dead_bytes
         self._compact_lock = threading.Lock()
-        self._compact_wake = threading.Event()
-        self._compactor: threading.Thread | None = None
         self.last_compaction: dict[str, Any] | None = None
         self.last_compaction_error: str | None = None
         self.path = os.fspath(path)
@@ -242,8 +237,12 @@ class Store(MutableMapping[bytes, bytes]):
         self._lock = threading.Lock()  # the writer lock: every change of the log and index
         self._closed = False
         self._store_lock: StoreLock | None = None
-        self._flusher: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._maintenance = Maintenance(
+            _Background(self),
+            flush_interval=self.sync_interval if not readonly and sync == "interval" else None,
+            # auto_compact=False means no background file activity at all.
+            maintain=not readonly and self.auto_compact)
+        self._stop = self._maintenance.stop_event  # set once the store closes
         self._next_seq = 1
         self._table = SegmentTable([], [], 1)
         self._log = LogWriter(self.path, self._io, self._table,
@@ -319,20 +318,7 @@ class Store(MutableMapping[bytes, bytes]):
         for s in segments[:-1] if readonly else segments:
             if s is not self._log.active:
                 s.release_fd()  # a reader keeps the newest segment's fd to follow the writer
-        if not readonly and sync == "interval":
-            # Threads hold only a weak reference, so a store dropped without close() is still
-            # collected, and its __del__ releases the lock.
-            self._flusher = threading.Thread(
-                target=_flusher_main, args=(weakref.ref(self), self._stop, self.sync_interval),
-                name="bitkv-flusher", daemon=True)
-            self._flusher.start()
-        if not readonly and self.auto_compact:
-            # The maintenance thread: hints for sealed segments, and compaction when due.
-            # auto_compact=False means no background file activity at all.
-            self._compactor = threading.Thread(
-                target=_compactor_main, args=(weakref.ref(self), self._stop, self._compact_wake),
-                name="bitkv-compactor", daemon=True)
-            self._compactor.start()
+        self._maintenance.start()
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -360,7 +346,7 @@ class Store(MutableMapping[bytes, bytes]):
     def _rotated(self, new: Segment) -> None:
         """The log started ``new``: its hidden records start empty; maybe compact now."""
         self._keydir.hidden = {}
-        self._compact_wake.set()
+        self._maintenance.wake()
 
     def _lock_still_held(self) -> None:
         self._verify_lock(raise_now=True)
@@ -1114,15 +1100,10 @@ class Store(MutableMapping[bytes, bytes]):
         """Flush and fsync pending writes, release the lock and every file. Idempotent."""
         if self._closed:
             return
-        self._stop.set()
-        self._compact_wake.set()
-        me = threading.current_thread()
-        for thread in (self._compactor, self._flusher):
-            if thread is not None and thread is not me:  # __del__ may run on our own thread
-                thread.join()
+        self._maintenance.stop()  # never joins the calling thread: __del__ may run on one
         # A compact() running in another thread sees _stop and aborts, or finishes its
         # (bounded) switch and removals; either way it must be done before files close.
-        if self._compactor is not me:
+        if not self._maintenance.is_thread(threading.current_thread()):
             self._compact_lock.acquire()
             self._compact_lock.release()
         with self._lock:
@@ -1177,12 +1158,7 @@ class Store(MutableMapping[bytes, bytes]):
         For tests and the crash harness. Writes already returned have reached the OS, so a
         reopen sees exactly what it would after the process was killed.
         """
-        self._stop.set()
-        self._compact_wake.set()
-        me = threading.current_thread()
-        for thread in (self._compactor, self._flusher):
-            if thread is not None and thread is not me:
-                thread.join()
+        self._maintenance.stop()
         with self._lock:
             self._closed = True
             self._log.refused = True

@@ -551,7 +551,7 @@ def test_background_compactor_does_not_rerun_on_a_compacted_store(db_path, clock
                 db.put(b"k%03d" % i, b"%d" % r * 80)
         deadline = time.monotonic() + 20
         while db.stats()["last_compaction"] is None and time.monotonic() < deadline:
-            db._compact_wake.set()
+            db._maintenance.wake()
             time.sleep(0.02)
         first = db.stats()["last_compaction"]
         assert first is not None
@@ -563,13 +563,13 @@ def test_background_compactor_does_not_rerun_on_a_compacted_store(db_path, clock
                 if not db._compaction_due():
                     settled = db.stats()["last_compaction"]
                     break
-            db._compact_wake.set()
+            db._maintenance.wake()
             time.sleep(0.02)
         else:
             pytest.fail("the store still had garbage to compact after 20 s")
         names = data_files(db_path)
         for _ in range(10):
-            db._compact_wake.set()
+            db._maintenance.wake()
             time.sleep(0.02)
         assert db.stats()["last_compaction"] is settled
         assert data_files(db_path) == names
@@ -704,11 +704,11 @@ def test_background_compaction_runs_and_keeps_contents(db_path, clock):
 def test_auto_compact_false_never_compacts(db_path, clock):
     with opendb(db_path, clock, auto_compact=False, compact_min_dead_bytes=0,
                 compact_dead_ratio=0.01) as db:
-        assert db._compactor is None
+        assert not db._maintenance.runs_maintenance
         for r in range(8):
             for i in range(80):
                 db.put(b"k%03d" % i, b"%d" % r * 60)
-            db._compact_wake.set()
+            db._maintenance.wake()
             time.sleep(0.02)
         st = db.stats()
         assert st["last_compaction"] is None and st["dead_bytes"] > 0
