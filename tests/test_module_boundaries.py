@@ -169,9 +169,6 @@ def _private_uses(mod: str) -> list[str]:
 PRIVATE_ALLOWED: dict[str, int] = {
     # Batch commits through the store's internal entry point.
     "bitkv.batch | attr: self._store._commit_batch": 1,
-    # check and sealing load hint/segment indexes with recovery's private loader.
-    "bitkv.check | module: recovery._Loader": 1,
-    "bitkv.sealing | module: recovery._Loader": 1,
     # Compaction drives the store's internals directly: it is the store's other half.
     "bitkv.compaction | attr: store._active": 1,
     "bitkv.compaction | attr: store._allocate_id": 1,
