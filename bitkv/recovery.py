@@ -929,7 +929,7 @@ class _SegmentIndexer:
         This is :meth:`record` over the replay's general path (:func:`record.scan` and the
         batch commit rule), inlined: an inlined copy of the same rules, for the plain runs
         that are nearly all of a segment. Reopening a store without hints spends its time
-        here (~3x faster than the general path, measured on 200k keys).
+        here: 200k keys open in ~235 ms with it, ~530 ms through the general path alone.
         """
         loader = self.loader
         seg = self.seg
