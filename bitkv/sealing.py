@@ -20,21 +20,23 @@ from .segment import Segment
 def build_hint(directory: str, io: FileIO, seg: Segment) -> bytes | None:
     """Return the hint describing all of sealed segment ``seg``, or None if it has damage
     (recovery treats damaged bytes in the context of the whole store; leave those to a scan)."""
+    if seg.header_damaged:
+        return None
     shadow = Segment(io, seg.id, seg.path, -1, seg.header, seg.size)
-    shadow.mm, shadow.mapped, shadow.slot = seg.mm, seg.mapped, 0
+    shadow.mm, shadow.mapped = seg.mm, seg.mapped
     if shadow.mm is None or shadow.mapped != seg.size:
         return None
-    loader = recovery._Loader(directory, io, True, now_ms=0)  # 0: keep expired records
-    loader.slots = [shadow]
-    loader.hidden = {}
-    loader.hint_ids = set()
-    start = 0 if seg.header_damaged else seg_mod.HEADER_SIZE
-    loader.load_segment(shadow, False, start)
+    # A private index of just this segment; now_ms=0 keeps expired records (a later open
+    # decides what they hide), and ``hidden`` collects them and the tombstones for the hint.
+    hidden: dict[bytes, tuple[int, int, int, int]] = {}
+    loader = recovery.Loader(directory, io, readonly=True, now_ms=0, use_hints=False,
+                             hidden=hidden)
+    loader.add_segment(shadow)
+    loader.load_segment(shadow, False)
     report = loader.report
-    if report.damage or report.truncated_bytes or report.poisoned_keys or seg.header_damaged:
+    if report.damage or report.truncated_bytes or report.poisoned_keys:
         return None
-    items = hint_items(shadow, loader.keydir.entries.items(), loader.keydir.expiries,
-                       loader.hidden)
+    items = hint_items(shadow, loader.keydir.entries.items(), loader.keydir.expiries, hidden)
     return hint.encode(items, seg.header.nonce, seg.size, max_seq=loader.max_seq)
 
 

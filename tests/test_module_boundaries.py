@@ -168,9 +168,6 @@ def _private_uses(mod: str) -> list[str]:
 PRIVATE_ALLOWED: dict[str, int] = {
     # Batch commits through the store's internal entry point.
     "bitkv.batch | attr: self._store._commit_batch": 1,
-    # check and sealing load hint/segment indexes with recovery's private loader.
-    "bitkv.check | module: recovery._Loader": 1,
-    "bitkv.sealing | module: recovery._Loader": 1,
     # The crash harness inspects and abandons a Store the way no application may.
     "bitkv.crashtest.faults | attr: db._entries": 1,
     "bitkv.crashtest.faults | attr: db._keydir": 2,
