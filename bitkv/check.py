@@ -787,8 +787,11 @@ class _Salvage:
                 # As recovery classifies damage: by what the MANIFEST and the mark vouch for.
                 entry = entries.get(seg.id)
                 seg.durable_end = 0 if entry is None or entry.is_open else entry.durable_end
-            if (mark is not None and last is not None and last.id == mark.segment_id
-                    and last.header.nonce == mark.nonce):
+            last_entry = entries.get(last.id) if last is not None else None
+            # The mark vouches only for the open append segment, exactly as recovery.load has it.
+            if (mark is not None and last is not None and last.kind == seg_mod.KIND_APPEND
+                    and last_entry is not None and last_entry.is_open
+                    and last.id == mark.segment_id and last.header.nonce == mark.nonce):
                 last.durable_end = min(mark.end, last.size)
             for i, seg in enumerate(self.segments):
                 is_last = i == len(self.segments) - 1
