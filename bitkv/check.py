@@ -34,6 +34,7 @@ from .crc import crc32c
 from .errors import Error, FormatVersionError
 from .fileio import DEFAULT_FILEIO, FileIO
 from .lock import StoreLock
+from .names import DAMAGED_DIR_PREFIX, REPAIR_NOTE_NAME
 from .record import Damage, ScannedRecord
 from .store import DEFAULT_MAX_SEGMENT_SIZE
 
@@ -858,11 +859,11 @@ def _highest_file_id(names: Iterable[str]) -> int:
 
 def _make_damaged_dir(directory: str, io: FileIO) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    name = f"damaged-{stamp}"
+    name = f"{DAMAGED_DIR_PREFIX}{stamp}"
     n = 1
     while os.path.lexists(os.path.join(directory, name)):
         n += 1
-        name = f"damaged-{stamp}-{n}"
+        name = f"{DAMAGED_DIR_PREFIX}{stamp}-{n}"
     io.mkdir(os.path.join(directory, name))
     io.fsync_dir(directory)
     return name
@@ -934,7 +935,7 @@ def _repair_in_place(directory: str, io: FileIO, report: RepairReport,
         io.fsync_dir(directory)
     if new_names & set(report.moved_aside):
         raise Error("internal error: repair moved aside a segment it had just written")
-    _write_note(aside, report)
+    _write_note(aside, report, io)
 
 
 def _repair_into(directory: str, target: str, io: FileIO, report: RepairReport,
@@ -966,7 +967,7 @@ def _repair_into(directory: str, target: str, io: FileIO, report: RepairReport,
     recovery.create_store(target, io)  # the marker last: until then it is no store at all
 
 
-def _write_note(aside: str, report: RepairReport) -> None:
+def _write_note(aside: str, report: RepairReport, io: FileIO) -> None:
     lines = [
         f"bitkv repair, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
         "",
@@ -994,8 +995,6 @@ def _write_note(aside: str, report: RepairReport) -> None:
         "Issues found before the repair:",
     ]
     lines += [f"  {issue}" for issue in report.before.issues] or ["  none"]
-    path = os.path.join(aside, "REPAIR.txt")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    # Through the FileIO seam like every file of the store (the crash harness sees it).
+    io.write_new_file(os.path.join(aside, REPAIR_NOTE_NAME), ("\n".join(lines) + "\n").encode())
+    io.fsync_dir(aside)

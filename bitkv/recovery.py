@@ -35,12 +35,12 @@ from .errors import (
     StoreNotFoundError,
     UnsafeFileError,
 )
-from .fileio import FileIO
+from .fileio import DEFAULT_FILEIO, FileIO
 from .keydir import KeyDir
+from .names import MARKER_NAME as MARKER_NAME
 from .record import Damage, ScannedRecord
 from .segment import Segment, SegmentHeader
 
-MARKER_NAME = "BITKV"
 # Version 2 adds the MANIFEST and the DURABLE mark; segments, records and hints are as in 1.
 # A version-1 store is upgraded by its first writable open (MANIFEST first, then the marker),
 # so a bitkv that knows only version 1 can never write into a store whose MANIFEST it would
@@ -159,11 +159,15 @@ def _is_creation_leftover(name: str) -> bool:
     return pid.isdigit() and len(token) == 8 and all(c in "0123456789abcdef" for c in token)
 
 
-def read_marker(directory: str) -> int:
-    """Return the store's format version; raise if the marker is not ours."""
-    path = os.path.join(directory, MARKER_NAME)
-    with open(path, "rb") as fh:
-        text = fh.read(256)
+def read_marker(directory: str, io: FileIO | None = None) -> int:
+    """Return the store's format version; raise if the marker is not ours (a symlink in its
+    place is refused: bitkv follows none)."""
+    io = io or DEFAULT_FILEIO
+    fd = _open_no_symlink(io, os.path.join(directory, MARKER_NAME))
+    try:
+        text = io.pread(fd, 256, 0)
+    finally:
+        io.close(fd)
     lines = text.split(b"\n")
     if lines[0] != b"bitkv store" or len(lines) < 2 or not lines[1].startswith(b"format-version: "):
         raise NotAStoreError(f"{directory!r}: {MARKER_NAME} is not a bitkv store marker")
