@@ -737,7 +737,7 @@ class Store(MutableMapping[bytes, bytes]):
         visible or none is. An exception inside the block discards the batch.
         """
         self._check_writable()
-        return Batch(self)
+        return Batch(self._commit_batch)
 
     def _commit_batch(self, ops: list[tuple[bytes, bytes | None, float | None]]) -> None:
         """Write ``ops`` (key, value or None for a delete, ttl) as one atomic batch.

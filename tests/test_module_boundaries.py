@@ -166,8 +166,6 @@ def _private_uses(mod: str) -> list[str]:
 # through compaction.CompactionHost). Delete entries as they go; the test fails on a new use
 # and on an entry that no longer occurs (or occurs fewer times: lower the count).
 PRIVATE_ALLOWED: dict[str, int] = {
-    # Batch commits through the store's internal entry point.
-    "bitkv.batch | attr: self._store._commit_batch": 1,
     # The crash harness inspects and abandons a Store the way no application may.
     "bitkv.crashtest.faults | attr: db._entries": 1,
     "bitkv.crashtest.faults | attr: db._keydir": 2,
