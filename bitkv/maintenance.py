@@ -15,7 +15,10 @@ business; this module only decides when.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Protocol
+
+from .segment import Segment
 
 MAINTENANCE_PERIOD = 5.0  # seconds between maintenance rounds without a rotation to wake it
 
@@ -85,3 +88,13 @@ def _maintainer(host: MaintenanceHost, stop: threading.Event, wake: threading.Ev
         wake.clear()
         if stop.is_set() or not host.maintain():
             return
+
+
+def compaction_due(sealed: Iterable[Segment], min_dead_bytes: int, dead_ratio: float) -> bool:
+    """Whether the maintenance thread compacts now: over the sealed segments, dead bytes are
+    at least ``min_dead_bytes`` and at least ``dead_ratio`` of their total size."""
+    dead = total = 0
+    for seg in sealed:
+        dead += seg.dead_bytes
+        total += seg.size
+    return bool(total) and dead >= min_dead_bytes and dead >= dead_ratio * total

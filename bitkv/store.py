@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import codec, durable, hint, keydir, killpoints, recovery
+from . import codec, durable, keydir, killpoints, recovery, sealing
 from . import record as rec
 from . import segment as seg_mod
 from .batch import Batch
@@ -35,7 +35,7 @@ from .fileio import DEFAULT_FILEIO, FileIO, FsyncGuard
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
 from .lock import StoreLock
 from .log import LogWriter, SegmentTable
-from .maintenance import Maintenance
+from .maintenance import Maintenance, compaction_due
 from .segment import Segment
 from .validate import (
     INT64_MAX,
@@ -60,9 +60,6 @@ _T = TypeVar("_T")
 DEFAULT_MAX_SEGMENT_SIZE = 64 * 2**20
 MIN_SEGMENT_SIZE = 4096
 MAX_SEGMENT_SIZE = 2**31  # offsets are 32-bit; leave room for one oversized record
-# A clean close writes a hint for the active segment once it holds this much: below it, a
-# scan at open is about as fast as reading the hint, and the close saves two fsyncs.
-CHECKPOINT_MIN_BYTES = 1 << 20
 MAX_SYNC_INTERVAL = 86400.0
 _OFFSET_MASK = keydir.OFFSET_MASK
 _MAX_KEY = rec.MAX_KEY_SIZE
@@ -1038,35 +1035,26 @@ class Store(MutableMapping[bytes, bytes]):
         summary["finished_at"] = self._clock()
         self.last_compaction = summary
 
+    def _sealed(self) -> list[Segment]:
+        """The immutable segments (all but the active one), in load order. Locked."""
+        return [s for s in self._table.segments if s is not self._log.active]
+
     def _compaction_due(self) -> bool:
         with self._lock:
             if self._closed:
                 return False
-            immutable = [s for s in self._table.segments if s is not self._log.active]
-            dead = sum(s.dead_bytes for s in immutable)
-            total = sum(s.size for s in immutable)
-        return bool(total) and dead >= self.compact_min_dead_bytes \
-            and dead >= self.compact_dead_ratio * total
+            sealed = self._sealed()
+        return compaction_due(sealed, self.compact_min_dead_bytes, self.compact_dead_ratio)
 
     def _write_seal_hints(self, blocking: bool = False) -> None:
         """Give every sealed append segment without a hint one (background; see sealing.py)."""
-        from . import sealing
-
         try:
             if not self._compact_lock.acquire(blocking=blocking):
                 return  # a compaction is running: its outputs get hints anyway
             try:
                 with self._lock:
-                    todo = [s for s in self._table.segments
-                            if s is not self._log.active and not s.hinted
-                            and s.kind == seg_mod.KIND_APPEND]
-                for seg in todo:
-                    if self._stop.is_set():
-                        return
-                    blob = sealing.build_hint(self.path, self._io, seg)
-                    seg.hinted = True  # written, or not worth trying again (damage)
-                    if blob is not None:
-                        sealing.write_hint(self.path, self._io, seg, blob)
+                    sealed = self._sealed()
+                sealing.write_missing_hints(self.path, self._io, sealed, self._stop.is_set)
             finally:
                 self._compact_lock.release()
         except Exception as exc:  # keep serving; stats() shows the failure
@@ -1116,41 +1104,13 @@ class Store(MutableMapping[bytes, bytes]):
                     # After a failed fsync nothing is fsynced again (it could not promise
                     # anything) and no checkpoint is written: the next open scans the files.
                     self._log.sync_for_close()
-                    self._write_checkpoint_hint(active)
+                    sealing.write_checkpoint(self.path, self._io, active, self._keydir,
+                                             self._next_seq - 1)
             finally:
                 self._closed = True
                 self._log.refused = True
                 self._entries = _Closed()
                 self._release_files()
-
-    def _write_checkpoint_hint(self, seg: Segment) -> None:
-        """Write a hint for the active segment's durable prefix, so the next open reads the
-        hint instead of scanning every record. Locked; the segment is fsynced to its size.
-
-        The hint lists every key whose newest record in the segment the keydir points at,
-        plus tombstones and expired records there (``_hidden``): exactly what a scan of the
-        prefix would index. Seqs are not kept in memory, so entries carry seq 0 and the
-        hint's max_seq is the store's last seq (docs/format.md).
-        """
-        unhinted = seg.size - seg_mod.HEADER_SIZE
-        if unhinted < CHECKPOINT_MIN_BYTES:
-            return
-        from .sealing import hint_items
-
-        slot = seg.slot
-        indexed = ((k, e) for k, e in self._entries.items() if e >> SLOT_SHIFT == slot)
-        items = hint_items(seg, indexed, self._expiries, self._keydir.hidden or {})
-        blob = hint.encode(items, seg.header.nonce, seg.size, max_seq=self._next_seq - 1)
-        name = seg_mod.hint_name(seg.id)
-        if killpoints.ENABLED:
-            # The kill point sits between the fsync and the rename of replace_file.
-            final = os.path.join(self.path, name)
-            self._io.write_new_file(final + seg_mod.TMP_SUFFIX, blob)
-            killpoints.hit("checkpoint.written")
-            self._io.rename(final + seg_mod.TMP_SUFFIX, final)
-            self._io.fsync_dir(self.path)
-        else:
-            self._io.replace_file(self.path, name, blob)
 
     def _abandon(self) -> None:
         """Drop every file and the lock *without* flushing: what ``kill -9`` leaves behind.
