@@ -325,6 +325,10 @@ class _Checker:
         """The segments to check: those the MANIFEST lists (reporting the ones missing and
         every file it does not list), or every segment file in a store without one."""
         io = DEFAULT_FILEIO
+        if recovery.read_marker(self.directory) <= recovery.LEGACY_FORMAT_VERSION:
+            # A version-1 store: a MANIFEST there is a leftover not to be trusted (recovery.load
+            # ignores it too; the next writable open writes a fresh one).
+            return ids
         try:
             self.listed = manifest.read(self.directory, io)
         except (manifest.ManifestError, OSError) as exc:
@@ -334,9 +338,8 @@ class _Checker:
                 "--repair` rebuilds it", "manifest")
             return ids
         if self.listed is None:
-            if recovery.read_marker(self.directory) > recovery.LEGACY_FORMAT_VERSION and any(
-                    _size_or_zero(seg_mod.segment_path(self.directory, i))
-                    > seg_mod.HEADER_SIZE for i in ids):
+            if any(_size_or_zero(seg_mod.segment_path(self.directory, i))
+                   > seg_mod.HEADER_SIZE for i in ids):
                 self.issue(manifest.MANIFEST_NAME, 0, 0, f"{manifest.MANIFEST_NAME} is missing "
                            "but segments hold data: opening refuses; `bitkv check --repair` "
                            "rebuilds it from every segment present", "manifest")
@@ -773,7 +776,9 @@ class _Salvage:
         loader = recovery.Loader(directory, io, readonly=True, now_ms=int(time.time() * 1000),
                                  use_hints=False)
         try:
-            listed = manifest.read(directory, io)
+            # As recovery.load: a MANIFEST beside a version-1 marker is a leftover, not trusted.
+            listed = (manifest.read(directory, io)
+                      if recovery.read_marker(directory) > recovery.LEGACY_FORMAT_VERSION else None)
         except manifest.ManifestError:
             listed = None  # unknown which segments: salvage every one (load order decides)
         # With a MANIFEST: what it lists (missing ones recorded as lost) plus unlisted files

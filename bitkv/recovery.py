@@ -1073,7 +1073,10 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
     attempts = LOAD_ATTEMPTS if readonly else 1
     delay = 0.002
     for attempt in range(attempts):
-        listed = manifest.read(directory, io)
+        # A version-1 marker means the MANIFEST, if any, is not to be trusted: a crash
+        # between writing it and upgrading the marker, after which a bitkv that knows only
+        # version 1 may have changed the segments. The upgrade writes a fresh one.
+        listed = manifest.read(directory, io) if version > LEGACY_FORMAT_VERSION else None
         mark = durable.read(directory, io) if listed is not None else None
         loader = Loader(directory, io, readonly=readonly, now_ms=now_ms)
         try:
