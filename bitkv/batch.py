@@ -1,19 +1,20 @@
 """Atomic batches: operations collected in memory, then written with one write call.
 
-The store's ``_commit_batch`` frames them with the batch flags (docs/format.md), so after a
-crash at any point either every operation of a batch is visible or none is.
+The store's commit (given as ``commit`` by :meth:`Store.batch`) frames them with the batch
+flags (docs/format.md), so after a crash at any point either every operation of a batch is
+visible or none is.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from . import record as rec
 from .errors import Error
 from .validate import KeyLike, ValueLike, check_ttl, to_key, to_value
 
-if TYPE_CHECKING:
-    from .store import Store
+# (key, value or None for a delete, ttl in seconds or None)
+Operation = tuple[bytes, bytes | None, float | None]
 
 _MAX_KEY = rec.MAX_KEY_SIZE
 _MAX_VALUE = rec.MAX_VALUE_SIZE
@@ -22,9 +23,9 @@ _MAX_VALUE = rec.MAX_VALUE_SIZE
 class Batch:
     """Operations collected for one atomic write; see :meth:`Store.batch`."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._ops: list[tuple[bytes, bytes | None, float | None]] = []
+    def __init__(self, commit: Callable[[list[Operation]], None]) -> None:
+        self._commit = commit
+        self._ops: list[Operation] = []
         self._done = False
 
     def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None) -> None:
@@ -54,7 +55,7 @@ class Batch:
         if self._done:
             raise Error("this batch was already committed or discarded")
         self._done = True
-        self._store._commit_batch(self._ops)
+        self._commit(self._ops)
 
     def discard(self) -> None:
         self._done = True

@@ -28,10 +28,12 @@ from . import segment as seg_mod
 from .crc import crc32c
 from .errors import CorruptionError, EncryptionError, Error, IntegrityError
 from .fileio import DEFAULT_FILEIO, FileIO
+from .names import DICT_PREFIX as DICT_PREFIX
+from .names import DICT_SUFFIX as DICT_SUFFIX
+from .names import KEYCHECK_NAME as KEYCHECK_NAME
+from .names import dict_name as dict_name
+from .names import is_dict_name as is_dict_name
 
-DICT_PREFIX = "zstd-"
-DICT_SUFFIX = ".dict"
-KEYCHECK_NAME = "ENCRYPTION"
 KEYCHECK_MAGIC = b"BITKVENC"  # version 1: records' associated data is the key alone
 KEYCHECK_MAGIC_V2 = b"BITKVEN2"  # version 2: associated data is _AAD_V2 + the key
 NONCE_SIZE = 12
@@ -61,15 +63,6 @@ class KeyCheck(NamedTuple):
 
 
 KEYCHECK_V2_STRICT = KeyCheck(2, False)
-
-
-def dict_name(dict_id: int) -> str:
-    return f"{DICT_PREFIX}{dict_id:010d}{DICT_SUFFIX}"
-
-
-def is_dict_name(name: str) -> bool:
-    stem = name[len(DICT_PREFIX) : -len(DICT_SUFFIX)]
-    return name.startswith(DICT_PREFIX) and name.endswith(DICT_SUFFIX) and stem.isdigit()
 
 
 class _Cipher:

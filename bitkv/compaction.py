@@ -29,16 +29,54 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from . import hint, keydir, killpoints
+from . import keydir, killpoints
 from . import record as rec
 from . import segment as seg_mod
-from .segment import Segment, SegmentHeader
+from .compacted import CompactedWriter, Output
+from .fileio import FileIO
+from .keydir import KeyDir
+from .segment import Segment
 
-if TYPE_CHECKING:
-    from .store import Store
+
+class CompactionHost(Protocol):
+    """What compaction needs of a store, and all it may touch (the store implements it with
+    a small adapter; bbolt's Compact likewise uses only a narrow surface)."""
+
+    path: str
+    io: FileIO
+    keydir: KeyDir
+    max_segment_size: int
+
+    def locked(self) -> AbstractContextManager[Any]:
+        """The store's writer lock: held for each bounded step that reads or changes the
+        index or the segment list."""
+
+    def sealed_segments(self) -> list[Segment]:
+        """Every immutable segment (all but the active one), checking the store is writable.
+        Called with the lock held."""
+
+    def now_ms(self) -> int: ...
+
+    def stop_requested(self) -> bool:
+        """The store is closing: abandon the compaction (before its commit point)."""
+
+    def allocate_id(self) -> int: ...
+
+    def sync_active(self) -> None:
+        """Fsync the active segment (writes that superseded uncopied records first)."""
+
+    def install(self, inputs: list[Segment], outputs: list[Segment]) -> None:
+        """The commit point: the outputs replace the inputs in the MANIFEST."""
+
+    def retire(self, inputs: list[Segment]) -> None:
+        """Forget the inputs' slots (the keydir no longer points into them). Lock held."""
+
+    def fail_after_commit(self, exc: BaseException) -> None:
+        """Refuse writes until reopened: the running store may no longer match the disk."""
 
 log = logging.getLogger("bitkv")
 ProgressCallback = Callable[[int, int], None]
@@ -64,46 +102,22 @@ class CompactionSummary:
         return asdict(self)
 
 
-class _Output:
-    """One output segment being assembled in memory (at most ``max_segment_size`` bytes)."""
-
-    def __init__(self, segment_id: int) -> None:
-        self.id = segment_id
-        self.parts: list[bytes] = []
-        self.size = seg_mod.HEADER_SIZE
-        self.min_seq = 0
-        self.max_seq = 0
-        # (key, flags, value_len, offset, seq, expiry_ms) for the hint
-        self.hints: list[tuple[bytes, int, int, int, int, int]] = []
-        # (key, old keydir entry, offset, size) for the switch
-        self.moves: list[tuple[bytes, int, int, int]] = []
-
-    def add(self, key: bytes, data: bytes, flags: int, value_len: int, seq: int,
-            expiry_ms: int, old_entry: int) -> None:
-        offset = self.size
-        self.parts.append(data)
-        self.size += len(data)
-        self.min_seq = seq if not self.min_seq else min(self.min_seq, seq)
-        self.max_seq = max(self.max_seq, seq)
-        self.hints.append((key, flags, value_len, offset, seq, expiry_ms))
-        self.moves.append((key, old_entry, offset, len(data)))
-
-
-def _unlink_quietly(store: Store, path: str) -> None:
+def _unlink_quietly(host: CompactionHost, path: str) -> None:
     try:
-        store._io.unlink(path)
+        host.io.unlink(path)
     except FileNotFoundError:
         pass
 
 
-def compact(store: Store, progress: ProgressCallback | None = None) -> CompactionSummary:
-    """Compact every immutable segment of ``store``. The caller holds ``store._compact_lock``."""
+def compact(store: CompactionHost, progress: ProgressCallback | None = None
+            ) -> CompactionSummary:
+    """Compact every immutable segment of ``store``; the caller runs one compaction at a
+    time (the store's compaction lock)."""
     started = time.monotonic()
     summary = CompactionSummary()
-    io = store._io
-    with store._lock:
-        store._check_writable()
-        inputs = [s for s in store._segments if s is not store._active]
+    io = store.io
+    with store.locked():
+        inputs = store.sealed_segments()
         reclaimable = sum(s.dead_bytes for s in inputs)
     if not inputs or not reclaimable:
         # Nothing overwritten, deleted, expired or damaged: rewriting would only copy
@@ -116,26 +130,13 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
     summary.segments_in = len(inputs)
     summary.bytes_in = total
     disk_before = sum(s.size for s in inputs)
-    now_ms = store._now_ms()
-    entries = store._entries
-    outputs: list[_Output] = []
-    written: list[str] = []  # temp files, removed if we abort
-    current: _Output | None = None
+    now_ms = store.now_ms()
+    entries = store.keydir.entries
+    writer = CompactedWriter(store.path, io, store.allocate_id, store.max_segment_size)
+    written = writer.temp_paths  # removed if we abort
     done = 0
     expired_drops: list[tuple[bytes, int]] = []  # indexed but expired: unindex at the switch
     saw_damage = False
-
-    def finish(out: _Output) -> None:
-        header = SegmentHeader.new(seg_mod.KIND_COMPACTED, out.max_seq, out.min_seq)
-        data_tmp = os.path.join(store.path, seg_mod.data_name(out.id) + seg_mod.TMP_SUFFIX)
-        hint_tmp = os.path.join(store.path, seg_mod.hint_name(out.id) + seg_mod.TMP_SUFFIX)
-        written.append(data_tmp)
-        io.write_new_file(data_tmp, header.encode() + b"".join(out.parts))
-        out.parts = []
-        out.header = header  # type: ignore[attr-defined]
-        written.append(hint_tmp)
-        io.write_new_file(hint_tmp, hint.encode(out.hints, header.nonce, out.size))
-        out.hints = []
 
     try:
         for seg in inputs:
@@ -145,7 +146,7 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
             start = 0 if seg.header_damaged else seg_mod.HEADER_SIZE
             slot = seg.slot
             for item in rec.scan(mm, start, seg.size):
-                if store._stop.is_set():
+                if store.stop_requested():
                     raise _Aborted
                 if isinstance(item, rec.Damage):
                     saw_damage = True
@@ -166,24 +167,18 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
                     value = data[rec.HEADER_SIZE + len(item.key) :]
                     flags &= ~rec.BATCH_FLAGS
                     data = rec.encode(item.key, value, item.seq, item.expiry_ms, flags)
-                if current is None or (current.size + size > store.max_segment_size
-                                       and current.size > seg_mod.HEADER_SIZE):
-                    if current is not None:
-                        finish(current)
-                    current = _Output(store._allocate_id())
-                    outputs.append(current)
-                current.add(item.key, data, flags, item.value_len, item.seq, item.expiry_ms,
-                            expected)
+                # Tagged with the entry it was copied from: the switch is conditional on it.
+                writer.add(item.key, data, flags, item.value_len, item.seq, item.expiry_ms,
+                           tag=(item.key, expected))
             done += seg.size
             if progress is not None:
                 progress(done, total)
-        if current is not None:
-            finish(current)
+        outputs = writer.finish()
         if killpoints.ENABLED:
             killpoints.hit("compact.outputs_written")
             killpoints.hit("compact.hints_written")
             killpoints.hit("compact.synced")
-        if store._stop.is_set():
+        if store.stop_requested():
             raise _Aborted
     except _Aborted:
         for path in written:
@@ -202,20 +197,20 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
     new_segments: list[Segment] = []
     committing = False
     try:
-        for out in outputs:
-            for name in (seg_mod.data_name(out.id), seg_mod.hint_name(out.id)):
-                final = os.path.join(store.path, name)
-                io.rename(final + seg_mod.TMP_SUFFIX, final)
-                renamed.append(final)
+        for tmp, final in writer.renames():
+            io.rename(tmp, final)
+            renamed.append(final)
         if killpoints.ENABLED:
             killpoints.hit("compact.renamed")
         io.fsync_dir(store.path)
         if killpoints.ENABLED:
             killpoints.hit("compact.dir_synced")
         for out in outputs:
-            path = seg_mod.segment_path(store.path, out.id)
+            path = seg_mod.segment_path(store.path, out.segment_id)
+            if out.header is None:
+                raise RuntimeError("internal error: a compaction output was never written")
             fd = io.open_read(path)
-            segment = Segment(io, out.id, path, fd, out.header, out.size)  # type: ignore[attr-defined]
+            segment = Segment(io, out.segment_id, path, fd, out.header, out.size)
             segment.synced_size = out.size
             segment.hinted = True
             segment.map()
@@ -224,10 +219,10 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
         # An input record that was not copied because a newer write superseded it may be the
         # only durable version of its key: the superseding writes must be durable before the
         # inputs leave the store, or a power cut could lose both.
-        store._sync_active_for_compaction()
+        store.sync_active()
         # The commit point: the MANIFEST now lists the outputs instead of the inputs.
         committing = True
-        store._install_compaction(inputs, new_segments)
+        store.install(inputs, new_segments)
     except BaseException:
         for segment in new_segments:
             segment.close()
@@ -248,25 +243,24 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
             _switch(store, out, segment, summary)
             summary.bytes_out += out.size
         for start in range(0, len(expired_drops), SWITCH_CHUNK):
-            with store._lock:
+            with store.locked():
                 for key, old_entry in expired_drops[start : start + SWITCH_CHUNK]:
-                    store._keydir.remove_if(key, old_entry)
+                    store.keydir.remove_if(key, old_entry)
         if killpoints.ENABLED:
             killpoints.hit("compact.switched")
-        with store._lock:
+        with store.locked():
             if saw_damage:
                 # A key still pointing into an input now is one whose record failed its CRC
                 # when copied: its bytes are lost, and it must not point at a removed file.
                 input_slots = {seg.slot for seg in inputs}
-                lost = [k for k, e in store._entries.items()
+                lost = [k for k, e in store.keydir.entries.items()
                         if e >> keydir.SLOT_SHIFT in input_slots]
                 for key in lost:
-                    store._keydir.remove(key)
+                    store.keydir.remove(key)
                 summary.corrupt_records = len(lost)
-            for seg in inputs:
-                store._detach(seg)
+            store.retire(inputs)
     except BaseException as exc:
-        store._fail_after_commit(exc)
+        store.fail_after_commit(exc)
         raise
     # The inputs are no longer listed, so the order and durability of their removal no
     # longer matter for correctness (an input left behind is an orphan the next open
@@ -286,7 +280,7 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
     try:
         io.fsync_dir(store.path)
     except OSError as exc:
-        store._fail_after_commit(exc)
+        store.fail_after_commit(exc)
         raise
     if removal_error is not None:
         log.warning("bitkv store %s: compaction could not remove an input (%s); the next "
@@ -298,21 +292,22 @@ def compact(store: Store, progress: ProgressCallback | None = None) -> Compactio
     return summary
 
 
-def _switch(store: Store, out: _Output, segment: Segment, summary: CompactionSummary) -> None:
+def _switch(store: CompactionHost, out: Output, segment: Segment, summary: CompactionSummary
+            ) -> None:
     """Point keys at their copies in ``segment``, in chunks, only if they did not change."""
     slot = segment.slot
-    moves = out.moves
-    switch = store._keydir.switch
+    moves = out.placed
+    switch = store.keydir.switch
     for start in range(0, len(moves), SWITCH_CHUNK):
-        with store._lock:
-            for key, old_entry, offset, size in moves[start : start + SWITCH_CHUNK]:
+        with store.locked():
+            for (key, old_entry), offset, size in moves[start : start + SWITCH_CHUNK]:
                 # Only if it still points at the record copied: a newer write wins.
                 if switch(key, old_entry, segment, slot, offset, size):
                     summary.keys_kept += 1
         # threading.Lock is not fair: without yielding here, a waiting writer could sit out
         # most of the switch instead of one chunk (measured: stalls of 190 ms vs 20 ms).
         time.sleep(0)
-    out.moves = []
+    out.placed = []
 
 
 class _Aborted(Exception):

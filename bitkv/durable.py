@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from .crc import crc32c
 from .fileio import FileIO
+from .names import DURABLE_NAME as DURABLE_NAME
 
-DURABLE_NAME = "DURABLE"
 MAGIC = b"BITKVDUR"
 SLOT = struct.Struct("<8sQQQQI")  # magic, segment id, nonce, durable end, generation, crc
 SLOT_SPACING = 512

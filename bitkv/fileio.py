@@ -1,7 +1,8 @@
 """The one seam through which bitkv touches the file system.
 
 Every open, write, fsync, rename, truncate, unlink and directory listing of the engine goes
-through a :class:`FileIO`. The crash harness substitutes a subclass that records each call so it
+through a :class:`FileIO` (the one exception: ``stats()`` lstat()s files for their sizes, a
+figure no data is read from). The crash harness substitutes a subclass that records each call so it
 can build the states a power loss could leave behind. Keep this module free of store logic.
 """
 

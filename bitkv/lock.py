@@ -20,8 +20,8 @@ import os
 
 from .errors import LockError, UnsafeFileError
 from .fileio import FileIO
+from .names import LOCK_NAME as LOCK_NAME
 
-LOCK_NAME = "LOCK"
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # A directory flock the file system cannot give (NFS emulates flock with POSIX locks, which

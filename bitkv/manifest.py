@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from .crc import crc32c
 from .errors import CorruptionError
 from .fileio import FileIO
+from .names import MANIFEST_NAME as MANIFEST_NAME
+from .names import TMP_SUFFIX
 
-MANIFEST_NAME = "MANIFEST"
 MAGIC = b"BITKVMAN"
 VERSION = 1
 HEADER = struct.Struct("<8sHHIQ")  # magic, version, reserved, count, generation
@@ -124,7 +125,7 @@ def write(directory: str, io: FileIO, manifest: Manifest) -> None:
 def stage(directory: str, io: FileIO, manifest: Manifest) -> str:
     """Write the new MANIFEST under its temporary name, fsynced; return that path. A failure
     here leaves the MANIFEST on disk as it was."""
-    tmp = os.path.join(directory, MANIFEST_NAME + ".tmp")
+    tmp = os.path.join(directory, MANIFEST_NAME + TMP_SUFFIX)
     io.write_new_file(tmp, manifest.encode())
     return tmp
 

@@ -8,7 +8,6 @@ through a read-only mmap, so a get costs one slice and no syscall.
 from __future__ import annotations
 
 import mmap
-import os
 import secrets
 import struct
 import threading
@@ -17,6 +16,16 @@ from dataclasses import dataclass
 from . import record
 from .crc import crc32c
 from .fileio import FileIO
+
+# Re-exported: segment files' names are part of this module's API (names.py owns them).
+from .names import DATA_SUFFIX as DATA_SUFFIX
+from .names import HINT_SUFFIX as HINT_SUFFIX
+from .names import TMP_SUFFIX as TMP_SUFFIX
+from .names import data_name as data_name
+from .names import hint_name as hint_name
+from .names import list_segment_ids as list_segment_ids
+from .names import parse_id as parse_id
+from .names import segment_path as segment_path
 
 MAGIC = b"BITKVSEG"
 FORMAT_VERSION = 1
@@ -27,32 +36,6 @@ REMAP_STEP = 1 << 20  # remap a growing active segment once it outgrew its map b
 
 KIND_APPEND = 0   # written by appends, records in seq order
 KIND_COMPACTED = 1  # written by compaction, one record per key, any seq order
-
-DATA_SUFFIX = ".data"
-HINT_SUFFIX = ".hint"
-TMP_SUFFIX = ".tmp"
-
-
-def data_name(segment_id: int) -> str:
-    return f"{segment_id:06d}{DATA_SUFFIX}"
-
-
-def hint_name(segment_id: int) -> str:
-    return f"{segment_id:06d}{HINT_SUFFIX}"
-
-
-def parse_id(name: str, suffix: str) -> int | None:
-    """Return the id of a file named like ``000042<suffix>``, else None."""
-    if not name.endswith(suffix):
-        return None
-    stem = name[: -len(suffix)]
-    if len(stem) < 6 or not stem.isdigit() or not stem.isascii():
-        return None
-    segment_id = int(stem)
-    if stem != f"{segment_id:06d}":
-        return None  # not a name bitkv writes (e.g. 0000001.data): not ours
-    return segment_id
-
 
 @dataclass(frozen=True)
 class SegmentHeader:
@@ -246,11 +229,3 @@ class Segment:
             except OSError:
                 pass
             self.fd = -1
-
-
-def list_segment_ids(names: list[str]) -> list[int]:
-    return sorted(i for i in (parse_id(n, DATA_SUFFIX) for n in names) if i is not None)
-
-
-def segment_path(directory: str, segment_id: int) -> str:
-    return os.path.join(directory, data_name(segment_id))

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import codec, durable, hint, keydir, killpoints, manifest, recovery
+from . import codec, durable, keydir, killpoints, recovery, sealing
 from . import record as rec
 from . import segment as seg_mod
 from .batch import Batch
@@ -34,7 +34,9 @@ from .errors import (
 from .fileio import DEFAULT_FILEIO, FileIO, FsyncGuard
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
 from .lock import StoreLock
-from .segment import Segment, SegmentHeader
+from .log import LogWriter, SegmentTable
+from .maintenance import Maintenance, compaction_due
+from .segment import Segment
 from .validate import (
     INT64_MAX,
     INT64_MIN,
@@ -58,9 +60,6 @@ _T = TypeVar("_T")
 DEFAULT_MAX_SEGMENT_SIZE = 64 * 2**20
 MIN_SEGMENT_SIZE = 4096
 MAX_SEGMENT_SIZE = 2**31  # offsets are 32-bit; leave room for one oversized record
-# A clean close writes a hint for the active segment once it holds this much: below it, a
-# scan at open is about as fast as reading the hint, and the close saves two fsyncs.
-CHECKPOINT_MIN_BYTES = 1 << 20
 MAX_SYNC_INTERVAL = 86400.0
 _OFFSET_MASK = keydir.OFFSET_MASK
 _MAX_KEY = rec.MAX_KEY_SIZE
@@ -95,33 +94,77 @@ def _log_recovery(path: str, report: recovery.RecoveryReport) -> None:
         log.warning("bitkv store %s: %s: %s", path, name, why)
 
 
-def _flusher_main(ref: weakref.ref[Store], stop: threading.Event, interval: float) -> None:
-    """Background fsync for sync="interval": every ``interval`` seconds, if anything is new."""
-    while not stop.wait(interval):
-        store = ref()
+class _Background:
+    """The store's side of its background threads (maintenance.MaintenanceHost). It holds
+    the store only weakly: a store dropped without close() is still collected."""
+
+    def __init__(self, store: Store) -> None:
+        self._ref = weakref.ref(store)
+
+    def flush(self) -> bool:
+        store = self._ref()
         if store is None:
-            return
+            return False
         store._flush_once()
         store._verify_lock()
-        del store  # hold no strong reference while waiting
+        return True
 
-
-def _compactor_main(ref: weakref.ref[Store], stop: threading.Event,
-                    wake: threading.Event) -> None:
-    """Maintenance (auto_compact=True): wakes on rotation or every 5 s; writes hints for
-    sealed segments, and compacts when its thresholds are crossed."""
-    while True:
-        wake.wait(timeout=5.0)
-        wake.clear()
-        if stop.is_set():
-            return
-        store = ref()
+    def maintain(self) -> bool:
+        store = self._ref()
         if store is None:
-            return
+            return False
         store._verify_lock()
         store._write_seal_hints()
         store._compact_if_due()
-        del store
+        return True
+
+
+class _CompactionHost:
+    """The narrow surface compaction works through (compaction.CompactionHost): a store's
+    own adapter, so compaction touches none of its private names."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.path = store.path
+        self.io = store._io
+        self.keydir = store._keydir
+        self.max_segment_size = store.max_segment_size
+
+    def locked(self) -> threading.Lock:
+        return self._store._lock
+
+    def sealed_segments(self) -> list[Segment]:
+        store = self._store
+        store._check_writable()
+        return [s for s in store._table.segments if s is not store._log.active]
+
+    def now_ms(self) -> int:
+        return self._store._now_ms()
+
+    def stop_requested(self) -> bool:
+        return self._store._stop.is_set()
+
+    def allocate_id(self) -> int:
+        with self._store._lock:
+            return self._store._table.allocate_id()
+
+    def sync_active(self) -> None:
+        seg = self._store._log.active
+        if seg is not None:
+            self._store._log.wait_durable(seg, seg.size)
+
+    def install(self, inputs: list[Segment], outputs: list[Segment]) -> None:
+        with self._store._lock:
+            self._store._check_writable()
+            self._store._log.install(inputs, outputs)
+
+    def retire(self, inputs: list[Segment]) -> None:
+        for seg in inputs:
+            self._store._table.detach(seg)
+
+    def fail_after_commit(self, exc: BaseException) -> None:
+        # The running store may no longer match the MANIFEST on disk: reload from it.
+        self._store._log.fail(exc, "a compaction failed after its commit point")
 
 
 class _Closed(dict[bytes, int]):
@@ -173,11 +216,8 @@ class Store(MutableMapping[bytes, bytes]):
         self.compact_dead_ratio = float(compact_dead_ratio)
         self.compact_min_dead_bytes = compact_min_dead_bytes
         self._compact_lock = threading.Lock()
-        self._compact_wake = threading.Event()
-        self._compactor: threading.Thread | None = None
         self.last_compaction: dict[str, Any] | None = None
         self.last_compaction_error: str | None = None
-        self.last_sync_error: str | None = None
         self.path = os.fspath(path)
         self.readonly = readonly
         self.sync_mode: SyncMode = sync
@@ -186,25 +226,30 @@ class Store(MutableMapping[bytes, bytes]):
         self.max_segment_size = max_segment_size
         self._clock = clock
         given = fileio or DEFAULT_FILEIO
-        # Every fsync failure, wherever it happens, makes the store refuse writes (_fail_sync).
-        self._io: FileIO = FsyncGuard(given, self._fail_sync)
+        # Every fsync failure, wherever it happens, makes the log refuse writes (LogWriter.fail).
+        self._io: FileIO = FsyncGuard(given, self._fsync_failed)
         # The hot path calls os.write directly when the seam is the plain one (saves a Python
         # frame per put); any substitute FileIO, such as the crash harness's, sees every write.
         self._write = os.write if type(given) is FileIO else given.write_returning_size
-        self._writes_refused = readonly  # True once closed too: one check on the write path
-        self._sync_failure: str | None = None
-        # Why writes are refused for a reason other than an fsync failure (a failed undo of a
-        # short write, a lost lock); set once by _refuse_writes, cleared only by a reopen.
-        self._write_refusal: str | None = None
-        self._lock = threading.Lock()
-        self._sync_lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer lock: every change of the log and index
         self._closed = False
         self._store_lock: StoreLock | None = None
-        self._flusher: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._active: Segment | None = None
-        self._marker: durable.DurableMarker | None = None
-        self._manifest_generation = 0
+        self._maintenance = Maintenance(
+            _Background(self),
+            flush_interval=self.sync_interval if not readonly and sync == "interval" else None,
+            # auto_compact=False means no background file activity at all.
+            maintain=not readonly and self.auto_compact)
+        self._stop = self._maintenance.stop_event  # set once the store closes
+        self._next_seq = 1
+        self._table = SegmentTable([], [], 1)
+        self._log = LogWriter(self.path, self._io, self._table,
+                              max_segment_size=max_segment_size,
+                              next_seq=lambda: self._next_seq, marker=None,
+                              manifest_generation=0, before_rotate=self._lock_still_held,
+                              on_rotate=self._rotated)
+        # log.refused is the one check on the write path: set for a read-only or closed
+        # store too, whose writes _check_writable then explains.
+        self._log.refused = readonly
 
         must_create = recovery.check_directory(self.path, readonly=readonly, create=create)
         if must_create:
@@ -237,26 +282,25 @@ class Store(MutableMapping[bytes, bytes]):
         self._keydir = loaded.keydir
         self._entries = loaded.keydir.entries
         self._expiries = loaded.keydir.expiries
-        self._slots: list[Segment | None] = loaded.slots
-        self._free_slots: list[int] = []
-        self._segments: list[Segment] = loaded.segments  # load order; active (if any) last
+        self._table.slots = loaded.slots  # the keydir's own list: it finds segments there
+        self._table.segments = loaded.segments  # load order; active (if any) last
+        self._table.next_id = loaded.next_id
         self._next_seq = loaded.next_seq
-        self._next_id = loaded.next_id
         self._keydir.recompute_next_expiry()
         # The records the active segment's checkpoint must still list (a writer's only).
         self._keydir.hidden = None if readonly else {}
         if not readonly:
             try:
-                self._marker = durable.DurableMarker(self.path, self._io, loaded.mark)
+                self._log.marker = durable.DurableMarker(self.path, self._io, loaded.mark)
                 active = self._open_active()
-                if active is self._segments[-1] and active.size > seg_mod.HEADER_SIZE:
+                if active is self._table.segments[-1] and active.size > seg_mod.HEADER_SIZE:
                     self._keydir.hidden = loaded.hidden
-                self._manifest_generation = (loaded.manifest.generation
-                                             if loaded.manifest is not None else 0)
-                wanted = recovery.manifest_for(self._segments, self._active, 0)
+                self._log.manifest_generation = (loaded.manifest.generation
+                                                 if loaded.manifest is not None else 0)
+                wanted = recovery.manifest_for(self._table.segments, active, 0)
                 if loaded.manifest is None or set(wanted.entries) != set(
                         loaded.manifest.entries):
-                    self._commit_manifest()
+                    self._log.commit_manifest()
                     loaded.report.manifest_created = loaded.manifest is None
                 if loaded.marker_version < recovery.MARKER_FORMAT_VERSION:
                     # After the MANIFEST: a bitkv that knows only version 1 must no longer
@@ -267,123 +311,47 @@ class Store(MutableMapping[bytes, bytes]):
                 raise
         self._loaded = loaded
         _log_recovery(self.path, loaded.report)
-        for s in self._segments[:-1] if readonly else self._segments:
-            if s is not self._active:
+        segments = self._table.segments
+        for s in segments[:-1] if readonly else segments:
+            if s is not self._log.active:
                 s.release_fd()  # a reader keeps the newest segment's fd to follow the writer
-        if not readonly and sync == "interval":
-            # Threads hold only a weak reference, so a store dropped without close() is still
-            # collected, and its __del__ releases the lock.
-            self._flusher = threading.Thread(
-                target=_flusher_main, args=(weakref.ref(self), self._stop, self.sync_interval),
-                name="bitkv-flusher", daemon=True)
-            self._flusher.start()
-        if not readonly and self.auto_compact:
-            # The maintenance thread: hints for sealed segments, and compaction when due.
-            # auto_compact=False means no background file activity at all.
-            self._compactor = threading.Thread(
-                target=_compactor_main, args=(weakref.ref(self), self._stop, self._compact_wake),
-                name="bitkv-compactor", daemon=True)
-            self._compactor.start()
+        self._maintenance.start()
 
     # -- opening -----------------------------------------------------------------------------
 
     def _open_active(self) -> Segment:
-        """Make the segment writes go to the active one (continued or new); return it."""
-        self._active = self._choose_active()
-        return self._active
-
-    def _choose_active(self) -> Segment:
-        last = self._segments[-1] if self._segments else None
+        """Make the segment writes go to the active one: the newest append segment if it can
+        take more, else (after sealing it durably) a new one. Return it."""
+        segments = self._table.segments
+        last = segments[-1] if segments else None
+        damaged_tail = self.recovery_report.damage_past_durable_end
         if (last is not None and last.kind == seg_mod.KIND_APPEND and not last.header_damaged
-                and last.size < self.max_segment_size
-                and not self.recovery_report.damage_past_durable_end):
-            fd = self._io.open_rw(last.path)
-            if last.fd >= 0:
-                self._io.close(last.fd)
-            last.fd = fd
+                and last.size < self.max_segment_size and not damaged_tail):
+            self._log.continue_segment(last)
             return last
-        else:
-            if last is not None and last.kind == seg_mod.KIND_APPEND:
-                # The segment a crash left becomes immutable: what it holds past its last
-                # fsync must be durable before the MANIFEST records it as sealed at this size.
-                fd = self._io.open_rw(last.path)
-                try:
-                    self._io.fsync(fd)
-                finally:
-                    self._io.close(fd)
-                last.synced_size = last.size
-                if not self.recovery_report.damage_past_durable_end:
-                    last.durable_end = last.size
-            return self._new_segment()
+        if last is not None and last.kind == seg_mod.KIND_APPEND:
+            # With damage a crash left past its mark, it stays vouched for only up to there.
+            self._log.seal_for_open(last, last.durable_end if damaged_tail else None)
+        new = self._log.new_segment()
+        self._log.active = new
+        return new
 
-    def _new_segment(self) -> Segment:
-        """Create, durably, an empty append segment that takes over as the active one.
+    def _fsync_failed(self, exc: OSError) -> None:
+        """FsyncGuard's report: the log refuses writes from now on."""
+        self._log.fail(exc)
 
-        The caller commits it to the MANIFEST before anything is written into it: until then
-        it is an orphan that the next open removes, which is safe because it holds nothing.
-        """
-        segment_id = self._next_id
-        self._next_id += 1
-        path = seg_mod.segment_path(self.path, segment_id)
-        header = SegmentHeader.new(seg_mod.KIND_APPEND, self._next_seq, self._next_seq)
-        fd = self._io.create(path)
-        try:
-            self._io.write(fd, header.encode())
-            self._io.fsync(fd)
-            if killpoints.ENABLED:
-                killpoints.hit("rotate.after_create")
-            self._io.fsync_dir(self.path)
-        except BaseException:
-            self._io.close(fd)
-            try:  # a segment that never got its header durably holds nothing: drop it
-                self._io.unlink(path)
-            except OSError:
-                pass
-            raise
-        seg = Segment(self._io, segment_id, path, fd, header, seg_mod.HEADER_SIZE)
-        self._attach(seg)
-        self._segments.append(seg)
-        return seg
+    def _rotated(self, new: Segment) -> None:
+        """The log started ``new``: its hidden records start empty; maybe compact now."""
+        self._keydir.hidden = {}
+        self._maintenance.wake()
 
-    def _fail_sync(self, exc: BaseException, what: str = "an fsync failed") -> None:
-        """An fsync failed: after it the kernel may have dropped the dirty pages, so a retry
-        that succeeds proves nothing (PostgreSQL's "fsyncgate"). Refuse every write until the
-        store is reopened and recovered from what is really on disk. (Also used when what is
-        on disk is otherwise in doubt: ``what`` says which.)"""
-        if self._sync_failure is None:
-            self._sync_failure = f"{what} ({type(exc).__name__}: {exc})"
-            log.error("bitkv store %s: %s; refusing writes until reopened", self.path,
-                      self._sync_failure)
-        self.last_sync_error = self._sync_failure
-        self._writes_refused = True
+    def _lock_still_held(self) -> None:
+        self._verify_lock(raise_now=True)
 
-    def _commit_manifest(self) -> None:
-        """Durably record the current segment set (the commit point of a rotation, a
-        compaction, an upgrade). Locked. A failure while staging the new MANIFEST changes
-        nothing (a failed fsync still refuses writes, as every one does); a failure while
-        installing it leaves unknown which MANIFEST a crash would show: refuse writes."""
-        self._manifest_generation += 1
-        listed = recovery.manifest_for(self._segments, self._active, self._manifest_generation)
-        staged = manifest.stage(self.path, self._io, listed)
-        try:
-            manifest.install(self.path, self._io, staged)
-        except OSError as exc:
-            self._fail_sync(exc, "the MANIFEST could not be installed")
-            raise
-
-    def _attach(self, seg: Segment) -> None:
-        if self._free_slots:
-            seg.slot = self._free_slots.pop()
-            self._slots[seg.slot] = seg
-        else:
-            if len(self._slots) >= keydir.MAX_SLOTS:
-                raise Error(f"too many segments open ({keydir.MAX_SLOTS}); compact the store")
-            seg.slot = len(self._slots)
-            self._slots.append(seg)
-
-    def _detach(self, seg: Segment) -> None:
-        self._slots[seg.slot] = None
-        self._free_slots.append(seg.slot)
+    @property
+    def last_sync_error(self) -> str | None:
+        """Why the last fsync (or the DURABLE mark after one) failed, if one did."""
+        return self._log.last_sync_error
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -400,143 +368,28 @@ class Store(MutableMapping[bytes, bytes]):
             raise ClosedError("the store is closed")
         if self.readonly:
             raise ReadOnlyError(f"store {self.path!r} was opened read-only")
-        if self._sync_failure is not None:
-            raise Error(f"store {self.path!r} refuses writes: {self._sync_failure}; what is "
-                        "on disk may differ from what this process knows. Close and reopen "
-                        "the store to recover from what is.")
-        if self._write_refusal is not None:
-            raise Error(f"store {self.path!r} refuses writes: {self._write_refusal}. "
-                        "Close and reopen the store.")
-
-    def _refuse_writes(self, reason: str) -> None:
-        """Refuse every later write of this open store (the first reason is kept)."""
-        if self._write_refusal is None:
-            self._write_refusal = reason
-        self._writes_refused = True
+        self._log.check()
 
     def _verify_lock(self, *, raise_now: bool = False) -> None:
         """Refuse writes if the lock this store holds no longer guards its path: ``LOCK`` or
         the directory was removed or replaced, so another writer could lock the new one and
         append at the same offsets. Called by the background threads, at rotation and sync."""
         lock = self._store_lock
-        if lock is not None and self._write_refusal is None and not self._closed \
+        if lock is not None and self._log.write_refusal is None and not self._closed \
                 and not lock.still_held():
-            self._refuse_writes("its LOCK file or directory was removed or replaced while "
-                                "this process held the lock, so another process may be "
-                                "writing to it too")
-        if raise_now and self._write_refusal is not None:
+            self._log.refuse("its LOCK file or directory was removed or replaced while "
+                             "this process held the lock, so another process may be "
+                             "writing to it too")
+        if raise_now and self._log.write_refusal is not None:
             self._check_writable()
 
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the store is closed")
 
-    def _append(self, data: bytes) -> tuple[Segment, int]:
-        """Append ``data`` (whole records) with one write; return (segment, offset). Locked."""
-        seg = self._active
-        assert seg is not None
-        if seg.size + len(data) > self.max_segment_size and seg.size > seg_mod.HEADER_SIZE:
-            seg = self._rotate()
-        offset = seg.size
-        if offset + len(data) > keydir.MAX_OFFSET:
-            raise Error("segment offset limit reached")
-        try:
-            self._io.write(seg.fd, data)
-        except BaseException:
-            self._undo_append(seg, offset)
-            raise
-        seg.size = offset + len(data)
-        if killpoints.ENABLED:
-            killpoints.hit("append.after_write")
-        return seg, offset
-
-    def _undo_append(self, seg: Segment, offset: int) -> None:
-        """After a failed or short write, cut the segment back so no half record stays."""
-        try:
-            self._io.truncate(seg.fd, offset)
-        except OSError as exc:
-            # Part of a record may remain at ``offset`` and the file position is unknown: a
-            # later append would land somewhere the index does not point (its reads then
-            # fail and compaction drops it as corrupt). Stop here; a reopen's recovery cuts
-            # the half record as a torn tail.
-            self._refuse_writes(f"a failed write could not be undone ({type(exc).__name__}: "
-                                f"{exc}); the end of {os.path.basename(seg.path)} is unknown")
-            try:
-                os.lseek(seg.fd, offset, os.SEEK_SET)
-            except OSError:
-                pass
-
-    def _rotate(self) -> Segment:
-        """Seal the active segment (fsync, map) and start a new one. Locked."""
-        self._verify_lock(raise_now=True)
-        old = self._active
-        if old is None:
-            raise Error("internal error: no active segment to rotate")
-        with self._sync_lock:
-            if self._sync_failure is not None:
-                self._check_writable()
-            self._io.fsync(old.fd)
-            old.synced_size = old.size
-            old.durable_end = old.size
-        if killpoints.ENABLED:
-            killpoints.hit("rotate.after_sync")
-        old.map()
-        new = self._new_segment()
-        self._active = new
-        try:
-            self._commit_manifest()
-        except BaseException:
-            # Writes are refused now; keep the old segment as the one reads expect to grow.
-            self._active = old
-            self._segments.remove(new)
-            self._detach(new)
-            new.close()
-            raise
-        if killpoints.ENABLED:
-            killpoints.hit("rotate.after_manifest")
-        self._keydir.hidden = {}  # the new active segment's
-        old.release_fd()
-        self._compact_wake.set()
-        return new
-
-    def _allocate_id(self) -> int:
-        with self._lock:
-            segment_id = self._next_id
-            self._next_id += 1
-            return segment_id
-
-    def _wait_durable(self, seg: Segment, end: int) -> None:
-        """Return once ``seg`` is fsynced up to ``end``. Concurrent callers share one fsync."""
-        if seg.synced_size >= end:
-            return
-        with self._sync_lock:
-            if seg.synced_size >= end:
-                return
-            if self._sync_failure is not None:
-                # An earlier fsync failed: no later one can promise anything (see _fail_sync).
-                self._check_writable()
-            target = seg.size
-            self._io.fsync(seg.fd)
-            if target > seg.synced_size:
-                seg.synced_size = target
-            marker = self._marker
-            if marker is not None and seg is self._active:
-                try:
-                    marker.record(seg.id, seg.header.nonce, target)
-                except OSError as exc:
-                    # Only the torn-tail classification gets weaker (docs/format.md); the
-                    # write itself is durable.
-                    self.last_sync_error = f"durable mark: {type(exc).__name__}: {exc}"
-        # Writers that queued behind this fsync are covered by it now; let them take the GIL
-        # and return, instead of waiting out the interpreter's switch interval (5 ms, 20x an
-        # fsync here) while this thread starts its next write.
-        time.sleep(0)
-        if killpoints.ENABLED:
-            killpoints.hit("append.after_sync")
-
     def _drop_expired(self, k: bytes, entry: int, expiry_ms: int) -> None:
         """Unindex an expired key. Locked. Its record stays on disk, still expired."""
-        active = self._active
+        active = self._log.active
         hide = None
         if active is not None and entry >> SLOT_SHIFT == active.slot:
             # The checkpoint hint must still carry this record, or an older version of the
@@ -549,7 +402,7 @@ class Store(MutableMapping[bytes, bytes]):
         """Read and verify the record ``entry`` points at; None if the key vanished meanwhile."""
         failures = 0
         for _attempt in range(8):
-            seg = self._slots[entry >> SLOT_SHIFT]
+            seg = self._table.slots[entry >> SLOT_SHIFT]
             offset = (entry >> SIZE_BITS) & _OFFSET_MASK
             try:
                 if seg is None:
@@ -614,7 +467,7 @@ class Store(MutableMapping[bytes, bytes]):
         # in mapped bytes, plain (not compressed or encrypted). Anything unusual, including a
         # failed check, takes the careful path below, which decides between race and damage.
         size = entry & SIZE_MASK
-        seg = self._slots[entry >> SLOT_SHIFT]
+        seg = self._table.slots[entry >> SLOT_SHIFT]
         if size and seg is not None:
             # mapped before mm: maps only grow, and mm is stored before mapped, so the map
             # read second is always at least as long as the length read first.
@@ -677,7 +530,7 @@ class Store(MutableMapping[bytes, bytes]):
                 seg, end = self._write_locked(k, v, flags, expiry_ms)
         else:
             with self._lock:
-                if self._writes_refused:
+                if self._log.refused:
                     self._check_writable()
                 # The seq is taken only once the write succeeded: appended seqs stay
                 # contiguous, which recovery's resynchronisation relies on (record.scan).
@@ -687,12 +540,13 @@ class Store(MutableMapping[bytes, bytes]):
                 body = _pack_body(flags, 0, len(k), len(v), seq, expiry_ms) + k + v
                 data = _pack_crc(_crc32c(body)) + body
                 size = len(data)
-                seg = self._active  # type: ignore[assignment]  # set while writable
+                seg = self._log.active  # type: ignore[assignment]  # set while writable
                 offset = seg.size
-                if offset + size > self.max_segment_size or killpoints.ENABLED:
-                    seg, offset = self._append(data)
+                if offset + size > self.max_segment_size:
+                    seg, offset = self._log.append(data)  # it rotates first
                 else:
-                    # _append inlined for the common case: no rotation, no kill point.
+                    # LogWriter.append inlined for the common case, no rotation: the write
+                    # path's one copy, kill point included, so crash tests exercise it.
                     try:
                         written = self._write(seg.fd, data)
                         if written != size:
@@ -700,9 +554,11 @@ class Store(MutableMapping[bytes, bytes]):
                             # (ENOSPC on a full disk), not a made-up EIO.
                             self._io.write(seg.fd, data[written:])
                     except BaseException:
-                        self._undo_append(seg, offset)
+                        self._log.undo(seg, offset)
                         raise
                     seg.size = offset + size
+                    if killpoints.ENABLED:
+                        killpoints.hit("append.after_write")
                 self._next_seq = seq + 1
                 # KeyDir.apply for a plain put, inlined: the single-put hot path (a method
                 # call here costs ~6% of put throughput). Same rules, same order.
@@ -724,7 +580,7 @@ class Store(MutableMapping[bytes, bytes]):
                     kd.expiries.pop(k, None)
                 end = offset + size
         if self._sync_always:
-            self._wait_durable(seg, end)
+            self._log.wait_durable(seg, end)
         return True
 
     def _write_locked(self, k: bytes, stored: bytes, flags: int, expiry_ms: int
@@ -737,7 +593,7 @@ class Store(MutableMapping[bytes, bytes]):
         if self._sealing:
             stored, flags = self._codec.seal(k, stored, flags, seq, expiry_ms)
         data = rec.encode(k, stored, seq, expiry_ms, flags)
-        seg, offset = self._append(data)
+        seg, offset = self._log.append(data)
         self._next_seq = seq + 1
         self._keydir.apply(seg, seg.slot, k, offset, len(data), flags, expiry_ms)
         return seg, offset + len(data)
@@ -746,14 +602,14 @@ class Store(MutableMapping[bytes, bytes]):
         """Write a tombstone for live key ``k`` and unindex it. Locked."""
         seq = self._next_seq
         data = rec.encode(k, b"", seq, 0, rec.TOMBSTONE)
-        seg, offset = self._append(data)
+        seg, offset = self._log.append(data)
         self._next_seq = seq + 1
         self._keydir.unindex(k, entry, (offset, len(data), rec.TOMBSTONE, 0))
         return seg, offset + len(data)
 
     def _durable(self, seg: Segment, end: int) -> None:
         if self._sync_always:
-            self._wait_durable(seg, end)
+            self._log.wait_durable(seg, end)
 
     def __setitem__(self, key: KeyLike, value: ValueLike) -> None:
         self.put(key, value)
@@ -878,7 +734,7 @@ class Store(MutableMapping[bytes, bytes]):
         visible or none is. An exception inside the block discards the batch.
         """
         self._check_writable()
-        return Batch(self)
+        return Batch(self._commit_batch)
 
     def _commit_batch(self, ops: list[tuple[bytes, bytes | None, float | None]]) -> None:
         """Write ``ops`` (key, value or None for a delete, ttl) as one atomic batch.
@@ -917,7 +773,7 @@ class Store(MutableMapping[bytes, bytes]):
                 body = pack_body(flags, 0, len(k), len(v) if v else 0, first_seq + i,
                                  expiry_ms) + k + (v or b"")
                 parts.append(pack_crc(crc(body)) + body)
-            seg, pos = self._append(b"".join(parts))
+            seg, pos = self._log.append(b"".join(parts))
             self._next_seq = first_seq + len(staged)
             pos = self._keydir.apply_run(seg, seg.slot, pos, (
                 (k, len(data), tombstone if v is None else 0, expiry_ms)
@@ -1104,16 +960,16 @@ class Store(MutableMapping[bytes, bytes]):
                 self._keydir.recompute_next_expiry()
                 return
             loaded = recovery.load(self.path, self._io, readonly=True, now_ms=self._now_ms())
-            old_segments = self._segments
+            old_segments = self._table.segments
             self._loaded = loaded
             self.recovery_report = loaded.report
             self._keydir = loaded.keydir
-            self._slots = loaded.slots
-            self._segments = loaded.segments
+            self._table.slots = loaded.slots
+            self._table.segments = loaded.segments
             self._expiries = loaded.keydir.expiries
             self._entries = loaded.keydir.entries
             self._keydir.recompute_next_expiry()
-            for s in self._segments[:-1]:
+            for s in self._table.segments[:-1]:
                 s.release_fd()
         for s in old_segments:
             s.close()
@@ -1126,26 +982,25 @@ class Store(MutableMapping[bytes, bytes]):
         if self.readonly:
             return
         self._verify_lock(raise_now=True)
-        if self._sync_failure is not None or self._write_refusal is not None:
-            # Nothing can be promised durable after a failed fsync, even what an earlier,
-            # successful one covered: say so rather than return as if all were well.
-            self._check_writable()
-        seg = self._active
-        assert seg is not None
-        self._wait_durable(seg, seg.size)
+        # After a failed fsync nothing can be promised durable, even what an earlier,
+        # successful one covered: say so rather than return as if all were well.
+        self._log.check()
+        seg = self._log.active
+        if seg is not None:
+            self._log.wait_durable(seg, seg.size)
 
     def _flush_once(self) -> None:
-        seg = self._active
+        seg = self._log.active
         if seg is None or seg.synced_size >= seg.size:
             return
-        if self._sync_failure is not None:
-            return  # no fsync after a failed one can promise anything; see _fail_sync
+        if self._log.sync_failure is not None:
+            return  # no fsync after a failed one can promise anything (LogWriter.fail)
         try:
-            self._wait_durable(seg, seg.size)
+            self._log.wait_durable(seg, seg.size)
         except (OSError, Error) as exc:
             if not self._closed:
-                # The store now refuses writes (_fail_sync); stats() and the log say why.
-                self.last_sync_error = f"{type(exc).__name__}: {exc}"
+                # The log now refuses writes (LogWriter.fail); stats() and the log say why.
+                self._log.last_sync_error = f"{type(exc).__name__}: {exc}"
 
     # -- compaction --------------------------------------------------------------------------
 
@@ -1165,88 +1020,41 @@ class Store(MutableMapping[bytes, bytes]):
             self._purge_expired()
             with self._lock:
                 self._check_writable()
-                active = self._active
+                active = self._log.active
                 if active is not None and active.dead_bytes > 0:
-                    self._rotate()
-            summary = compaction.compact(self, progress)
+                    self._log.rotate()
+            summary = compaction.compact(self._compaction_host(), progress)
             self._note_compaction(summary.as_dict())
         return summary.as_dict()
 
-    def _sync_active_for_compaction(self) -> None:
-        seg = self._active
-        if seg is not None:
-            self._wait_durable(seg, seg.size)
-
-    def _fail_after_commit(self, exc: BaseException) -> None:
-        """A compaction failed after its commit point: the running store may no longer match
-        the MANIFEST on disk, so it refuses writes until reopened from it."""
-        self._fail_sync(exc, "a compaction failed after its commit point")
-
-    def _install_compaction(self, inputs: list[Segment], outputs: list[Segment]) -> None:
-        """The commit point of a compaction: the outputs replace the inputs in the MANIFEST.
-
-        The inputs stay attached (the keydir still points into them until the switch), but
-        they are no longer part of the store: a crash from here on loads the outputs.
-        Raises, with the MANIFEST and the segment list unchanged in memory, if the MANIFEST
-        could not be written (writes are then refused: see _commit_manifest).
-        """
-        with self._lock:
-            self._check_writable()
-            if any(seg not in self._segments for seg in inputs) or (
-                    self._active is not None and self._active in inputs):
-                raise Error("internal error: compaction inputs changed while it ran")
-            before = list(self._segments)
-            for seg in outputs:
-                self._attach(seg)
-            kept = [s for s in self._segments if s not in inputs]
-            kept.extend(outputs)
-            kept.sort(key=lambda s: (s.order_seq, s.id))
-            if self._active is not None and kept[-1] is not self._active:
-                for seg in outputs:
-                    self._detach(seg)
-                raise Error("internal error: a compaction output would load after the "
-                            "active segment")
-            self._segments = kept
-            try:
-                self._commit_manifest()
-            except BaseException:
-                self._segments = before
-                for seg in outputs:
-                    self._detach(seg)
-                raise
+    def _compaction_host(self) -> _CompactionHost:
+        """What compaction may touch of this store (compaction.CompactionHost)."""
+        return _CompactionHost(self)
 
     def _note_compaction(self, summary: dict[str, Any]) -> None:
         summary["finished_at"] = self._clock()
         self.last_compaction = summary
 
+    def _sealed(self) -> list[Segment]:
+        """The immutable segments (all but the active one), in load order. Locked."""
+        return [s for s in self._table.segments if s is not self._log.active]
+
     def _compaction_due(self) -> bool:
         with self._lock:
             if self._closed:
                 return False
-            immutable = [s for s in self._segments if s is not self._active]
-            dead = sum(s.dead_bytes for s in immutable)
-            total = sum(s.size for s in immutable)
-        return bool(total) and dead >= self.compact_min_dead_bytes \
-            and dead >= self.compact_dead_ratio * total
+            sealed = self._sealed()
+        return compaction_due(sealed, self.compact_min_dead_bytes, self.compact_dead_ratio)
 
     def _write_seal_hints(self, blocking: bool = False) -> None:
         """Give every sealed append segment without a hint one (background; see sealing.py)."""
-        from . import sealing
-
         try:
             if not self._compact_lock.acquire(blocking=blocking):
                 return  # a compaction is running: its outputs get hints anyway
             try:
                 with self._lock:
-                    todo = [s for s in self._segments if s is not self._active and not s.hinted
-                            and s.kind == seg_mod.KIND_APPEND]
-                for seg in todo:
-                    if self._stop.is_set():
-                        return
-                    blob = sealing.build_hint(self.path, self._io, seg)
-                    seg.hinted = True  # written, or not worth trying again (damage)
-                    if blob is not None:
-                        sealing.write_hint(self.path, self._io, seg, blob)
+                    sealed = self._sealed()
+                sealing.write_missing_hints(self.path, self._io, sealed, self._stop.is_set)
             finally:
                 self._compact_lock.release()
         except Exception as exc:  # keep serving; stats() shows the failure
@@ -1263,7 +1071,7 @@ class Store(MutableMapping[bytes, bytes]):
             if not self._compact_lock.acquire(blocking=False):
                 return
             try:
-                summary = compaction.compact(self)
+                summary = compaction.compact(self._compaction_host())
                 if not summary.aborted:
                     self._note_compaction(summary.as_dict())
             finally:
@@ -1280,73 +1088,29 @@ class Store(MutableMapping[bytes, bytes]):
         """Flush and fsync pending writes, release the lock and every file. Idempotent."""
         if self._closed:
             return
-        self._stop.set()
-        self._compact_wake.set()
-        me = threading.current_thread()
-        for thread in (self._compactor, self._flusher):
-            if thread is not None and thread is not me:  # __del__ may run on our own thread
-                thread.join()
+        self._maintenance.stop()  # never joins the calling thread: __del__ may run on one
         # A compact() running in another thread sees _stop and aborts, or finishes its
         # (bounded) switch and removals; either way it must be done before files close.
-        if self._compactor is not me:
+        if not self._maintenance.is_thread(threading.current_thread()):
             self._compact_lock.acquire()
             self._compact_lock.release()
         with self._lock:
             if self.closed:  # another thread closed it while we waited for the threads
                 return
             try:
-                if (not self.readonly and self._active is not None and not self._active.closed
-                        and self._sync_failure is None):
+                active = self._log.active
+                if (not self.readonly and active is not None and not active.closed
+                        and self._log.sync_failure is None):
                     # After a failed fsync nothing is fsynced again (it could not promise
                     # anything) and no checkpoint is written: the next open scans the files.
-                    active = self._active
-                    with self._sync_lock:
-                        self._io.fsync(active.fd)
-                        active.synced_size = active.size
-                        if self._marker is not None:
-                            try:
-                                self._marker.record(active.id, active.header.nonce,
-                                                    active.size)
-                                self._marker.sync()
-                            except OSError as exc:  # the segment is durable regardless
-                                self.last_sync_error = f"durable mark: {exc}"
-                    self._write_checkpoint_hint()
+                    self._log.sync_for_close()
+                    sealing.write_checkpoint(self.path, self._io, active, self._keydir,
+                                             self._next_seq - 1)
             finally:
                 self._closed = True
-                self._writes_refused = True
+                self._log.refused = True
                 self._entries = _Closed()
                 self._release_files()
-
-    def _write_checkpoint_hint(self) -> None:
-        """Write a hint for the active segment's durable prefix, so the next open reads the
-        hint instead of scanning every record. Locked; the segment is fsynced to its size.
-
-        The hint lists every key whose newest record in the segment the keydir points at,
-        plus tombstones and expired records there (``_hidden``): exactly what a scan of the
-        prefix would index. Seqs are not kept in memory, so entries carry seq 0 and the
-        hint's max_seq is the store's last seq (docs/format.md).
-        """
-        seg = self._active
-        assert seg is not None
-        unhinted = seg.size - seg_mod.HEADER_SIZE
-        if unhinted < CHECKPOINT_MIN_BYTES:
-            return
-        from .sealing import hint_items
-
-        slot = seg.slot
-        indexed = ((k, e) for k, e in self._entries.items() if e >> SLOT_SHIFT == slot)
-        items = hint_items(seg, indexed, self._expiries, self._keydir.hidden or {})
-        blob = hint.encode(items, seg.header.nonce, seg.size, max_seq=self._next_seq - 1)
-        name = seg_mod.hint_name(seg.id)
-        if killpoints.ENABLED:
-            # The kill point sits between the fsync and the rename of replace_file.
-            final = os.path.join(self.path, name)
-            self._io.write_new_file(final + seg_mod.TMP_SUFFIX, blob)
-            killpoints.hit("checkpoint.written")
-            self._io.rename(final + seg_mod.TMP_SUFFIX, final)
-            self._io.fsync_dir(self.path)
-        else:
-            self._io.replace_file(self.path, name, blob)
 
     def _abandon(self) -> None:
         """Drop every file and the lock *without* flushing: what ``kill -9`` leaves behind.
@@ -1354,27 +1118,17 @@ class Store(MutableMapping[bytes, bytes]):
         For tests and the crash harness. Writes already returned have reached the OS, so a
         reopen sees exactly what it would after the process was killed.
         """
-        self._stop.set()
-        self._compact_wake.set()
-        me = threading.current_thread()
-        for thread in (self._compactor, self._flusher):
-            if thread is not None and thread is not me:
-                thread.join()
+        self._maintenance.stop()
         with self._lock:
             self._closed = True
-            self._writes_refused = True
+            self._log.refused = True
             self._entries = _Closed()
             self._release_files()
 
     def _release_files(self) -> None:
-        for s in self._segments:
+        for s in self._table.segments:
             s.close()
-        if self._marker is not None:
-            try:
-                self._marker.close()
-            except OSError:
-                pass
-            self._marker = None
+        self._log.close()
         if self._store_lock is not None:
             self._store_lock.release()
             self._store_lock = None
@@ -1415,16 +1169,16 @@ class Store(MutableMapping[bytes, bytes]):
         self._check_open()
         self._purge_expired()
         with self._lock:
-            segs = list(self._segments)
+            segs = list(self._table.segments)
             keys = len(self._entries)
             expiring = len(self._expiries)
             live = sum(s.live_bytes for s in segs)
             dead = sum(s.dead_bytes for s in segs)
-            active = self._active.id if self._active is not None else None
+            active = self._log.active.id if self._log.active is not None else None
         disk = 0
-        for name in os.listdir(self.path):
-            try:
-                disk += os.stat(os.path.join(self.path, name)).st_size
+        for name in self._io.listdir(self.path):
+            try:  # an lstat for a figure only (FileIO's promise covers what is read as data)
+                disk += os.lstat(os.path.join(self.path, name)).st_size
             except OSError:
                 pass
         report = self.recovery_report

@@ -13,7 +13,7 @@ import random
 import pytest
 
 import bitkv
-from bitkv import store as store_mod
+from bitkv import sealing as sealing_mod
 
 
 class Clock:
@@ -26,7 +26,7 @@ class Clock:
 
 @pytest.fixture(autouse=True)
 def always_checkpoint(monkeypatch):
-    monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 0)
+    monkeypatch.setattr(sealing_mod, "CHECKPOINT_MIN_BYTES", 0)
 
 
 def _open(path, clock, **kw):

@@ -440,7 +440,7 @@ def test_expired_records_are_dropped_and_their_space_reclaimed(db_path, clock):
     summary = db.compact()
     record = bitkv.record.HEADER_SIZE + 7 + 100
     # (live records in the active segment, not sealed because it holds no garbage, stay put)
-    assert summary["keys_kept"] + db._active.live_bytes // record == 100
+    assert summary["keys_kept"] + db._log.active.live_bytes // record == 100
     assert summary["records_dropped"] == 300
     assert summary["bytes_out"] < 100 * (record + 2) + 10 * seg_mod.HEADER_SIZE
     after = data_bytes(db_path)
@@ -551,7 +551,7 @@ def test_background_compactor_does_not_rerun_on_a_compacted_store(db_path, clock
                 db.put(b"k%03d" % i, b"%d" % r * 80)
         deadline = time.monotonic() + 20
         while db.stats()["last_compaction"] is None and time.monotonic() < deadline:
-            db._compact_wake.set()
+            db._maintenance.wake()
             time.sleep(0.02)
         first = db.stats()["last_compaction"]
         assert first is not None
@@ -563,13 +563,13 @@ def test_background_compactor_does_not_rerun_on_a_compacted_store(db_path, clock
                 if not db._compaction_due():
                     settled = db.stats()["last_compaction"]
                     break
-            db._compact_wake.set()
+            db._maintenance.wake()
             time.sleep(0.02)
         else:
             pytest.fail("the store still had garbage to compact after 20 s")
         names = data_files(db_path)
         for _ in range(10):
-            db._compact_wake.set()
+            db._maintenance.wake()
             time.sleep(0.02)
         assert db.stats()["last_compaction"] is settled
         assert data_files(db_path) == names
@@ -655,7 +655,7 @@ def test_inputs_are_removed_in_load_order(db_path, clock):
     db.compact()  # outputs of the first compaction, append segments, interleaved ids
     fill_generation_2(m, random.Random(7))
     with db._lock:
-        order = [s.id for s in db._segments if s is not db._active]
+        order = [s.id for s in db._table.segments if s is not db._log.active]
         by_id = sorted(order)
     assert order != by_id  # the case worth testing
     io.armed = True
@@ -704,11 +704,11 @@ def test_background_compaction_runs_and_keeps_contents(db_path, clock):
 def test_auto_compact_false_never_compacts(db_path, clock):
     with opendb(db_path, clock, auto_compact=False, compact_min_dead_bytes=0,
                 compact_dead_ratio=0.01) as db:
-        assert db._compactor is None
+        assert not db._maintenance.runs_maintenance
         for r in range(8):
             for i in range(80):
                 db.put(b"k%03d" % i, b"%d" % r * 60)
-            db._compact_wake.set()
+            db._maintenance.wake()
             time.sleep(0.02)
         st = db.stats()
         assert st["last_compaction"] is None and st["dead_bytes"] > 0
@@ -933,10 +933,10 @@ def test_compaction_by_the_writer_path_keeps_a_tombstone_in_the_active_segment(d
     for i in range(80):
         m.put(b"pad%02d" % i, b"p" * 60)
     m.delete(b"victim")
-    active = db._active
+    active = db._log.active
     with db._compact_lock:
-        summary = compaction.compact(db)
-    assert db._active is active and summary.segments_in >= 2 and not summary.aborted
+        summary = compaction.compact(db._compaction_host())
+    assert db._log.active is active and summary.segments_in >= 2 and not summary.aborted
     m.check()
     db._abandon()
     for _ in range(2):

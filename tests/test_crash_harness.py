@@ -8,7 +8,6 @@ import re
 
 import pytest
 
-import bitkv
 import bitkv.crashtest as crashtest
 from bitkv.crashtest.oracle import Oracle
 from bitkv.crashtest.values import make_value, parse_value
@@ -174,7 +173,9 @@ def test_kill_mode_catches_a_store_that_loses_writes(fast_tmp, monkeypatch, sabo
 
 
 def test_powerloss_mode_catches_acknowledging_before_fsync(fast_tmp, monkeypatch):
-    monkeypatch.setattr(bitkv.Store, "_wait_durable", lambda self, seg, end: None)
+    from bitkv.log import LogWriter
+
+    monkeypatch.setattr(LogWriter, "wait_durable", lambda self, seg, end: None)
     summary = crashtest.run(str(fast_tmp / "ct"), mode="powerloss", cycles=3, seed=5,
                             sync="always", ops_per_cycle=60)
     assert any("before its write was durable" in v for v in summary.violations)

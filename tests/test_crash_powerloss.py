@@ -216,7 +216,7 @@ def test_compaction_never_loses_a_durable_value_whose_overwrite_is_not_durable(f
     else:
         deadline = time.monotonic() + 10
         while db.last_compaction is None and time.monotonic() < deadline:
-            db._compact_wake.set()
+            db._maintenance.wake()
             time.sleep(0.01)
         assert db.last_compaction is not None, "the auto-compactor did not run"
     db._abandon()

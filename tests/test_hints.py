@@ -15,8 +15,8 @@ import pytest
 import bitkv
 from bitkv import hint
 from bitkv import record as rec
+from bitkv import sealing as sealing_mod
 from bitkv import segment as seg_mod
-from bitkv import store as store_mod
 from bitkv.crc import crc32c
 
 SEG = 4096
@@ -274,7 +274,7 @@ def test_every_hint_bad_at_once(store, kind, tmp_path):
 def test_a_checkpoint_hint_covers_a_prefix_and_the_tail_is_scanned(tmp_path, monkeypatch):
     """A hint may cover only a prefix of a segment: records appended after it (and not
     followed by a clean close) are found by scanning, and tombstones among them win."""
-    monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 0)
+    monkeypatch.setattr(sealing_mod, "CHECKPOINT_MIN_BYTES", 0)
     clock = Clock()
     path = tmp_path / "db"
     with opendb(path, clock, max_segment_size=1 << 20) as db:

@@ -236,14 +236,14 @@ def test_readonly_gets_follow_the_writer_through_rotation(tmp_path):
     try:
         w.put(b"a", b"1")
         with bitkv.open(path, readonly=True) as r:
-            newest = r._segments[-1]
+            newest = r._table.segments[-1]
             assert newest.pread_only and newest.mm is None
             assert r.get(b"a") == b"1"
             for i in range(200):
                 w.put(b"k%d" % i, b"x" * 50)
             r.refresh()
             assert newest.mm is not None and not newest.pread_only
-            assert r._segments[-1].pread_only
+            assert r._table.segments[-1].pread_only
             assert all(r.get(b"k%d" % i) == b"x" * 50 for i in range(200))
     finally:
         w.close()

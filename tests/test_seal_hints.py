@@ -96,5 +96,5 @@ def test_a_damaged_sealed_segment_gets_no_hint(tmp_path):
     data[200] ^= 0xFF
     first.write_bytes(bytes(data))
     with bitkv.open(path, auto_compact=False) as db:
-        seg = next(s for s in db._segments if s.id == 1)
+        seg = next(s for s in db._table.segments if s.id == 1)
         assert sealing.build_hint(str(path), db._io, seg) is None

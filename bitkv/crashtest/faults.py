@@ -130,17 +130,20 @@ def _reports_sync_failure(db: object) -> bool:
 # Engine functions that name the phase a file operation belongs to, innermost first wins.
 # Module-level matches (compaction, recovery, sealing) cover every function in them.
 _PHASE_FUNCS = {
-    "_undo_append": "undo of a failed write",
-    "_new_segment": "new segment creation",
-    "_rotate": "rotation",
+    "undo": "undo of a failed write",
+    "new_segment": "new segment creation",
+    "rotate": "rotation",
+    "seal_for_open": "sealing a crashed segment",
+    "commit_manifest": "MANIFEST commit",
+    "sync_for_close": "close",
     "_write_checkpoint_hint": "checkpoint hint at close",
     "_flush_once": "interval flusher",
     "close": "close",
     "sync": "sync()",
     "_commit_batch": "batch commit",
-    "_wait_durable": "commit fsync",
+    "wait_durable": "commit fsync",
     "put": "put",
-    "_append": "append",
+    "append": "append",
 }
 _PHASE_MODULES = {"compaction.py": "compaction", "recovery.py": "open/recovery",
                   "sealing.py": "sealed-segment hint", "lock.py": "open/lock",
@@ -162,7 +165,7 @@ def current_phase(depth: int = 2) -> str:
             continue
         engine = True
         label = _PHASE_MODULES.get(base) or (
-            _PHASE_FUNCS.get(code.co_name) if base == "store.py" else None)
+            _PHASE_FUNCS.get(code.co_name) if base in ("store.py", "log.py") else None)
         if label and label not in labels:
             labels.append(label)
         frame = frame.f_back  # type: ignore[assignment]
@@ -333,7 +336,7 @@ def live_extents(path: str, at_ms: int) -> dict[str, list[tuple[int, int]]]:
     with open_store(path, at_ms, readonly=True) as db:
         for _key, entry in list(db._entries.items()):
             slot, offset, _hint = unpack(entry)
-            seg = db._slots[slot]
+            seg = db._keydir.slots[slot]
             if seg is None:
                 continue
             size = db._keydir.record_size(entry)

@@ -1,0 +1,337 @@
+"""The write side of the log: the segment table, the active segment, appends, rotation, group
+commit, the DURABLE mark, the MANIFEST commits, and the refuse-writes state.
+
+One :class:`LogWriter` per writable store. The store holds its writer lock around every call
+that changes the log (``append``, ``rotate``, ``install``); ``wait_durable`` takes the log's own
+sync lock, so concurrent writers share one fsync (group commit) without holding the writer lock
+while the disk works.
+
+After a failed fsync (anywhere: the store's FileIO is wrapped in :class:`fileio.FsyncGuard`,
+which reports to :meth:`LogWriter.fail`), or when what is on disk is otherwise in doubt, the
+log refuses every later write until the store is reopened: a later fsync that succeeds proves
+nothing (PostgreSQL's "fsyncgate"), and a reopen recovers from what is really on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from . import durable, keydir, killpoints, manifest
+from . import segment as seg_mod
+from .errors import Error
+from .fileio import FileIO
+from .recovery import manifest_for
+from .segment import Segment, SegmentHeader
+
+log = logging.getLogger("bitkv")
+
+
+class SegmentTable:
+    """The open segments: their slots (the 16-bit number a keydir entry names; slots are
+    reused, ids are not), the load order, and the id counter."""
+
+    def __init__(self, slots: list[Segment | None], segments: list[Segment], next_id: int
+                 ) -> None:
+        self.slots = slots  # shared with the KeyDir, which finds an entry's segment here
+        self.free_slots: list[int] = []
+        self.segments = segments  # load order; the active segment (if any) last
+        self.next_id = next_id
+
+    def allocate_id(self) -> int:
+        segment_id = self.next_id
+        self.next_id += 1
+        return segment_id
+
+    def attach(self, seg: Segment) -> None:
+        if self.free_slots:
+            seg.slot = self.free_slots.pop()
+            self.slots[seg.slot] = seg
+        else:
+            if len(self.slots) >= keydir.MAX_SLOTS:
+                raise Error(f"too many segments open ({keydir.MAX_SLOTS}); compact the store")
+            seg.slot = len(self.slots)
+            self.slots.append(seg)
+
+    def detach(self, seg: Segment) -> None:
+        self.slots[seg.slot] = None
+        self.free_slots.append(seg.slot)
+
+
+class LogWriter:
+    """Appends to the active segment of one store directory (see the module doc)."""
+
+    def __init__(self, directory: str, io: FileIO, table: SegmentTable, *,
+                 max_segment_size: int, next_seq: Callable[[], int],
+                 marker: durable.DurableMarker | None, manifest_generation: int,
+                 before_rotate: Callable[[], None],
+                 on_rotate: Callable[[Segment], None]) -> None:
+        self.directory = directory
+        self.io = io
+        self.table = table
+        self.max_segment_size = max_segment_size
+        self._next_seq = next_seq  # the store's: a new segment's order_seq
+        self.marker = marker
+        self.manifest_generation = manifest_generation
+        self._before_rotate = before_rotate  # the store checks its lock is still its own
+        self._on_rotate = on_rotate  # the store starts the new segment's hidden records
+        self.active: Segment | None = None
+        self.sync_lock = threading.Lock()
+        # Set once, cleared only by a reopen: why the log refuses writes.
+        self.sync_failure: str | None = None  # an fsync failed, or the disk is in doubt
+        self.write_refusal: str | None = None  # any other reason (a lost lock, a failed undo)
+        self.refused = False  # either of the two: one check on the hot path
+        self.last_sync_error: str | None = None
+
+    # -- the refuse-writes state ---------------------------------------------------------------
+
+    def fail(self, exc: BaseException, what: str = "an fsync failed") -> None:
+        """An fsync failed (or what is on disk is in doubt: ``what`` says why): refuse every
+        later write until the store is reopened. The first reason is kept."""
+        if self.sync_failure is None:
+            self.sync_failure = f"{what} ({type(exc).__name__}: {exc})"
+            log.error("bitkv store %s: %s; refusing writes until reopened", self.directory,
+                      self.sync_failure)
+        self.last_sync_error = self.sync_failure
+        self.refused = True
+
+    def refuse(self, reason: str) -> None:
+        """Refuse every later write for a reason other than the disk's (the first is kept)."""
+        if self.write_refusal is None:
+            self.write_refusal = reason
+        self.refused = True
+
+    def refusal(self) -> str | None:
+        """Why writes are refused, as a sentence; None if they are not."""
+        if self.sync_failure is not None:
+            return (f"{self.sync_failure}; what is on disk may differ from what this process "
+                    "knows. Close and reopen the store to recover from what is.")
+        if self.write_refusal is not None:
+            return f"{self.write_refusal}. Close and reopen the store."
+        return None
+
+    def check(self) -> None:
+        reason = self.refusal()
+        if reason is not None:
+            raise Error(f"store {self.directory!r} refuses writes: {reason}")
+
+    # -- segments --------------------------------------------------------------------------
+
+    def new_segment(self) -> Segment:
+        """Create, durably, an empty append segment and attach it (not yet active).
+
+        The caller commits it to the MANIFEST before anything is written into it: until then
+        it is an orphan that the next open removes, which is safe because it holds nothing.
+        """
+        segment_id = self.table.allocate_id()
+        path = seg_mod.segment_path(self.directory, segment_id)
+        order_seq = self._next_seq()
+        header = SegmentHeader.new(seg_mod.KIND_APPEND, order_seq, order_seq)
+        fd = self.io.create(path)
+        try:
+            self.io.write(fd, header.encode())
+            self.io.fsync(fd)
+            if killpoints.ENABLED:
+                killpoints.hit("rotate.after_create")
+            self.io.fsync_dir(self.directory)
+        except BaseException:
+            self.io.close(fd)
+            try:  # a segment that never got its header durably holds nothing: drop it
+                self.io.unlink(path)
+            except OSError:
+                pass
+            raise
+        seg = Segment(self.io, segment_id, path, fd, header, seg_mod.HEADER_SIZE)
+        self.table.attach(seg)
+        self.table.segments.append(seg)
+        return seg
+
+    def seal_for_open(self, seg: Segment, durable_end: int | None) -> None:
+        """Make a segment a crash left immutable: fsync what it holds past its last fsync
+        before the MANIFEST records it as sealed at this size. ``durable_end``: what it is
+        known durable up to, if not its whole length (damage a crash left past its mark)."""
+        fd = self.io.open_rw(seg.path)
+        try:
+            self.io.fsync(fd)
+        finally:
+            self.io.close(fd)
+        seg.synced_size = seg.size
+        seg.durable_end = seg.size if durable_end is None else durable_end
+
+    def continue_segment(self, seg: Segment) -> None:
+        """Make ``seg`` (the newest append segment, at open) the active one."""
+        fd = self.io.open_rw(seg.path)
+        if seg.fd >= 0:
+            self.io.close(seg.fd)
+        seg.fd = fd
+        self.active = seg
+
+    def commit_manifest(self) -> None:
+        """Durably record the current segment set (the commit point of a rotation, a
+        compaction, an upgrade). A failure while staging the new MANIFEST changes nothing (a
+        failed fsync still refuses writes, as every one does); a failure while installing it
+        leaves unknown which MANIFEST a crash would show: refuse writes."""
+        self.manifest_generation += 1
+        listed = manifest_for(self.table.segments, self.active, self.manifest_generation)
+        staged = manifest.stage(self.directory, self.io, listed)
+        try:
+            manifest.install(self.directory, self.io, staged)
+        except OSError as exc:
+            self.fail(exc, "the MANIFEST could not be installed")
+            raise
+
+    # -- appending -------------------------------------------------------------------------
+
+    def append(self, data: bytes) -> tuple[Segment, int]:
+        """Append ``data`` (whole records) with one write; return (segment, offset). The
+        caller holds the store's writer lock."""
+        seg = self.active
+        if seg is None:
+            raise Error("internal error: the log has no active segment")
+        if seg.size + len(data) > self.max_segment_size and seg.size > seg_mod.HEADER_SIZE:
+            seg = self.rotate()
+        offset = seg.size
+        if offset + len(data) > keydir.MAX_OFFSET:
+            raise Error("segment offset limit reached")
+        try:
+            self.io.write(seg.fd, data)
+        except BaseException:
+            self.undo(seg, offset)
+            raise
+        seg.size = offset + len(data)
+        if killpoints.ENABLED:
+            killpoints.hit("append.after_write")
+        return seg, offset
+
+    def undo(self, seg: Segment, offset: int) -> None:
+        """After a failed or short write, cut the segment back so no half record stays."""
+        try:
+            self.io.truncate(seg.fd, offset)
+        except OSError as exc:
+            # Part of a record may remain at ``offset`` and the file position is unknown: a
+            # later append would land somewhere the index does not point (its reads then
+            # fail and compaction drops it as corrupt). Stop here; a reopen's recovery cuts
+            # the half record as a torn tail.
+            self.refuse(f"a failed write could not be undone ({type(exc).__name__}: {exc}); "
+                        f"the end of {os.path.basename(seg.path)} is unknown")
+            try:
+                os.lseek(seg.fd, offset, os.SEEK_SET)
+            except OSError:
+                pass
+
+    def rotate(self) -> Segment:
+        """Seal the active segment (fsync, map) and start a new one. Writer lock held."""
+        self._before_rotate()
+        old = self.active
+        if old is None:
+            raise Error("internal error: no active segment to rotate")
+        with self.sync_lock:
+            self.check()
+            self.io.fsync(old.fd)
+            old.synced_size = old.size
+            old.durable_end = old.size
+        if killpoints.ENABLED:
+            killpoints.hit("rotate.after_sync")
+        old.map()
+        new = self.new_segment()
+        self.active = new
+        try:
+            self.commit_manifest()
+        except BaseException:
+            # Writes are refused now; keep the old segment as the one reads expect to grow.
+            self.active = old
+            self.table.segments.remove(new)
+            self.table.detach(new)
+            new.close()
+            raise
+        if killpoints.ENABLED:
+            killpoints.hit("rotate.after_manifest")
+        old.release_fd()
+        self._on_rotate(new)
+        return new
+
+    def wait_durable(self, seg: Segment, end: int) -> None:
+        """Return once ``seg`` is fsynced up to ``end``. Concurrent callers share one fsync.
+        After every fsync of the active segment the DURABLE mark records how far it reached."""
+        if seg.synced_size >= end:
+            return
+        with self.sync_lock:
+            if seg.synced_size >= end:
+                return
+            if self.sync_failure is not None:
+                self.check()  # no fsync after a failed one can promise anything
+            target = seg.size
+            self.io.fsync(seg.fd)
+            if target > seg.synced_size:
+                seg.synced_size = target
+            if self.marker is not None and seg is self.active:
+                try:
+                    self.marker.record(seg.id, seg.header.nonce, target)
+                except OSError as exc:
+                    # Only the torn-tail classification gets weaker (docs/format.md); the
+                    # write itself is durable.
+                    self.last_sync_error = f"durable mark: {type(exc).__name__}: {exc}"
+        # Writers that queued behind this fsync are covered by it now; let them take the GIL
+        # and return, instead of waiting out the interpreter's switch interval (5 ms, 20x an
+        # fsync here) while this thread starts its next write.
+        time.sleep(0)
+        if killpoints.ENABLED:
+            killpoints.hit("append.after_sync")
+
+    def sync_for_close(self) -> None:
+        """The last fsync of the active segment, and of the DURABLE mark vouching for it."""
+        active = self.active
+        if active is None or active.closed or self.sync_failure is not None:
+            return  # after a failed fsync nothing is fsynced again (it could promise nothing)
+        with self.sync_lock:
+            self.io.fsync(active.fd)
+            active.synced_size = active.size
+            if self.marker is not None:
+                try:
+                    self.marker.record(active.id, active.header.nonce, active.size)
+                    self.marker.sync()
+                except OSError as exc:  # the segment is durable regardless
+                    self.last_sync_error = f"durable mark: {exc}"
+
+    # -- compaction's commit ---------------------------------------------------------------
+
+    def install(self, inputs: list[Segment], outputs: list[Segment]) -> None:
+        """The commit point of a compaction: the outputs replace the inputs in the segment
+        list and the MANIFEST. Writer lock held. The inputs stay attached (the keydir still
+        points into them until the switch). Raises, with the list unchanged in memory, if
+        the MANIFEST could not be written (writes are then refused if it is in doubt)."""
+        self.check()
+        segments = self.table.segments
+        if any(seg not in segments for seg in inputs) or (
+                self.active is not None and self.active in inputs):
+            raise Error("internal error: compaction inputs changed while it ran")
+        before = list(segments)
+        for seg in outputs:
+            self.table.attach(seg)
+        kept = [s for s in segments if s not in inputs]
+        kept.extend(outputs)
+        kept.sort(key=lambda s: (s.order_seq, s.id))
+        if self.active is not None and kept[-1] is not self.active:
+            for seg in outputs:
+                self.table.detach(seg)
+            raise Error("internal error: a compaction output would load after the active "
+                        "segment")
+        self.table.segments = kept
+        try:
+            self.commit_manifest()
+        except BaseException:
+            self.table.segments = before
+            for seg in outputs:
+                self.table.detach(seg)
+            raise
+
+    def close(self) -> None:
+        if self.marker is not None:
+            try:
+                self.marker.close()
+            except OSError:
+                pass
+            self.marker = None
