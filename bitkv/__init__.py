@@ -27,6 +27,7 @@ from .errors import (
     NotAnIntegerError,
     NotAStoreError,
     ReadOnlyError,
+    SegmentLossError,
     StoreNotFoundError,
     UnsafeFileError,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "NotAnIntegerError",
     "ReadOnlyError",
     "RepairReport",
+    "SegmentLossError",
     "Store",
     "StoreNotFoundError",
     "UnsafeFileError",

@@ -39,6 +39,17 @@ class CorruptionError(Error):
     """Stored bytes failed their integrity check; they are never returned as data."""
 
 
+class SegmentLossError(CorruptionError):
+    """A segment the store consists of (its MANIFEST lists it) is missing, cut short or
+    replaced. Opening refuses: indexing the rest would silently lose its keys or bring older
+    values back. ``bitkv check --repair`` salvages the rest and records what was lost;
+    ``losses`` lists (file, what happened, keys at stake as far as a hint tells)."""
+
+    def __init__(self, message: str, losses: list[tuple[str, str, list[bytes]]]) -> None:
+        super().__init__(message)
+        self.losses = losses
+
+
 class IntegrityError(CorruptionError):
     """A record read through the index does not match what the index expects."""
 

@@ -24,7 +24,6 @@ from . import durable, keydir, killpoints, manifest
 from . import segment as seg_mod
 from .errors import Error
 from .fileio import FileIO
-from .recovery import manifest_for
 from .segment import Segment, SegmentHeader
 
 log = logging.getLogger("bitkv")
@@ -175,7 +174,7 @@ class LogWriter:
         failed fsync still refuses writes, as every one does); a failure while installing it
         leaves unknown which MANIFEST a crash would show: refuse writes."""
         self.manifest_generation += 1
-        listed = manifest_for(self.table.segments, self.active, self.manifest_generation)
+        listed = manifest.listing(self.table.segments, self.active, self.manifest_generation)
         staged = manifest.stage(self.directory, self.io, listed)
         try:
             manifest.install(self.directory, self.io, staged)

@@ -19,12 +19,16 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .crc import crc32c
 from .errors import CorruptionError
 from .fileio import FileIO
 from .names import MANIFEST_NAME as MANIFEST_NAME
 from .names import TMP_SUFFIX
+
+if TYPE_CHECKING:
+    from .segment import Segment
 
 MAGIC = b"BITKVMAN"
 VERSION = 1
@@ -135,3 +139,15 @@ def install(directory: str, io: FileIO, staged: str) -> None:
     failure here, which MANIFEST a crash would leave is unknown."""
     io.rename(staged, os.path.join(directory, MANIFEST_NAME))
     io.fsync_dir(directory)
+
+
+def listing(segments: list[Segment], active: Segment | None, generation: int) -> Manifest:
+    """The MANIFEST describing ``segments``, ``active`` (if any) being the open one."""
+    entries = []
+    for seg in segments:
+        is_open = seg is active
+        entries.append(ManifestEntry(
+            seg.id, seg.header.nonce, seg.order_seq,
+            OPEN if is_open else seg.size, seg.kind,
+            0 if is_open else min(seg.durable_end, seg.size)))
+    return Manifest(generation, tuple(entries))

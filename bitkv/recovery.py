@@ -29,9 +29,9 @@ from . import durable, hint, keydir, manifest, record, replay
 from . import segment as seg_mod
 from .crc import crc32c
 from .errors import (
-    CorruptionError,
     FormatVersionError,
     NotAStoreError,
+    SegmentLossError,
     StoreNotFoundError,
     UnsafeFileError,
 )
@@ -79,16 +79,6 @@ class RecoveryReport:
     # records: a writer seals that segment (recording its durable end) instead of appending.
     damage_past_durable_end: bool = False
     manifest_created: bool = False
-
-
-class SegmentLossError(CorruptionError):
-    """A segment the store consists of is missing, cut short or replaced. Opening refuses:
-    indexing the rest would silently lose its keys or bring older values back.
-    ``bitkv check --repair`` salvages the rest and records what was lost."""
-
-    def __init__(self, message: str, losses: list[tuple[str, str, list[bytes]]]) -> None:
-        super().__init__(message)
-        self.losses = losses
 
 
 class _Retry(Exception):
@@ -1144,19 +1134,6 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
         next_id = max([next_id] + [e.segment_id + 1 for e in listed.entries])
     return LoadedStore(segments, loader.keydir, next_seq, next_id, loader.report, loader.slots,
                        hidden, manifest=listed, marker_version=version, mark=mark)
-
-
-def manifest_for(segments: list[Segment], active: Segment | None, generation: int
-                 ) -> manifest.Manifest:
-    """The MANIFEST describing ``segments``, ``active`` (if any) being the open one."""
-    entries = []
-    for seg in segments:
-        is_open = seg is active
-        entries.append(manifest.ManifestEntry(
-            seg.id, seg.header.nonce, seg.order_seq,
-            manifest.OPEN if is_open else seg.size, seg.kind,
-            0 if is_open else min(seg.durable_end, seg.size)))
-    return manifest.Manifest(generation, tuple(entries))
 
 
 def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> bool:

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import codec, durable, keydir, killpoints, recovery, sealing
+from . import codec, durable, keydir, killpoints, manifest, recovery, sealing
 from . import record as rec
 from . import segment as seg_mod
 from .batch import Batch
@@ -297,7 +297,7 @@ class Store(MutableMapping[bytes, bytes]):
                     self._keydir.hidden = loaded.hidden
                 self._log.manifest_generation = (loaded.manifest.generation
                                                  if loaded.manifest is not None else 0)
-                wanted = recovery.manifest_for(self._table.segments, active, 0)
+                wanted = manifest.listing(self._table.segments, active, 0)
                 if loaded.manifest is None or set(wanted.entries) != set(
                         loaded.manifest.entries):
                     self._log.commit_manifest()
