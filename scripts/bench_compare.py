@@ -52,6 +52,9 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+# The read-back check of a round is bench.py's (keys, pool and expected mean the same here).
+from bench_workload import verify as check  # noqa: E402
+
 now = time.perf_counter
 
 # (key, title, kind): "ops" = ops/s, higher is better; "time" = ms, lower is better
@@ -94,19 +97,6 @@ def make_data(n: int, durable_n: int, seed: int, vsize: int = 100) -> dict[str, 
         "dur_vals": [pool[(j * 7) % pool_n] for j in range(len(dur_idx))],
         "sample": rng.sample(range(n), min(n, 2000)),
     }
-
-
-def check(get, d: dict[str, Any], deleted: set[int], where: str, errors: list[str]) -> None:
-    bad = 0
-    for i in d["sample"]:
-        want = None if i in deleted else d["pool"][d["expected"][i]]
-        got = get(d["keys"][i])
-        if got is not None and not isinstance(got, bytes):
-            got = bytes(got)
-        if got != want:
-            bad += 1
-    if bad:
-        errors.append(f"{where}: {bad} of {len(d['sample'])} sampled keys read back wrong")
 
 
 def child(cfg: dict[str, Any]) -> dict[str, Any]:
