@@ -787,18 +787,11 @@ class _Salvage:
         self.lost = loader.report.lost_segments
         try:
             mark = durable.read(directory, io) if listed is not None else None
-            last = self.segments[-1] if self.segments else None
-            entries = listed.by_id() if listed is not None else {}
-            for seg in self.segments:
-                # As recovery classifies damage: by what the MANIFEST and the mark vouch for.
-                entry = entries.get(seg.id)
-                seg.durable_end = 0 if entry is None or entry.is_open else entry.durable_end
-            last_entry = entries.get(last.id) if last is not None else None
-            # The mark vouches only for the open append segment, exactly as recovery.load has it.
-            if (mark is not None and last is not None and last.kind == seg_mod.KIND_APPEND
-                    and last_entry is not None and last_entry.is_open
-                    and last.id == mark.segment_id and last.header.nonce == mark.nonce):
-                last.durable_end = min(mark.end, last.size)
+            # Damage is classified by what the MANIFEST and the mark vouch for, as at open.
+            recovery.vouch_durable_ends(self.segments, listed, mark)
+            if self.segments:
+                last = self.segments[-1]
+                last.durable_end = min(last.durable_end, last.size)
             for i, seg in enumerate(self.segments):
                 is_last = i == len(self.segments) - 1
                 loader.load_segment(seg, is_last, durable_end=seg.durable_end)

@@ -622,7 +622,6 @@ class Loader:
                 size = entry.sealed_size
             seg_header = header or replay.rebuilt_header(entry)
             seg = Segment(self.io, entry.segment_id, path, fd, seg_header, size)
-            seg.durable_end = 0 if entry.is_open else min(entry.durable_end, size)
             opened.pop()
             if header is None:
                 # Rebuilt from the MANIFEST, which knows the kind, load position and nonce.
@@ -1086,28 +1085,19 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
             # Back off (2 ms doubling, ~0.5 s in all) so a compaction's removals can finish.
             time.sleep(delay)
             delay *= 2
-    durable_end = 0
+    durable_end = vouch_durable_ends(segments, listed, mark)
     last = segments[-1] if segments else None
-    if (mark is not None and last is not None and last.kind == seg_mod.KIND_APPEND
-            and last.id == mark.segment_id and last.header.nonce == mark.nonce):
-        durable_end = mark.end
-        if last.size < durable_end:
-            loss: tuple[str, str, list[bytes]] = (
-                os.path.basename(last.path), f"truncated to {last.size} bytes, but "
-                f"{durable_end} were fsynced and acknowledged", [])
-            if not tolerate_loss:
-                for seg in segments:
-                    seg.close()
-                raise SegmentLossError(_describe_losses(directory, [loss]), [loss])
-            loader.report.lost_segments.append(loss)
-            durable_end = last.size
+    if last is not None and last.size < durable_end:
+        loss: tuple[str, str, list[bytes]] = (
+            os.path.basename(last.path), f"truncated to {last.size} bytes, but "
+            f"{durable_end} were fsynced and acknowledged", [])
+        if not tolerate_loss:
+            for seg in segments:
+                seg.close()
+            raise SegmentLossError(_describe_losses(directory, [loss]), [loss])
+        loader.report.lost_segments.append(loss)
+        durable_end = last.durable_end = last.size
     loader.report.durable_end = durable_end
-    if last is not None and listed is not None and last.kind == seg_mod.KIND_APPEND \
-            and listed.by_id().get(last.id, _NOT_LISTED).is_open:
-        last.durable_end = durable_end
-    elif listed is None:
-        for seg in segments:
-            seg.durable_end = 0  # a store older than the MANIFEST: nothing is known
     hidden: dict[bytes, tuple[int, int, int, int]] = {}
     for i, seg in enumerate(segments):
         is_last = i == len(segments) - 1
@@ -1134,6 +1124,26 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
         next_id = max([next_id] + [e.segment_id + 1 for e in listed.entries])
     return LoadedStore(segments, loader.keydir, next_seq, next_id, loader.report, loader.slots,
                        hidden, manifest=listed, marker_version=version, mark=mark)
+
+
+def vouch_durable_ends(segments: list[Segment], listed: manifest.Manifest | None,
+                       mark: durable.Mark | None) -> int:
+    """Set every segment's ``durable_end`` to what the MANIFEST and the DURABLE mark vouch
+    for: a sealed listed segment, its entry's; the open append segment (last in load order),
+    the mark's when the mark names it; anything else (unlisted, or a store without a
+    MANIFEST) 0. Return the open segment's (it may exceed the segment's length: lost bytes)."""
+    entries = listed.by_id() if listed is not None else {}
+    for seg in segments:
+        entry = entries.get(seg.id)
+        seg.durable_end = 0 if entry is None or entry.is_open else min(entry.durable_end,
+                                                                        seg.size)
+    last = segments[-1] if segments else None
+    if (mark is None or last is None or last.kind != seg_mod.KIND_APPEND
+            or not entries.get(last.id, _NOT_LISTED).is_open
+            or (last.id, last.header.nonce) != (mark.segment_id, mark.nonce)):
+        return 0
+    last.durable_end = mark.end
+    return mark.end
 
 
 def extend(directory: str, io: FileIO, loaded: LoadedStore, *, now_ms: int) -> bool:
