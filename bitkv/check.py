@@ -261,17 +261,20 @@ class _Checker:
         segments = self._read_segments(ids)
         segments.sort(key=lambda s: (s.order_seq, s.id))
         last = segments[-1] if segments else None
+        last_entry = (self.listed.by_id().get(last.id)
+                      if self.listed is not None and last is not None else None)
+        # The mark vouches for the open append segment only, exactly as at open
+        # (recovery.vouch_durable_ends).
         if (self.mark is not None and last is not None and last.header is not None
+                and last_entry is not None and last_entry.is_open
                 and last.kind == seg_mod.KIND_APPEND and last.id == self.mark.segment_id
                 and last.header.nonce == self.mark.nonce):
             last.durable_end = self.mark.end
             size = _size_or_zero(os.path.join(self.directory, last.name))
-            if size < self.mark.end and self.listed is not None:
-                entry = self.listed.by_id().get(last.id)
-                if entry is not None:
-                    self._lost(entry, f"is cut short to {size} bytes, below the "
-                               f"{self.mark.end} bytes fsynced and acknowledged", size)
-                    segments.pop()
+            if size < self.mark.end:
+                self._lost(last_entry, f"is cut short to {size} bytes, below the "
+                           f"{self.mark.end} bytes fsynced and acknowledged", size)
+                segments.pop()
         live: set[bytes] = set()  # keys a scan of the segments so far would index
         now_ms = int(time.time() * 1000)
         checked = set()
