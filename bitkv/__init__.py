@@ -22,6 +22,7 @@ from .errors import (
     EncryptionError,
     Error,
     FormatVersionError,
+    HistoryGone,
     IntegrityError,
     LockError,
     NotAnIntegerError,
@@ -31,6 +32,8 @@ from .errors import (
     StoreNotFoundError,
     UnsafeFileError,
 )
+from .history import Change as Change
+from .history import Cursor as HistoryCursor
 from .record import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from .store import DEFAULT_MAX_SEGMENT_SIZE, Store, SyncMode
 from .views import InvalidJSONError, JsonView, Namespace
@@ -45,12 +48,15 @@ __all__ = [
     "MAX_KEY_SIZE",
     "MAX_VALUE_SIZE",
     "Batch",
+    "Change",
     "CheckReport",
     "ClosedError",
     "CorruptionError",
     "EncryptionError",
     "Error",
     "FormatVersionError",
+    "HistoryCursor",
+    "HistoryGone",
     "IntegrityError",
     "InvalidJSONError",
     "JsonView",

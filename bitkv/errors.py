@@ -60,3 +60,8 @@ class EncryptionError(Error):
 
 class NotAnIntegerError(Error, ValueError):
     """``incr`` found a value that is not an ASCII decimal integer, or the result overflows."""
+
+
+class HistoryGone(Error):
+    """The changes asked of :meth:`Store.changes` are no longer in the log: compaction
+    reclaimed them, or a record on the way is damaged (a replica then needs a full copy)."""

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import codec, durable, keydir, killpoints, manifest, recovery, sealing
+from . import codec, durable, history, keydir, killpoints, manifest, recovery, sealing
 from . import record as rec
 from . import segment as seg_mod
 from .batch import Batch
@@ -42,6 +42,7 @@ from .validate import (
     INT64_MIN,
     KeyLike,
     ValueLike,
+    check_expires_at_ms,
     check_number,
     check_ttl,
     parse_int,
@@ -200,6 +201,7 @@ class Store(MutableMapping[bytes, bytes]):
         compression_min_size: int = 256,
         encryption_key: bytes | None = None,
         fileio: FileIO | None = None,
+        log_expirations: bool = False,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
@@ -213,6 +215,9 @@ class Store(MutableMapping[bytes, bytes]):
                       integral=True)
         check_number("compression_min_size", compression_min_size, 0, math.inf, integral=True)
         self.auto_compact = bool(auto_compact)
+        # Write a tombstone when an expired key leaves the index, so that the log (the
+        # history replication streams) says when each key went: replicas get a DEL.
+        self.log_expirations = bool(log_expirations)
         self.compact_dead_ratio = float(compact_dead_ratio)
         self.compact_min_dead_bytes = compact_min_dead_bytes
         self._compact_lock = threading.Lock()
@@ -388,7 +393,18 @@ class Store(MutableMapping[bytes, bytes]):
             raise ClosedError("the store is closed")
 
     def _drop_expired(self, k: bytes, entry: int, expiry_ms: int) -> None:
-        """Unindex an expired key. Locked. Its record stays on disk, still expired."""
+        """Unindex an expired key. Locked. Its record stays on disk, still expired; with
+        ``log_expirations`` a tombstone follows it (when the log takes writes)."""
+        if self.log_expirations and not self._log.refused:
+            try:
+                self._delete_locked(k, entry)
+                return
+            except (OSError, Error) as exc:  # unindexed below all the same
+                log.warning("bitkv store %s: could not log the expiry of %r: %s", self.path,
+                            k, exc)
+                entry = self._entries.get(k, entry)
+                if k not in self._entries:
+                    return
         active = self._log.active
         hide = None
         if active is not None and entry >> SLOT_SHIFT == active.slot:
@@ -499,12 +515,15 @@ class Store(MutableMapping[bytes, bytes]):
         return self._live_entry(k) is not None
 
     def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None,
-            if_absent: bool = False, if_present: bool = False, keep_ttl: bool = False) -> bool:
+            if_absent: bool = False, if_present: bool = False, keep_ttl: bool = False,
+            expires_at_ms: int | None = None) -> bool:
         """Store ``value`` under ``key``; return True if written, False if a condition failed.
 
         ``ttl`` is in seconds (None: never expires). ``if_absent`` writes only if the key has
         no live value, ``if_present`` only if it has one; ``keep_ttl`` keeps the key's current
-        expiry (``ttl`` must then be None). The check and the write are atomic.
+        expiry (``ttl`` must then be None). ``expires_at_ms`` is an absolute expiry in Unix
+        milliseconds instead of ``ttl`` (a time in the past writes the key already expired).
+        The check and the write are atomic.
 
         When this returns, the write has reached the OS (it survives the process being
         killed); with ``sync="always"`` it is also on stable storage (it survives power loss).
@@ -512,6 +531,10 @@ class Store(MutableMapping[bytes, bytes]):
         k = key if type(key) is bytes and key and len(key) <= _MAX_KEY else to_key(key)
         v = value if type(value) is bytes and len(value) <= _MAX_VALUE else to_value(value)
         expiry_ms = self._expiry_ms(ttl) if ttl is not None else 0
+        if expires_at_ms is not None:
+            if ttl is not None or keep_ttl:
+                raise ValueError("expires_at_ms excludes ttl and keep_ttl")
+            expiry_ms = check_expires_at_ms(expires_at_ms)
         flags = 0
         if self._encoding:
             v, flags = self._codec.compress(v)  # sealed below, once the seq is known
@@ -895,6 +918,11 @@ class Store(MutableMapping[bytes, bytes]):
         """Give ``key`` a new TTL in seconds. Return False if the key is missing or expired."""
         return self._rewrite_expiry(to_key(key), self._expiry_ms(check_ttl(ttl)))
 
+    def expire_at(self, key: KeyLike, at_ms: int) -> bool:
+        """Make ``key`` expire at ``at_ms`` (absolute Unix milliseconds; a time in the past
+        expires it now). Return False if the key is missing or already expired."""
+        return self._rewrite_expiry(to_key(key), check_expires_at_ms(at_ms))
+
     def persist(self, key: KeyLike) -> bool:
         """Remove the TTL of ``key``. Return True if it had one, False if missing or none."""
         k = to_key(key)
@@ -942,6 +970,54 @@ class Store(MutableMapping[bytes, bytes]):
                 else:
                     self._keydir.remove(k)
             self._keydir.recompute_next_expiry()
+
+    def purge_expired(self) -> None:
+        """Drop every expired key from the index now (with ``log_expirations``: a tombstone
+        each). The store does this by itself from time to time; a replication master calls it
+        often, so its replicas hear of expiries soon."""
+        self._check_open()
+        self._purge_expired()
+
+    def items_with_expiry(self) -> Iterator[tuple[bytes, bytes, int]]:
+        """Iterate over (key, value, expiry) of live keys; expiry in absolute Unix
+        milliseconds, 0 for none. Like :meth:`items`, not a point-in-time snapshot: a key
+        changed during the iteration is seen with its value at the time it is reached."""
+        for k in self.keys():
+            with self._lock:
+                entry = self._live_entry(k)
+                expiry = self._expiries.get(k, 0) if self._expiries else 0
+            if entry is None:
+                continue
+            value = self._value_of(k, entry)
+            if value is not None:
+                yield k, value, expiry
+
+    # -- history (the change feed replication streams) ---------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest record written (0 in a store never written to)."""
+        return self._next_seq - 1
+
+    def history_start(self) -> int | None:
+        """The oldest seq :meth:`changes` can still read from (None: no history at all)."""
+        self._check_open()
+        with self._lock:
+            return history.oldest_seq(self._table.segments)
+
+    def changes(self, cursor: history.Cursor, *, max_records: int = 1024,
+                max_bytes: int = 1 << 20) -> list[history.Change]:
+        """The writes from ``cursor.next_seq`` on, in the order the store applied them.
+
+        Returns at most ``max_records`` changes (about ``max_bytes`` of records) and advances
+        ``cursor``; an empty list means there is nothing newer yet. Raises
+        :class:`bitkv.HistoryGone` if compaction reclaimed the records asked for (or they
+        are damaged). Values come back decoded (decompressed, decrypted).
+        """
+        self._check_open()
+        with self._lock:
+            return history.read_changes(self._table.segments, cursor, self._codec.decode,
+                                        max_records=max_records, max_bytes=max_bytes)
 
     # -- readers -----------------------------------------------------------------------------
 

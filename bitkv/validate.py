@@ -71,6 +71,20 @@ def check_ttl(ttl: object) -> float:
     return float(ttl)
 
 
+def check_expires_at_ms(at_ms: object) -> int:
+    """Validate an absolute expiry: an int of Unix milliseconds, 1 to 2**63 - 1.
+
+    A time in the past is valid: the key is written already expired (what a replica does
+    with ``SET ... PXAT`` from a master whose clock is ahead).
+    """
+    if isinstance(at_ms, bool) or not isinstance(at_ms, int):
+        raise TypeError(f"expires_at_ms must be an int of Unix milliseconds, not "
+                        f"{type(at_ms).__name__}")
+    if not 0 < at_ms < 2**63:
+        raise ValueError(f"expires_at_ms must be between 1 and 2**63 - 1, got {at_ms}")
+    return at_ms
+
+
 def check_number(name: str, value: object, low: float, high: float, *,
                   low_open: bool = False, integral: bool = False) -> None:
     """Validate a numeric option; the error names the option, its range and the bad value."""

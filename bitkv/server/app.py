@@ -56,6 +56,7 @@ from .commands import (
 )
 from .control import ServerControl
 from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
+from .replication import Replication
 
 log = logging.getLogger("bitkv.server")
 
@@ -749,6 +750,7 @@ class Server:
         self._pending_replies: list[tuple[Connection, list[bytes], int]] = []
         self.waiting: list[Connection] = []
         self._flush_scheduled = False
+        self.replication = Replication(self)
 
     def _tick(self) -> None:
         self.clock = time.monotonic()
@@ -846,6 +848,14 @@ class Server:
             if self._own_store:
                 self.db.close()
             raise
+        try:
+            await self.replication.start()
+        except BaseException:
+            for listener in self._listeners:
+                listener.close()
+            if self._own_store:
+                self.db.close()
+            raise
         sockets = self._listeners[0].sockets
         self.port = sockets[0].getsockname()[1]
         addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets)
@@ -885,6 +895,8 @@ class Server:
             task.cancel()  # an AUTH waiting out its delay: no reason to keep shutdown waiting
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=30)
+        self.flush_sets()
+        await self.replication.stop()
         for conn in list(self.clients):
             conn.shutdown()
         self.flush_sets()  # SETs read before the connections closed

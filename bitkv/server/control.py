@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .app import ServerConfig
     from .commands.keyspace import ScanIndex
     from .protocol import Limits
+    from .replication import Replication
 
 
 class ClientView(Protocol):
@@ -43,6 +44,11 @@ class ServerControl(Protocol):
 
     @property
     def max_partial_bytes(self) -> int: ...
+
+    # -- replication: the role, the replicas, the link to a master (replication.py) ----------
+
+    @property
+    def replication(self) -> Replication: ...
 
     # -- facts and counters for INFO ---------------------------------------------------------
 

@@ -330,12 +330,9 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("rejected_connections", control.rejected_connections),
             ("expired_keys", 0),
             ("evicted_keys", 0),
+            *control.replication.stats_fields(),
         ],
-        "replication": [
-            ("role", "master"),
-            ("connected_slaves", 0),
-            ("master_repl_offset", 0),
-        ],
+        "replication": control.replication.info_fields(),
         "cpu": [
             ("used_cpu_sys", f"{usage.ru_stime:.6f}"),
             ("used_cpu_user", f"{usage.ru_utime:.6f}"),
