@@ -759,8 +759,9 @@ class Store(MutableMapping[bytes, bytes]):
         self._check_writable()
         return Batch(self._commit_batch)
 
-    def _commit_batch(self, ops: list[tuple[bytes, bytes | None, float | None]]) -> None:
-        """Write ``ops`` (key, value or None for a delete, ttl) as one atomic batch.
+    def _commit_batch(self, ops: list[tuple[bytes, bytes | None, float | int | None]]) -> None:
+        """Write ``ops`` (key, value or None for a delete, expiry) as one atomic batch; an
+        expiry is a ttl in seconds (float) or absolute Unix milliseconds (int).
 
         The loop bodies are inlined (encode and index), because bulk loading through batches
         is the fastest way into the store and spends its time here.
@@ -771,14 +772,18 @@ class Store(MutableMapping[bytes, bytes]):
         encoding = self._encoding
         tombstone = rec.TOMBSTONE
         staged: list[tuple[bytes, bytes | None, int, int]] = []
-        for k, v, ttl in ops:
+        for k, v, expiry in ops:
             if v is None:
                 staged.append((k, None, tombstone, 0))
                 continue
             flags = 0
             if encoding:
                 v, flags = self._codec.compress(v)  # sealed under the lock, below
-            staged.append((k, v, flags, now_ms + max(1, round(ttl * 1000)) if ttl else 0))
+            if type(expiry) is int:
+                expiry_ms = expiry  # absolute (Batch.put's expires_at_ms)
+            else:
+                expiry_ms = now_ms + max(1, round(expiry * 1000)) if expiry else 0
+            staged.append((k, v, flags, expiry_ms))
         last = len(staged) - 1
         batch_bits = rec.BATCH if last else 0
         pack_body, pack_crc, crc = _pack_body, _pack_crc, _crc32c
