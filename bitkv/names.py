@@ -20,6 +20,13 @@ HINT_SUFFIX = ".hint"  # NNNNNN.hint: its hint (hint.py)
 TMP_SUFFIX = ".tmp"  # a file being written, renamed into place when whole
 DAMAGED_DIR_PREFIX = "damaged-"  # damaged-<UTC time>/: files repair moved aside (check.py)
 REPAIR_NOTE_NAME = "REPAIR.txt"  # inside it: what repair found and did
+# A replica's state: its master, the replication id and offset its data reached, whether it
+# stopped cleanly, the role CONFIG REWRITE persisted (server/replica_state.py).
+REPLICA_STATE_NAME = "REPLICA"
+# replica-sync-<pid>.rdb.tmp: an RDB being received from a master (server/replica.py); a
+# leftover is removed by the next writable open, like every other temporary file.
+REPLICA_RDB_PREFIX = "replica-sync-"
+REPLICA_RDB_SUFFIX = ".rdb" + TMP_SUFFIX
 
 
 def data_name(segment_id: int) -> str:
@@ -58,3 +65,13 @@ def dict_name(dict_id: int) -> str:
 def is_dict_name(name: str) -> bool:
     stem = name[len(DICT_PREFIX) : -len(DICT_SUFFIX)]
     return name.startswith(DICT_PREFIX) and name.endswith(DICT_SUFFIX) and stem.isdigit()
+
+
+def replica_rdb_tmp_name(pid: int) -> str:
+    return f"{REPLICA_RDB_PREFIX}{pid}{REPLICA_RDB_SUFFIX}"
+
+
+def is_replica_rdb_tmp_name(name: str) -> bool:
+    stem = name[len(REPLICA_RDB_PREFIX) : -len(REPLICA_RDB_SUFFIX)]
+    return (name.startswith(REPLICA_RDB_PREFIX) and name.endswith(REPLICA_RDB_SUFFIX)
+            and stem.isdigit())
