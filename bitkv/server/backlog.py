@@ -198,6 +198,17 @@ class StreamReader:
         self.bound = bound
         self.in_batch = False
 
+    def follower(self) -> StreamReader:
+        """A reader where this one (the head) stands now, bounded by it."""
+        reader = StreamReader.__new__(StreamReader)
+        reader.db, reader.journal = self.db, self.journal
+        reader.cursor = Cursor(self.cursor.next_seq)
+        reader.cursor.segment_id, reader.cursor.offset = self.cursor.segment_id, \
+            self.cursor.offset
+        reader.pos, reader.next_entry, reader.skip = self.pos, self.next_entry, 0
+        reader.bound, reader.in_batch = self, self.in_batch
+        return reader
+
     @property
     def offset(self) -> int:
         """How much of the stream this reader has produced (Redis's replication offset)."""
@@ -354,6 +365,8 @@ class Backlog:
         has ``offset`` bytes needs next), or None if that point is not in the backlog."""
         if offset > self.head.pos or offset < 0:
             return None
+        if offset == self.head.pos:
+            return self.head.follower()
         entries = self.journal.entries
         best = None
         for i in range(len(entries) - 1, -1, -1):
