@@ -8,12 +8,11 @@ import random
 import time
 
 import pytest
+from procs import BitkvProcess, RedisProcess, free_port, needs_redis, wait_until
 
 import bitkv
 from bitkv.server import backlog as backlog_mod
 from bitkv.server.backlog import GETACK, PING, Backlog
-
-from procs import BitkvProcess, RedisProcess, free_port, needs_redis, wait_until
 
 
 def dump(client) -> dict[bytes, tuple[bytes, int]]:
@@ -171,7 +170,7 @@ def test_stream_regenerates_identically_from_any_offset(tmp_path):
     stream = b"".join(produced)
     assert bl.offset == len(stream)
     assert _stream_of(db, bl) == stream
-    for offset in sorted(rng.sample(range(len(stream)), 60)) + [len(stream)]:
+    for offset in [*sorted(rng.sample(range(len(stream)), 60)), len(stream)]:
         reader = bl.reader_at(offset)
         assert reader is not None
         got = b"".join(iter(lambda r=reader: r.read(4096), b""))

@@ -55,8 +55,8 @@ from .commands import (
     unknown_command_error,
 )
 from .control import ServerControl
-from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
 from .master import Peer
+from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
 from .replication import Replication
 
 log = logging.getLogger("bitkv.server")
