@@ -248,3 +248,29 @@ def test_damaged_journal_tail_is_ignored_and_damaged_header_starts_a_new_history
     assert fresh.replid != replid
     fresh.close(clean=True)
     db.close()
+
+
+def test_journal_is_trimmed_to_the_history_still_in_the_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(backlog_mod, "MAX_ENTRIES", 40)
+    db = bitkv.open(tmp_path / "db", max_segment_size=4096, auto_compact=False)
+    bl = Backlog(db)
+    bl.open()
+    stream = []
+    for i in range(200):
+        db.put(b"k%d" % (i % 7), b"x" * 40)
+        stream.append(bl.catch_up())
+        stream.append(bl.inject(PING))
+    bl.close(clean=True)
+    db.compact()  # reclaims most of the history the journal points into
+    head = b"".join(stream)
+    again = Backlog(db)
+    again.open()
+    assert again.offset == len(head)
+    assert len(again.journal.entries) <= 40
+    oldest = again.first_offset()
+    assert oldest > 0
+    reader = again.reader_at(oldest)
+    assert reader is not None
+    assert b"".join(iter(lambda: reader.read(4096), b"")) == head[oldest:]
+    again.close(clean=True)
+    db.close()

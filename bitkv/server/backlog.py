@@ -52,6 +52,8 @@ ANCHOR, INJECT, BOOT, CLEAN = 1, 2, 3, 4
 MAX_ENTRY_DATA = 4096
 # An anchor every this many bytes of stream: reaching any offset regenerates at most this.
 ANCHOR_EVERY = 4 << 20
+# The journal is rewritten without reclaimed history when it holds more entries than this.
+MAX_ENTRIES = 20000
 # Records read from the log per step of a reader.
 READ_RECORDS = 1024
 
@@ -147,15 +149,18 @@ class Journal:
         self._open(truncate_to=pos)
         return True
 
-    def create(self, replid: str) -> None:
-        """Start a new journal (a new history) with replication id ``replid``."""
+    def create(self, replid: str, entries: list[Entry] | None = None) -> None:
+        """Start a new journal with replication id ``replid`` (a new history, or the same one
+        rewritten with only ``entries``), replacing the file atomically."""
         self.close()
         header = MAGIC + replid.encode("ascii")
-        data = header + struct.pack("<I", crc32c(header))
-        self.io.replace_file(self.directory, names.REPLICATION_NAME, data)
+        data = [header, struct.pack("<I", crc32c(header))]
+        data.extend(_encode_entry(e) for e in entries or ())
+        blob = b"".join(data)
+        self.io.replace_file(self.directory, names.REPLICATION_NAME, blob)
         self.replid = replid
-        self.entries = []
-        self._open(truncate_to=len(data))
+        self.entries = list(entries or ())
+        self._open(truncate_to=len(blob))
 
     def _open(self, truncate_to: int) -> None:
         self.close()
@@ -166,9 +171,7 @@ class Journal:
 
     def append(self, entry: Entry, *, durable: bool) -> None:
         """Add ``entry``; with ``durable``, on stable storage before this returns."""
-        body = struct.pack("<BQQI", entry.kind, entry.seq, entry.offset, len(entry.data)) \
-            + entry.data
-        self.io.write(self.fd, struct.pack("<I", crc32c(body)) + body)
+        self.io.write(self.fd, _encode_entry(entry))
         if durable:
             self.io.fsync(self.fd)
         self.entries.append(entry)
@@ -177,6 +180,12 @@ class Journal:
         if self.fd >= 0:
             self.io.close(self.fd)
             self.fd = -1
+
+
+def _encode_entry(entry: Entry) -> bytes:
+    body = struct.pack("<BQQI", entry.kind, entry.seq, entry.offset, len(entry.data)) \
+        + entry.data
+    return struct.pack("<I", crc32c(body)) + body
 
 
 class StreamReader:
@@ -316,10 +325,29 @@ class Backlog:
                 reason = f"the stream cannot be regenerated: {exc}"
         if reason is not None:
             self._new_history(start_offset, reason)
+        elif len(journal.entries) > MAX_ENTRIES:
+            self._trim()
         self.replid = journal.replid
         journal.append(Entry(BOOT, self.head.cursor.next_seq, self.head.pos,
                              boot_id().encode("ascii")), durable=False)
         self._since_anchor = 0
+
+    def _trim(self) -> None:
+        """Rewrite the journal without the entries of history compaction reclaimed (they
+        can no longer serve a PSYNC): it stays small however long the store lives."""
+        entries = self.journal.entries
+        oldest = self.db.history_start()
+        first = 0
+        if oldest is not None:
+            for i, e in enumerate(entries):
+                if e.seq <= oldest:
+                    first = i  # the last point at or before the oldest record kept
+        keep = entries[first:]
+        if len(keep) > MAX_ENTRIES // 2:  # still long: keep only every point's last anchor
+            keep = keep[-(MAX_ENTRIES // 2):]
+        self.journal.create(self.journal.replid, keep)
+        self._start_head_from_journal()
+        self.head.read(1 << 62)
 
     def _start_head_from_journal(self) -> None:
         entries = self.journal.entries

@@ -45,6 +45,9 @@ CRON_PERIOD = 0.1
 HIGH_WATER = 4 << 20
 LOW_WATER = 1 << 20
 KEEPALIVE_PERIOD = 1.0  # a newline to a replica waiting for its snapshot (Redis does the same)
+# Redis's repl-timeout: a replica silent this long (no ACK; they ack every second), or one
+# that takes no snapshot bytes this long, is dropped.
+REPL_TIMEOUT = 60.0
 SEND_CHUNK = 1 << 20
 
 _snapshot_ids = itertools.count(1)
@@ -94,6 +97,7 @@ class Master:
         self._last_ping = time.monotonic()
         self._ack_waiters: list[asyncio.Future[None]] = []
         self._stopped = False
+        self._getack_at = -1
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -222,6 +226,11 @@ class Master:
             if not db.closed:
                 db.purge_expired()  # expiries reach the log, and so the replicas, promptly
             now = time.monotonic()
+            for peer in list(self.peers):
+                if peer.state == "online" and now - peer.ack_time > REPL_TIMEOUT:
+                    log.warning("replica %s: no ACK for %.0f s; dropping it", peer.conn.peer,
+                                now - peer.ack_time)
+                    self._drop(peer)
             if self.peers and now - self._last_ping >= PING_PERIOD:
                 self._last_ping = now
                 self.inject(PING)
@@ -307,7 +316,11 @@ class Master:
             peer.write(b"$%d\r\n" % size)
             with open(path, "rb") as f:
                 while True:
+                    stalled = time.monotonic()
                     while peer.buffered > HIGH_WATER:
+                        if time.monotonic() - stalled > REPL_TIMEOUT:
+                            raise TimeoutError(f"the replica took no bytes for "
+                                               f"{REPL_TIMEOUT:.0f} s")
                         await asyncio.sleep(0.005)
                     chunk = f.read(SEND_CHUNK)
                     if not chunk:
@@ -385,7 +398,9 @@ class Master:
 
         if acked() >= numreplicas or not self.peers:
             return acked()
-        self.inject(GETACK)
+        if self._getack_at != backlog.offset:  # one GETACK serves every WAIT until a write
+            self.inject(GETACK)
+            self._getack_at = backlog.offset
         loop = asyncio.get_running_loop()
         deadline = None if timeout_ms == 0 else loop.time() + timeout_ms / 1000
         while acked() < numreplicas and not self._stopped:
