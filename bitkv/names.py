@@ -20,6 +20,7 @@ HINT_SUFFIX = ".hint"  # NNNNNN.hint: its hint (hint.py)
 TMP_SUFFIX = ".tmp"  # a file being written, renamed into place when whole
 DAMAGED_DIR_PREFIX = "damaged-"  # damaged-<UTC time>/: files repair moved aside (check.py)
 REPAIR_NOTE_NAME = "REPAIR.txt"  # inside it: what repair found and did
+REPLICATION_NAME = "REPLICATION"  # a master's replication journal (server/backlog.py)
 # A replica's state: its master, the replication id and offset its data reached, whether it
 # stopped cleanly, the role CONFIG REWRITE persisted (server/replica_state.py).
 REPLICA_STATE_NAME = "REPLICA"
@@ -65,6 +66,18 @@ def dict_name(dict_id: int) -> str:
 def is_dict_name(name: str) -> bool:
     stem = name[len(DICT_PREFIX) : -len(DICT_SUFFIX)]
     return name.startswith(DICT_PREFIX) and name.endswith(DICT_SUFFIX) and stem.isdigit()
+
+
+SNAPSHOT_PREFIX = "replication-"  # replication-<pid>-<n>.rdb.tmp: a snapshot being sent
+SNAPSHOT_SUFFIX = ".rdb" + TMP_SUFFIX
+
+
+def snapshot_tmp_name(pid: int, n: int) -> str:
+    return f"{SNAPSHOT_PREFIX}{pid}-{n}{SNAPSHOT_SUFFIX}"
+
+
+def is_snapshot_tmp_name(name: str) -> bool:
+    return name.startswith(SNAPSHOT_PREFIX) and name.endswith(SNAPSHOT_SUFFIX)
 
 
 def replica_rdb_tmp_name(pid: int) -> str:

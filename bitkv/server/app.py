@@ -55,6 +55,7 @@ from .commands import (
     unknown_command_error,
 )
 from .control import ServerControl
+from .master import Peer
 from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
 from .replication import Replication
 
@@ -271,6 +272,10 @@ class Connection(asyncio.Protocol):
         self._closed = False
         self._quit = False
         self._eof = False  # the client half-closed while replies were still pending
+        # Replication (master.py): set once this connection is a replica of ours (PSYNC).
+        self.replica_peer: Peer | None = None
+        self.repl_listening_port = 0
+        self.repl_ip_address = ""
         self._update_gate()
 
     # -- state used by the commands ----------------------------------------------------------
@@ -351,6 +356,8 @@ class Connection(asyncio.Protocol):
         server.clients[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.replica_peer is not None:
+            self.server.replication.master.detach(self)
         self._closed = True
         self._backlog.clear()
         self._release_partial()
@@ -379,6 +386,9 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
+            return
+        if self.replica_peer is not None:  # only REPLCONF ACKs from here on, no replies
+            self.server.replication.master.replica_input(self, data)
             return
         if self._busy:
             self._backlog.append(data)
@@ -534,6 +544,7 @@ class Connection(asyncio.Protocol):
         if wrote:
             server.write_version += 1
             server.writes_since_save += 1
+            server.replication.master.note_write()
         if self.unresolved_sets:
             # Replies wait for the group commit (end of this loop iteration at the latest);
             # requests arriving meanwhile queue up behind them.

@@ -11,6 +11,7 @@ are split by group, each module registering its handlers when imported here:
   KEYS, SCAN
 * :mod:`.admin`        DBSIZE, FLUSHDB, FLUSHALL, TIME, SAVE, BGSAVE, LASTSAVE, BGREWRITEAOF,
   SHUTDOWN, CONFIG, COMMAND, INFO
+* :mod:`.sync`         PSYNC, SYNC, REPLCONF, WAIT (the master side of replication)
 
 Handlers run on the event loop thread, one at a time, so a command that makes several Store
 calls is atomic with respect to every other client, as in Redis. Store calls are
@@ -28,6 +29,7 @@ from __future__ import annotations
 # COMMAND DOCS list the commands in (kept as it was when this was one module).
 # isort: off
 from . import connection, transactions, strings, keyspace, admin
+from . import sync  # noqa: F401 - imported for its @command registrations
 # isort: on
 from .keyspace import ScanIndex
 from .registry import (

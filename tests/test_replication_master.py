@@ -1,0 +1,276 @@
+"""bitkv as a replication master: real Redis replicas converge, and continue (PSYNC
++CONTINUE) after the master stops cleanly and after kill -9; the backlog regenerates the
+stream exactly from the log and its journal."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from procs import BitkvProcess, RedisProcess, free_port, needs_redis, wait_until
+
+import bitkv
+from bitkv.server import backlog as backlog_mod
+from bitkv.server.backlog import GETACK, PING, Backlog
+
+
+def dump(client) -> dict[bytes, tuple[bytes, int]]:
+    """Every key with its value and PTTL."""
+    out = {}
+    for k in client.scan_iter(count=1000):
+        v = client.get(k)
+        if v is not None:
+            out[k] = (v, client.pttl(k))
+    return out
+
+
+def assert_same(master, replica, ttl_slack_ms: int = 3000) -> None:
+    a, b = dump(master), dump(replica)
+    assert a.keys() == b.keys()
+    for k, (v, ttl) in a.items():
+        assert b[k][0] == v, k
+        if ttl < 0:
+            assert b[k][1] == ttl, k
+        else:
+            assert abs(b[k][1] - ttl) <= ttl_slack_ms, (k, ttl, b[k][1])
+
+
+def mixed_load(client, rng: random.Random, n: int) -> None:
+    for _ in range(n):
+        op = rng.random()
+        k = f"key:{rng.randrange(300)}"
+        if op < 0.35:
+            client.set(k, rng.randbytes(rng.randrange(0, 300)))
+        elif op < 0.45:
+            client.set(k, "v", px=rng.randrange(50, 400))  # some expire during the test
+        elif op < 0.55:
+            client.set(k, "t", ex=rng.randrange(100, 1000))
+        elif op < 0.65:
+            client.delete(k)
+        elif op < 0.75:
+            client.incrby(f"counter:{rng.randrange(10)}", rng.randrange(-5, 6))
+        elif op < 0.8:
+            client.expire(k, rng.randrange(100, 1000))
+        elif op < 0.85:
+            client.persist(k)
+        elif op < 0.9:
+            client.mset({f"m:{rng.randrange(50)}": rng.randbytes(20) for _ in range(3)})
+        else:
+            with client.pipeline(transaction=True) as p:
+                p.set(k, "in-multi")
+                p.delete(f"key:{rng.randrange(300)}")
+                p.incr("multi-counter")
+                p.execute()
+
+
+def replica_offset_caught_up(master, replica) -> bool:
+    m = master.info("replication")["master_repl_offset"]
+    r = replica.info("replication")
+    return r["master_link_status"] == "up" and r["slave_repl_offset"] >= m
+
+
+@needs_redis
+def test_redis_replica_of_bitkv_master_converges_under_mixed_load(tmp_path):
+    master = BitkvProcess(tmp_path / "master")
+    replica = None
+    try:
+        m = master.client()
+        rng = random.Random(5)
+        mixed_load(m, rng, 800)  # written before the replica attaches: in the snapshot
+        replica = RedisProcess(tmp_path / "r", None, "--replicaof", "127.0.0.1",
+                               str(master.port))
+        r = replica.client()
+        mixed_load(m, rng, 1500)  # while it loads and after: in the stream
+        assert m.execute_command("WAIT", 1, 10000) == 1
+        time.sleep(0.6)  # the short TTLs have expired on the master: DELs follow
+        m.ping()
+        wait_until(lambda: replica_offset_caught_up(m, r), 20, "the replica to catch up")
+        assert_same(m, r)
+        # Expired keys reached the replica as DELs: none of the 50-400 ms keys is left.
+        assert all(r.pttl(k) != -2 or r.exists(k) == 0 for k in r.scan_iter())
+        info = m.info("replication")
+        assert info["connected_slaves"] == 1
+        assert info["slave0"]["state"] == "online"
+        assert m.info("stats")["sync_full"] == 1
+    finally:
+        if replica is not None:
+            replica.stop()
+        master.stop()
+
+
+@needs_redis
+@pytest.mark.parametrize("how", ["shutdown", "kill9"])
+def test_replica_continues_after_master_restart(tmp_path, how):
+    port = free_port()
+    master = BitkvProcess(tmp_path / "master", port)
+    replica = RedisProcess(tmp_path / "r", None, "--replicaof", "127.0.0.1", str(port))
+    try:
+        m, r = master.client(), replica.client()
+        for i in range(500):
+            m.set(f"k{i}", f"v{i}")
+        assert m.execute_command("WAIT", 1, 10000) == 1
+        assert m.info("stats")["sync_full"] == 1
+        if how == "shutdown":
+            master.stop()
+        else:
+            master.kill9()
+        # Writes while the master is down (the CLI, another opener): in the stream after.
+        with bitkv.open(tmp_path / "master") as db:
+            db.put(b"offline", b"written while the server was down")
+        master = BitkvProcess(tmp_path / "master", port)
+        m = master.client()
+        for i in range(200):
+            m.set(f"after{i}", f"v{i}")
+        m.delete("k0")
+        wait_until(lambda: replica_offset_caught_up(m, r), 30, "the replica to resync")
+        stats = m.info("stats")
+        assert stats["sync_partial_ok"] == 1, master.output()
+        assert stats["sync_full"] == 0
+        assert_same(m, r)
+        assert r.get("offline") == b"written while the server was down"
+        assert "Successful partial resynchronization" in replica.output()
+    finally:
+        replica.stop()
+        master.stop()
+
+
+# -- the backlog itself ----------------------------------------------------------------------
+
+def _stream_of(db: bitkv.Store, bl: Backlog) -> bytes:
+    """Everything from offset 0 as a fresh reader regenerates it."""
+    reader = bl.reader_at(0)
+    assert reader is not None
+    out = []
+    while True:
+        chunk = reader.read(1 << 16)
+        if not chunk:
+            return b"".join(out)
+        out.append(chunk)
+
+
+def test_stream_regenerates_identically_from_any_offset(tmp_path):
+    db = bitkv.open(tmp_path / "db", max_segment_size=8192, auto_compact=False)
+    bl = Backlog(db)
+    bl.open()
+    produced = []
+    rng = random.Random(1)
+    for i in range(400):
+        if i % 37 == 0:
+            produced.append(bl.inject(PING if i % 2 else GETACK))
+        if i % 50 == 0:
+            with db.batch() as b:
+                b.put(b"batch-a", b"1")
+                b.delete(b"k3")
+        db.put(b"k%d" % rng.randrange(40), rng.randbytes(rng.randrange(200)),
+               ttl=100 if i % 5 == 0 else None)
+        if i % 7 == 0:
+            db.delete(b"k%d" % rng.randrange(40))
+        produced.append(bl.catch_up())
+    stream = b"".join(produced)
+    assert bl.offset == len(stream)
+    assert _stream_of(db, bl) == stream
+    for offset in [*sorted(rng.sample(range(len(stream)), 60)), len(stream)]:
+        reader = bl.reader_at(offset)
+        assert reader is not None
+        got = b"".join(iter(lambda r=reader: r.read(4096), b""))
+        assert got == stream[offset:], offset
+    # The same after a reopen: the journal and the log give the same bytes and offset.
+    bl.close(clean=True)
+    db.close()
+    db = bitkv.open(tmp_path / "db", auto_compact=False)
+    again = Backlog(db)
+    again.open()
+    assert again.replid == bl.replid and again.offset == len(stream)
+    assert _stream_of(db, again) == stream
+    db.close()
+
+
+def test_unclean_stop_keeps_the_history_on_the_same_boot_not_after_a_reboot(
+        tmp_path, monkeypatch):
+    db = bitkv.open(tmp_path / "db", auto_compact=False)
+    bl = Backlog(db)
+    bl.open()
+    db.put(b"a", b"1")
+    bl.catch_up()
+    replid, offset = bl.replid, bl.offset
+    bl.journal.close()  # as kill -9 leaves it: no clean-stop entry
+    again = Backlog(db)
+    again.open()
+    assert (again.replid, again.offset) == (replid, offset)
+    again.journal.close()
+    monkeypatch.setattr(backlog_mod, "boot_id", lambda: "another-boot")
+    rebooted = Backlog(db)
+    rebooted.open()
+    assert rebooted.replid != replid  # a power loss may have taken what replicas got
+    assert "restarted" in (rebooted.new_history_reason or "")
+    assert rebooted.reader_at(0) is None or rebooted.offset >= offset
+    rebooted.close(clean=True)
+    db.close()
+
+
+def test_compaction_of_the_range_means_no_partial_resync(tmp_path):
+    db = bitkv.open(tmp_path / "db", max_segment_size=4096, auto_compact=False)
+    bl = Backlog(db)
+    bl.open()
+    for i in range(300):
+        db.put(b"k%d" % (i % 10), b"x" * 50)
+    bl.catch_up()
+    assert bl.reader_at(0) is not None
+    db.compact()
+    assert bl.reader_at(0) is None  # reclaimed: the replica gets a full resync
+    assert bl.reader_at(bl.offset) is not None  # the head is always servable
+    bl.close(clean=True)
+    db.close()
+
+
+def test_damaged_journal_tail_is_ignored_and_damaged_header_starts_a_new_history(tmp_path):
+    db = bitkv.open(tmp_path / "db", auto_compact=False)
+    bl = Backlog(db)
+    bl.open()
+    db.put(b"a", b"1")
+    bl.catch_up()
+    bl.inject(PING)
+    replid, offset = bl.replid, bl.offset
+    bl.close(clean=True)
+    path = tmp_path / "db" / "REPLICATION"
+    with open(path, "ab") as f:
+        f.write(b"\x01garbage that is not an entry")
+    again = Backlog(db)
+    again.open()
+    assert (again.replid, again.offset) == (replid, offset)
+    again.close(clean=True)
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    fresh = Backlog(db)
+    fresh.open()
+    assert fresh.replid != replid
+    fresh.close(clean=True)
+    db.close()
+
+
+def test_journal_is_trimmed_to_the_history_still_in_the_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(backlog_mod, "MAX_ENTRIES", 40)
+    db = bitkv.open(tmp_path / "db", max_segment_size=4096, auto_compact=False)
+    bl = Backlog(db)
+    bl.open()
+    stream = []
+    for i in range(200):
+        db.put(b"k%d" % (i % 7), b"x" * 40)
+        stream.append(bl.catch_up())
+        stream.append(bl.inject(PING))
+    bl.close(clean=True)
+    db.compact()  # reclaims most of the history the journal points into
+    head = b"".join(stream)
+    again = Backlog(db)
+    again.open()
+    assert again.offset == len(head)
+    assert len(again.journal.entries) <= 40
+    oldest = again.first_offset()
+    assert oldest > 0
+    reader = again.reader_at(oldest)
+    assert reader is not None
+    assert b"".join(iter(lambda: reader.read(4096), b"")) == head[oldest:]
+    again.close(clean=True)
+    db.close()
