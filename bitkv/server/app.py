@@ -74,6 +74,7 @@ GET_SPEC = COMMANDS[b"GET"]
 AUTH_SPEC = COMMANDS[b"AUTH"]
 HELLO_SPEC = COMMANDS[b"HELLO"]
 NOMULTI = error("ERR Command not allowed inside a transaction")
+READONLY = error("READONLY You can't write against a read only replica.")
 MAXCLIENTS = error("ERR max number of clients reached")
 SYNC_CHOICES = ("always", "interval", "never")
 # Replies buffered by one run of pipelined commands before they are written out; if the
@@ -126,6 +127,18 @@ class ServerConfig:
     use_hiredis: bool | None = None  # None: when installed
     use_uvloop: bool | None = None  # None: when installed
     store_options: dict[str, Any] = field(default_factory=dict)  # more bitkv.open() options
+    # Replication, the replica side (docs/replication.md). None: not given (a value that
+    # CONFIG REWRITE persisted in the store directory applies, else the default).
+    replicaof: str | None = None  # "HOST:PORT" of the master to follow
+    masterauth: str | None = None
+    masteruser: str | None = None
+    master_tls: bool = False  # connect to the master over TLS
+    master_tls_ca_cert: str | None = None  # the CA of the master's certificate
+    repl_timeout: float | None = None  # seconds (default 60)
+    replica_read_only: bool | None = None  # default True
+    replica_priority: int | None = None  # default 100
+    replica_announce_ip: str | None = None
+    replica_announce_port: int | None = None
 
     def __post_init__(self) -> None:
         given: object = self.hosts  # callers may pass one string of space-separated hosts
@@ -152,6 +165,12 @@ class ServerConfig:
         if self.max_bulk_len > bitkv.MAX_VALUE_SIZE:
             raise ValueError(f"max_bulk_len cannot exceed bitkv's value limit "
                              f"({bitkv.MAX_VALUE_SIZE} bytes)")
+        if self.replicaof is not None:
+            from .replication import parse_hostport
+
+            parse_hostport(self.replicaof)  # ValueError if it is not HOST:PORT
+        if self.repl_timeout is not None and not self.repl_timeout > 0:
+            raise ValueError("repl_timeout must be a positive number of seconds")
         if isinstance(self.requirepass, str):
             self.requirepass = self.requirepass.encode()
         if self.requirepass == b"":
@@ -287,6 +306,8 @@ class Connection(asyncio.Protocol):
             gate |= F_NEEDAUTH
         if self.multi is not None:
             gate |= F_ANY
+        if self.server.replication.refuses_client_writes:
+            gate |= F_WRITE  # a read-only replica: writes take the slow path, get READONLY
         self._gate = gate
 
     def auth_checked(self, ok: bool) -> None:
@@ -579,6 +600,11 @@ class Connection(asyncio.Protocol):
         flags = spec[2]
         if not self.authenticated and not flags & F_NOAUTH:
             return NOAUTH
+        if flags & F_WRITE and not flags & F_TXCTL \
+                and self.server.replication.refuses_client_writes:
+            if self.multi is not None:
+                self.multi_dirty = True  # as Redis: the transaction fails with EXECABORT
+            return READONLY
         if self.multi is not None and not flags & F_TXCTL:
             if flags & F_NOMULTI:
                 self.multi_dirty = True
@@ -825,6 +851,11 @@ class Server:
             if victim is None or not victim.partial_request_bytes:
                 break  # the count is off (cannot happen); do not loop forever
             victim.drop_partial()
+
+    def refresh_gates(self) -> None:
+        """The replication role changed: re-derive every client's gate (READONLY)."""
+        for conn in self.clients:
+            conn._update_gate()
 
     def track_throttle(self, task: asyncio.Task[None]) -> None:
         self._throttles.add(task)

@@ -12,6 +12,7 @@ are split by group, each module registering its handlers when imported here:
 * :mod:`.admin`        DBSIZE, FLUSHDB, FLUSHALL, TIME, SAVE, BGSAVE, LASTSAVE, BGREWRITEAOF,
   SHUTDOWN, CONFIG, COMMAND, INFO
 * :mod:`.sync`         PSYNC, SYNC, REPLCONF, WAIT (the master side of replication)
+* :mod:`.replication`  REPLICAOF, SLAVEOF, ROLE (the replica side)
 
 Handlers run on the event loop thread, one at a time, so a command that makes several Store
 calls is atomic with respect to every other client, as in Redis. Store calls are
@@ -30,6 +31,7 @@ from __future__ import annotations
 # isort: off
 from . import connection, transactions, strings, keyspace, admin
 from . import sync  # noqa: F401 - imported for its @command registrations
+from . import replication  # noqa: F401 - imported for its @command registrations
 # isort: on
 from .keyspace import ScanIndex
 from .registry import (
