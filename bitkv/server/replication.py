@@ -114,6 +114,11 @@ class Replication:
                      *target)
         if target is not None:
             self._start_link(*target, self.state.resume)
+        elif self.state.resume is not None:
+            # A master takes writes: the data leaves the old master's history, so a later
+            # REPLICAOF must not continue from the old resume point.
+            self.state.resume = None
+            await loop.run_in_executor(None, replica_state.save, config.dir, self.state)
 
     def _apply_config_options(self) -> None:
         """``bitkv serve``'s replica options (given ones win over persisted settings)."""
