@@ -536,7 +536,8 @@ class ReplicaLink:
     def _load(self, rdb: Any, path: str) -> int:
         db = self.server.db
         aborted = self._abort
-        leftover = set(db.keys())  # local keys the RDB does not hold are deleted at the end
+        with db.seeing_expired():  # expired keys held (hold_expired) go too
+            leftover = set(db.keys())  # local keys the RDB does not hold are deleted at the end
         skipped: list[int] = [0]
         loaded = [0]
         batch = db.batch()
@@ -615,11 +616,14 @@ class ReplicaLink:
             if server.pending_sets:
                 server.flush_sets()  # writes of clients (replica-read-only no) come first
             wrote = 0
-            for args, end in parser.feed_ends(data):
-                if args:
-                    wrote += self._execute(args)
-                if self._multi is None:
-                    self.offset = base + end
+            # A key that expired here may still be alive on the master when it sent a command
+            # for it (our clock, our lag): the master's commands see it (store.hold_expired).
+            with server.db.seeing_expired():
+                for args, end in parser.feed_ends(data):
+                    if args:
+                        wrote += self._execute(args)
+                    if self._multi is None:
+                        self.offset = base + end
             if wrote:
                 server.write_version += 1
                 server.writes_since_save += wrote

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,13 +107,22 @@ def load(directory: str) -> ReplicaState:
         return ReplicaState()
 
 
+# The link (in worker threads) and CONFIG REWRITE (on the event loop) both save: one at a
+# time, so neither renames the other's half-written temporary file.
+_save_lock = threading.Lock()
+
+
 def save(directory: str, state: ReplicaState) -> None:
     """Replace the file atomically and durably (temp, fsync, rename, directory fsync)."""
+    with _save_lock:
+        _save(directory, state.to_json())
+
+
+def _save(directory: str, data: bytes) -> None:
     path = state_path(directory)
     tmp = path + TMP_SUFFIX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold masterauth
     try:
-        data = state.to_json()
         while data:
             data = data[os.write(fd, data):]
         os.fsync(fd)

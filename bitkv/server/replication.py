@@ -156,6 +156,8 @@ class Replication:
             log.warning("replication: the previous run did not stop cleanly (the store may "
                         "hold writes past offset %d or lack some before it, and the stream "
                         "is not idempotent): a full resync follows", resume.offset)
+        # As a Redis replica, never expire keys on our own: the master's DELs do.
+        self.server.db.hold_expired = True
         self.link = ReplicaLink(self.server, host, port, self.settings, resume, self.state)
         self.link.start(after)
         self.server.refresh_gates()
@@ -188,6 +190,7 @@ class Replication:
         if old is None:
             return
         self.link = None
+        self.server.db.hold_expired = False  # a master expires keys itself
         # Writes may follow at once, and the local data then leaves the old master's history:
         # the resume point goes before the first of them can be made.
         self.state.resume = None
