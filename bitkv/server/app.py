@@ -310,6 +310,10 @@ class Connection(asyncio.Protocol):
             gate |= F_WRITE  # a read-only replica: writes take the slow path, get READONLY
         self._gate = gate
 
+    def role_changed(self) -> None:
+        """The server became a replica or a master (or replica-read-only changed)."""
+        self._update_gate()
+
     def auth_checked(self, ok: bool) -> None:
         """A password was compared (AUTH, HELLO AUTH): count failures for the throttle."""
         self.auth_failures = 0 if ok else self.auth_failures + 1
@@ -852,10 +856,17 @@ class Server:
                 break  # the count is off (cannot happen); do not loop forever
             victim.drop_partial()
 
+    def internal_client(self, name: bytes) -> Connection:
+        """A client attached to no socket, through which the server runs commands of its own
+        (the replica link applies its master's stream through one: no replies, no gate)."""
+        conn = Connection(self)
+        conn.name = name
+        return conn
+
     def refresh_gates(self) -> None:
         """The replication role changed: re-derive every client's gate (READONLY)."""
         for conn in self.clients:
-            conn._update_gate()
+            conn.role_changed()
 
     def track_throttle(self, task: asyncio.Task[None]) -> None:
         self._throttles.add(task)

@@ -177,8 +177,6 @@ class ReplicaLink:
 
     def __init__(self, server: Server, host: str, port: int, settings: ReplicaSettings,
                  resume: ResumePoint | None, state: ReplicaState) -> None:
-        from .app import Connection  # app imports this module (through replication.py)
-
         self.server = server
         self.host = host
         self.port = port
@@ -203,8 +201,7 @@ class ReplicaLink:
         self.skipped_commands = 0
         self.failed_commands = 0
         self.connected_once = False
-        self.client: Connection = Connection(server)  # the master's client (handlers' ``c``)
-        self.client.name = b"master"
+        self.client: Connection = server.internal_client(b"master")  # handlers' ``c``
         self._db_index = 0
         self._multi: list[list[bytes]] | None = None
         self._writer: asyncio.StreamWriter | None = None
