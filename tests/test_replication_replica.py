@@ -64,7 +64,9 @@ def caught_up(master, replica) -> bool:
     return r["master_link_status"] == "up" and r["slave_repl_offset"] >= m
 
 
-def mixed_load(client, rng: random.Random, n: int) -> None:
+def mixed_load(client, rng: random.Random, n: int, redis_master: bool = True) -> None:
+    """Writes of every kind a replica must apply (with redis_master, also commands bitkv
+    lacks or rewrites: HSET, INCRBYFLOAT)."""
     now_ms = int(time.time() * 1000)
     for _ in range(n):
         op = rng.random()
@@ -91,13 +93,13 @@ def mixed_load(client, rng: random.Random, n: int) -> None:
             client.append(k, "+")
         elif op < 0.76:
             client.setrange(k, rng.randrange(0, 10), "R")
-        elif op < 0.8:
+        elif op < 0.8 and redis_master:
             client.incrbyfloat("float", 1.5)  # propagated as SET ... KEEPTTL
         elif op < 0.84:
             client.mset({f"m:{rng.randrange(50)}": rng.randbytes(20) for _ in range(3)})
         elif op < 0.87:
             client.getex(k, px=rng.randrange(100_000, 900_000))
-        elif op < 0.9:
+        elif op < 0.9 and redis_master:
             client.hset("hash-live", f"f{rng.randrange(5)}", 1)  # skipped by the replica
         else:
             with client.pipeline(transaction=True) as p:
@@ -547,3 +549,38 @@ def test_stream_parser_reports_where_each_command_ends():
         ([b"PING"], len(a) + 1 + len(b) + 6), ([b"DEL", b"k"], len(data))]
     p.feed_ends(b"*1\r\n$x\r\n")
     assert p.error is not None
+
+
+# -- bitkv replica of a bitkv master -----------------------------------------------------------
+
+def test_bitkv_replica_of_bitkv_master_converges_and_continues(tmp_path):
+    master = BitkvProcess(tmp_path / "master")
+    replica = None
+    try:
+        m = master.client()
+        rng = random.Random(21)
+        for i in range(200):
+            m.set(f"before:{i}", f"v{i}", px=rng.choice([None, 600_000]))
+        replica = BitkvProcess(tmp_path / "replica", None, "--replicaof",
+                               f"127.0.0.1:{master.port}", "--repl-timeout", "5")
+        r = replica.client()
+        wait_until(lambda: caught_up(m, r), 30, "the first sync")
+        mixed_load(m, rng, 600, redis_master=False)
+        wait_until(lambda: caught_up(m, r), 30, "catching up")
+        assert_same(m, r)
+
+        # the master stops cleanly, then is killed: both times the replica continues
+        for stop in ("stop", "kill9"):
+            getattr(master, stop)()
+            master = BitkvProcess(tmp_path / "master", master.port)
+            m = master.client()
+            mixed_load(m, rng, 200, redis_master=False)
+            wait_until(lambda: caught_up(m, r), 30, f"catching up after the master's {stop}")
+            assert_same(m, r)
+            stats = info_stats(m)
+            assert stats["sync_full"] == 0 and stats["sync_partial_ok"] >= 1
+        assert r.info("replication")["bitkv_replica_full_syncs"] == 1
+    finally:
+        if replica is not None:
+            replica.stop()
+        master.stop()
