@@ -575,7 +575,7 @@ def test_bitkv_replica_of_bitkv_master_converges_and_continues(tmp_path):
             master = BitkvProcess(tmp_path / "master", master.port)
             m = master.client()
             mixed_load(m, rng, 200, redis_master=False)
-            wait_until(lambda: caught_up(m, r), 30, f"catching up after the master's {stop}")
+            wait_until(lambda m=m: caught_up(m, r), 30, f"catching up after the master's {stop}")
             assert_same(m, r)
             stats = info_stats(m)
             assert stats["sync_full"] == 0 and stats["sync_partial_ok"] >= 1
@@ -584,3 +584,25 @@ def test_bitkv_replica_of_bitkv_master_converges_and_continues(tmp_path):
         if replica is not None:
             replica.stop()
         master.stop()
+
+
+def test_tls_and_auth_to_the_master(tmp_path, caplog):
+    from test_server_security import make_self_signed
+
+    cert, key = make_self_signed(tmp_path)
+    caplog.set_level(logging.INFO, logger="bitkv.server")
+    with ServerThread(dir=str(tmp_path / "master"), port=0, tls_cert=cert, tls_key=key,
+                      requirepass="s3cret") as master:
+        mc = redis.Redis(port=master.port, ssl=True, ssl_ca_certs=cert, password="s3cret")
+        mc.set("k", "v")
+        with ServerThread(dir=str(tmp_path / "replica"), port=0,
+                          replicaof=f"127.0.0.1:{master.port}", master_tls=True,
+                          master_tls_ca_cert=cert, masterauth="wrong") as replica:
+            rc = redis.Redis(port=replica.port)
+            wait_until(lambda: "unable to AUTH to MASTER: -WRONGPASS" in caplog.text, 20,
+                       "the refused AUTH")
+            rc.config_set("masterauth", "s3cret")
+            assert rc.config_get("masterauth") == {"masterauth": "s3cret"}
+            wait_until(lambda: rc.get("k") == b"v", 30, "the sync over TLS")
+            mc.set("k2", "v2")
+            wait_until(lambda: rc.get("k2") == b"v2", 10, "the stream over TLS")
