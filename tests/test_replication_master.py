@@ -274,3 +274,19 @@ def test_journal_is_trimmed_to_the_history_still_in_the_log(tmp_path, monkeypatc
     assert b"".join(iter(lambda: reader.read(4096), b"")) == head[oldest:]
     again.close(clean=True)
     db.close()
+
+
+def test_the_head_stops_between_batches_so_injections_never_land_inside_multi(tmp_path):
+    db = bitkv.open(tmp_path / "db", auto_compact=False)
+    bl = Backlog(db)
+    bl.open()
+    with db.batch() as b:  # more records than one read of the log takes
+        for i in range(3000):
+            b.put(b"k%d" % i, b"v")
+    first = bl.catch_up(100)  # asks for 100 bytes: gets the whole batch
+    assert first.startswith(b"*1\r\n$5\r\nMULTI\r\n") and first.endswith(b"*1\r\n$4\r\nEXEC\r\n")
+    assert first.count(b"SET") == 3000
+    ping = bl.inject(PING)
+    assert _stream_of(db, bl) == first + ping
+    bl.close(clean=True)
+    db.close()

@@ -229,7 +229,9 @@ class StreamReader:
         produced = 0
         entries = self.journal.entries
         bound = self.bound
-        while produced < max_bytes:
+        # The head stops only between batches (a PING injected there must not land inside
+        # MULTI/EXEC); a batch is appended whole, so the rest of one is always in the log.
+        while produced < max_bytes or (self.in_batch and bound is None):
             if bound is not None and self.pos >= bound.pos:
                 break
             entry = entries[self.next_entry] if self.next_entry < len(entries) else None
@@ -365,11 +367,12 @@ class Backlog:
         self.journal.append(Entry(ANCHOR, self.db.last_seq + 1, start_offset), durable=True)
         self.head = StreamReader(self.db, self.journal, 0, 0, None)
 
-    def catch_up(self) -> bytes:
-        """Advance the head over the writes since the last call; return their stream bytes
-        (those every replica that was at the head receives). Raises StreamDiverged if the
-        log lost records the head had not read (the caller starts a new history)."""
-        data = self.head.read(1 << 62)
+    def catch_up(self, max_bytes: int = 1 << 62) -> bytes:
+        """Advance the head over the writes since the last call (about ``max_bytes`` of
+        stream at most, ending between batches); return their stream bytes (those every
+        replica that was at the head receives). Raises StreamDiverged if the log lost
+        records the head had not read (the caller starts a new history)."""
+        data = self.head.read(max_bytes)
         if data:
             self._since_anchor += len(data)
             if self._since_anchor >= ANCHOR_EVERY:
