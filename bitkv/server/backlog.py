@@ -299,7 +299,8 @@ class Backlog:
 
     @property
     def offset(self) -> int:
-        """``master_repl_offset``: the bytes of stream produced so far."""
+        """``master_repl_offset``: the bytes of stream produced so far (the head may lag
+        the log while no replica is attached: :meth:`catch_up` brings it to the end)."""
         return self.head.pos
 
     def open(self) -> None:
@@ -320,11 +321,10 @@ class Backlog:
                           "(writes a replica received may be lost from the log)")
         start_offset = journal.entries[-1].end if journal.entries else 0
         if reason is None:
-            try:
-                self._start_head_from_journal()
-                self.head.read(1 << 62)  # to the log's end
-            except StreamDiverged as exc:
-                reason = f"the stream cannot be regenerated: {exc}"
+            # The head starts at the journal's last point and reads the log from there
+            # only when a replica needs it (catch_up): a store served without replicas
+            # pays nothing for the backlog, at open or per write.
+            self._start_head_from_journal()
         if reason is not None:
             self._new_history(start_offset, reason)
         elif len(journal.entries) > MAX_ENTRIES:
@@ -349,13 +349,17 @@ class Backlog:
             keep = keep[-(MAX_ENTRIES // 2):]
         self.journal.create(self.journal.replid, keep)
         self._start_head_from_journal()
-        self.head.read(1 << 62)
 
     def _start_head_from_journal(self) -> None:
         entries = self.journal.entries
         # Start from the newest anchor-like point: every entry kind fixes (seq, offset).
         i = len(entries) - 1
-        self.head = StreamReader(self.db, self.journal, i, 0, None)
+        head = StreamReader(self.db, self.journal, i, 0, None)
+        # The head stands after that point: past an injection's bytes, which the stream
+        # already holds (entries appended from here on are placed at the head).
+        head.pos = entries[i].end
+        head.next_entry = i + 1
+        self.head = head
 
     def _new_history(self, start_offset: int, reason: str) -> None:
         replid = secrets.token_hex(20)

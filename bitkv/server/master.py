@@ -49,7 +49,7 @@ KEEPALIVE_PERIOD = 1.0  # a newline to a replica waiting for its snapshot (Redis
 # that takes no snapshot bytes this long, is dropped.
 REPL_TIMEOUT = 60.0
 SEND_CHUNK = 1 << 20
-IDLE_CATCH_UP = 2 << 20  # stream bytes the head reads per tick while no replica is attached
+CATCH_UP_STEP = 8 << 20  # stream bytes the head reads between yields to other clients
 
 _snapshot_ids = itertools.count(1)
 
@@ -241,9 +241,10 @@ class Master:
             if self.peers and now - self._last_ping >= PING_PERIOD:
                 self._last_ping = now
                 self.inject(PING)
-            # With no replica attached, the head keeps up at a bounded pace (writing its
-            # anchors); a replica that attaches makes it catch up fully (psync).
-            self.feed(None if self.peers else IDLE_CATCH_UP)
+            # With no replica attached the head rests (no cost per write); a replica that
+            # attaches makes it catch up (psync).
+            if self.peers:
+                self.feed()
         except Exception:
             log.exception("replication: periodic work failed")
         finally:
@@ -264,13 +265,22 @@ class Master:
 
     # -- attaching ---------------------------------------------------------------------------
 
-    def psync(self, conn: Connection, replid: bytes, offset: int, *, legacy: bool = False
-              ) -> bytes:
+    async def psync(self, conn: Connection, replid: bytes, offset: int, *,
+                    legacy: bool = False) -> bytes:
         """PSYNC (``legacy``: SYNC). Returns the first reply line; the rest follows."""
         backlog = self.backlog
         if backlog is None:
             return b"-NOMASTERLINK Can't SYNC while not ready\r\n"
-        self.feed()
+        # The head rests while no replica is attached: bring it to the log's end first, a
+        # step at a time so other clients are served meanwhile.
+        while True:
+            before = backlog.offset
+            self.feed(CATCH_UP_STEP)
+            if backlog.offset - before < CATCH_UP_STEP:
+                break
+            await asyncio.sleep(0)
+        if conn.transport is None or conn.transport.is_closing():
+            return b""
         port = getattr(conn, "repl_listening_port", 0) or _port_of(conn.peer)
         ip = getattr(conn, "repl_ip_address", "") or conn.peer.rsplit(":", 1)[0]
         peer = Peer(conn, port, ip)
