@@ -46,8 +46,8 @@ from bitkv.record import BATCH_FIRST, BATCH_LAST
 log = logging.getLogger("bitkv.server")
 
 MAGIC = b"BKVREPL1"
-_HEADER = struct.Struct("<8s40sI")  # magic, replication id (hex), crc32c of the two
-_ENTRY = struct.Struct("<IBQQI")  # crc32c, kind, seq, offset, data length; then the data
+HEADER = struct.Struct("<8s40sI")  # magic, replication id (hex), crc32c of the two
+ENTRY = struct.Struct("<IBQQI")  # crc32c, kind, seq, offset, data length; then the data
 ANCHOR, INJECT, BOOT, CLEAN = 1, 2, 3, 4
 MAX_ENTRY_DATA = 4096
 # An anchor every this many bytes of stream: reaching any offset regenerates at most this.
@@ -123,24 +123,24 @@ class Journal:
             data = self.io.pread(fd, self.io.size(fd), 0)
         finally:
             self.io.close(fd)
-        if len(data) < _HEADER.size:
+        if len(data) < HEADER.size:
             log.warning("replication journal %s is cut short; starting a new history",
                         self.path)
             return False
-        magic, replid, crc = _HEADER.unpack_from(data)
+        magic, replid, crc = HEADER.unpack_from(data)
         if magic != MAGIC or crc32c(data[:48]) != crc:
             log.warning("replication journal %s has a damaged header; starting a new history",
                         self.path)
             return False
         self.replid = replid.decode("ascii")
-        pos = _HEADER.size
+        pos = HEADER.size
         entries = []
-        while pos + _ENTRY.size <= len(data):
-            crc, kind, seq, offset, length = _ENTRY.unpack_from(data, pos)
-            end = pos + _ENTRY.size + length
+        while pos + ENTRY.size <= len(data):
+            crc, kind, seq, offset, length = ENTRY.unpack_from(data, pos)
+            end = pos + ENTRY.size + length
             if length > MAX_ENTRY_DATA or end > len(data) or crc32c(data[pos + 4 : end]) != crc:
                 break  # a torn last entry (or damage): what follows cannot be trusted
-            entries.append(Entry(kind, seq, offset, bytes(data[pos + _ENTRY.size : end])))
+            entries.append(Entry(kind, seq, offset, bytes(data[pos + ENTRY.size : end])))
             pos = end
         if pos != len(data):
             log.warning("replication journal %s: %d bytes after the last intact entry "
