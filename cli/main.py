@@ -50,7 +50,7 @@ from .errors import (
 DEFAULT_DIR = "bitkv-data"
 IMPORT_BATCH_RECORDS = 1000
 IMPORT_BATCH_BYTES = 4 * 2**20
-CRASHTEST_MODES = ("kill", "whitebox", "powerloss", "faults", "powerfaults")
+CRASHTEST_MODES = ("kill", "whitebox", "powerloss", "faults", "powerfaults", "replication")
 
 
 # -- plumbing ---------------------------------------------------------------------------------
@@ -761,7 +761,9 @@ def _write_batch(db: bitkv.Store, pending: list[tuple[bytes, bytes, float | None
               help="kill: SIGKILL a writer process; whitebox: die at engine kill points; "
                    "powerloss: drop writes that were not fsynced; faults: fail file "
                    "operations (EIO, ENOSPC, short writes) and damage segment and LOCK "
-                   "files; powerfaults: powerloss with a failing fsync.")
+                   "files; powerfaults: powerloss with a failing fsync; replication: "
+                   "SIGKILL a bitkv serve master and its replica under WAIT, check they "
+                   "converge.")
 @click.option("--seed", type=int, default=None, help="Random seed (to reproduce a run).")
 @click.option("--sync", type=click.Choice(("always", "interval", "never")), default=None,
               help="Sync mode of the store under test (harness default: always).")

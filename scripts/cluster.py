@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run a sharded bitkv deployment on loopback: N ``bitkv serve`` processes behind nutcracker.
+"""Run a sharded, replicated bitkv deployment on loopback: N ``bitkv serve`` masters behind
+nutcracker, each with R ``bitkv serve --replicaof`` replicas, watched by S redis-sentinels.
 
 nutcracker (twemproxy, Debian package ``nutcracker``) speaks RESP to clients and shards keys
 over the servers with consistent hashing (ketama, md5). Servers are named in its
@@ -7,6 +8,9 @@ configuration (``bitkv-1`` ...), so the key -> server mapping depends on the nam
 ports: a server restarted elsewhere keeps its keys. See docs/cluster.md.
 
     scripts/cluster.py start --servers 3 --dir /tmp/bitkv-cluster   # ports 7001-7003, 22121
+    scripts/cluster.py start --servers 3 --replicas 1 --sentinels 3 --dir /tmp/bitkv-cluster
+        # + replicas on 7101-7103 (7201-... for a second), sentinels on 26379-26381 watching
+        # masters named bitkv-1 ... (see docs/replication.md)
     redis-cli -p 22121 set greeting hello
     scripts/cluster.py status --dir /tmp/bitkv-cluster
     scripts/cluster.py restart-server 2 --dir /tmp/bitkv-cluster
@@ -101,21 +105,45 @@ class Cluster:
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_path)
 
-    def server_command(self, state: dict, index: int) -> list[str]:
-        server = state["servers"][index]
+    def server_command(self, state: dict, server: dict) -> list[str]:
         cmd = [state["python"], "-m", "bitkv.server", "--dir", server["data"], "--port",
                str(server["port"]), "--bind", HOST, "--sync", state["sync"]]
+        if server.get("replicaof"):
+            cmd += ["--replicaof", f"{HOST}:{server['replicaof']}"]
+            if state.get("requirepass"):
+                cmd += ["--masterauth", state["requirepass"]]
         return cmd
 
     def start_server(self, state: dict, index: int) -> None:
-        server = state["servers"][index]
+        self.start_process(state, state["servers"][index])
+
+    def start_process(self, state: dict, server: dict) -> None:
         log = open(server["log"], "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(self.server_command(state, index), stdout=log,
+        proc = subprocess.Popen(self.server_command(state, server), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=self.env(state))
         log.close()
         server["pid"] = proc.pid
         wait_for_port(server["port"], proc)
+
+    def start_sentinel(self, state: dict, sentinel: dict, sentinel_bin: str) -> None:
+        """redis-sentinel with its own (writable: Sentinel rewrites it) config file."""
+        quorum = len(state["sentinels"]) // 2 + 1
+        lines = [f"port {sentinel['port']}", f"bind {HOST}", f"dir {self.dir}",
+                 f"logfile {sentinel['log']}", "protected-mode no"]
+        for s in state["servers"]:
+            lines += [f"sentinel monitor {s['name']} {HOST} {s['port']} {quorum}",
+                      f"sentinel down-after-milliseconds {s['name']} "
+                      f"{state['down_after_ms']}",
+                      f"sentinel failover-timeout {s['name']} {state['failover_timeout_ms']}"]
+            if state.get("requirepass"):
+                lines.append(f"sentinel auth-pass {s['name']} {state['requirepass']}")
+        Path(sentinel["config"]).write_text("\n".join(lines) + "\n")
+        proc = subprocess.Popen([sentinel_bin, sentinel["config"]], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        sentinel["pid"] = proc.pid
+        wait_for_port(sentinel["port"], proc)
 
     def env(self, state: dict) -> dict:
         env = dict(os.environ)
@@ -159,8 +187,12 @@ class Cluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.state_path.exists():
             old = json.loads(self.state_path.read_text())
-            if any(alive(s.get("pid", 0)) for s in old["servers"]):
+            if any(alive(s.get("pid", 0)) for s in self.processes(old)):
                 raise SystemExit(f"a cluster is already running in {self.dir}; stop it first")
+        sentinel_bin = shutil.which(args.sentinel) if args.sentinels else None
+        if args.sentinels and sentinel_bin is None:
+            raise SystemExit(f"{args.sentinel} not found; install it: "
+                             "apt-get install -y redis-sentinel")
         if args.ports:
             ports = [int(p) for p in args.ports.split(",")]
         else:
@@ -172,6 +204,10 @@ class Cluster:
             "stats_port": args.stats_port,
             "requirepass": args.requirepass or "",
             "servers": [],
+            "replicas": [],
+            "sentinels": [],
+            "down_after_ms": args.down_after_ms,
+            "failover_timeout_ms": args.failover_timeout_ms,
         }
         for i, port in enumerate(ports, start=1):
             state["servers"].append({
@@ -181,10 +217,33 @@ class Cluster:
                 "log": str(self.dir / f"server-{i}.log"),
                 "pid": 0,
             })
+            for j in range(1, args.replicas + 1):
+                state["replicas"].append({
+                    "name": f"bitkv-{i}-replica-{j}",
+                    "port": port + 100 * j,
+                    "replicaof": port,
+                    "data": str(self.dir / f"server-{i}-replica-{j}"),
+                    "log": str(self.dir / f"server-{i}-replica-{j}.log"),
+                    "pid": 0,
+                })
+        for k in range(args.sentinels):
+            port = args.sentinel_base_port + k
+            state["sentinels"].append({
+                "name": f"sentinel-{k + 1}", "port": port, "pid": 0,
+                "config": str(self.dir / f"sentinel-{port}.conf"),
+                "log": str(self.dir / f"sentinel-{port}.log"),
+            })
         self.save(state)
         try:
             for i in range(len(ports)):
                 self.start_server(state, i)
+                self.save(state)
+            for replica in state["replicas"]:
+                self.start_process(state, replica)
+                self.save(state)
+            for sentinel in state["sentinels"]:
+                assert sentinel_bin is not None
+                self.start_sentinel(state, sentinel, sentinel_bin)
                 self.save(state)
             config = self.write_nutcracker_config(state)
             check = subprocess.run([nutcracker, "-t", "-c", str(config)], capture_output=True,
@@ -203,15 +262,28 @@ class Cluster:
             self.stop()
             raise
         servers = ", ".join(f"{s['name']}={HOST}:{s['port']}" for s in state["servers"])
+        extra = ""
+        if state["replicas"]:
+            extra += "; replicas " + ", ".join(f"{HOST}:{r['port']}" for r in state["replicas"])
+        if state["sentinels"]:
+            extra += "; sentinels " + ", ".join(f"{HOST}:{s['port']}"
+                                                for s in state["sentinels"])
         print(f"cluster up: proxy {HOST}:{args.proxy_port} (stats {HOST}:{args.stats_port}); "
-              f"servers {servers}; state in {self.state_path}")
+              f"servers {servers}{extra}; state in {self.state_path}")
+
+    @staticmethod
+    def processes(state: dict) -> list[dict]:
+        return [*state["servers"], *state.get("replicas", []), *state.get("sentinels", [])]
 
     def stop(self) -> None:
         state = self.load()
         stopped = 0
         if state.get("nutcracker_pid"):
             stopped += stop_pid(state["nutcracker_pid"], "nutcracker")
-        for s in state["servers"]:
+        for s in state.get("sentinels", []):
+            if s.get("pid"):
+                stopped += stop_pid(s["pid"], "sentinel")
+        for s in [*state.get("replicas", []), *state["servers"]]:
             if s.get("pid"):
                 stopped += stop_pid(s["pid"], "bitkv.server")
         print(f"stopped {stopped} process(es)")
@@ -230,7 +302,7 @@ class Cluster:
         state = self.load()
         down = 0
         rows = [("nutcracker", state.get("nutcracker_pid", 0), state["proxy_port"])]
-        rows += [(s["name"], s["pid"], s["port"]) for s in state["servers"]]
+        rows += [(s["name"], s["pid"], s["port"]) for s in self.processes(state)]
         for name, pid, port in rows:
             up = alive(pid)
             down += not up
@@ -255,7 +327,18 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--python", default=sys.executable,
                        help="interpreter with bitkv installed")
     start.add_argument("--nutcracker", default="nutcracker")
-    sub.add_parser("stop", help="stop the proxy and the servers (SIGTERM: clean shutdown)")
+    start.add_argument("--replicas", type=int, default=0,
+                       help="replicas per server (bitkv serve --replicaof), on port+100*j")
+    start.add_argument("--sentinels", type=int, default=0,
+                       help="redis-sentinel processes watching every server")
+    start.add_argument("--sentinel-base-port", type=int, default=26379)
+    start.add_argument("--sentinel", default="redis-sentinel")
+    start.add_argument("--down-after-ms", type=int, default=5000,
+                       help="Sentinel's down-after-milliseconds")
+    start.add_argument("--failover-timeout-ms", type=int, default=60000,
+                       help="Sentinel's failover-timeout")
+    sub.add_parser("stop", help="stop the proxy, sentinels and servers (SIGTERM: clean "
+                                "shutdown)")
     sub.add_parser("status", help="show what is running (exit status 1 if anything is down)")
     restart = sub.add_parser("restart-server", help="restart one server (1-based index)")
     restart.add_argument("index", type=int)

@@ -121,7 +121,8 @@ def test_example_script_is_deterministic() -> None:
 STRUCTS = ["bitkv.segment.HEADER", "bitkv.record.HEADER", "bitkv.hint.HEADER",
            "bitkv.hint.ENTRY", "bitkv.hint.TRAILER", "bitkv.codec._DICT_HEADER",
            "bitkv.codec._AAD_V2", "bitkv.manifest.HEADER", "bitkv.manifest.ENTRY",
-           "bitkv.manifest.TRAILER", "bitkv.durable.SLOT"]
+           "bitkv.manifest.TRAILER", "bitkv.durable.SLOT", "bitkv.server.backlog.HEADER",
+           "bitkv.server.backlog.ENTRY"]
 
 
 def test_every_struct_table_is_checked() -> None:

@@ -14,6 +14,10 @@ recovery and a check of every key against an oracle (see docs/durability.md):
   deleted, truncated or duplicated and ``LOCK`` is replaced (see :mod:`.faults`).
 * ``mode="powerfaults"``: ``powerloss`` where one fsync per cycle fails; the failed fsync is
   no durability point in the disk model.
+* ``mode="replication"``: a ``bitkv serve`` master and its replica on loopback; the master,
+  the replica or both are SIGKILLed (or the master stopped) under a write load with ``WAIT``;
+  after the restart nothing acknowledged is lost and the two converge (see
+  :mod:`.replication`).
 
 >>> summary = bitkv.crashtest.run("/tmp/ct", mode="kill", cycles=20, seed=1)  # doctest: +SKIP
 >>> summary.violations                                                         # doctest: +SKIP
@@ -35,7 +39,7 @@ if TYPE_CHECKING:  # annotations only: importing the harness must not load the e
 
 __all__ = ["MODES", "CrashTestSummary", "run"]
 
-MODES = ("kill", "whitebox", "powerloss", "faults", "powerfaults")
+MODES = ("kill", "whitebox", "powerloss", "faults", "powerfaults", "replication")
 SYNC_MODES = ("always", "interval", "never")
 RUN_MARKER = "CRASHTEST"
 MAX_VIOLATIONS = 200
@@ -158,6 +162,22 @@ def run(directory: str, *, mode: str = "kill", cycles: int = 100, seed: int | No
             if progress is not None:
                 progress(done, cycles)
         verified = pl.oracle.verified
+    elif mode == "replication":
+        from .replication import ReplicationRunner
+
+        rr = ReplicationRunner(directory, seed=seed, sync=sync, ops_per_cycle=ops_per_cycle)
+        done = 0
+        try:
+            for n in range(cycles):
+                rres = rr.cycle(n)
+                states += 1
+                note(n, rres.description, rres.violations, rres.acked)
+                done = n + 1
+                if progress is not None:
+                    progress(done, cycles)
+        finally:
+            rr.close()
+        verified = rr.oracle.verified
     elif mode == "faults":
         from .faults import FaultRunner, run_cycles
 

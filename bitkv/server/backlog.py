@@ -46,8 +46,8 @@ from bitkv.record import BATCH_FIRST, BATCH_LAST
 log = logging.getLogger("bitkv.server")
 
 MAGIC = b"BKVREPL1"
-_HEADER = struct.Struct("<8s40sI")  # magic, replication id (hex), crc32c of the two
-_ENTRY = struct.Struct("<IBQQI")  # crc32c, kind, seq, offset, data length; then the data
+HEADER = struct.Struct("<8s40sI")  # magic, replication id (hex), crc32c of the two
+ENTRY = struct.Struct("<IBQQI")  # crc32c, kind, seq, offset, data length; then the data
 ANCHOR, INJECT, BOOT, CLEAN = 1, 2, 3, 4
 MAX_ENTRY_DATA = 4096
 # An anchor every this many bytes of stream: reaching any offset regenerates at most this.
@@ -123,24 +123,24 @@ class Journal:
             data = self.io.pread(fd, self.io.size(fd), 0)
         finally:
             self.io.close(fd)
-        if len(data) < _HEADER.size:
+        if len(data) < HEADER.size:
             log.warning("replication journal %s is cut short; starting a new history",
                         self.path)
             return False
-        magic, replid, crc = _HEADER.unpack_from(data)
+        magic, replid, crc = HEADER.unpack_from(data)
         if magic != MAGIC or crc32c(data[:48]) != crc:
             log.warning("replication journal %s has a damaged header; starting a new history",
                         self.path)
             return False
         self.replid = replid.decode("ascii")
-        pos = _HEADER.size
+        pos = HEADER.size
         entries = []
-        while pos + _ENTRY.size <= len(data):
-            crc, kind, seq, offset, length = _ENTRY.unpack_from(data, pos)
-            end = pos + _ENTRY.size + length
+        while pos + ENTRY.size <= len(data):
+            crc, kind, seq, offset, length = ENTRY.unpack_from(data, pos)
+            end = pos + ENTRY.size + length
             if length > MAX_ENTRY_DATA or end > len(data) or crc32c(data[pos + 4 : end]) != crc:
                 break  # a torn last entry (or damage): what follows cannot be trusted
-            entries.append(Entry(kind, seq, offset, bytes(data[pos + _ENTRY.size : end])))
+            entries.append(Entry(kind, seq, offset, bytes(data[pos + ENTRY.size : end])))
             pos = end
         if pos != len(data):
             log.warning("replication journal %s: %d bytes after the last intact entry "
@@ -229,7 +229,9 @@ class StreamReader:
         produced = 0
         entries = self.journal.entries
         bound = self.bound
-        while produced < max_bytes:
+        # The head stops only between batches (a PING injected there must not land inside
+        # MULTI/EXEC); a batch is appended whole, so the rest of one is always in the log.
+        while produced < max_bytes or (self.in_batch and bound is None):
             if bound is not None and self.pos >= bound.pos:
                 break
             entry = entries[self.next_entry] if self.next_entry < len(entries) else None
@@ -297,7 +299,8 @@ class Backlog:
 
     @property
     def offset(self) -> int:
-        """``master_repl_offset``: the bytes of stream produced so far."""
+        """``master_repl_offset``: the bytes of stream produced so far (the head may lag
+        the log while no replica is attached: :meth:`catch_up` brings it to the end)."""
         return self.head.pos
 
     def open(self) -> None:
@@ -318,11 +321,10 @@ class Backlog:
                           "(writes a replica received may be lost from the log)")
         start_offset = journal.entries[-1].end if journal.entries else 0
         if reason is None:
-            try:
-                self._start_head_from_journal()
-                self.head.read(1 << 62)  # to the log's end
-            except StreamDiverged as exc:
-                reason = f"the stream cannot be regenerated: {exc}"
+            # The head starts at the journal's last point and reads the log from there
+            # only when a replica needs it (catch_up): a store served without replicas
+            # pays nothing for the backlog, at open or per write.
+            self._start_head_from_journal()
         if reason is not None:
             self._new_history(start_offset, reason)
         elif len(journal.entries) > MAX_ENTRIES:
@@ -347,13 +349,17 @@ class Backlog:
             keep = keep[-(MAX_ENTRIES // 2):]
         self.journal.create(self.journal.replid, keep)
         self._start_head_from_journal()
-        self.head.read(1 << 62)
 
     def _start_head_from_journal(self) -> None:
         entries = self.journal.entries
         # Start from the newest anchor-like point: every entry kind fixes (seq, offset).
         i = len(entries) - 1
-        self.head = StreamReader(self.db, self.journal, i, 0, None)
+        head = StreamReader(self.db, self.journal, i, 0, None)
+        # The head stands after that point: past an injection's bytes, which the stream
+        # already holds (entries appended from here on are placed at the head).
+        head.pos = entries[i].end
+        head.next_entry = i + 1
+        self.head = head
 
     def _new_history(self, start_offset: int, reason: str) -> None:
         replid = secrets.token_hex(20)
@@ -365,11 +371,12 @@ class Backlog:
         self.journal.append(Entry(ANCHOR, self.db.last_seq + 1, start_offset), durable=True)
         self.head = StreamReader(self.db, self.journal, 0, 0, None)
 
-    def catch_up(self) -> bytes:
-        """Advance the head over the writes since the last call; return their stream bytes
-        (those every replica that was at the head receives). Raises StreamDiverged if the
-        log lost records the head had not read (the caller starts a new history)."""
-        data = self.head.read(1 << 62)
+    def catch_up(self, max_bytes: int = 1 << 62) -> bytes:
+        """Advance the head over the writes since the last call (about ``max_bytes`` of
+        stream at most, ending between batches); return their stream bytes (those every
+        replica that was at the head receives). Raises StreamDiverged if the log lost
+        records the head had not read (the caller starts a new history)."""
+        data = self.head.read(max_bytes)
         if data:
             self._since_anchor += len(data)
             if self._since_anchor >= ANCHOR_EVERY:

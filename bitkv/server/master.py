@@ -49,6 +49,7 @@ KEEPALIVE_PERIOD = 1.0  # a newline to a replica waiting for its snapshot (Redis
 # that takes no snapshot bytes this long, is dropped.
 REPL_TIMEOUT = 60.0
 SEND_CHUNK = 1 << 20
+CATCH_UP_STEP = 8 << 20  # stream bytes the head reads between yields to other clients
 
 _snapshot_ids = itertools.count(1)
 
@@ -150,28 +151,34 @@ class Master:
         self._feed_scheduled = False
         self.feed()
 
-    def feed(self) -> None:
-        """Catch the head up with the log; send the new bytes to every replica."""
+    def feed(self, max_bytes: int | None = None) -> None:
+        """Catch the head up with the log (at most about ``max_bytes`` of stream); send the
+        new bytes to every replica at the head, and pump those behind it."""
         backlog = self.backlog
         if backlog is None:
             return
         server = self.server
         if server.pending_sets:
             server.flush_sets()  # group-committed SETs are in the log only once flushed
-        try:
-            data = backlog.catch_up()
-        except StreamDiverged as exc:
-            self._restart_history(str(exc))
-            return
-        head = backlog.offset
-        for peer in self.peers:
-            if peer.live:
-                if data:
+        done = 0
+        while max_bytes is None or done < max_bytes:
+            try:
+                data = backlog.catch_up(SEND_CHUNK)
+            except StreamDiverged as exc:
+                self._restart_history(str(exc))
+                return
+            if not data:
+                break
+            done += len(data)
+            head = backlog.offset
+            for peer in self.peers:
+                if peer.live:
                     peer.write(data)
                     peer.sent = head
-                if peer.buffered > HIGH_WATER:
-                    peer.live = False  # from here on it reads at its own pace
-            elif peer.state == "online":
+                    if peer.buffered > HIGH_WATER:
+                        peer.live = False  # from here on it reads at its own pace
+        for peer in self.peers:
+            if not peer.live and peer.state == "online":
                 self._pump(peer)
 
     def _pump(self, peer: Peer) -> None:
@@ -234,7 +241,10 @@ class Master:
             if self.peers and now - self._last_ping >= PING_PERIOD:
                 self._last_ping = now
                 self.inject(PING)
-            self.feed()
+            # With no replica attached the head rests (no cost per write); a replica that
+            # attaches makes it catch up (psync).
+            if self.peers:
+                self.feed()
         except Exception:
             log.exception("replication: periodic work failed")
         finally:
@@ -255,13 +265,22 @@ class Master:
 
     # -- attaching ---------------------------------------------------------------------------
 
-    def psync(self, conn: Connection, replid: bytes, offset: int, *, legacy: bool = False
-              ) -> bytes:
+    async def psync(self, conn: Connection, replid: bytes, offset: int, *,
+                    legacy: bool = False) -> bytes:
         """PSYNC (``legacy``: SYNC). Returns the first reply line; the rest follows."""
         backlog = self.backlog
         if backlog is None:
             return b"-NOMASTERLINK Can't SYNC while not ready\r\n"
-        self.feed()
+        # The head rests while no replica is attached: bring it to the log's end first, a
+        # step at a time so other clients are served meanwhile.
+        while True:
+            before = backlog.offset
+            self.feed(CATCH_UP_STEP)
+            if backlog.offset - before < CATCH_UP_STEP:
+                break
+            await asyncio.sleep(0)
+        if conn.transport is None or conn.transport.is_closing():
+            return b""
         port = getattr(conn, "repl_listening_port", 0) or _port_of(conn.peer)
         ip = getattr(conn, "repl_ip_address", "") or conn.peer.rsplit(":", 1)[0]
         peer = Peer(conn, port, ip)

@@ -11,21 +11,21 @@ if TYPE_CHECKING:
     from ..app import Connection
 
 
-@command("psync", -3, F_ADMIN | F_NOMULTI, group="server",
+@command("psync", -3, F_ADMIN | F_NOMULTI | F_ASYNC, group="server",
          summary="An internal command used in replication", since="2.8.0")
-def cmd_psync(c: Connection, args: list[bytes]) -> bytes:
+async def cmd_psync(c: Connection, args: list[bytes]) -> bytes:
     if c.replica_peer is not None:
         return b""  # already a replica: Redis ignores it too
     offset = to_int(args[2])
-    return c.control.replication.master.psync(c, args[1], offset)
+    return await c.control.replication.master.psync(c, args[1], offset)
 
 
-@command("sync", 1, F_ADMIN | F_NOMULTI, group="server",
+@command("sync", 1, F_ADMIN | F_NOMULTI | F_ASYNC, group="server",
          summary="An internal command used in replication")
-def cmd_sync(c: Connection, args: list[bytes]) -> bytes:
+async def cmd_sync(c: Connection, args: list[bytes]) -> bytes:
     if c.replica_peer is not None:
         return b""
-    return c.control.replication.master.psync(c, b"?", -1, legacy=True)
+    return await c.control.replication.master.psync(c, b"?", -1, legacy=True)
 
 
 @command("replconf", -1, F_ADMIN | F_NOMULTI, group="server",
