@@ -606,3 +606,23 @@ def test_tls_and_auth_to_the_master(tmp_path, caplog):
             wait_until(lambda: rc.get("k") == b"v", 30, "the sync over TLS")
             mc.set("k2", "v2")
             wait_until(lambda: rc.get("k2") == b"v2", 10, "the stream over TLS")
+
+
+def test_leftover_replica_temporaries_are_bitkv_s_own(tmp_path):
+    """A kill during an RDB transfer or a REPLICA save leaves a temporary file: check reports
+    it as one, the next writable open removes it; the REPLICA file itself is left alone."""
+    from bitkv.check import check
+
+    directory = tmp_path / "d"
+    with bitkv.open(str(directory)) as db:
+        db.put(b"k", b"v")
+    leftovers = [names.replica_rdb_tmp_name(12345), names.REPLICA_STATE_NAME + names.TMP_SUFFIX]
+    for name in leftovers:
+        (directory / name).write_bytes(b"partial")
+    (directory / names.REPLICA_STATE_NAME).write_text("{}")
+    report = check(str(directory))
+    assert report.temp_files == 2
+    with bitkv.open(str(directory)) as db:
+        assert db.get(b"k") == b"v"
+    left = set(os.listdir(directory))
+    assert not left & set(leftovers) and names.REPLICA_STATE_NAME in left
