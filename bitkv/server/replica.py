@@ -420,7 +420,8 @@ class ReplicaLink:
     async def _full_sync(self, reader: asyncio.StreamReader, replid: str, offset: int) -> None:
         """Receive the RDB into a temporary file, verify it, load it."""
         self.state = "sync"
-        self.transfer_size = self.transfer_read = 0
+        self.transfer_size = -1  # until the header says (Redis's -1; 0 for a diskless RDB)
+        self.transfer_read = 0
         self.transfer_last_io = time.monotonic()
         header = await self._reply(reader)
         if header.startswith(b"-"):
@@ -433,6 +434,7 @@ class ReplicaLink:
         size = -1
         if header.startswith(b"$EOF:"):
             mark = header[5:]
+            self.transfer_size = 0
             if len(mark) != 40:
                 raise LinkError(f"bad EOF mark from MASTER: {_text(header)}")
             log.info("MASTER <-> REPLICA sync: receiving streamed RDB from master with EOF "
