@@ -481,9 +481,13 @@ class ReplicaLink:
             self._abort.clear()
             started = time.monotonic()
             self._loading = loop.run_in_executor(None, self._verify_and_load, path)
+            # A newline a second while loading: the master counts it as a sign of life (Redis's
+            # replicationSendNewlineToMaster), so a long load does not hit its repl-timeout.
+            keepalive = loop.create_task(self._newlines())
             try:
                 loaded = await asyncio.shield(self._loading)
             finally:
+                keepalive.cancel()
                 if self._loading.done():
                     self._loading = None
             log.info("MASTER <-> REPLICA sync: Finished with success: %d keys loaded, %d "
@@ -495,6 +499,13 @@ class ReplicaLink:
         self.replid, self.offset = replid, offset
         self.read_offset = offset
         self.full_syncs += 1
+
+    async def _newlines(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_PERIOD)
+            writer = self._writer
+            if writer is not None and not writer.is_closing():
+                writer.write(b"\n")
 
     def _transfer_io(self, n: int) -> None:
         self.transfer_read += n
