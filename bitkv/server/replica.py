@@ -200,7 +200,6 @@ class ReplicaLink:
         self.skipped_keys = 0  # keys of the last full resync that were not loaded
         self.skipped_commands = 0
         self.failed_commands = 0
-        self.connected_once = False
         self.client: Connection = server.internal_client(b"master")  # handlers' ``c``
         self._db_index = 0
         self._multi: list[list[bytes]] | None = None
@@ -269,7 +268,6 @@ class ReplicaLink:
         log.info("Connecting to MASTER %s:%d", self.host, self.port)
         pause = RETRY_FIRST
         while True:
-            synced = False
             try:
                 await self._session()
             except asyncio.CancelledError:
@@ -325,7 +323,6 @@ class ReplicaLink:
             replid, offset = full
             await self._full_sync(reader, replid, offset)
         self.state = "connected"
-        self.connected_once = True
         self.down_since = None
         self.last_io = time.monotonic()
         await asyncio.get_running_loop().run_in_executor(None, self._mark_applying)
