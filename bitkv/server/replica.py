@@ -322,10 +322,10 @@ class ReplicaLink:
         if full is not None:
             replid, offset = full
             await self._full_sync(reader, replid, offset)
+        await asyncio.get_running_loop().run_in_executor(None, self._mark_applying)
         self.state = "connected"
         self.down_since = None
         self.last_io = time.monotonic()
-        await asyncio.get_running_loop().run_in_executor(None, self._mark_applying)
         self._send_ack()  # puts us online on a master that waits for it (diskless sync)
         ack = asyncio.get_running_loop().create_task(self._ack_loop())
         try:
@@ -623,18 +623,21 @@ class ReplicaLink:
             if server.pending_sets:
                 server.flush_sets()  # writes of clients (replica-read-only no) come first
             wrote = 0
-            # A key that expired here may still be alive on the master when it sent a command
-            # for it (our clock, our lag): the master's commands see it (store.hold_expired).
-            with server.db.seeing_expired():
-                for args, end in parser.feed_ends(data):
-                    if args:
-                        wrote += self._execute(args)
-                    if self._multi is None:
-                        self.offset = base + end
-            if wrote:
-                server.write_version += 1
-                server.writes_since_save += wrote
-                server.replication.note_applied()
+            try:
+                # A key that expired here may still be alive on the master when it sent a
+                # command for it (our clock, our lag): the master's commands see it
+                # (Store.hold_expired).
+                with server.db.seeing_expired():
+                    for args, end in parser.feed_ends(data):
+                        if args:
+                            wrote += self._execute(args)
+                        if self._multi is None:
+                            self.offset = base + end
+            finally:
+                if wrote:  # (also when a command failed the link: those before it count)
+                    server.write_version += 1
+                    server.writes_since_save += wrote
+                    server.replication.note_applied()
             if parser.error is not None:
                 raise LinkError(f"protocol error in the replication stream from the master "
                                 f"at offset {self.offset}: {parser.error}")
@@ -662,7 +665,17 @@ class ReplicaLink:
             return 0
         if name == b"exec":
             queued, self._multi = self._multi or [], None
-            return sum(self._apply(a) for a in queued)
+            done = 0
+            try:
+                for a in queued:
+                    done += self._apply(a)
+            except LinkError:
+                if done:
+                    # Part of the transaction is applied but the offset stays before its
+                    # MULTI: continuing would apply that part twice. Resync in full.
+                    self.replid, self.offset = None, -1
+                raise
+            return done
         if name == b"discard":
             self._multi = None
             return 0
