@@ -353,6 +353,7 @@ class _Reader:
         while have < n:
             data = self._source(_CHUNK)
             if not data:
+                self.buf = b"".join(parts)  # what did arrive (the magic check looks at it)
                 raise RDBError(f"truncated RDB at byte {self.base + have}")
             parts.append(data)
             have += len(data)

@@ -81,11 +81,14 @@ _MODULE_VALUE = (enc_len(2) + enc_len(77) + enc_len(1) + enc_len(5) + enc_len(5)
 _MODULE_ID = (0x0123456789 << 10) | 3
 
 
-def rich_rdb(version: int = 10, checksum: bool = True) -> tuple[bytes, list[tuple[int, bytes, bytes, int]],
-                                                                dict[str, int]]:
+StringEntry = tuple[int, bytes, bytes, int]  # (db, key, value, expire_ms) as on_string sees it
+
+
+def rich_rdb(version: int = 10, checksum: bool = True
+             ) -> tuple[bytes, list[StringEntry], dict[str, int]]:
     """An RDB with every type and opcode; returns (bytes, the strings as on_string sees them,
     skipped count by type)."""
-    strings: list[tuple[int, bytes, bytes, int]] = []
+    strings: list[StringEntry] = []
     skipped: dict[str, int] = {}
     out = bytearray(b"REDIS%04d" % version)
     out += b"\xfa" + enc_str(b"redis-ver") + enc_str(b"7.0.15")
