@@ -26,14 +26,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from procs import REDIS_SERVER, RedisProcess, needs_redis
 
 from bitkv import rdb
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz"))
 
-import fuzz_rdb  # noqa: E402
+import fuzz_rdb
 
 REDIS_CHECK_RDB = shutil.which("redis-check-rdb")
 REPLID = "8c9c6e2b4a1f0d3e5b7a9c1e3f5d7b9a1c3e5f70"
@@ -94,7 +93,7 @@ def test_rich_rdb_every_type_and_opcode_is_read_or_skipped() -> None:
 
 def test_versions_checksum_states() -> None:
     for version in (1, 4, 9, 11, 12):
-        summary, strings, _ = read_all(fuzz_rdb.rich_rdb(version)[0])
+        summary, _, _ = read_all(fuzz_rdb.rich_rdb(version)[0])
         assert summary.version == version
         assert summary.checksum == ("absent" if version < 5 else "ok")
     summary, _, _ = read_all(fuzz_rdb.rich_rdb(9, checksum=False)[0])
@@ -107,7 +106,7 @@ def test_reads_stop_at_the_trailer_and_survive_a_trickling_source() -> None:
     for step in (1, 2, 7, 4096):
         got: list[object] = []
         src = fuzz_rdb.Trickle(data + b"after the RDB", step)
-        summary = rdb.read_rdb(src, on_string=lambda *a: got.append(a))
+        summary = rdb.read_rdb(src, on_string=lambda *a, got=got: got.append(a))
         assert got == expected and summary.size == len(data)
 
 
@@ -161,7 +160,7 @@ expiries = st.just(0) | st.integers(1, 2**63 - 1)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(keys, values, expiries), max_size=30))
 def test_writer_reader_roundtrip(items: list[tuple[bytes, bytes, int]]) -> None:
-    summary, strings, skipped = read_all(write_all(items))
+    summary, strings, _ = read_all(write_all(items))
     assert strings == [(0, k, v, e) for k, v, e in items]
     assert (summary.strings, summary.skipped, summary.checksum) == (len(items), 0, "ok")
 
@@ -512,3 +511,40 @@ def test_writer_bytes_equal_redis_own(tmp_path: Path) -> None:
                      expires_size=sum(1 for s in strings if s[3]))
     start = theirs.index(b"\xfe\x00\xfb")
     assert ours[ours.index(b"\xfe\x00\xfb"):-8] == theirs[start:-8]
+
+
+# -- docs/rdb.md -------------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "rdb.md"
+
+
+def doc_example() -> bytes:
+    text = DOC.read_text(encoding="utf-8")
+    block = text.split("<!-- rdb example -->", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    out = bytearray()
+    for line in block.splitlines():
+        offset, hexes = line.split("  ", 1)
+        assert int(offset, 16) == len(out)
+        out += bytes.fromhex(hexes.split("|", 1)[0])
+    return bytes(out)
+
+
+def test_doc_example_is_what_the_writer_writes(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.setattr(rdb.time, "time", lambda: 1700000000.0)
+    f = io.BytesIO()
+    writer = rdb.RDBWriter(f, repl_id="6c5e5f5a4b3c2d1e0f6c5e5f5a4b3c2d1e0f6c5e",
+                           repl_offset=5000, db_size=2, expires_size=1)
+    writer.add_string(b"greeting", b"hello", 0)
+    writer.add_string(b"n", b"300", 1900000000000)
+    writer.finish()
+    example = doc_example()
+    assert f.getvalue() == example and len(example) == 205
+    summary, strings, _ = read_all(example)
+    assert strings == [(0, b"greeting", b"hello", 0), (0, b"n", b"300", 1900000000000)]
+    assert summary.aux[b"ctime"] == b"1700000000" and summary.checksum == "ok"
+    if REDIS_CHECK_RDB is not None:
+        (tmp_path / "example.rdb").write_bytes(example)
+        check = subprocess.run([REDIS_CHECK_RDB, str(tmp_path / "example.rdb")],
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0 and "RDB looks OK" in check.stdout, check.stdout
