@@ -130,6 +130,7 @@ def rich_rdb(version: int = 10, checksum: bool = True
     other(rdb.TYPE_HASH, b"hash", enc_len(1) + enc_str(b"f") + enc_str(b"v"))
     out += b"\xfc" + struct.pack("<q", 1900000000999)  # an expiry on a skipped key
     other(rdb.TYPE_ZSET_2, b"zset2", enc_len(1) + enc_str(b"m") + struct.pack("<d", 0.5))
+    string(b"after", enc_str(b"after"), b"no expiry", enc_str(b"no expiry"))  # none leaks
     other(rdb.TYPE_MODULE_2, b"module", enc_len(_MODULE_ID) + _MODULE_VALUE)
     for blob_type in (rdb.TYPE_HASH_ZIPMAP, rdb.TYPE_LIST_ZIPLIST, rdb.TYPE_SET_INTSET,
                       rdb.TYPE_ZSET_ZIPLIST, rdb.TYPE_HASH_ZIPLIST, rdb.TYPE_HASH_LISTPACK,

@@ -128,6 +128,10 @@ def test_writer_header_and_integer_encoding() -> None:
     assert body(b"-128") == b"\xc0\x80"
     assert body(b"128") == b"\xc1\x80\x00"
     assert body(b"-32769") == b"\xc2\xff\x7f\xff\xff"
+    assert body(b"-129") == b"\xc1\x7f\xff"
+    assert body(b"-32768") == b"\xc1\x00\x80"
+    assert body(b"32768") == b"\xc2\x00\x80\x00\x00"
+    assert body(b"-2147483648") == b"\xc2\x00\x00\x00\x80"
     assert body(b"2147483647") == b"\xc2\xff\xff\xff\x7f"
     for raw in (b"2147483648", b"-2147483649", b"007", b"-0", b"+1", b" 1", b"1 ", b"1.0",
                 b"", b"-", b"\xd9\xa1", b"99999999999999999999"):  # not canonical or too big
@@ -264,6 +268,19 @@ def test_hostile_lengths_fail_without_allocating_them() -> None:
         assert tracemalloc.get_traced_memory()[1] < 4 * 2**20
     finally:
         tracemalloc.stop()
+
+    class Recording(io.BytesIO):
+        biggest = 0
+
+        def read(self, n: int | None = -1) -> bytes:
+            assert n is not None and n >= 0
+            self.biggest = max(self.biggest, n)
+            return super().read(n)
+
+    src = Recording(head + b"\x00\x01k" + huge + bytes(3 * 2**20))
+    with pytest.raises(rdb.RDBError, match="truncated"):
+        rdb.read_rdb(src, on_string=print, max_value_len=None)
+    assert src.biggest <= 2**20  # never asks the source for the declared size
 
 
 def test_callback_exceptions_propagate() -> None:
@@ -492,7 +509,9 @@ def test_writer_bytes_equal_redis_own(tmp_path: Path) -> None:
     rng = random.Random(3)
     values = [b"%d" % rng.randint(-2**40, 2**40) for _ in range(100)]
     values += [b"%d" % rng.randint(-40000, 40000) for _ in range(100)]
-    values += [b"-0", b"007", b"+1", b"2147483648", b"-2147483648", b"", b"x" * 100]
+    values += [b"%d" % (sign * 2**bits + delta) for sign in (1, -1) for bits in (7, 15, 31)
+               for delta in (-1, 0, 1)]
+    values += [b"-0", b"007", b"+1", b"", b"x" * 100, b"12345678901", b"-1234567890"]
     values += [rng.randbytes(rng.randint(0, 30)) for _ in range(50)]
     server = start_redis(tmp_path, "--rdbcompression", "no")
     try:
