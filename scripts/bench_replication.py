@@ -105,7 +105,7 @@ def lag_run(master_port: int, replica: redis.Redis, rate: int, seconds: float
                 time.sleep(due - now)
             batch = max(1, rate // 200)
             with m.pipeline(transaction=False) as p:
-                for j in range(batch):
+                for _ in range(batch):
                     p.set(b"load:%d" % random.randrange(100000), value)
                 p.execute()
             i += batch
@@ -199,7 +199,7 @@ def main() -> None:
             rows.append((f"full resync of {args.keys:,} keys to {name}", f"{seconds:.2f} s"))
             edge: list[tuple[int, list[float]]] = []
             if rdir is not None:
-                reader = threading.Thread(target=lambda d=rdir: edge.append(
+                reader = threading.Thread(target=lambda d=rdir, out=edge: out.append(
                     edge_reads(d, args.seconds, args.keys)))
                 reader.start()
             lags, written = lag_run(mport, replica, args.rate, args.seconds)
@@ -211,7 +211,8 @@ def main() -> None:
             if edge:
                 n, lat = edge[0]
                 rows.append(("edge reads (read-only opener of the replica's directory)",
-                             f"{n / args.seconds:,.0f} gets/s, p50 {statistics.median(lat) * 1e6:.1f} µs, "
+                             f"{n / args.seconds:,.0f} gets/s, "
+                             f"p50 {statistics.median(lat) * 1e6:.1f} µs, "
                              f"p99 {pct(lat, 0.99) * 1e6:.1f} µs"))
             replica.execute_command("REPLICAOF", "NO", "ONE")
     finally:
@@ -224,8 +225,9 @@ def main() -> None:
                 p.kill()
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
+    flag = " --bitkv-replica" if args.bitkv_replica else ""
     print(f"| figure (`python scripts/bench_replication.py --keys {args.keys} --rate "
-          f"{args.rate} --seconds {args.seconds:g}{' --bitkv-replica' if args.bitkv_replica else ''}`) | value |")
+          f"{args.rate} --seconds {args.seconds:g}{flag}`) | value |")
     print("|---|---:|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -234,7 +234,7 @@ class ReplicationRunner:
                 if info.get("master_link_status") == "up" and info.get(
                         "slave_repl_offset", -1) >= m.info("replication")["master_repl_offset"]:
                     return
-            except Exception:  # noqa: BLE001 - a server still starting: keep waiting
+            except Exception:  # a server still starting: keep waiting
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"the replica did not catch up within {CONVERGE_TIMEOUT:.0f} s; "
