@@ -43,12 +43,11 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING
 
 import bitkv
-from bitkv import names
+from bitkv import names, rdb
 from bitkv.record import MAX_KEY_SIZE, MAX_VALUE_SIZE
 
 from . import replica_state
@@ -143,12 +142,6 @@ class StreamParser(PyParser):
                 self._base += pos
                 self._pos = 0
         return out
-
-
-def _rdb_module() -> Any:
-    from bitkv import rdb  # the RDB codec (imported when a full resync needs it)
-
-    return rdb
 
 
 def master_ssl_context(settings: ReplicaSettings, client_cert: str | None,
@@ -511,7 +504,6 @@ class ReplicaLink:
     # -- loading the RDB (a worker thread) ---------------------------------------------------
 
     def _verify_and_load(self, path: str) -> int:
-        rdb = _rdb_module()
         aborted = self._abort
 
         def verify_string(db: int, key: bytes, value: bytes, expire_ms: int) -> None:
@@ -523,8 +515,8 @@ class ReplicaLink:
 
         try:
             with open(path, "rb") as f:
-                rdb.read_rdb(_Reader(f), on_string=verify_string, on_skipped=ignore,
-                             on_aux=ignore, max_value_len=None)
+                rdb.read_rdb(f, on_string=verify_string, on_skipped=ignore, on_aux=ignore,
+                             max_value_len=None)
         except rdb.RDBError as exc:
             raise LinkError(f"the RDB from the master is invalid, the store was not touched "
                             f"(will retry): {exc}") from exc
@@ -535,12 +527,12 @@ class ReplicaLink:
         self._save_resume(None)
         self.replid, self.offset = None, -1
         try:
-            return self._load(rdb, path)
+            return self._load(path)
         except _Aborted:
             raise LinkError("the full resync was interrupted while loading; the store holds "
                             "a partial copy until the next full resync") from None
 
-    def _load(self, rdb: Any, path: str) -> int:
+    def _load(self, path: str) -> int:
         db = self.server.db
         aborted = self._abort
         with db.seeing_expired():  # expired keys held (hold_expired) go too
@@ -583,8 +575,8 @@ class ReplicaLink:
             pass
 
         with open(path, "rb") as f:
-            rdb.read_rdb(_Reader(f), on_string=on_string, on_skipped=on_skipped,
-                         on_aux=on_aux, max_value_len=None)
+            rdb.read_rdb(f, on_string=on_string, on_skipped=on_skipped, on_aux=on_aux,
+                         max_value_len=None)
         batch.commit()
         if skipped[0] > KEY_WARNINGS:
             log.warning("replication: skipped %d more keys of types bitkv does not store (%d "
@@ -794,13 +786,6 @@ class ReplicaLink:
     def role_state(self) -> str:
         return {"connect": "connect", "connecting": "connecting", "handshake": "handshake",
                 "sync": "sync", "connected": "connected"}[self.state]
-
-
-class _Reader:
-    """A binary file as the RDB reader wants it (``read(n)`` returning up to n bytes)."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.read: Callable[[int], bytes] = f.read
 
 
 def _text(b: bytes) -> str:
