@@ -626,3 +626,38 @@ def test_leftover_replica_temporaries_are_bitkv_s_own(tmp_path):
         assert db.get(b"k") == b"v"
     left = set(os.listdir(directory))
     assert not left & set(leftovers) and names.REPLICA_STATE_NAME in left
+
+
+def test_master_commands_see_keys_that_expired_here(store_dir):
+    """A key that expired on the replica (a lag, a clock ahead) still takes the master's
+    commands, as in Redis: SET ... PXAT <past> writes it already expired, and a PEXPIREAT the
+    master sent while it was alive there brings it back; INCR/APPEND work on it too."""
+    now_ms = int(time.time() * 1000)
+    rdb = make_rdb([(b"from-rdb", b"1", now_ms - 5)])  # expired: not loaded
+    stream = b"".join([
+        encode_command(b"SET", b"k", b"v", b"PXAT", b"%d" % (now_ms - 1000)),
+        encode_command(b"PEXPIREAT", b"k", b"%d" % (now_ms + 60_000)),
+        encode_command(b"SET", b"n", b"5", b"PXAT", b"%d" % (now_ms - 1000)),
+        encode_command(b"INCR", b"n"),
+        encode_command(b"PERSIST", b"n"),
+        encode_command(b"SET", b"gone", b"x", b"PXAT", b"%d" % (now_ms - 1000)),
+        encode_command(b"DEL", b"gone"),
+        encode_command(b"SET", b"done", b"1"),
+    ])
+
+    def serve(conn: socket.socket, psync: list[bytes], n: int) -> None:
+        conn.sendall(b"+FULLRESYNC %b 0\r\n$%d\r\n%b" % (REPLID.encode(), len(rdb), rdb))
+        conn.sendall(stream)
+
+    fake = FakeMaster(serve)
+    try:
+        with ServerThread(dir=str(store_dir), port=0, replicaof=f"127.0.0.1:{fake.port}") as srv:
+            c = redis.Redis(port=srv.port)
+            wait_until(lambda: c.get("done") == b"1", 10, "the stream")
+            assert c.get("k") == b"v" and 55_000 < c.pttl("k") <= 60_000
+            assert c.get("n") == b"6" and c.pttl("n") == -1
+            assert c.get("gone") is None and c.get("from-rdb") is None
+            assert c.dbsize() == 3  # k, n, done: the deleted and the unloaded are gone
+            assert c.info("replication")["bitkv_replica_failed_commands"] == 0
+    finally:
+        fake.close()
