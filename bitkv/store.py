@@ -204,6 +204,7 @@ class Store(MutableMapping[bytes, bytes]):
         encryption_key: bytes | None = None,
         fileio: FileIO | None = None,
         log_expirations: bool = False,
+        hold_expired: bool = False,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
@@ -224,8 +225,8 @@ class Store(MutableMapping[bytes, bytes]):
         # until deleted explicitly; neither purges nor compaction drop them. As in Redis, the
         # master decides when a key is gone (it sends a DEL), and the master's commands on the
         # replica still find a key that expired here a little earlier than there (see
-        # seeing_expired).
-        self.hold_expired = False
+        # seeing_expired). Given at open, expired records are kept at load too.
+        self.hold_expired = bool(hold_expired)
         self._seeing = threading.local()  # .on: this thread sees held expired keys as live
         self.compact_dead_ratio = float(compact_dead_ratio)
         self.compact_min_dead_bytes = compact_min_dead_bytes
@@ -287,7 +288,8 @@ class Store(MutableMapping[bytes, bytes]):
             # False in a strict encrypted store: plain records there are refused, so the
             # get fast path (which serves plain records) must not serve them.
             self._plain_ok = not self._codec.refuses_plain
-            loaded = recovery.load(self.path, self._io, readonly=readonly, now_ms=self._now_ms())
+            loaded = recovery.load(self.path, self._io, readonly=readonly,
+                                   now_ms=0 if self.hold_expired else self._now_ms())
         except BaseException:
             if self._store_lock is not None:
                 self._store_lock.release()

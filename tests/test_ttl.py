@@ -287,3 +287,15 @@ def test_hold_expired_keeps_expired_keys_for_the_masters_commands(db_path, clock
         clock.advance(2)
         db.purge_expired()
         assert db.stats()["keys"] == 1
+
+
+def test_hold_expired_at_open_keeps_expired_keys(db_path, clock):
+    with _open(db_path, clock) as db:
+        db.put(b"k", b"v", ttl=1)
+    clock.advance(5)
+    with _open(db_path, clock, hold_expired=True) as db:
+        assert db.get(b"k") is None
+        with db.seeing_expired():
+            assert db.get(b"k") == b"v"
+    with _open(db_path, clock) as db, db.seeing_expired():
+        assert db.get(b"k") is None  # an ordinary open drops it

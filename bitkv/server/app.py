@@ -892,6 +892,9 @@ class Server:
             # With "always" the server fsyncs once per batch of commands (see the module doc).
             options["sync"] = "never" if self.sync_always else config.sync
             options.setdefault("sync_interval", config.sync_interval)
+            # A replica's store keeps keys that expired while it was down, for its master's
+            # commands (Store.hold_expired; as Redis replicas load expired keys too).
+            options.setdefault("hold_expired", self.replication.starts_as_replica())
             self.db = bitkv.open(config.dir, **options)
         try:
             self._listeners.append(await loop.create_server(

@@ -120,6 +120,14 @@ class Replication:
             self.state.resume = None
             await loop.run_in_executor(None, replica_state.save, config.dir, self.state)
 
+    def starts_as_replica(self) -> bool:
+        """Whether the server will start as a replica (``--replicaof``, or a role persisted by
+        CONFIG REWRITE); asked before the store is opened."""
+        config = self.server.config
+        if config.replicaof:
+            return True
+        return replica_state.load(config.dir).replicaof is not None
+
     def _apply_config_options(self) -> None:
         """``bitkv serve``'s replica options (given ones win over persisted settings)."""
         c = self.server.config
