@@ -239,6 +239,9 @@ def test_lzf_decoder_reference_cases() -> None:
         rdb.lzf_decompress(data, 11)
     with pytest.raises(rdb.RDBError, match="before the start"):
         rdb.lzf_decompress(b"\x00a" + bytes([(1 << 5), 5]), 4)
+    with pytest.raises(rdb.RDBError, match="longer than declared"):  # Redis 7 accepts this
+        rdb.lzf_decompress(b"\x00a", 0)
+    assert rdb.lzf_decompress(b"", 0) == b""
     with pytest.raises(rdb.RDBError, match="past the input"):
         rdb.lzf_decompress(b"\x05ab", 6)
     with pytest.raises(rdb.RDBError, match="cut short"):
