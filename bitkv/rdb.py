@@ -13,11 +13,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import crcmod
 
-__all__ = ["RDBError", "RDBSummary", "RDBWriter", "crc64", "lzf_decompress", "read_rdb"]
+from .errors import Error
+
+__all__ = ["RDBError", "RDBSummary", "RDBWriter", "Sink", "Source", "crc64", "lzf_decompress",
+           "read_rdb"]
 
 WRITE_VERSION = 10  # what Redis 7.0 writes, and the newest version it loads
 MAX_READ_VERSION = 12  # Redis 7.4+: hash field expiry types 22..25
@@ -107,8 +110,18 @@ def crc64(data: bytes, crc: int = 0) -> int:
     return _crc64_fun(data, crc)
 
 
-class RDBError(ValueError):
-    """The bytes are not an RDB this reader accepts; the message says what and where."""
+class RDBError(Error, ValueError):
+    """The bytes are not an RDB this reader accepts; the message says what and where.
+
+    A :class:`bitkv.Error` like every error bitkv raises, and a ``ValueError`` (bad input).
+    """
+
+
+class Sink(Protocol):
+    """What :class:`RDBWriter` writes to: ``write(data)`` takes all of ``data`` (a file opened
+    ``"wb"``, ``io.BytesIO``, a socket's ``makefile("wb")``)."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class Source(Protocol):
@@ -123,11 +136,14 @@ class RDBSummary:
 
     ``checksum`` is ``"ok"`` (the CRC-64 trailer matched), ``"disabled"`` (the trailer is 0:
     Redis with ``rdbchecksum no``) or ``"absent"`` (version < 5 has no trailer). ``size`` is the
-    length of the RDB in bytes, trailer included.
+    length of the RDB in bytes, trailer included. ``expired`` counts the strings among
+    ``strings`` whose expiry had passed when the read began (``expire_ms <= now_ms``, bitkv's
+    rule): they were reported all the same, dropping them is the caller's decision.
     """
 
     version: int = 0
     strings: int = 0
+    expired: int = 0
     skipped: int = 0
     skipped_by_type: dict[str, int] = field(default_factory=dict)
     aux: dict[bytes, bytes] = field(default_factory=dict)
@@ -191,16 +207,19 @@ class RDBWriter:
     repl-id, repl-offset, aof-base) and ``SELECTDB 0``, then ``RESIZEDB`` if ``db_size`` is
     given (``expires_size`` with it: how many of the keys have an expiry; both are hints).
     :meth:`add_string` appends one key, :meth:`finish` the EOF opcode and the CRC-64 trailer.
-    Only ``f.write`` is called; nothing but the running CRC is held between calls.
+    Only ``f.write`` is called; nothing but the running CRC and ``bytes_written`` (the bytes
+    handed to ``f.write`` so far; after :meth:`finish`, the size of the RDB) is held between
+    calls.
 
     Raises ``ValueError`` for an expiry outside 0..2**63-1, and for use after :meth:`finish`.
     """
 
-    def __init__(self, f: BinaryIO, *, repl_id: str, repl_offset: int,
+    def __init__(self, f: Sink, *, repl_id: str, repl_offset: int,
                  db_size: int | None = None, expires_size: int = 0) -> None:
         self._f = f
         self._crc = 0
         self._finished = False
+        self.bytes_written = 0
         out = [b"REDIS%04d" % WRITE_VERSION]
         aux = ((b"redis-ver", b"7.0.0"), (b"redis-bits", b"64"),
                (b"ctime", b"%d" % int(time.time())), (b"used-mem", b"0"),
@@ -216,6 +235,7 @@ class RDBWriter:
     def _write(self, data: bytes) -> None:
         self._crc = _crc64_fun(data, self._crc)
         self._f.write(data)
+        self.bytes_written += len(data)
 
     def add_string(self, key: bytes, value: bytes, expire_ms: int) -> None:
         """Append string ``key`` = ``value``, expiring at Unix time ``expire_ms`` (0: never)."""
@@ -240,6 +260,7 @@ class RDBWriter:
         self._finished = True
         self._write(b"\xff")
         self._f.write(self._crc.to_bytes(8, "little"))
+        self.bytes_written += 8
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -604,7 +625,8 @@ def read_rdb(src: Source, *,
              on_string: Callable[[int, bytes, bytes, int], object],
              on_skipped: Callable[[int, bytes, str], object] | None = None,
              on_aux: Callable[[bytes, bytes], object] | None = None,
-             max_value_len: int | None = DEFAULT_MAX_VALUE_LEN) -> RDBSummary:
+             max_value_len: int | None = DEFAULT_MAX_VALUE_LEN,
+             now_ms: int | None = None) -> RDBSummary:
     """Read an RDB (versions 1..12) from ``src``, calling back for what it holds.
 
     ``on_string(db, key, value, expire_ms)`` for each string key (``expire_ms`` absolute Unix
@@ -612,6 +634,8 @@ def read_rdb(src: Source, *,
     for each key of another type (``type_name``: list, set, zset, hash, stream or module),
     ``on_aux(name, value)`` for each aux field. Keys, values and aux strings longer than
     ``max_value_len`` (None: no limit) are refused before any of their bytes are held.
+    ``now_ms`` (default: the clock when the read begins) is the time ``summary.expired`` is
+    counted against.
 
     Reads stop after the checksum trailer, but up to 64 KiB past the RDB may have been read from
     ``src``: bound ``src`` to the RDB if the stream goes on. Returns an :class:`RDBSummary`.
@@ -621,6 +645,8 @@ def read_rdb(src: Source, *,
     limit), having possibly called back for the keys before the damage; exceptions from the
     callbacks and from ``src.read`` propagate unchanged.
     """
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
     r = _Reader(src.read, max_value_len)
     try:
         magic = r.take(9)
@@ -640,6 +666,7 @@ def read_rdb(src: Source, *,
     db = 0
     expire_ms = 0
     strings = 0
+    expired = 0
     while True:
         at = r.offset
         opcode = r.byte()
@@ -648,7 +675,10 @@ def read_rdb(src: Source, *,
             value = r.string()
             on_string(db, key, value, expire_ms)
             strings += 1
-            expire_ms = 0
+            if expire_ms:
+                if expire_ms <= now_ms:
+                    expired += 1
+                expire_ms = 0
         elif opcode == OP_EXPIRETIME_MS:
             # Versions before 9 wrote the host's byte order; every such file met is x86's.
             # An expiry at or before the epoch is expired: 1, as 0 says "none".
@@ -711,6 +741,7 @@ def read_rdb(src: Source, *,
         else:
             raise RDBError(f"unknown opcode {opcode} at byte {at}")
     summary.strings = strings
+    summary.expired = expired
     if version >= 5:
         expected = r.finish_crc()
         stored = int.from_bytes(r.take(8), "little")

@@ -190,10 +190,12 @@ def _read(src: object, limit: int | None) -> tuple[object, ...]:
     try:
         summary = rdb.read_rdb(src, on_string=lambda *a: strings.append(a),  # type: ignore[arg-type]
                                on_skipped=lambda *a: skipped.append(a),
-                               on_aux=lambda *a: aux.append(a), max_value_len=limit)
+                               on_aux=lambda *a: aux.append(a), max_value_len=limit,
+                               now_ms=1)
     except rdb.RDBError as exc:
         return ("error", str(exc), strings, skipped)
     assert summary.strings == len(strings) and summary.skipped == len(skipped)
+    assert summary.expired == sum(1 for s in strings if 0 < s[3] <= 1)
     assert sum(summary.skipped_by_type.values()) == summary.skipped
     assert summary.checksum in ("ok", "disabled", "absent")
     return ("ok", strings, skipped, aux, summary.size, summary.version)

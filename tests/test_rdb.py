@@ -141,6 +141,63 @@ def test_writer_header_and_integer_encoding() -> None:
     assert body(b"y" * 300) == b"\x41\x2c" + b"y" * 300
 
 
+def test_rdb_error_is_a_bitkv_error_and_a_value_error() -> None:
+    from bitkv import Error
+
+    with pytest.raises(Error):
+        read_all(b"HELLO")
+    with pytest.raises(ValueError):
+        read_all(b"REDIS0013")
+
+
+class ListSink:
+    """A sink with nothing but ``write``: the writer may not need more."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes, /) -> None:
+        self.chunks.append(bytes(data))
+
+
+def test_writer_streams_to_a_write_only_sink_and_counts_bytes() -> None:
+    sink = ListSink()
+    writer = rdb.RDBWriter(sink, repl_id=REPLID, repl_offset=7)
+    assert writer.bytes_written == sum(map(len, sink.chunks)) > 0
+    big = b"\x07" * (3 * 2**20)
+    for i in range(20):
+        writer.add_string(b"k%d" % i, big if i % 5 == 0 else b"%d" % i, 1900000000000 * (i % 2))
+        assert writer.bytes_written == sum(map(len, sink.chunks))
+    writer.finish()
+    data = b"".join(sink.chunks)
+    assert writer.bytes_written == len(data)
+    # nothing is gathered up: no write is much bigger than the biggest single value
+    assert max(map(len, sink.chunks)) <= len(big)
+    summary, strings, _ = read_all(data)
+    assert summary.size == len(data) and summary.checksum == "ok"
+    assert [s[2] for s in strings] == [big if i % 5 == 0 else b"%d" % i for i in range(20)]
+
+
+def test_expired_at_load_is_counted_not_dropped() -> None:
+    now = 1_800_000_000_000
+    data = write_all([(b"past", b"1", now - 60_000), (b"edge", b"2", now),
+                      (b"future", b"3", now + 1), (b"none", b"4", 0)])
+    summary, strings, _ = read_all(data, now_ms=now)
+    assert [s[1] for s in strings] == [b"past", b"edge", b"future", b"none"]  # all reported
+    assert (summary.strings, summary.expired) == (4, 2)  # expire_ms <= now_ms, as bitkv's TTLs
+    assert read_all(data, now_ms=now - 60_001)[0].expired == 0
+    wall = int(time.time() * 1000)
+    hour_ago_and_ahead = write_all([(b"a", b"1", wall - 3_600_000), (b"b", b"2", wall + 3_600_000)])
+    assert read_all(hour_ago_and_ahead)[0].expired == 1  # now_ms defaults to the wall clock
+    # EXPIRETIME (seconds) and an expiry before the epoch count too
+    head = write_all([])[:-9]
+    old = head + b"\xfd" + struct.pack("<i", 1000) + b"\x00\x01a\x01x" + \
+        b"\xfc" + struct.pack("<q", -5) + b"\x00\x01b\x01y" + b"\xff"
+    summary, strings, _ = read_all(old + struct.pack("<Q", rdb.crc64(old)))
+    assert [(s[1], s[3]) for s in strings] == [(b"a", 1_000_000), (b"b", 1)]
+    assert summary.expired == 2
+
+
 def test_writer_refuses_misuse() -> None:
     f = io.BytesIO()
     writer = rdb.RDBWriter(f, repl_id=REPLID, repl_offset=0)
@@ -164,9 +221,11 @@ expiries = st.just(0) | st.integers(1, 2**63 - 1)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(keys, values, expiries), max_size=30))
 def test_writer_reader_roundtrip(items: list[tuple[bytes, bytes, int]]) -> None:
-    summary, strings, _ = read_all(write_all(items))
+    now = 2**62
+    summary, strings, _ = read_all(write_all(items), now_ms=now)
     assert strings == [(0, k, v, e) for k, v, e in items]
     assert (summary.strings, summary.skipped, summary.checksum) == (len(items), 0, "ok")
+    assert summary.expired == sum(1 for _k, _v, e in items if 0 < e <= now)
 
 
 def test_lzf_decoder_reference_cases() -> None:
@@ -180,6 +239,9 @@ def test_lzf_decoder_reference_cases() -> None:
         rdb.lzf_decompress(data, 11)
     with pytest.raises(rdb.RDBError, match="before the start"):
         rdb.lzf_decompress(b"\x00a" + bytes([(1 << 5), 5]), 4)
+    with pytest.raises(rdb.RDBError, match="longer than declared"):  # Redis 7 accepts this
+        rdb.lzf_decompress(b"\x00a", 0)
+    assert rdb.lzf_decompress(b"", 0) == b""
     with pytest.raises(rdb.RDBError, match="past the input"):
         rdb.lzf_decompress(b"\x05ab", 6)
     with pytest.raises(rdb.RDBError, match="cut short"):
@@ -437,6 +499,7 @@ def test_reader_matches_redis_view_of_its_own_dump(filled_redis, monkeypatch) ->
     assert summary.skipped == len(want_others)
     assert summary.skipped_by_type == {"hash": 2, "set": 4, "list": 2, "zset": 3, "stream": 2}
     assert (summary.version, summary.checksum, summary.functions) == (10, "ok", 1)
+    assert summary.expired == 0
     assert summary.aux[b"redis-ver"].startswith(b"7.0.")
     assert summary.databases == {0, 1, 5}
     assert summary.size == os.path.getsize(path)
