@@ -77,6 +77,7 @@ GET_SPEC = COMMANDS[b"GET"]
 AUTH_SPEC = COMMANDS[b"AUTH"]
 HELLO_SPEC = COMMANDS[b"HELLO"]
 NOMULTI = error("ERR Command not allowed inside a transaction")
+READONLY = error("READONLY You can't write against a read only replica.")
 MAXCLIENTS = error("ERR max number of clients reached")
 SYNC_CHOICES = ("always", "interval", "never")
 # Replies buffered by one run of pipelined commands before they are written out; if the
@@ -132,6 +133,18 @@ class ServerConfig:
     use_hiredis: bool | None = None  # None: when installed
     use_uvloop: bool | None = None  # None: when installed
     store_options: dict[str, Any] = field(default_factory=dict)  # more bitkv.open() options
+    # Replication, the replica side (docs/replication.md). None: not given (a value that
+    # CONFIG REWRITE persisted in the store directory applies, else the default).
+    replicaof: str | None = None  # "HOST:PORT" of the master to follow
+    masterauth: str | None = None
+    masteruser: str | None = None
+    master_tls: bool = False  # connect to the master over TLS
+    master_tls_ca_cert: str | None = None  # the CA of the master's certificate
+    repl_timeout: float | None = None  # seconds (default 60)
+    replica_read_only: bool | None = None  # default True
+    replica_priority: int | None = None  # default 100
+    replica_announce_ip: str | None = None
+    replica_announce_port: int | None = None
 
     def __post_init__(self) -> None:
         given: object = self.hosts  # callers may pass one string of space-separated hosts
@@ -162,6 +175,12 @@ class ServerConfig:
         if self.max_bulk_len > bitkv.MAX_VALUE_SIZE:
             raise ValueError(f"max_bulk_len cannot exceed bitkv's value limit "
                              f"({bitkv.MAX_VALUE_SIZE} bytes)")
+        if self.replicaof is not None:
+            from .replication import parse_hostport
+
+            parse_hostport(self.replicaof)  # ValueError if it is not HOST:PORT
+        if self.repl_timeout is not None and not self.repl_timeout > 0:
+            raise ValueError("repl_timeout must be a positive number of seconds")
         if isinstance(self.requirepass, str):
             self.requirepass = self.requirepass.encode()
         if self.requirepass == b"":
@@ -304,6 +323,8 @@ class Connection(asyncio.Protocol):
             gate |= F_NEEDAUTH
         if self.multi is not None or self.pubsub_restricted:
             gate |= F_ANY
+        if self.server.replication.refuses_client_writes:
+            gate |= F_WRITE  # a read-only replica: writes take the slow path, get READONLY
         self._gate = gate
 
     @property
@@ -325,6 +346,10 @@ class Connection(asyncio.Protocol):
         if role not in clients.ROLES:
             raise ValueError(f"a connection's role is one of {clients.ROLES}, not {role!r}")
         self._role = role
+
+    def role_changed(self) -> None:
+        """The server became a replica or a master (or replica-read-only changed)."""
+        self._update_gate()
 
     def auth_checked(self, ok: bool) -> None:
         """A password was compared (AUTH, HELLO AUTH): count failures for the throttle."""
@@ -627,6 +652,11 @@ class Connection(asyncio.Protocol):
         if self.pubsub_restricted and not flags & F_PUBSUB:
             return error(f"ERR Can't execute '{full_name(spec, args)}': only (P|S)SUBSCRIBE / "
                          "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+        if flags & F_WRITE and not flags & F_TXCTL \
+                and self.server.replication.refuses_client_writes:
+            if self.multi is not None:
+                self.multi_dirty = True  # as Redis: the transaction fails with EXECABORT
+            return READONLY
         if self.multi is not None and not flags & F_TXCTL:
             if flags & F_NOMULTI:
                 self.multi_dirty = True
@@ -924,6 +954,19 @@ class Server:
             if victim is None or not victim.partial_request_bytes:
                 break  # the count is off (cannot happen); do not loop forever
             victim.drop_partial()
+
+    def internal_client(self, name: bytes) -> Connection:
+        """A client attached to no socket, through which the server runs commands of its own
+        (the replica link applies its master's stream through one: no replies, no gate)."""
+        conn = Connection(self)
+        conn.name = name
+        conn.client_type = "master"
+        return conn
+
+    def refresh_gates(self) -> None:
+        """The replication role changed: re-derive every client's gate (READONLY)."""
+        for conn in self.clients:
+            conn.role_changed()
 
     def track_throttle(self, task: asyncio.Task[None]) -> None:
         self._throttles.add(task)

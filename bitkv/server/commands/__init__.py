@@ -14,6 +14,7 @@ are split by group, each module registering its handlers when imported here:
 * :mod:`.sync`         PSYNC, SYNC, REPLCONF, WAIT (the master side of replication)
 * :mod:`.pubsub`       SUBSCRIBE, UNSUBSCRIBE, PSUBSCRIBE, PUNSUBSCRIBE, SSUBSCRIBE, SUNSUBSCRIBE,
   PUBLISH, SPUBLISH, PUBSUB
+* :mod:`.replication`  REPLICAOF, SLAVEOF, ROLE (the replica side)
 
 Handlers run on the event loop thread, one at a time, so a command that makes several Store
 calls is atomic with respect to every other client, as in Redis. Store calls are
@@ -33,6 +34,7 @@ from __future__ import annotations
 from . import connection, transactions, strings, keyspace, admin
 from . import sync  # noqa: F401 - imported for its @command registrations
 from . import pubsub
+from . import replication  # noqa: F401 - imported for its @command registrations
 # isort: on
 from .keyspace import ScanIndex
 from .registry import (

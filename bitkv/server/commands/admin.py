@@ -159,6 +159,7 @@ def _config_params(c: Connection) -> dict[str, str]:
         "protected-mode": "no",
         "daemonize": "no",
         "loglevel": "notice",
+        **control.replication.config_params(),
     }
 
 
@@ -180,17 +181,38 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
     if sub == b"SET":
         if len(args) < 4 or len(args) % 2:
             return arity_error("config|set")
-        name = args[2].decode("utf-8", "replace")
-        raise CommandError(f"ERR Unknown option or number of arguments for CONFIG SET - "
-                           f"'{name}' (bitkv's configuration is set on the command line)")
+        pairs = [(args[i].decode("utf-8", "replace"), args[i + 1].decode("utf-8", "replace"))
+                 for i in range(2, len(args), 2)]
+        replication = c.control.replication
+        for name, _value in pairs:
+            if name.lower() not in replication.config_params() or name.lower() in (
+                    "replicaof", "slaveof"):
+                raise CommandError(
+                    f"ERR Unknown option or number of arguments for CONFIG SET - '{name}' "
+                    f"(bitkv's configuration is set on the command line; CONFIG SET "
+                    f"changes only the replica settings)")
+        for name, value in pairs:
+            try:
+                replication.config_set(name, value)
+            except ValueError as exc:
+                raise CommandError(f"ERR CONFIG SET failed (possibly related to argument "
+                                   f"'{name}') - {exc}") from None
+        return OK
     if sub == b"RESETSTAT" and len(args) == 2:
         c.control.reset_stats()
         return OK
     if sub == b"REWRITE" and len(args) == 2:
-        raise CommandError("ERR The server is running without a config file")
+        # No config file: the role and the replica settings are persisted in the store
+        # directory, where `bitkv serve` reads them at start (server/replica_state.py).
+        try:
+            c.control.replication.config_rewrite()
+        except OSError as exc:
+            raise CommandError(f"ERR Rewriting config file: {exc}") from None
+        return OK
     if sub == b"HELP" and len(args) == 2:
         return bulk_array([b"CONFIG <subcommand> [<arg> ...]. Subcommands are:",
-                           b"GET <pattern>", b"RESETSTAT", b"HELP"])
+                           b"GET <pattern>", b"SET <parameter> <value> (replica settings)",
+                           b"RESETSTAT", b"REWRITE", b"HELP"])
     raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
                        + "'. Try CONFIG HELP.")
 

@@ -148,7 +148,7 @@ def cmd_hello(c: Connection, args: list[bytes]) -> bytes:
         "proto": 3 if c.resp3 else 2,
         "id": c.client_id,
         "mode": "standalone",
-        "role": "master",
+        "role": "master" if c.control.replication.link is None else "replica",
         "modules": [],
     }, c.resp3)
 
