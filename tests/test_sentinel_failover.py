@@ -56,7 +56,7 @@ def test_sentinel_fails_over_a_killed_bitkv_master_to_a_bitkv_replica(tmp_path):
                        "the Sentinels to promote a replica")
             failover_s = time.monotonic() - start
             print(f"failover took {failover_s:.2f} s (down-after 1000 ms)")
-            host, port = sentinels.master_addr(0)
+            _host, port = sentinels.master_addr(0)
             promoted = next(r for r in replicas if r.port == port)
             other = next(r for r in replicas if r is not promoted)
             p = promoted.client()
