@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("redis", reason="redis-py is needed for the server tests")
 
-import bitkv.crashtest as harness  # noqa: E402
+import bitkv.crashtest as harness
 
 
 def test_replication_crash_cycles_find_no_violation(tmp_path):
