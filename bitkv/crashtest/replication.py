@@ -141,6 +141,7 @@ class ReplicationRunner:
 
         rng = self.rng
         victim = rng.choice(("master", "replica", "both", "master-clean"))
+        before = redis.Redis(port=self.master.port, socket_timeout=10).info("stats")
         stop = threading.Event()
         acked = [0]
         errors: list[str] = []
@@ -163,7 +164,6 @@ class ReplicationRunner:
         violations = list(errors)
         m = redis.Redis(port=self.master.port, socket_timeout=10)
         r = redis.Redis(port=self.replica.port, socket_timeout=10)
-        stats = m.info("stats")
         try:
             self._converge(m, r)
         except TimeoutError as exc:
@@ -172,6 +172,9 @@ class ReplicationRunner:
         violations += self._check_master(m)
         violations += self._compare(m, r)
         stats = m.info("stats")
+        if victim == "replica":  # the same master process: count this cycle's syncs only
+            for name in ("sync_full", "sync_partial_ok"):
+                stats[name] -= before[name]
         if victim in ("master", "master-clean") and stats["sync_full"]:
             violations.append(f"the replica needed a full resync after the master was "
                               f"{'stopped' if victim == 'master-clean' else 'killed'} "

@@ -36,7 +36,7 @@ from typing import Any
 import bitkv
 from bitkv.record import MAX_KEY_SIZE
 
-from . import protocol
+from . import clients, protocol
 from .commands import (
     COMMANDS,
     F_ANY,
@@ -44,6 +44,7 @@ from .commands import (
     F_NEEDAUTH,
     F_NOAUTH,
     F_NOMULTI,
+    F_PUBSUB,
     F_STATE,
     F_TXCTL,
     F_WRITE,
@@ -51,12 +52,14 @@ from .commands import (
     ScanIndex,
     Spec,
     arity_error,
+    full_name,
     lookup,
     unknown_command_error,
 )
 from .control import ServerControl
 from .master import Peer
 from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
+from .pubsub import PUBSUB_OUTPUT_LIMIT, PubSub, Subscriptions
 from .replication import Replication
 
 log = logging.getLogger("bitkv.server")
@@ -124,6 +127,9 @@ class ServerConfig:
     # two requests of the largest size can arrive at once); see Server.shed_partial_requests.
     max_query_buffer_total: int | None = None
     maxclients: int = 10000
+    # Redis's `client-output-buffer-limit pubsub`: (hard bytes, soft bytes, soft seconds) of
+    # output waiting for a subscriber before it is closed (see Connection.push).
+    pubsub_output_limit: tuple[int, int, float] = PUBSUB_OUTPUT_LIMIT
     use_hiredis: bool | None = None  # None: when installed
     use_uvloop: bool | None = None  # None: when installed
     store_options: dict[str, Any] = field(default_factory=dict)  # more bitkv.open() options
@@ -157,6 +163,10 @@ class ServerConfig:
             raise ValueError(f"port must be 0-65535, not {self.port}")
         if self.maxclients < 1:
             raise ValueError("maxclients must be at least 1")
+        hard, soft, seconds = self.pubsub_output_limit
+        if not (0 < soft <= hard and seconds >= 0):
+            raise ValueError("pubsub_output_limit must be (hard bytes, soft bytes, seconds) "
+                             "with 0 < soft <= hard and seconds >= 0")
         if self.max_query_buffer_total is None:
             self.max_query_buffer_total = 2 * self.max_query_buffer
         elif self.max_query_buffer_total < self.max_query_buffer:
@@ -269,6 +279,13 @@ class Connection(asyncio.Protocol):
         self.lib_ver = b""
         self.multi: list[tuple[Spec, list[bytes]]] | None = None
         self.multi_dirty = False
+        # Pub/Sub: what this client is subscribed to (None: nothing, see pubsub.py), messages
+        # held back while a step's replies are not yet sent (Connection.push), and since when
+        # its unsent output has been over the soft limit.
+        self.subscriptions: Subscriptions | None = None
+        self._pushes: bytearray | None = None
+        self._over_soft_limit_since: float | None = None
+        self._role = clients.NORMAL  # set by replication through client_type
         self.transport: Any = None
         self.peer = "?"
         self.local = "?"
@@ -304,11 +321,31 @@ class Connection(asyncio.Protocol):
         gate = F_ASYNC | F_TXCTL | F_NOMULTI | F_STATE
         if not self.authenticated:
             gate |= F_NEEDAUTH
-        if self.multi is not None:
+        if self.multi is not None or self.pubsub_restricted:
             gate |= F_ANY
         if self.server.replication.refuses_client_writes:
             gate |= F_WRITE  # a read-only replica: writes take the slow path, get READONLY
         self._gate = gate
+
+    @property
+    def pubsub_restricted(self) -> bool:
+        """Subscribed in RESP2: only the commands flagged F_PUBSUB may run (_slow refuses the
+        rest), and PING replies with an array."""
+        return self.subscriptions is not None and not self.resp3
+
+    @property
+    def client_type(self) -> str:
+        """normal, replica, master, or pubsub (a normal client while subscribed), as CLIENT
+        LIST and CLIENT KILL TYPE see it (clients.py)."""
+        return clients.client_type(self._role, self.subscriptions is not None)
+
+    @client_type.setter
+    def client_type(self, role: str) -> None:
+        """Replication sets "replica" on a connection that became a replica (SYNC/PSYNC) and
+        "master" on a replica's link to its master; "pubsub" follows from subscriptions."""
+        if role not in clients.ROLES:
+            raise ValueError(f"a connection's role is one of {clients.ROLES}, not {role!r}")
+        self._role = role
 
     def role_changed(self) -> None:
         """The server became a replica or a master (or replica-read-only changed)."""
@@ -340,9 +377,14 @@ class Connection(asyncio.Protocol):
             return (b or b"").decode("utf-8", "replace")
 
         multi = -1 if self.multi is None else len(self.multi)
+        subs = self.subscriptions
+        flags = clients.flags(self._role, subs is not None, self.multi is not None, self._quit)
+        counts = (0, 0, 0) if subs is None else \
+            (subs.channels, subs.patterns, subs.shard_channels)
         return (f"id={self.client_id} addr={self.peer} laddr={self.local} name={text(self.name)} "
-                f"age={int(now - self.created)} idle={int(now - self.last_active)} flags=N "
-                f"db=0 sub=0 psub=0 ssub=0 multi={multi} "
+                f"age={int(now - self.created)} idle={int(now - self.last_active)} "
+                f"flags={flags} db=0 sub={counts[0]} psub={counts[1]} ssub={counts[2]} "
+                f"multi={multi} "
                 f"cmd={text(self.last_command).lower()} user=default "
                 f"resp={3 if self.resp3 else 2} lib-name={text(self.lib_name)} "
                 f"lib-ver={text(self.lib_ver)}")
@@ -385,8 +427,11 @@ class Connection(asyncio.Protocol):
             self.server.replication.master.detach(self)
         self._closed = True
         self._backlog.clear()
+        self._pushes = None
         self._release_partial()
         self.server.clients.pop(self, None)
+        if self.subscriptions is not None:
+            self.server.pubsub.drop(self)
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests until it does.
@@ -604,6 +649,9 @@ class Connection(asyncio.Protocol):
         flags = spec[2]
         if not self.authenticated and not flags & F_NOAUTH:
             return NOAUTH
+        if self.pubsub_restricted and not flags & F_PUBSUB:
+            return error(f"ERR Can't execute '{full_name(spec, args)}': only (P|S)SUBSCRIBE / "
+                         "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
         if flags & F_WRITE and not flags & F_TXCTL \
                 and self.server.replication.refuses_client_writes:
             if self.multi is not None:
@@ -668,6 +716,9 @@ class Connection(asyncio.Protocol):
         """Resume reading (and run what arrived meanwhile) unless another step is pending."""
         if self._busy or self._closed:
             return
+        if self._pushes is not None:  # messages published while the step's replies waited
+            pushes, self._pushes = self._pushes, None
+            self.transport.write(pushes)
         if self._backlog:
             data = b"".join(self._backlog)
             self._backlog.clear()
@@ -735,6 +786,53 @@ class Connection(asyncio.Protocol):
             self._closed = True
             self.transport.close()
 
+    def kill(self) -> bool:
+        """Close now, dropping whatever has not been sent yet, as Redis frees a client:
+        CLIENT KILL of another client, and the Pub/Sub output limit. False if it was closed
+        already."""
+        if self._closed:
+            return False
+        self._closed = True
+        self._backlog.clear()
+        self._pushes = None
+        self.transport.abort()
+        return True
+
+    # -- Pub/Sub delivery ----------------------------------------------------------------------
+
+    def push(self, data: bytes) -> None:
+        """Send a published message. It goes out at once, or, while a step's replies wait
+        (an fsync, the group commit), right after them, so that it never overtakes the reply
+        to a command that ran before it was published.
+
+        Nothing here waits for the client to read: the transport buffers what it has not
+        sent. A subscriber that does not read is closed once that output reaches the hard
+        limit, or has stayed at or above the soft limit for longer than its seconds
+        (ServerConfig.pubsub_output_limit; Redis's client-output-buffer-limit pubsub)."""
+        if self._closed:
+            return
+        if self._busy:
+            if self._pushes is None:
+                self._pushes = bytearray()
+            self._pushes += data
+            pending = len(self._pushes) + self.transport.get_write_buffer_size()
+        else:
+            self.transport.write(data)
+            pending = self.transport.get_write_buffer_size()
+        hard, soft, seconds = self.server.config.pubsub_output_limit
+        if pending < soft:
+            self._over_soft_limit_since = None
+            return
+        now = self.server.clock
+        since = self._over_soft_limit_since
+        if since is None:
+            self._over_soft_limit_since = since = now
+        if pending >= hard or now - since > seconds:
+            log.warning("closing the connection from %s: %d bytes of output wait for it, over "
+                        "the Pub/Sub output limit (hard %d, soft %d for %gs)", self.peer,
+                        pending, hard, soft, seconds)
+            self.kill()
+
 
 class Server:
     """A RESP server over one bitkv Store.
@@ -792,6 +890,7 @@ class Server:
         self.waiting: list[Connection] = []
         self._flush_scheduled = False
         self.replication = Replication(self)
+        self.pubsub = PubSub()
 
     def _tick(self) -> None:
         self.clock = time.monotonic()
@@ -861,6 +960,7 @@ class Server:
         (the replica link applies its master's stream through one: no replies, no gate)."""
         conn = Connection(self)
         conn.name = name
+        conn.client_type = "master"
         return conn
 
     def refresh_gates(self) -> None:

@@ -285,8 +285,7 @@ class Master:
         ip = getattr(conn, "repl_ip_address", "") or conn.peer.rsplit(":", 1)[0]
         peer = Peer(conn, port, ip)
         conn.replica_peer = peer
-        if hasattr(conn, "client_type"):
-            conn.client_type = "replica"
+        conn.client_type = "replica"
         self.peers.append(peer)
         loop = asyncio.get_running_loop()
         if not legacy and replid.decode("ascii", "replace") == backlog.replid \

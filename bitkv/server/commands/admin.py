@@ -25,6 +25,7 @@ from ..protocol import (
     map_reply,
     verbatim,
 )
+from ..pubsub import CHANNEL, PATTERN, SHARD
 from .registry import (
     F_ADMIN,
     F_ASYNC,
@@ -163,7 +164,7 @@ def _config_params(c: Connection) -> dict[str, str]:
 
 
 @command("config", -2, F_ADMIN, group="server", summary="Get configuration parameters",
-         since="2.0.0")
+         since="2.0.0", subcommands=True)
 def cmd_config(c: Connection, args: list[bytes]) -> bytes:
     sub = args[1].upper()
     if sub == b"GET":
@@ -236,7 +237,7 @@ def _command_docs(info: CommandInfo, resp3: bool) -> bytes:
 
 
 @command("command", -1, F_FAST, group="server", summary="Get details about commands",
-         since="2.8.13")
+         since="2.8.13", subcommands=True)
 def cmd_command(c: Connection, args: list[bytes]) -> bytes:
     if len(args) == 1:
         return array([_command_entry(i) for i in INFOS.values()])
@@ -352,6 +353,9 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("rejected_connections", control.rejected_connections),
             ("expired_keys", 0),
             ("evicted_keys", 0),
+            ("pubsub_channels", control.pubsub.total(CHANNEL)),
+            ("pubsub_patterns", control.pubsub.total(PATTERN)),
+            ("pubsubshard_channels", control.pubsub.total(SHARD)),
             *control.replication.stats_fields(),
         ],
         "replication": control.replication.info_fields(),
