@@ -204,6 +204,17 @@ def test_link_drop_and_replica_restarts(tmp_path):
         assert_same(m, r)
         assert info_stats(m)["sync_full"] == stats["sync_full"]
 
+        # 1b. the same from the replica's side: CLIENT KILL TYPE master
+        listed = r.client_list(_type="master")
+        assert len(listed) == 1 and listed[0]["flags"] == "M"
+        stats = info_stats(m)
+        assert r.client_kill_filter(_type="master") == 1
+        m.set("after-kill", 1)
+        wait_until(lambda: info_stats(m)["sync_partial_ok"] > stats["sync_partial_ok"], 20,
+                   "a partial resync after CLIENT KILL TYPE master")
+        wait_until(lambda: r.get("after-kill") == b"1", 20, "the write after the kill")
+        assert info_stats(m)["sync_full"] == stats["sync_full"]
+
         # 2. a clean restart of the replica: it continues too
         replica.stop()
         state = load_state(str(tmp_path / "replica"))

@@ -249,12 +249,6 @@ class ReplicaLink:
         if writer is not None:
             writer.close()
 
-    def kill(self) -> None:
-        """Drop the connection to the master (CLIENT KILL TYPE master); it reconnects."""
-        if self._writer is not None:
-            log.info("replication: the connection to the master was killed on request")
-            self._writer.transport.abort()
-
     async def _run(self, after: asyncio.Task[None] | None) -> None:
         if after is not None:
             await asyncio.wait([after])
@@ -292,6 +286,7 @@ class ReplicaLink:
             self.down_since = time.time()
         self.state = "connect"
         self._multi = None  # a transaction cut short is resent from its MULTI
+        self.server.clients.pop(self.client, None)
         self._close_writer()
 
     # -- the session: connect, handshake, sync, stream ---------------------------------------
@@ -309,6 +304,7 @@ class ReplicaLink:
             asyncio.open_connection(self.host, self.port, ssl=ctx, limit=1 << 20), timeout)
         self._writer = writer
         self.last_io = time.monotonic()
+        self._register_client(writer)
         log.info("MASTER <-> REPLICA sync started (%s:%d)", self.host, self.port)
         self.state = "handshake"
         full = await self._handshake(reader, writer)
@@ -325,6 +321,17 @@ class ReplicaLink:
             await self._stream(reader)
         finally:
             ack.cancel()
+
+    def _register_client(self, writer: asyncio.StreamWriter) -> None:
+        """The master's client, for this connection: in CLIENT LIST as type master (flag M),
+        and CLIENT KILL TYPE master closes the link (which then reconnects), as in Redis."""
+        client = self.client = self.server.internal_client(b"master")
+        client.transport = writer.transport
+        for attr, extra in (("peer", "peername"), ("local", "sockname")):
+            addr = writer.get_extra_info(extra)
+            if isinstance(addr, tuple):
+                setattr(client, attr, f"{addr[0]}:{addr[1]}")
+        self.server.clients[client] = None
 
     async def _reply(self, reader: asyncio.StreamReader) -> bytes:
         """One reply line, skipping the newlines a master sends to keep us waiting."""
@@ -611,6 +618,7 @@ class ReplicaLink:
             if not data:
                 raise LinkError("connection closed by the master")
             self.last_io = time.monotonic()
+            self.client.last_active = server.clock
             self.read_offset += len(data)
             if server.pending_sets:
                 server.flush_sets()  # writes of clients (replica-read-only no) come first
