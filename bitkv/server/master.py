@@ -370,6 +370,9 @@ class Master:
         peer: Peer | None = getattr(conn, "replica_peer", None)
         if peer is None:
             return
+        # Anything it sends is a sign of life: a replica loading a big snapshot sends a
+        # newline every second (as Redis's do) and no ACK until it has loaded.
+        peer.ack_time = time.monotonic()
         try:
             cmds = conn.parser.feed(data)
         except Exception:
