@@ -710,3 +710,81 @@ def test_sentinel_failover_transaction_kills_normal_and_pubsub_clients(server):
         sub.close()
         for v in victims:
             v.close()
+
+
+# -- delivery order and batching, on connections driven directly -----------------------------
+
+class FakeTransport:
+    """What a Connection needs of an asyncio transport; records every write."""
+
+    def __init__(self, peer: int) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.peer = ("127.0.0.1", peer)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.writes)
+
+    def get_extra_info(self, name: str):
+        return self.peer if name == "peername" else ("127.0.0.1", 6380)
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, chunks) -> None:
+        self.writes.append(b"".join(chunks))
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+def test_messages_are_written_once_per_loop_iteration_and_before_later_replies(tmp_path):
+    import asyncio
+
+    from bitkv.server.app import Connection, Server, ServerConfig
+
+    async def scenario() -> None:
+        server = Server(ServerConfig(dir=str(tmp_path / "db"), port=0))
+        await server.start()
+        try:
+            sub_t, pub_t = FakeTransport(1), FakeTransport(2)
+            sub, pub = Connection(server), Connection(server)
+            sub.connection_made(sub_t)
+            pub.connection_made(pub_t)
+            sub.data_received(enc("SUBSCRIBE", "ch"))
+            assert sub_t.data == subscribed(b"subscribe", b"ch", 1)
+            sub_t.writes.clear()
+
+            # 16 pipelined PUBLISHes: the subscriber gets them in one write, at the end of
+            # the loop iteration.
+            pub.data_received(b"".join(enc("PUBLISH", "ch", f"m{i}") for i in range(16)))
+            assert pub_t.data == b":1\r\n" * 16
+            assert sub_t.writes == []
+            await asyncio.sleep(0)
+            assert sub_t.writes == [b"".join(message(b"ch", b"m%d" % i) for i in range(16))]
+            sub_t.writes.clear()
+
+            # A message published before the subscriber's next command is read goes out
+            # before that command's reply, even within the same loop iteration.
+            pub.data_received(enc("PUBLISH", "ch", "first"))
+            sub.data_received(enc("UNSUBSCRIBE", "ch"))
+            assert sub_t.data == message(b"ch", b"first") \
+                + b"*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n"
+            await asyncio.sleep(0)
+            assert len(sub_t.writes) == 2  # nothing more was held back
+        finally:
+            await server.shutdown()
+
+    asyncio.run(scenario())
