@@ -1,10 +1,10 @@
 """Redis glob patterns (``stringmatchlen`` in util.c) for KEYS, SCAN MATCH and CONFIG GET.
 
 ``*`` any run, ``?`` any byte, ``[abc]`` / ``[^abc]`` / ``[a-z]`` classes (reversed ranges
-allowed), ``\\x`` a literal x. Patterns are compiled once and cached (and Pub/Sub keeps the
-matcher of every subscribed pattern): the runs between stars become regexes of fixed length,
-placed without backtracking (see :func:`compile_glob`); a pattern that is a literal prefix
-followed by ``*`` is matched with ``startswith``.
+allowed), ``\\x`` a literal x. Patterns are translated to a compiled bytes regex once and
+cached (and Pub/Sub keeps the matcher of every subscribed pattern); the stars are placed
+without exponential backtracking (see :func:`compile_glob`). A pattern that is a literal
+prefix followed by ``*`` is matched with ``startswith``.
 """
 
 from __future__ import annotations
@@ -53,33 +53,6 @@ def _class(pattern: bytes, i: int) -> tuple[bytes, int]:
     return b"[" + (b"^" if negate else b"") + b"".join(items) + b"]", i
 
 
-def _units(pattern: bytes) -> list[bytes | None]:
-    """The pattern as a list of units: None for a run of ``*``, else a regex that matches
-    exactly one byte."""
-    units: list[bytes | None] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == 42:  # '*'
-            while i < n and pattern[i] == 42:
-                i += 1
-            units.append(None)
-            continue
-        if c == 63:  # '?'
-            units.append(b"[\\s\\S]")
-        elif c == 91:  # '['
-            regex, i = _class(pattern, i + 1)
-            units.append(regex)
-            continue
-        elif c == 92 and i + 1 < n:
-            i += 1
-            units.append(re.escape(pattern[i : i + 1]))
-        else:
-            units.append(re.escape(bytes([c])))
-        i += 1
-    return units
-
-
 @lru_cache(maxsize=256)
 def compile_glob(pattern: bytes) -> Callable[[bytes], bool]:
     """Return a predicate telling whether a key matches the Redis glob ``pattern``.
@@ -87,54 +60,52 @@ def compile_glob(pattern: bytes) -> Callable[[bytes], bool]:
     As in Redis, an empty key matches only the empty pattern (``PSUBSCRIBE *`` gets no
     message published to the channel ``""``).
 
-    Between the stars a pattern is a run of single-byte units, so it is matched without
-    backtracking over the stars (which a regex of ``.*a.*a.*a...`` does exponentially: the
-    pattern ``*a*a*a*a*a*b`` took 4.5 s against a 100-byte name, and a subscribed pattern is
-    matched against every channel published to): the text before the first star must start
-    the key, the text after the last one must end it, and each run in between is found at
-    its leftmost place after the previous one, which leaves the most room for the rest (each
-    run has a fixed length). That is O(len(key) * len(pattern)) at worst.
+    ``A*B*C*D`` (A, B, C, D runs of single-byte units) becomes the regex
+    ``A(?>.*?B)(?>.*?C).*D``: each run between two stars is placed at its leftmost
+    occurrence and never moved again (an atomic group), which is right because that leaves
+    the most room for what follows; only the last star backtracks, linearly. The plain
+    translation ``A.*B.*C.*D`` backtracks over every star, exponentially in their number:
+    ``*a*a*a*a*a*b`` took 4.5 s against a 100-byte name, and a subscribed pattern is matched
+    against every channel published to. Matching is O(len(key) * len(pattern)) at worst.
     """
-    if pattern == b"*":
-        return bool
+    if pattern.strip(b"*") == b"":
+        return pattern.__eq__ if pattern == b"" else bool
     prefix = literal_prefix(pattern)
     if prefix == pattern:
         return pattern.__eq__
     if pattern == prefix + b"*":
         return lambda key: key.startswith(prefix)
-    units = _units(pattern)
-    runs: list[list[bytes]] = [[]]
-    for unit in units:
-        if unit is None:
-            runs.append([])
+    inner = pattern[1:-1]
+    if pattern == b"*" + inner + b"*" and literal_prefix(inner) == inner:
+        return lambda key: inner in key  # *text*, common in KEYS: a substring search
+    parts = [b""]  # the regexes of the runs between stars
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == 42:  # '*'
+            while i < n and pattern[i] == 42:
+                i += 1
+            parts.append(b"")
+            continue
+        if c == 63:  # '?'
+            parts[-1] += b"[\\s\\S]"
+        elif c == 91:  # '['
+            regex, i = _class(pattern, i + 1)
+            parts[-1] += regex
+            continue
+        elif c == 92 and i + 1 < n:
+            i += 1
+            parts[-1] += re.escape(pattern[i : i + 1])
         else:
-            runs[-1].append(unit)
-    if len(runs) == 1:  # no star: one regex of fixed length
-        whole = re.compile(b"".join(runs[0])).fullmatch
-        return lambda key: whole(key) is not None
-    head, middle, tail = runs[0], [r for r in runs[1:-1] if r], runs[-1]
-    head_re = re.compile(b"".join(head)).match
-    tail_re = re.compile(b"".join(tail)).fullmatch
-    middle_re = [(re.compile(b"".join(r)).search) for r in middle]
-    least = len(head) + len(tail) + sum(map(len, middle))
-    head_len, tail_len = len(head), len(tail)
-
-    def matches(key: bytes) -> bool:
-        n = len(key)
-        if n < least or not n:
-            return False
-        end = n - tail_len
-        if head_re(key) is None or tail_re(key, end) is None:
-            return False
-        pos = head_len
-        for search in middle_re:
-            found = search(key, pos, end)
-            if found is None:
-                return False
-            pos = found.end()
-        return True
-
-    return matches
+            parts[-1] += re.escape(bytes([c]))
+        i += 1
+    if len(parts) == 1:
+        regex = parts[0]
+    else:
+        middle = b"".join(b"(?>[\\s\\S]*?" + part + b")" for part in parts[1:-1])
+        regex = parts[0] + middle + b"[\\s\\S]*" + parts[-1]
+    match = re.compile(regex).fullmatch  # never b"": the pattern is not all stars
+    return lambda key: match(key) is not None
 
 
 def glob_match(pattern: bytes, key: bytes) -> bool:
