@@ -788,3 +788,23 @@ def test_messages_are_written_once_per_loop_iteration_and_before_later_replies(t
             await server.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_read_only_replica_refuses_writes_before_the_subscribed_mode_does(tmp_path):
+    """Redis checks READONLY before the Pub/Sub restriction (processCommand), so a RESP2
+    subscriber on a replica gets -READONLY for a write and the restriction for the rest."""
+    with socket.socket() as s:  # a master address where nothing listens: a replica anyway
+        s.bind(("127.0.0.1", 0))
+        nowhere = s.getsockname()[1]
+    with ServerThread(dir=str(tmp_path / "db"), port=0,
+                      replicaof=f"127.0.0.1:{nowhere}") as srv:
+        sub = Raw(srv.port)
+        try:
+            sub.send("SUBSCRIBE", "ro")
+            sub.expect(subscribed(b"subscribe", b"ro", 1))
+            sub.send("SET", "k", "v")
+            sub.expect(b"-READONLY You can't write against a read only replica.\r\n")
+            sub.send("GET", "k")
+            sub.expect(f"-ERR Can't execute 'get': {RESTRICTED}\r\n".encode())
+        finally:
+            sub.close()

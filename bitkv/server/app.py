@@ -654,14 +654,14 @@ class Connection(asyncio.Protocol):
         flags = spec[2]
         if not self.authenticated and not flags & F_NOAUTH:
             return NOAUTH
-        if self.pubsub_restricted and not flags & F_PUBSUB:
-            return error(f"ERR Can't execute '{full_name(spec, args)}': only (P|S)SUBSCRIBE / "
-                         "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
         if flags & F_WRITE and not flags & F_TXCTL \
                 and self.server.replication.refuses_client_writes:
             if self.multi is not None:
                 self.multi_dirty = True  # as Redis: the transaction fails with EXECABORT
             return READONLY
+        if self.pubsub_restricted and not flags & F_PUBSUB:  # after READONLY, as in Redis
+            return error(f"ERR Can't execute '{full_name(spec, args)}': only (P|S)SUBSCRIBE / "
+                         "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
         if self.multi is not None and not flags & F_TXCTL:
             if flags & F_NOMULTI:
                 self.multi_dirty = True
