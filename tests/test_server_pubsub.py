@@ -15,6 +15,8 @@ import pytest
 
 redis = pytest.importorskip("redis", reason="redis-py is needed for the server tests")
 
+from procs import wait_until  # noqa: E402
+
 import bitkv  # noqa: E402
 from bitkv.server import ServerThread  # noqa: E402
 
@@ -139,14 +141,6 @@ def message(channel: bytes, data: bytes, resp3: bool = False) -> bytes:
     head = b">3\r\n" if resp3 else b"*3\r\n"
     return head + b"$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(channel), channel,
                                                                    len(data), data)
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def next_message(p, timeout: float = 5.0) -> dict:
@@ -390,7 +384,7 @@ def test_disconnect_drops_every_subscription(server, r):
         return r.execute_command("PUBSUB", "NUMSUB", "gone.1", "gone.2") == \
             [b"gone.1", 0, b"gone.2", 0]
 
-    wait_for(forgotten, what="the subscriptions of a closed connection to go")
+    wait_until(forgotten, what="the subscriptions of a closed connection to go")
     assert r.execute_command("PUBSUB", "NUMPAT") == patterns - 1
     assert r.execute_command("PUBSUB", "SHARDNUMSUB", "gone.s") == [b"gone.s", 0]
     assert b"gone.1" not in r.execute_command("PUBSUB", "CHANNELS")
@@ -480,7 +474,7 @@ def test_a_subscriber_over_the_soft_limit_for_too_long_is_closed(tmp_path):
             assert pub.execute_command("PUBSUB", "NUMSUB", "soft") == [b"soft", 1]
             time.sleep(2.2)  # the server's clock moves in whole seconds
             pub.publish("soft", "one more")
-            wait_for(lambda: pub.execute_command("PUBSUB", "NUMSUB", "soft") == [b"soft", 0],
+            wait_until(lambda: pub.execute_command("PUBSUB", "NUMSUB", "soft") == [b"soft", 0],
                      what="the slow subscriber to be closed")
             assert slow.closed_by_server()
         finally:
@@ -508,7 +502,7 @@ def test_a_message_never_overtakes_an_earlier_reply(tmp_path):
             try:
                 s.sock.sendall(enc("SET", "k", "v") + enc("SUBSCRIBE", "o"))
                 assert fsync_started.wait(5)
-                wait_for(lambda: pub.execute_command("PUBSUB", "NUMSUB", "o") == [b"o", 1],
+                wait_until(lambda: pub.execute_command("PUBSUB", "NUMSUB", "o") == [b"o", 1],
                          what="the subscription")
                 assert pub.publish("o", "early") == 1  # during the fsync
                 s.expect(b"+OK\r\n" + subscribed(b"subscribe", b"o", 1)
@@ -563,7 +557,7 @@ def test_client_kill_filters(server, r):
         assert r.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == len(listed)
         for s in subs:
             assert s.closed_by_server()
-        wait_for(lambda: r.execute_command("PUBSUB", "NUMSUB", "kill.me") == [b"kill.me", 0],
+        wait_until(lambda: r.execute_command("PUBSUB", "NUMSUB", "kill.me") == [b"kill.me", 0],
                  what="the killed subscribers' subscriptions to go")
 
         info = normal.info()
