@@ -21,12 +21,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import wait_until
 
 from bitkv.server.protocol import PyParser
 
@@ -55,24 +56,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # the thing polled may not be up yet
-            last_error = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                                 + (f" (last error: {last_error!r})" if last_error else ""))
-        time.sleep(interval)
 
 
 @dataclass
@@ -299,6 +282,5 @@ __all__ = [
     "require_sentinel",
     "running_sentinels",
     "start_sentinels",
-    "wait_until",
 ]
 

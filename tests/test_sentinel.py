@@ -13,12 +13,12 @@ import pytest
 
 redis = pytest.importorskip("redis", reason="redis-py is needed for the server tests")
 
+from procs import wait_until  # noqa: E402
 from sentinel_support import (  # noqa: E402
     CommandTap,
     Sentinels,
     require_sentinel,
     running_sentinels,
-    wait_until,
 )
 
 from bitkv.server import ServerThread  # noqa: E402

@@ -15,6 +15,8 @@ import pytest
 
 redis = pytest.importorskip("redis", reason="redis-py is needed for the server tests")
 
+from procs import wait_until  # noqa: E402
+
 import bitkv  # noqa: E402
 from bitkv.server import ServerThread  # noqa: E402
 
@@ -139,14 +141,6 @@ def message(channel: bytes, data: bytes, resp3: bool = False) -> bytes:
     head = b">3\r\n" if resp3 else b"*3\r\n"
     return head + b"$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(channel), channel,
                                                                    len(data), data)
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def next_message(p, timeout: float = 5.0) -> dict:
@@ -390,7 +384,7 @@ def test_disconnect_drops_every_subscription(server, r):
         return r.execute_command("PUBSUB", "NUMSUB", "gone.1", "gone.2") == \
             [b"gone.1", 0, b"gone.2", 0]
 
-    wait_for(forgotten, what="the subscriptions of a closed connection to go")
+    wait_until(forgotten, what="the subscriptions of a closed connection to go")
     assert r.execute_command("PUBSUB", "NUMPAT") == patterns - 1
     assert r.execute_command("PUBSUB", "SHARDNUMSUB", "gone.s") == [b"gone.s", 0]
     assert b"gone.1" not in r.execute_command("PUBSUB", "CHANNELS")
@@ -480,7 +474,7 @@ def test_a_subscriber_over_the_soft_limit_for_too_long_is_closed(tmp_path):
             assert pub.execute_command("PUBSUB", "NUMSUB", "soft") == [b"soft", 1]
             time.sleep(2.2)  # the server's clock moves in whole seconds
             pub.publish("soft", "one more")
-            wait_for(lambda: pub.execute_command("PUBSUB", "NUMSUB", "soft") == [b"soft", 0],
+            wait_until(lambda: pub.execute_command("PUBSUB", "NUMSUB", "soft") == [b"soft", 0],
                      what="the slow subscriber to be closed")
             assert slow.closed_by_server()
         finally:
@@ -508,7 +502,7 @@ def test_a_message_never_overtakes_an_earlier_reply(tmp_path):
             try:
                 s.sock.sendall(enc("SET", "k", "v") + enc("SUBSCRIBE", "o"))
                 assert fsync_started.wait(5)
-                wait_for(lambda: pub.execute_command("PUBSUB", "NUMSUB", "o") == [b"o", 1],
+                wait_until(lambda: pub.execute_command("PUBSUB", "NUMSUB", "o") == [b"o", 1],
                          what="the subscription")
                 assert pub.publish("o", "early") == 1  # during the fsync
                 s.expect(b"+OK\r\n" + subscribed(b"subscribe", b"o", 1)
@@ -563,7 +557,7 @@ def test_client_kill_filters(server, r):
         assert r.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == len(listed)
         for s in subs:
             assert s.closed_by_server()
-        wait_for(lambda: r.execute_command("PUBSUB", "NUMSUB", "kill.me") == [b"kill.me", 0],
+        wait_until(lambda: r.execute_command("PUBSUB", "NUMSUB", "kill.me") == [b"kill.me", 0],
                  what="the killed subscribers' subscriptions to go")
 
         info = normal.info()
@@ -710,3 +704,101 @@ def test_sentinel_failover_transaction_kills_normal_and_pubsub_clients(server):
         sub.close()
         for v in victims:
             v.close()
+
+
+# -- delivery order and batching, on connections driven directly -----------------------------
+
+class FakeTransport:
+    """What a Connection needs of an asyncio transport; records every write."""
+
+    def __init__(self, peer: int) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.peer = ("127.0.0.1", peer)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.writes)
+
+    def get_extra_info(self, name: str):
+        return self.peer if name == "peername" else ("127.0.0.1", 6380)
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, chunks) -> None:
+        self.writes.append(b"".join(chunks))
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+def test_messages_are_written_once_per_loop_iteration_and_before_later_replies(tmp_path):
+    import asyncio
+
+    from bitkv.server.app import Connection, Server, ServerConfig
+
+    async def scenario() -> None:
+        server = Server(ServerConfig(dir=str(tmp_path / "db"), port=0))
+        await server.start()
+        try:
+            sub_t, pub_t = FakeTransport(1), FakeTransport(2)
+            sub, pub = Connection(server), Connection(server)
+            sub.connection_made(sub_t)
+            pub.connection_made(pub_t)
+            sub.data_received(enc("SUBSCRIBE", "ch"))
+            assert sub_t.data == subscribed(b"subscribe", b"ch", 1)
+            sub_t.writes.clear()
+
+            # 16 pipelined PUBLISHes: the subscriber gets them in one write, at the end of
+            # the loop iteration.
+            pub.data_received(b"".join(enc("PUBLISH", "ch", f"m{i}") for i in range(16)))
+            assert pub_t.data == b":1\r\n" * 16
+            assert sub_t.writes == []
+            await asyncio.sleep(0)
+            assert sub_t.writes == [b"".join(message(b"ch", b"m%d" % i) for i in range(16))]
+            sub_t.writes.clear()
+
+            # A message published before the subscriber's next command is read goes out
+            # before that command's reply, even within the same loop iteration.
+            pub.data_received(enc("PUBLISH", "ch", "first"))
+            sub.data_received(enc("UNSUBSCRIBE", "ch"))
+            assert sub_t.data == message(b"ch", b"first") \
+                + b"*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n"
+            await asyncio.sleep(0)
+            assert len(sub_t.writes) == 2  # nothing more was held back
+        finally:
+            await server.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_read_only_replica_refuses_writes_before_the_subscribed_mode_does(tmp_path):
+    """Redis checks READONLY before the Pub/Sub restriction (processCommand), so a RESP2
+    subscriber on a replica gets -READONLY for a write and the restriction for the rest."""
+    with socket.socket() as s:  # a master address where nothing listens: a replica anyway
+        s.bind(("127.0.0.1", 0))
+        nowhere = s.getsockname()[1]
+    with ServerThread(dir=str(tmp_path / "db"), port=0,
+                      replicaof=f"127.0.0.1:{nowhere}") as srv:
+        sub = Raw(srv.port)
+        try:
+            sub.send("SUBSCRIBE", "ro")
+            sub.expect(subscribed(b"subscribe", b"ro", 1))
+            sub.send("SET", "k", "v")
+            sub.expect(b"-READONLY You can't write against a read only replica.\r\n")
+            sub.send("GET", "k")
+            sub.expect(f"-ERR Can't execute 'get': {RESTRICTED}\r\n".encode())
+        finally:
+            sub.close()

@@ -92,6 +92,20 @@ def _push_header(n: int, resp3: bool) -> bytes:
     return b">%d\r\n" % n if resp3 else b"*%d\r\n" % n
 
 
+def _deliver(subscribers: dict[Subscriber, None], n: int, body: bytes,
+             publisher: Subscriber | None, own: list[bytes]) -> int:
+    """Push the message of ``n`` elements encoded in ``body`` to every subscriber (the
+    publisher's own copy goes to ``own``); how many got it."""
+    encoded = (_push_header(n, False) + body, _push_header(n, True) + body)
+    receivers = tuple(subscribers)  # a push may close a subscriber
+    for sub in receivers:
+        if sub is publisher:
+            own.append(encoded[sub.resp3])
+        else:
+            sub.push(encoded[sub.resp3])
+    return len(receivers)
+
+
 class PubSub:
     """Every subscription of a server, by name."""
 
@@ -180,28 +194,14 @@ class PubSub:
         subscribers = self.subscribers[kind.index].get(channel)
         if subscribers:
             body = kind.message + bulk(channel) + bulk(message)
-            encoded = (b"*3\r\n" + body, b">3\r\n" + body)
-            for sub in tuple(subscribers):  # a push may close a subscriber
-                data = encoded[sub.resp3]
-                if sub is publisher:
-                    own.append(data)
-                else:
-                    sub.push(data)
-                receivers += 1
+            receivers += _deliver(subscribers, 3, body, publisher, own)
         if not shard and self._matchers:
             tail = bulk(channel) + bulk(message)
             for pattern, matches in tuple(self._matchers.items()):
-                if not matches(channel):
-                    continue
-                body = PATTERN.message + bulk(pattern) + tail
-                encoded = (b"*4\r\n" + body, b">4\r\n" + body)
-                for sub in tuple(self.subscribers[PATTERN.index].get(pattern, ())):
-                    data = encoded[sub.resp3]
-                    if sub is publisher:
-                        own.append(data)
-                    else:
-                        sub.push(data)
-                    receivers += 1
+                if matches(channel):
+                    body = PATTERN.message + bulk(pattern) + tail
+                    receivers += _deliver(self.subscribers[PATTERN.index][pattern], 4, body,
+                                          publisher, own)
         return receivers, b"".join(own)
 
     # -- introspection (PUBSUB, INFO) ----------------------------------------------------------

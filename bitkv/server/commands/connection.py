@@ -34,7 +34,7 @@ PUBSUB_PONG = b"*2\r\n$4\r\npong\r\n"
 def cmd_ping(c: Connection, args: list[bytes]) -> bytes:
     if len(args) > 2:
         return arity_error("ping")
-    if c.pubsub_restricted:
+    if c.subscriptions is not None and c.pubsub_restricted:  # a property call only then
         # Subscribed in RESP2, a client reads arrays only (messages), so PING answers one.
         return PUBSUB_PONG + bulk(args[1] if len(args) == 2 else b"")
     if len(args) == 2:
