@@ -76,6 +76,7 @@ class _Server:
                     except redis.RedisError:
                         pass
             time.sleep(0.02)
+        self.kill9()
         raise RuntimeError(f"bitkv serve did not start: {self.tail(start)}")
 
     def tail(self, start: int = 0) -> str:
@@ -126,8 +127,12 @@ class ReplicationRunner:
         self.master = _Server(os.path.join(directory, "master"), mport, ["--sync", sync])
         self.replica = _Server(os.path.join(directory, "replica"), _free_port(),
                                ["--sync", sync, "--replicaof", f"127.0.0.1:{mport}"])
-        self.master.start()
-        self.replica.start()
+        try:
+            self.master.start()
+            self.replica.start()
+        except BaseException:
+            self.close()  # never leave a server running behind a failed start
+            raise
         self.counter = 0
 
     def close(self) -> None:
