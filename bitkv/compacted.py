@@ -9,7 +9,7 @@ MANIFEST of its own). docs/format.md, "Compaction and repair on disk".
 Memory is bounded whatever the number of records: an output's data goes to its temporary
 file through a buffer of :data:`WRITE_BUFFER` bytes (the segment header, which names the
 output's seq range, is written last, in place), and only the open output's hint is held
-until the output is complete (:data:`HINT_FRACTION` of it at most). Nothing of a finished
+until the output is complete (less than the output itself). Nothing of a finished
 output stays in memory but its :class:`Output` (a few numbers).
 
 The open output's buffers are public: compaction's copy loop (``compaction.copy_live``)
@@ -25,19 +25,17 @@ from dataclasses import dataclass
 from typing import cast
 
 from . import hint
-from . import record as rec
 from . import segment as seg_mod
-from .crc import crc32c
+from .crc import crc32c, crc32c_extend
 from .fileio import FileIO
 from .manifest import ManifestEntry
 from .segment import SegmentHeader
 
 # Bytes of an output's data buffered before one write() to its temporary file.
 WRITE_BUFFER = 4 * 2**20
-# A hint entry is 28 bytes plus the key, a record 28 bytes plus key plus value (at least one
-# byte of key): so an output's hint is at most this fraction of its size (minus the headers),
-# whatever the records; for 16-byte keys and 100-byte values it is 44/144 = 0.31.
-HINT_FRACTION = (hint.ENTRY_SIZE + 1) / (rec.HEADER_SIZE + 1)
+# A hint entry is 28 bytes plus the key, a record 28 bytes plus key plus value: an output's
+# hint, held in memory until the output is complete, is smaller than the output (16-byte
+# keys and 8-byte values: 44/52 of it; 100-byte values: 44/144).
 
 
 @dataclass
@@ -200,20 +198,26 @@ class CompactedWriter:
         out.min_seq, out.max_seq = self.min_seq, self.max_seq
         self.outputs.append(out)
         self._current = None
-        # The hint: header, entry table, key area, CRC-32C of all before it (docs/format.md).
-        # Built in the entry table's own buffer, so the hint is never held twice over.
-        body = self.fixed
-        self.fixed = bytearray()
-        body[0:0] = hint.HEADER.pack(hint.MAGIC, hint.FORMAT_VERSION, 0, self.records,
-                                     header.nonce, self.size, self.max_seq)
-        body += self.keys
-        self.keys = bytearray()
-        body += hint.TRAILER.pack(crc32c(body))
-        out.hint_size = len(body)
+        # The hint: header, entry table, key area, CRC-32C of all before it (docs/format.md),
+        # written part by part so the hint is never held twice over.
+        head = hint.HEADER.pack(hint.MAGIC, hint.FORMAT_VERSION, 0, self.records,
+                                header.nonce, self.size, self.max_seq)
+        crc = crc32c_extend(crc32c_extend(crc32c(head), self.fixed), self.keys)
+        parts = (head, _buffer(self.fixed), _buffer(self.keys), hint.TRAILER.pack(crc))
+        out.hint_size = sum(len(p) for p in parts)
         hint_tmp = os.path.join(self.directory, out.hint_name + seg_mod.TMP_SUFFIX)
+        if os.path.lexists(hint_tmp):  # a leftover of a crash under a reused id
+            io.unlink(hint_tmp)
+        fd = io.create(hint_tmp)
         self.temp_paths.append(hint_tmp)
-        io.write_new_file(hint_tmp, _buffer(body))
-
+        try:
+            for part in parts:
+                io.write(fd, part)
+            io.fsync(fd)
+        finally:
+            io.close(fd)
+        self.fixed = bytearray()
+        self.keys = bytearray()
 
 def _buffer(buf: bytearray) -> bytes:
     """``buf`` as FileIO's writes take it. They are typed ``bytes`` but pass the buffer to

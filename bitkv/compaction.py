@@ -83,6 +83,16 @@ class CompactionHost(Protocol):
 log = logging.getLogger("bitkv")
 ProgressCallback = Callable[[int, int], None]
 SWITCH_CHUNK = 2048  # keys switched per hold of the writer lock: bounds the writer's wait
+# The extra memory a compaction may take, whatever the store's size: this much (the data
+# buffer of the open output, compacted.WRITE_BUFFER, and what one COPY_CHUNK of input adds to
+# it; one chunk of expired keys; one SWITCH_CHUNK of keys; allocator slack) plus the hint of
+# the open output, which is smaller than the output: see memory_bound, docs/compaction.md.
+MEMORY_OVERHEAD = 16 * 2**20
+
+
+def memory_bound(max_segment_size: int) -> int:
+    """The most memory, in bytes, one compaction adds to a store's (its index excluded)."""
+    return MEMORY_OVERHEAD + max_segment_size
 
 
 @dataclass
