@@ -104,8 +104,7 @@ class CompactedWriter:
             self._finish_current()
         out = Output(self._allocate_id())
         path = os.path.join(self.directory, out.data_name + seg_mod.TMP_SUFFIX)
-        if os.path.lexists(path):  # a leftover of a crash under a reused id
-            self.io.unlink(path)
+        self._unlink_leftover(path)
         self._fd = self.io.create(path)
         self.temp_paths.append(path)
         self._current = out
@@ -173,6 +172,12 @@ class CompactedWriter:
         self._current = None
         self.data = self.fixed = self.keys = bytearray()
 
+    def _unlink_leftover(self, path: str) -> None:
+        """Remove a temporary a crash left under this name (create never clobbers a file), as
+        FileIO.write_new_file does."""
+        if os.path.lexists(path):
+            self.io.unlink(path)
+
     def _finish_current(self) -> None:
         out = self._current
         assert out is not None and self._fd >= 0
@@ -206,8 +211,7 @@ class CompactedWriter:
         parts = (head, _buffer(self.fixed), _buffer(self.keys), hint.TRAILER.pack(crc))
         out.hint_size = sum(len(p) for p in parts)
         hint_tmp = os.path.join(self.directory, out.hint_name + seg_mod.TMP_SUFFIX)
-        if os.path.lexists(hint_tmp):  # a leftover of a crash under a reused id
-            io.unlink(hint_tmp)
+        self._unlink_leftover(hint_tmp)
         fd = io.create(hint_tmp)
         self.temp_paths.append(hint_tmp)
         try:
