@@ -6,14 +6,14 @@ so it is dropped in the same pass, and nothing older survives to be resurrected.
 
 Sequence (each step a kill point for the crash harness)::
 
-    scan inputs, copy each record the keydir still points at   -> NNNNNN.data.tmp
-    write a hint per output                                    -> NNNNNN.hint.tmp
-    fsync outputs and hints
+    read inputs a chunk at a time, copy each record the keydir
+      still points at, through a bounded buffer                -> NNNNNN.data.tmp
+    as each output is complete: its header, its hint, fsyncs   -> NNNNNN.hint.tmp
     rename *.tmp to final names; fsync the directory           (orphans until committed)
     fsync the active segment (superseding writes durable first)
     write the MANIFEST: outputs in, inputs out                 <- the commit point
-    switch the keydir, a bounded chunk per lock hold, a key only if it still points at the
-      exact record copied (a write made meanwhile always wins)
+    switch the keydir, a bounded chunk per lock hold, read back from the outputs, a key only
+      if it still points at the exact record copied (a write made meanwhile always wins)
     remove inputs and their hints; fsync the directory
 
 Before the commit point any failure removes the outputs and leaves the store as it was; a
@@ -21,6 +21,10 @@ crash leaves orphans the next open removes. After it the MANIFEST lists the outp
 inputs are orphans, removed in any order. A failure after the commit point (or while writing
 the MANIFEST, when which version is on disk is unknown) makes the store refuse writes until
 it is reopened: a compaction either finishes or leaves a store that reloads from disk.
+
+Memory does not grow with the store (:func:`memory_bound`): nothing is kept per copied record
+beyond the open output's hint, and the switch re-reads the outputs instead of remembering
+what went where.
 """
 
 from __future__ import annotations
@@ -156,6 +160,8 @@ def copy_live(src: mmap.mmap | bytes, pos: int, limit: int, end: int, slot: int,
     ``max_seq`` (0: none yet) track the output's seq range. ``copied`` and ``dropped``
     count the records copied and the records passed over (dead or expired).
     """
+    # 28, 40 and 4096 below: record.HEADER_SIZE, segment.HEADER_SIZE and the keydir's size
+    # hint limit (asserted after the function), as literals: this loop runs once per record.
     unpack = _HEADER.unpack_from
     pack_entry = _ENTRY_PACK
     get = entries.get
@@ -209,6 +215,9 @@ def copy_live(src: mmap.mmap | bytes, pos: int, limit: int, end: int, slot: int,
     finally:
         view.release()
     return status, pos, out_size, copied, dropped, min_seq, max_seq
+
+
+assert rec.HEADER_SIZE == 28 and seg_mod.HEADER_SIZE == 40 and keydir.SIZE_MASK == 4095
 
 
 def compact(store: CompactionHost, progress: ProgressCallback | None = None
