@@ -89,9 +89,10 @@ ProgressCallback = Callable[[int, int], None]
 SWITCH_CHUNK = 2048  # keys switched per hold of the writer lock: bounds the writer's wait
 # The extra memory a compaction may take, whatever the store's size: this much (the data
 # buffer of the open output, compacted.WRITE_BUFFER, and what one COPY_CHUNK of input adds to
-# it; one chunk of expired keys; one SWITCH_CHUNK of keys; allocator slack) plus the hint of
-# the open output, which is smaller than the output: see memory_bound, docs/compaction.md.
-MEMORY_OVERHEAD = 16 * 2**20
+# it; one chunk of expired keys; one SWITCH_CHUNK of keys; and allocator slack: a growing
+# buffer may be held twice for a moment when realloc moves it) plus the hint of the open
+# output, which is smaller than the output: see memory_bound, docs/compaction.md.
+MEMORY_OVERHEAD = 32 * 2**20
 
 
 def memory_bound(max_segment_size: int) -> int:

@@ -468,6 +468,10 @@ def scale_plot(rows: list[dict], path: str) -> None:
                      style, label=f"{name}, during compaction")
         axes[2].plot([r["keys"] / 1e6 for r in lat], [r["p99_without_us"] for r in lat],
                      ":", marker=style[0], label=f"{name}, without")
+    sizes = sorted({r["keys"] / 1e6 for r in rows})
+    axes[0].set_ylim(bottom=0)
+    axes[1].set_ylim(bottom=0)
+    axes[2].set_yscale("log")
     axes[0].set_title("compaction speed")
     axes[0].set_ylabel("thousand records/s of input")
     axes[1].set_title("extra anonymous memory (RssAnon)")
@@ -475,8 +479,10 @@ def scale_plot(rows: list[dict], path: str) -> None:
     axes[2].set_title("put() p99 latency")
     axes[2].set_ylabel("µs")
     for ax in axes:
-        ax.set_xlabel("million keys (each written twice)")
+        ax.set_xlabel("keys (each written twice)")
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{k:g}M" for k in sizes])
+        ax.minorticks_off()
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -494,7 +500,11 @@ def write_between(doc: str, begin: str, end: str, text: str) -> None:
 
 def scale_main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    rows = scale(args)
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as fh:
+            rows = json.load(fh)
+    else:
+        rows = scale(args)
     text = scale_table(rows)
     print(f"(total {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     print(text)
@@ -529,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-doc", default=None, help="--scale: write the table here")
     ap.add_argument("--plot", default=None, help="--scale: write a PNG plot here")
     ap.add_argument("--json", default=None, help="--scale: write the raw results here")
+    ap.add_argument("--from-json", default=None,
+                    help="--scale: table and plot from the results of an earlier run")
     ap.add_argument("--scale-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tree", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
