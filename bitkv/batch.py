@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 from . import record as rec
 from .errors import Error
-from .validate import KeyLike, ValueLike, check_ttl, to_key, to_value
+from .validate import KeyLike, ValueLike, check_expires_at_ms, check_ttl, to_key, to_value
 
-# (key, value or None for a delete, ttl in seconds or None)
-Operation = tuple[bytes, bytes | None, float | None]
+# (key, value or None for a delete, expiry): the expiry is a ttl in seconds (float), an
+# absolute time in Unix milliseconds (int, from ``expires_at_ms``), or None for none.
+Operation = tuple[bytes, bytes | None, float | int | None]
 
 _MAX_KEY = rec.MAX_KEY_SIZE
 _MAX_VALUE = rec.MAX_VALUE_SIZE
@@ -28,15 +29,26 @@ class Batch:
         self._ops: list[Operation] = []
         self._done = False
 
-    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None) -> None:
-        """Add a put to the batch (written when the batch commits)."""
+    def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None,
+            expires_at_ms: int | None = None) -> None:
+        """Add a put to the batch (written when the batch commits).
+
+        ``ttl`` is in seconds from the commit; ``expires_at_ms`` is an absolute expiry in Unix
+        milliseconds instead (a time in the past writes the key already expired), as in
+        :meth:`Store.put`.
+        """
         if self._done:
             self._check_open()
+        expiry: float | int | None = None
         if ttl is not None:
-            check_ttl(ttl)
+            if expires_at_ms is not None:
+                raise ValueError("expires_at_ms excludes ttl")
+            expiry = float(check_ttl(ttl))  # a float: the commit tells the two apart by type
+        elif expires_at_ms is not None:
+            expiry = check_expires_at_ms(expires_at_ms)
         k = key if type(key) is bytes and key and len(key) <= _MAX_KEY else to_key(key)
         v = value if type(value) is bytes and len(value) <= _MAX_VALUE else to_value(value)
-        self._ops.append((k, v, ttl))
+        self._ops.append((k, v, expiry))
 
     def delete(self, key: KeyLike) -> None:
         """Add a delete to the batch (a key with no value is simply absent afterwards)."""

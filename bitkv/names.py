@@ -21,6 +21,13 @@ TMP_SUFFIX = ".tmp"  # a file being written, renamed into place when whole
 DAMAGED_DIR_PREFIX = "damaged-"  # damaged-<UTC time>/: files repair moved aside (check.py)
 REPAIR_NOTE_NAME = "REPAIR.txt"  # inside it: what repair found and did
 REPLICATION_NAME = "REPLICATION"  # a master's replication journal (server/backlog.py)
+# A replica's state: its master, the replication id and offset its data reached, whether it
+# stopped cleanly, the role CONFIG REWRITE persisted (server/replica_state.py).
+REPLICA_STATE_NAME = "REPLICA"
+# replica-sync-<pid>.rdb.tmp: an RDB being received from a master (server/replica.py); a
+# leftover is removed by the next writable open, like every other temporary file.
+REPLICA_RDB_PREFIX = "replica-sync-"
+REPLICA_RDB_SUFFIX = ".rdb" + TMP_SUFFIX
 
 
 def data_name(segment_id: int) -> str:
@@ -71,3 +78,13 @@ def snapshot_tmp_name(pid: int, n: int) -> str:
 
 def is_snapshot_tmp_name(name: str) -> bool:
     return name.startswith(SNAPSHOT_PREFIX) and name.endswith(SNAPSHOT_SUFFIX)
+
+
+def replica_rdb_tmp_name(pid: int) -> str:
+    return f"{REPLICA_RDB_PREFIX}{pid}{REPLICA_RDB_SUFFIX}"
+
+
+def is_replica_rdb_tmp_name(name: str) -> bool:
+    stem = name[len(REPLICA_RDB_PREFIX) : -len(REPLICA_RDB_SUFFIX)]
+    return (name.startswith(REPLICA_RDB_PREFIX) and name.endswith(REPLICA_RDB_SUFFIX)
+            and stem.isdigit())

@@ -8,6 +8,7 @@ the read retried against the keydir's new entry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -140,7 +141,8 @@ class _CompactionHost:
         return [s for s in store._table.segments if s is not store._log.active]
 
     def now_ms(self) -> int:
-        return self._store._now_ms()
+        store = self._store
+        return 0 if store.hold_expired else store._now_ms()  # 0: keep expired records
 
     def stop_requested(self) -> bool:
         return self._store._stop.is_set()
@@ -202,6 +204,7 @@ class Store(MutableMapping[bytes, bytes]):
         encryption_key: bytes | None = None,
         fileio: FileIO | None = None,
         log_expirations: bool = False,
+        hold_expired: bool = False,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
@@ -218,6 +221,13 @@ class Store(MutableMapping[bytes, bytes]):
         # Write a tombstone when an expired key leaves the index, so that the log (the
         # history replication streams) says when each key went: replicas get a DEL.
         self.log_expirations = bool(log_expirations)
+        # A replica's store (server/replica.py): expired keys stay indexed, hidden from reads,
+        # until deleted explicitly; neither purges nor compaction drop them. As in Redis, the
+        # master decides when a key is gone (it sends a DEL), and the master's commands on the
+        # replica still find a key that expired here a little earlier than there (see
+        # seeing_expired). Given at open, expired records are kept at load too.
+        self.hold_expired = bool(hold_expired)
+        self._seeing = threading.local()  # .on: this thread sees held expired keys as live
         self.compact_dead_ratio = float(compact_dead_ratio)
         self.compact_min_dead_bytes = compact_min_dead_bytes
         self._compact_lock = threading.Lock()
@@ -278,7 +288,8 @@ class Store(MutableMapping[bytes, bytes]):
             # False in a strict encrypted store: plain records there are refused, so the
             # get fast path (which serves plain records) must not serve them.
             self._plain_ok = not self._codec.refuses_plain
-            loaded = recovery.load(self.path, self._io, readonly=readonly, now_ms=self._now_ms())
+            loaded = recovery.load(self.path, self._io, readonly=readonly,
+                                   now_ms=0 if self.hold_expired else self._now_ms())
         except BaseException:
             if self._store_lock is not None:
                 self._store_lock.release()
@@ -459,9 +470,25 @@ class Store(MutableMapping[bytes, bytes]):
         entry = self._entries.get(key)
         if entry is not None and self._expiries:
             exp = self._expiries.get(key)
-            if exp is not None and exp <= self._now_ms():
+            if exp is not None and exp <= self._now_ms() and not self._sees_expired():
                 return None
         return entry
+
+    def _sees_expired(self) -> bool:
+        """True inside :meth:`seeing_expired` on this thread (checked only for an expired
+        key, so it costs nothing on the common path)."""
+        return bool(getattr(self._seeing, "on", False))
+
+    @contextlib.contextmanager
+    def seeing_expired(self) -> Iterator[None]:
+        """Within the block, on the calling thread, keys that expired but are still indexed
+        (``hold_expired``) count as live for reads and writes. A replica applies its master's
+        commands so: the master sent them while the key was alive there."""
+        self._seeing.on = True
+        try:
+            yield
+        finally:
+            self._seeing.on = False
 
     # -- the mapping API ---------------------------------------------------------------------
 
@@ -477,7 +504,7 @@ class Store(MutableMapping[bytes, bytes]):
             return default
         if self._expiries:
             exp = self._expiries.get(k)
-            if exp is not None and exp <= self._now_ms():
+            if exp is not None and exp <= self._now_ms() and not self._sees_expired():
                 return default
         # Fast path, inlined because it is most of a get's cost: a record smaller than 4 KiB
         # in mapped bytes, plain (not compressed or encrypted). Anything unusual, including a
@@ -740,7 +767,7 @@ class Store(MutableMapping[bytes, bytes]):
                 return None
             exp = self._expiries.get(k) if self._expiries else None
             now = self._now_ms()
-            if exp is not None and exp <= now:
+            if exp is not None and exp <= now and not self._sees_expired():
                 return None
             value = self._value_of(k, entry)
             if value is None:
@@ -759,8 +786,9 @@ class Store(MutableMapping[bytes, bytes]):
         self._check_writable()
         return Batch(self._commit_batch)
 
-    def _commit_batch(self, ops: list[tuple[bytes, bytes | None, float | None]]) -> None:
-        """Write ``ops`` (key, value or None for a delete, ttl) as one atomic batch.
+    def _commit_batch(self, ops: list[tuple[bytes, bytes | None, float | int | None]]) -> None:
+        """Write ``ops`` (key, value or None for a delete, expiry) as one atomic batch; an
+        expiry is a ttl in seconds (float) or absolute Unix milliseconds (int).
 
         The loop bodies are inlined (encode and index), because bulk loading through batches
         is the fastest way into the store and spends its time here.
@@ -771,14 +799,18 @@ class Store(MutableMapping[bytes, bytes]):
         encoding = self._encoding
         tombstone = rec.TOMBSTONE
         staged: list[tuple[bytes, bytes | None, int, int]] = []
-        for k, v, ttl in ops:
+        for k, v, expiry in ops:
             if v is None:
                 staged.append((k, None, tombstone, 0))
                 continue
             flags = 0
             if encoding:
                 v, flags = self._codec.compress(v)  # sealed under the lock, below
-            staged.append((k, v, flags, now_ms + max(1, round(ttl * 1000)) if ttl else 0))
+            if type(expiry) is int:
+                expiry_ms = expiry  # absolute (Batch.put's expires_at_ms)
+            else:
+                expiry_ms = now_ms + max(1, round(expiry * 1000)) if expiry else 0
+            staged.append((k, v, flags, expiry_ms))
         last = len(staged) - 1
         batch_bits = rec.BATCH if last else 0
         pack_body, pack_crc, crc = _pack_body, _pack_crc, _crc32c
@@ -910,7 +942,7 @@ class Store(MutableMapping[bytes, bytes]):
         if exp is None:
             return None
         left = exp - self._now_ms()
-        if left <= 0:
+        if left <= 0 and not self._sees_expired():
             raise KeyError(key)
         return left / 1000.0
 
@@ -955,7 +987,7 @@ class Store(MutableMapping[bytes, bytes]):
 
     def _purge_expired(self) -> None:
         """Drop expired keys from the index (their records are reclaimed by compaction)."""
-        if not self._expiries:
+        if not self._expiries or self.hold_expired:
             return
         now = self._now_ms()
         if now < self._keydir.next_expiry:

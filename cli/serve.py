@@ -43,12 +43,40 @@ from bitkv.server.app import SYNC_CHOICES, ServerConfig, run_server
 @click.option("--max-query-buffer", default=_protocol.DEFAULT_MAX_QUERY_BUFFER,
               show_default=True, type=click.IntRange(min=1),
               help="Largest single request accepted (client-query-buffer-limit).")
+@click.option("--replicaof", default=None, metavar="HOST:PORT",
+              help="Replicate from this master (Redis or bitkv); see docs/replication.md. "
+                   "Without it, a role persisted by CONFIG REWRITE applies.")
+@click.option("--masterauth", envvar="BITKV_MASTERAUTH", default=None, metavar="SECRET",
+              help="Password for the master (or set BITKV_MASTERAUTH).")
+@click.option("--masteruser", default=None, metavar="USER",
+              help="ACL user for the master (AUTH user password).")
+@click.option("--master-tls", is_flag=True,
+              help="Connect to the master over TLS (its certificate must be signed by "
+                   "--master-tls-ca-cert, else --tls-ca-cert, else a system CA; "
+                   "--tls-cert/--tls-key, if given, are presented as the client certificate).")
+@click.option("--master-tls-ca-cert", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="CA certificate the master's TLS certificate must be signed by.")
+@click.option("--repl-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds without a byte from the master before the replica reconnects "
+                   "(default 60).")
+@click.option("--replica-priority", type=click.IntRange(min=0), default=None,
+              help="Sentinel's promotion priority (lower first; 0: never; default 100).")
+@click.option("--replica-read-only", type=click.Choice(["yes", "no"]), default=None,
+              help="Refuse writes from clients with READONLY while a replica (default yes).")
+@click.option("--replica-announce-ip", default=None,
+              help="The address the replica tells its master (REPLCONF ip-address).")
+@click.option("--replica-announce-port", type=click.IntRange(0, 65535), default=None,
+              help="The port the replica tells its master (default: the port it listens on).")
 @click.option("--no-hiredis", is_flag=True, help="Parse requests in pure Python.")
 @click.option("--no-uvloop", is_flag=True, help="Use the standard asyncio event loop.")
 def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cert: str | None,
           tls_key: str | None, tls_ca_cert: str | None, sync_mode: str, sync_interval: float,
-          maxclients: int, max_bulk_len: int, max_query_buffer: int, no_hiredis: bool,
-          no_uvloop: bool) -> None:
+          maxclients: int, max_bulk_len: int, max_query_buffer: int, replicaof: str | None,
+          masterauth: str | None, masteruser: str | None, master_tls: bool,
+          master_tls_ca_cert: str | None, repl_timeout: float | None,
+          replica_priority: int | None, replica_read_only: str | None,
+          replica_announce_ip: str | None, replica_announce_port: int | None,
+          no_hiredis: bool, no_uvloop: bool) -> None:
     """Serve the store in --dir over the Redis protocol (RESP2/RESP3).
 
     Works with redis-cli, redis-py, redis-benchmark and twemproxy. SIGTERM or SHUTDOWN
@@ -59,7 +87,13 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cer
             dir=directory, hosts=tuple(bind.split()), port=port, requirepass=requirepass,
             tls_cert=tls_cert, tls_key=tls_key, tls_ca_cert=tls_ca_cert, sync=sync_mode,
             sync_interval=sync_interval, maxclients=maxclients, max_bulk_len=max_bulk_len,
-            max_query_buffer=max_query_buffer,
+            max_query_buffer=max_query_buffer, replicaof=replicaof, masterauth=masterauth,
+            masteruser=masteruser, master_tls=master_tls,
+            master_tls_ca_cert=master_tls_ca_cert, repl_timeout=repl_timeout,
+            replica_priority=replica_priority,
+            replica_read_only=None if replica_read_only is None else replica_read_only == "yes",
+            replica_announce_ip=replica_announce_ip,
+            replica_announce_port=replica_announce_port,
             use_hiredis=False if no_hiredis else None, use_uvloop=False if no_uvloop else None)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

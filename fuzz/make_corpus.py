@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fuzz_hint
+import fuzz_rdb
 import fuzz_record
 import fuzz_server_parser
 import fuzz_store
@@ -21,7 +22,7 @@ def main() -> None:
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "corpus")
     for name, module in (("record", fuzz_record), ("hint", fuzz_hint), ("store", fuzz_store),
-                         ("server_parser", fuzz_server_parser)):
+                         ("server_parser", fuzz_server_parser), ("rdb", fuzz_rdb)):
         where = os.path.join(root, name)
         os.makedirs(where, exist_ok=True)
         for data in module.seeds():

@@ -197,6 +197,14 @@ class Cluster:
             ports = [int(p) for p in args.ports.split(",")]
         else:
             ports = [args.base_port + i for i in range(args.servers)]
+        replica_ports = [int(p) for p in args.replica_ports.split(",")] \
+            if args.replica_ports else []
+        sentinel_ports = [int(p) for p in args.sentinel_ports.split(",")] \
+            if args.sentinel_ports else []
+        if replica_ports and len(replica_ports) != len(ports) * args.replicas:
+            raise SystemExit("--replica-ports needs servers x replicas ports")
+        if sentinel_ports and len(sentinel_ports) != args.sentinels:
+            raise SystemExit("--sentinel-ports needs one port per sentinel")
         state = {
             "python": args.python,
             "sync": args.sync,
@@ -220,14 +228,14 @@ class Cluster:
             for j in range(1, args.replicas + 1):
                 state["replicas"].append({
                     "name": f"bitkv-{i}-replica-{j}",
-                    "port": port + 100 * j,
+                    "port": (replica_ports.pop(0) if replica_ports else port + 100 * j),
                     "replicaof": port,
                     "data": str(self.dir / f"server-{i}-replica-{j}"),
                     "log": str(self.dir / f"server-{i}-replica-{j}.log"),
                     "pid": 0,
                 })
         for k in range(args.sentinels):
-            port = args.sentinel_base_port + k
+            port = sentinel_ports[k] if sentinel_ports else args.sentinel_base_port + k
             state["sentinels"].append({
                 "name": f"sentinel-{k + 1}", "port": port, "pid": 0,
                 "config": str(self.dir / f"sentinel-{port}.conf"),
@@ -306,7 +314,7 @@ class Cluster:
         for name, pid, port in rows:
             up = alive(pid)
             down += not up
-            print(f"{name:12} pid {pid:>7}  {HOST}:{port:<6} {'up' if up else 'DOWN'}")
+            print(f"{name:18} pid {pid:>7}  {HOST}:{port:<6} {'up' if up else 'DOWN'}")
         return 1 if down else 0
 
 
@@ -331,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="replicas per server (bitkv serve --replicaof), on port+100*j")
     start.add_argument("--sentinels", type=int, default=0,
                        help="redis-sentinel processes watching every server")
+    start.add_argument("--replica-ports", help="comma-separated replica ports, server by "
+                                               "server (instead of port+100*j)")
     start.add_argument("--sentinel-base-port", type=int, default=26379)
+    start.add_argument("--sentinel-ports", help="comma-separated sentinel ports")
     start.add_argument("--sentinel", default="redis-sentinel")
     start.add_argument("--down-after-ms", type=int, default=5000,
                        help="Sentinel's down-after-milliseconds")

@@ -107,3 +107,40 @@ def test_keys_are_sharded_and_survive_a_server_restart(running):
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stdout
     assert status.stdout.count(" up") == 4
+
+
+@pytest.mark.skipif(shutil.which("redis-sentinel") is None,
+                    reason="redis-sentinel is not installed (Debian: redis-sentinel)")
+def test_shards_with_replicas_and_sentinels(tmp_path):
+    ports = free_ports(9)
+    servers, replicas, sentinels, proxy, stats = (ports[:2], ports[2:4], ports[4:7], ports[7],
+                                                  ports[8])
+    cluster(tmp_path, "start", "--ports", ",".join(map(str, servers)), "--replicas", "1",
+            "--replica-ports", ",".join(map(str, replicas)), "--sentinels", "3",
+            "--sentinel-ports", ",".join(map(str, sentinels)), "--proxy-port", str(proxy),
+            "--stats-port", str(stats))
+    try:
+        client = redis.Redis(host="127.0.0.1", port=proxy, protocol=2, socket_timeout=10,
+                             **no_client_setinfo())
+        for i in range(200):
+            client.set(f"key:{i}", f"v{i}")
+        held = 0
+        for master_port, replica_port in zip(servers, replicas, strict=True):
+            master = redis.Redis(host="127.0.0.1", port=master_port, socket_timeout=10)
+            assert master.execute_command("WAIT", 1, 10000) == 1
+            replica = redis.Redis(host="127.0.0.1", port=replica_port, socket_timeout=10)
+            assert replica.info("replication")["master_port"] == master_port
+            assert replica.dbsize() == master.dbsize() > 0
+            held += replica.dbsize()
+        assert held == 200  # every key is on exactly one shard, and on its replica
+        sentinel = redis.Redis(host="127.0.0.1", port=sentinels[0], socket_timeout=10,
+                               decode_responses=True)
+        names = {m["name"]: m for m in sentinel.sentinel_masters().values()}
+        assert set(names) == {"bitkv-1", "bitkv-2"}
+        status = subprocess.run([sys.executable, str(SCRIPT), "--dir", str(tmp_path),
+                                 "status"], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stdout
+        assert status.stdout.count(" up") == 8  # proxy, 2 masters, 2 replicas, 3 sentinels
+    finally:
+        subprocess.run([sys.executable, str(SCRIPT), "--dir", str(tmp_path), "stop"],
+                       capture_output=True, timeout=120)

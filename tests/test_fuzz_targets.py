@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz"))
 
 import fuzz_hint
+import fuzz_rdb
 import fuzz_record
 import fuzz_server_parser
 import fuzz_store
@@ -104,6 +105,18 @@ def test_server_parser_target_on_random_bytes() -> None:
         fuzz_server_parser.check_one(rng.randbytes(rng.randint(0, 200)))
 
 
-@pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser])
+def test_rdb_target_on_seeded_mutations() -> None:
+    """The RDB reader: RDBError or a consistent result, the same through a trickling source."""
+    run_target(fuzz_rdb.check_one, fuzz_rdb.seeds(), 3000, seed=13)
+
+
+def test_rdb_target_on_random_bytes() -> None:
+    rng = random.Random(14)
+    for _ in range(1500):
+        fuzz_rdb.check_one(b"REDIS00%02d" % rng.randint(0, 13) + rng.randbytes(rng.randint(0, 200)))
+
+
+@pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
+                                    fuzz_rdb])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)

@@ -240,3 +240,62 @@ def test_ttl_and_compaction(db_path, clock):
         _assert_invisible(db, b"k", others=others)
         assert db.ttl(b"long") == 495.0
         assert all(db.get(b"fill-%d" % i) == b"y" * 50 for i in range(100))
+
+
+def test_batch_put_with_an_absolute_expiry(db_path, clock):
+    now_ms = int(clock.now * 1000)
+    with _open(db_path, clock) as db:
+        with db.batch() as b:
+            b.put(b"abs", b"v", expires_at_ms=now_ms + 2500)
+            b.put(b"rel", b"v", ttl=2)
+            b.put(b"past", b"v", expires_at_ms=now_ms - 1)  # written already expired
+        assert db.ttl(b"abs") == 2.5 and db.ttl(b"rel") == 2.0
+        assert b"past" not in db
+        with pytest.raises(ValueError):
+            db.batch().put(b"x", b"v", ttl=1, expires_at_ms=now_ms)
+    with _open(db_path, clock) as db:
+        assert db.ttl(b"abs") == 2.5  # the absolute time itself was stored
+
+
+def test_hold_expired_keeps_expired_keys_for_the_masters_commands(db_path, clock):
+    """A replica's store: expired keys stay indexed, hidden from reads, until deleted; inside
+    seeing_expired() (the master's commands) they are live."""
+    with _open(db_path, clock, log_expirations=True) as db:
+        db.hold_expired = True
+        db.put(b"k", b"v", ttl=1)
+        db.put(b"other", b"o")
+        clock.advance(2)
+        assert db.get(b"k") is None and b"k" not in db and list(db.keys()) == [b"other"]
+        db.purge_expired()  # held: nothing is dropped
+        assert db.stats()["keys"] == 2
+        with db.seeing_expired():
+            assert db.get(b"k") == b"v" and b"k" in db
+            assert db.ttl(b"k") == -1.0
+            assert db.expire_at(b"k", int(clock.now * 1000) + 5000)  # the master extends it
+        assert db.get(b"k") == b"v" and db.ttl(b"k") == 5.0
+        clock.advance(10)
+        assert db.get(b"k") is None
+        db.compact()
+        with db.seeing_expired():
+            assert db.get(b"k") == b"v"  # compaction keeps it too
+            assert sorted(db.keys()) == [b"k", b"other"]
+        assert db.delete(b"k") is False  # the master's DEL: gone for good
+        with db.seeing_expired():
+            assert db.get(b"k") is None
+        db.hold_expired = False
+        db.put(b"t", b"v", ttl=1)
+        clock.advance(2)
+        db.purge_expired()
+        assert db.stats()["keys"] == 1
+
+
+def test_hold_expired_at_open_keeps_expired_keys(db_path, clock):
+    with _open(db_path, clock) as db:
+        db.put(b"k", b"v", ttl=1)
+    clock.advance(5)
+    with _open(db_path, clock, hold_expired=True) as db:
+        assert db.get(b"k") is None
+        with db.seeing_expired():
+            assert db.get(b"k") == b"v"
+    with _open(db_path, clock) as db, db.seeing_expired():
+        assert db.get(b"k") is None  # an ordinary open drops it

@@ -36,7 +36,7 @@ from typing import Any
 import bitkv
 from bitkv.record import MAX_KEY_SIZE
 
-from . import protocol
+from . import clients, protocol
 from .commands import (
     COMMANDS,
     F_ANY,
@@ -44,6 +44,7 @@ from .commands import (
     F_NEEDAUTH,
     F_NOAUTH,
     F_NOMULTI,
+    F_PUBSUB,
     F_STATE,
     F_TXCTL,
     F_WRITE,
@@ -51,12 +52,14 @@ from .commands import (
     ScanIndex,
     Spec,
     arity_error,
+    full_name,
     lookup,
     unknown_command_error,
 )
 from .control import ServerControl
 from .master import Peer
 from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
+from .pubsub import PUBSUB_OUTPUT_LIMIT, PubSub, Subscriptions
 from .replication import Replication
 
 log = logging.getLogger("bitkv.server")
@@ -74,6 +77,7 @@ GET_SPEC = COMMANDS[b"GET"]
 AUTH_SPEC = COMMANDS[b"AUTH"]
 HELLO_SPEC = COMMANDS[b"HELLO"]
 NOMULTI = error("ERR Command not allowed inside a transaction")
+READONLY = error("READONLY You can't write against a read only replica.")
 MAXCLIENTS = error("ERR max number of clients reached")
 SYNC_CHOICES = ("always", "interval", "never")
 # Replies buffered by one run of pipelined commands before they are written out; if the
@@ -123,9 +127,24 @@ class ServerConfig:
     # two requests of the largest size can arrive at once); see Server.shed_partial_requests.
     max_query_buffer_total: int | None = None
     maxclients: int = 10000
+    # Redis's `client-output-buffer-limit pubsub`: (hard bytes, soft bytes, soft seconds) of
+    # output waiting for a subscriber before it is closed (see Connection.push).
+    pubsub_output_limit: tuple[int, int, float] = PUBSUB_OUTPUT_LIMIT
     use_hiredis: bool | None = None  # None: when installed
     use_uvloop: bool | None = None  # None: when installed
     store_options: dict[str, Any] = field(default_factory=dict)  # more bitkv.open() options
+    # Replication, the replica side (docs/replication.md). None: not given (a value that
+    # CONFIG REWRITE persisted in the store directory applies, else the default).
+    replicaof: str | None = None  # "HOST:PORT" of the master to follow
+    masterauth: str | None = None
+    masteruser: str | None = None
+    master_tls: bool = False  # connect to the master over TLS
+    master_tls_ca_cert: str | None = None  # the CA of the master's certificate
+    repl_timeout: float | None = None  # seconds (default 60)
+    replica_read_only: bool | None = None  # default True
+    replica_priority: int | None = None  # default 100
+    replica_announce_ip: str | None = None
+    replica_announce_port: int | None = None
 
     def __post_init__(self) -> None:
         given: object = self.hosts  # callers may pass one string of space-separated hosts
@@ -144,6 +163,10 @@ class ServerConfig:
             raise ValueError(f"port must be 0-65535, not {self.port}")
         if self.maxclients < 1:
             raise ValueError("maxclients must be at least 1")
+        hard, soft, seconds = self.pubsub_output_limit
+        if not (0 < soft <= hard and seconds >= 0):
+            raise ValueError("pubsub_output_limit must be (hard bytes, soft bytes, seconds) "
+                             "with 0 < soft <= hard and seconds >= 0")
         if self.max_query_buffer_total is None:
             self.max_query_buffer_total = 2 * self.max_query_buffer
         elif self.max_query_buffer_total < self.max_query_buffer:
@@ -152,6 +175,12 @@ class ServerConfig:
         if self.max_bulk_len > bitkv.MAX_VALUE_SIZE:
             raise ValueError(f"max_bulk_len cannot exceed bitkv's value limit "
                              f"({bitkv.MAX_VALUE_SIZE} bytes)")
+        if self.replicaof is not None:
+            from .replication import parse_hostport
+
+            parse_hostport(self.replicaof)  # ValueError if it is not HOST:PORT
+        if self.repl_timeout is not None and not self.repl_timeout > 0:
+            raise ValueError("repl_timeout must be a positive number of seconds")
         if isinstance(self.requirepass, str):
             self.requirepass = self.requirepass.encode()
         if self.requirepass == b"":
@@ -250,6 +279,14 @@ class Connection(asyncio.Protocol):
         self.lib_ver = b""
         self.multi: list[tuple[Spec, list[bytes]]] | None = None
         self.multi_dirty = False
+        # Pub/Sub: what this client is subscribed to (None: nothing, see pubsub.py); the
+        # messages published to it and not yet written, and their bytes (Connection.push);
+        # since when its unsent output has been over the soft limit.
+        self.subscriptions: Subscriptions | None = None
+        self._pushes: list[bytes] | None = None
+        self._pushed_bytes = 0
+        self._over_soft_limit_since: float | None = None
+        self._role = clients.NORMAL  # set by replication through client_type
         self.transport: Any = None
         self.peer = "?"
         self.local = "?"
@@ -285,9 +322,35 @@ class Connection(asyncio.Protocol):
         gate = F_ASYNC | F_TXCTL | F_NOMULTI | F_STATE
         if not self.authenticated:
             gate |= F_NEEDAUTH
-        if self.multi is not None:
+        if self.multi is not None or self.pubsub_restricted:
             gate |= F_ANY
+        if self.server.replication.refuses_client_writes:
+            gate |= F_WRITE  # a read-only replica: writes take the slow path, get READONLY
         self._gate = gate
+
+    @property
+    def pubsub_restricted(self) -> bool:
+        """Subscribed in RESP2: only the commands flagged F_PUBSUB may run (_slow refuses the
+        rest), and PING replies with an array."""
+        return self.subscriptions is not None and not self.resp3
+
+    @property
+    def client_type(self) -> str:
+        """normal, replica, master, or pubsub (a normal client while subscribed), as CLIENT
+        LIST and CLIENT KILL TYPE see it (clients.py)."""
+        return clients.client_type(self._role, self.subscriptions is not None)
+
+    @client_type.setter
+    def client_type(self, role: str) -> None:
+        """Replication sets "replica" on a connection that became a replica (SYNC/PSYNC) and
+        "master" on a replica's link to its master; "pubsub" follows from subscriptions."""
+        if role not in clients.ROLES:
+            raise ValueError(f"a connection's role is one of {clients.ROLES}, not {role!r}")
+        self._role = role
+
+    def role_changed(self) -> None:
+        """The server became a replica or a master (or replica-read-only changed)."""
+        self._update_gate()
 
     def auth_checked(self, ok: bool) -> None:
         """A password was compared (AUTH, HELLO AUTH): count failures for the throttle."""
@@ -315,9 +378,14 @@ class Connection(asyncio.Protocol):
             return (b or b"").decode("utf-8", "replace")
 
         multi = -1 if self.multi is None else len(self.multi)
+        subs = self.subscriptions
+        flags = clients.flags(self._role, subs is not None, self.multi is not None, self._quit)
+        counts = (0, 0, 0) if subs is None else \
+            (subs.channels, subs.patterns, subs.shard_channels)
         return (f"id={self.client_id} addr={self.peer} laddr={self.local} name={text(self.name)} "
-                f"age={int(now - self.created)} idle={int(now - self.last_active)} flags=N "
-                f"db=0 sub=0 psub=0 ssub=0 multi={multi} "
+                f"age={int(now - self.created)} idle={int(now - self.last_active)} "
+                f"flags={flags} db=0 sub={counts[0]} psub={counts[1]} ssub={counts[2]} "
+                f"multi={multi} "
                 f"cmd={text(self.last_command).lower()} user=default "
                 f"resp={3 if self.resp3 else 2} lib-name={text(self.lib_name)} "
                 f"lib-ver={text(self.lib_ver)}")
@@ -360,8 +428,11 @@ class Connection(asyncio.Protocol):
             self.server.replication.master.detach(self)
         self._closed = True
         self._backlog.clear()
+        self._pushes = None
         self._release_partial()
         self.server.clients.pop(self, None)
+        if self.subscriptions is not None:
+            self.server.pubsub.drop(self)
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests until it does.
@@ -379,6 +450,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client shut down its sending side: finish what it sent, then close."""
+        if self._pushes is not None:
+            self.write_pushes()
         if self._busy or self._backlog:
             self._eof = True
             return True  # keep the transport open for the replies still to come
@@ -387,6 +460,8 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        if self._pushes is not None:  # messages published before this read come first
+            self.write_pushes()
         if self.replica_peer is not None:  # only REPLCONF ACKs from here on, no replies
             self.server.replication.master.replica_input(self, data)
             return
@@ -579,6 +654,14 @@ class Connection(asyncio.Protocol):
         flags = spec[2]
         if not self.authenticated and not flags & F_NOAUTH:
             return NOAUTH
+        if flags & F_WRITE and not flags & F_TXCTL \
+                and self.server.replication.refuses_client_writes:
+            if self.multi is not None:
+                self.multi_dirty = True  # as Redis: the transaction fails with EXECABORT
+            return READONLY
+        if self.pubsub_restricted and not flags & F_PUBSUB:  # after READONLY, as in Redis
+            return error(f"ERR Can't execute '{full_name(spec, args)}': only (P|S)SUBSCRIBE / "
+                         "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
         if self.multi is not None and not flags & F_TXCTL:
             if flags & F_NOMULTI:
                 self.multi_dirty = True
@@ -638,6 +721,8 @@ class Connection(asyncio.Protocol):
         """Resume reading (and run what arrived meanwhile) unless another step is pending."""
         if self._busy or self._closed:
             return
+        if self._pushes is not None:  # messages published while the step's replies waited
+            self.write_pushes()
         if self._backlog:
             data = b"".join(self._backlog)
             self._backlog.clear()
@@ -705,6 +790,65 @@ class Connection(asyncio.Protocol):
             self._closed = True
             self.transport.close()
 
+    def kill(self) -> bool:
+        """Close now, dropping whatever has not been sent yet, as Redis frees a client:
+        CLIENT KILL of another client, and the Pub/Sub output limit. False if it was closed
+        already."""
+        if self._closed:
+            return False
+        self._closed = True
+        self._backlog.clear()
+        self._pushes = None
+        self.transport.abort()
+        return True
+
+    # -- Pub/Sub delivery ----------------------------------------------------------------------
+
+    def push(self, data: bytes) -> None:
+        """Send a published message. Messages are held and written together at the end of
+        the event-loop iteration (one write per subscriber, not one per PUBLISH: pipelined
+        PUBLISHes to 10 subscribers cost 72 us of server CPU each when written one by one),
+        or earlier, before this client's next command runs; while a step's replies wait (an
+        fsync, the group commit), after them. So a message never overtakes the reply to a
+        command that ran before it was published, nor follows one that ran after.
+
+        Nothing here waits for the client to read: the transport buffers what it has not
+        sent. A subscriber that does not read is closed once that output reaches the hard
+        limit, or has stayed at or above the soft limit for longer than its seconds
+        (ServerConfig.pubsub_output_limit; Redis's client-output-buffer-limit pubsub)."""
+        if self._closed:
+            return
+        pushes = self._pushes
+        if pushes is None:
+            self._pushes = [data]
+            self._pushed_bytes = len(data)
+            if not self._busy:  # else _after_step writes them
+                self.server.write_pushes_soon(self)
+        else:
+            pushes.append(data)
+            self._pushed_bytes += len(data)
+        pending = self._pushed_bytes + self.transport.get_write_buffer_size()
+        hard, soft, seconds = self.server.config.pubsub_output_limit
+        if pending < soft:
+            self._over_soft_limit_since = None
+            return
+        now = self.server.clock
+        since = self._over_soft_limit_since
+        if since is None:
+            self._over_soft_limit_since = since = now
+        if pending >= hard or now - since > seconds:
+            log.warning("closing the connection from %s: %d bytes of output wait for it, over "
+                        "the Pub/Sub output limit (hard %d, soft %d for %gs)", self.peer,
+                        pending, hard, soft, seconds)
+            self.kill()
+
+    def write_pushes(self) -> None:
+        """Write the messages held for this client, unless a step's replies must go first."""
+        pushes = self._pushes
+        if pushes is not None and not self._busy and not self._closed:
+            self._pushes = None
+            self.transport.writelines(pushes)
+
 
 class Server:
     """A RESP server over one bitkv Store.
@@ -762,6 +906,8 @@ class Server:
         self.waiting: list[Connection] = []
         self._flush_scheduled = False
         self.replication = Replication(self)
+        self.pubsub = PubSub()
+        self._pushing: list[Connection] = []  # clients with messages to write (write_pushes)
 
     def _tick(self) -> None:
         self.clock = time.monotonic()
@@ -778,6 +924,18 @@ class Server:
             self._flush_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._scheduled_flush)
+
+    def write_pushes_soon(self, conn: Connection) -> None:
+        """Write ``conn``'s held Pub/Sub messages at the end of this loop iteration."""
+        self._pushing.append(conn)
+        if len(self._pushing) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._write_pushes)
+
+    def _write_pushes(self) -> None:
+        pushing, self._pushing = self._pushing, []
+        for conn in pushing:
+            conn.write_pushes()
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
@@ -826,6 +984,19 @@ class Server:
                 break  # the count is off (cannot happen); do not loop forever
             victim.drop_partial()
 
+    def internal_client(self, name: bytes) -> Connection:
+        """A client attached to no socket, through which the server runs commands of its own
+        (the replica link applies its master's stream through one: no replies, no gate)."""
+        conn = Connection(self)
+        conn.name = name
+        conn.client_type = "master"
+        return conn
+
+    def refresh_gates(self) -> None:
+        """The replication role changed: re-derive every client's gate (READONLY)."""
+        for conn in self.clients:
+            conn.role_changed()
+
     def track_throttle(self, task: asyncio.Task[None]) -> None:
         self._throttles.add(task)
         task.add_done_callback(self._throttles.discard)
@@ -850,6 +1021,9 @@ class Server:
             # With "always" the server fsyncs once per batch of commands (see the module doc).
             options["sync"] = "never" if self.sync_always else config.sync
             options.setdefault("sync_interval", config.sync_interval)
+            # A replica's store keeps keys that expired while it was down, for its master's
+            # commands (Store.hold_expired; as Redis replicas load expired keys too).
+            options.setdefault("hold_expired", self.replication.starts_as_replica())
             self.db = bitkv.open(config.dir, **options)
         try:
             self._listeners.append(await loop.create_server(

@@ -18,13 +18,32 @@ if TYPE_CHECKING:
     from .app import ServerConfig
     from .commands.keyspace import ScanIndex
     from .protocol import Limits
+    from .pubsub import PubSub
     from .replication import Replication
 
 
 class ClientView(Protocol):
-    """A connected client as CLIENT LIST shows it."""
+    """A connected client as CLIENT LIST and CLIENT KILL see it (``app.Connection``)."""
+
+    @property
+    def client_id(self) -> int: ...
+
+    @property
+    def peer(self) -> str: ...  # "ip:port" of the client
+
+    @property
+    def local(self) -> str: ...  # "ip:port" it connected to
+
+    @property
+    def created(self) -> float: ...  # time.monotonic() when it connected
+
+    @property
+    def client_type(self) -> str: ...  # clients.py: normal, replica, master or pubsub
 
     def describe(self) -> str: ...
+
+    def kill(self) -> bool:
+        """Close it now (CLIENT KILL); False if it was closed already."""
 
 
 class ServerControl(Protocol):
@@ -49,6 +68,11 @@ class ServerControl(Protocol):
 
     @property
     def replication(self) -> Replication: ...
+
+    # -- Pub/Sub: every subscription, and PUBLISH (pubsub.py) -------------------------------
+
+    @property
+    def pubsub(self) -> PubSub: ...
 
     # -- facts and counters for INFO ---------------------------------------------------------
 

@@ -285,8 +285,7 @@ class Master:
         ip = getattr(conn, "repl_ip_address", "") or conn.peer.rsplit(":", 1)[0]
         peer = Peer(conn, port, ip)
         conn.replica_peer = peer
-        if hasattr(conn, "client_type"):
-            conn.client_type = "replica"
+        conn.client_type = "replica"
         self.peers.append(peer)
         loop = asyncio.get_running_loop()
         if not legacy and replid.decode("ascii", "replace") == backlog.replid \
@@ -371,6 +370,9 @@ class Master:
         peer: Peer | None = getattr(conn, "replica_peer", None)
         if peer is None:
             return
+        # Anything it sends is a sign of life: a replica loading a big snapshot sends a
+        # newline every second (as Redis's do) and no ACK until it has loaded.
+        peer.ack_time = time.monotonic()
         try:
             cmds = conn.parser.feed(data)
         except Exception:

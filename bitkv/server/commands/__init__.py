@@ -3,7 +3,7 @@
 The table, the flags and the ``@command`` decorator live in :mod:`.registry`; the commands
 are split by group, each module registering its handlers when imported here:
 
-* :mod:`.connection`   PING, ECHO, QUIT, SELECT, AUTH, HELLO, CLIENT
+* :mod:`.connection`   PING, ECHO, QUIT, SELECT, AUTH, HELLO, RESET, CLIENT
 * :mod:`.transactions` MULTI, DISCARD, EXEC
 * :mod:`.strings`      GET, SET, SETNX/SETEX/PSETEX, GETDEL, GETEX, GETSET, GETRANGE, SETRANGE,
   MGET, MSET, MSETNX, APPEND, STRLEN, INCR/DECR/INCRBY/DECRBY
@@ -12,6 +12,9 @@ are split by group, each module registering its handlers when imported here:
 * :mod:`.admin`        DBSIZE, FLUSHDB, FLUSHALL, TIME, SAVE, BGSAVE, LASTSAVE, BGREWRITEAOF,
   SHUTDOWN, CONFIG, COMMAND, INFO
 * :mod:`.sync`         PSYNC, SYNC, REPLCONF, WAIT (the master side of replication)
+* :mod:`.pubsub`       SUBSCRIBE, UNSUBSCRIBE, PSUBSCRIBE, PUNSUBSCRIBE, SSUBSCRIBE, SUNSUBSCRIBE,
+  PUBLISH, SPUBLISH, PUBSUB
+* :mod:`.replication`  REPLICAOF, SLAVEOF, ROLE (the replica side)
 
 Handlers run on the event loop thread, one at a time, so a command that makes several Store
 calls is atomic with respect to every other client, as in Redis. Store calls are
@@ -30,6 +33,8 @@ from __future__ import annotations
 # isort: off
 from . import connection, transactions, strings, keyspace, admin
 from . import sync  # noqa: F401 - imported for its @command registrations
+from . import pubsub
+from . import replication  # noqa: F401 - imported for its @command registrations
 # isort: on
 from .keyspace import ScanIndex
 from .registry import (
@@ -41,6 +46,7 @@ from .registry import (
     F_NEEDAUTH,
     F_NOAUTH,
     F_NOMULTI,
+    F_PUBSUB,
     F_READONLY,
     F_STATE,
     F_TXCTL,
@@ -55,6 +61,7 @@ from .registry import (
     Spec,
     arity_error,
     command,
+    full_name,
     lookup,
     to_int,
     unknown_command_error,
@@ -69,6 +76,7 @@ __all__ = [
     "F_NEEDAUTH",
     "F_NOAUTH",
     "F_NOMULTI",
+    "F_PUBSUB",
     "F_READONLY",
     "F_STATE",
     "F_TXCTL",
@@ -86,8 +94,10 @@ __all__ = [
     "arity_error",
     "command",
     "connection",
+    "full_name",
     "keyspace",
     "lookup",
+    "pubsub",
     "strings",
     "to_int",
     "transactions",

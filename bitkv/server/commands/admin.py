@@ -25,6 +25,7 @@ from ..protocol import (
     map_reply,
     verbatim,
 )
+from ..pubsub import CHANNEL, PATTERN, SHARD
 from .registry import (
     F_ADMIN,
     F_ASYNC,
@@ -158,11 +159,12 @@ def _config_params(c: Connection) -> dict[str, str]:
         "protected-mode": "no",
         "daemonize": "no",
         "loglevel": "notice",
+        **control.replication.config_params(),
     }
 
 
 @command("config", -2, F_ADMIN, group="server", summary="Get configuration parameters",
-         since="2.0.0")
+         since="2.0.0", subcommands=True)
 def cmd_config(c: Connection, args: list[bytes]) -> bytes:
     sub = args[1].upper()
     if sub == b"GET":
@@ -179,17 +181,38 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
     if sub == b"SET":
         if len(args) < 4 or len(args) % 2:
             return arity_error("config|set")
-        name = args[2].decode("utf-8", "replace")
-        raise CommandError(f"ERR Unknown option or number of arguments for CONFIG SET - "
-                           f"'{name}' (bitkv's configuration is set on the command line)")
+        pairs = [(args[i].decode("utf-8", "replace"), args[i + 1].decode("utf-8", "replace"))
+                 for i in range(2, len(args), 2)]
+        replication = c.control.replication
+        for name, _value in pairs:
+            if name.lower() not in replication.config_params() or name.lower() in (
+                    "replicaof", "slaveof"):
+                raise CommandError(
+                    f"ERR Unknown option or number of arguments for CONFIG SET - '{name}' "
+                    f"(bitkv's configuration is set on the command line; CONFIG SET "
+                    f"changes only the replica settings)")
+        for name, value in pairs:
+            try:
+                replication.config_set(name, value)
+            except ValueError as exc:
+                raise CommandError(f"ERR CONFIG SET failed (possibly related to argument "
+                                   f"'{name}') - {exc}") from None
+        return OK
     if sub == b"RESETSTAT" and len(args) == 2:
         c.control.reset_stats()
         return OK
     if sub == b"REWRITE" and len(args) == 2:
-        raise CommandError("ERR The server is running without a config file")
+        # No config file: the role and the replica settings are persisted in the store
+        # directory, where `bitkv serve` reads them at start (server/replica_state.py).
+        try:
+            c.control.replication.config_rewrite()
+        except OSError as exc:
+            raise CommandError(f"ERR Rewriting config file: {exc}") from None
+        return OK
     if sub == b"HELP" and len(args) == 2:
         return bulk_array([b"CONFIG <subcommand> [<arg> ...]. Subcommands are:",
-                           b"GET <pattern>", b"RESETSTAT", b"HELP"])
+                           b"GET <pattern>", b"SET <parameter> <value> (replica settings)",
+                           b"RESETSTAT", b"REWRITE", b"HELP"])
     raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
                        + "'. Try CONFIG HELP.")
 
@@ -214,7 +237,7 @@ def _command_docs(info: CommandInfo, resp3: bool) -> bytes:
 
 
 @command("command", -1, F_FAST, group="server", summary="Get details about commands",
-         since="2.8.13")
+         since="2.8.13", subcommands=True)
 def cmd_command(c: Connection, args: list[bytes]) -> bytes:
     if len(args) == 1:
         return array([_command_entry(i) for i in INFOS.values()])
@@ -330,6 +353,9 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("rejected_connections", control.rejected_connections),
             ("expired_keys", 0),
             ("evicted_keys", 0),
+            ("pubsub_channels", control.pubsub.total(CHANNEL)),
+            ("pubsub_patterns", control.pubsub.total(PATTERN)),
+            ("pubsubshard_channels", control.pubsub.total(SHARD)),
             *control.replication.stats_fields(),
         ],
         "replication": control.replication.info_fields(),

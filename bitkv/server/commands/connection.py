@@ -1,15 +1,18 @@
-"""Connection commands: PING, ECHO, QUIT, SELECT, AUTH, HELLO, CLIENT."""
+"""Connection commands: PING, ECHO, QUIT, SELECT, AUTH, HELLO, RESET, CLIENT."""
 
 from __future__ import annotations
 
 import hmac
+import time
 from typing import TYPE_CHECKING
 
 from ... import __version__ as BITKV_VERSION
+from .. import clients
 from ..protocol import OK, PONG, bulk, bulk_array, encode_value, integer, parse_ll, verbatim
 from .registry import (
     F_FAST,
     F_NOAUTH,
+    F_PUBSUB,
     F_STATE,
     F_TXCTL,
     NOT_INT,
@@ -22,12 +25,18 @@ from .registry import (
 
 if TYPE_CHECKING:
     from ..app import Connection
+    from ..control import ClientView
+
+PUBSUB_PONG = b"*2\r\n$4\r\npong\r\n"
 
 
-@command("ping", -1, F_FAST, group="connection", summary="Ping the server")
+@command("ping", -1, F_FAST | F_PUBSUB, group="connection", summary="Ping the server")
 def cmd_ping(c: Connection, args: list[bytes]) -> bytes:
     if len(args) > 2:
         return arity_error("ping")
+    if c.subscriptions is not None and c.pubsub_restricted:  # a property call only then
+        # Subscribed in RESP2, a client reads arrays only (messages), so PING answers one.
+        return PUBSUB_PONG + bulk(args[1] if len(args) == 2 else b"")
     if len(args) == 2:
         return bulk(args[1])
     return PONG
@@ -38,7 +47,7 @@ def cmd_echo(c: Connection, args: list[bytes]) -> bytes:
     return bulk(args[1])
 
 
-@command("quit", 1, F_NOAUTH | F_TXCTL | F_FAST, group="connection",
+@command("quit", 1, F_NOAUTH | F_TXCTL | F_FAST | F_PUBSUB, group="connection",
          summary="Close the connection")
 def cmd_quit(c: Connection, args: list[bytes]) -> bytes:
     c.close_after_reply()
@@ -139,12 +148,123 @@ def cmd_hello(c: Connection, args: list[bytes]) -> bytes:
         "proto": 3 if c.resp3 else 2,
         "id": c.client_id,
         "mode": "standalone",
-        "role": "master",
+        "role": "master" if c.control.replication.link is None else "replica",
         "modules": [],
     }, c.resp3)
 
 
-@command("client", -2, F_FAST, group="connection", summary="Client connection commands")
+@command("reset", 1, F_NOAUTH | F_TXCTL | F_STATE | F_FAST | F_PUBSUB, group="connection",
+         summary="Reset the connection", since="6.2.0")
+def cmd_reset(c: Connection, args: list[bytes]) -> bytes:
+    """Back to a fresh connection's state: no MULTI, no subscriptions, RESP2, no name, and
+    not authenticated when the server has a password (Redis: the default user again)."""
+    if c.client_type in (clients.REPLICA, clients.MASTER):
+        raise CommandError("ERR can only reset normal client connections")
+    c.multi = None
+    c.multi_dirty = False
+    c.control.pubsub.drop(c)
+    c.set_protocol(2)
+    c.name = None
+    c.set_authenticated(c.control.requirepass is None)
+    return b"+RESET\r\n"
+
+
+def _client_type_arg(name: bytes) -> str:
+    found = clients.type_by_name(name)
+    if found is None:
+        raise CommandError("ERR Unknown client type '" + name.decode("utf-8", "replace") + "'")
+    return found
+
+
+def _client_list(c: Connection, args: list[bytes]) -> bytes:
+    """CLIENT LIST [TYPE type | ID id [id ...]] (Redis 7.0: one filter or none)."""
+    shown: list[ClientView]
+    if len(args) == 2:
+        shown = list(c.control.clients)
+    elif len(args) == 4 and args[2].upper() == b"TYPE":
+        wanted = _client_type_arg(args[3])
+        shown = [x for x in c.control.clients if x.client_type == wanted]
+    elif len(args) > 3 and args[2].upper() == b"ID":
+        by_id = {x.client_id: x for x in c.control.clients}
+        shown = []
+        for arg in args[3:]:
+            cid = parse_ll(arg)
+            if cid is None:
+                raise CommandError("ERR Invalid client ID")
+            if cid in by_id:
+                shown.append(by_id[cid])
+    else:
+        raise CommandError(SYNTAX)
+    return verbatim("".join(x.describe() + "\n" for x in shown), c.resp3)
+
+
+def _client_kill(c: Connection, args: list[bytes]) -> bytes:
+    """CLIENT KILL addr:port (OK or an error), or CLIENT KILL <filter> <value> ... (how many
+    were killed). Every filter given must match; the caller is spared unless SKIPME no (the
+    old form spares no one). The caller, if killed, is closed after this reply."""
+    addr = laddr = wanted = None
+    cid = max_age = 0
+    skipme = True
+    if len(args) == 3:
+        addr = args[2].decode("utf-8", "replace")
+        skipme = False
+    else:
+        for i in range(2, len(args), 2):
+            if i + 1 == len(args):
+                raise CommandError(SYNTAX)  # an option without its value
+            opt, value = args[i].upper(), args[i + 1]
+            if opt == b"ID":
+                n = parse_ll(value)
+                if n is None or n < 1:
+                    raise CommandError("ERR client-id should be greater than 0")
+                cid = n
+            elif opt == b"TYPE":
+                wanted = _client_type_arg(value)
+            elif opt == b"ADDR":
+                addr = value.decode("utf-8", "replace")
+            elif opt == b"LADDR":
+                laddr = value.decode("utf-8", "replace")
+            elif opt == b"USER":
+                if value != b"default":  # the only user there is
+                    raise CommandError("ERR No such user '" + value.decode("utf-8", "replace")
+                                       + "'")
+            elif opt == b"SKIPME":
+                choice = value.lower()
+                if choice not in (b"yes", b"no"):
+                    raise CommandError(SYNTAX)
+                skipme = choice == b"yes"
+            elif opt == b"MAXAGE":  # Redis 7.4
+                n = parse_ll(value)
+                if n is None:
+                    raise CommandError("ERR maxage is not an integer or out of range")
+                if n <= 0:
+                    raise CommandError("ERR maxage should be greater than 0")
+                max_age = n
+            else:
+                raise CommandError(SYNTAX)
+    now = time.monotonic()
+    killed = 0
+    for x in list(c.control.clients):
+        if (addr is not None and x.peer != addr) or (laddr is not None and x.local != laddr) \
+                or (wanted is not None and x.client_type != wanted) \
+                or (cid and x.client_id != cid) or (max_age and now - x.created < max_age):
+            continue
+        if x is c:
+            if skipme:
+                continue
+            c.close_after_reply()
+            killed += 1
+        elif x.kill():
+            killed += 1
+    if len(args) == 3:
+        if not killed:
+            raise CommandError("ERR No such client")
+        return OK
+    return integer(killed)
+
+
+@command("client", -2, F_FAST, group="connection", summary="Client connection commands",
+         subcommands=True)
 def cmd_client(c: Connection, args: list[bytes]) -> bytes:
     sub = args[1].upper()
     n = len(args)
@@ -168,8 +288,10 @@ def cmd_client(c: Connection, args: list[bytes]) -> bytes:
             raise CommandError("ERR Unrecognized option '" + args[2].decode("utf-8", "replace")
                                + "'")
         return OK
-    if sub == b"LIST" and n == 2:
-        return verbatim("".join(x.describe() + "\n" for x in c.control.clients), c.resp3)
+    if sub == b"LIST":
+        return _client_list(c, args)
+    if sub == b"KILL" and n >= 3:
+        return _client_kill(c, args)
     if sub == b"INFO" and n == 2:
         return verbatim(c.describe() + "\n", c.resp3)
     if sub in (b"NO-EVICT", b"NO-TOUCH") and n == 3:
@@ -177,8 +299,13 @@ def cmd_client(c: Connection, args: list[bytes]) -> bytes:
     if sub == b"HELP" and n == 2:
         return bulk_array([b"CLIENT <subcommand> [<arg> ...]. Subcommands are:",
                            b"ID", b"SETNAME <name>", b"GETNAME", b"SETINFO <attr> <value>",
-                           b"LIST", b"INFO", b"HELP"])
-    if sub in (b"ID", b"SETNAME", b"GETNAME", b"SETINFO", b"LIST", b"INFO", b"NO-EVICT",
+                           b"LIST [TYPE (NORMAL|MASTER|REPLICA|PUBSUB) | ID <id> [<id> ...]]",
+                           b"KILL <ip:port>",
+                           b"KILL <option> <value> [<option> <value> ...]: options ID <id>, "
+                           b"TYPE (NORMAL|MASTER|REPLICA|PUBSUB), USER <username>, "
+                           b"ADDR <ip:port>, LADDR <ip:port>, SKIPME (YES|NO), MAXAGE <seconds>",
+                           b"INFO", b"HELP"])
+    if sub in (b"ID", b"SETNAME", b"GETNAME", b"SETINFO", b"KILL", b"INFO", b"NO-EVICT",
                b"NO-TOUCH", b"HELP"):
         return arity_error("client|" + sub.decode().lower())
     raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]

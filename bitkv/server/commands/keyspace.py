@@ -100,13 +100,14 @@ def _expire(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
             return ZERO
         if lt and current is not None and n >= current:
             return ZERO
-    ttl = (n - now_ms) / 1000.0
-    if ttl <= 0:  # a time in the past deletes the key, as Redis does
+    if n <= now_ms:  # a time in the past deletes the key, as Redis does
         db.delete(key)
         return ONE
-    if ttl > MAX_TTL_SECONDS:
+    if n - now_ms > MAX_TTL_SECONDS * 1000:
         raise CommandError(f"ERR invalid expire time in '{name}' command")
-    return ONE if db.expire(key, ttl) else ZERO
+    # The absolute time itself, exact to the ms (a relative ttl would drift by the time
+    # between here and the store's clock reading).
+    return ONE if db.expire_at(key, n) else ZERO
 
 
 @command("expire", -3, F_WRITE | F_FAST, (1, 1, 1), "keyspace",

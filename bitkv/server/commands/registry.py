@@ -32,6 +32,7 @@ F_ADMIN = 128
 F_NEEDAUTH = 256  # set on every command without F_NOAUTH
 F_ANY = 512  # set on every command
 F_STATE = 1024  # changes the connection's state (AUTH, HELLO): runs on the slow path
+F_PUBSUB = 2048  # allowed to a RESP2 client in subscribed mode ((P|S)(UN)SUBSCRIBE, PING...)
 
 NOT_INT = "ERR value is not an integer or out of range"
 SYNTAX = "ERR syntax error"
@@ -68,11 +69,14 @@ class CommandInfo:
 
 COMMANDS: dict[bytes, Spec] = {}
 INFOS: dict[str, CommandInfo] = {}
+# Commands whose first argument is a subcommand (CLIENT LIST, CONFIG GET...): Redis 7 names
+# them "client|list" in its errors.
+WITH_SUBCOMMANDS: set[str] = set()
 
 
 def command(name: str, arity: int, flags: int = 0, keys: tuple[int, int, int] = (0, 0, 0),
-            group: str = "generic", summary: str = "", since: str = "1.0.0"
-            ) -> Callable[[_H], _H]:
+            group: str = "generic", summary: str = "", since: str = "1.0.0",
+            subcommands: bool = False) -> Callable[[_H], _H]:
     """Register a handler under ``name`` (upper and lower case looked up without copying)."""
 
     def register(fn: _H) -> _H:
@@ -81,9 +85,19 @@ def command(name: str, arity: int, flags: int = 0, keys: tuple[int, int, int] = 
         COMMANDS[name.lower().encode()] = spec
         COMMANDS[name.upper().encode()] = spec
         INFOS[name] = CommandInfo(name, arity, flags, *keys, group, summary, since)
+        if subcommands:
+            WITH_SUBCOMMANDS.add(name)
         return fn
 
     return register
+
+
+def full_name(spec: Spec, args: list[bytes]) -> str:
+    """The name Redis 7 gives the command in errors: ``get``, or ``client|list``."""
+    name = spec[3]
+    if name in WITH_SUBCOMMANDS and len(args) > 1:
+        return name + "|" + args[1].decode("utf-8", "replace").lower()
+    return name
 
 
 def lookup(name: bytes) -> Spec | None:

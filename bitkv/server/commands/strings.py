@@ -57,12 +57,11 @@ def _expire_at_ms(unit: bytes, arg: bytes, name: str, now_ms: int) -> int:
     return n
 
 
-def _ttl_seconds(at_ms: int, now_ms: int, name: str) -> float:
-    """Seconds from now until ``at_ms``; <= 0 means already expired. Bitkv's TTL limit."""
-    ttl = (at_ms - now_ms) / 1000.0
-    if ttl > MAX_TTL_SECONDS:
+def _check_horizon(at_ms: int, now_ms: int, name: str) -> int:
+    """``at_ms`` unless it lies beyond bitkv's TTL limit (100 years from now)."""
+    if at_ms - now_ms > MAX_TTL_SECONDS * 1000:
         raise CommandError(f"ERR invalid expire time in '{name}' command")
-    return ttl
+    return at_ms
 
 
 _EXPIRE_UNITS = (b"EX", b"PX", b"EXAT", b"PXAT")
@@ -109,18 +108,14 @@ def cmd_set(c: Connection, args: list[bytes]) -> bytes:
 
 def _set(c: Connection, key: bytes, value: bytes, nx: bool, xx: bool, get: bool,
          keepttl: bool, at_ms: int, now_ms: int, name: str) -> bytes:
+    # The expiry is written as the absolute time it names (exact to the ms, whatever the
+    # clock does meanwhile); a time in the past writes the key already expired, which is
+    # what a replica must do with a master's ``SET ... PXAT`` when its clock is ahead.
     db = c.db
     old = _get(db, key) if get else None
-    ttl = None
-    if at_ms:
-        ttl = _ttl_seconds(at_ms, now_ms, name)
-        if ttl <= 0:  # EXAT/PXAT in the past: the key is set and expires at once
-            live = (old is not None) if get else key_exists(db, key)
-            if not ((nx and live) or (xx and not live)):
-                db.delete(key)
-                return bulk(old) if old is not None else (c.null if get else OK)
-            return bulk(old) if old is not None else c.null
-    written = db.put(key, value, ttl=ttl, if_absent=nx, if_present=xx, keep_ttl=keepttl)
+    expires_at = _check_horizon(at_ms, now_ms, name) if at_ms else None
+    written = db.put(key, value, if_absent=nx, if_present=xx, keep_ttl=keepttl,
+                     expires_at_ms=expires_at)
     if get:
         return bulk(old) if old is not None else c.null
     return OK if written else c.null
@@ -142,8 +137,8 @@ def cmd_setnx(c: Connection, args: list[bytes]) -> bytes:
 
 def _setex(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
     now_ms = time_ms()
-    ttl = _ttl_seconds(_expire_at_ms(unit, args[2], name, now_ms), now_ms, name)
-    c.db.put(args[1], args[3], ttl=ttl)
+    at_ms = _check_horizon(_expire_at_ms(unit, args[2], name, now_ms), now_ms, name)
+    c.db.put(args[1], args[3], expires_at_ms=at_ms)
     return OK
 
 
@@ -196,11 +191,10 @@ def cmd_getex(c: Connection, args: list[bytes]) -> bytes:
     if v is None:
         return c.null
     if at_ms:
-        ttl = _ttl_seconds(at_ms, now_ms, "getex")
-        if ttl <= 0:
+        if at_ms <= now_ms:
             db.delete(args[1])
         else:
-            db.expire(args[1], ttl)
+            db.expire_at(args[1], _check_horizon(at_ms, now_ms, "getex"))
     elif persist:
         db.persist(args[1])
     return bulk(v)
