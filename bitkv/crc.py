@@ -14,13 +14,24 @@ import crcmod.predefined
 
 Buffer = bytes | bytearray | memoryview
 
-crc32c_reference: Callable[[Buffer], int] = crcmod.predefined.mkCrcFun("crc-32c")
+_crcmod_fun = crcmod.predefined.mkCrcFun("crc-32c")  # (data, crc=initial) -> crc
+crc32c_reference: Callable[[Buffer], int] = _crcmod_fun
+_reference_extend: Callable[[Buffer, int], int] = _crcmod_fun
 
 try:  # pragma: no cover - depends on the platform's wheels
     from crc32c import crc32c as _accelerated
 
     crc32c: Callable[[Buffer], int] = _accelerated
+    _extend: Callable[[Buffer, int], int] = _accelerated
     IMPLEMENTATION = "crc32c"
 except ImportError:  # pragma: no cover
     crc32c = crc32c_reference
+    _extend = _reference_extend
     IMPLEMENTATION = "crcmod"
+
+
+def crc32c_extend(crc: int, data: Buffer) -> int:
+    """The CRC-32C of the bytes whose CRC-32C is ``crc`` followed by ``data`` (so a file
+    written in parts is checksummed without joining them: ``crc32c_extend(crc32c(a), b) ==
+    crc32c(a + b)``)."""
+    return _extend(data, crc)

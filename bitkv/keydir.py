@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 from .record import TOMBSTONE
@@ -169,6 +170,38 @@ class KeyDir:
             return False
         self.entries[key] = pack(slot, offset, size)
         seg.live_bytes += size
+        return True
+
+    def switch_inputs(self, moves: Iterable[tuple[bytes, int, int]], seg: _Owner, slot: int,
+                      inputs: AbstractSet[int]) -> int:
+        """:meth:`switch` for many keys copied by one compaction into ``seg`` (at ``slot``),
+        each move (key, offset, size): a key is pointed at its copy only if it still points
+        into one of the ``inputs`` (slots) at a record of that size. Compaction copies only
+        records the index points at, and nothing but compaction ever points a key into a
+        sealed segment, so a key still pointing into an input points at the very record
+        copied; a write made meanwhile moved it to the active segment, and wins. Return how
+        many keys were switched."""
+        entries = self.entries
+        get = entries.get
+        base = slot << SLOT_SHIFT
+        switched = live = 0
+        for key, offset, size in moves:
+            old = get(key)
+            if (old is not None and old >> SLOT_SHIFT in inputs
+                    and old & SIZE_MASK == (size if size <= SIZE_MASK else 0)):
+                entries[key] = base | (offset << SIZE_BITS) | (size if size <= SIZE_MASK
+                                                               else 0)
+                live += size
+                switched += 1
+        seg.live_bytes += live
+        return switched
+
+    def unindex_if(self, key: bytes, expected: int) -> bool:
+        """:meth:`unindex` ``key`` only if it still points at ``expected`` (compaction
+        dropping an expired record it met: a write made meanwhile wins)."""
+        if self.entries.get(key) != expected:
+            return False
+        self.unindex(key, expected)
         return True
 
     def remove_if(self, key: bytes, expected: int) -> bool:

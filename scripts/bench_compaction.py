@@ -14,22 +14,43 @@ the ``<!-- bench_compaction:begin -->`` and ``<!-- bench_compaction:end -->`` ma
 
     python scripts/bench_compaction.py --keys 20000          # quick run
     python scripts/bench_compaction.py --doc docs/compaction.md   # 1,000,000 keys
+
+``--scale`` measures compaction at scale instead (issue 19): for each of ``--sizes`` (default
+2M, 8M, 32M keys) a store of 16-byte keys and 8-byte values, every key written twice (half the
+log is garbage), is built once, copied, and compacted by a child process per implementation:
+the tree given by ``--before`` (e.g. a worktree of an older commit) and this one. Each child
+reports the compaction's records/s and MB/s of input, its extra anonymous memory (``RssAnon``
+of /proc/self/status sampled every 5 ms, peak minus the value before ``compact()``; not peak
+RSS, which counts the mapped segments), and, in a second run on a fresh copy, the p99 latency
+of ``put()`` from a writer thread without and during a compaction. ``--scale-doc`` writes the
+table between the ``<!-- bench_compaction_scale:begin/end -->`` markers, ``--plot`` a PNG
+(matplotlib).
+
+    python scripts/bench_compaction.py --scale --sizes 200000 --before /tmp/old-tree
+    python scripts/bench_compaction.py --scale --before /tmp/old-tree \
+        --scale-doc docs/compaction.md --plot docs/compaction-scale.png
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__" and "--scale-child" in sys.argv:
+    # A child measures the implementation in the tree it is given, not necessarily this one.
+    sys.path.insert(0, sys.argv[sys.argv.index("--tree") + 1])
+else:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bitkv
 from bitkv import record as rec
@@ -252,6 +273,251 @@ def write_doc(doc: str, text: str) -> None:
         fh.write(content)
 
 
+# -- --scale: compaction at scale, two implementations ----------------------------------------
+
+SCALE_BEGIN = "<!-- bench_compaction_scale:begin -->"
+SCALE_END = "<!-- bench_compaction_scale:end -->"
+SCALE_VALUES = (b"aaaaaaaa", b"bbbbbbbb")  # 8-byte values, every key written twice
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def scale_key(i: int) -> bytes:
+    return b"k%015d" % i  # 16 bytes
+
+
+def rss_anon() -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def child_build(path: str, n: int) -> dict:
+    t = time.perf_counter()
+    with bitkv.open(path, sync="never", auto_compact=False) as db:
+        put = db.put
+        for v in SCALE_VALUES:
+            for i in range(n):
+                put(scale_key(i), v)
+    return {"build_s": time.perf_counter() - t,
+            "log_bytes": size_of(files(path, seg_mod.DATA_SUFFIX))}
+
+
+def child_alone(path: str, n: int) -> dict:
+    import gc
+
+    db = bitkv.open(path, sync="never", auto_compact=False)
+    gc.collect()
+    base = rss_anon()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_anon())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t = time.perf_counter()
+    cpu = time.process_time()
+    summary = db.compact()
+    seconds = time.perf_counter() - t
+    cpu = time.process_time() - cpu
+    stop.set()
+    sampler.join()
+    peak[0] = max(peak[0], rss_anon())
+    db.close()
+    records = summary["keys_kept"] + summary["records_dropped"]
+    return {"seconds": seconds, "cpu_seconds": cpu, "load": os.getloadavg()[0],
+            "records": records, "records_s": records / seconds,
+            "mb_s": summary["bytes_in"] / seconds / 1e6, "index_anon": base,
+            "extra_anon": peak[0] - base, "summary": summary}
+
+
+def child_latency(path: str, n: int, puts: int) -> dict:
+    rng = random.Random(7)
+    with bitkv.open(path, auto_compact=False) as db:  # default sync="interval"
+
+        def timed(count: int | None, until: threading.Event | None) -> list[int]:
+            lat: list[int] = []
+            put, clock, randrange = db.put, time.perf_counter_ns, rng.randrange
+            while (count is None or len(lat) < count) and (until is None or not until.is_set()):
+                k = scale_key(randrange(n))
+                t0 = clock()
+                put(k, b"cccccccc")
+                lat.append(clock() - t0)
+            lat.sort()
+            return lat
+
+        baseline = timed(puts, None)
+        finished = threading.Event()
+        result: list[dict] = []
+
+        def run() -> None:
+            try:
+                result.append(db.compact())
+            finally:
+                finished.set()
+
+        compactor = threading.Thread(target=run)
+        t = time.perf_counter()
+        compactor.start()
+        during = timed(None, finished)
+        compactor.join()
+        seconds = time.perf_counter() - t
+    return {"p50_without_us": pct(baseline, 0.5), "p99_without_us": pct(baseline, 0.99),
+            "p50_during_us": pct(during, 0.5), "p99_during_us": pct(during, 0.99),
+            "max_during_us": during[-1] / 1000 if during else 0.0, "puts_during": len(during),
+            "seconds_with_writer": seconds, "summary": result[0] if result else None}
+
+
+def run_child(tree: str, what: str, path: str, n: int, extra: list[str] | None = None) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--scale-child", what, "--tree", tree,
+           "--store", path, "--keys", str(n)] + (extra or [])
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    result: dict = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def copy_store(src: str, dst: str) -> None:
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+def scale(args: argparse.Namespace) -> list[dict]:
+    root = args.dir or tempfile.mkdtemp(prefix="bitkv-bench-compaction-scale-")
+    os.makedirs(root, exist_ok=True)
+    impls = ([("before", os.path.abspath(args.before))] if args.before else []) + [
+        ("after", HERE)]
+    rows: list[dict] = []
+    try:
+        for n in [int(x) for x in args.sizes.split(",")]:
+            pristine = os.path.join(root, f"pristine-{n}")
+            print(f"{n:,} keys: building ...", file=sys.stderr, flush=True)
+            built = run_child(HERE, "build", pristine, n)
+            for name, tree in impls:
+                if name == "before" and n > args.before_max_keys:
+                    continue
+                work = os.path.join(root, f"work-{n}")
+                copy_store(pristine, work)
+                print(f"  {name}: compaction alone ...", file=sys.stderr, flush=True)
+                row = {"keys": n, "impl": name, **built, **run_child(tree, "alone", work, n)}
+                if n <= args.latency_max_keys:
+                    copy_store(pristine, work)
+                    print(f"  {name}: put latency ...", file=sys.stderr, flush=True)
+                    row.update(run_child(tree, "latency", work, n,
+                                         ["--puts", str(args.puts)]))
+                shutil.rmtree(work)
+                print("   ", json.dumps({k: v for k, v in row.items() if k != "summary"}),
+                      file=sys.stderr, flush=True)
+                rows.append(row)
+            shutil.rmtree(pristine)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def scale_table(rows: list[dict]) -> str:
+    mib = 2**20
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}; keys of "
+        f"16 bytes, values of 8 bytes, every key written twice, default 64 MiB segments, "
+        f"`sync=\"never\"` for the compaction alone, the default `\"interval\"` for the "
+        f"latency run; pure-Python implementation (there is no compiled one yet). CPU is the "
+        f"compacting process's CPU time (with its memory sampler); the machine is shared, "
+        f"so wall times vary with its load (1-minute load average: "
+        f"{min(r['load'] for r in rows):.1f} to {max(r['load'] for r in rows):.1f}).",
+        "",
+        "| keys | implementation | log before | compaction (CPU) | records/s | MB/s of input "
+        "| index (RssAnon before) | extra RssAnon during compaction "
+        "| put p99 without / during compaction |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lat = (f"{r['p99_without_us']:.1f} / {r['p99_during_us']:.1f} µs"
+               if "p99_during_us" in r else "not run")
+        lines.append(
+            f"| {r['keys'] / 1e6:g}M | {r['impl']} | {r['log_bytes'] / mib:,.0f} MiB | "
+            f"{r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s) | {r['records_s']:,.0f} | "
+            f"{r['mb_s']:.1f} | "
+            f"{r['index_anon'] / mib:,.0f} MiB | **{r['extra_anon'] / mib:,.0f} MiB** | {lat} |")
+    return "\n".join(lines)
+
+
+def scale_plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for name, style in (("before", "o--"), ("after", "s-")):
+        rs = [r for r in rows if r["impl"] == name]
+        if not rs:
+            continue
+        keys = [r["keys"] / 1e6 for r in rs]
+        axes[0].plot(keys, [r["records_s"] / 1e3 for r in rs], style, label=name)
+        axes[1].plot(keys, [r["extra_anon"] / 2**20 for r in rs], style, label=name)
+        lat = [r for r in rs if "p99_during_us" in r]
+        axes[2].plot([r["keys"] / 1e6 for r in lat], [r["p99_during_us"] for r in lat],
+                     style, label=f"{name}, during compaction")
+        axes[2].plot([r["keys"] / 1e6 for r in lat], [r["p99_without_us"] for r in lat],
+                     ":", marker=style[0], label=f"{name}, without")
+    sizes = sorted({r["keys"] / 1e6 for r in rows})
+    axes[0].set_ylim(bottom=0)
+    axes[1].set_ylim(bottom=0)
+    axes[2].set_yscale("log")
+    axes[0].set_title("compaction speed")
+    axes[0].set_ylabel("thousand records/s of input")
+    axes[1].set_title("extra anonymous memory (RssAnon)")
+    axes[1].set_ylabel("MiB")
+    axes[2].set_title("put() p99 latency")
+    axes[2].set_ylabel("µs")
+    for ax in axes:
+        ax.set_xlabel("keys (each written twice)")
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{k:g}M" for k in sizes])
+        ax.minorticks_off()
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_between(doc: str, begin: str, end: str, text: str) -> None:
+    with open(doc, encoding="utf-8") as fh:
+        content = fh.read()
+    start = content.index(begin) + len(begin)
+    stop = content.index(end)
+    with open(doc, "w", encoding="utf-8") as fh:
+        fh.write(content[:start] + "\n" + text + "\n" + content[stop:])
+
+
+def scale_main(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as fh:
+            rows = json.load(fh)
+    else:
+        rows = scale(args)
+    text = scale_table(rows)
+    print(f"(total {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    print(text)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(rows, fh, indent=1)
+    if args.scale_doc:
+        write_between(args.scale_doc, SCALE_BEGIN, SCALE_END, text)
+    if args.plot:
+        scale_plot(rows, args.plot)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--keys", type=int, default=1_000_000)
@@ -260,7 +526,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--doc", default=None, help="write the table into this Markdown file")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--scale", action="store_true", help="compaction at scale (see above)")
+    ap.add_argument("--sizes", default="2000000,8000000,32000000", help="--scale: key counts")
+    ap.add_argument("--before", default=None,
+                    help="--scale: a source tree of the implementation to compare with")
+    ap.add_argument("--before-max-keys", type=int, default=8_000_000,
+                    help="--scale: skip the --before tree above this many keys (its memory)")
+    ap.add_argument("--latency-max-keys", type=int, default=8_000_000,
+                    help="--scale: run the put latency measurement up to this many keys")
+    ap.add_argument("--puts", type=int, default=200_000,
+                    help="--scale: puts timed without a compaction")
+    ap.add_argument("--scale-doc", default=None, help="--scale: write the table here")
+    ap.add_argument("--plot", default=None, help="--scale: write a PNG plot here")
+    ap.add_argument("--json", default=None, help="--scale: write the raw results here")
+    ap.add_argument("--from-json", default=None,
+                    help="--scale: table and plot from the results of an earlier run")
+    ap.add_argument("--scale-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--tree", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.scale_child:
+        if args.scale_child == "build":
+            result = child_build(args.store, args.keys)
+        elif args.scale_child == "alone":
+            result = child_alone(args.store, args.keys)
+        else:
+            result = child_latency(args.store, args.keys, args.puts)
+        print(json.dumps(result))
+        return 0
+    if args.scale:
+        return scale_main(args)
     root = args.dir or tempfile.mkdtemp(prefix="bitkv-bench-compaction-")
     os.makedirs(root, exist_ok=True)
     try:

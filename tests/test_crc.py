@@ -65,3 +65,10 @@ def test_record_crc_is_crc32c_of_everything_after_the_crc_field():
     data = record.encode(b"key", b"value", 5, 9)
     stored = int.from_bytes(data[:4], "little")
     assert stored == crc.crc32c_reference(data[4:])
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_extend_continues_a_crc(a, b):
+    assert crc.crc32c_extend(crc.crc32c(a), b) == crc.crc32c(a + b)
+    assert crc._reference_extend(b, crc.crc32c_reference(a)) == crc.crc32c_reference(a + b)
