@@ -214,3 +214,26 @@ def _position(appends: list[Segment], seg: Segment, cursor: Cursor) -> Segment:
             raise HistoryGone(f"seq {target} is past the end of the log")
     cursor.segment_id, cursor.offset = seg.id, pos
     return seg
+
+
+def compactable(sealed: Sequence[Segment], active: Segment | None, pin: int | None
+                ) -> list[Segment]:
+    """The sealed segments compaction may take when history from seq ``pin`` on must stay
+    readable (None: all of them).
+
+    A sealed append segment holds the seqs from its ``min_seq`` up to the next append
+    segment's ``min_seq`` minus one; one holding any seq >= ``pin`` is kept, and so is every
+    segment after it in load order. Keeping a *suffix* keeps compaction exact: its inputs
+    still hold every older version of any key they hold (the kept segments are all newer),
+    and its outputs, ordered by the largest seq they hold, still load before the kept ones.
+    """
+    if pin is None:
+        return list(sealed)
+    appends = [s for s in sealed if s.kind == KIND_APPEND]
+    if active is not None:
+        appends.append(active)
+    for seg, nxt in zip(appends, appends[1:], strict=False):
+        if nxt.min_seq > pin:  # seg holds seqs up to nxt.min_seq - 1 >= pin
+            cut = list(sealed).index(seg)
+            return list(sealed[:cut])
+    return list(sealed)

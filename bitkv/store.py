@@ -138,11 +138,14 @@ class _CompactionHost:
     def sealed_segments(self) -> list[Segment]:
         store = self._store
         store._check_writable()
-        return [s for s in store._table.segments if s is not store._log.active]
+        return store._sealed()
 
     def now_ms(self) -> int:
         store = self._store
-        return 0 if store.hold_expired else store._now_ms()  # 0: keep expired records
+        # 0: keep expired records. A replica's store waits for its master's DEL; a store
+        # that logs expirations leaves them to the purge, which writes the tombstone a
+        # replica hears as a DEL (compaction would drop the key silently).
+        return 0 if store.hold_expired or store.log_expirations else store._now_ms()
 
     def stop_requested(self) -> bool:
         return self._store._stop.is_set()
@@ -227,6 +230,10 @@ class Store(MutableMapping[bytes, bytes]):
         # replica still find a key that expired here a little earlier than there (see
         # seeing_expired). Given at open, expired records are kept at load too.
         self.hold_expired = bool(hold_expired)
+        # Compaction keeps the segments holding records from this seq on, so that
+        # changes() can still read them: a replication master pins what its replicas have
+        # not read yet (None: no pin).
+        self.retain_history_from: int | None = None
         self._seeing = threading.local()  # .on: this thread sees held expired keys as live
         self.compact_dead_ratio = float(compact_dead_ratio)
         self.compact_min_dead_bytes = compact_min_dead_bytes
@@ -1144,8 +1151,13 @@ class Store(MutableMapping[bytes, bytes]):
         self.last_compaction = summary
 
     def _sealed(self) -> list[Segment]:
-        """The immutable segments (all but the active one), in load order. Locked."""
-        return [s for s in self._table.segments if s is not self._log.active]
+        """The immutable segments compaction may take (all but the active one, less those
+        holding history from ``retain_history_from`` on), in load order. Locked."""
+        active = self._log.active
+        sealed = [s for s in self._table.segments if s is not active]
+        if self.retain_history_from is None:
+            return sealed
+        return history.compactable(sealed, active, self.retain_history_from)
 
     def _compaction_due(self) -> bool:
         with self._lock:
@@ -1161,7 +1173,7 @@ class Store(MutableMapping[bytes, bytes]):
                 return  # a compaction is running: its outputs get hints anyway
             try:
                 with self._lock:
-                    sealed = self._sealed()
+                    sealed = [s for s in self._table.segments if s is not self._log.active]
                 sealing.write_missing_hints(self.path, self._io, sealed, self._stop.is_set)
             finally:
                 self._compact_lock.release()

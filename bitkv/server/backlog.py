@@ -417,6 +417,14 @@ class Backlog:
                 return None  # compaction reclaimed the records from there
         return StreamReader(self.db, self.journal, best, offset - start.offset, self.head)
 
+    def seq_at(self, offset: int) -> int:
+        """The seq a reader from ``offset`` starts reading the log at (the journal point at
+        or before it): what compaction must keep for that reader."""
+        for e in reversed(self.journal.entries):
+            if e.offset <= offset:
+                return e.seq
+        return self.journal.entries[0].seq if self.journal.entries else self.head.cursor.next_seq
+
     def first_offset(self) -> int:
         """The oldest offset a replica can continue from (for INFO)."""
         start = self.db.history_start()

@@ -180,6 +180,25 @@ class Master:
         for peer in self.peers:
             if not peer.live and peer.state == "online":
                 self._pump(peer)
+        self._pin_history()
+
+    def _pin_history(self) -> None:
+        """Keep compaction off the records a replica (or the head) has yet to read: it
+        would otherwise reclaim them and force a full resync (Store.retain_history_from)."""
+        backlog = self.backlog
+        db = self.server.db
+        if backlog is None or not self.peers:
+            db.retain_history_from = None
+            return
+        pin = backlog.head.cursor.next_seq
+        for peer in self.peers:
+            if peer.live:
+                continue
+            if peer.reader is not None:
+                pin = min(pin, peer.reader.cursor.next_seq)
+            else:
+                pin = min(pin, backlog.seq_at(peer.sent))
+        db.retain_history_from = pin
 
     def _pump(self, peer: Peer) -> None:
         """Send a replica behind the head what it lacks, as far as its connection takes."""
@@ -319,7 +338,9 @@ class Master:
         backlog = self.backlog
         assert backlog is not None
         db = self.server.db
-        reader = backlog.reader_at(start)  # pins where the stream resumes after the snapshot
+        reader = backlog.reader_at(start)  # where the stream resumes after the snapshot
+        peer.reader = reader  # and what compaction keeps for it meanwhile (_pin_history)
+        self._pin_history()
         path = os.path.join(db.path, names.snapshot_tmp_name(os.getpid(), next(_snapshot_ids)))
         loop = asyncio.get_running_loop()
         keepalive = loop.create_task(self._keepalive(peer))
