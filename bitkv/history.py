@@ -15,6 +15,7 @@ This module reads; it never writes. The caller holds the store's writer lock dur
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -232,7 +233,7 @@ def compactable(sealed: Sequence[Segment], active: Segment | None, pin: int | No
     appends = [s for s in sealed if s.kind == KIND_APPEND]
     if active is not None:
         appends.append(active)
-    for seg, nxt in zip(appends, appends[1:], strict=False):
+    for seg, nxt in itertools.pairwise(appends):
         if nxt.min_seq > pin:  # seg holds seqs up to nxt.min_seq - 1 >= pin
             cut = list(sealed).index(seg)
             return list(sealed[:cut])
