@@ -8,6 +8,7 @@ import random
 import time
 
 import pytest
+import redis
 from procs import BitkvProcess, RedisProcess, free_port, needs_redis, wait_until
 
 import bitkv
@@ -337,3 +338,25 @@ def test_retained_history_survives_compaction_and_the_rest_is_reclaimed(tmp_path
         db.changes(bitkv.HistoryCursor(pin))
     assert {db[b"k%d" % i] for i in range(10)} == {b"x" * 50}
     db.close()
+
+
+@needs_redis
+def test_the_history_pin_follows_the_replicas_and_is_released_when_they_leave(tmp_path):
+    from bitkv.server import ServerThread
+
+    with ServerThread(dir=str(tmp_path / "m"), port=0) as srv:
+        m = redis.Redis(port=srv.port, socket_timeout=10)
+        db = srv.server.db
+        assert db.retain_history_from is None  # no replica: compaction is unconstrained
+        replica = RedisProcess(tmp_path / "r", None, "--replicaof", "127.0.0.1",
+                               str(srv.port))
+        try:
+            for i in range(50):
+                m.set(f"k{i}", "v")
+            assert m.execute_command("WAIT", 1, 10000) == 1
+            wait_until(lambda: db.retain_history_from == db.last_seq + 1, 10,
+                       "the pin to follow the replica to the head")
+        finally:
+            replica.stop()
+        wait_until(lambda: db.retain_history_from is None, 10,
+                   "the pin to be released when the replica left")

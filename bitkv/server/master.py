@@ -238,6 +238,7 @@ class Master:
     def _drop(self, peer: Peer) -> None:
         with contextlib.suppress(ValueError):
             self.peers.remove(peer)
+        self._pin_history()
         if peer.task is not None:
             peer.task.cancel()
         transport = peer.conn.transport
@@ -264,6 +265,8 @@ class Master:
             # attaches makes it catch up (psync).
             if self.peers:
                 self.feed()
+            else:
+                db.retain_history_from = None  # the last replica left: compaction is free
         except Exception:
             log.exception("replication: periodic work failed")
         finally:
@@ -422,6 +425,7 @@ class Master:
                 self.peers.remove(peer)
             if peer.task is not None:
                 peer.task.cancel()
+            self._pin_history()
             log.info("replica %s: connection lost", conn.peer)
 
     # -- WAIT --------------------------------------------------------------------------------
