@@ -32,14 +32,15 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export PYTHONPATH=$work
 export PYTHONDONTWRITEBYTECODE=1
 
-# Run from an empty directory so that the repo's own bitkv/ is not on sys.path first.
+# Run from an empty directory so that the repo's own bitkv/ is not on sys.path first;
+# --capture=sys leaves fd 2 alone, so a sanitizer report reaches the terminal before the abort.
 cd "$work"
 "$python" -c "
 import sys, bitkv._indexmap as m
 assert m.__file__ == '$so', (m.__file__, '$so')
 print('asan_native: testing', m.__file__)
 "
-"$python" -m pytest -q -p no:cacheprovider --rootdir "$repo" -c "$repo/pyproject.toml" \
+"$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_indexmap.py" "$repo/tests/test_fuzz_targets.py" -k "indexmap or Indexmap"
 "$python" - "$repo/fuzz" <<'PY'
 import random, sys, time
