@@ -7,10 +7,10 @@ Run with atheris (``pip install 'bitkv[fuzz]'``)::
 The input is read as a program of operations (set, get, pop, delete, contains, clear,
 iterate, iterate-while-mutating, bad keys and values) on keys drawn from the input itself;
 each runs on an ``IndexMap`` and on a dict, and their results and exception types must
-agree (a non-bytes key or a value outside 0..2**64-1 must raise for the IndexMap). For
-coverage of the C code itself, build the extension with ``-fsanitize=fuzzer-no-link`` (see
-scripts/asan_native.sh for a sanitized build); without that atheris sees only the Python
-side. ``tests/test_fuzz_targets.py`` runs ``check_one`` on seeded inputs without atheris.
+agree (a non-bytes key or a value outside 0..2**64-1 must raise for the IndexMap). atheris
+instruments the Python side only; ``scripts/asan_native.sh`` runs this target against an
+ASan+UBSan build of the extension. ``tests/test_fuzz_targets.py`` runs ``check_one`` on seeded
+inputs without atheris.
 """
 
 from __future__ import annotations

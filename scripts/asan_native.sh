@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 python=${PYTHON:-python3}
 
+"$python" -c "import setuptools" 2>/dev/null || "$python" -m pip install -q "setuptools>=68"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r bitkv "$work/bitkv"
