@@ -8,19 +8,22 @@
  *
  * Layout, chosen for bytes per key (the issue's target: <= 40 beyond the key bytes):
  *
- *   slots[capacity]  16 bytes each: the 64-bit value, and meta = tag (24 bits) << 40 | offset
- *                    (40 bits) of the key's record in the arena; meta == 0 is an empty slot
- *                    (offset 0 is never used: the arena starts with one unused byte).
- *                    Open addressing, linear probing from hash & mask, at most 4/5 full;
+ *   slots[capacity]  16 bytes each: the 64-bit value, and meta = the hash's top 28 bits << 36 |
+ *                    offset (36 bits) of the key's record in the arena; meta == 0 is an empty
+ *                    slot (offset 0 is never used: the arena starts with one unused byte).
+ *                    Open addressing, linear probing from the hash's top log2(capacity) bits
+ *                    (its "home"), at most 4/5 full;
  *                    deletion shifts the rest of the cluster back, so there are no tombstones.
  *   arena            key records back to back: LEB128 length, then the key's bytes. Deleted
  *                    keys leave dead bytes, reclaimed by rewriting the arena once they are
  *                    more than half of it.
  *
  * The hash is SipHash-1-3 with a random key per process (the server indexes keys its clients
- * choose: a predictable hash would let them build collisions). The tag is the hash's top 24
- * bits, so a probe rarely reads the arena for a key that does not match; the hash itself is
- * not stored, and is recomputed from the arena when the table grows or a cluster shifts.
+ * choose: a predictable hash would let them build collisions). A slot keeps the hash's top 28
+ * bits (the tag), which serve twice: a probe compares tags before reading the arena, and while
+ * the table has at most 2**28 slots a slot's home is its tag's top bits, so growing the table
+ * and shifting a cluster back never read the arena or hash again. Beyond 2**28 slots the hash
+ * is recomputed from the arena for those two.
  *
  * Everything runs under the GIL and calls no Python code while the table is inconsistent
  * (keys are compared with memcmp, hashed here, values converted before any change).
@@ -32,10 +35,20 @@
 #include <stdint.h>
 #include <string.h>
 
-#define OFFSET_BITS 40
+#define OFFSET_BITS 36
+#define TAG_BITS (64 - OFFSET_BITS)
 #define OFFSET_MASK ((UINT64_C(1) << OFFSET_BITS) - 1)
-#define MAX_ARENA ((size_t)OFFSET_MASK) /* offsets must fit in 40 bits: 1 TiB of keys */
-#define MIN_CAPACITY 8
+#define MAX_ARENA ((size_t)OFFSET_MASK) /* offsets must fit in 36 bits: 64 GiB of keys */
+/* Tables of at most 2**HOME_FROM_TAG_MAX_BITS slots take a slot's home from its tag; larger
+ * ones rehash the key. scripts/asan_native.sh builds with a small value, so that its tests run
+ * both paths (the default would need tables of 4 GiB). */
+#ifndef HOME_FROM_TAG_MAX_BITS
+#define HOME_FROM_TAG_MAX_BITS TAG_BITS
+#endif
+#if HOME_FROM_TAG_MAX_BITS > TAG_BITS
+#error "HOME_FROM_TAG_MAX_BITS must be at most TAG_BITS"
+#endif
+#define MIN_BITS 3 /* 8 slots */
 
 /* ---------------------------------------------------------------------------------------- */
 /* SipHash-1-3 (Aumasson & Bernstein), as CPython uses for str and bytes.                    */
@@ -108,6 +121,7 @@ typedef struct {
     PyObject_HEAD
     Slot *slots;          /* NULL while capacity is 0 */
     size_t mask;          /* capacity - 1 (capacity a power of two), 0 while empty */
+    unsigned bits;        /* log2(capacity), 0 while empty */
     size_t count;         /* keys indexed */
     unsigned char *arena; /* NULL while arena_cap is 0 */
     size_t arena_len;     /* bytes used, including dead records and the unused byte 0 */
@@ -130,6 +144,13 @@ static PyTypeObject IndexMapIter_Type;
 #define TAG_OF(h) ((h) >> OFFSET_BITS)
 #define META_TAG(m) ((m) >> OFFSET_BITS)
 #define META_OFFSET(m) ((size_t)((m) & OFFSET_MASK))
+
+/* The slot a hash starts probing from in a table of 2**bits slots (bits >= 3). */
+static inline size_t
+home_of(uint64_t h, unsigned bits)
+{
+    return (size_t)(h >> (64 - bits));
+}
 
 static inline size_t
 capacity_of(const IndexMap *self)
@@ -193,7 +214,7 @@ find(const IndexMap *self, const unsigned char *key, size_t len, uint64_t h, siz
         return -1;
     }
     uint64_t tag = TAG_OF(h);
-    size_t i = (size_t)h & self->mask;
+    size_t i = home_of(h, self->bits);
     for (;;) {
         uint64_t meta = self->slots[i].meta;
         if (meta == 0) {
@@ -228,10 +249,32 @@ slot_hash(const IndexMap *self, const Slot *slot, uint64_t *h)
     return 0;
 }
 
-/* Rehash into a table of ``new_cap`` slots (a power of two, more than count * 4/3). */
+/* The home of the key in ``slot`` in a table of 2**bits slots: from its tag while that holds
+ * enough bits, else from its hash, recomputed. */
 static int
-resize(IndexMap *self, size_t new_cap)
+slot_home(const IndexMap *self, const Slot *slot, unsigned bits, size_t *home)
 {
+    if (bits <= HOME_FROM_TAG_MAX_BITS) {
+        *home = (size_t)(META_TAG(slot->meta) >> (TAG_BITS - bits));
+        return 0;
+    }
+    uint64_t h;
+    if (slot_hash(self, slot, &h) < 0) {
+        return -1;
+    }
+    *home = home_of(h, bits);
+    return 0;
+}
+
+/* Rehash into a table of 2**new_bits slots (more than count * 5/4). */
+static int
+resize(IndexMap *self, unsigned new_bits)
+{
+    if (new_bits >= sizeof(size_t) * 8 - 4) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t new_cap = (size_t)1 << new_bits;
     if (new_cap > SIZE_MAX / sizeof(Slot)) {
         PyErr_NoMemory();
         return -1;
@@ -248,12 +291,11 @@ resize(IndexMap *self, size_t new_cap)
         if (s->meta == 0) {
             continue;
         }
-        uint64_t h;
-        if (slot_hash(self, s, &h) < 0) {
+        size_t i;
+        if (slot_home(self, s, new_bits, &i) < 0) {
             PyMem_RawFree(fresh);
             return -1;
         }
-        size_t i = (size_t)h & new_mask;
         while (fresh[i].meta != 0) {
             i = (i + 1) & new_mask;
         }
@@ -262,6 +304,7 @@ resize(IndexMap *self, size_t new_cap)
     PyMem_RawFree(self->slots);
     self->slots = fresh;
     self->mask = new_mask;
+    self->bits = new_bits;
     self->version++;
     return 0;
 }
@@ -322,7 +365,7 @@ arena_reserve(IndexMap *self, size_t need)
         live = 1; /* the unused byte 0 */
     }
     if (need > MAX_ARENA - live) {
-        PyErr_SetString(PyExc_MemoryError, "bitkv._indexmap: more than 1 TiB of keys");
+        PyErr_SetString(PyExc_MemoryError, "bitkv._indexmap: more than 64 GiB of keys");
         return -1;
     }
     size_t want = live + need;
@@ -353,7 +396,7 @@ arena_reserve(IndexMap *self, size_t need)
     /* grow in place (realloc keeps offsets valid) */
     size_t used = self->arena_len + need;
     if (used < self->arena_len || used > MAX_ARENA) {
-        PyErr_SetString(PyExc_MemoryError, "bitkv._indexmap: more than 1 TiB of keys");
+        PyErr_SetString(PyExc_MemoryError, "bitkv._indexmap: more than 64 GiB of keys");
         return -1;
     }
     size_t new_cap = used + used / 8;
@@ -438,18 +481,13 @@ map_set(IndexMap *self, PyObject *key, PyObject *v)
     /* keep count <= 4/5 of capacity: probes stay short (a miss reads ~13 slots, 4 to a cache
      * line, on average at the limit) and an empty slot always exists */
     if (self->count + 1 > cap - cap / 5) {
-        size_t new_cap = cap ? cap * 2 : MIN_CAPACITY;
-        if (new_cap < cap) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        if (resize(self, new_cap) < 0) {
+        if (resize(self, cap ? self->bits + 1 : MIN_BITS) < 0) {
             return -1;
         }
         (void)find(self, k, len, h, &empty); /* absent: only the empty slot is wanted */
     }
     if (len > MAX_ARENA) {
-        PyErr_SetString(PyExc_MemoryError, "bitkv._indexmap: more than 1 TiB of keys");
+        PyErr_SetString(PyExc_MemoryError, "bitkv._indexmap: more than 64 GiB of keys");
         return -1;
     }
     size_t rec = varint_size(len) + len;
@@ -482,6 +520,7 @@ map_free_all(IndexMap *self)
     self->slots = NULL;
     self->arena = NULL;
     self->mask = 0;
+    self->bits = 0;
     self->count = 0;
     self->arena_len = self->arena_cap = self->arena_dead = 0;
     self->version++;
@@ -512,11 +551,10 @@ remove_at(IndexMap *self, size_t i)
         if (s->meta == 0) {
             break;
         }
-        uint64_t h;
-        if (slot_hash(self, s, &h) < 0) {
+        size_t home;
+        if (slot_home(self, s, self->bits, &home) < 0) {
             return -1; /* not reached unless the arena is corrupt */
         }
-        size_t home = (size_t)h & mask;
         /* distance from home to j, and from hole to j, cyclically */
         if (((j - home) & mask) >= ((j - hole) & mask)) {
             self->slots[hole] = *s;
@@ -556,6 +594,7 @@ IndexMap_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->slots = NULL;
     self->arena = NULL;
     self->mask = self->count = 0;
+    self->bits = 0;
     self->arena_len = self->arena_cap = self->arena_dead = 0;
     self->version = 0;
     return (PyObject *)self;
