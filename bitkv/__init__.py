@@ -34,6 +34,7 @@ from .errors import (
 )
 from .history import Change as Change
 from .history import Cursor as HistoryCursor
+from .keydir import IMPLEMENTATION
 from .record import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from .store import DEFAULT_MAX_SEGMENT_SIZE, Store, SyncMode
 from .views import InvalidJSONError, JsonView, Namespace
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 logging.getLogger("bitkv").addHandler(logging.NullHandler())
 
 __all__ = [
+    "IMPLEMENTATION",
     "MAX_KEY_SIZE",
     "MAX_VALUE_SIZE",
     "Batch",

@@ -10,16 +10,47 @@ where a tuple of three ints costs over 150::
 when it is below 4096 bytes, else 0 and the reader takes the size from the record header.
 Expiry times live in a second dict holding only keys that have one, so keys without a TTL pay
 nothing for the feature.
+
+The map of entries is the compiled ``IndexMap`` (bitkv/_indexmap.c: about 36 bytes a key
+beyond the key's bytes, where a dict costs about 120) when the extension is built, else a dict,
+the reference implementation; ``BITKV_PURE_PYTHON=1`` forces the dict. This module is the one
+place that chooses (``IMPLEMENTATION`` says which); the engine uses only the operations both
+have: ``get``, ``[]``, ``[] =``, ``del``, ``pop``, ``in``, ``len``, iteration, ``items()``
+(iterated, not kept as a view), ``clear()``. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from .record import TOMBSTONE
+
+if TYPE_CHECKING:
+    from ._indexmap import IndexMap
+
+# key -> packed entry: a dict (the reference) or its compiled equivalent.
+Index: TypeAlias = "dict[bytes, int] | IndexMap"
+
+_new_index: Any = dict
+IMPLEMENTATION = "python"
+if os.environ.get("BITKV_PURE_PYTHON", "") in ("", "0"):
+    try:
+        from ._indexmap import IndexMap as _IndexMap
+    except ImportError:  # not built (no compiler at install time): the dict it is
+        pass
+    else:
+        _new_index = _IndexMap
+        IMPLEMENTATION = "native"
+
+
+def new_index() -> Index:
+    """An empty index map of the implementation in use."""
+    index: Index = _new_index()
+    return index
 
 SLOT_BITS = 16
 OFFSET_BITS = 32
@@ -70,7 +101,7 @@ class KeyDir:
     __slots__ = ("entries", "expiries", "hidden", "next_expiry", "slots")
 
     def __init__(self, slots: list[Any] | None = None) -> None:
-        self.entries: dict[bytes, int] = {}
+        self.entries: Index = new_index()
         self.expiries: dict[bytes, int] = {}
         self.slots: list[Any] = slots if slots is not None else []
         self.hidden: dict[bytes, Hidden] | None = None

@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fuzz_hint
+import fuzz_indexmap
 import fuzz_rdb
 import fuzz_record
 import fuzz_server_parser
@@ -22,7 +23,8 @@ def main() -> None:
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "corpus")
     for name, module in (("record", fuzz_record), ("hint", fuzz_hint), ("store", fuzz_store),
-                         ("server_parser", fuzz_server_parser), ("rdb", fuzz_rdb)):
+                         ("server_parser", fuzz_server_parser), ("rdb", fuzz_rdb),
+                         ("indexmap", fuzz_indexmap)):
         where = os.path.join(root, name)
         os.makedirs(where, exist_ok=True)
         for data in module.seeds():

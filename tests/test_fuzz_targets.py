@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz"))
 
 import fuzz_hint
+import fuzz_indexmap
 import fuzz_rdb
 import fuzz_record
 import fuzz_server_parser
@@ -116,7 +117,22 @@ def test_rdb_target_on_random_bytes() -> None:
         fuzz_rdb.check_one(b"REDIS00%02d" % rng.randint(0, 13) + rng.randbytes(rng.randint(0, 200)))
 
 
+def test_indexmap_target_on_seeded_mutations() -> None:
+    """The compiled index map against a dict, on programs read from mutated bytes."""
+    if fuzz_indexmap.IndexMap is None:
+        pytest.skip("the extension is not built")
+    run_target(fuzz_indexmap.check_one, fuzz_indexmap.seeds(), 3000, seed=15)
+
+
+def test_indexmap_target_on_random_bytes() -> None:
+    if fuzz_indexmap.IndexMap is None:
+        pytest.skip("the extension is not built")
+    rng = random.Random(16)
+    for _ in range(1500):
+        fuzz_indexmap.check_one(rng.randbytes(rng.randint(0, 400)))
+
+
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
-                                    fuzz_rdb])
+                                    fuzz_rdb, fuzz_indexmap])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)
