@@ -33,7 +33,7 @@ import logging
 import mmap
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -140,7 +140,7 @@ _PLAIN_FLAGS = rec.TOMBSTONE | rec.COMPRESSED | rec.ENCRYPTED  # no batch flags 
 
 
 def copy_live(src: mmap.mmap | bytes, pos: int, limit: int, end: int, slot: int,
-              entries: Mapping[bytes, int], now_ms: int,
+              entries: keydir.Index, now_ms: int,
               data: bytearray, fixed: bytearray, keys: bytearray,
               out_size: int, max_size: int, min_seq: int, max_seq: int,
               expired: list[tuple[bytes, int]]
@@ -420,7 +420,7 @@ def _copy(store: CompactionHost, inputs: list[Segment], writer: CompactedWriter,
 
 
 def _copy_odd(mm: mmap.mmap | bytes, pos: int, end: int, slot: int,
-              entries: Mapping[bytes, int], now_ms: int, writer: CompactedWriter,
+              entries: keydir.Index, now_ms: int, writer: CompactedWriter,
               expired: list[tuple[bytes, int]], summary: CompactionSummary
               ) -> tuple[int, bool]:
     """What :func:`copy_live` leaves to :func:`bitkv.record.scan`: one damaged region or
