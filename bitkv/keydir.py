@@ -235,14 +235,6 @@ class KeyDir:
         self.unindex(key, expected)
         return True
 
-    def remove_if(self, key: bytes, expected: int) -> bool:
-        """Unindex ``key`` only if it still points at ``expected`` (no accounting: for keys
-        whose segment is being retired)."""
-        if self.entries.get(key) != expected:
-            return False
-        self.remove(key)
-        return True
-
     def remove(self, key: bytes) -> int | None:
         """Drop ``key`` from the index without accounting (its segment is going away)."""
         entry = self.entries.pop(key, None)
