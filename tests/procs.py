@@ -23,10 +23,28 @@ needs_redis = pytest.mark.skipif(REDIS_SERVER is None,
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def caught_up(master: redis.Redis, replica: redis.Redis) -> bool:
+    """The replica's link is up and it has applied everything the master has produced."""
+    m = master.info("replication")["master_repl_offset"]
+    r = replica.info("replication")
+    return bool(r["master_link_status"] == "up" and r["slave_repl_offset"] >= m)
 
 
 def wait_until(cond: Callable[[], object], timeout: float = 20.0, what: str = "condition"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import wait_until
+from procs import free_ports, wait_until
 
 from bitkv.server.protocol import PyParser
 
@@ -42,20 +42,6 @@ def require_sentinel() -> str:
         pytest.skip(f"{SENTINEL} is not on PATH; install it with: apt-get install -y "
                     "redis-sentinel")
     return path
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports that were free a moment ago."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import inspect
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from procs import free_ports
 
 redis = pytest.importorskip("redis", reason="redis-py is needed for the cluster test")
 
@@ -20,19 +20,6 @@ pytestmark = pytest.mark.skipif(
            "apt-get install -y nutcracker")
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cluster.py"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def no_client_setinfo() -> dict:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import redis
-from procs import BitkvProcess, RedisProcess, free_port, needs_redis, wait_until
+from procs import BitkvProcess, RedisProcess, caught_up, free_port, needs_redis, wait_until
 
 import bitkv
 from bitkv.server import backlog as backlog_mod
@@ -65,12 +65,6 @@ def mixed_load(client, rng: random.Random, n: int) -> None:
                 p.execute()
 
 
-def replica_offset_caught_up(master, replica) -> bool:
-    m = master.info("replication")["master_repl_offset"]
-    r = replica.info("replication")
-    return r["master_link_status"] == "up" and r["slave_repl_offset"] >= m
-
-
 @needs_redis
 def test_redis_replica_of_bitkv_master_converges_under_mixed_load(tmp_path):
     master = BitkvProcess(tmp_path / "master")
@@ -86,7 +80,7 @@ def test_redis_replica_of_bitkv_master_converges_under_mixed_load(tmp_path):
         assert m.execute_command("WAIT", 1, 10000) == 1
         time.sleep(0.6)  # the short TTLs have expired on the master: DELs follow
         m.ping()
-        wait_until(lambda: replica_offset_caught_up(m, r), 20, "the replica to catch up")
+        wait_until(lambda: caught_up(m, r), 20, "the replica to catch up")
         assert_same(m, r)
         # Expired keys reached the replica as DELs: none of the 50-400 ms keys is left.
         assert all(r.pttl(k) != -2 or r.exists(k) == 0 for k in r.scan_iter())
@@ -124,7 +118,7 @@ def test_replica_continues_after_master_restart(tmp_path, how):
         for i in range(200):
             m.set(f"after{i}", f"v{i}")
         m.delete("k0")
-        wait_until(lambda: replica_offset_caught_up(m, r), 30, "the replica to resync")
+        wait_until(lambda: caught_up(m, r), 30, "the replica to resync")
         stats = m.info("stats")
         assert stats["sync_partial_ok"] == 1, master.output()
         assert stats["sync_full"] == 0

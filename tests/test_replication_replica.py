@@ -17,7 +17,7 @@ from pathlib import Path
 
 import crcmod
 import pytest
-from procs import BitkvProcess, RedisProcess, free_port, needs_redis, wait_until
+from procs import BitkvProcess, RedisProcess, caught_up, free_port, needs_redis, wait_until
 
 import bitkv
 from bitkv import names
@@ -56,12 +56,6 @@ def assert_same(master, replica, ttl_slack_ms: int = 1500) -> None:
             assert b[k][1] == ttl, k
         else:
             assert abs(b[k][1] - ttl) <= ttl_slack_ms, (k, ttl, b[k][1])
-
-
-def caught_up(master, replica) -> bool:
-    m = master.info("replication")["master_repl_offset"]
-    r = replica.info("replication")
-    return r["master_link_status"] == "up" and r["slave_repl_offset"] >= m
 
 
 def mixed_load(client, rng: random.Random, n: int, redis_master: bool = True) -> None:

@@ -13,15 +13,9 @@ import pytest
 
 redis = pytest.importorskip("redis", reason="redis-py is needed for the server tests")
 
-from procs import BitkvProcess, free_port, wait_until  # noqa: E402
+from procs import BitkvProcess, caught_up, free_port, wait_until  # noqa: E402
 from redis.sentinel import Sentinel  # noqa: E402
 from sentinel_support import MASTER_NAME, require_sentinel, running_sentinels  # noqa: E402
-
-
-def caught_up(master, replica) -> bool:
-    info = replica.info("replication")
-    return (info["master_link_status"] == "up"
-            and info["slave_repl_offset"] >= master.info("replication")["master_repl_offset"])
 
 
 @pytest.mark.parametrize("n_replicas", [1, 2])
