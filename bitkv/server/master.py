@@ -27,7 +27,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from bitkv import names
+import bitkv
+from bitkv import names, rdb
 
 from .backlog import GETACK, PING, Backlog, StreamDiverged, StreamReader
 
@@ -303,8 +304,8 @@ class Master:
             await asyncio.sleep(0)
         if conn.transport is None or conn.transport.is_closing():
             return b""
-        port = getattr(conn, "repl_listening_port", 0) or _port_of(conn.peer)
-        ip = getattr(conn, "repl_ip_address", "") or conn.peer.rsplit(":", 1)[0]
+        port = conn.repl_listening_port or _port_of(conn.peer)
+        ip = conn.repl_ip_address or conn.peer.rsplit(":", 1)[0]
         peer = Peer(conn, port, ip)
         conn.replica_peer = peer
         conn.client_type = "replica"
@@ -391,7 +392,7 @@ class Master:
 
     def replica_input(self, conn: Connection, data: bytes) -> None:
         """What a replica sends after PSYNC: REPLCONF ACK <offset> (no replies to it)."""
-        peer: Peer | None = getattr(conn, "replica_peer", None)
+        peer = conn.replica_peer
         if peer is None:
             return
         # Anything it sends is a sign of life: a replica loading a big snapshot sends a
@@ -419,7 +420,7 @@ class Master:
 
     def detach(self, conn: Connection) -> None:
         """The replica's connection closed."""
-        peer: Peer | None = getattr(conn, "replica_peer", None)
+        peer = conn.replica_peer
         if peer is not None:
             with contextlib.suppress(ValueError):
                 self.peers.remove(peer)
@@ -466,10 +467,9 @@ class Master:
 
     def info_fields(self) -> list[tuple[str, object]]:
         backlog = self.backlog
-        online = [p for p in self.peers]
-        fields: list[tuple[str, object]] = [("connected_slaves", len(online))]
+        fields: list[tuple[str, object]] = [("connected_slaves", len(self.peers))]
         now = time.monotonic()
-        for i, p in enumerate(online):
+        for i, p in enumerate(self.peers):
             fields.append((f"slave{i}", f"ip={p.ip},port={p.listening_port},state={p.state},"
                                         f"offset={p.ack_offset},lag={int(now - p.ack_time)}"))
         offset = backlog.offset if backlog is not None else 0
@@ -501,12 +501,8 @@ class Master:
         return self.backlog.offset if self.backlog is not None else 0
 
 
-def write_snapshot(db: object, path: str, replid: str, offset: int) -> tuple[int, int]:
+def write_snapshot(db: bitkv.Store, path: str, replid: str, offset: int) -> tuple[int, int]:
     """Write an RDB of the live keys of ``db`` to ``path``; return (keys, bytes)."""
-    from bitkv import rdb
-    from bitkv.store import Store
-
-    assert isinstance(db, Store)
     now_ms = int(time.time() * 1000)
     keys = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -518,8 +514,7 @@ def write_snapshot(db: object, path: str, replid: str, offset: int) -> tuple[int
             writer.add_string(key, value, expiry_ms)
             keys += 1
         writer.finish()
-        size = f.tell()
-    return keys, size
+    return keys, writer.bytes_written
 
 
 def _port_of(addr: str) -> int:
