@@ -1,4 +1,4 @@
-"""The optional compiled accelerator (bitkv/_indexmap.c); everything else is in pyproject.toml.
+"""The optional compiled accelerator, bitkv._native (bitkv/native/*.c); the rest: pyproject.toml.
 
 Where no C compiler (or no Python headers) exists, the build of the extension fails, this
 prints one line, and the install goes on in pure-Python mode: ``bitkv.IMPLEMENTATION`` is then
@@ -7,6 +7,7 @@ prints one line, and the install goes on in pure-Python mode: ``bitkv.IMPLEMENTA
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
@@ -37,7 +38,8 @@ class OptionalBuildExt(build_ext):
 
 extra = ["-O2", "-Wall", "-Wextra", "-std=c99"] if os.name == "posix" else []
 setup(
-    ext_modules=[Extension("bitkv._indexmap", ["bitkv/_indexmap.c"], optional=True,
+    ext_modules=[Extension("bitkv._native", sorted(glob.glob("bitkv/native/*.c")), optional=True,
+                           depends=glob.glob("bitkv/native/*.h"),
                            extra_compile_args=extra)],
     cmdclass={"build_ext": OptionalBuildExt},
 )

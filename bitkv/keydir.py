@@ -11,7 +11,7 @@ when it is below 4096 bytes, else 0 and the reader takes the size from the recor
 Expiry times live in a second dict holding only keys that have one, so keys without a TTL pay
 nothing for the feature.
 
-The map of entries is the compiled ``IndexMap`` (bitkv/_indexmap.c: about 36 bytes a key
+The map of entries is the compiled ``IndexMap`` (bitkv/native/indexmap.c: about 36 bytes a key
 beyond the key's bytes, where a dict costs about 120) when the extension is built, else a dict,
 the reference implementation; ``BITKV_PURE_PYTHON=1`` forces the dict. This module is the one
 place that chooses (``IMPLEMENTATION`` says which); the engine uses only the operations both
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from .record import TOMBSTONE
 
 if TYPE_CHECKING:
-    from ._indexmap import IndexMap
+    from ._native import IndexMap
 
 # key -> packed entry: a dict (the reference) or its compiled equivalent.
 Index: TypeAlias = "dict[bytes, int] | IndexMap"
@@ -39,7 +39,7 @@ _new_index: Any = dict
 IMPLEMENTATION = "python"
 if os.environ.get("BITKV_PURE_PYTHON", "") in ("", "0"):
     try:
-        from ._indexmap import IndexMap as _IndexMap
+        from ._native import IndexMap as _IndexMap
     except ImportError:  # not built (no compiler at install time): the dict it is
         pass
     else:

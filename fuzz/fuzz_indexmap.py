@@ -1,4 +1,4 @@
-"""Fuzz target: the compiled index map (``bitkv._indexmap.IndexMap``) against a dict.
+"""Fuzz target: the compiled index map (``bitkv._native.IndexMap``) against a dict.
 
 Run with atheris (``pip install 'bitkv[fuzz]'``)::
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 
 try:
-    from bitkv._indexmap import IndexMap
+    from bitkv._native import IndexMap
 except ImportError:  # not built: nothing to fuzz (the test skips)
     IndexMap = None
 

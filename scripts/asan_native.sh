@@ -26,7 +26,7 @@ flags="$flags -DHOME_FROM_TAG_MAX_BITS=10"
 (cd "$repo" && CFLAGS="$flags" LDFLAGS="-fsanitize=address,undefined" \
   "$python" setup.py -q build_ext --build-lib "$work" --build-temp "$work/tmp" --force) \
   >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
-so=$(ls "$work"/bitkv/_indexmap*.so 2>/dev/null) || { cat "$work/build.log";
+so=$(ls "$work"/bitkv/_native*.so 2>/dev/null) || { cat "$work/build.log";
   echo "asan_native: the sanitized extension was not built" >&2; exit 1; }
 
 libasan=$(gcc -print-file-name=libasan.so)
@@ -40,7 +40,7 @@ export PYTHONDONTWRITEBYTECODE=1
 # --capture=sys leaves fd 2 alone, so a sanitizer report reaches the terminal before the abort.
 cd "$work"
 "$python" -c "
-import sys, bitkv._indexmap as m
+import sys, bitkv._native as m
 assert m.__file__ == '$so', (m.__file__, '$so')
 print('asan_native: testing', m.__file__)
 "

@@ -34,7 +34,7 @@ def _rss_anon() -> int:
 
 def _new(kind: str):
     if kind == "native":
-        from bitkv._indexmap import IndexMap
+        from bitkv._native import IndexMap
         return IndexMap()
     return {}
 

@@ -1,4 +1,4 @@
-"""The compiled index map (bitkv/_indexmap.c) against its reference, a dict.
+"""The compiled index map (bitkv/native/indexmap.c) against its reference, a dict.
 
 A hypothesis state machine runs random operation sequences on an ``IndexMap`` and a dict and
 compares every result, every exception type and the iteration contents; a long seeded run
@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import bitkv
 from bitkv import keydir
 
-indexmap = pytest.importorskip("bitkv._indexmap", reason="the extension is not built")
+indexmap = pytest.importorskip("bitkv._native", reason="the extension is not built")
 IndexMap = indexmap.IndexMap
 
 U64 = 2**64 - 1

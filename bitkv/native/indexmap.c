@@ -1,4 +1,4 @@
-/* bitkv._indexmap: the KeyDir's map (bytes key -> unsigned 64-bit entry) in compiled code.
+/* IndexMap, in bitkv._native: the KeyDir's map (bytes key -> unsigned 64-bit entry) in compiled code.
  *
  * The pure-Python reference is a dict; keydir.py chooses between the two and nothing else
  * imports this module. Only the dict operations the engine uses are implemented (see
@@ -30,10 +30,7 @@
  * Memory comes from PyMem_Raw*, so tracemalloc sees it.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
+#include "native.h"
 
 #define OFFSET_BITS 36
 #define TAG_BITS (64 - OFFSET_BITS)
@@ -138,7 +135,7 @@ typedef struct {
     int items; /* 0: yield keys; 1: yield (key, value) */
 } IndexMapIter;
 
-static PyTypeObject IndexMap_Type;
+PyTypeObject IndexMap_Type;
 static PyTypeObject IndexMapIter_Type;
 
 #define TAG_OF(h) ((h) >> OFFSET_BITS)
@@ -200,7 +197,7 @@ varint_size(size_t n)
 static PyObject *
 corrupt(void)
 {
-    PyErr_SetString(PyExc_SystemError, "bitkv._indexmap: arena record out of bounds");
+    PyErr_SetString(PyExc_SystemError, "bitkv._native: arena record out of bounds");
     return NULL;
 }
 
@@ -389,7 +386,7 @@ arena_reserve(IndexMap *self, size_t need)
         live = 1; /* the unused byte 0 */
     }
     if (need > MAX_ARENA - live) {
-        PyErr_SetString(PyExc_MemoryError, "bitkv._indexmap: more than 64 GiB of keys");
+        PyErr_SetString(PyExc_MemoryError, "bitkv._native: more than 64 GiB of keys");
         return -1;
     }
     size_t want = live + need;
@@ -420,7 +417,7 @@ arena_reserve(IndexMap *self, size_t need)
     /* grow in place (realloc keeps offsets valid) */
     size_t used = self->arena_len + need;
     if (used < self->arena_len || used > MAX_ARENA) {
-        PyErr_SetString(PyExc_MemoryError, "bitkv._indexmap: more than 64 GiB of keys");
+        PyErr_SetString(PyExc_MemoryError, "bitkv._native: more than 64 GiB of keys");
         return -1;
     }
     size_t new_cap = used + used / 8;
@@ -511,7 +508,7 @@ map_set(IndexMap *self, PyObject *key, PyObject *v)
         (void)find(self, k, len, h, &empty); /* absent: only the empty slot is wanted */
     }
     if (len > MAX_ARENA) {
-        PyErr_SetString(PyExc_MemoryError, "bitkv._indexmap: more than 64 GiB of keys");
+        PyErr_SetString(PyExc_MemoryError, "bitkv._native: more than 64 GiB of keys");
         return -1;
     }
     size_t rec = varint_size(len) + len;
@@ -807,9 +804,9 @@ static PySequenceMethods IndexMap_as_sequence = {
     .sq_contains = (objobjproc)IndexMap_contains,
 };
 
-static PyTypeObject IndexMap_Type = {
+PyTypeObject IndexMap_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "bitkv._indexmap.IndexMap",
+    .tp_name = "bitkv._native.IndexMap",
     .tp_basicsize = sizeof(IndexMap),
     .tp_dealloc = (destructor)IndexMap_dealloc,
     .tp_repr = (reprfunc)IndexMap_repr,
@@ -900,7 +897,7 @@ static PyMethodDef IndexMapIter_methods[] = {
 
 static PyTypeObject IndexMapIter_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "bitkv._indexmap.IndexMapIterator",
+    .tp_name = "bitkv._native.IndexMapIterator",
     .tp_basicsize = sizeof(IndexMapIter),
     .tp_dealloc = (destructor)IndexMapIter_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -935,29 +932,81 @@ seed_hash(void)
     return 0;
 }
 
-static struct PyModuleDef indexmap_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "bitkv._indexmap",
-    .m_doc = "The KeyDir's index map in compiled code (see bitkv/keydir.py).",
-    .m_size = -1,
-};
+/* ---------------------------------------------------------------------------------------- */
+/* The C API the other kernels of bitkv._native use (native.h). No Python code runs in them.  */
 
-PyMODINIT_FUNC
-PyInit__indexmap(void)
+int
+bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint64_t *value)
+{
+    IndexMap *self = (IndexMap *)map;
+    size_t empty;
+    Py_ssize_t i = find(self, key, len, siphash13(key, len), &empty);
+    if (i == -2) {
+        return -1;
+    }
+    if (i < 0) {
+        return 0;
+    }
+    *value = self->slots[i].value;
+    return 1;
+}
+
+int
+bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old)
+{
+    IndexMap *self = (IndexMap *)map;
+    if (check_key(key) < 0) {
+        return -1;
+    }
+    const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(key);
+    size_t len = (size_t)PyBytes_GET_SIZE(key);
+    size_t empty;
+    Py_ssize_t i = find(self, k, len, siphash13(k, len), &empty);
+    if (i == -2) {
+        return -1;
+    }
+    if (i >= 0) {
+        *had_old = 1;
+        *old = self->slots[i].value;
+        self->slots[i].value = value;
+        return 0;
+    }
+    *had_old = 0;
+    PyObject *v = PyLong_FromUnsignedLongLong(value);
+    if (v == NULL) {
+        return -1;
+    }
+    int rc = map_set(self, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+int
+bitkv_index_delete(PyObject *map, const unsigned char *key, size_t len)
+{
+    IndexMap *self = (IndexMap *)map;
+    size_t empty;
+    Py_ssize_t i = find(self, key, len, siphash13(key, len), &empty);
+    if (i == -2) {
+        return -1;
+    }
+    if (i < 0) {
+        return 0;
+    }
+    return remove_at(self, (size_t)i) < 0 ? -1 : 1;
+}
+
+int
+bitkv_indexmap_init(PyObject *m)
 {
     if (seed_hash() < 0 || PyType_Ready(&IndexMap_Type) < 0
         || PyType_Ready(&IndexMapIter_Type) < 0) {
-        return NULL;
-    }
-    PyObject *m = PyModule_Create(&indexmap_module);
-    if (m == NULL) {
-        return NULL;
+        return -1;
     }
     Py_INCREF(&IndexMap_Type);
     if (PyModule_AddObject(m, "IndexMap", (PyObject *)&IndexMap_Type) < 0) {
         Py_DECREF(&IndexMap_Type);
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
-    return m;
+    return 0;
 }

@@ -1,4 +1,4 @@
-# Types of the compiled extension bitkv/_indexmap.c (built when a C compiler is present).
+# Types of the compiled extension bitkv._native (bitkv/native/*.c, built where a compiler is).
 from collections.abc import Iterator
 from typing import TypeVar, final, overload
 
