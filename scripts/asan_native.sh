@@ -45,7 +45,8 @@ assert m.__file__ == '$so', (m.__file__, '$so')
 print('asan_native: testing', m.__file__)
 "
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
-  "$repo/tests/test_indexmap.py" "$repo/tests/test_fuzz_targets.py" -k "indexmap or Indexmap"
+  "$repo/tests/test_indexmap.py" "$repo/tests/test_native_crc.py" \
+  "$repo/tests/test_fuzz_targets.py" -k "indexmap or Indexmap or crc"
 "$python" - "$repo/fuzz" <<'PY'
 import random, sys, time
 sys.path.insert(0, sys.argv[1])
