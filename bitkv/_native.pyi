@@ -32,6 +32,7 @@ class IndexMap:
     def clear(self) -> None: ...
     def __sizeof__(self) -> int: ...
 
-def put(store: Any, key: bytes, value: bytes, /) -> bool:
+def put(store: Any, key: object, value: object, /) -> bool:
     """Store.put(key, value)'s common case in one call (bitkv/native/put.c): True if written
-    and indexed, False (nothing done) if the Python path must do it."""
+    and indexed, False (nothing done) if the Python path must do it (a key or value that is
+    not bytes in range among the reasons)."""

@@ -205,6 +205,9 @@ class LogWriter:
         if seg.fd >= 0:
             self.io.close(seg.fd)
         seg.fd = fd
+        # Recovery cut any zero tail, so the file ends at the data; the first append
+        # preallocates and maps it shared (until then reads use recovery's read-only map).
+        seg.allocated = seg.size
         self.active = seg
 
     def commit_manifest(self) -> None:

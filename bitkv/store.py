@@ -89,7 +89,7 @@ def _log_recovery(path: str, report: recovery.RecoveryReport) -> None:
                     report.corrupt_bytes, len(report.damage),
                     f", {len(report.damaged_keys)} key(s) whose newest record is damaged "
                     "raise on read" if report.damaged_keys else "")
-    if report.truncated_bytes:
+    if report.truncated_bytes > report.zero_tail_bytes:
         log.warning("bitkv store %s: cut %d byte(s) of a torn write (past the last fsync) "
                     "from the newest segment", path, report.truncated_bytes)
     if report.removed_orphans:

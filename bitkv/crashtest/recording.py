@@ -140,8 +140,8 @@ class RecordingFileIO(FileIO):
         with self._lock:
             super().pwrite(fd, data, offset)
             ino = self._fds.get(fd)
-            if ino is not None:
-                self.events.append(("write", ino, offset, bytes(data), None))
+            if ino is not None:  # sync="always" appends are pwrites: attributed like writes
+                self.events.append(("write", ino, offset, bytes(data), self._op_for(ino)))
 
     def _op_for(self, ino: int) -> int | None:
         """The operation a write belongs to, for the durability oracle: only the bytes of
