@@ -80,6 +80,9 @@ class LogWriter:
         # modes' promise) instead of pwrite (sync="always": fdatasync write-protects mapped
         # pages again, so every next store into the map would fault; docs/performance.md).
         self.map_writes = map_writes
+        # Preallocated room is written with zeros where every write is fdatasynced (pwrite
+        # mode): see make_room.
+        self.zero_fill = not map_writes
         self.io = io
         self.table = table
         self.max_segment_size = max_segment_size
@@ -181,6 +184,12 @@ class LogWriter:
         cap = max(self.max_segment_size, end)
         new = min(cap, -(-end // PREALLOC_ALIGN) * PREALLOC_ALIGN + PREALLOC_STEP)
         self.io.allocate(seg.fd, seg.allocated, new - seg.allocated)
+        if self.zero_fill:
+            # Write the zeros too: fallocate leaves *unwritten* extents, and the first write
+            # into each block of one makes the next fdatasync commit a journal transaction
+            # to convert it; zeros written once (and synced with the next record) spare
+            # every later fdatasync that (docs/performance.md).
+            self.io.pwrite(seg.fd, bytes(new - seg.allocated), seg.allocated)
         mm = self.io.map_shared(seg.fd, new, writable=self.map_writes)
         seg.allocated = new
         seg.grow_map(mm)

@@ -9,10 +9,11 @@ public ``fileio=`` seam. At a random point one class of file operation (``write`
 ENOSPC: once, or on every later call (a full disk). The ``write`` class is ``write``,
 ``pwrite`` and the active segment's preallocation (``posix_fallocate``); ``fsync`` includes
 ``fdatasync``. A failing write may first write part of its data (a short write); the
-``truncate`` class is a short write whose undo (ftruncate) fails too. Workloads rotate small segments, compact, sync, batch, delete, expire and sometimes close
-and reopen the store, so the fault lands in every phase. After the fault the workload goes on:
-each operation either raises or is acknowledged. Then the store is closed (errors allowed),
-reopened with a plain FileIO and checked against the oracle. The promises checked:
+``truncate`` class is a short write whose undo (ftruncate) fails too. Workloads rotate small
+segments, compact, sync, batch, delete, expire and sometimes close and reopen the store, so the
+fault lands in every phase. After the fault the workload goes on: each operation either raises
+or is acknowledged. Then the store is closed (errors allowed), reopened with a plain FileIO and
+checked against the oracle. The promises checked:
 
 * No power is lost, so under every sync mode every acknowledged write survives the reopen, no
   deleted key returns and no older value reappears; an operation that raised may or may not
