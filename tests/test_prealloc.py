@@ -19,7 +19,7 @@ import pytest
 from conftest import newest_segment
 
 import bitkv
-from bitkv import durable, record
+from bitkv import durable, history, record
 from bitkv import segment as seg_mod
 from bitkv.crashtest.recording import DiskModel, RecordingFileIO
 from bitkv.fileio import FileIO
@@ -213,11 +213,17 @@ def test_reader_and_check_on_a_store_another_process_writes(tmp_path, sync):
             assert report.truncated_bytes == report.zero_tail_bytes > 0  # zeros, in memory
             assert report.damage == []
             assert len(reader) == 300 and reader[b"k0299"] == b"value 299"
+            cursor = history.Cursor(1)  # the change feed stops at the data's end too
+            assert [c.key for c in reader.changes(cursor, max_records=1000)] == [
+                b"k%04d" % i for i in range(300)]
+            assert reader.changes(cursor) == []
             proc.stdin.write("\n")
             proc.stdin.flush()
             assert proc.stdout.readline().strip() == "more"
             reader.refresh()
             assert len(reader) == 400 and reader[b"k0399"] == b"value 399"
+            assert [c.key for c in reader.changes(cursor, max_records=1000)] == [
+                b"k%04d" % i for i in range(300, 400)]
             report = reader.recovery_report
             assert report.truncated_bytes == report.zero_tail_bytes
         proc.stdin.write("\n")
