@@ -19,7 +19,17 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import codec, durable, history, keydir, killpoints, manifest, recovery, sealing
+from . import (
+    codec,
+    durable,
+    history,
+    keydir,
+    killpoints,
+    lastcompaction,
+    manifest,
+    recovery,
+    sealing,
+)
 from . import record as rec
 from . import segment as seg_mod
 from .batch import Batch
@@ -333,6 +343,7 @@ class Store(MutableMapping[bytes, bytes]):
                 self._release_files()
                 raise
         self._loaded = loaded
+        self.last_compaction = lastcompaction.load(self.path)
         _log_recovery(self.path, loaded.report)
         segments = self._table.segments
         for s in segments[:-1] if readonly else segments:
@@ -1149,6 +1160,11 @@ class Store(MutableMapping[bytes, bytes]):
     def _note_compaction(self, summary: dict[str, Any]) -> None:
         summary["finished_at"] = self._clock()
         self.last_compaction = summary
+        try:  # so that stats() of the next process still knows (a summary; not data)
+            lastcompaction.save(self.path, self._io, summary)
+        except OSError as exc:
+            log.warning("bitkv store %s: could not record the last compaction: %s", self.path,
+                        exc)
 
     def _sealed(self) -> list[Segment]:
         """The immutable segments compaction may take (all but the active one, less those
