@@ -1160,6 +1160,14 @@ class Store(MutableMapping[bytes, bytes]):
     def _note_compaction(self, summary: dict[str, Any]) -> None:
         summary["finished_at"] = self._clock()
         self.last_compaction = summary
+        log.info("bitkv store %s: compacted %d segment(s), %d bytes -> %d segment(s), %d bytes "
+                 "(%d reclaimed; %d keys kept, %d records dropped%s) in %.2f s", self.path,
+                 summary.get("segments_in", 0), summary.get("bytes_in", 0),
+                 summary.get("segments_out", 0), summary.get("bytes_out", 0),
+                 summary.get("bytes_reclaimed", 0), summary.get("keys_kept", 0),
+                 summary.get("records_dropped", 0),
+                 f", {summary['corrupt_records']} damaged record(s) skipped"
+                 if summary.get("corrupt_records") else "", summary.get("seconds", 0.0))
         try:  # so that stats() of the next process still knows (a summary; not data)
             lastcompaction.save(self.path, self._io, summary)
         except OSError as exc:

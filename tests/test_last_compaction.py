@@ -71,3 +71,12 @@ def test_the_record_holds_numbers_only_and_is_checked_by_check(tmp_path):
     assert all(isinstance(v, (int, float)) for v in doc.values())
     report = bitkv.check(path)
     assert report.healthy and not report.warnings, report.as_dict()
+
+
+def test_each_compaction_is_logged_with_its_sizes_and_time(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="bitkv"):
+        summary = _fill_and_compact(str(tmp_path / "db"))
+    lines = [r.getMessage() for r in caplog.records if "compacted" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"{summary['bytes_in']} bytes" in lines[0]
+    assert f"{summary['bytes_reclaimed']} reclaimed" in lines[0]
