@@ -14,7 +14,7 @@ nothing for the feature.
 The map of entries is the compiled ``IndexMap`` (bitkv/native/indexmap.c: about 36 bytes a key
 beyond the key's bytes, where a dict costs about 120) when the extension is built, else a dict,
 the reference implementation; ``BITKV_PURE_PYTHON=1`` forces the dict. This module is the one
-place that chooses (``IMPLEMENTATION`` says which); the engine uses only the operations both
+place that uses it (kernels.py chooses the implementation); the engine uses only the operations both
 have: ``get``, ``[]``, ``[] =``, ``del``, ``pop``, ``in``, ``len``, iteration, ``items()``
 (iterated, not kept as a view), ``clear()``. See docs/architecture.md.
 """
@@ -22,11 +22,12 @@ have: ``get``, ``[]``, ``[] =``, ``del``, ``pop``, ``in``, ``len``, iteration, `
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
+from .kernels import IMPLEMENTATION as IMPLEMENTATION
+from .kernels import NATIVE
 from .record import TOMBSTONE
 
 if TYPE_CHECKING:
@@ -36,15 +37,10 @@ if TYPE_CHECKING:
 Index: TypeAlias = "dict[bytes, int] | IndexMap"
 
 _new_index: Any = dict
-IMPLEMENTATION = "python"
-if os.environ.get("BITKV_PURE_PYTHON", "") in ("", "0"):
-    try:
-        from ._native import IndexMap as _IndexMap
-    except ImportError:  # not built (no compiler at install time): the dict it is
-        pass
-    else:
-        _new_index = _IndexMap
-        IMPLEMENTATION = "native"
+if NATIVE:
+    from ._native import IndexMap as _IndexMap
+
+    _new_index = _IndexMap
 
 
 def new_index() -> Index:
