@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from .kernels import IMPLEMENTATION as IMPLEMENTATION
 from .kernels import NATIVE
-from .record import TOMBSTONE
+from .record import HEADER, HEADER_SIZE, TOMBSTONE
 
 if TYPE_CHECKING:
     from ._native import IndexMap
@@ -37,10 +37,13 @@ if TYPE_CHECKING:
 Index: TypeAlias = "dict[bytes, int] | IndexMap"
 
 _new_index: Any = dict
+_apply_batch: Any = None
 if NATIVE:
     from ._native import IndexMap as _IndexMap
+    from ._native import apply_batch as _native_apply_batch
 
     _new_index = _IndexMap
+    _apply_batch = _native_apply_batch
 
 
 def new_index() -> Index:
@@ -161,6 +164,41 @@ class KeyDir:
         pos = start
         for key, size, flags, expiry_ms in records:
             self.apply(seg, slot, key, pos, size, flags, expiry_ms, now_ms)
+            pos += size
+        return pos
+
+    def apply_batch(self, seg: _Owner, slot: int, start: int, ops: list[Any], data: bytes,
+                    now_ms: int = 0) -> int:
+        """:meth:`apply` for the records of ``data``, written back to back from ``start``
+        (a batch's encoded records): the i-th record's key is ``ops[i][0]`` (the batch's
+        operations), its size, flags and expiry are read from its header. Return the offset
+        after the last.
+
+        In native mode the loop is ``bitkv._native.apply_batch`` (bitkv/native/batch.c), with
+        the same rule in C; the loop below is the reference. The C loop sums the live bytes
+        ``seg`` gains and the earliest new expiry and applies both here once at the end, which
+        leaves the same values as applying them record by record."""
+        if _apply_batch is not None and type(self.entries) is _IndexMap:
+            end: int
+            delta: int
+            min_expiry: int
+            end, delta, min_expiry = _apply_batch(self.entries, self.expiries, self.hidden,
+                                                  self.slots, seg, slot, start, ops, data,
+                                                  now_ms)
+            seg.live_bytes += delta
+            if min_expiry and min_expiry < self.next_expiry:
+                self.next_expiry = min_expiry
+            return end
+        pos = start
+        for op in ops:
+            flags: int
+            key_len: int
+            value_len: int
+            expiry_ms: int
+            _crc, flags, _r, key_len, value_len, _seq, expiry_ms = HEADER.unpack_from(
+                data, pos - start)
+            size = HEADER_SIZE + key_len + value_len
+            self.apply(seg, slot, op[0], pos, size, flags, expiry_ms, now_ms)
             pos += size
         return pos
 

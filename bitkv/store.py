@@ -56,8 +56,12 @@ from .validate import (
 if TYPE_CHECKING:
     from ._native import Reader
     from .views import JsonView, Namespace
+_encode_batch: Any = None
 if NATIVE:
     from ._native import IndexMap, Reader
+    from ._native import encode_batch as _native_encode_batch
+
+    _encode_batch = _native_encode_batch
 
 SyncMode = Literal["always", "interval", "never"]
 SYNC_MODES = ("always", "interval", "never")
@@ -836,6 +840,21 @@ class Store(MutableMapping[bytes, bytes]):
             return
         now_ms = self._now_ms()
         encoding = self._encoding
+        if _encode_batch is not None and not encoding:
+            # The batch kernel (bitkv/native/batch.c): the records encoded into one buffer
+            # and indexed in C. None from encode_batch means "not for the kernel" (an op it
+            # does not handle): the loop below, the reference, writes those.
+            with self._lock:
+                self._check_writable()
+                first_seq = self._next_seq
+                data = _encode_batch(ops, first_seq, now_ms)
+                if data is not None:
+                    seg, pos = self._log.append(data)
+                    self._next_seq = first_seq + len(ops)
+                    pos = self._keydir.apply_batch(seg, seg.slot, pos, ops, data)
+            if data is not None:
+                self._durable(seg, pos)
+                return
         tombstone = rec.TOMBSTONE
         staged: list[tuple[bytes, bytes | None, int, int]] = []
         for k, v, expiry in ops:

@@ -27,6 +27,9 @@ int bitkv_index_delete(PyObject *map, const unsigned char *key, size_t len);
 /* get.c: Reader, the get kernel (Store.get's common case). */
 int bitkv_get_init(PyObject *module);
 
+/* batch.c: encode_batch and apply_batch, the batch kernel (Store._commit_batch). */
+int bitkv_batch_init(PyObject *module);
+
 /* crc32c.c: CRC-32C (crc is the CRC-32C of the bytes before data; 0 to start). */
 int bitkv_crc32c_init(PyObject *module);
 uint32_t bitkv_crc32c_extend(uint32_t crc, const void *data, size_t len);
