@@ -30,6 +30,9 @@ int bitkv_get_init(PyObject *module);
 /* batch.c: encode_batch and apply_batch, the batch kernel (Store._commit_batch). */
 int bitkv_batch_init(PyObject *module);
 
+/* record.c: encode_record, decode_record, intact_size_at (record.py's codec). */
+int bitkv_record_init(PyObject *module);
+
 /* crc32c.c: CRC-32C (crc is the CRC-32C of the bytes before data; 0 to start). */
 int bitkv_crc32c_init(PyObject *module);
 uint32_t bitkv_crc32c_extend(uint32_t crc, const void *data, size_t len);
