@@ -19,6 +19,13 @@ extern PyTypeObject IndexMap_Type;
 int bitkv_indexmap_init(PyObject *module);
 /* 1 and *value set if present, 0 if absent, -1 on error (set). ``map`` must be an IndexMap. */
 int bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint64_t *value);
+/* The value of the first slot of key's probe sequence whose stored hash bits (28 of them) match
+ * key's, without reading the key's bytes (one cache miss fewer): 1 and *value set, or 0 if no
+ * slot matches, and then key is certainly absent. The value may belong to another key with
+ * the same bits (about 1 in 2**28 per probed slot), so a caller must verify the key itself,
+ * as the get kernel does against the record's key, and use bitkv_index_lookup if that fails.
+ * Never fails. ``map`` must be an IndexMap. */
+int bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value);
 /* Set key (bytes) -> value; had_old and old tell the previous value. 0, or -1 on error (set). */
 int bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old);
 /* 1 if removed, 0 if absent, -1 on error (set). */
