@@ -38,9 +38,9 @@ def reference_get(db: Store, key: object, default: object = None) -> object:
     return Store.get(db, key, default)  # type: ignore[arg-type]
 
 
-def outcome(fn, *args):
+def outcome(fn, *args, **kwargs):
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except Exception as exc:
         return type(exc), str(exc)
 
@@ -328,6 +328,12 @@ def test_no_leak_over_millions_of_calls(tmp_path):
             record.intact_size_at(rec, 0, len(rec))
             encode_batch([(k, k, None), (k, None, None)], 1, 0)
         get(b"big")
+        batch = db.batch()
+        bput = batch.put
+        for k in keys:
+            bput(k, k)
+        bput("str", b"v")
+        batch.discard()
 
     cycle()
     cycle()
@@ -362,3 +368,41 @@ def test_batch_kernel_reference_counts(tmp_path):
         del b  # it keeps its operations
         gc.collect()
         assert (sys.getrefcount(key), sys.getrefcount(value)) == before
+
+
+def test_batch_put_bound_before_commit_or_discard_refuses_later_puts(tmp_path):
+    """Regression: the C put appended to a committed batch's list, silently dropped."""
+    with bitkv.open(str(tmp_path / "db")) as db:
+        b = db.batch()
+        put = b.put
+        put(b"a", b"1")
+        b.commit()
+        with pytest.raises(bitkv.Error, match="already committed"):
+            put(b"b", b"2")
+        b = db.batch()
+        put = b.put
+        put(b"c", b"3")
+        b.discard()
+        with pytest.raises(bitkv.Error, match="already committed"):
+            put(b"d", b"4")
+        assert len(b) == 0
+        assert db.get(b"a") == b"1" and db.get(b"b") is None and db.get(b"c") is None
+
+
+def test_batch_put_unusual_arguments_match_the_reference(tmp_path):
+    from bitkv.batch import Batch
+
+    cases = [(b"k", b"v"), ("str", b"v"), (b"k", bytearray(b"v")), (b"", b"v"),
+             (b"k" * 70000, b"v"), (b"k", "not bytes"), (5, b"v"), (b"k", None)]
+    for key, value in cases:
+        for kwargs in ({}, {"ttl": 1.5}, {"expires_at_ms": 5}, {"ttl": 1, "expires_at_ms": 5},
+                       {"ttl": -1}):
+            native_ops: list[object] = []
+            ref_ops: list[object] = []
+            a, b = Batch(native_ops.extend), Batch(ref_ops.extend)
+            got = outcome(a.put, key, value, **kwargs)
+            want = outcome(Batch.put, b, key, value, **kwargs)
+            assert got == want, (key, value, kwargs)
+            a.commit()
+            b.commit()
+            assert native_ops == ref_ops

@@ -12,6 +12,11 @@
  *       KeyDir.apply for each record of ``data`` (records back to back, the i-th of key
  *       ops[i][0]) at offsets from ``start``: see keydir.py, KeyDir.apply_batch, which owns
  *       the rule and keeps the Python reference next to this call.
+ *   BatchPut(ops, batch, fallback).put(key, value, ...)
+ *       Batch.put's common case (bytes key and value within their limits, no ttl or
+ *       expiry, the batch still open): append (key, value, None) to ``ops``; anything else
+ *       is fallback(batch, key, value, ...), the Python Batch.put. batch.py binds it as the
+ *       batch's instance ``put`` and detaches it when the batch commits or is discarded.
  */
 #include "native.h"
 #include <math.h>
@@ -365,6 +370,135 @@ fail:
     return NULL;
 }
 
+typedef struct {
+    PyObject_HEAD
+    PyObject *ops;       /* the batch's list of operations; NULL once detached */
+    PyObject *batch_ref; /* weakref to the Batch */
+    PyObject *fallback;  /* Batch.put, the function */
+} BatchPut;
+
+static int
+batchput_init(BatchPut *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ops", "batch", "fallback", NULL};
+    PyObject *ops, *batch, *fallback;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO:BatchPut", kwlist, &PyList_Type, &ops,
+                                     &batch, &fallback)) {
+        return -1;
+    }
+    PyObject *ref = PyWeakref_NewRef(batch, NULL);
+    if (ref == NULL) {
+        return -1;
+    }
+    Py_INCREF(ops);
+    Py_INCREF(fallback);
+    Py_XSETREF(self->ops, ops);
+    Py_XSETREF(self->batch_ref, ref);
+    Py_XSETREF(self->fallback, fallback);
+    return 0;
+}
+
+static int
+batchput_traverse(BatchPut *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ops);
+    Py_VISIT(self->batch_ref);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+batchput_clear(BatchPut *self)
+{
+    Py_CLEAR(self->ops);
+    Py_CLEAR(self->batch_ref);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+batchput_dealloc(BatchPut *self)
+{
+    PyObject_GC_UnTrack(self);
+    batchput_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+batchput_put(BatchPut *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (self->ops != NULL && nargs == 2 && kwnames == NULL && PyBytes_CheckExact(args[0])
+        && PyBytes_GET_SIZE(args[0]) > 0 && PyBytes_GET_SIZE(args[0]) <= 0xFFFF
+        && PyBytes_CheckExact(args[1])
+        && (uint64_t)PyBytes_GET_SIZE(args[1]) <= BITKV_MAX_VALUE_SIZE) {
+        PyObject *op = PyTuple_Pack(3, args[0], args[1], Py_None);
+        if (op == NULL) {
+            return NULL;
+        }
+        int rc = PyList_Append(self->ops, op);
+        Py_DECREF(op);
+        if (rc < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    if (self->batch_ref == NULL || self->fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "BatchPut is not initialised");
+        return NULL;
+    }
+    PyObject *batch = PyWeakref_GetObject(self->batch_ref); /* borrowed */
+    if (batch == NULL) {
+        return NULL;
+    }
+    if (batch == Py_None) {
+        PyErr_SetString(PyExc_ReferenceError, "the batch this put belonged to is gone");
+        return NULL;
+    }
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw > 8) {
+        PyErr_SetString(PyExc_TypeError, "put() got too many arguments");
+        return NULL;
+    }
+    PyObject *full[9];
+    full[0] = batch;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        full[i + 1] = args[i];
+    }
+    Py_INCREF(batch);
+    PyObject *r = PyObject_Vectorcall(self->fallback, full, (size_t)nargs + 1, kwnames);
+    Py_DECREF(batch);
+    return r;
+}
+
+static PyObject *
+batchput_detach(BatchPut *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_CLEAR(self->ops);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef batchput_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))batchput_put, METH_FASTCALL | METH_KEYWORDS,
+     "put(key, value, *, ttl=None, expires_at_ms=None): Batch.put."},
+    {"detach", (PyCFunction)batchput_detach, METH_NOARGS,
+     "Send every later put to the Python Batch.put (committed or discarded)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BatchPut_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "bitkv._native.BatchPut",
+    .tp_basicsize = sizeof(BatchPut),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "BatchPut(ops, batch, fallback): Batch.put's common case in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)batchput_init,
+    .tp_dealloc = (destructor)batchput_dealloc,
+    .tp_traverse = (traverseproc)batchput_traverse,
+    .tp_clear = (inquiry)batchput_clear,
+    .tp_methods = batchput_methods,
+};
+
 static PyMethodDef batch_methods[] = {
     {"encode_batch", (PyCFunction)(void (*)(void))py_encode_batch, METH_FASTCALL,
      "encode_batch(ops, first_seq, now_ms) -> bytes | None: a plain batch's records."},
@@ -379,7 +513,12 @@ bitkv_batch_init(PyObject *m)
 {
     str_live_bytes = PyUnicode_InternFromString("live_bytes");
     str_record_size_at = PyUnicode_InternFromString("record_size_at");
-    if (str_live_bytes == NULL || str_record_size_at == NULL) {
+    if (str_live_bytes == NULL || str_record_size_at == NULL || PyType_Ready(&BatchPut_Type) < 0) {
+        return -1;
+    }
+    Py_INCREF(&BatchPut_Type);
+    if (PyModule_AddObject(m, "BatchPut", (PyObject *)&BatchPut_Type) < 0) {
+        Py_DECREF(&BatchPut_Type);
         return -1;
     }
     return PyModule_AddFunctions(m, batch_methods);

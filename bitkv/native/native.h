@@ -56,7 +56,8 @@ uint32_t bitkv_crc32c_extend(uint32_t crc, const void *data, size_t len);
 #define BITKV_BATCH_LAST 0x20
 #define BITKV_KNOWN_FLAGS 0x3F
 #define BITKV_BATCH_FLAGS (BITKV_BATCH | BITKV_BATCH_FIRST | BITKV_BATCH_LAST)
-#define BITKV_MAX_STORED_VALUE_SIZE (64u * 1024 * 1024 + 4096)
+#define BITKV_MAX_VALUE_SIZE (64u * 1024 * 1024) /* record.MAX_VALUE_SIZE: a user's value */
+#define BITKV_MAX_STORED_VALUE_SIZE (BITKV_MAX_VALUE_SIZE + 4096)
 
 typedef struct {
     uint32_t crc;
