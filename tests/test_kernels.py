@@ -406,3 +406,32 @@ def test_batch_put_unusual_arguments_match_the_reference(tmp_path):
             a.commit()
             b.commit()
             assert native_ops == ref_ops
+
+
+def test_a_temporary_batch_s_put_finds_its_batch(tmp_path):
+    """Regression: the C put held its batch weakly, so ``db.batch().put(...)`` (the batch a
+    temporary) raised ReferenceError instead of the reference's result."""
+    with bitkv.open(str(tmp_path / "db")) as db:
+        db.batch().put(b"x", b"v")  # never committed: nothing written
+        with pytest.raises(ValueError):
+            db.batch().put(b"x", b"v", ttl=1, expires_at_ms=5)
+        assert db.get(b"x") is None
+
+
+def test_a_committed_batch_is_freed_without_the_cyclic_gc(tmp_path):
+    """Commit breaks the cycle batch -> its bound C put -> batch, so its operations (all of a
+    bulk load's keys and values) are freed at once, not at some later full collection."""
+    import weakref
+
+    with bitkv.open(str(tmp_path / "db")) as db:
+        gc.disable()
+        try:
+            b = db.batch()
+            for i in range(100):
+                b.put(b"k%d" % i, b"v")
+            b.commit()
+            ref = weakref.ref(b)
+            del b
+            assert ref() is None
+        finally:
+            gc.enable()

@@ -370,9 +370,14 @@ fail:
     return NULL;
 }
 
+/* The batch is held strongly until detach: ``db.batch().put(...)`` must find its batch
+ * alive. That is a cycle (the batch's instance dict holds the bound put), broken by detach at
+ * commit and discard, else left to the cyclic GC (tp_traverse); after detach a put bound
+ * earlier reaches the batch through a weak reference (the Python put then raises). */
 typedef struct {
     PyObject_HEAD
     PyObject *ops;       /* the batch's list of operations; NULL once detached */
+    PyObject *batch;     /* the Batch; NULL once detached */
     PyObject *batch_ref; /* weakref to the Batch */
     PyObject *fallback;  /* Batch.put, the function */
 } BatchPut;
@@ -392,7 +397,9 @@ batchput_init(BatchPut *self, PyObject *args, PyObject *kwds)
     }
     Py_INCREF(ops);
     Py_INCREF(fallback);
+    Py_INCREF(batch);
     Py_XSETREF(self->ops, ops);
+    Py_XSETREF(self->batch, batch);
     Py_XSETREF(self->batch_ref, ref);
     Py_XSETREF(self->fallback, fallback);
     return 0;
@@ -402,6 +409,7 @@ static int
 batchput_traverse(BatchPut *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->ops);
+    Py_VISIT(self->batch);
     Py_VISIT(self->batch_ref);
     Py_VISIT(self->fallback);
     return 0;
@@ -411,6 +419,7 @@ static int
 batchput_clear(BatchPut *self)
 {
     Py_CLEAR(self->ops);
+    Py_CLEAR(self->batch);
     Py_CLEAR(self->batch_ref);
     Py_CLEAR(self->fallback);
     return 0;
@@ -446,7 +455,8 @@ batchput_put(BatchPut *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
         PyErr_SetString(PyExc_RuntimeError, "BatchPut is not initialised");
         return NULL;
     }
-    PyObject *batch = PyWeakref_GetObject(self->batch_ref); /* borrowed */
+    PyObject *batch = self->batch != NULL ? self->batch
+                                           : PyWeakref_GetObject(self->batch_ref); /* borrowed */
     if (batch == NULL) {
         return NULL;
     }
@@ -474,6 +484,7 @@ static PyObject *
 batchput_detach(BatchPut *self, PyObject *Py_UNUSED(ignored))
 {
     Py_CLEAR(self->ops);
+    Py_CLEAR(self->batch);
     Py_RETURN_NONE;
 }
 
