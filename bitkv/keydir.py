@@ -27,7 +27,9 @@ from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from .record import TOMBSTONE
+from .record import HEADER as RECORD_HEADER
+from .record import HEADER_SIZE as RECORD_HEADER_SIZE
+from .record import TOMBSTONE, ScanBuffer
 
 if TYPE_CHECKING:
     from ._native import IndexMap
@@ -36,14 +38,17 @@ if TYPE_CHECKING:
 Index: TypeAlias = "dict[bytes, int] | IndexMap"
 
 _new_index: Any = dict
+_switch_copies: Any = None
 IMPLEMENTATION = "python"
 if os.environ.get("BITKV_PURE_PYTHON", "") in ("", "0"):
     try:
         from ._native import IndexMap as _IndexMap
+        from ._native import switch_copies as _native_switch_copies
     except ImportError:  # not built (no compiler at install time): the dict it is
         pass
     else:
         _new_index = _IndexMap
+        _switch_copies = _native_switch_copies
         IMPLEMENTATION = "native"
 
 
@@ -98,7 +103,7 @@ class KeyDir:
     (recovery.py, store.py say where); those copies follow exactly these rules.
     """
 
-    __slots__ = ("entries", "expiries", "hidden", "next_expiry", "slots")
+    __slots__ = ("_slot_bitmap", "entries", "expiries", "hidden", "next_expiry", "slots")
 
     def __init__(self, slots: list[Any] | None = None) -> None:
         self.entries: Index = new_index()
@@ -106,6 +111,7 @@ class KeyDir:
         self.slots: list[Any] = slots if slots is not None else []
         self.hidden: dict[bytes, Hidden] | None = None
         self.next_expiry: float = math.inf
+        self._slot_bitmap: tuple[AbstractSet[int], bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -226,6 +232,47 @@ class KeyDir:
                 switched += 1
         seg.live_bytes += live
         return switched
+
+    def switch_copies(self, buf: ScanBuffer, pos: int, end: int, seg: _Owner, slot: int,
+                      inputs: AbstractSet[int], max_keys: int) -> tuple[int, int]:
+        """:meth:`switch_inputs` for the records of a compacted output ``seg`` (at ``slot``),
+        read back from ``buf`` (its map): at most ``max_keys`` records from ``pos``, which
+        must be whole records before ``end`` (else ValueError). Return (the position after
+        them, how many keys were switched). Compiled (bitkv/native/compact.c) when the map
+        is the IndexMap; the loop below is the reference."""
+        if _switch_copies is not None and not isinstance(self.entries, dict):
+            pos, switched, live = _switch_copies(buf, pos, end, self.entries, slot,
+                                                 self._bitmap(inputs), max_keys)
+            seg.live_bytes += live
+            return pos, switched
+        unpack = RECORD_HEADER.unpack_from
+        moves: list[tuple[bytes, int, int]] = []
+        append = moves.append
+        for _ in range(max_keys):
+            if pos >= end:
+                break
+            if end - pos < RECORD_HEADER_SIZE:
+                raise ValueError(f"switch_copies: no whole record at offset {pos}")
+            key_len, value_len = unpack(buf, pos)[3:5]
+            size = RECORD_HEADER_SIZE + key_len + value_len
+            if size > end - pos:
+                raise ValueError(f"switch_copies: no whole record at offset {pos}")
+            append((bytes(buf[pos + RECORD_HEADER_SIZE : pos + RECORD_HEADER_SIZE + key_len]),
+                    pos, size))
+            pos += size
+        return pos, self.switch_inputs(moves, seg, slot, inputs)
+
+    def _bitmap(self, slots: AbstractSet[int]) -> bytes:
+        """``slots`` as a bitmap of MAX_SLOTS bits, for the compiled switch (kept for the
+        set last asked about: one compaction asks about one set many times)."""
+        cached = self._slot_bitmap
+        if cached is not None and cached[0] is slots:
+            return cached[1]
+        bits = bytearray(MAX_SLOTS // 8)
+        for s in slots:
+            bits[s >> 3] |= 1 << (s & 7)
+        self._slot_bitmap = (slots, bytes(bits))
+        return self._slot_bitmap[1]
 
     def unindex_if(self, key: bytes, expected: int) -> bool:
         """:meth:`unindex` ``key`` only if it still points at ``expected`` (compaction

@@ -117,8 +117,11 @@ def temp_files(path) -> list[str]:
 def segment_kinds(path) -> dict[str, int]:
     out = {}
     for n in data_files(path):
-        with open(os.path.join(path, n), "rb") as fh:
-            out[n] = seg_mod.decode_header(fh.read(seg_mod.HEADER_SIZE)).kind
+        try:
+            with open(os.path.join(path, n), "rb") as fh:
+                out[n] = seg_mod.decode_header(fh.read(seg_mod.HEADER_SIZE)).kind
+        except FileNotFoundError:  # a background compaction removed it since the listing
+            continue
     return out
 
 

@@ -46,6 +46,7 @@ typedef struct {
     size_t size; /* of the whole record */
     uint64_t seq;
     uint64_t expiry_ms;
+    uint64_t hash; /* of the key, for the IndexMap */
     uint32_t value_len;
     uint32_t out_off; /* in the output, for a live record */
     uint16_t key_len;
@@ -87,6 +88,7 @@ scan_batch(const unsigned char *src, size_t pos, size_t limit, size_t end, Rec *
         r->key_len = h.key_len;
         r->flags = h.flags;
         r->fate = DEAD;
+        r->hash = bitkv_index_hash(src + pos + BITKV_HEADER_SIZE, h.key_len);
         pos += size;
     }
     *stop = pos;
@@ -201,13 +203,22 @@ decide_batch(PyObject *entries, const unsigned char *src, Rec *recs, size_t n, u
              size_t *data_add, size_t *keys_add, int *full)
 {
     *full = 0;
+    /* The index is far larger than the CPU's caches: a lookup is a cache (and TLB) miss or
+     * two. Asking for a batch's slots, then their keys, before the first lookup overlaps those
+     * misses instead of paying them one after another (measured: ~3x fewer ns a record). */
+    for (size_t i = 0; i < n; i++) {
+        bitkv_index_prefetch(entries, recs[i].hash, 0);
+    }
+    for (size_t i = 0; i < n; i++) {
+        bitkv_index_prefetch(entries, recs[i].hash, 1);
+    }
     for (size_t i = 0; i < n; i++) {
         Rec *r = &recs[i];
         uint64_t entry = base | (uint64_t)r->off << OFFSET_SHIFT
                          | (r->size < SIZE_HINT_LIMIT ? (uint64_t)r->size : 0);
         uint64_t found;
-        int hit = bitkv_index_lookup(entries, src + r->off + BITKV_HEADER_SIZE, r->key_len,
-                                     &found);
+        int hit = bitkv_index_lookup_hashed(entries, src + r->off + BITKV_HEADER_SIZE,
+                                            r->key_len, r->hash, &found);
         if (hit < 0) {
             return -1;
         }
@@ -374,12 +385,120 @@ error:
     return NULL;
 }
 
+/* switch_copies: KeyDir.switch_inputs for the records of a compacted output, read back from
+ * its map (keydir.KeyDir.switch_copies is the reference). GIL held throughout: it changes the
+ * index, under the store's lock the caller holds. */
+static PyObject *
+switch_copies(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "switch_copies takes 7 arguments");
+        return NULL;
+    }
+    PyObject *entries = args[3], *inputs = args[5];
+    if (!BitkvIndexMap_Check(entries)) {
+        PyErr_SetString(PyExc_TypeError, "switch_copies: entries must be an IndexMap");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(inputs) || PyBytes_GET_SIZE(inputs) != 8192) {
+        PyErr_SetString(PyExc_TypeError,
+                        "switch_copies: inputs must be a bitmap of 65,536 slots (8,192 bytes)");
+        return NULL;
+    }
+    Py_ssize_t pos, end, slot, max_keys;
+    if (arg_ssize(args[1], "pos", 0, UINT32_MAX, &pos) < 0
+        || arg_ssize(args[2], "end", 0, UINT32_MAX, &end) < 0
+        || arg_ssize(args[4], "slot", 0, 0xFFFF, &slot) < 0
+        || arg_ssize(args[6], "max_keys", 0, PY_SSIZE_T_MAX, &max_keys) < 0) {
+        return NULL;
+    }
+    const unsigned char *bitmap = (const unsigned char *)PyBytes_AS_STRING(inputs);
+    Py_buffer in;
+    if (PyObject_GetBuffer(args[0], &in, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (end > in.len) {
+        PyBuffer_Release(&in);
+        PyErr_SetString(PyExc_ValueError, "switch_copies: end is past the buffer's end");
+        return NULL;
+    }
+    const unsigned char *src = (const unsigned char *)in.buf;
+    uint64_t base = (uint64_t)slot << SLOT_SHIFT;
+    size_t at = (size_t)pos, live = 0;
+    Py_ssize_t switched = 0;
+    Py_ssize_t left = max_keys;
+    while (left > 0 && at < (size_t)end) {
+        /* a batch: parse, hash and prefetch, then look up and switch (see decide_batch) */
+        size_t offs[BATCH], sizes[BATCH], key_lens[BATCH];
+        uint64_t hashes[BATCH];
+        size_t n = 0;
+        for (; n < BATCH && (Py_ssize_t)n < left && at < (size_t)end; n++) {
+            size_t avail = (size_t)end - at;
+            if (avail < BITKV_HEADER_SIZE) {
+                goto damaged;
+            }
+            size_t key_len = bitkv_le16(src + at + 6);
+            size_t size = BITKV_HEADER_SIZE + key_len + bitkv_le32(src + at + 8);
+            if (size > avail) {
+                goto damaged;
+            }
+            offs[n] = at;
+            sizes[n] = size;
+            key_lens[n] = key_len;
+            hashes[n] = bitkv_index_hash(src + at + BITKV_HEADER_SIZE, key_len);
+            bitkv_index_prefetch(entries, hashes[n], 0);
+            at += size;
+        }
+        for (size_t i = 0; i < n; i++) {
+            bitkv_index_prefetch(entries, hashes[i], 1);
+        }
+        for (size_t i = 0; i < n; i++) {
+            const unsigned char *key = src + offs[i] + BITKV_HEADER_SIZE;
+            uint64_t hint = sizes[i] < SIZE_HINT_LIMIT ? (uint64_t)sizes[i] : 0, old;
+            int hit = bitkv_index_lookup_hashed(entries, key, key_lens[i], hashes[i], &old);
+            if (hit < 0) {
+                goto error;
+            }
+            uint64_t old_slot = old >> SLOT_SHIFT;
+            if (!hit || old_slot > 0xFFFF || !(bitmap[old_slot >> 3] >> (old_slot & 7) & 1)
+                || (old & (SIZE_HINT_LIMIT - 1)) != hint) {
+                continue;
+            }
+            PyObject *k = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)key_lens[i]);
+            if (k == NULL) {
+                goto error;
+            }
+            int had_old;
+            int rc = bitkv_index_set(entries, k, base | (uint64_t)offs[i] << OFFSET_SHIFT | hint,
+                                     &had_old, &old);
+            Py_DECREF(k);
+            if (rc < 0) {
+                goto error;
+            }
+            live += sizes[i];
+            switched++;
+        }
+        left -= (Py_ssize_t)n;
+    }
+    PyBuffer_Release(&in);
+    return Py_BuildValue("(nnn)", (Py_ssize_t)at, switched, (Py_ssize_t)live);
+damaged:
+    PyErr_Format(PyExc_ValueError, "switch_copies: no whole record at offset %zu", at);
+error:
+    PyBuffer_Release(&in);
+    return NULL;
+}
+
 static PyMethodDef compact_methods[] = {
     {"copy_live", (PyCFunction)(void (*)(void))copy_live, METH_FASTCALL,
      "copy_live(src, pos, limit, end, slot, entries, now_ms, data, fixed, keys, out_size, "
      "max_size, min_seq, max_seq, expired) -> (status, pos, out_size, copied, dropped, "
      "min_seq, max_seq): compaction.copy_live in C, for an IndexMap ``entries``; the GIL is "
      "released while records are checked and copied."},
+    {"switch_copies", (PyCFunction)(void (*)(void))switch_copies, METH_FASTCALL,
+     "switch_copies(src, pos, end, entries, slot, inputs, max_keys) -> (pos, switched, "
+     "live_bytes): KeyDir.switch_copies in C, for an IndexMap ``entries`` and ``inputs`` a "
+     "bitmap of slots."},
     {NULL, NULL, 0, NULL},
 };
 

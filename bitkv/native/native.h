@@ -19,6 +19,14 @@ extern PyTypeObject IndexMap_Type;
 int bitkv_indexmap_init(PyObject *module);
 /* 1 and *value set if present, 0 if absent, -1 on error (set). ``map`` must be an IndexMap. */
 int bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint64_t *value);
+/* Batched lookups (compaction's copy loop): the hash of a key (no Python API, no GIL needed);
+ * a hint to the CPU to fetch what a lookup of that hash will read (stage 0: its home slot;
+ * stage 1, once that is cached: its key in the arena); the lookup given the hash. The last
+ * two read the map: GIL held. */
+uint64_t bitkv_index_hash(const unsigned char *key, size_t len);
+void bitkv_index_prefetch(PyObject *map, uint64_t hash, int stage);
+int bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len,
+                              uint64_t hash, uint64_t *value);
 /* Set key (bytes) -> value; had_old and old tell the previous value. 0, or -1 on error (set). */
 int bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old);
 /* 1 if removed, 0 if absent, -1 on error (set). */
