@@ -1,4 +1,5 @@
 # Types of the compiled extension bitkv._native (bitkv/native/*.c, built where a compiler is).
+import mmap
 from collections.abc import Iterator
 from typing import TypeVar, final, overload
 
@@ -31,3 +32,12 @@ class IndexMap:
     def items(self) -> Iterator[tuple[bytes, int]]: ...
     def clear(self) -> None: ...
     def __sizeof__(self) -> int: ...
+
+# compact.c: compaction's copy loop and keydir switch (compaction.copy_live and
+# keydir.KeyDir.switch_copies are the references).
+def copy_live(src: bytes | bytearray | mmap.mmap, pos: int, limit: int, end: int, slot: int, entries: IndexMap,
+              now_ms: int, data: bytearray, fixed: bytearray, keys: bytearray, out_size: int,
+              max_size: int, min_seq: int, max_seq: int, expired: list[tuple[bytes, int]],
+              /) -> tuple[int, int, int, int, int, int, int]: ...
+def switch_copies(src: bytes | bytearray | mmap.mmap, pos: int, end: int, entries: IndexMap, slot: int,
+                  inputs: bytes, max_keys: int, /) -> tuple[int, int, int]: ...

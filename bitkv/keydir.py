@@ -248,19 +248,25 @@ class KeyDir:
         unpack = RECORD_HEADER.unpack_from
         moves: list[tuple[bytes, int, int]] = []
         append = moves.append
+        damaged = False  # the records before damage are switched, then ValueError
         for _ in range(max_keys):
             if pos >= end:
                 break
             if end - pos < RECORD_HEADER_SIZE:
-                raise ValueError(f"switch_copies: no whole record at offset {pos}")
+                damaged = True
+                break
             key_len, value_len = unpack(buf, pos)[3:5]
             size = RECORD_HEADER_SIZE + key_len + value_len
             if size > end - pos:
-                raise ValueError(f"switch_copies: no whole record at offset {pos}")
+                damaged = True
+                break
             append((bytes(buf[pos + RECORD_HEADER_SIZE : pos + RECORD_HEADER_SIZE + key_len]),
                     pos, size))
             pos += size
-        return pos, self.switch_inputs(moves, seg, slot, inputs)
+        switched = self.switch_inputs(moves, seg, slot, inputs)
+        if damaged:
+            raise ValueError(f"switch_copies: no whole record at offset {pos}")
+        return pos, switched
 
     def _bitmap(self, slots: AbstractSet[int]) -> bytes:
         """``slots`` as a bitmap of MAX_SLOTS bits, for the compiled switch (kept for the

@@ -1,5 +1,6 @@
-"""Fuzz target: compaction's compiled copy loop (``bitkv._native.copy_live``) against the
-Python reference (``bitkv.compaction.copy_live``), fed corrupt segment bytes.
+"""Fuzz target: compaction's compiled loops (``bitkv._native.copy_live`` and
+``switch_copies``) against their Python references (``bitkv.compaction.copy_live``,
+``bitkv.keydir.KeyDir.switch_copies`` over a dict), fed corrupt segment bytes.
 
 Run with atheris (``pip install 'bitkv[fuzz]'``)::
 
@@ -13,6 +14,10 @@ output on COPY_FULL, ``record.scan`` over what COPY_ODD stops at), the compiled 
 appended to the output buffers and every expired key listed must agree. ``scripts/
 asan_native.sh`` runs this target against an ASan+UBSan build of the extension;
 ``tests/test_fuzz_targets.py`` runs ``check_one`` on seeded inputs without atheris.
+
+The same bytes are then read back as a compaction output by both switches, with the index
+pointing keys at their records in an input slot (some at a wrong size, some elsewhere): the
+keys switched, the live bytes, the final index and any ValueError (damage) must agree.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from bitkv import record as rec
 try:
     from bitkv._native import IndexMap
     from bitkv._native import copy_live as native_copy_live
+    from bitkv._native import switch_copies as native_switch_copies
 except ImportError:  # not built: nothing to fuzz (the test skips)
     IndexMap = None
     native_copy_live = None
+    native_switch_copies = None
 
 SEGMENT_HEADER = 40
 PARAMS = 5
@@ -101,6 +108,58 @@ def compare(body: bytes, now_ms: int, max_size: int, chunk: int, slot: int, seed
     got = drive(native_copy_live, src, end, slot, native, now_ms, max_size, chunk)
     assert got == expected, (got, expected)
     assert list(native.items()) == list(model.items())  # neither loop changes the index
+    compare_switch(src, end, slot, model, seed)
+
+
+class _Output:
+    live_bytes = 0
+
+
+def _switch_all(switch: Any, src: bytes, end: int, chunk: int) -> tuple[Any, ...]:
+    """Switch every record of ``src[40:end]`` a chunk at a time; what happened."""
+    out = _Output()
+    pos, calls = SEGMENT_HEADER, []
+    try:
+        while pos < end:
+            pos, switched = switch(out, pos, chunk)
+            calls.append((pos, switched))
+    except ValueError:
+        calls.append(("ValueError", pos))
+        return tuple(calls), None
+    return tuple(calls), out.live_bytes
+
+
+def compare_switch(src: bytes, end: int, slot: int, model: dict[bytes, int], seed: int) -> None:
+    """Read ``src`` back as an output at another slot; both switches must agree."""
+    if native_switch_copies is None or IndexMap is None:
+        return
+    rng = random.Random(seed)
+    out_slot = (slot + 1) % keydir.MAX_SLOTS
+    inputs = frozenset({slot} | {rng.randrange(keydir.MAX_SLOTS) for _ in range(3)}) - {
+        out_slot}
+    bitmap = bytearray(keydir.MAX_SLOTS // 8)
+    for s in inputs:
+        bitmap[s >> 3] |= 1 << (s & 7)
+    chunk = rng.choice((1, 3, 128, 129, 5000))
+    reference = keydir.KeyDir()
+    reference.entries = dict(model)
+    native = IndexMap()
+    for k, v in model.items():
+        native[k] = v
+
+    def by_reference(out: _Output, pos: int, n: int) -> tuple[int, int]:
+        return reference.switch_copies(src, pos, end, out, out_slot, inputs, n)
+
+    def compiled(out: _Output, pos: int, n: int) -> tuple[int, int]:
+        pos, switched, live = native_switch_copies(src, pos, end, native, out_slot,
+                                                   bytes(bitmap), n)
+        out.live_bytes += live
+        return pos, switched
+
+    expected = _switch_all(by_reference, src, end, chunk)
+    got = _switch_all(compiled, src, end, chunk)
+    assert got == expected, (got, expected)
+    assert list(native.items()) == list(reference.entries.items())
 
 
 def check_one(data: bytes) -> None:

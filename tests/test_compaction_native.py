@@ -1,7 +1,8 @@
-"""The compiled copy loop of compaction (bitkv/native/compact.c) against its Python reference
-(``compaction.copy_live``): the same results, output bytes and expired keys on any segment
-bytes (hypothesis); the same compacted files, byte for byte, from a store compacted in each
-mode; reference counts exact and memory flat over millions of calls."""
+"""The compiled loops of compaction (bitkv/native/compact.c) against their Python references
+(``compaction.copy_live``, ``KeyDir.switch_copies``): the same results, output bytes, expired
+keys and switched keys on any segment bytes (hypothesis, through fuzz/fuzz_compact.py); the
+same compacted files, byte for byte, from a store compacted in each mode; reference counts
+exact and memory flat over millions of calls."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from bitkv import record as rec
 from bitkv import segment as seg_mod
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz"))
-import fuzz_compact  # noqa: E402
+import fuzz_compact
 
 needs_native = pytest.mark.skipif(fuzz_compact.native_copy_live is None,
                                   reason="the extension is not built")
@@ -186,7 +187,7 @@ def _rss_kib() -> int:
 @needs_native
 @pytest.mark.slow
 def test_no_leak_over_millions_of_calls():
-    from bitkv._native import IndexMap
+    from bitkv._native import IndexMap, switch_copies
     from bitkv._native import copy_live as native
 
     # live, dead, expired and too-big-for-the-output records, then damage: every path
@@ -203,12 +204,23 @@ def test_no_leak_over_millions_of_calls():
         pos += size
     data, fixed, keys = bytearray(), bytearray(), bytearray()
     expired: list[tuple[bytes, int]] = []
+    inputs = bytes([1 << 3]) + bytes(8191)  # slot 3
+    switch_end = 40 + len(body)
+    first = keydir.pack(3, 40, rec.HEADER_SIZE + 4)
 
     def cycle(calls: int) -> None:
         for n in range(calls):
             out = 40 if n % 2 else 300
             native(src, 40, end, end, 3, entries, 1000, data, fixed, keys, out, 400, 0, 0,
                    expired)
+            # the switch: key1 points into slot 3, is switched to slot 4, and back
+            entries[b"key1"] = keydir.pack(3, 40 + rec.HEADER_SIZE + 4, rec.HEADER_SIZE + 13)
+            switch_copies(src, 40, switch_end, entries, 4, inputs, 3 + n % 8)
+            try:
+                switch_copies(src, 40, end, entries, 4, inputs, 100)  # damage at the end
+            except ValueError:
+                pass
+            entries[b"key0"] = first
             if n % 64 == 0:
                 data.clear()
                 fixed.clear()
@@ -220,18 +232,19 @@ def test_no_leak_over_millions_of_calls():
         expired.clear()
 
     cycle(10_000)
-    refs = [sys.getrefcount(x) for x in (src, entries, data, fixed, keys, expired)]
+    refs = [sys.getrefcount(x) for x in (src, entries, data, fixed, keys, expired, inputs)]
     gc.collect()
     rss = [_rss_kib()]
     tracemalloc.start()
     traced = []
-    for _ in range(10):  # 10 x 200k calls: 2M calls
-        cycle(200_000)
+    for _ in range(10):  # 10 x 100k x 3 calls: 3M calls
+        cycle(100_000)
         gc.collect()
         traced.append(tracemalloc.get_traced_memory()[0])
         rss.append(_rss_kib())
     tracemalloc.stop()
-    assert [sys.getrefcount(x) for x in (src, entries, data, fixed, keys, expired)] == refs
+    assert [sys.getrefcount(x) for x in (src, entries, data, fixed, keys, expired,
+                                         inputs)] == refs
     assert max(traced[2:]) - min(traced[2:]) < 64 * 1024, traced
     if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # ASan's quarantine holds freed memory
         assert rss[-1] - rss[1] < 4 * 1024, rss

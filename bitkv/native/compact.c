@@ -427,7 +427,8 @@ switch_copies(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     size_t at = (size_t)pos, live = 0;
     Py_ssize_t switched = 0;
     Py_ssize_t left = max_keys;
-    while (left > 0 && at < (size_t)end) {
+    int damaged = 0; /* the records before damage are switched, then ValueError */
+    while (left > 0 && at < (size_t)end && !damaged) {
         /* a batch: parse, hash and prefetch, then look up and switch (see decide_batch) */
         size_t offs[BATCH], sizes[BATCH], key_lens[BATCH];
         uint64_t hashes[BATCH];
@@ -435,12 +436,14 @@ switch_copies(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         for (; n < BATCH && (Py_ssize_t)n < left && at < (size_t)end; n++) {
             size_t avail = (size_t)end - at;
             if (avail < BITKV_HEADER_SIZE) {
-                goto damaged;
+                damaged = 1;
+                break;
             }
             size_t key_len = bitkv_le16(src + at + 6);
             size_t size = BITKV_HEADER_SIZE + key_len + bitkv_le32(src + at + 8);
             if (size > avail) {
-                goto damaged;
+                damaged = 1;
+                break;
             }
             offs[n] = at;
             sizes[n] = size;
@@ -480,10 +483,12 @@ switch_copies(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         }
         left -= (Py_ssize_t)n;
     }
+    if (damaged) {
+        PyErr_Format(PyExc_ValueError, "switch_copies: no whole record at offset %zu", at);
+        goto error;
+    }
     PyBuffer_Release(&in);
     return Py_BuildValue("(nnn)", (Py_ssize_t)at, switched, (Py_ssize_t)live);
-damaged:
-    PyErr_Format(PyExc_ValueError, "switch_copies: no whole record at offset %zu", at);
 error:
     PyBuffer_Release(&in);
     return NULL;
