@@ -35,9 +35,11 @@ class IndexMap:
 
 # compact.c: compaction's copy loop and keydir switch (compaction.copy_live and
 # keydir.KeyDir.switch_copies are the references).
-def copy_live(src: bytes | bytearray | mmap.mmap, pos: int, limit: int, end: int, slot: int, entries: IndexMap,
+_Src = bytes | bytearray | mmap.mmap
+
+def copy_live(src: _Src, pos: int, limit: int, end: int, slot: int, entries: IndexMap,
               now_ms: int, data: bytearray, fixed: bytearray, keys: bytearray, out_size: int,
               max_size: int, min_seq: int, max_seq: int, expired: list[tuple[bytes, int]],
               /) -> tuple[int, int, int, int, int, int, int]: ...
-def switch_copies(src: bytes | bytearray | mmap.mmap, pos: int, end: int, entries: IndexMap, slot: int,
+def switch_copies(src: _Src, pos: int, end: int, entries: IndexMap, slot: int,
                   inputs: bytes, max_keys: int, /) -> tuple[int, int, int]: ...
