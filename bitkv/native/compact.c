@@ -26,6 +26,8 @@
  */
 #include "native.h"
 
+#include <time.h>
+
 #define SEGMENT_HEADER_SIZE 40 /* segment.HEADER_SIZE: an output holding only it is empty */
 #define HINT_ENTRY_SIZE 28     /* hint.ENTRY: flags, 0, key_len, value_len, offset, seq, expiry */
 #define SIZE_HINT_LIMIT 4096   /* the keydir's size hint holds sizes below this, else 0 */
@@ -494,7 +496,38 @@ error:
     return NULL;
 }
 
+/* release_gil(microseconds): let another thread take the GIL, which a thread that releases
+ * and retakes it at once rarely lets happen: the waiter must first be woken, and on a busy
+ * machine that takes longer than the release lasts; worse, a waiter asks the holder to drop
+ * the GIL (its 5 ms switch interval) only if no thread took it meanwhile, so a holder that
+ * keeps retaking it starves the waiter indefinitely. The GIL is released for ``microseconds``
+ * of spinning: sleeping instead would give the CPU away for a scheduler tick when the machine
+ * is busy (time.sleep(0) measured 0.5-6 ms a call under load). */
+static PyObject *
+release_gil(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    long us = PyLong_AsLong(arg);
+    if (us == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (us < 0 || us > 1000000) {
+        PyErr_SetString(PyExc_ValueError, "release_gil: 0 to 1,000,000 microseconds");
+        return NULL;
+    }
+    struct timespec t0, t;
+    Py_BEGIN_ALLOW_THREADS
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000000L + (t.tv_nsec - t0.tv_nsec) / 1000 < us);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef compact_methods[] = {
+    {"release_gil", (PyCFunction)release_gil, METH_O,
+     "release_gil(microseconds): release the GIL for that long (spinning), so that a thread "
+     "waiting for it takes it."},
     {"copy_live", (PyCFunction)(void (*)(void))copy_live, METH_FASTCALL,
      "copy_live(src, pos, limit, end, slot, entries, now_ms, data, fixed, keys, out_size, "
      "max_size, min_seq, max_seq, expired) -> (status, pos, out_size, copied, dropped, "
