@@ -418,32 +418,33 @@ def scale(args: argparse.Namespace) -> list[dict]:
             print(f"{n:,} keys, {value_size}-byte values: building ...", file=sys.stderr,
                   flush=True)
             built = run_child(HERE, {}, "build", pristine, n, ["--value-size", str(value_size)])
-            for name, tree, env in impls:
-                if name == "before" and n > args.before_max_keys:
-                    continue
-                work = os.path.join(root, f"work-{n}")
-                # Rounds alternate the implementations (A/B), so that the machine's load
-                # weighs on both alike; each row is the median round by records/s.
-                rounds = []
-                for r in range(args.rounds):
+            work = os.path.join(root, f"work-{n}")
+            chosen = [(name, tree, env) for name, tree, env in impls
+                      if name != "before" or n <= args.before_max_keys]
+            # Rounds alternate the implementations (A/B, interleaved), so that the machine's
+            # load weighs on each alike; each row is its median round by records/s.
+            rounds: dict[str, list[dict]] = {name: [] for name, _, _ in chosen}
+            for r in range(args.rounds):
+                for name, tree, env in chosen:
                     copy_store(pristine, work)
                     print(f"  {name}: compaction alone, round {r + 1} ...", file=sys.stderr,
                           flush=True)
-                    rounds.append(run_child(tree, env, "alone", work, n))
-                rounds.sort(key=lambda x: x["records_s"])
+                    rounds[name].append(run_child(tree, env, "alone", work, n))
+            for name, tree, env in chosen:
+                done = sorted(rounds[name], key=lambda x: x["records_s"])
                 row = {"keys": n, "value_size": value_size, "impl": name, **built,
-                       **rounds[len(rounds) // 2], "rounds_records_s":
-                       [x["records_s"] for x in rounds]}
+                       **done[len(done) // 2],
+                       "rounds_records_s": [x["records_s"] for x in rounds[name]]}
                 if n <= args.latency_max_keys:
                     copy_store(pristine, work)
                     print(f"  {name}: put latency ...", file=sys.stderr, flush=True)
                     row.update(run_child(tree, env, "latency", work, n,
                                          ["--puts", str(args.puts),
                                           "--value-size", str(value_size)]))
-                shutil.rmtree(work)
                 print("   ", json.dumps({k: v for k, v in row.items() if k != "summary"}),
                       file=sys.stderr, flush=True)
                 rows.append(row)
+            shutil.rmtree(work)
             shutil.rmtree(pristine)
     finally:
         if args.dir is None:
