@@ -1,23 +1,20 @@
-/* compact_copy_live, in bitkv._native: compaction's copy loop (bitkv/compaction.py's
- * copy_live is the reference; same arguments, same results, same bytes).
+/* Compaction's loops in C, in bitkv._native: copy_live (bitkv/compaction.py's copy_live is
+ * the reference: same arguments, same results, same bytes) and switch_copies (the reference is
+ * keydir.KeyDir.switch_copies), plus release_gil, how both let a waiting writer in.
  *
- * The input is walked a batch of records at a time, in three steps:
+ * copy_live walks the input a batch of records at a time, in three steps:
  *
  *   1. without the GIL: check each record's header and CRC-32C exactly as record.scan does
  *      (plausible, inside ``end``, no batch flag), stopping at the first one that is not a
- *      plain intact record (COPY_ODD: Python's record.scan judges it);
- *   2. with the GIL: look each key up in the IndexMap (only ever read with the GIL held: the
- *      writers change it under the GIL and the store's lock, and the lock-free read path
- *      relies on each operation being atomic under the GIL), decide live, dead or expired,
- *      list the expired ones, give each live record its offset in the output, stop before a
- *      record that does not fit (COPY_FULL), and grow the output's three bytearrays;
+ *      plain intact record (COPY_ODD: Python's record.scan judges it); hash its key;
+ *   2. with the GIL: prefetch the batch's slots and keys in the IndexMap, then look each key
+ *      up (the map is only ever read with the GIL held: the writers change it under the GIL
+ *      and the store's lock, and the lock-free read path relies on each operation being
+ *      atomic under the GIL), decide live, dead or expired, list the expired ones, give each
+ *      live record its offset in the output, stop before a record that does not fit
+ *      (COPY_FULL), and grow the output's three bytearrays;
  *   3. without the GIL: copy the live records (runs of adjacent ones with one memcpy), write
  *      their hint entries and keys into the grown buffers.
- *
- * So the GIL is held for the lookups of one batch at a time (BATCH records, a few
- * microseconds), and a writer thread waiting for it gets it while this thread checks CRCs
- * and copies bytes: the Python loop it replaces held the GIL until it yielded or was made
- * to (every 5 ms), and a put() that lost the race waited that long.
  *
  * Safety: every length is validated against ``end`` (itself checked against the buffer's
  * length) before any byte it covers is read. The source buffer and the three bytearrays are
@@ -38,7 +35,8 @@
 #define COPY_FULL 1
 #define COPY_ODD 2
 #define NO_OUTPUT ((int64_t)1 << 62)
-/* Records per batch: bounds how long the GIL is held for lookups (~BATCH * 0.1-0.3 us). */
+/* Records per batch: bounds how long the GIL is held for lookups (~BATCH * 0.1 us with the
+ * prefetches) and the stack the batch takes. */
 #define BATCH 128
 
 enum { DEAD = 0, LIVE = 1, EXPIRED = 2 };
@@ -474,8 +472,24 @@ switch_copies(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
                 goto error;
             }
             int had_old;
+            uint64_t expected = old;
             int rc = bitkv_index_set(entries, k, base | (uint64_t)offs[i] << OFFSET_SHIFT | hint,
                                      &had_old, &old);
+            if (rc == 0 && (!had_old || old != expected)) {
+                /* Allocating the key may run a collection, and so Python code: if that changed
+                 * the key (nothing can under the writer lock, but this costs nothing), undo. */
+                if (had_old) {
+                    rc = bitkv_index_set(entries, k, old, &had_old, &old);
+                }
+                else {
+                    rc = bitkv_index_delete(entries, key, key_lens[i]) < 0 ? -1 : 0;
+                }
+                Py_DECREF(k);
+                if (rc < 0) {
+                    goto error;
+                }
+                continue;
+            }
             Py_DECREF(k);
             if (rc < 0) {
                 goto error;
