@@ -15,6 +15,7 @@ import fuzz_hint
 import fuzz_indexmap
 import fuzz_rdb
 import fuzz_record
+import fuzz_replay
 import fuzz_server_parser
 import fuzz_store
 
@@ -24,7 +25,7 @@ def main() -> None:
         os.path.dirname(os.path.abspath(__file__)), "corpus")
     for name, module in (("record", fuzz_record), ("hint", fuzz_hint), ("store", fuzz_store),
                          ("server_parser", fuzz_server_parser), ("rdb", fuzz_rdb),
-                         ("indexmap", fuzz_indexmap)):
+                         ("indexmap", fuzz_indexmap), ("replay", fuzz_replay)):
         where = os.path.join(root, name)
         os.makedirs(where, exist_ok=True)
         for data in module.seeds():
