@@ -18,6 +18,7 @@ is not kept: the store recomputes it once the load is done.
 from __future__ import annotations
 
 import mmap
+from types import SimpleNamespace
 from typing import Any, TypeAlias
 
 from . import keydir, record
@@ -25,16 +26,19 @@ from .crc import crc32c
 from .hint import ENTRY as _HINT_ENTRY
 from .keydir import KeyDir
 
+# The compiled loops, when the index is the compiled map (None: the Python loops here).
 _native: Any = None
 if keydir.IMPLEMENTATION == "native":
     try:
-        from . import _native as _native_module
-    except ImportError:  # pragma: no cover - keydir imported it a moment ago
+        from ._native import hint_apply as _hint_apply
+        from ._native import hint_check as _hint_check
+        from ._native import plain_run as _plain_run
+    except ImportError:  # pragma: no cover - an extension older than this module
         pass
     else:
-        _native = _native_module
+        _native = SimpleNamespace(hint_apply=_hint_apply, hint_check=_hint_check,
+                                  plain_run=_plain_run)
 
-# Flags a plain run leaves to the general replay.
 # What a plain run reads: a segment's map (or a snapshot of it), or its bytes.
 RunBuffer: TypeAlias = bytes | mmap.mmap
 _UNKNOWN_FLAGS = ~record.KNOWN_FLAGS & 0xFF

@@ -254,12 +254,15 @@ apply_one(Apply *a, const unsigned char *k, size_t len, uint64_t h, uint64_t off
         rc = 0;
         goto done;
     }
-    if (a->hidden != NULL && PyDict_GET_SIZE(a->hidden)
-        && (key_object(&kobj, k, len) == NULL || dict_discard(a->hidden, kobj) < 0)) {
-        goto done;
-    }
     uint64_t entry = a->base | offset << SIZE_BITS | (size <= SIZE_MASK ? size : 0);
     if (bitkv_index_set_hashed(a->entries, k, len, h, entry, &had, &old) < 0) {
+        goto done;
+    }
+    /* A hidden key is never indexed (these rules remove it from one when they add it to the
+     * other), so only a key that was not indexed can be in ``hidden``: an overwrite, nearly
+     * every record of a segment with history, makes no key object for this. */
+    if (!had && a->hidden != NULL && PyDict_GET_SIZE(a->hidden)
+        && (key_object(&kobj, k, len) == NULL || dict_discard(a->hidden, kobj) < 0)) {
         goto done;
     }
     if (had) {
