@@ -32,10 +32,6 @@
 
 #include "native.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #define OFFSET_BITS 36
 #define TAG_BITS (64 - OFFSET_BITS)
 #define OFFSET_MASK ((UINT64_C(1) << OFFSET_BITS) - 1)
@@ -267,30 +263,6 @@ slot_home(const IndexMap *self, const Slot *slot, unsigned bits, size_t *home)
     return 0;
 }
 
-/* Ask for transparent huge pages (Linux, where they are "madvise" only) over the 2 MiB-aligned
- * part of a large table: every lookup lands on a random slot, and with 4 KiB pages each one
- * also misses the TLB once the table outgrows it (a 48M-key table is 2 GiB). The table is
- * calloc'ed, so untouched: it gets huge pages as it is first written. Only advice: a failure
- * changes nothing. Not under ASan, whose allocator manages its own mappings. */
-static void
-advise_huge_pages(void *p, size_t bytes)
-{
-#if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(__SANITIZE_ADDRESS__)
-    const uintptr_t huge = (uintptr_t)2 << 20;
-    if (getenv("BITKV_AB_NOHUGE") || bytes < 4 * huge) {
-        return;
-    }
-    uintptr_t start = ((uintptr_t)p + huge - 1) & ~(huge - 1);
-    uintptr_t end = ((uintptr_t)p + bytes) & ~(huge - 1);
-    if (end > start) {
-        (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
-    }
-#else
-    (void)p;
-    (void)bytes;
-#endif
-}
-
 /* Rehash into a table of 2**new_bits slots (more than count * 5/4). */
 static int
 resize(IndexMap *self, unsigned new_bits)
@@ -309,7 +281,6 @@ resize(IndexMap *self, unsigned new_bits)
         PyErr_NoMemory();
         return -1;
     }
-    advise_huge_pages(fresh, new_cap * sizeof(Slot));
     size_t new_mask = new_cap - 1;
     size_t old_cap = capacity_of(self);
     for (size_t j = 0; j < old_cap; j++) {
