@@ -53,7 +53,11 @@ def compiled() -> bool:
 # -- hints -------------------------------------------------------------------------------------
 
 
-def hint_in_bounds(fixed: bytes, keys: bytes, covered: int) -> bool:
+# A hint's entry table or key area: bytes, or a view of the hint file's bytes.
+HintBuffer: TypeAlias = bytes | memoryview
+
+
+def hint_in_bounds(fixed: HintBuffer, keys: HintBuffer, covered: int) -> bool:
     """True if every entry of a hint's entry table ``fixed`` lies inside its key area ``keys``
     and the ``covered`` bytes of its segment, and the entries use the key area exactly."""
     if _native is not None:
@@ -69,7 +73,7 @@ def hint_in_bounds(fixed: bytes, keys: bytes, covered: int) -> bool:
     return pos == keys_len
 
 
-def apply_hint(kd: KeyDir, slot: int, fixed: bytes, keys: bytes, covered: int,
+def apply_hint(kd: KeyDir, slot: int, fixed: HintBuffer, keys: HintBuffer, covered: int,
                now_ms: int) -> tuple[bool, int]:
     """Apply a hint's entries to ``kd`` as records of the segment at ``slot``.
 
@@ -85,8 +89,9 @@ def apply_hint(kd: KeyDir, slot: int, fixed: bytes, keys: bytes, covered: int,
     return _apply_hint_py(kd, slot, fixed, keys, covered, now_ms)
 
 
-def _apply_hint_py(kd: KeyDir, slot: int, fixed: bytes, keys: bytes, covered: int,
-                   now_ms: int) -> tuple[bool, int]:
+def _apply_hint_py(kd: KeyDir, slot: int, fixed: HintBuffer, key_area: HintBuffer,
+                   covered: int, now_ms: int) -> tuple[bool, int]:
+    keys = bytes(key_area)  # slices of it become the index's keys
     entries = kd.entries
     expiries = kd.expiries
     hidden = kd.hidden

@@ -799,7 +799,7 @@ class Loader:
                 buf = self.io.pread(fd, self.io.size(fd), 0)
             finally:
                 self.io.close(fd)
-            raw = hint.decode_raw(buf, seg.header.nonce, seg.size)
+            raw = hint.decode_view(buf, seg.header.nonce, seg.size)
             self._apply_hint(seg, raw)
         except (OSError, hint.HintError) as exc:
             self.report.ignored_hints.append((os.path.basename(path), str(exc)))
@@ -808,7 +808,7 @@ class Loader:
         self.report.segments_from_hints += 1
         return raw.covered
 
-    def _apply_hint(self, seg: Segment, raw: hint.RawHint) -> None:
+    def _apply_hint(self, seg: Segment, raw: hint.HintView) -> None:
         """Index every entry of a hint, all or nothing (:func:`indexing.apply_hint`: this is
         most of the time of reopening a compacted store); raise :class:`hint.HintError` if an
         entry lies out of bounds."""

@@ -15,7 +15,8 @@ maintenance thread writes after rotation, the active one the checkpoint of a cle
 ``scan`` (the hint files removed: every record is replayed). Every open runs in a fresh
 process, in each mode (``native``: the compiled kernels; ``python``: ``BITKV_PURE_PYTHON=1``),
 the modes interleaved round by round (A/B, the machine is shared) and the median reported.
-The process measures the open (``bitkv.open`` to return), the growth of its RssAnon across the
+The process opens the store writable (as an application or the server does) and exits without
+closing it, so the store stays as built. It measures the open (``bitkv.open`` to return), the growth of its RssAnon across the
 open less the key bytes, per live key (anonymous memory only: the mapped segments are page
 cache), and random gets of live keys per second.
 """
@@ -133,7 +134,8 @@ def measure(path: str, n: int, gets: int) -> dict[str, Any]:
            "gets_per_s": gets / get_s, "found": found,
            "from_hints": report.segments_from_hints, "segments": report.segments,
            "implementation": bitkv.IMPLEMENTATION}
-    db.close()
+    # No close: it would write a checkpoint hint, and the next open of a "scan" store would
+    # read it (the caller exits at once, without closing anything either).
     return out
 
 
@@ -165,10 +167,11 @@ def main() -> None:
         kind, path, n = args.child[0], args.child[1], int(args.child[2])
         if kind == "build":
             out = build(path, n, int(args.child[3]), args.child[4] == "history")
-        else:
-            out = measure(path, n, int(args.child[3]))
-        print(json.dumps(out))
-        return
+            print(json.dumps(out))
+            return
+        out = measure(path, n, int(args.child[3]))
+        print(json.dumps(out), flush=True)
+        os._exit(0)  # the store stays as it is on disk for the next open
 
     modes = args.modes.split(",")
     results: list[dict[str, Any]] = []
