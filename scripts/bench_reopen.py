@@ -15,10 +15,11 @@ maintenance thread writes after rotation, the active one the checkpoint of a cle
 ``scan`` (the hint files removed: every record is replayed). Every open runs in a fresh
 process, in each mode (``native``: the compiled kernels; ``python``: ``BITKV_PURE_PYTHON=1``),
 the modes interleaved round by round (A/B, the machine is shared) and the median reported.
-The process opens the store writable (as an application or the server does) and exits without
-closing it, so the store stays as built. It measures the open (``bitkv.open`` to return), the growth of its RssAnon across the
-open less the key bytes, per live key (anonymous memory only: the mapped segments are page
-cache), and random gets of live keys per second.
+The process opens the store writable (as an application or the server does) and exits
+without closing it, so the store stays as built. It measures the open (``bitkv.open`` to
+return), the growth of its RssAnon across the open less the key bytes, per live key (anonymous
+memory only: the mapped segments are page cache), and random gets per second (keys drawn from
+all ever written, so ~1/10 are misses in the history shape).
 """
 
 from __future__ import annotations
