@@ -99,7 +99,7 @@ def decode_raw(buf: ScanBuffer, nonce: int, segment_size: int) -> RawHint:
 
 class HintView(NamedTuple):
     """:class:`RawHint` without the copies: the entry table and the key area are views of the
-    hint file's bytes (which they keep alive)."""
+    hint file's bytes (which they keep alive; release both before closing a mapped file)."""
 
     max_seq: int
     covered: int
@@ -118,9 +118,9 @@ def decode_view(buf: ScanBuffer, nonce: int, segment_size: int) -> HintView:
     if version != FORMAT_VERSION:
         raise HintError(f"hint format version {version} is not supported")
     (crc,) = TRAILER.unpack_from(buf, len(buf) - TRAILER.size)
-    view = memoryview(buf)
-    if crc32c(view[: len(buf) - TRAILER.size]) != crc:
-        raise HintError("hint file CRC mismatch")
+    with memoryview(buf) as view:
+        if crc32c(view[: len(buf) - TRAILER.size]) != crc:
+            raise HintError("hint file CRC mismatch")
     if hint_nonce != nonce:
         raise HintError("hint file belongs to another incarnation of the segment")
     if hint_size > segment_size:
@@ -128,6 +128,9 @@ def decode_view(buf: ScanBuffer, nonce: int, segment_size: int) -> HintView:
     entries_end = HEADER_SIZE + count * ENTRY_SIZE
     if entries_end > len(buf) - TRAILER.size:
         raise HintError("hint entry table is truncated")
+    # Views of one buffer export, held until both are released (a mapped file cannot be
+    # closed before).
+    view = memoryview(buf)
     return HintView(max_seq, hint_size, view[HEADER_SIZE:entries_end],
                     view[entries_end : len(buf) - TRAILER.size])
 

@@ -796,11 +796,23 @@ class Loader:
         try:
             fd = _open_no_symlink(self.io, path)
             try:
-                buf = self.io.pread(fd, self.io.size(fd), 0)
+                # Mapped, not read: the bytes stay the page cache's, neither copied nor left
+                # behind in the heap (a hint is 44 bytes a key: GBs at tens of millions).
+                # Hints are never changed in place (temp file, rename), so no one truncates it.
+                buf = self.io.map(fd, self.io.size(fd))
             finally:
                 self.io.close(fd)
-            raw = hint.decode_view(buf, seg.header.nonce, seg.size)
-            self._apply_hint(seg, raw)
+            if buf is None:
+                raise hint.HintError("hint file is truncated")
+            try:
+                raw = hint.decode_view(buf, seg.header.nonce, seg.size)
+                try:
+                    self._apply_hint(seg, raw)
+                finally:
+                    raw.fixed.release()
+                    raw.keys.release()
+            finally:
+                _close_map(buf)
         except (OSError, hint.HintError) as exc:
             self.report.ignored_hints.append((os.path.basename(path), str(exc)))
             return None

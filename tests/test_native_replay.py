@@ -226,6 +226,26 @@ def test_orphan_batch_member_after_a_plain_run_gives_its_seq_back(tmp_path: Any)
     assert (stop, max_seq, loaded) == (seg_mod.HEADER_SIZE + 30, 1, 1)
 
 
+@pytest.mark.parametrize("python", [False, True])
+def test_a_batch_seq_does_not_wrap_past_2_64(monkeypatch: pytest.MonkeyPatch,
+                                             python: bool) -> None:
+    """Regression (found reviewing the C twin): a member with seq 0 after one with 2**64 - 1
+    does not continue the batch (u64 arithmetic would wrap; Python's does not)."""
+    if python:
+        _python_mode(monkeypatch)
+    kd = keydir.KeyDir([])
+    seg = type("Seg", (), {"live_bytes": 0, "record_size_at": lambda self, o: 0})()
+    kd.slots.append(seg)
+    last = 2**64 - 1
+    buf = _segment([record.encode(b"a", b"1", last - 1),
+                    record.encode(b"b", b"2", last, flags=record.BATCH | record.BATCH_FIRST),
+                    record.encode(b"c", b"3", 0, flags=record.BATCH | record.BATCH_LAST)])
+    stop, max_seq, loaded = indexing.plain_run(kd, 0, buf, seg_mod.HEADER_SIZE, len(buf), 0,
+                                               0)
+    assert (stop, max_seq, loaded) == (seg_mod.HEADER_SIZE + 30, last - 1, 1)
+    assert list(kd.entries) == [b"a"]
+
+
 def test_orphan_batch_member_in_a_torn_tail_at_open(tmp_path: Any) -> None:
     """The same through a whole open: the seq of the dropped member comes back."""
     path = str(tmp_path / "db")

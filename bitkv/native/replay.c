@@ -596,8 +596,9 @@ plain_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
                     }
                     batch_start = pos;
                 }
-                else if (batch_start < 0 || h.seq != pending_seq + 1) {
-                    break;
+                else if (batch_start < 0 || pending_seq == UINT64_MAX
+                         || h.seq != pending_seq + 1) {
+                    break; /* (no seq follows 2**64 - 1: Python's ints do not wrap) */
                 }
                 pending_seq = h.seq;
             }
