@@ -82,7 +82,7 @@ def build(path: str, n: int, value_size: int, history: bool) -> dict[str, Any]:
             for lo in range(0, n, CHUNK * 2):
                 with db.batch() as b:
                     for i in range(lo, min(n, lo + CHUNK * 2), 2):
-                        b.put(key_of(i), other, ttl=86400 if i % 100 == 0 else None)
+                        b.put(key_of(i), other, ttl=86400 if i % 100 == 2 else None)
             for lo in range(0, n, CHUNK * 10):
                 with db.batch() as b:
                     for i in range(lo, min(n, lo + CHUNK * 10), 10):
