@@ -12,6 +12,7 @@ Modes:
 * ``reopen``: open a store another process left behind and read one key (the reopen-with-history
   phase of ``run`` starts it, so that the open pays for every import and cache cold, as a
   restarted service does).
+* ``history-reopen``: that phase alone at its own size (``bench.py --reopen-n``).
 * ``scale-build`` / ``scale-open``: ``bench.py --scale``. Build writes K keys through
   ``db.batch()`` and closes; open, in a fresh process, times the open, the growth of
   ``RssAnon`` over it, and random gets.
@@ -397,6 +398,39 @@ def reopen_in_child(cfg: dict[str, Any], path: str, key: bytes) -> dict[str, Any
     return phase
 
 
+def history_reopen(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``bench.py --reopen-n``: the reopen-with-history phase alone, at its own size. Puts
+    ``n`` keys in random order, overwrites half of them, deletes a tenth (one call each, as in
+    ``run``), closes, and times a fresh process's open up to its first get."""
+    name = cfg["backend"]
+    n = cfg["n"]
+    rng = random.Random(cfg["seed"])
+    pool = [rng.randbytes(cfg["value_size"]) for _ in range(1024)]
+    keys = [b"key:%012d" % i for i in range(n)]
+    order = list(range(n))
+    rng.shuffle(order)
+    overwritten = rng.sample(range(n), n // 2)
+    deleted = set(rng.sample(range(n), n // 10))
+    adapter = ADAPTERS[name]()
+    adapter.open(cfg["dir"])
+    put, _get, delete = adapter.ops()
+    for j, i in enumerate(order):
+        put(keys[i], pool[j & 1023])
+    for j, i in enumerate(overwritten):
+        put(keys[i], pool[(j * 31 + 17) & 1023])
+    for i in deleted:
+        delete(keys[i])
+    adapter.close()
+    live = next(k for i, k in enumerate(keys) if i not in deleted)
+    phase = reopen_in_child(cfg, cfg["dir"], live)
+    out: dict[str, Any] = {"backend": name, "n": n, "secs": phase["secs"]}
+    if name == "bitkv":
+        out["implementation"] = bitkv_implementation()
+    if "error" in phase:
+        out["errors"] = [phase["error"]]
+    return out
+
+
 def reopen(cfg: dict[str, Any]) -> dict[str, Any]:
     name = cfg["backend"]
     __import__(REQUIRES[name])  # the import is not the open
@@ -545,6 +579,8 @@ def main() -> None:
         result = probe_measure(cfg)
     elif mode == "reopen":
         result = reopen(cfg)
+    elif mode == "history-reopen":
+        result = history_reopen(cfg)
     elif mode == "scale-build":
         result = scale_build(cfg)
     elif mode == "scale-open":
