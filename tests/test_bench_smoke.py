@@ -182,3 +182,17 @@ def test_scale_targets_judge_only_48m_against_1m():
     assert [r[3] for r in rows] == ["met", "met"]
     slow = [opened("bitkv", 1_000_000, 0.1, 1e6), opened("bitkv", 48_000_000, 41.0, 7.9e5)]
     assert [r[3] for r in bench.scale_targets(slow, nproc=2)] == ["**not met**"] * 2
+
+
+def test_pure_python_row_covers_phases_reopen_and_scale():
+    aggs = {name: {"runs": 1, "phases": {"fill": {"value": fill}, "reopen": {"value": secs}}}
+            for name, fill, secs in (("bitkv-py", 100.0, 0.5), ("base-py", 80.0, 0.4))}
+    scale = [{"backend": "bitkv-py", "keys": 4_000_000, "open_secs": 2.0, "gets_s": 90.0},
+             {"backend": "base-py", "keys": 4_000_000, "open_secs": 1.0, "gets_s": 100.0}]
+    rows = dict((row, r) for r, row in bench.pure_vs_baseline(
+        aggs, scale, {"bitkv-py": [0.3], "base-py": [0.6]}, 1_000_000))
+    assert rows == {"fill": 1.25, "reopen": 0.8, "reopen with history, 1M": 2.0,
+                    "open at 4M": 0.5, "gets at 4M": 0.9}
+    target = bench.evaluate_targets(aggs, {}, scale, 200_000, 100, 2, "8529961",
+                                    {"bitkv-py": [0.3], "base-py": [0.6]}, 1_000_000)[-1]
+    assert target[2] == "worst 0.50x (open at 4M)" and target[3] == "**not met**"
