@@ -821,13 +821,29 @@ def run_probe(args: argparse.Namespace, base: str) -> dict[str, Any]:
     return probe
 
 
+def rotated(names: list[str], run: int) -> list[str]:
+    """``names`` starting at the run-th: each backend takes each place in the order in turn.
+    In a fixed order a backend always follows the same one and inherits its aftermath (its
+    dirty pages being written back, its freed memory). Two backends running the same code
+    in a fixed order measured 0.58x on overwrite, the one below the other in every run
+    (docs/performance.md, "Reading the figures of 2026-12-04")."""
+    k = run % len(names) if names else 0
+    return names[k:] + names[:k]
+
+
+def settle() -> None:
+    """Write back what the previous child left dirty, before the next one is timed."""
+    os.sync()
+
+
 def run_history_reopens(args: argparse.Namespace, base: str,
                         variants: list[str]) -> dict[str, list[float]]:
     """``--reopen-n``: each variant's reopen with history at that size, ``--runs`` times,
     variants interleaved; label -> the open times (s)."""
     times: dict[str, list[float]] = {v: [] for v in variants}
     for run in range(args.runs):
-        for v in variants:
+        for v in rotated(variants, run):
+            settle()
             cfg = {"mode": "history-reopen", "n": args.reopen_n, "seed": args.seed + run,
                    "value_size": args.value_size, "dir": os.path.join(base, f"history-{v}")}
             r = run_child(v, cfg, args.timeout)
@@ -862,10 +878,12 @@ def run_scale(args: argparse.Namespace, base: str, variants: list[str]) -> list[
             shutil.rmtree(sdir, ignore_errors=True)
             break  # a larger store would fail too (time, memory or disk)
         out.append(dict(built, keys=keys))
+        settle()
         run_child(variants[0], dict(cfg, mode="scale-open", gets=1), args.timeout)  # warm-up
         opened: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for run in range(args.scale_runs):
             for v in variants if run % 2 == 0 else variants[::-1]:
+                settle()
                 r = run_child(v, dict(cfg, mode="scale-open"), args.timeout)
                 if "failed" in r or r.get("errors"):
                     log(f"scale {fmt_keys(keys)} {v}: FAILED: "
@@ -933,9 +951,10 @@ def measure(args: argparse.Namespace, base: str, skipped: dict[str, str]) -> int
         runs[name].append({"backend": name, "skipped": reason})
     throughput = not (args.probe_only or args.scale_only)
     for run in range(args.runs if throughput else 0):
-        for name in args.backends:
+        for name in rotated(args.backends, run):
             if name in skipped:
                 continue
+            settle()
             work = os.path.join(base, f"{name}-run{run}")
             cfg = {"mode": "run", "n": args.n,
                    "value_size": args.value_size, "seed": args.seed, "dir": work,
