@@ -388,8 +388,8 @@ def reopen_in_child(cfg: dict[str, Any], path: str, key: bytes) -> dict[str, Any
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        return {"ops": 0, "total": 1, "secs": 0.0, "partial": True,
-                "error": f"exit {proc.returncode}: {tail}"}
+        # no "secs": a failed open is no time at all, and the error fails the run
+        return {"ops": 0, "total": 1, "error": f"exit {proc.returncode}: {tail}"}
     r = json.loads(lines[-1])
     phase = {"ops": 1, "total": 1, "secs": r["secs"], "partial": False,
              "rss_anon_growth": r["rss_anon_growth"]}
@@ -423,7 +423,7 @@ def history_reopen(cfg: dict[str, Any]) -> dict[str, Any]:
     adapter.close()
     live = next(k for i, k in enumerate(keys) if i not in deleted)
     phase = reopen_in_child(cfg, cfg["dir"], live)
-    out: dict[str, Any] = {"backend": name, "n": n, "secs": phase["secs"]}
+    out: dict[str, Any] = {"backend": name, "n": n, "secs": phase.get("secs")}
     if name == "bitkv":
         out["implementation"] = bitkv_implementation()
     if "error" in phase:
