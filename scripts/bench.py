@@ -800,9 +800,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_probe(args: argparse.Namespace, base: str) -> dict[str, Any]:
+def run_probe(args: argparse.Namespace, base: str, skipped: dict[str, str]) -> dict[str, Any]:
     probe: dict[str, Any] = {}
-    for name in [b for b in PROBE_BACKENDS if b in args.backends]:
+    for name in [b for b in PROBE_BACKENDS if b in args.backends and b not in skipped]:
         pdir = os.path.join(base, f"probe-{name}")
         cfg = {"mode": "probe-build", "dir": pdir, "keys": args.probe_keys,
                "probe_value_size": 8}
@@ -973,11 +973,7 @@ def measure(args: argparse.Namespace, base: str, skipped: dict[str, str]) -> int
                 log(f"[run {run + 1}/{args.runs}] {name}: {time.time() - t0:.1f} s")
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
-    probe = {} if args.no_probe or args.scale_only else run_probe(
-        args, base) if not skipped.keys() >= set(PROBE_BACKENDS) else {}
-    for name in list(probe):
-        if name in skipped:
-            del probe[name]
+    probe = {} if args.no_probe or args.scale_only else run_probe(args, base, skipped)
     variants = [b for b in args.backends if b in BITKV_VARIANTS and b not in skipped]
     if args.reopen_n and throughput:
         args.reopens = run_history_reopens(args, base, variants)
