@@ -100,6 +100,17 @@ def test_quick_bench_reports_every_phase(tmp_path):
     _h, ratios = _table(md, "bitkv-py vs")
     assert set(ratios) == set(backends) - {"bitkv-py"}
 
+    # CPU time per op of the single-threaded phases, every backend, and bitkv-py's ratios by it
+    cheader, cpu_rows = _table(
+        md, "backend | fill | batched fill | random read | overwrite | delete")
+    assert len(cheader) == 6  # not the throughput table, whose header starts the same
+    assert set(cpu_rows) == set(backends)
+    for name, cells in cpu_rows.items():
+        for column in cheader[1:]:
+            assert _number(cells[cheader.index(column)]) > 0, (name, column)
+    _h, by_cpu = _table(md, "bitkv-py vs, by CPU time")
+    assert set(by_cpu) == set(backends) - {"bitkv-py"}
+
     assert "### Targets (issue 14)" in md
     thead, targets = _table(md, "target")
     assert thead[:4] == ["target", "bitkv (compiled)", "bitkv-py (pure Python)", "status"]
