@@ -26,6 +26,15 @@ int bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint
  * as the get kernel does against the record's key, and use bitkv_index_lookup if that fails.
  * Never fails. ``map`` must be an IndexMap. */
 int bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value);
+
+/* Batched lookups (compaction's copy loop): the hash of a key (no Python API, no GIL needed);
+ * a hint to the CPU to fetch what a lookup of that hash will read (stage 0: its home slot;
+ * stage 1, once that is cached: its key in the arena); the lookup given the hash. The last
+ * two read the map: GIL held. */
+uint64_t bitkv_index_hash(const unsigned char *key, size_t len);
+void bitkv_index_prefetch(PyObject *map, uint64_t hash, int stage);
+int bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len,
+                              uint64_t hash, uint64_t *value);
 /* Set key (bytes) -> value; had_old and old tell the previous value. 0, or -1 on error (set). */
 int bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old);
 /* 1 if removed, 0 if absent, -1 on error (set). */
@@ -46,6 +55,9 @@ uint32_t bitkv_crc32c_extend(uint32_t crc, const void *data, size_t len);
 
 /* put.c: Store.put's common case (a map write and the index update) in one call. */
 int bitkv_put_init(PyObject *module);
+
+/* compact.c: compaction's copy loop (copy_live). */
+int bitkv_compact_init(PyObject *module);
 
 /* A data record's 28-byte header (docs/format.md, "Data record"; bitkv/record.py is the
  * reference): crc32c u32 | flags u8 | reserved u8 | key_len u16 | value_len u32 | seq u64 |
