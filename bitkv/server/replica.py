@@ -534,7 +534,10 @@ class ReplicaLink:
         self._save_resume(None)
         self.replid, self.offset = None, -1
         try:
-            return self._load(path)
+            # One fsync at the end (_load's db.sync()), not one per batch when the store
+            # syncs always: the load is not acknowledged to anyone before it is done.
+            with self.server.db.deferred_sync():
+                return self._load(path)
         except _Aborted:
             raise LinkError("the full resync was interrupted while loading; the store holds "
                             "a partial copy until the next full resync") from None
