@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build bitkv's compiled extension with AddressSanitizer and UndefinedBehaviorSanitizer and run
-# the differential test and the fuzz target's seeded run against it (about 30 s).
+# the differential tests and the fuzz targets' seeded runs against it (about a minute).
 #
 # The sanitized build goes into a temporary copy of the package, put first on PYTHONPATH, so the
 # installed (unsanitized) build is untouched. The interpreter is not sanitized: libasan is
@@ -46,7 +46,8 @@ print('asan_native: testing', m.__file__)
 "
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_indexmap.py" "$repo/tests/test_native_crc.py" \
-  "$repo/tests/test_fuzz_targets.py" -k "indexmap or Indexmap or crc"
+  "$repo/tests/test_resp_native.py" \
+  "$repo/tests/test_fuzz_targets.py" -k "indexmap or Indexmap or crc or resp"
 "$python" - "$repo/fuzz" <<'PY'
 import random, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -57,5 +58,26 @@ while time.monotonic() - started < 10:  # random programs for 10 s
     fuzz_indexmap.check_one(rng.randbytes(rng.randint(0, 3000)))
     n += 1
 print(f"asan_native: {n} random fuzz programs ran clean")
+PY
+"$python" - "$repo/fuzz" <<'PY'
+import random, sys, time
+sys.path.insert(0, sys.argv[1])
+import fuzz_resp
+assert fuzz_resp.RespParser is not None
+rng, started, n = random.Random(98), time.monotonic(), 0
+corpus = fuzz_resp.seeds()
+while time.monotonic() - started < 10:  # seeds with random edits for 10 s
+    data = bytearray(rng.choice(corpus))
+    for _ in range(rng.randint(1, 4)):
+        if not data:
+            break
+        i = rng.randrange(len(data))
+        if rng.random() < 0.5:
+            data[i] = rng.randrange(256)
+        else:
+            del data[i : i + rng.randint(1, 8)]
+    fuzz_resp.check_one(bytes(data))
+    n += 1
+print(f"asan_native: {n} mutated RESP streams ran clean")
 PY
 echo "asan_native: ok"

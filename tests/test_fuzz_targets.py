@@ -19,6 +19,7 @@ import fuzz_hint
 import fuzz_indexmap
 import fuzz_rdb
 import fuzz_record
+import fuzz_resp
 import fuzz_server_parser
 import fuzz_store
 
@@ -132,7 +133,22 @@ def test_indexmap_target_on_random_bytes() -> None:
         fuzz_indexmap.check_one(rng.randbytes(rng.randint(0, 400)))
 
 
+def test_resp_target_on_seeded_mutations() -> None:
+    """The compiled RESP parser against PyParser: commands, errors, idle(), buffered()."""
+    if fuzz_resp.RespParser is None:
+        pytest.skip("the extension is not built (or BITKV_PURE_PYTHON=1)")
+    run_target(fuzz_resp.check_one, fuzz_resp.seeds(), 4000, seed=17)
+
+
+def test_resp_target_on_random_bytes() -> None:
+    if fuzz_resp.RespParser is None:
+        pytest.skip("the extension is not built (or BITKV_PURE_PYTHON=1)")
+    rng = random.Random(18)
+    for _ in range(1500):
+        fuzz_resp.check_one(rng.randbytes(rng.randint(0, 300)))
+
+
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
-                                    fuzz_rdb, fuzz_indexmap])
+                                    fuzz_rdb, fuzz_indexmap, fuzz_resp])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)

@@ -133,7 +133,8 @@ class ServerConfig:
     # Redis's `client-output-buffer-limit pubsub`: (hard bytes, soft bytes, soft seconds) of
     # output waiting for a subscriber before it is closed (see Connection.push).
     pubsub_output_limit: tuple[int, int, float] = PUBSUB_OUTPUT_LIMIT
-    use_hiredis: bool | None = None  # None: when installed
+    use_hiredis: bool | None = None  # None: when installed (False alone: the Python parser)
+    use_native: bool | None = None  # the compiled RESP parser; None: when built
     use_uvloop: bool | None = None  # None: when installed
     store_options: dict[str, Any] = field(default_factory=dict)  # more bitkv.open() options
     # Replication, the replica side (docs/replication.md). None: not given (a value that
@@ -273,7 +274,7 @@ class Connection(asyncio.Protocol):
         self.control: ServerControl = server
         self.db = server.db
         self.authenticated = server.requirepass is None
-        self.parser = make_parser(server.limits, self.authenticated, server.use_hiredis)
+        self.parser = make_parser(server.limits, self.authenticated, kind=server.parser_kind)
         self.resp3 = False
         self.null = NIL2
         self.client_id = next(server.client_ids)
@@ -885,8 +886,9 @@ class Server:
         self.auth_limiter = AuthLimiter(AUTH_GLOBAL_RATE, AUTH_GLOBAL_BURST)
         self._throttles: set[asyncio.Task[None]] = set()  # AUTH steps waiting out a delay
         self.requirepass: bytes | None = config.requirepass  # type: ignore[assignment]
-        self.use_hiredis = protocol.HAVE_HIREDIS if config.use_hiredis is None \
-            else config.use_hiredis
+        # "native", "hiredis" or "python" (protocol.choose_parser)
+        self.parser_kind = protocol.choose_parser(config.use_native, config.use_hiredis)
+        self.use_hiredis = self.parser_kind == "hiredis"
         self.sync_always = config.sync == "always"
         self.clients: dict[Connection, None] = {}
         self.client_ids = itertools.count(1)
@@ -1103,7 +1105,7 @@ class Server:
         log.info("bitkv %s serving %s on %s (%s, sync=%s, parser=%s, loop=%s, pid=%d)",
                  bitkv.__version__, os.path.abspath(config.dir), addrs,
                  "TLS" if config.tls else "plain TCP", config.sync,
-                 "hiredis" if self.use_hiredis else "python", self.loop_name, os.getpid())
+                 self.parser_kind, self.loop_name, os.getpid())
         log.info("Ready to accept connections on port %d", self.port)
 
     def request_shutdown(self) -> None:
