@@ -1152,10 +1152,17 @@ class Store(MutableMapping[bytes, bytes]):
         deferral.depth += 1
         try:
             yield
-        finally:
+        except BaseException:
             deferral.depth -= 1
-            if not deferral.depth and not self._closed and not self.readonly:
+            # The block's writes are made durable all the same, unless an fsync already
+            # failed (the exception leaving is likely that failure: no second error over it).
+            if not deferral.depth and not self._closed and not self.readonly \
+                    and self._log.sync_failure is None:
                 self.sync_pending()
+            raise
+        deferral.depth -= 1
+        if not deferral.depth and not self._closed and not self.readonly:
+            self.sync_pending()
 
     def _flush_once(self) -> None:
         seg = self._log.active
