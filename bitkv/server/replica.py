@@ -741,6 +741,16 @@ class ReplicaLink:
     def _send_ack(self) -> None:
         writer = self._writer
         if writer is not None and not writer.is_closing() and self.offset >= 0:
+            if self.server.sync_always:
+                # The offset vouches for what this replica holds: with --sync always, on its
+                # disk (WAIT, docs/replication.md). The stream's writes were applied on the
+                # loop thread without their own fsync (Store.deferred_sync); one now.
+                try:
+                    self.server.db.sync_pending()
+                except Exception as exc:
+                    log.error("replication: not acknowledging offset %d: the fsync failed: "
+                              "%s", self.offset, exc)
+                    return
             writer.write(encode_command(b"REPLCONF", b"ACK", self.offset))
 
     async def _ack_loop(self) -> None:
