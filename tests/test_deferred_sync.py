@@ -17,11 +17,19 @@ class CountingIO(FileIO):
         self.fsyncs = 0
         self.fail = False
 
+    # Both count: the active segment is made durable with fdatasync where the store
+    # preallocates it, with fsync elsewhere (headers, directories, MANIFEST).
     def fsync(self, fd: int) -> None:
         if self.fail:
             raise OSError(5, "injected fsync failure")
         self.fsyncs += 1
         super().fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        if self.fail:
+            raise OSError(5, "injected fdatasync failure")
+        self.fsyncs += 1
+        super().fdatasync(fd)
 
 
 @pytest.fixture
