@@ -99,6 +99,12 @@ if keydir.IMPLEMENTATION == "native":
 log = logging.getLogger("bitkv")
 
 
+class _Deferral(threading.local):
+    """Per thread: how many :meth:`Store.deferred_sync` blocks it is inside (0: none)."""
+
+    depth = 0
+
+
 def _log_recovery(path: str, report: recovery.RecoveryReport) -> None:
     """Say what opening found, so damage and repairs are never silent."""
     if report.corrupt_bytes or report.damage:
@@ -257,6 +263,8 @@ class Store(MutableMapping[bytes, bytes]):
         # not read yet (None: no pin).
         self.retain_history_from: int | None = None
         self._seeing = threading.local()  # .on: this thread sees held expired keys as live
+        # Threads inside deferred_sync(): their sync="always" writes skip their own fsync.
+        self._deferral = _Deferral()
         self.compact_dead_ratio = float(compact_dead_ratio)
         self.compact_min_dead_bytes = compact_min_dead_bytes
         self._compact_lock = threading.Lock()
@@ -705,7 +713,7 @@ class Store(MutableMapping[bytes, bytes]):
                         kd.next_expiry = expiry_ms
                 elif kd.expiries:
                     kd.expiries.pop(k, None)
-        if self._sync_always:
+        if self._sync_always and not self._deferral.depth:
             self._log.wait_durable(seg, end)
         return True
 
@@ -734,7 +742,7 @@ class Store(MutableMapping[bytes, bytes]):
         return seg, offset + len(data)
 
     def _durable(self, seg: Segment, end: int) -> None:
-        if self._sync_always:
+        if self._sync_always and not self._deferral.depth:
             self._log.wait_durable(seg, end)
 
     def __setitem__(self, key: KeyLike, value: ValueLike) -> None:
@@ -1188,6 +1196,58 @@ class Store(MutableMapping[bytes, bytes]):
         seg = self._log.active
         if seg is not None:
             self._log.wait_durable(seg, seg.size)
+
+    def sync_pending(self) -> None:
+        """Make every write appended so far durable on stable storage, whatever the sync
+        mode: one fsync of the active segment if anything was appended since the last one
+        (shared with concurrent writers and callers: group commit), no system call at all if
+        not. The cheap, frequent form of :meth:`sync` (which also re-checks the lock file):
+        the wait that goes with :meth:`deferred_sync`.
+
+        Raises ``OSError`` if the fsync fails (the store then refuses writes until it is
+        reopened), and :class:`Error` if it already refuses them after a failed fsync (then
+        nothing written can be promised durable). A read-only store has nothing pending.
+        """
+        self._check_open()
+        log = self._log
+        if log.sync_failure is not None:
+            log.check()  # nothing can be promised durable after a failed fsync
+        seg = log.active
+        if seg is not None and seg.synced_size < seg.size:
+            log.wait_durable(seg, seg.size)
+
+    @contextlib.contextmanager
+    def deferred_sync(self) -> Iterator[None]:
+        """Within the block, writes made *by this thread* return as soon as they are appended
+        (they have reached the OS: they survive the process being killed), without waiting
+        for their fsync, even with ``sync="always"``; call :meth:`sync_pending` to make
+        everything appended so far durable with one fsync. Leaving the block does that
+        too, also when an exception leaves it (unless the store was closed inside it:
+        ``close()`` fsyncs).
+
+        This is group commit for a caller that answers many writes at once, as ``bitkv
+        serve --sync always`` does once per event-loop iteration: apply every write, one
+        fsync, then acknowledge them all. The caller must not report a write durable
+        before a ``sync_pending()`` that followed it has returned. Other threads keep the
+        store's promise for their own writes (with ``"always"``, durable when they return);
+        with ``"interval"`` and ``"never"`` writes never wait anyway, so only the fsync at
+        the end of the block differs. Blocks nest; only the outermost one syncs.
+        """
+        deferral = self._deferral
+        deferral.depth += 1
+        try:
+            yield
+        except BaseException:
+            deferral.depth -= 1
+            # The block's writes are made durable all the same, unless an fsync already
+            # failed (the exception leaving is likely that failure: no second error over it).
+            if not deferral.depth and not self._closed and not self.readonly \
+                    and self._log.sync_failure is None:
+                self.sync_pending()
+            raise
+        deferral.depth -= 1
+        if not deferral.depth and not self._closed and not self.readonly:
+            self.sync_pending()
 
     def _flush_once(self) -> None:
         seg = self._log.active
