@@ -135,6 +135,11 @@ class FileIO:
     def unlink(self, path: str) -> None:
         os.unlink(path)
 
+    def link(self, src: str, dst: str) -> None:
+        """Make ``dst`` a new name (hard link) of the file at ``src``; fail if ``dst`` exists.
+        A symlink at ``src`` is linked as itself, never followed."""
+        os.link(src, dst, follow_symlinks=False)
+
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
 
@@ -223,6 +228,9 @@ class FsyncGuard(FileIO):
 
     def unlink(self, path: str) -> None:
         self.inner.unlink(path)
+
+    def link(self, src: str, dst: str) -> None:
+        self.inner.link(src, dst)
 
     def listdir(self, path: str) -> list[str]:
         return self.inner.listdir(path)
