@@ -232,26 +232,34 @@ def _prepare_full(dest: str, io: FileIO) -> tuple[bool, StoreLock]:
             io.fsync_dir(parent)
     if st is not None:
         _check_directory(dest, st)
+    # Judged before the lock is taken (which writes LOCK there), and again under it.
+    _check_full_destination(dest, io, clear=False)
     lock = _lock(dest, io)
     try:
-        names = [n for n in io.listdir(dest) if n != LOCK_NAME]
-        if names:
-            if MARKER_NAME in names:
-                kind = ("a backup" if BACKUP_NOTE_NAME in names else "a bitkv store")
-                raise BackupError(f"the destination {dest!r} is already {kind}; take an "
-                                  "incremental backup into a backup (--incremental), or choose "
-                                  "a new directory. Nothing was written")
-            if BACKUP_NOTE_NAME not in names or not all(_is_ours(n) for n in names):
-                raise BackupError(f"the destination {dest!r} exists, is not empty and is not "
-                                  "a bitkv backup. Nothing was written")
-            # A backup that was interrupted (no marker yet): it holds nothing of value.
-            for name in names:
-                io.unlink(os.path.join(dest, name))
-            io.fsync_dir(dest)
+        _check_full_destination(dest, io, clear=True)
     except BaseException:
         lock.release()
         raise
     return created, lock
+
+
+def _check_full_destination(dest: str, io: FileIO, *, clear: bool) -> None:
+    names = [n for n in io.listdir(dest) if n != LOCK_NAME]
+    if not names:
+        return
+    if MARKER_NAME in names:
+        kind = "a backup" if BACKUP_NOTE_NAME in names else "a bitkv store"
+        raise BackupError(f"the destination {dest!r} is already {kind}; take an incremental "
+                          "backup into a backup (--incremental), or choose a new directory. "
+                          "Nothing was written")
+    if BACKUP_NOTE_NAME not in names or not all(_is_ours(n) for n in names):
+        raise BackupError(f"the destination {dest!r} exists, is not empty and is not a bitkv "
+                          "backup. Nothing was written")
+    if clear:
+        # A backup that was interrupted (no marker yet): it holds nothing of value.
+        for name in names:
+            io.unlink(os.path.join(dest, name))
+        io.fsync_dir(dest)
 
 
 @dataclass
@@ -300,18 +308,12 @@ def _open_earlier(dest: str, io: FileIO) -> tuple[_Earlier, StoreLock]:
                           "goes into an earlier backup (take a full one first, without "
                           "--incremental)")
     _check_directory(dest, st)
+    # Judged before the lock is taken (which writes LOCK there), and again under it.
+    _check_is_backup(dest, io)
     lock = _lock(dest, io)
     try:
         names = io.listdir(dest)
-        note = _read_note(dest, io)
-        if note is None:
-            what = "a bitkv store, not a backup" if MARKER_NAME in names else \
-                "not a bitkv backup"
-            raise BackupError(f"the destination {dest!r} is {what}; an incremental backup goes "
-                              "into a backup taken by `bitkv backup`. Nothing was written")
-        if MARKER_NAME not in names:
-            raise BackupError(f"the destination {dest!r} is a backup that never completed; "
-                              "take a full backup (without --incremental). Nothing was written")
+        note = _check_is_backup(dest, io)
         try:
             recovery.read_marker(dest, io)
             raw = io.read_file(os.path.join(dest, MANIFEST_NAME),
@@ -334,6 +336,20 @@ def _open_earlier(dest: str, io: FileIO) -> tuple[_Earlier, StoreLock]:
                 earlier.ids.add(sid)
     earlier.ids.update(e.segment_id for e in listed.entries)
     return earlier, lock
+
+
+def _check_is_backup(dest: str, io: FileIO) -> dict[str, Any]:
+    """The note of the complete backup in ``dest``; BackupError if it is none."""
+    names = io.listdir(dest)
+    note = _read_note(dest, io)
+    if note is None:
+        what = "a bitkv store, not a backup" if MARKER_NAME in names else "not a bitkv backup"
+        raise BackupError(f"the destination {dest!r} is {what}; an incremental backup goes "
+                          "into a backup taken by `bitkv backup`. Nothing was written")
+    if MARKER_NAME not in names:
+        raise BackupError(f"the destination {dest!r} is a backup that never completed; take a "
+                          "full backup (without --incremental). Nothing was written")
+    return note
 
 
 def _check_unchanged(dest: str, io: FileIO, earlier: _Earlier) -> None:
@@ -629,13 +645,14 @@ def run(source: str, dest: str | os.PathLike[str], pin_view: Callable[[], Pin], 
         finally:
             view.close()
     except BaseException as exc:
-        if not committed and writer is not None:
-            writer.remove_created()
+        if not committed:
+            if writer is not None:
+                writer.remove_created()
             if created:
                 try:
                     for name in io.listdir(dest):
                         io.unlink(os.path.join(dest, name))
-                    os.rmdir(dest)
+                    io.rmdir(dest)
                 except OSError:
                     pass
         if isinstance(exc, OSError):

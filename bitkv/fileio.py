@@ -146,6 +146,9 @@ class FileIO:
     def mkdir(self, path: str) -> None:
         os.mkdir(path, 0o755)
 
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
+
     def size(self, fd: int) -> int:
         return os.fstat(fd).st_size
 
@@ -237,6 +240,9 @@ class FsyncGuard(FileIO):
 
     def mkdir(self, path: str) -> None:
         self.inner.mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        self.inner.rmdir(path)
 
     def size(self, fd: int) -> int:
         return self.inner.size(fd)
