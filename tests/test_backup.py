@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -523,3 +524,85 @@ def test_backups_while_four_threads_write_delete_and_compact(tmp_path: Path) -> 
     for full, before, batch_before in taken:
         check_holds(assert_sound(full), writers, before, batch_before)
     assert_sound(tmp_path / "incr")
+
+
+def test_incremental_into_a_backup_opened_for_writing_is_refused(tmp_path: Path) -> None:
+    with bitkv.open(tmp_path / "s") as db:
+        db.put(b"k", b"v")
+        db.backup(tmp_path / "bk")
+        with bitkv.open(tmp_path / "bk"), \
+                pytest.raises(bitkv.BackupError, match="in use"):
+            db.backup(tmp_path / "bk", incremental=True)
+    assert assert_sound(tmp_path / "bk") == {b"k": b"v"}
+
+
+# Runs one incremental backup of a store (read-only, as the command does) and stops at the
+# phase named by argv[3], where the test kills it: after the first segment copied, just
+# before the commit (every new file written), just after it (headers not yet written,
+# nothing removed).
+KILLED_BACKUP = """
+import sys, time, bitkv
+from bitkv import backup as bm
+phase = sys.argv[3]
+def stop(name):
+    if name == phase:
+        print(name, flush=True)
+        time.sleep(60)  # killed here
+copy, commit = bm._Writer.copy_segment, bm.manifest.write
+def copy_then_stop(self, *a, **k):
+    copy(self, *a, **k)
+    stop("copying")
+def stop_then_commit(*a):
+    stop("before-commit")
+    commit(*a)
+    stop("after-commit")
+bm._Writer.copy_segment, bm.manifest.write = copy_then_stop, stop_then_commit
+with bitkv.open(sys.argv[1], readonly=True) as db:
+    db.backup(sys.argv[2], incremental=True)
+print("done", flush=True)
+"""
+PHASES = ("copying", "before-commit", "after-commit")
+
+
+def test_incremental_backups_killed_anywhere_open_as_the_older_or_the_newer(
+        tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    src, dest = tmp_path / "s", tmp_path / "bk"
+    with bitkv.open(src, max_segment_size=4096, auto_compact=False) as db:
+        older = fill(db, 0, 100, b"round0")
+        db.backup(dest)
+    for round_, phase in enumerate(PHASES * 2, start=1):
+        with bitkv.open(src, max_segment_size=4096, auto_compact=False) as db:
+            if round_ > len(PHASES):
+                db.compact()  # the second time around, the backup also drops segments
+            newer = {**older, **fill(db, 0, 250, b"round%d" % round_)}
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_BACKUP, str(src), str(dest),
+                                 phase], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == phase + "\n"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # Left as a kill left it: it opens (read-only and for writing: a copy is used, so the
+        # backup itself stays untouched) as the older backup or the newer, never a mix.
+        expected = newer if phase == "after-commit" else older
+        assert contents(dest) == expected, phase
+        shutil.copytree(dest, tmp_path / f"opened-{round_}")
+        with bitkv.open(tmp_path / f"opened-{round_}") as copy:
+            assert dict(copy.items()) == expected
+        # The next incremental backup cleans up and completes.
+        with bitkv.open(src, readonly=True) as reader:
+            reader.backup(dest, incremental=True)
+        assert assert_sound_readonly(dest) == newer
+        assert set(seg_mod.list_segment_ids(os.listdir(dest))) == {
+            e.segment_id for e in manifest.read(str(dest), FileIO()).entries}
+        older = newer
+
+
+def assert_sound_readonly(path: Path) -> dict[bytes, bytes]:
+    """As assert_sound, without the writable open (which would end incremental backups)."""
+    report = bitkv.check(path)
+    assert report.healthy, report.issues
+    return contents(path)
