@@ -382,19 +382,15 @@ def _check_unchanged(dest: str, io: FileIO, earlier: _Earlier) -> None:
 def _check_same_store(source: str, dest: str, earlier: _Earlier, view: Pin,
                       keycheck: bytes | None) -> None:
     note = earlier.note
-    try:
-        st = os.stat(source)
-        same_dir = (note.get("source_device"), note.get("source_inode")) == (st.st_dev,
-                                                                              st.st_ino)
-    except OSError:
-        same_dir = False
+    identity = _store_identity(source)
+    same_dir = identity is not None and note.get("source_identity") == identity
     nonces = {p.state.header.nonce for p in view.segments}
     shared = any(e.nonce in nonces for e in earlier.listed.entries)
     if not (same_dir or shared):
         raise BackupError(f"the backup {dest!r} is not a backup of the store {source!r} (it "
-                          "was taken of another directory and shares no segment with this "
-                          "store); take a full backup into a new directory. Nothing was "
-                          "written")
+                          "was taken of another store, or of this one before it was moved or "
+                          "copied, and shares no segment with it); take a full backup into a "
+                          "new directory. Nothing was written")
     if earlier.keycheck is not None and keycheck != earlier.keycheck:
         raise BackupError(f"the backup {dest!r} has another encryption key check than the "
                           f"store {source!r}: it is a backup of another store. Nothing was "
@@ -546,15 +542,22 @@ def _pin_settled(pin_view: Callable[[], Pin]) -> Pin:
         attempt += 1
 
 
+def _store_identity(source: str) -> list[int] | None:
+    """What tells this store directory from another one at the same path (None: unknown):
+    the device and inode of the directory and of its marker, and the marker's inode change
+    time. The marker is written once, when the store is created, and never rewritten (but by
+    the one upgrade of a version-1 store), so a store deleted and created again at the same
+    place (which may well get the same inode numbers back) still differs by that time."""
+    try:
+        directory = os.stat(source)
+        marker = os.lstat(os.path.join(source, MARKER_NAME))
+    except OSError:
+        return None
+    return [directory.st_dev, directory.st_ino, marker.st_ino, marker.st_ctime_ns]
+
+
 def _note(source: str, view: Pin, listed: manifest.Manifest, open_state: tuple[int, int] | None,
           earlier: _Earlier | None, complete: bool) -> bytes:
-    device: int | None = None
-    inode: int | None = None
-    try:
-        st = os.stat(source)
-        device, inode = st.st_dev, st.st_ino
-    except OSError:
-        pass
     states = [{"manifest_crc": _manifest_crc(listed.encode()),
                "open_id": open_state[0] if open_state else None,
                "open_size": open_state[1] if open_state else None}]
@@ -567,8 +570,7 @@ def _note(source: str, view: Pin, listed: manifest.Manifest, open_state: tuple[i
         "bitkv_backup": NOTE_VERSION,
         "complete": complete,
         "source": os.path.realpath(source),
-        "source_device": device,
-        "source_inode": inode,
+        "source_identity": _store_identity(source),
         "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "last_seq": view.last_seq,
         "segments": len(listed.entries),
@@ -678,7 +680,9 @@ def _write_segments(writer: _Writer, view: Pin, earlier: _Earlier | None, link: 
     taken: set[int] = set()
     newest_old = 0
     listed_nonces: set[int] = set()
+    earlier_names: set[str] = set()
     if earlier is not None:
+        earlier_names = set(earlier.names)
         listed_nonces = {e.nonce for e in earlier.listed.entries}
         reusable = {e.nonce: e for e in earlier.listed.entries if not e.is_open}
         taken = set(earlier.ids)
@@ -701,6 +705,11 @@ def _write_segments(writer: _Writer, view: Pin, earlier: _Earlier | None, link: 
                                                   s.size, s.header.kind,
                                                   min(s.durable_end, s.size)))
             writer.report.reused += 1
+            hint_name = seg_mod.hint_name(old.segment_id)
+            if hint_name not in earlier_names:
+                # The store wrote a hint since (the background sealing hints): take it too.
+                # A hint is valid for a listed segment of the same nonce whenever it lands.
+                writer.copy_hint(p, hint_name)
             continue
         if s.segment_id in taken:
             backup_id, next_free = next_free, next_free + 1

@@ -606,3 +606,32 @@ def assert_sound_readonly(path: Path) -> dict[bytes, bytes]:
     report = bitkv.check(path)
     assert report.healthy, report.issues
     return contents(path)
+
+
+def test_incremental_refuses_a_store_created_again_at_the_same_path(tmp_path: Path) -> None:
+    with bitkv.open(tmp_path / "s") as db:
+        db.put(b"old", b"1")
+        db.backup(tmp_path / "bk")
+    shutil.rmtree(tmp_path / "s")
+    with bitkv.open(tmp_path / "s") as db:  # may get the same inode numbers back
+        for i in range(5):
+            db.put(b"new%d" % i, b"2")
+        with pytest.raises(bitkv.BackupError, match="not a backup of the store"):
+            db.backup(tmp_path / "bk", incremental=True)
+    assert contents(tmp_path / "bk") == {b"old": b"1"}
+
+
+def test_incremental_takes_hints_the_store_wrote_since(tmp_path: Path) -> None:
+    dest = tmp_path / "bk"
+    with bitkv.open(tmp_path / "s", max_segment_size=4096, auto_compact=False) as db:
+        expected = fill(db, 0, 100)
+        db.backup(dest)
+        before = {n for n in os.listdir(dest) if n.endswith(".hint")}
+        db._write_seal_hints(blocking=True)  # what the background thread does
+        report = db.backup(dest, incremental=True)
+        assert report.reused > 0
+    after = {n for n in os.listdir(dest) if n.endswith(".hint")}
+    assert after - before
+    with bitkv.open(dest, readonly=True) as db:
+        assert db.recovery_report.segments_from_hints >= report.reused
+    assert assert_sound_readonly(dest) == expected
