@@ -4,8 +4,8 @@ docs/backup.md).
 
 A backup is the store as it was at one instant: the segments its ``MANIFEST`` listed, each at
 its length then. The store pins that instant (:class:`Pin`) under its writer lock, for as long
-as it takes to open one descriptor per segment, and the copying happens outside the lock.
-The descriptors are what keeps compaction from taking the segments away: a compaction that
+as it takes to open each segment, and the copying happens outside the lock. The open
+descriptors are what keeps compaction from taking the segments away: a compaction that
 retires a segment only unlinks its name, and an open descriptor still reads the whole file. A
 sealed segment never changes; the active one only grows past the length pinned (and is copied
 only up to it, never by its file size: its file may be preallocated past its data).
@@ -36,14 +36,16 @@ segment that vanished before it was pinned (the writer compacted) sends it back 
 a bounded number of times (:data:`PIN_ATTEMPTS`).
 
 This module writes only inside the destination directory (and fsyncs its parent when it
-creates it); it reads the store through the pinned descriptors and the store's key-check and
+creates it); it reads the store through what it pinned and the store's key-check and
 dictionary files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import resource
 import stat
 import time
 from collections.abc import Callable
@@ -74,7 +76,9 @@ NOTE_VERSION = 1
 _MAX_SMALL_FILE = 1 << 24  # the note, a key-check file, a dictionary (zstd's are ~100 KiB)
 _MAX_HINT = 1 << 34  # as recovery: read_file allocates only what is there
 
+_SPARE_DESCRIPTORS = 64  # left free beside a pin, for the copies, hints and the rest
 ProgressCallback = Callable[[int, int], None]
+log = logging.getLogger("bitkv")
 
 
 class ViewChanged(Exception):
@@ -93,16 +97,23 @@ class SegmentState:
     durable_end: int  # a sealed segment's MANIFEST durable_end
 
 
-@dataclass
 class PinnedSegment:
-    state: SegmentState
-    path: str
-    fd: int
+    """One segment held for a backup by an open descriptor (read with ``pread``: a writer may
+    still cut a torn tail off the newest segment of a read-only view, where touching a mapped
+    page past the file's new end would kill the process with SIGBUS)."""
+
+    def __init__(self, state: SegmentState, path: str, fd: int) -> None:
+        self.state = state
+        self.path = path
+        self.fd = fd
+
+    def read(self, io: FileIO, offset: int, size: int) -> bytes:
+        return io.pread(self.fd, size, offset)
 
 
 @dataclass
 class Pin:
-    """A consistent point of a store: its segments in load order, each held open."""
+    """A consistent point of a store: its segments in load order, each held."""
 
     directory: str
     segments: list[PinnedSegment]
@@ -119,8 +130,31 @@ class Pin:
                 p.fd = -1
 
 
+def ensure_descriptors(needed: int) -> None:
+    """Make room for ``needed`` more open files: a pin holds one per segment (and the store
+    one per mapped segment already: Python's mmap keeps a duplicate). Raises the soft
+    ``RLIMIT_NOFILE`` toward the hard one when it is too low (what any process may do; logged),
+    else raises :class:`BackupError` saying what to raise."""
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return  # cannot tell (not Linux): let the opens say so if they fail
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = in_use + needed + _SPARE_DESCRIPTORS
+    if soft == resource.RLIM_INFINITY or wanted <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and wanted > hard:
+        raise BackupError(f"a backup of this store needs {needed} more open files (one per "
+                          f"segment), {in_use} are open and the limit is {hard} (ulimit -Hn); "
+                          "raise it, or compact the store into fewer segments. Nothing was "
+                          "written")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    log.info("bitkv backup: raised the open-file limit from %d to %d (one per segment)",
+             soft, wanted)
+
+
 def pin(directory: str, io: FileIO, states: list[SegmentState], last_seq: int) -> Pin:
-    """Open every segment of ``states`` (the store holds its writer lock, so none can be
+    """Hold every segment of ``states`` (the store holds its writer lock, so none can be
     removed meanwhile) and check each file is the incarnation described, at least as long.
     Raises :class:`ViewChanged` when one is gone or replaced (a read-only view is stale)."""
     pinned = Pin(directory, [], last_seq, io)
@@ -131,14 +165,15 @@ def pin(directory: str, io: FileIO, states: list[SegmentState], last_seq: int) -
                 fd = io.open_read(path)
             except FileNotFoundError:
                 raise ViewChanged(os.path.basename(path)) from None
-            pinned.segments.append(PinnedSegment(state, path, fd))
+            held = PinnedSegment(state, path, fd)
+            pinned.segments.append(held)
             if io.size(fd) < state.size:
                 raise ViewChanged(os.path.basename(path))
             try:
                 header = seg_mod.decode_header(io.pread(fd, HEADER_SIZE, 0))
             except seg_mod.HeaderError:
-                continue  # damaged in the store too: copied as it is, reported as there
-            if header.nonce != state.header.nonce:
+                header = None  # damaged in the store too: copied as it is, reported as there
+            if header is not None and header.nonce != state.header.nonce:
                 raise ViewChanged(os.path.basename(path))
     except BaseException:
         pinned.close()
@@ -432,7 +467,7 @@ class _Writer:
             pos = 0
             size = p.state.size
             while pos < size:
-                chunk = io.pread(p.fd, min(COPY_CHUNK, size - pos), pos)
+                chunk = p.read(io, pos, min(COPY_CHUNK, size - pos))
                 if not chunk:
                     raise BackupError(f"{p.path} ended at {pos} bytes while being copied, "
                                       f"{size} were expected")
@@ -727,7 +762,7 @@ def _write_segments(writer: _Writer, view: Pin, earlier: _Earlier | None, link: 
             writer.copy_segment(p, name, zero_header=unsafe)
             if unsafe:
                 fix_headers.append((os.path.join(writer.dest, name),
-                                    writer.io.pread(p.fd, HEADER_SIZE, 0)))
+                                    p.read(writer.io, 0, HEADER_SIZE)))
         writer.copy_hint(p, seg_mod.hint_name(backup_id))
         if s.is_open:
             open_state = (backup_id, s.size, nonce)

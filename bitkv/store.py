@@ -1069,7 +1069,7 @@ class Store(MutableMapping[bytes, bytes]):
         store that :func:`bitkv.open` and :func:`bitkv.check` accept (docs/backup.md).
 
         Hot: writes, reads and compaction go on meanwhile; the writer lock is held only to
-        pin the segments (one open each). The backup holds every write that returned before
+        pin the segments (open each). The backup holds every write that returned before
         the call, and nothing written after it began. ``dest`` must not exist, or be empty
         (or hold a backup that was interrupted); with ``incremental=True`` it must be an
         earlier backup of this store, and only what it lacks is copied. ``link=False`` copies
@@ -1109,6 +1109,7 @@ class Store(MutableMapping[bytes, bytes]):
                 last_seq = self._next_seq - 1
             states = [backup_mod.SegmentState(s.id, s.header, s.size, s is active, s.durable_end)
                       for s in segments]
+            backup_mod.ensure_descriptors(len(states))
             return backup_mod.pin(self.path, self._backup_io(), states, last_seq)
 
     # -- history (the change feed replication streams) ---------------------------------------

@@ -635,3 +635,44 @@ def test_incremental_takes_hints_the_store_wrote_since(tmp_path: Path) -> None:
     with bitkv.open(dest, readonly=True) as db:
         assert db.recovery_report.segments_from_hints >= report.reused
     assert assert_sound_readonly(dest) == expected
+
+
+# A pin holds one descriptor per segment: with a soft limit too low for that, the backup
+# raises it (toward the hard one); with a hard limit too low, it says so and writes nothing.
+FEW_DESCRIPTORS = """
+import os, resource, sys, bitkv
+with bitkv.open(sys.argv[1], readonly=True) as db:
+    in_use = len(os.listdir("/proc/self/fd"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = in_use + 16
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit if sys.argv[3] == "hard" else hard))
+    try:
+        report = db.backup(sys.argv[2], link=False)
+    except bitkv.BackupError as exc:
+        print(exc)
+    else:
+        print(report.segments)
+"""
+
+
+def test_a_store_of_more_segments_than_descriptors_backs_up(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with bitkv.open(tmp_path / "s", max_segment_size=4096, auto_compact=False) as db:
+        expected = fill(db, 0, 4000)
+        segments = db.stats()["segments"]
+    assert segments > 100  # far more than the 16 descriptors left free
+
+    def backup(dest: str, limit: str) -> str:
+        done = subprocess.run([sys.executable, "-c", FEW_DESCRIPTORS, str(tmp_path / "s"),
+                               str(tmp_path / dest), limit], capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert backup("bk", "soft") == str(segments)
+    assert assert_sound_readonly(tmp_path / "bk") == expected
+    refused = backup("refused", "hard")
+    assert "more open files" in refused and "Nothing was written" in refused
+    assert not (tmp_path / "refused").exists()
