@@ -683,15 +683,20 @@ def run(source: str, dest: str | os.PathLike[str], pin_view: Callable[[], Pin], 
             view.close()
     except BaseException as exc:
         if not committed:
+            # Best effort, and fsynced so the removals last: what is left after a failure
+            # here is harmless anyway (no marker yet, or orphans an earlier backup ignores).
             if writer is not None:
                 writer.remove_created()
-            if created:
-                try:
+            try:
+                if created:
                     for name in io.listdir(dest):
                         io.unlink(os.path.join(dest, name))
                     io.rmdir(dest)
-                except OSError:
-                    pass
+                    io.fsync_dir(os.path.dirname(os.path.abspath(dest)))
+                elif writer is not None:
+                    io.fsync_dir(dest)
+            except OSError:
+                pass
         if isinstance(exc, OSError):
             where = f" ({exc.filename})" if exc.filename else ""
             state = ("the backup is complete but its last step failed" if committed

@@ -676,3 +676,73 @@ def test_a_store_of_more_segments_than_descriptors_backs_up(tmp_path: Path) -> N
     refused = backup("refused", "hard")
     assert "more open files" in refused and "Nothing was written" in refused
     assert not (tmp_path / "refused").exists()
+
+
+def test_incremental_backup_power_cut_anywhere_opens_as_the_older_or_the_newer(
+        tmp_path: Path) -> None:
+    """Every state a power loss may leave of the backup directory, at every step of an
+    incremental backup (the crash harness's disk model: unsynced bytes lost, torn or kept,
+    directory changes since the last directory fsync reverted or partly kept), opens as the
+    older backup or the newer one."""
+    import random
+
+    from bitkv.crashtest.recording import POLICIES, DiskModel, RecordingFileIO, write_state
+
+    src, dest = tmp_path / "s", tmp_path / "bk"
+    with bitkv.open(src, max_segment_size=4096, auto_compact=False) as db:
+        older = fill(db, 0, 100, b"old")
+        db.backup(dest, link=False)
+        db.delete(b"key:00001")
+        db.compact()  # the backup will drop segments too
+        newer = fill(db, 0, 150, b"new")  # every key of the older backup, and more
+    recorder = RecordingFileIO(str(dest))
+    with bitkv.open(src, readonly=True, fileio=recorder) as reader:
+        reader.backup(dest, incremental=True, link=False)  # (links are not recorded)
+    assert contents(dest) == newer
+    model = DiskModel(recorder.initial)
+    rng = random.Random(16)
+    seen = {"older": 0, "newer": 0}
+    for i, event in enumerate(recorder.events):
+        model.apply(event)
+        # The policies with a random choice of directory changes get several draws.
+        for n, policy in enumerate([*POLICIES, "metadata", "metadata", "reorder", "reorder"]):
+            files, how = model.crash_state(rng, policy)
+            state = tmp_path / f"state-{i}-{n}"
+            write_state(str(state), files)
+            got = contents(state)
+            assert got in (older, newer), (i, event[:2], policy, how)
+            seen["older" if got == older else "newer"] += 1
+            shutil.rmtree(state)
+    assert seen["older"] and seen["newer"]
+
+
+def test_full_backup_power_cut_anywhere_is_no_store_or_the_whole_backup(
+        tmp_path: Path) -> None:
+    import random
+
+    from bitkv.crashtest.recording import POLICIES, DiskModel, RecordingFileIO, write_state
+
+    src, dest = tmp_path / "s", tmp_path / "bk"
+    with bitkv.open(src, max_segment_size=4096, auto_compact=False) as db:
+        expected = fill(db, 0, 150)
+    recorder = RecordingFileIO(str(dest))
+    with bitkv.open(src, readonly=True, fileio=recorder) as reader:
+        reader.backup(dest, link=False)  # (links are not recorded)
+    model = DiskModel(recorder.initial)
+    rng = random.Random(16)
+    complete = 0
+    for i, event in enumerate(recorder.events):
+        model.apply(event)
+        for n, policy in enumerate([*POLICIES, "metadata", "metadata", "reorder", "reorder"]):
+            files, how = model.crash_state(rng, policy)
+            state = tmp_path / f"state-{i}-{n}"
+            write_state(str(state), files)
+            if "BITKV" not in files:  # empty, or files but no marker: no store either way
+                with pytest.raises((bitkv.NotAStoreError, bitkv.StoreNotFoundError)):
+                    bitkv.open(state, readonly=True)
+            else:
+                complete += 1
+                assert contents(state) == expected, (i, event[:2], policy, how)
+                assert bitkv.check(state).healthy, (i, event[:2], policy, how)
+            shutil.rmtree(state)
+    assert complete
