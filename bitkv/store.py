@@ -1070,7 +1070,8 @@ class Store(MutableMapping[bytes, bytes]):
 
         Hot: writes, reads and compaction go on meanwhile; the writer lock is held only to
         pin the segments (open each). The backup holds every write that returned before
-        the call, and nothing written after it began. ``dest`` must not exist, or be empty
+        the call and none made after the pin (a write racing the call is wholly in or wholly
+        out; a batch is always whole). ``dest`` must not exist, or be empty
         (or hold a backup that was interrupted); with ``incremental=True`` it must be an
         earlier backup of this store, and only what it lacks is copied. ``link=False`` copies
         sealed segments instead of hard-linking them (a link shares the disk blocks with the
