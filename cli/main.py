@@ -1,6 +1,6 @@
 """The ``bitkv`` command: a click group with one subcommand per store operation.
 
-Read commands (get, exists, ttl, scan, stats, export) open the store read-only: they never
+Read commands (get, exists, ttl, scan, stats, export, backup) open the store read-only: they never
 create one, and they work while another process holds the store open for writing. ``put`` and
 ``import`` create the store if it is missing; the other write commands do not.
 """
@@ -302,6 +302,7 @@ def cli(ctx: click.Context, directory: str | None, hex_mode: bool) -> None:
       echo -n secret | bitkv put token --ttl 3600
       bitkv --dir /var/lib/sessions scan --prefix session: --limit 10
       bitkv export > backup.jsonl && bitkv --dir copy import backup.jsonl
+      bitkv --dir /var/lib/app backup /backups/app-2026-12-04
     """
     ctx.obj = Settings(directory or DEFAULT_DIR, hex_mode)
     if directory:  # `bitkv --dir X serve` (or BITKV_DIR) serves X unless serve --dir says else
