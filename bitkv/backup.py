@@ -451,7 +451,14 @@ class _Writer:
         self.report = report
         self.progress = progress
         self.total = total
+        self.done = 0  # bytes of the pinned segments handled: copied, linked or kept
         self.created: list[str] = []
+
+    def advance(self, size: int) -> None:
+        """Report ``size`` more bytes of the pinned segments handled."""
+        self.done += size
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dest, name)
@@ -476,8 +483,7 @@ class _Writer:
                 io.write(fd, chunk)
                 pos += len(chunk)
                 self.report.bytes_copied += len(chunk)
-                if self.progress is not None:
-                    self.progress(self.report.bytes_copied, self.total)
+                self.advance(len(chunk))
             io.fsync(fd)
         finally:
             io.close(fd)
@@ -496,6 +502,7 @@ class _Writer:
             # No fsync of the file: a sealed segment's bytes were fsynced when it was sealed
             # (or written, for a compaction output); the directory fsync makes the name durable.
             self.report.linked += 1
+            self.advance(p.state.size)
             return True
         self.io.unlink(path)
         self.created.remove(path)
@@ -745,6 +752,7 @@ def _write_segments(writer: _Writer, view: Pin, earlier: _Earlier | None, link: 
                                                   s.size, s.header.kind,
                                                   min(s.durable_end, s.size)))
             writer.report.reused += 1
+            writer.advance(s.size)
             hint_name = seg_mod.hint_name(old.segment_id)
             if hint_name not in earlier_names:
                 # The store wrote a hint since (the background sealing hints): take it too.

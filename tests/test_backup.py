@@ -746,3 +746,16 @@ def test_full_backup_power_cut_anywhere_is_no_store_or_the_whole_backup(
                 assert bitkv.check(state).healthy, (i, event[:2], policy, how)
             shutil.rmtree(state)
     assert complete
+
+
+def test_progress_reaches_the_total_whether_segments_are_linked_copied_or_kept(
+        tmp_path: Path) -> None:
+    with bitkv.open(tmp_path / "s", max_segment_size=4096, auto_compact=False) as db:
+        fill(db, 0, 200)
+        for kwargs in ({}, {"link": False}, {"incremental": True}):
+            calls: list[tuple[int, int]] = []
+            dest = tmp_path / ("copied" if kwargs.get("link") is False else "bk")
+            db.backup(dest, progress=lambda done, total, calls=calls: calls.append(
+                (done, total)), **kwargs)  # type: ignore[arg-type]
+            assert calls and calls[-1][0] == calls[-1][1] > 0, kwargs
+            assert [c[0] for c in calls] == sorted(c[0] for c in calls)
