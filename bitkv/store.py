@@ -1104,14 +1104,12 @@ class Store(MutableMapping[bytes, bytes]):
                 last = segments[-1] if segments else None
                 active = last if last is not None and last.kind == seg_mod.KIND_APPEND \
                     else None
-                last_seq = self._loaded.next_seq - 1
             else:
                 active = self._log.active
-                last_seq = self._next_seq - 1
             states = [backup_mod.SegmentState(s.id, s.header, s.size, s is active, s.durable_end)
                       for s in segments]
             backup_mod.ensure_descriptors(len(states))
-            return backup_mod.pin(self.path, self._backup_io(), states, last_seq)
+            return backup_mod.pin(self.path, self._backup_io(), states, self._next_seq - 1)
 
     # -- history (the change feed replication streams) ---------------------------------------
 
@@ -1155,10 +1153,12 @@ class Store(MutableMapping[bytes, bytes]):
         with self._lock:
             if recovery.extend(self.path, self._io, self._loaded, now_ms=self._now_ms()):
                 self._keydir.recompute_next_expiry()
+                self._next_seq = self._loaded.next_seq  # last_seq follows the writer too
                 return
             loaded = recovery.load(self.path, self._io, readonly=True, now_ms=self._now_ms())
             old_segments = self._table.segments
             self._loaded = loaded
+            self._next_seq = loaded.next_seq
             self.recovery_report = loaded.report
             self._keydir = loaded.keydir
             self._table.slots = loaded.slots

@@ -759,3 +759,22 @@ def test_progress_reaches_the_total_whether_segments_are_linked_copied_or_kept(
                 (done, total)), **kwargs)  # type: ignore[arg-type]
             assert calls and calls[-1][0] == calls[-1][1] > 0, kwargs
             assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+
+def test_a_readonly_stores_last_seq_follows_its_writer_on_refresh(tmp_path: Path) -> None:
+    # Regression: refresh() indexed the writer's new records but left last_seq where it was
+    # at open (and a read-only backup's report with it).
+    with bitkv.open(tmp_path / "s") as writer, \
+            bitkv.open(tmp_path / "s", readonly=True) as reader:
+        writer.put(b"a", b"1")
+        reader.refresh()
+        assert reader.last_seq == writer.last_seq == 1
+        writer.put(b"b", b"2")
+        writer.put(b"c", b"3")
+        reader.refresh()  # extends the index
+        assert reader.last_seq == writer.last_seq == 3
+        writer.compact()
+        writer.put(b"d", b"4")
+        reader.refresh()  # reloads after a compaction
+        assert reader.last_seq == writer.last_seq == 4
+        assert reader.backup(tmp_path / "bk").last_seq == 4
