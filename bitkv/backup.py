@@ -635,10 +635,15 @@ def run(source: str, dest: str | os.PathLike[str], pin_view: Callable[[], Pin], 
     report = BackupReport(os.path.abspath(dest), incremental)
     earlier: _Earlier | None = None
     created = False
-    if incremental:
-        earlier, lock = _open_earlier(dest, io)
-    else:
-        created, lock = _prepare_full(dest, io)
+    try:
+        if incremental:
+            earlier, lock = _open_earlier(dest, io)
+        else:
+            created, lock = _prepare_full(dest, io)
+    except OSError as exc:  # (the refusals are BackupErrors already)
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise BackupError(f"backup into {dest!r} failed: {exc.strerror or exc}{where}. The "
+                          "store was not changed") from exc
     writer: _Writer | None = None
     committed = False
     try:

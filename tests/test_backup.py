@@ -783,3 +783,15 @@ def test_a_readonly_stores_last_seq_follows_its_writer_on_refresh(tmp_path: Path
         reader.refresh()  # reloads after a compaction
         assert reader.last_seq == writer.last_seq == 4
         assert reader.backup(tmp_path / "bk").last_seq == 4
+
+
+def test_an_unwritable_destination_is_a_backup_error(tmp_path: Path) -> None:
+    class NoMkdir(FileIO):
+        def mkdir(self, path: str) -> None:
+            if path.endswith("bk"):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+            super().mkdir(path)
+
+    with bitkv.open(tmp_path / "s", fileio=NoMkdir()) as db, \
+            pytest.raises(bitkv.BackupError, match="Permission denied"):
+        db.backup(tmp_path / "bk")
