@@ -414,7 +414,7 @@ def _check_unchanged(dest: str, io: FileIO, earlier: _Earlier) -> None:
                       "store; take a full backup into a new directory. Nothing was written")
 
 
-def _check_same_store(source: str, dest: str, earlier: _Earlier, view: Pin,
+def _check_same_store(source: str, dest: str, io: FileIO, earlier: _Earlier, view: Pin,
                       keycheck: bytes | None) -> None:
     note = earlier.note
     identity = _store_identity(source)
@@ -436,6 +436,50 @@ def _check_same_store(source: str, dest: str, earlier: _Earlier, view: Pin,
                           f"store's newest ({view.last_seq}): the store was restored from an "
                           "older copy since. Take a full backup into a new directory; the "
                           "backup is left as it was")
+    diverged = _diverged(dest, io, earlier, view)
+    if diverged is not None:
+        raise BackupError(f"the backup {dest!r} and the store {source!r} have different "
+                          f"histories ({diverged}): the store was restored from an older copy "
+                          "and written to since. Take a full backup into a new directory; "
+                          "the backup is left as it was")
+
+
+def _diverged(dest: str, io: FileIO, earlier: _Earlier, view: Pin) -> str | None:
+    """Why the store cannot have grown from what the backup holds, or None. A segment both
+    hold (by nonce) must be the same bytes: a sealed one never changes, and the one the
+    backup copied open can only have grown since. (A store restored from an older copy and
+    written to again continues an old segment with other records.)"""
+    pinned = {p.state.header.nonce: p for p in view.segments}
+    for entry in earlier.listed.entries:
+        p = pinned.get(entry.nonce)
+        if p is None:
+            continue  # compacted away since: nothing to compare
+        name = seg_mod.data_name(entry.segment_id)
+        if not entry.is_open:
+            if p.state.is_open or p.state.size != entry.sealed_size:
+                return f"{name} was sealed at {entry.sealed_size} bytes, the store's copy " \
+                       f"of it is {'open' if p.state.is_open else 'sealed'} at {p.state.size}"
+            continue
+        path = os.path.join(dest, name)
+        try:
+            fd = io.open_read(path)
+        except OSError:
+            return None  # judged by the unchanged check already
+        try:
+            size = io.size(fd)
+            if p.state.size < size:
+                return f"{name} holds {size} bytes, the store's copy of it {p.state.size}"
+            # From the records on: the header is the nonce's (an interrupted backup may
+            # have left it zeroed, to be written by the next one).
+            pos = HEADER_SIZE
+            while pos < size:
+                n = min(COPY_CHUNK, size - pos)
+                if io.pread(fd, n, pos) != p.read(io, pos, n):
+                    return f"{name} differs from the store's copy of it at byte {pos} or after"
+                pos += n
+        finally:
+            io.close(fd)
+    return None
 
 
 # -- copying ------------------------------------------------------------------------------------
@@ -651,7 +695,7 @@ def run(source: str, dest: str | os.PathLike[str], pin_view: Callable[[], Pin], 
         try:
             keycheck = _read_optional(os.path.join(source, KEYCHECK_NAME), io)
             if earlier is not None:
-                _check_same_store(source, dest, earlier, view, keycheck)
+                _check_same_store(source, dest, io, earlier, view, keycheck)
             total = sum(p.state.size for p in view.segments)
             writer = _Writer(dest, io, report, progress, total)
             if earlier is None:

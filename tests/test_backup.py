@@ -795,3 +795,23 @@ def test_an_unwritable_destination_is_a_backup_error(tmp_path: Path) -> None:
     with bitkv.open(tmp_path / "s", fileio=NoMkdir()) as db, \
             pytest.raises(bitkv.BackupError, match="Permission denied"):
         db.backup(tmp_path / "bk")
+
+
+def test_incremental_refuses_a_store_restored_from_an_older_copy_and_written_past(
+        tmp_path: Path) -> None:
+    src = tmp_path / "s"
+    with bitkv.open(src, auto_compact=False) as db:
+        fill(db, 0, 10, b"a")
+        db.backup(tmp_path / "older")
+        fill(db, 10, 20, b"b")
+        db.backup(tmp_path / "newer")
+    shutil.rmtree(src)
+    shutil.copytree(tmp_path / "older", src)  # restored from the older copy...
+    with bitkv.open(src, auto_compact=False) as db:
+        fill(db, 100, 140, b"c")  # ...and written past the newer backup's newest seq
+        assert db.last_seq > 20
+        with pytest.raises(bitkv.BackupError, match="different histories"):
+            db.backup(tmp_path / "newer", incremental=True)
+        db.backup(tmp_path / "older", incremental=True)  # its own lineage: fine
+    assert len(contents(tmp_path / "newer")) == 20
+    assert len(assert_sound_readonly(tmp_path / "older")) == 50
