@@ -10,7 +10,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +25,7 @@ import bitkv
 from bitkv import backup as backup_mod
 from bitkv import manifest
 from bitkv import segment as seg_mod
+from bitkv.crashtest.recording import POLICIES, DiskModel, RecordingFileIO, write_state
 from bitkv.fileio import FileIO
 
 
@@ -571,10 +576,6 @@ PHASES = ("copying", "before-commit", "after-commit")
 
 def test_incremental_backups_killed_anywhere_open_as_the_older_or_the_newer(
         tmp_path: Path) -> None:
-    import signal
-    import subprocess
-    import sys
-
     src, dest = tmp_path / "s", tmp_path / "bk"
     with bitkv.open(src, max_segment_size=4096, auto_compact=False) as db:
         older = fill(db, 0, 100, b"round0")
@@ -661,9 +662,6 @@ with bitkv.open(sys.argv[1], readonly=True) as db:
 
 
 def test_a_store_of_more_segments_than_descriptors_backs_up(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     with bitkv.open(tmp_path / "s", max_segment_size=4096, auto_compact=False) as db:
         expected = fill(db, 0, 4000)
         segments = db.stats()["segments"]
@@ -689,10 +687,6 @@ def test_incremental_backup_power_cut_anywhere_opens_as_the_older_or_the_newer(
     incremental backup (the crash harness's disk model: unsynced bytes lost, torn or kept,
     directory changes since the last directory fsync reverted or partly kept), opens as the
     older backup or the newer one."""
-    import random
-
-    from bitkv.crashtest.recording import POLICIES, DiskModel, RecordingFileIO, write_state
-
     src, dest = tmp_path / "s", tmp_path / "bk"
     with bitkv.open(src, max_segment_size=4096, auto_compact=False) as db:
         older = fill(db, 0, 100, b"old")
@@ -723,10 +717,6 @@ def test_incremental_backup_power_cut_anywhere_opens_as_the_older_or_the_newer(
 
 def test_full_backup_power_cut_anywhere_is_no_store_or_the_whole_backup(
         tmp_path: Path) -> None:
-    import random
-
-    from bitkv.crashtest.recording import POLICIES, DiskModel, RecordingFileIO, write_state
-
     src, dest = tmp_path / "s", tmp_path / "bk"
     with bitkv.open(src, max_segment_size=4096, auto_compact=False) as db:
         expected = fill(db, 0, 150)
