@@ -818,6 +818,9 @@ def backup(settings: Settings, dest: str, incremental: bool, no_link: bool, veri
         click.echo(f"segments: {report.segments} ({report.linked} linked, {report.copied} "
                    f"copied{kept}), {_human(report.bytes_copied)} copied")
         click.echo(f"holds:    every write up to seq {report.last_seq}")
+        if report.linked:
+            click.echo(f"note:     {report.linked} segment(s) are hard links, on the store's "
+                       "disk; --no-link (or another file system) for an independent copy")
         if checked is not None:
             click.echo(f"check:    {'healthy' if checked.healthy else 'DAMAGED'}")
     if checked is not None and not checked.healthy:
