@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build bitkv's compiled extension with AddressSanitizer and UndefinedBehaviorSanitizer and run
-# the differential test and the fuzz target's seeded run against it (about 30 s).
+# the index map's and the kernels' tests (get, record codec, batch: test_kernels.py, which
+# races gets against compaction and close, and test_differential.py) and the fuzz targets'
+# seeded and random runs against it (about 2 minutes on an idle machine).
 #
 # The sanitized build goes into a temporary copy of the package, put first on PYTHONPATH, so the
 # installed (unsanitized) build is untouched. The interpreter is not sanitized: libasan is
@@ -46,16 +48,27 @@ print('asan_native: testing', m.__file__)
 "
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_indexmap.py" "$repo/tests/test_native_crc.py" \
-  "$repo/tests/test_fuzz_targets.py" -k "indexmap or Indexmap or crc"
+  "$repo/tests/test_native_put.py" \
+  "$repo/tests/test_fuzz_targets.py" -k "indexmap or Indexmap or crc or native_put or put_target or kernel"
+"$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
+  "$repo/tests/test_kernels.py" "$repo/tests/test_differential.py" "$repo/tests/test_batch.py"
 "$python" - "$repo/fuzz" <<'PY'
 import random, sys, time
 sys.path.insert(0, sys.argv[1])
-import fuzz_indexmap
+import fuzz_batch, fuzz_codec_native, fuzz_get, fuzz_indexmap
 assert fuzz_indexmap.IndexMap is not None
-rng, started, n = random.Random(99), time.monotonic(), 0
-while time.monotonic() - started < 10:  # random programs for 10 s
-    fuzz_indexmap.check_one(rng.randbytes(rng.randint(0, 3000)))
+for target in (fuzz_indexmap, fuzz_get, fuzz_codec_native, fuzz_batch):
+    rng, started, n = random.Random(99), time.monotonic(), 0
+    while time.monotonic() - started < 10:  # random programs for 10 s each
+        target.check_one(rng.randbytes(rng.randint(0, 3000)))
+        n += 1
+    print(f"asan_native: {n} random {target.__name__} inputs ran clean")
+import fuzz_put
+assert fuzz_put.native_put is not None
+rng, started, n = random.Random(98), time.monotonic(), 0
+while time.monotonic() - started < 10:  # random put programs (and hostile states) for 10 s
+    fuzz_put.check_one(rng.randbytes(rng.randint(0, 3000)))
     n += 1
-print(f"asan_native: {n} random fuzz programs ran clean")
+print(f"asan_native: {n} random put programs ran clean")
 PY
 echo "asan_native: ok"

@@ -952,6 +952,29 @@ bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint64_t
 }
 
 int
+bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value)
+{
+    const IndexMap *self = (const IndexMap *)map;
+    if (self->slots == NULL) {
+        return 0;
+    }
+    uint64_t h = siphash13(key, len);
+    uint64_t tag = TAG_OF(h);
+    size_t i = home_of(h, self->bits);
+    for (;;) {
+        uint64_t meta = self->slots[i].meta;
+        if (meta == 0) {
+            return 0;
+        }
+        if (META_TAG(meta) == tag) {
+            *value = self->slots[i].value;
+            return 1;
+        }
+        i = (i + 1) & self->mask; /* terminates: the table is never full (at most 4/5) */
+    }
+}
+
+int
 bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old)
 {
     IndexMap *self = (IndexMap *)map;
