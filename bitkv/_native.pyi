@@ -1,4 +1,5 @@
 # Types of the compiled extension bitkv._native (bitkv/native/*.c, built where a compiler is).
+import mmap
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, final, overload
 
@@ -75,3 +76,24 @@ class BatchPut:
     def put(self, key: Any, value: Any, *, ttl: float | None = None,
             expires_at_ms: int | None = None) -> None: ...
     def detach(self) -> None: ...
+
+# compact.c: compaction's copy loop and keydir switch (compaction.copy_live and
+# keydir.KeyDir.switch_copies are the references).
+_Src = bytes | bytearray | mmap.mmap
+
+def copy_live(src: _Src, pos: int, limit: int, end: int, slot: int, entries: IndexMap,
+              now_ms: int, data: bytearray, fixed: bytearray, keys: bytearray, out_size: int,
+              max_size: int, min_seq: int, max_seq: int, expired: list[tuple[bytes, int]],
+              /) -> tuple[int, int, int, int, int, int, int]: ...
+def switch_copies(src: _Src, pos: int, end: int, entries: IndexMap, slot: int,
+                  inputs: bytes, max_keys: int, /) -> tuple[int, int, int]: ...
+def release_gil(microseconds: int, /) -> None: ...
+
+# replay.c: the indexing loops of open (bitkv/indexing.py is their Python reference).
+_Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+def hint_check(fixed: _Buffer, keys: _Buffer, covered: int, /) -> bool: ...
+def hint_apply(keydir: object, slot: int, fixed: _Buffer, keys: _Buffer, covered: int,
+               now_ms: int, /) -> tuple[bool, int]: ...
+def plain_run(keydir: object, slot: int, buf: _Buffer, pos: int, end: int, max_seq: int,
+              now_ms: int, /) -> tuple[int, int, int]: ...
