@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from . import backup as backup_mod
 from . import (
     codec,
     durable,
@@ -1123,6 +1124,74 @@ class Store(MutableMapping[bytes, bytes]):
             if value is not None:
                 yield k, value, expiry
 
+    def get_with_expiry(self, key: KeyLike) -> tuple[bytes, int] | None:
+        """Return ``(value, expiry_ms)`` for a live key, else None: the expiry as stored, in
+        absolute Unix milliseconds (0: none), so it can be written back unchanged
+        (``put(..., expires_at_ms=...)``) where a TTL in seconds would drift."""
+        k = to_key(key)
+        for _attempt in range(8):
+            entry = self._live_entry(k)
+            if entry is None:
+                return None
+            expiry = self._expiries.get(k, 0) if self._expiries else 0
+            value = self._value_of(k, entry)
+            if value is None:
+                return None
+            if self._entries.get(k) == entry:  # value and expiry belong to the same record
+                return value, expiry
+        raise Error(f"key {k!r} kept changing while being read")
+
+    # -- backup --------------------------------------------------------------------------------
+
+    def backup(self, dest: str | os.PathLike[str], *, incremental: bool = False,
+               link: bool = True, progress: Callable[[int, int], None] | None = None
+               ) -> backup_mod.BackupReport:
+        """Copy the store, as it is at this call, into the directory ``dest``: a complete
+        store that :func:`bitkv.open` and :func:`bitkv.check` accept (docs/backup.md).
+
+        Hot: writes, reads and compaction go on meanwhile; the writer lock is held only to
+        pin the segments (open each). The backup holds every write that returned before
+        the call and none made after the pin (a write racing the call is wholly in or wholly
+        out; a batch is always whole). ``dest`` must not exist, or be empty
+        (or hold a backup that was interrupted); with ``incremental=True`` it must be an
+        earlier backup of this store, and only what it lacks is copied. ``link=False`` copies
+        sealed segments instead of hard-linking them (a link shares the disk blocks with the
+        store). ``progress(done_bytes, total_bytes)`` is called as bytes are copied. A
+        read-only store backs up what its writer has written by now (it refreshes first).
+
+        Raises :class:`bitkv.BackupError` if ``dest`` is unusable (exists and is not a backup
+        of this store, lies inside the store, is a symlink), the disk is full, or an fsync
+        fails; what this call wrote is then removed (an earlier backup is left as it was).
+        The store is never changed, and a backup's failure never makes it refuse writes.
+        """
+        self._check_open()
+        return backup_mod.run(self.path, dest, self._pin_for_backup, incremental=incremental,
+                          link=link, io=self._backup_io(), progress=progress)
+
+    def _backup_io(self) -> FileIO:
+        # The unguarded seam: a failed fsync of the backup's files fails the backup, not the
+        # store (FsyncGuard would make the store refuse writes).
+        return self._io.inner if isinstance(self._io, FsyncGuard) else self._io
+
+    def _pin_for_backup(self) -> backup_mod.Pin:
+        """Pin the store's current segments for a backup (backup_mod.pin), under the writer lock
+        so none is removed or grows a record meanwhile. A read-only store refreshes first."""
+        if self.readonly:
+            self.refresh()
+        with self._lock:
+            self._check_open()
+            segments = list(self._table.segments)
+            if self.readonly:
+                last = segments[-1] if segments else None
+                active = last if last is not None and last.kind == seg_mod.KIND_APPEND \
+                    else None
+            else:
+                active = self._log.active
+            states = [backup_mod.SegmentState(s.id, s.header, s.size, s is active, s.durable_end)
+                      for s in segments]
+            backup_mod.ensure_descriptors(len(states))
+            return backup_mod.pin(self.path, self._backup_io(), states, self._next_seq - 1)
+
     # -- history (the change feed replication streams) ---------------------------------------
 
     @property
@@ -1165,10 +1234,12 @@ class Store(MutableMapping[bytes, bytes]):
         with self._lock:
             if recovery.extend(self.path, self._io, self._loaded, now_ms=self._now_ms()):
                 self._keydir.recompute_next_expiry()
+                self._next_seq = self._loaded.next_seq  # last_seq follows the writer too
                 return
             loaded = recovery.load(self.path, self._io, readonly=True, now_ms=self._now_ms())
             old_segments = self._table.segments
             self._loaded = loaded
+            self._next_seq = loaded.next_seq
             self.recovery_report = loaded.report
             self._keydir = loaded.keydir
             self._table.slots = loaded.slots
