@@ -51,7 +51,8 @@ def _is_encrypted(store_dir: str) -> bool:
 
 
 def test_key_file_encrypts_and_reads(store_dir, key_file):
-    assert bitkv_cli("--dir", store_dir, "--key-file", key_file, "put", "k", "secret").exit_code == 0
+    put = bitkv_cli("--dir", store_dir, "--key-file", key_file, "put", "k", "secret")
+    assert put.exit_code == 0
     got = bitkv_cli("--dir", store_dir, "--key-file", key_file, "get", "k")
     assert got.exit_code == 0 and got.stdout_bytes == b"secret"
     assert _is_encrypted(store_dir)
