@@ -19,7 +19,17 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import codec, durable, history, keydir, killpoints, manifest, recovery, sealing
+from . import (
+    codec,
+    durable,
+    history,
+    keydir,
+    killpoints,
+    manifest,
+    recovery,
+    sealing,
+    settings,
+)
 from . import record as rec
 from . import segment as seg_mod
 from .batch import Batch
@@ -204,7 +214,7 @@ class Store(MutableMapping[bytes, bytes]):
         compact_dead_ratio: float = 0.5,
         compact_min_dead_bytes: int = 16 * 2**20,
         compression: str | None = None,
-        compression_min_size: int = 256,
+        compression_min_size: int | None = None,
         encryption_key: bytes | None = None,
         fileio: FileIO | None = None,
         log_expirations: bool = False,
@@ -220,7 +230,9 @@ class Store(MutableMapping[bytes, bytes]):
         check_number("compact_dead_ratio", compact_dead_ratio, 0, 1, low_open=True)
         check_number("compact_min_dead_bytes", compact_min_dead_bytes, 0, math.inf,
                       integral=True)
-        check_number("compression_min_size", compression_min_size, 0, math.inf, integral=True)
+        if compression_min_size is not None:
+            check_number("compression_min_size", compression_min_size, 0,
+                         settings.MAX_MIN_SIZE, integral=True)
         self.auto_compact = bool(auto_compact)
         # Write a tombstone when an expired key leaves the index, so that the log (the
         # history replication streams) says when each key went: replicas get a DEL.
@@ -286,8 +298,12 @@ class Store(MutableMapping[bytes, bytes]):
         try:
             keycheck = codec.check_encryption_key(self.path, encryption_key,
                                                   create=not readonly, io=self._io)
-            self._codec = codec.ValueCodec(self.path, compression=compression,
-                                           compression_min_size=compression_min_size,
+            # None means "as the store's SETTINGS say"; an explicit choice is recorded there
+            # (by a writer) so that every later opener writes the same way.
+            self.compression = settings.resolve(self.path, self._io, compression,
+                                                compression_min_size, writable=not readonly)
+            self._codec = codec.ValueCodec(self.path, compression=self.compression.algorithm,
+                                           compression_min_size=self.compression.min_size,
                                            encryption_key=encryption_key, keycheck=keycheck,
                                            io=self._io)
             self._encoding = self._codec.active
