@@ -139,7 +139,7 @@ def test_a_leftover_temporary_is_removed(db_path):
     assert not os.path.exists(os.path.join(db_path, SETTINGS + ".tmp"))
 
 
-def test_repair_keeps_the_setting(db_path):
+def test_repair_into_a_new_store_keeps_the_setting(db_path, tmp_path):
     with bitkv.open(db_path, compression="zstd") as db:
         db.put(b"a", BIG)
     segment = segment_files(db_path)[-1]
@@ -148,8 +148,9 @@ def test_repair_keeps_the_setting(db_path):
         byte = fh.read(1)
         fh.seek(60)
         fh.write(bytes([byte[0] ^ 0xFF]))
-    repair(db_path)
-    with bitkv.open(db_path) as db:
+    repaired = str(tmp_path / "repaired")
+    repair(db_path, output=repaired)
+    with bitkv.open(repaired) as db:
         assert db.compression.algorithm == "zstd"
 
 
