@@ -203,3 +203,52 @@ def test_complete_verbs(session):
     assert "shell" not in session.completenames("")
     assert "serve" not in session.completenames("s")
     assert {"scan", "stats"} <= set(session.completenames("s"))
+
+
+# -- a terminal ----------------------------------------------------------------------------------
+
+
+def test_interactive_on_a_terminal_with_history(store_dir, tmp_path):
+    """On a pty: banner and prompt, commands run, and the history is saved with mode 0600."""
+    pty = pytest.importorskip("pty")
+    import select
+
+    history = tmp_path / "history"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "bitkv_cli", "--dir", store_dir, "shell",
+                             "--create"], stdin=slave, stdout=slave, stderr=slave,
+                            env={**os.environ, "BITKV_HISTORY": str(history), "TERM": "dumb"})
+    os.close(slave)
+    output = b""
+
+    def read_until(marker: bytes, timeout: float = 30) -> None:
+        nonlocal output
+        import time
+
+        deadline = time.monotonic() + timeout
+        while marker not in output:
+            assert time.monotonic() < deadline, output
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    output += os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+
+    try:
+        read_until(b"bitkv> ")
+        os.write(master, b"put greeting 'hello there'\r")
+        read_until(b"bitkv> ")
+        output = b""
+        os.write(master, b"get greeting\r")
+        read_until(b"bitkv> ")
+        assert b"hello there" in output
+        os.write(master, b"quit\r")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert "put greeting 'hello there'" in history.read_text()
+    assert history.stat().st_mode & 0o777 == 0o600
