@@ -46,7 +46,7 @@ def read_key_file(path: str) -> bytes:
     """Read the key in ``path``; refuse a file that is not regular, or that group or others
     have any permission on (the check is on the opened file, so a swap after it is moot)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise CliError(f"cannot read key file {path}: {exc.strerror}", EXIT_USAGE) from None
     try:
@@ -89,7 +89,7 @@ def load_key(key_file: str | None, environ: Mapping[str, str] | None = None) -> 
 def write_key_file(path: str, key: bytes) -> None:
     """Create ``path`` (never overwriting) with ``key`` as hex and a newline, mode 0600."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                      0o600)
     except FileExistsError:
         raise CliError(f"{path} exists; bitkv keygen never overwrites a key (a lost key is a "

@@ -689,6 +689,9 @@ def stats(settings: Settings, as_json: bool) -> None:
     """
     with open_store(settings, write=False) as db:
         data = dict(db.stats())
+        # The store's recorded setting (SETTINGS), which every writer follows.
+        data["compression"] = {"algorithm": db.compression.algorithm or "none",
+                               "min_size": db.compression.min_size}
     live = int(data.get("live_bytes") or 0)
     dead = int(data.get("dead_bytes") or 0)
     data["fragmentation"] = round(dead / (live + dead), 4) if live + dead else 0.0
@@ -707,6 +710,8 @@ def stats(settings: Settings, as_json: bool) -> None:
         ("dead bytes", f"{dead} ({_human(dead)})"),
         ("disk bytes", f"{data.get('disk_bytes')} ({_human(int(data.get('disk_bytes') or 0))})"),
         ("fragmentation", f"{data['fragmentation'] * 100:.1f} %"),
+        ("compression", "none" if db.compression.algorithm is None else
+         f"{db.compression.algorithm} (values of {db.compression.min_size} bytes or more)"),
         ("last compaction", last_text),
     ]
     recovered = data.get("recovery")

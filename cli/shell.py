@@ -249,11 +249,12 @@ class Shell(cmd.Cmd):
 
 
 def _stdin_lines() -> Iterable[bytes]:
-    stdin: Any = sys.stdin
-    if stdin is None:
+    binary: Iterable[bytes] | None = getattr(sys.stdin, "buffer", None)
+    if binary is not None:
+        return binary
+    if sys.stdin is None:
         return []
-    return stdin.buffer if hasattr(stdin, "buffer") else (
-        line.encode("utf-8", "surrogateescape") for line in stdin)
+    return (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
 
 
 def _readline() -> Any:
@@ -275,7 +276,7 @@ def _history_path() -> str | None:
 def _save_history(readline: Any, path: str) -> None:
     # The history holds the lines typed, values included: readable by its owner only.
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.close(fd)
         os.chmod(path, 0o600)
         readline.write_history_file(path)

@@ -3,6 +3,7 @@ choice, followed by every opener that names none -- the CLI and the server inclu
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -158,3 +159,12 @@ def test_the_codec_round_trips():
     for value in (settings.DEFAULT, settings.Compression("zstd", 0),
                   settings.Compression("zstd", 2**64 - 1)):
         assert settings.decode(settings.encode(value), "x") == value
+
+
+def test_stats_shows_the_setting(tmp_path):
+    path = str(tmp_path / "store")
+    bitkv.open(path, compression="zstd", compression_min_size=100).close()
+    text = CliRunner().invoke(cli, ["--dir", path, "stats"]).stdout
+    assert "compression      zstd (values of 100 bytes or more)" in text
+    data = json.loads(CliRunner().invoke(cli, ["--dir", path, "stats", "--json"]).stdout)
+    assert data["compression"] == {"algorithm": "zstd", "min_size": 100}
