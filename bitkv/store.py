@@ -25,6 +25,7 @@ from . import (
     history,
     keydir,
     killpoints,
+    lastcompaction,
     manifest,
     recovery,
     sealing,
@@ -350,6 +351,7 @@ class Store(MutableMapping[bytes, bytes]):
                 self._release_files()
                 raise
         self._loaded = loaded
+        self.last_compaction = lastcompaction.load(self.path)
         _log_recovery(self.path, loaded.report)
         segments = self._table.segments
         for s in segments[:-1] if readonly else segments:
@@ -1187,6 +1189,19 @@ class Store(MutableMapping[bytes, bytes]):
     def _note_compaction(self, summary: dict[str, Any]) -> None:
         summary["finished_at"] = self._clock()
         self.last_compaction = summary
+        log.info("bitkv store %s: compacted %d segment(s), %d bytes -> %d segment(s), %d bytes "
+                 "(%d reclaimed; %d keys kept, %d records dropped%s) in %.2f s", self.path,
+                 summary.get("segments_in", 0), summary.get("bytes_in", 0),
+                 summary.get("segments_out", 0), summary.get("bytes_out", 0),
+                 summary.get("bytes_reclaimed", 0), summary.get("keys_kept", 0),
+                 summary.get("records_dropped", 0),
+                 f", {summary['corrupt_records']} damaged record(s) skipped"
+                 if summary.get("corrupt_records") else "", summary.get("seconds", 0.0))
+        try:  # so that stats() of the next process still knows (a summary; not data)
+            lastcompaction.save(self.path, self._io, summary)
+        except OSError as exc:
+            log.warning("bitkv store %s: could not record the last compaction: %s", self.path,
+                        exc)
 
     def _sealed(self) -> list[Segment]:
         """The immutable segments compaction may take (all but the active one, less those
