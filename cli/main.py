@@ -199,6 +199,9 @@ def open_store(settings: Settings, *, write: bool, create: bool = False
         if write and settings.store.readonly:
             raise CliError("this shell opened the store read-only (--readonly): writes need "
                            "'bitkv shell' without it", EXIT_USAGE)
+        # A read-only shell lives beside a writer: each command sees its writes so far, as
+        # a one-shot command opened now would.
+        settings.store.refresh()
         yield settings.store
         return
     if write:

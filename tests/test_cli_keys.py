@@ -197,3 +197,16 @@ def test_server_config_repr_hides_the_key():
 
     config = ServerConfig(encryption_key=KEY)
     assert KEY.hex() not in repr(config) and repr(KEY) not in repr(config)
+
+
+def test_the_global_key_file_reaches_serve(store_dir, key_file, tmp_path):
+    """`bitkv --key-file K serve` uses K (as `bitkv --dir D serve` uses D): here a wrong
+    key, so the open fails saying so rather than asking for a key."""
+    bitkv_cli("--dir", store_dir, "--key-file", key_file, "put", "k", "v")
+    wrong = str(tmp_path / "wrong.key")
+    fd = os.open(wrong, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"ab" * 32)
+    os.close(fd)
+    result = bitkv_cli("--dir", store_dir, "--key-file", wrong, "serve", "--port", "0")
+    assert result.exit_code == EXIT_STORE
+    assert "wrong encryption key" in result.stderr

@@ -123,6 +123,20 @@ def test_readonly_shell_refuses_writes_and_works_beside_a_writer(store_dir):
     assert "read-only" in result.stderr
 
 
+def test_readonly_shell_follows_the_writer(store_dir, capsys):
+    """Each command of a long-lived read-only shell sees the writer's writes so far."""
+    with bitkv.open(store_dir) as writer, bitkv.open(store_dir, readonly=True) as reader:
+        session = Shell(Settings(store_dir, False, store=reader, in_shell=True))
+        session.onecmd("get a")
+        writer.put(b"a", b"written later")
+        writer.sync()
+        session.onecmd("get a")
+    out, err = capsys.readouterr()
+    assert err == "bitkv: key not found: a\n"
+    assert out == "written later\n"
+    assert session.final_status() == EXIT_NOT_FOUND
+
+
 def test_a_locked_store_says_so(store_dir):
     with bitkv.open(store_dir):
         result = shell(store_dir, "get a\n")
@@ -252,3 +266,13 @@ def test_interactive_on_a_terminal_with_history(store_dir, tmp_path):
         os.close(master)
     assert "put greeting 'hello there'" in history.read_text()
     assert history.stat().st_mode & 0o777 == 0o600
+
+
+def test_import_and_export_files_in_the_shell(store_dir, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"key": "a", "value": "1"}\n{"key": "b", "value": "2"}\n')
+    result = shell(store_dir, f"import {source}\nexport\nget a b\n", "--create")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "imported 2 record(s)", '{"key": "a", "value": "1", "ttl": null}',
+        '{"key": "b", "value": "2", "ttl": null}', "a\t1", "b\t2"]
