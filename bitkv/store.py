@@ -301,6 +301,8 @@ class Store(MutableMapping[bytes, bytes]):
                                                   create=not readonly, io=self._io)
             # None means "as the store's SETTINGS say"; an explicit choice is recorded there
             # (by a writer) so that every later opener writes the same way.
+            #: How new values are compressed (:class:`bitkv.settings.Compression`): the
+            #: store's recorded setting, or this open's explicit choice.
             self.compression = settings.resolve(self.path, self._io, compression,
                                                 compression_min_size, writable=not readonly)
             self._codec = codec.ValueCodec(self.path, compression=self.compression.algorithm,
