@@ -1,6 +1,6 @@
 # Types of the compiled extension bitkv._native (bitkv/native/*.c, built where a compiler is).
 from collections.abc import Iterator
-from typing import TypeVar, final, overload
+from typing import Any, TypeVar, final, overload
 
 _T = TypeVar("_T")
 
@@ -31,3 +31,8 @@ class IndexMap:
     def items(self) -> Iterator[tuple[bytes, int]]: ...
     def clear(self) -> None: ...
     def __sizeof__(self) -> int: ...
+
+def put(store: Any, key: object, value: object, /) -> bool:
+    """Store.put(key, value)'s common case in one call (bitkv/native/put.c): True if written
+    and indexed, False (nothing done) if the Python path must do it (a key or value that is
+    not bytes in range among the reasons)."""

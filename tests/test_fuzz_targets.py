@@ -13,10 +13,13 @@ import time
 
 import pytest
 
+import bitkv
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz"))
 
 import fuzz_hint
 import fuzz_indexmap
+import fuzz_put
 import fuzz_rdb
 import fuzz_record
 import fuzz_server_parser
@@ -132,7 +135,15 @@ def test_indexmap_target_on_random_bytes() -> None:
         fuzz_indexmap.check_one(rng.randbytes(rng.randint(0, 400)))
 
 
+def test_put_target_on_seeded_mutations(tmp_path) -> None:
+    """The compiled single put against the Python path, and under hostile store state."""
+    if fuzz_put.native_put is None or bitkv.IMPLEMENTATION != "native":
+        pytest.skip("the extension is not built")
+    fuzz_put.setup(str(tmp_path))
+    run_target(fuzz_put.check_one, fuzz_put.seeds(), 800, seed=17)
+
+
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
-                                    fuzz_rdb, fuzz_indexmap])
+                                    fuzz_rdb, fuzz_indexmap, fuzz_put])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)
