@@ -44,6 +44,7 @@ from .errors import (
     ReadOnlyError,
 )
 from .fileio import DEFAULT_FILEIO, FileIO, FsyncGuard
+from .kernels import NATIVE
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
 from .lock import StoreLock
 from .log import LogWriter, SegmentTable
@@ -65,7 +66,14 @@ from .validate import (
 from .views import ItemsView, KeysView, ValuesView
 
 if TYPE_CHECKING:
+    from ._native import Reader
     from .views import JsonView, Namespace
+_encode_batch: Any = None
+if NATIVE:
+    from ._native import IndexMap, Reader
+    from ._native import encode_batch as _native_encode_batch
+
+    _encode_batch = _native_encode_batch
 
 SyncMode = Literal["always", "interval", "never"]
 SYNC_MODES = ("always", "interval", "never")
@@ -375,7 +383,35 @@ class Store(MutableMapping[bytes, bytes]):
         for s in segments[:-1] if readonly else segments:
             if s is not self._log.active:
                 s.release_fd()  # a reader keeps the newest segment's fd to follow the writer
+        self._reader: Reader | None = None
+        self._bind_reader()
         self._maintenance.start()
+
+    def _bind_reader(self) -> None:
+        """In native mode, make ``self.get`` the get kernel's method (bitkv/native/get.c): a
+        get then costs one C call, which serves the common case and hands everything else
+        to :meth:`get` below, the reference. A Python wrapper around the kernel would add a
+        frame that costs more than the kernel's own work. Called at open and after refresh
+        replaced the index; the previous reader is detached (it sends every get to Python)."""
+        old = self._reader
+        if old is not None:
+            old.detach()
+        self._reader = None
+        self.__dict__.pop("get", None)
+        fallback = type(self).get
+        if (not NATIVE or type(self._entries) is not IndexMap
+                or fallback is not Store.get):  # a subclass's get stays in charge
+            return
+        self._reader = Reader(self._entries, self._expiries, self._table.slots, self,
+                              Store.get, self._plain_ok)
+        self.get = self._reader.get  # type: ignore[method-assign]
+
+    def _unbind_reader(self) -> None:
+        """Closed: every get, also one bound earlier, goes through Python (ClosedError)."""
+        if self._reader is not None:
+            self._reader.detach()
+            self._reader = None
+        self.__dict__.pop("get", None)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -847,6 +883,21 @@ class Store(MutableMapping[bytes, bytes]):
             return
         now_ms = self._now_ms()
         encoding = self._encoding
+        if _encode_batch is not None and not encoding:
+            # The batch kernel (bitkv/native/batch.c): the records encoded into one buffer
+            # and indexed in C. None from encode_batch means "not for the kernel" (an op it
+            # does not handle): the loop below, the reference, writes those.
+            with self._lock:
+                self._check_writable()
+                first_seq = self._next_seq
+                data = _encode_batch(ops, first_seq, now_ms)
+                if data is not None:
+                    seg, pos = self._log.append(data)
+                    self._next_seq = first_seq + len(ops)
+                    pos = self._keydir.apply_batch(seg, seg.slot, pos, ops, data)
+            if data is not None:
+                self._durable(seg, pos)
+                return
         tombstone = rec.TOMBSTONE
         staged: list[tuple[bytes, bytes | None, int, int]] = []
         for k, v, expiry in ops:
@@ -1148,6 +1199,7 @@ class Store(MutableMapping[bytes, bytes]):
             self._expiries = loaded.keydir.expiries
             self._entries = loaded.keydir.entries
             self._keydir.recompute_next_expiry()
+            self._bind_reader()
             for s in self._table.segments[:-1]:
                 s.release_fd()
         for s in old_segments:
@@ -1307,6 +1359,7 @@ class Store(MutableMapping[bytes, bytes]):
                 self._closed = True
                 self._log.refused = True
                 self._entries = _Closed()
+                self._unbind_reader()
                 self._release_files()
 
     def _abandon(self) -> None:
@@ -1320,6 +1373,7 @@ class Store(MutableMapping[bytes, bytes]):
             self._closed = True
             self._log.refused = True
             self._entries = _Closed()
+            self._unbind_reader()
             self._release_files()
 
     def _release_files(self) -> None:
