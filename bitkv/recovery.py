@@ -36,7 +36,12 @@ from .errors import (
 )
 from .fileio import DEFAULT_FILEIO, FileIO
 from .keydir import KeyDir
-from .names import LAST_COMPACTION_NAME, REPLICA_STATE_NAME, is_replica_rdb_tmp_name
+from .names import (
+    LAST_COMPACTION_NAME,
+    REPLICA_STATE_NAME,
+    SETTINGS_NAME,
+    is_replica_rdb_tmp_name,
+)
 from .names import MARKER_NAME as MARKER_NAME
 from .record import Damage, ScannedRecord
 from .segment import Segment, SegmentHeader
@@ -114,7 +119,7 @@ def is_temp_name(name: str) -> bool:
     return (
         _is_creation_leftover(name)
         or stem in (MARKER_NAME, KEYCHECK_NAME, manifest.MANIFEST_NAME, REPLICA_STATE_NAME,
-                    LAST_COMPACTION_NAME)
+                    LAST_COMPACTION_NAME, SETTINGS_NAME)
         or is_replica_rdb_tmp_name(name)
         or is_dict_name(stem)
         or seg_mod.parse_id(stem, seg_mod.DATA_SUFFIX) is not None

@@ -13,7 +13,8 @@ from bitkv import MAX_VALUE_SIZE
 from bitkv.server import protocol as _protocol
 from bitkv.server.app import SYNC_CHOICES, ServerConfig, run_server
 
-from .errors import EXIT_LOCKED, CliError
+from .errors import EXIT_LOCKED, EXIT_STORE, CliError
+from .keyfile import KEY_ENV, KEY_FILE_ENV, load_key
 
 
 @click.command("serve")
@@ -69,6 +70,9 @@ from .errors import EXIT_LOCKED, CliError
               help="The address the replica tells its master (REPLCONF ip-address).")
 @click.option("--replica-announce-port", type=click.IntRange(0, 65535), default=None,
               help="The port the replica tells its master (default: the port it listens on).")
+@click.option("--key-file", metavar="FILE", default=None,
+              help=f"Encryption key of an encrypted store (32 raw bytes or 64 hex digits, mode "
+                   f"0600). Default: ${KEY_FILE_ENV}, else the hex key in ${KEY_ENV}.")
 @click.option("--no-hiredis", is_flag=True, help="Parse requests in pure Python.")
 @click.option("--no-uvloop", is_flag=True, help="Use the standard asyncio event loop.")
 def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cert: str | None,
@@ -78,12 +82,13 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cer
           master_tls_ca_cert: str | None, repl_timeout: float | None,
           replica_priority: int | None, replica_read_only: str | None,
           replica_announce_ip: str | None, replica_announce_port: int | None,
-          no_hiredis: bool, no_uvloop: bool) -> None:
+          key_file: str | None, no_hiredis: bool, no_uvloop: bool) -> None:
     """Serve the store in --dir over the Redis protocol (RESP2/RESP3).
 
     Works with redis-cli, redis-py, redis-benchmark and twemproxy. SIGTERM or SHUTDOWN
     syncs and closes the store.
     """
+    encryption_key = load_key(key_file)
     try:
         config = ServerConfig(
             dir=directory, hosts=tuple(bind.split()), port=port, requirepass=requirepass,
@@ -95,7 +100,7 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cer
             replica_priority=replica_priority,
             replica_read_only=None if replica_read_only is None else replica_read_only == "yes",
             replica_announce_ip=replica_announce_ip,
-            replica_announce_port=replica_announce_port,
+            replica_announce_port=replica_announce_port, encryption_key=encryption_key,
             use_hiredis=False if no_hiredis else None, use_uvloop=False if no_uvloop else None)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -107,5 +112,10 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cer
         holder = str(exc).split(";")[0]
         raise CliError(f"cannot serve {directory}: {holder}; stop that process first, or "
                        "serve another directory with --dir", EXIT_LOCKED) from None
+    except bitkv.EncryptionError as exc:
+        hint = ""
+        if encryption_key is None:
+            hint = f" (give its key with --key-file FILE, ${KEY_FILE_ENV} or ${KEY_ENV})"
+        raise CliError(f"cannot serve {directory}: {exc}{hint}", EXIT_STORE) from None
     except (OSError, bitkv.Error) as exc:
         raise click.ClickException(f"cannot serve {directory}: {exc}") from None

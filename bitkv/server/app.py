@@ -137,6 +137,9 @@ class ServerConfig:
     use_native: bool | None = None  # the compiled RESP parser; None: when built
     use_uvloop: bool | None = None  # None: when installed
     store_options: dict[str, Any] = field(default_factory=dict)  # more bitkv.open() options
+    # The store's AES-256 key (bitkv serve reads it from --key-file or the environment, never
+    # argv); kept out of repr so that a logged config does not leak it.
+    encryption_key: bytes | None = field(default=None, repr=False)
     # Replication, the replica side (docs/replication.md). None: not given (a value that
     # CONFIG REWRITE persisted in the store directory applies, else the default).
     replicaof: str | None = None  # "HOST:PORT" of the master to follow
@@ -1082,6 +1085,8 @@ class Server:
             # A replica's store keeps keys that expired while it was down, for its master's
             # commands (Store.hold_expired; as Redis replicas load expired keys too).
             options.setdefault("hold_expired", self.replication.starts_as_replica())
+            if config.encryption_key is not None:
+                options["encryption_key"] = config.encryption_key
             self.db = bitkv.open(config.dir, **options)
         try:
             self._listeners.append(await loop.create_server(
