@@ -26,6 +26,10 @@ from .keyfile import KEY_ENV, KEY_FILE_ENV, load_key
               help="Address(es) to listen on, space-separated. Loopback only by default.")
 @click.option("--requirepass", envvar="BITKV_REQUIREPASS", default=None, metavar="SECRET",
               help="Require AUTH with this password (or set BITKV_REQUIREPASS).")
+@click.option("--protected-mode", "protected_mode", type=click.Choice(["yes", "no"]),
+              default="yes", show_default=True,
+              help="As Redis: without --requirepass, refuse to listen on (and refuse clients "
+                   "from) anything but loopback. 'no' accepts unauthenticated network clients.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Serve TLS (1.2+) with this PEM certificate chain.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -75,7 +79,8 @@ from .keyfile import KEY_ENV, KEY_FILE_ENV, load_key
                    f"0600). Default: ${KEY_FILE_ENV}, else the hex key in ${KEY_ENV}.")
 @click.option("--no-hiredis", is_flag=True, help="Parse requests in pure Python.")
 @click.option("--no-uvloop", is_flag=True, help="Use the standard asyncio event loop.")
-def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cert: str | None,
+def serve(directory: str, port: int, bind: str, requirepass: str | None, protected_mode: str,
+          tls_cert: str | None,
           tls_key: str | None, tls_ca_cert: str | None, sync_mode: str, sync_interval: float,
           maxclients: int, max_bulk_len: int, max_query_buffer: int, replicaof: str | None,
           masterauth: str | None, masteruser: str | None, master_tls: bool,
@@ -92,6 +97,7 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cer
     try:
         config = ServerConfig(
             dir=directory, hosts=tuple(bind.split()), port=port, requirepass=requirepass,
+            protected_mode=protected_mode == "yes",
             tls_cert=tls_cert, tls_key=tls_key, tls_ca_cert=tls_ca_cert, sync=sync_mode,
             sync_interval=sync_interval, maxclients=maxclients, max_bulk_len=max_bulk_len,
             max_query_buffer=max_query_buffer, replicaof=replicaof, masterauth=masterauth,

@@ -39,7 +39,7 @@ from typing import Any
 import bitkv
 from bitkv.record import MAX_KEY_SIZE
 
-from . import clients, protocol
+from . import clients, protected, protocol
 from .commands import (
     COMMANDS,
     F_ANY,
@@ -152,6 +152,8 @@ class ServerConfig:
     replica_priority: int | None = None  # default 100
     replica_announce_ip: str | None = None
     replica_announce_port: int | None = None
+    # Redis's protected mode (protected.py): without a password, loopback clients only.
+    protected_mode: bool = True
 
     def __post_init__(self) -> None:
         given: object = self.hosts  # callers may pass one string of space-separated hosts
@@ -192,6 +194,7 @@ class ServerConfig:
             self.requirepass = self.requirepass.encode()
         if self.requirepass == b"":
             self.requirepass = None
+        protected.check_bind(self.hosts, self.requirepass is not None, self.protected_mode)
 
     @property
     def tls(self) -> bool:
@@ -428,6 +431,13 @@ class Connection(asyncio.Protocol):
             server.rejected_connections += 1
             self._closed = True
             transport.write(MAXCLIENTS)
+            transport.close()
+            return
+        if server.config.protected_mode and server.requirepass is None \
+                and isinstance(peer, tuple) and not protected.is_loopback(str(peer[0])):
+            server.rejected_connections += 1
+            self._closed = True
+            transport.write(protected.DENIED)
             transport.close()
             return
         server.clients[self] = None
