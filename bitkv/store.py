@@ -108,21 +108,39 @@ class _Deferral(threading.local):
     depth = 0
 
 
+_LOGGED_REGIONS = 10  # damaged regions named one by one at open; the rest are counted
+
+
 def _log_recovery(path: str, report: recovery.RecoveryReport) -> None:
-    """Say what opening found, so damage and repairs are never silent."""
+    """Say what opening found, each finding once with its file and offset, so damage and
+    repairs are never silent (the full list: ``recovery_report``, ``bitkv check``)."""
     if report.corrupt_bytes or report.damage:
         log.warning("bitkv store %s: %d damaged byte(s) in %d region(s) skipped at open "
                     "(never returned as data)%s; run `bitkv check` for details", path,
                     report.corrupt_bytes, len(report.damage),
                     f", {len(report.damaged_keys)} key(s) whose newest record is damaged "
                     "raise on read" if report.damaged_keys else "")
-    if report.truncated_bytes > report.zero_tail_bytes:
-        log.warning("bitkv store %s: cut %d byte(s) of a torn write (past the last fsync) "
-                    "from the newest segment", path, report.truncated_bytes)
+        for name, offset, length, why in report.damage[:_LOGGED_REGIONS]:
+            log.warning("bitkv store %s: %s offset %d: %d damaged byte(s): %s", path, name,
+                        offset, length, why)
+        if len(report.damage) > _LOGGED_REGIONS:
+            log.warning("bitkv store %s: %d more damaged region(s) not listed here", path,
+                        len(report.damage) - _LOGGED_REGIONS)
+    for name, offset, length in report.truncations:
+        log.warning("bitkv store %s: %s: cut %d byte(s) of a torn write (past the last "
+                    "fsync) at offset %d", path, name, length, offset)
+    for name, what, keys in report.lost_segments:
+        log.error("bitkv store %s: %s %s (%d key(s) at stake)", path, name, what, len(keys))
+    for name, why in report.ignored_hints:
+        log.warning("bitkv store %s: hint %s ignored (%s); its segment was scanned instead",
+                    path, name, why)
     if report.removed_orphans:
         log.info("bitkv store %s: removed %d segment file(s) of an unfinished rotation or "
                  "compaction: %s", path, len(report.removed_orphans),
                  ", ".join(report.removed_orphans))
+    if report.removed_temp_files:
+        log.info("bitkv store %s: removed %d temporary file(s) of an interrupted write: %s",
+                 path, len(report.removed_temp_files), ", ".join(report.removed_temp_files))
     for name, why in report.ignored_files:
         log.warning("bitkv store %s: %s: %s", path, name, why)
 

@@ -77,6 +77,13 @@ from .keyfile import KEY_ENV, KEY_FILE_ENV, load_key
 @click.option("--key-file", metavar="FILE", default=None,
               help=f"Encryption key of an encrypted store (32 raw bytes or 64 hex digits, mode "
                    f"0600). Default: ${KEY_FILE_ENV}, else the hex key in ${KEY_ENV}.")
+@click.option("--loglevel", type=click.Choice(["debug", "verbose", "notice", "info", "warning",
+                                               "error"], case_sensitive=False),
+              default="notice", show_default=True,
+              help="What to log: Redis's levels (notice = Python's INFO) or Python's.")
+@click.option("--logfile", type=click.Path(dir_okay=False), default=None,
+              help="Append the log to this file (reopened after logrotate moves it); "
+                   "default: stderr.")
 @click.option("--no-hiredis", is_flag=True, help="Parse requests in pure Python.")
 @click.option("--no-uvloop", is_flag=True, help="Use the standard asyncio event loop.")
 def serve(directory: str, port: int, bind: str, requirepass: str | None, protected_mode: str,
@@ -87,7 +94,8 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, protect
           master_tls_ca_cert: str | None, repl_timeout: float | None,
           replica_priority: int | None, replica_read_only: str | None,
           replica_announce_ip: str | None, replica_announce_port: int | None,
-          key_file: str | None, no_hiredis: bool, no_uvloop: bool) -> None:
+          key_file: str | None, loglevel: str, logfile: str | None, no_hiredis: bool,
+          no_uvloop: bool) -> None:
     """Serve the store in --dir over the Redis protocol (RESP2/RESP3).
 
     Works with redis-cli, redis-py, redis-benchmark and twemproxy. SIGTERM or SHUTDOWN
@@ -97,7 +105,7 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, protect
     try:
         config = ServerConfig(
             dir=directory, hosts=tuple(bind.split()), port=port, requirepass=requirepass,
-            protected_mode=protected_mode == "yes",
+            protected_mode=protected_mode == "yes", loglevel=loglevel, logfile=logfile,
             tls_cert=tls_cert, tls_key=tls_key, tls_ca_cert=tls_ca_cert, sync=sync_mode,
             sync_interval=sync_interval, maxclients=maxclients, max_bulk_len=max_bulk_len,
             max_query_buffer=max_query_buffer, replicaof=replicaof, masterauth=masterauth,

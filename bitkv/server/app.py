@@ -154,6 +154,9 @@ class ServerConfig:
     replica_announce_port: int | None = None
     # Redis's protected mode (protected.py): without a password, loopback clients only.
     protected_mode: bool = True
+    # Where run_server logs (None: stderr) and from which level (Redis's names or Python's).
+    loglevel: str = "notice"
+    logfile: str | None = None
 
     def __post_init__(self) -> None:
         given: object = self.hosts  # callers may pass one string of space-separated hosts
@@ -195,6 +198,9 @@ class ServerConfig:
         if self.requirepass == b"":
             self.requirepass = None
         protected.check_bind(self.hosts, self.requirepass is not None, self.protected_mode)
+        if self.loglevel.lower() not in LOG_LEVELS:
+            raise ValueError(f"loglevel must be one of {', '.join(LOG_LEVELS)}, not "
+                             f"{self.loglevel!r}")
 
     @property
     def tls(self) -> bool:
@@ -1299,12 +1305,37 @@ def _raise_fd_limit(wanted: int) -> None:
         pass
 
 
+# --loglevel: Redis's names (verbose and debug both mean Python's DEBUG) and Python's.
+LOG_LEVELS = {"debug": logging.DEBUG, "verbose": logging.DEBUG, "notice": logging.INFO,
+              "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+LOG_FORMAT = "%(process)d:M %(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(config: ServerConfig) -> None:
+    """Send the ``bitkv`` loggers (the engine's recovery, compaction and fsync findings, and
+    the server's) to ``config.logfile`` or stderr at ``config.loglevel``, unless the embedding
+    application configured logging itself (the root logger or ``bitkv`` has handlers)."""
+    root = logging.getLogger("bitkv")
+    if logging.getLogger().handlers or any(
+            not isinstance(h, logging.NullHandler) for h in root.handlers):
+        return
+    handler: logging.Handler
+    if config.logfile:
+        # WatchedFileHandler reopens the file after logrotate moved it away.
+        from logging.handlers import WatchedFileHandler
+
+        handler = WatchedFileHandler(config.logfile, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(LOG_LEVELS[config.loglevel.lower()])
+
+
 def run_server(config: ServerConfig | None = None, **kwargs: Any) -> None:
     """Run a server in this (main) thread until SIGTERM/SIGINT or SHUTDOWN. Blocks."""
     config = config or ServerConfig(**kwargs)
-    if not logging.getLogger().handlers and not log.handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(process)d:M %(asctime)s %(levelname)s %(message)s")
+    configure_logging(config)
     _raise_fd_limit(config.maxclients + 64)
     with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
         runner.run(serve(config, install_signals=True))
