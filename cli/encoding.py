@@ -42,6 +42,19 @@ def parse_key(text: str, hex_mode: bool, what: str = "KEY") -> bytes:
     return key
 
 
+def parse_key_bytes(raw: bytes, hex_mode: bool, what: str) -> bytes:
+    """Turn one line of a key list into key bytes: the line's bytes, or hex (whitespace
+    around it ignored) in hex mode; ``what`` names the line in errors."""
+    if hex_mode:
+        try:
+            text = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise CliError(f"{what} is not hex (--hex is in force)", EXIT_USAGE) from None
+        return parse_key(text, True, what)
+    check_key(raw, what)
+    return raw
+
+
 def parse_prefix(text: str | None, hex_mode: bool) -> bytes | None:
     if text is None:
         return None
