@@ -70,3 +70,9 @@ class BatchPut:
     def put(self, key: Any, value: Any, *, ttl: float | None = None,
             expires_at_ms: int | None = None) -> None: ...
     def detach(self) -> None: ...
+
+# put.c
+def put(store: Any, key: object, value: object, /) -> bool:
+    """Store.put(key, value)'s common case in one call (bitkv/native/put.c): True if written
+    and indexed, False (nothing done) if the Python path must do it (a key or value that is
+    not bytes in range among the reasons)."""

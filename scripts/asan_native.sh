@@ -48,7 +48,8 @@ print('asan_native: testing', m.__file__)
 "
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_indexmap.py" "$repo/tests/test_native_crc.py" \
-  "$repo/tests/test_fuzz_targets.py" -k "indexmap or Indexmap or crc or kernel"
+  "$repo/tests/test_native_put.py" \
+  "$repo/tests/test_fuzz_targets.py" -k "indexmap or Indexmap or crc or native_put or put_target or kernel"
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_kernels.py" "$repo/tests/test_differential.py" "$repo/tests/test_batch.py"
 "$python" - "$repo/fuzz" <<'PY'
@@ -62,5 +63,12 @@ for target in (fuzz_indexmap, fuzz_get, fuzz_codec_native, fuzz_batch):
         target.check_one(rng.randbytes(rng.randint(0, 3000)))
         n += 1
     print(f"asan_native: {n} random {target.__name__} inputs ran clean")
+import fuzz_put
+assert fuzz_put.native_put is not None
+rng, started, n = random.Random(98), time.monotonic(), 0
+while time.monotonic() - started < 10:  # random put programs (and hostile states) for 10 s
+    fuzz_put.check_one(rng.randbytes(rng.randint(0, 3000)))
+    n += 1
+print(f"asan_native: {n} random put programs ran clean")
 PY
 echo "asan_native: ok"

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+import bitkv
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz"))
 
 import fuzz_batch
@@ -20,6 +22,7 @@ import fuzz_codec_native
 import fuzz_get
 import fuzz_hint
 import fuzz_indexmap
+import fuzz_put
 import fuzz_rdb
 import fuzz_record
 import fuzz_server_parser
@@ -149,8 +152,16 @@ def test_kernel_target_on_seeded_mutations(target) -> None:
         target.check_one(rng.randbytes(rng.randint(0, 600)))
 
 
+def test_put_target_on_seeded_mutations(tmp_path) -> None:
+    """The compiled single put against the Python path, and under hostile store state."""
+    if fuzz_put.native_put is None or bitkv.IMPLEMENTATION != "native":
+        pytest.skip("the extension is not built")
+    fuzz_put.setup(str(tmp_path))
+    run_target(fuzz_put.check_one, fuzz_put.seeds(), 800, seed=17)
+
+
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
-                                    fuzz_rdb, fuzz_indexmap, fuzz_get, fuzz_codec_native,
-                                    fuzz_batch])
+                                    fuzz_rdb, fuzz_indexmap, fuzz_put, fuzz_get,
+                                    fuzz_codec_native, fuzz_batch])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)

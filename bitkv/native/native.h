@@ -44,6 +44,9 @@ int bitkv_record_init(PyObject *module);
 int bitkv_crc32c_init(PyObject *module);
 uint32_t bitkv_crc32c_extend(uint32_t crc, const void *data, size_t len);
 
+/* put.c: Store.put's common case (a map write and the index update) in one call. */
+int bitkv_put_init(PyObject *module);
+
 /* A data record's 28-byte header (docs/format.md, "Data record"; bitkv/record.py is the
  * reference): crc32c u32 | flags u8 | reserved u8 | key_len u16 | value_len u32 | seq u64 |
  * expiry_ms u64, little-endian; the CRC covers every byte after its own field. */
