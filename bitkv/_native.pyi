@@ -1,4 +1,5 @@
 # Types of the compiled extension bitkv._native (bitkv/native/*.c, built where a compiler is).
+import mmap
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, final, overload
 
@@ -33,6 +34,11 @@ class IndexMap:
     def items(self) -> Iterator[tuple[bytes, int]]: ...
     def clear(self) -> None: ...
     def __sizeof__(self) -> int: ...
+
+def put(store: Any, key: object, value: object, /) -> bool:
+    """Store.put(key, value)'s common case in one call (bitkv/native/put.c): True if written
+    and indexed, False (nothing done) if the Python path must do it (a key or value that is
+    not bytes in range among the reasons)."""
 
 # get.c
 @final
@@ -71,8 +77,38 @@ class BatchPut:
             expires_at_ms: int | None = None) -> None: ...
     def detach(self) -> None: ...
 
-# put.c
-def put(store: Any, key: object, value: object, /) -> bool:
-    """Store.put(key, value)'s common case in one call (bitkv/native/put.c): True if written
-    and indexed, False (nothing done) if the Python path must do it (a key or value that is
-    not bytes in range among the reasons)."""
+# compact.c: compaction's copy loop and keydir switch (compaction.copy_live and
+# keydir.KeyDir.switch_copies are the references).
+_Src = bytes | bytearray | mmap.mmap
+
+def copy_live(src: _Src, pos: int, limit: int, end: int, slot: int, entries: IndexMap,
+              now_ms: int, data: bytearray, fixed: bytearray, keys: bytearray, out_size: int,
+              max_size: int, min_seq: int, max_seq: int, expired: list[tuple[bytes, int]],
+              /) -> tuple[int, int, int, int, int, int, int]: ...
+def switch_copies(src: _Src, pos: int, end: int, entries: IndexMap, slot: int,
+                  inputs: bytes, max_keys: int, /) -> tuple[int, int, int]: ...
+def release_gil(microseconds: int, /) -> None: ...
+
+# replay.c: the indexing loops of open (bitkv/indexing.py is their Python reference).
+_Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+def hint_check(fixed: _Buffer, keys: _Buffer, covered: int, /) -> bool: ...
+def hint_apply(keydir: object, slot: int, fixed: _Buffer, keys: _Buffer, covered: int,
+               now_ms: int, /) -> tuple[bool, int]: ...
+def plain_run(keydir: object, slot: int, buf: _Buffer, pos: int, end: int, max_seq: int,
+              now_ms: int, /) -> tuple[int, int, int]: ...
+
+@final
+class RespParser:
+    """The server's RESP request parser (bitkv/native/resp.c), the twin of
+    bitkv.server.protocol.PyParser: the same commands, errors and state on any input."""
+
+    error: str | None
+    authenticated: bool
+    def __init__(self, max_bulk_len: int, max_multibulk_len: int, max_query_buffer: int,
+                 authenticated: bool = True,
+                 split_args: Callable[[bytes], list[bytes] | None] | None = None) -> None: ...
+    def feed(self, data: bytes, /) -> list[list[bytes]]: ...
+    def idle(self) -> bool: ...
+    def buffered(self) -> int: ...
+    def reset(self) -> None: ...

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from .kernels import IMPLEMENTATION as IMPLEMENTATION
 from .kernels import NATIVE
-from .record import HEADER, HEADER_SIZE, TOMBSTONE
+from .record import HEADER, HEADER_SIZE, TOMBSTONE, ScanBuffer
 
 if TYPE_CHECKING:
     from ._native import IndexMap
@@ -38,12 +38,15 @@ Index: TypeAlias = "dict[bytes, int] | IndexMap"
 
 _new_index: Any = dict
 _apply_batch: Any = None
+_switch_copies: Any = None
 if NATIVE:
     from ._native import IndexMap as _IndexMap
     from ._native import apply_batch as _native_apply_batch
+    from ._native import switch_copies as _native_switch_copies
 
     _new_index = _IndexMap
     _apply_batch = _native_apply_batch
+    _switch_copies = _native_switch_copies
 
 
 def new_index() -> Index:
@@ -97,7 +100,7 @@ class KeyDir:
     (recovery.py, store.py say where); those copies follow exactly these rules.
     """
 
-    __slots__ = ("entries", "expiries", "hidden", "next_expiry", "slots")
+    __slots__ = ("_slot_bitmap", "entries", "expiries", "hidden", "next_expiry", "slots")
 
     def __init__(self, slots: list[Any] | None = None) -> None:
         self.entries: Index = new_index()
@@ -105,6 +108,7 @@ class KeyDir:
         self.slots: list[Any] = slots if slots is not None else []
         self.hidden: dict[bytes, Hidden] | None = None
         self.next_expiry: float = math.inf
+        self._slot_bitmap: tuple[AbstractSet[int], bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -260,6 +264,53 @@ class KeyDir:
                 switched += 1
         seg.live_bytes += live
         return switched
+
+    def switch_copies(self, buf: ScanBuffer, pos: int, end: int, seg: _Owner, slot: int,
+                      inputs: AbstractSet[int], max_keys: int) -> tuple[int, int]:
+        """:meth:`switch_inputs` for the records of a compacted output ``seg`` (at ``slot``),
+        read back from ``buf`` (its map): at most ``max_keys`` records from ``pos``, which
+        must be whole records before ``end`` (else ValueError). Return (the position after
+        them, how many keys were switched). Compiled (bitkv/native/compact.c) when the map
+        is the IndexMap; the loop below is the reference."""
+        if _switch_copies is not None and not isinstance(self.entries, dict):
+            pos, switched, live = _switch_copies(buf, pos, end, self.entries, slot,
+                                                 self._bitmap(inputs), max_keys)
+            seg.live_bytes += live
+            return pos, switched
+        unpack = HEADER.unpack_from
+        moves: list[tuple[bytes, int, int]] = []
+        append = moves.append
+        damaged = False  # the records before damage are switched, then ValueError
+        for _ in range(max_keys):
+            if pos >= end:
+                break
+            if end - pos < HEADER_SIZE:
+                damaged = True
+                break
+            key_len, value_len = unpack(buf, pos)[3:5]
+            size = HEADER_SIZE + key_len + value_len
+            if size > end - pos:
+                damaged = True
+                break
+            append((bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + key_len]),
+                    pos, size))
+            pos += size
+        switched = self.switch_inputs(moves, seg, slot, inputs)
+        if damaged:
+            raise ValueError(f"switch_copies: no whole record at offset {pos}")
+        return pos, switched
+
+    def _bitmap(self, slots: AbstractSet[int]) -> bytes:
+        """``slots`` as a bitmap of MAX_SLOTS bits, for the compiled switch (kept for the
+        set last asked about: one compaction asks about one set many times)."""
+        cached = self._slot_bitmap
+        if cached is not None and cached[0] is slots:
+            return cached[1]
+        bits = bytearray(MAX_SLOTS // 8)
+        for s in slots:
+            bits[s >> 3] |= 1 << (s & 7)
+        self._slot_bitmap = (slots, bytes(bits))
+        return self._slot_bitmap[1]
 
     def unindex_if(self, key: bytes, expected: int) -> bool:
         """:meth:`unindex` ``key`` only if it still points at ``expected`` (compaction

@@ -20,12 +20,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuz
 
 import fuzz_batch
 import fuzz_codec_native
+import fuzz_compact
 import fuzz_get
 import fuzz_hint
 import fuzz_indexmap
 import fuzz_put
 import fuzz_rdb
 import fuzz_record
+import fuzz_replay
+import fuzz_resp
 import fuzz_server_parser
 import fuzz_store
 
@@ -139,6 +142,21 @@ def test_indexmap_target_on_random_bytes() -> None:
         fuzz_indexmap.check_one(rng.randbytes(rng.randint(0, 400)))
 
 
+def test_resp_target_on_seeded_mutations() -> None:
+    """The compiled RESP parser against PyParser: commands, errors, idle(), buffered()."""
+    if fuzz_resp.RespParser is None:
+        pytest.skip("the extension is not built (or BITKV_PURE_PYTHON=1)")
+    run_target(fuzz_resp.check_one, fuzz_resp.seeds(), 4000, seed=19)
+
+
+def test_resp_target_on_random_bytes() -> None:
+    if fuzz_resp.RespParser is None:
+        pytest.skip("the extension is not built (or BITKV_PURE_PYTHON=1)")
+    rng = random.Random(20)
+    for _ in range(1500):
+        fuzz_resp.check_one(rng.randbytes(rng.randint(0, 300)))
+
+
 @pytest.mark.parametrize("target", [fuzz_get, fuzz_codec_native, fuzz_batch])
 def test_kernel_target_on_seeded_mutations(target) -> None:
     """The get, record codec and batch kernels against their Python rules, on mutated bytes
@@ -168,8 +186,38 @@ def test_put_target_on_seeded_mutations(tmp_path) -> None:
                 db.close()
 
 
+def test_compact_target_on_seeded_mutations() -> None:
+    """Compaction's compiled copy loop against the Python one, on mutated segments."""
+    if fuzz_compact.native_copy_live is None:
+        pytest.skip("the extension is not built")
+    run_target(fuzz_compact.check_one, fuzz_compact.seeds(), 3000, seed=17)
+
+
+def test_compact_target_on_random_bytes() -> None:
+    if fuzz_compact.native_copy_live is None:
+        pytest.skip("the extension is not built")
+    rng = random.Random(18)
+    for _ in range(1500):
+        fuzz_compact.check_one(rng.randbytes(rng.randint(0, 400)))
+
+
+def test_replay_target_on_seeded_mutations() -> None:
+    if fuzz_replay._native is None:
+        pytest.skip("the compiled extension is not built")
+    run_target(fuzz_replay.check_one, fuzz_replay.seeds(), 3000, seed=16)
+
+
+def test_replay_target_on_random_bytes() -> None:
+    if fuzz_replay._native is None:
+        pytest.skip("the compiled extension is not built")
+    rng = random.Random(17)
+    for _ in range(2000):
+        fuzz_replay.check_one(bytes([rng.randrange(4)]) + rng.randbytes(rng.randint(0, 900)))
+
+
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
                                     fuzz_rdb, fuzz_indexmap, fuzz_put, fuzz_get,
-                                    fuzz_codec_native, fuzz_batch])
+                                    fuzz_codec_native, fuzz_batch, fuzz_compact, fuzz_replay,
+                                    fuzz_resp])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)
