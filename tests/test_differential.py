@@ -10,7 +10,8 @@ runs of the same program is made deterministic on both sides: the clock is injec
 start, moved only by the program), segment nonces come from a seeded generator (as
 fuzz_store.py does), no background thread runs (``auto_compact=False``, ``sync="never"``), and
 paths in error messages are replaced by ``<path>``. The one file compared by name only is
-``LOCK``, which holds the writer's process id.
+``LOCK``, which holds the writer's process id; ``COMPACTION`` (the last compaction's summary)
+is compared field by field but for ``seconds``, how long the compaction took.
 
 The child is started once per test and runs each program hypothesis generates in a fresh
 directory, answering with its results and the directory's files.
