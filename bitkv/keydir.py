@@ -14,7 +14,7 @@ nothing for the feature.
 The map of entries is the compiled ``IndexMap`` (bitkv/native/indexmap.c: about 36 bytes a key
 beyond the key's bytes, where a dict costs about 120) when the extension is built, else a dict,
 the reference implementation; ``BITKV_PURE_PYTHON=1`` forces the dict. This module is the one
-place that chooses (``IMPLEMENTATION`` says which); the engine uses only the operations both
+place that uses it (kernels.py chooses the implementation); the engine uses only the operations both
 have: ``get``, ``[]``, ``[] =``, ``del``, ``pop``, ``in``, ``len``, iteration, ``items()``
 (iterated, not kept as a view), ``clear()``. See docs/architecture.md.
 """
@@ -22,12 +22,13 @@ have: ``get``, ``[]``, ``[] =``, ``del``, ``pop``, ``in``, ``len``, iteration, `
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from .record import TOMBSTONE
+from .kernels import IMPLEMENTATION as IMPLEMENTATION
+from .kernels import NATIVE
+from .record import HEADER, HEADER_SIZE, TOMBSTONE, ScanBuffer
 
 if TYPE_CHECKING:
     from ._native import IndexMap
@@ -36,15 +37,16 @@ if TYPE_CHECKING:
 Index: TypeAlias = "dict[bytes, int] | IndexMap"
 
 _new_index: Any = dict
-IMPLEMENTATION = "python"
-if os.environ.get("BITKV_PURE_PYTHON", "") in ("", "0"):
-    try:
-        from ._native import IndexMap as _IndexMap
-    except ImportError:  # not built (no compiler at install time): the dict it is
-        pass
-    else:
-        _new_index = _IndexMap
-        IMPLEMENTATION = "native"
+_apply_batch: Any = None
+_switch_copies: Any = None
+if NATIVE:
+    from ._native import IndexMap as _IndexMap
+    from ._native import apply_batch as _native_apply_batch
+    from ._native import switch_copies as _native_switch_copies
+
+    _new_index = _IndexMap
+    _apply_batch = _native_apply_batch
+    _switch_copies = _native_switch_copies
 
 
 def new_index() -> Index:
@@ -98,7 +100,7 @@ class KeyDir:
     (recovery.py, store.py say where); those copies follow exactly these rules.
     """
 
-    __slots__ = ("entries", "expiries", "hidden", "next_expiry", "slots")
+    __slots__ = ("_slot_bitmap", "entries", "expiries", "hidden", "next_expiry", "slots")
 
     def __init__(self, slots: list[Any] | None = None) -> None:
         self.entries: Index = new_index()
@@ -106,6 +108,7 @@ class KeyDir:
         self.slots: list[Any] = slots if slots is not None else []
         self.hidden: dict[bytes, Hidden] | None = None
         self.next_expiry: float = math.inf
+        self._slot_bitmap: tuple[AbstractSet[int], bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -168,6 +171,41 @@ class KeyDir:
             pos += size
         return pos
 
+    def apply_batch(self, seg: _Owner, slot: int, start: int, ops: list[Any], data: bytes,
+                    now_ms: int = 0) -> int:
+        """:meth:`apply` for the records of ``data``, written back to back from ``start``
+        (a batch's encoded records): the i-th record's key is ``ops[i][0]`` (the batch's
+        operations), its size, flags and expiry are read from its header. Return the offset
+        after the last.
+
+        In native mode the loop is ``bitkv._native.apply_batch`` (bitkv/native/batch.c), with
+        the same rule in C; the loop below is the reference. The C loop sums the live bytes
+        ``seg`` gains and the earliest new expiry and applies both here once at the end, which
+        leaves the same values as applying them record by record."""
+        if _apply_batch is not None and type(self.entries) is _IndexMap:
+            end: int
+            delta: int
+            min_expiry: int
+            end, delta, min_expiry = _apply_batch(self.entries, self.expiries, self.hidden,
+                                                  self.slots, seg, slot, start, ops, data,
+                                                  now_ms)
+            seg.live_bytes += delta
+            if min_expiry and min_expiry < self.next_expiry:
+                self.next_expiry = min_expiry
+            return end
+        pos = start
+        for op in ops:
+            flags: int
+            key_len: int
+            value_len: int
+            expiry_ms: int
+            _crc, flags, _r, key_len, value_len, _seq, expiry_ms = HEADER.unpack_from(
+                data, pos - start)
+            size = HEADER_SIZE + key_len + value_len
+            self.apply(seg, slot, op[0], pos, size, flags, expiry_ms, now_ms)
+            pos += size
+        return pos
+
     def unindex(self, key: bytes, entry: int, hide: Hidden | None = None) -> None:
         """Remove ``key`` (indexed at ``entry``), its bytes now dead; ``hide`` records why in
         the active segment's checkpoint (its tombstone, or its expired record there)."""
@@ -226,6 +264,53 @@ class KeyDir:
                 switched += 1
         seg.live_bytes += live
         return switched
+
+    def switch_copies(self, buf: ScanBuffer, pos: int, end: int, seg: _Owner, slot: int,
+                      inputs: AbstractSet[int], max_keys: int) -> tuple[int, int]:
+        """:meth:`switch_inputs` for the records of a compacted output ``seg`` (at ``slot``),
+        read back from ``buf`` (its map): at most ``max_keys`` records from ``pos``, which
+        must be whole records before ``end`` (else ValueError). Return (the position after
+        them, how many keys were switched). Compiled (bitkv/native/compact.c) when the map
+        is the IndexMap; the loop below is the reference."""
+        if _switch_copies is not None and not isinstance(self.entries, dict):
+            pos, switched, live = _switch_copies(buf, pos, end, self.entries, slot,
+                                                 self._bitmap(inputs), max_keys)
+            seg.live_bytes += live
+            return pos, switched
+        unpack = HEADER.unpack_from
+        moves: list[tuple[bytes, int, int]] = []
+        append = moves.append
+        damaged = False  # the records before damage are switched, then ValueError
+        for _ in range(max_keys):
+            if pos >= end:
+                break
+            if end - pos < HEADER_SIZE:
+                damaged = True
+                break
+            key_len, value_len = unpack(buf, pos)[3:5]
+            size = HEADER_SIZE + key_len + value_len
+            if size > end - pos:
+                damaged = True
+                break
+            append((bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + key_len]),
+                    pos, size))
+            pos += size
+        switched = self.switch_inputs(moves, seg, slot, inputs)
+        if damaged:
+            raise ValueError(f"switch_copies: no whole record at offset {pos}")
+        return pos, switched
+
+    def _bitmap(self, slots: AbstractSet[int]) -> bytes:
+        """``slots`` as a bitmap of MAX_SLOTS bits, for the compiled switch (kept for the
+        set last asked about: one compaction asks about one set many times)."""
+        cached = self._slot_bitmap
+        if cached is not None and cached[0] is slots:
+            return cached[1]
+        bits = bytearray(MAX_SLOTS // 8)
+        for s in slots:
+            bits[s >> 3] |= 1 << (s & 7)
+        self._slot_bitmap = (slots, bytes(bits))
+        return self._slot_bitmap[1]
 
     def unindex_if(self, key: bytes, expected: int) -> bool:
         """:meth:`unindex` ``key`` only if it still points at ``expected`` (compaction

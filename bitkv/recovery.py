@@ -36,8 +36,8 @@ from .errors import (
 )
 from .fileio import DEFAULT_FILEIO, FileIO
 from .keydir import KeyDir
+from .names import LAST_COMPACTION_NAME, REPLICA_STATE_NAME, is_replica_rdb_tmp_name
 from .names import MARKER_NAME as MARKER_NAME
-from .names import REPLICA_STATE_NAME, is_replica_rdb_tmp_name
 from .record import Damage, ScannedRecord
 from .segment import Segment, SegmentHeader
 
@@ -59,6 +59,9 @@ class RecoveryReport:
     segments_from_hints: int = 0
     records_loaded: int = 0
     truncated_bytes: int = 0
+    # Of the truncated bytes, the trailing run of zeros: the newest append segment's
+    # preallocated room, which a crash (or, for a reader, a live writer) leaves; not damage.
+    zero_tail_bytes: int = 0
     corrupt_bytes: int = 0
     dropped_batch_records: int = 0
     poisoned_keys: int = 0  # keys whose newest record is damaged: reading them raises
@@ -110,7 +113,8 @@ def is_temp_name(name: str) -> bool:
     stem = name[: -len(seg_mod.TMP_SUFFIX)]
     return (
         _is_creation_leftover(name)
-        or stem in (MARKER_NAME, KEYCHECK_NAME, manifest.MANIFEST_NAME, REPLICA_STATE_NAME)
+        or stem in (MARKER_NAME, KEYCHECK_NAME, manifest.MANIFEST_NAME, REPLICA_STATE_NAME,
+                    LAST_COMPACTION_NAME)
         or is_replica_rdb_tmp_name(name)
         or is_dict_name(stem)
         or seg_mod.parse_id(stem, seg_mod.DATA_SUFFIX) is not None
@@ -770,11 +774,15 @@ class Loader:
         for damage, vouched in indexer.poisons:
             self._poison(seg, damage, mm, guess=vouched)
         if done.torn_at is not None:
-            self._truncate_tail(seg, done.torn_at)
+            self._truncate_tail(seg, done.torn_at, mm)
 
-    def _truncate_tail(self, seg: Segment, offset: int) -> None:
-        torn = seg.size - offset
-        self.report.truncated_bytes += torn
+    def _truncate_tail(self, seg: Segment, offset: int, mm: mmap.mmap) -> None:
+        # The zeros at the very end are preallocated room (docs/format.md, "The zero tail"),
+        # counted apart too: only the bytes before them are what a torn write left. ``mm``
+        # holds the bytes at their file offsets (a reader's snapshot too).
+        zeros_from = seg_mod.zero_tail_start(mm, offset, seg.size)
+        self.report.zero_tail_bytes += seg.size - zeros_from
+        self.report.truncated_bytes += seg.size - offset
         seg.set_map(None)
         if not self.readonly:
             fd = self.io.open_rw(seg.path)
@@ -788,6 +796,7 @@ class Loader:
                 killpoints.hit("recovery.truncated")
         seg.size = offset
         seg.synced_size = offset
+        seg.allocated = offset
         seg.map()
 
     def _load_hint(self, seg: Segment) -> int | None:

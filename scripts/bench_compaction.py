@@ -16,18 +16,20 @@ the ``<!-- bench_compaction:begin -->`` and ``<!-- bench_compaction:end -->`` ma
     python scripts/bench_compaction.py --doc docs/compaction.md   # 1,000,000 keys
 
 ``--scale`` measures compaction at scale instead (issue 19): for each of ``--sizes`` (default
-2M, 8M, 32M keys) a store of 16-byte keys and 8-byte values, every key written twice (half the
-log is garbage), is built once, copied, and compacted by a child process per implementation:
-the tree given by ``--before`` (e.g. a worktree of an older commit) and this one. Each child
-reports the compaction's records/s and MB/s of input, its extra anonymous memory (``RssAnon``
-of /proc/self/status sampled every 5 ms, peak minus the value before ``compact()``; not peak
-RSS, which counts the mapped segments), and, in a second run on a fresh copy, the p99 latency
-of ``put()`` from a writer thread without and during a compaction. ``--scale-doc`` writes the
-table between the ``<!-- bench_compaction_scale:begin/end -->`` markers, ``--plot`` a PNG
-(matplotlib).
+2M, 8M, 32M keys) a store of 16-byte keys and 8-byte values, and for each of ``--wide-sizes``
+(default 2M) one of 100-byte values, every key written twice (half the log is garbage), is
+built once, copied, and compacted by a child process per implementation: the compiled path
+(*native*) and ``BITKV_PURE_PYTHON=1`` (*python*), ``--rounds`` times each (median by
+records/s), and optionally the tree given by ``--before``. Each child reports the
+compaction's records/s and MB/s of input, its extra anonymous memory (``RssAnon`` of
+/proc/self/status sampled every 5 ms, peak minus the value before ``compact()``; not peak
+RSS, which counts the mapped segments), and, in a second run on a fresh copy, the p99
+latency of ``put()`` from a writer thread without and during a compaction. ``--scale-doc``
+writes the table between the ``<!-- bench_compaction_scale:begin/end -->`` markers,
+``--plot`` a PNG (matplotlib).
 
-    python scripts/bench_compaction.py --scale --sizes 200000 --before /tmp/old-tree
-    python scripts/bench_compaction.py --scale --before /tmp/old-tree \
+    python scripts/bench_compaction.py --scale --sizes 200000 --wide-sizes 200000
+    python scripts/bench_compaction.py --scale --json /tmp/scale.json \
         --scale-doc docs/compaction.md --plot docs/compaction-scale.png
 """
 
@@ -273,16 +275,21 @@ def write_doc(doc: str, text: str) -> None:
         fh.write(content)
 
 
-# -- --scale: compaction at scale, two implementations ----------------------------------------
+# -- --scale: compaction at scale, both implementations ---------------------------------------
 
 SCALE_BEGIN = "<!-- bench_compaction_scale:begin -->"
 SCALE_END = "<!-- bench_compaction_scale:end -->"
-SCALE_VALUES = (b"aaaaaaaa", b"bbbbbbbb")  # 8-byte values, every key written twice
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (implementation, environment): the compiled path (bitkv/native/*.c) and the pure-Python one
+IMPLEMENTATIONS = (("native", {}), ("python", {"BITKV_PURE_PYTHON": "1"}))
 
 
 def scale_key(i: int) -> bytes:
     return b"k%015d" % i  # 16 bytes
+
+
+def scale_values(value_size: int) -> tuple[bytes, bytes]:
+    return b"a" * value_size, b"b" * value_size  # every key written twice
 
 
 def rss_anon() -> int:
@@ -293,11 +300,11 @@ def rss_anon() -> int:
     raise RuntimeError("no RssAnon in /proc/self/status")
 
 
-def child_build(path: str, n: int) -> dict:
+def child_build(path: str, n: int, value_size: int) -> dict:
     t = time.perf_counter()
     with bitkv.open(path, sync="never", auto_compact=False) as db:
         put = db.put
-        for v in SCALE_VALUES:
+        for v in scale_values(value_size):
             for i in range(n):
                 put(scale_key(i), v)
     return {"build_s": time.perf_counter() - t,
@@ -330,14 +337,15 @@ def child_alone(path: str, n: int) -> dict:
     peak[0] = max(peak[0], rss_anon())
     db.close()
     records = summary["keys_kept"] + summary["records_dropped"]
-    return {"seconds": seconds, "cpu_seconds": cpu, "load": os.getloadavg()[0],
-            "records": records, "records_s": records / seconds,
+    return {"implementation": bitkv.IMPLEMENTATION, "seconds": seconds, "cpu_seconds": cpu,
+            "load": os.getloadavg()[0], "records": records, "records_s": records / seconds,
             "mb_s": summary["bytes_in"] / seconds / 1e6, "index_anon": base,
             "extra_anon": peak[0] - base, "summary": summary}
 
 
-def child_latency(path: str, n: int, puts: int) -> dict:
+def child_latency(path: str, n: int, puts: int, value_size: int) -> dict:
     rng = random.Random(7)
+    value = b"c" * value_size
     with bitkv.open(path, auto_compact=False) as db:  # default sync="interval"
 
         def timed(count: int | None, until: threading.Event | None) -> list[int]:
@@ -346,7 +354,7 @@ def child_latency(path: str, n: int, puts: int) -> dict:
             while (count is None or len(lat) < count) and (until is None or not until.is_set()):
                 k = scale_key(randrange(n))
                 t0 = clock()
-                put(k, b"cccccccc")
+                put(k, value)
                 lat.append(clock() - t0)
             lat.sort()
             return lat
@@ -369,14 +377,19 @@ def child_latency(path: str, n: int, puts: int) -> dict:
         seconds = time.perf_counter() - t
     return {"p50_without_us": pct(baseline, 0.5), "p99_without_us": pct(baseline, 0.99),
             "p50_during_us": pct(during, 0.5), "p99_during_us": pct(during, 0.99),
+            "p999_without_us": pct(baseline, 0.999), "p999_during_us": pct(during, 0.999),
             "max_during_us": during[-1] / 1000 if during else 0.0, "puts_during": len(during),
             "seconds_with_writer": seconds, "summary": result[0] if result else None}
 
 
-def run_child(tree: str, what: str, path: str, n: int, extra: list[str] | None = None) -> dict:
+def run_child(tree: str, env: dict[str, str], what: str, path: str, n: int,
+              extra: list[str] | None = None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--scale-child", what, "--tree", tree,
            "--store", path, "--keys", str(n)] + (extra or [])
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    child_env = {k: v for k, v in os.environ.items() if k != "BITKV_PURE_PYTHON"}
+    child_env.update(env)
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,
+                         env=child_env).stdout
     result: dict = json.loads(out.strip().splitlines()[-1])
     return result
 
@@ -385,35 +398,53 @@ def copy_store(src: str, dst: str) -> None:
     if os.path.exists(dst):
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
+    # Write the copy back first: its dirty pages would otherwise be written back during the
+    # compaction measured next, competing with its own writes.
+    os.sync()
 
 
 def scale(args: argparse.Namespace) -> list[dict]:
     root = args.dir or tempfile.mkdtemp(prefix="bitkv-bench-compaction-scale-")
     os.makedirs(root, exist_ok=True)
-    impls = ([("before", os.path.abspath(args.before))] if args.before else []) + [
-        ("after", HERE)]
+    impls = [(name, HERE, env) for name, env in IMPLEMENTATIONS]
+    if args.before:
+        impls.append(("before", os.path.abspath(args.before), {"BITKV_PURE_PYTHON": "1"}))
+    cases = [(int(x), 8) for x in args.sizes.split(",") if x]
+    cases += [(int(x), 100) for x in args.wide_sizes.split(",") if x]
     rows: list[dict] = []
     try:
-        for n in [int(x) for x in args.sizes.split(",")]:
-            pristine = os.path.join(root, f"pristine-{n}")
-            print(f"{n:,} keys: building ...", file=sys.stderr, flush=True)
-            built = run_child(HERE, "build", pristine, n)
-            for name, tree in impls:
-                if name == "before" and n > args.before_max_keys:
-                    continue
-                work = os.path.join(root, f"work-{n}")
-                copy_store(pristine, work)
-                print(f"  {name}: compaction alone ...", file=sys.stderr, flush=True)
-                row = {"keys": n, "impl": name, **built, **run_child(tree, "alone", work, n)}
+        for n, value_size in cases:
+            pristine = os.path.join(root, f"pristine-{n}-{value_size}")
+            print(f"{n:,} keys, {value_size}-byte values: building ...", file=sys.stderr,
+                  flush=True)
+            built = run_child(HERE, {}, "build", pristine, n, ["--value-size", str(value_size)])
+            work = os.path.join(root, f"work-{n}")
+            chosen = [(name, tree, env) for name, tree, env in impls
+                      if name != "before" or n <= args.before_max_keys]
+            # Rounds alternate the implementations (A/B, interleaved), so that the machine's
+            # load weighs on each alike; each row is its median round by records/s.
+            rounds: dict[str, list[dict]] = {name: [] for name, _, _ in chosen}
+            for r in range(args.rounds):
+                for name, tree, env in chosen:
+                    copy_store(pristine, work)
+                    print(f"  {name}: compaction alone, round {r + 1} ...", file=sys.stderr,
+                          flush=True)
+                    rounds[name].append(run_child(tree, env, "alone", work, n))
+            for name, tree, env in chosen:
+                done = sorted(rounds[name], key=lambda x: x["records_s"])
+                row = {"keys": n, "value_size": value_size, "impl": name, **built,
+                       **done[len(done) // 2],
+                       "rounds_records_s": [x["records_s"] for x in rounds[name]]}
                 if n <= args.latency_max_keys:
                     copy_store(pristine, work)
                     print(f"  {name}: put latency ...", file=sys.stderr, flush=True)
-                    row.update(run_child(tree, "latency", work, n,
-                                         ["--puts", str(args.puts)]))
-                shutil.rmtree(work)
+                    row.update(run_child(tree, env, "latency", work, n,
+                                         ["--puts", str(args.puts),
+                                          "--value-size", str(value_size)]))
                 print("   ", json.dumps({k: v for k, v in row.items() if k != "summary"}),
                       file=sys.stderr, flush=True)
                 rows.append(row)
+            shutil.rmtree(work)
             shutil.rmtree(pristine)
     finally:
         if args.dir is None:
@@ -426,25 +457,27 @@ def scale_table(rows: list[dict]) -> str:
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, {platform.system()} {platform.release()}; keys of "
-        f"16 bytes, values of 8 bytes, every key written twice, default 64 MiB segments, "
-        f"`sync=\"never\"` for the compaction alone, the default `\"interval\"` for the "
-        f"latency run; pure-Python implementation (there is no compiled one yet). CPU is the "
-        f"compacting process's CPU time (with its memory sampler); the machine is shared, "
-        f"so wall times vary with its load (1-minute load average: "
-        f"{min(r['load'] for r in rows):.1f} to {max(r['load'] for r in rows):.1f}).",
+        f"16 bytes, every key written twice, default 64 MiB segments, `sync=\"never\"` for "
+        f"the compaction alone, the default `\"interval\"` for the latency run. *native* is "
+        f"the compiled path (bitkv/native/compact.c), *python* the same tree with "
+        f"`BITKV_PURE_PYTHON=1`. CPU is the compacting process's CPU time (with its memory "
+        f"sampler); the machine is shared, so wall times vary with its load (1-minute load "
+        f"average: {min(r['load'] for r in rows):.1f} to {max(r['load'] for r in rows):.1f}).",
         "",
-        "| keys | implementation | log before | compaction (CPU) | records/s | MB/s of input "
-        "| index (RssAnon before) | extra RssAnon during compaction "
-        "| put p99 without / during compaction |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| keys | value | implementation | log before | compaction (CPU) | records/s "
+        "| records per CPU second | MB/s of input | index (RssAnon before) "
+        "| extra RssAnon during compaction | put p99 without / during compaction |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lat = (f"{r['p99_without_us']:.1f} / {r['p99_during_us']:.1f} µs"
+        lat = (f"{r['p99_without_us']:.1f} / {r['p99_during_us']:.1f} µs "
+               f"({r['p99_during_us'] / r['p99_without_us']:.1f}x)"
                if "p99_during_us" in r else "not run")
         lines.append(
-            f"| {r['keys'] / 1e6:g}M | {r['impl']} | {r['log_bytes'] / mib:,.0f} MiB | "
+            f"| {r['keys'] / 1e6:g}M | {r.get('value_size', 8)} B | {r['impl']} | "
+            f"{r['log_bytes'] / mib:,.0f} MiB | "
             f"{r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s) | {r['records_s']:,.0f} | "
-            f"{r['mb_s']:.1f} | "
+            f"{r['records'] / r['cpu_seconds']:,.0f} | {r['mb_s']:.1f} | "
             f"{r['index_anon'] / mib:,.0f} MiB | **{r['extra_anon'] / mib:,.0f} MiB** | {lat} |")
     return "\n".join(lines)
 
@@ -456,8 +489,9 @@ def scale_plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for name, style in (("before", "o--"), ("after", "s-")):
-        rs = [r for r in rows if r["impl"] == name]
+    styles = {"native": "s-", "python": "o--", "before": "^:"}
+    for name, style in styles.items():
+        rs = [r for r in rows if r["impl"] == name and r.get("value_size", 8) == 8]
         if not rs:
             continue
         keys = [r["keys"] / 1e6 for r in rs]
@@ -468,15 +502,20 @@ def scale_plot(rows: list[dict], path: str) -> None:
                      style, label=f"{name}, during compaction")
         axes[2].plot([r["keys"] / 1e6 for r in lat], [r["p99_without_us"] for r in lat],
                      ":", marker=style[0], label=f"{name}, without")
+    wide = [r for r in rows if r.get("value_size", 8) == 100]
+    for r in wide:
+        axes[0].plot([r["keys"] / 1e6], [r["records_s"] / 1e3], "*", markersize=11,
+                     label=f"{r['impl']}, 100-byte values")
+    axes[0].axhline(1000, color="grey", linewidth=0.8, linestyle="--")
     sizes = sorted({r["keys"] / 1e6 for r in rows})
     axes[0].set_ylim(bottom=0)
     axes[1].set_ylim(bottom=0)
     axes[2].set_yscale("log")
-    axes[0].set_title("compaction speed")
+    axes[0].set_title("compaction speed (dashed: 1M/s target)")
     axes[0].set_ylabel("thousand records/s of input")
     axes[1].set_title("extra anonymous memory (RssAnon)")
     axes[1].set_ylabel("MiB")
-    axes[2].set_title("put() p99 latency")
+    axes[2].set_title("put() p99 latency, a writer in a loop")
     axes[2].set_ylabel("µs")
     for ax in axes:
         ax.set_xlabel("keys (each written twice)")
@@ -484,7 +523,7 @@ def scale_plot(rows: list[dict], path: str) -> None:
         ax.set_xticks(sizes, [f"{k:g}M" for k in sizes])
         ax.minorticks_off()
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -527,9 +566,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", default=None, help="write the table into this Markdown file")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--scale", action="store_true", help="compaction at scale (see above)")
-    ap.add_argument("--sizes", default="2000000,8000000,32000000", help="--scale: key counts")
+    ap.add_argument("--sizes", default="2000000,8000000,32000000",
+                    help="--scale: key counts with 8-byte values")
+    ap.add_argument("--wide-sizes", default="2000000",
+                    help="--scale: key counts with 100-byte values (the 1M records/s target)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="--scale: compactions per implementation and size (median reported)")
+    ap.add_argument("--value-size", type=int, default=8, help=argparse.SUPPRESS)
     ap.add_argument("--before", default=None,
-                    help="--scale: a source tree of the implementation to compare with")
+                    help="--scale: also a source tree of an older implementation (pure Python)")
     ap.add_argument("--before-max-keys", type=int, default=8_000_000,
                     help="--scale: skip the --before tree above this many keys (its memory)")
     ap.add_argument("--latency-max-keys", type=int, default=8_000_000,
@@ -547,11 +592,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.scale_child:
         if args.scale_child == "build":
-            result = child_build(args.store, args.keys)
+            result = child_build(args.store, args.keys, args.value_size)
         elif args.scale_child == "alone":
             result = child_alone(args.store, args.keys)
         else:
-            result = child_latency(args.store, args.keys, args.puts)
+            result = child_latency(args.store, args.keys, args.puts, args.value_size)
         print(json.dumps(result))
         return 0
     if args.scale:

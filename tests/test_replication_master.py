@@ -12,6 +12,7 @@ import redis
 from procs import BitkvProcess, RedisProcess, caught_up, free_port, needs_redis, wait_until
 
 import bitkv
+from bitkv import compaction
 from bitkv.server import backlog as backlog_mod
 from bitkv.server.backlog import GETACK, PING, Backlog
 
@@ -288,7 +289,8 @@ def test_the_head_stops_between_batches_so_injections_never_land_inside_multi(tm
     db.close()
 
 
-def test_compaction_leaves_expired_keys_to_the_purge_when_expirations_are_logged(tmp_path):
+def test_compaction_leaves_expired_keys_to_the_purge_when_expirations_are_logged(
+        tmp_path, monkeypatch):
     """Compaction must not drop an expired key silently where the log is a replication
     stream (the purge's tombstone is what tells replicas, as a DEL), nor reclaim the records
     a replica has not read (retain_history_from)."""
@@ -298,10 +300,19 @@ def test_compaction_leaves_expired_keys_to_the_purge_when_expirations_are_logged
     db.put(b"short", b"x", ttl=1)
     for i in range(200):
         db.put(b"k%d" % (i % 5), b"y" * 40)
-    now[0] += 5  # "short" has expired; nothing has purged it yet
     cursor = bitkv.HistoryCursor(db.last_seq + 1)
     db.retain_history_from = cursor.next_seq  # as a master pins what replicas lack
+    # "short" expires once compaction has started: after compact()'s own purge, which would
+    # otherwise write its tombstone first and leave compaction nothing to drop.
+    run = compaction.compact
+
+    def compact_later(host, progress=None):
+        now[0] += 5
+        return run(host, progress)
+
+    monkeypatch.setattr(compaction, "compact", compact_later)
     db.compact()
+    assert now[0] == 1_005.0  # the clock moved during compaction
     db.purge_expired()
     deletes = [c.key for c in db.changes(cursor) if c.value is None]
     assert deletes == [b"short"]

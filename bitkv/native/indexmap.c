@@ -966,30 +966,38 @@ bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint64_t
     return 1;
 }
 
-int
-bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old)
-{
-    if (check_key(key) < 0) {
-        return -1;
-    }
-    const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(key);
-    size_t len = (size_t)PyBytes_GET_SIZE(key);
-    return map_set_raw((IndexMap *)map, k, len, siphash13(k, len), value, had_old, old);
-}
-
 uint64_t
 bitkv_index_hash(const unsigned char *key, size_t len)
 {
     return siphash13(key, len);
 }
 
+void
+bitkv_index_prefetch(PyObject *map, uint64_t hash, int stage)
+{
+    const IndexMap *self = (const IndexMap *)map;
+    if (self->slots == NULL) {
+        return;
+    }
+    const Slot *home = &self->slots[home_of(hash, self->bits)];
+    if (stage == 0) {
+        __builtin_prefetch(home);
+        return;
+    }
+    /* stage 1: the home slot is (likely) cached by now; fetch its key's arena record */
+    uint64_t meta = home->meta;
+    if (meta != 0 && META_TAG(meta) == TAG_OF(hash) && META_OFFSET(meta) < self->arena_len) {
+        __builtin_prefetch(self->arena + META_OFFSET(meta));
+    }
+}
+
 int
-bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t h,
+bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t hash,
                           uint64_t *value)
 {
     IndexMap *self = (IndexMap *)map;
     size_t empty;
-    Py_ssize_t i = find(self, key, len, h, &empty);
+    Py_ssize_t i = find(self, key, len, hash, &empty);
     if (i == -2) {
         return -1;
     }
@@ -1001,33 +1009,44 @@ bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len, u
 }
 
 int
-bitkv_index_set_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t h,
-                       uint64_t value, int *had_old, uint64_t *old)
-{
-    return map_set_raw((IndexMap *)map, key, len, h, value, had_old, old);
-}
-
-void
-bitkv_index_prefetch(PyObject *map, uint64_t h)
-{
-    const IndexMap *self = (const IndexMap *)map;
-    if (self->slots != NULL) {
-        __builtin_prefetch(&self->slots[home_of(h, self->bits)]);
-    }
-}
-
-void
-bitkv_index_prefetch_key(PyObject *map, uint64_t h)
+bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value)
 {
     const IndexMap *self = (const IndexMap *)map;
     if (self->slots == NULL) {
-        return;
+        return 0;
     }
-    uint64_t meta = self->slots[home_of(h, self->bits)].meta;
-    /* only a prefetch: an offset past the arena would be harmless, but none is made */
-    if (meta != 0 && META_TAG(meta) == TAG_OF(h) && META_OFFSET(meta) < self->arena_len) {
-        __builtin_prefetch(self->arena + META_OFFSET(meta));
+    uint64_t h = siphash13(key, len);
+    uint64_t tag = TAG_OF(h);
+    size_t i = home_of(h, self->bits);
+    for (;;) {
+        uint64_t meta = self->slots[i].meta;
+        if (meta == 0) {
+            return 0;
+        }
+        if (META_TAG(meta) == tag) {
+            *value = self->slots[i].value;
+            return 1;
+        }
+        i = (i + 1) & self->mask; /* terminates: the table is never full (at most 4/5) */
     }
+}
+
+int
+bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old)
+{
+    if (check_key(key) < 0) {
+        return -1;
+    }
+    const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(key);
+    size_t len = (size_t)PyBytes_GET_SIZE(key);
+    return map_set_raw((IndexMap *)map, k, len, siphash13(k, len), value, had_old, old);
+}
+
+int
+bitkv_index_set_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t hash,
+                       uint64_t value, int *had_old, uint64_t *old)
+{
+    return map_set_raw((IndexMap *)map, key, len, hash, value, had_old, old);
 }
 
 int
