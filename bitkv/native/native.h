@@ -28,9 +28,9 @@ int bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint
 int bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value);
 
 /* Batched lookups (compaction's copy loop, the indexing loops of replay.c): the hash of a key
- * (no Python API, no GIL needed); a hint to the CPU to fetch what a lookup of that hash will read (stage 0: its home slot;
- * stage 1, once that is cached: its key in the arena); the lookup given the hash. The last
- * two read the map: GIL held. */
+ * (no Python API, no GIL needed); a hint to the CPU to fetch what a lookup of that hash will
+ * read (stage 0: its home slot; stage 1, once that is cached: its key in the arena); the
+ * lookup given the hash. The last two read the map: GIL held. */
 uint64_t bitkv_index_hash(const unsigned char *key, size_t len);
 void bitkv_index_prefetch(PyObject *map, uint64_t hash, int stage);
 int bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len,
