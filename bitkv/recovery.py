@@ -36,7 +36,12 @@ from .errors import (
 )
 from .fileio import DEFAULT_FILEIO, FileIO
 from .keydir import KeyDir
-from .names import LAST_COMPACTION_NAME, REPLICA_STATE_NAME, is_replica_rdb_tmp_name
+from .names import (
+    LAST_COMPACTION_NAME,
+    REPLICA_STATE_NAME,
+    SETTINGS_NAME,
+    is_replica_rdb_tmp_name,
+)
 from .names import MARKER_NAME as MARKER_NAME
 from .record import Damage, ScannedRecord
 from .segment import Segment, SegmentHeader
@@ -59,6 +64,8 @@ class RecoveryReport:
     segments_from_hints: int = 0
     records_loaded: int = 0
     truncated_bytes: int = 0
+    # Each cut of a torn write: (file, offset it was cut at, bytes cut besides the zero tail).
+    truncations: list[tuple[str, int, int]] = field(default_factory=list)
     # Of the truncated bytes, the trailing run of zeros: the newest append segment's
     # preallocated room, which a crash (or, for a reader, a live writer) leaves; not damage.
     zero_tail_bytes: int = 0
@@ -114,7 +121,7 @@ def is_temp_name(name: str) -> bool:
     return (
         _is_creation_leftover(name)
         or stem in (MARKER_NAME, KEYCHECK_NAME, manifest.MANIFEST_NAME, REPLICA_STATE_NAME,
-                    LAST_COMPACTION_NAME)
+                    LAST_COMPACTION_NAME, SETTINGS_NAME)
         or is_replica_rdb_tmp_name(name)
         or is_dict_name(stem)
         or seg_mod.parse_id(stem, seg_mod.DATA_SUFFIX) is not None
@@ -707,6 +714,7 @@ class Loader:
             if salvaged.torn_creation:
                 # Created but never durably written: the crash tore its header.
                 self.report.truncated_bytes += size
+                self.report.truncations.append((os.path.basename(path), 0, size))
                 if not self.readonly:
                     self.io.unlink(path)
                     self.io.fsync_dir(self.directory)
@@ -783,6 +791,9 @@ class Loader:
         zeros_from = seg_mod.zero_tail_start(mm, offset, seg.size)
         self.report.zero_tail_bytes += seg.size - zeros_from
         self.report.truncated_bytes += seg.size - offset
+        if zeros_from > offset:
+            self.report.truncations.append((os.path.basename(seg.path), offset,
+                                            zeros_from - offset))
         seg.set_map(None)
         if not self.readonly:
             fd = self.io.open_rw(seg.path)

@@ -966,48 +966,6 @@ bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint64_t
     return 1;
 }
 
-uint64_t
-bitkv_index_hash(const unsigned char *key, size_t len)
-{
-    return siphash13(key, len);
-}
-
-void
-bitkv_index_prefetch(PyObject *map, uint64_t hash, int stage)
-{
-    const IndexMap *self = (const IndexMap *)map;
-    if (self->slots == NULL) {
-        return;
-    }
-    const Slot *home = &self->slots[home_of(hash, self->bits)];
-    if (stage == 0) {
-        __builtin_prefetch(home);
-        return;
-    }
-    /* stage 1: the home slot is (likely) cached by now; fetch its key's arena record */
-    uint64_t meta = home->meta;
-    if (meta != 0 && META_TAG(meta) == TAG_OF(hash) && META_OFFSET(meta) < self->arena_len) {
-        __builtin_prefetch(self->arena + META_OFFSET(meta));
-    }
-}
-
-int
-bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t hash,
-                          uint64_t *value)
-{
-    IndexMap *self = (IndexMap *)map;
-    size_t empty;
-    Py_ssize_t i = find(self, key, len, hash, &empty);
-    if (i == -2) {
-        return -1;
-    }
-    if (i < 0) {
-        return 0;
-    }
-    *value = self->slots[i].value;
-    return 1;
-}
-
 int
 bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value)
 {
@@ -1042,11 +1000,57 @@ bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint
     return map_set_raw((IndexMap *)map, k, len, siphash13(k, len), value, had_old, old);
 }
 
+uint64_t
+bitkv_index_hash(const unsigned char *key, size_t len)
+{
+    return siphash13(key, len);
+}
+
 int
-bitkv_index_set_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t hash,
+bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t h,
+                          uint64_t *value)
+{
+    IndexMap *self = (IndexMap *)map;
+    size_t empty;
+    Py_ssize_t i = find(self, key, len, h, &empty);
+    if (i == -2) {
+        return -1;
+    }
+    if (i < 0) {
+        return 0;
+    }
+    *value = self->slots[i].value;
+    return 1;
+}
+
+int
+bitkv_index_set_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t h,
                        uint64_t value, int *had_old, uint64_t *old)
 {
-    return map_set_raw((IndexMap *)map, key, len, hash, value, had_old, old);
+    return map_set_raw((IndexMap *)map, key, len, h, value, had_old, old);
+}
+
+void
+bitkv_index_prefetch(PyObject *map, uint64_t h)
+{
+    const IndexMap *self = (const IndexMap *)map;
+    if (self->slots != NULL) {
+        __builtin_prefetch(&self->slots[home_of(h, self->bits)]);
+    }
+}
+
+void
+bitkv_index_prefetch_key(PyObject *map, uint64_t h)
+{
+    const IndexMap *self = (const IndexMap *)map;
+    if (self->slots == NULL) {
+        return;
+    }
+    uint64_t meta = self->slots[home_of(h, self->bits)].meta;
+    /* only a prefetch: an offset past the arena would be harmless, but none is made */
+    if (meta != 0 && META_TAG(meta) == TAG_OF(h) && META_OFFSET(meta) < self->arena_len) {
+        __builtin_prefetch(self->arena + META_OFFSET(meta));
+    }
 }
 
 int

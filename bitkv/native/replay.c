@@ -440,12 +440,12 @@ hint_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             }
             uint64_t h = bitkv_index_hash(keys + ahead_pos, e.key_len);
             ring[ahead % RING] = h;
-            bitkv_index_prefetch(a.entries, h, 0);
+            bitkv_index_prefetch(a.entries, h);
             ahead_pos += e.key_len;
             ahead++;
         }
         if (i + KEY_AHEAD < ahead) {
-            bitkv_index_prefetch(a.entries, ring[(i + KEY_AHEAD) % RING], 1);
+            bitkv_index_prefetch_key(a.entries, ring[(i + KEY_AHEAD) % RING]);
         }
         HintEntry e;
         read_hint_entry(f + i * HINT_ENTRY_SIZE, &e);
@@ -518,11 +518,11 @@ apply_records(Apply *a, const unsigned char *buf, Py_ssize_t from, Py_ssize_t to
             size_t key_len = bitkv_le16(p + 6);
             uint64_t h = bitkv_index_hash(p + BITKV_HEADER_SIZE, key_len);
             ring[hashed % RING] = h;
-            bitkv_index_prefetch(a->entries, h, 0);
+            bitkv_index_prefetch(a->entries, h);
             ahead += (Py_ssize_t)(BITKV_HEADER_SIZE + key_len + bitkv_le32(p + 8));
         }
         if (i + KEY_AHEAD < hashed) {
-            bitkv_index_prefetch(a->entries, ring[(i + KEY_AHEAD) % RING], 1);
+            bitkv_index_prefetch_key(a->entries, ring[(i + KEY_AHEAD) % RING]);
         }
         BitkvHeader h;
         bitkv_read_header(buf + at, &h);
