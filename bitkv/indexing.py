@@ -4,8 +4,8 @@ Opening a store spends nearly all its time in them, so each is :meth:`KeyDir.app
 over a whole hint or a whole run of intact records. Each has a pure-Python reference here and
 a compiled twin in ``bitkv._native`` (bitkv/native/replay.c) that applies entries straight
 into the compiled ``IndexMap`` without a Python object per key; this module is the one place
-that chooses: the compiled loops when the keydir's map is the compiled one
-(``keydir.IMPLEMENTATION == "native"``), else these. Both give the same index, ``expiries``,
+that uses them: the compiled loops in native mode (``kernels.NATIVE``, with the compiled
+``IndexMap``), else these. Both give the same index, ``expiries``,
 ``hidden``, live bytes per segment and results (tests/test_native_replay.py).
 
 The rules are KeyDir.apply's: the record applied last wins; a tombstone or an expired record
@@ -21,14 +21,14 @@ import mmap
 from types import SimpleNamespace
 from typing import Any, TypeAlias
 
-from . import keydir, record
+from . import kernels, keydir, record
 from .crc import crc32c
 from .hint import ENTRY as _HINT_ENTRY
 from .keydir import KeyDir
 
-# The compiled loops, when the index is the compiled map (None: the Python loops here).
+# The compiled loops in native mode (kernels.py chooses; None: the Python loops here).
 _native: Any = None
-if keydir.IMPLEMENTATION == "native":
+if kernels.NATIVE:
     try:
         from ._native import hint_apply as _hint_apply
         from ._native import hint_check as _hint_check
