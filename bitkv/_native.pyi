@@ -1,7 +1,9 @@
 # Types of the compiled extension bitkv._native (bitkv/native/*.c, built where a compiler is).
 import mmap
-from collections.abc import Iterator
-from typing import TypeVar, final, overload
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, final, overload
+
+from .record import Header, ScanBuffer
 
 _T = TypeVar("_T")
 
@@ -33,6 +35,48 @@ class IndexMap:
     def clear(self) -> None: ...
     def __sizeof__(self) -> int: ...
 
+def put(store: Any, key: object, value: object, /) -> bool:
+    """Store.put(key, value)'s common case in one call (bitkv/native/put.c): True if written
+    and indexed, False (nothing done) if the Python path must do it (a key or value that is
+    not bytes in range among the reasons)."""
+
+# get.c
+@final
+class Reader:
+    """Store.get's common case in one C call; the rest through ``fallback`` (Store.get)."""
+
+    def __init__(self, entries: IndexMap, expiries: dict[bytes, int], slots: list[Any],
+                 store: object, fallback: Callable[..., Any], plain_ok: bool) -> None: ...
+    def get(self, key: Any, default: Any = None) -> Any: ...
+    def detach(self) -> None: ...
+    @property
+    def attached(self) -> bool: ...
+
+# batch.c
+def encode_batch(ops: list[tuple[bytes, bytes | None, float | int | None]], first_seq: int,
+                 now_ms: int, /) -> bytes | None: ...
+def apply_batch(entries: IndexMap, expiries: dict[bytes, int],
+                hidden: dict[bytes, tuple[int, int, int, int]] | None, slots: list[Any],
+                seg: Any, slot: int, start: int, ops: list[Any], data: bytes, now_ms: int,
+                /) -> tuple[int, int, int]: ...
+
+# record.c
+def record_setup(encode: Callable[..., bytes], decode: Callable[..., tuple[Header, bytes]],
+                 intact_size_at: Callable[..., int], header: type[Header], /) -> None: ...
+# Keyword arguments are accepted: the kernels hand them to the Python references.
+def encode_record(key: bytes, value: bytes, seq: int, expiry_ms: int = 0,
+                  flags: int = 0) -> bytes: ...
+def decode_record(buf: bytes, expected_key: bytes | None = None) -> tuple[Header, bytes]: ...
+def intact_size_at(buf: ScanBuffer, pos: int, end: int) -> int: ...
+@final
+class BatchPut:
+    """Batch.put's common case in C; the rest through ``fallback`` (Batch.put)."""
+
+    def __init__(self, ops: list[Any], batch: object, fallback: Callable[..., Any]) -> None: ...
+    def put(self, key: Any, value: Any, *, ttl: float | None = None,
+            expires_at_ms: int | None = None) -> None: ...
+    def detach(self) -> None: ...
+
 # compact.c: compaction's copy loop and keydir switch (compaction.copy_live and
 # keydir.KeyDir.switch_copies are the references).
 _Src = bytes | bytearray | mmap.mmap
@@ -44,3 +88,12 @@ def copy_live(src: _Src, pos: int, limit: int, end: int, slot: int, entries: Ind
 def switch_copies(src: _Src, pos: int, end: int, entries: IndexMap, slot: int,
                   inputs: bytes, max_keys: int, /) -> tuple[int, int, int]: ...
 def release_gil(microseconds: int, /) -> None: ...
+
+# replay.c: the indexing loops of open (bitkv/indexing.py is their Python reference).
+_Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+def hint_check(fixed: _Buffer, keys: _Buffer, covered: int, /) -> bool: ...
+def hint_apply(keydir: object, slot: int, fixed: _Buffer, keys: _Buffer, covered: int,
+               now_ms: int, /) -> tuple[bool, int]: ...
+def plain_run(keydir: object, slot: int, buf: _Buffer, pos: int, end: int, max_seq: int,
+              now_ms: int, /) -> tuple[int, int, int]: ...

@@ -86,6 +86,9 @@ class CheckReport:
     corrupt_bytes: int = 0
     damaged_segment_headers: int = 0
     torn_tail_bytes: int = 0
+    # Of the torn tail's bytes, the trailing run of zeros: preallocated room a writer holds
+    # open or a crash left (docs/format.md, "The zero tail"); a tail of only zeros is no issue.
+    zero_tail_bytes: int = 0
     incomplete_batch_records: int = 0
     hints_ok: int = 0
     hints_bad: int = 0
@@ -670,6 +673,12 @@ class _ScanIssues:
 
     def torn_tail(self, offset: int, length: int, dropped: int, damage_at: int | None) -> None:
         self.report.torn_tail_bytes += length
+        end = offset + length
+        if self.seg.buf is not None:
+            zeros_from = seg_mod.zero_tail_start(self.seg.buf, offset, end)
+            self.report.zero_tail_bytes += end - zeros_from
+            if zeros_from == offset:
+                return  # nothing but the zero tail: the end of the data, no issue
         self.checker.issue(self.seg.name, offset, length,
                            f"torn write: the last {length} byte(s) of the newest segment hold "
                            "no committed record (a crash, or a write in progress); the next "

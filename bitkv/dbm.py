@@ -30,8 +30,11 @@ It behaves like :mod:`dbm.gnu` (the default :func:`dbm.open` backend) wherever t
   ``create`` are decided by ``flag``.
 
 * ``file`` names a *directory* (a bitkv store), not a single file. Flag ``'n'`` on an
-  existing store deletes every key (and compacts) rather than truncating files; a path that
-  holds anything but a bitkv store is never overwritten: opening it raises :class:`error`.
+  existing store deletes every key (and compacts) rather than truncating files; on a regular
+  file it replaces the file with a new store, as the stdlib backends truncate it. Any other
+  path that holds something other than a bitkv store (a directory, a symlink) is never
+  overwritten: opening it raises :class:`error`. A missing database opened with ``'r'`` or
+  ``'w'`` raises an :class:`error` that is also a ``FileNotFoundError``.
 
 * Keys and values are bytes; ``str`` is encoded as UTF-8. Keys and values come back as
   bytes. Any other type is a ``TypeError``. bitkv keys are 1 to 65,535 bytes: storing an
@@ -54,6 +57,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import stat
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, TypeVar
 
@@ -75,6 +79,11 @@ _CLEAR_CHUNK = 1000
 
 class error(Error, OSError):
     """Raised for dbm-level failures: missing database, read-only or closed database, ..."""
+
+
+class _NotFoundError(error, FileNotFoundError):
+    """A missing database opened with ``'r'`` or ``'w'``: also a ``FileNotFoundError``, as the
+    stdlib backends raise (CPython's dbm tests catch that)."""
 
 
 class _FlagError(error, ValueError):
@@ -162,6 +171,8 @@ def open(file: str | bytes | os.PathLike[Any], flag: str = "r", mode: int = 0o66
         options["sync"] = "always" if "s" in modifiers else "never"
     path = os.fsdecode(os.fspath(file))
     readonly = base == "r"
+    if base == "n":
+        _replace_plain_file(path)
     if "fileio" not in options and not readonly:
         try:  # an existing store keeps the mode it was created with
             mode = os.stat(os.path.join(path, MARKER_NAME)).st_mode
@@ -171,8 +182,8 @@ def open(file: str | bytes | os.PathLike[Any], flag: str = "r", mode: int = 0o66
     try:
         store = Store(path, readonly=readonly, create=base in "cn", **options)
     except StoreNotFoundError as exc:
-        raise error(errno.ENOENT, "db file doesn't exist; use 'c' or 'n' flag to create a "
-                    "new db", path) from exc
+        raise _NotFoundError(errno.ENOENT, "db file doesn't exist; use 'c' or 'n' flag to "
+                             "create a new db", path) from exc
     except error:
         raise
     except (Error, OSError) as exc:
@@ -185,6 +196,23 @@ def open(file: str | bytes | os.PathLike[Any], flag: str = "r", mode: int = 0o66
             db.close()
             raise
     return db
+
+
+def _replace_plain_file(path: str) -> None:
+    """Flag ``'n'`` on a regular file (not a store, which is a directory): the stdlib backends
+    truncate it into a new database, so the file goes and a store is created in its place. A
+    directory that is not a store, or a symlink, is never removed (opening it raises)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _as_error(exc) from exc
+    if stat.S_ISREG(st.st_mode):
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise _as_error(exc) from exc
 
 
 class _Database(MutableMapping[bytes, bytes]):

@@ -82,8 +82,14 @@ class FileIO:
     def pwrite(self, fd: int, data: bytes, offset: int) -> None:
         """Write all of ``data`` at ``offset`` without moving the file position."""
         written = os.pwrite(fd, data, offset)
-        if written != len(data):
-            raise OSError(errno.EIO, f"short positioned write ({written} of {len(data)} bytes)")
+        while written < len(data):
+            # As in write: finishing a short write either completes or raises the OS's reason.
+            with memoryview(data) as view:
+                n = os.pwrite(fd, view[written:], offset + written)
+            if n <= 0:
+                raise OSError(errno.EIO, f"positioned write made no progress after {written} "
+                                         f"of {len(data)} bytes")
+            written += n
 
     def read_file(self, path: str, limit: int) -> bytes:
         """Read a whole small file (never following a symlink); raise if it exceeds ``limit``
@@ -109,6 +115,18 @@ class FileIO:
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        """Make the file's data durable, and its size and extents if they changed (not its
+        times): in a preallocated file, whose size stays put, the journal commit is skipped."""
+        os.fdatasync(fd)
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        """Reserve disk blocks for ``length`` bytes at ``offset`` (``posix_fallocate``),
+        growing the file with zeros if it ends before them. Raises the OS's error (ENOSPC on a
+        full disk) having written nothing, so no later write into the range fails for want of
+        space and no store of a mapped page there can raise SIGBUS."""
+        os.posix_fallocate(fd, offset, length)
 
     def fsync_dir(self, path: str) -> None:
         """Make creations, renames and removals of entries in directory ``path`` durable."""
@@ -153,6 +171,18 @@ class FileIO:
             return None
         return mmap.mmap(fd, length, access=mmap.ACCESS_READ)
 
+    def map_shared(self, fd: int, length: int, *, writable: bool) -> mmap.mmap:
+        """Map ``length`` (> 0) bytes shared (stores reach the page cache, as ``write`` would),
+        read-write if ``writable``. Writes into it go through :meth:`map_write`."""
+        return mmap.mmap(fd, length, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+
+    def map_write(self, mm: mmap.mmap, fd: int, offset: int, data: bytes) -> None:
+        """Copy ``data`` into ``mm`` (a writable :meth:`map_shared` of ``fd``) at ``offset``.
+        Like a ``pwrite``: in the page cache at once (it survives the process being killed),
+        on stable storage only after the next ``fsync``/``fdatasync`` of ``fd``. A method, not
+        an inline slice assignment, so a recording FileIO sees these writes too."""
+        mm[offset : offset + len(data)] = data
+
 
 DEFAULT_FILEIO = FileIO()
 
@@ -181,6 +211,13 @@ class FsyncGuard(FileIO):
     def fsync_dir(self, path: str) -> None:
         try:
             self.inner.fsync_dir(path)
+        except OSError as exc:
+            self._on_failure(exc)
+            raise
+
+    def fdatasync(self, fd: int) -> None:
+        try:
+            self.inner.fdatasync(fd)
         except OSError as exc:
             self._on_failure(exc)
             raise
@@ -238,3 +275,12 @@ class FsyncGuard(FileIO):
 
     def map(self, fd: int, length: int) -> mmap.mmap | None:
         return self.inner.map(fd, length)
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        self.inner.allocate(fd, offset, length)
+
+    def map_shared(self, fd: int, length: int, *, writable: bool) -> mmap.mmap:
+        return self.inner.map_shared(fd, length, writable=writable)
+
+    def map_write(self, mm: mmap.mmap, fd: int, offset: int, data: bytes) -> None:
+        self.inner.map_write(mm, fd, offset, data)

@@ -14,7 +14,7 @@ nothing for the feature.
 The map of entries is the compiled ``IndexMap`` (bitkv/native/indexmap.c: about 36 bytes a key
 beyond the key's bytes, where a dict costs about 120) when the extension is built, else a dict,
 the reference implementation; ``BITKV_PURE_PYTHON=1`` forces the dict. This module is the one
-place that chooses (``IMPLEMENTATION`` says which); the engine uses only the operations both
+place that uses it (kernels.py chooses the implementation); the engine uses only the operations both
 have: ``get``, ``[]``, ``[] =``, ``del``, ``pop``, ``in``, ``len``, iteration, ``items()``
 (iterated, not kept as a view), ``clear()``. See docs/architecture.md.
 """
@@ -22,14 +22,13 @@ have: ``get``, ``[]``, ``[] =``, ``del``, ``pop``, ``in``, ``len``, iteration, `
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from .record import HEADER as RECORD_HEADER
-from .record import HEADER_SIZE as RECORD_HEADER_SIZE
-from .record import TOMBSTONE, ScanBuffer
+from .kernels import IMPLEMENTATION as IMPLEMENTATION
+from .kernels import NATIVE
+from .record import HEADER, HEADER_SIZE, TOMBSTONE, ScanBuffer
 
 if TYPE_CHECKING:
     from ._native import IndexMap
@@ -38,18 +37,16 @@ if TYPE_CHECKING:
 Index: TypeAlias = "dict[bytes, int] | IndexMap"
 
 _new_index: Any = dict
+_apply_batch: Any = None
 _switch_copies: Any = None
-IMPLEMENTATION = "python"
-if os.environ.get("BITKV_PURE_PYTHON", "") in ("", "0"):
-    try:
-        from ._native import IndexMap as _IndexMap
-        from ._native import switch_copies as _native_switch_copies
-    except ImportError:  # not built (no compiler at install time): the dict it is
-        pass
-    else:
-        _new_index = _IndexMap
-        _switch_copies = _native_switch_copies
-        IMPLEMENTATION = "native"
+if NATIVE:
+    from ._native import IndexMap as _IndexMap
+    from ._native import apply_batch as _native_apply_batch
+    from ._native import switch_copies as _native_switch_copies
+
+    _new_index = _IndexMap
+    _apply_batch = _native_apply_batch
+    _switch_copies = _native_switch_copies
 
 
 def new_index() -> Index:
@@ -174,6 +171,41 @@ class KeyDir:
             pos += size
         return pos
 
+    def apply_batch(self, seg: _Owner, slot: int, start: int, ops: list[Any], data: bytes,
+                    now_ms: int = 0) -> int:
+        """:meth:`apply` for the records of ``data``, written back to back from ``start``
+        (a batch's encoded records): the i-th record's key is ``ops[i][0]`` (the batch's
+        operations), its size, flags and expiry are read from its header. Return the offset
+        after the last.
+
+        In native mode the loop is ``bitkv._native.apply_batch`` (bitkv/native/batch.c), with
+        the same rule in C; the loop below is the reference. The C loop sums the live bytes
+        ``seg`` gains and the earliest new expiry and applies both here once at the end, which
+        leaves the same values as applying them record by record."""
+        if _apply_batch is not None and type(self.entries) is _IndexMap:
+            end: int
+            delta: int
+            min_expiry: int
+            end, delta, min_expiry = _apply_batch(self.entries, self.expiries, self.hidden,
+                                                  self.slots, seg, slot, start, ops, data,
+                                                  now_ms)
+            seg.live_bytes += delta
+            if min_expiry and min_expiry < self.next_expiry:
+                self.next_expiry = min_expiry
+            return end
+        pos = start
+        for op in ops:
+            flags: int
+            key_len: int
+            value_len: int
+            expiry_ms: int
+            _crc, flags, _r, key_len, value_len, _seq, expiry_ms = HEADER.unpack_from(
+                data, pos - start)
+            size = HEADER_SIZE + key_len + value_len
+            self.apply(seg, slot, op[0], pos, size, flags, expiry_ms, now_ms)
+            pos += size
+        return pos
+
     def unindex(self, key: bytes, entry: int, hide: Hidden | None = None) -> None:
         """Remove ``key`` (indexed at ``entry``), its bytes now dead; ``hide`` records why in
         the active segment's checkpoint (its tombstone, or its expired record there)."""
@@ -245,22 +277,22 @@ class KeyDir:
                                                  self._bitmap(inputs), max_keys)
             seg.live_bytes += live
             return pos, switched
-        unpack = RECORD_HEADER.unpack_from
+        unpack = HEADER.unpack_from
         moves: list[tuple[bytes, int, int]] = []
         append = moves.append
         damaged = False  # the records before damage are switched, then ValueError
         for _ in range(max_keys):
             if pos >= end:
                 break
-            if end - pos < RECORD_HEADER_SIZE:
+            if end - pos < HEADER_SIZE:
                 damaged = True
                 break
             key_len, value_len = unpack(buf, pos)[3:5]
-            size = RECORD_HEADER_SIZE + key_len + value_len
+            size = HEADER_SIZE + key_len + value_len
             if size > end - pos:
                 damaged = True
                 break
-            append((bytes(buf[pos + RECORD_HEADER_SIZE : pos + RECORD_HEADER_SIZE + key_len]),
+            append((bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + key_len]),
                     pos, size))
             pos += size
         switched = self.switch_inputs(moves, seg, slot, inputs)

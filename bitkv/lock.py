@@ -106,6 +106,14 @@ class StoreLock:
 
 
 def _locked(directory: str, holder: int | None) -> LockError:
+    if holder == os.getpid():
+        # flock is per open file, so a second writable open in one process is refused too;
+        # "another process" with the caller's own pid would send the user looking elsewhere.
+        return LockError(
+            f"store {directory!r} is locked for writing by this process (pid {holder}): it "
+            "is already open here; use that Store object, or close it before opening the "
+            "store again"
+        )
     who = f" (pid {holder})" if holder else ""
     return LockError(
         f"store {directory!r} is locked for writing by another process{who}; "

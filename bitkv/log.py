@@ -28,6 +28,12 @@ from .segment import Segment, SegmentHeader
 
 log = logging.getLogger("bitkv")
 
+# The active segment is preallocated this far past the page its data reaches (docs/format.md,
+# "The zero tail"): one posix_fallocate and one remap per MiB of appends (~7,000 records of
+# 144 bytes), and at most this many zeros for a crash to leave or a reader to scan.
+PREALLOC_STEP = 1 << 20
+PREALLOC_ALIGN = 4096
+
 
 class SegmentTable:
     """The open segments: their slots (the 16-bit number a keydir entry names; slots are
@@ -67,8 +73,16 @@ class LogWriter:
                  max_segment_size: int, next_seq: Callable[[], int],
                  marker: durable.DurableMarker | None, manifest_generation: int,
                  before_rotate: Callable[[], None],
-                 on_rotate: Callable[[Segment], None]) -> None:
+                 on_rotate: Callable[[Segment], None], map_writes: bool = False) -> None:
         self.directory = directory
+        # Records are copied into a writable shared map of the active segment (sync modes
+        # "interval" and "never": the page cache keeps them through a kill -9, which is those
+        # modes' promise) instead of pwrite (sync="always": fdatasync write-protects mapped
+        # pages again, so every next store into the map would fault; docs/performance.md).
+        self.map_writes = map_writes
+        # Preallocated room is written with zeros where every write is fdatasynced (pwrite
+        # mode): see make_room.
+        self.zero_fill = not map_writes
         self.io = io
         self.table = table
         self.max_segment_size = max_segment_size
@@ -160,12 +174,49 @@ class LogWriter:
         seg.synced_size = seg.size
         seg.durable_end = seg.size if durable_end is None else durable_end
 
+    def make_room(self, seg: Segment, end: int) -> None:
+        """Preallocate the active segment so that it holds at least ``end`` bytes, a step
+        ahead (docs/format.md, "The zero tail"), and map it shared over its new length.
+
+        Raises the OS's error (ENOSPC) before any byte of a record is written: the put fails
+        cleanly and the store stays writable. A partial allocation the OS may leave is zeros
+        past the data, a zero tail like any other."""
+        cap = max(self.max_segment_size, end)
+        new = min(cap, -(-end // PREALLOC_ALIGN) * PREALLOC_ALIGN + PREALLOC_STEP)
+        self.io.allocate(seg.fd, seg.allocated, new - seg.allocated)
+        if self.zero_fill:
+            # Write the zeros too: fallocate leaves *unwritten* extents, and the first write
+            # into each block of one makes the next fdatasync commit a journal transaction
+            # to convert it; zeros written once (and synced with the next record) spare
+            # every later fdatasync that (docs/performance.md).
+            self.io.pwrite(seg.fd, bytes(new - seg.allocated), seg.allocated)
+        mm = self.io.map_shared(seg.fd, new, writable=self.map_writes)
+        seg.allocated = new
+        seg.grow_map(mm)
+
+    def cut_zero_tail(self, seg: Segment) -> None:
+        """Truncate the active segment's preallocated zeros away (before it is sealed or the
+        store closes): sealed segments and cleanly closed stores keep exactly their data. A
+        failed cut leaves the file's end in doubt: refuse writes (a reopen recovers)."""
+        if seg.allocated <= seg.size:
+            return
+        try:
+            self.io.truncate(seg.fd, seg.size)
+        except OSError as exc:
+            self.refuse(f"the preallocated tail of {os.path.basename(seg.path)} could not be "
+                        f"cut ({type(exc).__name__}: {exc})")
+            raise
+        seg.allocated = seg.size
+
     def continue_segment(self, seg: Segment) -> None:
         """Make ``seg`` (the newest append segment, at open) the active one."""
         fd = self.io.open_rw(seg.path)
         if seg.fd >= 0:
             self.io.close(seg.fd)
         seg.fd = fd
+        # Recovery cut any zero tail, so the file ends at the data; the first append
+        # preallocates and maps it shared (until then reads use recovery's read-only map).
+        seg.allocated = seg.size
         self.active = seg
 
     def commit_manifest(self) -> None:
@@ -193,14 +244,20 @@ class LogWriter:
         if seg.size + len(data) > self.max_segment_size and seg.size > seg_mod.HEADER_SIZE:
             seg = self.rotate()
         offset = seg.size
-        if offset + len(data) > keydir.MAX_OFFSET:
+        end = offset + len(data)
+        if end > keydir.MAX_OFFSET:
             raise Error("segment offset limit reached")
+        if end > seg.allocated:
+            self.make_room(seg, end)  # nothing written yet if this fails
         try:
-            self.io.write(seg.fd, data)
+            if self.map_writes:
+                self.io.map_write(seg.mm, seg.fd, offset, data)  # type: ignore[arg-type]
+            else:
+                self.io.pwrite(seg.fd, data, offset)
         except BaseException:
             self.undo(seg, offset)
             raise
-        seg.size = offset + len(data)
+        seg.size = end
         if killpoints.ENABLED:
             killpoints.hit("append.after_write")
         return seg, offset
@@ -209,6 +266,7 @@ class LogWriter:
         """After a failed or short write, cut the segment back so no half record stays."""
         try:
             self.io.truncate(seg.fd, offset)
+            seg.allocated = offset  # the next append preallocates (and maps) afresh
         except OSError as exc:
             # Part of a record may remain at ``offset`` and the file position is unknown: a
             # later append would land somewhere the index does not point (its reads then
@@ -229,12 +287,15 @@ class LogWriter:
             raise Error("internal error: no active segment to rotate")
         with self.sync_lock:
             self.check()
+            self.cut_zero_tail(old)
             self.io.fsync(old.fd)
             old.synced_size = old.size
             old.durable_end = old.size
         if killpoints.ENABLED:
             killpoints.hit("rotate.after_sync")
-        old.map()
+        # Sealed: a read-only map of exactly its data replaces the shared one over the zeros.
+        old.growing = False
+        old.set_map(self.io.map(old.fd, old.size))
         new = self.new_segment()
         self.active = new
         try:
@@ -263,7 +324,9 @@ class LogWriter:
             if self.sync_failure is not None:
                 self.check()  # no fsync after a failed one can promise anything
             target = seg.size
-            self.io.fsync(seg.fd)
+            # fdatasync: the data and what is needed to read it back (the length, extents);
+            # in a preallocated segment nothing else changed, so no journal commit is needed.
+            self.io.fdatasync(seg.fd)
             if target > seg.synced_size:
                 seg.synced_size = target
             if self.marker is not None and seg is self.active:
@@ -286,6 +349,7 @@ class LogWriter:
         if active is None or active.closed or self.sync_failure is not None:
             return  # after a failed fsync nothing is fsynced again (it could promise nothing)
         with self.sync_lock:
+            self.cut_zero_tail(active)
             self.io.fsync(active.fd)
             active.synced_size = active.size
             if self.marker is not None:

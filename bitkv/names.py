@@ -13,6 +13,7 @@ LOCK_NAME = "LOCK"  # the single-writer lock (lock.py)
 MANIFEST_NAME = "MANIFEST"  # the segments the store consists of (manifest.py)
 DURABLE_NAME = "DURABLE"  # how far the active segment is fsynced (durable.py)
 KEYCHECK_NAME = "ENCRYPTION"  # the encryption key check (codec.py)
+LAST_COMPACTION_NAME = "COMPACTION"  # the last compaction's summary (lastcompaction.py)
 DICT_PREFIX = "zstd-"  # zstd-NNNNNNNNNN.dict: a trained dictionary (codec.py)
 DICT_SUFFIX = ".dict"
 DATA_SUFFIX = ".data"  # NNNNNN.data: a segment (segment.py)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import NamedTuple, TypeAlias
 
 from .crc import crc32c
+from .kernels import NATIVE
 
 HEADER = struct.Struct("<IBBHIQQ")
 
@@ -79,8 +80,8 @@ class Damage(NamedTuple):
     key: bytes | None = None
 
 
-def encode(key: bytes, value: bytes, seq: int, expiry_ms: int = 0, flags: int = 0) -> bytes:
-    """Return the complete on-disk bytes of one record."""
+def encode_py(key: bytes, value: bytes, seq: int, expiry_ms: int = 0, flags: int = 0) -> bytes:
+    """Return the complete on-disk bytes of one record (the reference of :func:`encode`)."""
     body = _BODY_HEADER.pack(flags, 0, len(key), len(value), seq, expiry_ms) + key + value
     return _CRC.pack(crc32c(body)) + body
 
@@ -101,8 +102,9 @@ def header_is_plausible(flags: int, reserved: int, key_len: int, value_len: int)
     )
 
 
-def decode(buf: bytes, expected_key: bytes | None = None) -> tuple[Header, bytes]:
-    """Verify one whole record held in ``buf`` and return its header and value.
+def decode_py(buf: bytes, expected_key: bytes | None = None) -> tuple[Header, bytes]:
+    """Verify one whole record held in ``buf`` and return its header and value (the
+    reference of :func:`decode`).
 
     Raises ``ValueError`` when the length, structure, CRC or (if given) key does not match;
     the caller turns that into a :class:`bitkv.CorruptionError` with the location.
@@ -122,8 +124,9 @@ def decode(buf: bytes, expected_key: bytes | None = None) -> tuple[Header, bytes
     return header, buf[HEADER_SIZE + header.key_len :]
 
 
-def intact_size_at(buf: ScanBuffer, pos: int, end: int) -> int:
-    """Return the size of an intact record starting at ``buf[pos]``, or 0 if there is none."""
+def intact_size_at_py(buf: ScanBuffer, pos: int, end: int) -> int:
+    """Return the size of an intact record starting at ``buf[pos]``, or 0 if there is none
+    (the reference of :func:`intact_size_at`)."""
     if end - pos < HEADER_SIZE:
         return 0
     # struct unpacks to Any; the declarations type what the header fields are (no runtime cost).
@@ -140,6 +143,19 @@ def intact_size_at(buf: ScanBuffer, pos: int, end: int) -> int:
         if crc32c(view[pos + 4 : pos + size]) != crc:
             return 0
     return size
+
+
+encode = encode_py
+decode = decode_py
+intact_size_at = intact_size_at_py
+if NATIVE:
+    from ._native import decode_record, encode_record, record_setup
+    from ._native import intact_size_at as _native_intact_size_at
+
+    record_setup(encode_py, decode_py, intact_size_at_py, Header)
+    encode = encode_record
+    decode = decode_record
+    intact_size_at = _native_intact_size_at
 
 
 _NONZERO = re.compile(rb"[^\x00]")

@@ -85,10 +85,9 @@ class Segment:
     active segment). ``live_bytes`` counts the bytes of records the keydir points at.
     """
 
-    __slots__ = ("_map_lock", "closed", "durable_end", "fd", "header", "header_damaged",
-                 "hinted", "id", "io", "live_bytes", "mapped", "mm", "path", "pread_only", "size",
-                 "slot",
-                 "synced_size")
+    __slots__ = ("_map_lock", "allocated", "closed", "durable_end", "fd", "growing", "header",
+                 "header_damaged", "hinted", "id", "io", "live_bytes", "mapped", "mm", "path",
+                 "pread_only", "size", "slot", "synced_size")
 
     def __init__(self, io: FileIO, segment_id: int, path: str, fd: int, header: SegmentHeader,
                  size: int) -> None:
@@ -113,6 +112,12 @@ class Segment:
         # whose tail a writer's recovery may truncate. Touching a mapped page past the new
         # end of file kills the process with SIGBUS; a pread just returns fewer bytes.
         self.pread_only = False
+        # The file's length: past ``size`` it holds the zeros of preallocation (docs/format.md,
+        # "The zero tail"). Only the active segment of a writer has any.
+        self.allocated = size
+        # The active segment of a writer, mapped shared over ``allocated`` bytes (writes may
+        # go through that map): map() and remap_grown() must not swap it for a read-only one.
+        self.growing = False
         # Serialises changes of (mm, mapped, fd): lock-free readers may remap a growing
         # segment while the writer seals it; without this a reader could install its older,
         # shorter map after rotation installed the full one and closed the fd.
@@ -137,9 +142,19 @@ class Segment:
     def map(self) -> None:
         """Map the segment's current ``size`` bytes read-only, replacing any shorter map."""
         with self._map_lock:
-            if self.pread_only or (self.mm is not None and self.mapped == self.size):
+            if self.pread_only or self.growing or (self.mm is not None
+                                                   and self.mapped == self.size):
                 return
             self._install(self.io.map(self.fd, self.size))
+
+    def grow_map(self, mm: mmap.mmap) -> None:
+        """Install ``mm``, the active segment's new shared map over its ``allocated`` bytes.
+        The old map is left to the GC: a lock-free reader may be slicing it right now (it
+        still holds every record it held)."""
+        with self._map_lock:
+            self.growing = True
+            self.mm = mm
+            self.mapped = len(mm)
 
     def set_map(self, mm: mmap.mmap | None) -> None:
         with self._map_lock:
@@ -185,7 +200,7 @@ class Segment:
         another thread may be slicing it right now."""
         with self._map_lock:
             size = self.size
-            if self.fd < 0 or size <= self.mapped or self.pread_only:
+            if self.fd < 0 or size <= self.mapped or self.pread_only or self.growing:
                 return  # sealed and fully mapped meanwhile, or another reader remapped
             mm = self.io.map(self.fd, size)
             self.mm = mm
@@ -229,3 +244,19 @@ class Segment:
             except OSError:
                 pass
             self.fd = -1
+
+
+def zero_tail_start(buf: bytes | mmap.mmap, start: int, end: int) -> int:
+    """The smallest ``z >= start`` with ``buf[z:end]`` all zero bytes (``end`` if the last byte
+    is not zero): where the zero tail of a preallocated segment begins, read backwards in
+    chunks so a long tail costs a few large compares."""
+    chunk = 1 << 16
+    pos = end
+    while pos > start:
+        lo = max(start, pos - chunk)
+        piece = buf[lo:pos]
+        kept = len(piece.rstrip(b"\x00"))
+        if kept:
+            return lo + kept
+        pos = lo
+    return start

@@ -19,7 +19,17 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import codec, durable, history, keydir, killpoints, manifest, recovery, sealing
+from . import (
+    codec,
+    durable,
+    history,
+    keydir,
+    killpoints,
+    lastcompaction,
+    manifest,
+    recovery,
+    sealing,
+)
 from . import record as rec
 from . import segment as seg_mod
 from .batch import Batch
@@ -33,6 +43,7 @@ from .errors import (
     ReadOnlyError,
 )
 from .fileio import DEFAULT_FILEIO, FileIO, FsyncGuard
+from .kernels import NATIVE
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
 from .lock import StoreLock
 from .log import LogWriter, SegmentTable
@@ -53,7 +64,14 @@ from .validate import (
 )
 
 if TYPE_CHECKING:
+    from ._native import Reader
     from .views import JsonView, Namespace
+_encode_batch: Any = None
+if NATIVE:
+    from ._native import IndexMap, Reader
+    from ._native import encode_batch as _native_encode_batch
+
+    _encode_batch = _native_encode_batch
 
 SyncMode = Literal["always", "interval", "never"]
 SYNC_MODES = ("always", "interval", "never")
@@ -74,6 +92,10 @@ _pack_crc = struct.Struct("<I").pack
 _HEADER_SIZE = rec.HEADER_SIZE
 _crc32c = crc32c
 _MISSING: Any = object()
+# The compiled single put, None in pure-Python mode (or where the extension is not built).
+_native_put: Callable[[Any, object, object], bool] | None = None
+if keydir.IMPLEMENTATION == "native":
+    from ._native import put as _native_put
 log = logging.getLogger("bitkv")
 
 
@@ -85,7 +107,7 @@ def _log_recovery(path: str, report: recovery.RecoveryReport) -> None:
                     report.corrupt_bytes, len(report.damage),
                     f", {len(report.damaged_keys)} key(s) whose newest record is damaged "
                     "raise on read" if report.damaged_keys else "")
-    if report.truncated_bytes:
+    if report.truncated_bytes > report.zero_tail_bytes:
         log.warning("bitkv store %s: cut %d byte(s) of a torn write (past the last fsync) "
                     "from the newest segment", path, report.truncated_bytes)
     if report.removed_orphans:
@@ -250,9 +272,13 @@ class Store(MutableMapping[bytes, bytes]):
         given = fileio or DEFAULT_FILEIO
         # Every fsync failure, wherever it happens, makes the log refuse writes (LogWriter.fail).
         self._io: FileIO = FsyncGuard(given, self._fsync_failed)
-        # The hot path calls os.write directly when the seam is the plain one (saves a Python
-        # frame per put); any substitute FileIO, such as the crash harness's, sees every write.
-        self._write = os.write if type(given) is FileIO else given.write_returning_size
+        # The hot path copies into the active segment's map directly when the seam is the
+        # plain one (saves a Python frame per put); any substitute FileIO, such as the crash
+        # harness's, sees every write through FileIO.map_write.
+        self._plain_io = type(given) is FileIO
+        # Writes go into a shared map of the preallocated active segment, except with
+        # sync="always", which pwrites and fdatasyncs (LogWriter.map_writes says why).
+        self._map_writes = sync != "always"
         self._lock = threading.Lock()  # the writer lock: every change of the log and index
         self._closed = False
         self._store_lock: StoreLock | None = None
@@ -268,7 +294,7 @@ class Store(MutableMapping[bytes, bytes]):
                               max_segment_size=max_segment_size,
                               next_seq=lambda: self._next_seq, marker=None,
                               manifest_generation=0, before_rotate=self._lock_still_held,
-                              on_rotate=self._rotated)
+                              on_rotate=self._rotated, map_writes=self._map_writes)
         # log.refused is the one check on the write path: set for a read-only or closed
         # store too, whose writes _check_writable then explains.
         self._log.refused = readonly
@@ -333,12 +359,49 @@ class Store(MutableMapping[bytes, bytes]):
                 self._release_files()
                 raise
         self._loaded = loaded
+        self.last_compaction = lastcompaction.load(self.path)
+        # The compiled single put (bitkv/native/put.c): only where it writes the same bytes
+        # as the Python path without skipping anything that path does: map writes through
+        # the plain FileIO, values stored as given, and no kill points (they live in Python;
+        # real kill -9 runs of the crash harness cover the compiled path).
+        self._native_put: Callable[[Store, object, object], bool] | None = (
+            _native_put if (_native_put is not None and not readonly and self._map_writes
+                            and self._plain_io and not self._encoding and not self._sealing
+                            and not killpoints.ENABLED) else None)
         _log_recovery(self.path, loaded.report)
         segments = self._table.segments
         for s in segments[:-1] if readonly else segments:
             if s is not self._log.active:
                 s.release_fd()  # a reader keeps the newest segment's fd to follow the writer
+        self._reader: Reader | None = None
+        self._bind_reader()
         self._maintenance.start()
+
+    def _bind_reader(self) -> None:
+        """In native mode, make ``self.get`` the get kernel's method (bitkv/native/get.c): a
+        get then costs one C call, which serves the common case and hands everything else
+        to :meth:`get` below, the reference. A Python wrapper around the kernel would add a
+        frame that costs more than the kernel's own work. Called at open and after refresh
+        replaced the index; the previous reader is detached (it sends every get to Python)."""
+        old = self._reader
+        if old is not None:
+            old.detach()
+        self._reader = None
+        self.__dict__.pop("get", None)
+        fallback = type(self).get
+        if (not NATIVE or type(self._entries) is not IndexMap
+                or fallback is not Store.get):  # a subclass's get stays in charge
+            return
+        self._reader = Reader(self._entries, self._expiries, self._table.slots, self,
+                              Store.get, self._plain_ok)
+        self.get = self._reader.get  # type: ignore[method-assign]
+
+    def _unbind_reader(self) -> None:
+        """Closed: every get, also one bound earlier, goes through Python (ClosedError)."""
+        if self._reader is not None:
+            self._reader.detach()
+            self._reader = None
+        self.__dict__.pop("get", None)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -562,6 +625,12 @@ class Store(MutableMapping[bytes, bytes]):
         When this returns, the write has reached the OS (it survives the process being
         killed); with ``sync="always"`` it is also on stable storage (it survives power loss).
         """
+        fast = self._native_put
+        if (fast is not None and ttl is None and expires_at_ms is None and not if_absent
+                and not if_present and not keep_ttl and fast(self, key, value)):
+            # bitkv/native/put.c did all of the plain branch below (map write, seq, index,
+            # accounting) under the writer lock; it declines (False) anything else.
+            return True
         k = key if type(key) is bytes and key and len(key) <= _MAX_KEY else to_key(key)
         v = value if type(value) is bytes and len(value) <= _MAX_VALUE else to_value(value)
         expiry_ms = self._expiry_ms(ttl) if ttl is not None else 0
@@ -599,21 +668,22 @@ class Store(MutableMapping[bytes, bytes]):
                 size = len(data)
                 seg = self._log.active  # type: ignore[assignment]  # set while writable
                 offset = seg.size
-                if offset + size > self.max_segment_size:
-                    seg, offset = self._log.append(data)  # it rotates first
+                end = offset + size
+                if end > self.max_segment_size or not self._map_writes:
+                    seg, offset = self._log.append(data)  # it rotates first if it must
+                    end = offset + size
                 else:
-                    # LogWriter.append inlined for the common case, no rotation: the write
-                    # path's one copy, kill point included, so crash tests exercise it.
-                    try:
-                        written = self._write(seg.fd, data)
-                        if written != size:
-                            # Finish the write: it completes, or raises the OS's reason
-                            # (ENOSPC on a full disk), not a made-up EIO.
-                            self._io.write(seg.fd, data[written:])
-                    except BaseException:
-                        self._log.undo(seg, offset)
-                        raise
-                    seg.size = offset + size
+                    # LogWriter.append inlined for the common case (a map write, no
+                    # rotation), kill point included, so crash tests exercise it.
+                    if end > seg.allocated:
+                        self._log.make_room(seg, end)  # fails before any byte is written
+                    if self._plain_io:
+                        # A store into the page cache: it cannot fail half way (the range
+                        # is allocated, so no SIGBUS either), so there is nothing to undo.
+                        seg.mm[offset:end] = data  # type: ignore[index]
+                    else:
+                        self._io.map_write(seg.mm, seg.fd, offset, data)  # type: ignore[arg-type]
+                    seg.size = end
                     if killpoints.ENABLED:
                         killpoints.hit("append.after_write")
                 self._next_seq = seq + 1
@@ -635,7 +705,6 @@ class Store(MutableMapping[bytes, bytes]):
                         kd.next_expiry = expiry_ms
                 elif kd.expiries:
                     kd.expiries.pop(k, None)
-                end = offset + size
         if self._sync_always:
             self._log.wait_durable(seg, end)
         return True
@@ -804,6 +873,21 @@ class Store(MutableMapping[bytes, bytes]):
             return
         now_ms = self._now_ms()
         encoding = self._encoding
+        if _encode_batch is not None and not encoding:
+            # The batch kernel (bitkv/native/batch.c): the records encoded into one buffer
+            # and indexed in C. None from encode_batch means "not for the kernel" (an op it
+            # does not handle): the loop below, the reference, writes those.
+            with self._lock:
+                self._check_writable()
+                first_seq = self._next_seq
+                data = _encode_batch(ops, first_seq, now_ms)
+                if data is not None:
+                    seg, pos = self._log.append(data)
+                    self._next_seq = first_seq + len(ops)
+                    pos = self._keydir.apply_batch(seg, seg.slot, pos, ops, data)
+            if data is not None:
+                self._durable(seg, pos)
+                return
         tombstone = rec.TOMBSTONE
         staged: list[tuple[bytes, bytes | None, int, int]] = []
         for k, v, expiry in ops:
@@ -1084,6 +1168,7 @@ class Store(MutableMapping[bytes, bytes]):
             self._expiries = loaded.keydir.expiries
             self._entries = loaded.keydir.entries
             self._keydir.recompute_next_expiry()
+            self._bind_reader()
             for s in self._table.segments[:-1]:
                 s.release_fd()
         for s in old_segments:
@@ -1149,6 +1234,19 @@ class Store(MutableMapping[bytes, bytes]):
     def _note_compaction(self, summary: dict[str, Any]) -> None:
         summary["finished_at"] = self._clock()
         self.last_compaction = summary
+        log.info("bitkv store %s: compacted %d segment(s), %d bytes -> %d segment(s), %d bytes "
+                 "(%d reclaimed; %d keys kept, %d records dropped%s) in %.2f s", self.path,
+                 summary.get("segments_in", 0), summary.get("bytes_in", 0),
+                 summary.get("segments_out", 0), summary.get("bytes_out", 0),
+                 summary.get("bytes_reclaimed", 0), summary.get("keys_kept", 0),
+                 summary.get("records_dropped", 0),
+                 f", {summary['corrupt_records']} damaged record(s) skipped"
+                 if summary.get("corrupt_records") else "", summary.get("seconds", 0.0))
+        try:  # so that stats() of the next process still knows (a summary; not data)
+            lastcompaction.save(self.path, self._io, summary)
+        except OSError as exc:
+            log.warning("bitkv store %s: could not record the last compaction: %s", self.path,
+                        exc)
 
     def _sealed(self) -> list[Segment]:
         """The immutable segments compaction may take (all but the active one, less those
@@ -1230,6 +1328,7 @@ class Store(MutableMapping[bytes, bytes]):
                 self._closed = True
                 self._log.refused = True
                 self._entries = _Closed()
+                self._unbind_reader()
                 self._release_files()
 
     def _abandon(self) -> None:
@@ -1243,6 +1342,7 @@ class Store(MutableMapping[bytes, bytes]):
             self._closed = True
             self._log.refused = True
             self._entries = _Closed()
+            self._unbind_reader()
             self._release_files()
 
     def _release_files(self) -> None:
@@ -1317,6 +1417,7 @@ class Store(MutableMapping[bytes, bytes]):
             "last_sync_error": self.last_sync_error,
             "recovery": {
                 "truncated_bytes": report.truncated_bytes,
+                "zero_tail_bytes": report.zero_tail_bytes,
                 "corrupt_bytes": report.corrupt_bytes,
                 "damaged_regions": len(report.damage),
                 "dropped_batch_records": report.dropped_batch_records,

@@ -13,6 +13,8 @@ from bitkv import MAX_VALUE_SIZE
 from bitkv.server import protocol as _protocol
 from bitkv.server.app import SYNC_CHOICES, ServerConfig, run_server
 
+from .errors import EXIT_LOCKED, CliError
+
 
 @click.command("serve")
 @click.option("--dir", "directory", default="bitkv-data", show_default=True,
@@ -99,5 +101,11 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cer
         raise click.UsageError(str(exc)) from None
     try:
         run_server(config)
+    except bitkv.LockError as exc:
+        # The library's hint (readonly=True) means nothing at a shell; a server needs the
+        # write lock, so the way out is the other writer.
+        holder = str(exc).split(";")[0]
+        raise CliError(f"cannot serve {directory}: {holder}; stop that process first, or "
+                       "serve another directory with --dir", EXIT_LOCKED) from None
     except (OSError, bitkv.Error) as exc:
         raise click.ClickException(f"cannot serve {directory}: {exc}") from None

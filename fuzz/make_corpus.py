@@ -11,11 +11,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import fuzz_batch
+import fuzz_codec_native
 import fuzz_compact
+import fuzz_get
 import fuzz_hint
 import fuzz_indexmap
 import fuzz_rdb
 import fuzz_record
+import fuzz_replay
 import fuzz_server_parser
 import fuzz_store
 
@@ -25,7 +29,9 @@ def main() -> None:
         os.path.dirname(os.path.abspath(__file__)), "corpus")
     for name, module in (("record", fuzz_record), ("hint", fuzz_hint), ("store", fuzz_store),
                          ("server_parser", fuzz_server_parser), ("rdb", fuzz_rdb),
-                         ("indexmap", fuzz_indexmap), ("compact", fuzz_compact)):
+                         ("indexmap", fuzz_indexmap), ("get", fuzz_get),
+                         ("codec_native", fuzz_codec_native), ("batch", fuzz_batch),
+                         ("compact", fuzz_compact), ("replay", fuzz_replay)):
         where = os.path.join(root, name)
         os.makedirs(where, exist_ok=True)
         for data in module.seeds():

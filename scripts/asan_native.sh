@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build bitkv's compiled extension with AddressSanitizer and UndefinedBehaviorSanitizer and run
-# the differential tests and the fuzz targets' seeded runs against it (about a minute).
+# the index map's and the kernels' tests (get, record codec, batch, put, compaction's copy loop:
+# test_kernels.py races gets against compaction and close; test_differential.py) and the fuzz
+# targets' seeded and random runs against it (a few minutes on an idle machine).
 #
 # The sanitized build goes into a temporary copy of the package, put first on PYTHONPATH, so the
 # installed (unsanitized) build is untouched. The interpreter is not sanitized: libasan is
@@ -46,18 +48,29 @@ print('asan_native: testing', m.__file__)
 "
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_indexmap.py" "$repo/tests/test_native_crc.py" \
-  "$repo/tests/test_compaction_native.py" \
-  "$repo/tests/test_fuzz_targets.py" -k "indexmap or Indexmap or crc or compact"
+  "$repo/tests/test_native_put.py" "$repo/tests/test_compaction_native.py" \
+  "$repo/tests/test_native_replay.py" "$repo/tests/test_fuzz_targets.py" \
+  -k "indexmap or Indexmap or crc or native_put or put_target or kernel or compact or replay or agree or orphan or leak"
+"$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
+  "$repo/tests/test_kernels.py" "$repo/tests/test_differential.py" "$repo/tests/test_batch.py"
 "$python" - "$repo/fuzz" <<'PY'
 import random, sys, time
 sys.path.insert(0, sys.argv[1])
-import fuzz_compact, fuzz_indexmap
+import fuzz_batch, fuzz_codec_native, fuzz_compact, fuzz_get, fuzz_indexmap
 assert fuzz_indexmap.IndexMap is not None and fuzz_compact.native_copy_live is not None
-rng, started, n = random.Random(99), time.monotonic(), 0
-while time.monotonic() - started < 10:  # random programs for 10 s
-    fuzz_indexmap.check_one(rng.randbytes(rng.randint(0, 3000)))
+for target in (fuzz_indexmap, fuzz_get, fuzz_codec_native, fuzz_batch):
+    rng, started, n = random.Random(99), time.monotonic(), 0
+    while time.monotonic() - started < 10:  # random programs for 10 s each
+        target.check_one(rng.randbytes(rng.randint(0, 3000)))
+        n += 1
+    print(f"asan_native: {n} random {target.__name__} inputs ran clean")
+import fuzz_put
+assert fuzz_put.native_put is not None
+rng, started, n = random.Random(98), time.monotonic(), 0
+while time.monotonic() - started < 10:  # random put programs (and hostile states) for 10 s
+    fuzz_put.check_one(rng.randbytes(rng.randint(0, 3000)))
     n += 1
-print(f"asan_native: {n} random fuzz programs ran clean")
+print(f"asan_native: {n} random put programs ran clean")
 seeds, started, n = fuzz_compact.seeds(), time.monotonic(), 0
 while time.monotonic() - started < 10:  # mutated segments for 10 s
     data = bytearray(rng.choice(seeds))
@@ -69,5 +82,12 @@ while time.monotonic() - started < 10:  # mutated segments for 10 s
     fuzz_compact.check_one(bytes(data) + rng.randbytes(rng.randint(0, 64)))
     n += 1
 print(f"asan_native: {n} mutated segments through both copy loops ran clean")
+import fuzz_replay
+assert fuzz_replay._native is not None
+rng, started, n = random.Random(98), time.monotonic(), 0
+while time.monotonic() - started < 10:  # random hints and segments for 10 s
+    fuzz_replay.check_one(bytes([rng.randrange(4)]) + rng.randbytes(rng.randint(0, 3000)))
+    n += 1
+print(f"asan_native: {n} random hint and segment inputs ran clean")
 PY
 echo "asan_native: ok"

@@ -227,6 +227,8 @@ def listing(directory: str) -> None:
     for name in sorted(os.listdir(directory)):
         if name == "LOCK":
             print(f"  {name:<12} the pid of the last writer, in ASCII, then a newline")
+        elif name == "COMPACTION":  # its size depends on how long the compaction took
+            print(f"  {name:<12} the last compaction's summary, JSON (see above)")
         else:
             print(f"  {name:<12} {os.path.getsize(os.path.join(directory, name)):4d} bytes")
 

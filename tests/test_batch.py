@@ -3,6 +3,7 @@ exception, deletes, TTLs, reopen and compaction, one write and at most one fsync
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import time
@@ -21,14 +22,38 @@ class CountingFileIO(FileIO):
     def __init__(self) -> None:
         self.writes = 0
         self.fsyncs = 0
+        self._data_fds: dict[int, bool] = {}
 
     def write(self, fd: int, data: bytes) -> None:
         self.writes += 1
         super().write(fd, data)
 
+    def create(self, path: str) -> int:
+        fd = super().create(path)
+        self._data_fds[fd] = path.endswith(".data")
+        return fd
+
+    def open_rw(self, path: str) -> int:
+        fd = super().open_rw(path)
+        self._data_fds[fd] = path.endswith(".data")
+        return fd
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        # Appends with sync="always"; the DURABLE mark's pwrite after an fsync is not one.
+        self.writes += self._data_fds.get(fd, False)
+        super().pwrite(fd, data, offset)
+
+    def map_write(self, mm: mmap.mmap, fd: int, offset: int, data: bytes) -> None:
+        self.writes += 1  # appends in the other sync modes
+        super().map_write(mm, fd, offset, data)
+
     def fsync(self, fd: int) -> None:
         self.fsyncs += 1
         super().fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:  # the active segment's syncs
+        self.fsyncs += 1
+        super().fdatasync(fd)
 
     def reset(self) -> None:
         self.writes = self.fsyncs = 0
@@ -38,6 +63,9 @@ class NoSyncFileIO(FileIO):
     """Skips fsync: these tests make crash states by editing files, not by losing power."""
 
     def fsync(self, fd: int) -> None:
+        pass
+
+    def fdatasync(self, fd: int) -> None:
         pass
 
     def fsync_dir(self, path: str) -> None:
@@ -76,18 +104,18 @@ def write_base_and_batch(path: str, clock, *, later: bool) -> dict:
         for k, v in BEFORE.items():
             db.put(k, v)
         seg = newest_segment(path)
-        start = os.path.getsize(seg)
+        start = db._log.active.size  # the file is longer: preallocated zeros
         with db.batch() as b:
             b.put(b"old1", b"new1")
             b.put(b"fresh", b"f" * 40)
             b.delete(b"gone")
             b.put(b"ttl", b"t2", ttl=1000)
             b.put(b"fresh2", b"x")
-        end = os.path.getsize(seg)
+        end = db._log.active.size
         later_end = end
         if later:
             db.put(b"later", b"L" * 30)
-            later_end = os.path.getsize(seg)
+            later_end = db._log.active.size
     assert newest_segment(path) == seg
     return {"seg": seg, "start": start, "end": end, "later_end": later_end}
 
@@ -267,14 +295,14 @@ def _checkpointed_store_with_batch(path: str, clock) -> dict:
     for k, v in BEFORE.items():
         db.put(k, v)
     seg = newest_segment(path)
-    start = os.path.getsize(seg)
+    start = db._log.active.size  # the file is longer: preallocated zeros
     with db.batch() as b:
         b.put(b"old1", b"new1")
         b.put(b"fresh", b"f" * 40)
         b.delete(b"gone")
         b.put(b"ttl", b"t2", ttl=1000)
         b.put(b"fresh2", b"x")
-    end = os.path.getsize(seg)
+    end = db._log.active.size
     db.put(b"later", b"L" * 30)
     db._abandon()  # killed: whatever a clean close would write is not written
     assert newest_segment(path) == seg and start > 2**20
@@ -316,13 +344,13 @@ def test_batch_after_a_checkpointed_head_cut_and_damaged(db_path, clock):
 def test_exception_inside_batch_discards(db_path):
     with quiet_open(db_path) as db:
         db.put(b"a", b"1")
-        size = os.path.getsize(newest_segment(db_path))
+        size = db._log.active.size
         with pytest.raises(RuntimeError), db.batch() as b:
             b.put(b"a", b"2")
             b.put(b"b", b"2")
             b.delete(b"a")
             raise RuntimeError("abort")
-        assert os.path.getsize(newest_segment(db_path)) == size
+        assert db._log.active.size == size
         assert state(db) == {b"a": b"1"}
         # A bad argument raises at once and, inside the block, discards the batch too.
         with pytest.raises(TypeError), db.batch() as b:

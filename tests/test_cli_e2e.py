@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+import bitkv as bitkv_lib
+
 BIN_DIR = os.path.dirname(sys.executable)
 
 
@@ -113,3 +115,13 @@ def test_closed_pipe_is_not_an_error(tmp_path):
     proc.wait(timeout=60)
     assert first == b"key-000000-" + b"x" * 40 + b"\n"
     assert b"Traceback" not in err and b"Exception ignored" not in err
+
+
+def test_serve_on_a_locked_store_exits_4_with_a_shell_message(tmp_path):
+    store = tmp_path / "db"
+    with bitkv_lib.open(str(store)):
+        result = bitkv("serve", "--dir", str(store), "--port", "0")
+    assert result.returncode == 4, result.stderr
+    err = result.stderr.decode()
+    assert "locked for writing" in err and "stop that process" in err
+    assert "readonly=True" not in err  # a Python hint means nothing at a shell

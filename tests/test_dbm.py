@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dbm as std_dbm
+import errno
 import os
 import shelve
 import stat
@@ -170,13 +171,38 @@ def test_not_a_store_is_never_overwritten(tmp_path):
     d = tmp_path / "dir"
     d.mkdir()
     (d / "notes.txt").write_bytes(b"precious too")
-    for path in (f, d):
-        for flag in ("r", "w", "c", "n"):
+    link = tmp_path / "link"
+    link.symlink_to(f)
+    for path, flags in ((f, "rwc"), (d, "rwcn"), (link, "rwcn")):
+        for flag in flags:
             with pytest.raises(bdbm.error):
                 bdbm.open(path, flag)
     assert f.read_bytes() == b"precious"
     assert (d / "notes.txt").read_bytes() == b"precious too"
     assert os.listdir(d) == ["notes.txt"]
+
+
+def test_flag_n_replaces_a_plain_file_as_the_stdlib_backends_do(tmp_path):
+    # dbm.gnu/ndbm/dumb truncate a file that is not a database into a new one on 'n'
+    # (CPython's test_dbm relies on it); a bitkv store is a directory, so the file goes.
+    f = tmp_path / "junk"
+    f.write_bytes(b"not a database")
+    with bdbm.open(f, "n") as db:
+        assert len(db) == 0
+        db[b"k"] = b"v"
+    assert f.is_dir()
+    with bdbm.open(f, "r") as db:
+        assert dict(db.items()) == {b"k": b"v"}
+
+
+@pytest.mark.parametrize("flag", ["r", "w"])
+def test_missing_database_is_a_file_not_found_error(tmp_path, flag):
+    # stdlib's dbm.error includes OSError; its backends raise FileNotFoundError here.
+    with pytest.raises(FileNotFoundError) as info:
+        bdbm.open(tmp_path / "absent", flag)
+    assert isinstance(info.value, bdbm.error)
+    assert info.value.errno == errno.ENOENT
+    assert not (tmp_path / "absent").exists()
 
 
 def test_mode_applies_to_created_files(tmp_path):

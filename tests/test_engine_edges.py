@@ -24,7 +24,7 @@ def test_torn_batch_then_later_damage_keeps_every_intact_record(tmp_path):
     path = tmp_path / "db"
     with bitkv.open(path, auto_compact=False) as db:
         db.put(b"before", b"0")
-        start = os.path.getsize(_segment(path))
+        start = db._log.active.size  # the file is longer while open: preallocated zeros
         with db.batch() as b:
             for i in range(12):
                 b.put(b"batch%d" % i, b"x" * 20)
@@ -35,7 +35,7 @@ def test_torn_batch_then_later_damage_keeps_every_intact_record(tmp_path):
         assert os.path.getsize(seg) == start
         offsets = []
         for i in range(10):
-            offsets.append(os.path.getsize(seg))
+            offsets.append(db._log.active.size)
             db.put(b"after%d" % i, b"y" * 10)
     forget_fsyncs(str(path))  # as if those writes were never fsynced: damage is then torn
     with open(seg, "r+b") as fh:  # damage the first record written after the torn batch
@@ -54,6 +54,11 @@ class _FailingFsync(FileIO):
         if _FailingFsync.fail:
             raise OSError(errno.EIO, "simulated fsync failure")
         super().fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        if _FailingFsync.fail:
+            raise OSError(errno.EIO, "simulated fdatasync failure")
+        super().fdatasync(fd)
 
 
 def test_failed_fsync_refuses_writes_until_reopen(tmp_path):
@@ -100,7 +105,7 @@ def test_read_of_damaged_record_raises_integrity_error(tmp_path):
     db.put(b"k", b"value")
     seg = _segment(path)
     with open(seg, "r+b") as fh:
-        fh.seek(-1, os.SEEK_END)
+        fh.seek(db._log.active.size - 1)  # the record's last byte (zeros follow it)
         fh.write(b"X")
     try:
         with pytest.raises(bitkv.IntegrityError):
@@ -111,27 +116,20 @@ def test_read_of_damaged_record_raises_integrity_error(tmp_path):
 
 
 class _FullDisk(FileIO):
-    """A disk that fills up mid-put: ``os.write`` writes half the record and returns short,
-    then writing the rest fails with ENOSPC. The undo's ftruncate may be made to fail too."""
+    """A disk that fails mid-put (sync="always" appends pwrite): the pwrite writes half the
+    record, then writing the rest fails with ENOSPC. The undo's ftruncate may be made to
+    fail too."""
 
     def __init__(self) -> None:
         self.armed = False
-        self.full = False
         self.truncate_fails = False
 
-    def write_returning_size(self, fd: int, data: bytes) -> int:
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
         if self.armed:
             self.armed = False
-            self.full = True
-            return os.write(fd, data[: len(data) // 2])
-        self.full = False  # a new put: only the rest of the short write hits the full disk
-        return super().write_returning_size(fd, data)
-
-    def write(self, fd: int, data: bytes) -> None:
-        if self.full:
-            self.full = False
+            os.pwrite(fd, data[: len(data) // 2], offset)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        super().write(fd, data)
+        super().pwrite(fd, data, offset)
 
     def truncate(self, fd: int, size: int) -> None:
         if self.truncate_fails:
@@ -146,7 +144,7 @@ def test_full_disk_during_put_reports_enospc_and_store_stays_usable(tmp_path):
     db = bitkv.open(path, sync="always", auto_compact=False, fileio=io)
     try:
         db.put(b"a", b"1" * 100)
-        size = os.path.getsize(_segment(path))
+        size = db._log.active.size
         io.armed = True
         with pytest.raises(OSError) as info:
             db.put(b"b", b"2" * 100)

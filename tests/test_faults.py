@@ -69,6 +69,10 @@ class FaultyIO(FileIO):
         self._maybe_fail("fsync", self._paths.get(fd, ""))
         super().fsync(fd)
 
+    def fdatasync(self, fd: int) -> None:  # the active segment's fsync class
+        self._maybe_fail("fsync", self._paths.get(fd, ""))
+        super().fdatasync(fd)
+
     def fsync_dir(self, path: str) -> None:
         self._maybe_fail("fsync_dir", path)
         super().fsync_dir(path)

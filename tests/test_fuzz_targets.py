@@ -13,13 +13,20 @@ import time
 
 import pytest
 
+import bitkv
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz"))
 
+import fuzz_batch
+import fuzz_codec_native
 import fuzz_compact
+import fuzz_get
 import fuzz_hint
 import fuzz_indexmap
+import fuzz_put
 import fuzz_rdb
 import fuzz_record
+import fuzz_replay
 import fuzz_server_parser
 import fuzz_store
 
@@ -133,6 +140,28 @@ def test_indexmap_target_on_random_bytes() -> None:
         fuzz_indexmap.check_one(rng.randbytes(rng.randint(0, 400)))
 
 
+def test_put_target_on_seeded_mutations(tmp_path) -> None:
+    """The compiled single put against the Python path, and under hostile store state."""
+    if fuzz_put.native_put is None or bitkv.IMPLEMENTATION != "native":
+        pytest.skip("the extension is not built")
+    fuzz_put.setup(str(tmp_path))
+    run_target(fuzz_put.check_one, fuzz_put.seeds(), 800, seed=17)
+
+
+@pytest.mark.parametrize("target", [fuzz_get, fuzz_codec_native, fuzz_batch])
+def test_kernel_target_on_seeded_mutations(target) -> None:
+    """The get, record codec and batch kernels against their Python rules, on mutated bytes
+    (each target compares every result; see its docstring)."""
+    if target.check_one.__globals__.get("encode_batch", True) is None or \
+            target.check_one.__globals__.get("Reader", True) is None or \
+            target.check_one.__globals__.get("decode_record", True) is None:
+        pytest.skip("the extension is not built")
+    run_target(target.check_one, target.seeds(), 2000, seed=31)
+    rng = random.Random(32)
+    for _ in range(800):
+        target.check_one(rng.randbytes(rng.randint(0, 600)))
+
+
 def test_compact_target_on_seeded_mutations() -> None:
     """Compaction's compiled copy loop against the Python one, on mutated segments."""
     if fuzz_compact.native_copy_live is None:
@@ -148,7 +177,22 @@ def test_compact_target_on_random_bytes() -> None:
         fuzz_compact.check_one(rng.randbytes(rng.randint(0, 400)))
 
 
+def test_replay_target_on_seeded_mutations() -> None:
+    if fuzz_replay._native is None:
+        pytest.skip("the compiled extension is not built")
+    run_target(fuzz_replay.check_one, fuzz_replay.seeds(), 3000, seed=16)
+
+
+def test_replay_target_on_random_bytes() -> None:
+    if fuzz_replay._native is None:
+        pytest.skip("the compiled extension is not built")
+    rng = random.Random(17)
+    for _ in range(2000):
+        fuzz_replay.check_one(bytes([rng.randrange(4)]) + rng.randbytes(rng.randint(0, 900)))
+
+
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
-                                    fuzz_rdb, fuzz_indexmap, fuzz_compact])
+                                    fuzz_rdb, fuzz_indexmap, fuzz_put, fuzz_get,
+                                    fuzz_codec_native, fuzz_batch, fuzz_compact, fuzz_replay])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)

@@ -326,3 +326,16 @@ def test_symlinked_lock_file_is_a_clear_error(db_path, tmp_path):
     with pytest.raises(bitkv.UnsafeFileError, match="LOCK"):
         bitkv.open(db_path)
     assert target.read_bytes() == b""  # never followed into a write
+
+
+def test_a_second_open_in_the_same_process_names_this_process(db_path):
+    # flock is per open file: a second writable open here is refused, and the message must not
+    # send the user looking for "another process" that is their own.
+    with bitkv.open(db_path) as db:
+        db.put(b"k", b"v")
+        with pytest.raises(bitkv.LockError) as exc:
+            bitkv.open(db_path)
+        message = str(exc.value)
+        assert "locked for writing by this process" in message
+        assert f"pid {os.getpid()}" in message
+        assert "another process" not in message

@@ -6,12 +6,14 @@ Each cycle is one of two kinds.
 **An I/O fault.** The workload runs in-process on a :class:`FaultyFileIO` passed through the
 public ``fileio=`` seam. At a random point one class of file operation (``write``, ``fsync``,
 ``fsync_dir``, ``rename``, ``truncate``, ``create``, ``unlink``) starts failing with EIO or
-ENOSPC: once, or on every later call (a full disk). A failing write may first write part of
-its data (a short write); the ``truncate`` class is a short write whose undo (ftruncate) fails
-too. Workloads rotate small segments, compact, sync, batch, delete, expire and sometimes close
-and reopen the store, so the fault lands in every phase. After the fault the workload goes on:
-each operation either raises or is acknowledged. Then the store is closed (errors allowed),
-reopened with a plain FileIO and checked against the oracle. The promises checked:
+ENOSPC: once, or on every later call (a full disk). The ``write`` class is ``write``,
+``pwrite`` and the active segment's preallocation (``posix_fallocate``); ``fsync`` includes
+``fdatasync``. A failing write may first write part of its data (a short write); the
+``truncate`` class is a short write whose undo (ftruncate) fails too. Workloads rotate small
+segments, compact, sync, batch, delete, expire and sometimes close and reopen the store, so the
+fault lands in every phase. After the fault the workload goes on: each operation either raises
+or is acknowledged. Then the store is closed (errors allowed), reopened with a plain FileIO and
+checked against the oracle. The promises checked:
 
 * No power is lost, so under every sync mode every acknowledged write survives the reopen, no
   deleted key returns and no older value reappears; an operation that raised may or may not
@@ -257,6 +259,31 @@ class FaultyFileIO(FileIO):
             # filling up mid-write does; then the error.
             os.write(fd, bytes(data[: max(1, len(data) // 2)]))
         self._raise(err, "write")
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        # The write class: appends with sync="always" pwrite into preallocated room.
+        fault = self._check("write")
+        if fault is None:
+            super().pwrite(fd, data, offset)
+            return
+        err, short = fault
+        if short and len(data) > 1:
+            os.pwrite(fd, bytes(data[: max(1, len(data) // 2)]), offset)
+        self._raise(err, "pwrite")
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        # The write class too: a full disk refuses the preallocation before any record
+        # byte is written (map writes themselves cannot fail once their room is allocated).
+        fault = self._check("write")
+        if fault is not None:
+            self._raise(fault[0], "posix_fallocate")
+        super().allocate(fd, offset, length)
+
+    def fdatasync(self, fd: int) -> None:
+        fault = self._check("fsync")
+        if fault is not None:
+            self._raise(fault[0], "fdatasync")
+        super().fdatasync(fd)
 
     def fsync(self, fd: int) -> None:
         fault = self._check("fsync")

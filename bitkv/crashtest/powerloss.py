@@ -35,7 +35,8 @@ STATES_PER_CYCLE = 4
 
 
 class FailingRecordingFileIO(RecordingFileIO):
-    """A :class:`RecordingFileIO` whose ``fail_at``-th fsync (file or directory) raises EIO.
+    """A :class:`RecordingFileIO` whose ``fail_at``-th fsync (file or directory, or an
+    fdatasync) raises EIO.
 
     The failed call is not logged as an fsync, so the disk model never counts it as a
     durability point: what it should have made durable stays as unsynced as it was.
@@ -62,6 +63,11 @@ class FailingRecordingFileIO(RecordingFileIO):
         if self._fail():
             raise OSError(5, "Input/output error (injected into fsync by bitkv crashtest)")
         super().fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        if self._fail():
+            raise OSError(5, "Input/output error (injected into fdatasync by bitkv crashtest)")
+        super().fdatasync(fd)
 
     def fsync_dir(self, path: str) -> None:
         if self._fail():
@@ -364,14 +370,14 @@ def durable_points(initial: dict[str, bytes], events: list[Any],
             t = tracked[ev[2]]
             if not t.writes:
                 continue
-            if all(model.is_durable(ino, end) for ino, end, idx in t.writes if idx < i):
+            if all(model.is_durable(ino, end, idx) for ino, end, idx in t.writes if idx < i):
                 t.durable_at = t.acked_at
             else:
                 pending.append(t)
         elif ev[0] in ("fsync", "fsync_dir") and pending:
             still = []
             for t in pending:
-                if all(model.is_durable(ino, end) for ino, end, _idx in t.writes):
+                if all(model.is_durable(ino, end, idx) for ino, end, idx in t.writes):
                     t.durable_at = i
                 else:
                     still.append(t)

@@ -17,6 +17,7 @@ power loss at that instant may leave. The model is the usual one for POSIX file 
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import threading
@@ -139,8 +140,8 @@ class RecordingFileIO(FileIO):
         with self._lock:
             super().pwrite(fd, data, offset)
             ino = self._fds.get(fd)
-            if ino is not None:
-                self.events.append(("write", ino, offset, bytes(data), None))
+            if ino is not None:  # sync="always" appends are pwrites: attributed like writes
+                self.events.append(("write", ino, offset, bytes(data), self._op_for(ino)))
 
     def _op_for(self, ino: int) -> int | None:
         """The operation a write belongs to, for the durability oracle: only the bytes of
@@ -158,6 +159,30 @@ class RecordingFileIO(FileIO):
             ino = self._fds.get(fd)
             if ino is not None:
                 self.events.append(("fsync", ino))
+
+    def fdatasync(self, fd: int) -> None:
+        # As durable as fsync for this model: data, length and extents (times are not kept).
+        with self._lock:
+            super().fdatasync(fd)
+            ino = self._fds.get(fd)
+            if ino is not None:
+                self.events.append(("fsync", ino))
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        with self._lock:
+            super().allocate(fd, offset, length)
+            ino = self._fds.get(fd)
+            if ino is not None:
+                self.events.append(("allocate", ino, offset + length))
+
+    def map_write(self, mm: mmap.mmap, fd: int, offset: int, data: bytes) -> None:
+        # A store into a shared map is a write the disk has not seen until the next fsync or
+        # fdatasync of the file (or msync): the model treats it exactly as a pwrite.
+        with self._lock:
+            super().map_write(mm, fd, offset, data)
+            ino = self._fds.get(fd)
+            if ino is not None:
+                self.events.append(("write", ino, offset, bytes(data), self._op_for(ino)))
 
     def fsync_dir(self, path: str) -> None:
         with self._lock:
@@ -200,6 +225,7 @@ class _Inode:
     durable: bytearray = field(default_factory=bytearray)
     current: bytearray = field(default_factory=bytearray)
     pending: list[tuple[Any, ...]] = field(default_factory=list)  # since the last fsync
+    synced_at: int = 0  # how many events had been applied when it was last fsynced
 
 
 def _write_into(buf: bytearray, offset: int, data: bytes) -> None:
@@ -213,6 +239,26 @@ def _resize(buf: bytearray, size: int) -> None:
         del buf[size:]
     else:
         buf.extend(bytes(size - len(buf)))
+
+
+def _torn_prefix(node: _Inode, rng: random.Random) -> bytes:
+    """The file after its unsynced changes were applied in order up to a random byte of its
+    unsynced writes: appends keep a random part of the tail, and writes into preallocated
+    room (pwrite, or stores into a shared map) are torn the same way."""
+    if not node.pending:
+        return bytes(node.durable)
+    budget = rng.randint(0, sum(len(op[2]) for op in node.pending if op[0] == "write"))
+    buf = bytearray(node.durable)
+    for op in node.pending:
+        if op[0] == "truncate":
+            _resize(buf, op[1])
+            continue
+        if budget <= 0:
+            break
+        _w, offset, data = op
+        _write_into(buf, offset, data[:budget])
+        budget -= len(data)
+    return bytes(buf)
 
 
 class DiskModel:
@@ -242,6 +288,14 @@ class DiskModel:
             node = self.inodes[ev[1]]
             node.durable = bytearray(node.current)
             node.pending = []
+            node.synced_at = self.applied
+        elif kind == "allocate":
+            # posix_fallocate: the file grows with zeros to ``end`` if it is shorter (until
+            # an fsync, a power loss may undo that like any other unsynced change).
+            node = self.inodes[ev[1]]
+            if ev[2] > len(node.current):
+                _resize(node.current, ev[2])
+                node.pending.append(("truncate", ev[2]))
         elif kind == "truncate":
             node = self.inodes[ev[1]]
             _resize(node.current, ev[2])
@@ -262,10 +316,14 @@ class DiskModel:
             self.durable_names = dict(self.names)
             self.pending_meta = []
 
-    def is_durable(self, ino: int, end: int) -> bool:
-        """Whether bytes up to ``end`` of inode ``ino`` are durable under a durable name."""
+    def is_durable(self, ino: int, end: int, written_at: int | None = None) -> bool:
+        """Whether bytes up to ``end`` of inode ``ino`` are durable under a durable name; with
+        ``written_at`` (the index in the event log of the write that put them there), whether
+        that write is: an fsync of the file came after it. A length alone proves nothing in a
+        preallocated file, whose zeros are durable long before the records written over them."""
         node = self.inodes.get(ino)
         return (node is not None and len(node.durable) >= end
+                and (written_at is None or node.synced_at > written_at + 1)
                 and ino in self.durable_names.values())
 
     # -- crash states --------------------------------------------------------------------------
@@ -310,13 +368,9 @@ class DiskModel:
             names = self._namespace(rng, how)
             files = {}
             for n, i in names.items():
-                node = self.inodes[i]
-                if node.pending and len(node.current) > len(node.durable):
-                    keep = rng.randint(len(node.durable), len(node.current))
-                    files[n] = bytes(node.current[:keep])
-                else:
-                    files[n] = bytes(node.current if node.pending else node.durable)
-            return files, f"a random part of each unsynced tail kept, directory {how}"
+                files[n] = _torn_prefix(self.inodes[i], rng)
+            return files, (f"a random prefix of each file's unsynced writes kept, the last "
+                           f"one cut anywhere, directory {how}")
         if policy == "metadata":
             how = rng.choice(("durable", "prefix", "subset"))
             names = self._namespace(rng, how)

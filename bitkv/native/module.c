@@ -15,7 +15,9 @@ PyInit__native(void)
     if (m == NULL) {
         return NULL;
     }
-    if (bitkv_indexmap_init(m) < 0 || bitkv_crc32c_init(m) < 0 || bitkv_compact_init(m) < 0) {
+    if (bitkv_indexmap_init(m) < 0 || bitkv_crc32c_init(m) < 0 || bitkv_get_init(m) < 0
+        || bitkv_batch_init(m) < 0 || bitkv_record_init(m) < 0 || bitkv_put_init(m) < 0
+        || bitkv_compact_init(m) < 0 || bitkv_replay_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

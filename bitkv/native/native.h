@@ -19,25 +19,52 @@ extern PyTypeObject IndexMap_Type;
 int bitkv_indexmap_init(PyObject *module);
 /* 1 and *value set if present, 0 if absent, -1 on error (set). ``map`` must be an IndexMap. */
 int bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint64_t *value);
-/* Batched lookups (compaction's copy loop): the hash of a key (no Python API, no GIL needed);
- * a hint to the CPU to fetch what a lookup of that hash will read (stage 0: its home slot;
- * stage 1, once that is cached: its key in the arena); the lookup given the hash. The last
- * two read the map: GIL held. */
-uint64_t bitkv_index_hash(const unsigned char *key, size_t len);
-void bitkv_index_prefetch(PyObject *map, uint64_t hash, int stage);
-int bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len,
-                              uint64_t hash, uint64_t *value);
+/* The value of the first slot of key's probe sequence whose stored hash bits (28 of them) match
+ * key's, without reading the key's bytes (one cache miss fewer): 1 and *value set, or 0 if no
+ * slot matches, and then key is certainly absent. The value may belong to another key with
+ * the same bits (about 1 in 2**28 per probed slot), so a caller must verify the key itself,
+ * as the get kernel does against the record's key, and use bitkv_index_lookup if that fails.
+ * Never fails. ``map`` must be an IndexMap. */
+int bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value);
+
 /* Set key (bytes) -> value; had_old and old tell the previous value. 0, or -1 on error (set). */
 int bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old);
+/* Batched access, for loops over many keys (replay.c): hash a key once, prefetch its home
+ * slot's cache line some keys ahead (and, nearer, the arena record of a slot whose tag matches,
+ * an overwrite), then look it up or set it with the hash. A key passed as raw bytes must not
+ * lie inside the map's own memory; no bytes object is needed. Prefetches never fail and change
+ * nothing; the map may change in between (they are then merely useless). */
+uint64_t bitkv_index_hash(const unsigned char *key, size_t len);
+void bitkv_index_prefetch(PyObject *map, uint64_t h);
+void bitkv_index_prefetch_key(PyObject *map, uint64_t h);
+int bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t h,
+                              uint64_t *value);
+int bitkv_index_set_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t h,
+                           uint64_t value, int *had_old, uint64_t *old);
 /* 1 if removed, 0 if absent, -1 on error (set). */
 int bitkv_index_delete(PyObject *map, const unsigned char *key, size_t len);
+
+/* get.c: Reader, the get kernel (Store.get's common case). */
+int bitkv_get_init(PyObject *module);
+
+/* batch.c: encode_batch and apply_batch, the batch kernel (Store._commit_batch). */
+int bitkv_batch_init(PyObject *module);
+
+/* record.c: encode_record, decode_record, intact_size_at (record.py's codec). */
+int bitkv_record_init(PyObject *module);
 
 /* crc32c.c: CRC-32C (crc is the CRC-32C of the bytes before data; 0 to start). */
 int bitkv_crc32c_init(PyObject *module);
 uint32_t bitkv_crc32c_extend(uint32_t crc, const void *data, size_t len);
 
+/* put.c: Store.put's common case (a map write and the index update) in one call. */
+int bitkv_put_init(PyObject *module);
+
 /* compact.c: compaction's copy loop (copy_live). */
 int bitkv_compact_init(PyObject *module);
+
+/* replay.c: the indexing loops of opening a store (hint entries, plain runs of records). */
+int bitkv_replay_init(PyObject *module);
 
 /* A data record's 28-byte header (docs/format.md, "Data record"; bitkv/record.py is the
  * reference): crc32c u32 | flags u8 | reserved u8 | key_len u16 | value_len u32 | seq u64 |
@@ -51,7 +78,8 @@ int bitkv_compact_init(PyObject *module);
 #define BITKV_BATCH_LAST 0x20
 #define BITKV_KNOWN_FLAGS 0x3F
 #define BITKV_BATCH_FLAGS (BITKV_BATCH | BITKV_BATCH_FIRST | BITKV_BATCH_LAST)
-#define BITKV_MAX_STORED_VALUE_SIZE (64u * 1024 * 1024 + 4096)
+#define BITKV_MAX_VALUE_SIZE (64u * 1024 * 1024) /* record.MAX_VALUE_SIZE: a user's value */
+#define BITKV_MAX_STORED_VALUE_SIZE (BITKV_MAX_VALUE_SIZE + 4096)
 
 typedef struct {
     uint32_t crc;
