@@ -13,9 +13,11 @@ import os
 import time
 from collections.abc import Callable
 
+from .backup import BackupReport
 from .batch import Batch
 from .check import CheckReport, RepairReport, check, repair
 from .errors import (
+    BackupError,
     ClosedError,
     CorruptionError,
     EncryptionError,
@@ -49,6 +51,8 @@ __all__ = [
     "IMPLEMENTATION",
     "MAX_KEY_SIZE",
     "MAX_VALUE_SIZE",
+    "BackupError",
+    "BackupReport",
     "Batch",
     "Change",
     "CheckReport",

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from . import backup as backup_mod
 from . import (
     codec,
     durable,
@@ -97,6 +98,12 @@ _native_put: Callable[[Any, object, object], bool] | None = None
 if keydir.IMPLEMENTATION == "native":
     from ._native import put as _native_put
 log = logging.getLogger("bitkv")
+
+
+class _Deferral(threading.local):
+    """Per thread: how many :meth:`Store.deferred_sync` blocks it is inside (0: none)."""
+
+    depth = 0
 
 
 def _log_recovery(path: str, report: recovery.RecoveryReport) -> None:
@@ -257,6 +264,8 @@ class Store(MutableMapping[bytes, bytes]):
         # not read yet (None: no pin).
         self.retain_history_from: int | None = None
         self._seeing = threading.local()  # .on: this thread sees held expired keys as live
+        # Threads inside deferred_sync(): their sync="always" writes skip their own fsync.
+        self._deferral = _Deferral()
         self.compact_dead_ratio = float(compact_dead_ratio)
         self.compact_min_dead_bytes = compact_min_dead_bytes
         self._compact_lock = threading.Lock()
@@ -705,7 +714,7 @@ class Store(MutableMapping[bytes, bytes]):
                         kd.next_expiry = expiry_ms
                 elif kd.expiries:
                     kd.expiries.pop(k, None)
-        if self._sync_always:
+        if self._sync_always and not self._deferral.depth:
             self._log.wait_durable(seg, end)
         return True
 
@@ -734,7 +743,7 @@ class Store(MutableMapping[bytes, bytes]):
         return seg, offset + len(data)
 
     def _durable(self, seg: Segment, end: int) -> None:
-        if self._sync_always:
+        if self._sync_always and not self._deferral.depth:
             self._log.wait_durable(seg, end)
 
     def __setitem__(self, key: KeyLike, value: ValueLike) -> None:
@@ -1115,6 +1124,74 @@ class Store(MutableMapping[bytes, bytes]):
             if value is not None:
                 yield k, value, expiry
 
+    def get_with_expiry(self, key: KeyLike) -> tuple[bytes, int] | None:
+        """Return ``(value, expiry_ms)`` for a live key, else None: the expiry as stored, in
+        absolute Unix milliseconds (0: none), so it can be written back unchanged
+        (``put(..., expires_at_ms=...)``) where a TTL in seconds would drift."""
+        k = to_key(key)
+        for _attempt in range(8):
+            entry = self._live_entry(k)
+            if entry is None:
+                return None
+            expiry = self._expiries.get(k, 0) if self._expiries else 0
+            value = self._value_of(k, entry)
+            if value is None:
+                return None
+            if self._entries.get(k) == entry:  # value and expiry belong to the same record
+                return value, expiry
+        raise Error(f"key {k!r} kept changing while being read")
+
+    # -- backup --------------------------------------------------------------------------------
+
+    def backup(self, dest: str | os.PathLike[str], *, incremental: bool = False,
+               link: bool = True, progress: Callable[[int, int], None] | None = None
+               ) -> backup_mod.BackupReport:
+        """Copy the store, as it is at this call, into the directory ``dest``: a complete
+        store that :func:`bitkv.open` and :func:`bitkv.check` accept (docs/backup.md).
+
+        Hot: writes, reads and compaction go on meanwhile; the writer lock is held only to
+        pin the segments (open each). The backup holds every write that returned before
+        the call and none made after the pin (a write racing the call is wholly in or wholly
+        out; a batch is always whole). ``dest`` must not exist, or be empty
+        (or hold a backup that was interrupted); with ``incremental=True`` it must be an
+        earlier backup of this store, and only what it lacks is copied. ``link=False`` copies
+        sealed segments instead of hard-linking them (a link shares the disk blocks with the
+        store). ``progress(done_bytes, total_bytes)`` is called as bytes are copied. A
+        read-only store backs up what its writer has written by now (it refreshes first).
+
+        Raises :class:`bitkv.BackupError` if ``dest`` is unusable (exists and is not a backup
+        of this store, lies inside the store, is a symlink), the disk is full, or an fsync
+        fails; what this call wrote is then removed (an earlier backup is left as it was).
+        The store is never changed, and a backup's failure never makes it refuse writes.
+        """
+        self._check_open()
+        return backup_mod.run(self.path, dest, self._pin_for_backup, incremental=incremental,
+                          link=link, io=self._backup_io(), progress=progress)
+
+    def _backup_io(self) -> FileIO:
+        # The unguarded seam: a failed fsync of the backup's files fails the backup, not the
+        # store (FsyncGuard would make the store refuse writes).
+        return self._io.inner if isinstance(self._io, FsyncGuard) else self._io
+
+    def _pin_for_backup(self) -> backup_mod.Pin:
+        """Pin the store's current segments for a backup (backup_mod.pin), under the writer lock
+        so none is removed or grows a record meanwhile. A read-only store refreshes first."""
+        if self.readonly:
+            self.refresh()
+        with self._lock:
+            self._check_open()
+            segments = list(self._table.segments)
+            if self.readonly:
+                last = segments[-1] if segments else None
+                active = last if last is not None and last.kind == seg_mod.KIND_APPEND \
+                    else None
+            else:
+                active = self._log.active
+            states = [backup_mod.SegmentState(s.id, s.header, s.size, s is active, s.durable_end)
+                      for s in segments]
+            backup_mod.ensure_descriptors(len(states))
+            return backup_mod.pin(self.path, self._backup_io(), states, self._next_seq - 1)
+
     # -- history (the change feed replication streams) ---------------------------------------
 
     @property
@@ -1157,10 +1234,12 @@ class Store(MutableMapping[bytes, bytes]):
         with self._lock:
             if recovery.extend(self.path, self._io, self._loaded, now_ms=self._now_ms()):
                 self._keydir.recompute_next_expiry()
+                self._next_seq = self._loaded.next_seq  # last_seq follows the writer too
                 return
             loaded = recovery.load(self.path, self._io, readonly=True, now_ms=self._now_ms())
             old_segments = self._table.segments
             self._loaded = loaded
+            self._next_seq = loaded.next_seq
             self.recovery_report = loaded.report
             self._keydir = loaded.keydir
             self._table.slots = loaded.slots
@@ -1188,6 +1267,58 @@ class Store(MutableMapping[bytes, bytes]):
         seg = self._log.active
         if seg is not None:
             self._log.wait_durable(seg, seg.size)
+
+    def sync_pending(self) -> None:
+        """Make every write appended so far durable on stable storage, whatever the sync
+        mode: one fsync of the active segment if anything was appended since the last one
+        (shared with concurrent writers and callers: group commit), no system call at all if
+        not. The cheap, frequent form of :meth:`sync` (which also re-checks the lock file):
+        the wait that goes with :meth:`deferred_sync`.
+
+        Raises ``OSError`` if the fsync fails (the store then refuses writes until it is
+        reopened), and :class:`Error` if it already refuses them after a failed fsync (then
+        nothing written can be promised durable). A read-only store has nothing pending.
+        """
+        self._check_open()
+        log = self._log
+        if log.sync_failure is not None:
+            log.check()  # nothing can be promised durable after a failed fsync
+        seg = log.active
+        if seg is not None and seg.synced_size < seg.size:
+            log.wait_durable(seg, seg.size)
+
+    @contextlib.contextmanager
+    def deferred_sync(self) -> Iterator[None]:
+        """Within the block, writes made *by this thread* return as soon as they are appended
+        (they have reached the OS: they survive the process being killed), without waiting
+        for their fsync, even with ``sync="always"``; call :meth:`sync_pending` to make
+        everything appended so far durable with one fsync. Leaving the block does that
+        too, also when an exception leaves it (unless the store was closed inside it:
+        ``close()`` fsyncs).
+
+        This is group commit for a caller that answers many writes at once, as ``bitkv
+        serve --sync always`` does once per event-loop iteration: apply every write, one
+        fsync, then acknowledge them all. The caller must not report a write durable
+        before a ``sync_pending()`` that followed it has returned. Other threads keep the
+        store's promise for their own writes (with ``"always"``, durable when they return);
+        with ``"interval"`` and ``"never"`` writes never wait anyway, so only the fsync at
+        the end of the block differs. Blocks nest; only the outermost one syncs.
+        """
+        deferral = self._deferral
+        deferral.depth += 1
+        try:
+            yield
+        except BaseException:
+            deferral.depth -= 1
+            # The block's writes are made durable all the same, unless an fsync already
+            # failed (the exception leaving is likely that failure: no second error over it).
+            if not deferral.depth and not self._closed and not self.readonly \
+                    and self._log.sync_failure is None:
+                self.sync_pending()
+            raise
+        deferral.depth -= 1
+        if not deferral.depth and not self._closed and not self.readonly:
+            self.sync_pending()
 
     def _flush_once(self) -> None:
         seg = self._log.active

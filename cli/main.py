@@ -1,6 +1,6 @@
 """The ``bitkv`` command: a click group with one subcommand per store operation.
 
-Read commands (get, exists, ttl, scan, stats, export) open the store read-only: they never
+Read commands (get, exists, ttl, scan, stats, export, backup) open the store read-only: they never
 create one, and they work while another process holds the store open for writing. ``put`` and
 ``import`` create the store if it is missing; the other write commands do not.
 """
@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from bitkv.check import repair as repair_store
 from .encoding import (
     LineError,
     check_value,
-    decode_line,
+    decode_import_line,
     encode_line,
     parse_key,
     parse_prefix,
@@ -301,6 +302,7 @@ def cli(ctx: click.Context, directory: str | None, hex_mode: bool) -> None:
       echo -n secret | bitkv put token --ttl 3600
       bitkv --dir /var/lib/sessions scan --prefix session: --limit 10
       bitkv export > backup.jsonl && bitkv --dir copy import backup.jsonl
+      bitkv --dir /var/lib/app backup /backups/app-2026-12-04
     """
     ctx.obj = Settings(directory or DEFAULT_DIR, hex_mode)
     if directory:  # `bitkv --dir X serve` (or BITKV_DIR) serves X unless serve --dir says else
@@ -647,24 +649,36 @@ def check_cmd(settings: Settings, do_repair: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--prefix", "-p", metavar="P", default=None, help="Only keys starting with P.")
+@click.option("--absolute-expiry", is_flag=True,
+              help='Write each expiry as "expires_at_ms" (absolute Unix milliseconds) '
+                   'instead of "ttl" (seconds left), so a later import keeps it exactly.')
 @click.pass_obj
-def export(settings: Settings, prefix: str | None) -> None:
+def export(settings: Settings, prefix: str | None, absolute_expiry: bool) -> None:
     """Write every live key as JSON Lines to stdout, sorted by key.
 
     \b
-    Each line: {"key": ..., "value": ..., "ttl": seconds-left-or-null}. Bytes that are
-    not UTF-8 are base64, marked "key_encoding"/"value_encoding": "base64"
-    (with --hex, keys are hex: "key_encoding": "hex").
+    Each line: {"key": ..., "value": ..., "ttl": seconds-left-or-null}; with
+    --absolute-expiry, "expires_at_ms": unix-ms-or-null instead of "ttl" (a "ttl"
+    counts from the import, so importing an old export extends every TTL).
+    Bytes that are not UTF-8 are base64, marked "key_encoding"/"value_encoding":
+    "base64" (with --hex, keys are hex: "key_encoding": "hex").
 
     \b
     Example:
       bitkv export --prefix session: > sessions.jsonl
+      bitkv export --absolute-expiry > dump.jsonl
     """
     p = parse_prefix(prefix, settings.hex_mode)
     unreadable = 0
     with open_store(settings, write=False) as db, _LineWriter() as out:
         for k in sorted(db.keys(prefix=p)):
             try:
+                if absolute_expiry:
+                    exact = db.get_with_expiry(k)
+                    if exact is not None:
+                        out.line(encode_line(k, exact[0], None, hex_keys=settings.hex_mode,
+                                             expires_at_ms=exact[1]))
+                    continue  # None: expired or deleted meanwhile
                 got = db.get_with_ttl(k)
             except bitkv.CorruptionError as exc:
                 click.echo(f"bitkv: skipped {settings.show(k)}: {exc}", err=True)
@@ -679,6 +693,9 @@ def export(settings: Settings, prefix: str | None) -> None:
                        EXIT_DATA)
 
 
+ImportRecord = tuple[bytes, bytes, float | None, int | None]  # key, value, ttl, expires_at_ms
+
+
 @cli.command("import")
 @click.argument("file", metavar="FILE")
 @click.pass_obj
@@ -687,7 +704,8 @@ def import_cmd(settings: Settings, file: str) -> None:
 
     Creates the store if needed; an existing key is overwritten. Records are written in
     atomic batches. A line that cannot be used stops the import with its line number;
-    the lines before it stay imported.
+    the lines before it stay imported. A line with "expires_at_ms" (export
+    --absolute-expiry) keeps that expiry; one already past it is skipped and counted.
 
     \b
     Example:
@@ -705,21 +723,26 @@ def import_cmd(settings: Settings, file: str) -> None:
         total = os.fstat(stream.fileno()).st_size if os.path.isfile(file) else None
         name = file
     imported = 0
+    expired = 0
     try:
         with open_store(settings, write=True, create=True) as db, \
                 Progress("importing", enabled=_interactive() and bool(total)) as progress:
-            pending: list[tuple[bytes, bytes, float | None]] = []
+            pending: list[ImportRecord] = []
             pending_bytes = 0
             read = 0
             for lineno, line in enumerate(stream, start=1):
                 read += len(line)
                 try:
-                    parsed = decode_line(line)
+                    parsed = decode_import_line(line)
                 except LineError as exc:
                     imported += _write_batch(db, pending)
                     raise CliError(f"{name} line {lineno}: {exc}; {imported} record(s) "
                                    "before it were imported", EXIT_USAGE) from None
                 if parsed is None:
+                    continue
+                expires_at_ms = parsed[3]
+                if expires_at_ms is not None and expires_at_ms <= int(time.time() * 1000):
+                    expired += 1  # already expired: writing it would only add a dead record
                     continue
                 pending.append(parsed)
                 pending_bytes += len(parsed[0]) + len(parsed[1])
@@ -732,19 +755,76 @@ def import_cmd(settings: Settings, file: str) -> None:
     finally:
         if file != "-":
             stream.close()
-    click.echo(f"imported {imported} record(s)")
+    skipped = f", skipped {expired} already expired" if expired else ""
+    click.echo(f"imported {imported} record(s){skipped}")
 
 
-def _write_batch(db: bitkv.Store, pending: list[tuple[bytes, bytes, float | None]]) -> int:
+def _write_batch(db: bitkv.Store, pending: list[ImportRecord]) -> int:
     """Write and clear ``pending`` as one atomic batch."""
     n = len(pending)
     if not n:
         return 0
     with db.batch() as batch:
-        for key, value, ttl in pending:
-            batch.put(key, value, ttl=ttl)
+        for key, value, ttl, expires_at_ms in pending:
+            if expires_at_ms is not None:
+                batch.put(key, value, expires_at_ms=expires_at_ms)
+            else:
+                batch.put(key, value, ttl=ttl)
     pending.clear()
     return n
+
+
+# -- backup -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("dest", metavar="DEST")
+@click.option("--incremental", is_flag=True,
+              help="DEST is an earlier backup of this store: copy only the segments it "
+                   "lacks, drop those the store no longer has.")
+@click.option("--no-link", "no_link", is_flag=True,
+              help="Copy sealed segments even where they could be hard links (a link shares "
+                   "its disk blocks with the store: no protection against losing that disk).")
+@click.option("--verify", is_flag=True,
+              help="Then run `bitkv check` on DEST; exit 1 if it is not healthy.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def backup(settings: Settings, dest: str, incremental: bool, no_link: bool, verify: bool,
+           as_json: bool) -> None:
+    """Copy the store, as it is now, into DEST: a complete store (hot and consistent).
+
+    Works while another process writes to the store (it reads beside the writer). DEST
+    must be new or empty, or, with --incremental, an earlier backup of this store. The
+    backup holds every write that returned before it started; it opens with
+    `bitkv --dir DEST ...` and passes `bitkv --dir DEST check`. An interrupted backup never
+    looks complete. See docs/backup.md.
+
+    \b
+    Examples:
+      bitkv --dir /var/lib/app backup /backups/app-2026-12-04
+      bitkv --dir /var/lib/app backup --incremental /backups/app-latest
+    """
+    with open_store(settings, write=False) as db, Progress("backing up") as progress:
+        report = db.backup(dest, incremental=incremental, link=not no_link, progress=progress)
+    checked = check_store(dest) if verify else None
+    if as_json:
+        out = report.as_dict()
+        if checked is not None:
+            out["check"] = checked.as_dict()
+        click.echo(json.dumps(out, indent=2))
+    else:
+        kept = f", {report.reused} kept, {report.removed} dropped" if incremental else ""
+        click.echo(f"backup:   {report.destination} ({'incremental' if incremental else 'full'})")
+        click.echo(f"segments: {report.segments} ({report.linked} linked, {report.copied} "
+                   f"copied{kept}), {_human(report.bytes_copied)} copied")
+        click.echo(f"holds:    every write up to seq {report.last_seq}")
+        if report.linked:
+            click.echo(f"note:     {report.linked} segment(s) are hard links, on the store's "
+                       "disk; --no-link (or another file system) for an independent copy")
+        if checked is not None:
+            click.echo(f"check:    {'healthy' if checked.healthy else 'DAMAGED'}")
+    if checked is not None and not checked.healthy:
+        click.get_current_context().exit(EXIT_NOT_FOUND)
 
 
 # -- crash test -------------------------------------------------------------------------------

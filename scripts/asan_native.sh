@@ -49,8 +49,9 @@ print('asan_native: testing', m.__file__)
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_indexmap.py" "$repo/tests/test_native_crc.py" \
   "$repo/tests/test_native_put.py" "$repo/tests/test_compaction_native.py" \
-  "$repo/tests/test_native_replay.py" "$repo/tests/test_fuzz_targets.py" \
-  -k "indexmap or Indexmap or crc or native_put or put_target or kernel or compact or replay or agree or orphan or leak"
+  "$repo/tests/test_native_replay.py" "$repo/tests/test_resp_native.py" \
+  "$repo/tests/test_fuzz_targets.py" \
+  -k "indexmap or Indexmap or crc or native_put or put_target or kernel or compact or replay or agree or orphan or leak or resp"
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_kernels.py" "$repo/tests/test_differential.py" "$repo/tests/test_batch.py"
 "$python" - "$repo/fuzz" <<'PY'
@@ -89,5 +90,26 @@ while time.monotonic() - started < 10:  # random hints and segments for 10 s
     fuzz_replay.check_one(bytes([rng.randrange(4)]) + rng.randbytes(rng.randint(0, 3000)))
     n += 1
 print(f"asan_native: {n} random hint and segment inputs ran clean")
+PY
+"$python" - "$repo/fuzz" <<'PY'
+import random, sys, time
+sys.path.insert(0, sys.argv[1])
+import fuzz_resp
+assert fuzz_resp.RespParser is not None
+rng, started, n = random.Random(98), time.monotonic(), 0
+corpus = fuzz_resp.seeds()
+while time.monotonic() - started < 10:  # seeds with random edits for 10 s
+    data = bytearray(rng.choice(corpus))
+    for _ in range(rng.randint(1, 4)):
+        if not data:
+            break
+        i = rng.randrange(len(data))
+        if rng.random() < 0.5:
+            data[i] = rng.randrange(256)
+        else:
+            del data[i : i + rng.randint(1, 8)]
+    fuzz_resp.check_one(bytes(data))
+    n += 1
+print(f"asan_native: {n} mutated RESP streams ran clean")
 PY
 echo "asan_native: ok"

@@ -27,6 +27,7 @@ import fuzz_put
 import fuzz_rdb
 import fuzz_record
 import fuzz_replay
+import fuzz_resp
 import fuzz_server_parser
 import fuzz_store
 
@@ -140,6 +141,21 @@ def test_indexmap_target_on_random_bytes() -> None:
         fuzz_indexmap.check_one(rng.randbytes(rng.randint(0, 400)))
 
 
+def test_resp_target_on_seeded_mutations() -> None:
+    """The compiled RESP parser against PyParser: commands, errors, idle(), buffered()."""
+    if fuzz_resp.RespParser is None:
+        pytest.skip("the extension is not built (or BITKV_PURE_PYTHON=1)")
+    run_target(fuzz_resp.check_one, fuzz_resp.seeds(), 4000, seed=19)
+
+
+def test_resp_target_on_random_bytes() -> None:
+    if fuzz_resp.RespParser is None:
+        pytest.skip("the extension is not built (or BITKV_PURE_PYTHON=1)")
+    rng = random.Random(20)
+    for _ in range(1500):
+        fuzz_resp.check_one(rng.randbytes(rng.randint(0, 300)))
+
+
 def test_put_target_on_seeded_mutations(tmp_path) -> None:
     """The compiled single put against the Python path, and under hostile store state."""
     if fuzz_put.native_put is None or bitkv.IMPLEMENTATION != "native":
@@ -193,6 +209,7 @@ def test_replay_target_on_random_bytes() -> None:
 
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
                                     fuzz_rdb, fuzz_indexmap, fuzz_put, fuzz_get,
-                                    fuzz_codec_native, fuzz_batch, fuzz_compact, fuzz_replay])
+                                    fuzz_codec_native, fuzz_batch, fuzz_compact, fuzz_replay,
+                                    fuzz_resp])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)

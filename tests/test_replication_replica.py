@@ -497,6 +497,48 @@ def test_getack_is_answered_with_the_offset(store_dir):
         fake.close()
 
 
+def test_a_sync_always_replica_acknowledges_only_what_is_on_its_disk(store_dir, tmp_path):
+    """With --sync always, the offset in REPLCONF ACK covers only fsynced writes: a power cut
+    right after the ACK (the crash harness's model of the replica's I/O log) keeps them."""
+    from bitkv.crashtest.recording import DiskModel, RecordingFileIO, write_state
+
+    rdb = make_rdb([])
+    stream = encode_command(b"SET", b"x", b"1") + encode_command(b"MULTI") + \
+        encode_command(b"INCR", b"n") + encode_command(b"EXEC")
+    getack = encode_command(b"REPLCONF", b"GETACK", b"*")
+
+    def serve(conn: socket.socket, psync: list[bytes], n: int) -> None:
+        conn.sendall(b"+FULLRESYNC %b 0\r\n$%d\r\n%b" % (REPLID.encode(), len(rdb), rdb))
+        time.sleep(0.3)  # the load's own fsync first: the stream's writes come after it
+        conn.sendall(stream + getack)
+
+    io = RecordingFileIO(str(store_dir))
+    fake = FakeMaster(serve)
+    seen: list[list[tuple]] = []
+
+    def acked() -> bool:
+        want = b"ACK\r\n$%d\r\n%d\r\n" % (len(str(len(stream))), len(stream))
+        if want in b"".join(fake.received):
+            seen.append(list(io.events))  # everything the replica did before the ACK
+            return True
+        return False
+
+    try:
+        with ServerThread(dir=str(store_dir), port=0, replicaof=f"127.0.0.1:{fake.port}",
+                          sync="always", store_options={"fileio": io}):
+            wait_until(acked, 10, "the ACK")
+    finally:
+        fake.close()
+    model = DiskModel(io.initial)
+    for event in seen[0]:
+        model.apply(event)
+    files, _what = model.crash_state(random.Random(1), "synced")  # only what was fsynced
+    write_state(str(tmp_path / "cut"), files)
+    with bitkv.open(str(tmp_path / "cut")) as db:
+        assert db.get(b"x") == b"1"
+        assert db.get(b"n") == b"1"
+
+
 # -- in-process: REPLICAOF, ROLE, READONLY, CONFIG ------------------------------------------
 
 def test_replicaof_readonly_role_and_config(tmp_path):

@@ -483,33 +483,35 @@ def test_a_subscriber_over_the_soft_limit_for_too_long_is_closed(tmp_path):
 
 
 def test_a_message_never_overtakes_an_earlier_reply(tmp_path):
-    """The subscriber's reply to a write waits for an fsync (--sync always); a message
-    published meanwhile is sent after it, not before."""
+    """The subscriber's reply to a write waits for the end-of-iteration fsync (--sync
+    always); a message published in that iteration, before the fsync, is sent after it."""
     db = bitkv.open(str(tmp_path / "db"), sync="never")
-    real_sync = db.sync
+    real_sync_pending = db.sync_pending
     fsync_started = threading.Event()
+    holder: list[ServerThread] = []
 
-    def slow_sync() -> None:
-        fsync_started.set()
-        time.sleep(0.5)
-        real_sync()
+    def sync_pending_publishing_first() -> None:
+        # Runs on the loop thread while the SET's and SUBSCRIBE's replies are held: a
+        # PUBLISH another client sent in the same iteration would be delivered right here.
+        if not fsync_started.is_set():
+            fsync_started.set()
+            server = holder[0].server
+            assert server is not None
+            assert server.pubsub.publish(b"o", b"early")[0] == 1  # (deliveries, own message)
+        real_sync_pending()
 
-    db.sync = slow_sync  # type: ignore[method-assign]
+    db.sync_pending = sync_pending_publishing_first  # type: ignore[method-assign]
     try:
         with ServerThread(dir=str(tmp_path / "db"), port=0, sync="always", store=db) as srv:
+            holder.append(srv)
             s = Raw(srv.port)
-            pub = client(srv)
             try:
                 s.sock.sendall(enc("SET", "k", "v") + enc("SUBSCRIBE", "o"))
                 assert fsync_started.wait(5)
-                wait_until(lambda: pub.execute_command("PUBSUB", "NUMSUB", "o") == [b"o", 1],
-                         what="the subscription")
-                assert pub.publish("o", "early") == 1  # during the fsync
                 s.expect(b"+OK\r\n" + subscribed(b"subscribe", b"o", 1)
                          + message(b"o", b"early"))
             finally:
                 s.close()
-                pub.close()
     finally:
         db.close()
 

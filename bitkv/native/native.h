@@ -66,6 +66,9 @@ int bitkv_compact_init(PyObject *module);
 /* replay.c: the indexing loops of opening a store (hint entries, plain runs of records). */
 int bitkv_replay_init(PyObject *module);
 
+/* resp.c: RespParser, the server's RESP request parser (protocol.PyParser's twin). */
+int bitkv_resp_init(PyObject *module);
+
 /* A data record's 28-byte header (docs/format.md, "Data record"; bitkv/record.py is the
  * reference): crc32c u32 | flags u8 | reserved u8 | key_len u16 | value_len u32 | seq u64 |
  * expiry_ms u64, little-endian; the CRC covers every byte after its own field. */

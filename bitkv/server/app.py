@@ -4,12 +4,15 @@ Threading model. Commands run on the event loop thread, one at a time (like Redi
 thread): a Store get is ~2 us and a put ~5-10 us, far cheaper than a hop to a thread pool, so
 they are called directly. What can block for long runs elsewhere:
 
-* ``--sync always``: the store is opened with ``sync="never"`` and the server calls
-  ``Store.sync()`` in a worker thread once per batch of pipelined commands that wrote, before
-  sending their replies (so no reply is sent before its write is on stable storage).
-  Connections waiting at the same moment share one fsync (the Store coalesces concurrent
-  syncs). This is Redis's ``appendfsync always``, which also fsyncs once per event-loop
-  iteration before replying.
+* ``--sync always``: one fsync per event-loop iteration, as Redis's ``appendfsync always``.
+  The store is opened with ``sync="always"``, and the loop thread runs inside
+  ``Store.deferred_sync()``: its writes return once appended, and the replies produced in an
+  iteration in which anything was written (every client's, reads included) are held. At the
+  end of the iteration the server calls ``Store.sync_pending()`` (one fsync for everything
+  appended, on the loop thread, as Redis does in ``beforeSleep``), then sends them all. So no
+  reply follows a write that is not on stable storage yet, and no client reads a value
+  before it is durable. Writes made by other threads (compaction, a replica's full-sync
+  load) keep the store's own ``"always"`` promise.
 * ``--sync interval``: the store's own flusher thread fsyncs every ``sync_interval`` seconds
   (``appendfsync everysec``). ``--sync never`` leaves it to the OS (``appendfsync no``).
 * SAVE / BGSAVE call ``Store.sync()`` in a worker thread; BGREWRITEAOF runs
@@ -130,7 +133,8 @@ class ServerConfig:
     # Redis's `client-output-buffer-limit pubsub`: (hard bytes, soft bytes, soft seconds) of
     # output waiting for a subscriber before it is closed (see Connection.push).
     pubsub_output_limit: tuple[int, int, float] = PUBSUB_OUTPUT_LIMIT
-    use_hiredis: bool | None = None  # None: when installed
+    use_hiredis: bool | None = None  # None: when installed (False alone: the Python parser)
+    use_native: bool | None = None  # the compiled RESP parser; None: when built
     use_uvloop: bool | None = None  # None: when installed
     store_options: dict[str, Any] = field(default_factory=dict)  # more bitkv.open() options
     # Replication, the replica side (docs/replication.md). None: not given (a value that
@@ -270,7 +274,7 @@ class Connection(asyncio.Protocol):
         self.control: ServerControl = server
         self.db = server.db
         self.authenticated = server.requirepass is None
-        self.parser = make_parser(server.limits, self.authenticated, server.use_hiredis)
+        self.parser = make_parser(server.limits, self.authenticated, kind=server.parser_kind)
         self.resp3 = False
         self.null = NIL2
         self.client_id = next(server.client_ids)
@@ -301,8 +305,10 @@ class Connection(asyncio.Protocol):
         self._busy = False  # an awaited step (fsync, SAVE) is in progress
         self._backlog: list[bytes] = []
         self._suspended: tuple[list[list[bytes]], int, bool] | None = None
+        # Replies held until the end-of-iteration fsync (--sync always): Server.hold_for_fsync.
+        self._fsync_out: list[bytes] | None = None
         # This client's SETs waiting in the server's group commit; the server counts them
-        # up and down (Server.defer_set, Server.flush_sets).
+        # up (Connection._run) and down (Server.flush_sets).
         self.unresolved_sets = 0
         self._held: tuple[list[bytes], bool] | None = None  # replies held until it is done
         self._write_paused = False
@@ -527,7 +533,8 @@ class Connection(asyncio.Protocol):
         dbget = self.db.get
         null = self.null
         server = self.server
-        pending = server.pending_sets  # plain SETs not yet written (see Server.defer_set)
+        pending = server.pending_sets  # plain SETs not yet written (Server.flush_sets)
+        pending_replies = server.pending_replies
         while i < n:
             args = cmds[i]
             i += 1
@@ -536,7 +543,14 @@ class Connection(asyncio.Protocol):
                     and 0 < len(args[1]) <= MAX_KEY_SIZE:
                 # A plain SET joins the group commit: written with the other SETs of this
                 # loop iteration (any client's) as one batch; its reply waits for that.
-                server.defer_set(self, out, args[1], args[2])
+                # Queued here, not through a method: a call per SET costs ~8% of a
+                # pipelined SET's server time.
+                if not pending:
+                    server.schedule_flush()
+                pending.append((args[1], args[2]))
+                pending_replies.append((self, out, len(out)))
+                append(OK)
+                self.unresolved_sets += 1
                 wrote = True
                 if i & 15:
                     continue
@@ -602,7 +616,8 @@ class Connection(asyncio.Protocol):
                         append(self.error_reply(exc))
                 if flags & F_WRITE:
                     wrote = True
-            if not i & 15 and i < n and not (wrote and server.sync_always) \
+            if not i & 15 and i < n \
+                    and not (server.sync_always and (wrote or server.fsync_waiting)) \
                     and not self._closed and sum(map(len, out)) > OUTPUT_FLUSH_BYTES:
                 # A long pipeline with big replies: write what we have, and if the client
                 # is not reading, wait for it (resume_writing) before running the rest.
@@ -630,9 +645,14 @@ class Connection(asyncio.Protocol):
         self._reply(out, wrote)
 
     def _reply(self, out: list[bytes], wrote: bool) -> None:
-        """Send ``out``, after an fsync if it holds writes and the server syncs always."""
-        if wrote and self.server.sync_always and not self._closed:
-            self._start(self._durable_reply(out))
+        """Send ``out``; with ``--sync always``, after this iteration's fsync if anything was
+        written in it (by this client or any other: a read must not see a value that is not
+        durable yet)."""
+        server = self.server
+        if server.sync_always and (wrote or server.fsync_waiting) and not self._closed:
+            self._fsync_out = out
+            self._busy = True  # what the client sends meanwhile waits (data_received)
+            server.hold_for_fsync(self)
             return
         if self._closed or self._quit or self.parser.error is not None:
             self._finish(out)
@@ -775,14 +795,17 @@ class Connection(asyncio.Protocol):
         # replies so far and close (_run stops at once when i == len(cmds)).
         self._run(cmds, len(cmds) if self._quit else i, out, wrote)
 
-    async def _durable_reply(self, out: list[bytes]) -> None:
-        try:
-            await self.server.sync_store()
-        except Exception as exc:
-            log.error("fsync failed; failing the replies of the writes it covered: %s", exc)
-            out = [error(f"ERR fsync failed, the write may not be durable: {exc}")] * len(out)
+    def synced(self, failure: bytes | None) -> None:
+        """The end-of-iteration fsync is done: send the held replies (each one replaced by
+        ``failure`` if it failed), then go on with what arrived meanwhile."""
+        out = self._fsync_out
+        self._fsync_out = None
         self._busy = False
-        self._finish(out)
+        if out is not None:
+            if failure is not None:
+                out = [failure] * len(out)
+            self._finish(out)
+        self._after_step()
 
     def shutdown(self) -> None:
         """Close at shutdown: pending replies are flushed first."""
@@ -871,8 +894,9 @@ class Server:
         self.auth_limiter = AuthLimiter(AUTH_GLOBAL_RATE, AUTH_GLOBAL_BURST)
         self._throttles: set[asyncio.Task[None]] = set()  # AUTH steps waiting out a delay
         self.requirepass: bytes | None = config.requirepass  # type: ignore[assignment]
-        self.use_hiredis = protocol.HAVE_HIREDIS if config.use_hiredis is None \
-            else config.use_hiredis
+        # "native", "hiredis" or "python" (protocol.choose_parser)
+        self.parser_kind = protocol.choose_parser(config.use_native, config.use_hiredis)
+        self.use_hiredis = self.parser_kind == "hiredis"
         self.sync_always = config.sync == "always"
         self.clients: dict[Connection, None] = {}
         self.client_ids = itertools.count(1)
@@ -902,9 +926,11 @@ class Server:
         # Group commit of plain SETs: (key, value) pairs, where their replies go, and the
         # clients whose replies wait for the commit.
         self.pending_sets: list[tuple[bytes, bytes]] = []
-        self._pending_replies: list[tuple[Connection, list[bytes], int]] = []
+        self.pending_replies: list[tuple[Connection, list[bytes], int]] = []
         self.waiting: list[Connection] = []
         self._flush_scheduled = False
+        # --sync always: clients whose replies wait for this iteration's fsync (sync_and_release)
+        self.fsync_waiting: list[Connection] = []
         self.replication = Replication(self)
         self.pubsub = PubSub()
         self._pushing: list[Connection] = []  # clients with messages to write (write_pushes)
@@ -913,17 +939,6 @@ class Server:
         self.clock = time.monotonic()
         if not self._stopped and self._loop is not None:
             self._loop.call_later(1.0, self._tick)
-
-    def defer_set(self, conn: Connection, out: list[bytes], key: bytes, value: bytes) -> None:
-        """Queue a plain SET for the group commit; its reply slot in ``out`` is filled then."""
-        self.pending_sets.append((key, value))
-        self._pending_replies.append((conn, out, len(out)))
-        out.append(OK)
-        conn.unresolved_sets += 1
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._scheduled_flush)
 
     def write_pushes_soon(self, conn: Connection) -> None:
         """Write ``conn``'s held Pub/Sub messages at the end of this loop iteration."""
@@ -940,6 +955,48 @@ class Server:
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
         self.flush_sets()
+        self.sync_and_release()
+
+    def schedule_flush(self) -> None:
+        """Run :meth:`_scheduled_flush` once the callbacks of this loop iteration are done
+        (the I/O callbacks of one poll all run before it: every client's reads of the
+        iteration are applied before its group commit and fsync)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._scheduled_flush)
+
+    def hold_for_fsync(self, conn: Connection) -> None:
+        """``conn``'s replies wait for the fsync at the end of this loop iteration."""
+        self.fsync_waiting.append(conn)
+        self.schedule_flush()
+
+    def sync_and_release(self) -> None:
+        """One fsync for every write of this iteration (``Store.sync_pending``), then send
+        the replies held for it. On the loop thread, as Redis's ``beforeSleep`` fsyncs: a
+        worker thread would cost two thread switches per iteration (~30 us, a quarter of an
+        fsync here) and the loop has nothing to answer meanwhile. If the fsync fails, every
+        held reply becomes an error: those writes may not be durable (and the store refuses
+        writes from now on)."""
+        waiting = self.fsync_waiting
+        if not waiting:
+            return
+        self.fsync_waiting = []
+        failure = None
+        try:
+            self.db.sync_pending()
+        except Exception as exc:
+            log.error("fsync failed; failing the replies of the writes it covered: %s", exc)
+            failure = error(f"ERR fsync failed, the write may not be durable: {exc}")
+        self.last_save_time = time.time()
+        self.writes_since_save = 0
+        for conn in waiting:
+            conn.synced(failure)
+
+    def flush_all(self) -> None:
+        """The group commit and the fsync now (shutdown), instead of at the iteration's end."""
+        self.flush_sets()
+        self.sync_and_release()
 
     def flush_sets(self) -> None:
         """Write every queued SET as one atomic batch (one append), then release replies.
@@ -950,7 +1007,7 @@ class Server:
         """
         ops = self.pending_sets
         if ops:
-            replies = self._pending_replies
+            replies = self.pending_replies
             try:
                 batch = self.db.batch()
                 put = batch.put
@@ -1018,8 +1075,9 @@ class Server:
         opened: bitkv.Store | None = self.db  # None until the server opens its own store
         if opened is None:
             options = dict(config.store_options)
-            # With "always" the server fsyncs once per batch of commands (see the module doc).
-            options["sync"] = "never" if self.sync_always else config.sync
+            # With "always" the loop thread defers each write's fsync to the end of its
+            # iteration (serve(), see the module doc); other threads' writes do not wait.
+            options["sync"] = config.sync
             options.setdefault("sync_interval", config.sync_interval)
             # A replica's store keeps keys that expired while it was down, for its master's
             # commands (Store.hold_expired; as Redis replicas load expired keys too).
@@ -1047,7 +1105,7 @@ class Server:
         log.info("bitkv %s serving %s on %s (%s, sync=%s, parser=%s, loop=%s, pid=%d)",
                  bitkv.__version__, os.path.abspath(config.dir), addrs,
                  "TLS" if config.tls else "plain TCP", config.sync,
-                 "hiredis" if self.use_hiredis else "python", self.loop_name, os.getpid())
+                 self.parser_kind, self.loop_name, os.getpid())
         log.info("Ready to accept connections on port %d", self.port)
 
     def request_shutdown(self) -> None:
@@ -1075,16 +1133,16 @@ class Server:
         log.info("shutting down: closing %d client connection(s)", len(self.clients))
         for listener in self._listeners:
             listener.close()
-        self.flush_sets()
+        self.flush_all()
         for task in list(self._throttles):
             task.cancel()  # an AUTH waiting out its delay: no reason to keep shutdown waiting
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=30)
-        self.flush_sets()
+        self.flush_all()
         await self.replication.stop()
         for conn in list(self.clients):
             conn.shutdown()
-        self.flush_sets()  # SETs read before the connections closed
+        self.flush_all()  # SETs read before the connections closed
         await asyncio.sleep(0)  # let transports flush and close
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._close_store)
@@ -1198,7 +1256,11 @@ async def serve(config: ServerConfig | None = None, *, store: bitkv.Store | None
     try:
         if ready is not None:
             ready(server)
-        await server.serve_until_shutdown()
+        # Every command runs on this thread: its writes return unsynced, and with --sync
+        # always the server makes them durable once per loop iteration before replying
+        # (Server.sync_and_release). Other threads keep the store's promise.
+        with server.db.deferred_sync():
+            await server.serve_until_shutdown()
     finally:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -89,6 +89,9 @@ class ServerControl(Protocol):
     def use_hiredis(self) -> bool: ...
 
     @property
+    def parser_kind(self) -> str: ...
+
+    @property
     def clients(self) -> Collection[ClientView]: ...
 
     @property

@@ -5,12 +5,17 @@ Requests are parsed the way Redis 7 parses them (``networking.c``): a request st
 ``sdssplitargs`` (so ``PING`` typed into telnet works). Errors carry Redis's texts
 ("Protocol error: invalid bulk length", ...); after one the connection is closed.
 
-Two parsers share one interface, ``feed(data) -> list of commands`` (each a list of bytes),
-with ``error`` set to the protocol error message once the stream turned out malformed (the
-commands returned before it still run, as in Redis):
+Three parsers share one interface, ``feed(data) -> list of commands`` (each a list of
+bytes), with ``error`` set to the protocol error message once the stream turned out malformed
+(the commands returned before it still run, as in Redis):
 
 * :class:`PyParser` is pure Python and authoritative: limits, inline commands, commands that
   span many reads.
+* ``bitkv._native.RespParser`` (``bitkv/native/resp.c``, made by :func:`native_parser`) is its
+  compiled twin, step for step: the same limits, errors and state between reads, and the same
+  :func:`split_args` for inline commands. The server uses it when the extension is built
+  (not with ``BITKV_PURE_PYTHON=1``): it parses every read itself, whole or split, at about
+  a third of the cost of the hiredis path below (no exactness check, no fallback).
 * :class:`HiredisParser` hands whole reads that begin at a command boundary to
   ``hiredis.Reader`` (C, ~6x faster) and checks, by recomputing the canonical wire size of
   every command it returned, that the read held exactly those commands and nothing else. Any
@@ -32,9 +37,10 @@ read, see ``_large_count``); anything else goes to the :class:`PyParser`.
 from __future__ import annotations
 
 import re
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from ..record import MAX_VALUE_SIZE
+from ..resp import RESP_PARSER
 
 hiredis: Any  # the module, or None when it is not installed
 try:  # pragma: no cover - depends on the environment
@@ -43,6 +49,33 @@ except ImportError:  # pragma: no cover
     hiredis = None
 
 HAVE_HIREDIS = hiredis is not None
+
+# The compiled twin of PyParser, unless the pure-Python mode is forced (bitkv/resp.py).
+_RespParser = RESP_PARSER
+HAVE_NATIVE_PARSER = _RespParser is not None
+
+
+class Parser(Protocol):
+    """What the server needs of a request parser (all three parsers have it)."""
+
+    error: str | None
+    authenticated: bool
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        """The commands ``data`` completes, in order; [] once ``error`` is set."""
+        ...
+
+    def idle(self) -> bool:
+        """True at a command boundary with nothing buffered."""
+        ...
+
+    def buffered(self) -> int:
+        """Approximate bytes held for the incomplete command."""
+        ...
+
+    def reset(self) -> None:
+        """Drop everything buffered."""
+        ...
 
 # Redis's limits (server.h); the bulk length default is bitkv's largest value.
 PROTO_INLINE_MAX_SIZE = 64 * 1024
@@ -426,14 +459,54 @@ class HiredisParser:
         return out
 
 
+def native_parser(limits: Limits | None = None, authenticated: bool = True) -> Parser:
+    """The compiled ``RespParser`` (the twin of :class:`PyParser`) with these limits."""
+    if _RespParser is None:
+        raise RuntimeError("the compiled RESP parser is not available (bitkv._native is not "
+                           "built, or BITKV_PURE_PYTHON=1)")
+    limits = limits or Limits()
+    parser: Parser = _RespParser(limits.max_bulk_len, limits.max_multibulk_len,
+                                 limits.max_query_buffer, authenticated, split_args)
+    return parser
+
+
+PARSER_KINDS = ("native", "hiredis", "python")
+
+
+def choose_parser(use_native: bool | None = None, use_hiredis: bool | None = None) -> str:
+    """Which parser a server uses: "native", "hiredis" or "python".
+
+    ``None`` means "when available". The compiled parser comes first unless hiredis was
+    asked for (or refused: ``use_hiredis=False`` alone means the pure-Python parser, as the
+    ``--no-hiredis`` option always has); explicitly asking for one that is not there raises.
+    """
+    if use_native:
+        if not HAVE_NATIVE_PARSER:
+            raise RuntimeError("the compiled RESP parser was requested but is not available")
+        return "native"
+    if use_native is None and use_hiredis is None and HAVE_NATIVE_PARSER:
+        return "native"
+    if use_hiredis or (use_hiredis is None and HAVE_HIREDIS):
+        if not HAVE_HIREDIS:
+            raise RuntimeError("hiredis was requested but is not installed")
+        return "hiredis"
+    return "python"
+
+
 def make_parser(limits: Limits | None = None, authenticated: bool = True,
-                use_hiredis: bool | None = None) -> PyParser | HiredisParser:
-    """A :class:`HiredisParser` when hiredis is installed (unless told otherwise)."""
-    if use_hiredis is None:
-        use_hiredis = HAVE_HIREDIS
-    if use_hiredis:
+                use_hiredis: bool | None = None, *, kind: str | None = None) -> Parser:
+    """A parser of the given ``kind`` (see :func:`choose_parser`); by default the compiled one
+    when built, else a :class:`HiredisParser` when hiredis is installed, else a
+    :class:`PyParser`. All three have the interface described in the module doc."""
+    if kind is None:
+        kind = choose_parser(None, use_hiredis)
+    if kind == "native":
+        return native_parser(limits, authenticated)
+    if kind == "hiredis":
         return HiredisParser(limits, authenticated)
-    return PyParser(limits, authenticated)
+    if kind == "python":
+        return PyParser(limits, authenticated)
+    raise ValueError(f"parser kind must be one of {PARSER_KINDS}, not {kind!r}")
 
 
 # -- replies ---------------------------------------------------------------------------------

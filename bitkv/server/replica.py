@@ -534,7 +534,10 @@ class ReplicaLink:
         self._save_resume(None)
         self.replid, self.offset = None, -1
         try:
-            return self._load(path)
+            # One fsync at the end (_load's db.sync()), not one per batch when the store
+            # syncs always: the load is not acknowledged to anyone before it is done.
+            with self.server.db.deferred_sync():
+                return self._load(path)
         except _Aborted:
             raise LinkError("the full resync was interrupted while loading; the store holds "
                             "a partial copy until the next full resync") from None
@@ -738,6 +741,16 @@ class ReplicaLink:
     def _send_ack(self) -> None:
         writer = self._writer
         if writer is not None and not writer.is_closing() and self.offset >= 0:
+            if self.server.sync_always:
+                # The offset vouches for what this replica holds: with --sync always, on its
+                # disk (WAIT, docs/replication.md). The stream's writes were applied on the
+                # loop thread without their own fsync (Store.deferred_sync); one now.
+                try:
+                    self.server.db.sync_pending()
+                except Exception as exc:
+                    log.error("replication: not acknowledging offset %d: the fsync failed: "
+                              "%s", self.offset, exc)
+                    return
             writer.write(encode_command(b"REPLCONF", b"ACK", self.offset))
 
     async def _ack_loop(self) -> None:

@@ -295,7 +295,7 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("arch_bits", 64 if sys.maxsize > 2**32 else 32),
             ("multiplexing_api", control.loop_name),
             ("python_version", platform.python_version()),
-            ("resp_parser", "hiredis" if control.use_hiredis else "python"),
+            ("resp_parser", control.parser_kind),
             ("process_id", os.getpid()),
             ("run_id", control.run_id),
             ("tcp_port", control.port),
