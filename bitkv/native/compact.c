@@ -457,7 +457,7 @@ switch_copies(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         }
         for (size_t i = 0; i < n; i++) {
             const unsigned char *key = src + offs[i] + BITKV_HEADER_SIZE;
-            uint64_t hint = sizes[i] < SIZE_HINT_LIMIT ? (uint64_t)sizes[i] : 0, old;
+            uint64_t hint = sizes[i] < SIZE_HINT_LIMIT ? (uint64_t)sizes[i] : 0, old = 0;
             int hit = bitkv_index_lookup_hashed(entries, key, key_lens[i], hashes[i], &old);
             if (hit < 0) {
                 goto error;
@@ -467,31 +467,12 @@ switch_copies(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
                 || (old & (SIZE_HINT_LIMIT - 1)) != hint) {
                 continue;
             }
-            PyObject *k = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)key_lens[i]);
-            if (k == NULL) {
-                goto error;
-            }
+            /* Nothing runs between the lookup and this set (no Python object is made), so the
+             * key still holds ``old``: the conditional put is exact. */
             int had_old;
-            uint64_t expected = old;
-            int rc = bitkv_index_set(entries, k, base | (uint64_t)offs[i] << OFFSET_SHIFT | hint,
-                                     &had_old, &old);
-            if (rc == 0 && (!had_old || old != expected)) {
-                /* Allocating the key may run a collection, and so Python code: if that changed
-                 * the key (nothing can under the writer lock, but this costs nothing), undo. */
-                if (had_old) {
-                    rc = bitkv_index_set(entries, k, old, &had_old, &old);
-                }
-                else {
-                    rc = bitkv_index_delete(entries, key, key_lens[i]) < 0 ? -1 : 0;
-                }
-                Py_DECREF(k);
-                if (rc < 0) {
-                    goto error;
-                }
-                continue;
-            }
-            Py_DECREF(k);
-            if (rc < 0) {
+            if (bitkv_index_set_hashed(entries, key, key_lens[i], hashes[i],
+                                       base | (uint64_t)offs[i] << OFFSET_SHIFT | hint, &had_old,
+                                       &old) < 0) {
                 goto error;
             }
             live += sizes[i];
