@@ -13,9 +13,11 @@ import os
 import time
 from collections.abc import Callable
 
+from .backup import BackupReport
 from .batch import Batch
 from .check import CheckReport, RepairReport, check, repair
 from .errors import (
+    BackupError,
     ClosedError,
     CorruptionError,
     EncryptionError,
@@ -49,6 +51,8 @@ __all__ = [
     "IMPLEMENTATION",
     "MAX_KEY_SIZE",
     "MAX_VALUE_SIZE",
+    "BackupError",
+    "BackupReport",
     "Batch",
     "Change",
     "CheckReport",
@@ -92,7 +96,7 @@ def open(
     compact_dead_ratio: float = 0.5,
     compact_min_dead_bytes: int = 16 * 2**20,
     compression: str | None = None,
-    compression_min_size: int = 256,
+    compression_min_size: int | None = None,
     encryption_key: bytes | None = None,
     fileio: FileIO | None = None,
     log_expirations: bool = False,
@@ -115,8 +119,12 @@ def open(
     :param compact_dead_ratio: the dead fraction of a segment that makes it worth compacting.
     :param compact_min_dead_bytes: dead bytes below which no background compaction starts.
     :param compression: ``"zstd"`` to compress values of at least ``compression_min_size``
-        bytes (a value is stored compressed only if that makes it smaller); None: never.
-    :param compression_min_size: the smallest value worth compressing, in bytes.
+        bytes (a value is stored compressed only if that makes it smaller); ``"none"``: never;
+        None: as the store's ``SETTINGS`` file records (no compression if it records
+        nothing). A writable open records an explicit choice there, so every later opener
+        that passes None writes the same way (docs/architecture.md).
+    :param compression_min_size: the smallest value worth compressing, in bytes; None: as
+        recorded, else 256.
     :param encryption_key: 32 bytes: values are sealed with AES-256-GCM, bound to their key,
         seq and expiry (keys, sizes and expiry times stay visible; see docs/format.md).
     :param fileio: the file-system seam (the crash harness injects faults through it).

@@ -27,14 +27,14 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import codec, durable, hint, keydir, manifest, record, recovery, replay
+from . import codec, durable, hint, keydir, manifest, record, recovery, replay, settings
 from . import segment as seg_mod
 from .compacted import CompactedWriter
 from .crc import crc32c
 from .errors import Error, FormatVersionError
 from .fileio import DEFAULT_FILEIO, FileIO
 from .lock import StoreLock
-from .names import DAMAGED_DIR_PREFIX, REPAIR_NOTE_NAME
+from .names import DAMAGED_DIR_PREFIX, REPAIR_NOTE_NAME, SETTINGS_NAME
 from .record import Damage, ScannedRecord
 from .store import DEFAULT_MAX_SEGMENT_SIZE
 
@@ -318,6 +318,8 @@ class _Checker:
                 self._check_dict(name)
             elif name == codec.KEYCHECK_NAME:
                 self._check_keycheck(name)
+            elif name == SETTINGS_NAME:
+                self._check_settings(name)
         self.finish_file_issues()
         return self.report
 
@@ -626,6 +628,19 @@ class _Checker:
             self.issue(name, 0, len(buf), "version-1 encryption: only each value's key is "
                        "authenticated, not its flags, seq or expiry (docs/format.md, "
                        "\"What encryption protects\")", "keycheck-v1", WARNING)
+
+
+    def _check_settings(self, name: str) -> None:
+        # A writer that names no compression cannot open past a SETTINGS it cannot read.
+        buf = _read_whole(os.path.join(self.directory, name))
+        if buf is None:
+            return
+        self.report.bytes_checked += len(buf)
+        try:
+            settings.decode(buf, name)
+        except (Error, FormatVersionError) as exc:
+            self.issue(name, 0, len(buf), f"{exc}; writable opens fail until it is removed or "
+                       "rewritten (open once with an explicit compression=)", "settings")
 
 
 _DICT_HEADER = struct.Struct("<8sII")  # as bitkv.codec writes it: magic, dict id, crc32c
@@ -964,12 +979,17 @@ def _repair_into(directory: str, target: str, io: FileIO, report: RepairReport,
         io.rename(tmp, final)
     io.fsync_dir(target)
     manifest.write(target, io, manifest.Manifest(1, tuple(listing)))
-    # Files that belong to the store as a whole: the encryption key check and the
-    # compression dictionaries (compressed values name their dictionary).
+    # Files that belong to the store as a whole: the encryption key check, the compression
+    # dictionaries (compressed values name their dictionary) and the write settings.
     for name in sorted(io.listdir(directory)):
-        if name == codec.KEYCHECK_NAME or codec.is_dict_name(name):
+        if name == codec.KEYCHECK_NAME or codec.is_dict_name(name) or name == SETTINGS_NAME:
             with open(os.path.join(directory, name), "rb") as fh:
                 data = fh.read()
+            if name == SETTINGS_NAME:
+                try:
+                    settings.decode(data, name)
+                except Error:
+                    continue  # damaged: stays with the old files; the defaults apply
             tmp = os.path.join(target, name + seg_mod.TMP_SUFFIX)
             io.write_new_file(tmp, data)
             io.rename(tmp, os.path.join(target, name))

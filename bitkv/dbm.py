@@ -50,6 +50,16 @@ The database object is a ``MutableMapping`` with ``keys()`` (a list, like :mod:`
 ``get``, ``setdefault`` (default ``b""``), ``sync``, ``reorganize`` (compaction), ``close``
 and use as a context manager, so ``shelve.Shelf(bitkv.dbm.open(path, "c"))`` works. bitkv
 itself never unpickles anything; pickling is shelve's, at the caller's choice.
+
+**Not** ``shelve.open(path)``: it calls the standard :func:`dbm.open`, which knows only the
+standard library's backends (``dbm.whichdb`` does not recognise a bitkv directory, and
+there is no public way to register another backend). On a bitkv store it quietly creates a
+separate ``dbm.gnu``/``dbm.ndbm``/``dbm.dumb`` database *beside* the directory
+(``path.db``, or ``path.dat``/``path.dir``/``path.bak``) and never touches the store. bitkv
+does not patch :mod:`dbm` to change that (setting its private ``_defaultmod``/``_names``
+would change every other program's ``dbm.open`` in the process). Wrap the database
+yourself: ``shelve.Shelf(bitkv.dbm.open(path, "c"))``; and remember that shelve unpickles
+what it reads, so open only stores that nobody else can write.
 """
 
 from __future__ import annotations

@@ -65,3 +65,9 @@ class NotAnIntegerError(Error, ValueError):
 class HistoryGone(Error):
     """The changes asked of :meth:`Store.changes` are no longer in the log: compaction
     reclaimed them, or a record on the way is damaged (a replica then needs a full copy)."""
+
+
+class BackupError(Error):
+    """A backup could not be taken: the destination is unusable (exists and is not a backup of
+    this store, lies inside the store, is a symlink), the disk filled up, an fsync failed, or
+    the store kept changing under a read-only backup. The store itself is never changed."""

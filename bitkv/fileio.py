@@ -153,11 +153,19 @@ class FileIO:
     def unlink(self, path: str) -> None:
         os.unlink(path)
 
+    def link(self, src: str, dst: str) -> None:
+        """Make ``dst`` a new name (hard link) of the file at ``src``; fail if ``dst`` exists.
+        A symlink at ``src`` is linked as itself, never followed."""
+        os.link(src, dst, follow_symlinks=False)
+
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
 
     def mkdir(self, path: str) -> None:
         os.mkdir(path, 0o755)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
 
     def size(self, fd: int) -> int:
         return os.fstat(fd).st_size
@@ -261,11 +269,17 @@ class FsyncGuard(FileIO):
     def unlink(self, path: str) -> None:
         self.inner.unlink(path)
 
+    def link(self, src: str, dst: str) -> None:
+        self.inner.link(src, dst)
+
     def listdir(self, path: str) -> list[str]:
         return self.inner.listdir(path)
 
     def mkdir(self, path: str) -> None:
         self.inner.mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        self.inner.rmdir(path)
 
     def size(self, fd: int) -> int:
         return self.inner.size(fd)

@@ -93,6 +93,23 @@ def decode_raw(buf: ScanBuffer, nonce: int, segment_size: int) -> RawHint:
     incarnation of the segment or for more bytes than it has. The entries still need the
     bounds checks of :func:`walk` (or an equivalent inlined loop).
     """
+    view = decode_view(buf, nonce, segment_size)
+    return RawHint(view.max_seq, view.covered, bytes(view.fixed), bytes(view.keys))
+
+
+class HintView(NamedTuple):
+    """:class:`RawHint` without the copies: the entry table and the key area are views of the
+    hint file's bytes (which they keep alive; release both before closing a mapped file)."""
+
+    max_seq: int
+    covered: int
+    fixed: memoryview
+    keys: memoryview
+
+
+def decode_view(buf: ScanBuffer, nonce: int, segment_size: int) -> HintView:
+    """:func:`decode_raw`, the entry table and key area left in ``buf`` (opening a store
+    reads them once, so copying them out would only cost time and memory)."""
     if len(buf) < HEADER_SIZE + TRAILER.size:
         raise HintError("hint file is truncated")
     magic, version, _reserved, count, hint_nonce, hint_size, max_seq = HEADER.unpack_from(buf)
@@ -111,8 +128,11 @@ def decode_raw(buf: ScanBuffer, nonce: int, segment_size: int) -> RawHint:
     entries_end = HEADER_SIZE + count * ENTRY_SIZE
     if entries_end > len(buf) - TRAILER.size:
         raise HintError("hint entry table is truncated")
-    return RawHint(max_seq, hint_size, bytes(buf[HEADER_SIZE:entries_end]),
-                   bytes(buf[entries_end : len(buf) - TRAILER.size]))
+    # Views of one buffer export, held until both are released (a mapped file cannot be
+    # closed before).
+    view = memoryview(buf)
+    return HintView(max_seq, hint_size, view[HEADER_SIZE:entries_end],
+                    view[entries_end : len(buf) - TRAILER.size])
 
 
 def walk(raw: RawHint) -> list[tuple[bytes, HintEntry]]:

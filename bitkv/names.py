@@ -13,6 +13,7 @@ LOCK_NAME = "LOCK"  # the single-writer lock (lock.py)
 MANIFEST_NAME = "MANIFEST"  # the segments the store consists of (manifest.py)
 DURABLE_NAME = "DURABLE"  # how far the active segment is fsynced (durable.py)
 KEYCHECK_NAME = "ENCRYPTION"  # the encryption key check (codec.py)
+SETTINGS_NAME = "SETTINGS"  # store-wide write settings: compression (settings.py)
 LAST_COMPACTION_NAME = "COMPACTION"  # the last compaction's summary (lastcompaction.py)
 DICT_PREFIX = "zstd-"  # zstd-NNNNNNNNNN.dict: a trained dictionary (codec.py)
 DICT_SUFFIX = ".dict"
@@ -21,6 +22,9 @@ HINT_SUFFIX = ".hint"  # NNNNNN.hint: its hint (hint.py)
 TMP_SUFFIX = ".tmp"  # a file being written, renamed into place when whole
 DAMAGED_DIR_PREFIX = "damaged-"  # damaged-<UTC time>/: files repair moved aside (check.py)
 REPAIR_NOTE_NAME = "REPAIR.txt"  # inside it: what repair found and did
+# In a backup directory (backup.py): which store it is a backup of and what it held; the
+# identity an incremental backup checks. The store itself never reads it.
+BACKUP_NOTE_NAME = "BACKUP"
 REPLICATION_NAME = "REPLICATION"  # a master's replication journal (server/backlog.py)
 # A replica's state: its master, the replication id and offset its data reached, whether it
 # stopped cleanly, the role CONFIG REWRITE persisted (server/replica_state.py).

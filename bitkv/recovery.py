@@ -25,9 +25,8 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from . import durable, hint, keydir, manifest, record, replay
+from . import durable, hint, indexing, keydir, manifest, record, replay
 from . import segment as seg_mod
-from .crc import crc32c
 from .errors import (
     FormatVersionError,
     NotAStoreError,
@@ -37,7 +36,12 @@ from .errors import (
 )
 from .fileio import DEFAULT_FILEIO, FileIO
 from .keydir import KeyDir
-from .names import LAST_COMPACTION_NAME, REPLICA_STATE_NAME, is_replica_rdb_tmp_name
+from .names import (
+    LAST_COMPACTION_NAME,
+    REPLICA_STATE_NAME,
+    SETTINGS_NAME,
+    is_replica_rdb_tmp_name,
+)
 from .names import MARKER_NAME as MARKER_NAME
 from .record import Damage, ScannedRecord
 from .segment import Segment, SegmentHeader
@@ -60,6 +64,8 @@ class RecoveryReport:
     segments_from_hints: int = 0
     records_loaded: int = 0
     truncated_bytes: int = 0
+    # Each cut of a torn write: (file, offset it was cut at, bytes cut besides the zero tail).
+    truncations: list[tuple[str, int, int]] = field(default_factory=list)
     # Of the truncated bytes, the trailing run of zeros: the newest append segment's
     # preallocated room, which a crash (or, for a reader, a live writer) leaves; not damage.
     zero_tail_bytes: int = 0
@@ -115,7 +121,7 @@ def is_temp_name(name: str) -> bool:
     return (
         _is_creation_leftover(name)
         or stem in (MARKER_NAME, KEYCHECK_NAME, manifest.MANIFEST_NAME, REPLICA_STATE_NAME,
-                    LAST_COMPACTION_NAME)
+                    LAST_COMPACTION_NAME, SETTINGS_NAME)
         or is_replica_rdb_tmp_name(name)
         or is_dict_name(stem)
         or seg_mod.parse_id(stem, seg_mod.DATA_SUFFIX) is not None
@@ -327,10 +333,6 @@ _NOT_LISTED = manifest.ManifestEntry(0, 0, 0, 1, 0)  # a sealed stand-in for "no
 _KEY_LEN = struct.Struct("<H")  # a record header's key_len, at offset 6
 _MAX_BITFLIP_KEY = 1024  # keys up to this long are tried with each of their bits flipped
 _MAX_KEY_LENGTHS = 64  # distinct key lengths tried as the length of a damaged record's key
-
-# Flags the fast indexing loop leaves to the general path.
-_UNKNOWN_FLAGS = ~record.KNOWN_FLAGS & 0xFF
-_BATCH_ENDS = record.BATCH_FIRST | record.BATCH_LAST
 
 
 class Loader:
@@ -712,6 +714,7 @@ class Loader:
             if salvaged.torn_creation:
                 # Created but never durably written: the crash tore its header.
                 self.report.truncated_bytes += size
+                self.report.truncations.append((os.path.basename(path), 0, size))
                 if not self.readonly:
                     self.io.unlink(path)
                     self.io.fsync_dir(self.directory)
@@ -788,6 +791,9 @@ class Loader:
         zeros_from = seg_mod.zero_tail_start(mm, offset, seg.size)
         self.report.zero_tail_bytes += seg.size - zeros_from
         self.report.truncated_bytes += seg.size - offset
+        if zeros_from > offset:
+            self.report.truncations.append((os.path.basename(seg.path), offset,
+                                            zeros_from - offset))
         seg.set_map(None)
         if not self.readonly:
             fd = self.io.open_rw(seg.path)
@@ -810,23 +816,23 @@ class Loader:
         try:
             fd = _open_no_symlink(self.io, path)
             try:
-                buf = self.io.pread(fd, self.io.size(fd), 0)
+                # Mapped, not read: the bytes stay the page cache's, neither copied nor left
+                # behind in the heap (a hint is 44 bytes a key: GBs at tens of millions).
+                # Hints are never changed in place (temp file, rename), so no one truncates it.
+                buf = self.io.map(fd, self.io.size(fd))
             finally:
                 self.io.close(fd)
-            raw = hint.decode_raw(buf, seg.header.nonce, seg.size)
-            if self.keydir.entries or self.hidden:
-                # Entries cannot be taken back out of a shared index: check them all first.
-                hint.check_bounds(raw)
-                self._apply_hint(seg, raw)
-            elif not self._apply_hint(seg, raw):
-                # The index was empty: checking while applying, then emptying it again on a
-                # bad entry, saves a pass over the common case (one big compacted segment).
-                self.keydir.entries.clear()
-                self.keydir.expiries.clear()
-                if self.hidden is not None:
-                    self.hidden.clear()
-                seg.live_bytes = 0
-                raise hint.HintError("hint entry points outside the bytes it covers")
+            if buf is None:
+                raise hint.HintError("hint file is truncated")
+            try:
+                raw = hint.decode_view(buf, seg.header.nonce, seg.size)
+                try:
+                    self._apply_hint(seg, raw)
+                finally:
+                    raw.fixed.release()
+                    raw.keys.release()
+            finally:
+                _close_map(buf)
         except (OSError, hint.HintError) as exc:
             self.report.ignored_hints.append((os.path.basename(path), str(exc)))
             return None
@@ -834,61 +840,30 @@ class Loader:
         self.report.segments_from_hints += 1
         return raw.covered
 
-    def _apply_hint(self, seg: Segment, raw: hint.RawHint) -> bool:
-        """Index every entry of a hint (what :meth:`_apply` does per entry, inlined: this is
-        most of the time of reopening a compacted store). Return False at the first entry out
-        of bounds, with the entries before it applied."""
-        entries = self.keydir.entries
-        expiries = self.keydir.expiries
-        hidden = self.hidden
-        slots = self.slots
-        header_size = record.HEADER_SIZE
-        base = seg.slot << keydir.SLOT_SHIFT
-        size_bits, size_mask = keydir.SIZE_BITS, keydir.SIZE_MASK
-        slot_shift, offset_mask = keydir.SLOT_SHIFT, keydir.OFFSET_MASK
-        tombstone = record.TOMBSTONE
-        now_ms = self.now_ms
-        keys = raw.keys
-        covered = raw.covered
-        live = loaded = pos = 0
-        ok = True
-        for flags, _r, key_len, value_len, offset, _seq, expiry_ms in hint.ENTRY.iter_unpack(
-                raw.fixed):
-            end = pos + key_len
-            size = header_size + key_len + value_len
-            if not key_len or end > len(keys) or offset + size > covered:
-                ok = False
-                break
-            key = keys[pos:end]
-            pos = end
-            old = entries.get(key)
-            if old is not None:
-                owner = slots[old >> slot_shift]
-                if owner is seg:
-                    live -= old & size_mask or seg.record_size_at(
-                        (old >> size_bits) & offset_mask)
-                else:
-                    owner.live_bytes -= old & size_mask or owner.record_size_at(  # type: ignore[union-attr]
-                        (old >> size_bits) & offset_mask)
-            if flags & tombstone or (expiry_ms and expiry_ms <= now_ms):
-                if old is not None:
-                    del entries[key]
-                    expiries.pop(key, None)
-                if hidden is not None:
-                    hidden[key] = (offset, size, flags & tombstone, expiry_ms)
-                continue
-            if hidden:
-                hidden.pop(key, None)
-            entries[key] = base | (offset << size_bits) | (size if size <= size_mask else 0)
-            if expiry_ms:
-                expiries[key] = expiry_ms
-            elif old is not None:
-                expiries.pop(key, None)
-            live += size
-            loaded += 1
-        seg.live_bytes += live
+    def _apply_hint(self, seg: Segment, raw: hint.HintView) -> None:
+        """Index every entry of a hint, all or nothing (:func:`indexing.apply_hint`: this is
+        most of the time of reopening a compacted store); raise :class:`hint.HintError` if an
+        entry lies out of bounds."""
+        kd = self.keydir
+        if kd.entries or kd.hidden:
+            # Entries cannot be taken back out of a shared index: check them all first.
+            if not indexing.hint_in_bounds(raw.fixed, raw.keys, raw.covered):
+                raise hint.HintError("hint entry points outside the bytes it covers")
+            _ok, loaded = indexing.apply_hint(kd, seg.slot, raw.fixed, raw.keys, raw.covered,
+                                              self.now_ms)
+        else:
+            ok, loaded = indexing.apply_hint(kd, seg.slot, raw.fixed, raw.keys, raw.covered,
+                                             self.now_ms)
+            if not ok:
+                # The index was empty: checking while applying, then emptying it again on a
+                # bad entry, saves a pass over the common case (one big compacted segment).
+                kd.entries.clear()
+                kd.expiries.clear()
+                if kd.hidden is not None:
+                    kd.hidden.clear()
+                seg.live_bytes = 0
+                raise hint.HintError("hint entry points outside the bytes it covers")
         self.report.records_loaded += loaded
-        return ok and pos == len(keys)
 
 
 class _SegmentIndexer:
@@ -926,97 +901,14 @@ class _SegmentIndexer:
 
     def plain_run(self, pos: int, end: int, max_seq: int) -> tuple[int, int]:
         """Index intact records from ``pos`` on, whole batches included; return where the
-        run stops and the largest seq up to there: at the first record that is damaged, or
-        breaks the batch rule, or carries an unknown flag (at the start of its batch, if it is
-        inside one). The general replay takes over from there (:data:`replay.PlainRun`).
-
-        This is :meth:`record` over the replay's general path (:func:`record.scan` and the
-        batch commit rule), inlined: an inlined copy of the same rules, for the plain runs
-        that are nearly all of a segment. Reopening a store without hints spends its time
-        here: 200k keys open in ~235 ms with it, ~530 ms through the general path alone.
-        """
+        run stops and the largest seq up to there (:data:`replay.PlainRun`,
+        :func:`indexing.plain_run`, compiled where the index is). The general replay takes
+        over from there. Reopening a store without hints spends its time here."""
         loader = self.loader
-        seg = self.seg
-        mm = self.mm
-        entries = loader.keydir.entries
-        expiries = loader.keydir.expiries
-        slots = loader.slots
-        now_ms = loader.now_ms
-        unpack = record.HEADER.unpack_from
-        base = seg.slot << keydir.SLOT_SHIFT
-        hidden = loader.hidden
-        loaded = 0
-        header_size = record.HEADER_SIZE
-        max_value = record.MAX_STORED_VALUE_SIZE
-        tombstone = record.TOMBSTONE
-        batch_flag, batch_first, batch_last = record.BATCH, record.BATCH_FIRST, record.BATCH_LAST
-        pending: list[tuple[bytes, int, int, int, int]] = []
-        pending_seq = 0
-        batch_start = -1
-        max_before_batch = max_seq
-        with memoryview(mm) as view:
-            while pos + header_size <= end:
-                crc, flags, reserved, key_len, value_len, seq, expiry_ms = unpack(mm, pos)
-                size = header_size + key_len + value_len
-                if (reserved or not key_len or flags & _UNKNOWN_FLAGS or pos + size > end
-                        or value_len > max_value or (flags & tombstone and value_len)
-                        or (flags & _BATCH_ENDS and not flags & batch_flag)
-                        or crc32c(view[pos + 4 : pos + size]) != crc):
-                    break
-                key = mm[pos + header_size : pos + header_size + key_len]
-                max_before = max_seq
-                if seq > max_seq:
-                    max_seq = seq
-                if flags & batch_flag:
-                    if flags & batch_first:
-                        if pending:
-                            break  # an unfinished batch: the general path drops it
-                        batch_start = pos
-                        max_before_batch = max_before
-                    elif not pending or seq != pending_seq + 1:
-                        break
-                    pending.append((key, pos, size, flags, expiry_ms))
-                    pending_seq = seq
-                    pos += size
-                    if not flags & batch_last:
-                        continue
-                    ready = pending
-                    pending = []
-                else:
-                    if pending:
-                        break
-                    ready = [(key, pos, size, flags, expiry_ms)]
-                    pos += size
-                for key, at, size, flags, expiry_ms in ready:
-                    old = entries.get(key)
-                    if old is not None:
-                        owner = slots[old >> keydir.SLOT_SHIFT]
-                        old_size = old & keydir.SIZE_MASK
-                        owner.live_bytes -= old_size or owner.record_size_at(  # type: ignore[union-attr]
-                            (old >> keydir.SIZE_BITS) & keydir.OFFSET_MASK)
-                    if flags & tombstone or (expiry_ms and expiry_ms <= now_ms):
-                        if old is not None:
-                            del entries[key]
-                            if expiries:
-                                expiries.pop(key, None)
-                        if hidden is not None:
-                            hidden[key] = (at, size, flags & tombstone, expiry_ms)
-                        continue
-                    if hidden:
-                        hidden.pop(key, None)
-                    entries[key] = base | (at << keydir.SIZE_BITS) | (
-                        size if size <= keydir.SIZE_MASK else 0)
-                    seg.live_bytes += size
-                    if expiry_ms:
-                        expiries[key] = expiry_ms
-                    elif old is not None and expiries:
-                        expiries.pop(key, None)
-                    loaded += 1
-        if pending:  # not ours to count: the general path decides what the batch was
-            max_seq = max_before_batch
+        stop, max_seq, loaded = indexing.plain_run(loader.keydir, self.seg.slot, self.mm, pos,
+                                                   end, max_seq, loader.now_ms)
         loader.report.records_loaded += loaded
-        return (batch_start if pending else pos), max_seq
-
+        return stop, max_seq
 
 
 SNAPSHOT_CHUNK = 8 << 20

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from . import backup as backup_mod
 from . import (
     codec,
     durable,
@@ -29,6 +30,7 @@ from . import (
     manifest,
     recovery,
     sealing,
+    settings,
 )
 from . import record as rec
 from . import segment as seg_mod
@@ -62,6 +64,7 @@ from .validate import (
     to_prefix,
     to_value,
 )
+from .views import ItemsView, KeysView, ValuesView
 
 if TYPE_CHECKING:
     from ._native import Reader
@@ -105,21 +108,39 @@ class _Deferral(threading.local):
     depth = 0
 
 
+_LOGGED_REGIONS = 10  # damaged regions named one by one at open; the rest are counted
+
+
 def _log_recovery(path: str, report: recovery.RecoveryReport) -> None:
-    """Say what opening found, so damage and repairs are never silent."""
+    """Say what opening found, each finding once with its file and offset, so damage and
+    repairs are never silent (the full list: ``recovery_report``, ``bitkv check``)."""
     if report.corrupt_bytes or report.damage:
         log.warning("bitkv store %s: %d damaged byte(s) in %d region(s) skipped at open "
                     "(never returned as data)%s; run `bitkv check` for details", path,
                     report.corrupt_bytes, len(report.damage),
                     f", {len(report.damaged_keys)} key(s) whose newest record is damaged "
                     "raise on read" if report.damaged_keys else "")
-    if report.truncated_bytes > report.zero_tail_bytes:
-        log.warning("bitkv store %s: cut %d byte(s) of a torn write (past the last fsync) "
-                    "from the newest segment", path, report.truncated_bytes)
+        for name, offset, length, why in report.damage[:_LOGGED_REGIONS]:
+            log.warning("bitkv store %s: %s offset %d: %d damaged byte(s): %s", path, name,
+                        offset, length, why)
+        if len(report.damage) > _LOGGED_REGIONS:
+            log.warning("bitkv store %s: %d more damaged region(s) not listed here", path,
+                        len(report.damage) - _LOGGED_REGIONS)
+    for name, offset, length in report.truncations:
+        log.warning("bitkv store %s: %s: cut %d byte(s) of a torn write (past the last "
+                    "fsync) at offset %d", path, name, length, offset)
+    for name, what, keys in report.lost_segments:
+        log.error("bitkv store %s: %s %s (%d key(s) at stake)", path, name, what, len(keys))
+    for name, why in report.ignored_hints:
+        log.warning("bitkv store %s: hint %s ignored (%s); its segment was scanned instead",
+                    path, name, why)
     if report.removed_orphans:
         log.info("bitkv store %s: removed %d segment file(s) of an unfinished rotation or "
                  "compaction: %s", path, len(report.removed_orphans),
                  ", ".join(report.removed_orphans))
+    if report.removed_temp_files:
+        log.info("bitkv store %s: removed %d temporary file(s) of an interrupted write: %s",
+                 path, len(report.removed_temp_files), ", ".join(report.removed_temp_files))
     for name, why in report.ignored_files:
         log.warning("bitkv store %s: %s: %s", path, name, why)
 
@@ -231,7 +252,7 @@ class Store(MutableMapping[bytes, bytes]):
         compact_dead_ratio: float = 0.5,
         compact_min_dead_bytes: int = 16 * 2**20,
         compression: str | None = None,
-        compression_min_size: int = 256,
+        compression_min_size: int | None = None,
         encryption_key: bytes | None = None,
         fileio: FileIO | None = None,
         log_expirations: bool = False,
@@ -247,7 +268,9 @@ class Store(MutableMapping[bytes, bytes]):
         check_number("compact_dead_ratio", compact_dead_ratio, 0, 1, low_open=True)
         check_number("compact_min_dead_bytes", compact_min_dead_bytes, 0, math.inf,
                       integral=True)
-        check_number("compression_min_size", compression_min_size, 0, math.inf, integral=True)
+        if compression_min_size is not None:
+            check_number("compression_min_size", compression_min_size, 0,
+                         settings.MAX_MIN_SIZE, integral=True)
         self.auto_compact = bool(auto_compact)
         # Write a tombstone when an expired key leaves the index, so that the log (the
         # history replication streams) says when each key went: replicas get a DEL.
@@ -319,8 +342,14 @@ class Store(MutableMapping[bytes, bytes]):
         try:
             keycheck = codec.check_encryption_key(self.path, encryption_key,
                                                   create=not readonly, io=self._io)
-            self._codec = codec.ValueCodec(self.path, compression=compression,
-                                           compression_min_size=compression_min_size,
+            # None means "as the store's SETTINGS say"; an explicit choice is recorded there
+            # (by a writer) so that every later opener writes the same way.
+            #: How new values are compressed (:class:`bitkv.settings.Compression`): the
+            #: store's recorded setting, or this open's explicit choice.
+            self.compression = settings.resolve(self.path, self._io, compression,
+                                                compression_min_size, writable=not readonly)
+            self._codec = codec.ValueCodec(self.path, compression=self.compression.algorithm,
+                                           compression_min_size=self.compression.min_size,
                                            encryption_key=encryption_key, keycheck=keycheck,
                                            io=self._io)
             self._encoding = self._codec.active
@@ -991,41 +1020,62 @@ class Store(MutableMapping[bytes, bytes]):
         return len(self._entries)
 
     def __iter__(self) -> Iterator[bytes]:
-        return self.keys()
+        return iter(self.keys())
 
-    def keys(self, prefix: KeyLike | None = None) -> Iterator[bytes]:  # type: ignore[override]
-        """Iterate over live keys (optionally only those starting with ``prefix``).
+    def keys(self, prefix: KeyLike | None = None) -> KeysView:
+        """The live keys, optionally only those starting with ``prefix``: a view.
 
-        The keys are those live when iteration starts, in no particular order; keys deleted
-        or expired during iteration are skipped.
+        Like a dict's ``keys()``: ``len(db.keys())``, ``k in db.keys()``, and iteration as
+        often as wanted, each reflecting the store at that moment (a view, not a copy; making
+        one costs nothing). An iteration yields the keys live when it starts, in no
+        particular order, skipping those deleted or expired before they are reached. ``len``
+        is O(1) without a prefix and one pass over the index with one. Raises
+        :class:`ClosedError` on a closed store (and so does using a view after ``close``).
         """
         self._check_open()
+        p = None if prefix is None else to_prefix(prefix)
+        return KeysView(self, p, lambda: self._key_snapshot(p), lambda: self._count_keys(p))
+
+    def _key_snapshot(self, prefix: bytes | None) -> list[bytes]:
+        """The keys indexed now (under ``prefix``); some may expire before they are read."""
+        self._check_open()
         self._purge_expired()
-        with self._lock:
+        with self._lock:  # the index cannot be iterated while a writer changes it
             snapshot = list(self._entries)
-        if prefix is not None:
-            p = to_prefix(prefix)
-            snapshot = [k for k in snapshot if k.startswith(p)]
-        return self._iter_live(snapshot)
+        if prefix:
+            snapshot = [k for k in snapshot if k.startswith(prefix)]
+        return snapshot
 
-    def _iter_live(self, snapshot: list[bytes]) -> Iterator[bytes]:
-        for k in snapshot:
-            if self._live_entry(k) is not None:
-                yield k
+    def _count_keys(self, prefix: bytes | None) -> int:
+        """How many live keys (under ``prefix``) an iteration started now would yield."""
+        self._check_open()
+        self._purge_expired()
+        held = self.hold_expired and self._expiries and not self._sees_expired()
+        if not prefix and not held:
+            return len(self._entries)  # after the purge, every indexed key is live
+        expiries = self._expiries if held else None
+        now = self._now_ms()
+        n = 0
+        with self._lock:
+            for k in self._entries:
+                if prefix and not k.startswith(prefix):
+                    continue
+                if expiries:
+                    exp = expiries.get(k)
+                    if exp is not None and exp <= now:
+                        continue  # held for a replica, hidden from reads
+                n += 1
+        return n
 
-    def items(self, prefix: KeyLike | None = None) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[override]
-        """Iterate over (key, value) pairs of live keys, like :meth:`keys`."""
-        for k in self.keys(prefix):
-            entry = self._live_entry(k)
-            if entry is None:
-                continue
-            value = self._value_of(k, entry)
-            if value is not None:
-                yield k, value
+    def items(self, prefix: KeyLike | None = None) -> ItemsView[bytes]:
+        """(key, value) pairs of live keys, optionally only those under ``prefix``: a view
+        like :meth:`keys` (``len``, iterable again); each value is read when reached."""
+        return ItemsView(self.keys(prefix))
 
-    def values(self) -> Iterator[bytes]:  # type: ignore[override]
-        for _k, v in self.items():
-            yield v
+    def values(self, prefix: KeyLike | None = None) -> ValuesView[bytes]:
+        """The values of live keys, optionally only those under ``prefix``: a view like
+        :meth:`keys`."""
+        return ValuesView(self.keys(prefix))
 
     # -- TTL ---------------------------------------------------------------------------------
 
@@ -1123,6 +1173,74 @@ class Store(MutableMapping[bytes, bytes]):
             if value is not None:
                 yield k, value, expiry
 
+    def get_with_expiry(self, key: KeyLike) -> tuple[bytes, int] | None:
+        """Return ``(value, expiry_ms)`` for a live key, else None: the expiry as stored, in
+        absolute Unix milliseconds (0: none), so it can be written back unchanged
+        (``put(..., expires_at_ms=...)``) where a TTL in seconds would drift."""
+        k = to_key(key)
+        for _attempt in range(8):
+            entry = self._live_entry(k)
+            if entry is None:
+                return None
+            expiry = self._expiries.get(k, 0) if self._expiries else 0
+            value = self._value_of(k, entry)
+            if value is None:
+                return None
+            if self._entries.get(k) == entry:  # value and expiry belong to the same record
+                return value, expiry
+        raise Error(f"key {k!r} kept changing while being read")
+
+    # -- backup --------------------------------------------------------------------------------
+
+    def backup(self, dest: str | os.PathLike[str], *, incremental: bool = False,
+               link: bool = True, progress: Callable[[int, int], None] | None = None
+               ) -> backup_mod.BackupReport:
+        """Copy the store, as it is at this call, into the directory ``dest``: a complete
+        store that :func:`bitkv.open` and :func:`bitkv.check` accept (docs/backup.md).
+
+        Hot: writes, reads and compaction go on meanwhile; the writer lock is held only to
+        pin the segments (open each). The backup holds every write that returned before
+        the call and none made after the pin (a write racing the call is wholly in or wholly
+        out; a batch is always whole). ``dest`` must not exist, or be empty
+        (or hold a backup that was interrupted); with ``incremental=True`` it must be an
+        earlier backup of this store, and only what it lacks is copied. ``link=False`` copies
+        sealed segments instead of hard-linking them (a link shares the disk blocks with the
+        store). ``progress(done_bytes, total_bytes)`` is called as bytes are copied. A
+        read-only store backs up what its writer has written by now (it refreshes first).
+
+        Raises :class:`bitkv.BackupError` if ``dest`` is unusable (exists and is not a backup
+        of this store, lies inside the store, is a symlink), the disk is full, or an fsync
+        fails; what this call wrote is then removed (an earlier backup is left as it was).
+        The store is never changed, and a backup's failure never makes it refuse writes.
+        """
+        self._check_open()
+        return backup_mod.run(self.path, dest, self._pin_for_backup, incremental=incremental,
+                          link=link, io=self._backup_io(), progress=progress)
+
+    def _backup_io(self) -> FileIO:
+        # The unguarded seam: a failed fsync of the backup's files fails the backup, not the
+        # store (FsyncGuard would make the store refuse writes).
+        return self._io.inner if isinstance(self._io, FsyncGuard) else self._io
+
+    def _pin_for_backup(self) -> backup_mod.Pin:
+        """Pin the store's current segments for a backup (backup_mod.pin), under the writer lock
+        so none is removed or grows a record meanwhile. A read-only store refreshes first."""
+        if self.readonly:
+            self.refresh()
+        with self._lock:
+            self._check_open()
+            segments = list(self._table.segments)
+            if self.readonly:
+                last = segments[-1] if segments else None
+                active = last if last is not None and last.kind == seg_mod.KIND_APPEND \
+                    else None
+            else:
+                active = self._log.active
+            states = [backup_mod.SegmentState(s.id, s.header, s.size, s is active, s.durable_end)
+                      for s in segments]
+            backup_mod.ensure_descriptors(len(states))
+            return backup_mod.pin(self.path, self._backup_io(), states, self._next_seq - 1)
+
     # -- history (the change feed replication streams) ---------------------------------------
 
     @property
@@ -1165,10 +1283,12 @@ class Store(MutableMapping[bytes, bytes]):
         with self._lock:
             if recovery.extend(self.path, self._io, self._loaded, now_ms=self._now_ms()):
                 self._keydir.recompute_next_expiry()
+                self._next_seq = self._loaded.next_seq  # last_seq follows the writer too
                 return
             loaded = recovery.load(self.path, self._io, readonly=True, now_ms=self._now_ms())
             old_segments = self._table.segments
             self._loaded = loaded
+            self._next_seq = loaded.next_seq
             self.recovery_report = loaded.report
             self._keydir = loaded.keydir
             self._table.slots = loaded.slots

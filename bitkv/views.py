@@ -1,4 +1,6 @@
-"""Views over a store: JSON documents (:class:`JsonView`) and key prefixes (:class:`Namespace`).
+"""Views over a store: JSON documents (:class:`JsonView`), key prefixes (:class:`Namespace`),
+and the ``keys()`` / ``values()`` / ``items()`` views of a store or namespace
+(:class:`KeysView`, :class:`ValuesView`, :class:`ItemsView`).
 
 Both are thin, stateless wrappers: every call goes straight to the underlying
 :class:`bitkv.Store` (so atomicity, TTLs and thread safety are the store's), and they may be
@@ -12,21 +14,155 @@ bytes included, is a ``TypeError``. A stored value that is not strict JSON raise
 
 from __future__ import annotations
 
+import collections.abc
 import json
-from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import record as rec
 from .batch import Batch
 from .errors import Error
-from .validate import KeyLike, ValueLike, to_key
+from .validate import KeyLike, ValueLike, to_key, to_prefix
 
 if TYPE_CHECKING:  # annotations only: the store imports this module (Store.json/namespace)
     from .store import Store
 
-__all__ = ["InvalidJSONError", "JsonView", "Namespace", "NamespaceBatch"]
+__all__ = ["InvalidJSONError", "ItemsView", "JsonView", "KeysView", "Namespace",
+           "NamespaceBatch", "ValuesView"]
 
 _MISSING: Any = object()
+_V = TypeVar("_V")
+
+
+# -- keys(), values(), items() ---------------------------------------------------------------
+
+
+class _Readable(Protocol):
+    """What a view reads values through: a Store, a Namespace or a JsonView."""
+
+    def get(self, key: KeyLike, default: Any = None) -> Any: ...
+    def __contains__(self, key: object) -> bool: ...
+
+
+class KeysView(collections.abc.KeysView[bytes]):
+    """The live keys of a store (or namespace), optionally only those under a prefix.
+
+    Like a dict's view it is live, not a copy: each iteration, ``len`` and ``in`` reflects
+    the store at that moment, and it can be iterated any number of times. Making one costs
+    nothing. An iteration lists the keys live when it starts (one pass over the index, no
+    value read) and skips those deleted or expired before they are reached, in no
+    particular order. ``len`` counts without listing: O(1) for a whole store, one pass over
+    the index for a prefix. ``in`` is a key lookup. Set operations (``&``, ``|``, ``-``,
+    ``^``) give sets, as with dict views.
+    """
+
+    __slots__ = ("_count", "_prefix", "_snapshot", "_source")
+
+    def __init__(self, source: _Readable, prefix: bytes | None,
+                 snapshot: Callable[[], list[bytes]], count: Callable[[], int]) -> None:
+        # MappingView.__init__ is not called: its _mapping would have to be a Mapping, and a
+        # JsonView reads through the same views.
+        self._source = source
+        self._prefix = prefix
+        self._snapshot = snapshot  # the keys live now (may include some that expire meanwhile)
+        self._count = count  # how many keys iteration would yield now
+
+    @property
+    def prefix(self) -> bytes | None:
+        """The prefix every key of the view starts with (None: every key)."""
+        return self._prefix
+
+    def __len__(self) -> int:
+        return self._count()
+
+    def __iter__(self) -> Iterator[bytes]:
+        source = self._source
+        for k in self._snapshot():
+            if k in source:  # deleted or expired since the snapshot: skipped
+                yield k
+
+    def _matches(self, key: object) -> bool:
+        if self._prefix is None:
+            return True
+        try:
+            return to_key(key).startswith(self._prefix)
+        except (TypeError, ValueError):
+            return False
+
+    def __contains__(self, key: object) -> bool:
+        if not self._matches(key):
+            return False
+        try:
+            return key in self._source
+        except (TypeError, ValueError):  # not a key at all (wrong type, empty, too long)
+            return False
+
+    def __repr__(self) -> str:
+        where = "" if self._prefix is None else f" with prefix {self._prefix!r}"
+        return f"<bitkv.KeysView{where} of {self._source!r}>"
+
+
+class ValuesView(collections.abc.ValuesView[_V], Generic[_V]):
+    """The values of a :class:`KeysView`'s keys: live, iterable more than once, ``len``.
+
+    ``in`` reads every value until it finds a match (as with any values view).
+    """
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: KeysView) -> None:
+        self._keys = keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> Iterator[_V]:
+        source = self._keys._source
+        for k in self._keys._snapshot():
+            value = source.get(k, _MISSING)
+            if value is not _MISSING:  # deleted or expired since the snapshot: skipped
+                yield value
+
+    def __contains__(self, value: object) -> bool:
+        return any(v == value for v in self)
+
+    def __repr__(self) -> str:
+        return f"<bitkv.ValuesView of {self._keys!r}>"
+
+
+class ItemsView(collections.abc.ItemsView[bytes, _V], Generic[_V]):
+    """(key, value) pairs of a :class:`KeysView`'s keys: live, iterable more than once,
+    ``len``; ``(k, v) in items`` reads the one value."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: KeysView) -> None:
+        self._keys = keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> Iterator[tuple[bytes, _V]]:
+        source = self._keys._source
+        for k in self._keys._snapshot():
+            value = source.get(k, _MISSING)
+            if value is not _MISSING:
+                yield k, value
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        key, value = item
+        if not self._keys._matches(key):
+            return False
+        try:
+            found = self._keys._source.get(key, _MISSING)
+        except (TypeError, ValueError):
+            return False
+        return found is not _MISSING and bool(found == value)
+
+    def __repr__(self) -> str:
+        return f"<bitkv.ItemsView of {self._keys!r}>"
 
 
 class InvalidJSONError(Error, ValueError):
@@ -58,8 +194,7 @@ class _KVBackend(Protocol):
             if_absent: bool = False, if_present: bool = False, keep_ttl: bool = False
             ) -> bool: ...
     def delete(self, key: KeyLike) -> bool: ...
-    def keys(self, prefix: KeyLike | None = None) -> Iterator[bytes]: ...
-    def items(self, prefix: KeyLike | None = None) -> Iterator[tuple[bytes, bytes]]: ...
+    def keys(self, prefix: KeyLike | None = None) -> KeysView: ...
     def __contains__(self, key: object) -> bool: ...
     def __len__(self) -> int: ...
 
@@ -118,15 +253,26 @@ class JsonView:
         return len(self._kv)
 
     def __iter__(self) -> Iterator[bytes]:
-        return self._kv.keys()
+        return iter(self._kv.keys())
 
-    def keys(self, prefix: KeyLike | None = None) -> Iterator[bytes]:
+    def keys(self, prefix: KeyLike | None = None) -> KeysView:
+        """The live keys (optionally only those under ``prefix``): a :class:`KeysView`."""
         return self._kv.keys(prefix)
 
-    def items(self, prefix: KeyLike | None = None) -> Iterator[tuple[bytes, Any]]:
-        """Iterate over (key, document) of live keys, optionally only those under ``prefix``."""
-        for k, data in self._kv.items(prefix):
-            yield k, decode_json(k, data)
+    def _documents(self, prefix: KeyLike | None) -> KeysView:
+        keys = self._kv.keys(prefix)
+        # The same keys, their values read through this view (so decoded).
+        return KeysView(self, keys.prefix, keys._snapshot, keys._count)
+
+    def values(self, prefix: KeyLike | None = None) -> ValuesView[Any]:
+        """The decoded documents of live keys: a :class:`ValuesView` (len, iterable again)."""
+        return ValuesView(self._documents(prefix))
+
+    def items(self, prefix: KeyLike | None = None) -> ItemsView[Any]:
+        """(key, document) of live keys, optionally only those under ``prefix``: an
+        :class:`ItemsView` (len, iterable again); a document that is not JSON raises
+        :class:`InvalidJSONError` when reached."""
+        return ItemsView(self._documents(prefix))
 
     def __repr__(self) -> str:
         return f"<bitkv.JsonView of {self._kv!r}>"
@@ -197,28 +343,40 @@ class Namespace(MutableMapping[bytes, bytes]):
             return self._prefix + bytes(prefix)
         raise TypeError(f"prefix must be bytes or str, not {type(prefix).__name__}")
 
-    def keys(self, prefix: KeyLike | None = None) -> Iterator[bytes]:  # type: ignore[override]
-        """Iterate over live keys of the namespace (without its prefix), like Store.keys."""
+    def keys(self, prefix: KeyLike | None = None) -> KeysView:
+        """The live keys of the namespace (without its prefix), optionally only those
+        starting with ``prefix``: a :class:`KeysView`, as :meth:`bitkv.Store.keys`."""
+        relative = None if prefix is None else to_prefix(prefix)
+        full = self._sub_prefix(prefix)
+        inner = self._store.keys(full)
         cut = len(self._prefix)
-        for k in self._store.keys(self._sub_prefix(prefix)):
-            if len(k) > cut:
-                yield k[cut:]
+
+        def snapshot() -> list[bytes]:
+            # The key equal to the prefix itself is no key of the namespace (it has no name).
+            return [k[cut:] for k in inner._snapshot() if len(k) > cut]
+
+        def count() -> int:
+            n = len(inner)
+            if full == self._prefix and self._prefix in self._store:
+                n -= 1
+            return n
+
+        return KeysView(self, relative or None, snapshot, count)
 
     def __iter__(self) -> Iterator[bytes]:
-        return self.keys()
+        return iter(self.keys())
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.keys())
+        """The number of live keys under the prefix (one pass over the store's index)."""
+        return len(self.keys())
 
-    def items(self, prefix: KeyLike | None = None) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[override]
-        cut = len(self._prefix)
-        for k, v in self._store.items(self._sub_prefix(prefix)):
-            if len(k) > cut:
-                yield k[cut:], v
+    def items(self, prefix: KeyLike | None = None) -> ItemsView[bytes]:
+        """(key, value) pairs of the namespace's live keys: an :class:`ItemsView`."""
+        return ItemsView(self.keys(prefix))
 
-    def values(self) -> Iterator[bytes]:  # type: ignore[override]
-        for _k, v in self.items():
-            yield v
+    def values(self, prefix: KeyLike | None = None) -> ValuesView[bytes]:
+        """The values of the namespace's live keys: a :class:`ValuesView`."""
+        return ValuesView(self.keys(prefix))
 
     # -- the mapping API ---------------------------------------------------------------------
 

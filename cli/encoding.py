@@ -1,6 +1,8 @@
 """Keys on the command line, keys on screen, and the JSON Lines format of export/import.
 
-JSON Lines: one object per line, ``{"key": ..., "value": ..., "ttl": seconds-left-or-null}``.
+JSON Lines: one object per line, ``{"key": ..., "value": ..., "ttl": seconds-left-or-null}``
+(or, from ``export --absolute-expiry``, ``"expires_at_ms": unix-ms-or-null`` instead of
+``"ttl"``).
 Keys and values that are valid UTF-8 are written as text; any other bytes as base64, marked
 with ``"key_encoding": "base64"`` / ``"value_encoding": "base64"``. With the global ``--hex``
 keys are written as hex (``"key_encoding": "hex"``). Import accepts all three encodings.
@@ -38,6 +40,19 @@ def parse_key(text: str, hex_mode: bool, what: str = "KEY") -> bytes:
         key = os.fsencode(text)
     check_key(key, what)
     return key
+
+
+def parse_key_bytes(raw: bytes, hex_mode: bool, what: str) -> bytes:
+    """Turn one line of a key list into key bytes: the line's bytes, or hex (whitespace
+    around it ignored) in hex mode; ``what`` names the line in errors."""
+    if hex_mode:
+        try:
+            text = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise CliError(f"{what} is not hex (--hex is in force)", EXIT_USAGE) from None
+        return parse_key(text, True, what)
+    check_key(raw, what)
+    return raw
 
 
 def parse_prefix(text: str | None, hex_mode: bool) -> bytes | None:
@@ -99,13 +114,17 @@ def _put_bytes(obj: dict[str, Any], name: str, data: bytes, hex_mode: bool = Fal
 
 
 def encode_line(key: bytes, value: bytes | None, ttl: float | None, *, hex_keys: bool = False,
-                with_ttl: bool = True) -> str:
-    """One JSON Lines record (without the newline)."""
+                with_ttl: bool = True, expires_at_ms: int | None = None) -> str:
+    """One JSON Lines record (without the newline). With ``expires_at_ms`` given (0: never),
+    the expiry is written as ``"expires_at_ms"`` (absolute Unix milliseconds, or null)
+    instead of ``"ttl"``: restoring it later does not extend the key's life."""
     obj: dict[str, Any] = {}
     _put_bytes(obj, "key", key, hex_keys)
     if value is not None:
         _put_bytes(obj, "value", value)
-    if with_ttl:
+    if expires_at_ms is not None:
+        obj["expires_at_ms"] = expires_at_ms or None
+    elif with_ttl:
         obj["ttl"] = None if ttl is None else round(ttl, 3)
     return json.dumps(obj, ensure_ascii=False)
 
@@ -142,7 +161,22 @@ def _get_bytes(obj: dict[str, Any], name: str) -> bytes:
 
 
 def decode_line(line: bytes) -> tuple[bytes, bytes, float | None] | None:
-    """Parse one JSON Lines record into (key, value, ttl); None for a blank line."""
+    """Parse one JSON Lines record into (key, value, ttl); None for a blank line. A line with
+    an absolute ``"expires_at_ms"`` is refused here: use :func:`decode_import_line`."""
+    parsed = decode_import_line(line)
+    if parsed is None:
+        return None
+    key, value, ttl, expires_at_ms = parsed
+    if expires_at_ms is not None:
+        raise LineError('"expires_at_ms" is not accepted here')
+    return key, value, ttl
+
+
+def decode_import_line(line: bytes
+                       ) -> tuple[bytes, bytes, float | None, int | None] | None:
+    """Parse one JSON Lines record into (key, value, ttl, expires_at_ms); None for a blank
+    line. At most one of ``ttl`` (seconds from now) and ``expires_at_ms`` (absolute Unix
+    milliseconds, as ``export --absolute-expiry`` writes) is set; neither: no expiry."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -170,4 +204,12 @@ def decode_line(line: bytes) -> tuple[bytes, bytes, float | None] | None:
         if problem:
             raise LineError(f'"ttl" {ttl!r} {problem} (or null)')
         ttl = float(ttl)
-    return key, value, ttl
+    expires_at_ms = obj.get("expires_at_ms")
+    if expires_at_ms is not None:
+        if ttl is not None:
+            raise LineError('"ttl" and "expires_at_ms" exclude each other')
+        if isinstance(expires_at_ms, bool) or not isinstance(expires_at_ms, int) \
+                or not 0 < expires_at_ms < 2**63:
+            raise LineError(f'"expires_at_ms" {expires_at_ms!r} must be a positive integer of '
+                            "Unix milliseconds (or null)")
+    return key, value, ttl, expires_at_ms

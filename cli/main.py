@@ -1,8 +1,13 @@
 """The ``bitkv`` command: a click group with one subcommand per store operation.
 
-Read commands (get, exists, ttl, scan, stats, export) open the store read-only: they never
+Read commands (get, exists, ttl, scan, stats, export, backup) open the store read-only: they never
 create one, and they work while another process holds the store open for writing. ``put`` and
 ``import`` create the store if it is missing; the other write commands do not.
+
+Every verb reaches the store through :func:`open_store`, which opens it for one command, or
+hands out the store ``bitkv shell`` opened once (``Settings.store``): so a verb is the same
+code, with the same parsing and output, from the command line and from the shell
+(:func:`run_verb` runs one against an open store).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +32,10 @@ from bitkv.check import repair as repair_store
 from .encoding import (
     LineError,
     check_value,
-    decode_line,
+    decode_import_line,
     encode_line,
     parse_key,
+    parse_key_bytes,
     parse_prefix,
     show_bytes,
     show_key,
@@ -46,6 +53,7 @@ from .errors import (
     CliError,
     NotFound,
 )
+from .keyfile import KEY_ENV, KEY_FILE_ENV, KEY_SIZE, load_key, write_key_file
 
 DEFAULT_DIR = "bitkv-data"
 IMPORT_BATCH_RECORDS = 1000
@@ -58,14 +66,29 @@ CRASHTEST_MODES = ("kill", "whitebox", "powerloss", "faults", "powerfaults", "re
 
 @dataclasses.dataclass
 class Settings:
+    """What every verb is told: the store, how keys are written, and (in the shell) the store
+    already open."""
+
     directory: str
     hex_mode: bool
+    # From --key-file / $BITKV_KEY_FILE / $BITKV_ENCRYPTION_KEY (never from argv).
+    encryption_key: bytes | None = dataclasses.field(default=None, repr=False)
+    # bitkv shell: the store it opened, used by every verb instead of opening one.
+    store: bitkv.Store | None = None
+    # Inside the shell stdin holds the commands, so no verb may read data from it.
+    in_shell: bool = False
 
     def key(self, text: str, what: str = "KEY") -> bytes:
         return parse_key(text, self.hex_mode, what)
 
     def show(self, key: bytes) -> str:
         return show_key(key, self.hex_mode)
+
+    def stdin_for(self, what: str) -> None:
+        """Refuse to read ``what`` from stdin inside the shell, where stdin is the commands."""
+        if self.in_shell:
+            raise CliError(f"in the shell, stdin holds the commands: give {what} another way "
+                           "(an argument or a FILE)", EXIT_USAGE)
 
 
 def _translate(exc: BaseException) -> CliError | None:
@@ -76,6 +99,10 @@ def _translate(exc: BaseException) -> CliError | None:
                         "meanwhile)", EXIT_LOCKED)
     if isinstance(exc, bitkv.StoreNotFoundError):
         return CliError(f"{exc} (choose the store with --dir or BITKV_DIR)", EXIT_STORE)
+    if isinstance(exc, bitkv.EncryptionError) and "open it with its encryption_key" in str(exc):
+        # The library's wording names its keyword; at a shell, say how to give the key.
+        return CliError(f"store is encrypted: give its key with --key-file FILE, "
+                        f"${KEY_FILE_ENV} or ${KEY_ENV} ({exc})", EXIT_STORE)
     if isinstance(exc, (bitkv.NotAStoreError, bitkv.FormatVersionError, bitkv.EncryptionError)):
         return CliError(str(exc), EXIT_STORE)
     if isinstance(exc, bitkv.CorruptionError):
@@ -91,8 +118,8 @@ _NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 # Commands imported only when used: `serve` loads the server (asyncio, ssl, the command
 # table), which took `import bitkv_cli.main` from ~82 to ~107 ms, a cost every other command
-# would pay at startup.
-LAZY_COMMANDS = ("serve",)
+# would pay at startup; `shell` (cmd, shlex, readline) builds on this module.
+LAZY_COMMANDS = ("serve", "shell")
 
 
 class BitkvGroup(click.Group):
@@ -107,6 +134,10 @@ class BitkvGroup(click.Group):
             from .serve import serve  # lazily, see LAZY_COMMANDS
 
             return serve
+        if command is None and cmd_name == "shell":
+            from .shell import shell  # lazily, see LAZY_COMMANDS
+
+            return shell
         return command
 
     def main(self, args: Any = None, prog_name: str | None = None,
@@ -114,45 +145,108 @@ class BitkvGroup(click.Group):
              **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        try:
-            rv = super().main(args, prog_name or "bitkv", complete_var, False, **extra)
-            code = rv if isinstance(rv, int) else EXIT_OK
-        except _NO_ARGS_IS_HELP as exc:  # `bitkv` alone: the help, as click prints it
-            exc.show()
-            code = EXIT_USAGE
-        except click.UsageError as exc:
-            hint = ""
-            if exc.ctx is not None:
-                hint = f" (see '{exc.ctx.command_path} --help')"
-            click.echo(f"bitkv: error: {exc.format_message()}{hint}", err=True)
-            code = EXIT_USAGE
-        except click.ClickException as exc:
-            exc.show()
-            code = exc.exit_code
-        except click.Abort:
-            click.echo("bitkv: interrupted", err=True)
-            code = EXIT_INTERRUPTED
-        except Exception as exc:
-            error = _translate(exc)
-            if error is None:
-                raise
-            error.show()
-            code = error.exit_code
-        sys.exit(code)
+        sys.exit(run_guarded(lambda: super(BitkvGroup, self).main(
+            args, prog_name or "bitkv", complete_var, False, **extra)))
+
+
+def run_guarded(run: Callable[[], Any]) -> int:
+    """Call ``run`` (a click ``main`` in non-standalone mode) and return its exit status,
+    every expected failure shown as one line on stderr: the one error policy of the command
+    line and of the shell."""
+    try:
+        rv = run()
+        return rv if isinstance(rv, int) else EXIT_OK
+    except _NO_ARGS_IS_HELP as exc:  # `bitkv` alone: the help, as click prints it
+        exc.show()
+        return EXIT_USAGE
+    except click.UsageError as exc:
+        hint = ""
+        if exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        click.echo(f"bitkv: error: {exc.format_message()}{hint}", err=True)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("bitkv: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        error = _translate(exc)
+        if error is None:
+            raise
+        error.show()
+        return error.exit_code
+
+
+def run_verb(settings: Settings, argv: list[str]) -> int:
+    """Run one verb (``argv[0]``, e.g. ``get``) with its arguments against ``settings`` (in
+    the shell: its open store); return the exit status the one-shot command would have."""
+    ctx = click.Context(cli, info_name="bitkv", obj=settings)
+    command = cli.get_command(ctx, argv[0])
+    if command is None:
+        click.echo(f"bitkv: error: no such command {argv[0]!r} (try 'help')", err=True)
+        return EXIT_USAGE
+    return run_guarded(lambda: command.main(argv[1:], prog_name=argv[0],
+                                            standalone_mode=False, obj=settings))
 
 
 @contextmanager
 def open_store(settings: Settings, *, write: bool, create: bool = False
                ) -> Iterator[bitkv.Store]:
-    """Open the store: read-only (never creates, works beside a writer) or for writing."""
+    """Open the store: read-only (never creates, works beside a writer) or for writing; in
+    the shell, the store it holds open (left open)."""
+    if settings.store is not None:
+        if write and settings.store.readonly:
+            raise CliError("this shell opened the store read-only (--readonly): writes need "
+                           "'bitkv shell' without it", EXIT_USAGE)
+        # A read-only shell lives beside a writer: each command sees its writes so far, as
+        # a one-shot command opened now would.
+        settings.store.refresh()
+        yield settings.store
+        return
     if write:
-        db = bitkv.open(settings.directory, create=create)
+        db = bitkv.open(settings.directory, create=create,
+                        encryption_key=settings.encryption_key)
     else:
-        db = bitkv.open(settings.directory, readonly=True)
+        db = bitkv.open(settings.directory, readonly=True,
+                        encryption_key=settings.encryption_key)
     try:
         yield db
     finally:
         db.close()
+
+
+def read_keys(settings: Settings, source: str) -> list[bytes]:
+    """The keys in file ``source`` ('-': stdin), one a line (a trailing \\n or \\r\\n ends
+    it; blank lines are skipped; hex with --hex); every one checked before any is used."""
+    if source == "-":
+        settings.stdin_for("--keys-from")
+        stream = _stdin_bytes()
+        name = "stdin"
+    else:
+        try:
+            stream = open(source, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise CliError(f"cannot read {source}: {exc.strerror}", EXIT_USAGE) from None
+        name = source
+    keys = []
+    try:
+        for lineno, line in enumerate(stream, start=1):
+            raw = line.removesuffix(b"\n").removesuffix(b"\r")
+            if not raw.strip():
+                continue
+            keys.append(parse_key_bytes(raw, settings.hex_mode, f"{name} line {lineno}: key"))
+    finally:
+        if source != "-":
+            stream.close()
+    return keys
+
+
+def _missing(settings: Settings, keys: list[bytes]) -> NotFound:
+    shown = ", ".join(settings.show(k) for k in keys[:10])
+    more = f" (and {len(keys) - 10} more)" if len(keys) > 10 else ""
+    return NotFound(f"key not found: {shown}{more}")
 
 
 def _interactive() -> bool:
@@ -290,9 +384,14 @@ class TTL(_SecondsParam):
               help=f"Store directory. Default: $BITKV_DIR, else ./{DEFAULT_DIR}.")
 @click.option("--hex", "hex_mode", is_flag=True,
               help="Keys (and --prefix) are given and printed as hex, for binary keys.")
+@click.option("--key-file", metavar="FILE", default=None,
+              help=f"Encryption key of an encrypted store: 32 raw bytes or 64 hex digits, "
+                   f"mode 0600. Default: ${KEY_FILE_ENV}, else the hex key in ${KEY_ENV}. "
+                   "Never on the command line itself (ps shows it).")
 @click.version_option(bitkv.__version__, "-V", "--version", prog_name="bitkv")
 @click.pass_context
-def cli(ctx: click.Context, directory: str | None, hex_mode: bool) -> None:
+def cli(ctx: click.Context, directory: str | None, hex_mode: bool, key_file: str | None
+        ) -> None:
     """bitkv: a persistent, log-structured key-value store.
 
     \b
@@ -301,10 +400,21 @@ def cli(ctx: click.Context, directory: str | None, hex_mode: bool) -> None:
       echo -n secret | bitkv put token --ttl 3600
       bitkv --dir /var/lib/sessions scan --prefix session: --limit 10
       bitkv export > backup.jsonl && bitkv --dir copy import backup.jsonl
+      bitkv --dir /var/lib/app backup /backups/app-2026-12-04
+      bitkv shell
     """
-    ctx.obj = Settings(directory or DEFAULT_DIR, hex_mode)
+    if ctx.invoked_subcommand == "keygen":
+        key = None  # keygen makes a key; a bad one configured must not stop it
+    else:
+        key = load_key(key_file)
+    ctx.obj = Settings(directory or DEFAULT_DIR, hex_mode, encryption_key=key)
+    serve_defaults: dict[str, Any] = {}
     if directory:  # `bitkv --dir X serve` (or BITKV_DIR) serves X unless serve --dir says else
-        ctx.default_map = {**(ctx.default_map or {}), "serve": {"directory": directory}}
+        serve_defaults["directory"] = directory
+    if key_file:  # likewise `bitkv --key-file K serve`
+        serve_defaults["key_file"] = key_file
+    if serve_defaults:
+        ctx.default_map = {**(ctx.default_map or {}), "serve": serve_defaults}
 
 
 # -- keys and values --------------------------------------------------------------------------
@@ -329,6 +439,7 @@ def put(settings: Settings, key: str, value: str | None, ttl: float | None) -> N
     """
     k = settings.key(key)
     if value is None or value == "-":
+        settings.stdin_for("VALUE")
         stdin = _stdin_bytes()
         if value is None and stdin.isatty():
             raise CliError("no VALUE given and stdin is a terminal: pass VALUE, pipe it in, "
@@ -342,49 +453,83 @@ def put(settings: Settings, key: str, value: str | None, ttl: float | None) -> N
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("keys", nargs=-1, metavar="KEY...")
+@click.option("--keys-from", metavar="FILE", default=None,
+              help="Also the keys in FILE, one a line ('-': stdin; hex with --hex).")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON Lines, one {\"key\", \"value\"} object per key found (exact bytes).")
 @click.pass_obj
-def get(settings: Settings, key: str) -> None:
-    """Print the value of KEY, exactly as stored (binary-safe).
+def get(settings: Settings, keys: tuple[str, ...], keys_from: str | None,
+        as_json: bool) -> None:
+    """Print the value of each KEY.
 
-    A newline is added only when stdout is a terminal and the value does not end in one.
-    A missing or expired key prints a message on stderr and exits 1.
+    With one KEY: the value exactly as stored (binary-safe); a newline is added only when
+    stdout is a terminal (or in the shell) and the value does not end in one. With several
+    (or --keys-from): one line per key found, in the order given, KEY, a tab, the value,
+    escaped as 'scan --values' prints them; --json for exact bytes. Missing or expired keys
+    are named on stderr and the exit status is 1 (after the others are printed).
 
     \b
-    Example:
+    Examples:
       bitkv get greeting
+      bitkv get user:1 user:2 --json
+      bitkv scan --prefix tmp: | bitkv get --keys-from -
     """
-    k = settings.key(key)
-    with open_store(settings, write=False) as db:
-        value = db.get(k)
-    if value is None:
-        raise NotFound(f"key not found: {settings.show(k)}")
-    if _interactive() and not value.endswith(b"\n"):
-        value += b"\n"
-    _write_stdout(value)
+    ks = [settings.key(k) for k in keys]
+    if keys_from is not None:
+        ks += read_keys(settings, keys_from)
+    elif not ks:
+        raise CliError("give at least one KEY, or --keys-from FILE", EXIT_USAGE)
+    single = len(ks) == 1 and keys_from is None and not as_json
+    missing = []
+    with open_store(settings, write=False) as db, _LineWriter() as out:
+        for k in ks:
+            value = db.get(k)
+            if value is None:
+                missing.append(k)
+            elif single:
+                if (settings.in_shell or _interactive()) and not value.endswith(b"\n"):
+                    value += b"\n"
+                _write_stdout(value)
+            elif as_json:
+                out.line(encode_line(k, value, None, hex_keys=settings.hex_mode,
+                                     with_ttl=False))
+            else:
+                out.line(f"{settings.show(k)}\t{show_bytes(value)}")
+    if missing:
+        raise _missing(settings, missing)
 
 
 @cli.command()
-@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+@click.argument("keys", nargs=-1, metavar="KEY...")
+@click.option("--keys-from", metavar="FILE", default=None,
+              help="Also the keys in FILE, one a line ('-': stdin; hex with --hex).")
 @click.option("-f", "--force", is_flag=True, help="Do not fail when a key does not exist.")
 @click.pass_obj
-def delete(settings: Settings, keys: tuple[str, ...], force: bool) -> None:
+def delete(settings: Settings, keys: tuple[str, ...], keys_from: str | None,
+           force: bool) -> None:
     """Delete one or more keys.
 
-    Exits 1 (after deleting the others) if a key did not exist, unless --force.
+    Every key is checked before any is deleted. Exits 1 (after deleting the others) if a
+    key did not exist, unless --force.
 
     \b
-    Example:
+    Examples:
       bitkv delete session:41 session:42
+      bitkv scan --prefix tmp: | bitkv delete --keys-from -
     """
     ks = [settings.key(k) for k in keys]
+    if keys_from is not None:
+        ks += read_keys(settings, keys_from)
+    elif not ks:
+        raise CliError("give at least one KEY, or --keys-from FILE", EXIT_USAGE)
     missing = []
     with open_store(settings, write=True) as db:
         for k in ks:
             if not db.delete(k):
                 missing.append(k)
     if missing and not force:
-        raise NotFound("key not found: " + ", ".join(settings.show(k) for k in missing))
+        raise _missing(settings, missing)
 
 
 @cli.command()
@@ -549,6 +694,9 @@ def stats(settings: Settings, as_json: bool) -> None:
     """
     with open_store(settings, write=False) as db:
         data = dict(db.stats())
+        # The store's recorded setting (SETTINGS), which every writer follows.
+        data["compression"] = {"algorithm": db.compression.algorithm or "none",
+                               "min_size": db.compression.min_size}
     live = int(data.get("live_bytes") or 0)
     dead = int(data.get("dead_bytes") or 0)
     data["fragmentation"] = round(dead / (live + dead), 4) if live + dead else 0.0
@@ -567,6 +715,8 @@ def stats(settings: Settings, as_json: bool) -> None:
         ("dead bytes", f"{dead} ({_human(dead)})"),
         ("disk bytes", f"{data.get('disk_bytes')} ({_human(int(data.get('disk_bytes') or 0))})"),
         ("fragmentation", f"{data['fragmentation'] * 100:.1f} %"),
+        ("compression", "none" if db.compression.algorithm is None else
+         f"{db.compression.algorithm} (values of {db.compression.min_size} bytes or more)"),
         ("last compaction", last_text),
     ]
     recovered = data.get("recovery")
@@ -647,24 +797,36 @@ def check_cmd(settings: Settings, do_repair: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--prefix", "-p", metavar="P", default=None, help="Only keys starting with P.")
+@click.option("--absolute-expiry", is_flag=True,
+              help='Write each expiry as "expires_at_ms" (absolute Unix milliseconds) '
+                   'instead of "ttl" (seconds left), so a later import keeps it exactly.')
 @click.pass_obj
-def export(settings: Settings, prefix: str | None) -> None:
+def export(settings: Settings, prefix: str | None, absolute_expiry: bool) -> None:
     """Write every live key as JSON Lines to stdout, sorted by key.
 
     \b
-    Each line: {"key": ..., "value": ..., "ttl": seconds-left-or-null}. Bytes that are
-    not UTF-8 are base64, marked "key_encoding"/"value_encoding": "base64"
-    (with --hex, keys are hex: "key_encoding": "hex").
+    Each line: {"key": ..., "value": ..., "ttl": seconds-left-or-null}; with
+    --absolute-expiry, "expires_at_ms": unix-ms-or-null instead of "ttl" (a "ttl"
+    counts from the import, so importing an old export extends every TTL).
+    Bytes that are not UTF-8 are base64, marked "key_encoding"/"value_encoding":
+    "base64" (with --hex, keys are hex: "key_encoding": "hex").
 
     \b
     Example:
       bitkv export --prefix session: > sessions.jsonl
+      bitkv export --absolute-expiry > dump.jsonl
     """
     p = parse_prefix(prefix, settings.hex_mode)
     unreadable = 0
     with open_store(settings, write=False) as db, _LineWriter() as out:
         for k in sorted(db.keys(prefix=p)):
             try:
+                if absolute_expiry:
+                    exact = db.get_with_expiry(k)
+                    if exact is not None:
+                        out.line(encode_line(k, exact[0], None, hex_keys=settings.hex_mode,
+                                             expires_at_ms=exact[1]))
+                    continue  # None: expired or deleted meanwhile
                 got = db.get_with_ttl(k)
             except bitkv.CorruptionError as exc:
                 click.echo(f"bitkv: skipped {settings.show(k)}: {exc}", err=True)
@@ -679,6 +841,9 @@ def export(settings: Settings, prefix: str | None) -> None:
                        EXIT_DATA)
 
 
+ImportRecord = tuple[bytes, bytes, float | None, int | None]  # key, value, ttl, expires_at_ms
+
+
 @cli.command("import")
 @click.argument("file", metavar="FILE")
 @click.pass_obj
@@ -687,13 +852,15 @@ def import_cmd(settings: Settings, file: str) -> None:
 
     Creates the store if needed; an existing key is overwritten. Records are written in
     atomic batches. A line that cannot be used stops the import with its line number;
-    the lines before it stay imported.
+    the lines before it stay imported. A line with "expires_at_ms" (export
+    --absolute-expiry) keeps that expiry; one already past it is skipped and counted.
 
     \b
     Example:
       bitkv export > backup.jsonl && bitkv --dir restored import backup.jsonl
     """
     if file == "-":
+        settings.stdin_for("the import")
         stream = _stdin_bytes()
         total = None
         name = "stdin"
@@ -705,21 +872,26 @@ def import_cmd(settings: Settings, file: str) -> None:
         total = os.fstat(stream.fileno()).st_size if os.path.isfile(file) else None
         name = file
     imported = 0
+    expired = 0
     try:
         with open_store(settings, write=True, create=True) as db, \
                 Progress("importing", enabled=_interactive() and bool(total)) as progress:
-            pending: list[tuple[bytes, bytes, float | None]] = []
+            pending: list[ImportRecord] = []
             pending_bytes = 0
             read = 0
             for lineno, line in enumerate(stream, start=1):
                 read += len(line)
                 try:
-                    parsed = decode_line(line)
+                    parsed = decode_import_line(line)
                 except LineError as exc:
                     imported += _write_batch(db, pending)
                     raise CliError(f"{name} line {lineno}: {exc}; {imported} record(s) "
                                    "before it were imported", EXIT_USAGE) from None
                 if parsed is None:
+                    continue
+                expires_at_ms = parsed[3]
+                if expires_at_ms is not None and expires_at_ms <= int(time.time() * 1000):
+                    expired += 1  # already expired: writing it would only add a dead record
                     continue
                 pending.append(parsed)
                 pending_bytes += len(parsed[0]) + len(parsed[1])
@@ -732,19 +904,99 @@ def import_cmd(settings: Settings, file: str) -> None:
     finally:
         if file != "-":
             stream.close()
-    click.echo(f"imported {imported} record(s)")
+    skipped = f", skipped {expired} already expired" if expired else ""
+    click.echo(f"imported {imported} record(s){skipped}")
 
 
-def _write_batch(db: bitkv.Store, pending: list[tuple[bytes, bytes, float | None]]) -> int:
+def _write_batch(db: bitkv.Store, pending: list[ImportRecord]) -> int:
     """Write and clear ``pending`` as one atomic batch."""
     n = len(pending)
     if not n:
         return 0
     with db.batch() as batch:
-        for key, value, ttl in pending:
-            batch.put(key, value, ttl=ttl)
+        for key, value, ttl, expires_at_ms in pending:
+            if expires_at_ms is not None:
+                batch.put(key, value, expires_at_ms=expires_at_ms)
+            else:
+                batch.put(key, value, ttl=ttl)
     pending.clear()
     return n
+
+
+# -- backup -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("dest", metavar="DEST")
+@click.option("--incremental", is_flag=True,
+              help="DEST is an earlier backup of this store: copy only the segments it "
+                   "lacks, drop those the store no longer has.")
+@click.option("--no-link", "no_link", is_flag=True,
+              help="Copy sealed segments even where they could be hard links (a link shares "
+                   "its disk blocks with the store: no protection against losing that disk).")
+@click.option("--verify", is_flag=True,
+              help="Then run `bitkv check` on DEST; exit 1 if it is not healthy.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def backup(settings: Settings, dest: str, incremental: bool, no_link: bool, verify: bool,
+           as_json: bool) -> None:
+    """Copy the store, as it is now, into DEST: a complete store (hot and consistent).
+
+    Works while another process writes to the store (it reads beside the writer). DEST
+    must be new or empty, or, with --incremental, an earlier backup of this store. The
+    backup holds every write that returned before it started; it opens with
+    `bitkv --dir DEST ...` and passes `bitkv --dir DEST check`. An interrupted backup never
+    looks complete. See docs/backup.md.
+
+    \b
+    Examples:
+      bitkv --dir /var/lib/app backup /backups/app-2026-12-04
+      bitkv --dir /var/lib/app backup --incremental /backups/app-latest
+    """
+    with open_store(settings, write=False) as db, Progress("backing up") as progress:
+        report = db.backup(dest, incremental=incremental, link=not no_link, progress=progress)
+    checked = check_store(dest) if verify else None
+    if as_json:
+        out = report.as_dict()
+        if checked is not None:
+            out["check"] = checked.as_dict()
+        click.echo(json.dumps(out, indent=2))
+    else:
+        kept = f", {report.reused} kept, {report.removed} dropped" if incremental else ""
+        click.echo(f"backup:   {report.destination} ({'incremental' if incremental else 'full'})")
+        click.echo(f"segments: {report.segments} ({report.linked} linked, {report.copied} "
+                   f"copied{kept}), {_human(report.bytes_copied)} copied")
+        click.echo(f"holds:    every write up to seq {report.last_seq}")
+        if report.linked:
+            click.echo(f"note:     {report.linked} segment(s) are hard links, on the store's "
+                       "disk; --no-link (or another file system) for an independent copy")
+        if checked is not None:
+            click.echo(f"check:    {'healthy' if checked.healthy else 'DAMAGED'}")
+    if checked is not None and not checked.healthy:
+        click.get_current_context().exit(EXIT_NOT_FOUND)
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", metavar="FILE")
+def keygen(file: str) -> None:
+    """Write a new random encryption key to FILE (64 hex digits, mode 0600).
+
+    FILE must not exist: a key is never overwritten (a lost key is a lost store). Use it
+    with --key-file FILE or BITKV_KEY_FILE=FILE; the first writable open of a store with a
+    key encrypts every value written from then on.
+
+    \b
+    Example:
+      bitkv keygen ~/.config/bitkv/prod.key && bitkv --key-file ~/.config/bitkv/prod.key put a 1
+    """
+    import secrets
+
+    write_key_file(file, secrets.token_bytes(KEY_SIZE))
+    click.echo(f"wrote a new key to {file} (mode 0600); keep a copy: without it the store's "
+               "values cannot be read", err=True)
 
 
 # -- crash test -------------------------------------------------------------------------------

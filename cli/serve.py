@@ -13,7 +13,8 @@ from bitkv import MAX_VALUE_SIZE
 from bitkv.server import protocol as _protocol
 from bitkv.server.app import SYNC_CHOICES, ServerConfig, run_server
 
-from .errors import EXIT_LOCKED, CliError
+from .errors import EXIT_LOCKED, EXIT_STORE, CliError
+from .keyfile import KEY_ENV, KEY_FILE_ENV, load_key
 
 
 @click.command("serve")
@@ -25,6 +26,10 @@ from .errors import EXIT_LOCKED, CliError
               help="Address(es) to listen on, space-separated. Loopback only by default.")
 @click.option("--requirepass", envvar="BITKV_REQUIREPASS", default=None, metavar="SECRET",
               help="Require AUTH with this password (or set BITKV_REQUIREPASS).")
+@click.option("--protected-mode", "protected_mode", type=click.Choice(["yes", "no"]),
+              default="yes", show_default=True,
+              help="As Redis: without --requirepass, refuse to listen on (and refuse clients "
+                   "from) anything but loopback. 'no' accepts unauthenticated network clients.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Serve TLS (1.2+) with this PEM certificate chain.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -69,24 +74,38 @@ from .errors import EXIT_LOCKED, CliError
               help="The address the replica tells its master (REPLCONF ip-address).")
 @click.option("--replica-announce-port", type=click.IntRange(0, 65535), default=None,
               help="The port the replica tells its master (default: the port it listens on).")
+@click.option("--key-file", metavar="FILE", default=None,
+              help=f"Encryption key of an encrypted store (32 raw bytes or 64 hex digits, mode "
+                   f"0600). Default: ${KEY_FILE_ENV}, else the hex key in ${KEY_ENV}.")
+@click.option("--loglevel", type=click.Choice(["debug", "verbose", "notice", "info", "warning",
+                                               "error"], case_sensitive=False),
+              default="notice", show_default=True,
+              help="What to log: Redis's levels (notice = Python's INFO) or Python's.")
+@click.option("--logfile", type=click.Path(dir_okay=False), default=None,
+              help="Append the log to this file (reopened after logrotate moves it); "
+                   "default: stderr.")
 @click.option("--no-hiredis", is_flag=True, help="Parse requests in pure Python.")
 @click.option("--no-uvloop", is_flag=True, help="Use the standard asyncio event loop.")
-def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cert: str | None,
+def serve(directory: str, port: int, bind: str, requirepass: str | None, protected_mode: str,
+          tls_cert: str | None,
           tls_key: str | None, tls_ca_cert: str | None, sync_mode: str, sync_interval: float,
           maxclients: int, max_bulk_len: int, max_query_buffer: int, replicaof: str | None,
           masterauth: str | None, masteruser: str | None, master_tls: bool,
           master_tls_ca_cert: str | None, repl_timeout: float | None,
           replica_priority: int | None, replica_read_only: str | None,
           replica_announce_ip: str | None, replica_announce_port: int | None,
-          no_hiredis: bool, no_uvloop: bool) -> None:
+          key_file: str | None, loglevel: str, logfile: str | None, no_hiredis: bool,
+          no_uvloop: bool) -> None:
     """Serve the store in --dir over the Redis protocol (RESP2/RESP3).
 
     Works with redis-cli, redis-py, redis-benchmark and twemproxy. SIGTERM or SHUTDOWN
     syncs and closes the store.
     """
+    encryption_key = load_key(key_file)
     try:
         config = ServerConfig(
             dir=directory, hosts=tuple(bind.split()), port=port, requirepass=requirepass,
+            protected_mode=protected_mode == "yes", loglevel=loglevel, logfile=logfile,
             tls_cert=tls_cert, tls_key=tls_key, tls_ca_cert=tls_ca_cert, sync=sync_mode,
             sync_interval=sync_interval, maxclients=maxclients, max_bulk_len=max_bulk_len,
             max_query_buffer=max_query_buffer, replicaof=replicaof, masterauth=masterauth,
@@ -95,7 +114,7 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cer
             replica_priority=replica_priority,
             replica_read_only=None if replica_read_only is None else replica_read_only == "yes",
             replica_announce_ip=replica_announce_ip,
-            replica_announce_port=replica_announce_port,
+            replica_announce_port=replica_announce_port, encryption_key=encryption_key,
             use_hiredis=False if no_hiredis else None, use_uvloop=False if no_uvloop else None)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -107,5 +126,10 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, tls_cer
         holder = str(exc).split(";")[0]
         raise CliError(f"cannot serve {directory}: {holder}; stop that process first, or "
                        "serve another directory with --dir", EXIT_LOCKED) from None
+    except bitkv.EncryptionError as exc:
+        hint = ""
+        if encryption_key is None:
+            hint = f" (give its key with --key-file FILE, ${KEY_FILE_ENV} or ${KEY_ENV})"
+        raise CliError(f"cannot serve {directory}: {exc}{hint}", EXIT_STORE) from None
     except (OSError, bitkv.Error) as exc:
         raise click.ClickException(f"cannot serve {directory}: {exc}") from None

@@ -19,6 +19,7 @@ import fuzz_hint
 import fuzz_indexmap
 import fuzz_rdb
 import fuzz_record
+import fuzz_replay
 import fuzz_server_parser
 import fuzz_store
 
@@ -30,7 +31,7 @@ def main() -> None:
                          ("server_parser", fuzz_server_parser), ("rdb", fuzz_rdb),
                          ("indexmap", fuzz_indexmap), ("get", fuzz_get),
                          ("codec_native", fuzz_codec_native), ("batch", fuzz_batch),
-                         ("compact", fuzz_compact)):
+                         ("compact", fuzz_compact), ("replay", fuzz_replay)):
         where = os.path.join(root, name)
         os.makedirs(where, exist_ok=True)
         for data in module.seeds():

@@ -49,9 +49,9 @@ print('asan_native: testing', m.__file__)
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_indexmap.py" "$repo/tests/test_native_crc.py" \
   "$repo/tests/test_native_put.py" "$repo/tests/test_compaction_native.py" \
-  "$repo/tests/test_resp_native.py" \
+  "$repo/tests/test_native_replay.py" "$repo/tests/test_resp_native.py" \
   "$repo/tests/test_fuzz_targets.py" \
-  -k "indexmap or Indexmap or crc or native_put or put_target or kernel or compact or resp"
+  -k "indexmap or Indexmap or crc or native_put or put_target or kernel or compact or replay or agree or orphan or leak or resp"
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_kernels.py" "$repo/tests/test_differential.py" "$repo/tests/test_batch.py"
 "$python" - "$repo/fuzz" <<'PY'
@@ -83,6 +83,13 @@ while time.monotonic() - started < 10:  # mutated segments for 10 s
     fuzz_compact.check_one(bytes(data) + rng.randbytes(rng.randint(0, 64)))
     n += 1
 print(f"asan_native: {n} mutated segments through both copy loops ran clean")
+import fuzz_replay
+assert fuzz_replay._native is not None
+rng, started, n = random.Random(98), time.monotonic(), 0
+while time.monotonic() - started < 10:  # random hints and segments for 10 s
+    fuzz_replay.check_one(bytes([rng.randrange(4)]) + rng.randbytes(rng.randint(0, 3000)))
+    n += 1
+print(f"asan_native: {n} random hint and segment inputs ran clean")
 PY
 "$python" - "$repo/fuzz" <<'PY'
 import random, sys, time

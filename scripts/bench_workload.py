@@ -9,6 +9,18 @@ Modes:
 * ``probe-build`` / ``probe-measure``: the keydir memory probe. Build writes K keys of 16 bytes
   and closes; measure opens the store in a fresh process and reports how much the open grew
   the Python heap (tracemalloc) or the anonymous RSS (``RssAnon``), per key.
+* ``reopen``: open a store another process left behind and read one key (the reopen-with-history
+  phase of ``run`` starts it, so that the open pays for every import and cache cold, as a
+  restarted service does).
+* ``history-reopen``: that phase alone at its own size (``bench.py --reopen-n``).
+* ``scale-build`` / ``scale-open``: ``bench.py --scale``. Build writes K keys through
+  ``db.batch()`` and closes; open, in a fresh process, times the open, the growth of
+  ``RssAnon`` over it, and random gets.
+
+The bitkv variants (``bitkv`` compiled, ``bitkv-py`` pure Python, ``base``/``base-py`` a git
+snapshot) differ only in the environment bench.py gives the child (``PYTHONPATH``,
+``BITKV_PURE_PYTHON``); the child reports ``bitkv.IMPLEMENTATION`` so the parent can check that
+each ran in the mode it is named after.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import os
 import random
 import resource
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -30,6 +43,9 @@ from bench_backends import ADAPTERS, REQUIRES, Adapter, LmdbAdapter, Skip
 
 MAX_STEP = 4096  # most ops between two looks at the clock (for the per-phase time budget)
 now = time.perf_counter
+# CPU time of the whole process (every thread: a store's background work counts): on a shared
+# machine the wall clock also counts the time other processes held the CPU, this does not.
+cpu = time.process_time
 
 
 def disk_bytes(path: str) -> int:
@@ -55,6 +71,14 @@ def rss_anon_kb() -> int:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1])
     return 0
+
+
+def bitkv_implementation() -> str:
+    """"native" or "python": the mode the imported bitkv runs in. Trees older than issue 14
+    have no ``IMPLEMENTATION``: they are all Python."""
+    import bitkv
+
+    return str(getattr(bitkv, "IMPLEMENTATION", "python"))
 
 
 def check_import(backend: str) -> str | None:
@@ -83,6 +107,7 @@ def timed_pairs(fn, keys: list[bytes], values: list[bytes], budget: float) -> di
     n = len(keys)
     done = 0
     step = 64
+    c0 = cpu()
     t0 = now()
     while done < n:
         end = min(n, done + step)
@@ -93,13 +118,14 @@ def timed_pairs(fn, keys: list[bytes], values: list[bytes], budget: float) -> di
         if over:
             break
     secs = now() - t0
-    return {"ops": done, "total": n, "secs": secs, "partial": done < n}
+    return {"ops": done, "total": n, "secs": secs, "cpu_secs": cpu() - c0, "partial": done < n}
 
 
 def timed_keys(fn, keys: list[bytes], budget: float) -> dict[str, Any]:
     n = len(keys)
     done = 0
     step = 64
+    c0 = cpu()
     t0 = now()
     while done < n:
         end = min(n, done + step)
@@ -110,7 +136,7 @@ def timed_keys(fn, keys: list[bytes], budget: float) -> dict[str, Any]:
         if over:
             break
     secs = now() - t0
-    return {"ops": done, "total": n, "secs": secs, "partial": done < n}
+    return {"ops": done, "total": n, "secs": secs, "cpu_secs": cpu() - c0, "partial": done < n}
 
 
 def threaded(adapter: Adapter, plans: list[list[tuple[bool, bytes, bytes]]],
@@ -236,6 +262,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         import bitkv
 
         out["module_file"] = bitkv.__file__
+        out["implementation"] = bitkv_implementation()
     work = cfg["dir"]
     os.makedirs(work, exist_ok=True)
     budget = cfg["budget"]
@@ -291,6 +318,13 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     phases["mixed"] = threaded(adapter, d["mixed"], budget)
     out["rss_peak_kb"] = maxrss_kb()
     adapter.close()
+
+    # Reopen with history: the store has had the fill, the overwrites, the deletes and the
+    # mixed puts; a fresh process opens it and reads one key that was never deleted.
+    live = next(k for i, k in enumerate(d["keys"]) if i not in deleted)
+    phases["reopen_hist"] = reopen_in_child(cfg, main_dir, live)
+    if "error" in phases["reopen_hist"]:
+        out["errors"].append("reopen with history: " + phases["reopen_hist"].pop("error"))
     if not cfg["keep"]:
         shutil.rmtree(main_dir, ignore_errors=True)
 
@@ -302,6 +336,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     fk, fv = d["fill_keys"], d["fill_vals"]
     try:
         done = 0
+        c0 = cpu()
         t0 = now()
         while done < n:
             end = min(n, done + chunk)
@@ -310,7 +345,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             if now() - t0 > budget:
                 break
         phases["batch_fill"] = {"ops": done, "total": n, "secs": now() - t0,
-                                "partial": done < n, "batch": min(chunk, n)}
+                                "cpu_secs": cpu() - c0, "partial": done < n,
+                                "batch": min(chunk, n)}
         _p, bget, _d = adapter.ops()
         sample_keys = d["fill_keys"][: min(done, 1000)]
         wrong = sum(1 for k, v in zip(sample_keys, d["fill_vals"], strict=False) if bget(k) != v)
@@ -348,6 +384,137 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             ph["ops_s"] = ph["ops"] / ph["secs"]
     for ex in out["extra"].values():
         ex["ops_s"] = ex["ops"] / ex["secs"]
+    return out
+
+
+def reopen_in_child(cfg: dict[str, Any], path: str, key: bytes) -> dict[str, Any]:
+    """Time the open of ``path`` up to the first get of ``key`` in a fresh process."""
+    sub = {"mode": "reopen", "backend": cfg["backend"], "dir": path, "key": key.hex()}
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps(sub)],
+                          capture_output=True, text=True, timeout=cfg.get("timeout", 3600))
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        # no "secs": a failed open is no time at all, and the error fails the run
+        return {"ops": 0, "total": 1, "error": f"exit {proc.returncode}: {tail}"}
+    r = json.loads(lines[-1])
+    phase = {"ops": 1, "total": 1, "secs": r["secs"], "partial": False,
+             "rss_anon_growth": r["rss_anon_growth"]}
+    if not r["found"]:
+        phase["error"] = "the key was not found"
+    return phase
+
+
+def history_reopen(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``bench.py --reopen-n``: the reopen-with-history phase alone, at its own size. Puts
+    ``n`` keys in random order, overwrites half of them, deletes a tenth (one call each, as in
+    ``run``), closes, and times a fresh process's open up to its first get."""
+    name = cfg["backend"]
+    n = cfg["n"]
+    rng = random.Random(cfg["seed"])
+    pool = [rng.randbytes(cfg["value_size"]) for _ in range(1024)]
+    keys = [b"key:%012d" % i for i in range(n)]
+    order = list(range(n))
+    rng.shuffle(order)
+    overwritten = rng.sample(range(n), n // 2)
+    deleted = set(rng.sample(range(n), n // 10))
+    adapter = ADAPTERS[name]()
+    adapter.open(cfg["dir"])
+    put, _get, delete = adapter.ops()
+    for j, i in enumerate(order):
+        put(keys[i], pool[j & 1023])
+    for j, i in enumerate(overwritten):
+        put(keys[i], pool[(j * 31 + 17) & 1023])
+    for i in deleted:
+        delete(keys[i])
+    adapter.close()
+    live = next(k for i, k in enumerate(keys) if i not in deleted)
+    phase = reopen_in_child(cfg, cfg["dir"], live)
+    out: dict[str, Any] = {"backend": name, "n": n, "secs": phase.get("secs")}
+    if name == "bitkv":
+        out["implementation"] = bitkv_implementation()
+    if "error" in phase:
+        out["errors"] = [phase["error"]]
+    return out
+
+
+def reopen(cfg: dict[str, Any]) -> dict[str, Any]:
+    name = cfg["backend"]
+    __import__(REQUIRES[name])  # the import is not the open
+    adapter = ADAPTERS[name]()
+    key = bytes.fromhex(cfg["key"])
+    gc.collect()
+    before = rss_anon_kb()
+    t0 = now()
+    adapter.open(cfg["dir"])
+    _put, get, _delete = adapter.ops()
+    got = get(key)
+    secs = now() - t0
+    grown = (rss_anon_kb() - before) * 1024
+    adapter.close()
+    return {"backend": name, "secs": secs, "found": got is not None, "rss_anon_growth": grown}
+
+
+# -- bench.py --scale -----------------------------------------------------------------------------
+
+
+def scale_key(i: int) -> bytes:
+    return b"key:%012d" % i  # 16 bytes, as in the workload and the memory probe
+
+
+def scale_build(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Write ``keys`` keys through ``db.batch()`` (batches of 100,000) and close."""
+    import bitkv
+
+    keys, vsize = cfg["keys"], cfg["value_size"]
+    rng = random.Random(cfg["seed"])
+    pool = [rng.randbytes(vsize) for _ in range(1024)]
+    chunk = 100_000
+    t0 = now()
+    db = bitkv.open(cfg["dir"])
+    for start in range(0, keys, chunk):
+        with db.batch() as b:
+            put = b.put
+            for i in range(start, min(keys, start + chunk)):
+                put(scale_key(i), pool[i & 1023])
+    db.close()
+    return {"backend": "bitkv", "implementation": bitkv_implementation(),
+            "build_secs": now() - t0, "disk": disk_bytes(cfg["dir"])}
+
+
+def scale_open(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Open the store in this fresh process: open time (to the first get), the growth of
+    ``RssAnon`` over the open per key (the index: mapped files are not anonymous memory), and
+    ``gets`` random gets (every one checks its record's CRC)."""
+    import bitkv
+
+    keys = cfg["keys"]
+    rng = random.Random(cfg["seed"] + 1)
+    # generated before the baseline RSS, so that the list is not counted as index
+    read_keys = [scale_key(rng.randrange(keys)) for _ in range(cfg["gets"])]
+    gc.collect()
+    before = rss_anon_kb()
+    t0 = now()
+    db = bitkv.open(cfg["dir"])
+    first = db.get(scale_key(keys // 2))
+    open_secs = now() - t0
+    gc.collect()
+    grown = (rss_anon_kb() - before) * 1024
+    get = db.get
+    t0 = now()
+    missing = 0
+    for k in read_keys:
+        if get(k) is None:
+            missing += 1
+    get_secs = now() - t0
+    db.close()
+    out: dict[str, Any] = {
+        "backend": "bitkv", "implementation": bitkv_implementation(), "keys": keys,
+        "open_secs": open_secs, "rss_anon_growth": grown,
+        "beyond_key_bytes": grown / keys - 16, "gets_s": len(read_keys) / get_secs}
+    if first is None or missing:
+        out["errors"] = [f"{missing} of {len(read_keys)} gets (and the first: "
+                         f"{'missing' if first is None else 'found'}) found nothing"]
     return out
 
 
@@ -400,7 +567,10 @@ def probe_measure(cfg: dict[str, Any]) -> dict[str, Any]:
         after = rss_anon_kb() * 1024
     adapter.close()
     grown = after - before
-    return {"backend": name, "method": method, "keys": keys, "bytes": grown,
+    if name == "bitkv":
+        cfg["implementation"] = bitkv_implementation()
+    return {"backend": name, "implementation": cfg.get("implementation"), "method": method,
+            "keys": keys, "bytes": grown,
             "bytes_per_key": grown / keys, "beyond_key_bytes": grown / keys - 16,
             "open_secs": secs, "found": got is not None}
 
@@ -414,6 +584,14 @@ def main() -> None:
         result = probe_build(cfg)
     elif mode == "probe-measure":
         result = probe_measure(cfg)
+    elif mode == "reopen":
+        result = reopen(cfg)
+    elif mode == "history-reopen":
+        result = history_reopen(cfg)
+    elif mode == "scale-build":
+        result = scale_build(cfg)
+    elif mode == "scale-open":
+        result = scale_open(cfg)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     sys.stdout.write("\n" + json.dumps(result) + "\n")

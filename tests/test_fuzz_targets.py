@@ -26,6 +26,7 @@ import fuzz_indexmap
 import fuzz_put
 import fuzz_rdb
 import fuzz_record
+import fuzz_replay
 import fuzz_resp
 import fuzz_server_parser
 import fuzz_store
@@ -192,8 +193,23 @@ def test_compact_target_on_random_bytes() -> None:
         fuzz_compact.check_one(rng.randbytes(rng.randint(0, 400)))
 
 
+def test_replay_target_on_seeded_mutations() -> None:
+    if fuzz_replay._native is None:
+        pytest.skip("the compiled extension is not built")
+    run_target(fuzz_replay.check_one, fuzz_replay.seeds(), 3000, seed=16)
+
+
+def test_replay_target_on_random_bytes() -> None:
+    if fuzz_replay._native is None:
+        pytest.skip("the compiled extension is not built")
+    rng = random.Random(17)
+    for _ in range(2000):
+        fuzz_replay.check_one(bytes([rng.randrange(4)]) + rng.randbytes(rng.randint(0, 900)))
+
+
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
                                     fuzz_rdb, fuzz_indexmap, fuzz_put, fuzz_get,
-                                    fuzz_codec_native, fuzz_batch, fuzz_compact, fuzz_resp])
+                                    fuzz_codec_native, fuzz_batch, fuzz_compact, fuzz_replay,
+                                    fuzz_resp])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)

@@ -479,24 +479,27 @@ lookup(IndexMap *self, PyObject *key)
     return find(self, k, len, siphash13(k, len), &empty);
 }
 
+/* Insert or overwrite ``k`` (``len`` bytes, not inside this map's arena, hash ``h``) -> ``value``;
+ * *had_old and *old (when not NULL) tell the previous value. 0, or -1 on error (set). */
 static int
-map_set(IndexMap *self, PyObject *key, PyObject *v)
+map_set_raw(IndexMap *self, const unsigned char *k, size_t len, uint64_t h, uint64_t value,
+            int *had_old, uint64_t *old)
 {
-    uint64_t value;
-    if (check_key(key) < 0 || to_value(v, &value) < 0) {
-        return -1;
-    }
-    const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(key);
-    size_t len = (size_t)PyBytes_GET_SIZE(key);
-    uint64_t h = siphash13(k, len);
     size_t empty;
     Py_ssize_t i = find(self, k, len, h, &empty);
     if (i == -2) {
         return -1;
     }
     if (i >= 0) {
+        if (had_old != NULL) {
+            *had_old = 1;
+            *old = self->slots[i].value;
+        }
         self->slots[i].value = value; /* an overwrite: iterators stay valid, as with dict */
         return 0;
+    }
+    if (had_old != NULL) {
+        *had_old = 0;
     }
     size_t cap = capacity_of(self);
     /* keep count <= 4/5 of capacity: probes stay short (a miss reads ~13 slots, 4 to a cache
@@ -531,6 +534,18 @@ map_set(IndexMap *self, PyObject *key, PyObject *v)
     self->count++;
     self->version++;
     return 0;
+}
+
+static int
+map_set(IndexMap *self, PyObject *key, PyObject *v)
+{
+    uint64_t value;
+    if (check_key(key) < 0 || to_value(v, &value) < 0) {
+        return -1;
+    }
+    const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(key);
+    size_t len = (size_t)PyBytes_GET_SIZE(key);
+    return map_set_raw(self, k, len, siphash13(k, len), value, NULL, NULL);
 }
 
 static void
@@ -951,48 +966,6 @@ bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint64_t
     return 1;
 }
 
-uint64_t
-bitkv_index_hash(const unsigned char *key, size_t len)
-{
-    return siphash13(key, len);
-}
-
-void
-bitkv_index_prefetch(PyObject *map, uint64_t hash, int stage)
-{
-    const IndexMap *self = (const IndexMap *)map;
-    if (self->slots == NULL) {
-        return;
-    }
-    const Slot *home = &self->slots[home_of(hash, self->bits)];
-    if (stage == 0) {
-        __builtin_prefetch(home);
-        return;
-    }
-    /* stage 1: the home slot is (likely) cached by now; fetch its key's arena record */
-    uint64_t meta = home->meta;
-    if (meta != 0 && META_TAG(meta) == TAG_OF(hash) && META_OFFSET(meta) < self->arena_len) {
-        __builtin_prefetch(self->arena + META_OFFSET(meta));
-    }
-}
-
-int
-bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t hash,
-                          uint64_t *value)
-{
-    IndexMap *self = (IndexMap *)map;
-    size_t empty;
-    Py_ssize_t i = find(self, key, len, hash, &empty);
-    if (i == -2) {
-        return -1;
-    }
-    if (i < 0) {
-        return 0;
-    }
-    *value = self->slots[i].value;
-    return 1;
-}
-
 int
 bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value)
 {
@@ -1019,31 +992,65 @@ bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint6
 int
 bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old)
 {
-    IndexMap *self = (IndexMap *)map;
     if (check_key(key) < 0) {
         return -1;
     }
     const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(key);
     size_t len = (size_t)PyBytes_GET_SIZE(key);
+    return map_set_raw((IndexMap *)map, k, len, siphash13(k, len), value, had_old, old);
+}
+
+uint64_t
+bitkv_index_hash(const unsigned char *key, size_t len)
+{
+    return siphash13(key, len);
+}
+
+int
+bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t h,
+                          uint64_t *value)
+{
+    IndexMap *self = (IndexMap *)map;
     size_t empty;
-    Py_ssize_t i = find(self, k, len, siphash13(k, len), &empty);
+    Py_ssize_t i = find(self, key, len, h, &empty);
     if (i == -2) {
         return -1;
     }
-    if (i >= 0) {
-        *had_old = 1;
-        *old = self->slots[i].value;
-        self->slots[i].value = value;
+    if (i < 0) {
         return 0;
     }
-    *had_old = 0;
-    PyObject *v = PyLong_FromUnsignedLongLong(value);
-    if (v == NULL) {
-        return -1;
+    *value = self->slots[i].value;
+    return 1;
+}
+
+int
+bitkv_index_set_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t h,
+                       uint64_t value, int *had_old, uint64_t *old)
+{
+    return map_set_raw((IndexMap *)map, key, len, h, value, had_old, old);
+}
+
+void
+bitkv_index_prefetch(PyObject *map, uint64_t h)
+{
+    const IndexMap *self = (const IndexMap *)map;
+    if (self->slots != NULL) {
+        __builtin_prefetch(&self->slots[home_of(h, self->bits)]);
     }
-    int rc = map_set(self, key, v);
-    Py_DECREF(v);
-    return rc;
+}
+
+void
+bitkv_index_prefetch_key(PyObject *map, uint64_t h)
+{
+    const IndexMap *self = (const IndexMap *)map;
+    if (self->slots == NULL) {
+        return;
+    }
+    uint64_t meta = self->slots[home_of(h, self->bits)].meta;
+    /* only a prefetch: an offset past the arena would be harmless, but none is made */
+    if (meta != 0 && META_TAG(meta) == TAG_OF(h) && META_OFFSET(meta) < self->arena_len) {
+        __builtin_prefetch(self->arena + META_OFFSET(meta));
+    }
 }
 
 int

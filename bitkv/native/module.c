@@ -17,7 +17,7 @@ PyInit__native(void)
     }
     if (bitkv_indexmap_init(m) < 0 || bitkv_crc32c_init(m) < 0 || bitkv_get_init(m) < 0
         || bitkv_batch_init(m) < 0 || bitkv_record_init(m) < 0 || bitkv_put_init(m) < 0
-        || bitkv_compact_init(m) < 0 || bitkv_resp_init(m) < 0) {
+        || bitkv_compact_init(m) < 0 || bitkv_replay_init(m) < 0 || bitkv_resp_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

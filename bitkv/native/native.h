@@ -27,16 +27,20 @@ int bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint
  * Never fails. ``map`` must be an IndexMap. */
 int bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value);
 
-/* Batched lookups (compaction's copy loop): the hash of a key (no Python API, no GIL needed);
- * a hint to the CPU to fetch what a lookup of that hash will read (stage 0: its home slot;
- * stage 1, once that is cached: its key in the arena); the lookup given the hash. The last
- * two read the map: GIL held. */
-uint64_t bitkv_index_hash(const unsigned char *key, size_t len);
-void bitkv_index_prefetch(PyObject *map, uint64_t hash, int stage);
-int bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len,
-                              uint64_t hash, uint64_t *value);
 /* Set key (bytes) -> value; had_old and old tell the previous value. 0, or -1 on error (set). */
 int bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old);
+/* Batched access, for loops over many keys (replay.c): hash a key once, prefetch its home
+ * slot's cache line some keys ahead (and, nearer, the arena record of a slot whose tag matches,
+ * an overwrite), then look it up or set it with the hash. A key passed as raw bytes must not
+ * lie inside the map's own memory; no bytes object is needed. Prefetches never fail and change
+ * nothing; the map may change in between (they are then merely useless). */
+uint64_t bitkv_index_hash(const unsigned char *key, size_t len);
+void bitkv_index_prefetch(PyObject *map, uint64_t h);
+void bitkv_index_prefetch_key(PyObject *map, uint64_t h);
+int bitkv_index_lookup_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t h,
+                              uint64_t *value);
+int bitkv_index_set_hashed(PyObject *map, const unsigned char *key, size_t len, uint64_t h,
+                           uint64_t value, int *had_old, uint64_t *old);
 /* 1 if removed, 0 if absent, -1 on error (set). */
 int bitkv_index_delete(PyObject *map, const unsigned char *key, size_t len);
 
@@ -58,6 +62,9 @@ int bitkv_put_init(PyObject *module);
 
 /* compact.c: compaction's copy loop (copy_live). */
 int bitkv_compact_init(PyObject *module);
+
+/* replay.c: the indexing loops of opening a store (hint entries, plain runs of records). */
+int bitkv_replay_init(PyObject *module);
 
 /* resp.c: RespParser, the server's RESP request parser (protocol.PyParser's twin). */
 int bitkv_resp_init(PyObject *module);

@@ -39,7 +39,7 @@ from typing import Any
 import bitkv
 from bitkv.record import MAX_KEY_SIZE
 
-from . import clients, protocol
+from . import clients, protected, protocol
 from .commands import (
     COMMANDS,
     F_ANY,
@@ -137,6 +137,9 @@ class ServerConfig:
     use_native: bool | None = None  # the compiled RESP parser; None: when built
     use_uvloop: bool | None = None  # None: when installed
     store_options: dict[str, Any] = field(default_factory=dict)  # more bitkv.open() options
+    # The store's AES-256 key (bitkv serve reads it from --key-file or the environment, never
+    # argv); kept out of repr so that a logged config does not leak it.
+    encryption_key: bytes | None = field(default=None, repr=False)
     # Replication, the replica side (docs/replication.md). None: not given (a value that
     # CONFIG REWRITE persisted in the store directory applies, else the default).
     replicaof: str | None = None  # "HOST:PORT" of the master to follow
@@ -149,6 +152,11 @@ class ServerConfig:
     replica_priority: int | None = None  # default 100
     replica_announce_ip: str | None = None
     replica_announce_port: int | None = None
+    # Redis's protected mode (protected.py): without a password, loopback clients only.
+    protected_mode: bool = True
+    # Where run_server logs (None: stderr) and from which level (Redis's names or Python's).
+    loglevel: str = "notice"
+    logfile: str | None = None
 
     def __post_init__(self) -> None:
         given: object = self.hosts  # callers may pass one string of space-separated hosts
@@ -189,6 +197,10 @@ class ServerConfig:
             self.requirepass = self.requirepass.encode()
         if self.requirepass == b"":
             self.requirepass = None
+        protected.check_bind(self.hosts, self.requirepass is not None, self.protected_mode)
+        if self.loglevel.lower() not in LOG_LEVELS:
+            raise ValueError(f"loglevel must be one of {', '.join(LOG_LEVELS)}, not "
+                             f"{self.loglevel!r}")
 
     @property
     def tls(self) -> bool:
@@ -425,6 +437,13 @@ class Connection(asyncio.Protocol):
             server.rejected_connections += 1
             self._closed = True
             transport.write(MAXCLIENTS)
+            transport.close()
+            return
+        if server.config.protected_mode and server.requirepass is None \
+                and isinstance(peer, tuple) and not protected.is_loopback(str(peer[0])):
+            server.rejected_connections += 1
+            self._closed = True
+            transport.write(protected.DENIED)
             transport.close()
             return
         server.clients[self] = None
@@ -1082,6 +1101,8 @@ class Server:
             # A replica's store keeps keys that expired while it was down, for its master's
             # commands (Store.hold_expired; as Redis replicas load expired keys too).
             options.setdefault("hold_expired", self.replication.starts_as_replica())
+            if config.encryption_key is not None:
+                options["encryption_key"] = config.encryption_key
             self.db = bitkv.open(config.dir, **options)
         try:
             self._listeners.append(await loop.create_server(
@@ -1284,12 +1305,37 @@ def _raise_fd_limit(wanted: int) -> None:
         pass
 
 
+# --loglevel: Redis's names (verbose and debug both mean Python's DEBUG) and Python's.
+LOG_LEVELS = {"debug": logging.DEBUG, "verbose": logging.DEBUG, "notice": logging.INFO,
+              "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+LOG_FORMAT = "%(process)d:M %(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(config: ServerConfig) -> None:
+    """Send the ``bitkv`` loggers (the engine's recovery, compaction and fsync findings, and
+    the server's) to ``config.logfile`` or stderr at ``config.loglevel``, unless the embedding
+    application configured logging itself (the root logger or ``bitkv`` has handlers)."""
+    root = logging.getLogger("bitkv")
+    if logging.getLogger().handlers or any(
+            not isinstance(h, logging.NullHandler) for h in root.handlers):
+        return
+    handler: logging.Handler
+    if config.logfile:
+        # WatchedFileHandler reopens the file after logrotate moved it away.
+        from logging.handlers import WatchedFileHandler
+
+        handler = WatchedFileHandler(config.logfile, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(LOG_LEVELS[config.loglevel.lower()])
+
+
 def run_server(config: ServerConfig | None = None, **kwargs: Any) -> None:
     """Run a server in this (main) thread until SIGTERM/SIGINT or SHUTDOWN. Blocks."""
     config = config or ServerConfig(**kwargs)
-    if not logging.getLogger().handlers and not log.handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(process)d:M %(asctime)s %(levelname)s %(message)s")
+    configure_logging(config)
     _raise_fd_limit(config.maxclients + 64)
     with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
         runner.run(serve(config, install_signals=True))

@@ -156,7 +156,7 @@ def _config_params(c: Connection) -> dict[str, str]:
         "bitkv-query-buffer-total-limit": str(control.max_partial_bytes),
         "io-threads": "1",
         "cluster-enabled": "no",
-        "protected-mode": "no",
+        "protected-mode": "yes" if cfg.protected_mode else "no",
         "daemonize": "no",
         "loglevel": "notice",
         **control.replication.config_params(),

@@ -1,0 +1,654 @@
+/* The indexing loops of opening a store, in bitkv._native: hint entries and plain runs of
+ * records applied straight into the KeyDir's IndexMap (issue 14).
+ *
+ * bitkv/indexing.py holds the pure-Python reference of each function and chooses between the
+ * two; the results (the index, ``expiries``, ``hidden``, every segment's ``live_bytes``, the
+ * return values) are the same, which tests/test_native_replay.py checks on random stores.
+ *
+ *   hint_check(fixed, keys, covered) -> bool
+ *   hint_apply(keydir, slot, fixed, keys, covered, now_ms) -> (ok, loaded)
+ *   plain_run(keydir, slot, buf, pos, end, max_seq, now_ms) -> (stop, max_seq, loaded)
+ *
+ * The rules are KeyDir.apply's (bitkv/keydir.py): the record applied last wins; a tombstone or
+ * an expired record removes the key and, while ``hidden`` is a dict (the segment that becomes
+ * the active one), is remembered there; the bytes of the record a key leaves are taken from
+ * the live bytes of the segment it was in. No Python object is made for a key unless a dict
+ * needs it (a key with a TTL, a hidden record, a key leaving ``expiries``/``hidden``).
+ *
+ * Safety: every length is checked against the buffer before it is used (records against
+ * ``end``, which must lie inside ``buf``; hint keys against the key area), so no input reads
+ * past a buffer. Live-byte changes are summed per slot in C and added to each segment's
+ * ``live_bytes`` once at the end, also when an error stops the loop, so that what was applied
+ * is accounted.
+ */
+
+#include "native.h"
+
+#define HINT_ENTRY_SIZE 28
+#define SLOT_SHIFT 44
+#define SIZE_BITS 12
+#define SIZE_MASK ((UINT64_C(1) << SIZE_BITS) - 1)
+#define OFFSET_MASK UINT64_C(0xFFFFFFFF)
+#define MAX_SLOTS 65536
+
+/* The positional-argument count check of a METH_FASTCALL function (public API only). */
+static int
+check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t want)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", name, want,
+                     nargs);
+        return 0;
+    }
+    return 1;
+}
+
+/* The state of one call: the KeyDir's parts (strong references) and the accounting. */
+typedef struct {
+    PyObject *entries;  /* IndexMap */
+    PyObject *expiries; /* dict */
+    PyObject *hidden;   /* dict, or NULL for None */
+    PyObject *slots;    /* list of segments (or None) */
+    Py_ssize_t nslots;
+    int64_t *delta; /* live-byte change per slot */
+    uint64_t base;  /* slot << SLOT_SHIFT */
+    Py_ssize_t slot;
+    uint64_t now_ms; /* 0: nothing is expired (expiry_ms 0 means never) */
+    Py_ssize_t loaded;
+} Apply;
+
+static void
+apply_release(Apply *a)
+{
+    Py_CLEAR(a->entries);
+    Py_CLEAR(a->expiries);
+    Py_CLEAR(a->hidden);
+    Py_CLEAR(a->slots);
+    PyMem_Free(a->delta);
+    a->delta = NULL;
+}
+
+/* Take the KeyDir's parts; -1 on error (set). */
+static int
+apply_init(Apply *a, PyObject *keydir, PyObject *slot_obj, PyObject *now_obj)
+{
+    memset(a, 0, sizeof(*a));
+    a->slot = PyLong_AsSsize_t(slot_obj);
+    if (a->slot == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    long long now = PyLong_AsLongLong(now_obj);
+    if (now == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    a->now_ms = now > 0 ? (uint64_t)now : 0; /* a clock before 1970 expires nothing */
+    a->entries = PyObject_GetAttrString(keydir, "entries");
+    a->expiries = a->entries ? PyObject_GetAttrString(keydir, "expiries") : NULL;
+    a->hidden = a->expiries ? PyObject_GetAttrString(keydir, "hidden") : NULL;
+    a->slots = a->hidden ? PyObject_GetAttrString(keydir, "slots") : NULL;
+    if (a->slots == NULL) {
+        apply_release(a);
+        return -1;
+    }
+    if (a->hidden == Py_None) {
+        Py_CLEAR(a->hidden);
+    }
+    if (!BitkvIndexMap_Check(a->entries) || !PyDict_CheckExact(a->expiries)
+        || (a->hidden != NULL && !PyDict_CheckExact(a->hidden)) || !PyList_CheckExact(a->slots)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "keydir needs an IndexMap, dicts for expiries and hidden, a list of slots");
+        apply_release(a);
+        return -1;
+    }
+    a->nslots = PyList_GET_SIZE(a->slots);
+    if (a->slot < 0 || a->slot >= a->nslots || a->nslots > MAX_SLOTS) {
+        PyErr_SetString(PyExc_IndexError, "segment slot out of range");
+        apply_release(a);
+        return -1;
+    }
+    a->base = (uint64_t)a->slot << SLOT_SHIFT;
+    a->delta = PyMem_Calloc((size_t)a->nslots, sizeof(int64_t));
+    if (a->delta == NULL) {
+        PyErr_NoMemory();
+        apply_release(a);
+        return -1;
+    }
+    return 0;
+}
+
+/* Add each slot's live-byte change to its segment; keeps an error already set. 0 or -1. */
+static int
+apply_flush(Apply *a)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < a->nslots && rc == 0; i++) {
+        if (a->delta[i] == 0) {
+            continue;
+        }
+        if (i >= PyList_GET_SIZE(a->slots)) {
+            PyErr_SetString(PyExc_IndexError, "segment slot out of range");
+            rc = -1;
+            break;
+        }
+        PyObject *owner = PyList_GET_ITEM(a->slots, i);
+        Py_INCREF(owner);
+        PyObject *live = PyObject_GetAttrString(owner, "live_bytes");
+        PyObject *change = live ? PyLong_FromLongLong(a->delta[i]) : NULL;
+        PyObject *sum = change ? PyNumber_Add(live, change) : NULL;
+        if (sum == NULL || PyObject_SetAttrString(owner, "live_bytes", sum) < 0) {
+            rc = -1;
+        }
+        Py_XDECREF(sum);
+        Py_XDECREF(change);
+        Py_XDECREF(live);
+        Py_DECREF(owner);
+        a->delta[i] = 0;
+    }
+    if (type != NULL) {
+        if (rc < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    return rc;
+}
+
+/* The size of the record the old entry points at: its size hint, else its header (the
+ * segment's record_size_at). -1 on error. */
+static int64_t
+old_size(Apply *a, uint64_t old, Py_ssize_t *owner_slot)
+{
+    uint64_t slot = old >> SLOT_SHIFT;
+    if (slot >= (uint64_t)a->nslots) {
+        PyErr_SetString(PyExc_IndexError, "keydir entry points at a slot that does not exist");
+        return -1;
+    }
+    *owner_slot = (Py_ssize_t)slot;
+    if (old & SIZE_MASK) {
+        return (int64_t)(old & SIZE_MASK);
+    }
+    PyObject *owner = PyList_GET_ITEM(a->slots, (Py_ssize_t)slot);
+    Py_INCREF(owner);
+    PyObject *size = PyObject_CallMethod(owner, "record_size_at", "K",
+                                         (unsigned long long)((old >> SIZE_BITS) & OFFSET_MASK));
+    Py_DECREF(owner);
+    if (size == NULL) {
+        return -1;
+    }
+    long long n = PyLong_AsLongLong(size);
+    Py_DECREF(size);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return (int64_t)n;
+}
+
+/* dict.pop(key, None) on a non-empty dict; 0 or -1. */
+static int
+dict_discard(PyObject *d, PyObject *key)
+{
+    int has = PyDict_Contains(d, key);
+    if (has <= 0) {
+        return has;
+    }
+    return PyDict_DelItem(d, key);
+}
+
+/* Make the key object once, when a dict first needs it. */
+static inline PyObject *
+key_object(PyObject **kobj, const unsigned char *k, size_t len)
+{
+    if (*kobj == NULL) {
+        *kobj = PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)len);
+    }
+    return *kobj;
+}
+
+/* KeyDir.apply for one record of the segment at a->slot. 0 or -1 on error (set). */
+static int
+apply_one(Apply *a, const unsigned char *k, size_t len, uint64_t h, uint64_t offset,
+          uint64_t size, unsigned flags, uint64_t expiry_ms)
+{
+    PyObject *kobj = NULL;
+    uint64_t old;
+    int had;
+    Py_ssize_t owner;
+    int64_t gone;
+    int rc = -1;
+    if ((flags & BITKV_TOMBSTONE) || (expiry_ms && expiry_ms <= a->now_ms)) {
+        had = bitkv_index_lookup_hashed(a->entries, k, len, h, &old);
+        if (had < 0) {
+            return -1;
+        }
+        if (had) {
+            gone = old_size(a, old, &owner);
+            if (gone < 0) {
+                return -1;
+            }
+            a->delta[owner] -= gone;
+            if (bitkv_index_delete(a->entries, k, len) < 0) {
+                return -1;
+            }
+            if (PyDict_GET_SIZE(a->expiries)
+                && (key_object(&kobj, k, len) == NULL || dict_discard(a->expiries, kobj) < 0)) {
+                goto done;
+            }
+        }
+        if (a->hidden != NULL) {
+            PyObject *why = Py_BuildValue("(KKIK)", (unsigned long long)offset,
+                                          (unsigned long long)size, flags & BITKV_TOMBSTONE,
+                                          (unsigned long long)expiry_ms);
+            if (why == NULL || key_object(&kobj, k, len) == NULL) {
+                Py_XDECREF(why);
+                goto done;
+            }
+            int set = PyDict_SetItem(a->hidden, kobj, why);
+            Py_DECREF(why);
+            if (set < 0) {
+                goto done;
+            }
+        }
+        rc = 0;
+        goto done;
+    }
+    uint64_t entry = a->base | offset << SIZE_BITS | (size <= SIZE_MASK ? size : 0);
+    if (bitkv_index_set_hashed(a->entries, k, len, h, entry, &had, &old) < 0) {
+        goto done;
+    }
+    /* A hidden key is never indexed (these rules remove it from one when they add it to the
+     * other), so only a key that was not indexed can be in ``hidden``: an overwrite, nearly
+     * every record of a segment with history, makes no key object for this. */
+    if (!had && a->hidden != NULL && PyDict_GET_SIZE(a->hidden)
+        && (key_object(&kobj, k, len) == NULL || dict_discard(a->hidden, kobj) < 0)) {
+        goto done;
+    }
+    if (had) {
+        gone = old_size(a, old, &owner);
+        if (gone < 0) {
+            goto done;
+        }
+        a->delta[owner] -= gone;
+    }
+    a->delta[a->slot] += (int64_t)size;
+    a->loaded++;
+    if (expiry_ms) {
+        PyObject *exp = PyLong_FromUnsignedLongLong(expiry_ms);
+        if (exp == NULL || key_object(&kobj, k, len) == NULL) {
+            Py_XDECREF(exp);
+            goto done;
+        }
+        int set = PyDict_SetItem(a->expiries, kobj, exp);
+        Py_DECREF(exp);
+        if (set < 0) {
+            goto done;
+        }
+    }
+    else if (had && PyDict_GET_SIZE(a->expiries)
+             && (key_object(&kobj, k, len) == NULL || dict_discard(a->expiries, kobj) < 0)) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(kobj);
+    return rc;
+}
+
+/* Keys are applied in a pipeline: a table of millions of slots is far bigger than the caches,
+ * so each lookup would wait ~100 ns for memory. The key PREFETCH_AHEAD places ahead is hashed
+ * and its home slot fetched, and the one KEY_AHEAD places ahead has the arena record of a slot
+ * with its tag fetched (an overwrite compares keys), while this one is applied. Measured on
+ * 1M keys: see docs/performance.md, "Reopen and scale". */
+#define RING 32 /* a power of two, > PREFETCH_AHEAD */
+#define PREFETCH_AHEAD 16
+#define KEY_AHEAD 4
+
+/* ---------------------------------------------------------------------------------------- */
+/* Hints (bitkv/hint.py; docs/format.md, "Hint files").                                      */
+
+typedef struct {
+    unsigned flags;
+    size_t key_len;
+    uint64_t value_len, offset, expiry_ms;
+} HintEntry;
+
+static inline void
+read_hint_entry(const unsigned char *p, HintEntry *e)
+{
+    e->flags = p[0];
+    e->key_len = bitkv_le16(p + 2);
+    e->value_len = bitkv_le32(p + 4);
+    e->offset = bitkv_le32(p + 8);
+    e->expiry_ms = bitkv_le64(p + 20);
+}
+
+/* hint.walk's bounds check of one entry: 1 if it lies inside the keys and the covered bytes. */
+static inline int
+hint_entry_ok(const HintEntry *e, size_t pos, size_t keys_len, uint64_t covered)
+{
+    return e->key_len != 0 && e->key_len <= keys_len - pos
+           && e->offset + BITKV_HEADER_SIZE + e->key_len + e->value_len <= covered;
+}
+
+static int
+get_buffers(PyObject *fixed, PyObject *keys, Py_buffer *fb, Py_buffer *kb)
+{
+    if (PyObject_GetBuffer(fixed, fb, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    if (PyObject_GetBuffer(keys, kb, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(fb);
+        return -1;
+    }
+    if (fb->len % HINT_ENTRY_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "hint entry table is not a whole number of entries");
+        PyBuffer_Release(fb);
+        PyBuffer_Release(kb);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+parse_covered(PyObject *obj, uint64_t *covered)
+{
+    unsigned long long c = PyLong_AsUnsignedLongLong(obj);
+    if (c == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *covered = c;
+    return 0;
+}
+
+PyDoc_STRVAR(hint_check_doc,
+"hint_check(fixed, keys, covered, /) -> bool\n\n"
+"True if every entry of a hint's entry table lies inside its key area and the ``covered``\n"
+"bytes of the segment, and the entries use the key area exactly (bitkv.hint.check_bounds).");
+
+static PyObject *
+hint_check(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("hint_check", nargs, 3)) {
+        return NULL;
+    }
+    uint64_t covered;
+    if (parse_covered(args[2], &covered) < 0) {
+        return NULL;
+    }
+    Py_buffer fb, kb;
+    if (get_buffers(args[0], args[1], &fb, &kb) < 0) {
+        return NULL;
+    }
+    const unsigned char *f = fb.buf;
+    size_t n = (size_t)fb.len / HINT_ENTRY_SIZE, keys_len = (size_t)kb.len, pos = 0;
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) {
+        HintEntry e;
+        read_hint_entry(f + i * HINT_ENTRY_SIZE, &e);
+        if (!hint_entry_ok(&e, pos, keys_len, covered)) {
+            ok = 0;
+            break;
+        }
+        pos += e.key_len;
+    }
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&kb);
+    return PyBool_FromLong(ok && pos == keys_len);
+}
+
+PyDoc_STRVAR(hint_apply_doc,
+"hint_apply(keydir, slot, fixed, keys, covered, now_ms, /) -> (ok, loaded)\n\n"
+"Apply a hint's entries (the entry table and the key area) to ``keydir`` as records of the\n"
+"segment at ``slot``, each by KeyDir.apply's rules. Stops at the first entry outside the key\n"
+"area or the ``covered`` bytes, with those before it applied; ``ok`` is False then, or when\n"
+"the key area is longer than the entries use. ``loaded``: the entries indexed.");
+
+static PyObject *
+hint_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("hint_apply", nargs, 6)) {
+        return NULL;
+    }
+    uint64_t covered;
+    if (parse_covered(args[4], &covered) < 0) {
+        return NULL;
+    }
+    Apply a;
+    if (apply_init(&a, args[0], args[1], args[5]) < 0) {
+        return NULL;
+    }
+    Py_buffer fb, kb;
+    if (get_buffers(args[2], args[3], &fb, &kb) < 0) {
+        apply_release(&a);
+        return NULL;
+    }
+    const unsigned char *f = fb.buf, *keys = kb.buf;
+    size_t n = (size_t)fb.len / HINT_ENTRY_SIZE, keys_len = (size_t)kb.len, pos = 0;
+    int ok = 1, rc = 0;
+    uint64_t ring[RING];
+    size_t ahead = 0, ahead_pos = 0; /* the next entry to hash, and where its key starts */
+    for (size_t i = 0; i < n; i++) {
+        /* Hash and prefetch ahead, as far as the entries are in bounds (checked again below,
+         * where they count). */
+        while (ahead < n && ahead < i + PREFETCH_AHEAD) {
+            HintEntry e;
+            read_hint_entry(f + ahead * HINT_ENTRY_SIZE, &e);
+            if (e.key_len > keys_len - ahead_pos) {
+                break;
+            }
+            uint64_t h = bitkv_index_hash(keys + ahead_pos, e.key_len);
+            ring[ahead % RING] = h;
+            bitkv_index_prefetch(a.entries, h);
+            ahead_pos += e.key_len;
+            ahead++;
+        }
+        if (i + KEY_AHEAD < ahead) {
+            bitkv_index_prefetch_key(a.entries, ring[(i + KEY_AHEAD) % RING]);
+        }
+        HintEntry e;
+        read_hint_entry(f + i * HINT_ENTRY_SIZE, &e);
+        if (!hint_entry_ok(&e, pos, keys_len, covered)) {
+            ok = 0;
+            break;
+        }
+        /* in bounds, so the cursor ahead passed it: its hash is in the ring */
+        uint64_t size = BITKV_HEADER_SIZE + e.key_len + e.value_len;
+        if (apply_one(&a, keys + pos, e.key_len, ring[i % RING], e.offset, size, e.flags,
+                      e.expiry_ms) < 0) {
+            rc = -1;
+            break;
+        }
+        pos += e.key_len;
+    }
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&kb);
+    if (apply_flush(&a) < 0) {
+        rc = -1;
+    }
+    Py_ssize_t loaded = a.loaded;
+    apply_release(&a);
+    if (rc < 0) {
+        return NULL;
+    }
+    return Py_BuildValue("(On)", ok && pos == keys_len ? Py_True : Py_False, loaded);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Plain runs of records (recovery's fast path under replay.replay: replay.PlainRun).        */
+
+/* The intact record at p, ``avail`` bytes from p to the end of the run: its size, 0 if none. */
+static inline size_t
+intact_record(const unsigned char *p, size_t avail, BitkvHeader *h)
+{
+    if (avail < BITKV_HEADER_SIZE) {
+        return 0;
+    }
+    bitkv_read_header(p, h);
+    if (!bitkv_header_plausible(h)) {
+        return 0;
+    }
+    size_t size = BITKV_HEADER_SIZE + (size_t)h->key_len + (size_t)h->value_len;
+    if (size > avail || bitkv_crc32c_extend(0, p + 4, size - 4) != h->crc) {
+        return 0;
+    }
+    return size;
+}
+
+PyDoc_STRVAR(plain_run_doc,
+"plain_run(keydir, slot, buf, pos, end, max_seq, now_ms, /) -> (stop, max_seq, loaded)\n\n"
+"Index the intact records of ``buf[pos:end]`` (the segment at ``slot``, at their file\n"
+"offsets), whole batches included, by KeyDir.apply's rules, until the first record that is\n"
+"damaged, breaks the batch rule or carries an unknown flag; return where the run stops (the\n"
+"start of the batch holding it, if inside one), the largest seq up to there and the records\n"
+"indexed. The pure-Python reference is bitkv.indexing.plain_run.");
+
+/* Apply the records of buf[from, to), intact and committed (checked by the caller), in order,
+ * in the pipeline described above. 0 or -1 on error (set). */
+static int
+apply_records(Apply *a, const unsigned char *buf, Py_ssize_t from, Py_ssize_t to)
+{
+    uint64_t ring[RING];
+    Py_ssize_t ahead = from; /* the next record to hash */
+    size_t i = 0, hashed = 0;
+    for (Py_ssize_t at = from; at < to; i++) {
+        for (; ahead < to && hashed < i + PREFETCH_AHEAD; hashed++) {
+            const unsigned char *p = buf + ahead;
+            size_t key_len = bitkv_le16(p + 6);
+            uint64_t h = bitkv_index_hash(p + BITKV_HEADER_SIZE, key_len);
+            ring[hashed % RING] = h;
+            bitkv_index_prefetch(a->entries, h);
+            ahead += (Py_ssize_t)(BITKV_HEADER_SIZE + key_len + bitkv_le32(p + 8));
+        }
+        if (i + KEY_AHEAD < hashed) {
+            bitkv_index_prefetch_key(a->entries, ring[(i + KEY_AHEAD) % RING]);
+        }
+        BitkvHeader h;
+        bitkv_read_header(buf + at, &h);
+        size_t size = BITKV_HEADER_SIZE + (size_t)h.key_len + (size_t)h.value_len;
+        if (apply_one(a, buf + at + BITKV_HEADER_SIZE, h.key_len, ring[i % RING], (uint64_t)at,
+                      size, h.flags, h.expiry_ms) < 0) {
+            return -1;
+        }
+        at += (Py_ssize_t)size;
+    }
+    return 0;
+}
+
+/* Records checked per stretch before the committed ones are applied: the stretch's bytes stay
+ * in the cache between the CRC pass and the indexing pass. */
+#define STRETCH_RECORDS 4096
+
+static PyObject *
+plain_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!check_nargs("plain_run", nargs, 7)) {
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[3]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t end = PyLong_AsSsize_t(args[4]);
+    if (end == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    unsigned long long max_seq = PyLong_AsUnsignedLongLong(args[5]);
+    if (max_seq == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[2], &b, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (pos < 0 || end > b.len) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "plain_run: the run lies outside the buffer");
+        return NULL;
+    }
+    Apply a;
+    if (apply_init(&a, args[0], args[1], args[6]) < 0) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    const unsigned char *buf = b.buf;
+    int rc = 0, stop = 0;
+    /* Records up to ``committed`` (max_seq ``committed_max``) are intact and committed; a
+     * batch pending from ``batch_start`` (if >= 0) is not yet. */
+    Py_ssize_t committed = pos;
+    uint64_t committed_max = max_seq;
+    while (!stop) {
+        Py_ssize_t stretch = committed, batch_start = -1;
+        uint64_t pending_seq = 0;
+        int checked = 0;
+        stop = 1; /* unless the stretch ends at its length, at a commit */
+        while (pos < end && end - pos >= BITKV_HEADER_SIZE) {
+            BitkvHeader h;
+            size_t size = intact_record(buf + pos, (size_t)(end - pos), &h);
+            if (size == 0) {
+                break;
+            }
+            if (h.flags & BITKV_BATCH) {
+                if (h.flags & BITKV_BATCH_FIRST) {
+                    if (batch_start >= 0) {
+                        break; /* an unfinished batch: the general path drops it */
+                    }
+                    batch_start = pos;
+                }
+                else if (batch_start < 0 || pending_seq == UINT64_MAX
+                         || h.seq != pending_seq + 1) {
+                    break; /* (no seq follows 2**64 - 1: Python's ints do not wrap) */
+                }
+                pending_seq = h.seq;
+            }
+            else if (batch_start >= 0) {
+                break;
+            }
+            if (h.seq > max_seq) {
+                max_seq = h.seq;
+            }
+            pos += (Py_ssize_t)size;
+            if ((h.flags & BITKV_BATCH) && !(h.flags & BITKV_BATCH_LAST)) {
+                continue;
+            }
+            batch_start = -1;
+            committed = pos;
+            committed_max = max_seq;
+            if (++checked >= STRETCH_RECORDS) {
+                stop = 0;
+                break;
+            }
+        }
+        if (apply_records(&a, buf, stretch, committed) < 0) {
+            rc = -1;
+            break;
+        }
+        /* What follows the last commit is the general path's (a pending batch included). */
+        pos = committed;
+        max_seq = committed_max;
+    }
+    PyBuffer_Release(&b);
+    if (apply_flush(&a) < 0) {
+        rc = -1;
+    }
+    Py_ssize_t loaded = a.loaded;
+    apply_release(&a);
+    if (rc < 0) {
+        return NULL;
+    }
+    return Py_BuildValue("(nKn)", committed, committed_max, loaded);
+}
+
+static PyMethodDef replay_methods[] = {
+    {"hint_check", (PyCFunction)(void (*)(void))hint_check, METH_FASTCALL, hint_check_doc},
+    {"hint_apply", (PyCFunction)(void (*)(void))hint_apply, METH_FASTCALL, hint_apply_doc},
+    {"plain_run", (PyCFunction)(void (*)(void))plain_run, METH_FASTCALL, plain_run_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+bitkv_replay_init(PyObject *m)
+{
+    return PyModule_AddFunctions(m, replay_methods);
+}

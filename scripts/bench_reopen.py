@@ -1,0 +1,231 @@
+"""Reopen at scale (issue 14): open time, index bytes per key and random gets at 1M..48M keys.
+
+    python scripts/bench_reopen.py --scale 1M,4M --modes native,python --rounds 3
+    python scripts/bench_reopen.py --scale 48M --modes native --rounds 1 --workdir /var/tmp
+
+For each size a store is built once, in its own process, through ``db.batch()`` (16-byte keys,
+``--value-size`` byte values), in two shapes:
+
+* ``fresh``: every key written once;
+* ``history``: every key written, then every 2nd key overwritten (every 50th of those with a
+  TTL of a day), then every 10th key deleted: 1.6 records per key, ~0.9 keys live.
+
+Each shape is then opened in two states: ``hints`` (every sealed segment has the hint the
+maintenance thread writes after rotation, the active one the checkpoint of a clean close) and
+``scan`` (the hint files removed: every record is replayed). Every open runs in a fresh
+process, in each mode (``native``: the compiled kernels; ``python``: ``BITKV_PURE_PYTHON=1``),
+the modes interleaved round by round (A/B, the machine is shared) and the median reported.
+The process opens the store writable (as an application or the server does) and exits
+without closing it, so the store stays as built. It measures the open (``bitkv.open`` to
+return; wall time, and the process's CPU time, which a machine shared with other jobs inflates
+less), the growth of its RssAnon across the open less the key bytes, per live key (anonymous
+memory only: the mapped segments are page cache), and random gets per second (keys drawn from
+all ever written, so ~1/10 are misses in the history shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+KEY_SIZE = 16
+CHUNK = 10_000  # operations per batch while building
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1_000, "M": 1_000_000}.get(text[-1:], 1)
+    return int(float(text.rstrip("KM")) * scale)
+
+
+def key_of(i: int) -> bytes:
+    """The i-th key: 16 bytes, spread (a multiplicative hash of i), as clients' keys are."""
+    return (i * 2654435761 % 2**64).to_bytes(8, "little") + i.to_bytes(8, "little")
+
+
+def rss_anon() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- building (in a child process) -------------------------------------------------------------
+
+
+def build(path: str, n: int, value_size: int, history: bool) -> dict[str, Any]:
+    import bitkv
+    from bitkv import recovery, sealing
+    from bitkv import segment as seg_mod
+    from bitkv.fileio import DEFAULT_FILEIO
+
+    started = time.perf_counter()
+    value = b"v" * value_size
+    other = b"w" * value_size
+    db = bitkv.open(path, auto_compact=False, sync="never")
+    try:
+        for lo in range(0, n, CHUNK):
+            with db.batch() as b:
+                for i in range(lo, min(n, lo + CHUNK)):
+                    b.put(key_of(i), value)
+        if history:
+            for lo in range(0, n, CHUNK * 2):
+                with db.batch() as b:
+                    for i in range(lo, min(n, lo + CHUNK * 2), 2):
+                        b.put(key_of(i), other, ttl=86400 if i % 100 == 2 else None)
+            for lo in range(0, n, CHUNK * 10):
+                with db.batch() as b:
+                    for i in range(lo, min(n, lo + CHUNK * 10), 10):
+                        b.delete(key_of(i))
+        live = len(db)
+    finally:
+        db.close()  # writes the active segment's checkpoint hint
+    # The hints the maintenance thread writes for sealed segments after rotation.
+    loaded = recovery.load(path, DEFAULT_FILEIO, readonly=True, now_ms=0)
+    for seg in loaded.segments[:-1]:
+        if seg.kind == seg_mod.KIND_APPEND and not seg.hinted:
+            seg.map()
+            blob = sealing.build_hint(path, DEFAULT_FILEIO, seg)
+            if blob is not None:
+                sealing.write_hint(path, DEFAULT_FILEIO, seg, blob)
+    for seg in loaded.segments:
+        seg.close()
+    names = os.listdir(path)
+    return {"seconds": time.perf_counter() - started, "live": live,
+            "disk": sum(os.path.getsize(os.path.join(path, f)) for f in names),
+            "hints": sum(1 for f in names if f.endswith(seg_mod.HINT_SUFFIX))}
+
+
+# -- measuring (in a child process) ------------------------------------------------------------
+
+
+def measure(path: str, n: int, gets: int) -> dict[str, Any]:
+    import gc
+
+    import bitkv
+
+    gc.collect()
+    before = rss_anon()
+    cpu = time.process_time()
+    started = time.perf_counter()
+    db = bitkv.open(path, auto_compact=False)
+    opened = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    grown = rss_anon() - before
+    live = len(db)
+    rng = random.Random(7)
+    # Fresh key objects, as requests bring them (the ones stored are not at hand anyway).
+    sample = [key_of(rng.randrange(n)) for _ in range(gets)]
+    get = db.get
+    started = time.perf_counter()
+    found = 0
+    for key in sample:
+        if get(key) is not None:
+            found += 1
+    get_s = time.perf_counter() - started
+    report = db.recovery_report
+    out = {"open_s": opened, "open_cpu_s": cpu, "live": live,
+           "bytes_per_key": grown / max(live, 1) - KEY_SIZE,
+           "gets_per_s": gets / get_s, "found": found,
+           "from_hints": report.segments_from_hints, "segments": report.segments,
+           "implementation": bitkv.IMPLEMENTATION}
+    # No close: it would write a checkpoint hint, and the next open of a "scan" store would
+    # read it (the caller exits at once, without closing anything either).
+    return out
+
+
+def child(argv: list[str], env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.pop("BITKV_PURE_PYTHON", None)
+    if env_extra:
+        env.update(env_extra)
+    done = subprocess.run([sys.executable, __file__, *argv], env=env, check=True,
+                          capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", default="1M", help="comma-separated key counts (1M,4M,16M,48M)")
+    ap.add_argument("--modes", default="native,python", help="native, python or both")
+    ap.add_argument("--shapes", default="fresh,history")
+    ap.add_argument("--states", default="hints,scan")
+    ap.add_argument("--value-size", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gets", type=int, default=500_000)
+    ap.add_argument("--workdir", default=None, help="where the stores are built (removed after)")
+    ap.add_argument("--json", default=None, help="also write every measurement here")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, path, n = args.child[0], args.child[1], int(args.child[2])
+        if kind == "build":
+            out = build(path, n, int(args.child[3]), args.child[4] == "history")
+            print(json.dumps(out))
+            return
+        out = measure(path, n, int(args.child[3]))
+        print(json.dumps(out), flush=True)
+        os._exit(0)  # the store stays as it is on disk for the next open
+
+    modes = args.modes.split(",")
+    results: list[dict[str, Any]] = []
+    print(f"# bench_reopen: {' '.join(sys.argv[1:])}; load average "
+          f"{os.getloadavg()[0]:.2f}; medians of {args.rounds} round(s), modes interleaved")
+    print("| keys | shape | state | mode | open (s) | open, CPU (s) | index bytes/key | gets/s "
+          "| build (s) |")
+    print("|---:|---|---|---|---:|---:|---:|---:|---:|")
+    for n in (parse_size(s) for s in args.scale.split(",")):
+        for shape in args.shapes.split(","):
+            work = tempfile.mkdtemp(prefix="bitkv-reopen-", dir=args.workdir)
+            path = os.path.join(work, "store")
+            try:
+                built = child(["--child", "build", path, str(n), str(args.value_size), shape])
+                for state in args.states.split(","):
+                    if state == "scan":
+                        for name in os.listdir(path):
+                            if name.endswith(".hint"):
+                                os.unlink(os.path.join(path, name))
+                    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+                    for _ in range(args.rounds):
+                        for mode in modes:
+                            env = {"BITKV_PURE_PYTHON": "1"} if mode == "python" else {}
+                            runs[mode].append(child(["--child", "measure", path, str(n),
+                                                     str(args.gets)], env))
+                    for mode in modes:
+                        rs = runs[mode]
+                        row = {"keys": n, "shape": shape, "state": state, "mode": mode,
+                               "open_s": statistics.median(r["open_s"] for r in rs),
+                               "open_cpu_s": statistics.median(r["open_cpu_s"] for r in rs),
+                               "bytes_per_key": statistics.median(
+                                   r["bytes_per_key"] for r in rs),
+                               "gets_per_s": statistics.median(r["gets_per_s"] for r in rs),
+                               "live": rs[0]["live"], "build_s": built["seconds"],
+                               "disk": built["disk"], "open_all": [r["open_s"] for r in rs],
+                               "from_hints": rs[0]["from_hints"],
+                               "segments": rs[0]["segments"]}
+                        results.append(row)
+                        print(f"| {n:,} | {shape} | {state} | {mode} | {row['open_s']:.3f} | "
+                              f"{row['open_cpu_s']:.3f} | "
+                              f"{row['bytes_per_key']:.1f} | {row['gets_per_s']:,.0f} | "
+                              f"{built['seconds']:.0f} |", flush=True)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    print(f"# load average at the end {os.getloadavg()[0]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
