@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 import bitkv
@@ -136,3 +137,19 @@ def test_import_refuses_ttl_and_absolute_expiry_together(tmp_path: Path) -> None
     dump.write_text('{"key": "b", "value": "1", "expires_at_ms": "soon"}\n')
     code, _out, err = invoke("--dir", str(tmp_path / "s"), "import", str(dump))
     assert code == 2 and "line 1" in err and "positive integer" in err
+
+
+def test_cli_backs_up_an_encrypted_store_with_its_key_file(tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    key = bytes(range(32))
+    key_file = tmp_path / "key"
+    key_file.write_text(key.hex())
+    key_file.chmod(0o600)
+    with bitkv.open(tmp_path / "s", encryption_key=key) as db:
+        db.put(b"secret", b"value")
+    code, out, err = invoke("--dir", str(tmp_path / "s"), "--key-file", str(key_file),
+                            "backup", str(tmp_path / "bk"), "--verify")
+    assert code == 0, err
+    assert "check:    healthy" in out
+    with bitkv.open(tmp_path / "bk", readonly=True, encryption_key=key) as db:
+        assert db[b"secret"] == b"value"
