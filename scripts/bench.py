@@ -274,6 +274,12 @@ def fmt_ops(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def fmt_secs(t: float) -> str:
+    """Seconds with three significant digits: a compiled open of a small store takes a few
+    milliseconds, which two decimals would print as 0.00."""
+    return f"{t:.3g}" if t < 1 else f"{t:.2f}"
+
+
 def fmt_ratio(r: float) -> str:
     return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
 
@@ -587,7 +593,7 @@ def scale_table(scale: list[dict[str, Any]]) -> list[str]:
         lines.append("| " + " | ".join([
             fmt_keys(r["keys"]), r["backend"],
             f"{b['build_secs']:.1f}" if "build_secs" in b else "—",
-            fmt_mb(b.get("disk")), f"{r['open_secs']:.2f}", f"{r['beyond_key_bytes']:.0f}",
+            fmt_mb(b.get("disk")), fmt_secs(r["open_secs"]), f"{r['beyond_key_bytes']:.0f}",
             fmt_ops(r["gets_s"]), fmt_ratio(r["gets_s"] / smallest[r["backend"]]),
         ]) + " |")
     return lines
