@@ -953,17 +953,7 @@ seed_hash(void)
 int
 bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint64_t *value)
 {
-    IndexMap *self = (IndexMap *)map;
-    size_t empty;
-    Py_ssize_t i = find(self, key, len, siphash13(key, len), &empty);
-    if (i == -2) {
-        return -1;
-    }
-    if (i < 0) {
-        return 0;
-    }
-    *value = self->slots[i].value;
-    return 1;
+    return bitkv_index_lookup_hashed(map, key, len, siphash13(key, len), value);
 }
 
 int
