@@ -205,16 +205,21 @@ def open_store(settings: Settings, *, write: bool, create: bool = False
         settings.store.refresh()
         yield settings.store
         return
-    if write:
-        db = bitkv.open(settings.directory, create=create,
-                        encryption_key=settings.encryption_key)
-    else:
-        db = bitkv.open(settings.directory, readonly=True,
-                        encryption_key=settings.encryption_key)
+    db = open_db(settings, write=write, create=create)
     try:
         yield db
     finally:
         db.close()
+
+
+def open_db(settings: Settings, *, write: bool, create: bool = False) -> bitkv.Store:
+    """Open the store in ``settings.directory``: for writing (created only if ``create``) or
+    read-only (never creates; works beside a writer). The caller closes it."""
+    if write:
+        return bitkv.open(settings.directory, create=create,
+                          encryption_key=settings.encryption_key)
+    return bitkv.open(settings.directory, readonly=True,
+                      encryption_key=settings.encryption_key)
 
 
 def read_keys(settings: Settings, source: str) -> list[bytes]:

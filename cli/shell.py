@@ -28,10 +28,8 @@ from typing import IO, Any
 
 import click
 
-import bitkv
-
 from .errors import EXIT_OK, EXIT_USAGE, CliError
-from .main import Settings, cli, run_guarded, run_verb
+from .main import Settings, cli, open_db, run_guarded, run_verb
 
 # Verbs that do not run inside the shell, and why.
 UNAVAILABLE = {
@@ -304,12 +302,7 @@ def shell(settings: Settings, readonly: bool, create: bool) -> None:
     if readonly and create:
         raise CliError("--readonly and --create exclude each other (a reader creates "
                        "nothing)", EXIT_USAGE)
-    if readonly:
-        db = bitkv.open(settings.directory, readonly=True,
-                        encryption_key=settings.encryption_key)
-    else:
-        db = bitkv.open(settings.directory, create=create,
-                        encryption_key=settings.encryption_key)
+    db = open_db(settings, write=not readonly, create=create)
     try:
         inner = dataclasses.replace(settings, store=db, in_shell=True)
         session = Shell(inner)
