@@ -51,6 +51,7 @@ UNITS = ["type/string", "type/incr", "expire", "keyspace", "type/hash", "type/se
 DENY_TAGS = ["needs:debug", "needs:repl"]
 UNIT_TIMEOUT_S = 900  # one unit against one server, wall clock (the slowest take ~1 minute)
 
+_WHERE = re.compile(r" in tests/\S+\.tcl$")  # a failure's name ends with its file
 _RESULT = re.compile(r"^\[(ok|err|exception|skip|ignore)\]: (.*?)(?: \(\d+ ms\))?$")
 
 
@@ -123,6 +124,7 @@ def run_unit(source: Path, unit: str, port: int, log: Path) -> UnitResult:
         if m is None:
             continue
         status, name = m.groups()
+        name = _WHERE.sub("", name)
         if status == "ok":
             result.passed.append(name)
         elif status in ("err", "exception"):

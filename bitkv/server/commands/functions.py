@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 def cmd_function(c: Connection, args: list[bytes]) -> bytes:
     sub = args[1].upper()
     if sub == b"FLUSH":
-        if len(args) > 3 or (len(args) == 3 and args[2].upper() not in (b"ASYNC", b"SYNC")):
+        if len(args) > 3:
             raise CommandError(SYNTAX)
+        if len(args) == 3 and args[2].upper() not in (b"ASYNC", b"SYNC"):
+            raise CommandError("ERR FUNCTION FLUSH only supports SYNC|ASYNC option")
         return OK
     if sub == b"LIST":
         return EMPTY_ARRAY

@@ -8,8 +8,10 @@ records it for this server (until it stops: nothing is written to disk) and ``CO
 returns it; nothing else reads it. docs/server.md lists them as no-effect parameters.
 
 The table gives each parameter's kind and the value CONFIG GET shows before any CONFIG SET:
-Redis 7.0's default, except ``save`` and ``appendonly``, which start as the truth about bitkv
-(no snapshots; every write goes to the log).
+Redis 7.0's default as Debian's redis-server 7.0.15 reports it, except ``save`` and
+``appendonly``, which start as the truth about bitkv (no snapshots; every write goes to the
+log). A parameter bitkv comes to implement (``maxmemory`` and its eviction settings are not
+here for that reason) leaves this table for the module that gives it effect.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ BOOL, INT, MEMORY, TEXT, SAVE = "bool", "int", "memory", "text", "save"
 # name: (kind, value before any CONFIG SET)
 TUNING: dict[str, tuple[str, str]] = {
     # encodings of the collection types (Redis 7.0 names, and their pre-7.0 aliases)
-    "hash-max-listpack-entries": (INT, "128"),
+    "hash-max-listpack-entries": (INT, "512"),
     "hash-max-listpack-value": (INT, "64"),
-    "hash-max-ziplist-entries": (INT, "128"),
+    "hash-max-ziplist-entries": (INT, "512"),
     "hash-max-ziplist-value": (INT, "64"),
     "list-max-listpack-size": (INT, "-2"),
     "list-max-ziplist-size": (INT, "-2"),
@@ -72,10 +74,6 @@ TUNING: dict[str, tuple[str, str]] = {
     "lazyfree-lazy-server-del": (BOOL, "no"),
     "lazyfree-lazy-user-del": (BOOL, "no"),
     "lazyfree-lazy-user-flush": (BOOL, "no"),
-    "maxmemory-samples": (INT, "5"),
-    "maxmemory-eviction-tenacity": (INT, "10"),
-    "lfu-log-factor": (INT, "10"),
-    "lfu-decay-time": (INT, "1"),
     # diagnostics and client bookkeeping
     "slowlog-log-slower-than": (INT, "10000"),
     "slowlog-max-len": (INT, "128"),
