@@ -115,15 +115,23 @@ def run_unit(source: Path, unit: str, port: int, log: Path, skip: list[str]) -> 
             "--tags", " ".join("-" + t for t in DENY_TAGS), "--single", f"unit/{unit}"]
     for name in skip:
         argv += ["--skiptest", name]
-    result = UnitResult()
+    aborted = ""
     try:
         done = subprocess.run(argv, cwd=source, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, timeout=UNIT_TIMEOUT_S, check=False)
         output = done.stdout.decode("utf-8", "replace")
     except subprocess.TimeoutExpired as exc:
         output = (exc.stdout or b"").decode("utf-8", "replace")
-        result.aborted = f"timed out after {UNIT_TIMEOUT_S} s"
+        aborted = f"timed out after {UNIT_TIMEOUT_S} s"
     log.write_text(output)
+    result = parse_output(output)
+    result.aborted = aborted or result.aborted
+    return result
+
+
+def parse_output(output: str) -> UnitResult:
+    """The tests a unit's runtest output reports as passed and as failed (by name)."""
+    result = UnitResult()
     ansi = re.compile(r"\x1b\[[0-9;]*m")
     for line in output.splitlines():
         m = _RESULT.match(ansi.sub("", line).strip())
@@ -135,8 +143,7 @@ def run_unit(source: Path, unit: str, port: int, log: Path, skip: list[str]) -> 
             result.passed.append(name)
         elif status in ("err", "exception"):
             result.failed.append(name)
-    if not result.aborted and "All tests passed" not in output \
-            and "[exception]" in ansi.sub("", output):
+    if "All tests passed" not in output and "[exception]" in ansi.sub("", output):
         result.aborted = "the unit stopped at an exception"
     return result
 

@@ -433,3 +433,29 @@ def test_docs_list_every_tuning_parameter_with_its_default():
     section = " ".join(section.split("\n## ", 1)[0].split())
     for name, (_kind, default) in tuning.TUNING.items():
         assert f"`{name}` {default or '(empty)'}" in section, name
+
+
+def test_redis_suite_script_reads_runtest_output_and_prints_the_table():
+    """scripts/redis_suite.py's reading of runtest's output (the suite itself needs a Redis
+    source tree, which CI does not have)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
+    import redis_suite
+
+    output = ("Testing unit/multi\n"
+              "[\x1b[0;32;49mok\x1b[0m]: MULTI / EXEC basics (0 ms)\n"
+              "[\x1b[0;31;49merr\x1b[0m]: DISCARD in tests/unit/multi.tcl\n"
+              "Expected 'OK' to equal or match 'QUEUED'\n"
+              "[\x1b[0;32;49mok\x1b[0m]: EXEC works on WATCHed key not modified (1 ms)\n"
+              "[skip]: MULTI with SHUTDOWN\n"
+              "[ignore]: MULTI with BGREWRITEAOF: Not supported on external server\n"
+              "[exception]: Executing test client: ERR unknown command 'rpush'\n")
+    got = redis_suite.parse_output(output)
+    assert got.passed == ["MULTI / EXEC basics", "EXEC works on WATCHed key not modified"]
+    assert got.failed == ["DISCARD", "Executing test client: ERR unknown command 'rpush'"]
+    assert got.aborted == "the unit stopped at an exception"
+    bitkv = {"multi": got}
+    real = {"multi": redis_suite.UnitResult(passed=["a", "b", "c", "d"])}
+    lines = redis_suite.table(["multi"], real, bitkv, markdown=True).splitlines()
+    assert lines[2] == "| multi | 4 | 2 | 50% |" and lines[-1] == "| total | 4 | 2 | 50% |"
