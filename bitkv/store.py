@@ -1198,7 +1198,8 @@ class Store(MutableMapping[bytes, bytes]):
         compaction, which moves records, keeps it. So two equal answers mean nothing was
         written to the key in between, or the key was absent both times (a key created and
         deleted again in between is not told apart). The server's WATCH compares versions.
-        Raises :class:`CorruptionError` if the record fails its CRC.
+        The record is read and its CRC checked (as a get does), so the cost grows with the
+        value's size; raises :class:`CorruptionError` if it fails the check.
         """
         k = to_key(key)
         for _attempt in range(8):
