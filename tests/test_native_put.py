@@ -31,7 +31,7 @@ def _open(path: str, use_native: bool, **kw: object) -> bitkv.Store:
     if use_native:
         assert db._native_put is native.put
     else:
-        db._native_put = None
+        db._use_native_put(False)
     return db
 
 
