@@ -410,7 +410,10 @@ put_locked(PyObject *store, PyObject *key, PyObject *value)
     if (had_old && forget(keydir, old) < 0) {
         goto done;
     }
-    if (add_int_attr(&a_live_bytes, seg, size) < 0 || discard_from(&a_hidden, keydir, key) < 0
+    /* A key in ``hidden`` is never indexed (KeyDir's rules move a key from one to the other;
+     * replay.c relies on the same), so only a new key can be there: an overwrite skips it. */
+    if (add_int_attr(&a_live_bytes, seg, size) < 0
+        || (!had_old && discard_from(&a_hidden, keydir, key) < 0)
         || discard_from(&a_expiries, keydir, key) < 0) {
         goto done;
     }
