@@ -237,3 +237,19 @@ def test_put_kernel_follows_a_changed_class(tmp_path):
         assert native.put(db, b"k", b"5") is True and db[b"k"] == b"5"
     finally:
         db.close()
+
+
+def test_writer_outliving_its_store_or_misbuilt_raises(tmp_path):
+    db = _open(str(tmp_path / "db"), True)
+    put = db.put
+    db.close()
+    del db
+    import gc
+
+    gc.collect()
+    with pytest.raises(ReferenceError):
+        put(b"k", b"v")  # the store is gone: nothing to write to, nothing to fall back to
+    with pytest.raises(TypeError):
+        native.Writer(object(), "not callable")
+    with pytest.raises(TypeError):
+        native.Writer(1, bitkv.Store.put)  # an int cannot be weakly referenced
