@@ -67,11 +67,11 @@ from .validate import (
 from .views import ItemsView, KeysView, ValuesView
 
 if TYPE_CHECKING:
-    from ._native import Reader
+    from ._native import Reader, Writer
     from .views import JsonView, Namespace
 _encode_batch: Any = None
 if NATIVE:
-    from ._native import IndexMap, Reader
+    from ._native import IndexMap, Reader, Writer
     from ._native import encode_batch as _native_encode_batch
 
     _encode_batch = _native_encode_batch
@@ -401,10 +401,12 @@ class Store(MutableMapping[bytes, bytes]):
         # as the Python path without skipping anything that path does: map writes through
         # the plain FileIO, values stored as given, and no kill points (they live in Python;
         # real kill -9 runs of the crash harness cover the compiled path).
+        self._native_put_allowed = (_native_put is not None and not readonly
+                                    and self._map_writes and self._plain_io
+                                    and not self._encoding and not self._sealing
+                                    and not killpoints.ENABLED)
         self._native_put: Callable[[Store, object, object], bool] | None = (
-            _native_put if (_native_put is not None and not readonly and self._map_writes
-                            and self._plain_io and not self._encoding and not self._sealing
-                            and not killpoints.ENABLED) else None)
+            _native_put if self._native_put_allowed else None)
         _log_recovery(self.path, loaded.report)
         segments = self._table.segments
         for s in segments[:-1] if readonly else segments:
@@ -412,6 +414,8 @@ class Store(MutableMapping[bytes, bytes]):
                 s.release_fd()  # a reader keeps the newest segment's fd to follow the writer
         self._reader: Reader | None = None
         self._bind_reader()
+        self._writer: Writer | None = None
+        self._bind_writer()
         self._maintenance.start()
 
     def _bind_reader(self) -> None:
@@ -432,6 +436,32 @@ class Store(MutableMapping[bytes, bytes]):
         self._reader = Reader(self._entries, self._expiries, self._table.slots, self,
                               Store.get, self._plain_ok)
         self.get = self._reader.get  # type: ignore[method-assign]
+
+    def _bind_writer(self) -> None:
+        """Where the put kernel serves this store, make ``self.put`` a Writer's ``put``
+        (bitkv/native/put.c): a plain ``db.put(k, v)`` is then one C call, with no Python
+        frame (it cost a fifth of an overwrite); options and whatever the kernel declines go
+        to :meth:`put` below, the reference. Not where ``put`` is another class's (a
+        subclass, or the crash harness's sabotage)."""
+        self._unbind_writer()
+        if self._native_put is None or type(self).put is not _reference_put:
+            return
+        self._writer = Writer(self, _reference_put)
+        self.put = self._writer.put  # type: ignore[method-assign]
+
+    def _unbind_writer(self) -> None:
+        """Every put, also one bound earlier, goes through :meth:`put` (closed, or the
+        kernel switched off)."""
+        if self._writer is not None:
+            self._writer.detach()
+            self._writer = None
+        self.__dict__.pop("put", None)
+
+    def _use_native_put(self, enabled: bool) -> None:
+        """Switch the put kernel off (or back on where the store allows it): for tests that
+        compare it with the Python path."""
+        self._native_put = _native_put if enabled and self._native_put_allowed else None
+        self._bind_writer()
 
     def _unbind_reader(self) -> None:
         """Closed: every get, also one bound earlier, goes through Python (ClosedError)."""
@@ -1530,6 +1560,7 @@ class Store(MutableMapping[bytes, bytes]):
                 self._log.refused = True
                 self._entries = _Closed()
                 self._unbind_reader()
+                self._unbind_writer()
                 self._release_files()
 
     def _abandon(self) -> None:
@@ -1544,6 +1575,7 @@ class Store(MutableMapping[bytes, bytes]):
             self._log.refused = True
             self._entries = _Closed()
             self._unbind_reader()
+            self._unbind_writer()
             self._release_files()
 
     def _release_files(self) -> None:
@@ -1627,3 +1659,8 @@ class Store(MutableMapping[bytes, bytes]):
                 "segments_from_hints": report.segments_from_hints,
             },
         }
+
+
+# Store.put as defined above: the Writer's fallback, and bound only while a store's class still
+# has this put (the crash harness replaces Store.put to sabotage puts; a subclass may too).
+_reference_put = Store.put
