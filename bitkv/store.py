@@ -460,9 +460,9 @@ class Store(MutableMapping[bytes, bytes]):
         self._log.active = new
         return new
 
-    def _fsync_failed(self, exc: OSError) -> None:
-        """FsyncGuard's report: the log refuses writes from now on."""
-        self._log.fail(exc)
+    def _fsync_failed(self, exc: OSError, path: str) -> None:
+        """FsyncGuard's report: the log refuses writes from now on (and logs it, once)."""
+        self._log.fail(exc, f"an fsync of {path} failed")
 
     def _rotated(self, new: Segment) -> None:
         """The log started ``new``: its hidden records start empty; maybe compact now."""

@@ -1072,7 +1072,10 @@ class Server:
         try:
             self.db.sync_pending()
         except Exception as exc:
-            log.error("fsync failed; failing the replies of the writes it covered: %s", exc)
+            # The store logged the failed fsync (ERROR, with its file); this is what the
+            # server did about it.
+            log.warning("failing the replies held for this iteration's fsync (%d client(s)): "
+                        "%s", len(waiting), exc)
             failure = error(f"ERR fsync failed, the write may not be durable: {exc}")
         self.last_save_time = time.time()
         self.writes_since_save = 0
