@@ -1559,6 +1559,7 @@ class Store(MutableMapping[bytes, bytes]):
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
     def __repr__(self) -> str:
