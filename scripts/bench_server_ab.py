@@ -91,6 +91,8 @@ def main() -> None:
                     used = (cpu_ticks(proc.pid) - before) / TICK
                     rates.setdefault((test, name), []).append(rate)
                     cpu.setdefault((test, name), []).append(used / args.requests * 1e6)
+                    print(f"round {r + 1} {test} {name}: {rate:,.0f} req/s, "
+                          f"{used / args.requests * 1e6:.2f} us CPU/req", flush=True)
         print(f"-P {args.pipeline}, -c {args.clients}, -n {args.requests}, {args.rounds} rounds "
               f"(medians); A={args.a} B={args.b}")
         print("| test | A req/s | B req/s | B/A | A CPU us/req | B CPU us/req | B/A CPU |")

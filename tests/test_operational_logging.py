@@ -94,9 +94,9 @@ def test_a_failed_directory_fsync_names_the_directory(tmp_path, caplog):
 
 def test_a_writable_open_of_a_locked_store_is_logged_and_does_not_wait(tmp_path, caplog):
     path = str(tmp_path / "db")
-    with bitkv.open(path):
-        with caplog.at_level(logging.INFO, logger="bitkv"), pytest.raises(bitkv.LockError):
-            bitkv.open(path)
+    with bitkv.open(path), caplog.at_level(logging.INFO, logger="bitkv"), \
+            pytest.raises(bitkv.LockError):
+        bitkv.open(path)
     lines = records(caplog, "write lock is held")
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
     assert os.path.join(path, "LOCK") in lines[0].getMessage()
