@@ -956,6 +956,12 @@ LOAD_ATTEMPTS = 8
 log = logging.getLogger("bitkv")
 
 
+def _log_gave_up(directory: str, waited: float, attempts: int, changed: str) -> None:
+    log.warning("bitkv store %s: a read-only open gave up after waiting %.0f ms (%d attempts) "
+                "for the writer to stop changing its segments, or for %s, which is missing",
+                directory, waited * 1000, attempts, changed)
+
+
 def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
          tolerate_loss: bool = False) -> LoadedStore:
     """Rebuild the index of the store in ``directory`` (already validated and locked).
@@ -983,10 +989,7 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
             break
         except SegmentLossError:
             if waited:  # the last attempt found the segment still missing
-                log.warning("bitkv store %s: a read-only open gave up after waiting %.0f ms "
-                            "(%d attempts) for the writer to stop changing its segments, or "
-                            "for %s, which is missing", directory, waited * 1000, attempts,
-                            changed)
+                _log_gave_up(directory, waited, attempts, changed)
             raise
         except (FileNotFoundError, _Retry) as exc:
             # A read-only opener raced the writer (a compaction removed a segment, a rotation
@@ -995,10 +998,7 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
             changed = os.path.basename(str(name))
             if attempt == attempts - 1:
                 if waited:
-                    log.warning("bitkv store %s: a read-only open gave up after waiting "
-                                "%.0f ms (%d attempts) for the writer to stop changing its "
-                                "segments, or for %s, which is missing", directory,
-                                waited * 1000, attempts, changed)
+                    _log_gave_up(directory, waited, attempts, changed)
                 raise SegmentLossError(
                     f"store {directory!r} kept changing while being read (segments removed "
                     f"or added by the writer: {os.path.basename(str(name))}), or that segment "

@@ -16,38 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise SystemExit(f"the server on port {port} exited with {proc.returncode}")
-        if subprocess.run(["redis-cli", "-p", str(port), "ping"],
-                          capture_output=True).returncode == 0:
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"the server on port {port} did not start")
+# The helpers of the benchmark against Redis (this script's directory is on sys.path).
+from bench_server import TICK, cpu_ticks, free_port, wait_ready
 
 
 def run(port: int, test: str, requests: int, pipeline: int, clients: int) -> float:

@@ -38,11 +38,16 @@ def test_a_torn_tail_is_logged_with_its_file_and_offset(tmp_path, caplog):
                if "torn write" in r.getMessage())
 
 
-def test_damage_is_logged_region_by_region(tmp_path, caplog):
-    path = str(tmp_path / "db")
+def _segmented_store(path: str) -> None:
+    """200 keys over several small segments, each with its hint."""
     with bitkv.open(path, max_segment_size=4096) as db:
         for i in range(200):
             db.put(b"key-%d" % i, b"v" * 40)
+
+
+def test_damage_is_logged_region_by_region(tmp_path, caplog):
+    path = str(tmp_path / "db")
+    _segmented_store(path)
     first = sorted(n for n in os.listdir(path) if n.endswith(".data"))[0]
     flip_bit(os.path.join(path, first), 200)
     for name in os.listdir(path):  # no hints: open scans the segments, and meets the damage
@@ -82,9 +87,7 @@ def test_bitkv_serve_logs_recovery_findings_to_its_logfile(tmp_path):
 
 def test_an_ignored_hint_and_removed_temporaries_are_logged(tmp_path, caplog):
     path = str(tmp_path / "db")
-    with bitkv.open(path, max_segment_size=4096) as db:
-        for i in range(200):
-            db.put(b"key-%d" % i, b"v" * 40)
+    _segmented_store(path)
     hint = sorted(n for n in os.listdir(path) if n.endswith(".hint"))[0]
     flip_bit(os.path.join(path, hint), 100)
     with open(os.path.join(path, "000099.data.tmp"), "wb") as fh:  # an interrupted write

@@ -1240,7 +1240,7 @@ class Server:
                 "rejected_connections": self.rejected_connections,
                 "keyspace_hits": metrics.keyspace_hits,
                 "keyspace_misses": metrics.keyspace_misses,
-                "expired_keys": stats["expired_keys"] - metrics.expired_keys_base,
+                "expired_keys": metrics.expired_keys(stats["expired_keys"]),
                 "error_replies": metrics.total_error_replies,
             },
             gauges={

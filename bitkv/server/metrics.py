@@ -138,6 +138,10 @@ class Metrics:
         self._ops_samples = [0.0] * OPS_SAMPLES
         self._ops_last = None
 
+    def expired_keys(self, store_total: int) -> int:
+        """INFO's expired_keys: the store's count (since it was opened) since the last reset."""
+        return store_total - self.expired_keys_base
+
     def stat(self, name: str) -> CommandStat:
         got = self.commands.get(name)
         if got is None:

@@ -355,7 +355,7 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("total_commands_processed", control.total_commands),
             ("rejected_connections", control.rejected_connections),
             ("instantaneous_ops_per_sec", metrics.instantaneous_ops_per_sec),
-            ("expired_keys", stats["expired_keys"] - metrics.expired_keys_base),
+            ("expired_keys", metrics.expired_keys(stats["expired_keys"])),
             ("evicted_keys", 0),
             ("keyspace_hits", metrics.keyspace_hits),
             ("keyspace_misses", metrics.keyspace_misses),

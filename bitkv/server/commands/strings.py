@@ -129,7 +129,11 @@ def _read(c: Connection, key: bytes) -> bytes | None:
     """A read of a key's value, counted in INFO's keyspace_hits or keyspace_misses (the
     commands Redis counts so: GET, MGET, GETEX, GETDEL, GETSET, SET ... GET, GETRANGE,
     STRLEN). The server's inlined GET counts its own (app.py)."""
-    v = _get(c.db, key)
+    return _counted(c, _get(c.db, key))
+
+
+def _counted(c: Connection, v: bytes | None) -> bytes | None:
+    """``v``, a value read (None: missing), counted as a keyspace hit or miss."""
     metrics = c.control.metrics
     if v is None:
         metrics.keyspace_misses += 1
@@ -171,12 +175,8 @@ def cmd_getdel(c: Connection, args: list[bytes]) -> bytes:
         v = c.db.get_and_delete(args[1])
     except ValueError:
         v = None
-    metrics = c.control.metrics
-    if v is None:
-        metrics.keyspace_misses += 1
-        return c.null
-    metrics.keyspace_hits += 1
-    return bulk(v)
+    v = _counted(c, v)
+    return c.null if v is None else bulk(v)
 
 
 @command("getex", -2, F_WRITE | F_FAST, (1, 1, 1), "string",
