@@ -462,7 +462,7 @@ class Store(MutableMapping[bytes, bytes]):
 
     def _fsync_failed(self, exc: OSError, path: str) -> None:
         """FsyncGuard's report: the log refuses writes from now on (and logs it, once)."""
-        self._log.fail(exc, f"an fsync of {path} failed")
+        self._log.fail(exc, f"an fsync failed on {path}")
 
     def _rotated(self, new: Segment) -> None:
         """The log started ``new``: its hidden records start empty; maybe compact now."""

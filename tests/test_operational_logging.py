@@ -89,7 +89,7 @@ def test_a_failed_directory_fsync_names_the_directory(tmp_path, caplog):
         db.close()
     failures = records(caplog, "fsync")
     assert len(failures) == 1 and failures[0].levelno == logging.ERROR
-    assert f"an fsync of {path} failed" in failures[0].getMessage()
+    assert f"an fsync failed on {path} (" in failures[0].getMessage()
 
 
 def test_a_writable_open_of_a_locked_store_is_logged_and_does_not_wait(tmp_path, caplog):
