@@ -292,6 +292,7 @@ class Store(MutableMapping[bytes, bytes]):
         self.compact_min_dead_bytes = compact_min_dead_bytes
         self._compact_lock = threading.Lock()
         self.last_compaction: dict[str, Any] | None = None
+        self.compactions = 0  # run by this process (stats())
         self.last_compaction_error: str | None = None
         self.path = os.fspath(path)
         self.readonly = readonly
@@ -489,9 +490,9 @@ class Store(MutableMapping[bytes, bytes]):
         self._log.active = new
         return new
 
-    def _fsync_failed(self, exc: OSError) -> None:
-        """FsyncGuard's report: the log refuses writes from now on."""
-        self._log.fail(exc)
+    def _fsync_failed(self, exc: OSError, path: str) -> None:
+        """FsyncGuard's report: the log refuses writes from now on (and logs it, once)."""
+        self._log.fail(exc, f"an fsync failed on {path}")
 
     def _rotated(self, new: Segment) -> None:
         """The log started ``new``: its hidden records start empty; maybe compact now."""
@@ -500,6 +501,12 @@ class Store(MutableMapping[bytes, bytes]):
 
     def _lock_still_held(self) -> None:
         self._verify_lock(raise_now=True)
+
+    @property
+    def expired_keys(self) -> int:
+        """Keys removed from the index because they expired, since this open (a key is
+        removed at the next purge after its expiry: reads hide it at once)."""
+        return self._keydir.expired_count
 
     @property
     def last_sync_error(self) -> str | None:
@@ -546,6 +553,7 @@ class Store(MutableMapping[bytes, bytes]):
         if self.log_expirations and not self._log.refused:
             try:
                 self._delete_locked(k, entry)
+                self._keydir.expired_count += 1
                 return
             except (OSError, Error) as exc:  # unindexed below all the same
                 log.warning("bitkv store %s: could not log the expiry of %r: %s", self.path,
@@ -560,7 +568,7 @@ class Store(MutableMapping[bytes, bytes]):
             # key in an earlier segment would come back at the next open.
             offset = (entry >> SIZE_BITS) & _OFFSET_MASK
             hide = (offset, self._keydir.record_size(entry), 0, expiry_ms)
-        self._keydir.unindex(k, entry, hide)
+        self._keydir.unindex_expired(k, entry, hide)
 
     def _read(self, key: bytes, entry: int) -> tuple[rec.Header, bytes] | None:
         """Read and verify the record ``entry`` points at; None if the key vanished meanwhile."""
@@ -1341,6 +1349,7 @@ class Store(MutableMapping[bytes, bytes]):
             self._loaded = loaded
             self._next_seq = loaded.next_seq
             self.recovery_report = loaded.report
+            loaded.keydir.expired_count = self._keydir.expired_count
             self._keydir = loaded.keydir
             self._table.slots = loaded.slots
             self._table.segments = loaded.segments
@@ -1465,6 +1474,7 @@ class Store(MutableMapping[bytes, bytes]):
     def _note_compaction(self, summary: dict[str, Any]) -> None:
         summary["finished_at"] = self._clock()
         self.last_compaction = summary
+        self.compactions += 1
         log.info("bitkv store %s: compacted %d segment(s), %d bytes -> %d segment(s), %d bytes "
                  "(%d reclaimed; %d keys kept, %d records dropped%s) in %.2f s", self.path,
                  summary.get("segments_in", 0), summary.get("bytes_in", 0),
@@ -1602,6 +1612,7 @@ class Store(MutableMapping[bytes, bytes]):
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
     def __repr__(self) -> str:
@@ -1615,9 +1626,11 @@ class Store(MutableMapping[bytes, bytes]):
 
         Keys: ``keys`` (live keys), ``segments``, ``live_bytes`` (bytes of the records the
         index points at), ``dead_bytes`` (bytes reclaimable by compaction), ``disk_bytes``
-        (all store files), ``expiring_keys``, ``active_segment``, ``sync``, and
-        ``recovery`` (what the last open found: truncated and corrupt bytes, dropped batch
-        records, ignored hint files).
+        (all store files), ``expiring_keys``, ``expired_keys`` (keys removed from the index
+        because they expired, since this open), ``compactions`` (run by this process),
+        ``segment_bytes`` (per segment, oldest first: ``{"id", "live_bytes", "dead_bytes"}``),
+        ``active_segment``, ``sync``, and ``recovery`` (what the last open found: truncated
+        and corrupt bytes, dropped batch records, ignored hint files).
         """
         self._check_open()
         self._purge_expired()
@@ -1625,8 +1638,11 @@ class Store(MutableMapping[bytes, bytes]):
             segs = list(self._table.segments)
             keys = len(self._entries)
             expiring = len(self._expiries)
-            live = sum(s.live_bytes for s in segs)
-            dead = sum(s.dead_bytes for s in segs)
+            per_segment = [{"id": s.id, "live_bytes": s.live_bytes,
+                            "dead_bytes": s.dead_bytes} for s in segs]
+            live = sum(s["live_bytes"] for s in per_segment)
+            dead = sum(s["dead_bytes"] for s in per_segment)
+            expired = self._keydir.expired_count
             active = self._log.active.id if self._log.active is not None else None
         disk = 0
         for name in self._io.listdir(self.path):
@@ -1642,6 +1658,9 @@ class Store(MutableMapping[bytes, bytes]):
             "dead_bytes": dead,
             "disk_bytes": disk,
             "expiring_keys": expiring,
+            "expired_keys": expired,
+            "compactions": self.compactions,
+            "segment_bytes": per_segment,
             "active_segment": active,
             "sync": self.sync_mode,
             "readonly": self.readonly,

@@ -298,6 +298,7 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
     last = stats.get("last_compaction") or {}
     rec = stats.get("recovery") or {}
     sync = control.config.sync
+    metrics = control.metrics
     return {
         "server": [
             ("redis_version", REDIS_VERSION),
@@ -354,6 +355,8 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("bitkv_dead_bytes", stats["dead_bytes"]),
             ("bitkv_disk_bytes", stats["disk_bytes"]),
             ("bitkv_last_compaction_reclaimed_bytes", last.get("bytes_reclaimed", 0)),
+            ("bitkv_compactions", stats["compactions"]),
+            ("bitkv_expired_keys", stats["expired_keys"]),
             ("bitkv_last_compaction_error", control.last_compaction_error
              or stats.get("last_compaction_error") or ""),
             ("bitkv_recovery_truncated_bytes", rec.get("truncated_bytes", 0)),
@@ -363,25 +366,34 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("total_connections_received", control.total_connections),
             ("total_commands_processed", control.total_commands),
             ("rejected_connections", control.rejected_connections),
-            ("expired_keys", 0),
+            ("instantaneous_ops_per_sec", metrics.instantaneous_ops_per_sec),
+            ("expired_keys", metrics.expired_keys(stats["expired_keys"])),
             ("evicted_keys", 0),
+            ("keyspace_hits", metrics.keyspace_hits),
+            ("keyspace_misses", metrics.keyspace_misses),
             ("pubsub_channels", control.pubsub.total(CHANNEL)),
             ("pubsub_patterns", control.pubsub.total(PATTERN)),
             ("pubsubshard_channels", control.pubsub.total(SHARD)),
             *control.replication.stats_fields(),
+            ("total_error_replies", metrics.total_error_replies),
         ],
         "replication": control.replication.info_fields(),
         "cpu": [
             ("used_cpu_sys", f"{usage.ru_stime:.6f}"),
             ("used_cpu_user", f"{usage.ru_utime:.6f}"),
         ],
+        "commandstats": metrics.commandstats(),
+        "errorstats": metrics.errorstats(),
+        "latencystats": metrics.latencystats(),
         "keyspace": ([("db0", f"keys={stats['keys']},expires={stats['expiring_keys']},"
                               "avg_ttl=0")] if stats["keys"] else []),
     }
 
 
-_DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication",
-                     "cpu", "keyspace")
+# Redis 7's order. commandstats and latencystats are in "all" and "everything" only.
+_ALL_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu",
+                 "commandstats", "errorstats", "latencystats", "keyspace")
+_DEFAULT_SECTIONS = tuple(n for n in _ALL_SECTIONS if n not in ("commandstats", "latencystats"))
 
 
 @command("info", -1, F_FAST, group="server",
@@ -389,10 +401,12 @@ _DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "rep
 def cmd_info(c: Connection, args: list[bytes]) -> bytes:
     wanted = [a.decode("utf-8", "replace").lower() for a in args[1:]]
     sections = info_sections(c)
-    if not wanted or any(w in ("all", "everything", "default") for w in wanted):
-        names = list(_DEFAULT_SECTIONS)
+    if any(w in ("all", "everything") for w in wanted):
+        names = list(_ALL_SECTIONS)
+    elif not wanted or "default" in wanted:
+        names = [n for n in _ALL_SECTIONS if n in _DEFAULT_SECTIONS or n in wanted]
     else:
-        names = [n for n in _DEFAULT_SECTIONS if n in wanted]
+        names = [n for n in _ALL_SECTIONS if n in wanted]
     out = []
     for name in names:
         out.append(f"# {name.capitalize()}\r\n")
