@@ -146,7 +146,7 @@ def entry_count(header: bytes, file_size: int) -> int:
     if magic != MAGIC or version != FORMAT_VERSION:
         return 0
     room = (file_size - HEADER_SIZE - TRAILER.size) // (ENTRY_SIZE + 1)  # keys >= 1 byte
-    return min(count, room)
+    return min(int(count), room)
 
 
 def walk(raw: RawHint) -> list[tuple[bytes, HintEntry]]:

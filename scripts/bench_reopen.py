@@ -63,11 +63,35 @@ def rss_anon() -> int:
 # -- building (in a child process) -------------------------------------------------------------
 
 
-def build(path: str, n: int, value_size: int, history: bool) -> dict[str, Any]:
-    import bitkv
+def hint_sealed_segments(path: str) -> int:
+    """Write the hints the maintenance thread writes for sealed segments after rotation, for
+    those it has not got to (a fast batch fill outruns it), so that every measurement opens
+    the same store: every sealed segment hinted, the active one with its checkpoint. Also
+    used by bench.py's ``--scale`` build (bench_workload.scale_build). Returns how many."""
     from bitkv import recovery, sealing
     from bitkv import segment as seg_mod
     from bitkv.fileio import DEFAULT_FILEIO
+
+    loaded = recovery.load(path, DEFAULT_FILEIO, readonly=True, now_ms=0)
+    written = 0
+    try:
+        for seg in loaded.segments[:-1]:
+            if seg.kind == seg_mod.KIND_APPEND and not seg.hinted:
+                seg.map()
+                blob = sealing.build_hint(path, DEFAULT_FILEIO, seg)
+                if blob is not None:
+                    sealing.write_hint(path, DEFAULT_FILEIO, seg, blob)
+                    written += 1
+    finally:
+        for seg in loaded.segments:
+            seg.close()
+    return written
+
+
+
+def build(path: str, n: int, value_size: int, history: bool) -> dict[str, Any]:
+    import bitkv
+    from bitkv import segment as seg_mod
 
     started = time.perf_counter()
     value = b"v" * value_size
@@ -90,16 +114,7 @@ def build(path: str, n: int, value_size: int, history: bool) -> dict[str, Any]:
         live = len(db)
     finally:
         db.close()  # writes the active segment's checkpoint hint
-    # The hints the maintenance thread writes for sealed segments after rotation.
-    loaded = recovery.load(path, DEFAULT_FILEIO, readonly=True, now_ms=0)
-    for seg in loaded.segments[:-1]:
-        if seg.kind == seg_mod.KIND_APPEND and not seg.hinted:
-            seg.map()
-            blob = sealing.build_hint(path, DEFAULT_FILEIO, seg)
-            if blob is not None:
-                sealing.write_hint(path, DEFAULT_FILEIO, seg, blob)
-    for seg in loaded.segments:
-        seg.close()
+    hint_sealed_segments(path)
     names = os.listdir(path)
     return {"seconds": time.perf_counter() - started, "live": live,
             "disk": sum(os.path.getsize(os.path.join(path, f)) for f in names),
