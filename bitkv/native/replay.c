@@ -406,7 +406,11 @@ hint_check(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
  * the helper has not got there yet (a busy machine may not run it at all). */
 #if defined(__GNUC__) || defined(__clang__)
 #define HAVE_HASH_HELPER 1
-#define HELPER_MIN_ENTRIES 65536 /* below this, starting a thread costs more than it saves */
+/* Below this many entries, starting a thread costs more than it saves. scripts/asan_native.sh
+ * builds with 1, so that the fuzz target's small hints run the helper too. */
+#ifndef HELPER_MIN_ENTRIES
+#define HELPER_MIN_ENTRIES 65536
+#endif
 #define HELPER_PUBLISH 1024      /* entries hashed between two updates of ``ready`` */
 
 typedef struct {
