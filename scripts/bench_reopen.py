@@ -11,7 +11,12 @@ For each size a store is built once, in its own process, through ``db.batch()`` 
   TTL of a day), then every 10th key deleted: 1.6 records per key, ~0.9 keys live;
 * ``bench-history``: the store of ``bench.py --reopen-n`` (issue 14's "reopen of 1M keys with
   history" target): ``key:%012d`` keys put one call each in random order with 100-byte
-  values, half of them overwritten, a tenth deleted, through ``bitkv.open`` defaults.
+  values, half of them overwritten, a tenth deleted, through ``bitkv.open`` defaults;
+* ``scale``: the store of ``bench.py --scale`` (bench_workload.scale_build): ``key:%012d``
+  keys written once through ``db.batch()`` with 16-byte values.
+
+``--store PATH`` keeps one store (one size, one shape) at PATH and measures it again on the
+next run instead of building it anew: a 48M-key store takes minutes to build.
 
 Each shape is then opened in two states: ``hints`` (every sealed segment has the hint the
 maintenance thread writes after rotation, the active one the checkpoint of a clean close) and
@@ -133,6 +138,13 @@ def build(path: str, n: int, value_size: int, shape: str) -> dict[str, Any]:
         return {"seconds": time.perf_counter() - started, "live": live,
                 "disk": sum(os.path.getsize(os.path.join(path, f)) for f in names),
                 "hints": sum(1 for f in names if f.endswith(seg_mod.HINT_SUFFIX))}
+    if shape == "scale":
+        from bench_workload import scale_build
+
+        out = scale_build({"dir": path, "keys": n, "value_size": value_size, "seed": 1})
+        names = os.listdir(path)
+        return {"seconds": out["build_secs"], "live": n, "disk": out["disk"],
+                "hints": sum(1 for f in names if f.endswith(seg_mod.HINT_SUFFIX))}
     history = shape == "history"
     value = b"v" * value_size
     other = b"w" * value_size
@@ -169,7 +181,7 @@ def measure(path: str, n: int, gets: int, shape: str) -> dict[str, Any]:
 
     import bitkv
 
-    key = bench_key if shape == "bench-history" else key_of
+    key = bench_key if shape in ("bench-history", "scale") else key_of
     gc.collect()
     before = rss_anon()
     cpu = time.process_time()
@@ -234,6 +246,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--gets", type=int, default=500_000)
     ap.add_argument("--workdir", default=None, help="where the stores are built (removed after)")
+    ap.add_argument("--store", default=None,
+                    help="keep the store here, and reuse it if it exists (one size and shape)")
     ap.add_argument("--json", default=None, help="also write every measurement here")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -248,6 +262,8 @@ def main() -> None:
         os._exit(0)  # the store stays as it is on disk for the next open
 
     modes = args.modes.split(",")
+    if args.store and ("," in args.scale or "," in args.shapes):
+        ap.error("--store keeps one store: give one --scale size and one --shapes shape")
     results: list[dict[str, Any]] = []
     print(f"# bench_reopen: {' '.join(sys.argv[1:])}; load average "
           f"{os.getloadavg()[0]:.2f}; medians of {args.rounds} round(s), modes interleaved")
@@ -256,10 +272,19 @@ def main() -> None:
     print("|---:|---|---|---|---:|---:|---:|---:|---:|---:|")
     for n in (parse_size(s) for s in args.scale.split(",")):
         for shape in args.shapes.split(","):
-            work = tempfile.mkdtemp(prefix="bitkv-reopen-", dir=args.workdir)
-            path = os.path.join(work, "store")
+            if args.store:
+                work, path = "", os.path.abspath(args.store)
+            else:
+                work = tempfile.mkdtemp(prefix="bitkv-reopen-", dir=args.workdir)
+                path = os.path.join(work, "store")
             try:
-                built = child(["--child", "build", path, str(n), str(args.value_size), shape])
+                if args.store and os.path.isdir(path):
+                    names = os.listdir(path)
+                    built = {"seconds": 0.0,
+                             "disk": sum(os.path.getsize(os.path.join(path, f)) for f in names)}
+                else:
+                    built = child(["--child", "build", path, str(n), str(args.value_size),
+                                   shape])
                 for state in args.states.split(","):
                     if state == "scan":
                         for name in os.listdir(path):
@@ -290,7 +315,8 @@ def main() -> None:
                               f"{row['bytes_per_key']:.1f} | {row['gets_per_s']:,.0f} | "
                               f"{built['seconds']:.0f} |", flush=True)
             finally:
-                shutil.rmtree(work, ignore_errors=True)
+                if work:
+                    shutil.rmtree(work, ignore_errors=True)
     print(f"# load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
