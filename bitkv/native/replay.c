@@ -405,7 +405,6 @@ hint_check(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
  * uses no Python object and runs without the GIL; the loop hashes an entry itself whenever
  * the helper has not got there yet (a busy machine may not run it at all). */
 #if defined(__GNUC__) || defined(__clang__)
-#define HAVE_HASH_HELPER 1
 /* Below this many entries, starting a thread costs more than it saves. scripts/asan_native.sh
  * builds with 1, so that the fuzz target's small hints run the helper too. */
 #ifndef HELPER_MIN_ENTRIES
