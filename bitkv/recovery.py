@@ -726,6 +726,31 @@ class Loader:
         seg.header_damaged = True
         return seg
 
+    def reserve_for_hints(self, segments: list[Segment]) -> None:
+        """Size the index, before loading ``segments``, for the keys their hints hold (the
+        entry counts of the hint headers), so that it is built in its final size rather than
+        rehashed at every doubling. An estimate: a key several hints repeat is counted once
+        per hint (a store with history may get a table one doubling larger than its keys
+        alone need), and an unreadable hint counts 0 (the load reports it as usual)."""
+        if not self.use_hints:
+            return
+        total = 0
+        for seg in segments:
+            if seg.id not in self.hint_ids:
+                continue
+            try:
+                fd = _open_no_symlink(self.io, os.path.join(self.directory,
+                                                            seg_mod.hint_name(seg.id)))
+                try:
+                    total += hint.entry_count(self.io.pread(fd, hint.HEADER_SIZE, 0),
+                                              self.io.size(fd))
+                finally:
+                    self.io.close(fd)
+            except (OSError, UnsafeFileError):
+                continue
+        if total:
+            self.keydir.reserve(len(self.keydir) + total)
+
     def load_segment(self, seg: Segment, is_last: bool, start: int | None = None,
                      durable_end: int = 0) -> None:
         """Index ``seg`` (from ``start`` on, when a reader continues a segment it had read).
@@ -1025,6 +1050,7 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
         durable_end = last.durable_end = last.size
     loader.report.durable_end = durable_end
     hidden: dict[bytes, tuple[int, int, int, int]] = {}
+    loader.reserve_for_hints(segments)
     for i, seg in enumerate(segments):
         is_last = i == len(segments) - 1
         # The only segment a writer may still truncate (its torn tail, at its next open).
