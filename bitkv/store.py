@@ -23,6 +23,7 @@ from . import backup as backup_mod
 from . import (
     codec,
     durable,
+    eviction,
     history,
     keydir,
     killpoints,
@@ -222,6 +223,47 @@ class _CompactionHost:
         self._store._log.fail(exc, "a compaction failed after its commit point")
 
 
+class _EvictionHost:
+    """The narrow surface eviction works through (eviction.EvictionHost), called under the
+    writer lock."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @property
+    def entries(self) -> Any:
+        return self._store._entries
+
+    @property
+    def expiries(self) -> Any:
+        return self._store._expiries
+
+    def live_bytes(self) -> int:
+        return sum(s.live_bytes for s in self._store._table.segments)
+
+    def record_size(self, key: bytes) -> int:
+        entry = self._store._entries.get(key)
+        return 0 if entry is None else self._store._keydir.record_size(entry)
+
+    def evict(self, key: bytes) -> int:
+        store = self._store
+        entry = store._entries.get(key)
+        if entry is None:
+            return 0
+        size = store._keydir.record_size(entry)
+        expiry = store._expiries.get(key) if store._expiries else None
+        if expiry is not None and expiry <= store._now_ms() and not store.hold_expired:
+            store._drop_expired(key, entry, expiry)
+        else:
+            # A tombstone, so that the key stays gone after a reopen (and a replica of this
+            # store hears a DEL, as Redis propagates its evictions).
+            store._delete_locked(key, entry)
+        return size
+
+    def now_ms(self) -> int:
+        return self._store._now_ms()
+
+
 class _Closed(dict[bytes, int]):
     """Stands in for the keydir after close, so the read path needs no 'closed' check."""
 
@@ -257,6 +299,8 @@ class Store(MutableMapping[bytes, bytes]):
         fileio: FileIO | None = None,
         log_expirations: bool = False,
         hold_expired: bool = False,
+        max_bytes: int | None = None,
+        eviction: str | None = None,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
@@ -271,6 +315,7 @@ class Store(MutableMapping[bytes, bytes]):
         if compression_min_size is not None:
             check_number("compression_min_size", compression_min_size, 0,
                          settings.MAX_MIN_SIZE, integral=True)
+        settings.check_bound(max_bytes, eviction)
         self.auto_compact = bool(auto_compact)
         # Write a tombstone when an expired key leaves the index, so that the log (the
         # history replication streams) says when each key went: replicas get a DEL.
@@ -346,8 +391,10 @@ class Store(MutableMapping[bytes, bytes]):
             # (by a writer) so that every later opener writes the same way.
             #: How new values are compressed (:class:`bitkv.settings.Compression`): the
             #: store's recorded setting, or this open's explicit choice.
-            self.compression = settings.resolve(self.path, self._io, compression,
-                                                compression_min_size, writable=not readonly)
+            recorded = settings.resolve(self.path, self._io, compression,
+                                        compression_min_size, writable=not readonly,
+                                        max_bytes=max_bytes, eviction=eviction)
+            self.compression = recorded.compression
             self._codec = codec.ValueCodec(self.path, compression=self.compression.algorithm,
                                            compression_min_size=self.compression.min_size,
                                            encryption_key=encryption_key, keycheck=keycheck,
@@ -397,14 +444,14 @@ class Store(MutableMapping[bytes, bytes]):
                 raise
         self._loaded = loaded
         self.last_compaction = lastcompaction.load(self.path)
-        # The compiled single put (bitkv/native/put.c): only where it writes the same bytes
-        # as the Python path without skipping anything that path does: map writes through
-        # the plain FileIO, values stored as given, and no kill points (they live in Python;
-        # real kill -9 runs of the crash harness cover the compiled path).
-        self._native_put: Callable[[Store, object, object], bool] | None = (
-            _native_put if (_native_put is not None and not readonly and self._map_writes
-                            and self._plain_io and not self._encoding and not self._sealing
-                            and not killpoints.ENABLED) else None)
+        # Cache mode (eviction.py): None without a bound, and always in a reader (which
+        # never evicts; it still reports the recorded bound).
+        self._evictor: eviction.Evictor | None = None
+        self._evicted_before = 0  # evictions counted by earlier evictors of this open
+        self._seal_overhead = codec.NONCE_SIZE + codec.TAG_SIZE if self._sealing else 0
+        self._requested_segment_size = max_segment_size
+        self._apply_bound(recorded.bound)
+        self._native_put = self._choose_native_put()
         _log_recovery(self.path, loaded.report)
         segments = self._table.segments
         for s in segments[:-1] if readonly else segments:
@@ -413,6 +460,18 @@ class Store(MutableMapping[bytes, bytes]):
         self._reader: Reader | None = None
         self._bind_reader()
         self._maintenance.start()
+
+    def _choose_native_put(self) -> Callable[[Store, object, object], bool] | None:
+        """The compiled single put (bitkv/native/put.c), where it writes the same bytes as
+        the Python path without skipping anything that path does: map writes through the
+        plain FileIO, values stored as given, no kill points (they live in Python; real kill
+        -9 runs of the crash harness cover the compiled path), and no bound (eviction
+        happens in Python, before the write)."""
+        if (_native_put is not None and not self.readonly and self._map_writes
+                and self._plain_io and not self._encoding and not self._sealing
+                and not killpoints.ENABLED and self._evictor is None):
+            return _native_put
+        return None
 
     def _bind_reader(self) -> None:
         """In native mode, make ``self.get`` the get kernel's method (bitkv/native/get.c): a
@@ -426,12 +485,20 @@ class Store(MutableMapping[bytes, bytes]):
         self._reader = None
         self.__dict__.pop("get", None)
         fallback = type(self).get
-        if (not NATIVE or type(self._entries) is not IndexMap
-                or fallback is not Store.get):  # a subclass's get stays in charge
-            return
-        self._reader = Reader(self._entries, self._expiries, self._table.slots, self,
-                              Store.get, self._plain_ok)
-        self.get = self._reader.get  # type: ignore[method-assign]
+        if (NATIVE and type(self._entries) is IndexMap
+                and fallback is Store.get):  # a subclass's get stays in charge
+            self._reader = Reader(self._entries, self._expiries, self._table.slots, self,
+                                  Store.get, self._plain_ok)
+            self.get = self._reader.get  # type: ignore[method-assign]
+        evictor = self._evictor
+        if evictor is not None:
+            # LRU and LFU stamp each read: a wrapper around the kernel's get (or Python's),
+            # only in a bounded store, so an unbounded store's reads cost what they did.
+            inner = self.__dict__.get("get") or (lambda key, default=None: fallback(
+                self, key, default))
+            wrapped = evictor.wrap_get(inner)
+            if wrapped is not inner:
+                self.get = wrapped  # type: ignore[method-assign]
 
     def _unbind_reader(self) -> None:
         """Closed: every get, also one bound earlier, goes through Python (ClosedError)."""
@@ -695,6 +762,9 @@ class Store(MutableMapping[bytes, bytes]):
             with self._lock:
                 if self._log.refused:
                     self._check_writable()
+                if self._evictor is not None:  # cache mode: room first (may evict)
+                    self._evictor.before_write(
+                        k, _HEADER_SIZE + len(k) + len(v) + self._seal_overhead, expiry_ms)
                 # The seq is taken only once the write succeeded: appended seqs stay
                 # contiguous, which recovery's resynchronisation relies on (record.scan).
                 seq = self._next_seq
@@ -752,6 +822,9 @@ class Store(MutableMapping[bytes, bytes]):
 
         ``stored`` is compressed (if at all) but not yet sealed: sealing needs the seq.
         """
+        if self._evictor is not None:  # cache mode: room first (may evict, taking seqs)
+            self._evictor.before_write(
+                k, _HEADER_SIZE + len(k) + len(stored) + self._seal_overhead, expiry_ms)
         seq = self._next_seq
         if self._sealing:
             stored, flags = self._codec.seal(k, stored, flags, seq, expiry_ms)
@@ -916,6 +989,10 @@ class Store(MutableMapping[bytes, bytes]):
             # does not handle): the loop below, the reference, writes those.
             with self._lock:
                 self._check_writable()
+                if self._evictor is not None:  # cache mode: room for all of it first
+                    self._evictor.before_batch([
+                        (k, 0 if v is None else _HEADER_SIZE + len(k) + len(v),
+                         1 if expiry else 0) for k, v, expiry in ops])
                 first_seq = self._next_seq
                 data = _encode_batch(ops, first_seq, now_ms)
                 if data is not None:
@@ -945,6 +1022,11 @@ class Store(MutableMapping[bytes, bytes]):
         seal = self._codec.seal if self._sealing else None
         with self._lock:
             self._check_writable()
+            if self._evictor is not None:  # cache mode: room for all of it first
+                self._evictor.before_batch([
+                    (k, 0 if v is None else
+                     _HEADER_SIZE + len(k) + len(v) + self._seal_overhead, expiry_ms)
+                    for k, v, _flags, expiry_ms in staged])
             first_seq = self._next_seq
             parts = []
             for i, (k, v, flags, expiry_ms) in enumerate(staged):
@@ -1302,6 +1384,73 @@ class Store(MutableMapping[bytes, bytes]):
         for s in old_segments:
             s.close()
 
+    # -- cache mode (docs/cache.md) ------------------------------------------------------------
+
+    @property
+    def max_bytes(self) -> int:
+        """The bound on live bytes (0: none); see :meth:`set_max_bytes`."""
+        return self.bound.max_bytes
+
+    @property
+    def eviction(self) -> str:
+        """The eviction policy that keeps :attr:`max_bytes` (one of Redis's names)."""
+        return self.bound.eviction
+
+    @property
+    def evicted_keys(self) -> int:
+        """Keys evicted to keep the bound since this store was opened."""
+        evictor = self._evictor
+        return self._evicted_before + (evictor.evicted_keys if evictor is not None else 0)
+
+    def set_max_bytes(self, max_bytes: int, eviction: str | None = None) -> None:
+        """Bound the store's live bytes to ``max_bytes`` (0: no bound) by ``eviction`` (None:
+        keep the current policy), now and for every later open: the setting is recorded in
+        the store's ``SETTINGS`` file. A lower bound evicts at once (``noeviction`` and a
+        ``volatile-*`` policy without keys to evict leave the store over it: writes then
+        fail with :class:`StoreFullError` until deletes make room). ``CONFIG SET maxmemory``
+        and ``maxmemory-policy`` of ``bitkv serve`` call this.
+
+        Raises ValueError for a negative bound or an unknown policy, and
+        :class:`ReadOnlyError` on a read-only store.
+        """
+        self._check_writable()
+        settings.check_bound(max_bytes, eviction)
+        with self._lock:
+            self._check_writable()
+            bound = settings.Bound(max_bytes, self.bound.eviction if eviction is None
+                                   else eviction)
+            if bound != self.bound:
+                settings.write(self.path, self._io, self.compression, bound)
+            self._apply_bound(bound)
+            evictor = self._evictor
+            if evictor is not None and bound.eviction != "noeviction":
+                with contextlib.suppress(Error):  # nothing (more) can be evicted
+                    evictor.shrink()
+        self._native_put = self._choose_native_put()
+        self._bind_reader()
+
+    def _apply_bound(self, bound: settings.Bound) -> None:
+        """Put ``bound`` in force: at open, and (locked) from :meth:`set_max_bytes`."""
+        #: The bound in force (:class:`bitkv.settings.Bound`): as recorded, or as given.
+        self.bound = bound
+        old = self._evictor
+        if self.readonly or not bound.max_bytes:
+            self._evictor = None
+        elif old is not None and old.policy == bound.eviction:
+            old.max_bytes = bound.max_bytes  # the same policy keeps its access stamps
+        else:
+            self._evictor = eviction.Evictor(_EvictionHost(self), bound.max_bytes,
+                                             bound.eviction)
+        if old is not None and self._evictor is not old:
+            self._evicted_before += old.evicted_keys
+        # Smaller segments in a small cache, so that what compaction cannot take (the active
+        # segment) stays a small share of the disk (docs/cache.md, "The disk bound").
+        size = self._requested_segment_size
+        if self._evictor is not None:
+            size = max(MIN_SEGMENT_SIZE, min(size, bound.max_bytes // eviction.SEGMENT_SHARE))
+        self.max_segment_size = size
+        self._log.max_segment_size = size
+
     # -- durability --------------------------------------------------------------------------
 
     def sync(self) -> None:
@@ -1442,7 +1591,11 @@ class Store(MutableMapping[bytes, bytes]):
             if self._closed:
                 return False
             sealed = self._sealed()
-        return compaction_due(sealed, self.compact_min_dead_bytes, self.compact_dead_ratio)
+        min_dead = self.compact_min_dead_bytes
+        if self._evictor is not None:
+            # Cache mode keeps the disk near the bound (docs/cache.md, "The disk bound").
+            min_dead = min(min_dead, self._evictor.max_bytes // eviction.DEAD_SHARE)
+        return compaction_due(sealed, min_dead, self.compact_dead_ratio)
 
     def _write_seal_hints(self, blocking: bool = False) -> None:
         """Give every sealed append segment without a hint one (background; see sealing.py)."""
@@ -1562,7 +1715,9 @@ class Store(MutableMapping[bytes, bytes]):
 
         Keys: ``keys`` (live keys), ``segments``, ``live_bytes`` (bytes of the records the
         index points at), ``dead_bytes`` (bytes reclaimable by compaction), ``disk_bytes``
-        (all store files), ``expiring_keys``, ``active_segment``, ``sync``, and
+        (all store files), ``expiring_keys``, ``active_segment``, ``sync``, ``max_bytes``
+        (the bound on ``live_bytes``, 0: none), ``eviction`` (its policy),
+        ``evicted_keys`` (keys evicted since the store was opened), and
         ``recovery`` (what the last open found: truncated and corrupt bytes, dropped batch
         records, ignored hint files).
         """
@@ -1592,6 +1747,9 @@ class Store(MutableMapping[bytes, bytes]):
             "active_segment": active,
             "sync": self.sync_mode,
             "readonly": self.readonly,
+            "max_bytes": self.bound.max_bytes,
+            "eviction": self.bound.eviction,
+            "evicted_keys": self.evicted_keys,
             "last_compaction": self.last_compaction,
             "last_compaction_error": self.last_compaction_error,
             "last_sync_error": self.last_sync_error,

@@ -265,6 +265,8 @@ def _auth_attempt(spec: Spec, args: list[bytes]) -> bool:
 
 def error_reply(exc: Exception) -> bytes:
     """The RESP error for an exception a command raised."""
+    if isinstance(exc, bitkv.StoreFullError):  # Redis's reply, which clients recognise
+        return error(f"OOM command not allowed when used memory > 'maxmemory' ({exc})")
     if isinstance(exc, (ValueError, TypeError, bitkv.Error)) and str(exc):
         if not isinstance(exc, bitkv.Error):
             log.debug("command failed", exc_info=True)
