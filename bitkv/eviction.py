@@ -114,6 +114,23 @@ class KeyPool:
         return [keys[int(rng.random() * len(keys))] for _ in range(n)]
 
 
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3,
+          "gb": 1024**3}
+
+
+def parse_bytes(text: str) -> int:
+    """A size as Redis writes it in its configuration (``maxmemory 2gb``): digits and an
+    optional unit, ``k``/``m``/``g`` for powers of 1000, ``kb``/``mb``/``gb`` for powers of
+    1024 (case-insensitive). Raises ValueError saying what is wrong."""
+    stripped = text.strip().lower()
+    digits = stripped.rstrip("kmgb")
+    unit = stripped[len(digits):]
+    if not digits.isdigit() or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a size: digits, then optionally k, kb, m, mb, g or "
+                         f"gb (as in 2gb)")
+    return int(digits) * _UNITS[unit]
+
+
 def lfu_counter(stamp: int, now_min: int) -> int:
     """The LFU counter of ``stamp`` after its idle minutes' decay."""
     counter, last = stamp & 0xFF, stamp >> 8
@@ -148,13 +165,15 @@ class Evictor:
         self._lru = policy.endswith("-lru")
         self._lfu = policy.endswith("-lfu")
         self._volatile = policy.startswith("volatile-")
-        self._now_min = lambda: host.now_ms() // 60000
         initial = (self._now_min() << 8) | LFU_INIT if self._lfu else 0
         self._initial = initial
         # Every key has a stamp; the volatile policies sample only keys with an expiry.
         self.pool = KeyPool(list(host.entries), initial)
         self.volatile = KeyPool(list(host.expiries), 0) if self._volatile else None
         self._candidates: list[tuple[float, bytes]] = []  # (score, key), best last
+
+    def _now_min(self) -> int:
+        return self.host.now_ms() // 60000
 
     # -- access stamps -------------------------------------------------------------------------
 

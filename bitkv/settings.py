@@ -16,10 +16,10 @@ Rules (:func:`resolve`), applied at every open:
 * A store that never had anything but the defaults has no ``SETTINGS`` file.
 
 The file is 24 bytes (version 1) while no bound is set, so that an older bitkv can still
-write to the store, and 32 bytes (version 2) with one; it is replaced whole (temporary file, fsync, rename, directory fsync) under
-the writer's lock. One bitkv cannot read (damaged, or of a newer version) makes a writable
-open fail unless it names the compression itself (which rewrites a damaged file); a reader
-ignores it.
+write to the store, and 32 bytes (version 2) with one; it is replaced whole (temporary file,
+fsync, rename, directory fsync) under the writer's lock. One bitkv cannot read (damaged, or
+of a newer version) makes a writable open fail unless it names the compression itself (which
+rewrites a damaged file, with the bound this open names); a reader ignores it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import NamedTuple
 
 from .codec import DEFAULT_COMPRESSION_MIN_SIZE
 from .crc import crc32c
-from .eviction import POLICIES
 from .errors import CorruptionError, FormatVersionError
+from .eviction import POLICIES
 from .fileio import FileIO
 from .names import SETTINGS_NAME
 

@@ -23,7 +23,6 @@ from . import backup as backup_mod
 from . import (
     codec,
     durable,
-    eviction,
     history,
     keydir,
     killpoints,
@@ -45,6 +44,7 @@ from .errors import (
     NotAnIntegerError,
     ReadOnlyError,
 )
+from .eviction import DEAD_SHARE, SEGMENT_SHARE, Evictor
 from .fileio import DEFAULT_FILEIO, FileIO, FsyncGuard
 from .kernels import NATIVE
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
@@ -446,7 +446,7 @@ class Store(MutableMapping[bytes, bytes]):
         self.last_compaction = lastcompaction.load(self.path)
         # Cache mode (eviction.py): None without a bound, and always in a reader (which
         # never evicts; it still reports the recorded bound).
-        self._evictor: eviction.Evictor | None = None
+        self._evictor: Evictor | None = None
         self._evicted_before = 0  # evictions counted by earlier evictors of this open
         self._seal_overhead = codec.NONCE_SIZE + codec.TAG_SIZE if self._sealing else 0
         self._requested_segment_size = max_segment_size
@@ -1439,7 +1439,7 @@ class Store(MutableMapping[bytes, bytes]):
         elif old is not None and old.policy == bound.eviction:
             old.max_bytes = bound.max_bytes  # the same policy keeps its access stamps
         else:
-            self._evictor = eviction.Evictor(_EvictionHost(self), bound.max_bytes,
+            self._evictor = Evictor(_EvictionHost(self), bound.max_bytes,
                                              bound.eviction)
         if old is not None and self._evictor is not old:
             self._evicted_before += old.evicted_keys
@@ -1447,7 +1447,7 @@ class Store(MutableMapping[bytes, bytes]):
         # segment) stays a small share of the disk (docs/cache.md, "The disk bound").
         size = self._requested_segment_size
         if self._evictor is not None:
-            size = max(MIN_SEGMENT_SIZE, min(size, bound.max_bytes // eviction.SEGMENT_SHARE))
+            size = max(MIN_SEGMENT_SIZE, min(size, bound.max_bytes // SEGMENT_SHARE))
         self.max_segment_size = size
         self._log.max_segment_size = size
 
@@ -1594,7 +1594,7 @@ class Store(MutableMapping[bytes, bytes]):
         min_dead = self.compact_min_dead_bytes
         if self._evictor is not None:
             # Cache mode keeps the disk near the bound (docs/cache.md, "The disk bound").
-            min_dead = min(min_dead, self._evictor.max_bytes // eviction.DEAD_SHARE)
+            min_dead = min(min_dead, self._evictor.max_bytes // DEAD_SHARE)
         return compaction_due(sealed, min_dead, self.compact_dead_ratio)
 
     def _write_seal_hints(self, blocking: bool = False) -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bitkv
+from bitkv import settings
 from bitkv.record import MAX_KEY_SIZE
 
 from . import clients, protected, protocol
@@ -154,6 +155,10 @@ class ServerConfig:
     replica_announce_port: int | None = None
     # Redis's protected mode (protected.py): without a password, loopback clients only.
     protected_mode: bool = True
+    # Cache mode (docs/cache.md): the bound on live bytes and its eviction policy; None: as
+    # the store records (bitkv.open's max_bytes and eviction).
+    max_bytes: int | None = None
+    eviction: str | None = None
     # Where run_server logs (None: stderr) and from which level (Redis's names or Python's).
     loglevel: str = "notice"
     logfile: str | None = None
@@ -198,6 +203,7 @@ class ServerConfig:
         if self.requirepass == b"":
             self.requirepass = None
         protected.check_bind(self.hosts, self.requirepass is not None, self.protected_mode)
+        settings.check_bound(self.max_bytes, self.eviction)
         if self.loglevel.lower() not in LOG_LEVELS:
             raise ValueError(f"loglevel must be one of {', '.join(LOG_LEVELS)}, not "
                              f"{self.loglevel!r}")
@@ -1105,6 +1111,10 @@ class Server:
             options.setdefault("hold_expired", self.replication.starts_as_replica())
             if config.encryption_key is not None:
                 options["encryption_key"] = config.encryption_key
+            if config.max_bytes is not None:
+                options["max_bytes"] = config.max_bytes
+            if config.eviction is not None:
+                options["eviction"] = config.eviction
             self.db = bitkv.open(config.dir, **options)
         try:
             self._listeners.append(await loop.create_server(
