@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from .errors import StoreFullError
@@ -230,8 +230,8 @@ class Evictor:
     def before_write(self, key: bytes, size: int, expiry_ms: int) -> None:
         """Make room for a record of ``size`` bytes replacing ``key``'s, or raise
         :class:`StoreFullError` (nothing is changed then but what was evicted)."""
-        self._stamp_write(key, expiry_ms)
-        self._make_room(size - self.host.record_size(key), size)
+        self._make_room(size - self.host.record_size(key), size, (key,))
+        self._stamp_write(key, expiry_ms)  # after: a sample must not find it unwritten
 
     def before_batch(self, writes: list[tuple[bytes, int, int]]) -> None:
         """:meth:`before_write` for an atomic batch of ``(key, size, expiry_ms)`` (size 0: a
@@ -239,16 +239,19 @@ class Evictor:
         freed = 0
         seen: set[bytes] = set()
         total = 0
-        for key, size, expiry_ms in writes:
+        for key, size, _expiry_ms in writes:
             if key not in seen:
                 seen.add(key)
                 freed += self.host.record_size(key)
+            total += size
+        self._make_room(total - freed, total, seen)
+        for key, size, expiry_ms in writes:
             if size:
-                total += size
                 self._stamp_write(key, expiry_ms)
-        self._make_room(total - freed, total)
 
-    def _make_room(self, growth: int, size: int) -> None:
+    def _make_room(self, growth: int, size: int, protected: Collection[bytes]) -> None:
+        """Evict until ``growth`` more live bytes fit; never the ``protected`` keys (those
+        being written: their sizes are already counted in ``growth``)."""
         if size > self.max_bytes:
             raise StoreFullError(
                 f"the store is full: a record of {size} bytes cannot fit in max_bytes="
@@ -261,7 +264,7 @@ class Evictor:
                 raise StoreFullError(
                     f"the store is full: {live} live bytes, this write needs {growth} more, "
                     f"max_bytes={self.max_bytes}, eviction=noeviction")
-            freed = self._evict_one()
+            freed = self._evict_one(protected)
             if freed is None:
                 raise StoreFullError(
                     f"the store is full: {live} live bytes, this write needs {growth} more, "
@@ -270,7 +273,7 @@ class Evictor:
 
     def shrink(self) -> None:
         """Evict until live bytes are within the bound (after it was lowered). Locked."""
-        self._make_room(0, 0)
+        self._make_room(0, 0, ())
 
     def _rebuild(self) -> None:
         """Drop the stale keys from the pools (keeping the live keys' stamps)."""
@@ -283,7 +286,7 @@ class Evictor:
             self.volatile = KeyPool(list(self.host.expiries), 0)
         self._candidates = []
 
-    def _evict_one(self) -> int | None:
+    def _evict_one(self, protected: Collection[bytes]) -> int | None:
         """Evict one key (or drop an expired one); return the live bytes freed, None if
         there is nothing to evict."""
         source = self.volatile if self.volatile is not None else self.pool
@@ -299,13 +302,16 @@ class Evictor:
                     if source is not self.pool and key not in entries:
                         self.pool.discard(key)
                     continue
+                if key in protected:
+                    continue
                 score = self._score(key, now_ms)
                 if random_policy and score != _EXPIRED:
                     return self._evict(key)
                 self._offer(score, key)
             while self._candidates:
                 score, key = self._candidates.pop()
-                if key not in entries or (self._volatile and key not in expiries):
+                if (key not in entries or (self._volatile and key not in expiries)
+                        or key in protected):
                     continue
                 current = self._score(key, now_ms)
                 if current < score and self._candidates and current < self._candidates[-1][0]:

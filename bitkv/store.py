@@ -217,6 +217,10 @@ class _CompactionHost:
     def retire(self, inputs: list[Segment]) -> None:
         for seg in inputs:
             self._store._table.detach(seg)
+        self._store._switched_bytes = 0  # the inputs' bytes no longer count
+
+    def switched(self, live_bytes: int) -> None:
+        self._store._switched_bytes += live_bytes
 
     def fail_after_commit(self, exc: BaseException) -> None:
         # The running store may no longer match the MANIFEST on disk: reload from it.
@@ -239,7 +243,7 @@ class _EvictionHost:
         return self._store._expiries
 
     def live_bytes(self) -> int:
-        return sum(s.live_bytes for s in self._store._table.segments)
+        return self._store._live_bytes_locked()
 
     def record_size(self, key: bytes) -> int:
         entry = self._store._entries.get(key)
@@ -448,6 +452,9 @@ class Store(MutableMapping[bytes, bytes]):
         # never evicts; it still reports the recorded bound).
         self._evictor: Evictor | None = None
         self._evicted_before = 0  # evictions counted by earlier evictors of this open
+        # Bytes a running compaction has switched into its outputs that its inputs (still
+        # attached, no longer listed) count too, until it retires them.
+        self._switched_bytes = 0
         self._seal_overhead = codec.NONCE_SIZE + codec.TAG_SIZE if self._sealing else 0
         self._requested_segment_size = max_segment_size
         self._apply_bound(recorded.bound)
@@ -1429,6 +1436,14 @@ class Store(MutableMapping[bytes, bytes]):
         self._native_put = self._choose_native_put()
         self._bind_reader()
 
+    def _live_bytes_locked(self) -> int:
+        """The bytes of the records the index points at. Locked. Between a compaction's
+        commit and the retirement of its inputs, the keys not yet switched still point
+        into the inputs, which are no longer in the segment list: they count, less what the
+        switch moved to the outputs (which count it already)."""
+        return sum(s.live_bytes for s in self._table.slots if s is not None) \
+            - self._switched_bytes
+
     def _apply_bound(self, bound: settings.Bound) -> None:
         """Put ``bound`` in force: at open, and (locked) from :meth:`set_max_bytes`."""
         #: The bound in force (:class:`bitkv.settings.Bound`): as recorded, or as given.
@@ -1727,7 +1742,7 @@ class Store(MutableMapping[bytes, bytes]):
             segs = list(self._table.segments)
             keys = len(self._entries)
             expiring = len(self._expiries)
-            live = sum(s.live_bytes for s in segs)
+            live = self._live_bytes_locked()
             dead = sum(s.dead_bytes for s in segs)
             active = self._log.active.id if self._log.active is not None else None
         disk = 0
