@@ -32,6 +32,7 @@ every key with the same stamp (the bound, the policy and the data persist).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 from collections.abc import Callable, Collection, Mapping
@@ -49,7 +50,10 @@ LFU_LOG_FACTOR = 10
 LFU_DECAY_MINUTES = 1
 # Cache mode sizes the log by the bound (docs/cache.md, "The disk bound"): segments of at
 # most max_bytes / SEGMENT_SHARE, and compaction due from max_bytes / DEAD_SHARE dead bytes.
+# Segments never shrink below SEGMENT_FLOOR: a rotation costs fsyncs of the segment, the
+# MANIFEST and the directory, too many for a small cache's every few dozen writes.
 SEGMENT_SHARE = 8
+SEGMENT_FLOOR = 1 << 20
 DEAD_SHARE = 4
 _EXPIRED = float("inf")  # the score of an expired key: the best victim of all
 
@@ -73,6 +77,9 @@ class EvictionHost(Protocol):
 
     def now_ms(self) -> int: ...
 
+    def drop_expired(self) -> None:
+        """Unindex every expired key (if any is due: the usual case costs a clock read)."""
+
 
 class KeyPool:
     """Keys with random access (a list and each key's position) and a stamp each."""
@@ -94,9 +101,17 @@ class KeyPool:
         else:
             self.stamps[i] = stamp
 
-    def stamp(self, key: bytes, default: int) -> int:
-        i = self.pos.get(key)
-        return default if i is None else self.stamps[i]
+    def retain(self, live: Collection[bytes], stamp: int) -> None:
+        """Keep exactly the ``live`` keys (adding the missing ones with ``stamp``), in place:
+        a get wrapper holds these very containers."""
+        kept = [(k, s) for k, s in zip(self.keys, self.stamps, strict=True) if k in live]
+        self.keys[:] = [k for k, _s in kept]
+        self.stamps[:] = [s for _k, s in kept]
+        self.pos.clear()
+        self.pos.update((k, i) for i, k in enumerate(self.keys))
+        for k in live:
+            if k not in self.pos:
+                self.note(k, stamp)
 
     def discard(self, key: bytes) -> None:
         i = self.pos.pop(key, None)
@@ -170,7 +185,12 @@ class Evictor:
         # Every key has a stamp; the volatile policies sample only keys with an expiry.
         self.pool = KeyPool(list(host.entries), initial)
         self.volatile = KeyPool(list(host.expiries), 0) if self._volatile else None
-        self._candidates: list[tuple[float, bytes]] = []  # (score, key), best last
+        self._ttl = policy.endswith("-ttl")
+        self._random = policy.endswith("-random")
+        # The best candidates met by sampling, (score, key) in ascending order (the best
+        # victim last), and each one's score: Redis's eviction pool.
+        self._candidates: list[tuple[float, bytes]] = []
+        self._candidate_scores: dict[bytes, float] = {}
 
     def _now_min(self) -> int:
         return self.host.now_ms() // 60000
@@ -230,12 +250,14 @@ class Evictor:
     def before_write(self, key: bytes, size: int, expiry_ms: int) -> None:
         """Make room for a record of ``size`` bytes replacing ``key``'s, or raise
         :class:`StoreFullError` (nothing is changed then but what was evicted)."""
+        self.host.drop_expired()  # expired keys make room first, before any live one
         self._make_room(size - self.host.record_size(key), size, (key,))
         self._stamp_write(key, expiry_ms)  # after: a sample must not find it unwritten
 
     def before_batch(self, writes: list[tuple[bytes, int, int]]) -> None:
         """:meth:`before_write` for an atomic batch of ``(key, size, expiry_ms)`` (size 0: a
         delete): room is made for all of it, or none of it is written."""
+        self.host.drop_expired()
         freed = 0
         seen: set[bytes] = set()
         total = 0
@@ -277,14 +299,11 @@ class Evictor:
 
     def _rebuild(self) -> None:
         """Drop the stale keys from the pools (keeping the live keys' stamps)."""
-        old = self.pool
-        entries = self.host.entries
-        self.pool = KeyPool([], self._initial)
-        for k in list(entries):
-            self.pool.note(k, old.stamp(k, self._initial))
+        self.pool.retain(self.host.entries, self._initial)
         if self.volatile is not None:
-            self.volatile = KeyPool(list(self.host.expiries), 0)
+            self.volatile.retain(self.host.expiries, 0)
         self._candidates = []
+        self._candidate_scores = {}
 
     def _evict_one(self, protected: Collection[bytes]) -> int | None:
         """Evict one key (or drop an expired one); return the live bytes freed, None if
@@ -292,7 +311,8 @@ class Evictor:
         source = self.volatile if self.volatile is not None else self.pool
         entries, expiries = self.host.entries, self.host.expiries
         now_ms = self.host.now_ms()
-        random_policy = self.policy.endswith("-random")
+        random_policy = self._random
+        candidates, scores = self._candidates, self._candidate_scores
         for _round in range(MAX_ROUNDS):
             if not len(source):
                 return None
@@ -308,13 +328,14 @@ class Evictor:
                 if random_policy and score != _EXPIRED:
                     return self._evict(key)
                 self._offer(score, key)
-            while self._candidates:
-                score, key = self._candidates.pop()
+            while candidates:
+                score, key = candidates.pop()
+                del scores[key]
                 if (key not in entries or (self._volatile and key not in expiries)
                         or key in protected):
                     continue
                 current = self._score(key, now_ms)
-                if current < score and self._candidates and current < self._candidates[-1][0]:
+                if current < score and candidates and current < candidates[-1][0]:
                     self._offer(current, key)  # read since it was sampled: not the worst now
                     continue
                 return self._evict(key)
@@ -333,24 +354,26 @@ class Evictor:
 
     def _offer(self, score: float, key: bytes) -> None:
         """Keep ``key`` among the best CANDIDATES (highest score evicted first)."""
-        cands = self._candidates
-        for i, (_s, k) in enumerate(cands):
-            if k == key:
-                del cands[i]
-                break
-        cands.append((score, key))
-        cands.sort(key=lambda c: c[0])
+        cands, scores = self._candidates, self._candidate_scores
+        old = scores.pop(key, None)
+        if old is not None:
+            cands.remove((old, key))
+        if len(cands) >= CANDIDATES and score <= cands[0][0]:
+            return  # worse than every candidate kept
+        bisect.insort(cands, (score, key))
+        scores[key] = score
         if len(cands) > CANDIDATES:
-            del cands[0]
+            del scores[cands.pop(0)[1]]
 
     def _score(self, key: bytes, now_ms: int) -> float:
         """How good a victim ``key`` is: higher is evicted sooner."""
         expiry = self.host.expiries.get(key)
         if expiry is not None and expiry <= now_ms:
             return _EXPIRED
-        if self.policy.endswith("-ttl"):
+        if self._ttl:
             return -float(expiry or 0)
-        stamp = self.pool.stamp(key, self._initial)
+        i = self.pool.pos.get(key)
+        stamp = self._initial if i is None else self.pool.stamps[i]
         if self._lfu:
             return float(255 - lfu_counter(stamp, now_ms // 60000))
         if self._lru:

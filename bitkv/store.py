@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import operator
 import os
 import struct
 import threading
@@ -44,7 +45,7 @@ from .errors import (
     NotAnIntegerError,
     ReadOnlyError,
 )
-from .eviction import DEAD_SHARE, SEGMENT_SHARE, Evictor
+from .eviction import DEAD_SHARE, SEGMENT_FLOOR, SEGMENT_SHARE, Evictor
 from .fileio import DEFAULT_FILEIO, FileIO, FsyncGuard
 from .kernels import NATIVE
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
@@ -96,6 +97,7 @@ _pack_crc = struct.Struct("<I").pack
 _HEADER_SIZE = rec.HEADER_SIZE
 _crc32c = crc32c
 _MISSING: Any = object()
+_live_bytes_of = operator.attrgetter("live_bytes")
 # The compiled single put, None in pure-Python mode (or where the extension is not built).
 _native_put: Callable[[Any, object, object], bool] | None = None
 if keydir.IMPLEMENTATION == "native":
@@ -266,6 +268,14 @@ class _EvictionHost:
 
     def now_ms(self) -> int:
         return self._store._now_ms()
+
+    def drop_expired(self) -> None:
+        store = self._store
+        if not store._expiries or store.hold_expired:
+            return
+        now = store._now_ms()
+        if now >= store._keydir.next_expiry:
+            store._purge_expired_locked(now)
 
 
 class _Closed(dict[bytes, int]):
@@ -1233,13 +1243,20 @@ class Store(MutableMapping[bytes, bytes]):
         with self._lock:
             if self._closed:
                 return
-            for k in self._keydir.expired_keys(now):
-                entry = self._entries.get(k)
-                if entry is not None:
-                    self._drop_expired(k, entry, self._expiries[k])
-                else:
-                    self._keydir.remove(k)
-            self._keydir.recompute_next_expiry()
+            self._purge_expired_locked(now)
+
+    def _purge_expired_locked(self, now: int) -> int:
+        """:meth:`_purge_expired`'s work, locked; return the live bytes it freed."""
+        freed = 0
+        for k in self._keydir.expired_keys(now):
+            entry = self._entries.get(k)
+            if entry is not None:
+                freed += self._keydir.record_size(entry)
+                self._drop_expired(k, entry, self._expiries[k])
+            else:
+                self._keydir.remove(k)
+        self._keydir.recompute_next_expiry()
+        return freed
 
     def purge_expired(self) -> None:
         """Drop every expired key from the index now (with ``log_expirations``: a tombstone
@@ -1441,8 +1458,8 @@ class Store(MutableMapping[bytes, bytes]):
         commit and the retirement of its inputs, the keys not yet switched still point
         into the inputs, which are no longer in the segment list: they count, less what the
         switch moved to the outputs (which count it already)."""
-        return sum(s.live_bytes for s in self._table.slots if s is not None) \
-            - self._switched_bytes
+        total: int = sum(map(_live_bytes_of, filter(None, self._table.slots)))
+        return total - self._switched_bytes
 
     def _apply_bound(self, bound: settings.Bound) -> None:
         """Put ``bound`` in force: at open, and (locked) from :meth:`set_max_bytes`."""
@@ -1462,7 +1479,7 @@ class Store(MutableMapping[bytes, bytes]):
         # segment) stays a small share of the disk (docs/cache.md, "The disk bound").
         size = self._requested_segment_size
         if self._evictor is not None:
-            size = max(MIN_SEGMENT_SIZE, min(size, bound.max_bytes // SEGMENT_SHARE))
+            size = min(size, max(SEGMENT_FLOOR, bound.max_bytes // SEGMENT_SHARE))
         self.max_segment_size = size
         self._log.max_segment_size = size
 
