@@ -1035,6 +1035,7 @@ class Server:
         ops = self.pending_sets
         if ops:
             replies = self.pending_replies
+            each: list[bytes] | None = None
             try:
                 batch = self.db.batch()
                 put = batch.put
@@ -1042,10 +1043,15 @@ class Server:
                     put(key, value)
                 batch.commit()
                 reply = OK
+            except bitkv.StoreFullError:
+                # A cache (docs/cache.md) that cannot take the whole batch at once: the SETs
+                # one by one, each with its own reply, as Redis answers them (the batch was
+                # only a saving; the SETs were never one transaction).
+                reply, each = OK, [self._set_one(key, value) for key, value in ops]
             except Exception as exc:
                 reply = error_reply(exc)
-            for conn, out, index in replies:
-                out[index] = reply
+            for n, (conn, out, index) in enumerate(replies):
+                out[index] = reply if each is None else each[n]
                 conn.unresolved_sets -= 1
             ops.clear()
             replies.clear()
@@ -1053,6 +1059,13 @@ class Server:
             waiting, self.waiting = self.waiting, []
             for conn in waiting:
                 conn.release()
+
+    def _set_one(self, key: bytes, value: bytes) -> bytes:
+        try:
+            self.db.put(key, value)
+            return OK
+        except Exception as exc:
+            return error_reply(exc)
 
     def shed_partial_requests(self) -> None:
         """Close the clients holding the largest partial requests until the total of all
