@@ -18,6 +18,12 @@ Rounds run the variants interleaved; the table gives the median per variant and 
 ``base`` in the same mode::
 
     python scripts/bench_cache.py --baseline bf4a9fc
+
+``--disk SIZE`` measures the disk bound instead: a cache of that bound (``allkeys-lru``,
+``sync="never"``, background compaction on) written at full speed with new keys until 10x
+the bound went in, the disk (every file of the store) looked at every 200 puts::
+
+    python scripts/bench_cache.py --disk 8mb --value-size 1000
 """
 
 from __future__ import annotations
@@ -83,6 +89,44 @@ def child(config: dict[str, object]) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def disk_run(bound: int, value_size: int, policy: str) -> None:
+    import bitkv
+
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    directory = os.path.join(tempfile.mkdtemp(dir=base), "s")
+    value = os.urandom(value_size)
+    written = puts = peak = 0
+
+    def disk() -> int:
+        total = 0
+        for name in os.listdir(directory):
+            try:
+                total += os.path.getsize(os.path.join(directory, name))
+            except FileNotFoundError:  # a temporary file renamed meanwhile
+                pass
+        return total
+
+    try:
+        started = time.process_time()
+        with bitkv.open(directory, max_bytes=bound, eviction=policy, sync="never") as db:
+            while written < 10 * bound:
+                key = b"key:%012d" % puts
+                db.put(key, value)
+                written += 21 + len(key) + value_size
+                puts += 1
+                if puts % 200 == 0:
+                    peak = max(peak, disk())
+            stats = db.stats()
+        cpu_us = (time.process_time() - started) / puts * 1e6
+        print(f"bound {bound} bytes, {value_size}-byte values, {policy}: {puts} puts "
+              f"({cpu_us:.1f} us CPU each, compaction included); peak disk {peak} bytes = "
+              f"{peak / bound:.2f}x the bound; at the end {stats['disk_bytes']} bytes = "
+              f"{stats['disk_bytes'] / bound:.2f}x, live {stats['live_bytes']}, "
+              f"{stats['evicted_keys']} evicted")
+    finally:
+        shutil.rmtree(os.path.dirname(directory), ignore_errors=True)
+
+
 def export_baseline(rev: str, dest: str) -> str:
     """The bitkv package at ``rev`` in ``dest`` (with this checkout's compiled extension)."""
     archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "bitkv"], check=True,
@@ -106,10 +150,17 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=100_000)
     parser.add_argument("--value-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--disk", metavar="SIZE", help="measure the disk bound instead")
+    parser.add_argument("--policy", default="allkeys-lru", help="the policy of --disk")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
+        return
+    if args.disk:
+        from bitkv.eviction import parse_bytes
+
+        disk_run(parse_bytes(args.disk), args.value_size, args.policy)
         return
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -154,6 +154,8 @@ def write_plot(rates: dict[str, list[float]], sizes: list[float],
         style = "--" if policy == EXACT else "-"
         ax.plot([s * 100 for s in sizes], values, style, marker="o", label=policy)
     ax.set_xscale("log")
+    ax.set_xticks([s * 100 for s in sizes], [f"{s:.0%}" for s in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("cache size, % of all keys' bytes (log scale)")
     ax.set_ylabel("hit rate")
     ax.set_ylim(0, 1)

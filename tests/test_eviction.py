@@ -6,15 +6,18 @@ test_eviction_server.py; docs/cache.md describes what is tested here.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
 import pytest
+from click.testing import CliRunner
 from conftest import FakeClock
 
 import bitkv
 from bitkv import eviction, settings
 from bitkv.record import HEADER_SIZE
+from bitkv_cli.main import cli
 
 EVICTING = [p for p in eviction.POLICIES if p != "noeviction"]
 
@@ -305,3 +308,11 @@ def test_rebuilding_the_key_pool_keeps_the_read_stamps(db_path):
         for i in range(500):
             assert db.get(b"hot") == value, i  # read before each write: never the LRU key
             db.put(b"k%04d" % i, value)
+
+
+def test_bitkv_stats_shows_the_bound(db_path):
+    bitkv.open(db_path, max_bytes=2 * 2**30, eviction="allkeys-lfu").close()
+    text = CliRunner().invoke(cli, ["--dir", db_path, "stats"]).stdout
+    assert "cache bound      2147483648 (" in text and "eviction allkeys-lfu" in text
+    data = json.loads(CliRunner().invoke(cli, ["--dir", db_path, "stats", "--json"]).stdout)
+    assert (data["max_bytes"], data["eviction"]) == (2 * 2**30, "allkeys-lfu")
