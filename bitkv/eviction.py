@@ -33,12 +33,14 @@ every key with the same stamp (the bound, the policy and the data persist).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import random
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from .errors import StoreFullError
+from .validate import to_key
 
 POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
             "volatile-lfu", "volatile-random", "volatile-ttl")
@@ -146,6 +148,14 @@ def parse_bytes(text: str) -> int:
     return int(digits) * _UNITS[unit]
 
 
+def _as_key(key: object) -> bytes | None:
+    """``key`` as the store indexes it (a str as UTF-8), None if it is no valid key."""
+    try:
+        return to_key(key)
+    except (TypeError, ValueError):
+        return None
+
+
 def lfu_counter(stamp: int, now_min: int) -> int:
     """The LFU counter of ``stamp`` after its idle minutes' decay."""
     counter, last = stamp & 0xFF, stamp >> 8
@@ -208,11 +218,16 @@ class Evictor:
 
             def get_lru(key: Any, default: Any = None) -> Any:
                 value = inner(key, default)
-                # A racing write may move a key in the pool between the two loads: the stamp
-                # then lands on another key, which only makes the approximation rougher.
                 i = pos.get(key)
+                if i is None and type(key) is not bytes:
+                    as_bytes = _as_key(key)
+                    i = None if as_bytes is None else pos.get(as_bytes)
                 if i is not None:
-                    stamps[i] = next(tick)
+                    # Reads take no lock: an eviction may move or drop a key of the pool
+                    # between the two loads. The stamp then lands on another key or nowhere,
+                    # which only makes the approximation rougher.
+                    with contextlib.suppress(IndexError):
+                        stamps[i] = next(tick)
                 return value
 
             return get_lru
@@ -220,17 +235,19 @@ class Evictor:
 
         def get_lfu(key: Any, default: Any = None) -> Any:
             value = inner(key, default)
-            touch(key)
+            touch(key if type(key) is bytes else _as_key(key))
             return value
 
         return get_lfu
 
-    def touch(self, key: bytes) -> None:
-        """Stamp a read of ``key`` (LFU: maybe count it)."""
+    def touch(self, key: bytes | None) -> None:
+        """Stamp a read of ``key`` (LFU: maybe count it). Unlocked, as reads are: see
+        get_lru."""
         pool = self.pool
-        i = pool.pos.get(key)
+        i = pool.pos.get(key) if key is not None else None
         if i is not None:
-            pool.stamps[i] = lfu_touch(pool.stamps[i], self._now_min(), self._rng)
+            with contextlib.suppress(IndexError):
+                pool.stamps[i] = lfu_touch(pool.stamps[i], self._now_min(), self._rng)
 
     def _stamp_write(self, key: bytes, expiry_ms: int) -> None:
         pool = self.pool

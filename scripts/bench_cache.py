@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=100_000)
     parser.add_argument("--value-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated, of: " + ", ".join(VARIANTS) + " (base always)")
     parser.add_argument("--disk", metavar="SIZE", help="measure the disk bound instead")
     parser.add_argument("--policy", default="allkeys-lru", help="the policy of --disk")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -162,12 +164,13 @@ def main() -> None:
 
         disk_run(parse_bytes(args.disk), args.value_size, args.policy)
         return
+    chosen = ["base"] + [v for v in args.variants.split(",") if v in VARIANTS and v != "base"]
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         base_path = export_baseline(args.baseline, tmp)
         for _round in range(args.rounds):
             for mode in ("native", "python"):
-                for variant in VARIANTS:
+                for variant in chosen:
                     env = dict(os.environ)
                     env.pop("BITKV_PURE_PYTHON", None)
                     if mode == "python":
@@ -191,7 +194,7 @@ def main() -> None:
     for mode in ("native", "python"):
         base_get = statistics.median(r["get_us"] for r in results[(mode, "base")])
         base_put = statistics.median(r["put_us"] for r in results[(mode, "base")])
-        for variant in VARIANTS:
+        for variant in chosen:
             runs = results[(mode, variant)]
             get_us = statistics.median(r["get_us"] for r in runs)
             put_us = statistics.median(r["put_us"] for r in runs)
