@@ -1245,18 +1245,16 @@ class Store(MutableMapping[bytes, bytes]):
                 return
             self._purge_expired_locked(now)
 
-    def _purge_expired_locked(self, now: int) -> int:
-        """:meth:`_purge_expired`'s work, locked; return the live bytes it freed."""
-        freed = 0
+    def _purge_expired_locked(self, now: int) -> None:
+        """:meth:`_purge_expired`'s work, with the lock held (cache mode calls it before
+        making room, so that expired keys go before any live one)."""
         for k in self._keydir.expired_keys(now):
             entry = self._entries.get(k)
             if entry is not None:
-                freed += self._keydir.record_size(entry)
                 self._drop_expired(k, entry, self._expiries[k])
             else:
                 self._keydir.remove(k)
         self._keydir.recompute_next_expiry()
-        return freed
 
     def purge_expired(self) -> None:
         """Drop every expired key from the index now (with ``log_expirations``: a tombstone
