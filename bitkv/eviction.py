@@ -82,6 +82,10 @@ class EvictionHost(Protocol):
     def drop_expired(self) -> None:
         """Unindex every expired key (if any is due: the usual case costs a clock read)."""
 
+    def follows_master(self) -> bool:
+        """The store is a replica's: its master decides what goes, the bound is not kept
+        here (Redis's ``replica-ignore-maxmemory yes``)."""
+
 
 class KeyPool:
     """Keys with random access (a list and each key's position) and a stamp each."""
@@ -267,6 +271,9 @@ class Evictor:
     def before_write(self, key: bytes, size: int, expiry_ms: int) -> None:
         """Make room for a record of ``size`` bytes replacing ``key``'s, or raise
         :class:`StoreFullError` (nothing is changed then but what was evicted)."""
+        if self.host.follows_master():
+            self._stamp_write(key, expiry_ms)
+            return
         self.host.drop_expired()  # expired keys make room first, before any live one
         self._make_room(size - self.host.record_size(key), size, (key,))
         self._stamp_write(key, expiry_ms)  # after: a sample must not find it unwritten
@@ -274,6 +281,13 @@ class Evictor:
     def before_batch(self, writes: list[tuple[bytes, int, int]]) -> None:
         """:meth:`before_write` for an atomic batch of ``(key, size, expiry_ms)`` (size 0: a
         delete): room is made for all of it, or none of it is written."""
+        if not self.host.follows_master():
+            self._make_room_for_batch(writes)
+        for key, size, expiry_ms in writes:
+            if size:
+                self._stamp_write(key, expiry_ms)
+
+    def _make_room_for_batch(self, writes: list[tuple[bytes, int, int]]) -> None:
         self.host.drop_expired()
         freed = 0
         seen: set[bytes] = set()
@@ -284,9 +298,6 @@ class Evictor:
                 freed += self.host.record_size(key)
             total += size
         self._make_room(total - freed, total, seen)
-        for key, size, expiry_ms in writes:
-            if size:
-                self._stamp_write(key, expiry_ms)
 
     def _make_room(self, growth: int, size: int, protected: Collection[bytes]) -> None:
         """Evict until ``growth`` more live bytes fit; never the ``protected`` keys (those

@@ -269,6 +269,12 @@ class _EvictionHost:
     def now_ms(self) -> int:
         return self._store._now_ms()
 
+    def follows_master(self) -> bool:
+        # hold_expired marks a replica's store (server/replication.py switches it with the
+        # role): its master's writes must apply whatever the bound, and its master's
+        # evictions reach it as DELs.
+        return self._store.hold_expired
+
     def drop_expired(self) -> None:
         store = self._store
         if not store._expiries or store.hold_expired:

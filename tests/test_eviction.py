@@ -316,3 +316,20 @@ def test_bitkv_stats_shows_the_bound(db_path):
     assert "cache bound      2147483648 (" in text and "eviction allkeys-lfu" in text
     data = json.loads(CliRunner().invoke(cli, ["--dir", db_path, "stats", "--json"]).stdout)
     assert (data["max_bytes"], data["eviction"]) == (2 * 2**30, "allkeys-lfu")
+
+
+def test_a_replicas_store_leaves_eviction_to_its_master(db_path):
+    """hold_expired marks a replica's store: writes apply whatever the bound (as Redis's
+    replica-ignore-maxmemory), until the store is a master's again."""
+    value = b"x" * 100
+    with _open(db_path, max_bytes=10 * _record(b"k00", value), eviction="allkeys-lru",
+               hold_expired=True) as db:
+        for i in range(30):
+            db.put(b"k%02d" % i, value)
+        with db.batch() as batch:
+            batch.put(b"b", value)
+        assert len(db) == 31 and db.evicted_keys == 0
+        db.hold_expired = False  # promoted
+        db.put(b"new", value)
+        assert db.stats()["live_bytes"] <= 10 * _record(b"k00", value)
+        assert db.evicted_keys == 22
