@@ -30,6 +30,7 @@ from .errors import (
     NotAStoreError,
     ReadOnlyError,
     SegmentLossError,
+    StoreFullError,
     StoreNotFoundError,
     UnsafeFileError,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "RepairReport",
     "SegmentLossError",
     "Store",
+    "StoreFullError",
     "StoreNotFoundError",
     "UnsafeFileError",
     "__version__",
@@ -101,6 +103,8 @@ def open(
     fileio: FileIO | None = None,
     log_expirations: bool = False,
     hold_expired: bool = False,
+    max_bytes: int | None = None,
+    eviction: str | None = None,
 ) -> Store:
     """Open (creating if needed) the store in directory ``path`` and return a :class:`Store`.
 
@@ -132,6 +136,14 @@ def open(
         log (and a replication stream) says when each key went.
     :param hold_expired: keep expired keys indexed (hidden from reads) until deleted, as a
         replica does until its master says the key is gone.
+    :param max_bytes: cache mode (docs/cache.md): keep the store's live bytes (each live
+        record: its 21-byte header, key and stored value) at most this many, evicting keys
+        by ``eviction`` to make room; 0: no bound; None: as the store's ``SETTINGS`` file
+        records (no bound if it records nothing). Recorded like ``compression``.
+    :param eviction: how room is made: one of Redis's policies, ``"noeviction"`` (a write
+        that does not fit raises :class:`StoreFullError`), ``"allkeys-lru"``,
+        ``"allkeys-lfu"``, ``"allkeys-random"``, ``"volatile-lru"``, ``"volatile-lfu"``,
+        ``"volatile-random"``, ``"volatile-ttl"``; None: as recorded, else ``noeviction``.
 
     Raises :class:`LockError` if another process (or this one) holds the store for writing,
     :class:`NotAStoreError` if ``path`` holds other files, :class:`StoreNotFoundError` if it
@@ -144,4 +156,5 @@ def open(
                  compact_dead_ratio=compact_dead_ratio,
                  compact_min_dead_bytes=compact_min_dead_bytes, compression=compression,
                  compression_min_size=compression_min_size, encryption_key=encryption_key,
-                 fileio=fileio, log_expirations=log_expirations, hold_expired=hold_expired)
+                 fileio=fileio, log_expirations=log_expirations, hold_expired=hold_expired,
+                 max_bytes=max_bytes, eviction=eviction)

@@ -81,6 +81,10 @@ class CompactionHost(Protocol):
     def retire(self, inputs: list[Segment]) -> None:
         """Forget the inputs' slots (the keydir no longer points into them). Lock held."""
 
+    def switched(self, live_bytes: int) -> None:
+        """The switch moved ``live_bytes`` of records from the inputs to an output (which
+        counts them now; the inputs still do too, until retired). Lock held."""
+
     def fail_after_commit(self, exc: BaseException) -> None:
         """Refuse writes until reopened: the running store may no longer match the disk."""
 
@@ -521,8 +525,10 @@ def _switch(store: CompactionHost, segment: Segment, source_slots: frozenset[int
     chunk = NATIVE_SWITCH_CHUNK if native else SWITCH_CHUNK
     while pos < end:
         with store.locked():
+            before = segment.live_bytes
             pos, switched = switch_copies(mm, pos, end, segment, slot, source_slots, chunk)
             summary.keys_kept += switched
+            store.switched(segment.live_bytes - before)
         # threading.Lock is not fair: without yielding here, a waiting writer could sit out
         # most of the switch instead of one chunk (measured: stalls of 190 ms vs 20 ms).
         release_gil(HANDOFF_US)

@@ -31,6 +31,12 @@ class ReadOnlyError(Error):
     """A write was attempted on a store opened with ``readonly=True``."""
 
 
+class StoreFullError(Error):
+    """A write would take the store's live bytes past its ``max_bytes`` bound and nothing
+    can be evicted (``eviction="noeviction"``, a ``volatile-*`` policy without keys that
+    have a TTL, or a record larger than the bound). Nothing was written."""
+
+
 class ClosedError(Error):
     """The store has been closed."""
 

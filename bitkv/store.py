@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import operator
 import os
 import struct
 import threading
@@ -44,6 +45,7 @@ from .errors import (
     NotAnIntegerError,
     ReadOnlyError,
 )
+from .eviction import DEAD_SHARE, SEGMENT_FLOOR, SEGMENT_SHARE, Evictor
 from .fileio import DEFAULT_FILEIO, FileIO, FsyncGuard
 from .kernels import NATIVE
 from .keydir import SIZE_BITS, SIZE_MASK, SLOT_SHIFT
@@ -95,6 +97,7 @@ _pack_crc = struct.Struct("<I").pack
 _HEADER_SIZE = rec.HEADER_SIZE
 _crc32c = crc32c
 _MISSING: Any = object()
+_live_bytes_of = operator.attrgetter("live_bytes")
 # The compiled single put, None in pure-Python mode (or where the extension is not built).
 _native_put: Callable[[Any, object, object], bool] | None = None
 if keydir.IMPLEMENTATION == "native":
@@ -216,10 +219,69 @@ class _CompactionHost:
     def retire(self, inputs: list[Segment]) -> None:
         for seg in inputs:
             self._store._table.detach(seg)
+        self._store._switched_bytes = 0  # the inputs' bytes no longer count
+
+    def switched(self, live_bytes: int) -> None:
+        self._store._switched_bytes += live_bytes
 
     def fail_after_commit(self, exc: BaseException) -> None:
         # The running store may no longer match the MANIFEST on disk: reload from it.
         self._store._log.fail(exc, "a compaction failed after its commit point")
+
+
+class _EvictionHost:
+    """The narrow surface eviction works through (eviction.EvictionHost), called under the
+    writer lock."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @property
+    def entries(self) -> Any:
+        return self._store._entries
+
+    @property
+    def expiries(self) -> Any:
+        return self._store._expiries
+
+    def live_bytes(self) -> int:
+        return self._store._live_bytes_locked()
+
+    def record_size(self, key: bytes) -> int:
+        entry = self._store._entries.get(key)
+        return 0 if entry is None else self._store._keydir.record_size(entry)
+
+    def evict(self, key: bytes) -> int:
+        store = self._store
+        entry = store._entries.get(key)
+        if entry is None:
+            return 0
+        size = store._keydir.record_size(entry)
+        expiry = store._expiries.get(key) if store._expiries else None
+        if expiry is not None and expiry <= store._now_ms() and not store.hold_expired:
+            store._drop_expired(key, entry, expiry)
+        else:
+            # A tombstone, so that the key stays gone after a reopen (and a replica of this
+            # store hears a DEL, as Redis propagates its evictions).
+            store._delete_locked(key, entry)
+        return size
+
+    def now_ms(self) -> int:
+        return self._store._now_ms()
+
+    def follows_master(self) -> bool:
+        # hold_expired marks a replica's store (server/replication.py switches it with the
+        # role): its master's writes must apply whatever the bound, and its master's
+        # evictions reach it as DELs.
+        return self._store.hold_expired
+
+    def drop_expired(self) -> None:
+        store = self._store
+        if not store._expiries or store.hold_expired:
+            return
+        now = store._now_ms()
+        if now >= store._keydir.next_expiry:
+            store._purge_expired_locked(now)
 
 
 class _Closed(dict[bytes, int]):
@@ -257,6 +319,8 @@ class Store(MutableMapping[bytes, bytes]):
         fileio: FileIO | None = None,
         log_expirations: bool = False,
         hold_expired: bool = False,
+        max_bytes: int | None = None,
+        eviction: str | None = None,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
@@ -271,6 +335,7 @@ class Store(MutableMapping[bytes, bytes]):
         if compression_min_size is not None:
             check_number("compression_min_size", compression_min_size, 0,
                          settings.MAX_MIN_SIZE, integral=True)
+        settings.check_bound(max_bytes, eviction)
         self.auto_compact = bool(auto_compact)
         # Write a tombstone when an expired key leaves the index, so that the log (the
         # history replication streams) says when each key went: replicas get a DEL.
@@ -347,8 +412,10 @@ class Store(MutableMapping[bytes, bytes]):
             # (by a writer) so that every later opener writes the same way.
             #: How new values are compressed (:class:`bitkv.settings.Compression`): the
             #: store's recorded setting, or this open's explicit choice.
-            self.compression = settings.resolve(self.path, self._io, compression,
-                                                compression_min_size, writable=not readonly)
+            recorded = settings.resolve(self.path, self._io, compression,
+                                        compression_min_size, writable=not readonly,
+                                        max_bytes=max_bytes, eviction=eviction)
+            self.compression = recorded.compression
             self._codec = codec.ValueCodec(self.path, compression=self.compression.algorithm,
                                            compression_min_size=self.compression.min_size,
                                            encryption_key=encryption_key, keycheck=keycheck,
@@ -406,8 +473,18 @@ class Store(MutableMapping[bytes, bytes]):
                                     and self._map_writes and self._plain_io
                                     and not self._encoding and not self._sealing
                                     and not killpoints.ENABLED)
+        # Cache mode (eviction.py): None without a bound, and always in a reader (which
+        # never evicts; it still reports the recorded bound).
+        self._evictor: Evictor | None = None
+        self._evicted_before = 0  # evictions counted by earlier evictors of this open
+        # Bytes a running compaction has switched into its outputs that its inputs (still
+        # attached, no longer listed) count too, until it retires them.
+        self._switched_bytes = 0
+        self._seal_overhead = codec.NONCE_SIZE + codec.TAG_SIZE if self._sealing else 0
+        self._requested_segment_size = max_segment_size
+        self._apply_bound(recorded.bound)
         self._native_put: Callable[[Store, object, object], bool] | None = (
-            _native_put if self._native_put_allowed else None)
+            self._choose_native_put())
         _log_recovery(self.path, loaded.report)
         segments = self._table.segments
         for s in segments[:-1] if readonly else segments:
@@ -418,6 +495,11 @@ class Store(MutableMapping[bytes, bytes]):
         self._writer: Writer | None = None
         self._bind_writer()
         self._maintenance.start()
+
+    def _choose_native_put(self) -> Callable[[Store, object, object], bool] | None:
+        """The compiled single put (bitkv/native/put.c), where the store allows it (above)
+        and no bound is in force (eviction happens in Python, before the write)."""
+        return _native_put if self._native_put_allowed and self._evictor is None else None
 
     def _bind_reader(self) -> None:
         """In native mode, make ``self.get`` the get kernel's method (bitkv/native/get.c): a
@@ -431,12 +513,20 @@ class Store(MutableMapping[bytes, bytes]):
         self._reader = None
         self.__dict__.pop("get", None)
         fallback = type(self).get
-        if (not NATIVE or type(self._entries) is not IndexMap
-                or fallback is not Store.get):  # a subclass's get stays in charge
-            return
-        self._reader = Reader(self._entries, self._expiries, self._table.slots, self,
-                              Store.get, self._plain_ok)
-        self.get = self._reader.get  # type: ignore[method-assign]
+        if (NATIVE and type(self._entries) is IndexMap
+                and fallback is Store.get):  # a subclass's get stays in charge
+            self._reader = Reader(self._entries, self._expiries, self._table.slots, self,
+                                  Store.get, self._plain_ok)
+            self.get = self._reader.get  # type: ignore[method-assign]
+        evictor = self._evictor
+        if evictor is not None:
+            # LRU and LFU stamp each read: a wrapper around the kernel's get (or Python's),
+            # only in a bounded store, so an unbounded store's reads cost what they did.
+            inner = self.__dict__.get("get") or (lambda key, default=None: fallback(
+                self, key, default))
+            wrapped = evictor.wrap_get(inner)
+            if wrapped is not inner:
+                self.get = wrapped  # type: ignore[method-assign]
 
     def _bind_writer(self) -> None:
         """Where the put kernel serves this store, make ``self.put`` a Writer's ``put``
@@ -461,7 +551,7 @@ class Store(MutableMapping[bytes, bytes]):
     def _use_native_put(self, enabled: bool) -> None:
         """Switch the put kernel off (or back on where the store allows it): for tests that
         compare it with the Python path."""
-        self._native_put = _native_put if enabled and self._native_put_allowed else None
+        self._native_put = self._choose_native_put() if enabled else None
         self._bind_writer()
 
     def _unbind_reader(self) -> None:
@@ -733,6 +823,9 @@ class Store(MutableMapping[bytes, bytes]):
             with self._lock:
                 if self._log.refused:
                     self._check_writable()
+                if self._evictor is not None:  # cache mode: room first (may evict)
+                    self._evictor.before_write(
+                        k, _HEADER_SIZE + len(k) + len(v) + self._seal_overhead, expiry_ms)
                 # The seq is taken only once the write succeeded: appended seqs stay
                 # contiguous, which recovery's resynchronisation relies on (record.scan).
                 seq = self._next_seq
@@ -790,6 +883,9 @@ class Store(MutableMapping[bytes, bytes]):
 
         ``stored`` is compressed (if at all) but not yet sealed: sealing needs the seq.
         """
+        if self._evictor is not None:  # cache mode: room first (may evict, taking seqs)
+            self._evictor.before_write(
+                k, _HEADER_SIZE + len(k) + len(stored) + self._seal_overhead, expiry_ms)
         seq = self._next_seq
         if self._sealing:
             stored, flags = self._codec.seal(k, stored, flags, seq, expiry_ms)
@@ -954,6 +1050,10 @@ class Store(MutableMapping[bytes, bytes]):
             # does not handle): the loop below, the reference, writes those.
             with self._lock:
                 self._check_writable()
+                if self._evictor is not None:  # cache mode: room for all of it first
+                    self._evictor.before_batch([
+                        (k, 0 if v is None else _HEADER_SIZE + len(k) + len(v),
+                         1 if expiry else 0) for k, v, expiry in ops])
                 first_seq = self._next_seq
                 data = _encode_batch(ops, first_seq, now_ms)
                 if data is not None:
@@ -983,6 +1083,11 @@ class Store(MutableMapping[bytes, bytes]):
         seal = self._codec.seal if self._sealing else None
         with self._lock:
             self._check_writable()
+            if self._evictor is not None:  # cache mode: room for all of it first
+                self._evictor.before_batch([
+                    (k, 0 if v is None else
+                     _HEADER_SIZE + len(k) + len(v) + self._seal_overhead, expiry_ms)
+                    for k, v, _flags, expiry_ms in staged])
             first_seq = self._next_seq
             parts = []
             for i, (k, v, flags, expiry_ms) in enumerate(staged):
@@ -1182,13 +1287,18 @@ class Store(MutableMapping[bytes, bytes]):
         with self._lock:
             if self._closed:
                 return
-            for k in self._keydir.expired_keys(now):
-                entry = self._entries.get(k)
-                if entry is not None:
-                    self._drop_expired(k, entry, self._expiries[k])
-                else:
-                    self._keydir.remove(k)
-            self._keydir.recompute_next_expiry()
+            self._purge_expired_locked(now)
+
+    def _purge_expired_locked(self, now: int) -> None:
+        """:meth:`_purge_expired`'s work, with the lock held (cache mode calls it before
+        making room, so that expired keys go before any live one)."""
+        for k in self._keydir.expired_keys(now):
+            entry = self._entries.get(k)
+            if entry is not None:
+                self._drop_expired(k, entry, self._expiries[k])
+            else:
+                self._keydir.remove(k)
+        self._keydir.recompute_next_expiry()
 
     def purge_expired(self) -> None:
         """Drop every expired key from the index now (with ``log_expirations``: a tombstone
@@ -1362,6 +1472,82 @@ class Store(MutableMapping[bytes, bytes]):
         for s in old_segments:
             s.close()
 
+    # -- cache mode (docs/cache.md) ------------------------------------------------------------
+
+    @property
+    def max_bytes(self) -> int:
+        """The bound on live bytes (0: none); see :meth:`set_max_bytes`."""
+        return self.bound.max_bytes
+
+    @property
+    def eviction(self) -> str:
+        """The eviction policy that keeps :attr:`max_bytes` (one of Redis's names)."""
+        return self.bound.eviction
+
+    @property
+    def evicted_keys(self) -> int:
+        """Keys evicted to keep the bound since this store was opened."""
+        evictor = self._evictor
+        return self._evicted_before + (evictor.evicted_keys if evictor is not None else 0)
+
+    def set_max_bytes(self, max_bytes: int, eviction: str | None = None) -> None:
+        """Bound the store's live bytes to ``max_bytes`` (0: no bound) by ``eviction`` (None:
+        keep the current policy), now and for every later open: the setting is recorded in
+        the store's ``SETTINGS`` file. A lower bound evicts at once (``noeviction`` and a
+        ``volatile-*`` policy without keys to evict leave the store over it: writes then
+        fail with :class:`StoreFullError` until deletes make room). ``CONFIG SET maxmemory``
+        and ``maxmemory-policy`` of ``bitkv serve`` call this.
+
+        Raises ValueError for a negative bound or an unknown policy, and
+        :class:`ReadOnlyError` on a read-only store.
+        """
+        self._check_writable()
+        settings.check_bound(max_bytes, eviction)
+        with self._lock:
+            self._check_writable()
+            bound = settings.Bound(max_bytes, self.bound.eviction if eviction is None
+                                   else eviction)
+            if bound != self.bound:
+                settings.write(self.path, self._io, self.compression, bound)
+            self._apply_bound(bound)
+            evictor = self._evictor
+            if evictor is not None and bound.eviction != "noeviction":
+                with contextlib.suppress(Error):  # nothing (more) can be evicted
+                    evictor.shrink()
+        self._native_put = self._choose_native_put()
+        self._bind_reader()
+        self._bind_writer()  # a bound store's puts go through Python (eviction first)
+
+    def _live_bytes_locked(self) -> int:
+        """The bytes of the records the index points at. Locked. Between a compaction's
+        commit and the retirement of its inputs, the keys not yet switched still point
+        into the inputs, which are no longer in the segment list: they count, less what the
+        switch moved to the outputs (which count it already)."""
+        total: int = sum(map(_live_bytes_of, filter(None, self._table.slots)))
+        return total - self._switched_bytes
+
+    def _apply_bound(self, bound: settings.Bound) -> None:
+        """Put ``bound`` in force: at open, and (locked) from :meth:`set_max_bytes`."""
+        #: The bound in force (:class:`bitkv.settings.Bound`): as recorded, or as given.
+        self.bound = bound
+        old = self._evictor
+        if self.readonly or not bound.max_bytes:
+            self._evictor = None
+        elif old is not None and old.policy == bound.eviction:
+            old.max_bytes = bound.max_bytes  # the same policy keeps its access stamps
+        else:
+            self._evictor = Evictor(_EvictionHost(self), bound.max_bytes,
+                                             bound.eviction)
+        if old is not None and self._evictor is not old:
+            self._evicted_before += old.evicted_keys
+        # Smaller segments in a small cache, so that what compaction cannot take (the active
+        # segment) stays a small share of the disk (docs/cache.md, "The disk bound").
+        size = self._requested_segment_size
+        if self._evictor is not None:
+            size = min(size, max(SEGMENT_FLOOR, bound.max_bytes // SEGMENT_SHARE))
+        self.max_segment_size = size
+        self._log.max_segment_size = size
+
     # -- durability --------------------------------------------------------------------------
 
     def sync(self) -> None:
@@ -1503,7 +1689,11 @@ class Store(MutableMapping[bytes, bytes]):
             if self._closed:
                 return False
             sealed = self._sealed()
-        return compaction_due(sealed, self.compact_min_dead_bytes, self.compact_dead_ratio)
+        min_dead = self.compact_min_dead_bytes
+        if self._evictor is not None:
+            # Cache mode keeps the disk near the bound (docs/cache.md, "The disk bound").
+            min_dead = min(min_dead, self._evictor.max_bytes // DEAD_SHARE)
+        return compaction_due(sealed, min_dead, self.compact_dead_ratio)
 
     def _write_seal_hints(self, blocking: bool = False) -> None:
         """Give every sealed append segment without a hint one (background; see sealing.py)."""
@@ -1629,8 +1819,10 @@ class Store(MutableMapping[bytes, bytes]):
         (all store files), ``expiring_keys``, ``expired_keys`` (keys removed from the index
         because they expired, since this open), ``compactions`` (run by this process),
         ``segment_bytes`` (per segment, oldest first: ``{"id", "live_bytes", "dead_bytes"}``),
-        ``active_segment``, ``sync``, and ``recovery`` (what the last open found: truncated
-        and corrupt bytes, dropped batch records, ignored hint files).
+        ``active_segment``, ``sync``, ``max_bytes`` (the bound on ``live_bytes``, 0: none),
+        ``eviction`` (its policy), ``evicted_keys`` (keys evicted since the store was
+        opened), and ``recovery`` (what the last open found: truncated and corrupt bytes,
+        dropped batch records, ignored hint files).
         """
         self._check_open()
         self._purge_expired()
@@ -1640,7 +1832,7 @@ class Store(MutableMapping[bytes, bytes]):
             expiring = len(self._expiries)
             per_segment = [{"id": s.id, "live_bytes": s.live_bytes,
                             "dead_bytes": s.dead_bytes} for s in segs]
-            live = sum(s["live_bytes"] for s in per_segment)
+            live = self._live_bytes_locked()
             dead = sum(s["dead_bytes"] for s in per_segment)
             expired = self._keydir.expired_count
             active = self._log.active.id if self._log.active is not None else None
@@ -1664,6 +1856,9 @@ class Store(MutableMapping[bytes, bytes]):
             "active_segment": active,
             "sync": self.sync_mode,
             "readonly": self.readonly,
+            "max_bytes": self.bound.max_bytes,
+            "eviction": self.bound.eviction,
+            "evicted_keys": self.evicted_keys,
             "last_compaction": self.last_compaction,
             "last_compaction_error": self.last_compaction_error,
             "last_sync_error": self.last_sync_error,

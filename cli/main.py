@@ -724,6 +724,10 @@ def stats(settings: Settings, as_json: bool) -> None:
          f"{db.compression.algorithm} (values of {db.compression.min_size} bytes or more)"),
         ("last compaction", last_text),
     ]
+    bound = int(data.get("max_bytes") or 0)
+    if bound:  # cache mode (docs/cache.md)
+        rows.insert(5, ("cache bound", f"{bound} ({_human(bound)}) of live bytes, eviction "
+                        f"{data.get('eviction')}"))
     recovered = data.get("recovery")
     if isinstance(recovered, Mapping) and (recovered.get("corrupt_bytes")
                                            or recovered.get("truncated_bytes")):

@@ -10,6 +10,7 @@ import click
 
 import bitkv
 from bitkv import MAX_VALUE_SIZE
+from bitkv.eviction import POLICIES, parse_bytes
 from bitkv.server import protocol as _protocol
 from bitkv.server.app import SYNC_CHOICES, ServerConfig, run_server
 
@@ -77,6 +78,13 @@ from .keyfile import KEY_ENV, KEY_FILE_ENV, load_key
 @click.option("--key-file", metavar="FILE", default=None,
               help=f"Encryption key of an encrypted store (32 raw bytes or 64 hex digits, mode "
                    f"0600). Default: ${KEY_FILE_ENV}, else the hex key in ${KEY_ENV}.")
+@click.option("--max-bytes", default=None, metavar="SIZE",
+              help="Cache mode (docs/cache.md): keep the store's live data within SIZE "
+                   "(bytes, or 100mb, 2gb...; 0: no bound), as Redis's maxmemory. Recorded in "
+                   "the store. Default: as recorded.")
+@click.option("--eviction", type=click.Choice(POLICIES), default=None,
+              help="How --max-bytes makes room (Redis's maxmemory-policy). Recorded in the "
+                   "store. Default: as recorded, else noeviction.")
 @click.option("--loglevel", type=click.Choice(["debug", "verbose", "notice", "info", "warning",
                                                "error"], case_sensitive=False),
               default="notice", show_default=True,
@@ -100,8 +108,8 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, protect
           master_tls_ca_cert: str | None, repl_timeout: float | None,
           replica_priority: int | None, replica_read_only: str | None,
           replica_announce_ip: str | None, replica_announce_port: int | None,
-          key_file: str | None, loglevel: str, logfile: str | None,
-          metrics_port: int | None, metrics_bind: str, no_hiredis: bool,
+          key_file: str | None, max_bytes: str | None, eviction: str | None, loglevel: str,
+          logfile: str | None, metrics_port: int | None, metrics_bind: str, no_hiredis: bool,
           no_uvloop: bool) -> None:
     """Serve the store in --dir over the Redis protocol (RESP2/RESP3).
 
@@ -109,6 +117,10 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, protect
     syncs and closes the store.
     """
     encryption_key = load_key(key_file)
+    try:
+        bound = None if max_bytes is None else parse_bytes(max_bytes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-bytes") from None
     try:
         config = ServerConfig(
             dir=directory, hosts=tuple(bind.split()), port=port, requirepass=requirepass,
@@ -123,6 +135,7 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, protect
             replica_read_only=None if replica_read_only is None else replica_read_only == "yes",
             replica_announce_ip=replica_announce_ip,
             replica_announce_port=replica_announce_port, encryption_key=encryption_key,
+            max_bytes=bound, eviction=eviction,
             use_hiredis=False if no_hiredis else None, use_uvloop=False if no_uvloop else None)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

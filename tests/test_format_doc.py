@@ -122,7 +122,8 @@ STRUCTS = ["bitkv.segment.HEADER", "bitkv.record.HEADER", "bitkv.hint.HEADER",
            "bitkv.hint.ENTRY", "bitkv.hint.TRAILER", "bitkv.codec._DICT_HEADER",
            "bitkv.codec._AAD_V2", "bitkv.manifest.HEADER", "bitkv.manifest.ENTRY",
            "bitkv.manifest.TRAILER", "bitkv.durable.SLOT", "bitkv.server.backlog.HEADER",
-           "bitkv.server.backlog.ENTRY", "bitkv.settings.LAYOUT"]
+           "bitkv.server.backlog.ENTRY", "bitkv.settings.LAYOUT",
+           "bitkv.settings.LAYOUT_V1"]
 
 
 def test_every_struct_table_is_checked() -> None:

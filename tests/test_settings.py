@@ -141,9 +141,9 @@ def test_a_damaged_file_stops_writers_that_name_no_compression(db_path, data):
 def test_a_newer_version_is_refused_by_writers(db_path):
     bitkv.open(db_path, compression="zstd").close()
     newer = bytearray(settings.encode(settings.Compression("zstd", 256)))
-    newer[8] = 2
+    newer[8] = 3
     _damage(db_path, bytes(newer))
-    with pytest.raises(bitkv.FormatVersionError, match="version 2"):
+    with pytest.raises(bitkv.FormatVersionError, match="version 3"):
         bitkv.open(db_path)
     with pytest.raises(bitkv.FormatVersionError):
         bitkv.open(db_path, compression="zstd")  # not overwritten: it may say more
@@ -177,7 +177,27 @@ def test_repair_into_a_new_store_keeps_the_setting(db_path, tmp_path):
 def test_the_codec_round_trips():
     for value in (settings.DEFAULT, settings.Compression("zstd", 0),
                   settings.Compression("zstd", 2**64 - 1)):
-        assert settings.decode(settings.encode(value), "x") == value
+        assert settings.decode(settings.encode(value), "x") == (value, settings.NO_BOUND)
+    for bound in (settings.Bound(1, "allkeys-lru"), settings.Bound(2**64 - 1, "volatile-ttl"),
+                  settings.Bound(0, "allkeys-lfu")):
+        blob = settings.encode(settings.DEFAULT, bound)
+        assert len(blob) == 32 and blob[8] == 2
+        assert settings.decode(blob, "x") == (settings.DEFAULT, bound)
+
+
+def test_a_store_without_a_bound_keeps_a_version_1_file(db_path):
+    """So that a bitkv from before cache mode can still write to it."""
+    bitkv.open(db_path, compression="zstd").close()
+    with open(os.path.join(db_path, SETTINGS), "rb") as fh:
+        assert len(fh.read()) == 24
+    bitkv.open(db_path, max_bytes=10**6).close()
+    with open(os.path.join(db_path, SETTINGS), "rb") as fh:
+        assert len(fh.read()) == 32
+    bitkv.open(db_path, max_bytes=0).close()
+    with open(os.path.join(db_path, SETTINGS), "rb") as fh:
+        assert len(fh.read()) == 24
+    with bitkv.open(db_path) as db:
+        assert db.compression.algorithm == "zstd" and db.max_bytes == 0
 
 
 def test_stats_shows_the_setting(tmp_path):

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bitkv
+from bitkv import settings
 from bitkv.record import MAX_KEY_SIZE
 
 from . import clients, prometheus, protected, protocol
@@ -156,6 +157,10 @@ class ServerConfig:
     replica_announce_port: int | None = None
     # Redis's protected mode (protected.py): without a password, loopback clients only.
     protected_mode: bool = True
+    # Cache mode (docs/cache.md): the bound on live bytes and its eviction policy; None: as
+    # the store records (bitkv.open's max_bytes and eviction).
+    max_bytes: int | None = None
+    eviction: str | None = None
     # Where run_server logs (None: stderr) and from which level (Redis's names or Python's).
     loglevel: str = "notice"
     logfile: str | None = None
@@ -210,6 +215,7 @@ class ServerConfig:
             protected.check_metrics_bind(self.metrics_bind, self.protected_mode)
             if not prometheus.available():
                 raise ValueError(prometheus.MISSING)
+        settings.check_bound(self.max_bytes, self.eviction)
         if self.loglevel.lower() not in LOG_LEVELS:
             raise ValueError(f"loglevel must be one of {', '.join(LOG_LEVELS)}, not "
                              f"{self.loglevel!r}")
@@ -277,6 +283,8 @@ def _auth_attempt(spec: Spec, args: list[bytes]) -> bool:
 
 def error_reply(exc: Exception) -> bytes:
     """The RESP error for an exception a command raised."""
+    if isinstance(exc, bitkv.StoreFullError):  # Redis's reply, which clients recognise
+        return error(f"OOM command not allowed when used memory > 'maxmemory' ({exc})")
     if isinstance(exc, (ValueError, TypeError, bitkv.Error)) and str(exc):
         if not isinstance(exc, bitkv.Error):
             log.debug("command failed", exc_info=True)
@@ -1098,6 +1106,7 @@ class Server:
         if ops:
             replies = self.pending_replies
             started = now_ns()
+            each: list[bytes] | None = None
             try:
                 batch = self.db.batch()
                 put = batch.put
@@ -1105,16 +1114,27 @@ class Server:
                     put(key, value)
                 batch.commit()
                 reply = OK
+            except bitkv.StoreFullError:
+                # A cache (docs/cache.md) that cannot take the whole batch at once: the SETs
+                # one by one, each with its own reply, as Redis answers them (the batch was
+                # only a saving; the SETs were never one transaction).
+                reply, each = OK, [self._set_one(key, value) for key, value in ops]
             except Exception as exc:
                 reply = error_reply(exc)
             # INFO commandstats: each SET of the group is given an equal share of its commit.
             stat = self.metrics.stat("set")
             stat.record_many(now_ns() - started, len(ops))
-            if reply is not OK:
-                stat.failed += len(ops)
-                self.metrics.error(reply, len(ops))
-            for conn, out, index in replies:
-                out[index] = reply
+            if each is None:
+                if reply is not OK:
+                    stat.failed += len(ops)
+                    self.metrics.error(reply, len(ops))
+            else:
+                for one in each:
+                    if one is not OK:
+                        stat.failed += 1
+                        self.metrics.error(one, 1)
+            for n, (conn, out, index) in enumerate(replies):
+                out[index] = reply if each is None else each[n]
                 conn.unresolved_sets -= 1
             ops.clear()
             replies.clear()
@@ -1122,6 +1142,13 @@ class Server:
             waiting, self.waiting = self.waiting, []
             for conn in waiting:
                 conn.release()
+
+    def _set_one(self, key: bytes, value: bytes) -> bytes:
+        try:
+            self.db.put(key, value)
+            return OK
+        except Exception as exc:
+            return error_reply(exc)
 
     def shed_partial_requests(self) -> None:
         """Close the clients holding the largest partial requests until the total of all
@@ -1188,6 +1215,10 @@ class Server:
             options.setdefault("hold_expired", self.replication.starts_as_replica())
             if config.encryption_key is not None:
                 options["encryption_key"] = config.encryption_key
+            if config.max_bytes is not None:
+                options["max_bytes"] = config.max_bytes
+            if config.eviction is not None:
+                options["eviction"] = config.eviction
             self.db = bitkv.open(config.dir, **options)
         try:
             self._listeners.append(await loop.create_server(

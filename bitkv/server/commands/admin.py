@@ -13,6 +13,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ... import __version__ as BITKV_VERSION
+from ...errors import Error
+from ...eviction import parse_bytes
 from ..glob import compile_glob
 from ..protocol import (
     EMPTY_ARRAY,
@@ -129,6 +131,19 @@ def cmd_shutdown(c: Connection, args: list[bytes]) -> bytes:
     return b""  # Redis closes the connection without a reply
 
 
+CACHE_PARAMS = ("maxmemory", "maxmemory-policy")
+
+
+def _set_bound(c: Connection, name: str, value: str) -> None:
+    """CONFIG SET maxmemory / maxmemory-policy: the store's bound (Store.set_max_bytes),
+    recorded in the store, so it outlives the server (as CONFIG REWRITE would in Redis)."""
+    db = c.db
+    if name == "maxmemory":
+        db.set_max_bytes(parse_bytes(value))
+    else:
+        db.set_max_bytes(db.max_bytes, value.lower())
+
+
 def _config_params(c: Connection) -> dict[str, str]:
     control = c.control
     cfg = control.config
@@ -146,8 +161,8 @@ def _config_params(c: Connection) -> dict[str, str]:
         "bitkv-sync-interval": repr(cfg.sync_interval),
         "databases": "1",
         "maxclients": str(cfg.maxclients),
-        "maxmemory": "0",
-        "maxmemory-policy": "noeviction",
+        "maxmemory": str(c.db.max_bytes),
+        "maxmemory-policy": c.db.eviction,
         "timeout": "0",
         "tcp-keepalive": "0",
         "proto-max-bulk-len": str(limits.max_bulk_len),
@@ -186,6 +201,8 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
         replication = c.control.replication
         tuned: dict[str, str] = {}
         for name, value in pairs:
+            if name.lower() in CACHE_PARAMS:
+                continue
             if tuning.accepts(name):
                 try:
                     tuned[name.lower()] = tuning.normalize(name, value)
@@ -197,13 +214,17 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
                 raise CommandError(
                     f"ERR Unknown option or number of arguments for CONFIG SET - '{name}' "
                     f"(bitkv's configuration is set on the command line; CONFIG SET "
-                    f"changes the replica settings and records Redis's tuning parameters)")
+                    f"changes maxmemory, maxmemory-policy and the replica settings, and "
+                    f"records Redis's tuning parameters)")
         for name, value in pairs:
             if tuning.accepts(name):
                 continue
             try:
-                replication.config_set(name, value)
-            except ValueError as exc:
+                if name.lower() in CACHE_PARAMS:
+                    _set_bound(c, name.lower(), value)
+                else:
+                    replication.config_set(name, value)
+            except (ValueError, Error) as exc:
                 raise CommandError(f"ERR CONFIG SET failed (possibly related to argument "
                                    f"'{name}') - {exc}") from None
         tuning.record(c.control, tuned)
@@ -222,8 +243,9 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
     if sub == b"HELP" and len(args) == 2:
         return bulk_array([b"CONFIG <subcommand> [<arg> ...]. Subcommands are:",
                            b"GET <pattern>",
-                           b"SET <parameter> <value> (the replica settings; Redis's tuning "
-                           b"parameters are recorded, with no effect)",
+                           b"SET <parameter> <value> (maxmemory, maxmemory-policy, the "
+                           b"replica settings; Redis's tuning parameters are recorded, with "
+                           b"no effect)",
                            b"RESETSTAT", b"REWRITE", b"HELP"])
     raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
                        + "'. Try CONFIG HELP.")
@@ -328,8 +350,9 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("used_memory", rss),
             ("used_memory_human", _human(rss)),
             ("used_memory_rss", rss),
-            ("maxmemory", 0),
-            ("maxmemory_policy", "noeviction"),
+            ("maxmemory", db.max_bytes),
+            ("maxmemory_human", _human(db.max_bytes)),
+            ("maxmemory_policy", db.eviction),
         ],
         "persistence": [
             ("loading", 0),
@@ -368,7 +391,7 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("rejected_connections", control.rejected_connections),
             ("instantaneous_ops_per_sec", metrics.instantaneous_ops_per_sec),
             ("expired_keys", metrics.expired_keys(stats["expired_keys"])),
-            ("evicted_keys", 0),
+            ("evicted_keys", stats["evicted_keys"]),
             ("keyspace_hits", metrics.keyspace_hits),
             ("keyspace_misses", metrics.keyspace_misses),
             ("pubsub_channels", control.pubsub.total(CHANNEL)),
