@@ -11,6 +11,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
 
 import pytest
 
@@ -81,18 +84,81 @@ def run_target(check_one, seeds: list[bytes], count: int, seed: int) -> int:
     return int(time.monotonic() - started)
 
 
-def test_record_target_on_seeded_mutations():
-    run_target(fuzz_record.check_one, fuzz_record.seeds(), 4000, seed=1)
+def _random_bytes(most: int) -> Callable[[random.Random], bytes]:
+    return lambda rng: rng.randbytes(rng.randint(0, most))
 
 
-def test_record_target_on_random_bytes():
-    rng = random.Random(2)
-    for _ in range(1500):
-        fuzz_record.check_one(rng.randbytes(rng.randint(0, 200)))
+def _compiled(name: str, module: ModuleType) -> Callable[[], bool]:
+    """The target tests a compiled entry point: it is there when the module's ``name`` is."""
+    return lambda: getattr(module, name) is not None
 
 
-def test_hint_target_on_seeded_mutations():
-    run_target(fuzz_hint.check_one, fuzz_hint.seeds(), 4000, seed=3)
+_SHORT_RANDOM_BYTES = _random_bytes(200)
+
+
+@dataclass(frozen=True)
+class Target:
+    """How CI runs one fuzz target: ``mutations`` seeded mutations of its seeds (rng seeded
+    with ``seed``), then ``random_inputs`` inputs from ``random_input`` (rng ``seed + 1``);
+    skipped unless ``built()`` (a compiled entry point needs the extension)."""
+
+    module: ModuleType
+    mutations: int
+    seed: int
+    random_inputs: int = 0
+    random_input: Callable[[random.Random], bytes] = _SHORT_RANDOM_BYTES
+    built: Callable[[], bool] = lambda: True
+
+    def __str__(self) -> str:
+        return self.module.__name__
+
+
+TARGETS = [
+    Target(fuzz_record, 4000, 1, 1500),
+    Target(fuzz_hint, 4000, 3),
+    # Differential: hiredis path vs pure-Python parser vs one-piece parsing agree.
+    Target(fuzz_server_parser, 4000, 11, 1500),
+    # The RDB reader: RDBError or a consistent result, the same through a trickling source.
+    Target(fuzz_rdb, 3000, 13, 1500,
+           lambda rng: b"REDIS00%02d" % rng.randint(0, 13) + rng.randbytes(rng.randint(0, 200))),
+    # The compiled index map against a dict, on programs read from mutated bytes.
+    Target(fuzz_indexmap, 3000, 15, 1500, _random_bytes(400),
+           _compiled("IndexMap", fuzz_indexmap)),
+    # The compiled RESP parser against PyParser: commands, errors, idle(), buffered().
+    Target(fuzz_resp, 4000, 19, 1500, _random_bytes(300), _compiled("RespParser", fuzz_resp)),
+    # The get, record codec and batch kernels against their Python rules (each target
+    # compares every result; see its docstring).
+    Target(fuzz_get, 2000, 31, 800, _random_bytes(600), _compiled("Reader", fuzz_get)),
+    Target(fuzz_codec_native, 2000, 31, 800, _random_bytes(600),
+           _compiled("decode_record", fuzz_codec_native)),
+    Target(fuzz_batch, 2000, 31, 800, _random_bytes(600),
+           _compiled("encode_batch", fuzz_batch)),
+    # Compaction's compiled copy loop against the Python one, on mutated segments.
+    Target(fuzz_compact, 3000, 17, 1500, _random_bytes(400),
+           _compiled("native_copy_live", fuzz_compact)),
+    Target(fuzz_replay, 3000, 16, 2000,
+           lambda rng: bytes([rng.randrange(4)]) + rng.randbytes(rng.randint(0, 900)),
+           _compiled("_native", fuzz_replay)),
+]
+
+
+def _skip_unless_built(target: Target) -> None:
+    if not target.built():
+        pytest.skip("the extension is not built (or BITKV_PURE_PYTHON=1)")
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=str)
+def test_target_on_seeded_mutations(target: Target) -> None:
+    _skip_unless_built(target)
+    run_target(target.module.check_one, target.module.seeds(), target.mutations, target.seed)
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.random_inputs], ids=str)
+def test_target_on_random_bytes(target: Target) -> None:
+    _skip_unless_built(target)
+    rng = random.Random(target.seed + 1)
+    for _ in range(target.random_inputs):
+        target.module.check_one(target.random_input(rng))
 
 
 def test_store_target_on_seeded_commands(tmp_path):
@@ -103,72 +169,6 @@ def test_store_target_on_seeded_commands(tmp_path):
         fuzz_store.check_one(data)
     for _ in range(300):
         fuzz_store.check_one(mutate(rng, rng.choice(seeds), seeds))
-
-
-def test_server_parser_target_on_seeded_mutations() -> None:
-    """Differential: hiredis path vs pure-Python parser vs one-piece parsing agree."""
-    run_target(fuzz_server_parser.check_one, fuzz_server_parser.seeds(), 4000, seed=11)
-
-
-def test_server_parser_target_on_random_bytes() -> None:
-    rng = random.Random(12)
-    for _ in range(1500):
-        fuzz_server_parser.check_one(rng.randbytes(rng.randint(0, 200)))
-
-
-def test_rdb_target_on_seeded_mutations() -> None:
-    """The RDB reader: RDBError or a consistent result, the same through a trickling source."""
-    run_target(fuzz_rdb.check_one, fuzz_rdb.seeds(), 3000, seed=13)
-
-
-def test_rdb_target_on_random_bytes() -> None:
-    rng = random.Random(14)
-    for _ in range(1500):
-        fuzz_rdb.check_one(b"REDIS00%02d" % rng.randint(0, 13) + rng.randbytes(rng.randint(0, 200)))
-
-
-def test_indexmap_target_on_seeded_mutations() -> None:
-    """The compiled index map against a dict, on programs read from mutated bytes."""
-    if fuzz_indexmap.IndexMap is None:
-        pytest.skip("the extension is not built")
-    run_target(fuzz_indexmap.check_one, fuzz_indexmap.seeds(), 3000, seed=15)
-
-
-def test_indexmap_target_on_random_bytes() -> None:
-    if fuzz_indexmap.IndexMap is None:
-        pytest.skip("the extension is not built")
-    rng = random.Random(16)
-    for _ in range(1500):
-        fuzz_indexmap.check_one(rng.randbytes(rng.randint(0, 400)))
-
-
-def test_resp_target_on_seeded_mutations() -> None:
-    """The compiled RESP parser against PyParser: commands, errors, idle(), buffered()."""
-    if fuzz_resp.RespParser is None:
-        pytest.skip("the extension is not built (or BITKV_PURE_PYTHON=1)")
-    run_target(fuzz_resp.check_one, fuzz_resp.seeds(), 4000, seed=19)
-
-
-def test_resp_target_on_random_bytes() -> None:
-    if fuzz_resp.RespParser is None:
-        pytest.skip("the extension is not built (or BITKV_PURE_PYTHON=1)")
-    rng = random.Random(20)
-    for _ in range(1500):
-        fuzz_resp.check_one(rng.randbytes(rng.randint(0, 300)))
-
-
-@pytest.mark.parametrize("target", [fuzz_get, fuzz_codec_native, fuzz_batch])
-def test_kernel_target_on_seeded_mutations(target) -> None:
-    """The get, record codec and batch kernels against their Python rules, on mutated bytes
-    (each target compares every result; see its docstring)."""
-    if target.check_one.__globals__.get("encode_batch", True) is None or \
-            target.check_one.__globals__.get("Reader", True) is None or \
-            target.check_one.__globals__.get("decode_record", True) is None:
-        pytest.skip("the extension is not built")
-    run_target(target.check_one, target.seeds(), 2000, seed=31)
-    rng = random.Random(32)
-    for _ in range(800):
-        target.check_one(rng.randbytes(rng.randint(0, 600)))
 
 
 def test_put_target_on_seeded_mutations(tmp_path) -> None:
@@ -186,33 +186,12 @@ def test_put_target_on_seeded_mutations(tmp_path) -> None:
                 db.close()
 
 
-def test_compact_target_on_seeded_mutations() -> None:
-    """Compaction's compiled copy loop against the Python one, on mutated segments."""
-    if fuzz_compact.native_copy_live is None:
-        pytest.skip("the extension is not built")
-    run_target(fuzz_compact.check_one, fuzz_compact.seeds(), 3000, seed=17)
-
-
-def test_compact_target_on_random_bytes() -> None:
-    if fuzz_compact.native_copy_live is None:
-        pytest.skip("the extension is not built")
-    rng = random.Random(18)
-    for _ in range(1500):
-        fuzz_compact.check_one(rng.randbytes(rng.randint(0, 400)))
-
-
-def test_replay_target_on_seeded_mutations() -> None:
-    if fuzz_replay._native is None:
-        pytest.skip("the compiled extension is not built")
-    run_target(fuzz_replay.check_one, fuzz_replay.seeds(), 3000, seed=16)
-
-
-def test_replay_target_on_random_bytes() -> None:
-    if fuzz_replay._native is None:
-        pytest.skip("the compiled extension is not built")
-    rng = random.Random(17)
-    for _ in range(2000):
-        fuzz_replay.check_one(bytes([rng.randrange(4)]) + rng.randbytes(rng.randint(0, 900)))
+def test_every_target_is_run() -> None:
+    """A new fuzz/ target must join TARGETS (or have its own test above)."""
+    fuzz_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz")
+    on_disk = {name[:-3] for name in os.listdir(fuzz_dir)
+               if name.startswith("fuzz_") and name.endswith(".py")}
+    assert on_disk == {t.module.__name__ for t in TARGETS} | {"fuzz_store", "fuzz_put"}
 
 
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
