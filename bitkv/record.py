@@ -39,6 +39,8 @@ CLIENT_FLAGS = 0x40  # the plain value ends with 4 bytes of memcached client fla
 KNOWN_FLAGS = (TOMBSTONE | COMPRESSED | ENCRYPTED | BATCH | BATCH_FIRST | BATCH_LAST
                | CLIENT_FLAGS)
 BATCH_FLAGS = BATCH | BATCH_FIRST | BATCH_LAST
+# The flags under which the stored bytes are not the user's value (codec.decode undoes them).
+ENCODING_FLAGS = COMPRESSED | ENCRYPTED | CLIENT_FLAGS
 
 MAX_KEY_SIZE = 0xFFFF
 MAX_VALUE_SIZE = 64 * 2**20

@@ -97,8 +97,7 @@ _OFFSET_MASK = keydir.OFFSET_MASK
 _MAX_KEY = rec.MAX_KEY_SIZE
 # Flags the fast read path cannot serve (batch bits are fine: the record is a plain value).
 _ENCODED = ~rec.BATCH_FLAGS & 0xFF
-# The flags that make a stored value differ from the user's value (codec.decode undoes them).
-_DECODED_FLAGS = rec.COMPRESSED | rec.ENCRYPTED | rec.CLIENT_FLAGS
+_DECODED_FLAGS = rec.ENCODING_FLAGS
 _MAX_VALUE = rec.MAX_VALUE_SIZE
 _unpack_header = rec.HEADER.unpack_from
 _pack_body = struct.Struct("<BBHIQQ").pack

@@ -60,10 +60,10 @@ from .commands import (
     unknown_command_error,
 )
 from .control import ServerControl
+from .master import Peer
 from .memcache import Memcache, MemcacheConnection
 from .memcache import check_bind as check_memcache_bind
 from .memcache.text import DEFAULT_MAX_ITEM_SIZE
-from .master import Peer
 from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
 from .pubsub import PUBSUB_OUTPUT_LIMIT, PubSub, Subscriptions
 from .replication import Replication

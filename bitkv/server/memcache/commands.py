@@ -196,18 +196,21 @@ class Memcache:
         yield text.END
 
     def _touch(self, key: bytes, exptime: int) -> bitkv.Item | None:
-        """Give a live key a new expiry; return it as it is afterwards (its new cas: a new
-        expiry is a new record), or None."""
+        """Give a live key a new expiry; return it as it was before (with its new cas: a new
+        expiry is a new record), or None. An exptime in the past returns the value once, as
+        memcached's gat does, and removes the key."""
         self._check_writable()
         db = self.db
-        if db.get_item(key) is None:
+        item = db.get_item(key)
+        if item is None:
             return None
         expires = text.expiry_ms(exptime, self.clock())
         if expires:
             db.expire_at(key, expires)
         else:
             db.persist(key)
-        return db.get_item(key)
+        after = db.get_item(key)
+        return item if after is None else after
 
     # -- the other commands --------------------------------------------------------------
 
