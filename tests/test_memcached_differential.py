@@ -9,6 +9,7 @@ installs it).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +73,16 @@ CASES: list[bytes] = [
     b"flush_all 0\r\n", b"flush_all -1\r\n", b"flush_all 0 20\r\n",
     b"set k 0 0 1\r\nx\r\nflush_all noreply\r\nget k\r\n", b"verbosity 1\r\n",
     b"verbosity 1 2\r\n", b"verbosity abc\r\n", b"verbosity 1 noreply\r\n",
+    # keys over 250 bytes, noreply in odd places, odd bytes
+    b"touch " + b"a" * 251 + b" 10\r\n", b"incr " + b"a" * 251 + b" 1\r\n",
+    b"delete " + b"a" * 251 + b"\r\n", b"cas " + b"a" * 251 + b" 0 0 1 1\r\nx\r\n",
+    b"gat 10 k " + b"a" * 251 + b"\r\n", b"verbosity noreply\r\n",
+    b"flush_all noreply extra\r\n", b"decr k 1 noreply extra\r\n",
+    b"set k 0 0 1 noreply\r\nx\r\nappend k 0 0 2 noreply\r\nyy\r\nget k\r\n",
+    b"get k\x00\r\n", b" get k\r\n", b"set k 0 0 2\r\n\r\n\r\nget k\r\n",
+    b"set k 0 %d 1\r\nx\r\nget k\r\n" % (int(time.time()) + 1000),
+    b"set k 0 %d 1\r\nx\r\nget k\r\n" % (int(time.time()) - 1000),
+    b"stats reset\r\n",
     # the connection closes
     b"quit\r\nget k\r\n", b"quit extra\r\n", b"x" * 3000,
 ]

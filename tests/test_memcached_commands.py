@@ -1,0 +1,106 @@
+"""The memcached protocol's pieces without a socket (bitkv/server/memcache: text, commands),
+and the server in-process with --sync always."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import bitkv
+from bitkv.server import ServerConfig, ServerThread
+from bitkv.server.memcache import Memcache
+from bitkv.server.memcache import text as mt
+from bitkv.server.memcache.commands import Storage
+
+
+class Host:
+    def __init__(self, readonly: bool = False) -> None:
+        self.refuses_client_writes = readonly
+        self.later: list[tuple[float, Callable[[], None]]] = []
+
+    def request_flush_later(self, delay: float, flush: Callable[[], None]) -> None:
+        self.later.append((delay, flush))
+
+
+@pytest.fixture
+def db(fast_db_path: str) -> Iterator[bitkv.Store]:
+    with bitkv.open(fast_db_path) as store:
+        yield store
+
+
+def test_tokens_split_at_spaces_only() -> None:
+    assert mt.tokens(b"  set  k\t1 0 \r") == [b"set", b"k\t1", b"0"]
+    assert mt.tokens(b"\r") == []
+
+
+def test_exptime_as_memcached_defines_it() -> None:
+    now = 1_000_000_000.5
+    assert mt.expiry_ms(0, now) == 0
+    assert mt.expiry_ms(-5, now) == 1  # already expired
+    assert mt.expiry_ms(10, now) == 1_000_000_010_500
+    assert mt.expiry_ms(mt.RELATIVE_EXPTIME_MAX, now) == int(now * 1000) + 2_592_000_000
+    assert mt.expiry_ms(mt.RELATIVE_EXPTIME_MAX + 1, now) == 2_592_001_000  # a Unix time
+
+
+def test_numbers() -> None:
+    assert mt.parse_u32(b"4294967295") == 2**32 - 1
+    assert mt.parse_u32(b"4294967296") is None
+    assert mt.parse_u32(b"-1") is None and mt.parse_u32(b"0x1") is None
+    assert mt.parse_u32(b"+7") == 7
+    assert mt.parse_u64(b"18446744073709551615") == 2**64 - 1
+    assert mt.parse_u64(b"18446744073709551616") is None
+    assert mt.parse_i64(b"-1") == -1 and mt.parse_i64(b"1.5") is None
+    assert mt.counter_value(b" 12 ") == 12 and mt.counter_value(b"12") == 12
+    assert mt.counter_value(b"1 ab") == 1
+    for bad in (b"", b"1ab", b"-1", b"abc", b"18446744073709551616"):
+        assert mt.counter_value(bad) is None, bad
+    assert mt.counter_bytes(9, b"10") == b"9 "
+    assert mt.counter_bytes(100, b"99") == b"100"
+
+
+def test_a_read_only_replica_refuses_memcached_writes(db: bitkv.Store) -> None:
+    db.put(b"k", b"v")
+    mc = Memcache(db, Host(readonly=True))
+    req = mc.parse_storage([b"set", b"k", b"0", b"0", b"1"])
+    assert isinstance(req, Storage)
+    assert mc.store(req, b"x\r\n") == b"SERVER_ERROR READONLY You can't write against a " \
+        b"read only replica.\r\n"
+    assert mc.run([b"delete", b"k"]).startswith(b"SERVER_ERROR READONLY")  # type: ignore[union-attr]
+    assert mc.run([b"incr", b"k", b"1"]).startswith(b"SERVER_ERROR READONLY")  # type: ignore[union-attr]
+    assert mc.run([b"flush_all"]).startswith(b"SERVER_ERROR READONLY")  # type: ignore[union-attr]
+    assert b"".join(mc.retrieve([b"k"], False)) == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    assert db.get(b"k") == b"v"
+
+
+def test_flush_all_with_a_delay_is_scheduled(db: bitkv.Store) -> None:
+    host = Host()
+    mc = Memcache(db, host, clock=lambda: 1000.0)
+    db.put(b"k", b"v")
+    assert mc.run([b"flush_all", b"30"]) == b"OK\r\n"
+    assert db.get(b"k") == b"v"
+    (delay, flush), = host.later
+    assert delay == 30
+    flush()
+    assert db.get(b"k") is None
+
+
+def test_a_store_error_is_a_server_error_line(db: bitkv.Store) -> None:
+    mc = Memcache(db, Host())
+    db.close()
+    assert mc.run([b"delete", b"k"]) == b"SERVER_ERROR the store is closed\r\n"
+
+
+def test_sync_always_serves_memcached(fast_db_path: str) -> None:
+    pymemcache = pytest.importorskip("pymemcache")
+    config = ServerConfig(dir=fast_db_path, port=0, memcached_port=0, sync="always")
+    with ServerThread(config) as thread:
+        port = thread.server.memcached_port  # type: ignore[union-attr]
+        client = pymemcache.Client(("127.0.0.1", port), default_noreply=False)
+        assert client.set(b"a", b"1") is True
+        assert client.set_many({b"b": b"2", b"c": b"3"}) == []
+        assert client.incr(b"a", 5) == 6
+        assert client.get_many([b"a", b"b", b"c"]) == {b"a": b"6", b"b": b"2", b"c": b"3"}
+        client.close()
+    with bitkv.open(fast_db_path) as db:
+        assert db.get(b"a") == b"6"
