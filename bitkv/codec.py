@@ -1,6 +1,8 @@
-"""Value encodings: zstandard compression and AES-256-GCM encryption at rest.
+"""Value encodings: memcached client flags, zstandard compression and AES-256-GCM encryption
+at rest.
 
-Encoding order is compress, then encrypt (ciphertext does not compress). Each record says in
+Encoding order is append the client flags (if any), compress, then encrypt (ciphertext does
+not compress). Each record says in
 its flags which encodings apply, so one store may mix plain, compressed and encrypted records.
 
 Encryption: each value is sealed with a fresh random 96-bit nonce. In a version-2 store (one

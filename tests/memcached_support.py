@@ -3,6 +3,7 @@ memcached, and a raw socket that sends bytes and reads replies until a sentinel.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -79,8 +80,9 @@ class DebianMemcached:
         assert MEMCACHED is not None
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [MEMCACHED, "-u", "root", "-l", "127.0.0.1", "-p", str(self.port), "-U", "0",
-             "-m", "64"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            [MEMCACHED, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-m", "64",
+             *(["-u", "root"] if os.geteuid() == 0 else [])],  # as root, memcached needs -u
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
         def up() -> bool:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):

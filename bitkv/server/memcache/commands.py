@@ -132,6 +132,9 @@ class Memcache:
         key = req.key
         expires = text.expiry_ms(req.exptime, self.clock())
         command = req.command
+        if command == b"set" and not req.client_flags and not expires:
+            db.put(key, value)  # the common case: the store's compiled single-put path
+            return text.STORED
         if command in (b"set", b"add", b"replace"):
             done = db.put_item(key, value, client_flags=req.client_flags,
                                expires_at_ms=expires, if_absent=command == b"add",
@@ -194,6 +197,26 @@ class Memcache:
                 head += b" %d" % item.cas
             yield head + b"\r\n" + item.value + b"\r\n"
         yield text.END
+
+    def retrieve_one(self, key: bytes, with_cas: bool) -> bytes:
+        """The reply of a get/gets of one key (the common case, without a generator)."""
+        if not text.valid_key(key):
+            return text.BAD_FORMAT
+        stats = self.stats
+        stats["cmd_get"] += 1
+        try:
+            item = self.db.get_item(key)
+        except (bitkv.Error, OSError) as exc:
+            return server_error(exc)
+        if item is None:
+            stats["get_misses"] += 1
+            return text.END
+        stats["get_hits"] += 1
+        if with_cas:
+            return b"VALUE %b %d %d %d\r\n%b\r\nEND\r\n" % (
+                key, item.client_flags, len(item.value), item.cas, item.value)
+        return b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
+            key, item.client_flags, len(item.value), item.value)
 
     def _touch(self, key: bytes, exptime: int) -> bitkv.Item | None:
         """Give a live key a new expiry; return it as it was before (with its new cas: a new

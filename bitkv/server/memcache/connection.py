@@ -236,8 +236,10 @@ class MemcacheConnection(asyncio.Protocol):
         if name in (b"get", b"gets"):
             if len(words) < 2:
                 self._emit(text.ERROR)
-                return
-            self._retrieval = self.mc.retrieve(words[1:], name == b"gets")
+            elif len(words) == 2:  # one key, one item at most: no need to stop half way
+                self._emit(self.mc.retrieve_one(words[1], name == b"gets"))
+            else:
+                self._retrieval = self.mc.retrieve(words[1:], name == b"gets")
             return
         if len(words) < 2:
             self._emit(text.ERROR)

@@ -53,7 +53,10 @@ def tokens(line: bytes) -> list[bytes]:
     as one, as memcached's tokenizer (a tab is part of a word)."""
     if line.endswith(b"\r"):
         line = line[:-1]
-    return [word for word in line.split(b" ") if word]
+    words = line.split(b" ")
+    if b"" in words:
+        words = [word for word in words if word]
+    return words
 
 
 def wants_noreply(words: list[bytes], with_noreply: int) -> bool:
@@ -68,6 +71,9 @@ def valid_key(key: bytes) -> bool:
 
 def parse_u32(word: bytes) -> int | None:
     """Client flags: an unsigned decimal that fits 32 bits, else None."""
+    if word.isdigit():  # the common case without a regex (bytes.isdigit is ASCII only)
+        value = int(word)
+        return value if value <= U32_MAX else None
     if not _DECIMAL.match(word):
         return None
     value = int(word)
@@ -84,6 +90,8 @@ def parse_u64(word: bytes) -> int | None:
 
 def parse_i64(word: bytes) -> int | None:
     """An exptime or a length (memcached's strtol): a signed 64-bit decimal, else None."""
+    if word.isdigit() and len(word) < 19:  # the common case: below 2**63 for sure
+        return int(word)
     if not _SIGNED.match(word):
         return None
     value = int(word)
