@@ -9,6 +9,8 @@ installs it).
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,3 +115,18 @@ def test_same_bytes_same_replies(ports: tuple[int, int], request_bytes: bytes) -
     expected = normalize(exchange(reference_port, request))
     got = normalize(exchange(bitkv_port, request))
     assert got == expected
+
+
+def test_the_benchmark_script_runs() -> None:
+    """scripts/bench_memcached.py (docs/memcached.md's figures) runs and prints its table."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_memcached.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rounds", "1", "--seconds", "0.2", "--connections",
+         "2", "--keys", "50", "--pipeline", "1", "4"], capture_output=True, text=True,
+        timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| SET", "| GET"))]
+    assert len(rows) == 4
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[2].replace(",", "")) > 0 and cells[4].endswith("x")
