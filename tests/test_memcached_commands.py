@@ -3,6 +3,7 @@ and the server in-process with --sync always."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -102,5 +103,15 @@ def test_sync_always_serves_memcached(fast_db_path: str) -> None:
         assert client.incr(b"a", 5) == 6
         assert client.get_many([b"a", b"b", b"c"]) == {b"a": b"6", b"b": b"2", b"c": b"3"}
         client.close()
+        # A client that half-closes right after its requests (printf ... | nc -q1) still gets
+        # the replies that wait for the fsync (reading pauses while they wait, so the end of
+        # its input is seen after them).
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"set d 0 0 1\r\nx\r\nget d\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+        assert got == b"STORED\r\nVALUE d 0 1\r\nx\r\nEND\r\n"
     with bitkv.open(fast_db_path) as db:
         assert db.get(b"a") == b"6"

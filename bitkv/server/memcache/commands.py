@@ -14,6 +14,7 @@ restart and compaction and changes with every write of the key.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -23,6 +24,8 @@ from typing import NamedTuple, Protocol
 import bitkv
 
 from . import text
+
+log = logging.getLogger("bitkv.server")
 
 # The optional last word of each command, counting the command: with it, the command may end
 # in "noreply" (memcached's token counts, Debian's memcached 1.6 checked).
@@ -389,8 +392,12 @@ class Memcache:
             raise ReadOnlyReplica
 
     def _write(self, op: Callable[[], object]) -> None:
+        """A write whose failure changes no reply (the old value of a too-large set)."""
         if not self.host.refuses_client_writes:
-            op()
+            try:
+                op()
+            except (bitkv.Error, OSError) as exc:
+                log.warning("memcached: %s", exc)
 
 
 def version_string() -> str:

@@ -69,6 +69,7 @@ class MemcacheConnection(asyncio.Protocol):
         self._seq = 0  # the store's last seq when this client last sent replies
         self._write_paused = False
         self._quit = False
+        self._eof = False  # the client half-closed while replies were still to come
         self._closed = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -113,7 +114,11 @@ class MemcacheConnection(asyncio.Protocol):
         self._process()
 
     def eof_received(self) -> bool:
-        return False
+        """The client shut down its sending side: answer what it sent, then close."""
+        if self._held is None and not self._write_paused and self._retrieval is None:
+            return False  # every reply is written already: close our side too
+        self._eof = True
+        return True  # keep the transport open for the replies still to come
 
     def shutdown(self) -> None:
         """The server is stopping: send what is ready, then close."""
@@ -149,15 +154,23 @@ class MemcacheConnection(asyncio.Protocol):
 
     def _process(self) -> None:
         """Run what the buffer holds, a chunk of replies at a time."""
-        while not (self._closed or self._write_paused or self._held is not None):
-            waiting = self._run()
-            if not self._send():
-                return  # held for the fsync: synced() goes on
-            if self._quit:
+        try:
+            while not (self._closed or self._write_paused or self._held is not None):
+                waiting = self._run()
+                if not self._send():
+                    return  # held for the fsync: synced() goes on
+                if self._quit or (waiting and self._eof):
+                    self.close()
+                    return
+                if waiting:
+                    return
+        except Exception:
+            # A bug: close this connection with a word instead of letting the exception reach
+            # the event loop (which would leave the connection open and stuck).
+            log.error("the memcached connection from %s failed", self.peer, exc_info=True)
+            if not self._closed:
+                self.transport.write(b"SERVER_ERROR internal error\r\n")
                 self.close()
-                return
-            if waiting:
-                return
 
     def _run(self) -> bool:
         """Run requests until the input is used up (True) or a chunk of replies is ready."""
