@@ -40,6 +40,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BitkvMemcached]
     srv = BitkvMemcached(tmp_path_factory.mktemp("mc") / "db")
     yield srv
     srv.stop()
+    # No exception reached the event loop or the request loop's last-resort handler.
+    assert "Traceback" not in srv.output() and "ERROR" not in srv.output(), srv.output()
 
 
 @pytest.fixture

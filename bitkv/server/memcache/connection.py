@@ -211,14 +211,14 @@ class MemcacheConnection(asyncio.Protocol):
                 self._pos = 0
 
     def _check_partial_line(self) -> None:
-        pending = memoryview(self._buf)[self._pos:]
-        if len(pending) <= text.MAX_LINE:
+        pending = len(self._buf) - self._pos
+        if pending <= text.MAX_LINE:
             return
-        head = bytes(pending[:105]).lstrip(b" ")
+        head = bytes(self._buf[self._pos:self._pos + 105]).lstrip(b" ")
         is_get = head.startswith((b"get ", b"gets "))
-        if not is_get or len(pending) > text.MAX_GET_LINE:
+        if not is_get or pending > text.MAX_GET_LINE:
             log.debug("closing the memcached connection from %s: a request line of over %d "
-                      "bytes", self.peer, len(pending))
+                      "bytes", self.peer, pending)
             self._buf.clear()
             self._pos = 0
             self._quit = True
