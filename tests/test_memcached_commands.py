@@ -3,6 +3,7 @@ and the server in-process with --sync always."""
 
 from __future__ import annotations
 
+import select
 import socket
 from collections.abc import Callable, Iterator
 
@@ -115,3 +116,37 @@ def test_sync_always_serves_memcached(fast_db_path: str) -> None:
         assert got == b"STORED\r\nVALUE d 0 1\r\nx\r\nEND\r\n"
     with bitkv.open(fast_db_path) as db:
         assert db.get(b"a") == b"6"
+
+
+def test_partial_requests_of_many_clients_count_in_the_servers_total(
+        fast_db_path: str) -> None:
+    """Each client may buffer one item's data block; many clients doing so at once are held
+    to the server's total of partial requests (max_query_buffer_total), shared with the Redis
+    port: the client with the largest partial request is closed first."""
+    mib = 1024 * 1024
+    config = ServerConfig(dir=fast_db_path, port=0, memcached_port=0, max_query_buffer=mib,
+                          max_query_buffer_total=3 * mib, memcached_max_item_size=mib)
+    with ServerThread(config) as thread:
+        port = thread.server.memcached_port  # type: ignore[union-attr]
+        socks = []
+        for size in (700_000, 800_000, 900_000, 1_000_000):  # 3.4 MB partial in all
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"set k 0 0 1048576\r\n" + b"x" * size)
+            socks.append(sock)
+        # Which one is over depends on the order its bytes arrive in: find it.
+        readable, _, _ = select.select(socks, [], [], 10)
+        assert len(readable) == 1
+        dropped = readable[0]
+        assert dropped.recv(100) == b"SERVER_ERROR out of memory reading request\r\n"
+        assert dropped.recv(100) == b""
+        server = thread.server
+        assert server is not None and server.partial_bytes <= 3 * mib
+        kept = next(s for s in socks if s is not dropped)
+        sizes = dict(zip(socks, (700_000, 800_000, 900_000, 1_000_000), strict=True))
+        kept.sendall(b"x" * (1048576 - sizes[kept]) + b"\r\nget k\r\n")
+        reply = b""
+        while not reply.endswith(b"END\r\n"):
+            reply += kept.recv(1 << 21)
+        assert reply.startswith(b"STORED\r\nVALUE k 0 1048576\r\n")
+        for sock in socks:
+            sock.close()

@@ -31,7 +31,7 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -1080,10 +1080,13 @@ class Server:
 
         Each client is bounded by ``max_query_buffer`` alone, but many clients each holding
         most of one (10 clients with 59 MiB each took the server to 622 MB) add up; closing
-        the largest frees the most and spares clients that send ordinary requests.
+        the largest frees the most and spares clients that send ordinary requests. The
+        memcached port's clients count in the same total.
         """
         while self.partial_bytes > self.max_partial_bytes:
-            victim = max(self.clients, key=lambda c: c.partial_request_bytes, default=None)
+            candidates: Iterable[Connection | MemcacheConnection] = itertools.chain(
+                self.clients, self.memcache_clients)
+            victim = max(candidates, key=lambda c: c.partial_request_bytes, default=None)
             if victim is None or not victim.partial_request_bytes:
                 break  # the count is off (cannot happen); do not loop forever
             victim.drop_partial()
@@ -1115,6 +1118,15 @@ class Server:
         """Redis SETs read before this point are applied first (the group commit)."""
         if self.pending_sets:
             self.flush_sets()
+
+    def count_partial(self, conn: MemcacheConnection, buffered: int) -> None:
+        """``conn`` now holds ``buffered`` bytes of requests not yet run: count them in the
+        total of all clients' partial requests (see shed_partial_requests)."""
+        grew = buffered > conn.partial_request_bytes
+        self.partial_bytes += buffered - conn.partial_request_bytes
+        conn.partial_request_bytes = buffered
+        if grew and self.partial_bytes > self.max_partial_bytes:
+            self.shed_partial_requests()
 
     def writes_await_fsync(self) -> bool:
         return bool(self.fsync_waiting)

@@ -44,6 +44,8 @@ class MemcacheHost(Protocol):
 
     def before_memcache_commands(self) -> None: ...
 
+    def count_partial(self, conn: MemcacheConnection, buffered: int) -> None: ...
+
     def writes_await_fsync(self) -> bool: ...
 
     def hold_for_fsync(self, conn: Any) -> None: ...
@@ -71,6 +73,9 @@ class MemcacheConnection(asyncio.Protocol):
         self._quit = False
         self._eof = False  # the client half-closed while replies were still to come
         self._closed = False
+        # Bytes of requests buffered and not yet run, as counted in the server's total of all
+        # clients' partial requests (public: the server reads it to pick whom to close).
+        self.partial_request_bytes = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -89,6 +94,8 @@ class MemcacheConnection(asyncio.Protocol):
         self._seq = self.mc.db.last_seq
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.partial_request_bytes:
+            self.host.count_partial(self, 0)
         if self._admitted:
             self._admitted = False
             self.mc.curr_connections -= 1
@@ -145,6 +152,18 @@ class MemcacheConnection(asyncio.Protocol):
             self.transport.resume_reading()
             self._process()
 
+    def drop_partial(self) -> None:
+        """Closed to keep the server's total of partial requests within its limit."""
+        log.warning("closing the memcached connection from %s: its partial request of %d "
+                    "bytes pushed the server's total of partial requests over its limit",
+                    self.peer, self.partial_request_bytes)
+        self.host.count_partial(self, 0)
+        self._buf = bytearray()
+        self._pos = 0
+        if not self._closed:
+            self.transport.write(b"SERVER_ERROR out of memory reading request\r\n")
+            self.close()
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -157,6 +176,8 @@ class MemcacheConnection(asyncio.Protocol):
         try:
             while not (self._closed or self._write_paused or self._held is not None):
                 waiting = self._run()
+                if len(self._buf) or self.partial_request_bytes:
+                    self.host.count_partial(self, len(self._buf))  # may close this one
                 if not self._send():
                     return  # held for the fsync: synced() goes on
                 if self._quit or (waiting and self._eof):
