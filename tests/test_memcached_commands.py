@@ -150,3 +150,34 @@ def test_partial_requests_of_many_clients_count_in_the_servers_total(
         assert reply.startswith(b"STORED\r\nVALUE k 0 1048576\r\n")
         for sock in socks:
             sock.close()
+
+
+def test_replication_carries_memcached_writes_without_their_flags(tmp_path) -> None:
+    """A bitkv replica of a master written over memcached gets the values (not the client
+    flags: replication carries values, docs/memcached.md), and refuses memcached writes."""
+    redis = pytest.importorskip("redis")
+    from procs import wait_until
+
+    with ServerThread(dir=str(tmp_path / "m"), port=0, memcached_port=0) as master:
+        mc_port = master.server.memcached_port  # type: ignore[union-attr]
+        with socket.create_connection(("127.0.0.1", mc_port), timeout=10) as sock:
+            sock.sendall(b"set k 42 0 5\r\nhello\r\n")
+            assert sock.recv(100) == b"STORED\r\n"
+        with ServerThread(dir=str(tmp_path / "r"), port=0, memcached_port=0,
+                          replicaof=f"127.0.0.1:{master.port}") as replica:
+            client = redis.Redis(port=replica.port, socket_timeout=10)
+            wait_until(lambda: client.get(b"k") == b"hello", 20, "the replica to sync")
+            with socket.create_connection(("127.0.0.1", mc_port), timeout=10) as sock:
+                sock.sendall(b"set k2 7 0 2\r\nhi\r\n")  # streamed: the change feed
+                assert sock.recv(100) == b"STORED\r\n"
+            wait_until(lambda: client.get(b"k2") == b"hi", 20, "the replica to stream")
+            replica_mc = replica.server.memcached_port  # type: ignore[union-attr]
+            with socket.create_connection(("127.0.0.1", replica_mc), timeout=10) as sock:
+                sock.sendall(b"get k\r\nset k 0 0 1\r\nx\r\n")
+                got = b""
+                while not got.endswith(b"replica.\r\n"):
+                    got += sock.recv(1000)
+            assert got == (b"VALUE k 0 5\r\nhello\r\nEND\r\n"
+                           b"SERVER_ERROR READONLY You can't write against a read only "
+                           b"replica.\r\n")
+            client.close()
