@@ -96,20 +96,21 @@ class DebianMemcached:
             self.proc.wait(10)
 
 
-def exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+def exchange(port: int, request: bytes, timeout: float = 5.0, sentinel: bool = True) -> bytes:
     """Send ``request`` then the sentinel on a new connection; return every byte received
-    before the sentinel's reply (or until the server closed, then ending in ``<EOF>``)."""
+    before the sentinel's reply (or until the server closed, then ending in ``<EOF>``).
+    Without the sentinel, read until the server closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request + SENTINEL)
+        sock.sendall(request + SENTINEL if sentinel else request)
         got = b""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = re.search(rb"VERSION [^\r\n]*\r\n\Z", got)
+            match = re.search(rb"VERSION [^\r\n]*\r\n\Z", got) if sentinel else None
             if match:
                 return got[:match.start()]
             try:
                 chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
+            except ConnectionResetError:
                 return got + b"<EOF>"
             if not chunk:
                 return got + b"<EOF>"

@@ -85,8 +85,15 @@ CASES: list[bytes] = [
     b"set k 0 %d 1\r\nx\r\nget k\r\n" % (int(time.time()) + 1000),
     b"set k 0 %d 1\r\nx\r\nget k\r\n" % (int(time.time()) - 1000),
     b"stats reset\r\n",
-    # the connection closes
-    b"quit\r\nget k\r\n", b"quit extra\r\n", b"x" * 3000,
+    # the connection closes (the sentinel after quit is never read)
+    b"quit\r\nget k\r\n", b"quit extra\r\n",
+]
+
+# Requests after which both servers close the connection by themselves: sent alone (no
+# sentinel: it would complete the line), read until the server closes.
+CLOSING: list[bytes] = [
+    b"x" * 3000,  # no "\n" within 2048 bytes
+    b"  " + b"z" * 2100,
 ]
 
 _CAS = re.compile(rb"^(VALUE \S+ \d+ \d+) \d+\r$", re.MULTILINE)
@@ -115,6 +122,14 @@ def test_same_bytes_same_replies(ports: tuple[int, int], request_bytes: bytes) -
     expected = normalize(exchange(reference_port, request))
     got = normalize(exchange(bitkv_port, request))
     assert got == expected
+
+
+@pytest.mark.parametrize("request_bytes", CLOSING, ids=lambda c: repr(c[:20])[2:-1])
+def test_same_bytes_same_close(ports: tuple[int, int], request_bytes: bytes) -> None:
+    reference_port, bitkv_port = ports
+    expected = exchange(reference_port, request_bytes, sentinel=False)
+    assert expected.endswith(b"<EOF>")
+    assert exchange(bitkv_port, request_bytes, sentinel=False) == expected
 
 
 def test_the_benchmark_script_runs() -> None:
