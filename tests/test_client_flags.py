@@ -97,6 +97,9 @@ def test_with_compression_and_encryption(db_path: str, options: dict[str, object
     with bitkv.open(db_path, **options) as db:  # type: ignore[arg-type]
         db.compact()
         assert db.get_item(b"k") == item
+        assert db.expire(b"k", 100)  # re-sealed with the new expiry, flags inside
+        again = db.get_item(b"k")
+        assert again is not None and (again.value, again.client_flags) == (value, 7)
 
 
 def test_conditions(db_path: str) -> None:
