@@ -141,6 +141,92 @@ def run_phase(port: int, pid: int, requests: list[bytes], reply_end: bytes, conn
     return total / elapsed, cpu / max(total, 1) * 1e6
 
 
+class _Transport:
+    """Enough of an asyncio transport for MemcacheConnection: counts what it is given."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        self.sent += len(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.sent += sum(len(c) for c in chunks)
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 0)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Host:
+    """The server's side of MemcacheConnection, doing nothing: no fsync, no other client."""
+
+    sync_always = False
+    closing = False
+    refuses_client_writes = False
+
+    def admits_memcache_client(self, conn: object, peer: str) -> bool:
+        return True
+
+    def forget_memcache_client(self, conn: object) -> None:
+        pass
+
+    def before_memcache_commands(self) -> None:
+        pass
+
+    def count_partial(self, conn: object, buffered: int) -> None:
+        pass
+
+    def writes_await_fsync(self) -> bool:
+        return False
+
+    def hold_for_fsync(self, conn: object) -> None:
+        pass
+
+    def request_flush_later(self, delay: float, flush: object) -> None:
+        pass
+
+
+def in_process(requests: int, pipeline: int, size: int) -> None:
+    """CPU time per request of the request path alone: a MemcacheConnection fed pipelined
+    requests by hand, over a store in a temporary directory, no socket and no event loop."""
+    import bitkv
+    from bitkv.server.memcache import Memcache, MemcacheConnection
+
+    value = b"x" * size
+    with tempfile.TemporaryDirectory() as tmp, bitkv.open(tmp) as db:
+        host = _Host()
+        conn = MemcacheConnection(host, Memcache(db, host))  # type: ignore[arg-type]
+        conn.connection_made(_Transport())
+        print(f"`python scripts/bench_memcached.py --in-process --pipeline {pipeline}` "
+              f"({bitkv.IMPLEMENTATION} mode, {size}-byte values)\n")
+        print("| Request | CPU us/request |\n|---|---:|")
+        for name in ("set", "get"):
+            batches = []
+            for start in range(0, 1000, pipeline):
+                keys = range(start, start + pipeline)
+                if name == "set":
+                    batches.append(b"".join(b"set key:%d 0 0 %d\r\n%b\r\n" % (i, size, value)
+                                            for i in keys))
+                else:
+                    batches.append(b"".join(b"get key:%d\r\n" % i for i in keys))
+            rounds = max(1, requests // (len(batches) * pipeline))
+            t0 = time.process_time()
+            for _ in range(rounds):
+                for batch in batches:
+                    conn.data_received(batch)
+            cpu = time.process_time() - t0
+            print(f"| {name.upper()} | {cpu / (rounds * len(batches) * pipeline) * 1e6:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -149,7 +235,13 @@ def main() -> None:
     ap.add_argument("--pipeline", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--keys", type=int, default=10000)
     ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--in-process", action="store_true",
+                    help="measure bitkv's request path alone (CPU time per request; no "
+                         "socket, no memcached) at the first --pipeline depth")
     args = ap.parse_args()
+    if args.in_process:
+        in_process(200_000, args.pipeline[0], args.size)
+        return
 
     value = b"x" * args.size
     sets = [b"set key:%d 0 0 %d\r\n%b\r\n" % (i, args.size, value) for i in range(args.keys)]
