@@ -238,9 +238,11 @@ def main() -> None:
     ap.add_argument("--in-process", action="store_true",
                     help="measure bitkv's request path alone (CPU time per request; no "
                          "socket, no memcached) at the first --pipeline depth")
+    ap.add_argument("--requests", type=int, default=200_000,
+                    help="with --in-process: requests of each kind")
     args = ap.parse_args()
     if args.in_process:
-        in_process(200_000, args.pipeline[0], args.size)
+        in_process(args.requests, args.pipeline[0], args.size)
         return
 
     value = b"x" * args.size

@@ -145,7 +145,8 @@ def test_the_benchmark_script_runs() -> None:
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[2].replace(",", "")) > 0 and cells[4].endswith("x")
-    done = subprocess.run([sys.executable, str(script), "--in-process", "--pipeline", "4"],
+    done = subprocess.run([sys.executable, str(script), "--in-process", "--pipeline", "4",
+                           "--requests", "2000"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [line.split("|")[1].strip() for line in done.stdout.splitlines()
