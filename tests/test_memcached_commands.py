@@ -126,6 +126,8 @@ def test_partial_requests_of_many_clients_count_in_the_servers_total(
     mib = 1024 * 1024
     config = ServerConfig(dir=fast_db_path, port=0, memcached_port=0, max_query_buffer=mib,
                           max_query_buffer_total=3 * mib, memcached_max_item_size=mib)
+    from procs import wait_until
+
     with ServerThread(config) as thread:
         port = thread.server.memcached_port  # type: ignore[union-attr]
         socks = []
@@ -137,10 +139,17 @@ def test_partial_requests_of_many_clients_count_in_the_servers_total(
         readable, _, _ = select.select(socks, [], [], 10)
         assert len(readable) == 1
         dropped = readable[0]
-        assert dropped.recv(100) == b"SERVER_ERROR out of memory reading request\r\n"
-        assert dropped.recv(100) == b""
+        # The server closed it with part of its request unread, so the kernel may answer
+        # with a reset that overtakes the error line; the server's state says what happened.
+        try:
+            got = dropped.recv(100)
+        except ConnectionResetError:
+            got = b"<reset>"
+        assert got in (b"SERVER_ERROR out of memory reading request\r\n", b"<reset>")
         server = thread.server
-        assert server is not None and server.partial_bytes <= 3 * mib
+        assert server is not None
+        wait_until(lambda: len(server.memcache_clients) == 3, 10, "the drop")
+        assert server.partial_bytes <= 3 * mib
         kept = next(s for s in socks if s is not dropped)
         sizes = dict(zip(socks, (700_000, 800_000, 900_000, 1_000_000), strict=True))
         kept.sendall(b"x" * (1048576 - sizes[kept]) + b"\r\nget k\r\n")
