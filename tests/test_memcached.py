@@ -19,6 +19,7 @@ pymemcache = pytest.importorskip("pymemcache", reason="pymemcache is needed (the
 redis = pytest.importorskip("redis", reason="redis-py is needed for the server tests")
 
 from memcached_support import BitkvMemcached, exchange  # noqa: E402
+from procs import wait_until  # noqa: E402
 from pymemcache.client.base import Client  # noqa: E402
 from pymemcache.exceptions import MemcacheClientError, MemcacheServerError  # noqa: E402
 
@@ -222,8 +223,7 @@ def test_flush_all_stats_version_verbosity_quit(server: BitkvMemcached, mc: Clie
     mc.set(b"later", b"1")
     assert raw(server, b"flush_all 1\r\n") == b"OK\r\n"
     assert mc.get(b"later") == b"1"
-    time.sleep(1.3)
-    assert mc.get(b"later") is None
+    wait_until(lambda: mc.get(b"later") is None, 10, "the delayed flush_all")
     assert raw(server, b"quit\r\nget a\r\n") == b"<EOF>"
 
 
@@ -332,7 +332,7 @@ def test_a_client_that_never_reads_costs_bounded_memory(server: BitkvMemcached,
     grown = server.rss_kib() - baseline
     start = time.perf_counter()
     assert mc.get(b"alive2") is None  # others are served meanwhile
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 5
     sock.close()
     assert grown < 40 * 1024, f"RSS grew by {grown} KiB for a client that never reads"
 
