@@ -1260,6 +1260,27 @@ class Store(MutableMapping[bytes, bytes]):
                 return value, expiry
         raise Error(f"key {k!r} kept changing while being read")
 
+    def version(self, key: KeyLike) -> int | None:
+        """Return the version of ``key``'s live value, None if it has none (missing, expired).
+
+        The version is the seq of the record holding the value: every write to the key (put,
+        incr, a new expiry, persist; through a batch too) gives it a new, larger one, and
+        compaction, which moves records, keeps it. So two equal answers mean nothing was
+        written to the key in between, or the key was absent both times (a key created and
+        deleted again in between is not told apart). The server's WATCH compares versions.
+        The record is read and its CRC checked (as a get does), so the cost grows with the
+        value's size; raises :class:`CorruptionError` if it fails the check.
+        """
+        k = to_key(key)
+        for _attempt in range(8):
+            entry = self._live_entry(k)
+            if entry is None:
+                return None
+            got = self._read(k, entry)
+            if got is not None and self._entries.get(k) == entry:
+                return got[0].seq
+        raise Error(f"key {k!r} kept changing while being read")
+
     # -- backup --------------------------------------------------------------------------------
 
     def backup(self, dest: str | os.PathLike[str], *, incremental: bool = False,

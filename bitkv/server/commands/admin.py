@@ -26,6 +26,7 @@ from ..protocol import (
     verbatim,
 )
 from ..pubsub import CHANNEL, PATTERN, SHARD
+from . import tuning
 from .registry import (
     F_ADMIN,
     F_ASYNC,
@@ -141,8 +142,6 @@ def _config_params(c: Connection) -> dict[str, str]:
         "tls-protocols": "TLSv1.2 TLSv1.3" if cfg.tls else "",
         "dir": os.path.abspath(cfg.dir),
         "requirepass": (control.requirepass or b"").decode("utf-8", "replace"),
-        "save": "",
-        "appendonly": "yes",
         "appendfsync": {"always": "always", "interval": "everysec", "never": "no"}[cfg.sync],
         "bitkv-sync-interval": repr(cfg.sync_interval),
         "databases": "1",
@@ -160,6 +159,7 @@ def _config_params(c: Connection) -> dict[str, str]:
         "daemonize": "no",
         "loglevel": "notice",
         **control.replication.config_params(),
+        **tuning.values(control),  # accepted by CONFIG SET, no effect (tuning.py)
     }
 
 
@@ -184,19 +184,29 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
         pairs = [(args[i].decode("utf-8", "replace"), args[i + 1].decode("utf-8", "replace"))
                  for i in range(2, len(args), 2)]
         replication = c.control.replication
-        for name, _value in pairs:
-            if name.lower() not in replication.config_params() or name.lower() in (
+        tuned: dict[str, str] = {}
+        for name, value in pairs:
+            if tuning.accepts(name):
+                try:
+                    tuned[name.lower()] = tuning.normalize(name, value)
+                except ValueError as exc:
+                    raise CommandError(f"ERR CONFIG SET failed (possibly related to argument "
+                                       f"'{name}') - {exc}") from None
+            elif name.lower() not in replication.config_params() or name.lower() in (
                     "replicaof", "slaveof"):
                 raise CommandError(
                     f"ERR Unknown option or number of arguments for CONFIG SET - '{name}' "
                     f"(bitkv's configuration is set on the command line; CONFIG SET "
-                    f"changes only the replica settings)")
+                    f"changes the replica settings and records Redis's tuning parameters)")
         for name, value in pairs:
+            if tuning.accepts(name):
+                continue
             try:
                 replication.config_set(name, value)
             except ValueError as exc:
                 raise CommandError(f"ERR CONFIG SET failed (possibly related to argument "
                                    f"'{name}') - {exc}") from None
+        tuning.record(c.control, tuned)
         return OK
     if sub == b"RESETSTAT" and len(args) == 2:
         c.control.reset_stats()
@@ -211,7 +221,9 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
         return OK
     if sub == b"HELP" and len(args) == 2:
         return bulk_array([b"CONFIG <subcommand> [<arg> ...]. Subcommands are:",
-                           b"GET <pattern>", b"SET <parameter> <value> (replica settings)",
+                           b"GET <pattern>",
+                           b"SET <parameter> <value> (the replica settings; Redis's tuning "
+                           b"parameters are recorded, with no effect)",
                            b"RESETSTAT", b"REWRITE", b"HELP"])
     raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
                        + "'. Try CONFIG HELP.")

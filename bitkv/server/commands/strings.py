@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from ... import Store
 from ...errors import NotAnIntegerError
 from ...record import MAX_VALUE_SIZE
-from ...validate import MAX_TTL_SECONDS
 from ..protocol import INT64_MAX, INT64_MIN, OK, ONE, ZERO, bulk, integer, parse_ll
 from .registry import (
     F_FAST,
@@ -55,13 +54,6 @@ def _expire_at_ms(unit: bytes, arg: bytes, name: str, now_ms: int) -> int:
             raise CommandError(f"ERR invalid expire time in '{name}' command")
         n += now_ms
     return n
-
-
-def _check_horizon(at_ms: int, now_ms: int, name: str) -> int:
-    """``at_ms`` unless it lies beyond bitkv's TTL limit (100 years from now)."""
-    if at_ms - now_ms > MAX_TTL_SECONDS * 1000:
-        raise CommandError(f"ERR invalid expire time in '{name}' command")
-    return at_ms
 
 
 _EXPIRE_UNITS = (b"EX", b"PX", b"EXAT", b"PXAT")
@@ -113,7 +105,7 @@ def _set(c: Connection, key: bytes, value: bytes, nx: bool, xx: bool, get: bool,
     # what a replica must do with a master's ``SET ... PXAT`` when its clock is ahead.
     db = c.db
     old = _get(db, key) if get else None
-    expires_at = _check_horizon(at_ms, now_ms, name) if at_ms else None
+    expires_at = at_ms or None
     written = db.put(key, value, if_absent=nx, if_present=xx, keep_ttl=keepttl,
                      expires_at_ms=expires_at)
     if get:
@@ -137,7 +129,7 @@ def cmd_setnx(c: Connection, args: list[bytes]) -> bytes:
 
 def _setex(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
     now_ms = time_ms()
-    at_ms = _check_horizon(_expire_at_ms(unit, args[2], name, now_ms), now_ms, name)
+    at_ms = _expire_at_ms(unit, args[2], name, now_ms)
     c.db.put(args[1], args[3], expires_at_ms=at_ms)
     return OK
 
@@ -194,7 +186,7 @@ def cmd_getex(c: Connection, args: list[bytes]) -> bytes:
         if at_ms <= now_ms:
             db.delete(args[1])
         else:
-            db.expire_at(args[1], _check_horizon(at_ms, now_ms, "getex"))
+            db.expire_at(args[1], at_ms)
     elif persist:
         db.persist(args[1])
     return bulk(v)
