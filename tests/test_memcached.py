@@ -243,6 +243,19 @@ def test_one_store_two_protocols(server: BitkvMemcached, mc: Client, rd: redis.R
     assert raw(server, b"get shared\r\n") == b"VALUE shared 0 10\r\nredis-wins\r\nEND\r\n"
     rd.delete(b"counter")
     assert mc.get(b"counter") is None
+    # A memcached write breaks a Redis WATCH (both see the record's seq), and a Redis write
+    # makes a memcached cas fail.
+    with rd.pipeline() as pipe:
+        pipe.watch(b"w")
+        mc.set(b"w", b"from-memcached")
+        pipe.multi()
+        pipe.set(b"w", b"from-redis")
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    _, cas = mc.gets(b"w")
+    rd.set(b"w", b"redis-again")
+    assert mc.cas(b"w", b"stale", cas) is False
+    assert rd.get(b"w") == b"redis-again"
 
 
 def test_cas_and_flags_survive_restart_and_compaction(server: BitkvMemcached,
