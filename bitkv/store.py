@@ -850,8 +850,9 @@ class Store(MutableMapping[bytes, bytes]):
 
     def get_item(self, key: KeyLike) -> Item | None:
         """Return the live ``key`` as an :class:`Item` (value, client flags, cas, expiry),
-        else None. ``cas`` is the seq of the key's record: it changes with every write of the
-        key and survives reopening and compaction (which copy records, seq included)."""
+        else None. ``cas`` is the seq of the key's record, the number :meth:`version` returns:
+        it changes with every write of the key and survives reopening and compaction (which
+        copy records, seq included)."""
         k = to_key(key)
         for _attempt in range(8):
             entry = self._live_entry(k)
