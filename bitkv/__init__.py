@@ -39,7 +39,7 @@ from .history import Change as Change
 from .history import Cursor as HistoryCursor
 from .keydir import IMPLEMENTATION
 from .record import MAX_KEY_SIZE, MAX_VALUE_SIZE
-from .store import DEFAULT_MAX_SEGMENT_SIZE, Store, SyncMode
+from .store import DEFAULT_MAX_SEGMENT_SIZE, Item, Store, SyncMode
 from .views import InvalidJSONError, JsonView, Namespace
 
 __version__ = "0.1.0"
@@ -66,6 +66,7 @@ __all__ = [
     "HistoryGone",
     "IntegrityError",
     "InvalidJSONError",
+    "Item",
     "JsonView",
     "LockError",
     "Namespace",

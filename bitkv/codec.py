@@ -1,6 +1,8 @@
-"""Value encodings: zstandard compression and AES-256-GCM encryption at rest.
+"""Value encodings: memcached client flags, zstandard compression and AES-256-GCM encryption
+at rest.
 
-Encoding order is compress, then encrypt (ciphertext does not compress). Each record says in
+Encoding order is append the client flags (if any), compress, then encrypt (ciphertext does
+not compress). Each record says in
 its flags which encodings apply, so one store may mix plain, compressed and encrypted records.
 
 Encryption: each value is sealed with a fresh random 96-bit nonce. In a version-2 store (one
@@ -51,6 +53,12 @@ _KEYCHECK_PLAINTEXTS = {KEYCHECK_MAGIC: (_KEYCHECK_PLAINTEXT,),
 # The associated data of a value sealed in a version-2 store: this, then the record's key.
 # The magic keeps it apart from every other associated data bitkv uses (a version-1 key, the
 # key-check magics, dictionary file names) unless a user key starts with these 8 bytes.
+# Memcached client flags (record.CLIENT_FLAGS): a big-endian u32 after the value, inside what
+# is compressed and encrypted (docs/format.md, "Client flags").
+_CLIENT_FLAGS = struct.Struct(">I")
+CLIENT_FLAGS_SIZE = _CLIENT_FLAGS.size
+MAX_CLIENT_FLAGS = 0xFFFFFFFF
+
 _AAD_V2 = struct.Struct("<8sBQQ")  # magic, flags & ~BATCH_FLAGS, seq, expiry_ms
 AAD_V2_MAGIC = b"BITKVAD2"
 
@@ -373,6 +381,17 @@ class ValueCodec:
         return stored, flags
 
     def decode(self, key: bytes, flags: int, seq: int, expiry_ms: int, stored: bytes) -> bytes:
+        """The user's value of a record (client flags, if any, removed)."""
+        return self.decode_item(key, flags, seq, expiry_ms, stored)[0]
+
+    def decode_item(self, key: bytes, flags: int, seq: int, expiry_ms: int, stored: bytes
+                    ) -> tuple[bytes, int]:
+        """The user's value of a record and its memcached client flags (0 when none)."""
+        value = self._decode_plaintext(key, flags, seq, expiry_ms, stored)
+        return split_client_flags(key, flags, value)
+
+    def _decode_plaintext(self, key: bytes, flags: int, seq: int, expiry_ms: int,
+                          stored: bytes) -> bytes:
         stored, flags = self.unseal(key, flags, seq, expiry_ms, stored)
         if flags & rec.COMPRESSED:
             try:
@@ -387,6 +406,26 @@ class ValueCodec:
             except zstandard.ZstdError as exc:
                 raise Error(f"key {key!r}: compressed value does not decompress: {exc}") from None
         return stored
+
+
+def join_client_flags(value: bytes, client_flags: int) -> tuple[bytes, int]:
+    """Return (the plaintext to store, its record flags) for a value with memcached client
+    flags: unchanged and 0 for client flags 0, else the value with its flags appended and
+    ``CLIENT_FLAGS``."""
+    if not client_flags:
+        return value, 0
+    return value + _CLIENT_FLAGS.pack(client_flags), rec.CLIENT_FLAGS
+
+
+def split_client_flags(key: bytes, flags: int, plaintext: bytes) -> tuple[bytes, int]:
+    """Undo :func:`join_client_flags` on a record's decoded plaintext: (value, client flags)."""
+    if not flags & rec.CLIENT_FLAGS:
+        return plaintext, 0
+    if len(plaintext) < CLIENT_FLAGS_SIZE:
+        raise CorruptionError(f"key {key!r}: value marked with client flags is only "
+                              f"{len(plaintext)} bytes long")
+    cut = len(plaintext) - CLIENT_FLAGS_SIZE
+    return plaintext[:cut], _CLIENT_FLAGS.unpack_from(plaintext, cut)[0]
 
 
 def _decode_dict(blob: bytes, name: str, cipher: _Cipher | None

@@ -147,7 +147,8 @@ NO_OUTPUT = 1 << 62  # ``out_size`` when no output is open: every live record is
 
 _HEADER = rec.HEADER
 _ENTRY_PACK = hint.ENTRY.pack
-_PLAIN_FLAGS = rec.TOMBSTONE | rec.COMPRESSED | rec.ENCRYPTED  # no batch flags to clear
+_PLAIN_FLAGS = (rec.TOMBSTONE | rec.COMPRESSED | rec.ENCRYPTED
+                | rec.CLIENT_FLAGS)  # no batch flags to clear
 
 
 def copy_live(src: mmap.mmap | bytes, pos: int, limit: int, end: int, slot: int,

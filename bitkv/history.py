@@ -163,7 +163,7 @@ def _change(seg: Segment, cursor: Cursor, data: bytes, decode: Decoder) -> Chang
     if header.flags & rec.TOMBSTONE:
         return Change(header.seq, key, None, 0, batch)
     flags = header.flags & ~rec.BATCH_FLAGS
-    if flags & (rec.COMPRESSED | rec.ENCRYPTED):
+    if flags & rec.ENCODING_FLAGS:
         value = decode(key, flags, header.seq, header.expiry_ms, value)
     return Change(header.seq, key, value, header.expiry_ms, batch)
 

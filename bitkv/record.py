@@ -35,8 +35,12 @@ ENCRYPTED = 0x04    # value is nonce || AES-256-GCM ciphertext || tag
 BATCH = 0x08        # member of a multi-record atomic batch
 BATCH_FIRST = 0x10  # first member of a batch (always with BATCH)
 BATCH_LAST = 0x20   # last member of a batch (always with BATCH); commits the batch
-KNOWN_FLAGS = TOMBSTONE | COMPRESSED | ENCRYPTED | BATCH | BATCH_FIRST | BATCH_LAST
+CLIENT_FLAGS = 0x40  # the plain value ends with 4 bytes of memcached client flags (codec.py)
+KNOWN_FLAGS = (TOMBSTONE | COMPRESSED | ENCRYPTED | BATCH | BATCH_FIRST | BATCH_LAST
+               | CLIENT_FLAGS)
 BATCH_FLAGS = BATCH | BATCH_FIRST | BATCH_LAST
+# The flags under which the stored bytes are not the user's value (codec.decode undoes them).
+ENCODING_FLAGS = COMPRESSED | ENCRYPTED | CLIENT_FLAGS
 
 MAX_KEY_SIZE = 0xFFFF
 MAX_VALUE_SIZE = 64 * 2**20

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from . import backup as backup_mod
 from . import (
@@ -82,6 +82,15 @@ SyncMode = Literal["always", "interval", "never"]
 SYNC_MODES = ("always", "interval", "never")
 _T = TypeVar("_T")
 
+
+class Item(NamedTuple):
+    """A live key as :meth:`Store.get_item` returns it (the memcached protocol's view)."""
+
+    value: bytes
+    client_flags: int  # memcached's opaque u32, 0 when none was stored
+    cas: int  # the seq of the key's record: unique per write, kept by reopening and compaction
+    expiry_ms: int  # absolute Unix milliseconds, 0: never
+
 DEFAULT_MAX_SEGMENT_SIZE = 64 * 2**20
 MIN_SEGMENT_SIZE = 4096
 MAX_SEGMENT_SIZE = 2**31  # offsets are 32-bit; leave room for one oversized record
@@ -90,6 +99,7 @@ _OFFSET_MASK = keydir.OFFSET_MASK
 _MAX_KEY = rec.MAX_KEY_SIZE
 # Flags the fast read path cannot serve (batch bits are fine: the record is a plain value).
 _ENCODED = ~rec.BATCH_FLAGS & 0xFF
+_DECODED_FLAGS = rec.ENCODING_FLAGS
 _MAX_VALUE = rec.MAX_VALUE_SIZE
 _unpack_header = rec.HEADER.unpack_from
 _pack_body = struct.Struct("<BBHIQQ").pack
@@ -694,7 +704,7 @@ class Store(MutableMapping[bytes, bytes]):
         if got is None:
             return None
         header, value = got
-        if header.flags & (rec.COMPRESSED | rec.ENCRYPTED) or not self._plain_ok:
+        if header.flags & _DECODED_FLAGS or not self._plain_ok:
             value = self._decode_value(key, header, value)
         return value
 
@@ -969,6 +979,67 @@ class Store(MutableMapping[bytes, bytes]):
             seg, end = self._write_locked(k, v, flags, expiry_ms)
         self._durable(seg, end)
         return True
+
+    # -- items: values with memcached's client flags and CAS -----------------------------------
+
+    def get_item(self, key: KeyLike) -> Item | None:
+        """Return the live ``key`` as an :class:`Item` (value, client flags, cas, expiry),
+        else None. ``cas`` is the seq of the key's record, the number :meth:`version` returns:
+        it changes with every write of the key and survives reopening and compaction (which
+        copy records, seq included)."""
+        k = to_key(key)
+        for _attempt in range(8):
+            entry = self._live_entry(k)
+            if entry is None:
+                return None
+            expiry = self._expiries.get(k, 0) if self._expiries else 0
+            got = self._read(k, entry)
+            if got is None:
+                return None
+            header, stored = got
+            if header.flags & _DECODED_FLAGS or not self._plain_ok:
+                value, client_flags = self._codec.decode_item(
+                    k, header.flags, header.seq, header.expiry_ms, stored)
+            else:
+                value, client_flags = stored, 0
+            if self._entries.get(k) == entry:  # value and expiry belong to the same record
+                return Item(value, client_flags, header.seq, expiry)
+        raise Error(f"key {k!r} kept changing while being read")
+
+    def put_item(self, key: KeyLike, value: ValueLike, *, client_flags: int = 0,
+                 expires_at_ms: int = 0, if_absent: bool = False, if_present: bool = False,
+                 if_cas: int | None = None) -> int | None:
+        """Store ``value`` with memcached ``client_flags`` (a u32, docs/format.md "Client
+        flags") and an absolute expiry (Unix ms, 0: none; a time in the past writes it
+        expired). Return the new record's cas (its seq), or None if a condition failed:
+        ``if_absent`` (no live value), ``if_present`` (a live value), ``if_cas`` (the live
+        value's cas is this one). The check and the write are atomic."""
+        k = to_key(key)
+        v = to_value(value)
+        if isinstance(client_flags, bool) or not isinstance(client_flags, int) \
+                or not 0 <= client_flags <= codec.MAX_CLIENT_FLAGS:
+            raise ValueError(f"client_flags must be an int from 0 to 2**32 - 1, not "
+                             f"{client_flags!r}")
+        expiry_ms = check_expires_at_ms(expires_at_ms) if expires_at_ms else 0
+        if if_absent and (if_present or if_cas is not None):
+            raise ValueError("if_absent excludes if_present and if_cas")
+        v, flags = codec.join_client_flags(v, client_flags)
+        if self._encoding:
+            v, more = self._codec.compress(v)
+            flags |= more
+        with self._lock:
+            self._check_writable()
+            entry = self._live_entry(k)
+            if (if_absent and entry is not None) or (if_present and entry is None):
+                return None
+            if if_cas is not None:
+                got = None if entry is None else self._read(k, entry)
+                if got is None or got[0].seq != if_cas:
+                    return None
+            seq = self._next_seq
+            seg, end = self._write_locked(k, v, flags, expiry_ms)
+        self._durable(seg, end)
+        return seq
 
     def get_and_delete(self, key: KeyLike) -> bytes | None:
         """Atomically delete ``key`` and return the value it had (None if it had none)."""

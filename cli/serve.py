@@ -13,6 +13,7 @@ from bitkv import MAX_VALUE_SIZE
 from bitkv.eviction import POLICIES, parse_bytes
 from bitkv.server import protocol as _protocol
 from bitkv.server.app import SYNC_CHOICES, ServerConfig, run_server
+from bitkv.server.memcache.text import DEFAULT_MAX_ITEM_SIZE
 
 from .errors import EXIT_LOCKED, EXIT_STORE, CliError
 from .keyfile import KEY_ENV, KEY_FILE_ENV, load_key
@@ -98,6 +99,17 @@ from .keyfile import KEY_ENV, KEY_FILE_ENV, load_key
 @click.option("--metrics-bind", default="127.0.0.1", show_default=True, metavar="ADDR",
               help="Address of the metrics endpoint. It has no password: anything but "
                    "loopback needs --protected-mode no.")
+@click.option("--memcached-port", type=click.IntRange(0, 65535), default=None,
+              help="Also serve the memcached text protocol on this port (0: any free port); "
+                   "see docs/memcached.md.")
+@click.option("--memcached-bind", default="127.0.0.1", show_default=True,
+              help="Address(es) for --memcached-port, space-separated.")
+@click.option("--memcached-allow-remote", is_flag=True,
+              help="Allow a non-loopback --memcached-bind. The memcached protocol has no "
+                   "authentication: anyone who reaches the port can read and change every key.")
+@click.option("--memcached-max-item-size", default=DEFAULT_MAX_ITEM_SIZE, show_default=True,
+              type=click.IntRange(1, MAX_VALUE_SIZE),
+              help="Largest value the memcached port stores, in bytes (memcached's -I).")
 @click.option("--no-hiredis", is_flag=True, help="Parse requests in pure Python.")
 @click.option("--no-uvloop", is_flag=True, help="Use the standard asyncio event loop.")
 def serve(directory: str, port: int, bind: str, requirepass: str | None, protected_mode: str,
@@ -109,11 +121,13 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, protect
           replica_priority: int | None, replica_read_only: str | None,
           replica_announce_ip: str | None, replica_announce_port: int | None,
           key_file: str | None, max_bytes: str | None, eviction: str | None, loglevel: str,
-          logfile: str | None, metrics_port: int | None, metrics_bind: str, no_hiredis: bool,
-          no_uvloop: bool) -> None:
+          logfile: str | None, metrics_port: int | None, metrics_bind: str,
+          memcached_port: int | None, memcached_bind: str, memcached_allow_remote: bool,
+          memcached_max_item_size: int, no_hiredis: bool, no_uvloop: bool) -> None:
     """Serve the store in --dir over the Redis protocol (RESP2/RESP3).
 
-    Works with redis-cli, redis-py, redis-benchmark and twemproxy. SIGTERM or SHUTDOWN
+    Works with redis-cli, redis-py, redis-benchmark and twemproxy; with --memcached-port,
+    also with memcached clients. SIGTERM or SHUTDOWN
     syncs and closes the store.
     """
     encryption_key = load_key(key_file)
@@ -136,7 +150,10 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, protect
             replica_announce_ip=replica_announce_ip,
             replica_announce_port=replica_announce_port, encryption_key=encryption_key,
             max_bytes=bound, eviction=eviction,
-            use_hiredis=False if no_hiredis else None, use_uvloop=False if no_uvloop else None)
+            use_hiredis=False if no_hiredis else None, use_uvloop=False if no_uvloop else None,
+            memcached_port=memcached_port, memcached_hosts=tuple(memcached_bind.split()),
+            memcached_allow_remote=memcached_allow_remote,
+            memcached_max_item_size=memcached_max_item_size)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:

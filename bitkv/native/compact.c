@@ -30,7 +30,7 @@
 #define SIZE_HINT_LIMIT 4096   /* the keydir's size hint holds sizes below this, else 0 */
 #define SLOT_SHIFT 44
 #define OFFSET_SHIFT 12
-#define PLAIN_FLAGS (BITKV_TOMBSTONE | BITKV_COMPRESSED | BITKV_ENCRYPTED)
+#define PLAIN_FLAGS (BITKV_TOMBSTONE | BITKV_COMPRESSED | BITKV_ENCRYPTED | BITKV_CLIENT_FLAGS)
 #define COPY_DONE 0
 #define COPY_FULL 1
 #define COPY_ODD 2

@@ -31,7 +31,7 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +62,9 @@ from .commands import (
 )
 from .control import ServerControl
 from .master import Peer
+from .memcache import Memcache, MemcacheConnection
+from .memcache import check_bind as check_memcache_bind
+from .memcache.text import DEFAULT_MAX_ITEM_SIZE
 from .metrics import OPS_SAMPLE_INTERVAL, CommandStat, Metrics
 from .protocol import NIL2, NIL3, OK, QUEUED, Limits, error, make_parser
 from .pubsub import PUBSUB_OUTPUT_LIMIT, PubSub, Subscriptions
@@ -168,6 +171,13 @@ class ServerConfig:
     # free port. It has no password, so protected mode keeps it on loopback.
     metrics_port: int | None = None
     metrics_bind: str = "127.0.0.1"
+    # The memcached text protocol (docs/memcached.md): its port (None: not served), where it
+    # listens (loopback unless memcached_allow_remote: the protocol has no authentication),
+    # and the largest value it stores (memcached's -I).
+    memcached_port: int | None = None
+    memcached_hosts: tuple[str, ...] = ("127.0.0.1",)
+    memcached_allow_remote: bool = False
+    memcached_max_item_size: int = DEFAULT_MAX_ITEM_SIZE
 
     def __post_init__(self) -> None:
         given: object = self.hosts  # callers may pass one string of space-separated hosts
@@ -216,6 +226,19 @@ class ServerConfig:
             if not prometheus.available():
                 raise ValueError(prometheus.MISSING)
         settings.check_bound(self.max_bytes, self.eviction)
+        given_mc: object = self.memcached_hosts
+        if isinstance(given_mc, str):
+            self.memcached_hosts = tuple(given_mc.split())
+        self.memcached_hosts = tuple(self.memcached_hosts)
+        if self.memcached_port is not None:
+            if not 0 <= self.memcached_port <= 65535:
+                raise ValueError(f"memcached port must be 0-65535, not {self.memcached_port}")
+            if not self.memcached_hosts:
+                raise ValueError("at least one memcached bind address is needed")
+            check_memcache_bind(self.memcached_hosts, self.memcached_allow_remote)
+        if not 1 <= self.memcached_max_item_size <= bitkv.MAX_VALUE_SIZE:
+            raise ValueError(f"memcached_max_item_size must be 1 to {bitkv.MAX_VALUE_SIZE} "
+                             "bytes (bitkv's value limit)")
         if self.loglevel.lower() not in LOG_LEVELS:
             raise ValueError(f"loglevel must be one of {', '.join(LOG_LEVELS)}, not "
                              f"{self.loglevel!r}")
@@ -1023,11 +1046,16 @@ class Server:
         self.waiting: list[Connection] = []
         self._flush_scheduled = False
         # --sync always: clients whose replies wait for this iteration's fsync (sync_and_release)
-        self.fsync_waiting: list[Connection] = []
+        self.fsync_waiting: list[Connection | MemcacheConnection] = []
         self.replication = Replication(self)
         self.pubsub = PubSub()
         self._pushing: list[Connection] = []  # clients with messages to write (write_pushes)
         self.metrics_endpoint: prometheus.Endpoint | None = None
+        # The memcached protocol (memcache/), when config.memcached_port is set: its state
+        # (made once the store is open) and its clients.
+        self.memcache: Memcache | None = None
+        self.memcache_clients: dict[MemcacheConnection, None] = {}
+        self.memcached_port: int | None = None
 
     def _tick(self) -> None:
         self.clock = time.monotonic()
@@ -1060,7 +1088,7 @@ class Server:
             assert self._loop is not None
             self._loop.call_soon(self._scheduled_flush)
 
-    def hold_for_fsync(self, conn: Connection) -> None:
+    def hold_for_fsync(self, conn: Connection | MemcacheConnection) -> None:
         """``conn``'s replies wait for the fsync at the end of this loop iteration."""
         self.fsync_waiting.append(conn)
         self.schedule_flush()
@@ -1156,13 +1184,56 @@ class Server:
 
         Each client is bounded by ``max_query_buffer`` alone, but many clients each holding
         most of one (10 clients with 59 MiB each took the server to 622 MB) add up; closing
-        the largest frees the most and spares clients that send ordinary requests.
+        the largest frees the most and spares clients that send ordinary requests. The
+        memcached port's clients count in the same total.
         """
         while self.partial_bytes > self.max_partial_bytes:
-            victim = max(self.clients, key=lambda c: c.partial_request_bytes, default=None)
+            candidates: Iterable[Connection | MemcacheConnection] = itertools.chain(
+                self.clients, self.memcache_clients)
+            victim = max(candidates, key=lambda c: c.partial_request_bytes, default=None)
             if victim is None or not victim.partial_request_bytes:
                 break  # the count is off (cannot happen); do not loop forever
             victim.drop_partial()
+
+    # -- the memcached protocol's host (memcache.MemcacheHost) --------------------------------
+
+    @property
+    def refuses_client_writes(self) -> bool:
+        return self.replication.refuses_client_writes
+
+    def request_flush_later(self, delay: float, flush: Callable[[], None]) -> None:
+        """memcached's ``flush_all <delay>``: remove every key ``delay`` seconds from now."""
+        assert self._loop is not None
+        self._loop.call_later(delay, flush)
+
+    def admits_memcache_client(self, conn: MemcacheConnection, peer: str) -> bool:
+        if self.closing or len(self.clients) + len(self.memcache_clients) \
+                >= self.config.maxclients:
+            self.rejected_connections += 1
+            conn.transport.write(b"SERVER_ERROR Too many open connections\r\n")
+            return False
+        self.memcache_clients[conn] = None
+        return True
+
+    def forget_memcache_client(self, conn: MemcacheConnection) -> None:
+        self.memcache_clients.pop(conn, None)
+
+    def before_memcache_commands(self) -> None:
+        """Redis SETs read before this point are applied first (the group commit)."""
+        if self.pending_sets:
+            self.flush_sets()
+
+    def count_partial(self, conn: MemcacheConnection, buffered: int) -> None:
+        """``conn`` now holds ``buffered`` bytes of requests not yet run: count them in the
+        total of all clients' partial requests (see shed_partial_requests)."""
+        grew = buffered > conn.partial_request_bytes
+        self.partial_bytes += buffered - conn.partial_request_bytes
+        conn.partial_request_bytes = buffered
+        if grew and self.partial_bytes > self.max_partial_bytes:
+            self.shed_partial_requests()
+
+    def writes_await_fsync(self) -> bool:
+        return bool(self.fsync_waiting)
 
     def internal_client(self, name: bytes) -> Connection:
         """A client attached to no socket, through which the server runs commands of its own
@@ -1229,6 +1300,15 @@ class Server:
                 self.db.close()
             raise
         try:
+            if config.memcached_port is not None:
+                memcache = self.memcache = Memcache(
+                    self.db, self, max_item_size=config.memcached_max_item_size)
+                mc_listener = await loop.create_server(
+                    lambda: MemcacheConnection(self, memcache),
+                    host=list(config.memcached_hosts), port=config.memcached_port,
+                    backlog=511, reuse_address=True)
+                self._listeners.append(mc_listener)
+                self.memcached_port = mc_listener.sockets[0].getsockname()[1]
             await self.replication.start()
         except BaseException:
             for listener in self._listeners:
@@ -1256,6 +1336,9 @@ class Server:
                 raise
             log.info("Prometheus metrics on http://%s:%d/metrics", config.metrics_bind,
                      self.metrics_endpoint.port)
+        if self.memcached_port is not None:
+            log.info("serving the memcached text protocol on %s port %d (no authentication)",
+                     ", ".join(config.memcached_hosts), self.memcached_port)
         log.info("Ready to accept connections on port %d", self.port)
 
     def metrics_snapshot(self) -> prometheus.Snapshot:
@@ -1331,6 +1414,8 @@ class Server:
         await self.replication.stop()
         for conn in list(self.clients):
             conn.shutdown()
+        for mc_conn in list(self.memcache_clients):
+            mc_conn.shutdown()
         self.flush_all()  # SETs read before the connections closed
         await asyncio.sleep(0)  # let transports flush and close
         loop = asyncio.get_running_loop()
