@@ -1036,8 +1036,10 @@ class Store(MutableMapping[bytes, bytes]):
                 got = None if entry is None else self._read(k, entry)
                 if got is None or got[0].seq != if_cas:
                     return None
-            seq = self._next_seq
             seg, end = self._write_locked(k, v, flags, expiry_ms)
+            # The record's seq is the last one taken: in cache mode the write may first have
+            # evicted keys, whose tombstones took the seqs before it.
+            seq = self._next_seq - 1
         self._durable(seg, end)
         return seq
 

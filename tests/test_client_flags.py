@@ -128,3 +128,18 @@ def test_a_flagged_value_too_short_for_its_flags_is_damage() -> None:
         codec.split_client_flags(b"k", rec.CLIENT_FLAGS, b"abc")
     assert codec.split_client_flags(b"k", rec.CLIENT_FLAGS, b"ab\x00\x00\x00\x05") == (b"ab", 5)
     assert codec.join_client_flags(b"ab", 0) == (b"ab", 0)
+
+
+def test_the_cas_returned_by_an_evicting_write_is_the_records(db_path: str) -> None:
+    """In cache mode a write may first evict keys (tombstones, each taking a seq): the cas
+    put_item returns must still be its own record's, or every later cas would fail."""
+    value = b"v" * 100
+    with bitkv.open(db_path, max_bytes=4 * 200, eviction="allkeys-lru") as db:
+        evicted = 0
+        for i in range(20):
+            cas = db.put_item(b"key%02d" % i, value, client_flags=7)
+            item = db.get_item(b"key%02d" % i)
+            assert item is not None and item.cas == cas, i
+            assert db.put_item(b"key%02d" % i, value, if_cas=cas) is not None, i
+            evicted = db.evicted_keys
+        assert evicted > 0  # the bound made the later writes evict
