@@ -93,6 +93,22 @@ def test_a_store_error_is_a_server_error_line(db: bitkv.Store) -> None:
     assert mc.run([b"delete", b"k"]) == b"SERVER_ERROR the store is closed\r\n"
 
 
+def test_a_full_cache_answers_as_memcached_out_of_memory(fast_db_path: str) -> None:
+    """A bounded store that may not evict (noeviction) refuses the write with memcached's
+    own line (what memcached -M answers), and keeps what it stored."""
+    with bitkv.open(fast_db_path, max_bytes=400, eviction="noeviction") as db:
+        mc = Memcache(db, Host())
+        replies = []
+        for i in range(10):
+            req = mc.parse_storage([b"set", b"k%d" % i, b"0", b"0", b"100"])
+            assert isinstance(req, Storage)
+            replies.append(mc.store(req, b"x" * 100 + b"\r\n"))
+        assert replies[0] == b"STORED\r\n"
+        assert replies[-1] == b"SERVER_ERROR out of memory storing object\r\n"
+        stored = [i for i, r in enumerate(replies) if r == b"STORED\r\n"]
+        assert all(db.get(b"k%d" % i) == b"x" * 100 for i in stored)
+
+
 def test_sync_always_serves_memcached(fast_db_path: str) -> None:
     pymemcache = pytest.importorskip("pymemcache")
     config = ServerConfig(dir=fast_db_path, port=0, memcached_port=0, sync="always")

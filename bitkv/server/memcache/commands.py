@@ -70,8 +70,14 @@ class ReadOnlyReplica(Exception):
 READONLY = b"SERVER_ERROR READONLY You can't write against a read only replica.\r\n"
 
 
+OUT_OF_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
+
+
 def server_error(exc: Exception) -> bytes:
-    """SERVER_ERROR with the store's reason, on one line."""
+    """SERVER_ERROR with the store's reason, on one line; a full cache (docs/cache.md) as
+    memcached words it."""
+    if isinstance(exc, bitkv.StoreFullError):
+        return OUT_OF_MEMORY
     message = " ".join(str(exc).split()) or type(exc).__name__
     return f"SERVER_ERROR {message}\r\n".encode("utf-8", "replace")
 
@@ -165,7 +171,7 @@ class Memcache:
                 return text.NOT_STORED
             joined = item.value + value if command == b"append" else value + item.value
             if len(joined) > self.max_item_size:
-                return b"SERVER_ERROR out of memory storing object\r\n"
+                return OUT_OF_MEMORY
             if db.put_item(key, joined, client_flags=item.client_flags,
                            expires_at_ms=item.expiry_ms, if_cas=item.cas) is not None:
                 return text.STORED
