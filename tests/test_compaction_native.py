@@ -63,13 +63,16 @@ def test_compiled_loop_matches_the_reference(records, now_ms, max_size, chunk, s
 
 @contextlib.contextmanager
 def _runs(uniform_run: int, min_records: int) -> Iterator[None]:
-    """copy_live with other thresholds for handling whole runs of one record size."""
-    saved = compaction.UNIFORM_RUN, compaction.RUN_MIN_RECORDS
+    """The Python loops (copy_live, KeyDir.switch_copies) with other thresholds for handling
+    whole runs of one record size."""
+    saved = compaction.UNIFORM_RUN, compaction.RUN_MIN_RECORDS, keydir.SWITCH_RUN_MIN_RECORDS
     compaction.UNIFORM_RUN, compaction.RUN_MIN_RECORDS = uniform_run, min_records
+    keydir.SWITCH_RUN_MIN_RECORDS = min_records
     try:
         yield
     finally:
-        compaction.UNIFORM_RUN, compaction.RUN_MIN_RECORDS = saved
+        (compaction.UNIFORM_RUN, compaction.RUN_MIN_RECORDS,
+         keydir.SWITCH_RUN_MIN_RECORDS) = saved
 
 
 # Records of one shape (5-byte keys, one value length), with a few of another length, other
@@ -90,17 +93,18 @@ run_spec = st.tuples(
        now_ms=st.sampled_from((0, 1000, 2**64 - 1)),
        max_size=st.one_of(st.integers(40, 300), st.integers(40, 3000)),
        chunk=st.sampled_from((1, 50, 700, 65536)), slot=st.integers(0, 65535),
-       seed=st.integers(0, 2**16), tail=st.binary(max_size=40))
+       seed=st.integers(0, 2**16), tail=st.binary(max_size=40), distinct=st.booleans())
 def test_whole_runs_give_what_record_by_record_gives(records, value_len, now_ms, max_size,
-                                                     chunk, slot, seed, tail):
-    """copy_live's whole-run path (_copy_run, for records of one size in a row) against
-    the same loop record by record, and against the compiled loop: the same results,
-    output bytes, expired keys, on runs cut short by every way a run can end."""
+                                                     chunk, slot, seed, tail, distinct):
+    """The Python loops' whole-run paths (compaction._copy_run, keydir._switch_run, for
+    records of one size in a row) against copy_live record by record, and both loops
+    against the compiled ones: the same results, output bytes, expired keys, switched keys
+    and index, on runs cut short by every way a run can end, with keys repeated or not."""
     body = bytearray()
     for seq, (k, flags, longer, expiry, damage, zero_seq) in enumerate(records, 1):
         value = b"" if flags & rec.TOMBSTONE else bytes([seq % 256]) * (value_len + longer)
-        data = bytearray(rec.encode(b"key%02d" % k, value, 0 if zero_seq else seq, expiry,
-                                    flags))
+        key = b"k%04d" % seq if distinct else b"key%02d" % k
+        data = bytearray(rec.encode(key, value, 0 if zero_seq else seq, expiry, flags))
         if damage in ("reserved", "flag"):
             data[5 if damage == "reserved" else 4] |= 0x80
             data[:4] = crc32c(data[4:]).to_bytes(4, "little")
