@@ -263,6 +263,7 @@ def copy_live(src: mmap.mmap | bytes, pos: int, limit: int, end: int, slot: int,
 # sizes pays one comparison per record for trying.
 UNIFORM_RUN = 8
 RUN_MIN_RECORDS = 16
+RUN_MAX_BYTES = 1 << 18  # a run's bytes are copied once: bounded whatever ``limit`` is
 
 
 def _copy_run(view: memoryview, pos: int, limit: int, end: int, base: int,
@@ -293,7 +294,7 @@ def _copy_run(view: memoryview, pos: int, limit: int, end: int, base: int,
         return nothing
     key_len, value_len = _KEY_VALUE_LEN.unpack_from(view, pos + 6)
     size = 28 + key_len + value_len
-    count = min((limit - pos + size - 1) // size, (end - pos) // size)
+    count = min((limit - pos + size - 1) // size, (end - pos) // size, RUN_MAX_BYTES // size)
     if count < RUN_MIN_RECORDS or not key_len or value_len > rec.MAX_STORED_VALUE_SIZE:
         return nothing
     run = view[pos : pos + count * size].tobytes()

@@ -351,6 +351,7 @@ class KeyDir:
 
 # The fewest records of one size in a row that switch_copies switches as one run.
 SWITCH_RUN_MIN_RECORDS = 16
+SWITCH_RUN_MAX_BYTES = 1 << 18  # a run's bytes are copied once: bounded whatever the size
 _KEY_VALUE_LEN = struct.Struct("<HI")  # a record header's key_len and value_len, at 6
 _FIRST = operator.itemgetter(0)
 
@@ -371,7 +372,7 @@ def _switch_run(buf: ScanBuffer, pos: int, end: int, entries: dict[bytes, int], 
         return None
     key_len, value_len = _KEY_VALUE_LEN.unpack_from(buf, pos + 6)
     size = HEADER_SIZE + key_len + value_len
-    count = min(max_keys, (end - pos) // size)
+    count = min(max_keys, (end - pos) // size, SWITCH_RUN_MAX_BYTES // size)
     if count < SWITCH_RUN_MIN_RECORDS:
         return None
     run = bytes(buf[pos : pos + count * size])

@@ -353,3 +353,27 @@ def test_no_leak_over_millions_of_calls():
     assert max(traced[2:]) - min(traced[2:]) < 64 * 1024, traced
     if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # ASan's quarantine holds freed memory
         assert rss[-1] - rss[1] < 4 * 1024, rss
+
+
+def test_the_python_switch_copies_a_bounded_run_of_large_records():
+    """A run's bytes are copied once: for large records the run is cut at
+    SWITCH_RUN_MAX_BYTES, not max_keys records (2,048 records of 5 KB are 10 MB)."""
+    records = [rec.encode(b"k%04d" % i, b"v" * 5000, i + 1) for i in range(2048)]
+    size = len(records[0])
+    buf = bytes(40) + b"".join(records)
+    kd = keydir.KeyDir()
+    kd.entries = {b"k%04d" % i: keydir.pack(1, 40 + i * size, size) for i in range(2048)}
+
+    class Output:
+        live_bytes = 0
+
+    out = Output()
+    tracemalloc.start()
+    try:
+        pos, switched = kd.switch_copies(buf, 40, len(buf), out, 2, frozenset({1}), 2048)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (pos, switched, out.live_bytes) == (len(buf), 2048, 2048 * size)
+    assert kd.entries[b"k2047"] == keydir.pack(2, 40 + 2047 * size, size)
+    assert peak < 3 * keydir.SWITCH_RUN_MAX_BYTES
