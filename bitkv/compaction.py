@@ -29,9 +29,13 @@ what went where.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import mmap
+import operator
 import os
+import struct
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -172,6 +176,10 @@ def copy_live(src: mmap.mmap | bytes, pos: int, limit: int, end: int, slot: int,
     would take ``out_size`` past ``max_size`` unless the output is empty. ``min_seq`` and
     ``max_seq`` (0: none yet) track the output's seq range. ``copied`` and ``dropped``
     count the records copied and the records passed over (dead or expired).
+
+    Once :data:`UNIFORM_RUN` records in a row had one size, the records that follow with
+    that size are handled a whole run at a time by :func:`_copy_run` (same checks, same
+    results, a few C-level calls per run instead of a dozen Python lines per record).
     """
     # 28, 40 and 4096 below: record.HEADER_SIZE, segment.HEADER_SIZE and the keydir's size
     # hint limit (asserted after the function), as literals: this loop runs once per record.
@@ -183,9 +191,25 @@ def copy_live(src: mmap.mmap | bytes, pos: int, limit: int, end: int, slot: int,
     copied = dropped = 0
     run = -1  # start of the run of live records not yet appended to ``data``
     status = COPY_DONE
+    last_size = same = 0  # how many records in a row had the size ``last_size``
     view = memoryview(src)
     try:
         while pos < limit:
+            if same >= UNIFORM_RUN:
+                if run >= 0:
+                    data += view[run:pos]
+                    run = -1
+                pos, out_size, n_copied, n_dropped, min_seq, max_seq = _copy_run(
+                    view, pos, limit, end, base, get, now_ms, data, fixed, keys, out_size,
+                    max_size, min_seq, max_seq, expired)
+                copied += n_copied
+                dropped += n_dropped
+                # The record at ``pos`` (if before ``limit``) ended the run: another size,
+                # not a plain intact record, or a live one that does not fit. The lines
+                # below judge it, and a new run needs UNIFORM_RUN records again.
+                same = 0
+                if pos >= limit:
+                    break
             if end - pos < 28:
                 status = COPY_ODD
                 break
@@ -200,34 +224,200 @@ def copy_live(src: mmap.mmap | bytes, pos: int, limit: int, end: int, slot: int,
                 break
             key = src[pos + 28 : pos + 28 + key_len]
             entry = base | (pos << 12) | (size if size < 4096 else 0)
-            if get(key) != entry or (expiry_ms and expiry_ms <= now_ms):
+            if get(key) != entry:
                 if run >= 0:
                     data += view[run:pos]
                     run = -1
-                if expiry_ms and expiry_ms <= now_ms and get(key) == entry:
-                    expired.append((key, entry))
                 dropped += 1
-                pos = nxt
-                continue
-            if size > max_size - out_size and out_size > 40:
-                status = COPY_FULL
-                break
-            if run < 0:
-                run = pos
-            fixed += pack_entry(flags, 0, key_len, value_len, out_size, seq, expiry_ms)
-            keys += key
-            out_size += size
-            copied += 1
-            if seq > max_seq:
-                max_seq = seq
-            if seq < min_seq or not min_seq:
-                min_seq = seq
+            elif expiry_ms and expiry_ms <= now_ms:
+                if run >= 0:
+                    data += view[run:pos]
+                    run = -1
+                expired.append((key, entry))
+                dropped += 1
+            else:
+                if size > max_size - out_size and out_size > 40:
+                    status = COPY_FULL
+                    break
+                if run < 0:
+                    run = pos
+                fixed += pack_entry(flags, 0, key_len, value_len, out_size, seq, expiry_ms)
+                keys += key
+                out_size += size
+                copied += 1
+                if seq > max_seq:
+                    max_seq = seq
+                if seq < min_seq or not min_seq:
+                    min_seq = seq
             pos = nxt
+            if size == last_size:
+                same += 1
+            else:
+                last_size = size
+                same = 1
         if run >= 0:
             data += view[run:pos]
     finally:
         view.release()
     return status, pos, out_size, copied, dropped, min_seq, max_seq
+
+
+# Records of one size in a row after which copy_live tries a whole run of that size at once,
+# and the fewest records (starting before ``limit``) worth a run: a run has a fixed cost of
+# ~60 C-level calls (~10 us here) against ~0.5 us it saves per record. A store of varied
+# sizes pays one comparison per record for trying.
+UNIFORM_RUN = 8
+RUN_MIN_RECORDS = 16
+RUN_MAX_BYTES = 1 << 18  # a run's bytes are copied once: bounded whatever ``limit`` is
+
+
+def _copy_run(view: memoryview, pos: int, limit: int, end: int, base: int,
+              get: Callable[[bytes], int | None], now_ms: int,
+              data: bytearray, fixed: bytearray, keys: bytearray,
+              out_size: int, max_size: int, min_seq: int, max_seq: int,
+              expired: list[tuple[bytes, int]]
+              ) -> tuple[int, int, int, int, int, int]:
+    """:func:`copy_live` for the longest run of records from ``pos`` that have the shape
+    (key and value lengths) of the one at ``pos``, start before ``limit``, are plain intact
+    records and, if live, fit the output; return (pos after the run, out_size, copied,
+    dropped, min_seq, max_seq). Nothing is done for a run shorter than RUN_MIN_RECORDS.
+
+    Every check and every decision is copy_live's, record by record, but made over whole
+    columns of the run: records of one size sit at a fixed stride, so a header field of
+    every record is one strided slice of the run's bytes (``run[6::size]``: the first byte
+    of every key length), checked with one ``count`` or ``translate``; the CRCs are computed
+    by one ``map`` over the bodies ``struct.iter_unpack`` cuts; the keys are looked up by
+    one ``map`` and compared with the ``range`` of index entries they must have. A hint
+    entry is the record's header with its CRC replaced by the offset in the output, moved
+    (flags, reserved, key_len, value_len; offset; seq, expiry_ms), so the run's hint entries
+    are built by strided slice assignment too. Each stretch of live records is then
+    appended with one slice of data and one of entries. The record that ends the run is
+    left to copy_live, which judges it alone (and so stops at it exactly as it would have
+    without the run)."""
+    nothing = pos, out_size, 0, 0, min_seq, max_seq
+    if end - pos < 28:
+        return nothing
+    key_len, value_len = _KEY_VALUE_LEN.unpack_from(view, pos + 6)
+    size = 28 + key_len + value_len
+    count = min((limit - pos + size - 1) // size, (end - pos) // size, RUN_MAX_BYTES // size)
+    if count < RUN_MIN_RECORDS or not key_len or value_len > rec.MAX_STORED_VALUE_SIZE:
+        return nothing
+    run = view[pos : pos + count * size].tobytes()
+    n = count
+    # The run ends before the first record of another shape (header bytes 6-12: key_len,
+    # value_len), with its reserved byte (5) set, or with flags (4) copy_live does not copy.
+    for i in range(6):
+        column = run[6 + i :: size]
+        if column.count(run[6 + i]) != n:
+            count = min(count, n - len(column.lstrip(run[6 + i : 7 + i])))
+    column = run[5::size]
+    if column.count(0) != n:
+        count = min(count, n - len(column.lstrip(b"\0")))
+    column = run[4::size]
+    bad = column.translate(None, _RUN_FLAGS[value_len > 0])
+    if bad:
+        count = min(count, column.index(bad[0]))
+    if not count:
+        return nothing
+    span = count * size
+    body = memoryview(run)[:span]
+    stored = bytearray(4 * count)  # the CRC field of every record, in order
+    for i in range(4):
+        stored[i::4] = run[i:span:size]
+    checked = list(map(operator.eq,
+                       map(crc32c, map(_FIRST, struct.iter_unpack(f"4x{size - 4}s", body))),
+                       struct.unpack(f"<{count}I", stored)))
+    if checked.count(True) != count:
+        count = checked.index(False)
+        if not count:
+            return nothing
+        span = count * size
+        body = body[:span]
+    keylist = list(map(_FIRST, struct.iter_unpack(f"28x{key_len}s{value_len}x", body)))
+    step = size << 12
+    first_entry = base | (pos << 12) | (size if size < 4096 else 0)
+    entry_range = range(first_entry, first_entry + count * step, step)
+    live = list(map(operator.eq, map(get, keylist), entry_range))
+    lapsed: list[bool] | None = None  # live but expired
+    if now_ms:
+        expiry = bytearray(8 * count)
+        for i in range(8):
+            expiry[i::8] = run[20 + i : span : size]
+        if expiry.count(0) != len(expiry):
+            expiries = struct.unpack(f"<{count}Q", expiry)
+            gone = list(map(operator.and_, map(bool, expiries), map(now_ms.__ge__, expiries)))
+            lapsed = list(map(operator.and_, live, gone))
+            live = list(map(operator.gt, live, gone))
+    # The live records that fit the output; the run stops before the first that does not.
+    stop = count
+    copied = live.count(True)
+    room = (max_size - out_size) // size
+    if out_size <= 40:
+        room = max(room, 1)  # an empty output takes any record
+    if copied > max(room, 0):
+        copied = max(room, 0)
+        stop = list(itertools.accumulate(live)).index(copied + 1)
+        del live[stop:]
+    if copied:
+        span = stop * size
+        entries = bytearray(28 * stop)  # the dead records' entries are built but not used
+        for i in range(8):
+            entries[i::28] = run[4 + i : span : size]
+        for i in range(16):
+            entries[12 + i :: 28] = run[12 + i : span : size]
+        offsets = struct.pack(f"<{stop}I", *map(
+            out_size.__add__, map(size.__mul__, itertools.accumulate(live[:-1], initial=0))))
+        for i in range(4):
+            entries[8 + i :: 28] = offsets[i::4]
+        seq = bytearray(8 * stop)
+        for i in range(8):
+            seq[i::8] = run[12 + i : span : size]
+        min_seq, max_seq = _seq_range(
+            tuple(itertools.compress(struct.unpack(f"<{stop}Q", seq), live)),
+            min_seq, max_seq)
+        marks = bytes(live)
+        at = 0
+        while True:
+            first = marks.find(1, at)
+            if first < 0:
+                break
+            at = marks.find(0, first)
+            if at < 0:
+                at = stop
+            data += view[pos + first * size : pos + at * size]
+            fixed += entries[28 * first : 28 * at]
+        keys += b"".join(itertools.compress(keylist, live))
+        out_size += copied * size
+    if lapsed is not None:
+        expired.extend(itertools.compress(zip(keylist[:stop], entry_range[:stop], strict=True),
+                                          lapsed[:stop]))
+    return pos + stop * size, out_size, copied, stop - copied, min_seq, max_seq
+
+
+def _seq_range(seqs: tuple[int, ...], min_seq: int, max_seq: int) -> tuple[int, int]:
+    """copy_live's ``min_seq``/``max_seq`` after appending records of ``seqs``, in order
+    (``min_seq`` 0 means none yet, so a record of seq 0 is forgotten by the next)."""
+    top = max(seqs)
+    if top > max_seq:
+        max_seq = top
+    if 0 in seqs:
+        for seq in seqs:
+            if seq < min_seq or not min_seq:
+                min_seq = seq
+        return min_seq, max_seq
+    low = min(seqs)
+    if low < min_seq or not min_seq:
+        min_seq = low
+    return min_seq, max_seq
+
+
+_KEY_VALUE_LEN = struct.Struct("<HI")  # a record header's key_len and value_len, at 6
+_FIRST = operator.itemgetter(0)
+# The flag bytes a run leaves out (deleted by ``translate``: what remains ends the run), by
+# whether the records have a value: copy_live copies plain flags only, and a tombstone
+# with a value is damage.
+_RUN_FLAGS = (bytes(f for f in range(256) if not f & ~_PLAIN_FLAGS),
+              bytes(f for f in range(256) if not f & ~_PLAIN_FLAGS and not f & rec.TOMBSTONE))
 
 
 assert rec.HEADER_SIZE == 28 and seg_mod.HEADER_SIZE == 40 and keydir.SIZE_MASK == 4095
@@ -242,8 +432,21 @@ CopyLive = Callable[
 copy_live_native: CopyLive | None = None
 
 
+# The pure-Python loops yield the GIL (time.sleep(0)) once this much of the compacting
+# thread's CPU time has passed since its last yield, not after every chunk: a chunk now
+# takes ~0.25 ms, and each time.sleep(0) can cost whole scheduler ticks of wall time on a
+# busy machine (measured: ~4,000 yields, 3.5 ms each at a load average of 9, made a 2M-key
+# compaction of 4.3 s of CPU take 18 s). A writer still waits ~1 ms at most, as it did when
+# a chunk took that long.
+YIELD_EVERY_CPU_S = 0.001
+_last_yield = threading.local()
+
+
 def _sleep(microseconds: int) -> None:
-    time.sleep(0)
+    now = time.thread_time()
+    if now - getattr(_last_yield, "cpu", 0.0) >= YIELD_EVERY_CPU_S:
+        time.sleep(0)
+        _last_yield.cpu = time.thread_time()
 
 
 release_gil: Callable[[int], None] = _sleep  # the Python loops' way to let a writer in

@@ -21,9 +21,13 @@ have: ``get``, ``[]``, ``[] =``, ``del``, ``pop``, ``in``, ``len``, iteration, `
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
+import struct
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from .kernels import IMPLEMENTATION as IMPLEMENTATION
@@ -290,11 +294,22 @@ class KeyDir:
                                                  self._bitmap(inputs), max_keys)
             seg.live_bytes += live
             return pos, switched
+        runs = switched = 0
+        entries = self.entries
+        if isinstance(entries, dict) and slot not in inputs:
+            while runs < max_keys:
+                run = _switch_run(buf, pos, end, entries, slot, inputs, max_keys - runs)
+                if run is None:
+                    break
+                pos, records, moved, live = run
+                runs += records
+                switched += moved
+                seg.live_bytes += live
         unpack = HEADER.unpack_from
         moves: list[tuple[bytes, int, int]] = []
         append = moves.append
         damaged = False  # the records before damage are switched, then ValueError
-        for _ in range(max_keys):
+        for _ in range(max_keys - runs):
             if pos >= end:
                 break
             if end - pos < HEADER_SIZE:
@@ -308,7 +323,7 @@ class KeyDir:
             append((bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + key_len]),
                     pos, size))
             pos += size
-        switched = self.switch_inputs(moves, seg, slot, inputs)
+        switched += self.switch_inputs(moves, seg, slot, inputs)
         if damaged:
             raise ValueError(f"switch_copies: no whole record at offset {pos}")
         return pos, switched
@@ -357,3 +372,54 @@ class KeyDir:
 
     def recompute_next_expiry(self) -> None:
         self.next_expiry = min(self.expiries.values(), default=math.inf)
+
+
+# The fewest records of one size in a row that switch_copies switches as one run.
+SWITCH_RUN_MIN_RECORDS = 16
+SWITCH_RUN_MAX_BYTES = 1 << 18  # a run's bytes are copied once: bounded whatever the size
+_KEY_VALUE_LEN = struct.Struct("<HI")  # a record header's key_len and value_len, at 6
+_FIRST = operator.itemgetter(0)
+
+
+def _switch_run(buf: ScanBuffer, pos: int, end: int, entries: dict[bytes, int], slot: int,
+                inputs: AbstractSet[int], max_keys: int) -> tuple[int, int, int, int] | None:
+    """:meth:`KeyDir.switch_copies` (the Python loop) for the run of whole records from
+    ``pos`` that have the size of the one there, at most ``max_keys``: return (the position
+    after them, records, keys switched, their bytes), or None if fewer than
+    SWITCH_RUN_MIN_RECORDS are in a row (or two records of the run switch one key: then
+    the record-by-record loop decides, in order). Each key's test is switch_inputs', made
+    over the whole run: one ``map`` of lookups, one of slot tests, one of size tests, then
+    one ``dict.update`` with the entries of the copies, a ``range`` (the records sit at a
+    fixed stride). The caller makes sure the output's own slot is not an input, so a key
+    switched here cannot pass the test again (which is what makes one pass equal to the
+    loop when keys are distinct)."""
+    if end - pos < HEADER_SIZE:
+        return None
+    key_len, value_len = _KEY_VALUE_LEN.unpack_from(buf, pos + 6)
+    size = HEADER_SIZE + key_len + value_len
+    count = min(max_keys, (end - pos) // size, SWITCH_RUN_MAX_BYTES // size)
+    if count < SWITCH_RUN_MIN_RECORDS:
+        return None
+    run = bytes(buf[pos : pos + count * size])
+    n = count
+    for i in range(6):  # header bytes 6-12: key_len and value_len, the run's shape
+        column = run[6 + i :: size]
+        if column.count(run[6 + i]) != n:
+            count = min(count, n - len(column.lstrip(run[6 + i : 7 + i])))
+    if count < SWITCH_RUN_MIN_RECORDS:
+        return None
+    keys = list(map(_FIRST, struct.iter_unpack(f"{HEADER_SIZE}x{key_len}s{value_len}x",
+                                               memoryview(run)[: count * size])))
+    olds = list(map(entries.get, keys, repeat(-1)))  # -1: in no slot
+    size_hint = size if size <= SIZE_MASK else 0
+    still = list(map(operator.and_,
+                     map(inputs.__contains__, map(operator.rshift, olds, repeat(SLOT_SHIFT))),
+                     map(size_hint.__eq__, map(operator.and_, olds, repeat(SIZE_MASK)))))
+    first = (slot << SLOT_SHIFT) | (pos << SIZE_BITS) | size_hint
+    step = size << SIZE_BITS
+    moved = list(itertools.compress(zip(keys, range(first, first + count * step, step),
+                                        strict=True), still))
+    if len(set(map(_FIRST, moved))) != len(moved):
+        return None
+    entries.update(moved)
+    return pos + count * size, count, len(moved), len(moved) * size

@@ -20,7 +20,10 @@ the ``<!-- bench_compaction:begin -->`` and ``<!-- bench_compaction:end -->`` ma
 (default 2M) one of 100-byte values, every key written twice (half the log is garbage), is
 built once, copied, and compacted by a child process per implementation: the compiled path
 (*native*) and ``BITKV_PURE_PYTHON=1`` (*python*), ``--rounds`` times each (median by
-records/s), and optionally the tree given by ``--before``. Each child reports the
+records/s), and optionally an older implementation given by ``--before`` (a source tree or a
+commit: ``--before 9c200f3``, issue 19's baseline, is checked out with git archive).
+``--implementations`` picks which run; ``--keep-stores`` keeps the built stores in ``--dir``
+for the next run (a 32M-key store takes minutes to build). Each child reports the
 compaction's records/s and MB/s of input, its extra anonymous memory (``RssAnon`` of
 /proc/self/status sampled every 5 ms, peak minus the value before ``compact()``; not peak
 RSS, which counts the mapped segments), and, in a second run on a fresh copy, the p99
@@ -282,6 +285,23 @@ SCALE_END = "<!-- bench_compaction_scale:end -->"
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (implementation, environment): the compiled path (bitkv/native/*.c) and the pure-Python one
 IMPLEMENTATIONS = (("native", {}), ("python", {"BITKV_PURE_PYTHON": "1"}))
+# Issue 19's "today": main when the streaming compaction began (it kept a tuple per copied
+# record and every output's hint until the switch; pure Python, no compiled path).
+BEFORE_COMMIT = "9c200f3"
+
+
+def before_tree(before: str, root: str) -> str:
+    """``before`` as a source tree: itself if it is a directory, else a commit of this
+    repository checked out (git archive) under ``root``."""
+    if os.path.isdir(before):
+        return os.path.abspath(before)
+    tree = os.path.join(root, f"tree-{before}")
+    if not os.path.isdir(tree):
+        os.makedirs(tree)
+        archive = subprocess.run(["git", "-C", HERE, "archive", before], check=True,
+                                 stdout=subprocess.PIPE).stdout
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    return tree
 
 
 def scale_key(i: int) -> bytes:
@@ -337,8 +357,10 @@ def child_alone(path: str, n: int) -> dict:
     peak[0] = max(peak[0], rss_anon())
     db.close()
     records = summary["keys_kept"] + summary["records_dropped"]
-    return {"implementation": bitkv.IMPLEMENTATION, "seconds": seconds, "cpu_seconds": cpu,
-            "load": os.getloadavg()[0], "records": records, "records_s": records / seconds,
+    # The baseline tree predates bitkv.IMPLEMENTATION (it was pure Python only).
+    return {"implementation": getattr(bitkv, "IMPLEMENTATION", "python"), "seconds": seconds,
+            "cpu_seconds": cpu, "load": os.getloadavg()[0], "records": records,
+            "records_s": records / seconds,
             "mb_s": summary["bytes_in"] / seconds / 1e6, "index_anon": base,
             "extra_anon": peak[0] - base, "summary": summary}
 
@@ -408,16 +430,27 @@ def scale(args: argparse.Namespace) -> list[dict]:
     os.makedirs(root, exist_ok=True)
     impls = [(name, HERE, env) for name, env in IMPLEMENTATIONS]
     if args.before:
-        impls.append(("before", os.path.abspath(args.before), {"BITKV_PURE_PYTHON": "1"}))
+        impls.append(("before", before_tree(args.before, root), {"BITKV_PURE_PYTHON": "1"}))
+    wanted = set(args.implementations.split(","))
+    impls = [impl for impl in impls if impl[0] in wanted]
     cases = [(int(x), 8) for x in args.sizes.split(",") if x]
     cases += [(int(x), 100) for x in args.wide_sizes.split(",") if x]
     rows: list[dict] = []
     try:
         for n, value_size in cases:
             pristine = os.path.join(root, f"pristine-{n}-{value_size}")
-            print(f"{n:,} keys, {value_size}-byte values: building ...", file=sys.stderr,
-                  flush=True)
-            built = run_child(HERE, {}, "build", pristine, n, ["--value-size", str(value_size)])
+            built_json = os.path.join(root, f"built-{n}-{value_size}.json")
+            if args.keep_stores and os.path.exists(built_json):
+                with open(built_json, encoding="utf-8") as fh:
+                    built = json.load(fh)  # built by an earlier run with --keep-stores
+            else:
+                print(f"{n:,} keys, {value_size}-byte values: building ...", file=sys.stderr,
+                      flush=True)
+                built = run_child(HERE, {}, "build", pristine, n,
+                                  ["--value-size", str(value_size)])
+                if args.keep_stores:
+                    with open(built_json, "w", encoding="utf-8") as fh:
+                        json.dump(built, fh)
             work = os.path.join(root, f"work-{n}")
             chosen = [(name, tree, env) for name, tree, env in impls
                       if name != "before" or n <= args.before_max_keys]
@@ -445,7 +478,8 @@ def scale(args: argparse.Namespace) -> list[dict]:
                       file=sys.stderr, flush=True)
                 rows.append(row)
             shutil.rmtree(work)
-            shutil.rmtree(pristine)
+            if not args.keep_stores:
+                shutil.rmtree(pristine)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -454,30 +488,39 @@ def scale(args: argparse.Namespace) -> list[dict]:
 
 def scale_table(rows: list[dict]) -> str:
     mib = 2**20
+    before = "" if not any(r["impl"] == "before" for r in rows) else (
+        f" *before* is commit {BEFORE_COMMIT}, issue 19's baseline (pure Python), run in the "
+        f"same rounds; *x before* is records/s and records per CPU second over its.")
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, {platform.system()} {platform.release()}; keys of "
         f"16 bytes, every key written twice, default 64 MiB segments, `sync=\"never\"` for "
         f"the compaction alone, the default `\"interval\"` for the latency run. *native* is "
         f"the compiled path (bitkv/native/compact.c), *python* the same tree with "
-        f"`BITKV_PURE_PYTHON=1`. CPU is the compacting process's CPU time (with its memory "
-        f"sampler); the machine is shared, so wall times vary with its load (1-minute load "
-        f"average: {min(r['load'] for r in rows):.1f} to {max(r['load'] for r in rows):.1f}).",
+        f"`BITKV_PURE_PYTHON=1`.{before} CPU is the compacting process's CPU time (with its "
+        f"memory sampler); the machine is shared, so wall times vary with its load (1-minute "
+        f"load average: {min(r['load'] for r in rows):.1f} to "
+        f"{max(r['load'] for r in rows):.1f}).",
         "",
         "| keys | value | implementation | log before | compaction (CPU) | records/s "
-        "| records per CPU second | MB/s of input | index (RssAnon before) "
+        "| records per CPU second | x before | MB/s of input | index (RssAnon before) "
         "| extra RssAnon during compaction | put p99 without / during compaction |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lat = (f"{r['p99_without_us']:.1f} / {r['p99_during_us']:.1f} µs "
                f"({r['p99_during_us'] / r['p99_without_us']:.1f}x)"
                if "p99_during_us" in r else "not run")
+        base = [b for b in rows if b["impl"] == "before" and b["keys"] == r["keys"]
+                and b.get("value_size", 8) == r.get("value_size", 8)]
+        ratio = "" if not base or r["impl"] == "before" else (
+            f"{r['records_s'] / base[0]['records_s']:.1f}x / "
+            f"{base[0]['cpu_seconds'] / r['cpu_seconds']:.1f}x")
         lines.append(
             f"| {r['keys'] / 1e6:g}M | {r.get('value_size', 8)} B | {r['impl']} | "
             f"{r['log_bytes'] / mib:,.0f} MiB | "
             f"{r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s) | {r['records_s']:,.0f} | "
-            f"{r['records'] / r['cpu_seconds']:,.0f} | {r['mb_s']:.1f} | "
+            f"{r['records'] / r['cpu_seconds']:,.0f} | {ratio} | {r['mb_s']:.1f} | "
             f"{r['index_anon'] / mib:,.0f} MiB | **{r['extra_anon'] / mib:,.0f} MiB** | {lat} |")
     return "\n".join(lines)
 
@@ -488,7 +531,7 @@ def scale_plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     styles = {"native": "s-", "python": "o--", "before": "^:"}
     for name, style in styles.items():
         rs = [r for r in rows if r["impl"] == name and r.get("value_size", 8) == 8]
@@ -496,11 +539,13 @@ def scale_plot(rows: list[dict], path: str) -> None:
             continue
         keys = [r["keys"] / 1e6 for r in rs]
         axes[0].plot(keys, [r["records_s"] / 1e3 for r in rs], style, label=name)
-        axes[1].plot(keys, [r["extra_anon"] / 2**20 for r in rs], style, label=name)
+        axes[1].plot(keys, [r["records"] / r["cpu_seconds"] / 1e3 for r in rs], style,
+                     label=name)
+        axes[2].plot(keys, [r["extra_anon"] / 2**20 for r in rs], style, label=name)
         lat = [r for r in rs if "p99_during_us" in r]
-        axes[2].plot([r["keys"] / 1e6 for r in lat], [r["p99_during_us"] for r in lat],
+        axes[3].plot([r["keys"] / 1e6 for r in lat], [r["p99_during_us"] for r in lat],
                      style, label=f"{name}, during compaction")
-        axes[2].plot([r["keys"] / 1e6 for r in lat], [r["p99_without_us"] for r in lat],
+        axes[3].plot([r["keys"] / 1e6 for r in lat], [r["p99_without_us"] for r in lat],
                      ":", marker=style[0], label=f"{name}, without")
     wide = [r for r in rows if r.get("value_size", 8) == 100]
     for r in wide:
@@ -508,15 +553,16 @@ def scale_plot(rows: list[dict], path: str) -> None:
                      label=f"{r['impl']}, 100-byte values")
     axes[0].axhline(1000, color="grey", linewidth=0.8, linestyle="--")
     sizes = sorted({r["keys"] / 1e6 for r in rows})
-    axes[0].set_ylim(bottom=0)
-    axes[1].set_ylim(bottom=0)
-    axes[2].set_yscale("log")
-    axes[0].set_title("compaction speed (dashed: 1M/s target)")
+    for ax in axes:
+        ax.set_ylim(bottom=0)
+    axes[0].set_title("compaction speed, wall clock (dashed: 1M/s)")
     axes[0].set_ylabel("thousand records/s of input")
-    axes[1].set_title("extra anonymous memory (RssAnon)")
-    axes[1].set_ylabel("MiB")
-    axes[2].set_title("put() p99 latency, a writer in a loop")
-    axes[2].set_ylabel("µs")
+    axes[1].set_title("compaction speed per CPU second")
+    axes[1].set_ylabel("thousand records per CPU second")
+    axes[2].set_title("extra anonymous memory (RssAnon)")
+    axes[2].set_ylabel("MiB")
+    axes[3].set_title("put() p99 latency, a writer in a loop")
+    axes[3].set_ylabel("µs")
     for ax in axes:
         ax.set_xlabel("keys (each written twice)")
         ax.set_xscale("log")
@@ -540,8 +586,10 @@ def write_between(doc: str, begin: str, end: str, text: str) -> None:
 def scale_main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.from_json:
-        with open(args.from_json, encoding="utf-8") as fh:
-            rows = json.load(fh)
+        rows = []
+        for name in args.from_json.split(","):  # several runs' results, joined
+            with open(name, encoding="utf-8") as fh:
+                rows += json.load(fh)
     else:
         rows = scale(args)
     text = scale_table(rows)
@@ -574,7 +622,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="--scale: compactions per implementation and size (median reported)")
     ap.add_argument("--value-size", type=int, default=8, help=argparse.SUPPRESS)
     ap.add_argument("--before", default=None,
-                    help="--scale: also a source tree of an older implementation (pure Python)")
+                    help="--scale: also an older implementation (pure Python): a source tree "
+                         f"or a commit, e.g. {BEFORE_COMMIT} (issue 19's baseline)")
+    ap.add_argument("--implementations", default="native,python,before",
+                    help="--scale: which of native, python, before to run")
+    ap.add_argument("--keep-stores", action="store_true",
+                    help="--scale: keep the built stores in --dir and reuse them next time")
     ap.add_argument("--before-max-keys", type=int, default=8_000_000,
                     help="--scale: skip the --before tree above this many keys (its memory)")
     ap.add_argument("--latency-max-keys", type=int, default=8_000_000,
@@ -585,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", default=None, help="--scale: write a PNG plot here")
     ap.add_argument("--json", default=None, help="--scale: write the raw results here")
     ap.add_argument("--from-json", default=None,
-                    help="--scale: table and plot from the results of an earlier run")
+                    help="--scale: table and plot from earlier runs' results (a,b,...)")
     ap.add_argument("--scale-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tree", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)

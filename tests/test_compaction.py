@@ -20,6 +20,7 @@ import time
 import pytest
 
 import bitkv
+from bitkv import compaction
 from bitkv import segment as seg_mod
 from bitkv.fileio import FileIO
 
@@ -1027,3 +1028,23 @@ def test_a_full_compaction_leaves_live_bytes_hints_and_the_active_segment_only(d
     db.close()
     with opendb(db_path, clock) as db:
         m.check(db)
+
+
+def test_the_python_loops_yield_once_per_millisecond_of_cpu(monkeypatch):
+    """The pure-Python loops' yield (compaction._sleep) lets go of the GIL once per
+    YIELD_EVERY_CPU_S of the thread's CPU time, not at every call (a chunk takes ~0.25 ms,
+    and each time.sleep(0) can cost scheduler ticks of wall time on a busy machine); a
+    writer still waits at most about that long."""
+    sleeps: list[float] = []
+    monkeypatch.setattr(compaction.time, "sleep", sleeps.append)
+    monkeypatch.setattr(compaction, "_last_yield", threading.local())
+    compaction._sleep(20)
+    assert sleeps == [0]  # a thread's first call yields
+    for _ in range(100):
+        compaction._sleep(20)  # far less than a millisecond of CPU
+    assert len(sleeps) == 1
+    start = time.thread_time()
+    while time.thread_time() - start < 2 * compaction.YIELD_EVERY_CPU_S:
+        pass
+    compaction._sleep(20)
+    assert len(sleeps) == 2

@@ -6,6 +6,7 @@ exact and memory flat over millions of calls."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -13,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +24,7 @@ from hypothesis import strategies as st
 from bitkv import compaction, keydir
 from bitkv import record as rec
 from bitkv import segment as seg_mod
+from bitkv.crc import crc32c
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "fuzz"))
 import fuzz_compact
@@ -55,6 +59,107 @@ def test_compiled_loop_matches_the_reference(records, now_ms, max_size, chunk, s
             data[damage] ^= 0x10
         body += data
     fuzz_compact.compare(bytes(body + tail), now_ms, max_size, chunk, slot, seed)
+
+
+@contextlib.contextmanager
+def _runs(uniform_run: int, min_records: int) -> Iterator[None]:
+    """The Python loops (copy_live, KeyDir.switch_copies) with other thresholds for handling
+    whole runs of one record size."""
+    saved = compaction.UNIFORM_RUN, compaction.RUN_MIN_RECORDS, keydir.SWITCH_RUN_MIN_RECORDS
+    compaction.UNIFORM_RUN, compaction.RUN_MIN_RECORDS = uniform_run, min_records
+    keydir.SWITCH_RUN_MIN_RECORDS = min_records
+    try:
+        yield
+    finally:
+        (compaction.UNIFORM_RUN, compaction.RUN_MIN_RECORDS,
+         keydir.SWITCH_RUN_MIN_RECORDS) = saved
+
+
+# Records of one shape (5-byte keys, one value length), with a few of another length, other
+# flags (a tombstone has no value: another shape), expiries and damaged bytes among them.
+run_spec = st.tuples(
+    st.integers(0, 15),                                 # key
+    st.sampled_from((0,) * 12 + FLAGS[1:]),             # flags
+    st.sampled_from((False,) * 12 + (True,)),           # a value one byte longer
+    st.sampled_from((0, 0, 0, 0, 999, 1000, 1001)),     # expiry_ms
+    # A byte to damage, or a reserved byte or unknown flag set under a valid CRC.
+    st.sampled_from((None,) * 16 + (0, 4, 5, 6, 8, 11, 12, 27, 29, -1, "reserved", "flag")),
+    st.sampled_from((0,) * 4 + (1,)),                   # a seq of 0
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(run_spec, max_size=80), value_len=st.sampled_from((0, 1, 8, 100, 4100)),
+       now_ms=st.sampled_from((0, 1000, 2**64 - 1)),
+       max_size=st.one_of(st.integers(40, 300), st.integers(40, 3000)),
+       chunk=st.sampled_from((1, 50, 700, 65536)), slot=st.integers(0, 65535),
+       seed=st.integers(0, 2**16), tail=st.binary(max_size=40), distinct=st.booleans())
+def test_whole_runs_give_what_record_by_record_gives(records, value_len, now_ms, max_size,
+                                                     chunk, slot, seed, tail, distinct):
+    """The Python loops' whole-run paths (compaction._copy_run, keydir._switch_run, for
+    records of one size in a row) against copy_live record by record, and both loops
+    against the compiled ones: the same results, output bytes, expired keys, switched keys
+    and index, on runs cut short by every way a run can end, with keys repeated or not."""
+    body = bytearray()
+    for seq, (k, flags, longer, expiry, damage, zero_seq) in enumerate(records, 1):
+        value = b"" if flags & rec.TOMBSTONE else bytes([seq % 256]) * (value_len + longer)
+        key = b"k%04d" % seq if distinct else b"key%02d" % k
+        data = bytearray(rec.encode(key, value, 0 if zero_seq else seq, expiry, flags))
+        if damage in ("reserved", "flag"):
+            data[5 if damage == "reserved" else 4] |= 0x80
+            data[:4] = crc32c(data[4:]).to_bytes(4, "little")
+        elif damage is not None:
+            data[damage] ^= 0x10
+        body += data
+    src = bytes(fuzz_compact.SEGMENT_HEADER) + bytes(body + tail)
+    end = len(src)
+    model = fuzz_compact.index_for(src, end, slot, seed)
+    with _runs(10**9, 10**9):
+        expected = fuzz_compact.drive(compaction.copy_live, src, end, slot, model, now_ms,
+                                      max_size, chunk)
+    with _runs(1, 2):
+        got = fuzz_compact.drive(compaction.copy_live, src, end, slot, model, now_ms,
+                                 max_size, chunk)
+        assert got == expected
+        fuzz_compact.compare(bytes(body + tail), now_ms, max_size, chunk, slot, seed)
+
+
+def test_a_whole_run_is_taken_and_ends_where_the_record_loop_would_stop():
+    """The run path is used (regression: the run's size was read at the wrong header
+    offset, so no run was ever taken and nothing showed it), and stops before the first
+    record of another size, damage, and the first live record that does not fit."""
+    records = [rec.encode(b"key%03d" % i, b"v" * 8, i + 1) for i in range(200)]
+    src = bytearray(bytes(40) + b"".join(records))
+    size = len(records[0])
+    damaged = 40 + 150 * size + 30
+    src[damaged] ^= 1  # record 150's key
+    entries = {b"key%03d" % i: keydir.pack(3, 40 + i * size, size) for i in range(0, 200, 3)}
+    calls: list[tuple[int, int]] = []
+    real = compaction._copy_run
+
+    def spy(view: memoryview, pos: int, *rest: Any) -> tuple[int, ...]:
+        result = real(view, pos, *rest)
+        calls.append((pos, result[0]))
+        return result
+
+    def copy(max_size: int) -> tuple[int, ...]:
+        out = bytearray(), bytearray(), bytearray()
+        return compaction.copy_live(bytes(src), 40, len(src), len(src), 3, entries, 0, *out,
+                                    40, max_size, 0, 0, [])
+
+    compaction._copy_run = spy
+    try:
+        assert copy(1 << 20)[:5] == (compaction.COPY_ODD, damaged - 30, 40 + 50 * size, 50,
+                                     100)
+        # Records 8.. are one run: it ends at the damaged record 150, judged alone.
+        assert calls == [(40 + 8 * size, 40 + 150 * size)]
+        calls.clear()
+        # Room for 20 records: the 21st live one (record 60) ends the run and the call.
+        assert copy(40 + 20 * size)[:5] == (compaction.COPY_FULL, 40 + 60 * size,
+                                            40 + 20 * size, 20, 40)
+        assert calls == [(40 + 8 * size, 40 + 60 * size)]
+    finally:
+        compaction._copy_run = real
 
 
 @needs_native
@@ -248,3 +353,27 @@ def test_no_leak_over_millions_of_calls():
     assert max(traced[2:]) - min(traced[2:]) < 64 * 1024, traced
     if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # ASan's quarantine holds freed memory
         assert rss[-1] - rss[1] < 4 * 1024, rss
+
+
+def test_the_python_switch_copies_a_bounded_run_of_large_records():
+    """A run's bytes are copied once: for large records the run is cut at
+    SWITCH_RUN_MAX_BYTES, not max_keys records (2,048 records of 5 KB are 10 MB)."""
+    records = [rec.encode(b"k%04d" % i, b"v" * 5000, i + 1) for i in range(2048)]
+    size = len(records[0])
+    buf = bytes(40) + b"".join(records)
+    kd = keydir.KeyDir()
+    kd.entries = {b"k%04d" % i: keydir.pack(1, 40 + i * size, size) for i in range(2048)}
+
+    class Output:
+        live_bytes = 0
+
+    out = Output()
+    tracemalloc.start()
+    try:
+        pos, switched = kd.switch_copies(buf, 40, len(buf), out, 2, frozenset({1}), 2048)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (pos, switched, out.live_bytes) == (len(buf), 2048, 2048 * size)
+    assert kd.entries[b"k2047"] == keydir.pack(2, 40 + 2047 * size, size)
+    assert peak < 3 * keydir.SWITCH_RUN_MAX_BYTES
