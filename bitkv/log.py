@@ -2,9 +2,12 @@
 commit, the DURABLE mark, the MANIFEST commits, and the refuse-writes state.
 
 One :class:`LogWriter` per writable store. The store holds its writer lock around every call
-that changes the log (``append``, ``rotate``, ``install``); ``wait_durable`` takes the log's own
-sync lock, so concurrent writers share one fsync (group commit) without holding the writer lock
-while the disk works.
+that changes the log (``append``, ``rotate``, ``install``); ``wait_durable`` never holds it, so
+writers keep appending while the disk works, and concurrent writers share one fdatasync (group
+commit, as LevelDB's writer queue and Redis's AOF do it): the first to arrive is the *leader*
+and syncs everything appended so far; those arriving meanwhile wait on a condition and, woken
+together when it is done, either find their record covered or elect the next leader, whose one
+fdatasync covers all of them.
 
 After a failed fsync (anywhere: the store's FileIO is wrapped in :class:`fileio.FsyncGuard`,
 which reports to :meth:`LogWriter.fail`), or when what is on disk is otherwise in doubt, the
@@ -14,11 +17,12 @@ nothing (PostgreSQL's "fsyncgate"), and a reopen recovers from what is really on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from . import durable, keydir, killpoints, manifest
 from . import segment as seg_mod
@@ -92,7 +96,14 @@ class LogWriter:
         self._before_rotate = before_rotate  # the store checks its lock is still its own
         self._on_rotate = on_rotate  # the store starts the new segment's hidden records
         self.active: Segment | None = None
-        self.sync_lock = threading.Lock()
+        # Group commit (wait_durable). The condition's lock guards the three fields below and
+        # the DURABLE marker; it is *not* held across the leader's fdatasync, so followers can
+        # queue on the condition meanwhile. ``syncing``: a leader's fdatasync is in flight;
+        # anything else that fsyncs the active segment (rotation, close) waits it out and
+        # holds the lock through its own fsync (exclusive_sync).
+        self.sync_cond = threading.Condition(threading.Lock())
+        self.syncing = False
+        self.sync_waiters = 0  # writers waiting for an fdatasync in flight (to yield to them)
         # Set once, cleared only by a reopen: why the log refuses writes.
         self.sync_failure: str | None = None  # an fsync failed, or the disk is in doubt
         self.write_refusal: str | None = None  # any other reason (a lost lock, a failed undo)
@@ -285,7 +296,7 @@ class LogWriter:
         old = self.active
         if old is None:
             raise Error("internal error: no active segment to rotate")
-        with self.sync_lock:
+        with self.exclusive_sync():
             self.check()
             self.cut_zero_tail(old)
             self.io.fsync(old.fd)
@@ -313,20 +324,49 @@ class LogWriter:
         self._on_rotate(new)
         return new
 
+    @contextlib.contextmanager
+    def exclusive_sync(self) -> Iterator[None]:
+        """Hold the sync lock with no group-commit fdatasync in flight: for fsyncs of the
+        active segment that must not overlap one (rotation, close), and that waiters of
+        :meth:`wait_durable` then find done."""
+        with self.sync_cond:
+            while self.syncing:
+                self.sync_cond.wait()
+            yield
+
     def wait_durable(self, seg: Segment, end: int) -> None:
-        """Return once ``seg`` is fsynced up to ``end``. Concurrent callers share one fsync.
-        After every fsync of the active segment the DURABLE mark records how far it reached."""
+        """Return once ``seg`` is fsynced up to ``end`` (group commit: see the module doc).
+        After every fdatasync of the active segment the DURABLE mark records how far it
+        reached. Raises if the fdatasync fails, or failed before (for every waiter: nothing
+        after a failed fsync can be promised durable)."""
         if seg.synced_size >= end:
             return
-        with self.sync_lock:
+        cond = self.sync_cond
+        with cond:
+            while self.syncing:  # a leader's fdatasync is in flight: it may cover ``end``
+                self.sync_waiters += 1
+                try:
+                    cond.wait()
+                finally:
+                    self.sync_waiters -= 1
             if seg.synced_size >= end:
                 return
             if self.sync_failure is not None:
                 self.check()  # no fsync after a failed one can promise anything
+            self.syncing = True  # this thread leads: everything appended so far is covered
             target = seg.size
+        try:
             # fdatasync: the data and what is needed to read it back (the length, extents);
             # in a preallocated segment nothing else changed, so no journal commit is needed.
+            # No lock is held: writers append (under the writer lock) and queue meanwhile.
             self.io.fdatasync(seg.fd)
+        except BaseException:
+            with cond:  # the FsyncGuard made the log refuse writes; every waiter raises
+                self.syncing = False
+                cond.notify_all()
+            raise
+        with cond:
+            self.syncing = False
             if target > seg.synced_size:
                 seg.synced_size = target
             if self.marker is not None and seg is self.active:
@@ -336,10 +376,15 @@ class LogWriter:
                     # Only the torn-tail classification gets weaker (docs/format.md); the
                     # write itself is durable.
                     self.last_sync_error = f"durable mark: {type(exc).__name__}: {exc}"
-        # Writers that queued behind this fsync are covered by it now; let them take the GIL
-        # and return, instead of waiting out the interpreter's switch interval (5 ms, 20x an
-        # fsync here) while this thread starts its next write.
-        time.sleep(0)
+            waiting = self.sync_waiters
+            if waiting:
+                cond.notify_all()
+        if waiting:
+            # The writers woken need the GIL to return (or to lead the next fdatasync);
+            # yield it rather than make them wait out the interpreter's switch interval
+            # (5 ms, 50x an fdatasync here) while this thread encodes its next write. Only
+            # then: a lone writer's yield costs a trip through the scheduler per write.
+            time.sleep(0)
         if killpoints.ENABLED:
             killpoints.hit("append.after_sync")
 
@@ -348,7 +393,7 @@ class LogWriter:
         active = self.active
         if active is None or active.closed or self.sync_failure is not None:
             return  # after a failed fsync nothing is fsynced again (it could promise nothing)
-        with self.sync_lock:
+        with self.exclusive_sync():
             self.cut_zero_tail(active)
             self.io.fsync(active.fd)
             active.synced_size = active.size
