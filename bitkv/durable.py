@@ -11,10 +11,10 @@ After every successful fsync of the active segment, the store writes a small slo
 into a shared map of the file (the bytes a ``pwrite`` would write, into the same page cache,
 without its system call) and **no fsync of its own**: the mark reaches the disk with the
 kernel's writeback (seconds) or the next fsync of this file (rotation, close), so the cost on
-a ``sync="always"`` write is one small copy beside the fsync it follows. The mark only ever claims bytes an fsync
-already covered, so whichever version of it survives a crash (the new one, an older one, or
-none) is a *lower bound* of the true durable end: recovery may treat too much as a torn tail
-(as it did before this mark existed), never too little.
+a ``sync="always"`` write is one small copy beside the fsync it follows. The mark only ever
+claims bytes an fsync already covered, so whichever version of it survives a crash (the new
+one, an older one, or none) is a *lower bound* of the true durable end: recovery may treat
+too much as a torn tail (as it did before this mark existed), never too little.
 
 Two slots, 512 bytes apart (separate sectors), are written alternately with a growing
 generation, each with its own CRC: a write torn by a power cut damages at most the slot
