@@ -73,6 +73,9 @@ class SegmentTable:
 class LogWriter:
     """Appends to the active segment of one store directory (see the module doc)."""
 
+    # How many group-commit fdatasyncs may be in flight at once (see wait_durable).
+    max_syncs_in_flight = 1
+
     def __init__(self, directory: str, io: FileIO, table: SegmentTable, *,
                  max_segment_size: int, next_seq: Callable[[], int],
                  marker: durable.DurableMarker | None, manifest_generation: int,
@@ -96,14 +99,15 @@ class LogWriter:
         self._before_rotate = before_rotate  # the store checks its lock is still its own
         self._on_rotate = on_rotate  # the store starts the new segment's hidden records
         self.active: Segment | None = None
-        # Group commit (wait_durable). The condition's lock guards the three fields below and
-        # the DURABLE marker; it is *not* held across the leader's fdatasync, so followers can
-        # queue on the condition meanwhile. ``syncing``: a leader's fdatasync is in flight;
-        # anything else that fsyncs the active segment (rotation, close) waits it out and
-        # holds the lock through its own fsync (exclusive_sync).
+        # Group commit (wait_durable). The condition's lock guards the two fields below and
+        # the DURABLE marker; it is *not* held across an fdatasync, so writers can queue on
+        # the condition meanwhile. Anything else that fsyncs the active segment (rotation,
+        # close) waits until no fdatasync is in flight and holds the lock through its own
+        # (exclusive_sync).
         self.sync_cond = threading.Condition(threading.Lock())
-        self.syncing = False
-        self.sync_waiters = 0  # writers waiting for an fdatasync in flight (to yield to them)
+        # (segment, the length it is being fdatasynced up to), one per fdatasync in flight
+        self.syncs_in_flight: list[tuple[Segment, int]] = []
+        self.sync_waiters = 0  # writers waiting on the condition (to yield the GIL to them)
         # Set once, cleared only by a reopen: why the log refuses writes.
         self.sync_failure: str | None = None  # an fsync failed, or the disk is in doubt
         self.write_refusal: str | None = None  # any other reason (a lost lock, a failed undo)
@@ -330,8 +334,13 @@ class LogWriter:
         active segment that must not overlap one (rotation, close), and that waiters of
         :meth:`wait_durable` then find done."""
         with self.sync_cond:
-            while self.syncing:
-                self.sync_cond.wait()
+            while self.syncs_in_flight:
+                # Counted as a waiter, or the fdatasync finishing would not notify it.
+                self.sync_waiters += 1
+                try:
+                    self.sync_cond.wait()
+                finally:
+                    self.sync_waiters -= 1
             yield
 
     def wait_durable(self, seg: Segment, end: int) -> None:
@@ -342,40 +351,50 @@ class LogWriter:
         if seg.synced_size >= end:
             return
         cond = self.sync_cond
+        in_flight = self.syncs_in_flight
         with cond:
-            while self.syncing:  # a leader's fdatasync is in flight: it may cover ``end``
+            while True:
+                if seg.synced_size >= end:
+                    return
+                if self.sync_failure is not None:
+                    self.check()  # no fsync after a failed one can promise anything
+                # Wait for an fdatasync in flight that covers ``end``; else start one, unless
+                # as many as allowed are in flight already (then wait for one to finish).
+                if len(in_flight) < self.max_syncs_in_flight and not any(
+                        s is seg and target >= end for s, target in in_flight):
+                    break
                 self.sync_waiters += 1
                 try:
                     cond.wait()
                 finally:
                     self.sync_waiters -= 1
-            if seg.synced_size >= end:
-                return
-            if self.sync_failure is not None:
-                self.check()  # no fsync after a failed one can promise anything
-            self.syncing = True  # this thread leads: everything appended so far is covered
-            target = seg.size
+            # This thread leads an fdatasync that covers everything appended so far.
+            ticket = (seg, seg.size)
+            in_flight.append(ticket)
         try:
             # fdatasync: the data and what is needed to read it back (the length, extents);
             # in a preallocated segment nothing else changed, so no journal commit is needed.
             # No lock is held: writers append (under the writer lock) and queue meanwhile.
+            # Each fdatasync makes durable every page dirty or under writeback when it was
+            # called, whatever another one in flight does, so each covers its own target.
             self.io.fdatasync(seg.fd)
         except BaseException:
-            with cond:  # the FsyncGuard made the log refuse writes; every waiter raises
-                self.syncing = False
+            with cond:  # the FsyncGuard made the log refuse writes: every waiter raises
+                in_flight.remove(ticket)
                 cond.notify_all()
             raise
         with cond:
-            self.syncing = False
-            if target > seg.synced_size:
+            in_flight.remove(ticket)
+            target = ticket[1]
+            if target > seg.synced_size:  # a later-started fdatasync may have finished first
                 seg.synced_size = target
-            if self.marker is not None and seg is self.active:
-                try:
-                    self.marker.record(seg.id, seg.header.nonce, target)
-                except OSError as exc:
-                    # Only the torn-tail classification gets weaker (docs/format.md); the
-                    # write itself is durable.
-                    self.last_sync_error = f"durable mark: {type(exc).__name__}: {exc}"
+                if self.marker is not None and seg is self.active:
+                    try:
+                        self.marker.record(seg.id, seg.header.nonce, target)
+                    except OSError as exc:
+                        # Only the torn-tail classification gets weaker (docs/format.md); the
+                        # write itself is durable.
+                        self.last_sync_error = f"durable mark: {type(exc).__name__}: {exc}"
             waiting = self.sync_waiters
             if waiting:
                 cond.notify_all()
