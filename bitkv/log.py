@@ -73,8 +73,12 @@ class SegmentTable:
 class LogWriter:
     """Appends to the active segment of one store directory (see the module doc)."""
 
-    # How many group-commit fdatasyncs may be in flight at once (see wait_durable).
-    max_syncs_in_flight = 1
+    # How many group-commit fdatasyncs may be in flight at once (wait_durable). Two: while
+    # one is in flight, the writers that appended after it began need not wait for it to
+    # end before theirs starts (a virtio disk serves overlapping flushes in about the time of
+    # one: 8 writers measured ~1.3x-2x the rate they get with one at a time, 0.3 ms-4 ms
+    # flushes), yet each costs CPU, so not one per writer as uncoordinated fsyncs would.
+    max_syncs_in_flight = 2
 
     def __init__(self, directory: str, io: FileIO, table: SegmentTable, *,
                  max_segment_size: int, next_seq: Callable[[], int],

@@ -185,7 +185,7 @@ def test_concurrent_writers_share_fdatasyncs_with_a_bounded_pipeline(fast_db_pat
         for key in acked:
             assert db.get(key) == _value(key)
     # Without group commit each put would make its own: 48.
-    assert io.calls <= len(acked) // 3, io.calls
+    assert io.calls <= len(acked) * 2 // 3, io.calls
     # Up to max_syncs_in_flight overlap (a disk serves concurrent flushes faster than one
     # after another), never more.
     assert io.most_at_once <= log_mod.LogWriter.max_syncs_in_flight
