@@ -38,6 +38,23 @@ log = logging.getLogger("bitkv")
 PREALLOC_STEP = 1 << 20
 PREALLOC_ALIGN = 4096
 
+# How a leader whose fdatasync woke waiting writers lets them take the GIL (wait_durable).
+# Compiled: the GIL released for HANDOFF_US of spinning (bitkv/native/compact.c's
+# release_gil, compaction's handoff); time.sleep(0) would give the CPU away too, which on a
+# busy machine costs a scheduler tick (0.5-6 ms measured: 5-60 fdatasyncs here).
+HANDOFF_US = 20
+
+
+def _sleep(microseconds: int) -> None:
+    time.sleep(0)
+
+
+yield_gil: Callable[[int], None] = _sleep
+if keydir.IMPLEMENTATION == "native":
+    from ._native import release_gil as _compiled_release_gil
+
+    yield_gil = _compiled_release_gil
+
 
 class SegmentTable:
     """The open segments: their slots (the 16-bit number a keydir entry names; slots are
@@ -407,7 +424,7 @@ class LogWriter:
             # yield it rather than make them wait out the interpreter's switch interval
             # (5 ms, 50x an fdatasync here) while this thread encodes its next write. Only
             # then: a lone writer's yield costs a trip through the scheduler per write.
-            time.sleep(0)
+            yield_gil(HANDOFF_US)
         if killpoints.ENABLED:
             killpoints.hit("append.after_sync")
 

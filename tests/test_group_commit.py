@@ -177,7 +177,16 @@ class _SlowSyncIO(FileIO):
                 self.running -= 1
 
 
-def test_concurrent_writers_share_fdatasyncs_with_a_bounded_pipeline(fast_db_path):
+def test_concurrent_writers_share_fdatasyncs_with_a_bounded_pipeline(fast_db_path,
+                                                                     monkeypatch):
+    handoffs: list[int] = []
+    real_yield = log_mod.yield_gil
+
+    def counted_yield(microseconds: int) -> None:
+        handoffs.append(microseconds)
+        real_yield(microseconds)
+
+    monkeypatch.setattr(log_mod, "yield_gil", counted_yield)
     io = _SlowSyncIO(0.02)
     with bitkv.open(fast_db_path, sync="always", fileio=io, auto_compact=False) as db:
         acked, errors = _write_concurrently(db, None, per_thread=6)
@@ -191,14 +200,16 @@ def test_concurrent_writers_share_fdatasyncs_with_a_bounded_pipeline(fast_db_pat
     assert io.most_at_once <= log_mod.LogWriter.max_syncs_in_flight
     if log_mod.LogWriter.max_syncs_in_flight > 1:
         assert io.most_at_once >= 2
+    assert handoffs  # a leader that woke waiting writers handed them the GIL
 
 
 def test_a_lone_writer_does_not_yield_after_each_durable_write(fast_db_path, monkeypatch):
     """Regression: wait_durable called time.sleep(0) after every fdatasync, a trip through
-    the scheduler per write (~40% of a lone writer's rate on a loaded machine); it is only
-    for handing the GIL to writers that wait."""
+    the scheduler per write (~40% of a lone writer's rate on a loaded machine); yielding
+    (now log.yield_gil) is only for handing the GIL to writers that wait."""
     sleeps: list[float] = []
     monkeypatch.setattr(log_mod, "time", SimpleNamespace(sleep=sleeps.append))
+    monkeypatch.setattr(log_mod, "yield_gil", sleeps.append)
     with bitkv.open(fast_db_path, sync="always", auto_compact=False) as db:
         for i in range(20):
             db.put(b"k%d" % i, b"v")
