@@ -7,7 +7,9 @@ writers keep appending while the disk works, and concurrent writers share one fd
 commit, as LevelDB's writer queue and Redis's AOF do it): the first to arrive is the *leader*
 and syncs everything appended so far; those arriving meanwhile wait on a condition and, woken
 together when it is done, either find their record covered or elect the next leader, whose one
-fdatasync covers all of them.
+fdatasync covers all of them. A writer that no fdatasync in flight covers may lead one at once
+while another is still in flight (``LogWriter.max_syncs_in_flight``, two): a flush queued
+behind another waits for both, overlapping ones are served together.
 
 After a failed fsync (anywhere: the store's FileIO is wrapped in :class:`fileio.FsyncGuard`,
 which reports to :meth:`LogWriter.fail`), or when what is on disk is otherwise in doubt, the
