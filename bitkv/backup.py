@@ -615,15 +615,28 @@ def _pin_settled(pin_view: Callable[[], Pin]) -> Pin:
     again, up to PIN_ATTEMPTS times with a doubling pause from 2 ms (~0.5 s in all)."""
     delay = 0.002
     attempt = 1
+    waited = 0.0
+    changed = ""
     while True:
         try:
-            return pin_view()
+            pin = pin_view()
         except ViewChanged as exc:
             if attempt >= PIN_ATTEMPTS:
+                log.warning("bitkv backup: gave up pinning the store's segments after "
+                            "waiting %.0f ms (%d attempts): %s kept vanishing (its writer "
+                            "is compacting)", waited * 1000, attempt, exc.args[0])
                 raise BackupError(f"the store kept changing while its segments were pinned "
                                   f"({exc.args[0]} vanished {PIN_ATTEMPTS} times: its writer "
                                   "is compacting); try again. Nothing was written") from None
+            changed = exc.args[0]
+        else:
+            if waited:
+                log.info("bitkv backup: waited %.0f ms for the writer's compaction (%s "
+                         "vanished under the read-only view; pinned at attempt %d)",
+                         waited * 1000, changed, attempt)
+            return pin
         time.sleep(delay)
+        waited += delay
         delay *= 2
         attempt += 1
 

@@ -85,6 +85,7 @@ class Batch:
         self._commit(self._ops)
 
     def discard(self) -> None:
+        """Drop every operation of the batch without writing any; the batch is finished."""
         self._finish()
         self._ops = []
 

@@ -492,7 +492,7 @@ def _drop_expired(store: CompactionHost, expired: list[tuple[bytes, int]]) -> No
     (a write made meanwhile wins). The records stay in the inputs, expired, until the
     commit; so before it this is what any expiry purge does."""
     with store.locked():
-        unindex_if = store.keydir.unindex_if
+        unindex_if = store.keydir.unindex_expired_if
         for key, entry in expired:
             unindex_if(key, entry)
     expired.clear()

@@ -195,9 +195,18 @@ class FileIO:
 DEFAULT_FILEIO = FileIO()
 
 
+def describe_fd(fd: int) -> str:
+    """The path an open descriptor refers to, for a message (``/proc/self/fd`` on Linux;
+    ``descriptor N`` where that cannot tell)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return f"descriptor {fd}"
+
+
 class FsyncGuard(FileIO):
     """Forwards every call to ``inner`` and reports each failed fsync (of a file or of a
-    directory) to ``on_failure`` before re-raising it.
+    directory) to ``on_failure(exc, path)`` before re-raising it.
 
     A store wraps its FileIO in one, so that *every* fsync failure, wherever it happens
     (appends, rotation, compaction outputs, hints, the MANIFEST, recovery), puts the store
@@ -205,7 +214,7 @@ class FsyncGuard(FileIO):
     pages, so a later fsync that succeeds proves nothing (PostgreSQL's "fsyncgate").
     """
 
-    def __init__(self, inner: FileIO, on_failure: Callable[[OSError], None]) -> None:
+    def __init__(self, inner: FileIO, on_failure: Callable[[OSError, str], None]) -> None:
         self.inner = inner
         self._on_failure = on_failure
 
@@ -213,21 +222,21 @@ class FsyncGuard(FileIO):
         try:
             self.inner.fsync(fd)
         except OSError as exc:
-            self._on_failure(exc)
+            self._on_failure(exc, describe_fd(fd))
             raise
 
     def fsync_dir(self, path: str) -> None:
         try:
             self.inner.fsync_dir(path)
         except OSError as exc:
-            self._on_failure(exc)
+            self._on_failure(exc, path)
             raise
 
     def fdatasync(self, fd: int) -> None:
         try:
             self.inner.fdatasync(fd)
         except OSError as exc:
-            self._on_failure(exc)
+            self._on_failure(exc, describe_fd(fd))
             raise
 
     # Everything else goes straight to the wrapped FileIO (write_new_file and replace_file

@@ -135,6 +135,20 @@ def decode_view(buf: ScanBuffer, nonce: int, segment_size: int) -> HintView:
                     view[entries_end : len(buf) - TRAILER.size])
 
 
+def entry_count(header: bytes, file_size: int) -> int:
+    """How many entries a hint file of ``file_size`` bytes says it holds, from its first
+    :data:`HEADER_SIZE` bytes, before its CRC is checked: 0 unless the magic and version are
+    right, and never more than the file has room for. Only an estimate to size the index
+    with (a damaged count must not make an open allocate more than the file could hold)."""
+    if len(header) < HEADER_SIZE or file_size < HEADER_SIZE + TRAILER.size:
+        return 0
+    magic, version, _reserved, count, _nonce, _size, _max_seq = HEADER.unpack_from(header)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        return 0
+    room = (file_size - HEADER_SIZE - TRAILER.size) // (ENTRY_SIZE + 1)  # keys >= 1 byte
+    return min(int(count), room)
+
+
 def walk(raw: RawHint) -> list[tuple[bytes, HintEntry]]:
     """Return every (key, entry) of ``raw``, after checking each entry's bounds."""
     items: list[tuple[bytes, HintEntry]] = []

@@ -18,6 +18,7 @@ is not kept: the store recomputes it once the load is done.
 from __future__ import annotations
 
 import mmap
+import os
 from types import SimpleNamespace
 from typing import Any, TypeAlias
 
@@ -43,6 +44,19 @@ if kernels.NATIVE:
 RunBuffer: TypeAlias = bytes | mmap.mmap
 _UNKNOWN_FLAGS = ~record.KNOWN_FLAGS & 0xFF
 _BATCH_ENDS = record.BATCH_FIRST | record.BATCH_LAST
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return os.cpu_count() or 1
+
+
+# Whether the compiled hint loop hashes big hints' keys in a helper thread ahead of applying
+# them (bitkv/native/replay.c, "A helper thread"): only where there is a second core to run
+# it on. The result is the same either way.
+HASH_HELPER = _cores() > 1
 
 
 def compiled() -> bool:
@@ -74,17 +88,20 @@ def hint_in_bounds(fixed: HintBuffer, keys: HintBuffer, covered: int) -> bool:
 
 
 def apply_hint(kd: KeyDir, slot: int, fixed: HintBuffer, keys: HintBuffer, covered: int,
-               now_ms: int) -> tuple[bool, int]:
+               now_ms: int, *, helper: bool | None = None) -> tuple[bool, int]:
     """Apply a hint's entries to ``kd`` as records of the segment at ``slot``.
 
     Stops at the first entry outside the key area or the ``covered`` bytes, with the entries
     before it applied. Return (ok, loaded): ``ok`` is False if it stopped so, or if the key
     area is longer than the entries use; ``loaded`` is how many entries were indexed.
+    ``helper``: whether the compiled loop may hash ahead in a second thread (default
+    :data:`HASH_HELPER`); the Python loop has none.
     """
     if _native is not None:
         ok: bool
         loaded: int
-        ok, loaded = _native.hint_apply(kd, slot, fixed, keys, covered, now_ms)
+        ok, loaded = _native.hint_apply(kd, slot, fixed, keys, covered, now_ms,
+                                        HASH_HELPER if helper is None else helper)
         return ok, loaded
     return _apply_hint_py(kd, slot, fixed, keys, covered, now_ms)
 

@@ -100,7 +100,8 @@ class KeyDir:
     (recovery.py, store.py say where); those copies follow exactly these rules.
     """
 
-    __slots__ = ("_slot_bitmap", "entries", "expiries", "hidden", "next_expiry", "slots")
+    __slots__ = ("_slot_bitmap", "entries", "expired_count", "expiries", "hidden",
+                 "next_expiry", "slots")
 
     def __init__(self, slots: list[Any] | None = None) -> None:
         self.entries: Index = new_index()
@@ -108,10 +109,22 @@ class KeyDir:
         self.slots: list[Any] = slots if slots is not None else []
         self.hidden: dict[bytes, Hidden] | None = None
         self.next_expiry: float = math.inf
+        # Keys removed from the index because they expired (Redis's expired_keys): counted
+        # by unindex_expired; a refreshed reader's new KeyDir carries the count over.
+        self.expired_count = 0
         self._slot_bitmap: tuple[AbstractSet[int], bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def reserve(self, keys: int) -> None:
+        """Make room for ``keys`` keys at once: opening a store that knows how many keys are
+        coming (its hints' entry counts) then builds the compiled index in its final size,
+        instead of rehashing it at every doubling (at 48M keys the table is ~1 GiB, and each
+        rehash moves every slot at random). The dict of the pure-Python mode has no such
+        operation, and needs none for correctness: there this does nothing."""
+        if not isinstance(self.entries, dict):
+            self.entries.reserve(keys)
 
     # -- accounting ------------------------------------------------------------------------
 
@@ -318,6 +331,18 @@ class KeyDir:
         if self.entries.get(key) != expected:
             return False
         self.unindex(key, expected)
+        return True
+
+    def unindex_expired(self, key: bytes, entry: int, hide: Hidden | None = None) -> None:
+        """:meth:`unindex` ``key`` because its value expired (counted in expired_count)."""
+        self.unindex(key, entry, hide)
+        self.expired_count += 1
+
+    def unindex_expired_if(self, key: bytes, expected: int) -> bool:
+        """:meth:`unindex_expired` ``key`` only if it still points at ``expected``."""
+        if self.entries.get(key) != expected:
+            return False
+        self.unindex_expired(key, expected)
         return True
 
     def remove(self, key: bytes) -> int | None:

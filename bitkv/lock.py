@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 
 from .errors import LockError, UnsafeFileError
@@ -27,6 +28,8 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # A directory flock the file system cannot give (NFS emulates flock with POSIX locks, which
 # need a writable descriptor): then the LOCK file's lock and identity checks still apply.
 _DIR_LOCK_UNSUPPORTED = (errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP)
+
+log = logging.getLogger("bitkv")
 
 
 class StoreLock:
@@ -106,6 +109,11 @@ class StoreLock:
 
 
 def _locked(directory: str, holder: int | None) -> LockError:
+    """The error for a lock another writer holds (logged once, at INFO: the caller decides
+    what it means). bitkv never waits for the lock: the open fails at once."""
+    log.info("bitkv store %s: the write lock is held by %s; this writable open does not "
+             "wait for it and fails", os.path.join(directory, LOCK_NAME),
+             f"pid {holder}" if holder else "another writer")
     if holder == os.getpid():
         # flock is per open file, so a second writable open in one process is refused too;
         # "another process" with the caller's own pid would send the user looking elsewhere.

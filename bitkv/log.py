@@ -136,16 +136,26 @@ class LogWriter:
         self.write_refusal: str | None = None  # any other reason (a lost lock, a failed undo)
         self.refused = False  # either of the two: one check on the hot path
         self.last_sync_error: str | None = None
+        self._logged_failure: BaseException | None = None  # fail() logs each exception once
 
     # -- the refuse-writes state ---------------------------------------------------------------
 
     def fail(self, exc: BaseException, what: str = "an fsync failed") -> None:
         """An fsync failed (or what is on disk is in doubt: ``what`` says why): refuse every
-        later write until the store is reopened. The first reason is kept."""
+        later write until the store is reopened. The first reason is kept. Each failure is
+        logged once, at ERROR (a caller reporting again an exception already reported, as
+        the MANIFEST's install does after its fsync failed, adds no line)."""
+        if exc is self._logged_failure:
+            return
+        self._logged_failure = exc
+        reason = f"{what} ({type(exc).__name__}: {exc})"
         if self.sync_failure is None:
-            self.sync_failure = f"{what} ({type(exc).__name__}: {exc})"
+            self.sync_failure = reason
             log.error("bitkv store %s: %s; refusing writes until reopened", self.directory,
-                      self.sync_failure)
+                      reason)
+        else:
+            log.error("bitkv store %s: %s (writes were already refused)", self.directory,
+                      reason)
         self.last_sync_error = self.sync_failure
         self.refused = True
 

@@ -18,6 +18,7 @@ of a key winning; docs/format.md explains why that order is exact after compacti
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import secrets
@@ -725,6 +726,31 @@ class Loader:
         seg.header_damaged = True
         return seg
 
+    def reserve_for_hints(self, segments: list[Segment]) -> None:
+        """Size the index, before loading ``segments``, for the keys their hints hold (the
+        entry counts of the hint headers), so that it is built in its final size rather than
+        rehashed at every doubling. An estimate: a key several hints repeat is counted once
+        per hint (a store with history may get a table one doubling larger than its keys
+        alone need), and an unreadable hint counts 0 (the load reports it as usual)."""
+        if not self.use_hints:
+            return
+        total = 0
+        for seg in segments:
+            if seg.id not in self.hint_ids:
+                continue
+            try:
+                fd = _open_no_symlink(self.io, os.path.join(self.directory,
+                                                            seg_mod.hint_name(seg.id)))
+                try:
+                    total += hint.entry_count(self.io.pread(fd, hint.HEADER_SIZE, 0),
+                                              self.io.size(fd))
+                finally:
+                    self.io.close(fd)
+            except (OSError, UnsafeFileError):
+                continue
+        if total:
+            self.keydir.reserve(len(self.keydir) + total)
+
     def load_segment(self, seg: Segment, is_last: bool, start: int | None = None,
                      durable_end: int = 0) -> None:
         """Index ``seg`` (from ``start`` on, when a reader continues a segment it had read).
@@ -952,6 +978,14 @@ def _open_no_symlink(io: FileIO, path: str) -> int:
 
 LOAD_ATTEMPTS = 8
 
+log = logging.getLogger("bitkv")
+
+
+def _log_gave_up(directory: str, waited: float, attempts: int, changed: str) -> None:
+    log.warning("bitkv store %s: a read-only open gave up after waiting %.0f ms (%d attempts) "
+                "for the writer to stop changing its segments, or for %s, which is missing",
+                directory, waited * 1000, attempts, changed)
+
 
 def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
          tolerate_loss: bool = False) -> LoadedStore:
@@ -964,6 +998,8 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
     version = read_marker(directory)
     attempts = LOAD_ATTEMPTS if readonly else 1
     delay = 0.002
+    waited = 0.0
+    changed = ""  # the file whose change made a read-only open wait for the writer
     for attempt in range(attempts):
         # A version-1 marker means the MANIFEST, if any, is not to be trusted: a crash
         # between writing it and upgrading the marker, after which a bitkv that knows only
@@ -976,18 +1012,30 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
                 listed, require_manifest=version > LEGACY_FORMAT_VERSION,
                 tolerate_loss=tolerate_loss, final=attempt == attempts - 1)
             break
+        except SegmentLossError:
+            if waited:  # the last attempt found the segment still missing
+                _log_gave_up(directory, waited, attempts, changed)
+            raise
         except (FileNotFoundError, _Retry) as exc:
             # A read-only opener raced the writer (a compaction removed a segment, a rotation
             # added one after we read the MANIFEST): load again, a little later each time.
+            name = exc.args[0] if isinstance(exc, _Retry) else exc.filename
+            changed = os.path.basename(str(name))
             if attempt == attempts - 1:
-                name = exc.args[0] if isinstance(exc, _Retry) else exc.filename
+                if waited:
+                    _log_gave_up(directory, waited, attempts, changed)
                 raise SegmentLossError(
                     f"store {directory!r} kept changing while being read (segments removed "
                     f"or added by the writer: {os.path.basename(str(name))}), or that segment "
                     "is missing; try again, or run `bitkv check`", []) from None
             # Back off (2 ms doubling, ~0.5 s in all) so a compaction's removals can finish.
             time.sleep(delay)
+            waited += delay
             delay *= 2
+    if waited:
+        log.info("bitkv store %s: a read-only open waited %.0f ms for the writer (%s changed "
+                 "while it was read; loaded at attempt %d)", directory, waited * 1000, changed,
+                 attempt + 1)
     durable_end = vouch_durable_ends(segments, listed, mark)
     last = segments[-1] if segments else None
     if last is not None and last.size < durable_end:
@@ -1002,6 +1050,7 @@ def load(directory: str, io: FileIO, *, readonly: bool, now_ms: int,
         durable_end = last.durable_end = last.size
     loader.report.durable_end = durable_end
     hidden: dict[bytes, tuple[int, int, int, int]] = {}
+    loader.reserve_for_hints(segments)
     for i, seg in enumerate(segments):
         is_last = i == len(segments) - 1
         # The only segment a writer may still truncate (its torn tail, at its next open).

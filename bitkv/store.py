@@ -67,11 +67,11 @@ from .validate import (
 from .views import ItemsView, KeysView, ValuesView
 
 if TYPE_CHECKING:
-    from ._native import Reader
+    from ._native import Reader, Writer
     from .views import JsonView, Namespace
 _encode_batch: Any = None
 if NATIVE:
-    from ._native import IndexMap, Reader
+    from ._native import IndexMap, Reader, Writer
     from ._native import encode_batch as _native_encode_batch
 
     _encode_batch = _native_encode_batch
@@ -292,6 +292,7 @@ class Store(MutableMapping[bytes, bytes]):
         self.compact_min_dead_bytes = compact_min_dead_bytes
         self._compact_lock = threading.Lock()
         self.last_compaction: dict[str, Any] | None = None
+        self.compactions = 0  # run by this process (stats())
         self.last_compaction_error: str | None = None
         self.path = os.fspath(path)
         self.readonly = readonly
@@ -402,10 +403,12 @@ class Store(MutableMapping[bytes, bytes]):
         # as the Python path without skipping anything that path does: map writes through
         # the plain FileIO, values stored as given, and no kill points (they live in Python;
         # real kill -9 runs of the crash harness cover the compiled path).
+        self._native_put_allowed = (_native_put is not None and not readonly
+                                    and self._map_writes and self._plain_io
+                                    and not self._encoding and not self._sealing
+                                    and not killpoints.ENABLED)
         self._native_put: Callable[[Store, object, object], bool] | None = (
-            _native_put if (_native_put is not None and not readonly and self._map_writes
-                            and self._plain_io and not self._encoding and not self._sealing
-                            and not killpoints.ENABLED) else None)
+            _native_put if self._native_put_allowed else None)
         _log_recovery(self.path, loaded.report)
         segments = self._table.segments
         for s in segments[:-1] if readonly else segments:
@@ -413,6 +416,8 @@ class Store(MutableMapping[bytes, bytes]):
                 s.release_fd()  # a reader keeps the newest segment's fd to follow the writer
         self._reader: Reader | None = None
         self._bind_reader()
+        self._writer: Writer | None = None
+        self._bind_writer()
         self._maintenance.start()
 
     def _bind_reader(self) -> None:
@@ -433,6 +438,32 @@ class Store(MutableMapping[bytes, bytes]):
         self._reader = Reader(self._entries, self._expiries, self._table.slots, self,
                               Store.get, self._plain_ok)
         self.get = self._reader.get  # type: ignore[method-assign]
+
+    def _bind_writer(self) -> None:
+        """Where the put kernel serves this store, make ``self.put`` a Writer's ``put``
+        (bitkv/native/put.c): a plain ``db.put(k, v)`` is then one C call, with no Python
+        frame (it cost a fifth of an overwrite); options and whatever the kernel declines go
+        to :meth:`put` below, the reference. Not where ``put`` is another class's (a
+        subclass, or the crash harness's sabotage)."""
+        self._unbind_writer()
+        if self._native_put is None or type(self).put is not _reference_put:
+            return
+        self._writer = Writer(self, _reference_put)
+        self.put = self._writer.put  # type: ignore[method-assign]
+
+    def _unbind_writer(self) -> None:
+        """Every put, also one bound earlier, goes through :meth:`put` (closed, or the
+        kernel switched off)."""
+        if self._writer is not None:
+            self._writer.detach()
+            self._writer = None
+        self.__dict__.pop("put", None)
+
+    def _use_native_put(self, enabled: bool) -> None:
+        """Switch the put kernel off (or back on where the store allows it): for tests that
+        compare it with the Python path."""
+        self._native_put = _native_put if enabled and self._native_put_allowed else None
+        self._bind_writer()
 
     def _unbind_reader(self) -> None:
         """Closed: every get, also one bound earlier, goes through Python (ClosedError)."""
@@ -460,9 +491,9 @@ class Store(MutableMapping[bytes, bytes]):
         self._log.active = new
         return new
 
-    def _fsync_failed(self, exc: OSError) -> None:
-        """FsyncGuard's report: the log refuses writes from now on."""
-        self._log.fail(exc)
+    def _fsync_failed(self, exc: OSError, path: str) -> None:
+        """FsyncGuard's report: the log refuses writes from now on (and logs it, once)."""
+        self._log.fail(exc, f"an fsync failed on {path}")
 
     def _rotated(self, new: Segment) -> None:
         """The log started ``new``: its hidden records start empty; maybe compact now."""
@@ -471,6 +502,12 @@ class Store(MutableMapping[bytes, bytes]):
 
     def _lock_still_held(self) -> None:
         self._verify_lock(raise_now=True)
+
+    @property
+    def expired_keys(self) -> int:
+        """Keys removed from the index because they expired, since this open (a key is
+        removed at the next purge after its expiry: reads hide it at once)."""
+        return self._keydir.expired_count
 
     @property
     def last_sync_error(self) -> str | None:
@@ -517,6 +554,7 @@ class Store(MutableMapping[bytes, bytes]):
         if self.log_expirations and not self._log.refused:
             try:
                 self._delete_locked(k, entry)
+                self._keydir.expired_count += 1
                 return
             except (OSError, Error) as exc:  # unindexed below all the same
                 log.warning("bitkv store %s: could not log the expiry of %r: %s", self.path,
@@ -531,7 +569,7 @@ class Store(MutableMapping[bytes, bytes]):
             # key in an earlier segment would come back at the next open.
             offset = (entry >> SIZE_BITS) & _OFFSET_MASK
             hide = (offset, self._keydir.record_size(entry), 0, expiry_ms)
-        self._keydir.unindex(k, entry, hide)
+        self._keydir.unindex_expired(k, entry, hide)
 
     def _read(self, key: bytes, entry: int) -> tuple[rec.Header, bytes] | None:
         """Read and verify the record ``entry`` points at; None if the key vanished meanwhile."""
@@ -1191,6 +1229,27 @@ class Store(MutableMapping[bytes, bytes]):
                 return value, expiry
         raise Error(f"key {k!r} kept changing while being read")
 
+    def version(self, key: KeyLike) -> int | None:
+        """Return the version of ``key``'s live value, None if it has none (missing, expired).
+
+        The version is the seq of the record holding the value: every write to the key (put,
+        incr, a new expiry, persist; through a batch too) gives it a new, larger one, and
+        compaction, which moves records, keeps it. So two equal answers mean nothing was
+        written to the key in between, or the key was absent both times (a key created and
+        deleted again in between is not told apart). The server's WATCH compares versions.
+        The record is read and its CRC checked (as a get does), so the cost grows with the
+        value's size; raises :class:`CorruptionError` if it fails the check.
+        """
+        k = to_key(key)
+        for _attempt in range(8):
+            entry = self._live_entry(k)
+            if entry is None:
+                return None
+            got = self._read(k, entry)
+            if got is not None and self._entries.get(k) == entry:
+                return got[0].seq
+        raise Error(f"key {k!r} kept changing while being read")
+
     # -- backup --------------------------------------------------------------------------------
 
     def backup(self, dest: str | os.PathLike[str], *, incremental: bool = False,
@@ -1291,6 +1350,7 @@ class Store(MutableMapping[bytes, bytes]):
             self._loaded = loaded
             self._next_seq = loaded.next_seq
             self.recovery_report = loaded.report
+            loaded.keydir.expired_count = self._keydir.expired_count
             self._keydir = loaded.keydir
             self._table.slots = loaded.slots
             self._table.segments = loaded.segments
@@ -1415,6 +1475,7 @@ class Store(MutableMapping[bytes, bytes]):
     def _note_compaction(self, summary: dict[str, Any]) -> None:
         summary["finished_at"] = self._clock()
         self.last_compaction = summary
+        self.compactions += 1
         log.info("bitkv store %s: compacted %d segment(s), %d bytes -> %d segment(s), %d bytes "
                  "(%d reclaimed; %d keys kept, %d records dropped%s) in %.2f s", self.path,
                  summary.get("segments_in", 0), summary.get("bytes_in", 0),
@@ -1510,6 +1571,7 @@ class Store(MutableMapping[bytes, bytes]):
                 self._log.refused = True
                 self._entries = _Closed()
                 self._unbind_reader()
+                self._unbind_writer()
                 self._release_files()
 
     def _abandon(self) -> None:
@@ -1524,6 +1586,7 @@ class Store(MutableMapping[bytes, bytes]):
             self._log.refused = True
             self._entries = _Closed()
             self._unbind_reader()
+            self._unbind_writer()
             self._release_files()
 
     def _release_files(self) -> None:
@@ -1550,6 +1613,7 @@ class Store(MutableMapping[bytes, bytes]):
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
     def __repr__(self) -> str:
@@ -1563,9 +1627,11 @@ class Store(MutableMapping[bytes, bytes]):
 
         Keys: ``keys`` (live keys), ``segments``, ``live_bytes`` (bytes of the records the
         index points at), ``dead_bytes`` (bytes reclaimable by compaction), ``disk_bytes``
-        (all store files), ``expiring_keys``, ``active_segment``, ``sync``, and
-        ``recovery`` (what the last open found: truncated and corrupt bytes, dropped batch
-        records, ignored hint files).
+        (all store files), ``expiring_keys``, ``expired_keys`` (keys removed from the index
+        because they expired, since this open), ``compactions`` (run by this process),
+        ``segment_bytes`` (per segment, oldest first: ``{"id", "live_bytes", "dead_bytes"}``),
+        ``active_segment``, ``sync``, and ``recovery`` (what the last open found: truncated
+        and corrupt bytes, dropped batch records, ignored hint files).
         """
         self._check_open()
         self._purge_expired()
@@ -1573,8 +1639,11 @@ class Store(MutableMapping[bytes, bytes]):
             segs = list(self._table.segments)
             keys = len(self._entries)
             expiring = len(self._expiries)
-            live = sum(s.live_bytes for s in segs)
-            dead = sum(s.dead_bytes for s in segs)
+            per_segment = [{"id": s.id, "live_bytes": s.live_bytes,
+                            "dead_bytes": s.dead_bytes} for s in segs]
+            live = sum(s["live_bytes"] for s in per_segment)
+            dead = sum(s["dead_bytes"] for s in per_segment)
+            expired = self._keydir.expired_count
             active = self._log.active.id if self._log.active is not None else None
         disk = 0
         for name in self._io.listdir(self.path):
@@ -1590,6 +1659,9 @@ class Store(MutableMapping[bytes, bytes]):
             "dead_bytes": dead,
             "disk_bytes": disk,
             "expiring_keys": expiring,
+            "expired_keys": expired,
+            "compactions": self.compactions,
+            "segment_bytes": per_segment,
             "active_segment": active,
             "sync": self.sync_mode,
             "readonly": self.readonly,
@@ -1607,3 +1679,8 @@ class Store(MutableMapping[bytes, bytes]):
                 "segments_from_hints": report.segments_from_hints,
             },
         }
+
+
+# Store.put as defined above: the Writer's fallback, and bound only while a store's class still
+# has this put (the crash harness replaces Store.put to sabotage puts; a subclass may too).
+_reference_put = Store.put

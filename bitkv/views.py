@@ -214,6 +214,7 @@ class JsonView:
 
     @property
     def store(self) -> Store | Namespace:
+        """The store (or namespace) the documents are kept in."""
         return self._kv  # type: ignore[return-value]
 
     def get(self, key: KeyLike, default: Any = None) -> Any:
@@ -231,6 +232,7 @@ class JsonView:
                             if_present=if_present, keep_ttl=keep_ttl)
 
     def delete(self, key: KeyLike) -> bool:
+        """Delete ``key``; True if a live document was deleted (as :meth:`bitkv.Store.delete`)."""
         return self._kv.delete(key)
 
     def __getitem__(self, key: KeyLike) -> Any:
@@ -317,10 +319,12 @@ class Namespace(MutableMapping[bytes, bytes]):
 
     @property
     def prefix(self) -> bytes:
+        """The prefix every key of the namespace has in the store."""
         return self._prefix
 
     @property
     def store(self) -> Store:
+        """The store the namespace is a view of."""
         return self._store
 
     # -- keys --------------------------------------------------------------------------------
@@ -381,6 +385,7 @@ class Namespace(MutableMapping[bytes, bytes]):
     # -- the mapping API ---------------------------------------------------------------------
 
     def get(self, key: KeyLike, default: Any = None) -> Any:
+        """As :meth:`bitkv.Store.get`, for ``key`` under the prefix."""
         return self._store.get(self._full(key), default)
 
     def __getitem__(self, key: KeyLike) -> bytes:
@@ -394,6 +399,7 @@ class Namespace(MutableMapping[bytes, bytes]):
 
     def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None,
             if_absent: bool = False, if_present: bool = False, keep_ttl: bool = False) -> bool:
+        """As :meth:`bitkv.Store.put`, for ``key`` under the prefix."""
         return self._store.put(self._full(key), value, ttl=ttl, if_absent=if_absent,
                                if_present=if_present, keep_ttl=keep_ttl)
 
@@ -401,6 +407,7 @@ class Namespace(MutableMapping[bytes, bytes]):
         self._store.put(self._full(key), value)
 
     def delete(self, key: KeyLike) -> bool:
+        """As :meth:`bitkv.Store.delete`, for ``key`` under the prefix."""
         return self._store.delete(self._full(key))
 
     def __delitem__(self, key: KeyLike) -> None:
@@ -420,16 +427,21 @@ class Namespace(MutableMapping[bytes, bytes]):
     # -- atomic read-modify-write ------------------------------------------------------------
 
     def incr(self, key: KeyLike, delta: int = 1, *, ttl: float | None = None) -> int:
+        """As :meth:`bitkv.Store.incr`, for ``key`` under the prefix."""
         return self._store.incr(self._full(key), delta, ttl=ttl)
 
     def compare_and_set(self, key: KeyLike, expected: ValueLike | None, new: ValueLike, *,
                         ttl: float | None = None) -> bool:
+        """As :meth:`bitkv.Store.compare_and_set`, for ``key`` under the prefix."""
         return self._store.compare_and_set(self._full(key), expected, new, ttl=ttl)
 
     def get_and_delete(self, key: KeyLike) -> bytes | None:
+        """As :meth:`bitkv.Store.get_and_delete`, for ``key`` under the prefix."""
         return self._store.get_and_delete(self._full(key))
 
     def pop(self, key: KeyLike, default: Any = _MISSING) -> Any:
+        """As :meth:`dict.pop`: remove ``key`` and return its value, else ``default`` (KeyError
+        without one)."""
         value = self._store.get_and_delete(self._full(key))
         if value is None:
             if default is _MISSING:
@@ -438,9 +450,12 @@ class Namespace(MutableMapping[bytes, bytes]):
         return value
 
     def setdefault(self, key: KeyLike, default: ValueLike = b"") -> bytes:
+        """As :meth:`dict.setdefault`: the value of ``key``, storing ``default`` first if it is
+        missing."""
         return self._store.setdefault(self._full(key), default)
 
     def get_with_ttl(self, key: KeyLike) -> tuple[bytes, float | None] | None:
+        """As :meth:`bitkv.Store.get_with_ttl`, for ``key`` under the prefix."""
         return self._store.get_with_ttl(self._full(key))
 
     # -- TTL ---------------------------------------------------------------------------------
@@ -453,9 +468,11 @@ class Namespace(MutableMapping[bytes, bytes]):
             raise KeyError(key) from None
 
     def expire(self, key: KeyLike, ttl: float) -> bool:
+        """As :meth:`bitkv.Store.expire`, for ``key`` under the prefix."""
         return self._store.expire(self._full(key), ttl)
 
     def persist(self, key: KeyLike) -> bool:
+        """As :meth:`bitkv.Store.persist`, for ``key`` under the prefix."""
         return self._store.persist(self._full(key))
 
     # -- derived views -----------------------------------------------------------------------

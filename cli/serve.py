@@ -84,6 +84,12 @@ from .keyfile import KEY_ENV, KEY_FILE_ENV, load_key
 @click.option("--logfile", type=click.Path(dir_okay=False), default=None,
               help="Append the log to this file (reopened after logrotate moves it); "
                    "default: stderr.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Serve Prometheus metrics over HTTP on this port (0: any free port, "
+                   "logged at startup). Needs the [metrics] extra (prometheus_client).")
+@click.option("--metrics-bind", default="127.0.0.1", show_default=True, metavar="ADDR",
+              help="Address of the metrics endpoint. It has no password: anything but "
+                   "loopback needs --protected-mode no.")
 @click.option("--no-hiredis", is_flag=True, help="Parse requests in pure Python.")
 @click.option("--no-uvloop", is_flag=True, help="Use the standard asyncio event loop.")
 def serve(directory: str, port: int, bind: str, requirepass: str | None, protected_mode: str,
@@ -94,7 +100,8 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, protect
           master_tls_ca_cert: str | None, repl_timeout: float | None,
           replica_priority: int | None, replica_read_only: str | None,
           replica_announce_ip: str | None, replica_announce_port: int | None,
-          key_file: str | None, loglevel: str, logfile: str | None, no_hiredis: bool,
+          key_file: str | None, loglevel: str, logfile: str | None,
+          metrics_port: int | None, metrics_bind: str, no_hiredis: bool,
           no_uvloop: bool) -> None:
     """Serve the store in --dir over the Redis protocol (RESP2/RESP3).
 
@@ -106,6 +113,7 @@ def serve(directory: str, port: int, bind: str, requirepass: str | None, protect
         config = ServerConfig(
             dir=directory, hosts=tuple(bind.split()), port=port, requirepass=requirepass,
             protected_mode=protected_mode == "yes", loglevel=loglevel, logfile=logfile,
+            metrics_port=metrics_port, metrics_bind=metrics_bind,
             tls_cert=tls_cert, tls_key=tls_key, tls_ca_cert=tls_ca_cert, sync=sync_mode,
             sync_interval=sync_interval, maxclients=maxclients, max_bulk_len=max_bulk_len,
             max_query_buffer=max_query_buffer, replicaof=replicaof, masterauth=masterauth,

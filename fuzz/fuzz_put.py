@@ -45,7 +45,7 @@ def setup(directory: str | None = None) -> None:
         atexit.register(shutil.rmtree, directory, True)
     stores = [bitkv.open(f"{directory}/{name}", auto_compact=False, max_segment_size=65536,
                          clock=lambda: 1_700_000_000.0) for name in ("py", "c", "victim")]
-    stores[0]._native_put = None
+    stores[0]._use_native_put(False)
     _state["stores"] = stores
 
 

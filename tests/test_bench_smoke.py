@@ -195,6 +195,24 @@ def test_scale_targets_judge_only_48m_against_1m():
     assert [r[3] for r in bench.scale_targets(slow, nproc=2)] == ["**not met**"] * 2
 
 
+def test_scale_gets_target_judges_cpu_time_per_get():
+    """With CPU time per get measured, the gets row compares it (48M ÷ 1M, met at <= 1.2x)
+    and shows the second pass beside it; gets/s, inflated by the load, is not judged."""
+    def opened(keys: int, cpu_us: float, again_us: float) -> dict[str, object]:
+        return {"backend": "bitkv", "keys": keys, "open_secs": 10.0, "open_cpu_secs": 5.0,
+                "gets_s": 1e5, "get_cpu_us": cpu_us, "get_cpu_us_again": again_us,
+                "beyond_key_bytes": 30.0}
+
+    rows = bench.scale_targets([opened(1_000_000, 1.0, 0.9), opened(48_000_000, 1.19, 1.5)],
+                               nproc=2)
+    assert rows[1][3] == "met"
+    assert rows[1][1].startswith("1.19x the CPU per get") and "1.67x" in rows[1][1]
+    assert "(CPU 5.00 s)" in rows[0][1]
+    rows = bench.scale_targets([opened(1_000_000, 1.0, 0.9), opened(48_000_000, 1.21, 0.9)],
+                               nproc=2)
+    assert rows[1][3] == "**not met**"
+
+
 def test_pure_python_row_covers_phases_reopen_and_scale():
     aggs = {name: {"runs": 1, "phases": {"fill": {"value": fill}, "reopen": {"value": secs}}}
             for name, fill, secs in (("bitkv-py", 100.0, 0.5), ("base-py", 80.0, 0.4))}

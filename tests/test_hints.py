@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import struct
+import sys
 
 import pytest
 
@@ -295,3 +296,55 @@ def test_a_checkpoint_hint_covers_a_prefix_and_the_tail_is_scanned(tmp_path, mon
     with opendb(path, clock, max_segment_size=1 << 20) as db:
         assert db.recovery_report.segments_from_hints == 0
         assert dump(db) == reference
+
+
+# -- sizing the index from the hints' entry counts (issue 14) ----------------------------------
+
+
+def test_entry_count_reads_the_header_and_is_bounded_by_the_file():
+    blob = hint.encode([(b"key%d" % i, 0, 3, 40 + i, i, 0) for i in range(50)], 7, 1 << 20)
+    assert hint.entry_count(blob[: hint.HEADER_SIZE], len(blob)) == 50
+    # A damaged count (the CRC is not checked yet) never exceeds what the file has room for:
+    # one fixed entry and a key byte each.
+    huge = bytearray(blob)
+    struct.pack_into("<I", huge, 12, 2**32 - 1)
+    room = (len(blob) - hint.HEADER_SIZE - hint.TRAILER.size) // (hint.ENTRY_SIZE + 1)
+    assert hint.entry_count(bytes(huge[: hint.HEADER_SIZE]), len(blob)) == room < 2**32 - 1
+    assert hint.entry_count(b"NOTAHINT" + blob[8 : hint.HEADER_SIZE], len(blob)) == 0
+    assert hint.entry_count(blob[:10], len(blob)) == 0
+    assert hint.entry_count(blob[: hint.HEADER_SIZE], hint.HEADER_SIZE) == 0
+
+
+def test_the_load_sizes_the_index_once_from_the_hints(store, monkeypatch):
+    """The open reserves room for the sum of its hints' entry counts before indexing (a
+    compacted store's hints hold each key once), and loads the same contents as without."""
+    path, clock, reference = store
+    from bitkv import keydir
+
+    asked = []
+    real = keydir.KeyDir.reserve
+    monkeypatch.setattr(keydir.KeyDir, "reserve",
+                        lambda self, n: (asked.append(n), real(self, n))[1])
+    counts = 0
+    for name in hint_files(path):
+        with open(os.path.join(path, name), "rb") as fh:
+            blob = fh.read()
+        counts += hint.entry_count(blob, len(blob))
+    with opendb(path, clock) as db:
+        assert dump(db) == reference
+    assert asked == [counts] and counts > 0
+
+
+def test_a_hint_claiming_billions_of_entries_allocates_nothing_for_them(store, tmp_path):
+    """A hint whose count is damaged (so its CRC fails and it is ignored) must not size the
+    index by that count: the estimate is bounded by the file's length."""
+    path, clock, reference = store
+    name = hint_files(path)[0]
+    with open(os.path.join(path, name), "r+b") as fh:
+        fh.seek(12)
+        fh.write(struct.pack("<I", 2**32 - 1))
+    with opendb(path, clock) as db:
+        assert [n for n, _why in db.recovery_report.ignored_hints] == [name]
+        assert dump(db) == reference
+        entries = db._keydir.entries  # the index's own size is the point
+        assert sys.getsizeof(entries) < 1 << 20

@@ -321,3 +321,44 @@ def test_reference_counts_of_arguments_and_results_are_exact():
     before_map = sys.getrefcount(m)
     del it
     assert sys.getrefcount(m) == before_map - 1
+
+
+def test_reserve_sizes_the_table_once_and_changes_no_content():
+    """reserve(n) allocates the table that n keys need, so inserting them does not rehash
+    (the size stays put until the arena grows); it never shrinks, keeps every key and the
+    insertion order, and refuses nonsense."""
+    m = IndexMap()
+    m.reserve(0)
+    assert sys.getsizeof(m) == sys.getsizeof(IndexMap())  # nothing allocated for nothing
+    m.reserve(10_000)
+    table = sys.getsizeof(m)
+    assert table >= 10_000 * 16 * 5 // 4  # 16-byte slots, at most 4/5 full
+    keys = [b"key%05d" % i for i in range(10_000)]
+    model = {}
+    for i, key in enumerate(keys):
+        m[key] = i
+        model[key] = i
+    arena = sys.getsizeof(m) - table  # only the key arena grew: the table was not rehashed
+    assert 0 < arena < 10_000 * 12 * 2
+    m.reserve(5)  # never shrinks
+    assert sys.getsizeof(m) == table + arena
+    m.reserve(100_000)  # grows a full table: every key kept, in order
+    assert sys.getsizeof(m) > table + arena
+    assert list(m.items()) == list(model.items())
+    assert all(m[k] == v for k, v in model.items())
+    with pytest.raises(ValueError, match="out of range"):
+        m.reserve(-1)
+    with pytest.raises(ValueError, match="out of range"):
+        m.reserve(2**50)
+    with pytest.raises(TypeError):
+        m.reserve(b"10")
+    assert list(m.items()) == list(model.items())
+
+
+def test_keydir_reserve_is_a_no_op_for_the_dict_reference():
+    kd = keydir.KeyDir()
+    kd.reserve(1000)
+    assert len(kd) == 0
+    kd.entries[b"a"] = 1
+    kd.reserve(10)
+    assert dict(kd.entries.items()) == {b"a": 1}

@@ -31,7 +31,7 @@ def _open(path: str, use_native: bool, **kw: object) -> bitkv.Store:
     if use_native:
         assert db._native_put is native.put
     else:
-        db._native_put = None
+        db._use_native_put(False)
     return db
 
 
@@ -148,15 +148,108 @@ def test_native_put_leaks_nothing(tmp_path):
                 put(k, value)
         for _ in range(1000):
             native.put(db, "declined", value)
+            put(b"key042", value, if_present=True)  # the Writer hands it to Store.put
+            put("str", value)
         after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         assert after - before < 64 * 1024, after - before
-        assert db._next_seq == 100 * 10_001 + 1
-        assert len(db) == 100
+        assert db._next_seq == 100 * 10_001 + 2000 + 1
+        assert len(db) == 101
         size = db._log.active.size
         db.close()
         db = _open(str(tmp_path / "db"), True)
-        assert len(db) == 100 and db[b"key042"] == value
+        assert len(db) == 101 and db[b"key042"] == value
         assert os.path.getsize(db._log.active.path) == size
     finally:
         db.close()
+
+
+def test_writer_is_the_stores_put_and_hands_the_rest_to_python(tmp_path):
+    """db.put is the Writer's (no Python frame); options, conversions and a closed store
+    go to Store.put, the reference, with its results and errors."""
+    db = _open(str(tmp_path / "db"), True)
+    try:
+        assert isinstance(db._writer, native.Writer) and db.put == db._writer.put
+        assert db.put(b"k", b"v") is True and db[b"k"] == b"v"
+        assert db.put(b"t", b"v", ttl=60) is True and db._keydir.expiries[b"t"]
+        assert db.put(b"t", b"w") is True and b"t" not in db._keydir.expiries
+        assert db.put(key=b"kw", value=b"x") is True and db[b"kw"] == b"x"
+        assert db.put("str", bytearray(b"conv")) is True and db[b"str"] == b"conv"
+        assert db.put(b"k", b"new", if_absent=True) is False and db[b"k"] == b"v"
+        with pytest.raises(TypeError):
+            db.put(b"k", "not bytes")
+        with pytest.raises(TypeError):
+            db.put(b"k")
+        bound = db.put
+    finally:
+        db.close()
+    assert "put" not in db.__dict__ and not bound.__self__.attached
+    with pytest.raises(bitkv.ClosedError):
+        bound(b"k", b"v")  # bound before close: the reference raises
+    with pytest.raises(bitkv.ClosedError):
+        db.put(b"k", b"v")
+
+
+def test_writer_is_not_bound_over_another_put(tmp_path):
+    calls = []
+
+    class Counting(bitkv.Store):
+        def put(self, key, value, **kw):  # type: ignore[no-untyped-def, override]
+            calls.append(key)
+            return super().put(key, value, **kw)
+
+    class Plain(bitkv.Store):
+        pass
+
+    with Counting(str(tmp_path / "a"), auto_compact=False) as db:
+        assert db._writer is None and db._native_put is native.put
+        db.put(b"k", b"v")
+        assert calls == [b"k"] and db[b"k"] == b"v"
+    with Plain(str(tmp_path / "b"), auto_compact=False) as db:
+        assert db._writer is not None
+
+
+def test_put_kernel_follows_a_changed_class(tmp_path):
+    """The kernel reads LogWriter.refused straight from the instance dict only while no class
+    defines that name: a property added later (the class changes, and so its version tag)
+    or an instance of another class is read through getattr, as Python would."""
+    from bitkv.log import LogWriter
+
+    db = _open(str(tmp_path / "db"), True)
+    try:
+        db.put(b"warm", b"up")
+        assert native.put(db, b"k", b"1") is True  # the dict way, now cached for LogWriter
+        LogWriter.refused = property(lambda self: True)  # type: ignore[assignment]
+        try:
+            assert native.put(db, b"k", b"2") is False
+        finally:
+            del LogWriter.refused
+        assert native.put(db, b"k", b"3") is True and db[b"k"] == b"3"
+
+        class Refusing(LogWriter):
+            refused = property(lambda self: True)  # type: ignore[assignment]
+
+        db._log.__class__ = Refusing
+        try:
+            assert native.put(db, b"k", b"4") is False
+        finally:
+            db._log.__class__ = LogWriter
+        assert native.put(db, b"k", b"5") is True and db[b"k"] == b"5"
+    finally:
+        db.close()
+
+
+def test_writer_outliving_its_store_or_misbuilt_raises(tmp_path):
+    db = _open(str(tmp_path / "db"), True)
+    put = db.put
+    db.close()
+    del db
+    import gc
+
+    gc.collect()
+    with pytest.raises(ReferenceError):
+        put(b"k", b"v")  # the store is gone: nothing to write to, nothing to fall back to
+    with pytest.raises(TypeError):
+        native.Writer(object(), "not callable")
+    with pytest.raises(TypeError):
+        native.Writer(1, bitkv.Store.put)  # an int cannot be weakly referenced

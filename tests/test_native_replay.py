@@ -322,3 +322,109 @@ def test_kernels_do_not_leak_over_millions_of_calls() -> None:
     if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # ASan's quarantine holds freed memory
         assert rss[-1] - rss[1] < 4 * 1024, rss
     assert kd.hidden and kd.expiries and len(kd.entries) > 0
+
+
+# -- the hashing helper thread of hint_apply (bitkv/native/replay.c) --------------------------
+
+
+class _Seg:
+    def __init__(self, fail: bool = False) -> None:
+        self.live_bytes = 0
+        self.fail = fail
+
+    def record_size_at(self, offset: int) -> int:
+        if self.fail:
+            raise OSError("record_size_at failed on purpose")
+        return 9000
+
+
+def _big_hint(n: int, bad_at: int | None = None) -> tuple[bytes, bytes]:
+    """A hint of ``n`` entries over fewer keys (overwrites), with tombstones, TTLs (some
+    expired at now=1000), key lengths 1..40 and records too big for a size hint."""
+    rng = random.Random(n)
+    names = [rng.randbytes(rng.randint(1, 40)) for _ in range(n // 3)]
+    fixed, keys = [], []
+    for i in range(n):
+        key = names[rng.randrange(len(names))]
+        flags = record.TOMBSTONE if i % 11 == 0 else 0
+        value_len = 0 if flags else (8000 if i % 17 == 0 else rng.randint(1, 100))
+        expiry = 0 if i % 13 else (500 if i % 2 else 5000)
+        key_len = len(key) if i != bad_at else 1 << 15
+        fixed.append(hint.ENTRY.pack(flags, 0, key_len, value_len, 64 + i * 200, i, expiry))
+        keys.append(key)
+    return b"".join(fixed), b"".join(keys)
+
+
+def _apply_with(helper: bool, fixed: bytes, keys: bytes) -> tuple[Any, ...]:
+    kd = keydir.KeyDir([_Seg(), _Seg()])
+    kd.hidden = {}
+    kd.entries[b"old"] = 0  # a key of slot 0, which the hint may overwrite
+    got = indexing.apply_hint(kd, 1, fixed, keys, 1 << 40, 1000, helper=helper)
+    return (got, list(kd.entries.items()), sorted(kd.expiries.items()),
+            sorted(kd.hidden.items()), [s.live_bytes for s in kd.slots])
+
+
+@native
+@pytest.mark.parametrize("bad_at", [None, 0, 70_001, 89_999])
+def test_hint_apply_with_the_hash_helper_gives_the_same_index(bad_at: int | None) -> None:
+    """Threads must not change results: the helper hashes keys on another thread, the loop
+    applies in order, so a hint above the helper's threshold (65,536 entries) gives the same
+    index, expiries, hidden records, live bytes and result with and without it, also when an
+    entry runs out of bounds (at the start, mid-way, at the end), and the same as the Python
+    reference."""
+    fixed, keys = _big_hint(90_000, bad_at)
+    serial = _apply_with(False, fixed, keys)
+    assert _apply_with(True, fixed, keys) == serial
+    assert serial[0][0] is (bad_at is None)
+    with pytest.MonkeyPatch.context() as m:
+        _python_mode(m)
+        assert _apply_with(False, fixed, keys) == serial
+
+
+@native
+def test_an_error_during_a_helped_hint_apply_joins_the_helper() -> None:
+    """An exception inside the loop (a segment that cannot size an old record) stops it with
+    the helper still running: it is stopped and waited for, the error raised, and the next
+    calls work (no thread left reading freed buffers: scripts/asan_native.sh runs this)."""
+    fixed, keys = _big_hint(80_000)
+    for _ in range(3):
+        kd = keydir.KeyDir([_Seg(), _Seg(fail=True)])
+        with pytest.raises(OSError, match="on purpose"):
+            indexing.apply_hint(kd, 1, fixed, keys, 1 << 40, 1000, helper=True)
+        assert len(kd.entries) > 0 and kd.slots[1].live_bytes > 0  # what it applied counts
+    assert _apply_with(True, fixed, keys) == _apply_with(False, fixed, keys)
+
+
+@native
+def test_parallel_and_serial_loads_of_a_store_give_the_same_index(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole store whose compacted hint is above the helper's threshold, loaded with and
+    without the helper: the same index, accounting, report and files."""
+    path = str(tmp_path / "db")
+    with bitkv.open(path, auto_compact=False) as db:
+        with db.batch() as b:
+            for i in range(80_000):
+                b.put(b"key%06d" % i, b"v" * (i % 30), ttl=50 if i % 9 == 0 else None)
+        for i in range(0, 80_000, 7):
+            db.delete(b"key%06d" % i)
+        db.compact()
+        db.put(b"after", b"the compaction")
+    counts = []
+    for name in os.listdir(path):
+        if name.endswith(".hint"):
+            with open(os.path.join(path, name), "rb") as fh:
+                blob = fh.read()
+            counts.append(hint.entry_count(blob, len(blob)))
+    assert max(counts) > 65_536  # the helper's threshold
+    a, b = path + "-serial", path + "-helped"
+    shutil.copytree(path, a)
+    shutil.copytree(path, b)
+    with monkeypatch.context() as m:
+        m.setattr(indexing, "HASH_HELPER", False)
+        serial = _load(a, int(T0 * 1000))
+    with monkeypatch.context() as m:
+        m.setattr(indexing, "HASH_HELPER", True)
+        helped = _load(b, int(T0 * 1000))
+    assert serial[0] == "ok" and serial == helped
+    assert serial[1]["report"]["segments_from_hints"] >= 1
+    assert len(serial[1]["entries"]) == 80_000 - 11_429 + 1

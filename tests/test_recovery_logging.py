@@ -38,11 +38,16 @@ def test_a_torn_tail_is_logged_with_its_file_and_offset(tmp_path, caplog):
                if "torn write" in r.getMessage())
 
 
-def test_damage_is_logged_region_by_region(tmp_path, caplog):
-    path = str(tmp_path / "db")
+def _segmented_store(path: str) -> None:
+    """200 keys over several small segments, each with its hint."""
     with bitkv.open(path, max_segment_size=4096) as db:
         for i in range(200):
             db.put(b"key-%d" % i, b"v" * 40)
+
+
+def test_damage_is_logged_region_by_region(tmp_path, caplog):
+    path = str(tmp_path / "db")
+    _segmented_store(path)
     first = sorted(n for n in os.listdir(path) if n.endswith(".data"))[0]
     flip_bit(os.path.join(path, first), 200)
     for name in os.listdir(path):  # no hints: open scans the segments, and meets the damage
@@ -78,3 +83,23 @@ def test_bitkv_serve_logs_recovery_findings_to_its_logfile(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_an_ignored_hint_and_removed_temporaries_are_logged(tmp_path, caplog):
+    path = str(tmp_path / "db")
+    with bitkv.open(path, max_segment_size=4096) as db:
+        for i in range(250):
+            db.put(b"key-%d" % (i % 200), b"v" * 40)  # 50 overwritten: work for compaction
+        db.compact()  # its outputs get their hints at once (sealed segments' come later)
+    hint = sorted(n for n in os.listdir(path) if n.endswith(".hint"))[0]
+    flip_bit(os.path.join(path, hint), 100)
+    with open(os.path.join(path, "000099.data.tmp"), "wb") as fh:  # an interrupted write
+        fh.write(b"partial")
+    with caplog.at_level(logging.INFO, logger="bitkv"), bitkv.open(path) as db:
+        assert len(db) == 200
+    ignored = [r for r in caplog.records if f"hint {hint} ignored" in r.getMessage()]
+    assert len(ignored) == 1 and ignored[0].levelno == logging.WARNING
+    removed = [r for r in caplog.records if "temporary file(s)" in r.getMessage()]
+    assert len(removed) == 1 and removed[0].levelno == logging.INFO
+    assert "000099.data.tmp" in removed[0].getMessage()
+    assert not os.path.exists(os.path.join(path, "000099.data.tmp"))

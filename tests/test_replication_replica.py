@@ -60,7 +60,8 @@ def assert_same(master, replica, ttl_slack_ms: int = 1500) -> None:
 
 def mixed_load(client, rng: random.Random, n: int, redis_master: bool = True) -> None:
     """Writes of every kind a replica must apply (with redis_master, also commands bitkv
-    lacks or rewrites: HSET, INCRBYFLOAT)."""
+    lacks or rewrites: HSET, INCRBYFLOAT; Redis propagates RENAME, COPY, SETBIT and BITOP
+    as themselves)."""
     now_ms = int(time.time() * 1000)
     for _ in range(n):
         op = rng.random()
@@ -95,6 +96,20 @@ def mixed_load(client, rng: random.Random, n: int, redis_master: bool = True) ->
             client.getex(k, px=rng.randrange(100_000, 900_000))
         elif op < 0.9 and redis_master:
             client.hset("hash-live", f"f{rng.randrange(5)}", 1)  # skipped by the replica
+        elif op < 0.93:  # the keyspace and bit commands of issue 17
+            other = f"key:{rng.randrange(200)}"
+            kind = rng.randrange(4)
+            try:
+                if kind == 0:
+                    client.rename(k, other)  # keeps the TTL
+                elif kind == 1:
+                    client.copy(k, other, replace=True)
+                elif kind == 2:
+                    client.setbit(k, rng.randrange(64), rng.randrange(2))
+                else:
+                    client.bitop("XOR", k, k, other)
+            except redis.ResponseError as exc:
+                assert "no such key" in str(exc)  # RENAME of a missing key
         else:
             with client.pipeline(transaction=True) as p:
                 p.set(k, "in-multi")

@@ -58,6 +58,25 @@ def test_the_cli_writes_compressed_into_a_compressed_store(tmp_path):
         assert db[b"k"] == db[b"s"] == BIG
 
 
+def test_the_server_writes_compressed_into_a_compressed_store(tmp_path):
+    """`bitkv serve` names no compression either: its SETs (the group commit's batch, and
+    the other write paths) follow the store's setting."""
+    redis = pytest.importorskip("redis")
+    from bitkv.server.app import ServerConfig, ServerThread
+
+    path = str(tmp_path / "store")
+    bitkv.open(path, compression="zstd").close()
+    with ServerThread(ServerConfig(dir=path, port=0)) as server:
+        r = redis.Redis(port=server.port, protocol=2)
+        r.set("grouped", BIG)
+        r.set("with-ttl", BIG, ex=3600)
+        r.mset({"m": BIG})
+        r.close()
+    assert compressed(path) == {b"grouped": True, b"with-ttl": True, b"m": True}
+    with bitkv.open(path, readonly=True) as db:
+        assert db[b"grouped"] == db[b"with-ttl"] == db[b"m"] == BIG
+
+
 def test_explicit_none_overrides_and_is_recorded(db_path):
     bitkv.open(db_path, compression="zstd").close()
     with bitkv.open(db_path, compression="none") as db:

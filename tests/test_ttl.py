@@ -299,3 +299,38 @@ def test_hold_expired_at_open_keeps_expired_keys(db_path, clock):
             assert db.get(b"k") == b"v"
     with _open(db_path, clock) as db, db.seeing_expired():
         assert db.get(b"k") is None  # an ordinary open drops it
+
+
+def test_version_changes_on_every_write_to_the_key_and_survives_compaction(db_path, clock):
+    with _open(db_path, clock) as db:
+        assert db.version(b"k") is None
+        db.put(b"k", b"v")
+        seen = [db.version(b"k")]
+        assert seen[0] is not None and db.version(b"k") == seen[0]  # reading changes nothing
+        db.put(b"other", b"x")
+        assert db.version(b"k") == seen[0]  # another key's write
+        for write in (lambda: db.put(b"k", b"v"),  # the same value is still a write
+                      lambda: db.expire(b"k", 10),
+                      lambda: db.persist(b"k"),
+                      lambda: db.incr(b"n") and db.put(b"k", b"1"),
+                      lambda: db.incr(b"k"),
+                      lambda: db.compare_and_set(b"k", b"2", b"3")):
+            write()
+            seen.append(db.version(b"k"))
+        with db.batch() as b:
+            b.put(b"k", b"4")
+        seen.append(db.version(b"k"))
+        assert seen == sorted(set(seen)), seen  # always new, always larger
+        for i in range(50):  # garbage for compaction to move the live record past
+            db.put(b"junk", b"%d" % i)
+        before = db.version(b"k")
+        db.compact()
+        assert db.version(b"k") == before
+        db.expire(b"k", 1)
+        clock.advance(1)
+        assert db.version(b"k") is None  # expired: no live value
+        db.put(b"d", b"v")
+        db.delete(b"d")
+        assert db.version(b"d") is None
+    with _open(db_path, clock) as db:  # versions are the records' seqs: kept on reopen
+        assert db.version(b"junk") is not None and db.version(b"k") is None

@@ -32,6 +32,10 @@
 
 #include "native.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #define OFFSET_BITS 36
 #define TAG_BITS (64 - OFFSET_BITS)
 #define OFFSET_MASK ((UINT64_C(1) << OFFSET_BITS) - 1)
@@ -263,6 +267,35 @@ slot_home(const IndexMap *self, const Slot *slot, unsigned bits, size_t *home)
     return 0;
 }
 
+/* Blocks from this size on are asked to be backed by transparent huge pages (Linux). A
+ * table of tens of millions of keys is GiBs read at random: with 4 KiB pages nearly every
+ * probe also misses the TLB, and its page-table walk misses the cache (the page tables of a
+ * 1 GiB block are 2 MiB). Measured at 48M keys (docs/performance.md, "Reopen and scale"):
+ * half the user time of the open. Smaller blocks are left alone: at 1M keys (a 32 MiB table)
+ * huge pages gained nothing, their faults costing what the walks saved. */
+#define HUGE_PAGES_FROM ((size_t)64 << 20)
+#define HUGE_PAGE ((uintptr_t)2 << 20)
+
+/* Only advice: where the kernel has no huge pages (or says no), nothing changes. */
+static void
+advise_huge_pages(void *block, size_t bytes)
+{
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes < HUGE_PAGES_FROM) {
+        return;
+    }
+    /* the whole huge pages inside the block (madvise wants page-aligned ranges) */
+    uintptr_t lo = ((uintptr_t)block + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    uintptr_t hi = ((uintptr_t)block + bytes) & ~(HUGE_PAGE - 1);
+    if (hi > lo) {
+        (void)madvise((void *)lo, (size_t)(hi - lo), MADV_HUGEPAGE);
+    }
+#else
+    (void)block;
+    (void)bytes;
+#endif
+}
+
 /* Rehash into a table of 2**new_bits slots (more than count * 5/4). */
 static int
 resize(IndexMap *self, unsigned new_bits)
@@ -281,6 +314,7 @@ resize(IndexMap *self, unsigned new_bits)
         PyErr_NoMemory();
         return -1;
     }
+    advise_huge_pages(fresh, new_cap * sizeof(Slot));
     size_t new_mask = new_cap - 1;
     size_t old_cap = capacity_of(self);
     for (size_t j = 0; j < old_cap; j++) {
@@ -747,6 +781,40 @@ IndexMap_clear(IndexMap *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* The largest ``reserve`` accepted: a table of 2**40 slots (16 TiB) is beyond any machine,
+ * so a bigger request is a mistake (a damaged count), not a size to try. */
+#define MAX_RESERVE (((size_t)1 << 40) / 5 * 4)
+
+static PyObject *
+IndexMap_reserve(IndexMap *self, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n < 0 || (size_t)n > MAX_RESERVE) {
+        PyErr_Format(PyExc_ValueError, "reserve: %zd keys is out of range (0..%zu)", n,
+                     (size_t)MAX_RESERVE);
+        return NULL;
+    }
+    /* The smallest table that holds n keys within the 4/5 bound of map_set_raw; never
+     * smaller than the table there is (reserve does not shrink). */
+    unsigned bits = self->slots == NULL ? MIN_BITS : self->bits;
+    for (;;) {
+        size_t cap = (size_t)1 << bits;
+        if ((size_t)n <= cap - cap / 5) {
+            break;
+        }
+        bits++;
+    }
+    if (self->slots == NULL ? n > 0 : bits > self->bits) {
+        if (resize(self, bits) < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 make_iter(IndexMap *self, int items)
 {
@@ -804,6 +872,9 @@ static PyMethodDef IndexMap_methods[] = {
     {"items", (PyCFunction)IndexMap_items, METH_NOARGS,
      "An iterator over (key, value) pairs (not a view)."},
     {"clear", (PyCFunction)IndexMap_clear, METH_NOARGS, "Remove every key, free the memory."},
+    {"reserve", (PyCFunction)IndexMap_reserve, METH_O,
+     "reserve(n, /): size the table for n keys at once, so that inserting up to n keys does "
+     "not rehash; never shrinks it. ValueError if n is negative or absurdly large."},
     {"__sizeof__", (PyCFunction)IndexMap_sizeof, METH_NOARGS,
      "Bytes allocated: the object, its slots and its key arena."},
     {NULL, NULL, 0, NULL},

@@ -6,13 +6,24 @@
  * Python path to do everything (a key or value that is not plain bytes in range, writes
  * refused, no room before the preallocated end, a rotation due, a map that is not writable).
  *
+ * Writer(store, fallback) binds the same kernel with no Python frame in between: the store
+ * makes a Writer's ``put`` its instance's ``put`` (store.py, _bind_writer), as it does with
+ * the get kernel's Reader, so ``db.put(k, v)`` is one C call; any other call (options, a
+ * declined put) goes to ``fallback``, the pure-Python ``Store.put``.
+ *
  * The store's writer lock (the threading.Lock every Python-level change of the log and the
  * index takes) is held from the first read of the log's state to the last update, so this
  * interleaves with incr, batches, rotation and compaction's switch as a Python put does.
  * Every length is checked against the map's real length (the buffer's, not the attribute's)
  * before a byte is stored, and holding the buffer keeps the map from being closed meanwhile.
+ *
+ * The ~15 attributes a put reads and the 4 it writes are reached through FastAttr: a
+ * __slots__ member (Segment, KeyDir) at its fixed offset, an instance attribute (Store,
+ * LogWriter) straight in the instance's dict, each checked once per class and valid while the
+ * class is unchanged (its type version tag); anything else goes through getattr/setattr.
  */
 #include "native.h"
+#include <structmember.h>
 
 #define KEY_MAX 65535u
 #define VALUE_MAX (64u * 1024 * 1024)
@@ -22,26 +33,146 @@
 #define MAX_OFFSET 0xFFFFFFFFull
 #define MAX_SLOTS 65536
 
-static PyObject *s_lock, *s_log, *s_refused, *s_active, *s_size, *s_allocated, *s_mm, *s_slot,
-    *s_live_bytes, *s_keydir, *s_entries, *s_slots, *s_hidden, *s_expiries, *s_next_seq,
-    *s_max_segment_size, *s_acquire, *s_release, *s_forget;
+/* -- attributes the fast way ------------------------------------------------------------ */
 
-/* An int attribute as a C value in [0, limit]; -1 (no error set) if it is anything else. */
-static long long
-int_attr(PyObject *obj, PyObject *name, long long limit)
+/* How one attribute name is reached on instances of one class: a __slots__ member at
+ * ``offset`` (>= 0), or the instance dict (-1, when no class in the MRO defines the name, so
+ * getattr would look in the instance dict and nowhere else). Valid while ``type`` keeps the
+ * version tag ``version`` (CPython gives a class a new tag whenever it changes). */
+typedef struct {
+    const char *text;
+    PyObject *name;     /* interned */
+    PyTypeObject *type; /* strong reference; NULL: nothing cached */
+    unsigned int version;
+    Py_ssize_t offset;
+} FastAttr;
+
+/* 1 if fa now describes ``tp``; 0 if getattr/setattr must be used. Never fails. */
+static int
+fast_resolve(FastAttr *fa, PyTypeObject *tp)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    if (tp == fa->type && fa->version != 0 && tp->tp_version_tag == fa->version) {
+        return 1;
+    }
+    PyObject *descr = _PyType_Lookup(tp, fa->name); /* borrowed; gives tp a version tag */
+    unsigned int version = tp->tp_version_tag;
+    if (version == 0) {
+        return 0;
+    }
+    Py_ssize_t offset;
+    if (descr == NULL) {
+        if (tp->tp_dictoffset == 0) {
+            return 0; /* no instance dict: getattr raises AttributeError */
+        }
+        offset = -1;
+    }
+    else if (Py_TYPE(descr) == &PyMemberDescr_Type
+             && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX
+             && !(((PyMemberDescrObject *)descr)->d_member->flags & READONLY)
+             && PyType_IsSubtype(tp, ((PyMemberDescrObject *)descr)->d_common.d_type)) {
+        offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    else {
+        return 0;
+    }
+    Py_INCREF(tp);
+    Py_XSETREF(fa->type, tp);
+    fa->version = version;
+    fa->offset = offset;
+    return 1;
+}
+
+/* getattr(obj, name): a new reference, or NULL with an error set. */
+static PyObject *
+fast_get(FastAttr *fa, PyObject *obj)
+{
+    if (fast_resolve(fa, Py_TYPE(obj))) {
+        if (fa->offset >= 0) {
+            PyObject *v = *(PyObject **)((char *)obj + fa->offset);
+            if (v != NULL) {
+                Py_INCREF(v);
+                return v;
+            }
+        }
+        else {
+            PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+            if (dict == NULL) {
+                return NULL;
+            }
+            PyObject *v = PyDict_Check(dict) ? PyDict_GetItemWithError(dict, fa->name) : NULL;
+            Py_XINCREF(v);
+            Py_DECREF(dict);
+            if (v != NULL || PyErr_Occurred()) {
+                return v;
+            }
+        }
+    } /* unset (getattr raises what it raises), or not a class we can read directly */
+    return PyObject_GetAttr(obj, fa->name);
+}
+
+/* setattr(obj, name, value): 0, or -1 with an error set. */
+static int
+fast_set(FastAttr *fa, PyObject *obj, PyObject *value)
+{
+    if (fast_resolve(fa, Py_TYPE(obj))) {
+        if (fa->offset >= 0) {
+            PyObject **p = (PyObject **)((char *)obj + fa->offset);
+            PyObject *old = *p;
+            Py_INCREF(value);
+            *p = value;
+            Py_XDECREF(old);
+            return 0;
+        }
+        PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+        if (dict == NULL) {
+            return -1;
+        }
+        int r = PyDict_Check(dict) ? PyDict_SetItem(dict, fa->name, value)
+                                   : PyObject_SetAttr(obj, fa->name, value);
+        Py_DECREF(dict);
+        return r;
+    }
+    return PyObject_SetAttr(obj, fa->name, value);
+}
+
+#define FAST_ATTR(var, text_) static FastAttr var = {.text = text_}
+FAST_ATTR(a_lock, "_lock");
+FAST_ATTR(a_log, "_log");
+FAST_ATTR(a_refused, "refused");
+FAST_ATTR(a_active, "active");
+FAST_ATTR(a_size, "size");
+FAST_ATTR(a_allocated, "allocated");
+FAST_ATTR(a_mm, "mm");
+FAST_ATTR(a_slot, "slot");
+FAST_ATTR(a_live_bytes, "live_bytes");
+FAST_ATTR(a_keydir, "_keydir");
+FAST_ATTR(a_entries, "entries");
+FAST_ATTR(a_slots, "slots");
+FAST_ATTR(a_hidden, "hidden");
+FAST_ATTR(a_expiries, "expiries");
+FAST_ATTR(a_next_seq, "_next_seq");
+FAST_ATTR(a_max_segment_size, "max_segment_size");
+static FastAttr *all_attrs[] = {
+    &a_lock, &a_log, &a_refused, &a_active, &a_size, &a_allocated, &a_mm, &a_slot,
+    &a_live_bytes, &a_keydir, &a_entries, &a_slots, &a_hidden, &a_expiries, &a_next_seq,
+    &a_max_segment_size,
+};
+static PyObject *s_acquire, *s_release, *s_forget, *s_pop;
+
+/* An int attribute as a C value in [0, limit]; -1 (no error set) if it is anything else,
+ * -2 if reading it failed (error set). */
+static long long
+int_attr(FastAttr *fa, PyObject *obj, long long limit)
+{
+    PyObject *v = fast_get(fa, obj);
     if (v == NULL) {
         return -2;
     }
     long long r = -1;
     if (PyLong_CheckExact(v)) {
-        r = PyLong_AsLongLong(v);
-        if (r == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            r = -1;
-        }
-        else if (r < 0 || r > limit) {
+        int overflow;
+        r = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || r < 0 || r > limit) {
             r = -1;
         }
     }
@@ -50,65 +181,83 @@ int_attr(PyObject *obj, PyObject *name, long long limit)
 }
 
 static int
-set_int_attr(PyObject *obj, PyObject *name, long long value)
+set_int_attr(FastAttr *fa, PyObject *obj, long long value)
 {
     PyObject *v = PyLong_FromLongLong(value);
     if (v == NULL) {
         return -1;
     }
-    int r = PyObject_SetAttr(obj, name, v);
+    int r = fast_set(fa, obj, v);
     Py_DECREF(v);
     return r;
 }
 
-/* Add delta to obj.name (an int). */
+/* obj.name += delta (an int: in C while it fits in 64 bits, else Python's addition). */
 static int
-add_int_attr(PyObject *obj, PyObject *name, long long delta)
+add_int_attr(FastAttr *fa, PyObject *obj, long long delta)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = fast_get(fa, obj);
     if (v == NULL) {
         return -1;
     }
-    PyObject *d = PyLong_FromLongLong(delta);
-    if (d == NULL) {
-        Py_DECREF(v);
-        return -1;
+    PyObject *sum = NULL;
+    if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        long long s;
+        if (!overflow && !(x == -1 && PyErr_Occurred()) && !__builtin_add_overflow(x, delta, &s)) {
+            sum = PyLong_FromLongLong(s);
+            Py_DECREF(v);
+            v = NULL;
+        }
     }
-    PyObject *sum = PyNumber_Add(v, d);
-    Py_DECREF(v);
-    Py_DECREF(d);
+    if (v != NULL) {
+        PyObject *d = PyLong_FromLongLong(delta);
+        if (d != NULL) {
+            sum = PyNumber_Add(v, d);
+            Py_DECREF(d);
+        }
+        Py_DECREF(v);
+    }
     if (sum == NULL) {
         return -1;
     }
-    int r = PyObject_SetAttr(obj, name, sum);
+    int r = fast_set(fa, obj, sum);
     Py_DECREF(sum);
     return r;
 }
 
 /* Remove key from a dict attribute if the dict is non-empty (dict.pop(key, None)). */
 static int
-discard_from(PyObject *owner, PyObject *name, PyObject *key)
+discard_from(FastAttr *fa, PyObject *owner, PyObject *key)
 {
-    PyObject *d = PyObject_GetAttr(owner, name);
+    PyObject *d = fast_get(fa, owner);
     if (d == NULL) {
         return -1;
     }
     int r = 0;
-    if (PyDict_Check(d) && PyDict_GET_SIZE(d) > 0) {
-        PyObject *found = PyDict_GetItemWithError(d, key);
-        if (found != NULL) {
-            r = PyDict_DelItem(d, key);
-        }
-        else if (PyErr_Occurred()) {
-            r = -1;
+    if (PyDict_CheckExact(d)) {
+        if (PyDict_GET_SIZE(d) > 0) {
+            PyObject *found = PyDict_GetItemWithError(d, key);
+            if (found != NULL) {
+                r = PyDict_DelItem(d, key);
+            }
+            else if (PyErr_Occurred()) {
+                r = -1;
+            }
         }
     }
-    else if (d != Py_None && !PyDict_Check(d)) {
-        PyObject *res = PyObject_CallMethod(d, "pop", "OO", key, Py_None);
-        if (res == NULL) {
+    else if (d != Py_None && PyObject_IsTrue(d) != 0) { /* as the Python path: "if kd.hidden" */
+        if (PyErr_Occurred()) {
             r = -1;
         }
-        Py_XDECREF(res);
+        else {
+            PyObject *res = PyObject_CallMethodObjArgs(d, s_pop, key, Py_None, NULL);
+            if (res == NULL) {
+                r = -1;
+            }
+            Py_XDECREF(res);
+        }
     }
     Py_DECREF(d);
     return r;
@@ -129,7 +278,7 @@ forget(PyObject *keydir, uint64_t old)
         Py_XDECREF(res);
         return res == NULL ? -1 : 0;
     }
-    PyObject *slots = PyObject_GetAttr(keydir, s_slots);
+    PyObject *slots = fast_get(&a_slots, keydir);
     if (slots == NULL) {
         return -1;
     }
@@ -143,7 +292,7 @@ forget(PyObject *keydir, uint64_t old)
     else {
         PyObject *owner = PyList_GET_ITEM(slots, slot);
         Py_INCREF(owner);
-        r = add_int_attr(owner, s_live_bytes, -(long long)size);
+        r = add_int_attr(&a_live_bytes, owner, -(long long)size);
         Py_DECREF(owner);
     }
     Py_DECREF(slots);
@@ -158,12 +307,32 @@ put_locked(PyObject *store, PyObject *key, PyObject *value)
     PyObject *log = NULL, *seg = NULL, *mm = NULL, *keydir = NULL, *entries = NULL;
     Py_buffer view = {0};
     int have_view = 0;
+    const unsigned char *kbytes = (const unsigned char *)PyBytes_AS_STRING(key);
+    size_t key_len = (size_t)PyBytes_GET_SIZE(key);
+    size_t value_len = (size_t)PyBytes_GET_SIZE(value);
 
-    log = PyObject_GetAttr(store, s_log);
+    keydir = fast_get(&a_keydir, store);
+    if (keydir == NULL) {
+        goto done;
+    }
+    entries = fast_get(&a_entries, keydir);
+    if (entries == NULL) {
+        goto done;
+    }
+    if (!BitkvIndexMap_Check(entries)) { /* a dict index: the Python path */
+        result = 0;
+        goto done;
+    }
+    /* The key's home slot in the index is fetched from memory while the record is encoded
+     * (at 200k keys and more it is a cache miss, the largest single cost of an overwrite). */
+    uint64_t hash = bitkv_index_hash(kbytes, key_len);
+    bitkv_index_prefetch(entries, hash);
+
+    log = fast_get(&a_log, store);
     if (log == NULL) {
         goto done;
     }
-    PyObject *refused = PyObject_GetAttr(log, s_refused);
+    PyObject *refused = fast_get(&a_refused, log);
     if (refused == NULL) {
         goto done;
     }
@@ -173,9 +342,9 @@ put_locked(PyObject *store, PyObject *key, PyObject *value)
         result = 0;
         goto done;
     }
-    long long seq = int_attr(store, s_next_seq, INT64_MAX - 1);
-    long long max_size = int_attr(store, s_max_segment_size, (long long)MAX_OFFSET);
-    seg = PyObject_GetAttr(log, s_active);
+    long long seq = int_attr(&a_next_seq, store, INT64_MAX - 1);
+    long long max_size = int_attr(&a_max_segment_size, store, (long long)MAX_OFFSET);
+    seg = fast_get(&a_active, log);
     if (seq == -2 || max_size == -2 || seg == NULL) {
         goto done;
     }
@@ -183,32 +352,24 @@ put_locked(PyObject *store, PyObject *key, PyObject *value)
         result = 0;
         goto done;
     }
-    long long offset = int_attr(seg, s_size, (long long)MAX_OFFSET);
-    long long allocated = int_attr(seg, s_allocated, (long long)MAX_OFFSET);
-    long long slot = int_attr(seg, s_slot, MAX_SLOTS - 1);
+    long long offset = int_attr(&a_size, seg, (long long)MAX_OFFSET);
+    long long allocated = int_attr(&a_allocated, seg, (long long)MAX_OFFSET);
+    long long slot = int_attr(&a_slot, seg, MAX_SLOTS - 1);
     if (offset == -2 || allocated == -2 || slot == -2) {
         goto done;
     }
-    size_t key_len = (size_t)PyBytes_GET_SIZE(key);
-    size_t value_len = (size_t)PyBytes_GET_SIZE(value);
     long long size = (long long)(BITKV_HEADER_SIZE + key_len + value_len);
     long long end = offset + size;
     if (offset < 0 || allocated < 0 || slot < 0 || end > max_size || end > allocated) {
         result = 0;  /* a rotation or a preallocation is due: the Python path does it */
         goto done;
     }
-    mm = PyObject_GetAttr(seg, s_mm);
-    keydir = PyObject_GetAttr(store, s_keydir);
-    if (mm == NULL || keydir == NULL) {
+    mm = fast_get(&a_mm, seg);
+    if (mm == NULL) {
         goto done;
     }
-    entries = PyObject_GetAttr(keydir, s_entries);
-    if (entries == NULL) {
-        goto done;
-    }
-    if (mm == Py_None || !BitkvIndexMap_Check(entries)
-        || PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE) < 0) {
-        PyErr_Clear();  /* a read-only map, or a dict index: the Python path */
+    if (mm == Py_None || PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();  /* a read-only map: the Python path */
         result = 0;
         goto done;
     }
@@ -226,28 +387,34 @@ put_locked(PyObject *store, PyObject *key, PyObject *value)
     bitkv_put_le32(p + 8, (uint32_t)value_len);
     bitkv_put_le64(p + 12, (uint64_t)seq);
     bitkv_put_le64(p + 20, 0);  /* expiry_ms */
-    memcpy(p + BITKV_HEADER_SIZE, PyBytes_AS_STRING(key), key_len);
+    memcpy(p + BITKV_HEADER_SIZE, kbytes, key_len);
     memcpy(p + BITKV_HEADER_SIZE + key_len, PyBytes_AS_STRING(value), value_len);
     bitkv_put_le32(p, bitkv_crc32c_extend(0, p + 4, (size_t)size - 4));
     PyBuffer_Release(&view);
     have_view = 0;
+    /* The home slot is in cache by now: fetch the key it holds (if its hash bits match, an
+     * overwrite) while the segment's size and the seq are updated. */
+    bitkv_index_prefetch_key(entries, hash);
 
     /* As the Python path: the segment's size, the seq, then the index and accounting. */
-    if (set_int_attr(seg, s_size, end) < 0 || set_int_attr(store, s_next_seq, seq + 1) < 0) {
+    if (set_int_attr(&a_size, seg, end) < 0 || set_int_attr(&a_next_seq, store, seq + 1) < 0) {
         goto done;
     }
     uint64_t entry = ((uint64_t)slot << SLOT_SHIFT) | ((uint64_t)offset << SIZE_BITS)
                      | (size <= (long long)SIZE_MASK ? (uint64_t)size : 0);
     int had_old = 0;
     uint64_t old = 0;
-    if (bitkv_index_set(entries, key, entry, &had_old, &old) < 0) {
+    if (bitkv_index_set_hashed(entries, kbytes, key_len, hash, entry, &had_old, &old) < 0) {
         goto done;
     }
     if (had_old && forget(keydir, old) < 0) {
         goto done;
     }
-    if (add_int_attr(seg, s_live_bytes, size) < 0 || discard_from(keydir, s_hidden, key) < 0
-        || discard_from(keydir, s_expiries, key) < 0) {
+    /* A key in ``hidden`` is never indexed (KeyDir's rules move a key from one to the other;
+     * replay.c relies on the same), so only a new key can be there: an overwrite skips it. */
+    if (add_int_attr(&a_live_bytes, seg, size) < 0
+        || (!had_old && discard_from(&a_hidden, keydir, key) < 0)
+        || discard_from(&a_expiries, keydir, key) < 0) {
         goto done;
     }
     result = 1;
@@ -263,28 +430,29 @@ done:
     return result;
 }
 
-static PyObject *
-native_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+/* A key and a value the kernel takes (anything else is converted and checked, with its
+ * error, by the Python path). */
+static inline int
+plain_pair(PyObject *key, PyObject *value)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "put(store, key, value) takes 3 arguments");
-        return NULL;
-    }
-    PyObject *store = args[0], *key = args[1], *value = args[2];
-    if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(value) || PyBytes_GET_SIZE(key) == 0
-        || (size_t)PyBytes_GET_SIZE(key) > KEY_MAX
-        || (size_t)PyBytes_GET_SIZE(value) > VALUE_MAX) {
-        Py_RETURN_FALSE;  /* converted and checked (with its error) by the Python path */
-    }
-    PyObject *lock = PyObject_GetAttr(store, s_lock);
+    return PyBytes_CheckExact(key) && PyBytes_CheckExact(value) && PyBytes_GET_SIZE(key) > 0
+           && (size_t)PyBytes_GET_SIZE(key) <= KEY_MAX
+           && (size_t)PyBytes_GET_SIZE(value) <= VALUE_MAX;
+}
+
+/* put_locked under the store's writer lock: 1 done, 0 declined, -1 error (set). */
+static int
+put_with_lock(PyObject *store, PyObject *key, PyObject *value)
+{
+    PyObject *lock = fast_get(&a_lock, store);
     if (lock == NULL) {
-        return NULL;
+        return -1;
     }
     /* Blocking acquire through the lock's own method: it waits with the GIL released. */
     PyObject *got = PyObject_CallMethodNoArgs(lock, s_acquire);
     if (got == NULL) {
         Py_DECREF(lock);
-        return NULL;
+        return -1;
     }
     Py_DECREF(got);
     int r = put_locked(store, key, value);
@@ -297,15 +465,177 @@ native_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(exc_type);
         Py_XDECREF(exc_value);
         Py_XDECREF(exc_tb);
-        return NULL;
+        return -1;
     }
     Py_DECREF(released);
     PyErr_Restore(exc_type, exc_value, exc_tb);
+    return r;
+}
+
+static PyObject *
+native_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "put(store, key, value) takes 3 arguments");
+        return NULL;
+    }
+    if (!plain_pair(args[1], args[2])) {
+        Py_RETURN_FALSE;
+    }
+    int r = put_with_lock(args[0], args[1], args[2]);
     if (r < 0) {
         return NULL;
     }
     return PyBool_FromLong(r);
 }
+
+/* -- Writer: the kernel bound as a store's ``put`` ----------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *store_ref; /* weakref to the Store */
+    PyObject *fallback;  /* Store.put, the function: fallback(store, key, value, **options) */
+    int attached;        /* 0 once detached: every call goes to fallback */
+} Writer;
+
+static int
+writer_init(Writer *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"store", "fallback", NULL};
+    PyObject *store, *fallback;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:Writer", kwlist, &store, &fallback)) {
+        return -1;
+    }
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "fallback must be callable");
+        return -1;
+    }
+    PyObject *ref = PyWeakref_NewRef(store, NULL);
+    if (ref == NULL) {
+        return -1;
+    }
+    Py_INCREF(fallback);
+    Py_XSETREF(self->store_ref, ref);
+    Py_XSETREF(self->fallback, fallback);
+    self->attached = 1;
+    return 0;
+}
+
+static int
+writer_traverse(Writer *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->store_ref);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+writer_clear(Writer *self)
+{
+    Py_CLEAR(self->store_ref);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+writer_dealloc(Writer *self)
+{
+    PyObject_GC_UnTrack(self);
+    writer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+writer_put(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (self->store_ref == NULL || self->fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Writer is not initialised");
+        return NULL;
+    }
+    PyObject *store = PyWeakref_GetObject(self->store_ref); /* borrowed */
+    if (store == NULL) {
+        return NULL;
+    }
+    if (store == Py_None) {
+        PyErr_SetString(PyExc_ReferenceError, "the store this put belonged to is gone");
+        return NULL;
+    }
+    Py_INCREF(store);
+    if (self->attached && nargs == 2 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)
+        && plain_pair(args[0], args[1])) {
+        int r = put_with_lock(store, args[0], args[1]);
+        if (r != 0) {
+            Py_DECREF(store);
+            if (r < 0) {
+                return NULL;
+            }
+            Py_RETURN_TRUE;
+        }
+    }
+    /* Options, a key or value to convert, or a put the kernel declined: the reference. */
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *small[8];
+    PyObject **full = small;
+    if (nargs + nkw + 1 > 8) {
+        full = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
+        if (full == NULL) {
+            Py_DECREF(store);
+            return PyErr_NoMemory();
+        }
+    }
+    full[0] = store;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        full[i + 1] = args[i];
+    }
+    PyObject *result = PyObject_Vectorcall(self->fallback, full, (size_t)nargs + 1, kwnames);
+    if (full != small) {
+        PyMem_Free(full);
+    }
+    Py_DECREF(store);
+    return result;
+}
+
+static PyObject *
+writer_detach(Writer *self, PyObject *Py_UNUSED(ignored))
+{
+    self->attached = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+writer_attached(Writer *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->attached);
+}
+
+static PyMethodDef writer_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))writer_put, METH_FASTCALL | METH_KEYWORDS,
+     "put(key, value, **options): Store.put's result; the common case in C (the put kernel), "
+     "everything else through the store's Python put."},
+    {"detach", (PyCFunction)writer_detach, METH_NOARGS,
+     "Send every later put to the store's Python put (the store closed)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef writer_getset[] = {
+    {"attached", (getter)writer_attached, NULL, "False once detach() was called.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Writer_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "bitkv._native.Writer",
+    .tp_basicsize = sizeof(Writer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Writer(store, fallback): Store.put in C, bound as the store's put.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)writer_init,
+    .tp_dealloc = (destructor)writer_dealloc,
+    .tp_traverse = (traverseproc)writer_traverse,
+    .tp_clear = (inquiry)writer_clear,
+    .tp_methods = writer_methods,
+    .tp_getset = writer_getset,
+};
 
 static PyMethodDef put_methods[] = {
     {"put", (PyCFunction)(void (*)(void))native_put, METH_FASTCALL,
@@ -317,22 +647,24 @@ static PyMethodDef put_methods[] = {
 int
 bitkv_put_init(PyObject *m)
 {
-    struct {
-        PyObject **slot;
-        const char *name;
-    } names[] = {
-        {&s_lock, "_lock"}, {&s_log, "_log"}, {&s_refused, "refused"}, {&s_active, "active"},
-        {&s_size, "size"}, {&s_allocated, "allocated"}, {&s_mm, "mm"}, {&s_slot, "slot"},
-        {&s_live_bytes, "live_bytes"}, {&s_keydir, "_keydir"}, {&s_entries, "entries"},
-        {&s_slots, "slots"}, {&s_hidden, "hidden"}, {&s_expiries, "expiries"},
-        {&s_next_seq, "_next_seq"}, {&s_max_segment_size, "max_segment_size"},
-        {&s_acquire, "acquire"}, {&s_release, "release"}, {&s_forget, "forget"},
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        *names[i].slot = PyUnicode_InternFromString(names[i].name);
-        if (*names[i].slot == NULL) {
+    for (size_t i = 0; i < sizeof(all_attrs) / sizeof(all_attrs[0]); i++) {
+        all_attrs[i]->name = PyUnicode_InternFromString(all_attrs[i]->text);
+        if (all_attrs[i]->name == NULL) {
             return -1;
         }
+    }
+    s_acquire = PyUnicode_InternFromString("acquire");
+    s_release = PyUnicode_InternFromString("release");
+    s_forget = PyUnicode_InternFromString("forget");
+    s_pop = PyUnicode_InternFromString("pop");
+    if (s_acquire == NULL || s_release == NULL || s_forget == NULL || s_pop == NULL
+        || PyType_Ready(&Writer_Type) < 0) {
+        return -1;
+    }
+    Py_INCREF(&Writer_Type);
+    if (PyModule_AddObject(m, "Writer", (PyObject *)&Writer_Type) < 0) {
+        Py_DECREF(&Writer_Type);
+        return -1;
     }
     return PyModule_AddFunctions(m, put_methods);
 }

@@ -6,7 +6,7 @@
  * return values) are the same, which tests/test_native_replay.py checks on random stores.
  *
  *   hint_check(fixed, keys, covered) -> bool
- *   hint_apply(keydir, slot, fixed, keys, covered, now_ms) -> (ok, loaded)
+ *   hint_apply(keydir, slot, fixed, keys, covered, now_ms, helper=False) -> (ok, loaded)
  *   plain_run(keydir, slot, buf, pos, end, max_seq, now_ms) -> (stop, max_seq, loaded)
  *
  * The rules are KeyDir.apply's (bitkv/keydir.py): the record applied last wins; a tombstone or
@@ -398,17 +398,152 @@ hint_check(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(ok && pos == keys_len);
 }
 
+/* A helper thread hashes a big hint's keys ahead of the apply loop, on another core: the hash
+ * is a pure function of the key's bytes (and the process's hash key), so whichever thread
+ * computes it, the loop applies the same entries in the same order to the same index; what
+ * moves off the loop's thread is SipHash and the first touch of the hint's pages. The helper
+ * uses no Python object and runs without the GIL; the loop hashes an entry itself whenever
+ * the helper has not got there yet (a busy machine may not run it at all). */
+#if defined(__GNUC__) || defined(__clang__)
+/* Below this many entries, starting a thread costs more than it saves. scripts/asan_native.sh
+ * builds with 1, so that the fuzz target's small hints run the helper too. */
+#ifndef HELPER_MIN_ENTRIES
+#define HELPER_MIN_ENTRIES 65536
+#endif
+#define HELPER_PUBLISH 1024      /* entries hashed between two updates of ``ready`` */
+
+typedef struct {
+    const unsigned char *fixed, *keys; /* the hint's buffers, held by the caller until joined */
+    size_t n, keys_len;
+    uint64_t *hashes; /* hashes[i] of entry i, valid for i < ready */
+    size_t ready;     /* written by the helper (release), read by the loop (acquire) */
+    int stop;         /* set by the loop: no more hashes are wanted */
+    PyThread_type_lock done; /* held while the helper runs; released as its last act */
+} Hasher;
+
+static void
+hasher_run(void *arg)
+{
+    Hasher *hs = arg;
+    size_t pos = 0, i = 0;
+    for (; i < hs->n; i++) {
+        if (i % HELPER_PUBLISH == 0) {
+            __atomic_store_n(&hs->ready, i, __ATOMIC_RELEASE);
+            if (__atomic_load_n(&hs->stop, __ATOMIC_RELAXED)) {
+                break;
+            }
+        }
+        size_t key_len = bitkv_le16(hs->fixed + i * HINT_ENTRY_SIZE + 2);
+        if (key_len > hs->keys_len - pos) {
+            break; /* out of bounds: the loop stops at this entry (or before) itself */
+        }
+        hs->hashes[i] = bitkv_index_hash(hs->keys + pos, key_len);
+        pos += key_len;
+    }
+    __atomic_store_n(&hs->ready, i, __ATOMIC_RELEASE);
+    PyThread_release_lock(hs->done);
+}
+
+/* Start the helper over the n entries; 0 if it is not running (then nothing to join). */
+static int
+hasher_start(Hasher *hs, const unsigned char *fixed, const unsigned char *keys, size_t n,
+             size_t keys_len)
+{
+    memset(hs, 0, sizeof(*hs));
+    if (n < HELPER_MIN_ENTRIES || n > SIZE_MAX / sizeof(uint64_t)) {
+        return 0;
+    }
+    hs->hashes = PyMem_RawMalloc(n * sizeof(uint64_t));
+    hs->done = hs->hashes != NULL ? PyThread_allocate_lock() : NULL;
+    if (hs->done == NULL) {
+        PyMem_RawFree(hs->hashes);
+        hs->hashes = NULL;
+        return 0; /* no helper: the loop hashes every key itself, as without one */
+    }
+    hs->fixed = fixed;
+    hs->keys = keys;
+    hs->n = n;
+    hs->keys_len = keys_len;
+    PyThread_acquire_lock(hs->done, WAIT_LOCK); /* free: it was just made */
+    if (PyThread_start_new_thread(hasher_run, hs) == PYTHREAD_INVALID_THREAD_ID) {
+        PyThread_release_lock(hs->done);
+        PyThread_free_lock(hs->done);
+        PyMem_RawFree(hs->hashes);
+        memset(hs, 0, sizeof(*hs));
+        return 0;
+    }
+    return 1;
+}
+
+/* The hash of entry i (its key at ``key``): the helper's if it is there yet, else computed. */
+static inline uint64_t
+hasher_get(Hasher *hs, size_t *ready, size_t i, const unsigned char *key, size_t len)
+{
+    if (hs->hashes != NULL
+        && (i < *ready || i < (*ready = __atomic_load_n(&hs->ready, __ATOMIC_ACQUIRE)))) {
+        return hs->hashes[i];
+    }
+    return bitkv_index_hash(key, len);
+}
+
+/* Stop the helper and wait for it (it is between two checks of ``stop``: a few microseconds),
+ * then free what it used. The GIL is let go meanwhile. */
+static void
+hasher_join(Hasher *hs)
+{
+    if (hs->hashes == NULL) {
+        return;
+    }
+    __atomic_store_n(&hs->stop, 1, __ATOMIC_RELAXED);
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(hs->done, WAIT_LOCK);
+    Py_END_ALLOW_THREADS
+    PyThread_release_lock(hs->done);
+    PyThread_free_lock(hs->done);
+    PyMem_RawFree(hs->hashes);
+    memset(hs, 0, sizeof(*hs));
+}
+#else
+typedef struct {
+    uint64_t *hashes;
+} Hasher;
+static int
+hasher_start(Hasher *hs, const unsigned char *fixed, const unsigned char *keys, size_t n,
+             size_t keys_len)
+{
+    (void)fixed, (void)keys, (void)n, (void)keys_len;
+    hs->hashes = NULL;
+    return 0;
+}
+static inline uint64_t
+hasher_get(Hasher *hs, size_t *ready, size_t i, const unsigned char *key, size_t len)
+{
+    (void)hs, (void)ready, (void)i;
+    return bitkv_index_hash(key, len);
+}
+static void
+hasher_join(Hasher *hs)
+{
+    (void)hs;
+}
+#endif
+
 PyDoc_STRVAR(hint_apply_doc,
-"hint_apply(keydir, slot, fixed, keys, covered, now_ms, /) -> (ok, loaded)\n\n"
+"hint_apply(keydir, slot, fixed, keys, covered, now_ms, helper=False, /) -> (ok, loaded)\n\n"
 "Apply a hint's entries (the entry table and the key area) to ``keydir`` as records of the\n"
 "segment at ``slot``, each by KeyDir.apply's rules. Stops at the first entry outside the key\n"
 "area or the ``covered`` bytes, with those before it applied; ``ok`` is False then, or when\n"
-"the key area is longer than the entries use. ``loaded``: the entries indexed.");
+"the key area is longer than the entries use. ``loaded``: the entries indexed. ``helper``:\n"
+"hash the keys of a big hint ahead in a second thread (the same result either way).");
 
 static PyObject *
 hint_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!check_nargs("hint_apply", nargs, 6)) {
+    if (nargs != 7 && !check_nargs("hint_apply", nargs, 6)) {
+        return NULL;
+    }
+    int want_helper = nargs == 7 ? PyObject_IsTrue(args[6]) : 0;
+    if (want_helper < 0) {
         return NULL;
     }
     uint64_t covered;
@@ -429,6 +564,14 @@ hint_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     int ok = 1, rc = 0;
     uint64_t ring[RING];
     size_t ahead = 0, ahead_pos = 0; /* the next entry to hash, and where its key starts */
+    Hasher hs;
+    size_t ready = 0; /* entries the helper is known to have hashed */
+    if (want_helper) {
+        (void)hasher_start(&hs, f, keys, n, keys_len);
+    }
+    else {
+        memset(&hs, 0, sizeof(hs));
+    }
     for (size_t i = 0; i < n; i++) {
         /* Hash and prefetch ahead, as far as the entries are in bounds (checked again below,
          * where they count). */
@@ -438,7 +581,7 @@ hint_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             if (e.key_len > keys_len - ahead_pos) {
                 break;
             }
-            uint64_t h = bitkv_index_hash(keys + ahead_pos, e.key_len);
+            uint64_t h = hasher_get(&hs, &ready, ahead, keys + ahead_pos, e.key_len);
             ring[ahead % RING] = h;
             bitkv_index_prefetch(a.entries, h);
             ahead_pos += e.key_len;
@@ -462,6 +605,7 @@ hint_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         }
         pos += e.key_len;
     }
+    hasher_join(&hs); /* before the buffers it reads are let go */
     PyBuffer_Release(&fb);
     PyBuffer_Release(&kb);
     if (apply_flush(&a) < 0) {

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from .app import ServerConfig
     from .commands.keyspace import ScanIndex
+    from .metrics import Metrics
     from .protocol import Limits
     from .pubsub import PubSub
     from .replication import Replication
@@ -96,6 +97,9 @@ class ServerControl(Protocol):
 
     @property
     def total_connections(self) -> int: ...
+
+    @property
+    def metrics(self) -> Metrics: ...  # INFO commandstats, errorstats, latencystats, hits
 
     @property
     def total_commands(self) -> int: ...

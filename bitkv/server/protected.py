@@ -44,3 +44,13 @@ def check_bind(hosts: tuple[str, ...], has_password: bool, protected: bool) -> N
             "set --requirepass (or BITKV_REQUIREPASS) so that clients must AUTH, bind a "
             "loopback address, or pass --protected-mode no to accept unauthenticated clients "
             "from the network")
+
+
+def check_metrics_bind(host: str, protected: bool) -> None:
+    """Raise ValueError if protected mode forbids the metrics endpoint on ``host``: it has no
+    password (``--requirepass`` does not cover it), so only loopback unless opted out."""
+    if protected and not is_loopback(host):
+        raise ValueError(
+            f"protected mode: refusing to serve metrics on {host}: the metrics endpoint has "
+            "no password (--requirepass does not cover it); bind it to a loopback address, or "
+            "pass --protected-mode no to expose it to the network")

@@ -175,6 +175,7 @@ class ReplicaLink:
         self.port = port
         self.settings = settings
         self._state = state  # the REPLICA file's contents; this link updates ``resume``
+        self._ack_refusal: str | None = None  # why ACKs stopped (logged once)
         # Where the local data stands: the master's replication id and the offset of the
         # last byte applied, or None / -1 when unknown (then PSYNC ? -1).
         self.replid: str | None = None
@@ -748,8 +749,12 @@ class ReplicaLink:
                 try:
                     self.server.db.sync_pending()
                 except Exception as exc:
-                    log.error("replication: not acknowledging offset %d: the fsync failed: "
-                              "%s", self.offset, exc)
+                    # The store logged the failed fsync itself (ERROR); this says what it
+                    # means here, once, not at every ACK period.
+                    if str(exc) != self._ack_refusal:
+                        self._ack_refusal = str(exc)
+                        log.warning("replication: not acknowledging offsets from %d on: the "
+                                    "fsync failed: %s", self.offset, exc)
                     return
             writer.write(encode_command(b"REPLCONF", b"ACK", self.offset))
 

@@ -4,17 +4,21 @@ The table, the flags and the ``@command`` decorator live in :mod:`.registry`; th
 are split by group, each module registering its handlers when imported here:
 
 * :mod:`.connection`   PING, ECHO, QUIT, SELECT, AUTH, HELLO, RESET, CLIENT
-* :mod:`.transactions` MULTI, DISCARD, EXEC
+* :mod:`.transactions` MULTI, DISCARD, EXEC, WATCH, UNWATCH
 * :mod:`.strings`      GET, SET, SETNX/SETEX/PSETEX, GETDEL, GETEX, GETSET, GETRANGE, SETRANGE,
   MGET, MSET, MSETNX, APPEND, STRLEN, INCR/DECR/INCRBY/DECRBY
-* :mod:`.keyspace`     DEL, UNLINK, EXISTS, TYPE, EXPIRE and variants, TTL, PTTL, PERSIST,
-  KEYS, SCAN
+* :mod:`.stringmath`   INCRBYFLOAT, LCS
+* :mod:`.bits`         SETBIT, GETBIT, BITCOUNT, BITPOS, BITOP
+* :mod:`.keyspace`     DEL, UNLINK, EXISTS, TYPE, EXPIRE and variants, TTL, PTTL, EXPIRETIME,
+  PEXPIRETIME, PERSIST, KEYS, SCAN, RENAME, RENAMENX, COPY, RANDOMKEY, TOUCH, OBJECT
 * :mod:`.admin`        DBSIZE, FLUSHDB, FLUSHALL, TIME, SAVE, BGSAVE, LASTSAVE, BGREWRITEAOF,
   SHUTDOWN, CONFIG, COMMAND, INFO
 * :mod:`.sync`         PSYNC, SYNC, REPLCONF, WAIT (the master side of replication)
 * :mod:`.pubsub`       SUBSCRIBE, UNSUBSCRIBE, PSUBSCRIBE, PUNSUBSCRIBE, SSUBSCRIBE, SUNSUBSCRIBE,
   PUBLISH, SPUBLISH, PUBSUB
 * :mod:`.replication`  REPLICAOF, SLAVEOF, ROLE (the replica side)
+* :mod:`.functions`    FUNCTION FLUSH, FUNCTION LIST (an always empty library)
+* :mod:`.tuning`       (no commands) Redis's tuning parameters for CONFIG SET/GET
 
 Handlers run on the event loop thread, one at a time, so a command that makes several Store
 calls is atomic with respect to every other client, as in Redis. Store calls are
@@ -35,6 +39,7 @@ from . import connection, transactions, strings, keyspace, admin
 from . import sync  # noqa: F401 - imported for its @command registrations
 from . import pubsub
 from . import replication  # noqa: F401 - imported for its @command registrations
+from . import bits, functions, stringmath, tuning  # noqa: F401 - imported for their @command registrations
 # isort: on
 from .keyspace import ScanIndex
 from .registry import (

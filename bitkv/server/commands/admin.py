@@ -26,6 +26,7 @@ from ..protocol import (
     verbatim,
 )
 from ..pubsub import CHANNEL, PATTERN, SHARD
+from . import tuning
 from .registry import (
     F_ADMIN,
     F_ASYNC,
@@ -141,8 +142,6 @@ def _config_params(c: Connection) -> dict[str, str]:
         "tls-protocols": "TLSv1.2 TLSv1.3" if cfg.tls else "",
         "dir": os.path.abspath(cfg.dir),
         "requirepass": (control.requirepass or b"").decode("utf-8", "replace"),
-        "save": "",
-        "appendonly": "yes",
         "appendfsync": {"always": "always", "interval": "everysec", "never": "no"}[cfg.sync],
         "bitkv-sync-interval": repr(cfg.sync_interval),
         "databases": "1",
@@ -160,6 +159,7 @@ def _config_params(c: Connection) -> dict[str, str]:
         "daemonize": "no",
         "loglevel": "notice",
         **control.replication.config_params(),
+        **tuning.values(control),  # accepted by CONFIG SET, no effect (tuning.py)
     }
 
 
@@ -184,19 +184,29 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
         pairs = [(args[i].decode("utf-8", "replace"), args[i + 1].decode("utf-8", "replace"))
                  for i in range(2, len(args), 2)]
         replication = c.control.replication
-        for name, _value in pairs:
-            if name.lower() not in replication.config_params() or name.lower() in (
+        tuned: dict[str, str] = {}
+        for name, value in pairs:
+            if tuning.accepts(name):
+                try:
+                    tuned[name.lower()] = tuning.normalize(name, value)
+                except ValueError as exc:
+                    raise CommandError(f"ERR CONFIG SET failed (possibly related to argument "
+                                       f"'{name}') - {exc}") from None
+            elif name.lower() not in replication.config_params() or name.lower() in (
                     "replicaof", "slaveof"):
                 raise CommandError(
                     f"ERR Unknown option or number of arguments for CONFIG SET - '{name}' "
                     f"(bitkv's configuration is set on the command line; CONFIG SET "
-                    f"changes only the replica settings)")
+                    f"changes the replica settings and records Redis's tuning parameters)")
         for name, value in pairs:
+            if tuning.accepts(name):
+                continue
             try:
                 replication.config_set(name, value)
             except ValueError as exc:
                 raise CommandError(f"ERR CONFIG SET failed (possibly related to argument "
                                    f"'{name}') - {exc}") from None
+        tuning.record(c.control, tuned)
         return OK
     if sub == b"RESETSTAT" and len(args) == 2:
         c.control.reset_stats()
@@ -211,7 +221,9 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
         return OK
     if sub == b"HELP" and len(args) == 2:
         return bulk_array([b"CONFIG <subcommand> [<arg> ...]. Subcommands are:",
-                           b"GET <pattern>", b"SET <parameter> <value> (replica settings)",
+                           b"GET <pattern>",
+                           b"SET <parameter> <value> (the replica settings; Redis's tuning "
+                           b"parameters are recorded, with no effect)",
                            b"RESETSTAT", b"REWRITE", b"HELP"])
     raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
                        + "'. Try CONFIG HELP.")
@@ -286,6 +298,7 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
     last = stats.get("last_compaction") or {}
     rec = stats.get("recovery") or {}
     sync = control.config.sync
+    metrics = control.metrics
     return {
         "server": [
             ("redis_version", REDIS_VERSION),
@@ -342,6 +355,8 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("bitkv_dead_bytes", stats["dead_bytes"]),
             ("bitkv_disk_bytes", stats["disk_bytes"]),
             ("bitkv_last_compaction_reclaimed_bytes", last.get("bytes_reclaimed", 0)),
+            ("bitkv_compactions", stats["compactions"]),
+            ("bitkv_expired_keys", stats["expired_keys"]),
             ("bitkv_last_compaction_error", control.last_compaction_error
              or stats.get("last_compaction_error") or ""),
             ("bitkv_recovery_truncated_bytes", rec.get("truncated_bytes", 0)),
@@ -351,25 +366,34 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
             ("total_connections_received", control.total_connections),
             ("total_commands_processed", control.total_commands),
             ("rejected_connections", control.rejected_connections),
-            ("expired_keys", 0),
+            ("instantaneous_ops_per_sec", metrics.instantaneous_ops_per_sec),
+            ("expired_keys", metrics.expired_keys(stats["expired_keys"])),
             ("evicted_keys", 0),
+            ("keyspace_hits", metrics.keyspace_hits),
+            ("keyspace_misses", metrics.keyspace_misses),
             ("pubsub_channels", control.pubsub.total(CHANNEL)),
             ("pubsub_patterns", control.pubsub.total(PATTERN)),
             ("pubsubshard_channels", control.pubsub.total(SHARD)),
             *control.replication.stats_fields(),
+            ("total_error_replies", metrics.total_error_replies),
         ],
         "replication": control.replication.info_fields(),
         "cpu": [
             ("used_cpu_sys", f"{usage.ru_stime:.6f}"),
             ("used_cpu_user", f"{usage.ru_utime:.6f}"),
         ],
+        "commandstats": metrics.commandstats(),
+        "errorstats": metrics.errorstats(),
+        "latencystats": metrics.latencystats(),
         "keyspace": ([("db0", f"keys={stats['keys']},expires={stats['expiring_keys']},"
                               "avg_ttl=0")] if stats["keys"] else []),
     }
 
 
-_DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication",
-                     "cpu", "keyspace")
+# Redis 7's order. commandstats and latencystats are in "all" and "everything" only.
+_ALL_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu",
+                 "commandstats", "errorstats", "latencystats", "keyspace")
+_DEFAULT_SECTIONS = tuple(n for n in _ALL_SECTIONS if n not in ("commandstats", "latencystats"))
 
 
 @command("info", -1, F_FAST, group="server",
@@ -377,10 +401,12 @@ _DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "rep
 def cmd_info(c: Connection, args: list[bytes]) -> bytes:
     wanted = [a.decode("utf-8", "replace").lower() for a in args[1:]]
     sections = info_sections(c)
-    if not wanted or any(w in ("all", "everything", "default") for w in wanted):
-        names = list(_DEFAULT_SECTIONS)
+    if any(w in ("all", "everything") for w in wanted):
+        names = list(_ALL_SECTIONS)
+    elif not wanted or "default" in wanted:
+        names = [n for n in _ALL_SECTIONS if n in _DEFAULT_SECTIONS or n in wanted]
     else:
-        names = [n for n in _DEFAULT_SECTIONS if n in wanted]
+        names = [n for n in _ALL_SECTIONS if n in wanted]
     out = []
     for name in names:
         out.append(f"# {name.capitalize()}\r\n")

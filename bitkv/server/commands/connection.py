@@ -162,6 +162,7 @@ def cmd_reset(c: Connection, args: list[bytes]) -> bytes:
         raise CommandError("ERR can only reset normal client connections")
     c.multi = None
     c.multi_dirty = False
+    c.watched = None  # as Redis: RESET unwatches
     c.control.pubsub.drop(c)
     c.set_protocol(2)
     c.name = None

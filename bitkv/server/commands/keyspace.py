@@ -1,18 +1,38 @@
-"""Keyspace commands: DEL, EXISTS, TYPE, EXPIRE and its variants, TTL, PERSIST, KEYS, SCAN."""
+"""Keyspace commands: DEL, EXISTS, TYPE, EXPIRE and its variants, TTL, EXPIRETIME, PERSIST,
+KEYS, SCAN, RENAME, RENAMENX, COPY, RANDOMKEY, TOUCH, OBJECT.
+
+RENAME and COPY read the source (value and expiry, exact to the ms) and write the result as
+one store batch, so after a crash either the whole move is there or none of it; no other
+client's command runs in between because handlers run one at a time on the event loop
+thread (and the store is the server's: nothing else writes to it).
+"""
 
 from __future__ import annotations
 
+import random
 from bisect import bisect_left
+from itertools import islice
 from typing import TYPE_CHECKING
 from zlib import crc32
 
-from ...validate import MAX_TTL_SECONDS
 from ..glob import compile_glob, literal_prefix
-from ..protocol import INT64_MAX, MINUS_ONE, MINUS_TWO, ONE, ZERO, bulk, bulk_array, integer
+from ..protocol import (
+    INT64_MAX,
+    MINUS_ONE,
+    MINUS_TWO,
+    OK,
+    ONE,
+    ZERO,
+    bulk,
+    bulk_array,
+    integer,
+    parse_ll,
+)
 from .registry import (
     F_FAST,
     F_READONLY,
     F_WRITE,
+    NOT_INT,
     SYNTAX,
     CommandError,
     command,
@@ -55,6 +75,9 @@ def cmd_type(c: Connection, args: list[bytes]) -> bytes:
     return b"+string\r\n" if key_exists(c.db, args[1]) else b"+none\r\n"
 
 
+SECONDS_LIMIT = INT64_MAX // 1000  # |seconds| Redis accepts: 9223372036854775
+
+
 def _expire(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
     key = args[1]
     nx = xx = gt = lt = False
@@ -78,7 +101,8 @@ def _expire(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
     n = to_int(args[2])
     now_ms = time_ms()
     if unit in (b"EX", b"EXAT"):
-        if not -INT64_MAX // 1000 <= n <= INT64_MAX // 1000:
+        # Redis's bounds: C's LLONG_MIN / 1000 truncates toward zero.
+        if not -SECONDS_LIMIT <= n <= SECONDS_LIMIT:
             raise CommandError(f"ERR invalid expire time in '{name}' command")
         n *= 1000
     if unit in (b"EX", b"PX"):
@@ -86,12 +110,14 @@ def _expire(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
             raise CommandError(f"ERR invalid expire time in '{name}' command")
         n += now_ms
     db = c.db
-    try:
-        left = db.ttl(key)  # seconds, None for no expiry; KeyError if missing
-    except (KeyError, ValueError):
-        return ZERO
     if nx or xx or gt or lt:
-        current = None if left is None else now_ms + left * 1000
+        try:
+            found = db.get_with_expiry(key)  # expiry exact to the ms, 0 for none
+        except ValueError:
+            found = None
+        if found is None:
+            return ZERO
+        current = found[1] or None
         if nx and current is not None:
             return ZERO
         if xx and current is None:
@@ -100,11 +126,11 @@ def _expire(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
             return ZERO
         if lt and current is not None and n >= current:
             return ZERO
+    elif not key_exists(db, key):
+        return ZERO
     if n <= now_ms:  # a time in the past deletes the key, as Redis does
         db.delete(key)
         return ONE
-    if n - now_ms > MAX_TTL_SECONDS * 1000:
-        raise CommandError(f"ERR invalid expire time in '{name}' command")
     # The absolute time itself, exact to the ms (a relative ttl would drift by the time
     # between here and the store's clock reading).
     return ONE if db.expire_at(key, n) else ZERO
@@ -248,3 +274,161 @@ def cmd_scan(c: Connection, args: list[bytes]) -> bytes:
                     found.append(k)
     next_cursor = order[pos] if pos < len(order) else 0
     return b"*2\r\n" + bulk(b"%d" % next_cursor) + bulk_array(found)
+
+
+def _expiry_reply(c: Connection, key: bytes, ms: bool) -> bytes:
+    try:
+        found = c.db.get_with_expiry(key)
+    except ValueError:
+        found = None
+    if found is None:
+        return MINUS_TWO
+    at_ms = found[1]
+    if not at_ms:
+        return MINUS_ONE
+    return integer(at_ms if ms else at_ms // 1000)
+
+
+@command("expiretime", 2, F_READONLY | F_FAST, (1, 1, 1), "keyspace",
+         "Get the expiration Unix timestamp for a key", "7.0.0")
+def cmd_expiretime(c: Connection, args: list[bytes]) -> bytes:
+    return _expiry_reply(c, args[1], False)
+
+
+@command("pexpiretime", 2, F_READONLY | F_FAST, (1, 1, 1), "keyspace",
+         "Get the expiration Unix timestamp for a key in milliseconds", "7.0.0")
+def cmd_pexpiretime(c: Connection, args: list[bytes]) -> bytes:
+    return _expiry_reply(c, args[1], True)
+
+
+@command("touch", -2, F_READONLY | F_FAST, (1, -1, 1), "keyspace",
+         "Count the given keys that exist (bitkv keeps no access times)", "3.2.1")
+def cmd_touch(c: Connection, args: list[bytes]) -> bytes:
+    return cmdkey_exists(c, args)
+
+
+@command("randomkey", 1, F_READONLY, (0, 0, 0), "keyspace",
+         "Return a random key from the keyspace")
+def cmd_randomkey(c: Connection, args: list[bytes]) -> bytes:
+    db = c.db
+    for _attempt in range(16):  # a key may expire between the count and the walk
+        n = len(db)
+        if n == 0:
+            return c.null
+        # O(n) walk, O(1) memory: the keydir has no random access.
+        key = next(islice(db.keys(), random.randrange(n), None), None)
+        if key is not None:
+            return bulk(key)
+    return c.null
+
+
+NO_SUCH_KEY = "ERR no such key"
+
+
+def _move(c: Connection, src: bytes, dst: bytes, keep_source: bool, replace: bool) -> bool:
+    """Copy (or, without ``keep_source``, move) ``src`` to ``dst`` with its expiry, as one
+    batch; False if ``dst`` exists and not ``replace``. The caller checked ``src`` exists."""
+    db = c.db
+    found = db.get_with_expiry(src)
+    if found is None:
+        raise CommandError(NO_SUCH_KEY)
+    if not replace and key_exists(db, dst):
+        return False
+    value, at_ms = found
+    with db.batch() as b:
+        b.put(dst, value, expires_at_ms=at_ms or None)
+        if not keep_source:
+            b.delete(src)
+    return True
+
+
+def _rename(c: Connection, args: list[bytes], nx: bool) -> bytes:
+    src, dst = args[1], args[2]
+    if not key_exists(c.db, src):
+        raise CommandError(NO_SUCH_KEY)
+    if src == dst:
+        return ZERO if nx else OK
+    moved = _move(c, src, dst, keep_source=False, replace=not nx)
+    if nx:
+        return ONE if moved else ZERO
+    return OK
+
+
+@command("rename", 3, F_WRITE, (1, 2, 1), "keyspace", "Rename a key")
+def cmd_rename(c: Connection, args: list[bytes]) -> bytes:
+    return _rename(c, args, False)
+
+
+@command("renamenx", 3, F_WRITE | F_FAST, (1, 2, 1), "keyspace",
+         "Rename a key, only if the new key does not exist")
+def cmd_renamenx(c: Connection, args: list[bytes]) -> bytes:
+    return _rename(c, args, True)
+
+
+@command("copy", -3, F_WRITE, (1, 2, 1), "keyspace", "Copy a key", "6.2.0")
+def cmd_copy(c: Connection, args: list[bytes]) -> bytes:
+    replace = False
+    i = 3
+    while i < len(args):
+        opt = args[i].upper()
+        if opt == b"REPLACE":
+            replace = True
+        elif opt == b"DB" and i + 1 < len(args):
+            db_index = parse_ll(args[i + 1])
+            if db_index is None or not -(2**31) <= db_index < 2**31:
+                raise CommandError(NOT_INT)
+            if db_index != 0:  # bitkv has one database, number 0
+                raise CommandError("ERR DB index is out of range")
+            i += 1
+        else:
+            raise CommandError(SYNTAX)
+        i += 1
+    src, dst = args[1], args[2]
+    if src == dst:
+        raise CommandError("ERR source and destination objects are the same")
+    if not key_exists(c.db, src):
+        return ZERO
+    return ONE if _move(c, src, dst, keep_source=True, replace=replace) else ZERO
+
+
+def _string_encoding(value: bytes) -> bytes:
+    """What Redis 7.0 calls a string of these bytes: int, embstr (up to 44 bytes) or raw."""
+    if len(value) <= 20 and parse_ll(value) is not None:
+        return b"int"
+    return b"embstr" if len(value) <= 44 else b"raw"
+
+
+@command("object", -2, F_READONLY, (2, 2, 1), "keyspace",
+         "Inspect the internals of Redis objects", "2.2.3", subcommands=True)
+def cmd_object(c: Connection, args: list[bytes]) -> bytes:
+    sub = args[1].upper()
+    if sub == b"HELP" and len(args) == 2:
+        return bulk_array([
+            b"OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            b"ENCODING <key>", b"    Return the kind of internal representation the Redis "
+            b"object stored at <key> would have (bitkv keeps every value as bytes).",
+            b"FREQ <key>", b"    Not tracked by bitkv (no LFU eviction policy).",
+            b"IDLETIME <key>", b"    Always 0: bitkv keeps no access times.",
+            b"REFCOUNT <key>", b"    Always 1.",
+            b"HELP", b"    Print this help."])
+    if sub not in (b"ENCODING", b"FREQ", b"IDLETIME", b"REFCOUNT"):
+        raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
+                           + "'. Try OBJECT HELP.")
+    if len(args) != 3:
+        raise CommandError("ERR wrong number of arguments for 'object|"
+                           + sub.lower().decode() + "' command")
+    try:
+        value = c.db.get(args[2])
+    except ValueError:
+        value = None
+    if value is None:
+        return c.null
+    if sub == b"ENCODING":
+        return bulk(_string_encoding(value))
+    if sub == b"FREQ":
+        raise CommandError("ERR An LFU maxmemory policy is not selected, access frequency not "
+                           "tracked. Please note that when switching between policies at "
+                           "runtime LRU and LFU data will take some time to adjust.")
+    if sub == b"IDLETIME":
+        return ZERO
+    return ONE

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from ... import Store
 from ...errors import NotAnIntegerError
 from ...record import MAX_VALUE_SIZE
-from ...validate import MAX_TTL_SECONDS
 from ..protocol import INT64_MAX, INT64_MIN, OK, ONE, ZERO, bulk, integer, parse_ll
 from .registry import (
     F_FAST,
@@ -34,10 +33,7 @@ if TYPE_CHECKING:
 
 @command("get", 2, F_READONLY | F_FAST, (1, 1, 1), "string", "Get the value of a key")
 def cmd_get(c: Connection, args: list[bytes]) -> bytes:
-    try:
-        v = c.db.get(args[1])
-    except ValueError:  # an empty or oversized key: no such key can exist
-        return c.null
+    v = _read(c, args[1])
     if v is None:
         return c.null
     return b"$%d\r\n%b\r\n" % (len(v), v)
@@ -55,13 +51,6 @@ def _expire_at_ms(unit: bytes, arg: bytes, name: str, now_ms: int) -> int:
             raise CommandError(f"ERR invalid expire time in '{name}' command")
         n += now_ms
     return n
-
-
-def _check_horizon(at_ms: int, now_ms: int, name: str) -> int:
-    """``at_ms`` unless it lies beyond bitkv's TTL limit (100 years from now)."""
-    if at_ms - now_ms > MAX_TTL_SECONDS * 1000:
-        raise CommandError(f"ERR invalid expire time in '{name}' command")
-    return at_ms
 
 
 _EXPIRE_UNITS = (b"EX", b"PX", b"EXAT", b"PXAT")
@@ -112,8 +101,8 @@ def _set(c: Connection, key: bytes, value: bytes, nx: bool, xx: bool, get: bool,
     # clock does meanwhile); a time in the past writes the key already expired, which is
     # what a replica must do with a master's ``SET ... PXAT`` when its clock is ahead.
     db = c.db
-    old = _get(db, key) if get else None
-    expires_at = _check_horizon(at_ms, now_ms, name) if at_ms else None
+    old = _read(c, key) if get else None
+    expires_at = at_ms or None
     written = db.put(key, value, if_absent=nx, if_present=xx, keep_ttl=keepttl,
                      expires_at_ms=expires_at)
     if get:
@@ -128,6 +117,23 @@ def _get(db: Store, key: bytes) -> bytes | None:
         return None
 
 
+def _read(c: Connection, key: bytes) -> bytes | None:
+    """A read of a key's value, counted in INFO's keyspace_hits or keyspace_misses (the
+    commands Redis counts so: GET, MGET, GETEX, GETDEL, GETSET, SET ... GET, GETRANGE,
+    STRLEN). The server's inlined GET counts its own (app.py)."""
+    return _counted(c, _get(c.db, key))
+
+
+def _counted(c: Connection, v: bytes | None) -> bytes | None:
+    """``v``, a value read (None: missing), counted as a keyspace hit or miss."""
+    metrics = c.control.metrics
+    if v is None:
+        metrics.keyspace_misses += 1
+    else:
+        metrics.keyspace_hits += 1
+    return v
+
+
 
 @command("setnx", 3, F_WRITE | F_FAST, (1, 1, 1), "string",
          "Set the value of a key, only if the key does not exist")
@@ -137,7 +143,7 @@ def cmd_setnx(c: Connection, args: list[bytes]) -> bytes:
 
 def _setex(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
     now_ms = time_ms()
-    at_ms = _check_horizon(_expire_at_ms(unit, args[2], name, now_ms), now_ms, name)
+    at_ms = _expire_at_ms(unit, args[2], name, now_ms)
     c.db.put(args[1], args[3], expires_at_ms=at_ms)
     return OK
 
@@ -161,6 +167,7 @@ def cmd_getdel(c: Connection, args: list[bytes]) -> bytes:
         v = c.db.get_and_delete(args[1])
     except ValueError:
         v = None
+    v = _counted(c, v)
     return c.null if v is None else bulk(v)
 
 
@@ -187,14 +194,14 @@ def cmd_getex(c: Connection, args: list[bytes]) -> bytes:
         assert arg is not None
         at_ms = _expire_at_ms(unit, arg, "getex", now_ms)
     db = c.db
-    v = _get(db, args[1])
+    v = _read(c, args[1])
     if v is None:
         return c.null
     if at_ms:
         if at_ms <= now_ms:
             db.delete(args[1])
         else:
-            db.expire_at(args[1], _check_horizon(at_ms, now_ms, "getex"))
+            db.expire_at(args[1], at_ms)
     elif persist:
         db.persist(args[1])
     return bulk(v)
@@ -204,7 +211,7 @@ def cmd_getex(c: Connection, args: list[bytes]) -> bytes:
          "Set the string value of a key and return its old value")
 def cmd_getset(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
-    old = _get(db, args[1])
+    old = _read(c, args[1])
     db.put(args[1], args[2])
     return c.null if old is None else bulk(old)
 
@@ -213,7 +220,7 @@ def cmd_getset(c: Connection, args: list[bytes]) -> bytes:
          "Get a substring of the string stored at a key", "2.4.0")
 def cmd_getrange(c: Connection, args: list[bytes]) -> bytes:
     start, end = to_int(args[2]), to_int(args[3])
-    v = _get(c.db, args[1]) or b""
+    v = _read(c, args[1]) or b""
     n = len(v)
     if start < 0 and end < 0 and start > end:
         return b"$0\r\n\r\n"
@@ -260,12 +267,20 @@ def cmd_mget(c: Connection, args: list[bytes]) -> bytes:
     get = c.db.get
     null = c.null
     parts = [b"*%d\r\n" % (len(args) - 1)]
+    misses = 0
     for key in args[1:]:
         try:
             v = get(key)
         except ValueError:
             v = None
-        parts.append(null if v is None else b"$%d\r\n%b\r\n" % (len(v), v))
+        if v is None:
+            misses += 1
+            parts.append(null)
+        else:
+            parts.append(b"$%d\r\n%b\r\n" % (len(v), v))
+    metrics = c.control.metrics
+    metrics.keyspace_misses += misses
+    metrics.keyspace_hits += len(args) - 1 - misses
     return b"".join(parts)
 
 
@@ -313,7 +328,7 @@ def cmd_append(c: Connection, args: list[bytes]) -> bytes:
 @command("strlen", 2, F_READONLY | F_FAST, (1, 1, 1), "string",
          "Get the length of the value stored in a key", "2.2.0")
 def cmd_strlen(c: Connection, args: list[bytes]) -> bytes:
-    v = _get(c.db, args[1])
+    v = _read(c, args[1])
     return ZERO if v is None else integer(len(v))
 
 

@@ -1,14 +1,28 @@
-"""Transactions: MULTI, DISCARD, EXEC. Queueing is done by the connection (app.py)."""
+"""Transactions: MULTI, DISCARD, EXEC, WATCH, UNWATCH. Queueing is done by the connection
+(app.py).
+
+WATCH is optimistic locking as Redis defines it: EXEC runs the queued commands only if no
+watched key was written since it was watched (by any client, this one included), expired,
+or was removed by FLUSHDB/FLUSHALL; otherwise EXEC answers a nil array and runs nothing.
+Each watched key's :meth:`bitkv.Store.version` is recorded at WATCH and compared at EXEC:
+every write gives the key a new version, an expired or deleted key has none. The check and
+the commands that follow it run in one handler on the event loop thread, so no other
+client's command can come between them. Unlike Redis, a key that was absent at WATCH, then
+created and deleted again before EXEC, does not abort the transaction (absent both times).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from ..protocol import OK, array
-from .registry import F_FAST, F_TXCTL, F_WRITE, CommandError, command
+from .registry import F_FAST, F_READONLY, F_TXCTL, F_WRITE, CommandError, command
 
 if TYPE_CHECKING:
     from ..app import Connection
+
+NULL_ARRAY2 = b"*-1\r\n"  # EXEC aborted by WATCH: RESP2's null array
+NULL3 = b"_\r\n"
 
 
 @command("multi", 1, F_TXCTL | F_FAST, group="transactions",
@@ -27,7 +41,23 @@ def cmd_discard(c: Connection, args: list[bytes]) -> bytes:
     if c.multi is None:
         raise CommandError("ERR DISCARD without MULTI")
     c.multi = None
+    c.watched = None
     return OK
+
+
+def _watched_key_changed(c: Connection) -> bool:
+    watched = c.watched
+    if not watched:
+        return False
+    version = c.db.version
+    for key, seen in watched.items():
+        try:
+            now = version(key)
+        except ValueError:  # a key no store can hold (empty): never present
+            now = None
+        if now != seen:
+            return True
+    return False
 
 
 @command("exec", 1, F_TXCTL | F_WRITE, group="transactions",
@@ -37,6 +67,35 @@ def cmd_exec(c: Connection, args: list[bytes]) -> bytes:
         raise CommandError("ERR EXEC without MULTI")
     queued, dirty = c.multi, c.multi_dirty
     c.multi = None
+    changed = _watched_key_changed(c)
+    c.watched = None
     if dirty:
         raise CommandError("EXECABORT Transaction discarded because of previous errors.")
+    if changed:
+        return NULL3 if c.resp3 else NULL_ARRAY2
     return array([c.call(spec, cmd) for spec, cmd in queued])
+
+
+@command("watch", -2, F_TXCTL | F_READONLY | F_FAST, (1, -1, 1), "transactions",
+         "Watch the given keys to determine execution of the MULTI/EXEC block", "2.2.0")
+def cmd_watch(c: Connection, args: list[bytes]) -> bytes:
+    if c.multi is not None:  # run at once inside MULTI (F_TXCTL), to answer this
+        raise CommandError("ERR WATCH inside MULTI is not allowed")
+    watched = c.watched
+    if watched is None:
+        watched = c.watched = {}
+    version = c.db.version
+    for key in args[1:]:
+        if key not in watched:  # as Redis: watching a key again keeps the first version
+            try:
+                watched[key] = version(key)
+            except ValueError:
+                watched[key] = None
+    return OK
+
+
+@command("unwatch", 1, F_FAST, group="transactions",
+         summary="Forget about all watched keys", since="2.2.0")
+def cmd_unwatch(c: Connection, args: list[bytes]) -> bytes:
+    c.watched = None
+    return OK
