@@ -455,7 +455,8 @@ class Store(MutableMapping[bytes, bytes]):
         self._keydir.hidden = None if readonly else {}
         if not readonly:
             try:
-                self._log.marker = durable.DurableMarker(self.path, self._io, loaded.mark)
+                self._log.marker = durable.DurableMarker(self.path, self._io, loaded.mark,
+                                                         plain_io=self._plain_io)
                 active = self._open_active()
                 if active is self._table.segments[-1] and active.size > seg_mod.HEADER_SIZE:
                     self._keydir.hidden = loaded.hidden

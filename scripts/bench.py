@@ -68,8 +68,12 @@ PHASES = [
     ("delete", "delete", "ops"),
     ("mixed", "mixed 90/10, 4 thr", "ops"),
     ("durable", "durable, 1 thr", "ops"),
+    ("durable2", "durable, 2 thr", "ops"),
+    ("durable4", "durable, 4 thr", "ops"),
     ("durable8", "durable, 8 thr", "ops"),
 ]
+# The durable phases by thread count (the last one's count is --durable-threads).
+DURABLE_KEYS = (("durable2", 2), ("durable4", 4), ("durable8", 8))
 
 # The single-threaded phases that do not wait for the disk: their CPU time per op (the
 # process's, every thread included) is also reported, as on a loaded machine it moves far less
@@ -244,6 +248,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         cell = {"value": median(vals), "min": min(vals), "max": max(vals),
                 "partial": any(p.get("partial") for p in per)}
+        if len(vals) == len(per):  # every run has it: kept in run order, for paired ratios
+            cell["per_run"] = vals
         cpus = [p["cpu_secs"] / p["ops"] * 1e6 for p in per if p.get("cpu_secs") and p["ops"]]
         if key in CPU_PHASES and cpus:
             cell["cpu_us"] = median(cpus)
@@ -316,6 +322,25 @@ def speedup(aggs: dict[str, Any], key: str, kind: str, peer: str,
     if b is None or p is None or b == 0 or p == 0:
         return None
     return p / b if kind == "time" else b / p
+
+
+def paired_ratio(aggs: dict[str, Any], subject: str, key: str, peer: str,
+                 peer_key: str | None = None) -> float | None:
+    """Throughput of ``subject`` in phase ``key`` ÷ ``peer``'s in ``peer_key`` (default the
+    same phase): the median of the per-run ratios when both have every run (run i of each
+    ran back to back: the runs are interleaved, so a disk that speeds up and slows down
+    between runs, as a shared one does, moves both sides of each ratio alike), else the
+    ratio of the medians."""
+    a, b = aggs.get(subject), aggs.get(peer)
+    if not a or not b or "skipped" in a or "skipped" in b:
+        return None
+    pa, pb = a["phases"].get(key) or {}, b["phases"].get(peer_key or key) or {}
+    ra, rb = pa.get("per_run"), pb.get("per_run")
+    if ra and rb and len(ra) == len(rb) and all(ra) and all(rb):
+        return median([x / y for x, y in zip(ra, rb, strict=True)])
+    if pa.get("value") and pb.get("value"):
+        return float(pa["value"] / pb["value"])
+    return None
 
 
 def ran(aggs: dict[str, Any], name: str) -> bool:
@@ -429,18 +454,37 @@ def evaluate_targets(aggs: dict[str, Any], probe: dict[str, Any], scale: list[di
               "overwrite ops/s ÷ plyvel's")
     ratio_row("batched fill >= 1x lmdb one-transaction fill", "batch_fill", "lmdb", 1.0,
               "`db.batch()` fill ÷ lmdb's fill in one write transaction")
-    ratio_row("durable single writer >= 1.3x plyvel", "durable", "plyvel", 1.3,
-              '`sync="always"` puts/s, 1 thread ÷ plyvel `put(sync=True)`')
-
+    # The durable rows: paired per-run ratios (fsync speed swings between runs on a shared
+    # disk; see paired_ratio).
     cells = []
     for subject in (NATIVE, PURE):
-        one = phase_value(aggs, subject, "durable")
-        eight = phase_value(aggs, subject, "durable8")
-        cells.append(fmt_ratio(eight / one) if one and eight else "—")
-    one, eight = phase_value(aggs, NATIVE, "durable"), phase_value(aggs, NATIVE, "durable8")
+        r = paired_ratio(aggs, subject, "durable", "plyvel")
+        cells.append("—" if r is None else fmt_ratio(r))
+    r = paired_ratio(aggs, NATIVE, "durable", "plyvel")
+    rows.append(("durable single writer >= 1.3x plyvel", cells[0], cells[1],
+                 status(None if r is None else r >= 1.3),
+                 '`sync="always"` puts/s, 1 thread ÷ plyvel `put(sync=True)`; median of the '
+                 "per-run ratios (runs interleaved)"))
+    cells = []
+    for subject in (NATIVE, PURE):
+        r = paired_ratio(aggs, subject, "durable8", subject, "durable")
+        cells.append("—" if r is None else fmt_ratio(r))
+    r = paired_ratio(aggs, NATIVE, "durable8", NATIVE, "durable")
     rows.append(('8 threads sync="always" >= 3x one thread', cells[0], cells[1],
-                 status(eight / one >= 3 if one and eight else None),
-                 "durable puts/s with 8 threads ÷ with 1 thread, same mode"))
+                 status(None if r is None else r >= 3),
+                 "durable puts/s with 8 threads ÷ with 1 thread, same mode, same run; median "
+                 "over runs"))
+    cells = []
+    for subject in (NATIVE, PURE):
+        parts = []
+        for key, count in DURABLE_KEYS:
+            r = paired_ratio(aggs, subject, key, subject, "durable")
+            if r is not None:
+                parts.append(f"{count}: {fmt_ratio(r)}")
+        cells.append(", ".join(parts) or "—")
+    rows.append(('group commit: 2, 4, 8 threads ÷ 1 thread (`sync="always"`)', cells[0],
+                 cells[1], "—", "as the row above, for each thread count (the 8 is "
+                 "`--durable-threads`)"))
 
     if reopens and reopen_n:  # --reopen-n: the phase alone, at its own size
         size = reopen_n
@@ -787,7 +831,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=20240607)
     ap.add_argument("--threads", type=int, default=4, help="threads of the mixed phase")
     ap.add_argument("--durable-n", type=int, help="durable writes (default 2,000)")
-    ap.add_argument("--durable-threads", type=int, default=8)
+    ap.add_argument("--durable-threads", type=int, default=8,
+                    help="threads of the last durable phase (default 8; the others: 1, 2, 4)")
+    ap.add_argument("--durable-only", action="store_true",
+                    help="run only the durable phases (1, 2, 4 and --durable-threads threads), "
+                         "--runs times per backend, interleaved; no memory probe")
     ap.add_argument("--budget", type=float, default=30.0,
                     help="seconds per phase before it is cut short and marked * (default 30)")
     ap.add_argument("--batch-max-bytes", type=int, default=64 << 20,
@@ -844,6 +892,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.probe_keys = 20_000 if args.quick else 1_000_000
     if args.quick and args.budget == 30.0:
         args.budget = 5.0
+    if args.durable_only:
+        if args.probe_only or args.scale_only or args.scale or args.reopen_n:
+            ap.error("--durable-only runs the durable phases alone: no --probe-only, "
+                     "--scale(-only) or --reopen-n with it")
+        args.no_probe = True
+        args.n = args.durable_n  # the durable writes are drawn from N keys; nothing else runs
     if args.backends is None:
         args.backends = list(ALL_BACKENDS)
         if args.baseline:
@@ -1034,7 +1088,8 @@ def measure(args: argparse.Namespace, base: str, skipped: dict[str, str]) -> int
                    "value_size": args.value_size, "seed": args.seed, "dir": work,
                    "budget": args.budget, "threads": args.threads,
                    "durable_n": args.durable_n, "durable_threads": args.durable_threads,
-                   "batch_chunk": per_batch, "keep": args.keep}
+                   "durable_only": args.durable_only, "batch_chunk": per_batch,
+                   "keep": args.keep}
             t0 = time.time()
             r = run_child(name, cfg, args.timeout)
             runs[name].append(r)
@@ -1093,9 +1148,10 @@ def render_throughput(out: list[str], args: argparse.Namespace, aggs: dict[str, 
     out.append("### Throughput (ops/s, higher is better; reopen in ms, lower is better)\n")
     out += results_table(aggs, order)
     out.append("")
-    out.append(f"Batched fill: batches of {per_batch:,} puts. Durable: {args.durable_n:,} writes, "
-               f"each on stable storage before the next; 8 thr = {args.durable_threads} threads "
-               f"sharing {args.durable_n:,} writes. Mixed: {args.threads} threads, "
+    out.append(f"Batched fill: batches of {per_batch:,} puts. Durable: {args.durable_n:,} "
+               f"writes, each on stable storage before the next; 2, 4 and 8 thr: the same "
+               f"writes shared by 2, 4 and {args.durable_threads} threads (8 thr = "
+               f"--durable-threads). Mixed: {args.threads} threads, "
                f"{args.n:,} ops in all, 90% get / 10% put. Reopen: in the same process, after "
                f"the fill and the overwrites; reopen, history: after every phase up to the "
                f"mixed one, by a fresh process. `n/a`: the library has no such "

@@ -273,6 +273,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     out["rss_base_kb"] = maxrss_kb()
     phases = out["phases"]
     LmdbAdapter.map_size = max(1 << 30, 4 * n * (cfg["value_size"] + 64))
+    if cfg.get("durable_only"):  # bench.py --durable-only: nothing but the durable phases
+        durable_phases(cfg, d, phases)
+        return finish(out)
 
     adapter = ADAPTERS[name]()
     main_dir = os.path.join(work, "main")
@@ -357,9 +360,21 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     adapter.close()
     shutil.rmtree(batch_dir, ignore_errors=True)
 
-    # durable writes: one thread, then 8 threads, each into a fresh store
-    for phase, nthreads in (("durable", 1), ("durable8", cfg["durable_threads"])):
-        ddir = os.path.join(work, phase)
+    durable_phases(cfg, d, phases)
+    return finish(out)
+
+
+# The thread counts of the durable phases (the last is --durable-threads, 8 by default).
+DURABLE_PHASES = (("durable", 1), ("durable2", 2), ("durable4", 4))
+
+
+def durable_phases(cfg: dict[str, Any], d: dict[str, Any], phases: dict[str, Any]) -> None:
+    """The durable phases: the same writes by 1, 2, 4 and --durable-threads threads, each
+    into a fresh store in the backend's durable mode (every write on stable storage when its
+    call returns); how the throughput grows with threads is the backend's group commit."""
+    name = cfg["backend"]
+    for phase, nthreads in (*DURABLE_PHASES, ("durable8", cfg["durable_threads"])):
+        ddir = os.path.join(cfg["dir"], phase)
         adapter = ADAPTERS[name]()
         try:
             adapter.open(ddir, durable=True)
@@ -368,18 +383,21 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             continue
         if nthreads == 1:
             dput, _g, _d = adapter.ops()
-            phases[phase] = timed_pairs(dput, d["dur_keys"], d["dur_vals"], budget)
+            phases[phase] = timed_pairs(dput, d["dur_keys"], d["dur_vals"], cfg["budget"])
         else:
             dk, dv = d["dur_keys"], d["dur_vals"]
             plans = [[(True, dk[j], dv[j]) for j in range(t, len(dk), nthreads)]
                      for t in range(nthreads)]
-            phases[phase] = threaded(adapter, plans, budget)
+            phases[phase] = threaded(adapter, plans, cfg["budget"])
             phases[phase]["threads"] = nthreads
         adapter.close()
         shutil.rmtree(ddir, ignore_errors=True)
 
+
+def finish(out: dict[str, Any]) -> dict[str, Any]:
+    """The run's summary: peak RSS and each phase's rate."""
     out["rss_peak_all_kb"] = maxrss_kb()
-    for ph in phases.values():
+    for ph in out["phases"].values():
         if "secs" in ph and ph["secs"] > 0:
             ph["ops_s"] = ph["ops"] / ph["secs"]
     for ex in out["extra"].values():
