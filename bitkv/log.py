@@ -418,6 +418,20 @@ class LogWriter:
             raise
         with cond:
             in_flight.remove(ticket)
+            # The kernel reports a writeback error once per open file: when two fdatasyncs of
+            # the file overlap, the *other* one may be told about a page this one covered,
+            # and this one return 0. So this success counts only once every fdatasync in
+            # flight beside it has ended, and none failed (then sync_failure is set).
+            beside = [t for t in in_flight if t[0] is seg]
+            while any(t is b for t in in_flight for b in beside):
+                self.sync_waiters += 1
+                try:
+                    cond.wait()
+                finally:
+                    self.sync_waiters -= 1
+            if self.sync_failure is not None:
+                cond.notify_all()
+                self.check()  # raises: nothing after a failed fsync is promised durable
             target = ticket[1]
             if target > seg.synced_size:  # a later-started fdatasync may have finished first
                 seg.synced_size = target

@@ -350,3 +350,61 @@ def test_a_rotation_waiting_for_an_fdatasync_in_flight_is_woken_when_it_ends(fas
         io.gate.set()
         if not rotating.is_alive():  # else it holds the writer lock for good: leave it
             db.close()
+
+
+class _FirstSyncFailsLateIO(FileIO):
+    """The first fdatasync once ``armed`` blocks until ``gate`` is set, then fails with EIO;
+    every other one succeeds at once: two overlapping fdatasyncs of one file, of which the
+    kernel told the slower one about a writeback error."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.gate.wait(10)
+            raise OSError(errno.EIO, "injected writeback error")
+        super().fdatasync(fd)
+
+
+def test_an_fdatasync_that_succeeds_beside_a_failing_one_acknowledges_nothing(fast_db_path):
+    """Regression: with two fdatasyncs in flight, the kernel reports a writeback error to only
+    one of them (once per open file), and it may be the other writer's pages that failed. The
+    writer whose fdatasync returned 0 was acknowledged at once; it must wait for the one beside
+    it and fail with it."""
+    if log_mod.LogWriter.max_syncs_in_flight < 2:
+        pytest.skip("fdatasyncs never overlap")
+    io = _FirstSyncFailsLateIO()
+    db = bitkv.open(fast_db_path, sync="always", fileio=io, auto_compact=False)
+    outcome: dict[str, BaseException | None] = {}
+
+    def put(key: bytes) -> None:
+        try:
+            db.put(key, b"x" * 100)
+            outcome[key.decode()] = None
+        except BaseException as exc:  # the outcome is what is checked
+            outcome[key.decode()] = exc
+
+    try:
+        db.put(b"before", b"v")
+        io.armed = True
+        slow = threading.Thread(target=put, args=(b"slow",))
+        slow.start()
+        assert io.entered.wait(10)
+        fast = threading.Thread(target=put, args=(b"fast",))
+        fast.start()  # its own fdatasync (the slow one's does not cover it) succeeds
+        fast.join(0.5)
+        io.gate.set()
+        slow.join(10)
+        fast.join(10)
+        assert isinstance(outcome["slow"], OSError)
+        assert outcome["fast"] is not None, "acknowledged beside a failed fdatasync"
+        with pytest.raises(bitkv.Error):
+            db.put(b"after", b"v")  # final: refused until reopened
+    finally:
+        io.gate.set()
+        db.close()
