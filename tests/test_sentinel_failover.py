@@ -75,9 +75,16 @@ def test_sentinel_fails_over_a_killed_bitkv_master_to_a_bitkv_replica(tmp_path, 
             master = BitkvProcess(tmp_path / "master", mport)
             procs[0] = master
             old = master.client()
-            wait_until(lambda: old.info("replication")["role"] == "slave"
-                       and old.info("replication").get("master_port") == port
-                       and caught_up(p, old), 90, "the old master to rejoin as a replica")
+            try:
+                wait_until(lambda: old.info("replication")["role"] == "slave"
+                           and old.info("replication").get("master_port") == port
+                           and caught_up(p, old), 90, "the old master to rejoin as a replica")
+            except AssertionError as exc:
+                # Seen once in about fifteen runs: say which side is stuck, and where.
+                raise AssertionError(
+                    f"{exc}\nold master: {old.info('replication')}\n"
+                    f"new master: {p.info('replication')}\n"
+                    f"old master's log tail: {master.log_path.read_bytes()[-3000:]!r}") from None
             assert old.get("after-failover") == b"yes"
             assert failover_s < 30
     finally:
