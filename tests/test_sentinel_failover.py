@@ -15,7 +15,12 @@ redis = pytest.importorskip("redis", reason="redis-py is needed for the server t
 
 from procs import BitkvProcess, caught_up, free_port, wait_until  # noqa: E402
 from redis.sentinel import Sentinel  # noqa: E402
-from sentinel_support import MASTER_NAME, require_sentinel, running_sentinels  # noqa: E402
+from sentinel_support import (  # noqa: E402
+    DOWN_AFTER_MS,
+    MASTER_NAME,
+    require_sentinel,
+    running_sentinels,
+)
 
 
 @pytest.mark.parametrize("n_replicas", [1, 2])
@@ -50,7 +55,7 @@ def test_sentinel_fails_over_a_killed_bitkv_master_to_a_bitkv_replica(tmp_path, 
             wait_until(lambda: sentinels.master_addr(0) != ("127.0.0.1", mport), 60,
                        "the Sentinels to promote a replica")
             failover_s = time.monotonic() - start
-            print(f"failover took {failover_s:.2f} s (down-after 1000 ms)")
+            print(f"failover took {failover_s:.2f} s (down-after {DOWN_AFTER_MS} ms)")
             _host, port = sentinels.master_addr(0)
             promoted = next(r for r in replicas if r.port == port)
             p = promoted.client()
