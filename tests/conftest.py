@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 import bitkv
+from bitkv import record as rec
 from bitkv import segment as seg_mod
 
 
@@ -109,6 +110,18 @@ def segment_files(path: str) -> list[str]:
     names = sorted(n for n in os.listdir(path)
                    if seg_mod.parse_id(n, seg_mod.DATA_SUFFIX) is not None)
     return [os.path.join(path, n) for n in names]
+
+
+def scanned_records(path: str) -> list[tuple[rec.ScannedRecord, bytes]]:
+    """(record, stored value) of every intact record, segments in id order."""
+    out = []
+    for seg in segment_files(path):
+        with open(seg, "rb") as fh:
+            data = fh.read()
+        for r in rec.scan(data, 40):
+            if isinstance(r, rec.ScannedRecord):
+                out.append((r, data[r.offset + rec.HEADER_SIZE + len(r.key) : r.offset + r.size]))
+    return out
 
 
 def newest_segment(path: str) -> str:

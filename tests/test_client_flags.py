@@ -5,7 +5,7 @@ compression, encryption, reopen, compaction, check, the change feed, the conditi
 from __future__ import annotations
 
 import pytest
-from conftest import segment_files
+from conftest import scanned_records
 
 import bitkv
 from bitkv import codec
@@ -15,22 +15,12 @@ from bitkv.history import Cursor
 KEY = bytes(range(32))
 
 
-def records(path: str) -> list[tuple[rec.ScannedRecord, bytes]]:
-    out = []
-    for seg in segment_files(path):
-        with open(seg, "rb") as fh:
-            data = fh.read()
-        for r in rec.scan(data, 40):
-            if isinstance(r, rec.ScannedRecord):
-                out.append((r, data[r.offset + rec.HEADER_SIZE + len(r.key): r.offset + r.size]))
-    return out
-
 
 def test_the_bytes_on_disk_match_the_format_doc(db_path: str) -> None:
     with bitkv.open(db_path) as db:
         db.put_item(b"k", b"hi", client_flags=5)
         db.put_item(b"plain", b"hi")  # client flags 0: an ordinary record
-    (flagged, stored), (plain, plain_stored) = records(db_path)
+    (flagged, stored), (plain, plain_stored) = scanned_records(db_path)
     assert flagged.flags == rec.CLIENT_FLAGS == 0x40
     assert stored == bytes.fromhex("686900000005")
     assert flagged.value_len == 2 + codec.CLIENT_FLAGS_SIZE
@@ -91,7 +81,7 @@ def test_with_compression_and_encryption(db_path: str, options: dict[str, object
         assert db.get(b"k") == value
         item = db.get_item(b"k")
         assert item is not None and (item.value, item.client_flags) == (value, 7)
-    (r, stored), = records(db_path)
+    (r, stored), = scanned_records(db_path)
     assert r.flags & rec.CLIENT_FLAGS
     assert value not in stored  # compressed or sealed, flags included
     with bitkv.open(db_path, **options) as db:  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import newest_segment, segment_files
+from conftest import newest_segment, scanned_records
 
 import bitkv
 from bitkv import codec
@@ -28,17 +28,6 @@ def all_file_bytes(path: str) -> bytes:
     return b"".join(out)
 
 
-def scanned(path: str) -> list[tuple[rec.ScannedRecord, bytes]]:
-    """(record, stored value) of every intact record, segments in id order."""
-    out = []
-    for seg in segment_files(path):
-        with open(seg, "rb") as fh:
-            data = fh.read()
-        for r in rec.scan(data, 40):
-            if isinstance(r, rec.ScannedRecord):
-                out.append((r, data[r.offset + rec.HEADER_SIZE + len(r.key) : r.offset + r.size]))
-    return out
-
 
 def append_record(path: str, data: bytes) -> None:
     with open(newest_segment(path), "ab") as fh:
@@ -59,7 +48,7 @@ def test_values_are_not_visible_on_disk(db_path):
     assert b"card=4111" not in blob
     assert b"cvv" not in blob
     assert b"card:1" in blob  # keys are not encrypted (docs/format.md says so)
-    for r, value in scanned(db_path):
+    for r, value in scanned_records(db_path):
         assert r.flags & rec.ENCRYPTED
         assert len(value) >= codec.NONCE_SIZE + codec.TAG_SIZE
 
@@ -69,7 +58,7 @@ def test_same_value_twice_gives_different_ciphertexts(db_path):
         db.put(b"a", SECRET)
         db.put(b"b", SECRET)
         db.put(b"a", SECRET)
-    values = [v for _r, v in scanned(db_path)]
+    values = [v for _r, v in scanned_records(db_path)]
     assert len(values) == 3 and len(set(values)) == 3  # a fresh nonce per seal
 
 
@@ -132,7 +121,7 @@ def test_sealed_value_moved_to_another_key_fails(db_path):
     with bitkv.open(db_path, encryption_key=KEY) as db:
         db.put(b"alice", b"alice's secret")
         db.put(b"mallory", b"mallory's own")
-    (alice, sealed), _ = scanned(db_path)
+    (alice, sealed), _ = scanned_records(db_path)
     assert alice.key == b"alice"
     # Copy alice's sealed bytes, byte for byte, into a well-formed record for mallory.
     append_record(db_path, rec.encode(b"mallory", sealed, alice.seq + 10, 0, alice.flags))
@@ -147,7 +136,7 @@ def test_sealed_value_moved_to_another_key_fails(db_path):
 def test_tampered_ciphertext_fails(db_path):
     with bitkv.open(db_path, encryption_key=KEY) as db:
         db.put(b"k", SECRET)
-    ((r, sealed),) = scanned(db_path)
+    ((r, sealed),) = scanned_records(db_path)
     for pos in (0, codec.NONCE_SIZE, len(sealed) // 2, len(sealed) - 1):  # nonce, body, tag
         forged = bytearray(sealed)
         forged[pos] ^= 0x01
@@ -156,7 +145,7 @@ def test_tampered_ciphertext_fails(db_path):
             with pytest.raises(bitkv.EncryptionError):
                 db.get(b"k")
             db.put(b"k", SECRET)  # a good value again for the next round
-        r = scanned(db_path)[-1][0]
+        r = scanned_records(db_path)[-1][0]
     # A record claiming encryption whose value is too short to be sealed.
     append_record(db_path, rec.encode(b"k", b"short", r.seq + 100, 0, rec.ENCRYPTED))
     with bitkv.open(db_path, encryption_key=KEY) as db, pytest.raises(bitkv.EncryptionError):
@@ -201,7 +190,7 @@ def test_compression_and_encryption_together(db_path):
         db.put(b"doc", value)
         db.put(b"small", b"tiny")  # below compression_min_size: encrypted only
         assert db.get(b"doc") == value
-    stored = {r.key: (r.flags, v) for r, v in scanned(db_path)}
+    stored = {r.key: (r.flags, v) for r, v in scanned_records(db_path)}
     flags, sealed = stored[b"doc"]
     assert flags & rec.COMPRESSED and flags & rec.ENCRYPTED
     assert len(sealed) < len(value) // 10  # compressed before it was encrypted
@@ -273,7 +262,7 @@ def test_plain_store_opened_with_a_key_becomes_encrypted(db_path):
     with bitkv.open(db_path, encryption_key=KEY) as db:
         assert db.get(b"old") == b"plain value"
         db.put(b"new", SECRET)
-    flags = {r.key: r.flags for r, _v in scanned(db_path)}
+    flags = {r.key: r.flags for r, _v in scanned_records(db_path)}
     assert not flags[b"old"] & rec.ENCRYPTED
     assert flags[b"new"] & rec.ENCRYPTED
     with pytest.raises(bitkv.EncryptionError):
@@ -429,7 +418,8 @@ def test_expire_persist_batch_incr_and_compaction_keep_values_readable(db_path, 
         assert db.get(b"b2") == SECRET + b"2"
         assert db.get(b"n") == b"7"
         assert db.get(b"c") == SECRET + b"cas"
-    assert all(r.flags & rec.ENCRYPTED for r, _v in scanned(db_path) if not r.flags & rec.TOMBSTONE)
+    assert all(r.flags & rec.ENCRYPTED for r, _v in scanned_records(db_path)
+               if not r.flags & rec.TOMBSTONE)
 
 
 # -- version-1 stores (written before the associated data bound flags, seq and expiry) ---------
@@ -447,7 +437,7 @@ def _make_v1_store(path: str, values: dict[bytes, bytes]) -> None:
     with open(os.path.join(path, codec.KEYCHECK_NAME), "wb") as fh:
         fh.write(codec.KEYCHECK_MAGIC + nonce
                  + aead.encrypt(nonce, codec._KEYCHECK_PLAINTEXT, codec.KEYCHECK_MAGIC))
-    seq = max(r.seq for r, _v in scanned(path)) + 1
+    seq = max(r.seq for r, _v in scanned_records(path)) + 1
     for k, v in values.items():
         nonce = os.urandom(12)
         append_record(path, rec.encode(k, nonce + aead.encrypt(nonce, v, k), seq, 0,
@@ -473,7 +463,7 @@ def test_version_1_store_stays_readable_and_version_1(db_path):
     # New records of a version-1 store use the version-1 associated data (the key alone), so
     # the store never mixes the two.
     aead = AESGCM(KEY)
-    for r, value in scanned(db_path):
+    for r, value in scanned_records(db_path):
         if r.flags & rec.ENCRYPTED:
             aead.decrypt(value[:12], value[12:], r.key)
     with bitkv.open(db_path, encryption_key=KEY, readonly=True) as db:
