@@ -720,6 +720,11 @@ class Store(MutableMapping[bytes, bytes]):
                 return None
         return entry
 
+    @property
+    def sees_expired(self) -> bool:
+        """True inside :meth:`seeing_expired` on the calling thread."""
+        return self._sees_expired()
+
     def _sees_expired(self) -> bool:
         """True inside :meth:`seeing_expired` on this thread (checked only for an expired
         key, so it costs nothing on the common path)."""

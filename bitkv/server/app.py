@@ -39,6 +39,8 @@ from typing import Any
 import bitkv
 from bitkv import settings
 from bitkv.record import MAX_KEY_SIZE
+from bitkv.structures import PREFIX as RESERVED_PREFIX
+from bitkv.structures import Structures, WrongTypeError
 
 from . import clients, prometheus, protected, protocol
 from .commands import (
@@ -308,6 +310,8 @@ def error_reply(exc: Exception) -> bytes:
     """The RESP error for an exception a command raised."""
     if isinstance(exc, bitkv.StoreFullError):  # Redis's reply, which clients recognise
         return error(f"OOM command not allowed when used memory > 'maxmemory' ({exc})")
+    if isinstance(exc, WrongTypeError):  # its text starts with Redis's WRONGTYPE code
+        return error(str(exc))
     if isinstance(exc, (ValueError, TypeError, bitkv.Error)) and str(exc):
         if not isinstance(exc, bitkv.Error):
             log.debug("command failed", exc_info=True)
@@ -319,6 +323,12 @@ def error_reply(exc: Exception) -> bytes:
     return error(f"ERR internal error: {type(exc).__name__}: {exc}")
 
 
+# Expired collections deleted per second by the server's tick (each is one batch of
+# tombstones); more wait for the next tick or are deleted when touched.
+EXPIRE_COLLECTIONS_PER_TICK = 100
+WRONGTYPE = error(str(WrongTypeError()))
+
+
 class Connection(asyncio.Protocol):
     """One client. Parses reads, runs the commands in order, writes the replies."""
 
@@ -328,6 +338,7 @@ class Connection(asyncio.Protocol):
         # ``self.server`` (tests/test_server_structure.py checks).
         self.control: ServerControl = server
         self.db = server.db
+        self.structures = server.structures  # the hashes, sets, lists and sorted sets
         self.authenticated = server.requirepass is None
         self.parser = make_parser(server.limits, self.authenticated, kind=server.parser_kind)
         self.resp3 = False
@@ -601,6 +612,7 @@ class Connection(asyncio.Protocol):
         null = self.null
         server = self.server
         pending = server.pending_sets  # plain SETs not yet written (Server.flush_sets)
+        collections = self.structures.names  # a SET over one of these is no plain SET
         pending_replies = server.pending_replies
         metrics = server.metrics
         # The inlined GET's counters (INFO commandstats, keyspace_hits/misses), kept in locals
@@ -617,7 +629,9 @@ class Connection(asyncio.Protocol):
                 i += 1
                 spec = get(args[0])
                 if spec is SET_SPEC and len(args) == 3 and not SET_SPEC[2] & self._gate \
-                        and 0 < len(args[1]) <= MAX_KEY_SIZE:
+                        and 0 < len(args[1]) <= MAX_KEY_SIZE \
+                        and not (collections and args[1] in collections) \
+                        and not args[1].startswith(RESERVED_PREFIX):
                     if block_gets:  # the end of a run of inlined GETs
                         get_stat.record_many(now_ns() - block_start, block_gets)
                         block_gets = 0
@@ -649,6 +663,13 @@ class Connection(asyncio.Protocol):
                     except Exception as exc:
                         v = exc
                     if v is None:
+                        if collections and args[1] in collections \
+                                and args[1] in self.structures:
+                            reply = WRONGTYPE
+                            get_stat.failed += 1
+                            metrics.error(reply)
+                            append(reply)
+                            continue
                         misses += 1
                         append(null)
                     elif type(v) is bytes:
@@ -1000,6 +1021,8 @@ class Server:
                  **kwargs: Any) -> None:
         self.config = config = config or ServerConfig(**kwargs)
         self.db: bitkv.Store = store  # type: ignore[assignment]
+        # The collections' owner, made once the store is open (start).
+        self.structures: Structures = None if store is None else Structures(store)  # type: ignore[assignment]
         self._own_store = store is None
         self.limits = Limits(config.max_bulk_len, config.max_multibulk_len,
                              config.max_query_buffer)
@@ -1059,6 +1082,12 @@ class Server:
 
     def _tick(self) -> None:
         self.clock = time.monotonic()
+        if self.structures is not None and not self.db.closed:
+            # Active expiry of collections (strings expire in the store); bounded per tick.
+            try:
+                self.structures.purge_expired(EXPIRE_COLLECTIONS_PER_TICK)
+            except Exception:
+                log.exception("expiring collections failed")
         if not self._stopped and self._loop is not None:
             self._loop.call_later(1.0, self._tick)
 
@@ -1292,6 +1321,8 @@ class Server:
                 options["eviction"] = config.eviction
             self.db = bitkv.open(config.dir, **options)
         try:
+            if opened is None:  # (a store given to the constructor has its own already)
+                self.structures = Structures(self.db)
             self._listeners.append(await loop.create_server(
                 lambda: Connection(self), host=list(config.hosts), port=config.port,
                 ssl=ssl_ctx, backlog=511, reuse_address=True))

@@ -48,8 +48,12 @@ if TYPE_CHECKING:
 @command("del", -2, F_WRITE, (1, -1, 1), "keyspace", "Delete a key")
 def cmd_del(c: Connection, args: list[bytes]) -> bytes:
     delete = c.db.delete
+    structures = c.structures
     n = 0
     for key in args[1:]:
+        if structures and key in structures.names:
+            n += structures.delete(key)
+            continue
         try:
             n += delete(key)
         except ValueError:
@@ -66,13 +70,15 @@ def cmd_unlink(c: Connection, args: list[bytes]) -> bytes:
 @command("exists", -2, F_READONLY | F_FAST, (1, -1, 1), "keyspace", "Determine if a key exists")
 def cmdkey_exists(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
-    return integer(sum(key_exists(db, key) for key in args[1:]))
+    structures = c.structures
+    return integer(sum(key_exists(db, key) or (bool(structures) and key in structures)
+                       for key in args[1:]))
 
 
 @command("type", 2, F_READONLY | F_FAST, (1, 1, 1), "keyspace",
          "Determine the type stored at key")
 def cmd_type(c: Connection, args: list[bytes]) -> bytes:
-    return b"+string\r\n" if key_exists(c.db, args[1]) else b"+none\r\n"
+    return b"+%s\r\n" % c.structures.type_name(args[1]).encode()
 
 
 SECONDS_LIMIT = INT64_MAX // 1000  # |seconds| Redis accepts: 9223372036854775

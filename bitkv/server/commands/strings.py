@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ... import Store
 from ...errors import NotAnIntegerError
 from ...record import MAX_VALUE_SIZE
+from ...structures import WrongTypeError, check_user_key
 from ..protocol import INT64_MAX, INT64_MIN, OK, ONE, ZERO, bulk, integer, parse_ll
 from .registry import (
     F_FAST,
@@ -87,7 +88,8 @@ def _parse_set_options(opts: list[bytes], name: str, now_ms: int
 
 @command("set", -3, F_WRITE, (1, 1, 1), "string", "Set the string value of a key")
 def cmd_set(c: Connection, args: list[bytes]) -> bytes:
-    if len(args) == 3:
+    if len(args) == 3 and not (c.structures and args[1] in c.structures.names):
+        check_user_key(args[1])
         c.db.put(args[1], args[2])
         return OK
     now_ms = time_ms()
@@ -103,6 +105,18 @@ def _set(c: Connection, key: bytes, value: bytes, nx: bool, xx: bool, get: bool,
     db = c.db
     old = _read(c, key) if get else None
     expires_at = at_ms or None
+    check_user_key(key)
+    structures = c.structures
+    if structures and key in structures:
+        # SET over a collection replaces it: the collection's records go in the same batch
+        # as the string (GET has already refused with WRONGTYPE).
+        if nx:
+            return c.null
+        if keepttl:
+            expires_at = structures.names[key].expire_ms or None
+        structures.write([*structures.delete_ops(key), (key, value, expires_at)])
+        structures.forget(key)
+        return OK
     written = db.put(key, value, if_absent=nx, if_present=xx, keep_ttl=keepttl,
                      expires_at_ms=expires_at)
     if get:
@@ -120,8 +134,12 @@ def _get(db: Store, key: bytes) -> bytes | None:
 def _read(c: Connection, key: bytes) -> bytes | None:
     """A read of a key's value, counted in INFO's keyspace_hits or keyspace_misses (the
     commands Redis counts so: GET, MGET, GETEX, GETDEL, GETSET, SET ... GET, GETRANGE,
-    STRLEN). The server's inlined GET counts its own (app.py)."""
-    return _counted(c, _get(c.db, key))
+    STRLEN). The server's inlined GET counts its own (app.py). Raises WrongTypeError
+    for a collection's name."""
+    v = _get(c.db, key)
+    if v is None and c.structures and key in c.structures:
+        raise WrongTypeError()
+    return _counted(c, v)
 
 
 def _counted(c: Connection, v: bytes | None) -> bytes | None:

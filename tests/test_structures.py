@@ -1,0 +1,166 @@
+"""The collections' storage layer (bitkv/structures): records, index, reload, expiry."""
+
+from __future__ import annotations
+
+import pytest
+
+import bitkv
+from bitkv.structures import (
+    HashIndex,
+    ListIndex,
+    ReservedKeyError,
+    SetIndex,
+    Structures,
+    WrongTypeError,
+    ZSetIndex,
+)
+from bitkv.structures.encoding import (
+    PREFIX,
+    element_prefix,
+    header_key,
+    pack_position,
+    pack_score,
+    parse,
+)
+
+
+@pytest.fixture
+def db(tmp_path):
+    store = bitkv.open(str(tmp_path / "db"))
+    yield store
+    store.close()
+
+
+def test_parse_inverts_the_layout():
+    for key in (b"k", b"x" * 300, b"\x00\xff"):
+        assert parse(header_key(key)) == (b"", key, None)
+        assert parse(element_prefix(b"H", key) + b"field") == (b"H", key, b"field")
+        assert parse(element_prefix(b"L", key) + pack_position(-5)) == (
+            b"L", key, pack_position(-5))
+    for bad in (PREFIX, PREFIX + b"e", PREFIX + b"eQ\x01k", PREFIX + b"eH\x05k", PREFIX + b"h"):
+        assert parse(bad) is None
+
+
+def test_edits_are_indexed_and_survive_reopen(tmp_path):
+    path = str(tmp_path / "db")
+    with bitkv.open(path) as store:
+        s = Structures(store)
+        with s.edit(b"h", HashIndex) as e:
+            e.put(b"f1", b"v1")
+            e.put(b"f2", b"v2")
+        with s.edit(b"z", ZSetIndex) as e:
+            e.put(b"a", pack_score(2.5))
+            e.put(b"b", pack_score(-1.0))
+        with s.edit(b"l", ListIndex) as e:
+            for pos in (0, 1, -1):
+                e.put(pack_position(pos), b"p%d" % pos)
+        with s.edit(b"s", SetIndex) as e:
+            e.put(b"m", b"")
+        h = s.find(b"h", HashIndex)
+        assert h is not None and s.read(h, b"f2") == b"v2"
+        # five user-visible names, one string among them
+        store.put(b"plain", b"x")
+    with bitkv.open(path) as store:
+        s = Structures(store)
+        assert sorted(s.keys()) == [b"h", b"l", b"s", b"z"]
+        assert list(s.find(b"h", HashIndex).fields) == [b"f1", b"f2"]  # type: ignore[union-attr]
+        z = s.find(b"z", ZSetIndex)
+        assert z is not None and list(z.order) == [(-1.0, b"b"), (2.5, b"a")]
+        lst = s.find(b"l", ListIndex)
+        assert lst is not None and list(lst.positions) == [-1, 0, 1]
+        assert s.type_name(b"plain") == "string" and s.type_name(b"nope") == "none"
+        assert s.type_name(b"s") == "set"
+
+
+def test_wrong_type_and_reserved_names(db):
+    s = Structures(db)
+    db.put(b"str", b"v")
+    with pytest.raises(WrongTypeError):
+        s.edit(b"str", HashIndex)
+    with s.edit(b"h", HashIndex) as e:
+        e.put(b"f", b"v")
+    with pytest.raises(WrongTypeError):
+        s.find(b"h", SetIndex)
+    with pytest.raises(ReservedKeyError):
+        s.edit(PREFIX + b"x", HashIndex)
+
+
+def test_removing_the_last_element_removes_the_key(db):
+    s = Structures(db)
+    with s.edit(b"h", HashIndex) as e:
+        e.put(b"f", b"v")
+    with s.edit(b"h", HashIndex) as e:
+        e.delete(b"f")
+    assert b"h" not in s
+    assert list(db.keys(PREFIX)) == []
+    with s.edit(b"new", HashIndex) as e:  # a put and a delete of the same field: no key
+        e.put(b"f", b"v")
+        e.delete(b"f")
+    assert b"new" not in s and list(db.keys(PREFIX)) == []
+
+
+def test_a_failed_write_leaves_the_index_unchanged(db, monkeypatch):
+    s = Structures(db)
+    with s.edit(b"h", HashIndex) as e:
+        e.put(b"f", b"v")
+
+    def refuse(ops):
+        raise bitkv.StoreFullError("no room")
+
+    monkeypatch.setattr(s, "write", refuse)
+    with pytest.raises(bitkv.StoreFullError), s.edit(b"h", HashIndex) as e:
+        e.put(b"g", b"w")
+    assert list(s.find(b"h", HashIndex).fields) == [b"f"]  # type: ignore[union-attr]
+
+
+def test_expiry_hides_then_deletes_and_survives_reopen(tmp_path):
+    now = [1_000_000]
+    path = str(tmp_path / "db")
+    with bitkv.open(path) as store:
+        s = Structures(store, clock=lambda: now[0])
+        with s.edit(b"h", HashIndex) as e:
+            e.put(b"f", b"v")
+        with s.edit(b"keep", SetIndex) as e:
+            e.put(b"m", b"")
+        far = 2**62
+        assert s.expire_at(b"h", far) and s.expire_at(b"keep", far)
+        assert s.expire_at(b"keep", None)
+    with bitkv.open(path) as store:
+        s = Structures(store, clock=lambda: now[0])
+        assert s.find(b"h", HashIndex).expire_ms == far  # type: ignore[union-attr]
+        assert s.find(b"keep", SetIndex).expire_ms == 0  # type: ignore[union-attr]
+        now[0] = far
+        assert b"h" not in s  # expired: gone, and its records deleted
+        assert [k for k in store.keys(PREFIX) if b"h" in parse(k)[1]] == []  # type: ignore[index]
+
+
+def test_load_removes_orphans_and_ignores_malformed_records(db):
+    s = Structures(db)
+    with s.edit(b"h", HashIndex) as e:
+        e.put(b"f", b"v")
+    db.delete(header_key(b"h"))  # as if the header had expired while the store was closed
+    db.put(element_prefix(b"Z", b"z") + b"m", b"not a score")
+    db.put(header_key(b"z"), b"Z\x01")
+    db.put(PREFIX + b"garbage", b"")
+    s.load()
+    assert s.keys() == []
+    assert s.orphans_removed == 2  # the hash's element, the header left without elements
+    assert s.malformed == 2
+
+
+def test_copy_ops_and_delete_ops(db):
+    s = Structures(db)
+    with s.edit(b"h", HashIndex) as e:
+        e.put(b"f", b"v")
+        e.put(b"g", b"w")
+    src = s.find(b"h", HashIndex)
+    assert src is not None
+    ops, clone = s.copy_ops(src, b"h2", 0)
+    s.write(ops)
+    s.install(clone)
+    s.write(s.delete_ops(b"h"))
+    s.forget(b"h")
+    s.load()
+    h2 = s.find(b"h2", HashIndex)
+    assert h2 is not None and s.read_many(h2, [b"f", b"g"]) == [b"v", b"w"]
+    assert s.keys() == [b"h2"]
