@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from .errors import Error
+
 T = TypeVar("T")
 
 # A group's bound in bytes: what LevelDB allows (1 MiB), so one commit neither builds nor
@@ -52,6 +54,10 @@ class WriteQueue(Generic[T]):
         self._mutex = threading.Lock()  # guards the two fields below; never held for I/O
         self._queue: deque[_Request[T]] = deque()  # not yet taken into a group, in order
         self._leading = False  # a leader is committing, or has been woken to
+
+    def __len__(self) -> int:
+        """Requests queued and not yet taken into a group."""
+        return len(self._queue)
 
     def submit(self, payload: T, size: int) -> None:
         """Commit ``payload`` (``size`` bytes, for the group's bound) in the next group and
@@ -114,7 +120,16 @@ class WriteQueue(Generic[T]):
             # The successor first: the disk idles until it starts the next commit.
             if successor is not None:
                 successor.woken.release()
-            for request in group:
-                request.error = error
-                if request is not group[0]:
-                    request.woken.release()
+            if error is not None and not isinstance(error, Exception):
+                # KeyboardInterrupt or SystemExit is the leader's own; the other writers
+                # learn that their commit was cut short, not that they were interrupted.
+                for request in group[1:]:
+                    request.error = Error(
+                        f"the group commit of this write was interrupted in another thread "
+                        f"({type(error).__name__}); it may or may not be on disk")
+                group[0].error = error
+            else:
+                for request in group:
+                    request.error = error
+            for request in group[1:]:
+                request.woken.release()
