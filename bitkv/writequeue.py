@@ -99,6 +99,9 @@ class WriteQueue(Generic[T]):
         its members, and hand the lead to the next request queued, if any."""
         with self._mutex:
             queue = self._queue
+            # The head is the leader's own request: it queued into an empty queue with no
+            # leader, or was handed the lead as the head of what was left. So group[0] is the
+            # caller's, and group[1:] are the writers waiting in _wait.
             group = [queue.popleft()]
             size = group[0].size
             while queue and size + queue[0].size <= self.max_group_bytes:
