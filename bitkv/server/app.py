@@ -349,8 +349,8 @@ class Connection(asyncio.Protocol):
         self.lib_ver = b""
         self.multi: list[tuple[Spec, list[bytes]]] | None = None
         self.multi_dirty = False
-        # WATCH: each watched key's Store.version when it was watched (commands/transactions.py)
-        self.watched: dict[bytes, int | None] | None = None
+        # WATCH: each watched key's versions when it was watched (commands/transactions.py)
+        self.watched: dict[bytes, tuple[int | None, int | None]] | None = None
         # Pub/Sub: what this client is subscribed to (None: nothing, see pubsub.py); the
         # messages published to it and not yet written, and their bytes (Connection.push);
         # since when its unsent output has been over the soft limit.

@@ -53,7 +53,11 @@ if TYPE_CHECKING:
 @command("dbsize", 1, F_READONLY | F_FAST, group="server",
          summary="Return the number of keys in the selected database")
 def cmd_dbsize(c: Connection, args: list[bytes]) -> bytes:
-    return integer(len(c.db))
+    # The store counts every record key; a collection is one key however many records it
+    # has. Both counts are O(1) (amortised for the collections' records).
+    structures = c.structures
+    collections = len(structures)  # (expired ones deleted first)
+    return integer(len(c.db) - structures.record_count() + collections)
 
 
 def _flush_options(args: list[bytes]) -> None:
@@ -71,6 +75,7 @@ def cmd_flushdb(c: Connection, args: list[bytes]) -> bytes:
         with db.batch() as b:  # one atomic write: all keys go, or (after a crash) none
             for k in keys:
                 b.delete(k)
+    c.structures.load()  # (the collections' records went with the rest: now none)
     return OK
 
 
