@@ -1333,7 +1333,8 @@ class Server:
         try:
             if config.memcached_port is not None:
                 memcache = self.memcache = Memcache(
-                    self.db, self, max_item_size=config.memcached_max_item_size)
+                    self.db, self, max_item_size=config.memcached_max_item_size,
+                    structures=self.structures)
                 mc_listener = await loop.create_server(
                     lambda: MemcacheConnection(self, memcache),
                     host=list(config.memcached_hosts), port=config.memcached_port,
