@@ -6,9 +6,9 @@
 A_DIR and B_DIR are source trees (each with its compiled extension built in place, e.g. a
 `git archive REV | tar -x` of the baseline and this worktree); each server runs with that
 tree first on PYTHONPATH. In every round each test (SET and GET, or those of --tests) runs
-against A then B, or B then A (alternating), so that a busy machine affects both alike. Printed per test: the median
-requests/s of each and B/A, and the median CPU time per request of each server (from /proc,
-less disturbed by other load than requests/s) and B/A.
+against A then B, or B then A (alternating), so that a busy machine affects both alike.
+Printed per test: the median requests/s of each and B/A, and the median CPU time per request
+of each server (from /proc, less disturbed by other load than requests/s) and B/A.
 """
 
 from __future__ import annotations
