@@ -704,10 +704,30 @@ class Store(MutableMapping[bytes, bytes]):
         got = self._read(key, entry)
         if got is None:
             return None
-        header, value = got
+        return self._decoded(key, *got)
+
+    def _decoded(self, key: bytes, header: rec.Header, stored: bytes) -> bytes:
+        """The user's value of a record read as ``(header, stored)``."""
         if header.flags & _DECODED_FLAGS or not self._plain_ok:
-            value = self._decode_value(key, header, value)
-        return value
+            return self._decode_value(key, header, stored)
+        return stored
+
+    def _read_live(self, k: bytes) -> tuple[rec.Header, bytes, int] | None:
+        """The live record of ``k``: its header, its stored (still encoded) value and its
+        expiry (0: none), or None if ``k`` has no live value. The entry is looked up again
+        after the read, and the read retried if a writer replaced the record meanwhile, so
+        the value and the expiry belong to the same record."""
+        for _attempt in range(8):
+            entry = self._live_entry(k)
+            if entry is None:
+                return None
+            expiry = self._expiries.get(k, 0) if self._expiries else 0
+            got = self._read(k, entry)
+            if got is None:
+                return None
+            if self._entries.get(k) == entry:
+                return got[0], got[1], expiry
+        raise Error(f"key {k!r} kept changing while being read")
 
     def _decode_value(self, key: bytes, header: rec.Header, stored: bytes) -> bytes:
         return self._codec.decode(key, header.flags, header.seq, header.expiry_ms, stored)
@@ -994,23 +1014,16 @@ class Store(MutableMapping[bytes, bytes]):
         it changes with every write of the key and survives reopening and compaction (which
         copy records, seq included)."""
         k = to_key(key)
-        for _attempt in range(8):
-            entry = self._live_entry(k)
-            if entry is None:
-                return None
-            expiry = self._expiries.get(k, 0) if self._expiries else 0
-            got = self._read(k, entry)
-            if got is None:
-                return None
-            header, stored = got
-            if header.flags & _DECODED_FLAGS or not self._plain_ok:
-                value, client_flags = self._codec.decode_item(
-                    k, header.flags, header.seq, header.expiry_ms, stored)
-            else:
-                value, client_flags = stored, 0
-            if self._entries.get(k) == entry:  # value and expiry belong to the same record
-                return Item(value, client_flags, header.seq, expiry)
-        raise Error(f"key {k!r} kept changing while being read")
+        live = self._read_live(k)
+        if live is None:
+            return None
+        header, stored, expiry = live
+        if header.flags & _DECODED_FLAGS or not self._plain_ok:
+            value, client_flags = self._codec.decode_item(
+                k, header.flags, header.seq, header.expiry_ms, stored)
+        else:
+            value, client_flags = stored, 0
+        return Item(value, client_flags, header.seq, expiry)
 
     def put_item(self, key: KeyLike, value: ValueLike, *, client_flags: int = 0,
                  expires_at_ms: int = 0, if_absent: bool = False, if_present: bool = False,
@@ -1087,20 +1100,12 @@ class Store(MutableMapping[bytes, bytes]):
     def get_with_ttl(self, key: KeyLike) -> tuple[bytes, float | None] | None:
         """Return ``(value, seconds_left_or_None)`` for a live key, else None."""
         k = to_key(key)
-        for _attempt in range(8):
-            entry = self._entries.get(k)
-            if entry is None:
-                return None
-            exp = self._expiries.get(k) if self._expiries else None
-            now = self._now_ms()
-            if exp is not None and exp <= now and not self._sees_expired():
-                return None
-            value = self._value_of(k, entry)
-            if value is None:
-                return None
-            if self._entries.get(k) == entry:  # value and expiry belong to the same record
-                return value, None if exp is None else (exp - now) / 1000.0
-        raise Error(f"key {k!r} kept changing while being read")
+        live = self._read_live(k)
+        if live is None:
+            return None
+        header, stored, expiry = live
+        value = self._decoded(k, header, stored)
+        return value, (expiry - self._now_ms()) / 1000.0 if expiry else None
 
     def batch(self) -> Batch:
         """Return an atomic batch: ``with db.batch() as b: b.put(...); b.delete(...)``.
@@ -1405,17 +1410,11 @@ class Store(MutableMapping[bytes, bytes]):
         absolute Unix milliseconds (0: none), so it can be written back unchanged
         (``put(..., expires_at_ms=...)``) where a TTL in seconds would drift."""
         k = to_key(key)
-        for _attempt in range(8):
-            entry = self._live_entry(k)
-            if entry is None:
-                return None
-            expiry = self._expiries.get(k, 0) if self._expiries else 0
-            value = self._value_of(k, entry)
-            if value is None:
-                return None
-            if self._entries.get(k) == entry:  # value and expiry belong to the same record
-                return value, expiry
-        raise Error(f"key {k!r} kept changing while being read")
+        live = self._read_live(k)
+        if live is None:
+            return None
+        header, stored, expiry = live
+        return self._decoded(k, header, stored), expiry
 
     def version(self, key: KeyLike) -> int | None:
         """Return the version of ``key``'s live value, None if it has none (missing, expired).
@@ -1428,15 +1427,8 @@ class Store(MutableMapping[bytes, bytes]):
         The record is read and its CRC checked (as a get does), so the cost grows with the
         value's size; raises :class:`CorruptionError` if it fails the check.
         """
-        k = to_key(key)
-        for _attempt in range(8):
-            entry = self._live_entry(k)
-            if entry is None:
-                return None
-            got = self._read(k, entry)
-            if got is not None and self._entries.get(k) == entry:
-                return got[0].seq
-        raise Error(f"key {k!r} kept changing while being read")
+        live = self._read_live(to_key(key))
+        return None if live is None else live[0].seq
 
     # -- backup --------------------------------------------------------------------------------
 
