@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,8 @@ def test_replies_over_collections_are_redis_7_replies(name: str, seeded: ServerT
     seed_redis(theirs)
     expected = run_script(theirs, script)
     got = run_script(client(seeded), script)
-    assert got == expected, [(cmd, g, e) for cmd, g, e in zip(script, got, expected)
-                             if g != e]
+    assert got == expected, [(cmd, g, e) for cmd, g, e in
+                             zip(script, got, expected, strict=True) if g != e]
 
 
 @needs_redis
@@ -231,7 +232,6 @@ def test_dbsize_counts_each_collection_once_whatever_its_size(tmp_path: Path) ->
 
 
 def wait_for(cond: Any, timeout: float = 5.0) -> bool:
-    import time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -347,7 +347,7 @@ def test_rename_copy_of_collections_survive_a_restart(tmp_path: Path) -> None:
         s = Structures(store)
         assert sorted(s.keys()) == [b"h2", b"s", b"z", b"z2"]
         h = s.find(b"h2", HashIndex)
-        assert h is not None and dict(zip(h.fields, s.read_many(h, h.fields))) == HASH
+        assert h is not None and dict(zip(h.fields, s.read_many(h, h.fields), strict=True)) == HASH
         lst = s.find(b"s", ListIndex)
         assert lst is not None
         assert s.read_many(lst, [pack_position(p) for p in lst.positions]) == LIST
