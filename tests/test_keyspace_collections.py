@@ -385,3 +385,35 @@ def test_memcached_port_sees_a_collection_as_a_miss(seeded: ServerThread) -> Non
     assert (c.type("h"), c.get("h"), c.exists("z"), c.type("s"), c.type("l")) == (
         b"string", b"hi", 0, b"set", b"list")
     assert c.dbsize() == 4
+
+
+def _oom_transactions(c: redis.Redis, admin: redis.Redis) -> list[Any]:
+    """MULTI/EXEC around ``maxmemory 1`` (Redis's multi unit, "... during OOM")."""
+    out: list[Any] = [outcome(c, "SET", "x", "value"), outcome(c, "MULTI"),
+                      outcome(c, "GET", "x"), outcome(c, "PING")]
+    out.append(outcome(admin, "CONFIG", "SET", "maxmemory", "1"))
+    out.append(outcome(c, "EXEC"))  # only reads queued: runs
+    out += [outcome(c, "MULTI"), outcome(c, "GET", "x"), outcome(c, "DISCARD"),
+            outcome(c, "SET", "y", "1"), outcome(c, "APPEND", "x", "2"), outcome(c, "DEL", "x"),
+            outcome(c, "GET", "x")]
+    out.append(outcome(admin, "CONFIG", "SET", "maxmemory", "0"))
+    out += [outcome(c, "MULTI"), outcome(c, "SET", "x", "1"), outcome(c, "GET", "x")]
+    out.append(outcome(admin, "CONFIG", "SET", "maxmemory", "1"))
+    out.append(outcome(c, "EXEC"))  # a use-memory command queued: aborted
+    out.append(outcome(admin, "CONFIG", "SET", "maxmemory", "0"))
+    out += [outcome(c, "GET", "x"), outcome(c, "PING")]
+    return out
+
+
+@needs_redis
+def test_oom_refuses_queueing_and_exec_of_writes_as_redis(
+        tmp_path: Path, real_redis: RedisProcess) -> None:
+    theirs, their_admin = real_redis.client(), real_redis.client()
+    theirs.flushall()
+    expected = _oom_transactions(theirs, their_admin)
+    with ServerThread(dir=str(tmp_path / "db"), port=0) as srv:
+        got = _oom_transactions(client(srv), client(srv))
+    # bitkv's OOM reply outside MULTI (the store's refusal) says why after Redis's text.
+    got = [("error", g[1].split(" (")[0] + ".") if isinstance(g, tuple) and "(the store" in
+           g[1] else g for g in got]
+    assert got == expected

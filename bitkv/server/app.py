@@ -47,6 +47,7 @@ from .commands import (
     COMMANDS,
     F_ANY,
     F_ASYNC,
+    F_DENYOOM,
     F_NEEDAUTH,
     F_NOAUTH,
     F_NOMULTI,
@@ -54,6 +55,7 @@ from .commands import (
     F_STATE,
     F_TXCTL,
     F_WRITE,
+    OOM,
     CommandError,
     ScanIndex,
     Spec,
@@ -327,6 +329,7 @@ def error_reply(exc: Exception) -> bytes:
 # tombstones); more wait for the next tick or are deleted when touched.
 EXPIRE_COLLECTIONS_PER_TICK = 100
 WRONGTYPE = error(str(WrongTypeError()))
+OOM_REPLY = error(OOM)
 
 
 class Connection(asyncio.Protocol):
@@ -821,6 +824,13 @@ class Connection(asyncio.Protocol):
             if self.multi is not None:
                 self.multi_dirty = True  # as Redis: the transaction fails with EXECABORT
             return READONLY
+        if (flags & F_DENYOOM or (self.multi is not None and not flags & F_TXCTL)) \
+                and self.db.out_of_room:
+            # Redis refuses a command that may add data when over maxmemory, and inside
+            # MULTI any command but EXEC/DISCARD/QUIT/RESET (queueing takes memory too).
+            if self.multi is not None:
+                self.multi_dirty = True
+            return OOM_REPLY
         if self.pubsub_restricted and not flags & F_PUBSUB:  # after READONLY, as in Redis
             return error(f"ERR Can't execute '{full_name(spec, args)}': only (P|S)SUBSCRIBE / "
                          "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")

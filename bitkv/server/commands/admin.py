@@ -32,6 +32,7 @@ from . import tuning
 from .registry import (
     F_ADMIN,
     F_ASYNC,
+    F_DENYOOM,
     F_FAST,
     F_NOAUTH,
     F_NOMULTI,
@@ -257,7 +258,8 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
 
 
 _FLAG_NAMES = ((F_WRITE, "write"), (F_READONLY, "readonly"), (F_ADMIN, "admin"),
-               (F_NOAUTH, "no_auth"), (F_NOMULTI, "no_multi"), (F_FAST, "fast"))
+               (F_DENYOOM, "denyoom"), (F_NOAUTH, "no_auth"), (F_NOMULTI, "no_multi"),
+               (F_FAST, "fast"))
 
 
 def _command_entry(info: CommandInfo) -> bytes:

@@ -15,7 +15,7 @@ from ... import Store
 from ...record import MAX_VALUE_SIZE
 from ...structures import WrongTypeError
 from ..protocol import MINUS_ONE, ONE, ZERO, integer, parse_ll
-from .registry import F_READONLY, F_WRITE, SYNTAX, CommandError, command, to_int
+from .registry import F_DENYOOM, F_READONLY, F_WRITE, SYNTAX, CommandError, command, to_int
 from .strings import live_collections, replace_collections
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def _offset(c: Connection, arg: bytes) -> int:
     return n
 
 
-@command("setbit", 4, F_WRITE, (1, 1, 1), "bitmap",
+@command("setbit", 4, F_WRITE | F_DENYOOM, (1, 1, 1), "bitmap",
          "Sets or clears the bit at offset in the string value stored at key", "2.2.0",
          strings_only=True)
 def cmd_setbit(c: Connection, args: list[bytes]) -> bytes:
@@ -163,7 +163,7 @@ def cmd_bitpos(c: Connection, args: list[bytes]) -> bytes:
     return integer(span[1] + 1)
 
 
-@command("bitop", -4, F_WRITE, (2, -1, 1), "bitmap",
+@command("bitop", -4, F_WRITE | F_DENYOOM, (2, -1, 1), "bitmap",
          "Perform bitwise operations between strings", "2.6.0")
 def cmd_bitop(c: Connection, args: list[bytes]) -> bytes:
     op = args[1].upper()

@@ -32,6 +32,7 @@ from ..protocol import (
 )
 from .encodings import encoding_of
 from .registry import (
+    F_DENYOOM,
     F_FAST,
     F_READONLY,
     F_WRITE,
@@ -465,7 +466,7 @@ def cmd_renamenx(c: Connection, args: list[bytes]) -> bytes:
     return _rename(c, args, True)
 
 
-@command("copy", -3, F_WRITE, (1, 2, 1), "keyspace", "Copy a key", "6.2.0")
+@command("copy", -3, F_WRITE | F_DENYOOM, (1, 2, 1), "keyspace", "Copy a key", "6.2.0")
 def cmd_copy(c: Connection, args: list[bytes]) -> bytes:
     replace = False
     i = 3

@@ -35,6 +35,8 @@ F_NEEDAUTH = 256  # set on every command without F_NOAUTH
 F_ANY = 512  # set on every command
 F_STATE = 1024  # changes the connection's state (AUTH, HELLO): runs on the slow path
 F_PUBSUB = 2048  # allowed to a RESP2 client in subscribed mode ((P|S)(UN)SUBSCRIBE, PING...)
+F_DENYOOM = 4096  # may add data: refused while the store is out of room (Redis's denyoom)
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
 
 NOT_INT = "ERR value is not an integer or out of range"
 SYNTAX = "ERR syntax error"

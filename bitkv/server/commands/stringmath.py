@@ -20,7 +20,7 @@ from array import array
 from typing import TYPE_CHECKING
 
 from ..protocol import bulk, integer, map_reply, parse_ll
-from .registry import F_READONLY, F_WRITE, NOT_INT, SYNTAX, CommandError, command
+from .registry import F_DENYOOM, F_READONLY, F_WRITE, NOT_INT, SYNTAX, CommandError, command
 from .strings import live_collections
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def format_float(x: decimal.Decimal) -> bytes:
     return text.encode("ascii")
 
 
-@command("incrbyfloat", 3, F_WRITE, (1, 1, 1), "string",
+@command("incrbyfloat", 3, F_WRITE | F_DENYOOM, (1, 1, 1), "string",
          "Increment the float value of a key by the given amount", "2.6.0", strings_only=True)
 def cmd_incrbyfloat(c: Connection, args: list[bytes]) -> bytes:
     db = c.db

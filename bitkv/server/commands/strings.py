@@ -16,6 +16,7 @@ from ...structures import WrongTypeError, check_user_key
 from ...structures.space import Op
 from ..protocol import INT64_MAX, INT64_MIN, OK, ONE, ZERO, bulk, integer, parse_ll
 from .registry import (
+    F_DENYOOM,
     F_FAST,
     F_READONLY,
     F_WRITE,
@@ -87,7 +88,7 @@ def _parse_set_options(opts: list[bytes], name: str, now_ms: int
     return nx, xx, get, keepttl, at_ms
 
 
-@command("set", -3, F_WRITE, (1, 1, 1), "string", "Set the string value of a key")
+@command("set", -3, F_WRITE | F_DENYOOM, (1, 1, 1), "string", "Set the string value of a key")
 def cmd_set(c: Connection, args: list[bytes]) -> bytes:
     if len(args) == 3 and not (c.structures and args[1] in c.structures.names):
         check_user_key(args[1])
@@ -176,7 +177,7 @@ def _counted(c: Connection, v: bytes | None) -> bytes | None:
 
 
 
-@command("setnx", 3, F_WRITE | F_FAST, (1, 1, 1), "string",
+@command("setnx", 3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
          "Set the value of a key, only if the key does not exist")
 def cmd_setnx(c: Connection, args: list[bytes]) -> bytes:
     if live_collections(c, [args[1]]):
@@ -195,13 +196,13 @@ def _setex(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
     return OK
 
 
-@command("setex", 4, F_WRITE, (1, 1, 1), "string",
+@command("setex", 4, F_WRITE | F_DENYOOM, (1, 1, 1), "string",
          "Set the value and expiration of a key", "2.0.0")
 def cmd_setex(c: Connection, args: list[bytes]) -> bytes:
     return _setex(c, args, b"EX", "setex")
 
 
-@command("psetex", 4, F_WRITE, (1, 1, 1), "string",
+@command("psetex", 4, F_WRITE | F_DENYOOM, (1, 1, 1), "string",
          "Set the value and expiration in milliseconds of a key", "2.6.0")
 def cmd_psetex(c: Connection, args: list[bytes]) -> bytes:
     return _setex(c, args, b"PX", "psetex")
@@ -254,7 +255,7 @@ def cmd_getex(c: Connection, args: list[bytes]) -> bytes:
     return bulk(v)
 
 
-@command("getset", 3, F_WRITE | F_FAST, (1, 1, 1), "string",
+@command("getset", 3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
          "Set the string value of a key and return its old value", strings_only=True)
 def cmd_getset(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
@@ -287,7 +288,7 @@ def cmd_substr(c: Connection, args: list[bytes]) -> bytes:
     return cmd_getrange(c, args)
 
 
-@command("setrange", 4, F_WRITE, (1, 1, 1), "string",
+@command("setrange", 4, F_WRITE | F_DENYOOM, (1, 1, 1), "string",
          "Overwrite part of a string at key starting at the specified offset", "2.2.0",
          strings_only=True)
 def cmd_setrange(c: Connection, args: list[bytes]) -> bytes:
@@ -332,7 +333,8 @@ def cmd_mget(c: Connection, args: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-@command("mset", -3, F_WRITE, (1, -1, 2), "string", "Set multiple keys to multiple values",
+@command("mset", -3, F_WRITE | F_DENYOOM, (1, -1, 2), "string",
+         "Set multiple keys to multiple values",
          "1.0.1")
 def cmd_mset(c: Connection, args: list[bytes]) -> bytes:
     if len(args) % 2 == 0:
@@ -348,7 +350,7 @@ def cmd_mset(c: Connection, args: list[bytes]) -> bytes:
     return OK
 
 
-@command("msetnx", -3, F_WRITE, (1, -1, 2), "string",
+@command("msetnx", -3, F_WRITE | F_DENYOOM, (1, -1, 2), "string",
          "Set multiple keys to multiple values, only if none of the keys exist", "1.0.1")
 def cmd_msetnx(c: Connection, args: list[bytes]) -> bytes:
     if len(args) % 2 == 0:
@@ -365,7 +367,7 @@ def cmd_msetnx(c: Connection, args: list[bytes]) -> bytes:
     return ONE
 
 
-@command("append", 3, F_WRITE | F_FAST, (1, 1, 1), "string", "Append a value to a key",
+@command("append", 3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string", "Append a value to a key",
          "2.0.0", strings_only=True)
 def cmd_append(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
@@ -398,25 +400,25 @@ def _incr(c: Connection, key: bytes, delta: int) -> bytes:
         raise CommandError(NOT_INT) from None
 
 
-@command("incr", 2, F_WRITE | F_FAST, (1, 1, 1), "string",
+@command("incr", 2, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
          "Increment the integer value of a key by one", strings_only=True)
 def cmd_incr(c: Connection, args: list[bytes]) -> bytes:
     return _incr(c, args[1], 1)
 
 
-@command("decr", 2, F_WRITE | F_FAST, (1, 1, 1), "string",
+@command("decr", 2, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
          "Decrement the integer value of a key by one", strings_only=True)
 def cmd_decr(c: Connection, args: list[bytes]) -> bytes:
     return _incr(c, args[1], -1)
 
 
-@command("incrby", 3, F_WRITE | F_FAST, (1, 1, 1), "string",
+@command("incrby", 3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
          "Increment the integer value of a key by the given amount", strings_only=True)
 def cmd_incrby(c: Connection, args: list[bytes]) -> bytes:
     return _incr(c, args[1], to_int(args[2]))
 
 
-@command("decrby", 3, F_WRITE | F_FAST, (1, 1, 1), "string",
+@command("decrby", 3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
          "Decrement the integer value of a key by the given number", strings_only=True)
 def cmd_decrby(c: Connection, args: list[bytes]) -> bytes:
     delta = to_int(args[2])

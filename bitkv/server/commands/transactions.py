@@ -18,7 +18,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import OK, array
-from .registry import F_FAST, F_READONLY, F_TXCTL, F_WRITE, CommandError, command
+from .registry import (
+    F_DENYOOM,
+    F_FAST,
+    F_READONLY,
+    F_TXCTL,
+    F_WRITE,
+    OOM,
+    CommandError,
+    command,
+)
 
 if TYPE_CHECKING:
     from ..app import Connection
@@ -77,6 +86,8 @@ def cmd_exec(c: Connection, args: list[bytes]) -> bytes:
     c.multi = None
     changed = _watched_key_changed(c)
     c.watched = None
+    if any(spec[2] & F_DENYOOM for spec, _args in queued) and c.db.out_of_room:
+        raise CommandError("EXECABORT Transaction discarded because of: " + OOM)
     if dirty:
         raise CommandError("EXECABORT Transaction discarded because of previous errors.")
     if changed:
