@@ -340,13 +340,6 @@ class Structures:
     def _write(self, ops: list[Op], names: Iterable[bytes] | None) -> None:
         """:meth:`write`; ``names`` (when known) the collections the ops touch, else read
         from the ops' keys."""
-        if names is None:
-            names = _touched(ops)
-        self._serial += 1
-        serial, stamps, dirty = self._serial, self._stamps, self._dirty
-        for name in names:
-            stamps[name] = serial
-            dirty.add(name)
         with self._db.batch() as b:
             for k, v, expiry in ops:
                 if v is None:
@@ -355,6 +348,14 @@ class Structures:
                     b.put(k, v, expires_at_ms=expiry)
                 else:
                     b.put(k, v)
+        # Written: the collections touched have changed (a failed batch changed nothing).
+        if names is None:
+            names = _touched(ops)
+        self._serial += 1
+        serial, stamps, dirty = self._serial, self._stamps, self._dirty
+        for name in names:
+            stamps[name] = serial
+            dirty.add(name)
 
     def delete_ops(self, key: bytes) -> list[Op]:
         """The ops that delete collection ``key`` (its elements, then its header); [] if

@@ -7,6 +7,7 @@ their handlers here when :mod:`bitkv.server.commands` imports them.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,12 +123,14 @@ def guarded(fn: Handler, keys: tuple[int, int, int], write: bool, strings_only: 
     prefix = RESERVED_PREFIX
     if (first, last) == (1, 1):
         if not strings_only:
+            @functools.wraps(fn)
             def one_key(c: Connection, args: list[bytes]) -> Any:
                 if args[1].startswith(prefix):
                     raise ReservedKeyError(args[1])
                 return fn(c, args)
             return one_key
 
+        @functools.wraps(fn)
         def one_string_key(c: Connection, args: list[bytes]) -> Any:
             key = args[1]
             if write and key.startswith(prefix):
@@ -138,6 +141,7 @@ def guarded(fn: Handler, keys: tuple[int, int, int], write: bool, strings_only: 
             return fn(c, args)
         return one_string_key
 
+    @functools.wraps(fn)
     def many_keys(c: Connection, args: list[bytes]) -> Any:
         end = len(args) + last if last < 0 else last
         for key in args[first:end + 1:step]:
