@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ... import Store
 from ...errors import NotAnIntegerError
 from ...record import MAX_VALUE_SIZE
-from ...structures import WrongTypeError, check_user_key
+from ...structures import WrongTypeError
 from ...structures.space import Op
 from ..protocol import INT64_MAX, INT64_MIN, OK, ONE, ZERO, bulk, integer, parse_ll
 from .registry import (
@@ -91,7 +91,6 @@ def _parse_set_options(opts: list[bytes], name: str, now_ms: int
 @command("set", -3, F_WRITE | F_DENYOOM, (1, 1, 1), "string", "Set the string value of a key")
 def cmd_set(c: Connection, args: list[bytes]) -> bytes:
     if len(args) == 3 and not (c.structures and args[1] in c.structures.names):
-        check_user_key(args[1])
         c.db.put(args[1], args[2])
         return OK
     now_ms = time_ms()
@@ -107,7 +106,6 @@ def _set(c: Connection, key: bytes, value: bytes, nx: bool, xx: bool, get: bool,
     db = c.db
     old = _read(c, key) if get else None
     expires_at = at_ms or None
-    check_user_key(key)
     structures = c.structures
     if structures and key in structures:
         # SET over a collection replaces it: the collection's records go in the same batch
