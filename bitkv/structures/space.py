@@ -27,6 +27,7 @@ from ..errors import Error
 from .collection import KINDS, Collection
 from .encoding import (
     FORMAT,
+    HEADER,
     LIST,
     PREFIX,
     TYPE_NAMES,
@@ -320,7 +321,7 @@ class Structures:
             ops.append((header_key(c.key), None, None))
         elif new:
             ops.append((header_key(c.key), header_value(c.TYPE), None))
-        self._write(ops, (c.key,))
+        self.write(ops, (c.key,))
         for sub, value in staged.items():
             if value is None:
                 c.on_delete(sub)
@@ -331,15 +332,18 @@ class Structures:
         elif new:
             self._collections[c.key] = c
 
-    def write(self, ops: list[Op]) -> None:
+    def write(self, ops: list[Op], names: Iterable[bytes] | None = None) -> None:
         """Write ``ops`` as one atomic batch (key, value or None to delete, absolute expiry
         ms or None). Every collection whose records are among them counts as written
-        (:meth:`version`, :meth:`record_count`)."""
-        self._write(ops, None)
-
-    def _write(self, ops: list[Op], names: Iterable[bytes] | None) -> None:
-        """:meth:`write`; ``names`` (when known) the collections the ops touch, else read
-        from the ops' keys."""
+        (:meth:`version`, :meth:`record_count`): ``names`` if the caller knows them (an
+        edit of one collection: saves reading them from the ops' keys, about 1 us), marked
+        before the write: a write that then fails costs a WATCH a needless abort and DBSIZE
+        a recount, never a missed change."""
+        self._serial += 1
+        serial, stamps, dirty = self._serial, self._stamps, self._dirty
+        for name in _touched(ops) if names is None else names:
+            stamps[name] = serial
+            dirty.add(name)
         with self._db.batch() as b:
             for k, v, expiry in ops:
                 if v is None:
@@ -348,14 +352,6 @@ class Structures:
                     b.put(k, v, expires_at_ms=expiry)
                 else:
                     b.put(k, v)
-        # Written: the collections touched have changed (a failed batch changed nothing).
-        if names is None:
-            names = _touched(ops)
-        self._serial += 1
-        serial, stamps, dirty = self._serial, self._stamps, self._dirty
-        for name in names:
-            stamps[name] = serial
-            dirty.add(name)
 
     def delete_ops(self, key: bytes) -> list[Op]:
         """The ops that delete collection ``key`` (its elements, then its header); [] if
@@ -494,21 +490,35 @@ class Structures:
                 "orphans_removed": self.orphans_removed, "malformed": self.malformed}
 
 
+_AFTER_PREFIX = len(PREFIX)  # where a header's b"h" or an element's b"e" is
+_NAME_LENGTH = _AFTER_PREFIX + 2  # an element's name length (varint), after b"e" and the type
+_HEADER_BYTE = HEADER[-1]
+
+
 def _touched(ops: list[Op]) -> set[bytes]:
-    """The names of the collections whose records ``ops`` write (one parse per run of
-    element keys of one collection)."""
+    """The names of the collections whose records ``ops`` write: one look per run of one
+    collection's element keys, without :func:`parse` for names shorter than 128 bytes."""
     names: set[bytes] = set()
-    run = b"\x00"  # the element-key prefix of the last collection seen (none yet)
-    for k, _v, _e in ops:
-        if k.startswith(run) or not k.startswith(PREFIX):
+    run = PREFIX + b"-"  # the element-key prefix of the last collection seen (none yet)
+    for op in ops:
+        k = op[0]
+        if k.startswith(run) or not k.startswith(PREFIX) or len(k) <= _NAME_LENGTH:
+            continue
+        if k[_AFTER_PREFIX] == _HEADER_BYTE:
+            names.add(k[_AFTER_PREFIX + 1:])
+            continue
+        n = k[_NAME_LENGTH]
+        if 0 < n < 0x80:  # a one-byte varint: the name follows it
+            end = _NAME_LENGTH + 1 + n
+            names.add(k[_NAME_LENGTH + 1:end])
+            run = k[:end]
             continue
         parsed = parse(k)
-        if parsed is None:
-            continue
-        _type, name, sub = parsed
-        names.add(name)
-        if sub is not None:
-            run = k[:len(k) - len(sub)]
+        if parsed is not None:
+            _type, name, sub = parsed
+            names.add(name)
+            if sub is not None:
+                run = k[:len(k) - len(sub)]
     return names
 
 
