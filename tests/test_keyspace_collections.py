@@ -417,3 +417,25 @@ def test_oom_refuses_queueing_and_exec_of_writes_as_redis(
     got = [("error", g[1].split(" (")[0] + ".") if isinstance(g, tuple) and "(the store" in
            g[1] else g for g in got]
     assert got == expected
+
+
+def test_a_multi_key_write_changes_the_version_of_each_collection_it_touches(
+        tmp_path: Path) -> None:
+    """Structures.write without names reads them from the ops' keys: short names, a name
+    of 200 bytes (a two-byte length), headers, and plain keys beside them."""
+    long_name = b"n" * 200
+    with bitkv.open(str(tmp_path / "db")) as store:
+        s = Structures(store)
+        for name in (b"a", b"ab", long_name, b"untouched"):
+            with s.edit(name, SetIndex) as e:
+                e.put(b"m", b"")
+        before = {name: s.version(name) for name in (b"a", b"ab", long_name, b"untouched")}
+        colls = {name: s.collection(name) for name in (b"a", b"ab", long_name)}
+        ops: list[Any] = [(b"plain", b"v", None)]
+        for c in colls.values():
+            assert c is not None
+            ops += [(c.prefix + b"x", b"", None), (c.prefix + b"y", b"", None)]
+        s.write(ops)
+        after = {name: s.version(name) for name in before}
+        assert after[b"untouched"] == before[b"untouched"]
+        assert all(after[n] != before[n] for n in colls)
