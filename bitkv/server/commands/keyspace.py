@@ -5,6 +5,10 @@ RENAME and COPY read the source (value and expiry, exact to the ms) and write th
 one store batch, so after a crash either the whole move is there or none of it; no other
 client's command runs in between because handlers run one at a time on the event loop
 thread (and the store is the server's: nothing else writes to it).
+
+A key may name a collection (a hash, set, list or sorted set: :mod:`bitkv.structures`):
+every command here treats it as one key, and lists, counts, expires, renames and copies it
+by name; its records (under :data:`bitkv.structures.PREFIX`) are never shown to a client.
 """
 
 from __future__ import annotations
