@@ -1598,6 +1598,19 @@ class Store(MutableMapping[bytes, bytes]):
         return self.bound.eviction
 
     @property
+    def out_of_room(self) -> bool:
+        """True when the bound (:attr:`max_bytes`) leaves no room for even the smallest
+        record and the ``noeviction`` policy frees none: any write that adds a record fails
+        with :class:`StoreFullError` now. The server refuses Redis's use-memory commands
+        then (``-OOM``), also when queued in MULTI, as Redis does over ``maxmemory``."""
+        bound = self.bound
+        if not bound.max_bytes or bound.eviction != "noeviction":
+            return False
+        with self._lock:
+            live = self._live_bytes_locked()
+        return live + rec.MIN_RECORD_SIZE > bound.max_bytes
+
+    @property
     def evicted_keys(self) -> int:
         """Keys evicted to keep the bound since this store was opened."""
         evictor = self._evictor

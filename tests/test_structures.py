@@ -104,7 +104,7 @@ def test_a_failed_write_leaves_the_index_unchanged(db, monkeypatch):
     with s.edit(b"h", HashIndex) as e:
         e.put(b"f", b"v")
 
-    def refuse(ops):
+    def refuse(ops, names=None):
         raise bitkv.StoreFullError("no room")
 
     monkeypatch.setattr(s, "write", refuse)

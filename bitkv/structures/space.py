@@ -27,6 +27,7 @@ from ..errors import Error
 from .collection import KINDS, Collection
 from .encoding import (
     FORMAT,
+    HEADER,
     LIST,
     PREFIX,
     TYPE_NAMES,
@@ -129,6 +130,15 @@ class Structures:
         self._clock = clock
         self._collections: dict[bytes, Collection] = {}
         self._expiring: dict[bytes, None] = {}  # the collections with an expiry
+        # WATCH: the stamp of each collection's last write (a serial, larger at every write
+        # of any collection; none yet: loaded so and unchanged since).
+        self._stamps: dict[bytes, int] = {}
+        self._serial = 0
+        # DBSIZE: how many records the collections hold, kept up to date lazily: a write
+        # marks the names it touched, record_count() recounts just those.
+        self._counted: dict[bytes, int] = {}
+        self._records = 0
+        self._dirty: set[bytes] = set()
         self.orphans_removed = 0
         self.malformed = 0
         self.load()
@@ -197,6 +207,10 @@ class Structures:
         self._collections.clear()
         self._collections.update(collections)
         self._expiring = {k: None for k, c in collections.items() if c.expire_ms}
+        self._stamps.clear()
+        self._counted = {k: len(c) + 1 for k, c in collections.items()}
+        self._records = sum(self._counted.values())
+        self._dirty.clear()
         if malformed:
             log.warning("%d malformed collection record(s) ignored", malformed)
         self.malformed = malformed
@@ -307,7 +321,7 @@ class Structures:
             ops.append((header_key(c.key), None, None))
         elif new:
             ops.append((header_key(c.key), header_value(c.TYPE), None))
-        self.write(ops)
+        self.write(ops, (c.key,))
         for sub, value in staged.items():
             if value is None:
                 c.on_delete(sub)
@@ -318,9 +332,18 @@ class Structures:
         elif new:
             self._collections[c.key] = c
 
-    def write(self, ops: list[Op]) -> None:
+    def write(self, ops: list[Op], names: Iterable[bytes] | None = None) -> None:
         """Write ``ops`` as one atomic batch (key, value or None to delete, absolute expiry
-        ms or None)."""
+        ms or None). Every collection whose records are among them counts as written
+        (:meth:`version`, :meth:`record_count`): ``names`` if the caller knows them (an
+        edit of one collection: saves reading them from the ops' keys, about 1 us), marked
+        before the write: a write that then fails costs a WATCH a needless abort and DBSIZE
+        a recount, never a missed change."""
+        self._serial += 1
+        serial, stamps, dirty = self._serial, self._stamps, self._dirty
+        for name in _touched(ops) if names is None else names:
+            stamps[name] = serial
+            dirty.add(name)
         with self._db.batch() as b:
             for k, v, expiry in ops:
                 if v is None:
@@ -346,6 +369,35 @@ class Structures:
         """Drop ``key`` from the index once its :meth:`delete_ops` are written."""
         self._collections.pop(key, None)
         self._expiring.pop(key, None)
+        self._stamps.pop(key, None)
+        self._dirty.add(key)
+
+    def version(self, key: bytes) -> int | None:
+        """What WATCH compares for collection ``key``: None if there is no live collection
+        of that name, else a number that changes with every write to it (elements, expiry;
+        a collection deleted and created again gets a new one), 0 for one unchanged since
+        the store was opened."""
+        if self._live(key) is None:
+            return None
+        return self._stamps.get(key, 0)
+
+    def record_count(self) -> int:
+        """How many store records the indexed collections hold (headers and elements), so
+        that a count of the store's keys can leave them out (DBSIZE). Amortised O(1): each
+        call recounts only the collections written since the last."""
+        dirty = self._dirty
+        if dirty:
+            counted, collections = self._counted, self._collections
+            total = self._records
+            for name in dirty:
+                c = collections.get(name)
+                now = len(c) + 1 if c is not None else 0
+                total += now - counted.pop(name, 0)
+                if now:
+                    counted[name] = now
+            self._records = total
+            dirty.clear()
+        return self._records
 
     def delete(self, key: bytes) -> bool:
         """Delete collection ``key``; True if a live one was deleted."""
@@ -379,6 +431,9 @@ class Structures:
     def install(self, c: Collection) -> None:
         """Put ``c`` (from :meth:`copy_ops`) in the index, its ops being written."""
         self._collections[c.key] = c
+        self._serial += 1
+        self._stamps[c.key] = self._serial
+        self._dirty.add(c.key)
         if c.expire_ms:
             self._expiring[c.key] = None
         else:
@@ -393,10 +448,14 @@ class Structures:
         if at_ms is None:
             self._db.put(hk, header_value(c.TYPE))
             c.expire_ms = 0
+            self._serial += 1
+            self._stamps[key] = self._serial
             self._expiring.pop(key, None)
         else:
             self._db.put(hk, header_value(c.TYPE), expires_at_ms=at_ms)
             c.expire_ms = at_ms
+            self._serial += 1
+            self._stamps[key] = self._serial
             self._expiring[key] = None
             if at_ms <= self._clock():
                 self._live(key)  # already expired: deleted now (as Redis's EXPIRE in the past)
@@ -429,6 +488,38 @@ class Structures:
             elements += len(c)
         return {**{f"{n}_keys": v for n, v in counts.items()}, "elements": elements,
                 "orphans_removed": self.orphans_removed, "malformed": self.malformed}
+
+
+_AFTER_PREFIX = len(PREFIX)  # where a header's b"h" or an element's b"e" is
+_NAME_LENGTH = _AFTER_PREFIX + 2  # an element's name length (varint), after b"e" and the type
+_HEADER_BYTE = HEADER[-1]
+
+
+def _touched(ops: list[Op]) -> set[bytes]:
+    """The names of the collections whose records ``ops`` write: one look per run of one
+    collection's element keys, without :func:`parse` for names shorter than 128 bytes."""
+    names: set[bytes] = set()
+    run = PREFIX + b"-"  # the element-key prefix of the last collection seen (none yet)
+    for op in ops:
+        k = op[0]
+        if k.startswith(run) or not k.startswith(PREFIX) or len(k) <= _NAME_LENGTH:
+            continue
+        if k[_AFTER_PREFIX] == _HEADER_BYTE:
+            names.add(k[_AFTER_PREFIX + 1:])
+            continue
+        n = k[_NAME_LENGTH]
+        if 0 < n < 0x80:  # a one-byte varint: the name follows it
+            end = _NAME_LENGTH + 1 + n
+            names.add(k[_NAME_LENGTH + 1:end])
+            run = k[:end]
+            continue
+        parsed = parse(k)
+        if parsed is not None:
+            _type, name, sub = parsed
+            names.add(name)
+            if sub is not None:
+                run = k[:len(k) - len(sub)]
+    return names
 
 
 __all__ = ["Edit", "ReservedKeyError", "Structures", "WrongTypeError", "check_user_key",

@@ -20,7 +20,8 @@ from array import array
 from typing import TYPE_CHECKING
 
 from ..protocol import bulk, integer, map_reply, parse_ll
-from .registry import F_READONLY, F_WRITE, NOT_INT, SYNTAX, CommandError, command
+from .registry import F_DENYOOM, F_READONLY, F_WRITE, NOT_INT, SYNTAX, CommandError, command
+from .strings import live_collections
 
 if TYPE_CHECKING:
     from ..app import Connection
@@ -69,8 +70,8 @@ def format_float(x: decimal.Decimal) -> bytes:
     return text.encode("ascii")
 
 
-@command("incrbyfloat", 3, F_WRITE, (1, 1, 1), "string",
-         "Increment the float value of a key by the given amount", "2.6.0")
+@command("incrbyfloat", 3, F_WRITE | F_DENYOOM, (1, 1, 1), "string",
+         "Increment the float value of a key by the given amount", "2.6.0", strings_only=True)
 def cmd_incrbyfloat(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
     try:
@@ -112,6 +113,8 @@ def _lcs_table(a: bytes, b: bytes) -> list[array[int]]:
          "Find longest common substring", "7.0.0")
 def cmd_lcs(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
+    if live_collections(c, args[1:3]):
+        raise CommandError("ERR The specified keys must contain string values")
     try:
         a = db.get(args[1]) or b""
         b = db.get(args[2]) or b""
