@@ -207,15 +207,12 @@ def _sets(c: Connection, keys: list[bytes]) -> list[SetIndex | None]:
 
 
 def _inter(c: Connection, keys: list[bytes], limit: int = 0) -> list[bytes]:
-    """The intersection, stopping at ``limit`` members (0: no limit). Like Redis, the
-    first missing key ends it (the keys after it are not type-checked)."""
-    find = c.structures.find
-    sets: list[SetIndex] = []
-    for k in keys:
-        s = find(k, SetIndex)
-        if s is None:
-            return []
-        sets.append(s)
+    """The intersection, stopping at ``limit`` members (0: no limit). Every key is
+    type-checked first, as Redis 7.0 does, even after a missing one."""
+    found = _sets(c, keys)
+    if any(s is None for s in found):
+        return []
+    sets = [s for s in found if s is not None]
     sets.sort(key=len)
     smallest, others = sets[0], [s.members for s in sets[1:]]
     out: list[bytes] = []
