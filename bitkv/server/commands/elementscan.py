@@ -41,12 +41,22 @@ class _Order:
 _orders: OrderedDict[bytes, _Order] = OrderedDict()
 
 
+def parse_cursor(arg: bytes) -> int:
+    """A cursor as Redis reads it (C's ``strtoul``): optional sign, decimal digits, a
+    negative number wrapping around 2**64; "" is 0."""
+    digits = arg[1:] if arg[:1] in (b"+", b"-") else arg
+    if (digits and not digits.isdigit()) or (not digits and arg) or len(digits) > 25:
+        raise CommandError("ERR invalid cursor")
+    n = int(digits) if digits else 0
+    if n >= 2**64:
+        raise CommandError("ERR invalid cursor")
+    return (2**64 - n) % 2**64 if arg[:1] == b"-" else n
+
+
 def parse_scan(args: list[bytes]) -> tuple[int, Callable[[bytes], bool] | None, int]:
     """``(cursor, match or None, count)`` from ``XSCAN key cursor [MATCH p] [COUNT n]``,
     refused with Redis's errors."""
-    cursor_arg = args[2]
-    if not cursor_arg.isdigit() or len(cursor_arg) > 20 or int(cursor_arg) >= 2**64:
-        raise CommandError("ERR invalid cursor")
+    cursor = parse_cursor(args[2])
     match = None
     count = 10
     i = 3
@@ -64,14 +74,14 @@ def parse_scan(args: list[bytes]) -> tuple[int, Callable[[bytes], bool] | None, 
         else:
             raise CommandError(SYNTAX)
         i += 2
-    return int(cursor_arg), match, count
+    return cursor, match, count
 
 
 def scan_step(c: Collection, cursor: int, count: int, small: bool) -> tuple[int, list[bytes]]:
     """The next cursor (0: done) and the elements of one step from ``cursor``: about
     ``count`` of them (all those sharing the last one's checksum come too)."""
-    if small:
-        return 0, list(c.subs()) if cursor == 0 else []
+    if small:  # whatever the cursor, as Redis answers a listpack or an intset
+        return 0, list(c.subs())
     order = _orders.get(c.key)
     if order is None or order.collection is not c or cursor == 0:
         order = _Order(c)
