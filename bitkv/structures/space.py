@@ -376,6 +376,17 @@ class Structures:
     def write(self, ops: list[Op]) -> None:
         """Write ``ops`` as one atomic batch (key, value or None to delete, absolute expiry
         ms or None)."""
+        if len(ops) == 1:
+            # One record is atomic by itself; a plain put takes the store's compiled path
+            # (HSET of one field on an existing hash: about half the CPU of a batch).
+            k, v, expiry = ops[0]
+            if v is None:
+                self._db.delete(k)
+            elif expiry:
+                self._db.put(k, v, expires_at_ms=expiry)
+            else:
+                self._db.put(k, v)
+            return
         with self._db.batch() as b:
             for k, v, expiry in ops:
                 if v is None:

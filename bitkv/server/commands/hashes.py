@@ -105,9 +105,8 @@ def _hset(c: Connection, args: list[bytes]) -> int:
             if f not in fields:
                 new.add(f)
             longest = max(longest, len(f), len(v))
-    h = c.structures.find(key, HashIndex)
-    if h is not None:
-        _note_sizes(c, h, longest)
+    # After the commit the edit's collection is the indexed one (HSET never empties it).
+    _note_sizes(c, cast(HashIndex, e.collection), longest)
     return len(new)
 
 
