@@ -35,6 +35,8 @@ from bench_server import cpu_ticks, free_port, wait_ready
 # (label, redis-benchmark arguments after the options): -t where it has the test, else the
 # command itself (__rand_int__ is replaced by a random number below -r).
 TESTS: list[tuple[str, list[str]]] = [
+    ("SET (a string, for reference)", ["-t", "set"]),
+    ("GET (a string, for reference)", ["-t", "get"]),
     ("HSET", ["-t", "hset"]),
     ("HGET", ["HGET", "myhash", "element:__rand_int__"]),
     ("HINCRBY", ["HINCRBY", "counters", "f:__rand_int__", "1"]),

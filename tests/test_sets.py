@@ -110,7 +110,8 @@ SCRIPTS: dict[str, list[tuple[Any, ...]]] = {
         ("SADD", "s", "1", "2"), ("SSCAN", "s", "x"), ("SSCAN", "s", "-1"),
         ("SSCAN", "s", "0", "COUNT", "0"), ("SSCAN", "s", "0", "COUNT"),
         ("SSCAN", "nokey", "0"), ("SSCAN", "s", "0", "MATCH", "1*"),
-        ("SSCAN", "s", "18446744073709551616"),
+        ("SSCAN", "s", "18446744073709551616"), ("SADD", "n", "10", "-3", "7", "0"),
+        ("SMEMBERS", "n"), ("SSCAN", "n", "0"), ("SREM", "n", "7"), ("SMEMBERS", "n"),
     ],
 }
 

@@ -118,7 +118,15 @@ def cmd_smismember(c: Connection, args: list[bytes]) -> bytes:
 @command("smembers", 2, F_READONLY, (1, 1, 1), "set", "Get all the members in a set")
 def cmd_smembers(c: Connection, args: list[bytes]) -> bytes:
     s = c.structures.find(args[1], SetIndex)
-    return _empty_set(c) if s is None else set_reply(c, list(s.members))
+    return _empty_set(c) if s is None else set_reply(c, _in_set_order(c, s))
+
+
+def _in_set_order(c: Connection, s: SetIndex) -> list[bytes]:
+    """The members in the order Redis lists them where it has one: ascending numbers for an
+    intset (any order is allowed for a hashtable: bitkv's is insertion order)."""
+    if encoding_of(c.control, s) == "intset":
+        return sorted(s.members, key=int)
+    return list(s.members)
 
 
 def _positive_count(arg: bytes) -> int:
@@ -304,8 +312,10 @@ def cmd_sscan(c: Connection, args: list[bytes]) -> bytes:
     s = c.structures.find(args[1], SetIndex)
     if s is None:
         return b"*2\r\n$1\r\n0\r\n*0\r\n"
-    small = encoding_of(c.control, s) == "intset"
-    next_cursor, members = scan_step(s, cursor, count, small)
+    if encoding_of(c.control, s) == "intset":  # whole, in order, whatever the cursor
+        next_cursor, members = 0, _in_set_order(c, s)
+    else:
+        next_cursor, members = scan_step(s, cursor, count, False)
     if match is not None:
         members = [m for m in members if match(m)]
     return b"*2\r\n" + bulk(b"%d" % next_cursor) + bulk_array(members)
