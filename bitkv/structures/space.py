@@ -71,6 +71,19 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _length_after(c: Collection, staged: dict[bytes, bytes | None]) -> int:
+    """``c``'s length once ``staged`` (sub -> value, None: delete) is written."""
+    n = len(c)
+    has = c.has
+    for sub, value in staged.items():
+        if value is None:
+            if has(sub):
+                n -= 1
+        elif not has(sub):
+            n += 1
+    return n
+
+
 class Edit:
     """Staged changes to one collection, written as one batch by :meth:`commit` (or on
     leaving a ``with`` block without an exception). ``collection`` is the index as it was
@@ -97,15 +110,7 @@ class Edit:
 
     def final_length(self) -> int:
         """The collection's length once the staged changes are written."""
-        c = self.collection
-        n = len(c)
-        for sub, value in self._staged.items():
-            had = c.has(sub)
-            if value is None and had:
-                n -= 1
-            elif value is not None and not had:
-                n += 1
-        return n
+        return _length_after(self.collection, self._staged)
 
     def commit(self) -> None:
         staged, self._staged = self._staged, {}
@@ -301,9 +306,7 @@ class Structures:
                   ) -> tuple[list[Op], int]:
         """The ops that write ``staged`` to ``c`` ([] when there is nothing to write), and
         the collection's length after them."""
-        final = Edit(self, c, new)
-        final._staged = staged
-        remaining = final.final_length()
+        remaining = _length_after(c, staged)
         prefix = c.prefix
         ops: list[Op] = [(prefix + sub, value, None) for sub, value in staged.items()]
         if remaining == 0:

@@ -94,20 +94,24 @@ def _is_small(c: Connection, h: HashIndex) -> bool:
 
 def _hset(c: Connection, args: list[bytes]) -> int:
     """Set the field/value pairs of ``args[2:]``; how many fields are new."""
-    key = args[1]
-    with c.structures.edit(key, HashIndex) as e:
-        fields = cast(HashIndex, e.collection).fields
-        new: set[bytes] = set()
-        longest = 0
-        for i in range(2, len(args), 2):
-            f, v = args[i], args[i + 1]
-            e.put(f, v)
-            if f not in fields:
-                new.add(f)
-            longest = max(longest, len(f), len(v))
+    with c.structures.edit(args[1], HashIndex) as e:
+        h = cast(HashIndex, e.collection)
+        fields = h.fields
+        if len(args) == 4:  # one pair, the common case: no set of new fields to build
+            e.put(args[2], args[3])
+            created = 0 if args[2] in fields else 1
+        else:
+            new: set[bytes] = set()
+            for i in range(2, len(args), 2):
+                f = args[i]
+                e.put(f, args[i + 1])
+                if f not in fields:
+                    new.add(f)
+            created = len(new)
     # After the commit the edit's collection is the indexed one (HSET never empties it).
-    _note_sizes(c, cast(HashIndex, e.collection), longest)
-    return len(new)
+    if not h.converted:
+        _note_sizes(c, h, max(map(len, args[2:])))
+    return created
 
 
 @command("hset", -4, F_WRITE | F_FAST, (1, 1, 1), "hash",

@@ -63,18 +63,24 @@ def _empty_set(c: Connection) -> bytes:
 @command("sadd", -3, F_WRITE | F_FAST, (1, 1, 1), "set",
          "Add one or more members to a set")
 def cmd_sadd(c: Connection, args: list[bytes]) -> bytes:
-    key = args[1]
-    added: set[bytes] = set()
-    with c.structures.edit(key, SetIndex) as e:
-        members = cast(SetIndex, e.collection).members
-        for m in args[2:]:
-            if m not in members and m not in added:
-                added.add(m)
+    with c.structures.edit(args[1], SetIndex) as e:
+        s = cast(SetIndex, e.collection)
+        members = s.members
+        if len(args) == 3:  # one member, the common case
+            m = args[2]
+            added = [] if m in members else [m]
+            if added:
                 e.put(m, b"")
+        else:
+            fresh: dict[bytes, None] = {}
+            for m in args[2:]:
+                if m not in members and m not in fresh:
+                    fresh[m] = None
+                    e.put(m, b"")
+            added = list(fresh)
+    # After the commit the edit's collection is the indexed one (SADD never empties it).
     if added:
-        s = c.structures.find(key, SetIndex)
-        if s is not None:
-            _note_added(c, s, list(added))
+        _note_added(c, s, added)
     return integer(len(added))
 
 
