@@ -34,7 +34,7 @@ class _Order:
     def __init__(self, collection: Collection) -> None:
         pairs = sorted((crc32(s), s) for s in collection.subs())
         self.collection = collection
-        self.crcs = array("L", [p[0] for p in pairs])
+        self.crcs = array("I", [p[0] for p in pairs])
         self.subs = [p[1] for p in pairs]
 
 
