@@ -99,6 +99,12 @@ SCRIPTS: dict[str, list[tuple[Any, ...]]] = {
         ("HSET", "h", "b", "2", "c", "3"), ("SORT", "HRANDFIELD", "h", "10"),
         ("SORT", "HRANDFIELD", "h", "3", "WITHVALUES"),
     ],
+    "config_aliases": [  # one parameter under two names, as Redis (ends at the default)
+        ("CONFIG", "SET", "hash-max-ziplist-value", "10"),
+        ("CONFIG", "GET", "hash-max-listpack-value"),
+        ("CONFIG", "SET", "hash-max-listpack-value", "64"),
+        ("CONFIG", "GET", "hash-max-ziplist-value"),
+    ],
     "hscan_errors": [
         ("HSET", "h", "a", "1", "b", "2"), ("HSCAN", "h", "x"), ("HSCAN", "h", "-1"),
         ("HSCAN", "h", "0", "COUNT", "0"), ("HSCAN", "h", "0", "COUNT"),
@@ -223,8 +229,10 @@ def test_object_encoding_rule_follows_the_tuning_parameters():
         h.on_put(b"f%d" % i, b"")
     assert encoding_of(control, h) == "listpack"
     tuning.record(control, {"hash-max-ziplist-entries": "2"})  # the alias counts too
+    assert tuning.values(control)["hash-max-listpack-entries"] == "2"
     assert encoding_of(control, h) == "hashtable"
-    tuning.record(control, {"hash-max-ziplist-entries": "512"})
+    tuning.record(control, {"hash-max-listpack-entries": "512"})
+    assert tuning.values(control)["hash-max-ziplist-entries"] == "512"
     assert encoding_of(control, h) == "hashtable"  # sticky, as Redis while it runs
     long_field = HashIndex(b"h2")
     long_field.on_put(b"x" * 65, b"")

@@ -56,22 +56,12 @@ LONG_MAX = INT64_MAX
 MAX_RANDOM_REPLY = 10_000_000
 
 
-def _limit(values: dict[str, str], name: str) -> int:
-    """A listpack limit, honouring its pre-7.0 alias (``hash-max-ziplist-*``) when only
-    the alias was set, as Redis treats the two names as one parameter."""
-    alias = name.replace("listpack", "ziplist")
-    main = tuning_int(values, name)
-    if main == int(tuning.TUNING[name][1]):
-        return tuning_int(values, alias)
-    return main
-
-
 @rule(HashIndex)
 def _hash_encoding(coll: Collection, values: dict[str, str]) -> str:
     h = cast(HashIndex, coll)
     if not h.converted:
-        max_value = _limit(values, "hash-max-listpack-value")
-        if (len(h) > _limit(values, "hash-max-listpack-entries")
+        max_value = tuning_int(values, "hash-max-listpack-value")
+        if (len(h) > tuning_int(values, "hash-max-listpack-entries")
                 or any(len(f) > max_value for f in h.fields)):
             h.converted = True
     return "hashtable" if h.converted else "listpack"
@@ -83,8 +73,8 @@ def _note_sizes(c: Connection, h: HashIndex, longest: int) -> None:
     if h.converted:
         return
     values = tuning.values(c.control)
-    if longest > _limit(values, "hash-max-listpack-value") or \
-            len(h) > _limit(values, "hash-max-listpack-entries"):
+    if longest > tuning_int(values, "hash-max-listpack-value") or \
+            len(h) > tuning_int(values, "hash-max-listpack-entries"):
         h.converted = True
 
 
