@@ -409,3 +409,26 @@ def test_list_records_and_wrongtype_against_strings(r):
     assert r.delete("l") == 1
     with pytest.raises(redis.ResponseError, match="reserved"):
         r.rpush(b"\xff\x00bkh", "x")
+
+
+@needs_redis
+def test_client_unblock_answers_as_timeout_or_error_like_redis(bitkv_server, redis_server):
+    def run(server: Any) -> list[Any]:
+        admin, blocked = server.client(), server.client()
+        admin.delete("q")
+        got: list[Any] = []
+        for reason in ((), ("TIMEOUT",), ("ERROR",)):
+            cid = blocked.client_id()
+            t, out = in_thread(lambda: outcome(blocked, "BLPOP", "q", 0))
+            wait_until(lambda: blocked_count(admin) == 1, 5, "a blocked client")
+            got.append(outcome(admin, "CLIENT", "UNBLOCK", cid, *reason))
+            t.join(5)
+            got.append(out)
+        got += [outcome(admin, "CLIENT", "UNBLOCK", admin.client_id()),
+                outcome(admin, "CLIENT", "UNBLOCK", "x"),
+                outcome(admin, "CLIENT", "UNBLOCK", 1, "BOGUS"), blocked_count(admin)]
+        admin.close()
+        blocked.close()
+        return got
+
+    assert run(bitkv_server) == run(redis_server)

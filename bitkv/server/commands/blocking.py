@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..protocol import error
 from .registry import CommandError
 from .transactions import after_exec
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 # while it waits, so the event loop does not see the client close).
 HANGUP_CHECK_S = 0.5
 
+UNBLOCKED = error("UNBLOCKED client unblocked via CLIENT UNBLOCK")
+
 Serve = Callable[[bytes], "bytes | None"]
 """``serve(key)``: take what the blocked command wants from ``key`` and return its reply, or
 None if ``key`` has nothing for it (it then stays blocked)."""
@@ -44,14 +47,15 @@ None if ``key`` has nothing for it (it then stays blocked)."""
 class Waiter:
     """One blocked command."""
 
-    __slots__ = ("conn", "future", "keys", "serve")
+    __slots__ = ("conn", "future", "keys", "serve", "timeout_reply")
 
     def __init__(self, conn: Connection, keys: list[bytes], serve: Serve,
-                 future: asyncio.Future[bytes]) -> None:
+                 future: asyncio.Future[bytes], timeout_reply: bytes) -> None:
         self.conn = conn
         self.keys = keys
         self.serve = serve
         self.future = future
+        self.timeout_reply = timeout_reply
 
 
 class Blocked:
@@ -130,6 +134,20 @@ def blocked_clients(c: Connection) -> int:
     return 0 if b is None else len(b.waiters)
 
 
+def unblock(c: Connection, client_id: int, with_error: bool) -> bool:
+    """CLIENT UNBLOCK: answer client ``client_id``'s blocked command as on timeout, or with
+    Redis's UNBLOCKED error; False if that client is not blocked."""
+    b = _BLOCKED.get(c.structures)
+    if b is None:
+        return False
+    for w in b.waiters:
+        if w.conn.client_id == client_id and not w.future.done():
+            b.remove(w)
+            w.future.set_result(UNBLOCKED if with_error else w.timeout_reply)
+            return True
+    return False
+
+
 def signal_ready(c: Connection, key: bytes) -> None:
     """``c``'s command gave ``key`` something a blocked client may take: serve them once the
     command is done (the caller calls this last), or once ``c``'s EXEC is."""
@@ -169,7 +187,7 @@ async def block(c: Connection, keys: list[bytes], serve: Serve, timeout_ms: int,
     ``timeout_ms`` passes (0: no timeout) and answer ``timeout_reply``."""
     b = _blocked(c)
     loop = asyncio.get_running_loop()
-    w = Waiter(c, keys, serve, loop.create_future())
+    w = Waiter(c, keys, serve, loop.create_future(), timeout_reply)
     b.add(w)
     deadline = loop.time() + timeout_ms / 1000 if timeout_ms else None
     try:
