@@ -432,3 +432,23 @@ def test_client_unblock_answers_as_timeout_or_error_like_redis(bitkv_server, red
         return got
 
     assert run(bitkv_server) == run(redis_server)
+
+
+def test_a_list_created_without_a_push_signal_is_served_at_the_next_check(tmp_path):
+    """RENAME, COPY, RESTORE (other modules) create lists without telling blocking.py: the
+    blocked client finds the list at its next periodic check (fails without that check)."""
+    from bitkv.server import ServerThread
+    from bitkv.structures import ListIndex
+    from bitkv.structures.encoding import pack_position
+
+    with ServerThread(dir=str(tmp_path / "db"), port=0) as srv:
+        r = redis.Redis(port=srv.port)
+        t, out = in_thread(lambda: redis.Redis(port=srv.port).blpop(["moved"], 5))
+        wait_until(lambda: blocked_count(r) == 1, 5, "a blocked client")
+        assert srv.server is not None
+        # as another module's command would (the store is thread-safe; the loop is idle)
+        with srv.server.structures.edit(b"moved", ListIndex) as e:
+            e.put(pack_position(0), b"hij")
+        t.join(3)
+        assert out == [(b"moved", b"hij")] and r.exists("moved") == 0
+        r.close()

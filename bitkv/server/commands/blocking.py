@@ -10,6 +10,8 @@ callback takes what it wants and writes it (one batch), its reply resolves its f
 served ``serve`` may itself signal another key (BLMOVE's destination), which is served next.
 A blocked client is answered ``timeout_reply`` when its timeout passes; one that has gone
 (closed, killed) is dropped without being served, so no element goes to a closed socket.
+Every ``HANGUP_CHECK_S`` a blocked client also looks at its keys itself, so a key filled by a
+command that does not call :func:`signal_ready` (RENAME of another module) still serves it.
 
 A command that must not block (queued in MULTI: :func:`bitkv.server.commands.transactions.
 in_exec`) answers as on timeout, at once; the type modules check that before calling
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
     from ..app import Connection
 
 # How often a blocked client's connection is checked for a hang-up (its reading is paused
-# while it waits, so the event loop does not see the client close).
+# while it waits, so the event loop does not see the client close), and its keys for
+# something to take that no push signalled.
 HANGUP_CHECK_S = 0.5
 
 UNBLOCKED = error("UNBLOCKED client unblocked via CLIENT UNBLOCK")
@@ -198,8 +201,12 @@ async def block(c: Connection, keys: list[bytes], serve: Serve, timeout_ms: int,
                 if wait <= 0:
                     break
             await asyncio.wait((w.future,), timeout=wait)
-            if not w.future.done() and hung_up(c):
+            if w.future.done() or hung_up(c):
                 break
+            # A key filled by a command that signals nothing (RENAME, COPY... of another
+            # module) is served here, at the latest HANGUP_CHECK_S after it was filled.
+            b.ready.extend(w.keys)
+            b.serve()
         if w.future.done():
             return w.future.result()
         return timeout_reply

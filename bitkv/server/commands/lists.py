@@ -198,6 +198,10 @@ def _update_index(ch: Change) -> None:
     coll = ch.coll
     p = coll.positions
     on_put, on_delete = coll.on_put, coll.on_delete
+    if not ch.deleted and len(ch.put) == 1:  # the common push of one element
+        for x in ch.put:
+            on_put(pack_position(x), b"")
+        return
     dels = sorted(ch.deleted)
     lo, hi = 0, len(dels)
     while lo < hi and p and p[0] == dels[lo]:
