@@ -452,3 +452,20 @@ def test_a_list_created_without_a_push_signal_is_served_at_the_next_check(tmp_pa
         t.join(3)
         assert out == [(b"moved", b"hij")] and r.exists("moved") == 0
         r.close()
+
+
+def test_shutdown_does_not_wait_for_a_client_blocked_without_timeout(tmp_path):
+    srv = BitkvProcess(tmp_path / "db", free_port())
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    try:
+        s.sendall(b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n")
+        c = srv.client()
+        wait_until(lambda: blocked_count(c) == 1, 5, "a blocked client")
+        c.close()
+        started = time.monotonic()
+        srv.stop()  # SIGTERM; the server waits up to 30 s for commands in progress
+        assert time.monotonic() - started < 5
+        assert srv.proc.returncode == 0
+    finally:
+        s.close()
+        srv.stop()

@@ -201,8 +201,8 @@ async def block(c: Connection, keys: list[bytes], serve: Serve, timeout_ms: int,
                 if wait <= 0:
                     break
             await asyncio.wait((w.future,), timeout=wait)
-            if w.future.done() or hung_up(c):
-                break
+            if w.future.done() or hung_up(c) or c.control.closing:
+                break  # (shutdown waits for every command in progress: this one ends)
             # A key filled by a command that signals nothing (RENAME, COPY... of another
             # module) is served here, at the latest HANGUP_CHECK_S after it was filled.
             b.ready.extend(w.keys)
