@@ -372,6 +372,35 @@ class Structures:
         ops.append((header_key(dst), header_value(c.TYPE), expire_ms or None))
         return ops, clone
 
+    def replace_ops(self, key: bytes, cls: type[_C], elements: Iterable[tuple[bytes, bytes]]
+                    ) -> tuple[list[Op], _C | None]:
+        """The ops that replace whatever ``key`` holds (a string, a collection of any type,
+        nothing) with a new collection of type ``cls`` holding ``elements`` ((sub, value)
+        pairs; a later pair for the same sub wins), without expiry, and the new collection's
+        index: once the ops are written, :meth:`install` it, or :meth:`forget` ``key`` when
+        it is None (no elements: the ops only delete). For the commands that store a result
+        over their destination (ZUNIONSTORE, SINTERSTORE...)."""
+        check_user_key(key)
+        ops: list[Op] = list(self.delete_ops(key))
+        if not ops and self._string_exists(key):
+            ops.append((key, None, None))
+        fresh = cls(key)
+        staged: dict[bytes, bytes] = {}
+        for sub, value in elements:
+            element_key(fresh.prefix, sub)  # the length check, before anything is written
+            staged[sub] = value
+        if not staged:
+            return ops, None
+        puts: list[Op] = [(fresh.prefix + sub, value, None) for sub, value in staged.items()]
+        puts.append((header_key(key), header_value(cls.TYPE), None))
+        if ops:  # a record rewritten under the same key: one op, not a delete and a put
+            rewritten = {k for k, _v, _e in puts}
+            ops = [op for op in ops if op[0] not in rewritten]
+        ops.extend(puts)
+        for sub, value in staged.items():
+            fresh.on_put(sub, value)
+        return ops, fresh
+
     def install(self, c: Collection) -> None:
         """Put ``c`` (from :meth:`copy_ops`) in the index, its ops being written."""
         self._collections[c.key] = c

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ... import __version__ as BITKV_VERSION
 from ...errors import Error
 from ...eviction import parse_bytes
+from ..blocking import blocked_clients
 from ..glob import compile_glob
 from ..protocol import (
     EMPTY_ARRAY,
@@ -344,7 +345,7 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
         "clients": [
             ("connected_clients", len(control.clients)),
             ("maxclients", control.config.maxclients),
-            ("blocked_clients", 0),
+            ("blocked_clients", blocked_clients(control)),
         ],
         "memory": [
             ("used_memory", rss),
