@@ -83,11 +83,14 @@ def parse_score(arg: bytes, message: str = NOT_FLOAT) -> float:
     return got[0]
 
 
+_INF, _NINF = float("inf"), float("-inf")
+
+
 def format_score(score: float) -> bytes:
     """Redis 7.0's ``addReplyDouble`` text: ``%.17g``, and ``inf``/``-inf``."""
-    if score == float("inf"):
+    if score == _INF:
         return b"inf"
-    if score == float("-inf"):
+    if score == _NINF:
         return b"-inf"
     return b"%.17g" % score
 
@@ -262,13 +265,17 @@ def _limit(start: int, stop: int, offset: int, count: int, reverse: bool) -> ran
 
 def pairs_reply(c: Connection, pairs: list[tuple[float, bytes]], withscores: bool) -> bytes:
     """Members (with scores: flat in RESP2, [member, score] pairs in RESP3)."""
+    # One format per member: this is the hot path of every range command.
     if not withscores:
-        return b"*%d\r\n" % len(pairs) + b"".join(bulk(m) for _s, m in pairs)
+        return b"*%d\r\n" % len(pairs) + b"".join(
+            [b"$%d\r\n%b\r\n" % (len(m), m) for _s, m in pairs])
+    fmt = format_score
     if c.resp3:
         return b"*%d\r\n" % len(pairs) + b"".join(
-            b"*2\r\n" + bulk(m) + double_reply(c, s) for s, m in pairs)
+            [b"*2\r\n$%d\r\n%b\r\n,%b\r\n" % (len(m), m, fmt(s)) for s, m in pairs])
+    texts = [(m, fmt(s)) for s, m in pairs]
     return b"*%d\r\n" % (2 * len(pairs)) + b"".join(
-        bulk(m) + double_reply(c, s) for s, m in pairs)
+        [b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(m), m, len(t), t) for m, t in texts])
 
 
 # -- OBJECT ENCODING -------------------------------------------------------------------------
@@ -540,12 +547,12 @@ def _range(c: Connection, args: list[bytes], at: int, store: bytes | None,
             ranks = (range(0) if offset > 0 and offset >= n
                      else _limit(start, stop, offset, count, reverse))
         order = z.order
-        if len(ranks) > 64 and ranks.step == 1:
+        if not ranks:
+            pairs = []
+        elif ranks.step == 1:
             pairs = list(order.islice(ranks.start, ranks.stop))
-        elif len(ranks) > 64:
-            pairs = list(order.islice(ranks.stop + 1, ranks.start + 1, reverse=True))
         else:
-            pairs = [order[r] for r in ranks]
+            pairs = list(order.islice(ranks.stop + 1, ranks.start + 1, reverse=True))
     if store is not None:
         return _store(c, store, pairs)
     return pairs_reply(c, pairs, withscores)
