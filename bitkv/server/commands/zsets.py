@@ -158,8 +158,8 @@ class ScoreRange:
             raise CommandError(SCORE_RANGE)
         return got[0], ex
 
-    def span(self, z: ZSetIndex) -> tuple[int, int]:
-        """The ranks [start, stop) of the members in the range."""
+    def span(self, z: ZSetIndex, reverse: bool = False) -> tuple[int, int]:
+        """The ranks [start, stop) of the members in the range (``reverse``: the same)."""
         lo, hi = self.min, self.max
         if lo > hi or (lo == hi and (self.minex or self.maxex)):
             return 0, 0
@@ -201,23 +201,31 @@ class LexRange:
             return lv > hv or (lv == hv and (lex or hex_))
         return False
 
-    def contains(self, member: bytes) -> bool:
-        lk, lv, lex = self.min
-        if lk == _LEX_VALUE and (member <= lv if lex else member < lv):
-            return False
-        hk, hv, hex_ = self.max
-        return not (hk == _LEX_VALUE and (member >= hv if hex_ else member > hv))
+    def gte_min(self, member: bytes) -> bool:
+        kind, value, ex = self.min
+        if kind != _LEX_VALUE:
+            return kind == _LEX_MIN
+        return member > value if ex else member >= value
 
-    def span(self, z: ZSetIndex) -> tuple[int, int]:
-        """The ranks [start, stop) of the members in the range. Lex ranges assume every
-        member has the same score (Redis's rule); with mixed scores this answers the first
-        run of members in the range, in score order."""
+    def lte_max(self, member: bytes) -> bool:
+        kind, value, ex = self.max
+        if kind != _LEX_VALUE:
+            return kind == _LEX_MAX
+        return member < value if ex else member <= value
+
+    def span(self, z: ZSetIndex, reverse: bool = False) -> tuple[int, int]:
+        """The ranks [start, stop) of the members in the range, found as Redis finds them in
+        a listpack: from the first member (the last, ``reverse``) in range, on while members
+        stay within the far bound. Lex ranges are meant for members of one score (then this
+        is a bisection); with mixed scores this is a walk, O(n), giving Redis's answer for a
+        sorted set of listpack size."""
         order = z.order
         n = len(order)
-        if self._empty() or not n:
+        if self._empty() or not n or not self.gte_min(order[-1][1]) \
+                or not self.lte_max(order[0][1]):
             return 0, 0
-        first, last = order[0][0], order[-1][0]
-        if first == last:  # one score: the order is the members' byte order
+        first = order[0][0]
+        if first == order[-1][0]:  # one score: the order is the members' byte order
             lk, lv, lex = self.min
             hk, hv, hex_ = self.max
             start = 0 if lk == _LEX_MIN else order.bisect_left(
@@ -225,11 +233,19 @@ class LexRange:
             stop = n if hk == _LEX_MAX else order.bisect_left(
                 (first, hv) if hex_ else (first, hv, ABOVE))
             return start, max(start, stop)
+        if reverse:
+            stop = n
+            while stop > 0 and not self.lte_max(order[stop - 1][1]):
+                stop -= 1
+            start = stop
+            while start > 0 and self.gte_min(order[start - 1][1]):
+                start -= 1
+            return start, stop
         start = 0
-        while start < n and not self.contains(order[start][1]):
+        while start < n and not self.gte_min(order[start][1]):
             start += 1
         stop = start
-        while stop < n and self.contains(order[stop][1]):
+        while stop < n and self.lte_max(order[stop][1]):
             stop += 1
         return start, stop
 
@@ -543,7 +559,7 @@ def _range(c: Connection, args: list[bytes], at: int, store: bytes | None,
             start, stop = rank_span(first, last, n)
             ranks = range(n - 1 - start, n - 1 - stop, -1) if reverse else range(start, stop)
         else:
-            start, stop = rng.span(z)
+            start, stop = rng.span(z, reverse)
             ranks = (range(0) if offset > 0 and offset >= n
                      else _limit(start, stop, offset, count, reverse))
         order = z.order
@@ -561,7 +577,8 @@ def _range(c: Connection, args: list[bytes], at: int, store: bytes | None,
 def _store(c: Connection, dst: bytes, pairs: list[tuple[float, bytes]]) -> bytes:
     """Replace ``dst`` (whatever it holds) with a sorted set of ``pairs``; its length."""
     s = c.structures
-    ops, z = s.replace_ops(dst, ZSetIndex, ((m, pack_score(sc)) for sc, m in pairs))
+    # -0 is stored as 0, as a listpack stores it (a weight of -1 on a score of 0 makes -0)
+    ops, z = s.replace_ops(dst, ZSetIndex, ((m, pack_score(sc + 0.0)) for sc, m in pairs))
     if ops:
         s.write(ops)
     if z is None:
