@@ -306,6 +306,20 @@ def test_zscan_returns_every_member_of_a_big_set(r):
             break
     assert calls > 1  # incremental, not in one reply
     assert seen == {f"m{i}".encode(): float(i) for i in range(1000)}
+    # Members present for the whole scan are all returned while the set changes under it.
+    cursor, items = r.zscan("z", 0, count=50)
+    seen = dict(items)
+    step = 0
+    while cursor:
+        step += 1
+        r.zadd("z", {f"new{step}": 5000 + step})
+        r.zrem("z", f"m{2 * step}", f"m{2 * step + 1}")  # members a rank cursor has passed
+        r.zincrby("z", 0.5, f"m{500 + step}")
+        cursor, items = r.zscan("z", cursor, count=50)
+        seen.update(items)
+    assert step > 5
+    assert {f"m{i}".encode() for i in range(2 * step + 2, 1000)} <= set(seen)
+    assert seen[b"m999"] == 999.0
     assert dict(r.zscan("z", 0, match="m99*", count=10000)[1]) == {
         b"m99": 99.0, **{f"m99{i}".encode(): 990.0 + i for i in range(10)}}
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 import random
 import re
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
+from zlib import crc32
 
 from ...structures import SetIndex, WrongTypeError, ZSetIndex
 from ...structures.encoding import pack_score
@@ -1042,11 +1044,41 @@ def cmd_zintercard(c: Connection, args: list[bytes]) -> bytes:
 # -- ZSCAN -----------------------------------------------------------------------------------
 
 
+SCAN_BUCKETS = 0x10000  # ZSCAN's cursor is a bucket number: crc32(member) % SCAN_BUCKETS
+
+
+class ScanBuckets:
+    """A sorted set's members grouped by ``crc32(member) % SCAN_BUCKETS``, the buckets the
+    cursor walks in ascending order. A member's bucket never changes, so a cursor keeps its
+    meaning when this is rebuilt (at every cursor 0): every member present for the whole scan
+    is returned, as Redis guarantees, possibly twice if the set changes meanwhile."""
+
+    __slots__ = ("buckets", "numbers")
+
+    def __init__(self, members: Iterable[bytes]) -> None:
+        buckets: dict[int, list[bytes]] = {}
+        for m in members:
+            buckets.setdefault(crc32(m) % SCAN_BUCKETS, []).append(m)
+        self.buckets = buckets
+        self.numbers = sorted(buckets)
+
+    def step(self, cursor: int, count: int) -> tuple[list[bytes], int]:
+        """The members of the buckets from ``cursor`` on, until at least ``count``; and the
+        next cursor (0: done)."""
+        numbers = self.numbers
+        i = bisect_left(numbers, cursor)
+        out: list[bytes] = []
+        while i < len(numbers) and len(out) < count:
+            out.extend(self.buckets[numbers[i]])
+            i += 1
+        return out, (numbers[i] if i < len(numbers) else 0)
+
+
 @command("zscan", -3, F_READONLY, (1, 1, 1), "sorted_set",
          "Incrementally iterate sorted sets elements and associated scores", "2.8.0")
 def cmd_zscan(c: Connection, args: list[bytes]) -> bytes:
-    """The cursor is a rank in score order: a small set (listpack-sized) is answered whole,
-    as Redis does; a member that moves or an earlier one removed mid-scan can be missed."""
+    """A set of listpack size is answered whole with cursor 0, as Redis does; a bigger one
+    through :class:`ScanBuckets`."""
     cursor_arg = args[2]
     if not cursor_arg.isdigit() or len(cursor_arg) > 20 or int(cursor_arg) >= 2**64:
         raise CommandError("ERR invalid cursor")
@@ -1069,14 +1101,19 @@ def cmd_zscan(c: Connection, args: list[bytes]) -> bytes:
     z = _find(c, args[1])
     if z is None:
         return b"*2\r\n$1\r\n0\r\n*0\r\n"
-    n = len(z)
+    scores = z.scores
     if not z.converted and not _too_big(z, tuning.values(c.control)):
-        start, stop = 0, n
+        members, nxt = [m for _s, m in z.order], 0
     else:
-        start, stop = min(cursor, n), min(cursor + count, n)
-    chunk = list(z.order.islice(start, stop))
-    nxt = 0 if stop >= n else stop
+        index = z.scan_buckets
+        if cursor == 0 or not isinstance(index, ScanBuckets):
+            index = z.scan_buckets = ScanBuckets(scores)
+        members, nxt = index.step(cursor, count)
     if pattern is not None and pattern != b"*":
-        chunk = [(s, m) for s, m in chunk if glob_match(pattern, m)]
-    items = [part for s, m in chunk for part in (bulk(m), bulk(format_score(s)))]
+        members = [m for m in members if glob_match(pattern, m)]
+    items: list[bytes] = []
+    for m in members:
+        score = scores.get(m)
+        if score is not None:  # removed since the buckets were built
+            items += (bulk(m), bulk(format_score(score)))
     return array([bulk(str(nxt).encode()), b"*%d\r\n" % len(items) + b"".join(items)])
