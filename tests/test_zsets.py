@@ -15,7 +15,7 @@ import pytest
 from procs import BitkvProcess, RedisProcess, free_port, needs_redis, redis, wait_until
 
 from bitkv import Store
-from bitkv.server.commands.zsets import format_score, parse_score, strtod
+from bitkv.server.commands.zranges import format_score, parse_score, strtod
 from bitkv.structures import HashIndex, Structures, ZSetIndex
 from bitkv.structures.encoding import pack_score
 

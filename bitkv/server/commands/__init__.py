@@ -20,7 +20,8 @@ are split by group, each module registering its handlers when imported here:
 * :mod:`.functions`    FUNCTION FLUSH, FUNCTION LIST (an always empty library)
 * :mod:`.tuning`       (no commands) Redis's tuning parameters for CONFIG SET/GET
 * :mod:`.zsets`        ZADD, ZRANGE and its variants, ZPOP*, ZMPOP, ZUNION/ZINTER/ZDIFF(STORE),
-  ZRANDMEMBER, ZSCAN... (sorted sets)
+  ZRANDMEMBER, ZSCAN, BZPOPMIN/BZPOPMAX/BZMPOP (sorted sets; :mod:`.zranges` reads their
+  scores and ranges)
 
 Handlers run on the event loop thread, one at a time, so a command that makes several Store
 calls is atomic with respect to every other client, as in Redis. Store calls are
