@@ -547,3 +547,37 @@ def test_random_commands_answer_as_redis(seed, bitkv_server, redis_server):
         assert outcome(mine, *cmd) == outcome(theirs, *cmd), (i, cmd)
     mine.close()
     theirs.close()
+
+
+def test_sets_count_with_score_1(tmp_path):
+    """ZUNION/ZINTER/ZDIFF(STORE) read a set's members with score 1 (the server has no SADD
+    on this branch: the set is written through Structures, the handlers called directly)."""
+    from types import SimpleNamespace
+
+    from bitkv.server.commands import zsets
+    from bitkv.structures import SetIndex
+
+    with Store(tmp_path / "db") as db:
+        s = Structures(db)
+        with s.edit(b"set", SetIndex) as e:
+            e.put(b"a", b"")
+            e.put(b"b", b"")
+        with s.edit(b"z", ZSetIndex) as e:
+            e.put(b"b", pack_score(10))
+            e.put(b"c", pack_score(20))
+        control = type("Control", (), {})()  # tuning values are looked up by it (weakly)
+        conn: Any = SimpleNamespace(structures=s, resp3=False, control=control,
+                                    null=b"$-1\r\n")
+        union = zsets.cmd_zunion(conn, [b"ZUNION", b"2", b"set", b"z", b"WEIGHTS", b"2", b"1",
+                                        b"WITHSCORES"])
+        assert union == (b"*6\r\n$1\r\na\r\n$1\r\n2\r\n$1\r\nb\r\n$2\r\n12\r\n"
+                         b"$1\r\nc\r\n$2\r\n20\r\n")
+        assert zsets.cmd_zinterstore(conn, [b"ZINTERSTORE", b"dst", b"2", b"set", b"z"]) \
+            == b":1\r\n"
+        dst = s.find(b"dst", ZSetIndex)
+        assert dst is not None and dict(dst.scores) == {b"b": 11.0}
+        assert zsets.cmd_zdiff(conn, [b"ZDIFF", b"2", b"set", b"z"]) == b"*1\r\n$1\r\na\r\n"
+        with s.edit(b"h", HashIndex) as e:
+            e.put(b"f", b"v")
+        with pytest.raises(Exception, match="WRONGTYPE"):
+            zsets.cmd_zunion(conn, [b"ZUNION", b"2", b"z", b"h"])
