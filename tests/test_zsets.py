@@ -396,6 +396,21 @@ def test_a_client_gone_while_blocked_takes_nothing(bitkv_server, r):
     assert r.zrange("gz", 0, -1) == [b"m"]
 
 
+def test_a_blocked_client_does_not_hold_up_shutdown(tmp_path):
+    srv = BitkvProcess(tmp_path / "db", free_port())
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(b"*3\r\n$8\r\nBZPOPMIN\r\n$1\r\nq\r\n$1\r\n0\r\n")
+        c = srv.client()
+        wait_until(lambda: c.info("clients")["blocked_clients"] == 1, 5, "a blocked client")
+        started = time.monotonic()
+        srv.stop()  # SIGTERM: a graceful shutdown waits up to 30 s for running commands
+        assert time.monotonic() - started < 10
+        s.close()
+    finally:
+        srv.stop()
+
+
 def test_sorted_sets_survive_a_restart(tmp_path):
     srv = BitkvProcess(tmp_path / "db", free_port())
     try:

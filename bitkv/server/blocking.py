@@ -84,9 +84,12 @@ def blocked_clients(control: Any) -> int:
 
 
 def _peer_gone(c: Connection) -> bool:
-    """Whether the client has closed its connection. Its transport does not read while the
-    command blocks, so the socket is peeked (a duplicate of it, the transport's own is not
-    to be used directly)."""
+    """Whether the client has closed its connection, or the server is shutting down (which
+    waits for every running command: a blocked one must end). The transport does not read
+    while the command blocks, so the socket is peeked (a duplicate of it: the transport's own
+    is not to be used directly)."""
+    if getattr(c.control, "closing", False):  # Server.closing: not in ServerControl
+        return True
     transport = c.transport
     if transport is None or transport.is_closing():
         return True
