@@ -260,7 +260,8 @@ def _zadd(c: Connection, args: list[bytes], incr: bool) -> bytes:
                 processed += 1
     if added:
         signal(c, args[1])
-    _note_size(c, c.structures.find(args[1], ZSetIndex), (m for _s, m in pairs))
+    # z is the live index now (a new set's is installed by the edit's commit)
+    _note_size(c, z if len(z) else None, (m for _s, m in pairs))
     if incr:
         return double_reply(c, score) if processed else _nil(c)
     return integer(added + updated if ch else added)
