@@ -44,11 +44,13 @@ class Waiters:
                 if not f.done():
                     f.set_result(None)
 
-    def _add(self, keys: list[bytes], f: asyncio.Future[None]) -> None:
+    def add(self, keys: list[bytes], f: asyncio.Future[None]) -> None:
+        """Block ``f`` on ``keys`` (each once), after the clients blocked before it."""
         for k in dict.fromkeys(keys):
             self.by_key.setdefault(k, []).append(f)
 
-    def _remove(self, keys: list[bytes], f: asyncio.Future[None]) -> None:
+    def remove(self, keys: list[bytes], f: asyncio.Future[None]) -> None:
+        """Unblock ``f`` (woken, timed out or gone)."""
         for k in dict.fromkeys(keys):
             lst = self.by_key.get(k)
             if lst is not None:
@@ -134,7 +136,7 @@ class Blocked(bytes):
         try:
             while True:
                 f: asyncio.Future[None] = loop.create_future()
-                w._add(self.keys, f)
+                w.add(self.keys, f)
                 try:
                     while not f.done():
                         left = POLL_S if deadline is None else min(POLL_S,
@@ -147,7 +149,7 @@ class Blocked(bytes):
                             if _peer_gone(c):
                                 return bytes(self)
                 finally:
-                    w._remove(self.keys, f)
+                    w.remove(self.keys, f)
                 if _peer_gone(c):
                     return bytes(self)  # nothing is taken for a client that has gone
                 reply = self.attempt()
