@@ -17,8 +17,6 @@ checked (a bad COUNT before WRONGTYPE, as there). The blocking commands wait in
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Coroutine, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -43,7 +41,6 @@ from .registry import (
     command,
     to_int,
 )
-from .transactions import in_exec
 
 if TYPE_CHECKING:
     from ...structures.space import Op
@@ -644,46 +641,6 @@ def cmd_rpoplpush(c: Connection, args: list[bytes]) -> bytes:
 
 # -- blocking --------------------------------------------------------------------------------
 
-_FLOAT = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-
-
-def _timeout_ms(arg: bytes) -> int:
-    """getTimeoutFromObjectOrReply in seconds: a float, rounded up to the millisecond."""
-    if _FLOAT.fullmatch(arg) is None:
-        raise CommandError("ERR timeout is not a float or out of range")
-    seconds = float(arg)
-    if math.isinf(seconds):
-        raise CommandError("ERR timeout is not a float or out of range")
-    ms = math.ceil(seconds * 1000)
-    if ms < 0:
-        raise CommandError("ERR timeout is negative")
-    return ms
-
-
-async def _now(reply: bytes) -> bytes:
-    return reply
-
-
-def _blocking(c: Connection, keys: list[bytes], attempt: blocking.Serve, timeout_ms: int,
-              no_block: bytes) -> bytes | Coroutine[Any, Any, bytes]:
-    """Run ``attempt`` on each key in order; block if none answers. The handler of an
-    F_ASYNC command is awaited, except inside EXEC, where it must answer at once."""
-    for key in keys:
-        reply = attempt(key)
-        if reply is not None:
-            return reply if in_exec(c) else _now(reply)
-    if in_exec(c):
-        return no_block
-
-    def serve(key: bytes) -> bytes | None:
-        # a key a later command made a string (or deleted) leaves the client blocked
-        if not isinstance(c.structures.collection(key), ListIndex):
-            return None
-        return attempt(key)
-
-    return blocking.block(c, keys, serve, timeout_ms, null_array(c))
-
-
 def _pop_attempt(c: Connection, where: int, count: int | None) -> blocking.Serve:
     """BLPOP/BRPOP (count None: [key, element]) and BLMPOP ([key, [elements]])."""
 
@@ -705,23 +662,26 @@ def _pop_attempt(c: Connection, where: int, count: int | None) -> blocking.Serve
 @command("blpop", -3, F_WRITE | F_ASYNC, (1, -2, 1), "list",
          "Remove and get the first element in a list, or block until one is available")
 def cmd_blpop(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
-    timeout = _timeout_ms(args[-1])
-    return _blocking(c, args[1:-1], _pop_attempt(c, HEAD, None), timeout, null_array(c))
+    timeout = blocking.timeout_ms(args[-1])
+    return blocking.answer_or_block(ListIndex, c, args[1:-1], _pop_attempt(c, HEAD, None),
+                                    timeout, null_array(c))
 
 
 @command("brpop", -3, F_WRITE | F_ASYNC, (1, -2, 1), "list",
          "Remove and get the last element in a list, or block until one is available")
 def cmd_brpop(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
-    timeout = _timeout_ms(args[-1])
-    return _blocking(c, args[1:-1], _pop_attempt(c, TAIL, None), timeout, null_array(c))
+    timeout = blocking.timeout_ms(args[-1])
+    return blocking.answer_or_block(ListIndex, c, args[1:-1], _pop_attempt(c, TAIL, None),
+                                    timeout, null_array(c))
 
 
 @command("blmpop", -5, F_WRITE | F_ASYNC, (0, 0, 0), "list",
          "Pop elements from a list, or block until one is available", "7.0.0")
 def cmd_blmpop(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
     keys, where, count = _parse_mpop(args, 2)
-    timeout = _timeout_ms(args[1])
-    return _blocking(c, keys, _pop_attempt(c, where, count), timeout, null_array(c))
+    timeout = blocking.timeout_ms(args[1])
+    return blocking.answer_or_block(ListIndex, c, keys, _pop_attempt(c, where, count), timeout,
+                                    null_array(c))
 
 
 def _move_attempt(c: Connection, dst: bytes, wherefrom: int, whereto: int) -> blocking.Serve:
@@ -736,14 +696,15 @@ def _move_attempt(c: Connection, dst: bytes, wherefrom: int, whereto: int) -> bl
          "until one is available", "6.2.0")
 def cmd_blmove(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
     wherefrom, whereto = _where(args[3]), _where(args[4])
-    timeout = _timeout_ms(args[5])
-    return _blocking(c, [args[1]], _move_attempt(c, args[2], wherefrom, whereto), timeout,
-                     c.null)
+    timeout = blocking.timeout_ms(args[5])
+    return blocking.answer_or_block(
+        ListIndex, c, [args[1]], _move_attempt(c, args[2], wherefrom, whereto), timeout, c.null)
 
 
 @command("brpoplpush", 4, F_WRITE | F_ASYNC, (1, 2, 1), "list",
          "Pop an element from a list, push it to another list and return it; or block "
          "until one is available", "2.2.0")
 def cmd_brpoplpush(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
-    timeout = _timeout_ms(args[3])
-    return _blocking(c, [args[1]], _move_attempt(c, args[2], TAIL, HEAD), timeout, c.null)
+    timeout = blocking.timeout_ms(args[3])
+    return blocking.answer_or_block(ListIndex, c, [args[1]], _move_attempt(c, args[2], TAIL, HEAD),
+                                    timeout, c.null)
