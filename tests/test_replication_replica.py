@@ -36,9 +36,7 @@ def string_dump(client) -> dict[bytes, tuple[bytes, int]]:
     """Every string key with its value and PTTL (other types left out)."""
     out = {}
     for k in client.scan_iter(count=1000):
-        # b"\xff\x00bk": a collection's own records, which bitkv's SCAN lists until it
-        # learns the collections (the keyspace commands of issue 17)
-        if k.startswith(b"\xff\x00bk") or client.type(k) != b"string":
+        if client.type(k) != b"string":
             continue
         v = client.get(k)
         if v is not None:
