@@ -366,7 +366,9 @@ class Structures:
                 ops.extend(edit_ops)
                 pending.append((e.collection, e._new, staged, remaining))
         if ops:
-            self.write(ops, keys)
+            # only the collections that change count as written (WATCH): SMOVE of a member
+            # the destination already has leaves the destination alone, as in Redis
+            self.write(ops, [p[0].key for p in pending])
         for c, new, staged, remaining in pending:
             self._apply_edit(c, new, staged, remaining)
 
