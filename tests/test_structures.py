@@ -164,3 +164,20 @@ def test_copy_ops_and_delete_ops(db):
     h2 = s.find(b"h2", HashIndex)
     assert h2 is not None and s.read_many(h2, [b"f", b"g"]) == [b"v", b"w"]
     assert s.keys() == [b"h2"]
+
+
+def test_write_of_one_op_is_a_plain_put_or_delete_with_the_same_effect(db, monkeypatch):
+    """A single op skips the batch (a record is atomic alone); several still use one."""
+    s = Structures(db)
+    batches = []
+    real_batch = db.batch
+    monkeypatch.setattr(db, "batch", lambda: batches.append(1) or real_batch())
+    far = 4102444800123
+    s.write([(b"a", b"1", None)])
+    s.write([(b"b", b"2", far)])
+    assert db.get(b"a") == b"1" and db.get_with_expiry(b"b") == (b"2", far)
+    s.write([(b"a", None, None)])
+    s.write([(b"missing", None, None)])  # deleting nothing is no error, as in a batch
+    assert db.get(b"a") is None and batches == []
+    s.write([(b"c", b"3", None), (b"b", None, None)])
+    assert batches == [1] and db.get(b"c") == b"3" and db.get(b"b") is None

@@ -316,7 +316,18 @@ class Structures:
 
     def write(self, ops: list[Op]) -> None:
         """Write ``ops`` as one atomic batch (key, value or None to delete, absolute expiry
-        ms or None)."""
+        ms or None). A single op is written as a plain put or delete: one record is atomic
+        on its own, and a batch of one costs about five times a put (2.6 us against 0.5,
+        the push of one element to an existing list)."""
+        if len(ops) == 1:
+            k, v, expiry = ops[0]
+            if v is None:
+                self._db.delete(k)
+            elif expiry:
+                self._db.put(k, v, expires_at_ms=expiry)
+            else:
+                self._db.put(k, v)
+            return
         with self._db.batch() as b:
             for k, v, expiry in ops:
                 if v is None:
