@@ -198,9 +198,11 @@ def _update_index(ch: Change) -> None:
     coll = ch.coll
     p = coll.positions
     on_put, on_delete = coll.on_put, coll.on_delete
-    if not ch.deleted and len(ch.put) == 1:  # the common push of one element
+    if len(ch.deleted) + len(ch.put) == 1:  # the common push or pop of one element
         for x in ch.put:
             on_put(pack_position(x), b"")
+        for x in ch.deleted:
+            on_delete(pack_position(x))
         return
     dels = sorted(ch.deleted)
     lo, hi = 0, len(dels)
