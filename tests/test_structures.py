@@ -232,3 +232,20 @@ def test_set_sampler_stays_dense_and_matches_members():
         assert all(idx.sampler[slot] == m for m, slot in idx.members.items())
     if model:
         assert idx.random_member(rnd.randrange) in model
+
+
+def test_write_of_one_op_is_a_plain_put_or_delete_with_the_same_effect(db, monkeypatch):
+    """A single op skips the batch (a record is atomic alone); several still use one."""
+    s = Structures(db)
+    batches = []
+    real_batch = db.batch
+    monkeypatch.setattr(db, "batch", lambda: batches.append(1) or real_batch())
+    far = 4102444800123
+    s.write([(b"a", b"1", None)])
+    s.write([(b"b", b"2", far)])
+    assert db.get(b"a") == b"1" and db.get_with_expiry(b"b") == (b"2", far)
+    s.write([(b"a", None, None)])
+    s.write([(b"missing", None, None)])  # deleting nothing is no error, as in a batch
+    assert db.get(b"a") is None and batches == []
+    s.write([(b"c", b"3", None), (b"b", None, None)])
+    assert batches == [1] and db.get(b"c") == b"3" and db.get(b"b") is None

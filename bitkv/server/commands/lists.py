@@ -195,9 +195,11 @@ def _update_index(ch: Change) -> None:
     coll = ch.coll
     p = coll.positions
     on_put, on_delete = coll.on_put, coll.on_delete
-    if not ch.deleted and len(ch.put) == 1:  # the common push of one element
+    if len(ch.deleted) + len(ch.put) == 1:  # the common push or pop of one element
         for x in ch.put:
             on_put(pack_position(x), b"")
+        for x in ch.deleted:
+            on_delete(pack_position(x))
         return
     dels = sorted(ch.deleted)
     lo, hi = 0, len(dels)
@@ -277,18 +279,12 @@ def _where(arg: bytes) -> int:
     raise CommandError(SYNTAX)
 
 
-def _long(arg: bytes, message: str | None = None) -> int:
-    """getLongFromObjectOrReply: an int64 (Redis's long), else ``message`` or NOT_INT."""
-    return to_int(arg) if message is None else to_int(arg, message)
-
-
-def _range_long(arg: bytes, lo: int, message: str | None) -> int:
-    """getRangeLongFromObjectOrReply with max LONG_MAX."""
-    n = _long(arg, None if message is None else "ERR " + message)
+def _range_long(arg: bytes, lo: int, message: str) -> int:
+    """getRangeLongFromObjectOrReply up to LONG_MAX, with Redis's ``message`` for both a
+    non-integer and a value below ``lo``."""
+    n = to_int(arg, "ERR " + message)
     if n < lo:
-        raise CommandError("ERR " + message if message is not None else
-                           f"ERR value is out of range, value must between {lo} and "
-                           f"{MAX_POSITION}")
+        raise CommandError("ERR " + message)
     return n
 
 
@@ -433,7 +429,7 @@ def cmd_lindex(c: Connection, args: list[bytes]) -> bytes:
     coll = _find(c, args[1])
     if coll is None:
         return c.null
-    pos = _index(coll, _long(args[2]))
+    pos = _index(coll, to_int(args[2]))
     if pos is None:
         return c.null
     return bulk(_values(c, coll, [pos])[0])
@@ -455,7 +451,7 @@ def _normalize(start: int, end: int, n: int) -> tuple[int, int]:
 @command("lrange", 4, F_READONLY, (1, 1, 1), "list",
          "Get a range of elements from a list")
 def cmd_lrange(c: Connection, args: list[bytes]) -> bytes:
-    start, end = _long(args[2]), _long(args[3])
+    start, end = to_int(args[2]), to_int(args[3])
     coll = _find(c, args[1])
     if coll is None:
         return EMPTY_ARRAY
@@ -473,7 +469,7 @@ def cmd_lpos(c: Connection, args: list[bytes]) -> bytes:
         opt = args[j].upper()
         more = j + 1 < len(args)
         if opt == b"RANK" and more:
-            rank = _long(args[j + 1])
+            rank = to_int(args[j + 1])
             if rank == 0:
                 raise CommandError("ERR RANK can't be zero: use 1 to start from the first "
                                    "match, 2 from the second ... or use negative to start "
@@ -515,7 +511,7 @@ def cmd_lset(c: Connection, args: list[bytes]) -> bytes:
     coll = _find(c, args[1])
     if coll is None:
         raise CommandError("ERR no such key")
-    pos = _index(coll, _long(args[2]))
+    pos = _index(coll, to_int(args[2]))
     if pos is None:
         raise CommandError("ERR index out of range")
     changes = Changes(c)
@@ -526,7 +522,7 @@ def cmd_lset(c: Connection, args: list[bytes]) -> bytes:
 
 @command("lrem", 4, F_WRITE, (1, 1, 1), "list", "Remove elements from a list")
 def cmd_lrem(c: Connection, args: list[bytes]) -> bytes:
-    count = _long(args[2])
+    count = to_int(args[2])
     coll = _find(c, args[1])
     if coll is None:
         return ZERO
@@ -548,7 +544,7 @@ def cmd_lrem(c: Connection, args: list[bytes]) -> bytes:
 @command("ltrim", 4, F_WRITE, (1, 1, 1), "list",
          "Trim a list to the specified range")
 def cmd_ltrim(c: Connection, args: list[bytes]) -> bytes:
-    start, end = _long(args[2]), _long(args[3])
+    start, end = to_int(args[2]), to_int(args[3])
     coll = _find(c, args[1])
     if coll is None:
         return OK
