@@ -89,6 +89,23 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
     raise RuntimeError(f"no server answering on port {port} after {timeout} s")
 
 
+def free_base_port() -> int:
+    """A ``--baseport`` for runtest whose test-server port (base - 32, where its clients
+    report) and that port + 10000 (runtest checks it too) are free: the default (21111)
+    collides with another run of the suite on the same machine."""
+    rng = random.Random()
+    for _attempt in range(200):
+        base = rng.randrange(22000, 55000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", base - 32))
+                b.bind(("127.0.0.1", base - 32 + 10000))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port pair for runtest's --baseport")
+
+
 def start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     data = workdir / f"{kind}-data"
@@ -125,6 +142,7 @@ def run_unit(source: Path, unit: str, port: int, log: Path, skip: list[str]) -> 
     argv = ["tclsh8.6" if shutil.which("tclsh8.6") else "tclsh", "tests/test_helper.tcl",
             "--host", "127.0.0.1", "--port", str(port), "--singledb", "--durable",
             "--ignore-encoding", "--ignore-digest", "--timeout", "120", "--clients", "1",
+            "--baseport", str(free_base_port()),
             "--tags", " ".join("-" + t for t in DENY_TAGS), "--single", f"unit/{unit}"]
     for name in skip:
         argv += ["--skiptest", name]

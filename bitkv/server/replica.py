@@ -49,6 +49,20 @@ from typing import TYPE_CHECKING
 import bitkv
 from bitkv import names, rdb
 from bitkv.record import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from bitkv.structures import LayoutError, is_internal
+from bitkv.structures.encoding import (
+    HASH,
+    LIST,
+    SET,
+    TYPE_NAMES,
+    ZSET,
+    element_key,
+    element_prefix,
+    header_key,
+    header_value,
+    pack_position,
+    pack_score,
+)
 
 from . import replica_state
 from .commands import F_ASYNC, F_TXCTL, F_WRITE, CommandError, lookup
@@ -488,6 +502,10 @@ class ReplicaLink:
                 keepalive.cancel()
                 if self._loading.done():
                     self._loading = None
+                    # The collections' index follows the records the load (or a part of it,
+                    # if it failed after verifying) left in the store.
+                    if self.server.structures is not None:
+                        self.server.structures.load()
             log.info("MASTER <-> REPLICA sync: Finished with success: %d keys loaded, %d "
                      "skipped, in %.2f s", loaded, self.skipped_keys,
                      time.monotonic() - started)
@@ -514,7 +532,7 @@ class ReplicaLink:
     def _verify_and_load(self, path: str) -> int:
         aborted = self._abort
 
-        def verify_string(db: int, key: bytes, value: bytes, expire_ms: int) -> None:
+        def verify(db: int, key: bytes, value: object, expire_ms: int) -> None:
             if aborted.is_set():
                 raise _Aborted
 
@@ -522,9 +540,10 @@ class ReplicaLink:
             pass
 
         try:
-            with open(path, "rb") as f:
-                rdb.read_rdb(f, on_string=verify_string, on_skipped=ignore, on_aux=ignore,
-                             max_value_len=None)
+            with open(path, "rb") as f:  # every type the load decodes, decoded here too
+                rdb.read_rdb(f, on_string=verify, on_skipped=ignore, on_aux=ignore,
+                             max_value_len=None, on_hash=verify, on_set=verify,
+                             on_list=verify, on_zset=verify)
         except rdb.RDBError as exc:
             raise LinkError(f"the RDB from the master is invalid, the store was not touched "
                             f"(will retry): {exc}") from exc
@@ -559,25 +578,75 @@ class ReplicaLink:
                 log.warning("replication: skipped key %s of type %s (db %d) from the master's "
                             "RDB: bitkv does not store it", _shown(key), what, dbnum)
 
-        def on_string(dbnum: int, key: bytes, value: bytes, expire_ms: int) -> None:
+        def commit_if_full() -> None:
             nonlocal batch
+            if len(batch) >= LOAD_BATCH:
+                if aborted.is_set():
+                    raise _Aborted
+                batch.commit()
+                batch = db.batch()
+
+        def on_string(dbnum: int, key: bytes, value: bytes, expire_ms: int) -> None:
             if dbnum != 0:
                 skip(dbnum, key, "string in a database other than 0")
                 return
-            if not key or len(key) > MAX_KEY_SIZE or len(value) > MAX_VALUE_SIZE:
+            if not key or len(key) > MAX_KEY_SIZE or len(value) > MAX_VALUE_SIZE \
+                    or is_internal(key):
                 skip(dbnum, key, f"string (key of {len(key)} bytes, value of {len(value)} "
-                                 f"bytes: beyond bitkv's limits)")
+                                 f"bytes: beyond bitkv's limits, or in its reserved range)")
                 return
             if expire_ms and expire_ms <= now_ms:
                 return  # expired already: as Redis's replica, not loaded (deleted if local)
             batch.put(key, value, expires_at_ms=expire_ms or None)
             leftover.discard(key)
             loaded[0] += 1
-            if len(batch) >= LOAD_BATCH:
-                if aborted.is_set():
-                    raise _Aborted
-                batch.commit()
-                batch = db.batch()
+            commit_if_full()
+
+        def put_collection(dbnum: int, key: bytes, type_byte: bytes,
+                           elements: list[tuple[bytes, bytes]], expire_ms: int) -> None:
+            """Its records as Structures lays them out: the elements, then the header (the
+            index is rebuilt from the records once the load is done)."""
+            what = TYPE_NAMES[type_byte]
+            if dbnum != 0:
+                skip(dbnum, key, f"{what} in a database other than 0")
+                return
+            prefix = element_prefix(type_byte, key)
+            try:
+                if not key or is_internal(key):
+                    raise LayoutError(f"{what} name in bitkv's reserved range")
+                records = [(element_key(prefix, sub), value) for sub, value in elements]
+                if any(len(value) > MAX_VALUE_SIZE for _k, value in records):
+                    raise LayoutError(f"a value over {MAX_VALUE_SIZE} bytes")
+            except LayoutError as exc:
+                skip(dbnum, key, f"{what} ({exc})")
+                return
+            if expire_ms and expire_ms <= now_ms:
+                return
+            for record_key, value in records:
+                batch.put(record_key, value)
+                leftover.discard(record_key)
+                commit_if_full()
+            hk = header_key(key)
+            batch.put(hk, header_value(type_byte), expires_at_ms=expire_ms or None)
+            leftover.discard(hk)
+            loaded[0] += 1
+            commit_if_full()
+
+        def on_hash(dbnum: int, key: bytes, pairs: list[tuple[bytes, bytes]],
+                    expire_ms: int) -> None:
+            put_collection(dbnum, key, HASH, pairs, expire_ms)
+
+        def on_set(dbnum: int, key: bytes, members: list[bytes], expire_ms: int) -> None:
+            put_collection(dbnum, key, SET, [(m, b"") for m in members], expire_ms)
+
+        def on_list(dbnum: int, key: bytes, items: list[bytes], expire_ms: int) -> None:
+            put_collection(dbnum, key, LIST, [(pack_position(i), item)
+                                              for i, item in enumerate(items)], expire_ms)
+
+        def on_zset(dbnum: int, key: bytes, pairs: list[tuple[bytes, float]],
+                    expire_ms: int) -> None:
+            put_collection(dbnum, key, ZSET, [(m, pack_score(score)) for m, score in pairs],
+                           expire_ms)
 
         def on_skipped(dbnum: int, key: bytes, type_name: str) -> None:
             skip(dbnum, key, type_name)
@@ -587,7 +656,8 @@ class ReplicaLink:
 
         with open(path, "rb") as f:
             rdb.read_rdb(f, on_string=on_string, on_skipped=on_skipped, on_aux=on_aux,
-                         max_value_len=None)
+                         max_value_len=None, on_hash=on_hash, on_set=on_set, on_list=on_list,
+                         on_zset=on_zset)
         batch.commit()
         if skipped[0] > KEY_WARNINGS:
             log.warning("replication: skipped %d more keys of types bitkv does not store (%d "

@@ -18,6 +18,11 @@ are split by group, each module registering its handlers when imported here:
   PUBLISH, SPUBLISH, PUBSUB
 * :mod:`.replication`  REPLICAOF, SLAVEOF, ROLE (the replica side)
 * :mod:`.functions`    FUNCTION FLUSH, FUNCTION LIST (an always empty library)
+* :mod:`.hashes`       HSET, HGET, HDEL, HINCRBY, HRANDFIELD, HSCAN... (hash collections)
+* :mod:`.sets`         SADD, SREM, SPOP, SMOVE, SINTER/SUNION/SDIFF, SSCAN... (set collections)
+* :mod:`.memory`       MEMORY USAGE (an estimate)
+* :mod:`.lists`        LPUSH, RPUSH, LPOP, RPOP, LRANGE, LINSERT, LMOVE, LMPOP... and the
+  blocking BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BLMPOP (clients wait in :mod:`.blocking`)
 * :mod:`.tuning`       (no commands) Redis's tuning parameters for CONFIG SET/GET
 
 Handlers run on the event loop thread, one at a time, so a command that makes several Store
@@ -40,6 +45,10 @@ from . import sync  # noqa: F401 - imported for its @command registrations
 from . import pubsub
 from . import replication  # noqa: F401 - imported for its @command registrations
 from . import bits, functions, stringmath, tuning  # noqa: F401 - imported for their @command registrations
+from . import hashes  # noqa: F401 - imported for its @command registrations
+from . import sets  # noqa: F401 - imported for its @command registrations
+from . import memory  # noqa: F401 - imported for its @command registrations
+from . import lists  # noqa: F401 - imported for its @command registrations
 # isort: on
 from .keyspace import ScanIndex
 from .registry import (

@@ -82,12 +82,18 @@ def cmd_incrbyfloat(c: Connection, args: list[bytes]) -> bytes:
     incr = parse_float(args[2])
     if value.is_infinite() or incr.is_infinite():
         raise CommandError("ERR increment would produce NaN or Infinity")
-    total = _CONTEXT.add(value, incr)
-    if abs(total) > LONG_DOUBLE_MAX:  # where long double overflows to infinity
-        raise CommandError("ERR increment would produce NaN or Infinity")
-    new = format_float(total)
+    new = add_floats(value, incr)
     db.put(args[1], new, keep_ttl=True)
     return bulk(new)
+
+
+def add_floats(value: decimal.Decimal, incr: decimal.Decimal) -> bytes:
+    """``value + incr`` printed as INCRBYFLOAT and HINCRBYFLOAT store it; CommandError when
+    the sum is infinite (where C's long double overflows), as Redis refuses it."""
+    total = _CONTEXT.add(value, incr)
+    if total.is_infinite() or abs(total) > LONG_DOUBLE_MAX:
+        raise CommandError("ERR increment would produce NaN or Infinity")
+    return format_float(total)
 
 
 def _lcs_table(a: bytes, b: bytes) -> list[array[int]]:
