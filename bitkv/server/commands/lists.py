@@ -33,6 +33,7 @@ from ..protocol import EMPTY_ARRAY, MINUS_ONE, OK, ZERO, array, bulk, bulk_array
 from . import blocking, encodings
 from .registry import (
     F_ASYNC,
+    F_DENYOOM,
     F_FAST,
     F_READONLY,
     F_WRITE,
@@ -308,25 +309,25 @@ def _push(c: Connection, args: list[bytes], where: int, only_existing: bool) -> 
     return reply
 
 
-@command("lpush", -3, F_WRITE | F_FAST, (1, 1, 1), "list",
+@command("lpush", -3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "list",
          "Prepend one or multiple elements to a list")
 def cmd_lpush(c: Connection, args: list[bytes]) -> bytes:
     return _push(c, args, HEAD, False)
 
 
-@command("rpush", -3, F_WRITE | F_FAST, (1, 1, 1), "list",
+@command("rpush", -3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "list",
          "Append one or multiple elements to a list")
 def cmd_rpush(c: Connection, args: list[bytes]) -> bytes:
     return _push(c, args, TAIL, False)
 
 
-@command("lpushx", -3, F_WRITE | F_FAST, (1, 1, 1), "list",
+@command("lpushx", -3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "list",
          "Prepend an element to a list, only if the list exists", "2.2.0")
 def cmd_lpushx(c: Connection, args: list[bytes]) -> bytes:
     return _push(c, args, HEAD, True)
 
 
-@command("rpushx", -3, F_WRITE | F_FAST, (1, 1, 1), "list",
+@command("rpushx", -3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "list",
          "Append an element to a list, only if the list exists", "2.2.0")
 def cmd_rpushx(c: Connection, args: list[bytes]) -> bytes:
     return _push(c, args, TAIL, True)
@@ -505,7 +506,7 @@ def cmd_lpos(c: Connection, args: list[bytes]) -> bytes:
 
 # -- change in place ---------------------------------------------------------------------------
 
-@command("lset", 4, F_WRITE, (1, 1, 1), "list",
+@command("lset", 4, F_WRITE | F_DENYOOM, (1, 1, 1), "list",
          "Set the value of an element in a list by its index")
 def cmd_lset(c: Connection, args: list[bytes]) -> bytes:
     coll = _find(c, args[1])
@@ -561,7 +562,7 @@ def cmd_ltrim(c: Connection, args: list[bytes]) -> bytes:
     return OK
 
 
-@command("linsert", 5, F_WRITE, (1, 1, 1), "list",
+@command("linsert", 5, F_WRITE | F_DENYOOM, (1, 1, 1), "list",
          "Insert an element before or after another element in a list", "2.2.0")
 def cmd_linsert(c: Connection, args: list[bytes]) -> bytes:
     side = args[2].lower()
@@ -619,7 +620,7 @@ def _move(c: Connection, src: bytes, dst: bytes, wherefrom: int, whereto: int) -
     return bulk(value)
 
 
-@command("lmove", 5, F_WRITE, (1, 2, 1), "list",
+@command("lmove", 5, F_WRITE | F_DENYOOM, (1, 2, 1), "list",
          "Pop an element from a list, push it to another list and return it", "6.2.0")
 def cmd_lmove(c: Connection, args: list[bytes]) -> bytes:
     wherefrom, whereto = _where(args[3]), _where(args[4])
@@ -627,7 +628,7 @@ def cmd_lmove(c: Connection, args: list[bytes]) -> bytes:
     return c.null if reply is None else reply
 
 
-@command("rpoplpush", 3, F_WRITE, (1, 2, 1), "list",
+@command("rpoplpush", 3, F_WRITE | F_DENYOOM, (1, 2, 1), "list",
          "Remove the last element in a list, prepend it to another list and return it",
          "1.2.0")
 def cmd_rpoplpush(c: Connection, args: list[bytes]) -> bytes:
@@ -687,7 +688,7 @@ def _move_attempt(c: Connection, dst: bytes, wherefrom: int, whereto: int) -> bl
     return attempt
 
 
-@command("blmove", 6, F_WRITE | F_ASYNC, (1, 2, 1), "list",
+@command("blmove", 6, F_WRITE | F_ASYNC | F_DENYOOM, (1, 2, 1), "list",
          "Pop an element from a list, push it to another list and return it; or block "
          "until one is available", "6.2.0")
 def cmd_blmove(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
@@ -697,7 +698,7 @@ def cmd_blmove(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, 
         ListIndex, c, [args[1]], _move_attempt(c, args[2], wherefrom, whereto), timeout, c.null)
 
 
-@command("brpoplpush", 4, F_WRITE | F_ASYNC, (1, 2, 1), "list",
+@command("brpoplpush", 4, F_WRITE | F_ASYNC | F_DENYOOM, (1, 2, 1), "list",
          "Pop an element from a list, push it to another list and return it; or block "
          "until one is available", "2.2.0")
 def cmd_brpoplpush(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
