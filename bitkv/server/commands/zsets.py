@@ -27,6 +27,7 @@ from . import blocking, tuning
 from .encodings import rule, tuning_int
 from .registry import (
     F_ASYNC,
+    F_DENYOOM,
     F_FAST,
     F_READONLY,
     F_WRITE,
@@ -265,14 +266,14 @@ def _zadd(c: Connection, args: list[bytes], incr: bool) -> bytes:
     return integer(added + updated if ch else added)
 
 
-@command("zadd", -4, F_WRITE | F_FAST, (1, 1, 1), "sorted_set",
+@command("zadd", -4, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "sorted_set",
          "Add one or more members to a sorted set, or update its score if it already exists",
          "1.2.0")
 def cmd_zadd(c: Connection, args: list[bytes]) -> bytes:
     return _zadd(c, args, False)
 
 
-@command("zincrby", 4, F_WRITE | F_FAST, (1, 1, 1), "sorted_set",
+@command("zincrby", 4, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "sorted_set",
          "Increment the score of a member in a sorted set", "1.2.0")
 def cmd_zincrby(c: Connection, args: list[bytes]) -> bytes:
     return _zadd(c, args, True)
@@ -386,7 +387,7 @@ def cmd_zrange(c: Connection, args: list[bytes]) -> bytes:
     return _range(c, args, 1, None, None, None)
 
 
-@command("zrangestore", -5, F_WRITE, (1, 2, 1), "sorted_set",
+@command("zrangestore", -5, F_WRITE | F_DENYOOM, (1, 2, 1), "sorted_set",
          "Store a range of members from sorted set into another key", "6.2.0")
 def cmd_zrangestore(c: Connection, args: list[bytes]) -> bytes:
     return _range(c, args, 2, args[1], None, None)
@@ -766,20 +767,20 @@ def cmd_zdiff(c: Connection, args: list[bytes]) -> bytes:
     return _setop(c, args, 1, "diff", None)
 
 
-@command("zunionstore", -4, F_WRITE, (1, 1, 1), "sorted_set",
+@command("zunionstore", -4, F_WRITE | F_DENYOOM, (1, 1, 1), "sorted_set",
          "Add multiple sorted sets and store the resulting sorted set in a new key", "2.0.0")
 def cmd_zunionstore(c: Connection, args: list[bytes]) -> bytes:
     return _setop(c, args, 2, "union", args[1])
 
 
-@command("zinterstore", -4, F_WRITE, (1, 1, 1), "sorted_set",
+@command("zinterstore", -4, F_WRITE | F_DENYOOM, (1, 1, 1), "sorted_set",
          "Intersect multiple sorted sets and store the resulting sorted set in a new key",
          "2.0.0")
 def cmd_zinterstore(c: Connection, args: list[bytes]) -> bytes:
     return _setop(c, args, 2, "inter", args[1])
 
 
-@command("zdiffstore", -4, F_WRITE, (1, 1, 1), "sorted_set",
+@command("zdiffstore", -4, F_WRITE | F_DENYOOM, (1, 1, 1), "sorted_set",
          "Subtract multiple sorted sets and store the resulting sorted set in a new key",
          "6.2.0")
 def cmd_zdiffstore(c: Connection, args: list[bytes]) -> bytes:
