@@ -51,6 +51,7 @@ from bitkv import names, rdb
 from bitkv.record import MAX_KEY_SIZE, MAX_VALUE_SIZE
 
 from . import replica_state
+from .collection_snapshot import CollectionLoader
 from .commands import F_ASYNC, F_TXCTL, F_WRITE, CommandError, lookup
 from .protocol import Limits, ProtocolError, PyParser
 from .replica_state import ReplicaState, ResumePoint
@@ -488,6 +489,10 @@ class ReplicaLink:
                 keepalive.cancel()
                 if self._loading.done():
                     self._loading = None
+                    # The collections' index from the records now in the store (here, on
+                    # the loop thread that reads it; after a failed load too: the store
+                    # changed).
+                    self.server.structures.load()
             log.info("MASTER <-> REPLICA sync: Finished with success: %d keys loaded, %d "
                      "skipped, in %.2f s", loaded, self.skipped_keys,
                      time.monotonic() - started)
@@ -582,13 +587,30 @@ class ReplicaLink:
         def on_skipped(dbnum: int, key: bytes, type_name: str) -> None:
             skip(dbnum, key, type_name)
 
-        def on_aux(name: bytes, value: bytes) -> None:
-            pass
+        def put_record(record: tuple[bytes, bytes | None, int | None]) -> None:
+            # A collection's records (elements, then its header) go in the same batches as
+            # the strings; an interrupted load is followed by a full resync anyway.
+            nonlocal batch
+            key, value, expiry = record
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value, expires_at_ms=expiry)
+            leftover.discard(key)
+            if len(batch) >= LOAD_BATCH:
+                if aborted.is_set():
+                    raise _Aborted
+                batch.commit()
+                batch = db.batch()
 
+        collections = CollectionLoader(put_record, skip, now_ms)
         with open(path, "rb") as f:
-            rdb.read_rdb(f, on_string=on_string, on_skipped=on_skipped, on_aux=on_aux,
-                         max_value_len=None)
+            rdb.read_rdb(f, on_string=on_string, on_skipped=on_skipped,
+                         on_aux=collections.on_aux, on_hash=collections.on_hash,
+                         on_set=collections.on_set, on_list=collections.on_list,
+                         on_zset=collections.on_zset, max_value_len=None)
         batch.commit()
+        loaded[0] += collections.loaded
         if skipped[0] > KEY_WARNINGS:
             log.warning("replication: skipped %d more keys of types bitkv does not store (%d "
                         "in all; INFO replication: bitkv_replica_skipped_keys)",

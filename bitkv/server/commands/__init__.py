@@ -19,6 +19,7 @@ are split by group, each module registering its handlers when imported here:
 * :mod:`.replication`  REPLICAOF, SLAVEOF, ROLE (the replica side)
 * :mod:`.functions`    FUNCTION FLUSH, FUNCTION LIST (an always empty library)
 * :mod:`.tuning`       (no commands) Redis's tuning parameters for CONFIG SET/GET
+* :mod:`.streamlists`  BITKV.LPUT, BITKV.LDEL (list elements in the replication stream)
 
 Handlers run on the event loop thread, one at a time, so a command that makes several Store
 calls is atomic with respect to every other client, as in Redis. Store calls are
@@ -40,6 +41,7 @@ from . import sync  # noqa: F401 - imported for its @command registrations
 from . import pubsub
 from . import replication  # noqa: F401 - imported for its @command registrations
 from . import bits, functions, stringmath, tuning  # noqa: F401 - imported for their @command registrations
+from . import streamlists  # noqa: F401 - imported for its @command registrations
 # isort: on
 from .keyspace import ScanIndex
 from .registry import (

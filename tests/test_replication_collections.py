@@ -1,0 +1,274 @@
+"""Hashes, sets, lists and sorted sets through replication: each collection record becomes
+one command of the stream (server/backlog.py ``encode_collection``), and a full resync's RDB
+carries every collection both ways (server/collection_snapshot.py): bitkv master to bitkv
+and Redis replicas, Redis master to a bitkv replica."""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+
+import pytest
+import redis
+from collections_support import expiries, logical, populate, redis_logical
+from procs import BitkvProcess, RedisProcess, caught_up, needs_redis, wait_until
+
+import bitkv
+from bitkv import rdb
+from bitkv.history import Cursor
+from bitkv.server.backlog import encode, encode_collection, format_score
+from bitkv.server.collection_snapshot import (
+    LIST_POSITIONS_AUX,
+    CollectionLoader,
+    list_positions_aux,
+    parse_list_positions_aux,
+    write_collections,
+)
+from bitkv.server.protocol import PyParser
+from bitkv.structures import HashIndex, ListIndex, SetIndex, Structures
+from bitkv.structures.encoding import (
+    element_prefix,
+    header_key,
+    header_value,
+    pack_position,
+    pack_score,
+)
+
+
+def commands(stream: bytes) -> list[list[bytes]]:
+    parser = PyParser()
+    return [args for args in parser.feed(stream)]
+
+
+def one(data: bytes) -> list[bytes]:
+    (args,) = commands(data)
+    return args
+
+
+# -- the stream: one command per record ---------------------------------------------------
+
+
+def test_each_collection_record_becomes_its_command():
+    h, s, z, lst = (element_prefix(t, b"k") for t in (b"H", b"S", b"Z", b"L"))
+    assert one(encode_collection(h + b"f", b"v", 0)) == [b"HSET", b"k", b"f", b"v"]
+    assert one(encode_collection(h + b"f", None, 0)) == [b"HDEL", b"k", b"f"]
+    assert one(encode_collection(s + b"m", b"", 0)) == [b"SADD", b"k", b"m"]
+    assert one(encode_collection(s + b"m", None, 0)) == [b"SREM", b"k", b"m"]
+    assert one(encode_collection(z + b"m", pack_score(2.5), 0)) == [b"ZADD", b"k", b"2.5", b"m"]
+    assert one(encode_collection(z + b"m", None, 0)) == [b"ZREM", b"k", b"m"]
+    assert one(encode_collection(lst + pack_position(-7), b"x", 0)) == [
+        b"BITKV.LPUT", b"k", b"-7", b"x"]
+    assert one(encode_collection(lst + pack_position(2**40), None, 0)) == [
+        b"BITKV.LDEL", b"k", b"%d" % 2**40]
+    hk = header_key(b"k")
+    assert one(encode_collection(hk, header_value(b"H"), 0)) == [b"PERSIST", b"k"]
+    assert one(encode_collection(hk, header_value(b"H"), 1234567890123)) == [
+        b"PEXPIREAT", b"k", b"1234567890123"]
+    assert one(encode_collection(hk, None, 0)) == [b"DEL", b"k"]
+    # nothing bitkv writes: no command (a pure function still)
+    assert encode_collection(b"\xff\x00bkeQ\x01k", b"v", 0) == b""
+    assert encode_collection(lst + b"short", b"v", 0) == b""
+
+
+@pytest.mark.parametrize("score", [0.1, 1 / 3, -1e-300, 5e-324, 2.0**53 + 1, 1e308,
+                                   float("inf"), float("-inf"), -0.0, 123456789.123456789])
+def test_scores_round_trip_exactly(score):
+    text = format_score(score)
+    assert float(text) == score and str(float(text)) == str(score)
+    z = element_prefix(b"Z", b"k") + b"m"
+    assert one(encode_collection(z, pack_score(score), 0))[2] == text
+
+
+def test_batches_put_elements_before_the_header_and_delete_them_first(tmp_path):
+    """The order of the commands is the order of the records: the elements create the key on
+    the replica, the header's command then sets its TTL; a delete removes the elements, then
+    DEL finds the key gone."""
+    with bitkv.open(str(tmp_path / "db")) as db:
+        s = Structures(db)
+        start = db.last_seq + 1
+        with s.edit(b"h", HashIndex) as e:
+            e.put(b"a", b"1")
+            e.put(b"b", b"2")
+        s.expire_at(b"h", 4102444800000)
+        s.delete(b"h")
+        cmds = [encode(ch) for ch in db.changes(Cursor(start))]
+    names = [one(c)[0] for c in cmds]
+    assert names == [b"HSET", b"HSET", b"PERSIST", b"PEXPIREAT", b"HDEL", b"HDEL", b"DEL"]
+
+
+# -- the snapshot -----------------------------------------------------------------------------
+
+
+class Buffer:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, b: bytes) -> int:
+        self.data += b
+        return len(b)
+
+
+def test_snapshot_round_trip_keeps_content_ttl_and_list_positions(tmp_path):
+    rng = random.Random(3)
+    with bitkv.open(str(tmp_path / "a")) as a:
+        sa = Structures(a)
+        populate(sa, rng, big=300)
+        out = Buffer()
+        w = rdb.RDBWriter(out, repl_id="0" * 40, repl_offset=0)
+        assert write_collections(w, sa, int(time.time() * 1000)) == len(sa.keys())
+        w.finish()
+        want, want_ttl = logical(sa), expiries(sa)
+        want_pos = {c.key: list(c.positions) for c in sa.items() if isinstance(c, ListIndex)}
+    with bitkv.open(str(tmp_path / "b")) as b:
+        batch = b.batch()
+        loader = CollectionLoader(lambda r: batch.put(r[0], r[1] or b"", expires_at_ms=r[2]),
+                                  lambda *a: pytest.fail(f"skipped {a}"),
+                                  int(time.time() * 1000))
+        rdb.read_rdb(io.BytesIO(bytes(out.data)), on_string=lambda *a: None,
+                     on_aux=loader.on_aux, on_hash=loader.on_hash, on_set=loader.on_set,
+                     on_list=loader.on_list, on_zset=loader.on_zset, max_value_len=None)
+        batch.commit()
+        sb = Structures(b)
+        assert logical(sb) == want
+        assert expiries(sb) == want_ttl
+        assert {c.key: list(c.positions) for c in sb.items()
+                if isinstance(c, ListIndex)} == want_pos
+
+
+def test_list_positions_aux_parses_back_and_refuses_damage():
+    subs = [pack_position(p) for p in (-5, 0, 2**62)]
+    v = list_positions_aux(b"key", subs)
+    assert parse_list_positions_aux(v) == (b"key", subs)
+    assert parse_list_positions_aux(v[:-1]) is None
+    assert parse_list_positions_aux(b"") is None
+
+
+def test_loader_skips_what_the_store_cannot_hold_and_expired_collections():
+    emitted, skipped = [], []
+    now = int(time.time() * 1000)
+    loader = CollectionLoader(emitted.append, lambda db, k, why: skipped.append((k, why)), now)
+    loader.on_hash(1, b"other-db", [(b"f", b"v")], 0)
+    loader.on_set(0, b"big", [b"m" * 70000], 0)
+    loader.on_set(0, b"\xff\x00bkh-reserved", [b"m"], 0)
+    loader.on_zset(0, b"gone", [(b"m", 1.0)], now - 1)
+    assert emitted == [] and [k for k, _ in skipped] == [
+        b"other-db", b"big", b"\xff\x00bkh-reserved"]
+    # positions for another list (or another length) are not used
+    loader.on_aux(LIST_POSITIONS_AUX, list_positions_aux(b"x", [pack_position(9)]))
+    loader.on_list(0, b"y", [b"a"], 0)
+    assert emitted[0][0] == element_prefix(b"L", b"y") + pack_position(0)
+    assert loader.loaded == 1
+
+
+def _stored(directory) -> tuple[dict, dict, dict, dict]:
+    with bitkv.open(str(directory)) as db:
+        s = Structures(db)
+        strings = {k: db.get(k) for k in db if not k.startswith(b"\xff\x00bk")}
+        pos = {c.key: list(c.positions) for c in s.items() if isinstance(c, ListIndex)}
+        return logical(s), expiries(s), strings, pos
+
+
+def _fill(directory, seed: int) -> None:
+    with bitkv.open(str(directory)) as db:
+        s = Structures(db)
+        populate(s, random.Random(seed))
+        for i in range(50):
+            db.put(b"str:%d" % i, b"v%d" % i)
+
+
+def test_bitkv_replica_full_resync_from_a_bitkv_master(tmp_path):
+    _fill(tmp_path / "master", 1)
+    want = _stored(tmp_path / "master")
+    # the replica holds stale collections of its own: gone after the resync
+    with bitkv.open(str(tmp_path / "replica")) as db:
+        s = Structures(db)
+        with s.edit(b"hash:small", SetIndex) as e:
+            e.put(b"stale", b"")
+        with s.edit(b"stale:hash", HashIndex) as e:
+            e.put(b"f", b"v")
+    master = BitkvProcess(tmp_path / "master")
+    replica = None
+    try:
+        m = master.client()
+        replica = BitkvProcess(tmp_path / "replica", None, "--replicaof",
+                               f"127.0.0.1:{master.port}", "--repl-timeout", "5")
+        r = replica.client()
+        wait_until(lambda: caught_up(m, r), 30, "the full resync")
+        assert r.type("hash:small") == b"hash" and r.type("stale:hash") == b"none"
+        assert r.type("list:big") == b"list"
+        replica.stop()
+        master.stop()
+        got = _stored(tmp_path / "replica")
+        assert got == want  # content, TTLs, strings, and the lists' positions
+    finally:
+        if replica is not None:
+            replica.stop()
+        master.stop()
+
+
+@needs_redis
+def test_redis_replica_of_a_bitkv_master_loads_every_collection(tmp_path):
+    _fill(tmp_path / "master", 2)
+    want, want_ttl, strings, _pos = _stored(tmp_path / "master")
+    master = BitkvProcess(tmp_path / "master")
+    replica = None
+    try:
+        m = master.client()
+        replica = RedisProcess(tmp_path / "r", None, "--replicaof", "127.0.0.1",
+                               str(master.port))
+        r = replica.client()
+        wait_until(lambda: caught_up(m, r), 30, "the full resync")
+        assert redis_logical(r) == want
+        for k, at in want_ttl.items():
+            assert abs(r.pexpiretime(k) - at) <= 1, k
+        assert {k: r.get(k) for k in strings} == strings
+        assert r.object("encoding", "hash:small") == b"listpack"
+        assert r.object("encoding", "intset:small") == b"intset"
+    finally:
+        if replica is not None:
+            replica.stop()
+        master.stop()
+
+
+def _fill_redis(c: redis.Redis, rng: random.Random) -> None:
+    c.config_set("list-max-listpack-size", "4")  # several quicklist nodes
+    for n, tag in ((5, "small"), (400, "big")):
+        c.hset(f"hash:{tag}", mapping={f"f{i}": rng.randbytes(rng.randrange(1, 30))
+                                       for i in range(n)})
+        c.sadd(f"intset:{tag}", *range(-n, n, 3))
+        c.sadd(f"set:{tag}", *[f"m{i}" for i in range(n)])
+        c.rpush(f"list:{tag}", *[rng.randbytes(rng.randrange(0, 20)) for _ in range(n)])
+        c.rpush(f"list:{tag}", 12345, -7)  # integer-encoded entries
+        c.zadd(f"zset:{tag}", {f"z{i}": rng.choice([i / 7, -i, 1e300, float("inf")])
+                               for i in range(n)})
+    c.pexpire("hash:small", 3_600_000)
+    c.pexpire("zset:big", 3_600_000)
+    c.set("plain", "string")
+
+
+@needs_redis
+def test_bitkv_replica_of_a_redis_master_loads_every_encoding(tmp_path):
+    master = RedisProcess(tmp_path / "m")
+    replica = None
+    try:
+        m = master.client()
+        _fill_redis(m, random.Random(4))
+        encodings = {m.object("encoding", k) for k in m.scan_iter()}
+        assert {b"listpack", b"hashtable", b"intset", b"quicklist", b"skiplist"} <= encodings
+        want = redis_logical(m)
+        want_ttl = {k: m.pexpiretime(k) for k in want if m.pexpiretime(k) > 0}
+        replica = BitkvProcess(tmp_path / "replica", None, "--replicaof",
+                               f"127.0.0.1:{master.port}", "--repl-timeout", "5")
+        r = replica.client()
+        wait_until(lambda: caught_up(m, r), 30, "the full resync")
+        assert r.type("zset:big") == b"zset" and r.get("plain") == b"string"
+        replica.stop()
+        got, got_ttl, strings, _pos = _stored(tmp_path / "replica")
+        assert got == want
+        assert got_ttl == want_ttl
+        assert strings == {b"plain": b"string"}
+    finally:
+        if replica is not None:
+            replica.stop()
+        master.stop()
