@@ -272,3 +272,50 @@ def test_bitkv_replica_of_a_redis_master_loads_every_encoding(tmp_path):
         if replica is not None:
             replica.stop()
         master.stop()
+
+
+# -- BITKV.LPUT / BITKV.LDEL: the master link only --------------------------------------------
+
+
+def test_list_element_commands_run_only_from_the_master_link(tmp_path):
+    from test_replication_replica import REPLID, FakeMaster, make_rdb
+
+    from bitkv.server import ServerThread
+    from bitkv.server.replica import encode_command
+
+    stream = b"".join([
+        encode_command(b"MULTI"),
+        encode_command(b"BITKV.LPUT", b"l", b"5", b"b"),
+        encode_command(b"BITKV.LPUT", b"l", b"-3", b"a"),
+        encode_command(b"BITKV.LPUT", b"l", b"9", b"c"),
+        encode_command(b"PERSIST", b"l"),
+        encode_command(b"EXEC"),
+        encode_command(b"BITKV.LDEL", b"l", b"5"),
+        encode_command(b"BITKV.LDEL", b"l", b"77"),  # none there: nothing happens
+        encode_command(b"SET", b"done", b"1"),
+    ])
+
+    def serve(conn, psync, n):
+        rdb_bytes = make_rdb([])
+        conn.sendall(b"+FULLRESYNC %b 0\r\n$%d\r\n%b" % (REPLID.encode(), len(rdb_bytes),
+                                                         rdb_bytes) + stream)
+
+    fake = FakeMaster(serve)
+    try:
+        with ServerThread(dir=str(tmp_path / "replica"), port=0,
+                          replicaof=f"127.0.0.1:{fake.port}", repl_timeout=5) as srv:
+            c = redis.Redis(port=srv.port)
+            wait_until(lambda: c.get("done") == b"1", 20, "the stream")
+            assert c.type("l") == b"list"
+            c.execute_command("REPLICAOF", "NO", "ONE")  # a client may write now, not these
+            with pytest.raises(redis.ResponseError, match="only accepted from the master link"):
+                c.execute_command("BITKV.LPUT", "l", "1", "x")
+            with pytest.raises(redis.ResponseError, match="only accepted from the master link"):
+                c.execute_command("BITKV.LDEL", "l", "-3")
+    finally:
+        fake.close()
+    with bitkv.open(str(tmp_path / "replica")) as db:
+        s = Structures(db)
+        lst = s.find(b"l", ListIndex)
+        assert lst is not None and list(lst.positions) == [-3, 9]
+        assert s.read_many(lst, lst.subs()) == [b"a", b"c"]
