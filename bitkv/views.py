@@ -81,6 +81,11 @@ class KeysView(collections.abc.KeysView[bytes]):
             if k in source:  # deleted or expired since the snapshot: skipped
                 yield k
 
+    def snapshot(self) -> list[bytes]:
+        """The keys indexed now, as a list made in one pass: unlike an iteration, not
+        re-checked one by one, so some may be deleted or expire before they are used."""
+        return self._snapshot()
+
     def _matches(self, key: object) -> bool:
         if self._prefix is None:
             return True

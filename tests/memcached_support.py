@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from procs import free_port, wait_until
+from procs import free_port, stop_process, wait_until
 
 MEMCACHED = shutil.which("memcached") or (
     "/usr/bin/memcached" if Path("/usr/bin/memcached").exists() else None)
@@ -60,13 +60,7 @@ class BitkvMemcached:
         raise AssertionError("no VmRSS")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
     def restart(self) -> None:
         self.stop()

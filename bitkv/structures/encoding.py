@@ -98,6 +98,12 @@ def parse(internal: bytes) -> tuple[bytes, bytes, bytes | None] | None:
     if type_byte not in TYPE_NAMES:
         return None
     at += 1
+    n = internal[at]
+    if 0 < n < 0x80:  # a name under 128 bytes: one varint byte (the common case, fast)
+        end = at + 1 + n
+        if end > len(internal):
+            return None
+        return type_byte, internal[at + 1:end], internal[end:]
     n = shift = 0
     while True:
         if at >= len(internal) or shift > 21:

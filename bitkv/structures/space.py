@@ -27,6 +27,7 @@ from ..errors import Error
 from .collection import KINDS, Collection
 from .encoding import (
     FORMAT,
+    LIST,
     PREFIX,
     TYPE_NAMES,
     element_key,
@@ -143,7 +144,7 @@ class Structures:
         """
         db = self._db
         collections: dict[bytes, Collection] = {}
-        internal = [k for k in db.keys(PREFIX)]
+        internal = db.keys(PREFIX).snapshot()
         elements: list[tuple[bytes, bytes, bytes, bytes]] = []
         orphans: list[bytes] = []
         malformed = 0
@@ -167,6 +168,9 @@ class Structures:
             c = cls(key)
             c.expire_ms = expiry
             collections[key] = c
+        # A list's positions in ascending order, so that each load is an append (the keydir
+        # iterates in no particular order: in hash order a list's load would be O(n^2)).
+        elements.sort(key=lambda e: e[3] if e[1] == LIST else b"")
         for ik, type_byte, key, sub in elements:
             owner = collections.get(key)
             if owner is None or type_byte != owner.TYPE:
