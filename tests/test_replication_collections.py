@@ -319,3 +319,142 @@ def test_list_element_commands_run_only_from_the_master_link(tmp_path):
         lst = s.find(b"l", ListIndex)
         assert lst is not None and list(lst.positions) == [-3, 9]
         assert s.read_many(lst, lst.subs()) == [b"a", b"c"]
+
+
+# -- the stream, end to end ------------------------------------------------------------------
+
+
+def _missing(client: redis.Redis, *names: str) -> list[str]:
+    """The commands of ``names`` the server does not have (called without arguments, a
+    command it has answers with its arity error)."""
+    out = []
+    for name in names:
+        try:
+            client.execute_command(name)
+        except redis.ResponseError as exc:
+            if "unknown command" in str(exc):
+                out.append(name)
+    return out
+
+
+TYPE_COMMANDS = {"hash": ("hset", "hdel"), "set": ("sadd", "srem"),
+                 "zset": ("zadd", "zrem", "zincrby"),
+                 "list": ("rpush", "lpush", "lpop", "rpop", "linsert", "lset", "lrem")}
+
+
+def _types_served(m: redis.Redis, wanted: tuple[str, ...]) -> set[str]:
+    """The collection types of ``wanted`` whose commands the master has (they arrive on main
+    one type at a time); the test is skipped when it has none."""
+    served = {t for t in wanted if not _missing(m, *TYPE_COMMANDS[t])}
+    if not served:
+        pytest.skip(f"this build has no commands of {wanted} yet")
+    return served
+
+
+def _collection_writes(m: redis.Redis, rng: random.Random, types: set[str]) -> None:
+    """Every kind of collection record the master writes: creations, element puts and
+    deletes, big one-command batches, TTLs set and removed, last elements removed, keys
+    deleted and overwritten by SET, an expiry that passes on the master."""
+    if "hash" in types:
+        m.hset("h", mapping={"f1": "v1", "f2": "v2", "f3": b"\x00\xff"})
+        m.hdel("h", "f1")
+        m.hset("hbig", mapping={f"f{i}": rng.randbytes(20) for i in range(300)})
+        m.hdel("hbig", *[f"f{i}" for i in range(0, 300, 3)])
+        m.pexpire("h", 3_600_000)
+        m.hset("ttl", "f", "v")
+        m.pexpire("ttl", 150)  # expires on the master: the purge's HDEL/DEL reach the replica
+        m.hset("over", "f", "v")
+        m.set("over", "a string now")
+    if "set" in types:
+        m.sadd("s", "a", "b", "c", *range(100))
+        m.srem("s", "b", 7)
+        m.sadd("s2", "only")
+        m.srem("s2", "only")  # the last member: the key goes
+        m.pexpire("s", 3_600_000)
+        m.persist("s")
+        m.sadd("gone", "x")
+        m.delete("gone")
+    if "zset" in types:
+        m.zadd("z", {"a": 1.5, "b": 0.1, "c": float("inf"), "d": float("-inf"), "e": 1 / 3})
+        m.zadd("z", {"a": 1e16, "f": -0.0, "g": 5e-324})
+        m.zrem("z", "b")
+        m.zincrby("z", 0.1, "e")
+        m.zadd("zbig", {f"m{i}": rng.random() for i in range(200)})
+    if "list" in types:
+        m.rpush("l", "a", "b", "c", *[rng.randbytes(10) for _ in range(50)])
+        m.lpush("l", "x", "y")
+        m.lpop("l")
+        m.rpop("l", 2)
+        m.linsert("l", "before", "b", "inserted")
+        m.lset("l", 3, "set-at-3")
+        m.lrem("l", 0, "c")
+        m.rpush("l2", "one")
+        m.pexpire("l2", 3_600_000)
+        m.lpop("l2")  # the last element
+    time.sleep(0.4)
+
+
+def _pttls(c: redis.Redis, keys) -> dict:
+    return {k: c.pttl(k) for k in keys}
+
+
+def test_bitkv_replica_applies_every_collection_command_of_the_stream(tmp_path):
+    master = BitkvProcess(tmp_path / "master")
+    replica = None
+    try:
+        m = master.client()
+        types = _types_served(m, ("hash", "set", "zset", "list"))
+        replica = BitkvProcess(tmp_path / "replica", None, "--replicaof",
+                               f"127.0.0.1:{master.port}", "--repl-timeout", "5")
+        r = replica.client()
+        wait_until(lambda: caught_up(m, r), 30, "the first sync")
+        rng = random.Random(8)
+        _collection_writes(m, rng, types)
+        wait_until(lambda: caught_up(m, r), 30, "the stream")
+        want = redis_logical(m)
+        assert not {b"ttl", b"s2", b"l2", b"gone"} & set(want)
+        assert len(want) == 2 * len(types)
+        assert redis_logical(r) == want
+        if "hash" in types:
+            assert r.get("over") == b"a string now"
+        for k, ttl in _pttls(m, want).items():
+            assert abs(_pttls(r, [k])[k] - ttl) <= 2000, k
+        # the master is killed and comes back: the replica continues the same stream
+        master.kill9()
+        master = BitkvProcess(tmp_path / "master", master.port)
+        m = master.client()
+        _collection_writes(m, rng, types)  # again, over the keys as they are
+        wait_until(lambda: caught_up(m, r), 30, "the stream after the master's kill -9")
+        assert redis_logical(r) == redis_logical(m)
+        assert r.info("replication")["bitkv_replica_full_syncs"] == 1
+    finally:
+        if replica is not None:
+            replica.stop()
+        master.stop()
+
+
+@needs_redis
+def test_redis_replica_applies_the_hash_set_and_zset_commands_of_the_stream(tmp_path):
+    master = BitkvProcess(tmp_path / "master")
+    replica = None
+    try:
+        m = master.client()
+        types = _types_served(m, ("hash", "set", "zset"))
+        replica = RedisProcess(tmp_path / "r", None, "--replicaof", "127.0.0.1",
+                               str(master.port))
+        r = replica.client()
+        wait_until(lambda: caught_up(m, r), 30, "the first sync")
+        _collection_writes(m, random.Random(9), types)
+        wait_until(lambda: caught_up(m, r), 30, "the stream")
+        want = redis_logical(m)
+        assert len(want) == 2 * len(types)
+        assert redis_logical(r) == want
+        if "hash" in types:
+            assert r.get("over") == b"a string now"
+        for k, ttl in _pttls(m, want).items():
+            assert abs(_pttls(r, [k])[k] - ttl) <= 2000, k
+        assert "CRITICAL" not in replica.output()  # no command of the stream was refused
+    finally:
+        if replica is not None:
+            replica.stop()
+        master.stop()
