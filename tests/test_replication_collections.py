@@ -136,6 +136,29 @@ def test_snapshot_round_trip_keeps_content_ttl_and_list_positions(tmp_path):
                 if isinstance(c, ListIndex)} == want_pos
 
 
+def test_snapshot_leaves_expired_collections_out_and_in_place(tmp_path):
+    """The snapshot runs in a worker thread: it must not delete (write) anything, so an
+    expired collection is skipped, not purged (that is the event loop's job)."""
+    now = [1_000_000]
+    with bitkv.open(str(tmp_path / "db")) as db:
+        s = Structures(db, clock=lambda: now[0])
+        for key in (b"old", b"live"):
+            with s.edit(key, HashIndex) as e:
+                e.put(b"f", b"v")
+        s.expire_at(b"old", 1_000_500)
+        now[0] = 2_000_000
+        out = Buffer()
+        w = rdb.RDBWriter(out, repl_id="0" * 40, repl_offset=0)
+        assert write_collections(w, s, now[0]) == 1
+        w.finish()
+        assert b"old" in s.names  # not purged: its element record is still there
+        assert db.get(element_prefix(b"H", b"old") + b"f") == b"v"
+    seen = []
+    rdb.read_rdb(io.BytesIO(bytes(out.data)), on_string=lambda *a: None,
+                 on_hash=lambda db, k, pairs, exp: seen.append(k), now_ms=now[0])
+    assert seen == [b"live"]
+
+
 def test_list_positions_aux_parses_back_and_refuses_damage():
     subs = [pack_position(p) for p in (-5, 0, 2**62)]
     v = list_positions_aux(b"key", subs)

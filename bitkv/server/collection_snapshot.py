@@ -76,12 +76,14 @@ def parse_list_positions_aux(value: bytes) -> tuple[bytes, list[bytes]] | None:
 def write_collections(writer: rdb.RDBWriter, structures: Structures, now_ms: int) -> int:
     """Append every collection alive at ``now_ms`` to ``writer``; how many.
 
-    Runs in a worker thread while the event loop changes the index: each collection's
-    element names are copied in one step (``list()`` of a dict or deque holds the GIL
-    throughout), never iterated while they may change.
+    Runs in a worker thread while the event loop changes the index, so it only reads: the
+    collections and each one's element names are copied in one step (``list()`` of a dict
+    or a deque holds the GIL throughout), never iterated while they may change, and expired
+    collections are left out rather than deleted (``Structures.items()`` would purge them,
+    a write from this thread).
     """
     written = 0
-    for c in structures.items():
+    for c in list(structures.names.values()):
         expire_ms = c.expire_ms
         if expire_ms and expire_ms <= now_ms:
             continue
