@@ -160,8 +160,9 @@ def test_snapshot_leaves_expired_collections_out_and_in_place(tmp_path):
 
 
 def test_list_positions_aux_parses_back_and_refuses_damage():
-    subs = [pack_position(p) for p in (-5, 0, 2**62)]
-    v = list_positions_aux(b"key", subs)
+    positions = [-5, 0, 2**62, -2**63, 2**63 - 1]
+    subs = [pack_position(p) for p in positions]
+    v = list_positions_aux(b"key", positions)
     assert parse_list_positions_aux(v) == (b"key", subs)
     assert parse_list_positions_aux(v[:-1]) is None
     assert parse_list_positions_aux(b"") is None
@@ -178,7 +179,7 @@ def test_loader_skips_what_the_store_cannot_hold_and_expired_collections():
     assert emitted == [] and [k for k, _ in skipped] == [
         b"other-db", b"big", b"\xff\x00bkh-reserved"]
     # positions for another list (or another length) are not used
-    loader.on_aux(LIST_POSITIONS_AUX, list_positions_aux(b"x", [pack_position(9)]))
+    loader.on_aux(LIST_POSITIONS_AUX, list_positions_aux(b"x", [9]))
     loader.on_list(0, b"y", [b"a"], 0)
     assert emitted[0][0] == element_prefix(b"L", b"y") + pack_position(0)
     assert loader.loaded == 1
