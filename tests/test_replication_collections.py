@@ -122,8 +122,11 @@ def test_snapshot_round_trip_keeps_content_ttl_and_list_positions(tmp_path):
         want_pos = {c.key: list(c.positions) for c in sa.items() if isinstance(c, ListIndex)}
     with bitkv.open(str(tmp_path / "b")) as b:
         batch = b.batch()
-        loader = CollectionLoader(lambda r: batch.put(r[0], r[1] or b"", expires_at_ms=r[2]),
-                                  lambda *a: pytest.fail(f"skipped {a}"),
+        def put(records):
+            for k, v, at in records:
+                batch.put(k, v, expires_at_ms=at)
+
+        loader = CollectionLoader(put, lambda *a: pytest.fail(f"skipped {a}"),
                                   int(time.time() * 1000))
         rdb.read_rdb(io.BytesIO(bytes(out.data)), on_string=lambda *a: None,
                      on_aux=loader.on_aux, on_hash=loader.on_hash, on_set=loader.on_set,
@@ -171,7 +174,7 @@ def test_list_positions_aux_parses_back_and_refuses_damage():
 def test_loader_skips_what_the_store_cannot_hold_and_expired_collections():
     emitted, skipped = [], []
     now = int(time.time() * 1000)
-    loader = CollectionLoader(emitted.append, lambda db, k, why: skipped.append((k, why)), now)
+    loader = CollectionLoader(emitted.extend, lambda db, k, why: skipped.append((k, why)), now)
     loader.on_hash(1, b"other-db", [(b"f", b"v")], 0)
     loader.on_set(0, b"big", [b"m" * 70000], 0)
     loader.on_set(0, b"\xff\x00bkh-reserved", [b"m"], 0)

@@ -26,11 +26,10 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from bitkv import rdb
-from bitkv.record import MAX_VALUE_SIZE
+from bitkv.record import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from bitkv.structures import (
     Collection,
     HashIndex,
-    LayoutError,
     ListIndex,
     SetIndex,
     Structures,
@@ -126,7 +125,7 @@ class CollectionLoader:
     now_ms``) are not loaded, as Redis's replica does not.
     """
 
-    def __init__(self, emit: Callable[[Record], None],
+    def __init__(self, emit: Callable[[list[Record]], None],
                  skip: Callable[[int, bytes, str], None], now_ms: int) -> None:
         self._emit = emit
         self._skip = skip
@@ -170,11 +169,12 @@ class CollectionLoader:
             self._skip(db, key, f"{name} with a name bitkv reserves")
             return
         prefix = layout.element_prefix(type_byte, key)
-        try:
-            records: list[Record] = [(layout.element_key(prefix, sub), value, None)
-                                     for sub, value in elements]
-        except LayoutError as exc:
-            self._skip(db, key, f"{name} ({exc})")
+        records: list[Record] = [(prefix + sub, value, None) for sub, value in elements]
+        longest = max((len(k) for k, _v, _e in records), default=0)
+        if longest > MAX_KEY_SIZE:  # one check for all (element_key's, per element, is slow)
+            self._skip(db, key, f"{name} with an element of {longest - len(prefix)} bytes "
+                                f"(the store's key limit is {MAX_KEY_SIZE} bytes with the "
+                                f"key and the layout's {len(prefix) - len(key)})")
             return
         big = max((len(v) for _k, v, _e in records if v is not None), default=0)
         if big > MAX_VALUE_SIZE:
@@ -183,7 +183,6 @@ class CollectionLoader:
             return
         records.append((layout.header_key(key), layout.header_value(type_byte),
                         expire_ms or None))
-        for record in records:
-            self._emit(record)
+        self._emit(records)
         self.loaded += 1
 

@@ -587,23 +587,23 @@ class ReplicaLink:
         def on_skipped(dbnum: int, key: bytes, type_name: str) -> None:
             skip(dbnum, key, type_name)
 
-        def put_record(record: tuple[bytes, bytes | None, int | None]) -> None:
+        def put_records(records: list[tuple[bytes, bytes | None, int | None]]) -> None:
             # A collection's records (elements, then its header) go in the same batches as
             # the strings; an interrupted load is followed by a full resync anyway.
             nonlocal batch
-            key, value, expiry = record
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value, expires_at_ms=expiry)
-            leftover.discard(key)
-            if len(batch) >= LOAD_BATCH:
-                if aborted.is_set():
-                    raise _Aborted
-                batch.commit()
-                batch = db.batch()
+            for key, value, expiry in records:
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value, expires_at_ms=expiry)
+                leftover.discard(key)
+                if len(batch) >= LOAD_BATCH:
+                    if aborted.is_set():
+                        raise _Aborted
+                    batch.commit()
+                    batch = db.batch()
 
-        collections = CollectionLoader(put_record, skip, now_ms)
+        collections = CollectionLoader(put_records, skip, now_ms)
         with open(path, "rb") as f:
             rdb.read_rdb(f, on_string=on_string, on_skipped=on_skipped,
                          on_aux=collections.on_aux, on_hash=collections.on_hash,
