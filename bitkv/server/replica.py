@@ -227,6 +227,8 @@ class ReplicaLink:
             with contextlib.suppress(Exception):
                 await self._loading
             self._loading = None
+            if not self.server.db.closed:
+                self.server.structures.load()  # from the records it left (as after a load)
         self._close_writer()
         if clean and self.replid is not None and self.offset >= 0:
             loop = asyncio.get_running_loop()
