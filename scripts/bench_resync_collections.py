@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 
+import psutil
 import redis
 
 import bitkv
@@ -74,11 +75,12 @@ def fill_store(path: str, n: int) -> None:
 def fill_redis(c: redis.Redis, n: int) -> None:
     for start in range(0, n, 1000):
         p = c.pipeline(transaction=False)
-        p.hset("hash", mapping={f"field:{i}": "v" * 100 for i in range(start, min(n, start + 1000))})
-        p.rpush("list", *["x" * 100] * (min(n, start + 1000) - start))
+        end, small_end = min(n, start + 1000), min(n // 5, start + 1000)
+        p.hset("hash", mapping={f"field:{i}": "v" * 100 for i in range(start, end)})
+        p.rpush("list", *["x" * 100] * (end - start))
         if start < n // 5:
-            p.sadd("set", *[f"member:{i}" for i in range(start, min(n // 5, start + 1000))])
-            p.zadd("zset", {f"member:{i}": i / 7 for i in range(start, min(n // 5, start + 1000))})
+            p.sadd("set", *[f"member:{i}" for i in range(start, small_end)])
+            p.zadd("zset", {f"member:{i}": i / 7 for i in range(start, small_end)})
         p.execute()
 
 
@@ -108,8 +110,18 @@ def _pings(port: int) -> bool:
         return False
 
 
-def resync(master_port: int, replica_port: int) -> float:
+def cpu(proc: subprocess.Popen[bytes]) -> float:
+    t = psutil.Process(proc.pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def resync(master: tuple[subprocess.Popen[bytes], int],
+           replica: tuple[subprocess.Popen[bytes], int]) -> str:
+    """Wall seconds from REPLICAOF to caught up, and the CPU seconds each side spent (the
+    machine may be shared: the CPU figures are the ones to compare)."""
+    (mproc, master_port), (rproc, replica_port) = master, replica
     m, r = redis.Redis(port=master_port), redis.Redis(port=replica_port)
+    mcpu, rcpu = cpu(mproc), cpu(rproc)
     began = time.time()
     r.execute_command("REPLICAOF", "127.0.0.1", str(master_port))
 
@@ -120,7 +132,9 @@ def resync(master_port: int, replica_port: int) -> float:
                     "master_repl_offset"])
 
     wait(done)
-    return time.time() - began
+    wall = time.time() - began
+    return (f"{wall:.2f} s wall, master {cpu(mproc) - mcpu:.2f} s CPU, replica "
+            f"{cpu(rproc) - rcpu:.2f} s CPU")
 
 
 def anon() -> int:
@@ -163,21 +177,23 @@ def main() -> None:
         master_dir = os.path.join(work, "master")
         fill_store(master_dir, n)
         print(snapshot_cost(master_dir), flush=True)
-        mp, mport = start_bitkv(master_dir)
-        procs.append(mp)
-        rp, rport = start_redis(os.path.join(work, "redis-replica"))
-        procs.append(rp)
-        print(f"bitkv master -> redis-server replica: {resync(mport, rport):.2f} s", flush=True)
-        bp, bport = start_bitkv(os.path.join(work, "bitkv-replica"))
-        procs.append(bp)
-        print(f"bitkv master -> bitkv replica: {resync(mport, bport):.2f} s", flush=True)
-        redis.Redis(port=bport).execute_command("REPLICAOF", "NO", "ONE")
-        rm, rmport = start_redis(os.path.join(work, "redis-master"))
-        procs.append(rm)
-        fill_redis(redis.Redis(port=rmport), n)
-        bp2, bport2 = start_bitkv(os.path.join(work, "bitkv-replica2"))
-        procs.append(bp2)
-        print(f"redis-server master -> bitkv replica: {resync(rmport, bport2):.2f} s", flush=True)
+        master = start_bitkv(master_dir)
+        procs.append(master[0])
+        redis_replica = start_redis(os.path.join(work, "redis-replica"))
+        procs.append(redis_replica[0])
+        print(f"bitkv master -> redis-server replica: {resync(master, redis_replica)}",
+              flush=True)
+        bitkv_replica = start_bitkv(os.path.join(work, "bitkv-replica"))
+        procs.append(bitkv_replica[0])
+        print(f"bitkv master -> bitkv replica: {resync(master, bitkv_replica)}", flush=True)
+        redis.Redis(port=bitkv_replica[1]).execute_command("REPLICAOF", "NO", "ONE")
+        redis_master = start_redis(os.path.join(work, "redis-master"))
+        procs.append(redis_master[0])
+        fill_redis(redis.Redis(port=redis_master[1]), n)
+        bitkv_replica2 = start_bitkv(os.path.join(work, "bitkv-replica2"))
+        procs.append(bitkv_replica2[0])
+        print(f"redis-server master -> bitkv replica: {resync(redis_master, bitkv_replica2)}",
+              flush=True)
     finally:
         for p in procs:
             p.terminate()
