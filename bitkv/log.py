@@ -4,12 +4,14 @@ commit, the DURABLE mark, the MANIFEST commits, and the refuse-writes state.
 One :class:`LogWriter` per writable store. The store holds its writer lock around every call
 that changes the log (``append``, ``rotate``, ``install``); ``wait_durable`` never holds it, so
 writers keep appending while the disk works, and concurrent writers share one fdatasync (group
-commit, as LevelDB's writer queue and Redis's AOF do it): the first to arrive is the *leader*
-and syncs everything appended so far; those arriving meanwhile wait on a condition and, woken
-together when it is done, either find their record covered or elect the next leader, whose one
-fdatasync covers all of them. A writer that no fdatasync in flight covers may lead one at once
-while another is still in flight (``LogWriter.max_syncs_in_flight``, two): a flush queued
-behind another waits for both, overlapping ones are served together.
+commit): the first to arrive is the *leader* and syncs everything appended so far; those
+arriving meanwhile wait on a condition and, woken together when it is done, either find their
+record covered or elect the next leader, whose one fdatasync covers all of them. A writer that
+no fdatasync in flight covers may lead one at once while another is still in flight
+(``LogWriter.max_syncs_in_flight``, two): a flush queued behind another waits for both,
+overlapping ones are served together. Plain ``sync="always"`` puts do not come here one by
+one: the store's write queue (writequeue.py) appends a whole group of them with one write and
+calls ``wait_durable`` once for it, so their followers never wake on this condition.
 
 After a failed fsync (anywhere: the store's FileIO is wrapped in :class:`fileio.FsyncGuard`,
 which reports to :meth:`LogWriter.fail`), or when what is on disk is otherwise in doubt, the

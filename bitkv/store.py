@@ -67,6 +67,7 @@ from .validate import (
     to_value,
 )
 from .views import ItemsView, KeysView, ValuesView
+from .writequeue import WriteQueue
 
 if TYPE_CHECKING:
     from ._native import Reader, Writer
@@ -105,6 +106,9 @@ _unpack_header = rec.HEADER.unpack_from
 _pack_body = struct.Struct("<BBHIQQ").pack
 _pack_crc = struct.Struct("<I").pack
 _HEADER_SIZE = rec.HEADER_SIZE
+# A plain put waiting in the write queue: key, value as stored (compressed, not yet sealed:
+# sealing needs the seq), record flags, expiry in Unix ms (0: none).
+_QueuedPut = tuple[bytes, bytes, int, int]
 _crc32c = crc32c
 _MISSING: Any = object()
 _live_bytes_of = operator.attrgetter("live_bytes")
@@ -387,6 +391,10 @@ class Store(MutableMapping[bytes, bytes]):
         # sync="always", which pwrites and fdatasyncs (LogWriter.map_writes says why).
         self._map_writes = sync != "always"
         self._lock = threading.Lock()  # the writer lock: every change of the log and index
+        # sync="always": plain puts queue here and are committed in groups, each one write and
+        # one fdatasync for every writer queued (writequeue.py, _commit_puts).
+        self._write_queue: WriteQueue[_QueuedPut] | None = (
+            WriteQueue(self._commit_puts) if self._sync_always and not readonly else None)
         self._closed = False
         self._store_lock: StoreLock | None = None
         self._maintenance = Maintenance(
@@ -855,6 +863,12 @@ class Store(MutableMapping[bytes, bytes]):
                 if keep_ttl and live:
                     expiry_ms = self._expiries.get(k, 0) if self._expiries else 0
                 seg, end = self._write_locked(k, v, flags, expiry_ms)
+        elif (self._write_queue is not None and self._evictor is None
+              and not self._deferral.depth):
+            # sync="always": one write and one fdatasync for this put and every other queued
+            # meanwhile (_commit_puts); returns once they are on disk.
+            self._write_queue.submit((k, v, flags, expiry_ms), _HEADER_SIZE + len(k) + len(v))
+            return True
         else:
             with self._lock:
                 if self._log.refused:
@@ -912,6 +926,34 @@ class Store(MutableMapping[bytes, bytes]):
         if self._sync_always and not self._deferral.depth:
             self._log.wait_durable(seg, end)
         return True
+
+    def _commit_puts(self, puts: list[_QueuedPut]) -> None:
+        """Write a group of plain puts (key, value as stored but not sealed, flags, expiry)
+        with one append, in the order given, index them, and return once they are fdatasynced
+        (the group commit of the write queue: writequeue.py). Raises for all of them: nothing
+        is written if the append fails; after a failed fdatasync writes are refused."""
+        with self._lock:
+            if self._log.refused:
+                self._check_writable()
+            seq = first_seq = self._next_seq
+            sealing = self._sealing
+            records = []
+            for k, v, flags, expiry_ms in puts:
+                if sealing:
+                    v, flags = self._codec.seal(k, v, flags, seq, expiry_ms)
+                records.append((rec.encode(k, v, seq, expiry_ms, flags), flags))
+                seq += 1
+            # One write for the group; the seqs are taken only once it succeeded, so that
+            # appended seqs stay contiguous and in log order (recovery relies on both).
+            seg, offset = self._log.append(
+                records[0][0] if len(records) == 1 else b"".join(r for r, _ in records))
+            self._next_seq = first_seq + len(records)
+            apply = self._keydir.apply
+            slot = seg.slot
+            for (k, _, _, expiry_ms), (data, flags) in zip(puts, records, strict=True):
+                apply(seg, slot, k, offset, len(data), flags, expiry_ms)
+                offset += len(data)
+        self._log.wait_durable(seg, offset)
 
     def _write_locked(self, k: bytes, stored: bytes, flags: int, expiry_ms: int
                       ) -> tuple[Segment, int]:
@@ -1554,6 +1596,19 @@ class Store(MutableMapping[bytes, bytes]):
     def eviction(self) -> str:
         """The eviction policy that keeps :attr:`max_bytes` (one of Redis's names)."""
         return self.bound.eviction
+
+    @property
+    def out_of_room(self) -> bool:
+        """True when the bound (:attr:`max_bytes`) leaves no room for even the smallest
+        record and the ``noeviction`` policy frees none: any write that adds a record fails
+        with :class:`StoreFullError` now. The server refuses Redis's use-memory commands
+        then (``-OOM``), also when queued in MULTI, as Redis does over ``maxmemory``."""
+        bound = self.bound
+        if not bound.max_bytes or bound.eviction != "noeviction":
+            return False
+        with self._lock:
+            live = self._live_bytes_locked()
+        return live + rec.MIN_RECORD_SIZE > bound.max_bytes
 
     @property
     def evicted_keys(self) -> int:

@@ -5,10 +5,10 @@
 
 A_DIR and B_DIR are source trees (each with its compiled extension built in place, e.g. a
 `git archive REV | tar -x` of the baseline and this worktree); each server runs with that
-tree first on PYTHONPATH. In every round each test (SET and GET) runs against A then B, or B
-then A (alternating), so that a busy machine affects both alike. Printed per test: the median
-requests/s of each and B/A, and the median CPU time per request of each server (from /proc,
-less disturbed by other load than requests/s) and B/A.
+tree first on PYTHONPATH. In every round each test (SET and GET, or those of --tests) runs
+against A then B, or B then A (alternating), so that a busy machine affects both alike.
+Printed per test: the median requests/s of each and B/A, and the median CPU time per request
+of each server (from /proc, less disturbed by other load than requests/s) and B/A.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200000)
     ap.add_argument("-P", "--pipeline", type=int, default=16)
     ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--tests", default="SET,GET",
+                    help="comma-separated redis-benchmark tests (e.g. SET,INCR)")
     args = ap.parse_args()
+    tests = [t.strip().upper() for t in args.tests.split(",") if t.strip()]
     work = tempfile.mkdtemp(prefix="bitkv-ab-")
     servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     try:
@@ -57,7 +60,7 @@ def main() -> None:
         rates: dict[tuple[str, str], list[float]] = {}
         cpu: dict[tuple[str, str], list[float]] = {}
         for r in range(args.rounds):
-            for test in ("SET", "GET"):
+            for test in tests:
                 order = ("A", "B") if r % 2 == 0 else ("B", "A")
                 for name in order:
                     port, proc = servers[name]
@@ -72,7 +75,7 @@ def main() -> None:
               f"(medians); A={args.a} B={args.b}")
         print("| test | A req/s | B req/s | B/A | A CPU us/req | B CPU us/req | B/A CPU |")
         print("|---|---|---|---|---|---|---|")
-        for test in ("SET", "GET"):
+        for test in tests:
             ra, rb = (statistics.median(rates[(test, n)]) for n in "AB")
             ca, cb = (statistics.median(cpu[(test, n)]) for n in "AB")
             print(f"| {test} | {ra:,.0f} | {rb:,.0f} | {rb / ra:.3f} | {ca:.2f} | {cb:.2f} | "

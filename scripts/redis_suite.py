@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
 import socket
@@ -88,6 +89,23 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
     raise RuntimeError(f"no server answering on port {port} after {timeout} s")
 
 
+def free_base_port() -> int:
+    """A ``--baseport`` for runtest whose test-server port (base - 32, where its clients
+    report) and that port + 10000 (runtest checks it too) are free: the default (21111)
+    collides with another run of the suite on the same machine."""
+    rng = random.Random()
+    for _attempt in range(200):
+        base = rng.randrange(22000, 55000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", base - 32))
+                b.bind(("127.0.0.1", base - 32 + 10000))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port pair for runtest's --baseport")
+
+
 def start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     data = workdir / f"{kind}-data"
@@ -108,21 +126,38 @@ def start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int
     return proc, port
 
 
+PORT_IN_USE = "couldn't open socket: address already in use"
+
+
+def random_baseport() -> int:
+    """A base port for the suite's own sockets. Its default (21111) makes runs on one machine
+    collide: the test server listens at a port just below it (and probes that port + 10000),
+    so a second run at the same time failed at once with "address already in use". Below
+    Linux's ephemeral range (32768-60999), where a client connection's local port made the
+    test server's bind fail though the suite's probe had found the port free."""
+    return random.randrange(22_000, 32_000, 64)
+
+
 def run_unit(source: Path, unit: str, port: int, log: Path, skip: list[str]) -> UnitResult:
     argv = ["tclsh8.6" if shutil.which("tclsh8.6") else "tclsh", "tests/test_helper.tcl",
             "--host", "127.0.0.1", "--port", str(port), "--singledb", "--durable",
             "--ignore-encoding", "--ignore-digest", "--timeout", "120", "--clients", "1",
+            "--baseport", str(free_base_port()),
             "--tags", " ".join("-" + t for t in DENY_TAGS), "--single", f"unit/{unit}"]
     for name in skip:
         argv += ["--skiptest", name]
     aborted = ""
-    try:
-        done = subprocess.run(argv, cwd=source, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=UNIT_TIMEOUT_S, check=False)
-        output = done.stdout.decode("utf-8", "replace")
-    except subprocess.TimeoutExpired as exc:
-        output = (exc.stdout or b"").decode("utf-8", "replace")
-        aborted = f"timed out after {UNIT_TIMEOUT_S} s"
+    for _attempt in range(3):  # another base port if the test server could not listen
+        try:
+            done = subprocess.run([*argv, "--baseport", str(random_baseport())], cwd=source,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  timeout=UNIT_TIMEOUT_S, check=False)
+            output = done.stdout.decode("utf-8", "replace")
+        except subprocess.TimeoutExpired as exc:
+            output = (exc.stdout or b"").decode("utf-8", "replace")
+            aborted = f"timed out after {UNIT_TIMEOUT_S} s"
+        if PORT_IN_USE not in output:
+            break
     log.write_text(output)
     result = parse_output(output)
     result.aborted = aborted or result.aborted

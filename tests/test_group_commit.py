@@ -1,7 +1,8 @@
-"""Group commit under ``sync="always"`` (LogWriter.wait_durable): concurrent writers share
-fdatasyncs, every acknowledged write survives a power cut and a kill -9 with eight writers at
-once, an fdatasync failure is final for every writer, and a lone writer neither yields the
-GIL after each write nor spends a system call on the DURABLE mark."""
+"""Group commit under ``sync="always"``: concurrent puts are committed in groups by the write
+queue (writequeue.py: one write and one fdatasync per group, followers do no I/O), other writes
+share fdatasyncs in LogWriter.wait_durable; every acknowledged write survives a power cut and a
+kill -9 with eight writers at once, an fdatasync failure is final for every writer, and a lone
+writer neither yields the GIL after each write nor spends a system call on the DURABLE mark."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -32,11 +34,16 @@ def _value(key: bytes) -> bytes:
     return key * 12
 
 
+def _put(db: bitkv.Store, key: bytes) -> None:
+    db.put(key, _value(key))
+
+
 def _write_concurrently(db: bitkv.Store, io: RecordingFileIO | None, per_thread: int,
-                        stop_on_error: bool = False
-                        ) -> tuple[dict[bytes, int], list[BaseException]]:
-    """``THREADS`` threads put ``per_thread`` distinct keys each; return key -> the index of
-    its acknowledgement in ``io.events`` (or a count without ``io``), and the errors raised."""
+                        stop_on_error: bool = False, write: Callable[[bitkv.Store, bytes], object]
+                        = _put) -> tuple[dict[bytes, int], list[BaseException]]:
+    """``THREADS`` threads write (``write``: put by default) ``per_thread`` distinct keys each;
+    return key -> the index of its acknowledgement in ``io.events`` (or a count without
+    ``io``), and the errors raised."""
     acked: dict[bytes, int] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(THREADS)
@@ -50,7 +57,7 @@ def _write_concurrently(db: bitkv.Store, io: RecordingFileIO | None, per_thread:
                 io.current_op = op
                 io.mark("intent", op)
             try:
-                db.put(key, _value(key))
+                write(db, key)
             except (OSError, bitkv.Error) as exc:
                 errors.append(exc)
                 if stop_on_error:
@@ -177,8 +184,103 @@ class _SlowSyncIO(FileIO):
                 self.running -= 1
 
 
-def test_concurrent_writers_share_fdatasyncs_with_a_bounded_pipeline(fast_db_path,
-                                                                     monkeypatch):
+def test_concurrent_puts_are_committed_in_groups_one_fdatasync_at_a_time(fast_db_path):
+    io = _SlowSyncIO(0.02)
+    with bitkv.open(fast_db_path, sync="always", fileio=io, auto_compact=False) as db:
+        acked, errors = _write_concurrently(db, None, per_thread=6)
+        assert not errors and len(acked) == THREADS * 6
+        for key in acked:
+            assert db.get(key) == _value(key)
+    # Each put its own fdatasync would be 48; the queue commits everything queued while the
+    # last fdatasync ran (seven writers, then the ones it woke: groups of about 4-7).
+    assert io.calls <= len(acked) // 3, io.calls
+    assert io.most_at_once == 1  # one group at a time: nothing overlaps
+
+
+class _CountingSyncIO(FileIO):
+    """Counts fdatasyncs and the pwrites of records into segments (not the zeros written into
+    preallocated room); with ``armed``, the first fdatasync blocks until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        self.fdatasyncs = 0
+        self.record_writes = 0
+        self.armed = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self._lock = threading.Lock()
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        if any(data):
+            with self._lock:
+                self.record_writes += 1
+        super().pwrite(fd, data, offset)
+
+    def fdatasync(self, fd: int) -> None:
+        with self._lock:
+            self.fdatasyncs += 1
+            armed, self.armed = self.armed, False
+        if armed:
+            self.entered.set()
+            self.gate.wait(10)
+        super().fdatasync(fd)
+
+
+def test_puts_queued_behind_an_fdatasync_are_one_write_and_one_fdatasync(fast_db_path):
+    """Regression for issue 14's group commit: every writer pwrote its own record, and the
+    writers queued behind an fdatasync woke to take the GIL one by one, so 8 threads shared
+    an fdatasync between about two puts. Now the next leader writes all of them at once."""
+    io = _CountingSyncIO()
+    db = bitkv.open(fast_db_path, sync="always", fileio=io, auto_compact=False)
+    try:
+        db.put(b"first", b"v")
+        io.armed = True
+        io.record_writes = io.fdatasyncs = 0
+        leader = threading.Thread(target=db.put, args=(b"leader", b"x" * 100))
+        leader.start()
+        assert io.entered.wait(10)
+        queue = db._write_queue
+        assert queue is not None
+        followers = [threading.Thread(target=db.put, args=(b"f%d" % i, b"y" * 100))
+                     for i in range(THREADS - 1)]
+        for th in followers:
+            th.start()
+        deadline = time.monotonic() + 10
+        while len(queue) < len(followers) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(queue) == len(followers)
+        io.gate.set()
+        for th in [leader, *followers]:
+            th.join(10)
+        # The leader's put, then the seven queued behind it: two writes, two fdatasyncs.
+        assert (io.record_writes, io.fdatasyncs) == (2, 2)
+        assert db.get(b"leader") == b"x" * 100
+        assert all(db.get(b"f%d" % i) == b"y" * 100 for i in range(THREADS - 1))
+    finally:
+        io.gate.set()
+        db.close()
+
+
+def test_eight_writers_on_a_real_disk_share_each_write_and_fdatasync(fast_db_path):
+    """Not a timing test: whatever the disk's speed, each group is one write and one
+    fdatasync, and eight threads putting at once form groups of more than one."""
+    io = _CountingSyncIO()
+    with bitkv.open(fast_db_path, sync="always", fileio=io, auto_compact=False) as db:
+        io.record_writes = io.fdatasyncs = 0
+        acked, errors = _write_concurrently(db, None, per_thread=40)
+        assert not errors and len(acked) == THREADS * 40
+        assert io.record_writes == io.fdatasyncs
+        assert io.fdatasyncs < len(acked), (io.fdatasyncs, len(acked))
+        assert all(db.get(k) == _value(k) for k in acked)
+
+
+def _increment(db: bitkv.Store, key: bytes) -> None:
+    db.incr(key)
+
+
+def test_concurrent_increments_share_fdatasyncs_with_a_bounded_pipeline(fast_db_path,
+                                                                        monkeypatch):
+    """Writes other than plain puts (here incr) append under the writer lock themselves and
+    share fdatasyncs in LogWriter.wait_durable."""
     handoffs: list[int] = []
     real_yield = log_mod.yield_gil
 
@@ -189,11 +291,11 @@ def test_concurrent_writers_share_fdatasyncs_with_a_bounded_pipeline(fast_db_pat
     monkeypatch.setattr(log_mod, "yield_gil", counted_yield)
     io = _SlowSyncIO(0.02)
     with bitkv.open(fast_db_path, sync="always", fileio=io, auto_compact=False) as db:
-        acked, errors = _write_concurrently(db, None, per_thread=6)
+        acked, errors = _write_concurrently(db, None, per_thread=6, write=_increment)
         assert not errors and len(acked) == THREADS * 6
         for key in acked:
-            assert db.get(key) == _value(key)
-    # Without group commit each put would make its own: 48.
+            assert db.get(key) == b"1"
+    # Without group commit each write would make its own: 48.
     assert io.calls <= len(acked) * 2 // 3, io.calls
     # Up to max_syncs_in_flight overlap (a disk serves concurrent flushes faster than one
     # after another), never more.
@@ -382,9 +484,9 @@ def test_an_fdatasync_that_succeeds_beside_a_failing_one_acknowledges_nothing(fa
     db = bitkv.open(fast_db_path, sync="always", fileio=io, auto_compact=False)
     outcome: dict[str, BaseException | None] = {}
 
-    def put(key: bytes) -> None:
+    def write(key: bytes, how: Callable[[bytes], object]) -> None:
         try:
-            db.put(key, b"x" * 100)
+            how(key)
             outcome[key.decode()] = None
         except BaseException as exc:  # the outcome is what is checked
             outcome[key.decode()] = exc
@@ -392,11 +494,13 @@ def test_an_fdatasync_that_succeeds_beside_a_failing_one_acknowledges_nothing(fa
     try:
         db.put(b"before", b"v")
         io.armed = True
-        slow = threading.Thread(target=put, args=(b"slow",))
+        slow = threading.Thread(target=write, args=(b"slow", lambda k: db.put(k, b"x" * 100)))
         slow.start()
         assert io.entered.wait(10)
-        fast = threading.Thread(target=put, args=(b"fast",))
-        fast.start()  # its own fdatasync (the slow one's does not cover it) succeeds
+        # Not a plain put (which would queue behind the slow one's group): an incr appends
+        # at once, and its own fdatasync (the slow one's does not cover it) succeeds.
+        fast = threading.Thread(target=write, args=(b"fast", db.incr))
+        fast.start()
         fast.join(0.5)
         io.gate.set()
         slow.join(10)

@@ -544,7 +544,7 @@ def test_bgrewriteaof_compacts_in_the_background(r):
     assert persistence["aof_last_bgrewrite_status"] == "ok"
     assert r.get("k300") == b"v4-300" * 10
     assert r.get("k10") is None
-    assert r.dbsize() == 251
+    assert r.dbsize() == 250 + r.exists("during")  # (none if the compaction ended at once)
 
 
 def test_multi_exec_discard(r):

@@ -459,3 +459,27 @@ def test_redis_suite_script_reads_runtest_output_and_prints_the_table():
     real = {"multi": redis_suite.UnitResult(passed=["a", "b", "c", "d"])}
     lines = redis_suite.table(["multi"], real, bitkv, markdown=True).splitlines()
     assert lines[2] == "| multi | 4 | 2 | 50% |" and lines[-1] == "| total | 4 | 2 | 50% |"
+
+
+def test_redis_suite_gives_runtest_a_free_base_port(tmp_path, monkeypatch):
+    """Two runs on one machine both took runtest's default test-server port (21079): the
+    second failed every unit with "address already in use". Each run now picks a free one."""
+    import socket
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
+    import redis_suite
+
+    seen: list[list[str]] = []
+
+    def fake_run(argv, **kwargs):
+        seen.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout=b"", stderr=b"")
+
+    monkeypatch.setattr(redis_suite.subprocess, "run", fake_run)
+    redis_suite.run_unit(tmp_path, "multi", 1234, tmp_path / "out", [])
+    base = int(seen[0][seen[0].index("--baseport") + 1])
+    for port in (base - 32, base - 32 + 10000):  # runtest binds both
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

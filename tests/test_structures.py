@@ -104,7 +104,7 @@ def test_a_failed_write_leaves_the_index_unchanged(db, monkeypatch):
     with s.edit(b"h", HashIndex) as e:
         e.put(b"f", b"v")
 
-    def refuse(ops):
+    def refuse(ops, names=None):
         raise bitkv.StoreFullError("no room")
 
     monkeypatch.setattr(s, "write", refuse)
@@ -164,3 +164,71 @@ def test_copy_ops_and_delete_ops(db):
     h2 = s.find(b"h2", HashIndex)
     assert h2 is not None and s.read_many(h2, [b"f", b"g"]) == [b"v", b"w"]
     assert s.keys() == [b"h2"]
+
+
+def test_commit_edits_writes_two_collections_in_one_batch(db):
+    s = Structures(db)
+    with s.edit(b"src", SetIndex) as e:
+        e.put(b"m", b"")
+    src, dst = s.edit(b"src", SetIndex), s.edit(b"dst", SetIndex)
+    src.delete(b"m")
+    dst.put(b"m", b"")
+    batches = []
+    real_batch = db.batch
+
+    def counting_batch():
+        batches.append(1)
+        return real_batch()
+
+    db.batch = counting_batch  # type: ignore[method-assign]
+    s.commit_edits([src, dst])
+    del db.batch
+    assert batches == [1]
+    assert s.find(b"src", SetIndex) is None  # emptied: the key is gone, header too
+    assert header_key(b"src") not in db
+    d = s.find(b"dst", SetIndex)
+    assert d is not None and list(d.members) == [b"m"]
+    assert len(src) == len(dst) == 0  # committed edits are left empty
+    with pytest.raises(ValueError, match="two edits"):
+        s.commit_edits([s.edit(b"dst", SetIndex), s.edit(b"dst", SetIndex)])
+
+
+def test_replace_ops_and_new_collection_ops_overwrite_any_type(db):
+    s = Structures(db)
+    db.put(b"str", b"x")
+    with s.edit(b"h", HashIndex) as e:
+        e.put(b"f", b"v")
+    for key in (b"str", b"h", b"none"):
+        new = SetIndex(key)
+        s.write(s.replace_ops(key) + s.new_collection_ops(new, {b"a": b"", b"b": b""}))
+        s.forget(key)
+        s.install(new)
+        found = s.find(key, SetIndex)
+        assert found is not None and list(found.members) == [b"a", b"b"]
+    assert s.new_collection_ops(SetIndex(b"e"), {}) == []
+    assert db.get(b"str") is None  # the string itself was deleted
+    with pytest.raises(ReservedKeyError):
+        s.replace_ops(PREFIX + b"x")
+    s2 = Structures(db)  # what was written is what reloads
+    assert sorted(s2.keys()) == [b"h", b"none", b"str"]
+    assert s2.find(b"h", SetIndex) is not None
+
+
+def test_set_sampler_stays_dense_and_matches_members():
+    import random
+
+    idx = SetIndex(b"s")
+    model: set[bytes] = set()
+    rnd = random.Random(7)
+    for _ in range(2000):
+        m = b"%d" % rnd.randrange(60)
+        if rnd.random() < 0.5:
+            idx.on_put(m, b"")
+            model.add(m)
+        else:
+            idx.on_delete(m)
+            model.discard(m)
+        assert sorted(idx.sampler) == sorted(model) == sorted(idx.members)
+        assert all(idx.sampler[slot] == m for m, slot in idx.members.items())
+    if model:
+        assert idx.random_member(rnd.randrange) in model

@@ -47,6 +47,7 @@ from .commands import (
     COMMANDS,
     F_ANY,
     F_ASYNC,
+    F_DENYOOM,
     F_NEEDAUTH,
     F_NOAUTH,
     F_NOMULTI,
@@ -54,6 +55,7 @@ from .commands import (
     F_STATE,
     F_TXCTL,
     F_WRITE,
+    OOM,
     CommandError,
     ScanIndex,
     Spec,
@@ -327,6 +329,7 @@ def error_reply(exc: Exception) -> bytes:
 # tombstones); more wait for the next tick or are deleted when touched.
 EXPIRE_COLLECTIONS_PER_TICK = 100
 WRONGTYPE = error(str(WrongTypeError()))
+OOM_REPLY = error(OOM)
 
 
 class Connection(asyncio.Protocol):
@@ -349,8 +352,8 @@ class Connection(asyncio.Protocol):
         self.lib_ver = b""
         self.multi: list[tuple[Spec, list[bytes]]] | None = None
         self.multi_dirty = False
-        # WATCH: each watched key's Store.version when it was watched (commands/transactions.py)
-        self.watched: dict[bytes, int | None] | None = None
+        # WATCH: each watched key's versions when it was watched (commands/transactions.py)
+        self.watched: dict[bytes, tuple[int | None, int | None]] | None = None
         # Pub/Sub: what this client is subscribed to (None: nothing, see pubsub.py); the
         # messages published to it and not yet written, and their bytes (Connection.push);
         # since when its unsent output has been over the soft limit.
@@ -821,6 +824,13 @@ class Connection(asyncio.Protocol):
             if self.multi is not None:
                 self.multi_dirty = True  # as Redis: the transaction fails with EXECABORT
             return READONLY
+        if (flags & F_DENYOOM or (self.multi is not None and not flags & F_TXCTL)) \
+                and self.db.out_of_room:
+            # Redis refuses a command that may add data when over maxmemory, and inside
+            # MULTI any command but EXEC/DISCARD/QUIT/RESET (queueing takes memory too).
+            if self.multi is not None:
+                self.multi_dirty = True
+            return OOM_REPLY
         if self.pubsub_restricted and not flags & F_PUBSUB:  # after READONLY, as in Redis
             return error(f"ERR Can't execute '{full_name(spec, args)}': only (P|S)SUBSCRIBE / "
                          "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
@@ -1333,7 +1343,8 @@ class Server:
         try:
             if config.memcached_port is not None:
                 memcache = self.memcache = Memcache(
-                    self.db, self, max_item_size=config.memcached_max_item_size)
+                    self.db, self, max_item_size=config.memcached_max_item_size,
+                    structures=self.structures)
                 mc_listener = await loop.create_server(
                     lambda: MemcacheConnection(self, memcache),
                     host=list(config.memcached_hosts), port=config.memcached_port,

@@ -9,7 +9,7 @@ way a record changes the index.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 from sortedcontainers import SortedList
@@ -87,14 +87,19 @@ class HashIndex(Collection):
 
 
 class SetIndex(Collection):
-    """A set's members, in insertion order."""
+    """A set's members. ``members`` maps each member to its slot in ``sampler``, a list of
+    the members in no particular order, which gives SPOP and SRANDMEMBER a uniformly random
+    member in O(1): a removed member's slot takes the last member (swap-remove), so the
+    list stays dense. ``members`` itself keeps insertion order (the order SMEMBERS answers
+    in and :meth:`subs` walks)."""
 
     TYPE, NAME = SET, "set"
-    __slots__ = ("members",)
+    __slots__ = ("members", "sampler")
 
     def __init__(self, key: bytes) -> None:
         super().__init__(key)
-        self.members: dict[bytes, None] = {}
+        self.members: dict[bytes, int] = {}
+        self.sampler: list[bytes] = []
 
     def __len__(self) -> int:
         return len(self.members)
@@ -105,11 +110,24 @@ class SetIndex(Collection):
     def subs(self) -> Iterator[bytes]:
         return iter(list(self.members))
 
+    def random_member(self, rng: Callable[[int], int]) -> bytes:
+        """A uniformly random member (``rng(n)``: a random int in [0, n)); the set is not
+        empty."""
+        return self.sampler[rng(len(self.sampler))]
+
     def on_put(self, sub: bytes, value: bytes) -> None:
-        self.members[sub] = None
+        if sub not in self.members:
+            self.members[sub] = len(self.sampler)
+            self.sampler.append(sub)
 
     def on_delete(self, sub: bytes) -> None:
-        self.members.pop(sub, None)
+        slot = self.members.pop(sub, None)
+        if slot is None:
+            return
+        last = self.sampler.pop()
+        if slot < len(self.sampler):  # the removed member was not the last: fill its slot
+            self.sampler[slot] = last
+            self.members[last] = slot
 
 
 class ListIndex(Collection):

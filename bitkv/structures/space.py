@@ -27,6 +27,7 @@ from ..errors import Error
 from .collection import KINDS, Collection
 from .encoding import (
     FORMAT,
+    HEADER,
     LIST,
     PREFIX,
     TYPE_NAMES,
@@ -72,6 +73,19 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _length_after(c: Collection, staged: dict[bytes, bytes | None]) -> int:
+    """``c``'s length once ``staged`` (sub -> value, None: delete) is written."""
+    n = len(c)
+    has = c.has
+    for sub, value in staged.items():
+        if value is None:
+            if has(sub):
+                n -= 1
+        elif not has(sub):
+            n += 1
+    return n
+
+
 class Edit:
     """Staged changes to one collection, written as one batch by :meth:`commit` (or on
     leaving a ``with`` block without an exception). ``collection`` is the index as it was
@@ -98,15 +112,7 @@ class Edit:
 
     def final_length(self) -> int:
         """The collection's length once the staged changes are written."""
-        c = self.collection
-        n = len(c)
-        for sub, value in self._staged.items():
-            had = c.has(sub)
-            if value is None and had:
-                n -= 1
-            elif value is not None and not had:
-                n += 1
-        return n
+        return _length_after(self.collection, self._staged)
 
     def commit(self) -> None:
         staged, self._staged = self._staged, {}
@@ -129,6 +135,15 @@ class Structures:
         self._clock = clock
         self._collections: dict[bytes, Collection] = {}
         self._expiring: dict[bytes, None] = {}  # the collections with an expiry
+        # WATCH: the stamp of each collection's last write (a serial, larger at every write
+        # of any collection; none yet: loaded so and unchanged since).
+        self._stamps: dict[bytes, int] = {}
+        self._serial = 0
+        # DBSIZE: how many records the collections hold, kept up to date lazily: a write
+        # marks the names it touched, record_count() recounts just those.
+        self._counted: dict[bytes, int] = {}
+        self._records = 0
+        self._dirty: set[bytes] = set()
         self.orphans_removed = 0
         self.malformed = 0
         self.load()
@@ -197,6 +212,10 @@ class Structures:
         self._collections.clear()
         self._collections.update(collections)
         self._expiring = {k: None for k, c in collections.items() if c.expire_ms}
+        self._stamps.clear()
+        self._counted = {k: len(c) + 1 for k, c in collections.items()}
+        self._records = sum(self._counted.values())
+        self._dirty.clear()
         if malformed:
             log.warning("%d malformed collection record(s) ignored", malformed)
         self.malformed = malformed
@@ -296,18 +315,29 @@ class Structures:
     # -- writes -----------------------------------------------------------------------------
 
     def _commit_edit(self, c: Collection, new: bool, staged: dict[bytes, bytes | None]) -> None:
-        final = Edit(self, c, new)
-        final._staged = staged
-        remaining = final.final_length()
+        ops, remaining = self._edit_ops(c, new, staged)
+        if ops:
+            self.write(ops, (c.key,))
+            self._apply_edit(c, new, staged, remaining)
+
+    def _edit_ops(self, c: Collection, new: bool, staged: dict[bytes, bytes | None]
+                  ) -> tuple[list[Op], int]:
+        """The ops that write ``staged`` to ``c`` ([] when there is nothing to write), and
+        the collection's length after them."""
+        remaining = _length_after(c, staged)
         prefix = c.prefix
         ops: list[Op] = [(prefix + sub, value, None) for sub, value in staged.items()]
         if remaining == 0:
             if new:
-                return  # nothing was there and nothing stays: no write at all
+                return [], 0  # nothing was there and nothing stays: no write at all
             ops.append((header_key(c.key), None, None))
         elif new:
             ops.append((header_key(c.key), header_value(c.TYPE), None))
-        self.write(ops)
+        return ops, remaining
+
+    def _apply_edit(self, c: Collection, new: bool, staged: dict[bytes, bytes | None],
+                    remaining: int) -> None:
+        """Bring the index up to date once ``staged`` is written."""
         for sub, value in staged.items():
             if value is None:
                 c.on_delete(sub)
@@ -318,9 +348,75 @@ class Structures:
         elif new:
             self._collections[c.key] = c
 
-    def write(self, ops: list[Op]) -> None:
+    def commit_edits(self, edits: Iterable[Edit]) -> None:
+        """Write the staged changes of several edits, each of a different collection, as ONE
+        batch, then apply them to the index: for a command that changes two keys and must
+        not be half done after a crash (SMOVE, LMOVE). Each edit is left empty, as after
+        :meth:`Edit.commit`; an edit with nothing staged writes nothing."""
+        pending: list[tuple[Collection, bool, dict[bytes, bytes | None], int]] = []
+        ops: list[Op] = []
+        keys: set[bytes] = set()
+        for e in edits:
+            if e.collection.key in keys:
+                raise ValueError(f"two edits of collection {e.collection.key!r} in one batch")
+            keys.add(e.collection.key)
+            staged, e._staged = e._staged, {}
+            edit_ops, remaining = self._edit_ops(e.collection, e._new, staged)
+            if edit_ops:
+                ops.extend(edit_ops)
+                pending.append((e.collection, e._new, staged, remaining))
+        if ops:
+            self.write(ops, keys)
+        for c, new, staged, remaining in pending:
+            self._apply_edit(c, new, staged, remaining)
+
+    def replace_ops(self, key: bytes) -> list[Op]:
+        """The ops that delete whatever ``key`` holds, a string or a collection of any type
+        ([] if nothing), for a caller that writes a new value of ``key`` in the same batch
+        (SINTERSTORE, ZUNIONSTORE...); it then calls :meth:`forget` and :meth:`install`."""
+        check_user_key(key)
+        if key in self._collections:
+            return self.delete_ops(key)
+        return [(key, None, None)] if self._string_exists(key) else []
+
+    def new_collection_ops(self, c: Collection, values: Mapping[bytes, bytes]) -> list[Op]:
+        """The ops that write a new collection ``c`` (a fresh, empty index named ``c.key``)
+        holding ``values`` (sub -> element value), without expiry, and fill ``c``'s index
+        as they will leave it: write them (after :meth:`replace_ops` of the name, in the
+        same batch), then :meth:`forget` the name and :meth:`install` ``c``. [] for no
+        values (an empty collection is no key)."""
+        if not values:
+            return []
+        prefix = c.prefix
+        ops: list[Op] = [(element_key(prefix, sub), v, None) for sub, v in values.items()]
+        ops.append((header_key(c.key), header_value(c.TYPE), None))
+        for sub, v in values.items():
+            c.on_put(sub, v)
+        return ops
+
+    def write(self, ops: list[Op], names: Iterable[bytes] | None = None) -> None:
         """Write ``ops`` as one atomic batch (key, value or None to delete, absolute expiry
-        ms or None)."""
+        ms or None). Every collection whose records are among them counts as written
+        (:meth:`version`, :meth:`record_count`): ``names`` if the caller knows them (an
+        edit of one collection: saves reading them from the ops' keys, about 1 us), marked
+        before the write: a write that then fails costs a WATCH a needless abort and DBSIZE
+        a recount, never a missed change."""
+        self._serial += 1
+        serial, stamps, dirty = self._serial, self._stamps, self._dirty
+        for name in _touched(ops) if names is None else names:
+            stamps[name] = serial
+            dirty.add(name)
+        if len(ops) == 1:
+            # One record is atomic by itself; a plain put takes the store's compiled path
+            # (HSET of one field on an existing hash: about half the CPU of a batch).
+            k, v, expiry = ops[0]
+            if v is None:
+                self._db.delete(k)
+            elif expiry:
+                self._db.put(k, v, expires_at_ms=expiry)
+            else:
+                self._db.put(k, v)
+            return
         with self._db.batch() as b:
             for k, v, expiry in ops:
                 if v is None:
@@ -346,6 +442,35 @@ class Structures:
         """Drop ``key`` from the index once its :meth:`delete_ops` are written."""
         self._collections.pop(key, None)
         self._expiring.pop(key, None)
+        self._stamps.pop(key, None)
+        self._dirty.add(key)
+
+    def version(self, key: bytes) -> int | None:
+        """What WATCH compares for collection ``key``: None if there is no live collection
+        of that name, else a number that changes with every write to it (elements, expiry;
+        a collection deleted and created again gets a new one), 0 for one unchanged since
+        the store was opened."""
+        if self._live(key) is None:
+            return None
+        return self._stamps.get(key, 0)
+
+    def record_count(self) -> int:
+        """How many store records the indexed collections hold (headers and elements), so
+        that a count of the store's keys can leave them out (DBSIZE). Amortised O(1): each
+        call recounts only the collections written since the last."""
+        dirty = self._dirty
+        if dirty:
+            counted, collections = self._counted, self._collections
+            total = self._records
+            for name in dirty:
+                c = collections.get(name)
+                now = len(c) + 1 if c is not None else 0
+                total += now - counted.pop(name, 0)
+                if now:
+                    counted[name] = now
+            self._records = total
+            dirty.clear()
+        return self._records
 
     def delete(self, key: bytes) -> bool:
         """Delete collection ``key``; True if a live one was deleted."""
@@ -379,6 +504,9 @@ class Structures:
     def install(self, c: Collection) -> None:
         """Put ``c`` (from :meth:`copy_ops`) in the index, its ops being written."""
         self._collections[c.key] = c
+        self._serial += 1
+        self._stamps[c.key] = self._serial
+        self._dirty.add(c.key)
         if c.expire_ms:
             self._expiring[c.key] = None
         else:
@@ -393,10 +521,14 @@ class Structures:
         if at_ms is None:
             self._db.put(hk, header_value(c.TYPE))
             c.expire_ms = 0
+            self._serial += 1
+            self._stamps[key] = self._serial
             self._expiring.pop(key, None)
         else:
             self._db.put(hk, header_value(c.TYPE), expires_at_ms=at_ms)
             c.expire_ms = at_ms
+            self._serial += 1
+            self._stamps[key] = self._serial
             self._expiring[key] = None
             if at_ms <= self._clock():
                 self._live(key)  # already expired: deleted now (as Redis's EXPIRE in the past)
@@ -429,6 +561,38 @@ class Structures:
             elements += len(c)
         return {**{f"{n}_keys": v for n, v in counts.items()}, "elements": elements,
                 "orphans_removed": self.orphans_removed, "malformed": self.malformed}
+
+
+_AFTER_PREFIX = len(PREFIX)  # where a header's b"h" or an element's b"e" is
+_NAME_LENGTH = _AFTER_PREFIX + 2  # an element's name length (varint), after b"e" and the type
+_HEADER_BYTE = HEADER[-1]
+
+
+def _touched(ops: list[Op]) -> set[bytes]:
+    """The names of the collections whose records ``ops`` write: one look per run of one
+    collection's element keys, without :func:`parse` for names shorter than 128 bytes."""
+    names: set[bytes] = set()
+    run = PREFIX + b"-"  # the element-key prefix of the last collection seen (none yet)
+    for op in ops:
+        k = op[0]
+        if k.startswith(run) or not k.startswith(PREFIX) or len(k) <= _NAME_LENGTH:
+            continue
+        if k[_AFTER_PREFIX] == _HEADER_BYTE:
+            names.add(k[_AFTER_PREFIX + 1:])
+            continue
+        n = k[_NAME_LENGTH]
+        if 0 < n < 0x80:  # a one-byte varint: the name follows it
+            end = _NAME_LENGTH + 1 + n
+            names.add(k[_NAME_LENGTH + 1:end])
+            run = k[:end]
+            continue
+        parsed = parse(k)
+        if parsed is not None:
+            _type, name, sub = parsed
+            names.add(name)
+            if sub is not None:
+                run = k[:len(k) - len(sub)]
+    return names
 
 
 __all__ = ["Edit", "ReservedKeyError", "Structures", "WrongTypeError", "check_user_key",

@@ -18,6 +18,9 @@ are split by group, each module registering its handlers when imported here:
   PUBLISH, SPUBLISH, PUBSUB
 * :mod:`.replication`  REPLICAOF, SLAVEOF, ROLE (the replica side)
 * :mod:`.functions`    FUNCTION FLUSH, FUNCTION LIST (an always empty library)
+* :mod:`.hashes`       HSET, HGET, HDEL, HINCRBY, HRANDFIELD, HSCAN... (hash collections)
+* :mod:`.sets`         SADD, SREM, SPOP, SMOVE, SINTER/SUNION/SDIFF, SSCAN... (set collections)
+* :mod:`.memory`       MEMORY USAGE (an estimate)
 * :mod:`.tuning`       (no commands) Redis's tuning parameters for CONFIG SET/GET
 * :mod:`.streamlists`  BITKV.LPUT, BITKV.LDEL (list elements in the replication stream)
 
@@ -41,6 +44,9 @@ from . import sync  # noqa: F401 - imported for its @command registrations
 from . import pubsub
 from . import replication  # noqa: F401 - imported for its @command registrations
 from . import bits, functions, stringmath, tuning  # noqa: F401 - imported for their @command registrations
+from . import hashes  # noqa: F401 - imported for its @command registrations
+from . import sets  # noqa: F401 - imported for its @command registrations
+from . import memory  # noqa: F401 - imported for its @command registrations
 from . import streamlists  # noqa: F401 - imported for its @command registrations
 # isort: on
 from .keyspace import ScanIndex
@@ -49,6 +55,7 @@ from .registry import (
     F_ADMIN,
     F_ANY,
     F_ASYNC,
+    F_DENYOOM,
     F_FAST,
     F_NEEDAUTH,
     F_NOAUTH,
@@ -60,6 +67,7 @@ from .registry import (
     F_WRITE,
     INFOS,
     NOT_INT,
+    OOM,
     REDIS_VERSION,
     SYNTAX,
     CommandError,
@@ -79,6 +87,7 @@ __all__ = [
     "F_ADMIN",
     "F_ANY",
     "F_ASYNC",
+    "F_DENYOOM",
     "F_FAST",
     "F_NEEDAUTH",
     "F_NOAUTH",
@@ -90,6 +99,7 @@ __all__ = [
     "F_WRITE",
     "INFOS",
     "NOT_INT",
+    "OOM",
     "REDIS_VERSION",
     "SYNTAX",
     "CommandError",

@@ -32,6 +32,7 @@ from . import tuning
 from .registry import (
     F_ADMIN,
     F_ASYNC,
+    F_DENYOOM,
     F_FAST,
     F_NOAUTH,
     F_NOMULTI,
@@ -53,7 +54,11 @@ if TYPE_CHECKING:
 @command("dbsize", 1, F_READONLY | F_FAST, group="server",
          summary="Return the number of keys in the selected database")
 def cmd_dbsize(c: Connection, args: list[bytes]) -> bytes:
-    return integer(len(c.db))
+    # The store counts every record key; a collection is one key however many records it
+    # has. Both counts are O(1) (amortised for the collections' records).
+    structures = c.structures
+    collections = len(structures)  # (expired ones deleted first)
+    return integer(len(c.db) - structures.record_count() + collections)
 
 
 def _flush_options(args: list[bytes]) -> None:
@@ -71,6 +76,7 @@ def cmd_flushdb(c: Connection, args: list[bytes]) -> bytes:
         with db.batch() as b:  # one atomic write: all keys go, or (after a crash) none
             for k in keys:
                 b.delete(k)
+    c.structures.load()  # (the collections' records went with the rest: now none)
     return OK
 
 
@@ -252,7 +258,8 @@ def cmd_config(c: Connection, args: list[bytes]) -> bytes:
 
 
 _FLAG_NAMES = ((F_WRITE, "write"), (F_READONLY, "readonly"), (F_ADMIN, "admin"),
-               (F_NOAUTH, "no_auth"), (F_NOMULTI, "no_multi"), (F_FAST, "fast"))
+               (F_DENYOOM, "denyoom"), (F_NOAUTH, "no_auth"), (F_NOMULTI, "no_multi"),
+               (F_FAST, "fast"))
 
 
 def _command_entry(info: CommandInfo) -> bytes:

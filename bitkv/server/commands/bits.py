@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 
 from ... import Store
 from ...record import MAX_VALUE_SIZE
+from ...structures import WrongTypeError
 from ..protocol import MINUS_ONE, ONE, ZERO, integer, parse_ll
-from .registry import F_READONLY, F_WRITE, SYNTAX, CommandError, command, to_int
+from .registry import F_DENYOOM, F_READONLY, F_WRITE, SYNTAX, CommandError, command, to_int
+from .strings import live_collections, replace_collections
 
 if TYPE_CHECKING:
     from ..app import Connection
@@ -38,8 +40,9 @@ def _offset(c: Connection, arg: bytes) -> int:
     return n
 
 
-@command("setbit", 4, F_WRITE, (1, 1, 1), "bitmap",
-         "Sets or clears the bit at offset in the string value stored at key", "2.2.0")
+@command("setbit", 4, F_WRITE | F_DENYOOM, (1, 1, 1), "bitmap",
+         "Sets or clears the bit at offset in the string value stored at key", "2.2.0",
+         strings_only=True)
 def cmd_setbit(c: Connection, args: list[bytes]) -> bytes:
     offset = _offset(c, args[2])
     on = parse_ll(args[3])
@@ -62,7 +65,8 @@ def cmd_setbit(c: Connection, args: list[bytes]) -> bytes:
 
 
 @command("getbit", 3, F_READONLY, (1, 1, 1), "bitmap",
-         "Returns the bit value at offset in the string value stored at key", "2.2.0")
+         "Returns the bit value at offset in the string value stored at key", "2.2.0",
+         strings_only=True)
 def cmd_getbit(c: Connection, args: list[bytes]) -> bytes:
     offset = _offset(c, args[2])
     value = _get(c.db, args[1]) or b""
@@ -106,7 +110,7 @@ def _window(value: bytes, first: int, last: int) -> tuple[int, int]:
 
 
 @command("bitcount", -2, F_READONLY, (1, 1, 1), "bitmap", "Count set bits in a string",
-         "2.6.0")
+         "2.6.0", strings_only=True)
 def cmd_bitcount(c: Connection, args: list[bytes]) -> bytes:
     if len(args) == 2:
         whole = _get(c.db, args[1]) or b""
@@ -126,7 +130,7 @@ def cmd_bitcount(c: Connection, args: list[bytes]) -> bytes:
 
 
 @command("bitpos", -3, F_READONLY, (1, 1, 1), "bitmap",
-         "Find first bit set or clear in a string", "2.8.7")
+         "Find first bit set or clear in a string", "2.8.7", strings_only=True)
 def cmd_bitpos(c: Connection, args: list[bytes]) -> bytes:
     bit = to_int(args[2])
     if bit not in (0, 1):
@@ -159,7 +163,7 @@ def cmd_bitpos(c: Connection, args: list[bytes]) -> bytes:
     return integer(span[1] + 1)
 
 
-@command("bitop", -4, F_WRITE, (2, -1, 1), "bitmap",
+@command("bitop", -4, F_WRITE | F_DENYOOM, (2, -1, 1), "bitmap",
          "Perform bitwise operations between strings", "2.6.0")
 def cmd_bitop(c: Connection, args: list[bytes]) -> bytes:
     op = args[1].upper()
@@ -168,10 +172,16 @@ def cmd_bitop(c: Connection, args: list[bytes]) -> bytes:
     if op == b"NOT" and len(args) != 4:
         raise CommandError("ERR BITOP NOT must be called with a single source key.")
     db = c.db
+    if live_collections(c, args[3:]):
+        raise WrongTypeError()
     values = [_get(db, key) or b"" for key in args[3:]]
     size = max(map(len, values))
+    replaced = live_collections(c, [args[2]])  # the destination is overwritten, any type
     if size == 0:
-        db.delete(args[2])
+        if replaced:
+            c.structures.delete(args[2])
+        else:
+            db.delete(args[2])
         return ZERO
     ints = [int.from_bytes(v.ljust(size, b"\0"), "big") for v in values]
     result = ints[0]
@@ -184,5 +194,8 @@ def cmd_bitop(c: Connection, args: list[bytes]) -> bytes:
             result |= x
         else:
             result ^= x
-    db.put(args[2], result.to_bytes(size, "big"))
+    if replaced:
+        replace_collections(c, replaced, [(args[2], result.to_bytes(size, "big"), None)])
+    else:
+        db.put(args[2], result.to_bytes(size, "big"))
     return integer(size)

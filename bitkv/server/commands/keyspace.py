@@ -5,6 +5,10 @@ RENAME and COPY read the source (value and expiry, exact to the ms) and write th
 one store batch, so after a crash either the whole move is there or none of it; no other
 client's command runs in between because handlers run one at a time on the event loop
 thread (and the store is the server's: nothing else writes to it).
+
+A key may name a collection (a hash, set, list or sorted set: :mod:`bitkv.structures`):
+every command here treats it as one key, and lists, counts, expires, renames and copies it
+by name; its records (under :data:`bitkv.structures.PREFIX`) are never shown to a client.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from itertools import islice
 from typing import TYPE_CHECKING
 from zlib import crc32
 
+from ...structures import PREFIX, Collection
+from ...structures.space import Op
 from ..glob import compile_glob, literal_prefix
 from ..protocol import (
     INT64_MAX,
@@ -28,7 +34,9 @@ from ..protocol import (
     integer,
     parse_ll,
 )
+from .encodings import encoding_of
 from .registry import (
+    F_DENYOOM,
     F_FAST,
     F_READONLY,
     F_WRITE,
@@ -116,6 +124,9 @@ def _expire(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
             raise CommandError(f"ERR invalid expire time in '{name}' command")
         n += now_ms
     db = c.db
+    coll = _collection(c, key)
+    if coll is not None:
+        return _expire_collection(c, coll, n, now_ms, nx, xx, gt, lt)
     if nx or xx or gt or lt:
         try:
             found = db.get_with_expiry(key)  # expiry exact to the ms, 0 for none
@@ -140,6 +151,30 @@ def _expire(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
     # The absolute time itself, exact to the ms (a relative ttl would drift by the time
     # between here and the store's clock reading).
     return ONE if db.expire_at(key, n) else ZERO
+
+
+def _collection(c: Connection, key: bytes) -> Collection | None:
+    """The live collection named ``key``, None if there is none (one truth test while the
+    server has no collections)."""
+    structures = c.structures
+    if structures.names and key in structures.names:
+        return structures.collection(key)
+    return None
+
+
+def _expire_collection(c: Connection, coll: Collection, at_ms: int, now_ms: int, nx: bool,
+                       xx: bool, gt: bool, lt: bool) -> bytes:
+    """EXPIRE and its variants on a collection: its header's expiry (one record)."""
+    current = coll.expire_ms or None
+    if (nx and current is not None) or (xx and current is None) \
+            or (gt and (current is None or at_ms <= current)) \
+            or (lt and current is not None and at_ms >= current):
+        return ZERO
+    structures = c.structures
+    if at_ms <= now_ms:  # a time in the past deletes the key, as Redis does
+        structures.delete(coll.key)
+        return ONE
+    return ONE if structures.expire_at(coll.key, at_ms) else ZERO
 
 
 @command("expire", -3, F_WRITE | F_FAST, (1, 1, 1), "keyspace",
@@ -168,6 +203,12 @@ def cmd_pexpireat(c: Connection, args: list[bytes]) -> bytes:
 
 
 def _ttl(c: Connection, key: bytes, ms: bool) -> bytes:
+    coll = _collection(c, key)
+    if coll is not None:
+        if not coll.expire_ms:
+            return MINUS_ONE
+        left_ms = max(coll.expire_ms - time_ms(), 0)
+        return integer(left_ms if ms else (left_ms + 500) // 1000)
     try:
         left = c.db.ttl(key)
     except (KeyError, ValueError):
@@ -192,6 +233,11 @@ def cmd_pttl(c: Connection, args: list[bytes]) -> bytes:
 @command("persist", 2, F_WRITE | F_FAST, (1, 1, 1), "keyspace",
          "Remove the expiration from a key", "2.2.0")
 def cmd_persist(c: Connection, args: list[bytes]) -> bytes:
+    coll = _collection(c, args[1])
+    if coll is not None:
+        if not coll.expire_ms:
+            return ZERO
+        return ONE if c.structures.expire_at(coll.key, None) else ZERO
     try:
         return ONE if c.db.persist(args[1]) else ZERO
     except ValueError:
@@ -204,7 +250,10 @@ def cmd_keys(c: Connection, args: list[bytes]) -> bytes:
     pattern = args[1]
     match = compile_glob(pattern)
     prefix = literal_prefix(pattern)
-    keys = [k for k in c.db.keys(prefix or None) if match(k)]
+    keys = [k for k in c.db.keys(prefix or None) if match(k) and not k.startswith(PREFIX)]
+    if c.structures.names:
+        collections = c.structures.keys()
+        keys += [k for k in collections if match(k)]
     return bulk_array(keys)
 
 
@@ -244,7 +293,7 @@ def cmd_scan(c: Connection, args: list[bytes]) -> bytes:
     cursor = int(cursor_arg)
     match = None
     count = 10
-    type_ok = True
+    wanted: str | None = None
     i = 2
     while i < len(args):
         o = args[i].upper()
@@ -257,14 +306,18 @@ def cmd_scan(c: Connection, args: list[bytes]) -> bytes:
         elif o == b"MATCH":
             match = compile_glob(args[i + 1])
         elif o == b"TYPE":
-            type_ok = args[i + 1].lower() == b"string"
+            wanted = args[i + 1].lower().decode("utf-8", "replace")
         else:
             raise CommandError(SYNTAX)
         i += 2
     control = c.control
     index = control.scan_index
+    structures = c.structures
     if index is None or (cursor == 0 and index.version != control.write_version):
-        index = control.scan_index = ScanIndex(list(c.db.keys()), control.write_version)
+        # The keys a client sees: strings and collections' names, never their records.
+        names = [k for k in c.db if not k.startswith(PREFIX)]
+        names += structures.keys()
+        index = control.scan_index = ScanIndex(names, control.write_version)
     order = index.order
     pos = bisect_left(order, cursor) if cursor <= SCAN_BUCKET_MASK else len(order)
     found: list[bytes] = []
@@ -274,22 +327,30 @@ def cmd_scan(c: Connection, args: list[bytes]) -> bytes:
         keys = index.buckets[order[pos]]
         examined += len(keys)
         pos += 1
-        if type_ok:
-            for k in keys:
-                if (match is None or match(k)) and k in db:
+        for k in keys:
+            if match is not None and not match(k):
+                continue
+            if wanted is None:
+                if k in db or k in structures:
                     found.append(k)
+            elif structures.type_name(k) == wanted:
+                found.append(k)
     next_cursor = order[pos] if pos < len(order) else 0
     return b"*2\r\n" + bulk(b"%d" % next_cursor) + bulk_array(found)
 
 
 def _expiry_reply(c: Connection, key: bytes, ms: bool) -> bytes:
-    try:
-        found = c.db.get_with_expiry(key)
-    except ValueError:
-        found = None
-    if found is None:
-        return MINUS_TWO
-    at_ms = found[1]
+    coll = _collection(c, key)
+    if coll is not None:
+        at_ms = coll.expire_ms
+    else:
+        try:
+            found = c.db.get_with_expiry(key)
+        except ValueError:
+            found = None
+        if found is None:
+            return MINUS_TWO
+        at_ms = found[1]
     if not at_ms:
         return MINUS_ONE
     return integer(at_ms if ms else at_ms // 1000)
@@ -317,12 +378,19 @@ def cmd_touch(c: Connection, args: list[bytes]) -> bytes:
          "Return a random key from the keyspace")
 def cmd_randomkey(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
+    structures = c.structures
     for _attempt in range(16):  # a key may expire between the count and the walk
-        n = len(db)
-        if n == 0:
+        collections = len(structures)  # (expired ones deleted first)
+        strings = len(db) - structures.record_count()
+        if strings + collections <= 0:
             return c.null
-        # O(n) walk, O(1) memory: the keydir has no random access.
-        key = next(islice(db.keys(), random.randrange(n), None), None)
+        pick = random.randrange(strings + collections)
+        if pick < collections:
+            key = next(islice(structures.names, pick, None), None)
+        else:
+            # O(n) walk, O(1) memory: the keydir has no random access.
+            users = (k for k in db if not k.startswith(PREFIX))
+            key = next(islice(users, pick - collections, None), None)
         if key is not None:
             return bulk(key)
     return c.null
@@ -331,26 +399,57 @@ def cmd_randomkey(c: Connection, args: list[bytes]) -> bytes:
 NO_SUCH_KEY = "ERR no such key"
 
 
+def _exists(c: Connection, key: bytes) -> bool:
+    """A string or a live collection named ``key``."""
+    return key_exists(c.db, key) or _collection(c, key) is not None
+
+
 def _move(c: Connection, src: bytes, dst: bytes, keep_source: bool, replace: bool) -> bool:
     """Copy (or, without ``keep_source``, move) ``src`` to ``dst`` with its expiry, as one
-    batch; False if ``dst`` exists and not ``replace``. The caller checked ``src`` exists."""
+    batch: any type over any type, the source's records out (a move) and the destination's
+    old ones out with the new ones in; False if ``dst`` exists and not ``replace``. The
+    caller checked ``src`` exists.
+
+    A collection's elements are read and rewritten under the new name (O(elements) records
+    each way; Redis renames in O(1)): its records' keys start with its name."""
     db = c.db
-    found = db.get_with_expiry(src)
-    if found is None:
-        raise CommandError(NO_SUCH_KEY)
-    if not replace and key_exists(db, dst):
+    structures = c.structures
+    if not replace and _exists(c, dst):
         return False
-    value, at_ms = found
-    with db.batch() as b:
-        b.put(dst, value, expires_at_ms=at_ms or None)
+    ops: list[Op] = []
+    dst_coll = _collection(c, dst)
+    if dst_coll is not None:
+        ops += structures.delete_ops(dst)
+    src_coll = _collection(c, src)
+    clone = None
+    if src_coll is not None:
+        copied, clone = structures.copy_ops(src_coll, dst, src_coll.expire_ms)
+        if dst_coll is None and key_exists(db, dst):
+            ops.append((dst, None, None))  # a string the collection replaces
+        ops += copied
         if not keep_source:
-            b.delete(src)
+            ops += structures.delete_ops(src)
+    else:
+        found = db.get_with_expiry(src)
+        if found is None:
+            raise CommandError(NO_SUCH_KEY)
+        value, at_ms = found
+        ops.append((dst, value, at_ms or None))
+        if not keep_source:
+            ops.append((src, None, None))
+    structures.write(ops)
+    if dst_coll is not None:
+        structures.forget(dst)
+    if clone is not None:
+        if not keep_source:
+            structures.forget(src)
+        structures.install(clone)
     return True
 
 
 def _rename(c: Connection, args: list[bytes], nx: bool) -> bytes:
     src, dst = args[1], args[2]
-    if not key_exists(c.db, src):
+    if not _exists(c, src):
         raise CommandError(NO_SUCH_KEY)
     if src == dst:
         return ZERO if nx else OK
@@ -371,7 +470,7 @@ def cmd_renamenx(c: Connection, args: list[bytes]) -> bytes:
     return _rename(c, args, True)
 
 
-@command("copy", -3, F_WRITE, (1, 2, 1), "keyspace", "Copy a key", "6.2.0")
+@command("copy", -3, F_WRITE | F_DENYOOM, (1, 2, 1), "keyspace", "Copy a key", "6.2.0")
 def cmd_copy(c: Connection, args: list[bytes]) -> bytes:
     replace = False
     i = 3
@@ -392,7 +491,7 @@ def cmd_copy(c: Connection, args: list[bytes]) -> bytes:
     src, dst = args[1], args[2]
     if src == dst:
         raise CommandError("ERR source and destination objects are the same")
-    if not key_exists(c.db, src):
+    if not _exists(c, src):
         return ZERO
     return ONE if _move(c, src, dst, keep_source=True, replace=replace) else ZERO
 
@@ -423,13 +522,19 @@ def cmd_object(c: Connection, args: list[bytes]) -> bytes:
     if len(args) != 3:
         raise CommandError("ERR wrong number of arguments for 'object|"
                            + sub.lower().decode() + "' command")
-    try:
-        value = c.db.get(args[2])
-    except ValueError:
-        value = None
-    if value is None:
-        return c.null
+    coll = _collection(c, args[2])
+    value = None
+    if coll is None:
+        try:
+            value = c.db.get(args[2])
+        except ValueError:
+            value = None
+        if value is None:
+            return c.null
     if sub == b"ENCODING":
+        if coll is not None:
+            return bulk(encoding_of(c.control, coll).encode())
+        assert value is not None
         return bulk(_string_encoding(value))
     if sub == b"FREQ":
         raise CommandError("ERR An LFU maxmemory policy is not selected, access frequency not "

@@ -7,12 +7,15 @@ their handlers here when :mod:`bitkv.server.commands` imports them.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ... import Store
+from ...structures import PREFIX as RESERVED_PREFIX
+from ...structures import ReservedKeyError, WrongTypeError
 from ..protocol import error, parse_ll
 
 if TYPE_CHECKING:
@@ -33,6 +36,8 @@ F_NEEDAUTH = 256  # set on every command without F_NOAUTH
 F_ANY = 512  # set on every command
 F_STATE = 1024  # changes the connection's state (AUTH, HELLO): runs on the slow path
 F_PUBSUB = 2048  # allowed to a RESP2 client in subscribed mode ((P|S)(UN)SUBSCRIBE, PING...)
+F_DENYOOM = 4096  # may add data: refused while the store is out of room (Redis's denyoom)
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
 
 NOT_INT = "ERR value is not an integer or out of range"
 SYNTAX = "ERR syntax error"
@@ -76,12 +81,20 @@ WITH_SUBCOMMANDS: set[str] = set()
 
 def command(name: str, arity: int, flags: int = 0, keys: tuple[int, int, int] = (0, 0, 0),
             group: str = "generic", summary: str = "", since: str = "1.0.0",
-            subcommands: bool = False) -> Callable[[_H], _H]:
-    """Register a handler under ``name`` (upper and lower case looked up without copying)."""
+            subcommands: bool = False, strings_only: bool = False) -> Callable[[_H], _H]:
+    """Register a handler under ``name`` (upper and lower case looked up without copying).
+
+    ``keys`` is (first, last, step) of the key arguments, as in Redis's COMMAND reply (last
+    -1: the last argument). The table runs the handler behind :func:`guarded` when the
+    command writes (``F_WRITE``: no key of it may be in the collections' reserved range) or
+    is ``strings_only`` (it works on its keys' string values: a collection's name answers
+    WRONGTYPE), so no handler checks either itself.
+    """
 
     def register(fn: _H) -> _H:
         all_flags = flags | F_ANY | (0 if flags & F_NOAUTH else F_NEEDAUTH)
-        spec: Spec = (fn, arity, all_flags, name)
+        handler: Handler = guarded(fn, keys, bool(flags & F_WRITE), strings_only)
+        spec: Spec = (handler, arity, all_flags, name)
         COMMANDS[name.lower().encode()] = spec
         COMMANDS[name.upper().encode()] = spec
         INFOS[name] = CommandInfo(name, arity, flags, *keys, group, summary, since)
@@ -90,6 +103,59 @@ def command(name: str, arity: int, flags: int = 0, keys: tuple[int, int, int] = 
         return fn
 
     return register
+
+
+def guarded(fn: Handler, keys: tuple[int, int, int], write: bool, strings_only: bool
+            ) -> Handler:
+    """``fn`` behind the checks of its key arguments, or ``fn`` itself when none apply.
+
+    * ``write``: a key in the reserved range (:data:`bitkv.structures.PREFIX`, the
+      collections' own records) is refused, so no client command writes, deletes, renames or
+      expires one of them;
+    * ``strings_only``: a key naming a live collection answers WRONGTYPE before ``fn`` runs.
+
+    One closure per command shape: the common one (a single key, argument 1) costs one extra
+    call and a ``startswith`` (docs/cluster.md, "The reserved prefix", has the measured cost).
+    """
+    first, last, step = keys
+    if first <= 0 or not (write or strings_only):
+        return fn
+    prefix = RESERVED_PREFIX
+    if (first, last) == (1, 1):
+        if not strings_only:
+            @functools.wraps(fn)
+            def one_key(c: Connection, args: list[bytes]) -> Any:
+                if args[1].startswith(prefix):
+                    raise ReservedKeyError(args[1])
+                return fn(c, args)
+            return one_key
+
+        @functools.wraps(fn)
+        def one_string_key(c: Connection, args: list[bytes]) -> Any:
+            key = args[1]
+            if write and key.startswith(prefix):
+                raise ReservedKeyError(key)
+            names = c.structures.names
+            if names and key in names and key in c.structures:
+                raise WrongTypeError()
+            return fn(c, args)
+        return one_string_key
+
+    @functools.wraps(fn)
+    def many_keys(c: Connection, args: list[bytes]) -> Any:
+        end = len(args) + last if last < 0 else last
+        for key in args[first:end + 1:step]:
+            if write and key.startswith(prefix):
+                raise ReservedKeyError(key)
+        if strings_only:
+            structures = c.structures
+            names = structures.names
+            if names:
+                for key in args[first:end + 1:step]:
+                    if key in names and key in structures:
+                        raise WrongTypeError()
+        return fn(c, args)
+    return many_keys
 
 
 def full_name(spec: Spec, args: list[bytes]) -> str:

@@ -20,7 +20,8 @@ from array import array
 from typing import TYPE_CHECKING
 
 from ..protocol import bulk, integer, map_reply, parse_ll
-from .registry import F_READONLY, F_WRITE, NOT_INT, SYNTAX, CommandError, command
+from .registry import F_DENYOOM, F_READONLY, F_WRITE, NOT_INT, SYNTAX, CommandError, command
+from .strings import live_collections
 
 if TYPE_CHECKING:
     from ..app import Connection
@@ -69,8 +70,8 @@ def format_float(x: decimal.Decimal) -> bytes:
     return text.encode("ascii")
 
 
-@command("incrbyfloat", 3, F_WRITE, (1, 1, 1), "string",
-         "Increment the float value of a key by the given amount", "2.6.0")
+@command("incrbyfloat", 3, F_WRITE | F_DENYOOM, (1, 1, 1), "string",
+         "Increment the float value of a key by the given amount", "2.6.0", strings_only=True)
 def cmd_incrbyfloat(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
     try:
@@ -81,12 +82,18 @@ def cmd_incrbyfloat(c: Connection, args: list[bytes]) -> bytes:
     incr = parse_float(args[2])
     if value.is_infinite() or incr.is_infinite():
         raise CommandError("ERR increment would produce NaN or Infinity")
-    total = _CONTEXT.add(value, incr)
-    if abs(total) > LONG_DOUBLE_MAX:  # where long double overflows to infinity
-        raise CommandError("ERR increment would produce NaN or Infinity")
-    new = format_float(total)
+    new = add_floats(value, incr)
     db.put(args[1], new, keep_ttl=True)
     return bulk(new)
+
+
+def add_floats(value: decimal.Decimal, incr: decimal.Decimal) -> bytes:
+    """``value + incr`` printed as INCRBYFLOAT and HINCRBYFLOAT store it; CommandError when
+    the sum is infinite (where C's long double overflows), as Redis refuses it."""
+    total = _CONTEXT.add(value, incr)
+    if total.is_infinite() or abs(total) > LONG_DOUBLE_MAX:
+        raise CommandError("ERR increment would produce NaN or Infinity")
+    return format_float(total)
 
 
 def _lcs_table(a: bytes, b: bytes) -> list[array[int]]:
@@ -112,6 +119,8 @@ def _lcs_table(a: bytes, b: bytes) -> list[array[int]]:
          "Find longest common substring", "7.0.0")
 def cmd_lcs(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
+    if live_collections(c, args[1:3]):
+        raise CommandError("ERR The specified keys must contain string values")
     try:
         a = db.get(args[1]) or b""
         b = db.get(args[2]) or b""

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 from ... import Store
 from ...errors import NotAnIntegerError
 from ...record import MAX_VALUE_SIZE
-from ...structures import WrongTypeError, check_user_key
+from ...structures import WrongTypeError
+from ...structures.space import Op
 from ..protocol import INT64_MAX, INT64_MIN, OK, ONE, ZERO, bulk, integer, parse_ll
 from .registry import (
+    F_DENYOOM,
     F_FAST,
     F_READONLY,
     F_WRITE,
@@ -86,10 +88,9 @@ def _parse_set_options(opts: list[bytes], name: str, now_ms: int
     return nx, xx, get, keepttl, at_ms
 
 
-@command("set", -3, F_WRITE, (1, 1, 1), "string", "Set the string value of a key")
+@command("set", -3, F_WRITE | F_DENYOOM, (1, 1, 1), "string", "Set the string value of a key")
 def cmd_set(c: Connection, args: list[bytes]) -> bytes:
     if len(args) == 3 and not (c.structures and args[1] in c.structures.names):
-        check_user_key(args[1])
         c.db.put(args[1], args[2])
         return OK
     now_ms = time_ms()
@@ -105,7 +106,6 @@ def _set(c: Connection, key: bytes, value: bytes, nx: bool, xx: bool, get: bool,
     db = c.db
     old = _read(c, key) if get else None
     expires_at = at_ms or None
-    check_user_key(key)
     structures = c.structures
     if structures and key in structures:
         # SET over a collection replaces it: the collection's records go in the same batch
@@ -142,6 +142,28 @@ def _read(c: Connection, key: bytes) -> bytes | None:
     return _counted(c, v)
 
 
+def live_collections(c: Connection, keys: list[bytes]) -> list[bytes]:
+    """Those of ``keys`` that name a live collection (none, at the cost of one truth test,
+    while the server has no collections)."""
+    structures = c.structures
+    names = structures.names
+    if not names:
+        return []
+    return [k for k in keys if k in names and k in structures]
+
+
+def replace_collections(c: Connection, collections: list[bytes], writes: list[Op]) -> None:
+    """Delete ``collections`` and write ``writes`` (string records) as one batch: a string
+    command that overwrites a key replaces whatever it held, as Redis's setKey does."""
+    structures = c.structures
+    ops: list[Op] = []
+    for key in collections:
+        ops += structures.delete_ops(key)
+    structures.write(ops + writes)
+    for key in collections:
+        structures.forget(key)
+
+
 def _counted(c: Connection, v: bytes | None) -> bytes | None:
     """``v``, a value read (None: missing), counted as a keyspace hit or miss."""
     metrics = c.control.metrics
@@ -153,33 +175,39 @@ def _counted(c: Connection, v: bytes | None) -> bytes | None:
 
 
 
-@command("setnx", 3, F_WRITE | F_FAST, (1, 1, 1), "string",
+@command("setnx", 3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
          "Set the value of a key, only if the key does not exist")
 def cmd_setnx(c: Connection, args: list[bytes]) -> bytes:
+    if live_collections(c, [args[1]]):
+        return ZERO  # the key exists (Redis does not look at its type)
     return ONE if c.db.put(args[1], args[2], if_absent=True) else ZERO
 
 
 def _setex(c: Connection, args: list[bytes], unit: bytes, name: str) -> bytes:
     now_ms = time_ms()
     at_ms = _expire_at_ms(unit, args[2], name, now_ms)
-    c.db.put(args[1], args[3], expires_at_ms=at_ms)
+    replaced = live_collections(c, [args[1]])
+    if replaced:
+        replace_collections(c, replaced, [(args[1], args[3], at_ms)])
+    else:
+        c.db.put(args[1], args[3], expires_at_ms=at_ms)
     return OK
 
 
-@command("setex", 4, F_WRITE, (1, 1, 1), "string",
+@command("setex", 4, F_WRITE | F_DENYOOM, (1, 1, 1), "string",
          "Set the value and expiration of a key", "2.0.0")
 def cmd_setex(c: Connection, args: list[bytes]) -> bytes:
     return _setex(c, args, b"EX", "setex")
 
 
-@command("psetex", 4, F_WRITE, (1, 1, 1), "string",
+@command("psetex", 4, F_WRITE | F_DENYOOM, (1, 1, 1), "string",
          "Set the value and expiration in milliseconds of a key", "2.6.0")
 def cmd_psetex(c: Connection, args: list[bytes]) -> bytes:
     return _setex(c, args, b"PX", "psetex")
 
 
 @command("getdel", 2, F_WRITE | F_FAST, (1, 1, 1), "string",
-         "Get the value of a key and delete the key", "6.2.0")
+         "Get the value of a key and delete the key", "6.2.0", strings_only=True)
 def cmd_getdel(c: Connection, args: list[bytes]) -> bytes:
     try:
         v = c.db.get_and_delete(args[1])
@@ -190,7 +218,7 @@ def cmd_getdel(c: Connection, args: list[bytes]) -> bytes:
 
 
 @command("getex", -2, F_WRITE | F_FAST, (1, 1, 1), "string",
-         "Get the value of a key and optionally set its expiration", "6.2.0")
+         "Get the value of a key and optionally set its expiration", "6.2.0", strings_only=True)
 def cmd_getex(c: Connection, args: list[bytes]) -> bytes:
     unit = arg = None
     persist = False
@@ -225,8 +253,8 @@ def cmd_getex(c: Connection, args: list[bytes]) -> bytes:
     return bulk(v)
 
 
-@command("getset", 3, F_WRITE | F_FAST, (1, 1, 1), "string",
-         "Set the string value of a key and return its old value")
+@command("getset", 3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
+         "Set the string value of a key and return its old value", strings_only=True)
 def cmd_getset(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
     old = _read(c, args[1])
@@ -235,7 +263,7 @@ def cmd_getset(c: Connection, args: list[bytes]) -> bytes:
 
 
 @command("getrange", 4, F_READONLY, (1, 1, 1), "string",
-         "Get a substring of the string stored at a key", "2.4.0")
+         "Get a substring of the string stored at a key", "2.4.0", strings_only=True)
 def cmd_getrange(c: Connection, args: list[bytes]) -> bytes:
     start, end = to_int(args[2]), to_int(args[3])
     v = _read(c, args[1]) or b""
@@ -253,13 +281,14 @@ def cmd_getrange(c: Connection, args: list[bytes]) -> bytes:
 
 
 @command("substr", 4, F_READONLY, (1, 1, 1), "string",
-         "Get a substring of the string stored at a key")
+         "Get a substring of the string stored at a key", strings_only=True)
 def cmd_substr(c: Connection, args: list[bytes]) -> bytes:
     return cmd_getrange(c, args)
 
 
-@command("setrange", 4, F_WRITE, (1, 1, 1), "string",
-         "Overwrite part of a string at key starting at the specified offset", "2.2.0")
+@command("setrange", 4, F_WRITE | F_DENYOOM, (1, 1, 1), "string",
+         "Overwrite part of a string at key starting at the specified offset", "2.2.0",
+         strings_only=True)
 def cmd_setrange(c: Connection, args: list[bytes]) -> bytes:
     offset = to_int(args[2])
     if offset < 0:
@@ -302,18 +331,24 @@ def cmd_mget(c: Connection, args: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-@command("mset", -3, F_WRITE, (1, -1, 2), "string", "Set multiple keys to multiple values",
+@command("mset", -3, F_WRITE | F_DENYOOM, (1, -1, 2), "string",
+         "Set multiple keys to multiple values",
          "1.0.1")
 def cmd_mset(c: Connection, args: list[bytes]) -> bytes:
     if len(args) % 2 == 0:
         return arity_error("mset")
+    replaced = live_collections(c, args[1::2])
+    if replaced:
+        replace_collections(c, replaced, [(args[i], args[i + 1], None)
+                                          for i in range(1, len(args), 2)])
+        return OK
     with c.db.batch() as b:
         for i in range(1, len(args), 2):
             b.put(args[i], args[i + 1])
     return OK
 
 
-@command("msetnx", -3, F_WRITE, (1, -1, 2), "string",
+@command("msetnx", -3, F_WRITE | F_DENYOOM, (1, -1, 2), "string",
          "Set multiple keys to multiple values, only if none of the keys exist", "1.0.1")
 def cmd_msetnx(c: Connection, args: list[bytes]) -> bytes:
     if len(args) % 2 == 0:
@@ -322,14 +357,16 @@ def cmd_msetnx(c: Connection, args: list[bytes]) -> bytes:
     for i in range(1, len(args), 2):
         if key_exists(db, args[i]):
             return ZERO
+    if live_collections(c, args[1::2]):
+        return ZERO
     with db.batch() as b:
         for i in range(1, len(args), 2):
             b.put(args[i], args[i + 1])
     return ONE
 
 
-@command("append", 3, F_WRITE | F_FAST, (1, 1, 1), "string", "Append a value to a key",
-         "2.0.0")
+@command("append", 3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string", "Append a value to a key",
+         "2.0.0", strings_only=True)
 def cmd_append(c: Connection, args: list[bytes]) -> bytes:
     db = c.db
     old = _get(db, args[1])
@@ -344,7 +381,7 @@ def cmd_append(c: Connection, args: list[bytes]) -> bytes:
 
 
 @command("strlen", 2, F_READONLY | F_FAST, (1, 1, 1), "string",
-         "Get the length of the value stored in a key", "2.2.0")
+         "Get the length of the value stored in a key", "2.2.0", strings_only=True)
 def cmd_strlen(c: Connection, args: list[bytes]) -> bytes:
     v = _read(c, args[1])
     return ZERO if v is None else integer(len(v))
@@ -361,26 +398,26 @@ def _incr(c: Connection, key: bytes, delta: int) -> bytes:
         raise CommandError(NOT_INT) from None
 
 
-@command("incr", 2, F_WRITE | F_FAST, (1, 1, 1), "string",
-         "Increment the integer value of a key by one")
+@command("incr", 2, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
+         "Increment the integer value of a key by one", strings_only=True)
 def cmd_incr(c: Connection, args: list[bytes]) -> bytes:
     return _incr(c, args[1], 1)
 
 
-@command("decr", 2, F_WRITE | F_FAST, (1, 1, 1), "string",
-         "Decrement the integer value of a key by one")
+@command("decr", 2, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
+         "Decrement the integer value of a key by one", strings_only=True)
 def cmd_decr(c: Connection, args: list[bytes]) -> bytes:
     return _incr(c, args[1], -1)
 
 
-@command("incrby", 3, F_WRITE | F_FAST, (1, 1, 1), "string",
-         "Increment the integer value of a key by the given amount")
+@command("incrby", 3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
+         "Increment the integer value of a key by the given amount", strings_only=True)
 def cmd_incrby(c: Connection, args: list[bytes]) -> bytes:
     return _incr(c, args[1], to_int(args[2]))
 
 
-@command("decrby", 3, F_WRITE | F_FAST, (1, 1, 1), "string",
-         "Decrement the integer value of a key by the given number")
+@command("decrby", 3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "string",
+         "Decrement the integer value of a key by the given number", strings_only=True)
 def cmd_decrby(c: Connection, args: list[bytes]) -> bytes:
     delta = to_int(args[2])
     if delta == INT64_MIN:

@@ -4,8 +4,10 @@
 WATCH is optimistic locking as Redis defines it: EXEC runs the queued commands only if no
 watched key was written since it was watched (by any client, this one included), expired,
 or was removed by FLUSHDB/FLUSHALL; otherwise EXEC answers a nil array and runs nothing.
-Each watched key's :meth:`bitkv.Store.version` is recorded at WATCH and compared at EXEC:
-every write gives the key a new version, an expired or deleted key has none. The check and
+Each watched key's :meth:`bitkv.Store.version` (its string's) and
+:meth:`bitkv.structures.Structures.version` (its collection's) are recorded at WATCH and
+compared at EXEC: every write gives the key a new version, an expired or deleted key has
+none. The check and
 the commands that follow it run in one handler on the event loop thread, so no other
 client's command can come between them. Unlike Redis, a key that was absent at WATCH, then
 created and deleted again before EXEC, does not abort the transaction (absent both times).
@@ -16,7 +18,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import OK, array
-from .registry import F_FAST, F_READONLY, F_TXCTL, F_WRITE, CommandError, command
+from .registry import (
+    F_DENYOOM,
+    F_FAST,
+    F_READONLY,
+    F_TXCTL,
+    F_WRITE,
+    OOM,
+    CommandError,
+    command,
+)
 
 if TYPE_CHECKING:
     from ..app import Connection
@@ -45,19 +56,25 @@ def cmd_discard(c: Connection, args: list[bytes]) -> bytes:
     return OK
 
 
+def key_version(c: Connection, key: bytes) -> tuple[int | None, int | None]:
+    """What WATCH records of ``key`` and EXEC compares: the version of its string
+    (:meth:`bitkv.Store.version`) and of its collection (:meth:`Structures.version`), each
+    None when there is none."""
+    try:
+        string = c.db.version(key)
+    except ValueError:  # a key no store can hold (empty): never present
+        string = None
+    structures = c.structures
+    if structures.names and key in structures.names:
+        return string, structures.version(key)
+    return string, None
+
+
 def _watched_key_changed(c: Connection) -> bool:
     watched = c.watched
     if not watched:
         return False
-    version = c.db.version
-    for key, seen in watched.items():
-        try:
-            now = version(key)
-        except ValueError:  # a key no store can hold (empty): never present
-            now = None
-        if now != seen:
-            return True
-    return False
+    return any(key_version(c, key) != seen for key, seen in watched.items())
 
 
 @command("exec", 1, F_TXCTL | F_WRITE, group="transactions",
@@ -69,6 +86,8 @@ def cmd_exec(c: Connection, args: list[bytes]) -> bytes:
     c.multi = None
     changed = _watched_key_changed(c)
     c.watched = None
+    if any(spec[2] & F_DENYOOM for spec, _args in queued) and c.db.out_of_room:
+        raise CommandError("EXECABORT Transaction discarded because of: " + OOM)
     if dirty:
         raise CommandError("EXECABORT Transaction discarded because of previous errors.")
     if changed:
@@ -84,13 +103,9 @@ def cmd_watch(c: Connection, args: list[bytes]) -> bytes:
     watched = c.watched
     if watched is None:
         watched = c.watched = {}
-    version = c.db.version
     for key in args[1:]:
         if key not in watched:  # as Redis: watching a key again keeps the first version
-            try:
-                watched[key] = version(key)
-            except ValueError:
-                watched[key] = None
+            watched[key] = key_version(c, key)
     return OK
 
 

@@ -5,7 +5,9 @@ Tools and test suites set Redis's tuning knobs (``hash-max-listpack-entries``, `
 since none of them changes what a command answers. bitkv has no listpacks, no RDB snapshots
 and no event-loop frequency to tune, so ``CONFIG SET`` checks the value's form as Redis does,
 records it for this server (until it stops: nothing is written to disk) and ``CONFIG GET``
-returns it; nothing else reads it. docs/server.md lists them as no-effect parameters.
+returns it; nothing else reads it, except ``OBJECT ENCODING``, which names the encoding
+Redis would use by the ``*-max-listpack-*`` and ``set-max-intset-entries`` limits
+(commands/encodings.py). docs/server.md lists them as no-effect parameters.
 
 The table gives each parameter's kind and the value CONFIG GET shows before any CONFIG SET:
 Redis 7.0's default as Debian's redis-server 7.0.15 reports it, except ``save`` and
@@ -142,6 +144,24 @@ def values(control: ServerControl) -> dict[str, str]:
     return shown
 
 
+# Redis 7.0's pre-7.0 names of the listpack parameters: one parameter under two names
+# (CONFIG SET of either changes both, as in Redis).
+ALIASES: dict[str, str] = {
+    "hash-max-ziplist-entries": "hash-max-listpack-entries",
+    "hash-max-ziplist-value": "hash-max-listpack-value",
+    "list-max-ziplist-size": "list-max-listpack-size",
+    "zset-max-ziplist-entries": "zset-max-listpack-entries",
+    "zset-max-ziplist-value": "zset-max-listpack-value",
+}
+_PARTNER = {**ALIASES, **{new: old for old, new in ALIASES.items()}}
+
+
 def record(control: ServerControl, settings: dict[str, str]) -> None:
-    """Record already normalized ``settings`` (parameter: value) for this server."""
-    _recorded.setdefault(control, {}).update(settings)
+    """Record already normalized ``settings`` (parameter: value) for this server; setting
+    a parameter sets its alias too (:data:`ALIASES`)."""
+    recorded = _recorded.setdefault(control, {})
+    for name, value in settings.items():
+        recorded[name] = value
+        partner = _PARTNER.get(name)
+        if partner is not None:
+            recorded[partner] = value

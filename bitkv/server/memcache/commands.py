@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol
 
 import bitkv
+from bitkv.structures import Structures
 
 from . import text
 
@@ -87,8 +88,13 @@ class Memcache:
 
     def __init__(self, db: bitkv.Store, host: StoreHost, *,
                  max_item_size: int = text.DEFAULT_MAX_ITEM_SIZE,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 structures: Structures | None = None) -> None:
         self.db = db
+        # The Redis port's hashes, sets, lists and sorted sets: a key holding one is a miss
+        # for every read here; set and delete replace or remove it (as Redis's SET and DEL);
+        # the conditional writes treat it as a key that exists but holds no item.
+        self.structures = structures
         self.host = host
         self.max_item_size = max_item_size
         self.clock = clock
@@ -141,6 +147,10 @@ class Memcache:
         key = req.key
         expires = text.expiry_ms(req.exptime, self.clock())
         command = req.command
+        if self._collection(key):
+            if command != b"set":
+                return text.NOT_FOUND if command == b"cas" else text.NOT_STORED
+            self._delete_collection(key)  # then stored below, as Redis's SET replaces it
         if command == b"set" and not req.client_flags and not expires:
             db.put(key, value)  # the common case: the store's compiled single-put path
             return text.STORED
@@ -244,6 +254,15 @@ class Memcache:
         after = db.get_item(key)
         return item if after is None else after
 
+    def _collection(self, key: bytes) -> bool:
+        """Whether ``key`` names a live collection of the Redis port."""
+        structures = self.structures
+        return structures is not None and bool(structures.names) and key in structures
+
+    def _delete_collection(self, key: bytes) -> bool:
+        assert self.structures is not None  # (only called after _collection said True)
+        return self.structures.delete(key)
+
     # -- the other commands --------------------------------------------------------------
 
     def run(self, words: list[bytes]) -> bytes | None:
@@ -273,7 +292,10 @@ class Memcache:
         if not text.valid_key(key):
             return b"" if noreply else text.BAD_FORMAT
         self._check_writable()
-        deleted = self.db.delete(key)
+        if self._collection(key):
+            deleted = self._delete_collection(key)
+        else:
+            deleted = self.db.delete(key)
         self.stats["delete_hits" if deleted else "delete_misses"] += 1
         if noreply:
             return b""
@@ -355,6 +377,8 @@ class Memcache:
             with db.batch() as batch:
                 for key in keys:
                     batch.delete(key)
+        if self.structures is not None:
+            self.structures.load()  # (the collections' records went with the rest)
 
     def stats_reply(self, words: list[bytes]) -> bytes:
         if len(words) == 2 and words[1] == b"reset":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from bitkv.structures import PREFIX as RESERVED_PREFIX
+
 # Replies.
 STORED = b"STORED\r\n"
 NOT_STORED = b"NOT_STORED\r\n"
@@ -66,7 +68,9 @@ def wants_noreply(words: list[bytes], with_noreply: int) -> bool:
 
 
 def valid_key(key: bytes) -> bool:
-    return len(key) <= KEY_MAX_LENGTH
+    """At most 250 bytes, and not in the range reserved for the collections' own records
+    (bitkv.structures.PREFIX), which no client may read or write."""
+    return len(key) <= KEY_MAX_LENGTH and not key.startswith(RESERVED_PREFIX)
 
 
 def parse_u32(word: bytes) -> int | None:
