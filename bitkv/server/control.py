@@ -132,6 +132,9 @@ class ServerControl(Protocol):
 
     scan_index: ScanIndex | None
 
+    @property
+    def closing(self) -> bool: ...  # shutting down: blocked clients stop waiting (blocking.py)
+
     # -- actions -----------------------------------------------------------------------------
 
     def reset_stats(self) -> None:

@@ -505,8 +505,10 @@ class Master:
 
 def write_snapshot(db: bitkv.Store, structures: Structures | None, path: str, replid: str,
                    offset: int) -> tuple[int, int]:
-    """Write an RDB of the live keys of ``db`` to ``path``: its strings, then the
-    collections of ``structures`` (server/collection_snapshot.py); return (keys, bytes)."""
+    """Write an RDB of the live keys of ``db`` to ``path``: its strings, then the hashes,
+    sets, lists and sorted sets of ``structures`` (server/collection_snapshot.py: their
+    records are not strings); return (keys, bytes). Runs in a worker thread while the loop
+    goes on writing."""
     now_ms = int(time.time() * 1000)
     keys = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

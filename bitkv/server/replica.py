@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 import bitkv
 from bitkv import names, rdb
 from bitkv.record import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from bitkv.structures import is_internal
 
 from . import replica_state
 from .collection_snapshot import CollectionLoader
@@ -491,10 +492,10 @@ class ReplicaLink:
                 keepalive.cancel()
                 if self._loading.done():
                     self._loading = None
-                    # The collections' index from the records now in the store (here, on
-                    # the loop thread that reads it; after a failed load too: the store
-                    # changed).
-                    self.server.structures.load()
+                    # The collections' index follows the records the load (or a part of it,
+                    # if it failed after verifying) left in the store.
+                    if self.server.structures is not None:
+                        self.server.structures.load()
             log.info("MASTER <-> REPLICA sync: Finished with success: %d keys loaded, %d "
                      "skipped, in %.2f s", loaded, self.skipped_keys,
                      time.monotonic() - started)
@@ -521,7 +522,7 @@ class ReplicaLink:
     def _verify_and_load(self, path: str) -> int:
         aborted = self._abort
 
-        def verify_string(db: int, key: bytes, value: bytes, expire_ms: int) -> None:
+        def verify(db: int, key: bytes, value: object, expire_ms: int) -> None:
             if aborted.is_set():
                 raise _Aborted
 
@@ -529,9 +530,10 @@ class ReplicaLink:
             pass
 
         try:
-            with open(path, "rb") as f:
-                rdb.read_rdb(f, on_string=verify_string, on_skipped=ignore, on_aux=ignore,
-                             max_value_len=None)
+            with open(path, "rb") as f:  # every type the load decodes, decoded here too
+                rdb.read_rdb(f, on_string=verify, on_skipped=ignore, on_aux=ignore,
+                             max_value_len=None, on_hash=verify, on_set=verify,
+                             on_list=verify, on_zset=verify)
         except rdb.RDBError as exc:
             raise LinkError(f"the RDB from the master is invalid, the store was not touched "
                             f"(will retry): {exc}") from exc
@@ -566,25 +568,29 @@ class ReplicaLink:
                 log.warning("replication: skipped key %s of type %s (db %d) from the master's "
                             "RDB: bitkv does not store it", _shown(key), what, dbnum)
 
-        def on_string(dbnum: int, key: bytes, value: bytes, expire_ms: int) -> None:
+        def commit_if_full() -> None:
             nonlocal batch
+            if len(batch) >= LOAD_BATCH:
+                if aborted.is_set():
+                    raise _Aborted
+                batch.commit()
+                batch = db.batch()
+
+        def on_string(dbnum: int, key: bytes, value: bytes, expire_ms: int) -> None:
             if dbnum != 0:
                 skip(dbnum, key, "string in a database other than 0")
                 return
-            if not key or len(key) > MAX_KEY_SIZE or len(value) > MAX_VALUE_SIZE:
+            if not key or len(key) > MAX_KEY_SIZE or len(value) > MAX_VALUE_SIZE \
+                    or is_internal(key):
                 skip(dbnum, key, f"string (key of {len(key)} bytes, value of {len(value)} "
-                                 f"bytes: beyond bitkv's limits)")
+                                 f"bytes: beyond bitkv's limits, or in its reserved range)")
                 return
             if expire_ms and expire_ms <= now_ms:
                 return  # expired already: as Redis's replica, not loaded (deleted if local)
             batch.put(key, value, expires_at_ms=expire_ms or None)
             leftover.discard(key)
             loaded[0] += 1
-            if len(batch) >= LOAD_BATCH:
-                if aborted.is_set():
-                    raise _Aborted
-                batch.commit()
-                batch = db.batch()
+            commit_if_full()
 
         def on_skipped(dbnum: int, key: bytes, type_name: str) -> None:
             skip(dbnum, key, type_name)
@@ -592,18 +598,13 @@ class ReplicaLink:
         def put_records(records: list[tuple[bytes, bytes | None, int | None]]) -> None:
             # A collection's records (elements, then its header) go in the same batches as
             # the strings; an interrupted load is followed by a full resync anyway.
-            nonlocal batch
             for key, value, expiry in records:
                 if value is None:
                     batch.delete(key)
                 else:
                     batch.put(key, value, expires_at_ms=expiry)
                 leftover.discard(key)
-                if len(batch) >= LOAD_BATCH:
-                    if aborted.is_set():
-                        raise _Aborted
-                    batch.commit()
-                    batch = db.batch()
+                commit_if_full()
 
         collections = CollectionLoader(put_records, skip, now_ms)
         with open(path, "rb") as f:

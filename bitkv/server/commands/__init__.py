@@ -21,6 +21,8 @@ are split by group, each module registering its handlers when imported here:
 * :mod:`.hashes`       HSET, HGET, HDEL, HINCRBY, HRANDFIELD, HSCAN... (hash collections)
 * :mod:`.sets`         SADD, SREM, SPOP, SMOVE, SINTER/SUNION/SDIFF, SSCAN... (set collections)
 * :mod:`.memory`       MEMORY USAGE (an estimate)
+* :mod:`.lists`        LPUSH, RPUSH, LPOP, RPOP, LRANGE, LINSERT, LMOVE, LMPOP... and the
+  blocking BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BLMPOP (clients wait in :mod:`.blocking`)
 * :mod:`.tuning`       (no commands) Redis's tuning parameters for CONFIG SET/GET
 * :mod:`.streamlists`  BITKV.LPUT, BITKV.LDEL (list elements in the replication stream)
 
@@ -47,6 +49,7 @@ from . import bits, functions, stringmath, tuning  # noqa: F401 - imported for t
 from . import hashes  # noqa: F401 - imported for its @command registrations
 from . import sets  # noqa: F401 - imported for its @command registrations
 from . import memory  # noqa: F401 - imported for its @command registrations
+from . import lists  # noqa: F401 - imported for its @command registrations
 from . import streamlists  # noqa: F401 - imported for its @command registrations
 # isort: on
 from .keyspace import ScanIndex

@@ -28,7 +28,7 @@ from ..protocol import (
     verbatim,
 )
 from ..pubsub import CHANNEL, PATTERN, SHARD
-from . import tuning
+from . import blocking, tuning
 from .registry import (
     F_ADMIN,
     F_ASYNC,
@@ -351,7 +351,7 @@ def info_sections(c: Connection) -> dict[str, list[tuple[str, Any]]]:
         "clients": [
             ("connected_clients", len(control.clients)),
             ("maxclients", control.config.maxclients),
-            ("blocked_clients", 0),
+            ("blocked_clients", blocking.blocked_clients(c)),
         ],
         "memory": [
             ("used_memory", rss),

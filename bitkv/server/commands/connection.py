@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING
 
 from ... import __version__ as BITKV_VERSION
 from .. import clients
-from ..protocol import OK, PONG, bulk, bulk_array, encode_value, integer, parse_ll, verbatim
+from ..protocol import (
+    OK,
+    ONE,
+    PONG,
+    ZERO,
+    bulk,
+    bulk_array,
+    encode_value,
+    integer,
+    parse_ll,
+    verbatim,
+)
 from .registry import (
     F_FAST,
     F_NOAUTH,
@@ -21,6 +32,7 @@ from .registry import (
     CommandError,
     arity_error,
     command,
+    to_int,
 )
 
 if TYPE_CHECKING:
@@ -264,6 +276,19 @@ def _client_kill(c: Connection, args: list[bytes]) -> bytes:
     return integer(killed)
 
 
+def _client_unblock(c: Connection, args: list[bytes]) -> bytes:
+    """CLIENT UNBLOCK id [TIMEOUT|ERROR]: 1 if that client was blocked (BLPOP...), else 0."""
+    from . import blocking  # here: importing it above would register MULTI... before PING
+
+    with_error = False
+    if len(args) == 4:
+        reason = args[3].upper()
+        if reason not in (b"TIMEOUT", b"ERROR"):
+            raise CommandError("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")
+        with_error = reason == b"ERROR"
+    return ONE if blocking.unblock(c, to_int(args[2]), with_error) else ZERO
+
+
 @command("client", -2, F_FAST, group="connection", summary="Client connection commands",
          subcommands=True)
 def cmd_client(c: Connection, args: list[bytes]) -> bytes:
@@ -293,6 +318,8 @@ def cmd_client(c: Connection, args: list[bytes]) -> bytes:
         return _client_list(c, args)
     if sub == b"KILL" and n >= 3:
         return _client_kill(c, args)
+    if sub == b"UNBLOCK" and n in (3, 4):
+        return _client_unblock(c, args)
     if sub == b"INFO" and n == 2:
         return verbatim(c.describe() + "\n", c.resp3)
     if sub in (b"NO-EVICT", b"NO-TOUCH") and n == 3:
@@ -305,9 +332,9 @@ def cmd_client(c: Connection, args: list[bytes]) -> bytes:
                            b"KILL <option> <value> [<option> <value> ...]: options ID <id>, "
                            b"TYPE (NORMAL|MASTER|REPLICA|PUBSUB), USER <username>, "
                            b"ADDR <ip:port>, LADDR <ip:port>, SKIPME (YES|NO), MAXAGE <seconds>",
-                           b"INFO", b"HELP"])
+                           b"UNBLOCK <clientid> [TIMEOUT|ERROR]", b"INFO", b"HELP"])
     if sub in (b"ID", b"SETNAME", b"GETNAME", b"SETINFO", b"KILL", b"INFO", b"NO-EVICT",
-               b"NO-TOUCH", b"HELP"):
+               b"NO-TOUCH", b"HELP", b"UNBLOCK"):
         return arity_error("client|" + sub.decode().lower())
     raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
                        + "'. Try CLIENT HELP.")

@@ -15,6 +15,7 @@ created and deleted again before EXEC, does not abort the transaction (absent bo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol import OK, array
@@ -34,6 +35,26 @@ if TYPE_CHECKING:
 
 NULL_ARRAY2 = b"*-1\r\n"  # EXEC aborted by WATCH: RESP2's null array
 NULL3 = b"_\r\n"
+
+# The connections running the commands their EXEC queued, each with what is to run once they
+# have all run: a command queued in MULTI must not block (BLPOP answers at once, as Redis's
+# CLIENT_DENY_BLOCKING), and clients blocked on a key the transaction pushed to are served
+# after the EXEC, not in its middle (blocking.py), as Redis serves them.
+_executing: dict[Connection, list[Callable[[], None]]] = {}
+
+
+def in_exec(c: Connection) -> bool:
+    """Whether ``c`` is running the commands of its EXEC now."""
+    return c in _executing
+
+
+def after_exec(c: Connection, fn: Callable[[], None]) -> None:
+    """Run ``fn`` once ``c``'s EXEC has run its commands; at once if ``c`` is in no EXEC."""
+    hooks = _executing.get(c)
+    if hooks is None:
+        fn()
+    else:
+        hooks.append(fn)
 
 
 @command("multi", 1, F_TXCTL | F_FAST, group="transactions",
@@ -92,7 +113,15 @@ def cmd_exec(c: Connection, args: list[bytes]) -> bytes:
         raise CommandError("EXECABORT Transaction discarded because of previous errors.")
     if changed:
         return NULL3 if c.resp3 else NULL_ARRAY2
-    return array([c.call(spec, cmd) for spec, cmd in queued])
+    hooks: list[Callable[[], None]] = []
+    _executing[c] = hooks
+    try:
+        replies = [c.call(spec, cmd) for spec, cmd in queued]
+    finally:
+        del _executing[c]
+        for fn in hooks:
+            fn()
+    return array(replies)
 
 
 @command("watch", -2, F_TXCTL | F_READONLY | F_FAST, (1, -1, 1), "transactions",
