@@ -193,6 +193,7 @@ class CollectionsModel(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="bitkv-colmodel-", dir=fast_base())
         self.clock = FakeClock() if self.driver_class.fake_time else RealClock()
         self.model: dict[bytes, Entry] = {}
+        self.pushes = 0
         self.d = self.driver_class(self.dir + "/db", self.clock)
 
     def teardown(self):
@@ -296,6 +297,8 @@ class CollectionsModel(RuleBasedStateMachine):
     @precondition(lambda self: "list" in self.d.types)
     @rule(key=KEYS, value=VALUES, left=st.booleans())
     def push(self, key, value, left):
+        self.pushes += 1
+        value = b"%d:" % self.pushes + value  # distinct: a pop from the wrong end shows
         content = self._typed(key, "list", [])
         if content is None:
             return self._expect_wrongtype(self.d.push, key, value, left)
@@ -543,8 +546,8 @@ class ServerCollectionsModel(CollectionsModel):
     driver_class = ServerDriver
 
 
-ServerCollectionsModel.TestCase.settings = settings(SETTINGS, max_examples=40,
-                                                    stateful_step_count=30)
+ServerCollectionsModel.TestCase.settings = settings(SETTINGS, max_examples=50,
+                                                    stateful_step_count=40)
 TestServerCollectionsModel = pytest.mark.skipif(
     not SERVED_TYPES, reason="this build's server does not serve collections (and their TTLs) "
                              "yet")(ServerCollectionsModel.TestCase)
