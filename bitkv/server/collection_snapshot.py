@@ -41,6 +41,7 @@ LIST_POSITIONS_AUX = b"bitkv-list-positions"
 READ_CHUNK = 1024  # element values read from the store per read_many call
 LOADED_SPACING = 1 << 16  # between the positions of a list loaded without its master's
 _POSITION_SIZE = 8
+_FLIP_TOP_BIT = bytes(i ^ 0x80 for i in range(256))
 
 Record = tuple[bytes, "bytes | None", "int | None"]  # store key, value, expiry ms
 
@@ -61,11 +62,13 @@ def _values(structures: Structures, c: Collection, subs: Sequence[bytes] | Seque
 def list_positions_aux(key: bytes, positions: list[int]) -> bytes:
     """The aux value naming list ``key``'s positions: varint(len key), key, then each
     position's 8 bytes (the element's ``sub``: big-endian, biased), head first. Built
-    without a bytes object per element (a list of a million is 8 MB here, not 50)."""
-    packed = array("Q", [p + layout.POSITION_BIAS for p in positions])
+    without an object per element (a list of a million is 8 MB here, not 50)."""
+    packed = array("q", positions)  # the ints as they are: no new object per element
     if sys.byteorder == "little":
         packed.byteswap()
-    return layout.element_prefix(layout.LIST, key)[len(layout.ELEMENT) + 1:] + packed.tobytes()
+    raw = bytearray(packed.tobytes())
+    raw[0::8] = raw[0::8].translate(_FLIP_TOP_BIT)  # + 2**63 (the bias) is the sign bit flipped
+    return layout.element_prefix(layout.LIST, key)[len(layout.ELEMENT) + 1:] + bytes(raw)
 
 
 def parse_list_positions_aux(value: bytes) -> tuple[bytes, list[bytes]] | None:
