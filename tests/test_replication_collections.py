@@ -463,6 +463,17 @@ def test_bitkv_replica_applies_every_collection_command_of_the_stream(tmp_path):
         wait_until(lambda: caught_up(m, r), 30, "the stream after the master's kill -9")
         assert redis_logical(r, WRITTEN) == redis_logical(m, WRITTEN)
         assert r.info("replication")["bitkv_replica_full_syncs"] == 1
+        # the replica restarts (its index rebuilt from its store) and continues too: its
+        # lists keep the master's positions, so the BITKV.LPUT/LDEL that follow apply
+        full = m.info("stats")["sync_full"]
+        replica.stop()
+        replica = BitkvProcess(tmp_path / "replica", replica.port, "--replicaof",
+                               f"127.0.0.1:{master.port}", "--repl-timeout", "5")
+        r = replica.client()
+        _collection_writes(m, rng, types)
+        wait_until(lambda: caught_up(m, r), 30, "the stream after the replica's restart")
+        assert redis_logical(r, WRITTEN) == redis_logical(m, WRITTEN)
+        assert m.info("stats")["sync_full"] == full  # a partial resync
     finally:
         if replica is not None:
             replica.stop()
