@@ -1,22 +1,27 @@
 """The RDB codec: Redis's snapshot format, for replication with Redis 7.0.
 
 A bitkv master sends a full resync to a Redis replica as an RDB (:class:`RDBWriter`); a bitkv
-replica loads its Redis master's RDB (:func:`read_rdb`). bitkv stores strings only, so the
-writer emits string keys and the reader hands strings to the caller and steps over every other
-type by its structure. ``docs/rdb.md`` describes the bytes, with a worked example.
+replica loads its Redis master's RDB (:func:`read_rdb`). The writer emits strings, hashes, sets,
+lists and sorted sets in the plain encodings every Redis since 2.x loads; the reader decodes
+those types in every encoding Redis 2.x to 7.2 writes (the packed ones through
+:mod:`bitkv.rdb_packed`) for the callers that ask for them, and steps over every other type by
+its structure. ``docs/rdb.md`` describes the bytes, with a worked example.
 
 Nothing here knows about the server or the store: bytes in, callbacks out.
 """
 
 from __future__ import annotations
 
+import math
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import crcmod
 
+from . import rdb_packed
 from .errors import Error
 
 __all__ = ["RDBError", "RDBSummary", "RDBWriter", "Sink", "Source", "crc64", "lzf_decompress",
@@ -97,6 +102,13 @@ _ENC_INT8, _ENC_INT16, _ENC_INT32, _ENC_LZF = 0, 1, 2, 3
 _CHUNK = 1 << 16
 _BIG_CHUNK = 1 << 20
 
+# A quicklist 2 node (RDB_TYPE_LIST_QUICKLIST_2): one element, or a listpack of several.
+_QUICKLIST_PLAIN, _QUICKLIST_PACKED = 1, 2
+
+_DOUBLE = struct.Struct("<d")  # a ZSET_2 score: an IEEE 754 double, little-endian
+
+_T = TypeVar("_T")
+
 _crc64_fun: Callable[[bytes, int], int] = crcmod.mkCrcFun(
     0x1AD93D23594C935A9, initCrc=0, rev=True, xorOut=0)
 
@@ -136,8 +148,11 @@ class RDBSummary:
 
     ``checksum`` is ``"ok"`` (the CRC-64 trailer matched), ``"disabled"`` (the trailer is 0:
     Redis with ``rdbchecksum no``) or ``"absent"`` (version < 5 has no trailer). ``size`` is the
-    length of the RDB in bytes, trailer included. ``expired`` counts the strings among
-    ``strings`` whose expiry had passed when the read began (``expire_ms <= now_ms``, bitkv's
+    length of the RDB in bytes, trailer included. ``strings``, ``hashes``, ``sets``, ``lists``
+    and ``zsets`` count the keys of each type handed to a callback; ``empty`` the collections
+    with no element, which are dropped as Redis's loader drops them; ``skipped`` the keys
+    stepped over (``skipped_by_type`` by type name). ``expired`` counts the keys handed to a
+    callback whose expiry had passed when the read began (``expire_ms <= now_ms``, bitkv's
     rule): they were reported all the same, dropping them is the caller's decision.
     """
 
@@ -151,6 +166,11 @@ class RDBSummary:
     functions: int = 0
     databases: set[int] = field(default_factory=set)
     size: int = 0
+    hashes: int = 0
+    sets: int = 0
+    lists: int = 0
+    zsets: int = 0
+    empty: int = 0
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -200,18 +220,20 @@ def _string(s: bytes) -> bytes:
 
 
 class RDBWriter:
-    """Stream an RDB version 10 of string keys to ``f``, as Redis 7.0 writes it.
+    """Stream an RDB version 10 to ``f``, as Redis 7.0 writes it.
 
     ``RDBWriter(f, repl_id=..., repl_offset=...)`` writes the header at once: the magic
     ``REDIS0010``, the aux fields (redis-ver 7.0.0, redis-bits, ctime, used-mem, repl-stream-db,
     repl-id, repl-offset, aof-base) and ``SELECTDB 0``, then ``RESIZEDB`` if ``db_size`` is
     given (``expires_size`` with it: how many of the keys have an expiry; both are hints).
-    :meth:`add_string` appends one key, :meth:`finish` the EOF opcode and the CRC-64 trailer.
-    Only ``f.write`` is called; nothing but the running CRC and ``bytes_written`` (the bytes
-    handed to ``f.write`` so far; after :meth:`finish`, the size of the RDB) is held between
-    calls.
+    :meth:`add_string`, :meth:`add_hash`, :meth:`add_set`, :meth:`add_list` and
+    :meth:`add_zset` append one key each, :meth:`finish` the EOF opcode and the CRC-64 trailer.
+    Only ``f.write`` is called; between calls nothing is held but the running CRC and
+    ``bytes_written`` (the bytes handed to ``f.write`` so far; after :meth:`finish`, the size of
+    the RDB), and within one call at most about 64 KiB besides the caller's own element.
 
-    Raises ``ValueError`` for an expiry outside 0..2**63-1, and for use after :meth:`finish`.
+    Raises ``ValueError`` for an expiry outside 0..2**63-1, for use after :meth:`finish`, and
+    for use after an ``add_*`` call failed part way (see :meth:`add_hash`).
     """
 
     def __init__(self, f: Sink, *, repl_id: str, repl_offset: int,
@@ -219,6 +241,7 @@ class RDBWriter:
         self._f = f
         self._crc = 0
         self._finished = False
+        self._broken = ""  # why the RDB written so far can never be valid, once it cannot
         self.bytes_written = 0
         out = [b"REDIS%04d" % WRITE_VERSION]
         aux = ((b"redis-ver", b"7.0.0"), (b"redis-bits", b"64"),
@@ -237,30 +260,190 @@ class RDBWriter:
         self._f.write(data)
         self.bytes_written += len(data)
 
-    def add_string(self, key: bytes, value: bytes, expire_ms: int) -> None:
-        """Append string ``key`` = ``value``, expiring at Unix time ``expire_ms`` (0: never)."""
+    def _key_head(self, method: str, rdb_type: int, key: bytes, expire_ms: int) -> bytes:
+        """The expiry opcode (if any), the type byte and the key, after checking the call."""
+        if self._broken:
+            raise ValueError(f"RDBWriter.{method} after {self._broken}: the RDB is unusable")
         if self._finished:
-            raise ValueError("RDBWriter.add_string after finish")
+            raise ValueError(f"RDBWriter.{method} after finish")
         if expire_ms:
             if not 0 < expire_ms < 2**63:
                 raise ValueError(f"expire_ms {expire_ms} is outside 0..2**63-1")
-            head = b"\xfc" + expire_ms.to_bytes(8, "little") + b"\x00" + _string(key)
+            return (b"\xfc" + expire_ms.to_bytes(8, "little") + bytes((rdb_type,)) +
+                    _string(key))
+        return bytes((rdb_type,)) + _string(key)
+
+    def add_aux(self, name: bytes, value: bytes) -> None:
+        """Append an aux field (opcode 0xFA) between keys. Redis's loader reads aux fields
+        anywhere and ignores the names it does not know, so a bitkv-only field (the list
+        positions a bitkv replica needs, server/collection_snapshot.py) costs a Redis
+        replica nothing."""
+        if self._broken:
+            raise ValueError(f"RDBWriter.add_aux after {self._broken}: the RDB is unusable")
+        if self._finished:
+            raise ValueError("RDBWriter.add_aux after finish")
+        self._write(b"\xfa" + _string(name))
+        if len(value) > _CHUNK:  # no copy of a big value: its length prefix, then itself
+            self._write(_length(len(value)))
+            self._write(value)
         else:
-            head = b"\x00" + _string(key)
+            self._write(_string(value))
+
+    def add_string(self, key: bytes, value: bytes, expire_ms: int) -> None:
+        """Append string ``key`` = ``value``, expiring at Unix time ``expire_ms`` (0: never)."""
+        head = self._key_head("add_string", TYPE_STRING, key, expire_ms)
         if len(value) > _CHUNK:  # no copy of a big value: its length prefix, then itself
             self._write(head + _length(len(value)))
             self._write(value)
         else:
             self._write(head + _string(value))
 
+    def add_hash(self, key: bytes, count: int, pairs: Iterable[tuple[bytes, bytes]],
+                 expire_ms: int) -> None:
+        """Append hash ``key`` of ``count`` distinct fields, ``pairs`` yielding (field, value).
+
+        Written as RDB_TYPE_HASH (4): the count, then each field and value as a string. The
+        elements are taken from ``pairs`` one at a time and written in chunks of about 64 KiB
+        (an element over 64 KiB on its own, not copied), so a hash of any size streams.
+
+        ``count`` is written first, as the RDB needs it: if ``pairs`` yields more or fewer,
+        ``ValueError`` is raised and so is every later call, :meth:`finish` included: the RDB
+        then has no trailer and no reader takes it for whole. The same holds for an exception
+        from ``pairs`` itself. Fields must be distinct: Redis refuses an RDB with a duplicate,
+        and the writer does not hold the fields to check. ``count`` 0 writes nothing (Redis
+        has no empty hash: its loader drops one), after checking that ``pairs`` is empty.
+        """
+        stream = self._begin("add_hash", TYPE_HASH, key, count, expire_ms)
+        if stream is None:
+            _expect_empty(pairs, "add_hash")
+            return
+        for field_, value in _counted(pairs, count, "add_hash"):
+            stream.string(field_)
+            stream.string(value)
+        self._end(stream)
+
+    def add_set(self, key: bytes, count: int, members: Iterable[bytes],
+                expire_ms: int) -> None:
+        """Append set ``key`` of ``count`` distinct ``members``, as RDB_TYPE_SET (2): the count,
+        then each member as a string. Streaming, ``count`` and errors as :meth:`add_hash`."""
+        stream = self._begin("add_set", TYPE_SET, key, count, expire_ms)
+        if stream is None:
+            _expect_empty(members, "add_set")
+            return
+        for member in _counted(members, count, "add_set"):
+            stream.string(member)
+        self._end(stream)
+
+    def add_list(self, key: bytes, count: int, items: Iterable[bytes], expire_ms: int) -> None:
+        """Append list ``key`` of ``count`` ``items`` (head first), as RDB_TYPE_LIST (1): the
+        count, then each item as a string; Redis 7.0 packs them into its quicklist as it loads.
+        Streaming, ``count`` and errors as :meth:`add_hash` (items may repeat)."""
+        stream = self._begin("add_list", TYPE_LIST, key, count, expire_ms)
+        if stream is None:
+            _expect_empty(items, "add_list")
+            return
+        for item in _counted(items, count, "add_list"):
+            stream.string(item)
+        self._end(stream)
+
+    def add_zset(self, key: bytes, count: int, pairs_member_score: Iterable[tuple[bytes, float]],
+                 expire_ms: int) -> None:
+        """Append sorted set ``key`` of ``count`` distinct members, ``pairs_member_score``
+        yielding (member, score) in any order, as RDB_TYPE_ZSET_2 (5): the count, then each
+        member as a string and its score as an 8-byte little-endian double (±inf included).
+        A NaN score raises ``ValueError``, as a broken count does (Redis refuses NaN).
+        Streaming, ``count`` and errors as :meth:`add_hash`."""
+        stream = self._begin("add_zset", TYPE_ZSET_2, key, count, expire_ms)
+        if stream is None:
+            _expect_empty(pairs_member_score, "add_zset")
+            return
+        pack = _DOUBLE.pack
+        for member, score in _counted(pairs_member_score, count, "add_zset"):
+            stream.string(member)
+            score = float(score)
+            if math.isnan(score):
+                raise ValueError(f"add_zset: member {member[:64]!r} of {key[:64]!r} has a NaN "
+                                 f"score")
+            stream.raw(pack(score))
+        self._end(stream)
+
+    def _begin(self, method: str, rdb_type: int, key: bytes, count: int,
+               expire_ms: int) -> _ValueStream | None:
+        """Start a collection: checks, then (``count`` > 0) the head buffered, the writer marked
+        broken until :meth:`_end` (an exception in between leaves it so)."""
+        head = self._key_head(method, rdb_type, key, expire_ms)
+        if not 0 <= count < 2**64:
+            raise ValueError(f"{method}: count {count} is outside 0..2**64-1")
+        if count == 0:
+            return None
+        self._broken = f"{method}({key[:64]!r}) failed part way"
+        stream = _ValueStream(self._write)
+        stream.raw(head + _length(count))
+        return stream
+
+    def _end(self, stream: _ValueStream) -> None:
+        stream.flush()
+        self._broken = ""
+
     def finish(self) -> None:
         """Write the EOF opcode and the little-endian CRC-64 of every byte before the trailer."""
+        if self._broken:
+            raise ValueError(f"RDBWriter.finish after {self._broken}: the RDB is unusable")
         if self._finished:
             raise ValueError("RDBWriter.finish called twice")
         self._finished = True
         self._write(b"\xff")
         self._f.write(self._crc.to_bytes(8, "little"))
         self.bytes_written += 8
+
+
+class _ValueStream:
+    """The bytes of one value gathered into writes of about ``_CHUNK``; a string over
+    ``_CHUNK`` goes out as its length prefix and then itself, never copied."""
+
+    __slots__ = ("_parts", "_size", "_write")
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def raw(self, data: bytes) -> None:
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= _CHUNK:
+            self.flush()
+
+    def string(self, s: bytes) -> None:
+        if len(s) > _CHUNK:
+            self.raw(_length(len(s)))
+            self.flush()
+            self._write(s)
+        else:
+            self.raw(_string(s))
+
+    def flush(self) -> None:
+        if self._parts:
+            self._write(b"".join(self._parts))
+            self._parts = []
+            self._size = 0
+
+
+def _counted(elements: Iterable[_T], count: int, method: str) -> Iterator[_T]:
+    """``elements``, raising ``ValueError`` as soon as they prove not to number ``count``."""
+    n = 0
+    for element in elements:
+        if n == count:
+            raise ValueError(f"{method}: the elements go on past count={count}")
+        n += 1
+        yield element
+    if n != count:
+        raise ValueError(f"{method}: {n} elements, count={count}")
+
+
+def _expect_empty(elements: Iterable[object], method: str) -> None:
+    for _ in elements:
+        raise ValueError(f"{method}: count=0 but there are elements")
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -574,6 +757,153 @@ def _skip_value(r: _Reader, rdb_type: int, at: int) -> None:
         raise RDBError(f"unknown type {rdb_type} at byte {at}")
 
 
+# -- decoding the collection types -------------------------------------------------------------
+
+
+class _Packed:
+    """Decodes the packed blobs of one key, naming the key and where it starts when a blob is
+    malformed."""
+
+    __slots__ = ("at", "key", "type_name")
+
+    def __init__(self, key: bytes, type_name: str, at: int) -> None:
+        self.key = key
+        self.type_name = type_name
+        self.at = at
+
+    def _error(self, what: str, detail: object) -> RDBError:
+        return RDBError(f"malformed {what} in the {self.type_name} {self.key[:64]!r} (the key "
+                        f"at byte {self.at}): {detail}")
+
+    def listpack(self, blob: bytes, what: str = "listpack") -> list[bytes]:
+        try:
+            return rdb_packed.listpack_elements(blob)
+        except rdb_packed.PackedError as exc:
+            raise self._error(what, exc) from None
+
+    def ziplist(self, blob: bytes, what: str = "ziplist") -> list[bytes]:
+        try:
+            return rdb_packed.ziplist_elements(blob)
+        except rdb_packed.PackedError as exc:
+            raise self._error(what, exc) from None
+
+    def intset(self, blob: bytes) -> list[bytes]:
+        try:
+            return rdb_packed.intset_members(blob)
+        except rdb_packed.PackedError as exc:
+            raise self._error("intset", exc) from None
+
+    def zipmap(self, blob: bytes) -> list[tuple[bytes, bytes]]:
+        try:
+            return rdb_packed.zipmap_pairs(blob)
+        except rdb_packed.PackedError as exc:
+            raise self._error("zipmap", exc) from None
+
+    def pairs(self, elements: list[bytes], what: str) -> list[tuple[bytes, bytes]]:
+        if len(elements) % 2:
+            raise self._error(what, f"an odd number of elements, {len(elements)}")
+        return list(zip(elements[::2], elements[1::2], strict=True))
+
+    def score(self, text: bytes, where: str) -> float:
+        try:
+            return rdb_packed.score_from_text(text)
+        except ValueError as exc:
+            raise RDBError(f"{exc} {where} of the zset {self.key[:64]!r} (the key at byte "
+                           f"{self.at})") from None
+
+
+def _read_hash(r: _Reader, rdb_type: int, packed: _Packed) -> list[tuple[bytes, bytes]]:
+    if rdb_type == TYPE_HASH:
+        string = r.string
+        return [(string(), string()) for _ in range(r.length())]
+    blob = r.string()
+    if rdb_type == TYPE_HASH_LISTPACK:
+        return packed.pairs(packed.listpack(blob), "listpack")
+    if rdb_type == TYPE_HASH_ZIPLIST:
+        return packed.pairs(packed.ziplist(blob), "ziplist")
+    return packed.zipmap(blob)  # TYPE_HASH_ZIPMAP
+
+
+def _read_set(r: _Reader, rdb_type: int, packed: _Packed) -> list[bytes]:
+    if rdb_type == TYPE_SET:
+        string = r.string
+        return [string() for _ in range(r.length())]
+    blob = r.string()
+    if rdb_type == TYPE_SET_INTSET:
+        return packed.intset(blob)
+    return packed.listpack(blob)  # TYPE_SET_LISTPACK
+
+
+def _read_list(r: _Reader, rdb_type: int, packed: _Packed) -> list[bytes]:
+    if rdb_type == TYPE_LIST:
+        string = r.string
+        return [string() for _ in range(r.length())]
+    if rdb_type == TYPE_LIST_ZIPLIST:
+        return packed.ziplist(r.string())
+    items: list[bytes] = []
+    for _ in range(r.length()):  # quicklist nodes; Redis skips empty ones
+        if rdb_type == TYPE_LIST_QUICKLIST:
+            items += packed.ziplist(r.string(), "quicklist ziplist node")
+            continue
+        container_at = r.offset
+        container = r.length()
+        if container == _QUICKLIST_PLAIN:
+            items.append(r.string())
+        elif container == _QUICKLIST_PACKED:
+            items += packed.listpack(r.string(), "quicklist listpack node")
+        else:
+            raise RDBError(f"bad quicklist container {container} at byte {container_at} in the "
+                           f"list {packed.key[:64]!r} (the key at byte {packed.at})")
+    return items
+
+
+def _read_zset(r: _Reader, rdb_type: int, packed: _Packed) -> list[tuple[bytes, float]]:
+    if rdb_type == TYPE_ZSET_2:
+        out: list[tuple[bytes, float]] = []
+        for _ in range(r.length()):
+            member = r.string()
+            score_at = r.offset
+            score = _DOUBLE.unpack(r.take(8))[0]
+            if math.isnan(score):
+                raise RDBError(f"NaN score at byte {score_at} in the zset {packed.key[:64]!r} "
+                               f"(the key at byte {packed.at})")
+            out.append((member, score))
+        return out
+    if rdb_type == TYPE_ZSET:
+        out = []
+        for _ in range(r.length()):
+            member = r.string()
+            score_at = r.offset
+            n = r.byte()  # a double as text: its length, or 253 NaN, 254 +inf, 255 -inf
+            if n == 254:
+                out.append((member, math.inf))
+            elif n == 255:
+                out.append((member, -math.inf))
+            else:
+                text = b"nan" if n == 253 else r.take(n)
+                out.append((member, packed.score(text, f"at byte {score_at}")))
+        return out
+    blob = r.string()
+    if rdb_type == TYPE_ZSET_LISTPACK:
+        elements = packed.pairs(packed.listpack(blob), "listpack")
+    else:  # TYPE_ZSET_ZIPLIST
+        elements = packed.pairs(packed.ziplist(blob), "ziplist")
+    where = "in the listpack" if rdb_type == TYPE_ZSET_LISTPACK else "in the ziplist"
+    return [(member, packed.score(score, where)) for member, score in elements]
+
+
+# Which reader decodes each RDB type of the four collection types.
+_COLLECTION_READERS: dict[int, Callable[[_Reader, int, _Packed], list[Any]]] = {
+    TYPE_HASH: _read_hash, TYPE_HASH_ZIPMAP: _read_hash, TYPE_HASH_ZIPLIST: _read_hash,
+    TYPE_HASH_LISTPACK: _read_hash,
+    TYPE_SET: _read_set, TYPE_SET_INTSET: _read_set, TYPE_SET_LISTPACK: _read_set,
+    TYPE_LIST: _read_list, TYPE_LIST_ZIPLIST: _read_list, TYPE_LIST_QUICKLIST: _read_list,
+    TYPE_LIST_QUICKLIST_2: _read_list,
+    TYPE_ZSET: _read_zset, TYPE_ZSET_2: _read_zset, TYPE_ZSET_ZIPLIST: _read_zset,
+    TYPE_ZSET_LISTPACK: _read_zset,
+}
+
+
 def _skip_stream(r: _Reader, rdb_type: int) -> None:
     for _ in range(r.length()):  # listpacks: master id, listpack
         r.skip_string()
@@ -626,24 +956,44 @@ def read_rdb(src: Source, *,
              on_skipped: Callable[[int, bytes, str], object] | None = None,
              on_aux: Callable[[bytes, bytes], object] | None = None,
              max_value_len: int | None = DEFAULT_MAX_VALUE_LEN,
-             now_ms: int | None = None) -> RDBSummary:
+             now_ms: int | None = None,
+             on_hash: Callable[[int, bytes, list[tuple[bytes, bytes]], int], object] | None = None,
+             on_set: Callable[[int, bytes, list[bytes], int], object] | None = None,
+             on_list: Callable[[int, bytes, list[bytes], int], object] | None = None,
+             on_zset: Callable[[int, bytes, list[tuple[bytes, float]], int], object] | None = None,
+             ) -> RDBSummary:
     """Read an RDB (versions 1..12) from ``src``, calling back for what it holds.
 
     ``on_string(db, key, value, expire_ms)`` for each string key (``expire_ms`` absolute Unix
-    milliseconds, 0 for none; expired keys are reported too), ``on_skipped(db, key, type_name)``
-    for each key of another type (``type_name``: list, set, zset, hash, stream or module),
-    ``on_aux(name, value)`` for each aux field. Keys, values and aux strings longer than
-    ``max_value_len`` (None: no limit) are refused before any of their bytes are held.
-    ``now_ms`` (default: the clock when the read begins) is the time ``summary.expired`` is
-    counted against.
+    milliseconds, 0 for none; expired keys are reported too). ``on_hash(db, key, pairs,
+    expire_ms)`` with a list of (field, value), ``on_set(db, key, members, expire_ms)`` with a
+    list of members, ``on_list(db, key, items, expire_ms)`` with the items head first,
+    ``on_zset(db, key, pairs, expire_ms)`` with a list of (member, score: a float, ±inf
+    possible, never NaN) for each key of those types, in any of their encodings (Redis 2.x to
+    7.2: plain, zipmap, ziplist, intset, listpack, quicklist 1 and 2). Integer-encoded elements
+    come as their decimal text. Each collection is handed over whole, as a list: it is held in
+    memory once while the callback runs (its blob too, for a packed one: up to
+    ``max_value_len``), which is fine for loading a snapshot, where the store holds it anyway.
+    Elements come as the RDB has them: Redis never writes duplicates, and the reader does not
+    look for them. A collection with no element is not reported (Redis's loader drops one
+    too; ``summary.empty`` counts them).
+
+    ``on_skipped(db, key, type_name)`` for each key stepped over: streams, modules, the 7.4+
+    hashes with field expiry (types 22..25; bitkv keeps no per-field TTL), and a hash, set,
+    list or zset whose callback is None (``type_name``: list, set, zset, hash, stream or
+    module). ``on_aux(name, value)`` for each aux field. Keys, values, elements, packed blobs
+    and aux strings longer than ``max_value_len`` (None: no limit) are refused before any of
+    their bytes are held. ``now_ms`` (default: the clock when the read begins) is the time
+    ``summary.expired`` is counted against.
 
     Reads stop after the checksum trailer, but up to 64 KiB past the RDB may have been read from
     ``src``: bound ``src`` to the RDB if the stream goes on. Returns an :class:`RDBSummary`.
 
     Raises :class:`RDBError` for anything wrong with the bytes (bad magic, unsupported version,
-    truncation, unknown type or opcode, malformed encoding, checksum mismatch, a length over the
-    limit), having possibly called back for the keys before the damage; exceptions from the
-    callbacks and from ``src.read`` propagate unchanged.
+    truncation, unknown type or opcode, malformed encoding (a packed blob's message names the
+    key and the byte of the blob), a NaN score, checksum mismatch, a length over the limit),
+    having possibly called back for the keys before the damage; exceptions from the callbacks
+    and from ``src.read`` propagate unchanged.
     """
     if now_ms is None:
         now_ms = int(time.time() * 1000)
@@ -663,6 +1013,9 @@ def read_rdb(src: Source, *,
         raise RDBError(f"unsupported RDB version {version}")
     summary = RDBSummary(version=version)
     skipped_by_type = summary.skipped_by_type
+    callbacks: dict[str, Callable[[int, bytes, Any, int], object] | None] = {
+        "hash": on_hash, "set": on_set, "list": on_list, "zset": on_zset}
+    loaded = dict.fromkeys(callbacks, 0)
     db = 0
     expire_ms = 0
     strings = 0
@@ -685,12 +1038,24 @@ def read_rdb(src: Source, *,
             expire_ms = max(1, int.from_bytes(r.take(8), "little", signed=True))
         elif opcode in TYPE_NAMES:
             key = r.string()
-            _skip_value(r, opcode, at)
             type_name = TYPE_NAMES[opcode]
-            skipped_by_type[type_name] = skipped_by_type.get(type_name, 0) + 1
-            summary.skipped += 1
-            if on_skipped is not None:
-                on_skipped(db, key, type_name)
+            callback = callbacks.get(type_name)
+            reader = _COLLECTION_READERS.get(opcode)
+            if callback is not None and reader is not None:
+                elements = reader(r, opcode, _Packed(key, type_name, at))
+                if elements:
+                    callback(db, key, elements, expire_ms)
+                    loaded[type_name] += 1
+                    if expire_ms and expire_ms <= now_ms:
+                        expired += 1
+                else:  # Redis's loader drops an empty collection too
+                    summary.empty += 1
+            else:
+                _skip_value(r, opcode, at)
+                skipped_by_type[type_name] = skipped_by_type.get(type_name, 0) + 1
+                summary.skipped += 1
+                if on_skipped is not None:
+                    on_skipped(db, key, type_name)
             expire_ms = 0
         elif opcode == OP_SELECTDB:
             db = r.length()
@@ -742,6 +1107,8 @@ def read_rdb(src: Source, *,
             raise RDBError(f"unknown opcode {opcode} at byte {at}")
     summary.strings = strings
     summary.expired = expired
+    summary.hashes, summary.sets = loaded["hash"], loaded["set"]
+    summary.lists, summary.zsets = loaded["list"], loaded["zset"]
     if version >= 5:
         expected = r.finish_crc()
         stored = int.from_bytes(r.take(8), "little")

@@ -18,6 +18,7 @@ import fuzz_get
 import fuzz_hint
 import fuzz_indexmap
 import fuzz_rdb
+import fuzz_rdb_types
 import fuzz_record
 import fuzz_replay
 import fuzz_server_parser
@@ -29,6 +30,7 @@ def main() -> None:
         os.path.dirname(os.path.abspath(__file__)), "corpus")
     for name, module in (("record", fuzz_record), ("hint", fuzz_hint), ("store", fuzz_store),
                          ("server_parser", fuzz_server_parser), ("rdb", fuzz_rdb),
+                         ("rdb_types", fuzz_rdb_types),
                          ("indexmap", fuzz_indexmap), ("get", fuzz_get),
                          ("codec_native", fuzz_codec_native), ("batch", fuzz_batch),
                          ("compact", fuzz_compact), ("replay", fuzz_replay)):

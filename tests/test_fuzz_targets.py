@@ -29,6 +29,7 @@ import fuzz_hint
 import fuzz_indexmap
 import fuzz_put
 import fuzz_rdb
+import fuzz_rdb_types
 import fuzz_record
 import fuzz_replay
 import fuzz_resp
@@ -121,6 +122,11 @@ TARGETS = [
     # The RDB reader: RDBError or a consistent result, the same through a trickling source.
     Target(fuzz_rdb, 3000, 13, 1500,
            lambda rng: b"REDIS00%02d" % rng.randint(0, 13) + rng.randbytes(rng.randint(0, 200))),
+    # The RDB reader's hashes, sets, lists and zsets in every encoding, and the packed decoders.
+    Target(fuzz_rdb_types, 2000, 23, 1000,
+           lambda rng: b"REDIS0010\xfe\x00" + bytes([rng.choice((1, 2, 3, 4, 5, 9, 10, 11, 12, 13,
+                                                                 14, 16, 17, 18, 20))]) +
+           rng.randbytes(rng.randint(0, 200))),
     # The compiled index map against a dict, on programs read from mutated bytes.
     Target(fuzz_indexmap, 3000, 15, 1500, _random_bytes(400),
            _compiled("IndexMap", fuzz_indexmap)),
@@ -195,7 +201,7 @@ def test_every_target_is_run() -> None:
 
 
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
-                                    fuzz_rdb, fuzz_indexmap, fuzz_put, fuzz_get,
+                                    fuzz_rdb, fuzz_rdb_types, fuzz_indexmap, fuzz_put, fuzz_get,
                                     fuzz_codec_native, fuzz_batch, fuzz_compact, fuzz_replay,
                                     fuzz_resp])
 def test_targets_have_an_atheris_entry_point(target):

@@ -441,3 +441,26 @@ def test_a_multi_key_write_changes_the_version_of_each_collection_it_touches(
         after = {name: s.version(name) for name in before}
         assert after[b"untouched"] == before[b"untouched"]
         assert all(after[n] != before[n] for n in colls)
+
+
+@needs_redis
+def test_denyoom_flags_are_redis_7s(tmp_path: Path, real_redis: RedisProcess) -> None:
+    """The commands refused under OOM (F_DENYOOM, COMMAND INFO's "denyoom") are Redis's,
+    for every write command both servers have: EXEC of a transaction holding one aborts."""
+    from bitkv.server.commands import F_WRITE, INFOS
+
+    names = sorted(n for n, info in INFOS.items() if info.flags & F_WRITE)
+    theirs = real_redis.client().execute_command("COMMAND", "INFO", *names)
+    with ServerThread(dir=str(tmp_path / "db"), port=0) as srv:
+        ours = client(srv).execute_command("COMMAND", "INFO", *names)
+
+    def denyoom(entries: dict[str, Any]) -> dict[str, bool]:
+        """redis-py's parsed COMMAND INFO: name -> {"flags": [...], ...}."""
+        return {name: "denyoom" in [f.decode() if isinstance(f, bytes) else f
+                                    for f in info["flags"]]
+                for name, info in entries.items() if info}
+
+    redis_flags, bitkv_flags = denyoom(theirs), denyoom(ours)
+    both = sorted(set(redis_flags) & set(bitkv_flags))
+    assert len(both) > 40
+    assert {n: bitkv_flags[n] for n in both} == {n: redis_flags[n] for n in both}

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING
 
 import bitkv
 from bitkv import names, rdb
+from bitkv.structures import Structures, is_internal
 
 from .backlog import GETACK, PING, Backlog, StreamDiverged, StreamReader
+from .collection_snapshot import write_collections
 
 if TYPE_CHECKING:
     from .app import Connection, Server
@@ -351,7 +353,7 @@ class Master:
         try:
             began = time.monotonic()
             keys, size = await loop.run_in_executor(
-                None, write_snapshot, db, path, backlog.replid, start)
+                None, write_snapshot, db, self.server.structures, path, backlog.replid, start)
             keepalive.cancel()
             peer.state = "send_bulk"
             log.info("replica %s: snapshot of %d keys (%d bytes) written in %.2f s; sending",
@@ -501,18 +503,31 @@ class Master:
         return self.backlog.offset if self.backlog is not None else 0
 
 
-def write_snapshot(db: bitkv.Store, path: str, replid: str, offset: int) -> tuple[int, int]:
-    """Write an RDB of the live keys of ``db`` to ``path``; return (keys, bytes)."""
+def write_snapshot(db: bitkv.Store, structures: Structures | None, path: str, replid: str,
+                   offset: int) -> tuple[int, int]:
+    """Write an RDB of the live keys of ``db`` to ``path``: its strings, then the hashes,
+    sets, lists and sorted sets of ``structures`` (server/collection_snapshot.py: their
+    records are not strings); return (keys, bytes). Runs in a worker thread while the loop
+    goes on writing."""
     now_ms = int(time.time() * 1000)
     keys = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb", buffering=1 << 20) as f:
         writer = rdb.RDBWriter(f, repl_id=replid, repl_offset=offset)
-        for key, value, expiry_ms in db.items_with_expiry():
+        names_now = db.keys()  # a list: the loop thread keeps writing meanwhile
+        for key in names_now:
+            if is_internal(key):  # a collection's record: written per collection below
+                continue
+            got = db.get_with_expiry(key)
+            if got is None:
+                continue
+            value, expiry_ms = got
             if expiry_ms and expiry_ms <= now_ms:
                 continue
             writer.add_string(key, value, expiry_ms)
             keys += 1
+        if structures is not None:
+            keys += write_collections(writer, structures, now_ms)
         writer.finish()
     return keys, writer.bytes_written
 

@@ -49,8 +49,10 @@ from typing import TYPE_CHECKING
 import bitkv
 from bitkv import names, rdb
 from bitkv.record import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from bitkv.structures import is_internal
 
 from . import replica_state
+from .collection_snapshot import CollectionLoader
 from .commands import F_ASYNC, F_TXCTL, F_WRITE, CommandError, lookup
 from .protocol import Limits, ProtocolError, PyParser
 from .replica_state import ReplicaState, ResumePoint
@@ -226,6 +228,8 @@ class ReplicaLink:
             with contextlib.suppress(Exception):
                 await self._loading
             self._loading = None
+            if not self.server.db.closed:
+                self.server.structures.load()  # from the records it left (as after a load)
         self._close_writer()
         if clean and self.replid is not None and self.offset >= 0:
             loop = asyncio.get_running_loop()
@@ -488,6 +492,10 @@ class ReplicaLink:
                 keepalive.cancel()
                 if self._loading.done():
                     self._loading = None
+                    # The collections' index follows the records the load (or a part of it,
+                    # if it failed after verifying) left in the store.
+                    if self.server.structures is not None:
+                        self.server.structures.load()
             log.info("MASTER <-> REPLICA sync: Finished with success: %d keys loaded, %d "
                      "skipped, in %.2f s", loaded, self.skipped_keys,
                      time.monotonic() - started)
@@ -514,7 +522,7 @@ class ReplicaLink:
     def _verify_and_load(self, path: str) -> int:
         aborted = self._abort
 
-        def verify_string(db: int, key: bytes, value: bytes, expire_ms: int) -> None:
+        def verify(db: int, key: bytes, value: object, expire_ms: int) -> None:
             if aborted.is_set():
                 raise _Aborted
 
@@ -522,9 +530,10 @@ class ReplicaLink:
             pass
 
         try:
-            with open(path, "rb") as f:
-                rdb.read_rdb(f, on_string=verify_string, on_skipped=ignore, on_aux=ignore,
-                             max_value_len=None)
+            with open(path, "rb") as f:  # every type the load decodes, decoded here too
+                rdb.read_rdb(f, on_string=verify, on_skipped=ignore, on_aux=ignore,
+                             max_value_len=None, on_hash=verify, on_set=verify,
+                             on_list=verify, on_zset=verify)
         except rdb.RDBError as exc:
             raise LinkError(f"the RDB from the master is invalid, the store was not touched "
                             f"(will retry): {exc}") from exc
@@ -559,36 +568,52 @@ class ReplicaLink:
                 log.warning("replication: skipped key %s of type %s (db %d) from the master's "
                             "RDB: bitkv does not store it", _shown(key), what, dbnum)
 
-        def on_string(dbnum: int, key: bytes, value: bytes, expire_ms: int) -> None:
+        def commit_if_full() -> None:
             nonlocal batch
-            if dbnum != 0:
-                skip(dbnum, key, "string in a database other than 0")
-                return
-            if not key or len(key) > MAX_KEY_SIZE or len(value) > MAX_VALUE_SIZE:
-                skip(dbnum, key, f"string (key of {len(key)} bytes, value of {len(value)} "
-                                 f"bytes: beyond bitkv's limits)")
-                return
-            if expire_ms and expire_ms <= now_ms:
-                return  # expired already: as Redis's replica, not loaded (deleted if local)
-            batch.put(key, value, expires_at_ms=expire_ms or None)
-            leftover.discard(key)
-            loaded[0] += 1
             if len(batch) >= LOAD_BATCH:
                 if aborted.is_set():
                     raise _Aborted
                 batch.commit()
                 batch = db.batch()
 
+        def on_string(dbnum: int, key: bytes, value: bytes, expire_ms: int) -> None:
+            if dbnum != 0:
+                skip(dbnum, key, "string in a database other than 0")
+                return
+            if not key or len(key) > MAX_KEY_SIZE or len(value) > MAX_VALUE_SIZE \
+                    or is_internal(key):
+                skip(dbnum, key, f"string (key of {len(key)} bytes, value of {len(value)} "
+                                 f"bytes: beyond bitkv's limits, or in its reserved range)")
+                return
+            if expire_ms and expire_ms <= now_ms:
+                return  # expired already: as Redis's replica, not loaded (deleted if local)
+            batch.put(key, value, expires_at_ms=expire_ms or None)
+            leftover.discard(key)
+            loaded[0] += 1
+            commit_if_full()
+
         def on_skipped(dbnum: int, key: bytes, type_name: str) -> None:
             skip(dbnum, key, type_name)
 
-        def on_aux(name: bytes, value: bytes) -> None:
-            pass
+        def put_records(records: list[tuple[bytes, bytes | None, int | None]]) -> None:
+            # A collection's records (elements, then its header) go in the same batches as
+            # the strings; an interrupted load is followed by a full resync anyway.
+            for key, value, expiry in records:
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value, expires_at_ms=expiry)
+                leftover.discard(key)
+                commit_if_full()
 
+        collections = CollectionLoader(put_records, skip, now_ms)
         with open(path, "rb") as f:
-            rdb.read_rdb(f, on_string=on_string, on_skipped=on_skipped, on_aux=on_aux,
-                         max_value_len=None)
+            rdb.read_rdb(f, on_string=on_string, on_skipped=on_skipped,
+                         on_aux=collections.on_aux, on_hash=collections.on_hash,
+                         on_set=collections.on_set, on_list=collections.on_list,
+                         on_zset=collections.on_zset, max_value_len=None)
         batch.commit()
+        loaded[0] += collections.loaded
         if skipped[0] > KEY_WARNINGS:
             log.warning("replication: skipped %d more keys of types bitkv does not store (%d "
                         "in all; INFO replication: bitkv_replica_skipped_keys)",

@@ -36,6 +36,7 @@ from . import tuning
 from .elementscan import parse_scan, scan_step
 from .encodings import encoding_of, rule, tuning_int
 from .registry import (
+    F_DENYOOM,
     F_FAST,
     F_READONLY,
     F_WRITE,
@@ -104,7 +105,7 @@ def _hset(c: Connection, args: list[bytes]) -> int:
     return created
 
 
-@command("hset", -4, F_WRITE | F_FAST, (1, 1, 1), "hash",
+@command("hset", -4, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "hash",
          "Set the string value of a hash field", "2.0.0")
 def cmd_hset(c: Connection, args: list[bytes]) -> bytes:
     if len(args) % 2:
@@ -112,7 +113,7 @@ def cmd_hset(c: Connection, args: list[bytes]) -> bytes:
     return integer(_hset(c, args))
 
 
-@command("hmset", -4, F_WRITE | F_FAST, (1, 1, 1), "hash",
+@command("hmset", -4, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "hash",
          "Set multiple hash fields to multiple values", "2.0.0")
 def cmd_hmset(c: Connection, args: list[bytes]) -> bytes:
     if len(args) % 2:
@@ -121,7 +122,7 @@ def cmd_hmset(c: Connection, args: list[bytes]) -> bytes:
     return OK
 
 
-@command("hsetnx", 4, F_WRITE | F_FAST, (1, 1, 1), "hash",
+@command("hsetnx", 4, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "hash",
          "Set the value of a hash field, only if the field does not exist", "2.0.0")
 def cmd_hsetnx(c: Connection, args: list[bytes]) -> bytes:
     h = c.structures.find(args[1], HashIndex)
@@ -228,7 +229,7 @@ def cmd_hgetall(c: Connection, args: list[bytes]) -> bytes:
     return _pairs_reply(c, fields, _values(c, h, fields))
 
 
-@command("hincrby", 4, F_WRITE | F_FAST, (1, 1, 1), "hash",
+@command("hincrby", 4, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "hash",
          "Increment the integer value of a hash field by the given number", "2.0.0")
 def cmd_hincrby(c: Connection, args: list[bytes]) -> bytes:
     incr = to_int(args[3])
@@ -258,7 +259,7 @@ def _after_write(c: Connection, key: bytes, *lengths: int) -> None:
         _note_sizes(c, h, max(lengths))
 
 
-@command("hincrbyfloat", 4, F_WRITE | F_FAST, (1, 1, 1), "hash",
+@command("hincrbyfloat", 4, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "hash",
          "Increment the float value of a hash field by the given amount", "2.6.0")
 def cmd_hincrbyfloat(c: Connection, args: list[bytes]) -> bytes:
     incr = parse_float(args[3])

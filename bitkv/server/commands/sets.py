@@ -26,7 +26,7 @@ from . import tuning
 from .elementscan import parse_scan, scan_step
 from .encodings import encoding_of, rule, tuning_int
 from .hashes import check_random_reply, random_count
-from .registry import F_FAST, F_READONLY, F_WRITE, SYNTAX, CommandError, command
+from .registry import F_DENYOOM, F_FAST, F_READONLY, F_WRITE, SYNTAX, CommandError, command
 
 if TYPE_CHECKING:
     from ..app import Connection
@@ -60,7 +60,7 @@ def _empty_set(c: Connection) -> bytes:
     return b"~0\r\n" if c.resp3 else EMPTY_ARRAY
 
 
-@command("sadd", -3, F_WRITE | F_FAST, (1, 1, 1), "set",
+@command("sadd", -3, F_WRITE | F_FAST | F_DENYOOM, (1, 1, 1), "set",
          "Add one or more members to a set")
 def cmd_sadd(c: Connection, args: list[bytes]) -> bytes:
     with c.structures.edit(args[1], SetIndex) as e:
@@ -259,13 +259,12 @@ def _store(c: Connection, dst: bytes, members: list[bytes]) -> bytes:
     """Replace ``dst`` (whatever it holds) with a set of ``members`` in one batch (no set
     when empty: the key is deleted); the reply is the size."""
     structures = c.structures
-    new = SetIndex(dst)
-    ops = structures.replace_ops(dst)
-    ops += structures.new_collection_ops(new, dict.fromkeys(members, b""))
+    ops, new = structures.replace_ops(dst, SetIndex, ((m, b"") for m in members))
     if ops:
         structures.write(ops)
-    structures.forget(dst)
-    if members:
+    if new is None:
+        structures.forget(dst)
+    else:
         structures.install(new)
     return integer(len(members))
 
@@ -285,7 +284,7 @@ for _name, _op, _summary in (
         ("sunion", _union, "Add multiple sets"),
         ("sdiff", _diff, "Subtract multiple sets")):
     command(_name, -2, F_READONLY, (1, -1, 1), "set", _summary)(_set_op(_op, False))
-    command(_name + "store", -3, F_WRITE, (1, -1, 1), "set",
+    command(_name + "store", -3, F_WRITE | F_DENYOOM, (1, -1, 1), "set",
             _summary + " and store the resulting set in a key")(_set_op(_op, True))
 
 
