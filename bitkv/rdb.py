@@ -273,6 +273,22 @@ class RDBWriter:
                     _string(key))
         return bytes((rdb_type,)) + _string(key)
 
+    def add_aux(self, name: bytes, value: bytes) -> None:
+        """Append an aux field (opcode 0xFA) between keys. Redis's loader reads aux fields
+        anywhere and ignores the names it does not know, so a bitkv-only field (the list
+        positions a bitkv replica needs, server/collection_snapshot.py) costs a Redis
+        replica nothing."""
+        if self._broken:
+            raise ValueError(f"RDBWriter.add_aux after {self._broken}: the RDB is unusable")
+        if self._finished:
+            raise ValueError("RDBWriter.add_aux after finish")
+        self._write(b"\xfa" + _string(name))
+        if len(value) > _CHUNK:  # no copy of a big value: its length prefix, then itself
+            self._write(_length(len(value)))
+            self._write(value)
+        else:
+            self._write(_string(value))
+
     def add_string(self, key: bytes, value: bytes, expire_ms: int) -> None:
         """Append string ``key`` = ``value``, expiring at Unix time ``expire_ms`` (0: never)."""
         head = self._key_head("add_string", TYPE_STRING, key, expire_ms)

@@ -19,6 +19,9 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import bench  # noqa: E402  (scripts/bench.py)
 
+# The same code in both engine modes: CI's pure-Python run skips it (.ci/run).
+pytestmark = pytest.mark.engine_independent
+
 try:
     import bitkv._native  # noqa: F401
 

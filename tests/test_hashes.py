@@ -213,6 +213,12 @@ def test_memory_usage_answers_for_hashes_and_missing_keys(r):
     assert r.memory_usage("nokey") is None
     r.set("s", "abc")
     assert r.memory_usage("s") > 3
+    assert r.memory_usage("h", samples=0) > 100 * 12  # 0: every value read, as Redis
+    assert b"USAGE <key> [SAMPLES <count>]" in r.execute_command("MEMORY", "HELP")
+    with pytest.raises(redis.ResponseError, match="Try MEMORY HELP"):
+        r.execute_command("MEMORY", "DOCTOR")
+    with pytest.raises(redis.ResponseError, match="syntax error"):
+        r.execute_command("MEMORY", "USAGE", "h", "SAMPLES")
 
 
 def test_object_encoding_rule_follows_the_tuning_parameters():

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from memcached_support import MEMCACHED, DebianMemcached, exchange
 
-pytestmark = pytest.mark.skipif(MEMCACHED is None,
+pytestmark = [pytest.mark.skipif(MEMCACHED is None,
                                 reason="Debian's memcached is not installed (apt install "
-                                       "memcached)")
+                                       "memcached)"),
+              pytest.mark.engine_independent]  # CI's pure-Python run skips it
 
 from bitkv.server import ServerConfig, ServerThread  # noqa: E402
 

@@ -24,6 +24,9 @@ from sentinel_support import (  # noqa: E402
 from bitkv.server import ServerThread  # noqa: E402
 from bitkv.server.commands import lookup  # noqa: E402
 
+# The same code in both engine modes: CI's pure-Python run skips it (.ci/run).
+pytestmark = pytest.mark.engine_independent
+
 # Everything Sentinel 7.0 sends to a master while it monitors one (sentinel.c:
 # sentinelReconnectInstance, sentinelSendPeriodicCommands, sentinelSendHello); AUTH too when
 # it is configured with `sentinel auth-pass`.

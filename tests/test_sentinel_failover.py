@@ -22,6 +22,9 @@ from sentinel_support import (  # noqa: E402
     running_sentinels,
 )
 
+# The same code in both engine modes: CI's pure-Python run skips it (.ci/run).
+pytestmark = pytest.mark.engine_independent
+
 
 @pytest.mark.parametrize("n_replicas", [1, 2])
 def test_sentinel_fails_over_a_killed_bitkv_master_to_a_bitkv_replica(tmp_path, n_replicas):

@@ -23,6 +23,9 @@ import bitkv  # noqa: E402
 from bitkv.server import metrics as m  # noqa: E402
 from bitkv.server.app import ServerConfig  # noqa: E402
 
+# The same code in both engine modes: CI's pure-Python run skips it (.ci/run).
+pytestmark = pytest.mark.engine_independent
+
 
 @pytest.fixture
 def server(tmp_path):

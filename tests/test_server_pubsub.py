@@ -20,6 +20,9 @@ from procs import wait_until  # noqa: E402
 import bitkv  # noqa: E402
 from bitkv.server import ServerThread  # noqa: E402
 
+# The same code in both engine modes: CI's pure-Python run skips it (.ci/run).
+pytestmark = pytest.mark.engine_independent
+
 ResponseError = redis.exceptions.ResponseError
 MiB = 1024 * 1024
 RESTRICTED = ("only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in "

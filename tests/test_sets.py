@@ -217,3 +217,28 @@ def test_object_encoding_rule_intset_then_hashtable():
     assert encoding_of(control, s) == "hashtable"
     s.on_delete(b"1")
     assert encoding_of(control, s) == "hashtable"  # sticky
+
+
+def test_smove_of_a_member_the_destination_has_leaves_its_watch_alone(r, bitkv_server):
+    """Only the source changes: a WATCH of the destination must not abort (Redis's TCL
+    "SMOVE only notify dstset when the addition is successful")."""
+    r.sadd("s", "a", "b")
+    r.sadd("d", "a")
+    other = bitkv_server.client()
+    try:
+        with r.pipeline(transaction=True) as pipe:
+            pipe.watch("d")
+            pipe.multi()
+            pipe.sadd("d", "c")
+            assert other.smove("s", "d", "a") == 1
+            assert pipe.execute() == [1]  # not aborted
+        assert r.scard("d") == 2 and r.smembers("s") == {b"b"}
+        with r.pipeline(transaction=True) as pipe:
+            pipe.watch("d")
+            pipe.multi()
+            pipe.sadd("d", "z")
+            assert other.smove("s", "d", "b") == 1  # d changes this time
+            with pytest.raises(redis.WatchError):
+                pipe.execute()
+    finally:
+        other.close()

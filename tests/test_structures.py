@@ -193,22 +193,22 @@ def test_commit_edits_writes_two_collections_in_one_batch(db):
         s.commit_edits([s.edit(b"dst", SetIndex), s.edit(b"dst", SetIndex)])
 
 
-def test_replace_ops_and_new_collection_ops_overwrite_any_type(db):
+def test_replace_ops_overwrite_any_type(db):
     s = Structures(db)
     db.put(b"str", b"x")
     with s.edit(b"h", HashIndex) as e:
         e.put(b"f", b"v")
     for key in (b"str", b"h", b"none"):
-        new = SetIndex(key)
-        s.write(s.replace_ops(key) + s.new_collection_ops(new, {b"a": b"", b"b": b""}))
-        s.forget(key)
+        ops, new = s.replace_ops(key, SetIndex, [(b"a", b""), (b"b", b"")])
+        s.write(ops)
+        assert new is not None
         s.install(new)
         found = s.find(key, SetIndex)
         assert found is not None and list(found.members) == [b"a", b"b"]
-    assert s.new_collection_ops(SetIndex(b"e"), {}) == []
+    assert s.replace_ops(b"e", SetIndex, []) == ([], None)
     assert db.get(b"str") is None  # the string itself was deleted
     with pytest.raises(ReservedKeyError):
-        s.replace_ops(PREFIX + b"x")
+        s.replace_ops(PREFIX + b"x", SetIndex, [])
     s2 = Structures(db)  # what was written is what reloads
     assert sorted(s2.keys()) == [b"h", b"none", b"str"]
     assert s2.find(b"h", SetIndex) is not None
@@ -232,3 +232,20 @@ def test_set_sampler_stays_dense_and_matches_members():
         assert all(idx.sampler[slot] == m for m, slot in idx.members.items())
     if model:
         assert idx.random_member(rnd.randrange) in model
+
+
+def test_write_of_one_op_is_a_plain_put_or_delete_with_the_same_effect(db, monkeypatch):
+    """A single op skips the batch (a record is atomic alone); several still use one."""
+    s = Structures(db)
+    batches = []
+    real_batch = db.batch
+    monkeypatch.setattr(db, "batch", lambda: batches.append(1) or real_batch())
+    far = 4102444800123
+    s.write([(b"a", b"1", None)])
+    s.write([(b"b", b"2", far)])
+    assert db.get(b"a") == b"1" and db.get_with_expiry(b"b") == (b"2", far)
+    s.write([(b"a", None, None)])
+    s.write([(b"missing", None, None)])  # deleting nothing is no error, as in a batch
+    assert db.get(b"a") is None and batches == []
+    s.write([(b"c", b"3", None), (b"b", None, None)])
+    assert batches == [1] and db.get(b"c") == b"3" and db.get(b"b") is None

@@ -3,7 +3,8 @@
 Redis keeps the stream it sent in a memory buffer (the backlog), so a master that restarts
 cannot continue a replica's stream. bitkv's log already holds every write in order (the
 change feed, :mod:`bitkv.history`), so the stream is *regenerated* from it: each record
-becomes one command (``SET k v`` / ``SET k v PXAT ms`` / ``DEL k``; a batch is wrapped in
+becomes one command (``SET k v`` / ``SET k v PXAT ms`` / ``DEL k``; a collection's records
+the element commands of their type, see :func:`encode_collection`; a batch is wrapped in
 ``MULTI``/``EXEC``), the encoding is a pure function of the record, and the replication offset
 of any record follows from a known point by adding up command lengths.
 
@@ -42,6 +43,7 @@ from bitkv.crc import crc32c
 from bitkv.fileio import DEFAULT_FILEIO, FileIO
 from bitkv.history import Change, Cursor
 from bitkv.record import BATCH_FIRST, BATCH_LAST
+from bitkv.structures import encoding as layout
 
 log = logging.getLogger("bitkv.server")
 
@@ -68,9 +70,70 @@ class StreamDiverged(bitkv.Error):
     point cannot be regenerated, so a replica needs a full resync."""
 
 
+def _command(*args: bytes) -> bytes:
+    """One command as a RESP array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n%b\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def format_score(score: float) -> bytes:
+    """A sorted-set score as text that parses back to the same double (``repr``: the
+    shortest that round-trips; ``inf``/``-inf`` as Redis's ZADD reads them)."""
+    return repr(score).encode("ascii")
+
+
+def encode_collection(key: bytes, value: bytes | None, expiry_ms: int) -> bytes:
+    """The command a collection record becomes (structures/encoding.py lays them out).
+
+    An element put or delete is the command that writes or removes that one element on any
+    replica (HSET/HDEL, SADD/SREM, ZADD/ZREM); list elements have positions no Redis command
+    names, so they become ``BITKV.LPUT key pos value`` / ``BITKV.LDEL key pos``, which only
+    a bitkv replica's master link runs (a Redis replica refuses them: it gets no lists). A
+    header put carries the key's TTL (``PEXPIREAT``, or ``PERSIST`` when it has none); a
+    header delete is ``DEL``. A write batches elements before the header, and deletes the
+    elements before the header too, so the commands apply in that order: the element
+    commands create the key on the replica, the header command sets its TTL, the ``DEL``
+    finds it gone already (or removes what a diverged replica kept). A malformed internal
+    key (nothing bitkv writes) becomes no command.
+    """
+    parsed = layout.parse(key)
+    if parsed is None:
+        return b""
+    type_byte, name, sub = parsed
+    if sub is None:  # the header
+        if value is None:
+            return _command(b"DEL", name)
+        if expiry_ms:
+            return _command(b"PEXPIREAT", name, b"%d" % expiry_ms)
+        return _command(b"PERSIST", name)
+    if type_byte == layout.HASH:
+        return _command(b"HDEL", name, sub) if value is None else \
+            _command(b"HSET", name, sub, value)
+    if type_byte == layout.SET:
+        return _command(b"SREM", name, sub) if value is None else _command(b"SADD", name, sub)
+    if type_byte == layout.ZSET:
+        if value is None:
+            return _command(b"ZREM", name, sub)
+        try:
+            score = layout.unpack_score(value)
+        except layout.LayoutError:
+            return b""
+        return _command(b"ZADD", name, format_score(score), sub)
+    try:  # a list
+        pos = b"%d" % layout.unpack_position(sub)
+    except layout.LayoutError:
+        return b""
+    return _command(b"BITKV.LDEL", name, pos) if value is None else \
+        _command(b"BITKV.LPUT", name, pos, value)
+
+
 def encode(change: Change) -> bytes:
     """The command a change becomes in the replication stream (without MULTI/EXEC)."""
     k, v = change.key, change.value
+    if k.startswith(layout.PREFIX):
+        return encode_collection(k, v, change.expiry_ms)
     if v is None:
         return b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n" % (len(k), k)
     if change.expiry_ms:

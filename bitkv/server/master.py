@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING
 
 import bitkv
 from bitkv import names, rdb
-from bitkv.structures import Collection, HashIndex, SetIndex, Structures, ZSetIndex, is_internal
+from bitkv.structures import Structures, is_internal
 
 from .backlog import GETACK, PING, Backlog, StreamDiverged, StreamReader
+from .collection_snapshot import write_collections
 
 if TYPE_CHECKING:
     from .app import Connection, Server
@@ -505,50 +506,30 @@ class Master:
 def write_snapshot(db: bitkv.Store, structures: Structures | None, path: str, replid: str,
                    offset: int) -> tuple[int, int]:
     """Write an RDB of the live keys of ``db`` to ``path``: its strings, then the hashes,
-    sets, lists and sorted sets of ``structures`` (their records are not strings); return
-    (keys, bytes). Runs in a worker thread while the loop goes on writing."""
+    sets, lists and sorted sets of ``structures`` (server/collection_snapshot.py: their
+    records are not strings); return (keys, bytes). Runs in a worker thread while the loop
+    goes on writing."""
     now_ms = int(time.time() * 1000)
     keys = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb", buffering=1 << 20) as f:
         writer = rdb.RDBWriter(f, repl_id=replid, repl_offset=offset)
-        for key, value, expiry_ms in db.items_with_expiry():
-            if (expiry_ms and expiry_ms <= now_ms) or is_internal(key):
+        names_now = db.keys()  # a list: the loop thread keeps writing meanwhile
+        for key in names_now:
+            if is_internal(key):  # a collection's record: written per collection below
+                continue
+            got = db.get_with_expiry(key)
+            if got is None:
+                continue
+            value, expiry_ms = got
+            if expiry_ms and expiry_ms <= now_ms:
                 continue
             writer.add_string(key, value, expiry_ms)
             keys += 1
-        # list() of the index's dicts is one step the loop cannot interleave with; a
-        # collection the loop changes from here on is written as it is reached.
         if structures is not None:
-            for c in list(structures.names.values()):
-                if not (c.expire_ms and c.expire_ms <= now_ms):
-                    keys += _add_collection(writer, structures, c)
+            keys += write_collections(writer, structures, now_ms)
         writer.finish()
     return keys, writer.bytes_written
-
-
-def _add_collection(writer: rdb.RDBWriter, structures: Structures, c: Collection) -> int:
-    """Write collection ``c`` (1), or nothing if it is empty by now (0).
-
-    Its elements are listed first (the count the RDB needs up front); an element deleted
-    before its value is read is written with an empty value: its deletion came after the
-    snapshot's offset, so the stream after the snapshot deletes it again.
-    """
-    if isinstance(c, ZSetIndex):
-        pairs = list(c.scores.items())
-        writer.add_zset(c.key, len(pairs), pairs, c.expire_ms)
-        return 1 if pairs else 0
-    subs = list(c.subs())
-    if isinstance(c, SetIndex):
-        writer.add_set(c.key, len(subs), subs, c.expire_ms)
-    else:
-        values = (v if v is not None else b"" for v in
-                  map(structures.read, itertools.repeat(c), subs))
-        if isinstance(c, HashIndex):
-            writer.add_hash(c.key, len(subs), zip(subs, values, strict=False), c.expire_ms)
-        else:
-            writer.add_list(c.key, len(subs), values, c.expire_ms)
-    return 1 if subs else 0
 
 
 def _port_of(addr: str) -> int:

@@ -49,22 +49,10 @@ from typing import TYPE_CHECKING
 import bitkv
 from bitkv import names, rdb
 from bitkv.record import MAX_KEY_SIZE, MAX_VALUE_SIZE
-from bitkv.structures import LayoutError, is_internal
-from bitkv.structures.encoding import (
-    HASH,
-    LIST,
-    SET,
-    TYPE_NAMES,
-    ZSET,
-    element_key,
-    element_prefix,
-    header_key,
-    header_value,
-    pack_position,
-    pack_score,
-)
+from bitkv.structures import is_internal
 
 from . import replica_state
+from .collection_snapshot import CollectionLoader
 from .commands import F_ASYNC, F_TXCTL, F_WRITE, CommandError, lookup
 from .protocol import Limits, ProtocolError, PyParser
 from .replica_state import ReplicaState, ResumePoint
@@ -240,6 +228,8 @@ class ReplicaLink:
             with contextlib.suppress(Exception):
                 await self._loading
             self._loading = None
+            if not self.server.db.closed:
+                self.server.structures.load()  # from the records it left (as after a load)
         self._close_writer()
         if clean and self.replid is not None and self.offset >= 0:
             loop = asyncio.get_running_loop()
@@ -602,63 +592,28 @@ class ReplicaLink:
             loaded[0] += 1
             commit_if_full()
 
-        def put_collection(dbnum: int, key: bytes, type_byte: bytes,
-                           elements: list[tuple[bytes, bytes]], expire_ms: int) -> None:
-            """Its records as Structures lays them out: the elements, then the header (the
-            index is rebuilt from the records once the load is done)."""
-            what = TYPE_NAMES[type_byte]
-            if dbnum != 0:
-                skip(dbnum, key, f"{what} in a database other than 0")
-                return
-            prefix = element_prefix(type_byte, key)
-            try:
-                if not key or is_internal(key):
-                    raise LayoutError(f"{what} name in bitkv's reserved range")
-                records = [(element_key(prefix, sub), value) for sub, value in elements]
-                if any(len(value) > MAX_VALUE_SIZE for _k, value in records):
-                    raise LayoutError(f"a value over {MAX_VALUE_SIZE} bytes")
-            except LayoutError as exc:
-                skip(dbnum, key, f"{what} ({exc})")
-                return
-            if expire_ms and expire_ms <= now_ms:
-                return
-            for record_key, value in records:
-                batch.put(record_key, value)
-                leftover.discard(record_key)
-                commit_if_full()
-            hk = header_key(key)
-            batch.put(hk, header_value(type_byte), expires_at_ms=expire_ms or None)
-            leftover.discard(hk)
-            loaded[0] += 1
-            commit_if_full()
-
-        def on_hash(dbnum: int, key: bytes, pairs: list[tuple[bytes, bytes]],
-                    expire_ms: int) -> None:
-            put_collection(dbnum, key, HASH, pairs, expire_ms)
-
-        def on_set(dbnum: int, key: bytes, members: list[bytes], expire_ms: int) -> None:
-            put_collection(dbnum, key, SET, [(m, b"") for m in members], expire_ms)
-
-        def on_list(dbnum: int, key: bytes, items: list[bytes], expire_ms: int) -> None:
-            put_collection(dbnum, key, LIST, [(pack_position(i), item)
-                                              for i, item in enumerate(items)], expire_ms)
-
-        def on_zset(dbnum: int, key: bytes, pairs: list[tuple[bytes, float]],
-                    expire_ms: int) -> None:
-            put_collection(dbnum, key, ZSET, [(m, pack_score(score)) for m, score in pairs],
-                           expire_ms)
-
         def on_skipped(dbnum: int, key: bytes, type_name: str) -> None:
             skip(dbnum, key, type_name)
 
-        def on_aux(name: bytes, value: bytes) -> None:
-            pass
+        def put_records(records: list[tuple[bytes, bytes | None, int | None]]) -> None:
+            # A collection's records (elements, then its header) go in the same batches as
+            # the strings; an interrupted load is followed by a full resync anyway.
+            for key, value, expiry in records:
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value, expires_at_ms=expiry)
+                leftover.discard(key)
+                commit_if_full()
 
+        collections = CollectionLoader(put_records, skip, now_ms)
         with open(path, "rb") as f:
-            rdb.read_rdb(f, on_string=on_string, on_skipped=on_skipped, on_aux=on_aux,
-                         max_value_len=None, on_hash=on_hash, on_set=on_set, on_list=on_list,
-                         on_zset=on_zset)
+            rdb.read_rdb(f, on_string=on_string, on_skipped=on_skipped,
+                         on_aux=collections.on_aux, on_hash=collections.on_hash,
+                         on_set=collections.on_set, on_list=collections.on_list,
+                         on_zset=collections.on_zset, max_value_len=None)
         batch.commit()
+        loaded[0] += collections.loaded
         if skipped[0] > KEY_WARNINGS:
             log.warning("replication: skipped %d more keys of types bitkv does not store (%d "
                         "in all; INFO replication: bitkv_replica_skipped_keys)",

@@ -197,12 +197,15 @@ class ZSetIndex(Collection):
 
     TYPE, NAME = ZSET, "zset"
     NEEDS_VALUE = True
-    __slots__ = ("order", "scores")
+    __slots__ = ("order", "scan_buckets", "scores")
 
     def __init__(self, key: bytes) -> None:
         super().__init__(key)
         self.scores: dict[bytes, float] = {}
         self.order: SortedList = SortedList()
+        # ZSCAN's members grouped by hash bucket, built by the server when a scan starts and
+        # kept for the scan's later steps (a stale copy is filtered against ``scores``).
+        self.scan_buckets: object = None
 
     def __len__(self) -> int:
         return len(self.scores)

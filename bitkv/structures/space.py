@@ -366,33 +366,11 @@ class Structures:
                 ops.extend(edit_ops)
                 pending.append((e.collection, e._new, staged, remaining))
         if ops:
-            self.write(ops, keys)
+            # only the collections that change count as written (WATCH): SMOVE of a member
+            # the destination already has leaves the destination alone, as in Redis
+            self.write(ops, [p[0].key for p in pending])
         for c, new, staged, remaining in pending:
             self._apply_edit(c, new, staged, remaining)
-
-    def replace_ops(self, key: bytes) -> list[Op]:
-        """The ops that delete whatever ``key`` holds, a string or a collection of any type
-        ([] if nothing), for a caller that writes a new value of ``key`` in the same batch
-        (SINTERSTORE, ZUNIONSTORE...); it then calls :meth:`forget` and :meth:`install`."""
-        check_user_key(key)
-        if key in self._collections:
-            return self.delete_ops(key)
-        return [(key, None, None)] if self._string_exists(key) else []
-
-    def new_collection_ops(self, c: Collection, values: Mapping[bytes, bytes]) -> list[Op]:
-        """The ops that write a new collection ``c`` (a fresh, empty index named ``c.key``)
-        holding ``values`` (sub -> element value), without expiry, and fill ``c``'s index
-        as they will leave it: write them (after :meth:`replace_ops` of the name, in the
-        same batch), then :meth:`forget` the name and :meth:`install` ``c``. [] for no
-        values (an empty collection is no key)."""
-        if not values:
-            return []
-        prefix = c.prefix
-        ops: list[Op] = [(element_key(prefix, sub), v, None) for sub, v in values.items()]
-        ops.append((header_key(c.key), header_value(c.TYPE), None))
-        for sub, v in values.items():
-            c.on_put(sub, v)
-        return ops
 
     def write(self, ops: list[Op], names: Iterable[bytes] | None = None) -> None:
         """Write ``ops`` as one atomic batch (key, value or None to delete, absolute expiry
@@ -500,6 +478,35 @@ class Structures:
             clone.on_put(sub, v)
         ops.append((header_key(dst), header_value(c.TYPE), expire_ms or None))
         return ops, clone
+
+    def replace_ops(self, key: bytes, cls: type[_C], elements: Iterable[tuple[bytes, bytes]]
+                    ) -> tuple[list[Op], _C | None]:
+        """The ops that replace whatever ``key`` holds (a string, a collection of any type,
+        nothing) with a new collection of type ``cls`` holding ``elements`` ((sub, value)
+        pairs; a later pair for the same sub wins), without expiry, and the new collection's
+        index: once the ops are written, :meth:`install` it, or :meth:`forget` ``key`` when
+        it is None (no elements: the ops only delete). For the commands that store a result
+        over their destination (ZUNIONSTORE, SINTERSTORE...)."""
+        check_user_key(key)
+        ops: list[Op] = list(self.delete_ops(key))
+        if not ops and self._string_exists(key):
+            ops.append((key, None, None))
+        fresh = cls(key)
+        staged: dict[bytes, bytes] = {}
+        for sub, value in elements:
+            element_key(fresh.prefix, sub)  # the length check, before anything is written
+            staged[sub] = value
+        if not staged:
+            return ops, None
+        puts: list[Op] = [(fresh.prefix + sub, value, None) for sub, value in staged.items()]
+        puts.append((header_key(key), header_value(cls.TYPE), None))
+        if ops:  # a record rewritten under the same key: one op, not a delete and a put
+            rewritten = {k for k, _v, _e in puts}
+            ops = [op for op in ops if op[0] not in rewritten]
+        ops.extend(puts)
+        for sub, value in staged.items():
+            fresh.on_put(sub, value)
+        return ops, fresh
 
     def install(self, c: Collection) -> None:
         """Put ``c`` (from :meth:`copy_ops`) in the index, its ops being written."""

@@ -24,6 +24,10 @@ are split by group, each module registering its handlers when imported here:
 * :mod:`.lists`        LPUSH, RPUSH, LPOP, RPOP, LRANGE, LINSERT, LMOVE, LMPOP... and the
   blocking BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BLMPOP (clients wait in :mod:`.blocking`)
 * :mod:`.tuning`       (no commands) Redis's tuning parameters for CONFIG SET/GET
+* :mod:`.zsets`        ZADD, ZRANGE and its variants, ZPOP*, ZMPOP, ZUNION/ZINTER/ZDIFF(STORE),
+  ZRANDMEMBER, ZSCAN, BZPOPMIN/BZPOPMAX/BZMPOP (sorted sets; :mod:`.zranges` reads their
+  scores and ranges)
+* :mod:`.streamlists`  BITKV.LPUT, BITKV.LDEL (list elements in the replication stream)
 
 Handlers run on the event loop thread, one at a time, so a command that makes several Store
 calls is atomic with respect to every other client, as in Redis. Store calls are
@@ -49,6 +53,8 @@ from . import hashes  # noqa: F401 - imported for its @command registrations
 from . import sets  # noqa: F401 - imported for its @command registrations
 from . import memory  # noqa: F401 - imported for its @command registrations
 from . import lists  # noqa: F401 - imported for its @command registrations
+from . import zsets  # noqa: F401 - imported for its @command registrations
+from . import streamlists  # noqa: F401 - imported for its @command registrations
 # isort: on
 from .keyspace import ScanIndex
 from .registry import (

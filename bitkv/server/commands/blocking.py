@@ -21,18 +21,20 @@ in_exec`) answers as on timeout, at once; the type modules check that before cal
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import socket
 import weakref
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ..protocol import error
 from .registry import CommandError
-from .transactions import after_exec
+from .transactions import after_exec, in_exec
 
 if TYPE_CHECKING:
-    from ...structures import Structures
+    from ...structures import Collection, Structures
     from ..app import Connection
 
 # How often a blocked client's connection is checked for a hang-up (its reading is paused
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 # something to take that no push signalled.
 HANGUP_CHECK_S = 0.5
 
+NULL_ARRAY2 = b"*-1\r\n"
+NULL3 = b"_\r\n"
 UNBLOCKED = error("UNBLOCKED client unblocked via CLIENT UNBLOCK")
 
 Serve = Callable[[bytes], "bytes | None"]
@@ -212,3 +216,49 @@ async def block(c: Connection, keys: list[bytes], serve: Serve, timeout_ms: int,
         return timeout_reply
     finally:
         b.remove(w)
+
+
+_FLOAT = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def timeout_ms(arg: bytes) -> int:
+    """A blocking command's timeout (getTimeoutFromObjectOrReply): seconds as a float,
+    rounded up to the millisecond; 0 is no timeout."""
+    if _FLOAT.fullmatch(arg) is None:
+        raise CommandError("ERR timeout is not a float or out of range")
+    seconds = float(arg)
+    if math.isinf(seconds):
+        raise CommandError("ERR timeout is not a float or out of range")
+    ms = math.ceil(seconds * 1000)
+    if ms < 0:
+        raise CommandError("ERR timeout is negative")
+    return ms
+
+
+async def _now(reply: bytes) -> bytes:
+    return reply
+
+
+def answer_or_block(cls: type[Collection], c: Connection, keys: list[bytes], attempt: Serve,
+                    timeout: int, no_block: bytes) -> bytes | Coroutine[Any, Any, bytes]:
+    """A blocking command's handler result (its command is ``F_ASYNC``): ``attempt`` on each
+    key in order (it raises WRONGTYPE for a key of another type, as Redis checks them); the
+    first answer is the reply, and if none answers the client blocks (:func:`block`) until a
+    key holding a ``cls`` collection serves it, or ``timeout`` ms pass (0: never), answered
+    with a null array. Inside EXEC it must answer at once: ``no_block`` when nothing is
+    there."""
+    for key in keys:
+        reply = attempt(key)
+        if reply is not None:
+            return reply if in_exec(c) else _now(reply)
+    if in_exec(c):
+        return no_block
+
+    def serve(key: bytes) -> bytes | None:
+        # a key a later command made a string or another type (or deleted) leaves the
+        # client blocked, as in Redis
+        if not isinstance(c.structures.collection(key), cls):
+            return None
+        return attempt(key)
+
+    return block(c, keys, serve, timeout, NULL3 if c.resp3 else NULL_ARRAY2)

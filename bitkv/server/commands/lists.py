@@ -17,8 +17,6 @@ checked (a bad COUNT before WRONGTYPE, as there). The blocking commands wait in
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Coroutine, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -44,7 +42,6 @@ from .registry import (
     command,
     to_int,
 )
-from .transactions import in_exec
 
 if TYPE_CHECKING:
     from ...structures.space import Op
@@ -199,9 +196,11 @@ def _update_index(ch: Change) -> None:
     coll = ch.coll
     p = coll.positions
     on_put, on_delete = coll.on_put, coll.on_delete
-    if not ch.deleted and len(ch.put) == 1:  # the common push of one element
+    if len(ch.deleted) + len(ch.put) == 1:  # the common push or pop of one element
         for x in ch.put:
             on_put(pack_position(x), b"")
+        for x in ch.deleted:
+            on_delete(pack_position(x))
         return
     dels = sorted(ch.deleted)
     lo, hi = 0, len(dels)
@@ -281,18 +280,12 @@ def _where(arg: bytes) -> int:
     raise CommandError(SYNTAX)
 
 
-def _long(arg: bytes, message: str | None = None) -> int:
-    """getLongFromObjectOrReply: an int64 (Redis's long), else ``message`` or NOT_INT."""
-    return to_int(arg) if message is None else to_int(arg, message)
-
-
-def _range_long(arg: bytes, lo: int, message: str | None) -> int:
-    """getRangeLongFromObjectOrReply with max LONG_MAX."""
-    n = _long(arg, None if message is None else "ERR " + message)
+def _range_long(arg: bytes, lo: int, message: str) -> int:
+    """getRangeLongFromObjectOrReply up to LONG_MAX, with Redis's ``message`` for both a
+    non-integer and a value below ``lo``."""
+    n = to_int(arg, "ERR " + message)
     if n < lo:
-        raise CommandError("ERR " + message if message is not None else
-                           f"ERR value is out of range, value must between {lo} and "
-                           f"{MAX_POSITION}")
+        raise CommandError("ERR " + message)
     return n
 
 
@@ -437,7 +430,7 @@ def cmd_lindex(c: Connection, args: list[bytes]) -> bytes:
     coll = _find(c, args[1])
     if coll is None:
         return c.null
-    pos = _index(coll, _long(args[2]))
+    pos = _index(coll, to_int(args[2]))
     if pos is None:
         return c.null
     return bulk(_values(c, coll, [pos])[0])
@@ -459,7 +452,7 @@ def _normalize(start: int, end: int, n: int) -> tuple[int, int]:
 @command("lrange", 4, F_READONLY, (1, 1, 1), "list",
          "Get a range of elements from a list")
 def cmd_lrange(c: Connection, args: list[bytes]) -> bytes:
-    start, end = _long(args[2]), _long(args[3])
+    start, end = to_int(args[2]), to_int(args[3])
     coll = _find(c, args[1])
     if coll is None:
         return EMPTY_ARRAY
@@ -477,7 +470,7 @@ def cmd_lpos(c: Connection, args: list[bytes]) -> bytes:
         opt = args[j].upper()
         more = j + 1 < len(args)
         if opt == b"RANK" and more:
-            rank = _long(args[j + 1])
+            rank = to_int(args[j + 1])
             if rank == 0:
                 raise CommandError("ERR RANK can't be zero: use 1 to start from the first "
                                    "match, 2 from the second ... or use negative to start "
@@ -519,7 +512,7 @@ def cmd_lset(c: Connection, args: list[bytes]) -> bytes:
     coll = _find(c, args[1])
     if coll is None:
         raise CommandError("ERR no such key")
-    pos = _index(coll, _long(args[2]))
+    pos = _index(coll, to_int(args[2]))
     if pos is None:
         raise CommandError("ERR index out of range")
     changes = Changes(c)
@@ -530,7 +523,7 @@ def cmd_lset(c: Connection, args: list[bytes]) -> bytes:
 
 @command("lrem", 4, F_WRITE, (1, 1, 1), "list", "Remove elements from a list")
 def cmd_lrem(c: Connection, args: list[bytes]) -> bytes:
-    count = _long(args[2])
+    count = to_int(args[2])
     coll = _find(c, args[1])
     if coll is None:
         return ZERO
@@ -552,7 +545,7 @@ def cmd_lrem(c: Connection, args: list[bytes]) -> bytes:
 @command("ltrim", 4, F_WRITE, (1, 1, 1), "list",
          "Trim a list to the specified range")
 def cmd_ltrim(c: Connection, args: list[bytes]) -> bytes:
-    start, end = _long(args[2]), _long(args[3])
+    start, end = to_int(args[2]), to_int(args[3])
     coll = _find(c, args[1])
     if coll is None:
         return OK
@@ -645,46 +638,6 @@ def cmd_rpoplpush(c: Connection, args: list[bytes]) -> bytes:
 
 # -- blocking --------------------------------------------------------------------------------
 
-_FLOAT = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-
-
-def _timeout_ms(arg: bytes) -> int:
-    """getTimeoutFromObjectOrReply in seconds: a float, rounded up to the millisecond."""
-    if _FLOAT.fullmatch(arg) is None:
-        raise CommandError("ERR timeout is not a float or out of range")
-    seconds = float(arg)
-    if math.isinf(seconds):
-        raise CommandError("ERR timeout is not a float or out of range")
-    ms = math.ceil(seconds * 1000)
-    if ms < 0:
-        raise CommandError("ERR timeout is negative")
-    return ms
-
-
-async def _now(reply: bytes) -> bytes:
-    return reply
-
-
-def _blocking(c: Connection, keys: list[bytes], attempt: blocking.Serve, timeout_ms: int,
-              no_block: bytes) -> bytes | Coroutine[Any, Any, bytes]:
-    """Run ``attempt`` on each key in order; block if none answers. The handler of an
-    F_ASYNC command is awaited, except inside EXEC, where it must answer at once."""
-    for key in keys:
-        reply = attempt(key)
-        if reply is not None:
-            return reply if in_exec(c) else _now(reply)
-    if in_exec(c):
-        return no_block
-
-    def serve(key: bytes) -> bytes | None:
-        # a key a later command made a string (or deleted) leaves the client blocked
-        if not isinstance(c.structures.collection(key), ListIndex):
-            return None
-        return attempt(key)
-
-    return blocking.block(c, keys, serve, timeout_ms, null_array(c))
-
-
 def _pop_attempt(c: Connection, where: int, count: int | None) -> blocking.Serve:
     """BLPOP/BRPOP (count None: [key, element]) and BLMPOP ([key, [elements]])."""
 
@@ -706,23 +659,26 @@ def _pop_attempt(c: Connection, where: int, count: int | None) -> blocking.Serve
 @command("blpop", -3, F_WRITE | F_ASYNC, (1, -2, 1), "list",
          "Remove and get the first element in a list, or block until one is available")
 def cmd_blpop(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
-    timeout = _timeout_ms(args[-1])
-    return _blocking(c, args[1:-1], _pop_attempt(c, HEAD, None), timeout, null_array(c))
+    timeout = blocking.timeout_ms(args[-1])
+    return blocking.answer_or_block(ListIndex, c, args[1:-1], _pop_attempt(c, HEAD, None),
+                                    timeout, null_array(c))
 
 
 @command("brpop", -3, F_WRITE | F_ASYNC, (1, -2, 1), "list",
          "Remove and get the last element in a list, or block until one is available")
 def cmd_brpop(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
-    timeout = _timeout_ms(args[-1])
-    return _blocking(c, args[1:-1], _pop_attempt(c, TAIL, None), timeout, null_array(c))
+    timeout = blocking.timeout_ms(args[-1])
+    return blocking.answer_or_block(ListIndex, c, args[1:-1], _pop_attempt(c, TAIL, None),
+                                    timeout, null_array(c))
 
 
 @command("blmpop", -5, F_WRITE | F_ASYNC, (0, 0, 0), "list",
          "Pop elements from a list, or block until one is available", "7.0.0")
 def cmd_blmpop(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
     keys, where, count = _parse_mpop(args, 2)
-    timeout = _timeout_ms(args[1])
-    return _blocking(c, keys, _pop_attempt(c, where, count), timeout, null_array(c))
+    timeout = blocking.timeout_ms(args[1])
+    return blocking.answer_or_block(ListIndex, c, keys, _pop_attempt(c, where, count), timeout,
+                                    null_array(c))
 
 
 def _move_attempt(c: Connection, dst: bytes, wherefrom: int, whereto: int) -> blocking.Serve:
@@ -737,14 +693,15 @@ def _move_attempt(c: Connection, dst: bytes, wherefrom: int, whereto: int) -> bl
          "until one is available", "6.2.0")
 def cmd_blmove(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
     wherefrom, whereto = _where(args[3]), _where(args[4])
-    timeout = _timeout_ms(args[5])
-    return _blocking(c, [args[1]], _move_attempt(c, args[2], wherefrom, whereto), timeout,
-                     c.null)
+    timeout = blocking.timeout_ms(args[5])
+    return blocking.answer_or_block(
+        ListIndex, c, [args[1]], _move_attempt(c, args[2], wherefrom, whereto), timeout, c.null)
 
 
 @command("brpoplpush", 4, F_WRITE | F_ASYNC | F_DENYOOM, (1, 2, 1), "list",
          "Pop an element from a list, push it to another list and return it; or block "
          "until one is available", "2.2.0")
 def cmd_brpoplpush(c: Connection, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
-    timeout = _timeout_ms(args[3])
-    return _blocking(c, [args[1]], _move_attempt(c, args[2], TAIL, HEAD), timeout, c.null)
+    timeout = blocking.timeout_ms(args[3])
+    return blocking.answer_or_block(ListIndex, c, [args[1]], _move_attempt(c, args[2], TAIL, HEAD),
+                                    timeout, c.null)

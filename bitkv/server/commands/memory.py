@@ -12,7 +12,7 @@ from __future__ import annotations
 from itertools import islice
 from typing import TYPE_CHECKING
 
-from ..protocol import integer
+from ..protocol import bulk_array, integer
 from .registry import F_READONLY, SYNTAX, CommandError, command, to_int
 
 if TYPE_CHECKING:
@@ -27,6 +27,13 @@ DEFAULT_SAMPLES = 5  # as Redis's MEMORY USAGE
          "Estimate the memory a key uses", "4.0.0", subcommands=True)
 def cmd_memory(c: Connection, args: list[bytes]) -> bytes:
     sub = args[1].upper()
+    if sub == b"HELP" and len(args) == 2:
+        return bulk_array([
+            b"MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            b"USAGE <key> [SAMPLES <count>]",
+            b"    Return an estimate of the memory, in bytes, the key and its value cost "
+            b"(bitkv: name, index entry and value bytes; SAMPLES values are read).",
+            b"HELP", b"    Print this help."])
     if sub != b"USAGE":
         raise CommandError("ERR unknown subcommand '" + args[1].decode("utf-8", "replace")[:128]
                            + "'. Try MEMORY HELP.")

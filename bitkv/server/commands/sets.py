@@ -259,13 +259,12 @@ def _store(c: Connection, dst: bytes, members: list[bytes]) -> bytes:
     """Replace ``dst`` (whatever it holds) with a set of ``members`` in one batch (no set
     when empty: the key is deleted); the reply is the size."""
     structures = c.structures
-    new = SetIndex(dst)
-    ops = structures.replace_ops(dst)
-    ops += structures.new_collection_ops(new, dict.fromkeys(members, b""))
+    ops, new = structures.replace_ops(dst, SetIndex, ((m, b"") for m in members))
     if ops:
         structures.write(ops)
-    structures.forget(dst)
-    if members:
+    if new is None:
+        structures.forget(dst)
+    else:
         structures.install(new)
     return integer(len(members))
 
