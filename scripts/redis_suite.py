@@ -116,7 +116,12 @@ def start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int
                 "--appendonly", "no", "--dir", str(data)]
     else:
         argv = [sys.executable, "-m", "bitkv.server", "--port", str(port), "--dir", str(data)]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    # The bitkv measured is this script's tree (its compiled extension built in place), not
+    # whichever bitkv the interpreter would import from the work directory.
+    tree = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [tree, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
     try:
         wait_for_port(port, proc)
     except Exception:
