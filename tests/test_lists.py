@@ -469,3 +469,28 @@ def test_shutdown_does_not_wait_for_a_client_blocked_without_timeout(tmp_path):
     finally:
         s.close()
         srv.stop()
+
+
+def test_a_list_renamed_into_place_serves_a_blocked_client_at_once(tmp_path, monkeypatch):
+    """Regression: RENAME (and COPY) of a list onto a key a client is blocked on signalled
+    nothing; the client found the list only at its own next look at its keys. With that look
+    30 s away, the client is still answered at once."""
+    from bitkv.server import ServerThread
+    from bitkv.server.commands import blocking
+
+    monkeypatch.setattr(blocking, "HANGUP_CHECK_S", 30.0)
+    with ServerThread(dir=str(tmp_path / "db"), port=0) as srv:
+        got: list[Any] = []
+        waiter = threading.Thread(target=lambda: got.append(
+            redis.Redis(port=srv.port).blpop(["dst"], timeout=25)), daemon=True)
+        waiter.start()
+        r = redis.Redis(port=srv.port)
+        wait_until(lambda: r.info("clients")["blocked_clients"] == 1, 10, "the BLPOP to block")
+        r.rpush("src", "moved")
+        renamed = time.monotonic()
+        r.rename("src", "dst")
+        waiter.join(30)
+        # at once (without the signal it took 5 s here: the client was served by a later look)
+        assert time.monotonic() - renamed < 2
+        assert got == [(b"dst", b"moved")]
+        assert r.exists("dst") == 0
