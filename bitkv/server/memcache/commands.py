@@ -260,8 +260,8 @@ class Memcache:
         return structures is not None and bool(structures.names) and key in structures
 
     def _delete_collection(self, key: bytes) -> bool:
-        assert self.structures is not None  # (only called after _collection said True)
-        return self.structures.delete(key)
+        structures = self.structures
+        return structures is not None and structures.delete(key)
 
     # -- the other commands --------------------------------------------------------------
 
