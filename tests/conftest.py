@@ -174,3 +174,26 @@ def tear(segment: str, size: int) -> None:
     """Cut ``segment`` to ``size`` bytes as a crash before its fsync would have."""
     os.truncate(segment, size)
     forget_fsyncs(os.path.dirname(segment))
+
+
+# -- the two servers of the differential tests (redis_compare.py) --------------------------
+
+
+@pytest.fixture(scope="module")
+def bitkv_server(tmp_path_factory, request):
+    """A `bitkv serve` process shared by one test module."""
+    from procs import BitkvProcess, free_port
+
+    srv = BitkvProcess(tmp_path_factory.mktemp(request.module.__name__) / "db", free_port())
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory, request):
+    """A real redis-server shared by one test module (tests using it are ``needs_redis``)."""
+    from procs import RedisProcess
+
+    srv = RedisProcess(tmp_path_factory.mktemp(request.module.__name__ + "-real"))
+    yield srv
+    srv.stop()

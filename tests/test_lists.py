@@ -8,26 +8,11 @@ import random
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import BitkvProcess, RedisProcess, free_port, needs_redis, redis, wait_until
-
-
-@pytest.fixture(scope="module")
-def bitkv_server(tmp_path_factory):
-    srv = BitkvProcess(tmp_path_factory.mktemp("lists") / "db", free_port())
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    srv = RedisProcess(Path(tmp_path_factory.mktemp("lists-real")))
-    yield srv
-    srv.stop()
-
+from procs import BitkvProcess, free_port, needs_redis, redis, wait_until
+from redis_compare import outcome, replies, reset
 
 # Every key the tests use: deleted before each (DEL removes lists; FLUSHALL is not the
 # subject here).
@@ -35,29 +20,12 @@ KEYS = ["l", "s", "m", "n", "a", "b", "c", "d", "q", "m1", "m2", "nope", "k1", "
         "src", "mid", "dst", "str", "src2", "other"]
 
 
-def clear(client: redis.Redis) -> None:
-    client.flushall()
-    client.delete(*KEYS)
-
-
 @pytest.fixture
 def r(bitkv_server):
     client = bitkv_server.client()
-    clear(client)
+    reset(client, KEYS)
     yield client
     client.close()
-
-
-def outcome(client: redis.Redis, *args: Any) -> Any:
-    try:
-        return client.execute_command(*args)
-    except redis.ResponseError as exc:
-        return ("error", str(exc))
-
-
-def replies(client: redis.Redis, script: list[tuple[Any, ...]]) -> list[Any]:
-    clear(client)
-    return [outcome(client, *cmd) for cmd in script]
 
 
 WRONG = [("SET", "s", "x")]
@@ -210,8 +178,8 @@ def test_random_operations_match_redis(bitkv_server, redis_server):
     rng = random.Random(17)
     bk, rd = bitkv_server.client(), redis_server.client()
     try:
-        clear(bk)
-        clear(rd)
+        reset(bk, KEYS)
+        reset(rd, KEYS)
         keys = ["k1", "k2"]
         for _ in range(700):
             k = rng.choice(keys)

@@ -10,23 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import BitkvProcess, RedisProcess, free_port, needs_redis, redis
+from procs import BitkvProcess, free_port, needs_redis, redis
+from redis_compare import replies
 
 FAR_MS = 4102444800123  # 2100-01-01, and 123 ms: an absolute expiry both servers agree on
-
-
-@pytest.fixture(scope="module")
-def bitkv_server(tmp_path_factory):
-    srv = BitkvProcess(tmp_path_factory.mktemp("redis17") / "db", free_port())
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    srv = RedisProcess(Path(tmp_path_factory.mktemp("redis17-real")))
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
@@ -35,19 +22,6 @@ def r(bitkv_server):
     client.flushall()
     yield client
     client.close()
-
-
-def outcome(client: redis.Redis, *args: Any) -> Any:
-    """The reply to ``args``, or ("error", text): what is compared between the servers."""
-    try:
-        return client.execute_command(*args)
-    except redis.ResponseError as exc:
-        return ("error", str(exc))
-
-
-def replies(client: redis.Redis, script: list[tuple[Any, ...]]) -> list[Any]:
-    client.flushall()
-    return [outcome(client, *cmd) for cmd in script]
 
 
 # Each script runs on an empty server; every reply (and error text) must be Redis's.

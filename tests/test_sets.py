@@ -4,54 +4,19 @@ write in one batch; a restart keeps the members."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import BitkvProcess, RedisProcess, free_port, needs_redis, redis
-
-
-@pytest.fixture(scope="module")
-def bitkv_server(tmp_path_factory):
-    srv = BitkvProcess(tmp_path_factory.mktemp("sets") / "db", free_port())
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    srv = RedisProcess(Path(tmp_path_factory.mktemp("sets-real")))
-    yield srv
-    srv.stop()
+from procs import BitkvProcess, free_port, needs_redis, redis
+from redis_compare import replies, reset
 
 
 @pytest.fixture
 def r(bitkv_server):
     client = bitkv_server.client()
-    client.delete("s", "t", "u", "d", "big")
+    reset(client, ["s", "t", "u", "d", "big"])
     yield client
     client.close()
-
-
-def outcome(client: redis.Redis, *args: Any) -> Any:
-    """The reply to ``args``, or ("error", text): what is compared between the servers. A
-    command written ("SORT", ...) has its reply sorted (an order Redis does not promise)."""
-    unordered = args[0] == "SORT"
-    if unordered:
-        args = args[1:]
-    try:
-        reply = client.execute_command(*args)
-    except redis.ResponseError as exc:
-        return ("error", str(exc))
-    return sorted(reply) if unordered else reply
-
-
-def replies(client: redis.Redis, script: list[tuple[Any, ...]]) -> list[Any]:
-    # Every argument is deleted as a key first: the script starts from nothing (DEL, not
-    # FLUSHALL, which is the keyspace commands' to bring to collections).
-    names = {a for cmd in script for a in cmd[1:] if isinstance(a, str) and a}
-    client.delete(*names)
-    return [outcome(client, *cmd) for cmd in script]
 
 
 SCRIPTS: dict[str, list[tuple[Any, ...]]] = {

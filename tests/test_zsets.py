@@ -8,30 +8,16 @@ import random
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import BitkvProcess, RedisProcess, free_port, needs_redis, redis, wait_until
+from procs import BitkvProcess, free_port, needs_redis, redis, wait_until
+from redis_compare import outcome, replies, reset
 
 from bitkv import Store
 from bitkv.server.commands.zranges import format_score, parse_score, strtod
 from bitkv.structures import HashIndex, Structures, ZSetIndex
 from bitkv.structures.encoding import pack_score
-
-
-@pytest.fixture(scope="module")
-def bitkv_server(tmp_path_factory):
-    srv = BitkvProcess(tmp_path_factory.mktemp("zsets") / "db", free_port())
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    srv = RedisProcess(Path(tmp_path_factory.mktemp("zsets-real")))
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
@@ -40,28 +26,6 @@ def r(bitkv_server):
     reset(client, {"z", "q1", "q2", "k1", "k2", "gz", "nokey"})
     yield client
     client.close()
-
-
-def outcome(client: redis.Redis, *args: Any) -> Any:
-    try:
-        return client.execute_command(*args)
-    except redis.ResponseError as exc:
-        return ("error", str(exc))
-    except ValueError as exc:  # redis-py reads ZADD INCR's reply as an int: compare the text
-        return ("client could not parse", str(exc))
-
-
-def reset(client: redis.Redis, names: set[str]) -> None:
-    """Empty the server. FLUSHALL does not remove collections yet on main (the keyspace
-    commands are another change of issue 17), so every name a script uses is deleted too."""
-    client.flushall()
-    if names:
-        client.delete(*names)
-
-
-def replies(client: redis.Redis, script: list[tuple[Any, ...]]) -> list[Any]:
-    reset(client, {a for cmd in script for a in cmd[1:] if isinstance(a, str)})
-    return [outcome(client, *cmd) for cmd in script]
 
 
 def _zset(key: str, *pairs: Any) -> tuple[Any, ...]:
