@@ -16,6 +16,7 @@ every event before that point happened before the reply was sent. Then:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,13 +119,66 @@ def writer(port: int, client: int, spool: Path, acked: list[tuple[bytes, bytes, 
         sock.close()
 
 
-def check_state(files: dict[str, bytes], where: Path, required: list[tuple[bytes, bytes]]
-                ) -> list[str]:
+def launch(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`bitkv serve` under LAUNCHER (its file I/O recorded into ``tmp_path/events``, the
+    store's files before it into ``tmp_path/initial``) on a new store ``tmp_path/db``: the
+    process, once it accepts connections, and its port."""
+    directory = tmp_path / "db"
+    bitkv.open(str(directory)).close()
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(LAUNCHER)
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(launcher), str(directory),
+                                 str(tmp_path / "events"), str(tmp_path / "initial")],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while not (m := re.search(rb"Ready to accept connections on port (\d+)",
+                                  log_path.read_bytes())):
+            assert proc.poll() is None and time.time() < deadline, log_path.read_text()
+            time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc, int(m.group(1))
+
+
+def crash_states(events: list[tuple], tmp_path: Path, rng: random.Random, n_points: int,
+                 policies: tuple[str, ...]) -> Iterator[tuple[int, dict[str, bytes], str]]:
+    """``(point, files, what)``: a state the disk may hold after a crash once the first
+    ``point`` recorded events have happened, for the end of the record and ``n_points``
+    random points in it, one for each policy (DiskModel)."""
+    with open(tmp_path / "initial", "rb") as f:
+        initial = pickle.load(f)  # written by LAUNCHER, this test's own child
+    points = sorted({len(events),
+                     *rng.sample(range(1, len(events)), min(n_points, len(events) - 1))})
+    model = DiskModel(initial)
+    applied = 0
+    for point in points:
+        while applied < point:
+            model.apply(events[applied])
+            applied += 1
+        for policy in policies:
+            files, what = model.crash_state(rng, policy)
+            yield point, files, what
+
+
+@contextlib.contextmanager
+def opened_state(files: dict[str, bytes], where: Path) -> Iterator[bitkv.Store]:
+    """The store a crash state ``files`` holds, written out at ``where`` and opened."""
     if where.exists():
         shutil.rmtree(where)
     write_state(str(where), files)
-    problems = []
     with bitkv.open(str(where), auto_compact=False) as db:
+        yield db
+
+
+def check_state(files: dict[str, bytes], where: Path, required: list[tuple[bytes, bytes]]
+                ) -> list[str]:
+    problems = []
+    with opened_state(files, where) as db:
         for key, value in required:
             got = db.get(key)
             if got != value:
@@ -135,22 +190,9 @@ def check_state(files: dict[str, bytes], where: Path, required: list[tuple[bytes
 
 @pytest.mark.slow
 def test_every_acknowledged_set_survives_sigkill_and_power_loss(tmp_path: Path) -> None:
-    directory = tmp_path / "db"
-    bitkv.open(str(directory)).close()
-    spool, initial_path = tmp_path / "events", tmp_path / "initial"
-    launcher = tmp_path / "launcher.py"
-    launcher.write_text(LAUNCHER)
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(launcher), str(directory), str(spool),
-                                 str(initial_path)], stdout=log, stderr=subprocess.STDOUT)
+    directory, spool = tmp_path / "db", tmp_path / "events"
+    proc, port = launch(tmp_path)
     try:
-        deadline = time.time() + 30
-        while not (m := re.search(rb"Ready to accept connections on port (\d+)",
-                                  log_path.read_bytes())):
-            assert proc.poll() is None and time.time() < deadline, log_path.read_text()
-            time.sleep(0.05)
-        port = int(m.group(1))
         acked: list[tuple[bytes, bytes, int]] = []
         stop = threading.Event()
         threads = [threading.Thread(target=writer, args=(port, c, spool, acked, stop, c))
@@ -176,27 +218,16 @@ def test_every_acknowledged_set_survives_sigkill_and_power_loss(tmp_path: Path) 
 
     # What a power cut may leave, at the end of the log and at random points in it.
     events, ends = load_spool(spool)
-    with open(initial_path, "rb") as f:
-        initial = pickle.load(f)
     fsyncs = sum(1 for e in events if e[0] == "fsync")
     assert fsyncs < len(acked) / 2, (fsyncs, len(acked))  # fsyncs were shared (group commit)
-    rng = random.Random(7)
-    points = sorted({len(events), *rng.sample(range(1, len(events)), min(8, len(events) - 1))})
-    model = DiskModel(initial)
-    applied = 0
     problems: list[str] = []
-    for point in points:
-        while applied < point:
-            model.apply(events[applied])
-            applied += 1
+    for point, files, what in crash_states(events, tmp_path, random.Random(7), 8, POLICIES):
         # SETs acknowledged before this point: their reply came after the spool reached
         # ``seen``, so everything up to there happened first.
         cut = ends[point - 1]
         required = [(k, v) for k, v, seen in acked if seen <= cut]
-        for policy in POLICIES:
-            files, what = model.crash_state(rng, policy)
-            for p in check_state(files, tmp_path / "state", required):
-                problems.append(f"power cut at event {point}/{len(events)} ({what}): {p}")
+        for p in check_state(files, tmp_path / "state", required):
+            problems.append(f"power cut at event {point}/{len(events)} ({what}): {p}")
     assert not problems, "\n".join(problems[:10])
 
 
@@ -240,11 +271,8 @@ def hashes_whole(files: dict[str, bytes], where: Path) -> list[str]:
     """Problems of a crash state: a hash that holds a part of an HSET or of a DEL."""
     from bitkv.structures import HashIndex, Structures
 
-    if where.exists():
-        shutil.rmtree(where)
-    write_state(str(where), files)
     problems = []
-    with bitkv.open(str(where), auto_compact=False) as db:
+    with opened_state(files, where) as db:
         s = Structures(db)
         for k in range(4):
             h = s.find(b"h%d" % k, HashIndex)
@@ -262,26 +290,9 @@ def test_sigkill_and_power_loss_leave_each_collection_command_whole_or_absent(
     """One HSET of 1,500 fields is one batch: SIGKILL mid-stream, and every state a power
     cut at a random moment may leave (``DiskModel``), hold each hash whole or not at all."""
     directory = tmp_path / "db"
-    bitkv.open(str(directory)).close()
-    spool, initial_path = tmp_path / "events", tmp_path / "initial"
-    launcher = tmp_path / "launcher.py"
-    launcher.write_text(LAUNCHER)
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(launcher), str(directory), str(spool),
-                                 str(initial_path)], stdout=log, stderr=subprocess.STDOUT)
+    proc, port = launch(tmp_path)
     acked: list[tuple[bytes, int]] = []
     try:
-        deadline = time.time() + 30
-        while not (m := re.search(rb"Ready to accept connections on port (\d+)",
-                                  log_path.read_bytes())):
-            assert proc.poll() is None and time.time() < deadline, log_path.read_text()
-            time.sleep(0.05)
-        port = int(m.group(1))
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
-            probe.sendall(encode(b"HSET"))
-            if b"unknown command" in probe.recv(1000):
-                pytest.skip("this build has no HSET yet")
         stop = threading.Event()
         t = threading.Thread(target=hash_writer, args=(port, stop, acked))
         t.start()
@@ -295,22 +306,12 @@ def test_sigkill_and_power_loss_leave_each_collection_command_whole_or_absent(
             proc.kill()
             proc.wait(10)
     assert len(acked) > 5, f"only {len(acked)} HSETs were acknowledged"
-    events, _ends = load_spool(spool)
-    with open(initial_path, "rb") as f:
-        initial = pickle.load(f)
-    rng = random.Random(11)
-    points = sorted({len(events), *rng.sample(range(1, len(events)), min(4, len(events) - 1))})
-    model = DiskModel(initial)
-    applied = 0
+    events, _ends = load_spool(tmp_path / "events")
     problems: list[str] = []
-    for point in points:
-        while applied < point:
-            model.apply(events[applied])
-            applied += 1
-        for policy in ("kill", *POLICIES):
-            files, what = model.crash_state(rng, policy)
-            problems += [f"crash at event {point}/{len(events)} ({what}): {p}"
-                         for p in hashes_whole(files, tmp_path / "state")]
+    for point, files, what in crash_states(events, tmp_path, random.Random(11), 4,
+                                           ("kill", *POLICIES)):
+        problems += [f"crash at event {point}/{len(events)} ({what}): {p}"
+                     for p in hashes_whole(files, tmp_path / "state")]
     assert not problems, "\n".join(problems[:10])
     # the last acknowledged HSET of each key is in what SIGKILL left (sync always), unless
     # a later DEL or HSET (maybe unacknowledged) replaced it
