@@ -30,7 +30,7 @@ import tempfile
 import time
 
 import redis
-from bench_server import cpu_ticks, free_port, wait_ready
+from bench_server import cpu_ticks, free_port, rss_bytes, wait_ready
 
 # (label, redis-benchmark arguments after the options): -t where it has the test, else the
 # command itself (__rand_int__ is replaced by a random number below -r).
@@ -44,14 +44,6 @@ TESTS: list[tuple[str, list[str]]] = [
     ("SISMEMBER", ["SISMEMBER", "myset", "element:__rand_int__"]),
     ("SPOP", ["-t", "spop"]),
 ]
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def start(kind: str, work: str, python: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -100,10 +92,10 @@ def memory(work: str, python: str, n: int) -> list[str]:
             proc, port = start(kind, work, python)
             try:
                 time.sleep(0.5)
-                before = rss_kb(proc.pid)
+                before = rss_bytes(proc.pid)
                 fill(port, command, "big", n, pairs)
                 time.sleep(0.5)
-                per[kind] = (rss_kb(proc.pid) - before) * 1024 / n
+                per[kind] = (rss_bytes(proc.pid) - before) / n
             finally:
                 stop(proc)
         lines.append(f"| {label} | {per['bitkv']:.0f} | {per['redis']:.0f} |")

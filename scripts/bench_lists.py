@@ -28,17 +28,9 @@ import subprocess
 import sys
 import tempfile
 
-from bench_server import TICK, cpu_ticks, free_port, wait_ready
+from bench_server import TICK, cpu_ticks, free_port, rss_bytes, wait_ready
 
 TESTS = ["LPUSH", "RPUSH", "LPOP", "RPOP", "LRANGE_100", "LRANGE_600"]
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise SystemExit(f"no VmRSS for {pid}")
 
 
 def fill(port: int, elements: int) -> None:

@@ -27,7 +27,6 @@ import io
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,8 +34,7 @@ import tempfile
 import time
 
 import redis
-
-TICK = os.sysconf("SC_CLK_TCK")
+from bench_server import TICK, cpu_ticks, free_port, rss_bytes, wait_ready
 
 # (label, pipeline, redis-benchmark arguments after the common ones)
 ROWS: list[tuple[str, int, list[str]]] = [
@@ -50,40 +48,6 @@ ROWS: list[tuple[str, int, list[str]]] = [
                                       "LIMIT", "0", "10"]),
     ("ZPOPMIN", 16, ["-t", "zpopmin"]),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise SystemExit(f"the server on port {port} exited with {proc.returncode}")
-        try:
-            if redis.Redis(port=port).ping():
-                return
-        except redis.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"the server on port {port} did not start")
-
-
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise SystemExit(f"no VmRSS for {pid}")
 
 
 def load(port: int, members: int) -> None:
