@@ -88,8 +88,8 @@ def write_collections(writer: rdb.RDBWriter, structures: Structures, now_ms: int
     Runs in a worker thread while the event loop changes the index, so it only reads: the
     collections and each one's element names are copied in one step (``list()`` of a dict
     or a deque holds the GIL throughout), never iterated while they may change, and expired
-    collections are left out rather than deleted (``Structures.items()`` would purge them,
-    a write from this thread).
+    collections are left out rather than deleted (deleting them, as a read of the
+    collection does, would be a write from this thread).
     """
     written = 0
     for c in list(structures.names.values()):

@@ -30,7 +30,6 @@ from .encoding import (
     HEADER,
     LIST,
     PREFIX,
-    TYPE_NAMES,
     element_key,
     header_key,
     header_value,
@@ -109,10 +108,6 @@ class Edit:
 
     def __len__(self) -> int:
         return len(self._staged)
-
-    def final_length(self) -> int:
-        """The collection's length once the staged changes are written."""
-        return _length_after(self.collection, self._staged)
 
     def commit(self) -> None:
         staged, self._staged = self._staged, {}
@@ -556,18 +551,9 @@ class Structures:
         return len(expired)
 
     def items(self) -> Iterator[Collection]:
-        """The live collections (a snapshot)."""
+        """The live collections (a snapshot; expired ones are deleted first)."""
         self.purge_expired()
         return iter(list(self._collections.values()))
-
-    def stats(self) -> dict[str, int]:
-        counts = {name: 0 for name in TYPE_NAMES.values()}
-        elements = 0
-        for c in self._collections.values():
-            counts[c.NAME] += 1
-            elements += len(c)
-        return {**{f"{n}_keys": v for n, v in counts.items()}, "elements": elements,
-                "orphans_removed": self.orphans_removed, "malformed": self.malformed}
 
 
 _AFTER_PREFIX = len(PREFIX)  # where a header's b"h" or an element's b"e" is
