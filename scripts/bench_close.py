@@ -8,7 +8,8 @@ once through ``db.batch()`` with 16-byte values, as ``bench.py --scale`` builds 
 ``WORKDIR/s<keys>`` and kept there, to be measured again by the next run. Each measurement is a
 fresh process that opens the store (``auto_compact=False``, so no compaction runs meanwhile),
 overwrites ``--puts`` random keys with ``db.put`` (one call each: the active segment then holds
-that many records, above the checkpoint's 1 MiB floor) and times ``close()``: the CPU time of
+that many records more, above the checkpoint's 1 MiB floor; segments of up to 1 GiB, so that
+it does not rotate) and times ``close()``: the CPU time of
 the process (``time.process_time``; the maintenance thread included) and of the main thread
 (``time.thread_time``, which a machine shared with other jobs inflates less), and wall time.
 The close fsyncs the active segment and writes its checkpoint hint.
@@ -38,23 +39,34 @@ from bench_reopen import mode_env, parse_size
 
 
 def measure(path: str, keys: int, puts: int, seed: int) -> dict[str, Any]:
-    """Open ``path``, overwrite ``puts`` random keys of the ``keys`` there, time close()."""
+    """Open ``path``, overwrite ``puts`` random keys of the ``keys`` there, time close();
+    count the entries of the checkpoint it wrote (the active segment's keys)."""
     from bench_workload import scale_key
 
     import bitkv
 
     rng = random.Random(seed)
-    db = bitkv.open(path, auto_compact=False)
+    from bitkv import hint
+    from bitkv import segment as seg_mod
+
+    # Segments of up to 1 GiB: no rotation during the puts, so every close of the run
+    # checkpoints the same segment, which grows by ``puts`` records a round, for every mode
+    # alike (a rotation would leave one mode a near-empty active segment).
+    db = bitkv.open(path, auto_compact=False, max_segment_size=1 << 30)
     put = db.put
     value = bytes(16)
     for _ in range(puts):
         put(scale_key(rng.randrange(keys)), value)
-    active = db.stats().get("segments")
+    stats = db.stats()
     t0, c0, th0 = time.perf_counter(), time.process_time(), time.thread_time()
     db.close()
     th1, c1, t1 = time.thread_time(), time.process_time(), time.perf_counter()
+    with open(os.path.join(path, seg_mod.hint_name(stats["active_segment"])), "rb") as fh:
+        blob = fh.read()
     return {"close_s": t1 - t0, "close_cpu_s": c1 - c0, "close_thread_cpu_s": th1 - th0,
-            "segments": active, "implementation": bitkv.IMPLEMENTATION}
+            "segments": stats["segments"],
+            "checkpoint_entries": hint.entry_count(blob[: hint.HEADER.size], len(blob)),
+            "implementation": bitkv.IMPLEMENTATION}
 
 
 def child(argv: list[str], env_extra: dict[str, str]) -> dict[str, Any]:
@@ -101,8 +113,9 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     print(f"# bench_close: {' '.join(sys.argv[1:])}; load average "
           f"{os.getloadavg()[0]:.2f}; medians of {args.rounds} round(s), modes interleaved")
-    print("| keys | mode | close, CPU (s) | close, main thread CPU (s) | close, wall (s) |")
-    print("|---:|---|---:|---:|---:|")
+    print("| keys | mode | close, CPU (s) | close, main thread CPU (s) | close, wall (s) "
+          "| checkpoint entries |")
+    print("|---:|---|---:|---:|---:|---:|")
     for n in (parse_size(s) for s in args.scale.split(",")):
         path = os.path.join(os.path.abspath(args.workdir), f"s{n}")
         ensure_store(path, n)
@@ -115,10 +128,12 @@ def main() -> None:
             rs = runs[mode]
             row = {"keys": n, "mode": mode, "runs": rs,
                    **{f: statistics.median(x[f] for x in rs)
-                      for f in ("close_cpu_s", "close_thread_cpu_s", "close_s")}}
+                      for f in ("close_cpu_s", "close_thread_cpu_s", "close_s",
+                                "checkpoint_entries")}}
             results.append(row)
             print(f"| {n:,} | {mode} | {row['close_cpu_s']:.3f} | "
-                  f"{row['close_thread_cpu_s']:.3f} | {row['close_s']:.3f} |", flush=True)
+                  f"{row['close_thread_cpu_s']:.3f} | {row['close_s']:.3f} | "
+                  f"{row['checkpoint_entries']:,.0f} |", flush=True)
     print(f"# load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
