@@ -140,24 +140,31 @@ def test_a_map_changed_by_the_gc_while_the_result_is_built_raises():
     for i in range(5_000):
         m[b"k%d" % i] = 0
     added: list[bytes] = []
+    armed = [False]
 
     def grow(phase: str, _info: dict[str, int]) -> None:
-        # at every collection (the threshold makes one run at nearly every tuple made), so
-        # that some run inside items_in, after its scan
-        if phase == "start" and len(added) < 3_000:
+        # at every collection while armed (the threshold makes one run at nearly every
+        # object items_in makes after its scan: the list, then each tuple)
+        if phase == "start" and armed[0] and len(added) < 100_000:
             for _ in range(100):
                 added.append(b"late%d" % len(added))
                 m[added[-1]] = 0  # the arena grows (realloc: it may move)
 
     thresholds = gc.get_threshold()
+    was_enabled = gc.isenabled()
     gc.callbacks.append(grow)
+    gc.enable()
     gc.set_threshold(1)
     try:
         with pytest.raises(RuntimeError, match="changed size during items_in"):
+            armed[0] = True  # nothing between here and the call makes a tracked object
             m.items_in(0, b"\x01")
     finally:
+        armed[0] = False
         gc.set_threshold(*thresholds)
         gc.callbacks.remove(grow)
+        if not was_enabled:
+            gc.disable()
     assert added and len(m) == 5_000 + len(added)
     assert m.items_in(0, b"\x01") == list(m.items())
 
