@@ -1243,7 +1243,9 @@ def render(args: argparse.Namespace, aggs: dict[str, Any], order: list[str],
                    f"RSS: mapped files are not anonymous); gets = {args.scale_gets:,} random "
                    "gets, CRC checked, over keys across the whole store: gets/s (wall) and "
                    "CPU time per get, then the same keys again (their pages mapped by the "
-                   "first pass, as in a long-running process).\n")
+                   "first pass, as in a long-running process), then the same keys once more "
+                   "through `get_many` in batches of 1,000: CPU time per key (compare it with "
+                   "the second pass; a tree without `get_many` shows —).\n")
         out += scale_table(scale)
         for r in scale:
             if "failed" in r:
