@@ -297,7 +297,7 @@ def test_batches_racing_overwrites_deletes_and_close(tmp_path, compact):
         rng = random.Random(seed)
         try:
             while not stop.is_set():
-                idx = [rng.randrange(n) for _ in range(rng.choice((1, 15, 40, 200)))]
+                idx = [rng.randrange(n) for _ in range(rng.choice((1, 15, 40, 200, 5000)))]
                 try:
                     got = db.get_many([*(keys[i] for i in idx), f"k{idx[0]}"])
                 except bitkv.ClosedError:
