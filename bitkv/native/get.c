@@ -404,7 +404,11 @@ get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyO
                PyObject *out)
 {
     GetManyKey group[GET_MANY_GROUP];
-    PyObject *entries = self->entries; /* NULL once detached: every key to the fallback */
+    /* NULL once detached: every key to the fallback. A strong reference for the group:
+     * segment_mm's getattr (a Segment that is not the usual class) may run Python code, and
+     * another thread could then detach the reader and drop the last reference. */
+    PyObject *entries = self->entries;
+    Py_XINCREF(entries);
     int has_ttls = PyDict_GET_SIZE(self->expiries) > 0;
     /* (1) hash and prefetch the home slots */
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -466,6 +470,7 @@ get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyO
         }
     }
     /* every buffer released: now Python code may run */
+    Py_XDECREF(entries);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (group[i].state == GM_FALLBACK) {
             PyObject *value = get_many_fallback(self, PyTuple_GET_ITEM(keys, start + i), dflt);
@@ -482,6 +487,7 @@ error:
             get_many_release(&group[i]);
         }
     }
+    Py_XDECREF(entries);
     return -1;
 }
 
