@@ -295,8 +295,10 @@ reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
  *
  * The memory-safety rules of reader_get hold per group: the GIL is held from (2) to the end
  * of (3) and no Python code runs in between (the fallbacks of a group run after its buffers
- * are released), every buffer is taken with PyObject_GetBuffer and every read bounded by its
- * length. The keys are first copied into a tuple of our own (a caller's list may change while
+ * are released; only segment_mm's getattr, for a segment of another class than the store's,
+ * could run some, and even then a held buffer makes mmap.close() fail and the index is held
+ * by a strong reference), every buffer is taken with PyObject_GetBuffer and every read
+ * bounded by its length. The keys are first copied into a tuple of our own (a caller's list may change while
  * a fallback runs Python code); the result list is allocated before any buffer is taken (an
  * allocation of a GC-tracked object may run the collector, hence finalizers). Every
  * GET_MANY_YIELD_KEYS keys, with no buffer held, other threads may take the GIL. */
@@ -378,8 +380,11 @@ get_many_release(GetManyKey *g)
     g->state = GM_FALLBACK;
 }
 
-/* Step (3): the value if the record is an intact plain record of the key (read_plain's
- * checks), else NULL with no error set (the fallback decides), or NULL with MemoryError. */
+/* Step (3): the value if the record is an intact plain record of the key, else NULL with no
+ * error set (the fallback decides), or NULL with MemoryError. These are read_plain's checks,
+ * as get_many_take_record's are its bounds: a change to one is a change to both (kept apart
+ * only while get.c's Reader is being reshaped on another branch; read_plain can then become
+ * take, value, release). */
 static PyObject *
 get_many_value(const GetManyKey *g)
 {
