@@ -858,15 +858,31 @@ walk_prefix(IndexMap *self, const unsigned char *prefix, size_t plen, prefix_vis
     return 0;
 }
 
+/* Where append_key puts the keys: ``list`` has ``filled`` of them; it may have been made
+ * with room for all (every key wanted: the count is known), else it grows by appending. */
+typedef struct {
+    PyObject *list;
+    Py_ssize_t filled;
+} KeyList;
+
 static int
-append_key(const unsigned char *k, size_t n, void *list)
+append_key(const unsigned char *k, size_t n, void *ctx)
 {
+    KeyList *out = (KeyList *)ctx;
     PyObject *key = PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)n);
     if (key == NULL) {
         return -1;
     }
-    int rc = PyList_Append((PyObject *)list, key);
+    if (out->filled < PyList_GET_SIZE(out->list)) {
+        PyList_SET_ITEM(out->list, out->filled, key); /* steals the reference */
+        out->filled++;
+        return 0;
+    }
+    int rc = PyList_Append(out->list, key);
     Py_DECREF(key);
+    if (rc == 0) {
+        out->filled++;
+    }
     return rc;
 }
 
@@ -901,15 +917,20 @@ IndexMap_keys_with_prefix(IndexMap *self, PyObject *arg)
     if (prefix_arg(arg, &prefix, &plen) < 0) {
         return NULL;
     }
-    PyObject *found = PyList_New(0);
-    if (found == NULL) {
+    /* Every key wanted: the list is made in its final size, as list(map) would make it. */
+    KeyList out = {PyList_New(plen == 0 ? (Py_ssize_t)self->count : 0), 0};
+    if (out.list == NULL) {
         return NULL;
     }
-    if (walk_prefix(self, prefix, plen, append_key, found) < 0) {
-        Py_DECREF(found);
+    if (walk_prefix(self, prefix, plen, append_key, &out) < 0) {
+        Py_DECREF(out.list); /* unfilled items are NULL, which a list's dealloc skips */
         return NULL;
     }
-    return found;
+    if (out.filled != PyList_GET_SIZE(out.list)) { /* fewer live records than keys */
+        Py_DECREF(out.list);
+        return corrupt();
+    }
+    return out.list;
 }
 
 static PyObject *
