@@ -27,6 +27,7 @@ import fuzz_compact
 import fuzz_get
 import fuzz_hint
 import fuzz_indexmap
+import fuzz_prefix
 import fuzz_put
 import fuzz_rdb
 import fuzz_rdb_types
@@ -130,6 +131,8 @@ TARGETS = [
     # The compiled index map against a dict, on programs read from mutated bytes.
     Target(fuzz_indexmap, 3000, 15, 1500, _random_bytes(400),
            _compiled("IndexMap", fuzz_indexmap)),
+    # The compiled prefix scans (keys_with_prefix, count_with_prefix) against the dict's.
+    Target(fuzz_prefix, 2000, 21, 1000, _random_bytes(400), _compiled("IndexMap", fuzz_prefix)),
     # The compiled RESP parser against PyParser: commands, errors, idle(), buffered().
     Target(fuzz_resp, 4000, 19, 1500, _random_bytes(300), _compiled("RespParser", fuzz_resp)),
     # The get, record codec and batch kernels against their Python rules (each target
