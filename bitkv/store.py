@@ -1298,8 +1298,10 @@ class Store(MutableMapping[bytes, bytes]):
         often as wanted, each reflecting the store at that moment (a view, not a copy; making
         one costs nothing). An iteration yields the keys live when it starts, in no
         particular order, skipping those deleted or expired before they are reached. ``len``
-        is O(1) without a prefix and one pass over the index with one. Raises
-        :class:`ClosedError` on a closed store (and so does using a view after ``close``).
+        is O(1) without a prefix and one pass over the index with one. With a prefix, listing
+        and ``len`` make only the keys that match (the index compares the others in place):
+        a prefix that few keys have is cheap on a large store. Raises :class:`ClosedError` on
+        a closed store (and so does using a view after ``close``).
         """
         self._check_open()
         p = None if prefix is None else to_prefix(prefix)

@@ -55,7 +55,7 @@ print('asan_native: testing', m.__file__)
   "$repo/tests/test_native_put.py" "$repo/tests/test_compaction_native.py" \
   "$repo/tests/test_native_replay.py" "$repo/tests/test_resp_native.py" \
   "$repo/tests/test_fuzz_targets.py" \
-  -k "indexmap or Indexmap or crc or native_put or put_target or kernel or compact or replay or agree or orphan or leak or resp"
+  -k "indexmap or Indexmap or crc or native_put or put_target or kernel or compact or replay or agree or orphan or leak or resp or prefix"
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_kernels.py" "$repo/tests/test_differential.py" "$repo/tests/test_batch.py" \
   "$repo/tests/test_prefix_keys.py"

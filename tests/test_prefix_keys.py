@@ -46,10 +46,6 @@ def _fill(db: bitkv.Store) -> None:
         db.put(k, b"b")
 
 
-def _expected(db: bitkv.Store, prefix: bytes) -> list[bytes]:
-    return sorted(k for k in db.keys() if k.startswith(prefix))
-
-
 # -- the store, both modes -------------------------------------------------------------------
 
 
