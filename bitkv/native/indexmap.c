@@ -845,7 +845,7 @@ walk_prefix(IndexMap *self, const unsigned char *prefix, size_t plen, prefix_vis
             continue;
         }
         if (record_slot(self, off, k, n) < 0) {
-            continue; /* dead: its key was deleted (and any later record of it is its own) */
+            continue; /* dead: its key was deleted since (if put again, a later record is live) */
         }
         if (visit(k, n, ctx) < 0) {
             return -1;
