@@ -278,12 +278,6 @@ def test_a_prefix_must_be_bytes():
     assert m.keys_with_prefix(b"a") == [b"a"]  # unchanged
 
 
-@needs_native
-def test_keydir_uses_the_compiled_scan_in_native_mode(db):
-    """The store's KeyDir holds an IndexMap, so db.keys(prefix) takes the compiled path."""
-    assert isinstance(db._keydir.entries, IndexMap)
-
-
 # -- reference counts and leaks -------------------------------------------------------------
 
 
