@@ -564,9 +564,8 @@ def compact(store: CompactionHost, progress: ProgressCallback | None = None
             if saw_damage:
                 # A key still pointing into an input now is one whose record failed its CRC
                 # when copied: its bytes are lost, and it must not point at a removed file.
-                lost = [k for k, e in store.keydir.entries.items()
-                        if e >> keydir.SLOT_SHIFT in sources]
-                for key in lost:
+                lost = store.keydir.entries_in(sources)
+                for key, _entry in lost:
                     store.keydir.remove(key)
                 summary.corrupt_records = len(lost)
             store.retire(inputs)

@@ -195,6 +195,19 @@ class FileIO:
 DEFAULT_FILEIO = FileIO()
 
 
+def advise_huge_pages(mm: mmap.mmap) -> None:
+    """Ask the kernel to back ``mm`` with transparent huge pages where it can
+    (``madvise(MADV_HUGEPAGE)``). Only a hint: a platform or kernel without them (no
+    ``MADV_HUGEPAGE``, ``EINVAL`` where THP is compiled out) leaves the map as it was."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is None:
+        return
+    try:
+        mm.madvise(advice)
+    except OSError:
+        pass
+
+
 def describe_fd(fd: int) -> str:
     """The path an open descriptor refers to, for a message (``/proc/self/fd`` on Linux;
     ``descriptor N`` where that cannot tell)."""

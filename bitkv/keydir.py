@@ -16,9 +16,10 @@ beyond the key's bytes, where a dict costs about 120) when the extension is buil
 the reference implementation; ``BITKV_PURE_PYTHON=1`` forces the dict. This module is the one
 place that uses it (kernels.py chooses the implementation); the engine uses only the operations both
 have: ``get``, ``[]``, ``[] =``, ``del``, ``pop``, ``in``, ``len``, iteration, ``items()``
-(iterated, not kept as a view), ``clear()``; the prefix listing and count
-(:meth:`KeyDir.keys_with_prefix`, :meth:`KeyDir.count_with_prefix`) are the map's own
-operations in native mode and a filter over the dict in Python. See docs/architecture.md.
+(iterated, not kept as a view), ``clear()``; and those the IndexMap alone has: ``items_in``,
+for :meth:`KeyDir.entries_in`, and the prefix listing and count, for
+:meth:`KeyDir.keys_with_prefix` and :meth:`KeyDir.count_with_prefix` (the dict's equivalents
+are written there). See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -356,6 +357,17 @@ class KeyDir:
             raise ValueError(f"switch_copies: no whole record at offset {pos}")
         return pos, switched
 
+    def entries_in(self, slots: AbstractSet[int]) -> list[tuple[bytes, int]]:
+        """The (key, entry) pairs of the keys indexed into one of ``slots``, in the index's
+        order (insertion order, as iterating it gives). The checkpoint of the active segment
+        and compaction's lost keys want a few segments' keys of a store of any size: the
+        IndexMap's ``items_in`` reads its table without hashing or making objects for the
+        other keys (bitkv/native/indexmap.c); the comprehension is the reference."""
+        entries = self.entries
+        if isinstance(entries, dict):
+            return [(k, e) for k, e in entries.items() if e >> SLOT_SHIFT in slots]
+        return entries.items_in(SLOT_SHIFT, self._bitmap(slots))
+
     def _bitmap(self, slots: AbstractSet[int]) -> bytes:
         """``slots`` as a bitmap of MAX_SLOTS bits, for the compiled switch (kept for the
         set last asked about: one compaction asks about one set many times)."""
@@ -365,8 +377,11 @@ class KeyDir:
         bits = bytearray(MAX_SLOTS // 8)
         for s in slots:
             bits[s >> 3] |= 1 << (s & 7)
-        self._slot_bitmap = (slots, bytes(bits))
-        return self._slot_bitmap[1]
+        bitmap = bytes(bits)
+        # returned from the local: the checkpoint (under the store's lock) and a compaction
+        # may each be asking about their own set
+        self._slot_bitmap = (slots, bitmap)
+        return bitmap
 
     def unindex_if(self, key: bytes, expected: int) -> bool:
         """:meth:`unindex` ``key`` only if it still points at ``expected`` (compaction

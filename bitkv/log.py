@@ -31,16 +31,20 @@ from collections.abc import Callable, Iterator
 from . import durable, keydir, killpoints, manifest
 from . import segment as seg_mod
 from .errors import Error
-from .fileio import FileIO
+from .fileio import FileIO, advise_huge_pages
 from .segment import Segment, SegmentHeader
 
 log = logging.getLogger("bitkv")
 
-# The active segment is preallocated this far past the page its data reaches (docs/format.md,
-# "The zero tail"): one posix_fallocate and one remap per MiB of appends (~7,000 records of
-# 144 bytes), and at most this many zeros for a crash to leave or a reader to scan.
-PREALLOC_STEP = 1 << 20
-PREALLOC_ALIGN = 4096
+# The active segment is preallocated this far past the 2 MiB boundary its data reaches
+# (docs/format.md, "The zero tail"): one posix_fallocate and one remap per 2 MiB of appends
+# (~14,000 records of 144 bytes), and at most STEP + ALIGN zeros for a crash to leave or a
+# reader to scan. The room always ends on a 2 MiB boundary (the size of an x86-64 huge page)
+# so that the page cache can hold the segment in 2 MiB folios, which a read map then maps
+# with one page-table entry each: a folio never straddles the file's end, where the kernel
+# would have to fall back to 4 KiB pages (docs/performance.md, "Gets at scale").
+PREALLOC_STEP = 2 << 20
+PREALLOC_ALIGN = 2 << 20
 
 # How a leader whose fdatasync woke waiting writers lets them take the GIL (wait_durable).
 # Compiled: the GIL released for HANDOFF_US of spinning (bitkv/native/compact.c's
@@ -241,6 +245,9 @@ class LogWriter:
             # every later fdatasync that (docs/performance.md).
             self.io.pwrite(seg.fd, bytes(new - seg.allocated), seg.allocated)
         mm = self.io.map_shared(seg.fd, new, writable=self.map_writes)
+        # Records copied into this map fault its pages in: asked for huge pages, the kernel
+        # reads the room into the page cache as 2 MiB folios, not 4 KiB pages.
+        advise_huge_pages(mm)
         seg.allocated = new
         seg.grow_map(mm)
 

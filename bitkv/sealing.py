@@ -95,8 +95,7 @@ def write_checkpoint(directory: str, io: FileIO, seg: Segment, index: KeyDir,
     """
     if seg.size - seg_mod.HEADER_SIZE < CHECKPOINT_MIN_BYTES:
         return
-    slot = seg.slot
-    indexed = ((k, e) for k, e in index.entries.items() if e >> keydir.SLOT_SHIFT == slot)
+    indexed = index.entries_in(frozenset((seg.slot,)))
     items = hint_items(seg, indexed, index.expiries, index.hidden or {})
     blob = hint.encode(items, seg.header.nonce, seg.size, max_seq=max_seq)
     name = seg_mod.hint_name(seg.id)

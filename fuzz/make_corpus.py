@@ -17,6 +17,7 @@ import fuzz_compact
 import fuzz_get
 import fuzz_hint
 import fuzz_indexmap
+import fuzz_items_in
 import fuzz_prefix
 import fuzz_rdb
 import fuzz_rdb_types
@@ -32,7 +33,8 @@ def main() -> None:
     for name, module in (("record", fuzz_record), ("hint", fuzz_hint), ("store", fuzz_store),
                          ("server_parser", fuzz_server_parser), ("rdb", fuzz_rdb),
                          ("rdb_types", fuzz_rdb_types),
-                         ("indexmap", fuzz_indexmap), ("prefix", fuzz_prefix), ("get", fuzz_get),
+                         ("indexmap", fuzz_indexmap), ("items_in", fuzz_items_in),
+                         ("prefix", fuzz_prefix), ("get", fuzz_get),
                          ("codec_native", fuzz_codec_native), ("batch", fuzz_batch),
                          ("compact", fuzz_compact), ("replay", fuzz_replay)):
         where = os.path.join(root, name)

@@ -54,17 +54,19 @@ print('asan_native: testing', m.__file__)
   "$repo/tests/test_indexmap.py" "$repo/tests/test_native_crc.py" \
   "$repo/tests/test_native_put.py" "$repo/tests/test_compaction_native.py" \
   "$repo/tests/test_native_replay.py" "$repo/tests/test_resp_native.py" \
-  "$repo/tests/test_fuzz_targets.py" \
-  -k "indexmap or Indexmap or crc or native_put or put_target or kernel or compact or replay or agree or orphan or leak or resp or prefix"
+  "$repo/tests/test_fuzz_targets.py" "$repo/tests/test_entries_in.py" \
+  -k "indexmap or Indexmap or items_in or entries_in or crc or native_put or put_target or kernel or compact or replay or agree or orphan or leak or resp or prefix"
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_kernels.py" "$repo/tests/test_differential.py" "$repo/tests/test_batch.py" \
   "$repo/tests/test_prefix_keys.py"
 "$python" - "$repo/fuzz" <<'PY'
 import random, sys, time
 sys.path.insert(0, sys.argv[1])
-import fuzz_batch, fuzz_codec_native, fuzz_compact, fuzz_get, fuzz_indexmap, fuzz_prefix
+import fuzz_batch, fuzz_codec_native, fuzz_compact, fuzz_get, fuzz_indexmap, fuzz_items_in
+import fuzz_prefix
 assert fuzz_indexmap.IndexMap is not None and fuzz_compact.native_copy_live is not None
-for target in (fuzz_indexmap, fuzz_prefix, fuzz_get, fuzz_codec_native, fuzz_batch):
+for target in (fuzz_indexmap, fuzz_items_in, fuzz_prefix, fuzz_get, fuzz_codec_native,
+               fuzz_batch):
     rng, started, n = random.Random(99), time.monotonic(), 0
     while time.monotonic() - started < 10:  # random programs for 10 s each
         target.check_one(rng.randbytes(rng.randint(0, 3000)))

@@ -27,6 +27,7 @@ import fuzz_compact
 import fuzz_get
 import fuzz_hint
 import fuzz_indexmap
+import fuzz_items_in
 import fuzz_prefix
 import fuzz_put
 import fuzz_rdb
@@ -131,6 +132,9 @@ TARGETS = [
     # The compiled index map against a dict, on programs read from mutated bytes.
     Target(fuzz_indexmap, 3000, 15, 1500, _random_bytes(400),
            _compiled("IndexMap", fuzz_indexmap)),
+    # IndexMap.items_in (KeyDir.entries_in) against a comprehension over a dict.
+    Target(fuzz_items_in, 2000, 37, 1000, _random_bytes(600),
+           _compiled("IndexMap", fuzz_items_in)),
     # The compiled prefix scans (keys_with_prefix, count_with_prefix) against the dict's.
     Target(fuzz_prefix, 2000, 21, 1000, _random_bytes(400), _compiled("IndexMap", fuzz_prefix)),
     # The compiled RESP parser against PyParser: commands, errors, idle(), buffered().
@@ -206,6 +210,6 @@ def test_every_target_is_run() -> None:
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
                                     fuzz_rdb, fuzz_rdb_types, fuzz_indexmap, fuzz_put, fuzz_get,
                                     fuzz_codec_native, fuzz_batch, fuzz_compact, fuzz_replay,
-                                    fuzz_resp])
+                                    fuzz_resp, fuzz_items_in])
 def test_targets_have_an_atheris_entry_point(target):
     assert callable(target.check_one) and callable(target.main)

@@ -23,7 +23,7 @@ from bitkv import durable, history, record
 from bitkv import segment as seg_mod
 from bitkv.crashtest.recording import DiskModel, RecordingFileIO
 from bitkv.fileio import FileIO
-from bitkv.log import PREALLOC_STEP
+from bitkv.log import PREALLOC_ALIGN, PREALLOC_STEP
 
 MODES = ["always", "interval", "never"]
 
@@ -49,7 +49,8 @@ def test_active_segment_is_preallocated_and_close_cuts_the_zeros(tmp_path, sync)
     size = os.path.getsize(seg)
     data_end = _data_end(seg)
     assert size > data_end  # room past the data ...
-    assert size <= -(-data_end // 4096) * 4096 + PREALLOC_STEP  # ... at most a step of it
+    assert size <= -(-data_end // PREALLOC_ALIGN) * PREALLOC_ALIGN + PREALLOC_STEP  # ... a step
+    assert size % PREALLOC_ALIGN == 0  # ending on a huge page's boundary
     with open(seg, "rb") as fh:
         assert fh.read()[data_end:] == bytes(size - data_end)  # all zeros
     db.close()
@@ -282,3 +283,68 @@ def test_torn_prefix_tears_writes_into_preallocated_room():
             assert buf[:kept] == (b"A" * 100 + b"B" * 100)[:kept]
             seen.add(kept)
     assert len(seen) > 10  # torn at many points, not all or nothing
+
+
+def test_the_room_ends_on_2_mib_boundaries_as_the_data_grows(tmp_path):
+    """The room grows in whole 2 MiB blocks, so the page cache can hold the segment in 2 MiB
+    folios: a folio reaching past the file's end cannot be one, and the kernel falls back to
+    4 KiB pages there (docs/performance.md, "Gets at scale")."""
+    assert PREALLOC_ALIGN == 2 << 20 and PREALLOC_STEP >= PREALLOC_ALIGN
+    path = str(tmp_path / "db")
+    with bitkv.open(path, sync="never", auto_compact=False) as db:
+        seg = newest_segment(path)
+        sizes = set()
+        for i in range(300):
+            db.put(b"k%05d" % i, os.urandom(20_000))  # 6 MB in all: the room grows
+            sizes.add(os.path.getsize(seg))
+        assert len(sizes) >= 2
+        assert all(size % PREALLOC_ALIGN == 0 for size in sizes), sorted(sizes)
+
+
+def _file_pmd_mapped_kb(path: str) -> int:
+    """FilePmdMapped of this process's maps of ``path`` (kB), from /proc/self/smaps."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):
+                inside = line.rstrip().endswith(path)
+            elif inside and first == "FilePmdMapped:":
+                total += int(line.split()[1])
+    return total
+
+
+def _pmd_mapped_after_touching(path: str) -> int:
+    import mmap
+
+    with open(path, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        for off in range(0, len(mm), 4096):
+            mm[off]
+        return _file_pmd_mapped_kb(path)
+    finally:
+        mm.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages: Linux")
+@pytest.mark.parametrize("sync", ["always", "interval"])  # pwrite into zeros; copies into a map
+def test_segments_written_by_the_store_sit_in_huge_folios(tmp_path, sync):
+    """A segment written by the store comes back mapped with 2 MiB page-table entries, as one
+    written by a single large write() does. With the
+    1 MiB room of before, every fault met the file's end within 2 MiB and got 4 KiB pages:
+    at 48M keys every random get then paid a page fault and a TLB miss (5.3x the CPU of a get
+    at 1M keys, docs/performance.md)."""
+    probe = str(tmp_path / "probe")
+    with open(probe, "wb") as fh:
+        fh.write(b"x" * (8 << 20))  # one write: the page cache takes it in large folios
+    if _pmd_mapped_after_touching(probe) == 0:
+        pytest.skip("this kernel or filesystem keeps no file in 2 MiB folios (THP off, or a "
+                    "filesystem without large folios)")
+    path = str(tmp_path / "db")
+    value = os.urandom(10_000)  # incompressible: what is written is what lands on disk
+    with bitkv.open(path, sync=sync, auto_compact=False, max_segment_size=16 << 20) as db:
+        for i in range(2000):
+            db.put(b"k%05d" % i, value)  # 20 MB: a sealed segment and an active one
+    sealed = sorted(f for f in os.listdir(path) if f.endswith(".data"))[0]
+    assert _pmd_mapped_after_touching(os.path.join(path, sealed)) >= 8 << 10  # >= 4 of 8 hp

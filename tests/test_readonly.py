@@ -247,3 +247,42 @@ def test_readonly_gets_follow_the_writer_through_rotation(tmp_path):
             assert all(r.get(b"k%d" % i) == b"x" * 50 for i in range(200))
     finally:
         w.close()
+
+
+def test_refresh_takes_the_earliest_expiry_again_only_when_it_indexed_records(
+        tmp_path, clock, monkeypatch):
+    """A reader polling an idle writer: refresh() walked every expiry of the store (to find
+    the earliest) at each call, with nothing new; now only after it indexed records, and
+    a TTL record it indexes still expires on time."""
+    from bitkv import keydir
+
+    walks = []
+    real = keydir.KeyDir.recompute_next_expiry
+
+    def counting(self):
+        walks.append(len(self.expiries))
+        real(self)
+
+    monkeypatch.setattr(keydir.KeyDir, "recompute_next_expiry", counting)
+    path = tmp_path / "db"
+    w = bitkv.open(path, clock=clock, auto_compact=False, max_segment_size=4096)
+    try:
+        for i in range(50):
+            w.put(b"k%d" % i, b"v", ttl=1000)
+        with bitkv.open(path, readonly=True, clock=clock) as r:
+            walks.clear()
+            for _ in range(5):
+                r.refresh()
+            assert walks == []  # nothing new: no walk
+            w.put(b"soon", b"s", ttl=10)
+            r.refresh()
+            assert walks == [51]
+            for i in range(100):  # into new segments too
+                w.put(b"more%d" % i, b"x" * 40)
+            r.refresh()
+            assert len(walks) == 2
+            assert r[b"soon"] == b"s" and len(r) == 151
+            clock.advance(11)
+            assert r.get(b"soon") is None and len(r) == 150
+    finally:
+        w.close()
