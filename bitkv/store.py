@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from . import backup as backup_mod
@@ -61,6 +61,7 @@ from .validate import (
     check_expires_at_ms,
     check_number,
     check_ttl,
+    key_batch,
     parse_int,
     to_key,
     to_prefix,
@@ -510,6 +511,8 @@ class Store(MutableMapping[bytes, bytes]):
             if s is not self._log.active:
                 s.release_fd()  # a reader keeps the newest segment's fd to follow the writer
         self._reader: Reader | None = None
+        # Reader.get_many where the kernel serves this store's gets (bitkv/native/get.c)
+        self._get_many_kernel: Callable[[Iterable[object], object], list[Any]] | None = None
         self._bind_reader()
         self._writer: Writer | None = None
         self._bind_writer()
@@ -530,6 +533,7 @@ class Store(MutableMapping[bytes, bytes]):
         if old is not None:
             old.detach()
         self._reader = None
+        self._get_many_kernel = None
         self.__dict__.pop("get", None)
         fallback = type(self).get
         if (NATIVE and type(self._entries) is IndexMap
@@ -537,6 +541,7 @@ class Store(MutableMapping[bytes, bytes]):
             self._reader = Reader(self._entries, self._expiries, self._table.slots, self,
                                   Store.get, self._plain_ok)
             self.get = self._reader.get  # type: ignore[method-assign]
+            self._get_many_kernel = self._reader.get_many
         evictor = self._evictor
         if evictor is not None:
             # LRU and LFU stamp each read: a wrapper around the kernel's get (or Python's),
@@ -546,6 +551,7 @@ class Store(MutableMapping[bytes, bytes]):
             wrapped = evictor.wrap_get(inner)
             if wrapped is not inner:
                 self.get = wrapped  # type: ignore[method-assign]
+                self._get_many_kernel = None  # every read stamped: get_many loops over get
 
     def _bind_writer(self) -> None:
         """Where the put kernel serves this store, make ``self.put`` a Writer's ``put``
@@ -578,6 +584,7 @@ class Store(MutableMapping[bytes, bytes]):
         if self._reader is not None:
             self._reader.detach()
             self._reader = None
+        self._get_many_kernel = None
         self.__dict__.pop("get", None)
 
     # -- opening -----------------------------------------------------------------------------
@@ -809,6 +816,41 @@ class Store(MutableMapping[bytes, bytes]):
                         return buf[_HEADER_SIZE + key_len :]
         value = self._value_of(k, entry)
         return default if value is None else value
+
+    def get_many(self, keys: Iterable[KeyLike], default: _T | None = None
+                 ) -> list[bytes | _T | None]:
+        """Return, as a list in the order of ``keys``, what :meth:`get` returns for each key
+        with ``default``: its value, or ``default`` if it is missing or expired.
+
+        ``keys`` is any iterable of keys (a list, a tuple, a generator; it is read once, to
+        the end, before anything is returned); a key may appear more than once. Each key is
+        read exactly as :meth:`get` reads it (TTLs, namespaces, encryption and compression
+        alike) and raises what :meth:`get` would raise (TypeError or ValueError for a bad
+        key, :class:`CorruptionError` for a damaged record); the first error ends the call
+        and nothing is returned. A str or bytes-like ``keys`` (one key rather than a batch of
+        them) is a TypeError. On a closed store it raises :class:`ClosedError`, whatever
+        ``keys`` holds.
+
+        Not atomic: there is no snapshot. Each value is one that :meth:`get` of that key
+        would have returned at some moment during the call, and a write another thread makes
+        meanwhile may be seen by some keys of the batch and not by others (keys are read
+        roughly in order). For a consistent view of several keys, write them in one
+        :meth:`batch` and read them with nothing else writing them.
+
+        In native mode the compiled kernel reads the keys in groups and overlaps their
+        memory accesses (the index slot, then the record), which makes a key of a large
+        store cheaper to read than one :meth:`get`; in pure-Python mode it is the loop of
+        :meth:`get`.
+        """
+        # A tuple first in both modes: the keys are all read before any value is, and the
+        # kernel then needs no copy of its own.
+        batch = tuple(key_batch(keys, "get_many"))
+        self._check_open()
+        kernel = self._get_many_kernel
+        if kernel is not None:
+            return kernel(batch, default)
+        get = self.get
+        return [get(k, default) for k in batch]
 
     def __getitem__(self, key: KeyLike) -> bytes:
         value = self.get(key)

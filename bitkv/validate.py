@@ -7,6 +7,7 @@ the same clear error (naming the type, or the limit) wherever it is passed.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from . import record as rec
 from .errors import NotAnIntegerError
@@ -34,6 +35,17 @@ def to_key(key: object) -> bytes:
             raise ValueError("key must not be empty")
         raise ValueError(f"key is {len(k)} bytes; the limit is {rec.MAX_KEY_SIZE} bytes")
     return k
+
+
+def key_batch(keys: object, what: str) -> Iterable[KeyLike]:
+    """``keys`` as given, if it is an iterable of keys rather than one key: a str or bytes-like
+    batch would otherwise be read as its characters or byte values, one key each."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} takes an iterable of keys, not one key "
+                        f"({type(keys).__name__}); pass [key] for one key")
+    if not isinstance(keys, Iterable):
+        raise TypeError(f"{what} takes an iterable of keys, not {type(keys).__name__}")
+    return keys
 
 
 def to_prefix(prefix: object) -> bytes:

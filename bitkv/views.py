@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import collections.abc
 import json
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import record as rec
 from .batch import Batch
 from .errors import Error
-from .validate import KeyLike, ValueLike, to_key, to_prefix
+from .validate import KeyLike, ValueLike, key_batch, to_key, to_prefix
 
 if TYPE_CHECKING:  # annotations only: the store imports this module (Store.json/namespace)
     from .store import Store
@@ -195,6 +195,7 @@ class _KVBackend(Protocol):
     """What a JsonView needs from the object it wraps (a Store or a Namespace)."""
 
     def get(self, key: KeyLike, default: Any = None) -> Any: ...
+    def get_many(self, keys: Iterable[KeyLike], default: Any = None) -> list[Any]: ...
     def put(self, key: KeyLike, value: ValueLike, *, ttl: float | None = None,
             if_absent: bool = False, if_present: bool = False, keep_ttl: bool = False
             ) -> bool: ...
@@ -228,6 +229,16 @@ class JsonView:
         if data is _MISSING:
             return default
         return decode_json(to_key(key), data)
+
+    def get_many(self, keys: Iterable[KeyLike], default: Any = None) -> list[Any]:
+        """The decoded documents of ``keys``, in order (``default`` for a key that is missing
+        or expired): :meth:`get` for each key, read through the store's
+        :meth:`bitkv.Store.get_many` (so as it promises: not atomic); a value that is not
+        JSON raises :class:`InvalidJSONError` naming its key."""
+        batch = tuple(key_batch(keys, "get_many"))
+        data = self._kv.get_many(batch, _MISSING)
+        return [default if d is _MISSING else decode_json(to_key(k), d)
+                for k, d in zip(batch, data, strict=True)]
 
     def put(self, key: KeyLike, obj: object, *, ttl: float | None = None,
             if_absent: bool = False, if_present: bool = False, keep_ttl: bool = False) -> bool:
@@ -392,6 +403,12 @@ class Namespace(MutableMapping[bytes, bytes]):
     def get(self, key: KeyLike, default: Any = None) -> Any:
         """As :meth:`bitkv.Store.get`, for ``key`` under the prefix."""
         return self._store.get(self._full(key), default)
+
+    def get_many(self, keys: Iterable[KeyLike], default: Any = None) -> list[Any]:
+        """As :meth:`bitkv.Store.get_many`, for ``keys`` under the prefix (each key checked
+        as :meth:`get` checks it, before any is read)."""
+        full = self._full
+        return self._store.get_many([full(k) for k in key_batch(keys, "get_many")], default)
 
     def __getitem__(self, key: KeyLike) -> bytes:
         value = self._store.get(self._full(key))

@@ -28,48 +28,50 @@ except ImportError:  # not built: nothing to fuzz (the test skips)
     IndexMap = Reader = None
 
 
-class _SlottedSegment:
+class SlottedSegment:
     __slots__ = ("__weakref__", "mm")
 
     def __init__(self, mm: object) -> None:
         self.mm = mm
 
 
-class _PlainSegment:  # no __slots__: the kernel reads ``mm`` with getattr
+class PlainSegment:  # no __slots__: the kernel reads ``mm`` with getattr
     def __init__(self, mm: object) -> None:
         self.mm = mm
 
 
-class _Store:
+class FakeStore:
     pass
 
 
-def _fallback(store: object, key: object, default: object = None) -> object:
+def fallback(store: object, key: object, default: object = None) -> object:
+    """The stand-in for Store.get a Reader is given: says that the key was handed over."""
     return ("fallback", key, default)
 
 
-def _model(entries, expiries, slots, key, default, plain_ok):
+def model(entries, expiries, slots, key, default, plain_ok):
+    """What the get kernel must return for ``key`` (fuzz_get_many.py uses it per key too)."""
     if type(key) is not bytes or not 0 < len(key) <= 0xFFFF:
-        return _fallback(None, key, default)
+        return fallback(None, key, default)
     entry = entries.get(key)
     if entry is None:
         return default
     if key in expiries:
-        return _fallback(None, key, default)
+        return fallback(None, key, default)
     size, slot, offset = entry & 0xFFF, entry >> 44, (entry >> 12) & 0xFFFFFFFF
     seg = slots[slot] if slot < len(slots) else None
     mm = getattr(seg, "mm", None)
     if size < record.HEADER_SIZE or not plain_ok or mm is None or mm.closed:
-        return _fallback(None, key, default)
+        return fallback(None, key, default)
     if offset + size > len(mm):
-        return _fallback(None, key, default)
+        return fallback(None, key, default)
     buf = mm[offset : offset + size]
     _crc, flags, _r, key_len, value_len, _s, _e = record.HEADER.unpack_from(buf)
     if (flags & ~record.BATCH_FLAGS or key_len != len(key)
             or record.HEADER_SIZE + key_len + value_len != size
             or buf[record.HEADER_SIZE : record.HEADER_SIZE + key_len] != key
             or record.intact_size_at_py(buf, 0, size) != size):
-        return _fallback(None, key, default)
+        return fallback(None, key, default)
     return buf[record.HEADER_SIZE + key_len :]
 
 
@@ -84,13 +86,13 @@ def check_one(data: bytes) -> None:
         mm = mmap.mmap(-1, len(body))
         mm[:] = body
         maps.append(mm)
-    slots: list[object] = [_SlottedSegment(maps[0]), None, _PlainSegment(maps[1]),
-                           _SlottedSegment(None)]
+    slots: list[object] = [SlottedSegment(maps[0]), None, PlainSegment(maps[1]),
+                           SlottedSegment(None)]
     entries = IndexMap()
     expiries: dict[bytes, int] = {}
-    store = _Store()
+    store = FakeStore()
     plain_ok = not (data[1] & 0x80)
-    reader = Reader(entries, expiries, slots, store, _fallback, plain_ok)
+    reader = Reader(entries, expiries, slots, store, fallback, plain_ok)
     pos = 0
     try:
         while pos + 12 <= len(program):
@@ -107,7 +109,7 @@ def check_one(data: bytes) -> None:
             if op & 4 and key:
                 expiries[key] = op
             if op & 8:
-                slots[0 if op & 16 else 2] = _SlottedSegment(None) if op & 32 else slots[3]
+                slots[0 if op & 16 else 2] = SlottedSegment(None) if op & 32 else slots[3]
             if op & 64 and op & 32:
                 maps[op & 1].close()
             query: object = key
@@ -115,7 +117,7 @@ def check_one(data: bytes) -> None:
                 query = key.decode("latin-1") if op & 1 else b"x" * 70000 if op & 2 else b""
             default = op if op & 1 else None
             got = reader.get(query, default) if op & 16 else reader.get(query)
-            want = _model(entries, expiries, slots, query, default if op & 16 else None,
+            want = model(entries, expiries, slots, query, default if op & 16 else None,
                           plain_ok)
             # The kernel finds a key by the 28 hash bits its slot keeps (bitkv_index_candidate)
             # and hands the get to Python when the record's key differs: a tag collision (1 in
@@ -123,12 +125,12 @@ def check_one(data: bytes) -> None:
             # missing or present key to the fallback, which answers it exactly. Only that
             # hand-over, for a key the candidate lookup ran on, is accepted besides the model.
             collided = (type(query) is bytes and 0 < len(query) <= 0xFFFF
-                        and got == _fallback(None, query, default if op & 16 else None))
+                        and got == fallback(None, query, default if op & 16 else None))
             assert got == want or collided, (query, got, want)
         reader.detach()
         assert not reader.attached
         if pos < len(program):
-            assert reader.get(program[pos:]) == _fallback(None, program[pos:], None)
+            assert reader.get(program[pos:]) == fallback(None, program[pos:], None)
     finally:
         for mm in maps:
             mm.close()

@@ -638,13 +638,17 @@ def parse_keys(text: str) -> int:
 def scale_table(scale: list[dict[str, Any]]) -> list[str]:
     lines = ["| keys | mode | build (s) | disk (MiB) | open (s) | open, CPU (s) | index, B/key "
              "beyond key | random gets/s | get, CPU (us) | same gets again, CPU (us) | "
-             "get CPU ÷ at the smallest size |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "get CPU ÷ at the smallest size | get_many, CPU (us) | "
+             "get_many CPU ÷ at the smallest size |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     builds = {r["keys"]: r for r in scale if "build_secs" in r}
     opens = [r for r in scale if "open_secs" in r]
     smallest: dict[str, float] = {}
+    smallest_many: dict[str, float] = {}
     for r in sorted(opens, key=lambda r: r["keys"]):
         smallest.setdefault(r["backend"], r.get("get_cpu_us", 0.0))
+        if "get_many_cpu_us" in r:  # a snapshot older than get_many has none
+            smallest_many.setdefault(r["backend"], r["get_many_cpu_us"])
 
     def us(r: dict[str, Any], key: str) -> str:
         return f"{r[key]:.2f}" if key in r else "—"
@@ -660,6 +664,9 @@ def scale_table(scale: list[dict[str, Any]]) -> list[str]:
             f"{r['beyond_key_bytes']:.0f}", fmt_ops(r["gets_s"]), us(r, "get_cpu_us"),
             us(r, "get_cpu_us_again"),
             f"{r['get_cpu_us'] / base:.2f}x" if "get_cpu_us" in r and base else "—",
+            us(r, "get_many_cpu_us"),
+            f"{r['get_many_cpu_us'] / smallest_many[r['backend']]:.2f}x"
+            if "get_many_cpu_us" in r and smallest_many.get(r["backend"]) else "—",
         ]) + " |")
     return lines
 
@@ -1016,7 +1023,8 @@ def run_scale(args: argparse.Namespace, base: str, variants: list[str]) -> list[
                         f"(CPU {r.get('open_cpu_secs', 0):.2f} s), "
                         f"{r['beyond_key_bytes']:.0f} B/key, {r['gets_s']:,.0f} gets/s, "
                         f"{r.get('get_cpu_us', 0):.2f} us CPU/get "
-                        f"({r.get('get_cpu_us_again', 0):.2f} again)")
+                        f"({r.get('get_cpu_us_again', 0):.2f} again, "
+                        f"{r.get('get_many_cpu_us', 0):.2f} per key of get_many)")
                 opened[v].append(r)
         for v, rs in opened.items():
             ok = [r for r in rs if "open_secs" in r and not r.get("errors")]
@@ -1027,7 +1035,8 @@ def run_scale(args: argparse.Namespace, base: str, variants: list[str]) -> list[
             out.append({"keys": keys, "backend": v, "runs": len(ok),
                         **{f: median([r[f] for r in ok])
                            for f in ("open_secs", "open_cpu_secs", "beyond_key_bytes",
-                                     "gets_s", "get_cpu_us", "get_cpu_us_again")
+                                     "gets_s", "get_cpu_us", "get_cpu_us_again",
+                                     "get_many_cpu_us")
                            if all(f in r for r in ok)}})
         shutil.rmtree(sdir, ignore_errors=True)
     return out
@@ -1234,7 +1243,9 @@ def render(args: argparse.Namespace, aggs: dict[str, Any], order: list[str],
                    f"RSS: mapped files are not anonymous); gets = {args.scale_gets:,} random "
                    "gets, CRC checked, over keys across the whole store: gets/s (wall) and "
                    "CPU time per get, then the same keys again (their pages mapped by the "
-                   "first pass, as in a long-running process).\n")
+                   "first pass, as in a long-running process), then the same keys once more "
+                   "through `get_many` in batches of 1,000: CPU time per key (compare it with "
+                   "the second pass; a tree without `get_many` shows —).\n")
         out += scale_table(scale)
         for r in scale:
             if "failed" in r:

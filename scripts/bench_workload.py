@@ -15,7 +15,8 @@ Modes:
 * ``history-reopen``: that phase alone at its own size (``bench.py --reopen-n``).
 * ``scale-build`` / ``scale-open``: ``bench.py --scale``. Build writes K keys through
   ``db.batch()`` and closes; open, in a fresh process, times the open, the growth of
-  ``RssAnon`` over it, and random gets.
+  ``RssAnon`` over it, and random gets (one at a time, twice, then through ``get_many`` in
+  batches of 1,000).
 
 The bitkv variants (``bitkv`` compiled, ``bitkv-py`` pure Python, ``base``/``base-py`` a git
 snapshot) differ only in the environment bench.py gives the child (``PYTHONPATH``,
@@ -513,7 +514,8 @@ def scale_open(cfg: dict[str, Any]) -> dict[str, Any]:
     growth of ``RssAnon`` over the open per key (the index: mapped files are not anonymous
     memory), and ``gets`` random gets (every one checks its record's CRC): CPU time per get
     over keys spread across the whole store, then the same keys again (their pages mapped by
-    the first pass: what a long-running process sees)."""
+    the first pass: what a long-running process sees), then the same keys once more through
+    ``get_many`` in batches of 1,000 (CPU time per key)."""
     import bitkv
 
     keys = cfg["keys"]
@@ -540,6 +542,17 @@ def scale_open(cfg: dict[str, Any]) -> dict[str, Any]:
             if get(k) is None:
                 missing += 1
         passes.append((now() - t0, cpu() - cpu0))
+    # A third pass: the same keys through get_many in batches of 1,000 (pages mapped, as for
+    # the second pass, which is what to compare it with). A snapshot older than get_many
+    # (the ``base`` variants) has no third pass.
+    get_many = getattr(db, "get_many", None)
+    many_cpu = None
+    if get_many is not None:
+        batches = [read_keys[i : i + 1000] for i in range(0, len(read_keys), 1000)]
+        cpu0 = cpu()
+        for batch in batches:
+            missing += get_many(batch).count(None)
+        many_cpu = cpu() - cpu0
     db.close()
     out: dict[str, Any] = {
         "backend": "bitkv", "implementation": bitkv_implementation(), "keys": keys,
@@ -547,8 +560,11 @@ def scale_open(cfg: dict[str, Any]) -> dict[str, Any]:
         "beyond_key_bytes": grown / keys - 16, "gets_s": len(read_keys) / passes[0][0],
         "get_cpu_us": passes[0][1] / len(read_keys) * 1e6,
         "get_cpu_us_again": passes[1][1] / len(read_keys) * 1e6}
+    if many_cpu is not None:
+        out["get_many_cpu_us"] = many_cpu / len(read_keys) * 1e6
     if first is None or missing:
-        out["errors"] = [f"{missing} of {2 * len(read_keys)} gets (and the first: "
+        out["errors"] = [f"{missing} of {(3 if many_cpu is not None else 2) * len(read_keys)}"
+                         f" gets (and the first: "
                          f"{'missing' if first is None else 'found'}) found nothing"]
     return out
 

@@ -216,6 +216,30 @@ def test_scale_gets_target_judges_cpu_time_per_get():
     assert rows[1][3] == "**not met**"
 
 
+def test_scale_table_shows_get_many_beside_the_existing_columns():
+    """get_many's CPU per key and its ratio to the smallest size are two columns of their own
+    after the existing ones; a variant without get_many (a snapshot older than it) shows —."""
+    def opened(backend: str, keys: int, many_us: float | None) -> dict[str, object]:
+        r: dict[str, object] = {"backend": backend, "keys": keys, "open_secs": 1.0,
+                                "open_cpu_secs": 0.5, "gets_s": 1e6, "get_cpu_us": 0.4,
+                                "get_cpu_us_again": 0.38, "beyond_key_bytes": 30.0}
+        if many_us is not None:
+            r["get_many_cpu_us"] = many_us
+        return r
+
+    lines = bench.scale_table([opened("bitkv", 1_000_000, 0.08), opened("bitkv", 4_000_000, 0.1),
+                               opened("base", 1_000_000, None)])
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[-3:] == ["get CPU ÷ at the smallest size", "get_many, CPU (us)",
+                         "get_many CPU ÷ at the smallest size"]
+    assert lines[1].count("|") == lines[0].count("|")
+    rows = {(r[0], r[1]): r for r in ([c.strip() for c in line.strip("|").split("|")]
+                                      for line in lines[2:])}
+    assert rows[("4M", "bitkv")][-3:] == ["1.00x", "0.10", "1.25x"]
+    assert rows[("1M", "bitkv")][-2:] == ["0.08", "1.00x"]
+    assert rows[("1M", "base")][-2:] == ["—", "—"]
+
+
 def test_pure_python_row_covers_phases_reopen_and_scale():
     aggs = {name: {"runs": 1, "phases": {"fill": {"value": fill}, "reopen": {"value": secs}}}
             for name, fill, secs in (("bitkv-py", 100.0, 0.5), ("base-py", 80.0, 0.4))}

@@ -2,17 +2,17 @@
 and one in pure-Python mode (a child process with ``BITKV_PURE_PYTHON=1``), comparing every
 result and every byte on disk.
 
-Issue 14's rule: the compiled kernels (the index map, the get kernel, the record codec, the
-batch kernel) must give the same results and write the same bytes as the pure-Python
-reference. Operations: put (with and without a ttl), get, delete, incr, batch (puts, deletes,
-ttls, absolute expiries), expire, clock steps, reopen, compact, and the keys under a prefix
-(listed, compared sorted, and counted). What would differ between two runs of the same
-program is made deterministic on both sides: the clock is injected (a fixed start, moved only
-by the program), segment nonces come from a seeded generator (as fuzz_store.py does), no
-background thread runs (``auto_compact=False``, ``sync="never"``), and paths in error
-messages are replaced by ``<path>``. The one file compared by name only is
-``LOCK``, which holds the writer's process id; ``COMPACTION`` (the last compaction's summary)
-is compared field by field but for ``seconds``, how long the compaction took.
+Issue 14's rule: the compiled kernels (the index map, the get and get_many kernels, the record
+codec, the batch kernel) must give the same results and write the same bytes as the
+pure-Python reference. Operations: put (with and without a ttl), get, get_many, delete, incr,
+batch (puts, deletes, ttls, absolute expiries), expire, clock steps, reopen, compact, and the
+keys under a prefix (listed, compared sorted, and counted). What would differ between two runs
+of the same program is made deterministic on both sides: the clock is injected (a fixed start,
+moved only by the program), segment nonces come from a seeded generator (as fuzz_store.py
+does), no background thread runs (``auto_compact=False``, ``sync="never"``), and paths in error
+messages are replaced by ``<path>``. The one file compared by name only is ``LOCK``, which
+holds the writer's process id; ``COMPACTION`` (the last compaction's summary) is compared field
+by field but for ``seconds``, how long the compaction took.
 
 The child is started once per test and runs each program hypothesis generates in a fresh
 directory, answering with its results and the directory's files.
@@ -129,6 +129,10 @@ def run_program(directory: str, program: list[list[Any]]) -> dict[str, Any]:
                 k = _b(args[0])
                 results.append(_result(db.get, k))
                 results.append(_result(db.get, k, b"default"))
+            elif name == "get_many":
+                ks = [_b(k) for k in args[0]]
+                results.append(_result(db.get_many, ks))
+                results.append(_result(db.get_many, ks, b"default"))
             elif name == "delete":
                 k = _b(args[0])
                 results.append(_result(db.delete, k))
@@ -219,6 +223,7 @@ OPS = st.one_of(
     st.tuples(st.just("put"), HEXKEYS, VALUES, TTLS),
     st.tuples(st.just("get"), HEXKEYS),
     st.tuples(st.just("get"), HEXKEYS),
+    st.tuples(st.just("get_many"), st.lists(HEXKEYS, max_size=40)),
     st.tuples(st.just("delete"), HEXKEYS),
     st.tuples(st.just("incr"), HEXKEYS, st.integers(-5, 5)),
     st.tuples(st.just("expire"), HEXKEYS, st.sampled_from([1, 3, 0.25])),
@@ -280,6 +285,7 @@ def test_a_fixed_program_has_the_same_results_and_bytes(pure_child):
                ["batch", [[k[2], b"c".hex(), None, None], [k[0], None, None, None],
                           [k[3], b"d".hex(), 2.5, None], [k[4], b"e".hex(), None, -1000]]],
                ["get", k[0]], ["get", k[1]], ["get", k[2]], ["incr", k[5], 3],
+               ["get_many", [k[0], k[1], k[2], k[1], *k[3:], *k]],
                ["advance", 2], ["get", k[1]], ["reopen"], ["compact"], ["get", k[3]],
                *[["put", k[i % 7], bytes([i]).hex() * 200, None] for i in range(40)],
                ["compact"], ["reopen"], ["items"], ["keys", b"key:".hex()], ["keys", ""],

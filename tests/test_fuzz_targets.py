@@ -25,6 +25,7 @@ import fuzz_batch
 import fuzz_codec_native
 import fuzz_compact
 import fuzz_get
+import fuzz_get_many
 import fuzz_hint
 import fuzz_indexmap
 import fuzz_items_in
@@ -142,6 +143,7 @@ TARGETS = [
     # The get, record codec and batch kernels against their Python rules (each target
     # compares every result; see its docstring).
     Target(fuzz_get, 2000, 31, 800, _random_bytes(600), _compiled("Reader", fuzz_get)),
+    Target(fuzz_get_many, 1500, 37, 600, _random_bytes(900), _compiled("Reader", fuzz_get_many)),
     Target(fuzz_codec_native, 2000, 31, 800, _random_bytes(600),
            _compiled("decode_record", fuzz_codec_native)),
     Target(fuzz_batch, 2000, 31, 800, _random_bytes(600),
@@ -209,6 +211,7 @@ def test_every_target_is_run() -> None:
 
 @pytest.mark.parametrize("target", [fuzz_record, fuzz_hint, fuzz_store, fuzz_server_parser,
                                     fuzz_rdb, fuzz_rdb_types, fuzz_indexmap, fuzz_put, fuzz_get,
+                                    fuzz_get_many,
                                     fuzz_codec_native, fuzz_batch, fuzz_compact, fuzz_replay,
                                     fuzz_resp, fuzz_items_in])
 def test_targets_have_an_atheris_entry_point(target):

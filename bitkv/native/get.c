@@ -282,6 +282,262 @@ reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     return reader_fallback(self, key, dflt);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* get_many: Store.get_many's kernel, many gets in one call, their DRAM misses overlapped.
+ *
+ * At tens of millions of keys a get takes two dependent cache misses (the IndexMap slot, then
+ * the record's first bytes in the segment map) and a single get cannot overlap them. A batch
+ * can (memory-level parallelism, as RocksDB's MultiGet): for a group of GET_MANY_GROUP keys,
+ * (1) hash each key and prefetch its home slot, (2) read each slot and take its segment's
+ * buffer and prefetch the record, (3) verify and copy each record. Each key gets exactly what
+ * reader_get gives it: the same candidate lookup, the same TTL rule, the same checks, and
+ * everything else goes to the same fallback, Store.get, one key at a time.
+ *
+ * The memory-safety rules of reader_get hold per group: the GIL is held from (2) to the end
+ * of (3) and no Python code runs in between (the fallbacks of a group run after its buffers
+ * are released; only segment_mm's getattr, for a segment of another class than the store's,
+ * could run some, and even then a held buffer makes mmap.close() fail and the index is held
+ * by a strong reference), every buffer is taken with PyObject_GetBuffer and every read
+ * bounded by its length. The keys are first copied into a tuple of our own (a caller's list may change while
+ * a fallback runs Python code); the result list is allocated before any buffer is taken (an
+ * allocation of a GC-tracked object may run the collector, hence finalizers). Every
+ * GET_MANY_YIELD_KEYS keys, with no buffer held, other threads may take the GIL. */
+#ifndef GET_MANY_GROUP
+#define GET_MANY_GROUP 16
+#endif
+#ifndef GET_MANY_YIELD_KEYS
+#define GET_MANY_YIELD_KEYS 4096
+#endif
+
+enum { GM_FALLBACK, GM_LOOKUP, GM_DONE, GM_READ };
+
+typedef struct {
+    int state;
+    const unsigned char *key; /* the key's bytes (the keys tuple keeps the object alive) */
+    size_t klen;
+    uint64_t h;
+    PyObject *mm; /* GM_READ: a strong reference to the map, whose buffer ``view`` is held */
+    Py_buffer view;
+    const unsigned char *record; /* GM_READ: inside view, ``size`` bytes */
+    size_t size;
+} GetManyKey;
+
+/* The one call to the reference for a key the kernel does not serve (Store.get). */
+static PyObject *
+get_many_fallback(Reader *self, PyObject *key, PyObject *dflt)
+{
+    return reader_fallback(self, key, dflt);
+}
+
+/* Step (2) for a key whose candidate entry is ``entry``: take its segment's buffer, and if
+ * the entry's size hint lies inside it, prefetch the record and return 1 (the buffer held);
+ * 0 (nothing held) where reader_get's read_plain would decline. Never fails. */
+static int
+get_many_take_record(Reader *self, GetManyKey *g, uint64_t entry)
+{
+    size_t size = (size_t)(entry & SIZE_MASK);
+    size_t slot = (size_t)(entry >> SLOT_SHIFT);
+    size_t offset = (size_t)((entry >> SIZE_BITS) & OFFSET_MASK);
+    if (size < BITKV_HEADER_SIZE || !self->plain_ok
+        || slot >= (size_t)PyList_GET_SIZE(self->slots)) {
+        return 0;
+    }
+    PyObject *seg = PyList_GET_ITEM(self->slots, (Py_ssize_t)slot); /* borrowed */
+    if (seg == Py_None) {
+        return 0;
+    }
+    Py_INCREF(seg);
+    PyObject *mm = segment_mm(seg);
+    Py_DECREF(seg);
+    if (mm == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (mm == Py_None || PyObject_GetBuffer(mm, &g->view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* a closed map (compaction, close()): the reference decides */
+        Py_DECREF(mm);
+        return 0;
+    }
+    /* offset + size cannot overflow: both came from a 44-bit field. */
+    if (g->view.len < 0 || offset + size > (size_t)g->view.len) {
+        PyBuffer_Release(&g->view);
+        Py_DECREF(mm);
+        return 0;
+    }
+    g->mm = mm;
+    g->record = (const unsigned char *)g->view.buf + offset;
+    g->size = size;
+    __builtin_prefetch(g->record);
+    __builtin_prefetch(g->record + size - 1); /* a record may straddle two cache lines */
+    return 1;
+}
+
+static void
+get_many_release(GetManyKey *g)
+{
+    PyBuffer_Release(&g->view);
+    Py_CLEAR(g->mm);
+    g->state = GM_FALLBACK;
+}
+
+/* Step (3): the value if the record is an intact plain record of the key, else NULL with no
+ * error set (the fallback decides), or NULL with MemoryError. These are read_plain's checks,
+ * as get_many_take_record's are its bounds: a change to one is a change to both (kept apart
+ * only while get.c's Reader is being reshaped on another branch; read_plain can then become
+ * take, value, release). */
+static PyObject *
+get_many_value(const GetManyKey *g)
+{
+    const unsigned char *p = g->record;
+    BitkvHeader h;
+    bitkv_read_header(p, &h);
+    /* Batch bits are fine (the record is a plain value); any other flag is not. */
+    if (!(h.flags & (uint8_t)~BITKV_BATCH_FLAGS) && h.key_len == g->klen
+        && BITKV_HEADER_SIZE + g->klen + (size_t)h.value_len == g->size
+        && memcmp(p + BITKV_HEADER_SIZE, g->key, g->klen) == 0
+        && bitkv_crc32c_extend(0, p + 4, g->size - 4) == h.crc) {
+        return PyBytes_FromStringAndSize((const char *)p + BITKV_HEADER_SIZE + g->klen,
+                                         (Py_ssize_t)h.value_len);
+    }
+    return NULL;
+}
+
+/* Fill out[start : start + n] with the results of keys[start : start + n] (n at most
+ * GET_MANY_GROUP). 0, or -1 with an error set (every buffer released). */
+static int
+get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyObject *dflt,
+               PyObject *out)
+{
+    GetManyKey group[GET_MANY_GROUP];
+    /* NULL once detached: every key to the fallback. A strong reference for the group:
+     * segment_mm's getattr (a Segment that is not the usual class) may run Python code, and
+     * another thread could then detach the reader and drop the last reference. */
+    PyObject *entries = self->entries;
+    Py_XINCREF(entries);
+    int has_ttls = PyDict_GET_SIZE(self->expiries) > 0;
+    /* (1) hash and prefetch the home slots */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        GetManyKey *g = &group[i];
+        PyObject *key = PyTuple_GET_ITEM(keys, start + i);
+        g->state = GM_FALLBACK;
+        g->mm = NULL;
+        if (entries != NULL && PyBytes_CheckExact(key)) {
+            Py_ssize_t klen = PyBytes_GET_SIZE(key);
+            if (klen > 0 && klen <= 0xFFFF) { /* else the reference raises what it raises */
+                g->key = (const unsigned char *)PyBytes_AS_STRING(key);
+                g->klen = (size_t)klen;
+                g->h = bitkv_index_hash(g->key, g->klen);
+                bitkv_index_prefetch(entries, g->h);
+                g->state = GM_LOOKUP;
+            }
+        }
+    }
+    /* (2) read the slots, take the maps' buffers, prefetch the records */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        GetManyKey *g = &group[i];
+        if (g->state != GM_LOOKUP) {
+            continue;
+        }
+        uint64_t entry;
+        if (!bitkv_index_candidate_hashed(entries, g->h, &entry)) {
+            Py_INCREF(dflt); /* no slot with the key's hash bits: certainly absent */
+            PyList_SET_ITEM(out, start + i, dflt);
+            g->state = GM_DONE;
+            continue;
+        }
+        g->state = GM_FALLBACK;
+        if (has_ttls) {
+            int has_ttl = PyDict_Contains(self->expiries, PyTuple_GET_ITEM(keys, start + i));
+            if (has_ttl < 0) {
+                goto error;
+            }
+            if (has_ttl) {
+                continue; /* the clock is the store's */
+            }
+        }
+        if (get_many_take_record(self, g, entry)) {
+            g->state = GM_READ;
+        }
+    }
+    /* (3) verify and copy */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        GetManyKey *g = &group[i];
+        if (g->state != GM_READ) {
+            continue;
+        }
+        PyObject *value = get_many_value(g);
+        get_many_release(g);
+        if (value != NULL) {
+            PyList_SET_ITEM(out, start + i, value);
+            g->state = GM_DONE;
+        } else if (PyErr_Occurred()) {
+            goto error;
+        }
+    }
+    /* every buffer released: now Python code may run */
+    Py_XDECREF(entries);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (group[i].state == GM_FALLBACK) {
+            PyObject *value = get_many_fallback(self, PyTuple_GET_ITEM(keys, start + i), dflt);
+            if (value == NULL) {
+                return -1;
+            }
+            PyList_SET_ITEM(out, start + i, value);
+        }
+    }
+    return 0;
+error:
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (group[i].state == GM_READ) {
+            get_many_release(&group[i]);
+        }
+    }
+    Py_XDECREF(entries);
+    return -1;
+}
+
+static PyObject *
+reader_get_many(Reader *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "get_many() takes 1 or 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (self->expiries == NULL || self->slots == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader is not initialised");
+        return NULL;
+    }
+    PyObject *dflt = nargs == 2 ? args[1] : Py_None;
+    PyObject *keys = PySequence_Tuple(args[0]); /* our own: no caller can change it */
+    if (keys == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(keys);
+    PyObject *out = PyList_New(n); /* NULL items until filled; a failure frees it as is */
+    if (out == NULL) {
+        Py_DECREF(keys);
+        return NULL;
+    }
+    Py_ssize_t since_yield = 0;
+    for (Py_ssize_t start = 0; start < n; start += GET_MANY_GROUP) {
+        Py_ssize_t len = n - start < GET_MANY_GROUP ? n - start : GET_MANY_GROUP;
+        if (get_many_group(self, keys, start, len, dflt, out) < 0) {
+            Py_DECREF(out);
+            Py_DECREF(keys);
+            return NULL;
+        }
+        since_yield += len;
+        if (since_yield >= GET_MANY_YIELD_KEYS && start + len < n) {
+            /* a long batch lets other threads in, as a loop of gets would */
+            since_yield = 0;
+            Py_BEGIN_ALLOW_THREADS
+            Py_END_ALLOW_THREADS
+        }
+    }
+    Py_DECREF(keys);
+    return out;
+}
+
 static PyObject *
 reader_detach(Reader *self, PyObject *Py_UNUSED(ignored))
 {
@@ -299,6 +555,9 @@ static PyMethodDef reader_methods[] = {
     {"get", (PyCFunction)(void (*)(void))reader_get, METH_FASTCALL | METH_KEYWORDS,
      "get(key, default=None): Store.get's result for key; the common case in C, the rest "
      "through the store's Python get."},
+    {"get_many", (PyCFunction)(void (*)(void))reader_get_many, METH_FASTCALL,
+     "get_many(keys, default=None): the list of get(key, default) for each of keys, in "
+     "order; many gets' memory accesses overlapped, the rest through the store's Python get."},
     {"detach", (PyCFunction)reader_detach, METH_NOARGS,
      "Send every later get to the store's Python get (the store closed or reloaded)."},
     {NULL, NULL, 0, NULL},

@@ -1296,11 +1296,16 @@ bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint64_t
 int
 bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value)
 {
+    return bitkv_index_candidate_hashed(map, siphash13(key, len), value);
+}
+
+int
+bitkv_index_candidate_hashed(PyObject *map, uint64_t h, uint64_t *value)
+{
     const IndexMap *self = (const IndexMap *)map;
     if (self->slots == NULL) {
         return 0;
     }
-    uint64_t h = siphash13(key, len);
     uint64_t tag = TAG_OF(h);
     size_t i = home_of(h, self->bits);
     for (;;) {

@@ -26,6 +26,9 @@ int bitkv_index_lookup(PyObject *map, const unsigned char *key, size_t len, uint
  * as the get kernel does against the record's key, and use bitkv_index_lookup if that fails.
  * Never fails. ``map`` must be an IndexMap. */
 int bitkv_index_candidate(PyObject *map, const unsigned char *key, size_t len, uint64_t *value);
+/* The same for a key hashed with bitkv_index_hash (get_many hashes a group of keys first and
+ * prefetches their slots with bitkv_index_prefetch before it looks any of them up). */
+int bitkv_index_candidate_hashed(PyObject *map, uint64_t h, uint64_t *value);
 
 /* Set key (bytes) -> value; had_old and old tell the previous value. 0, or -1 on error (set). */
 int bitkv_index_set(PyObject *map, PyObject *key, uint64_t value, int *had_old, uint64_t *old);
