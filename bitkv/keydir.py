@@ -16,8 +16,10 @@ beyond the key's bytes, where a dict costs about 120) when the extension is buil
 the reference implementation; ``BITKV_PURE_PYTHON=1`` forces the dict. This module is the one
 place that uses it (kernels.py chooses the implementation); the engine uses only the operations both
 have: ``get``, ``[]``, ``[] =``, ``del``, ``pop``, ``in``, ``len``, iteration, ``items()``
-(iterated, not kept as a view), ``clear()``; and one the IndexMap alone has, ``items_in``, for
-:meth:`KeyDir.entries_in` (the dict's equivalent is written there). See docs/architecture.md.
+(iterated, not kept as a view), ``clear()``; and those the IndexMap alone has: ``items_in``,
+for :meth:`KeyDir.entries_in`, and the prefix listing and count, for
+:meth:`KeyDir.keys_with_prefix` and :meth:`KeyDir.count_with_prefix` (the dict's equivalents
+are written there). See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -130,6 +132,32 @@ class KeyDir:
         operation, and needs none for correctness: there this does nothing."""
         if not isinstance(self.entries, dict):
             self.entries.reserve(keys)
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
+        """The indexed keys that start with ``prefix`` (b"": every key), in insertion order.
+
+        The compiled map compares the prefix in C over its key arena and makes bytes objects
+        only for the keys that match (``IndexMap.keys_with_prefix``): listing a rare prefix
+        of a large index costs no list of every key. The dict is the reference. The caller
+        holds the store's lock (no writer may change the index meanwhile)."""
+        entries = self.entries
+        if not isinstance(entries, dict):
+            return entries.keys_with_prefix(prefix)
+        if not prefix:
+            return list(entries)
+        return [k for k in entries if k.startswith(prefix)]
+
+    def count_with_prefix(self, prefix: bytes) -> int:
+        """How many indexed keys start with ``prefix`` (b"": all of them), without listing
+        them (``IndexMap.count_with_prefix`` in native mode)."""
+        entries = self.entries
+        if not prefix:
+            return len(entries)
+        if not isinstance(entries, dict):
+            return entries.count_with_prefix(prefix)
+        return sum(1 for k in entries if k.startswith(prefix))
 
     # -- accounting ------------------------------------------------------------------------
 

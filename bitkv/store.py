@@ -1340,8 +1340,10 @@ class Store(MutableMapping[bytes, bytes]):
         often as wanted, each reflecting the store at that moment (a view, not a copy; making
         one costs nothing). An iteration yields the keys live when it starts, in no
         particular order, skipping those deleted or expired before they are reached. ``len``
-        is O(1) without a prefix and one pass over the index with one. Raises
-        :class:`ClosedError` on a closed store (and so does using a view after ``close``).
+        is O(1) without a prefix and one pass over the index with one. With a prefix, listing
+        and ``len`` make only the keys that match (the index compares the others in place):
+        a prefix that few keys have is cheap on a large store. Raises :class:`ClosedError` on
+        a closed store (and so does using a view after ``close``).
         """
         self._check_open()
         p = None if prefix is None else to_prefix(prefix)
@@ -1352,10 +1354,7 @@ class Store(MutableMapping[bytes, bytes]):
         self._check_open()
         self._purge_expired()
         with self._lock:  # the index cannot be iterated while a writer changes it
-            snapshot = list(self._entries)
-        if prefix:
-            snapshot = [k for k in snapshot if k.startswith(prefix)]
-        return snapshot
+            return self._keydir.keys_with_prefix(prefix or b"")
 
     def _count_keys(self, prefix: bytes | None) -> int:
         """How many live keys (under ``prefix``) an iteration started now would yield."""
@@ -1364,19 +1363,14 @@ class Store(MutableMapping[bytes, bytes]):
         held = self.hold_expired and self._expiries and not self._sees_expired()
         if not prefix and not held:
             return len(self._entries)  # after the purge, every indexed key is live
-        expiries = self._expiries if held else None
-        now = self._now_ms()
-        n = 0
         with self._lock:
-            for k in self._entries:
-                if prefix and not k.startswith(prefix):
-                    continue
-                if expiries:
-                    exp = expiries.get(k)
-                    if exp is not None and exp <= now:
-                        continue  # held for a replica, hidden from reads
-                n += 1
-        return n
+            if not held:
+                return self._keydir.count_with_prefix(prefix or b"")
+            expiries = self._expiries
+            now = self._now_ms()
+            # held for a replica (hidden from reads): an expired key is not counted
+            return sum(1 for k in self._keydir.keys_with_prefix(prefix or b"")
+                       if expiries.get(k, now + 1) > now)
 
     def items(self, prefix: KeyLike | None = None) -> ItemsView[bytes]:
         """(key, value) pairs of live keys, optionally only those under ``prefix``: a view

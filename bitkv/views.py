@@ -50,10 +50,10 @@ class KeysView(collections.abc.KeysView[bytes]):
     Like a dict's view it is live, not a copy: each iteration, ``len`` and ``in`` reflects
     the store at that moment, and it can be iterated any number of times. Making one costs
     nothing. An iteration lists the keys live when it starts (one pass over the index, no
-    value read) and skips those deleted or expired before they are reached, in no
-    particular order. ``len`` counts without listing: O(1) for a whole store, one pass over
-    the index for a prefix. ``in`` is a key lookup. Set operations (``&``, ``|``, ``-``,
-    ``^``) give sets, as with dict views.
+    value read; with a prefix, only the keys under it are copied out of the index) and skips
+    those deleted or expired before they are reached, in no particular order. ``len`` counts
+    without listing: O(1) for a whole store, one pass over the index for a prefix. ``in`` is
+    a key lookup. Set operations (``&``, ``|``, ``-``, ``^``) give sets, as with dict views.
     """
 
     __slots__ = ("_count", "_prefix", "_snapshot", "_source")

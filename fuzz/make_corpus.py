@@ -19,6 +19,7 @@ import fuzz_get_many
 import fuzz_hint
 import fuzz_indexmap
 import fuzz_items_in
+import fuzz_prefix
 import fuzz_rdb
 import fuzz_rdb_types
 import fuzz_record
@@ -34,7 +35,7 @@ def main() -> None:
                          ("server_parser", fuzz_server_parser), ("rdb", fuzz_rdb),
                          ("rdb_types", fuzz_rdb_types),
                          ("indexmap", fuzz_indexmap), ("items_in", fuzz_items_in),
-                         ("get", fuzz_get), ("get_many", fuzz_get_many),
+                         ("prefix", fuzz_prefix), ("get", fuzz_get), ("get_many", fuzz_get_many),
                          ("codec_native", fuzz_codec_native), ("batch", fuzz_batch),
                          ("compact", fuzz_compact), ("replay", fuzz_replay)):
         where = os.path.join(root, name)

@@ -2,8 +2,8 @@
 # Build bitkv's compiled extension with AddressSanitizer and UndefinedBehaviorSanitizer and run
 # the index map's and the kernels' tests (get, get_many, record codec, batch, put, compaction's
 # copy loop: test_kernels.py races gets, test_get_many.py batches, against compaction and close;
-# test_differential.py) and the fuzz
-# targets' seeded and random runs against it (a few minutes on an idle machine).
+# test_differential.py; the prefix scans: test_prefix_keys.py) and the fuzz targets' seeded and
+# random runs against it (a few minutes on an idle machine).
 #
 # The sanitized build goes into a temporary copy of the package, put first on PYTHONPATH, so the
 # installed (unsanitized) build is untouched. The interpreter is not sanitized: libasan is
@@ -55,18 +55,18 @@ print('asan_native: testing', m.__file__)
   "$repo/tests/test_native_put.py" "$repo/tests/test_compaction_native.py" \
   "$repo/tests/test_native_replay.py" "$repo/tests/test_resp_native.py" \
   "$repo/tests/test_fuzz_targets.py" "$repo/tests/test_entries_in.py" \
-  -k "indexmap or Indexmap or items_in or entries_in or crc or native_put or put_target or kernel or compact or replay or agree or orphan or leak or resp or fuzz_get"
+  -k "indexmap or Indexmap or items_in or entries_in or crc or native_put or put_target or kernel or compact or replay or agree or orphan or leak or resp or fuzz_get or prefix"
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/test_kernels.py" "$repo/tests/test_differential.py" "$repo/tests/test_batch.py" \
-  "$repo/tests/test_get_many.py"
+  "$repo/tests/test_get_many.py" "$repo/tests/test_prefix_keys.py"
 "$python" - "$repo/fuzz" <<'PY'
 import random, sys, time
 sys.path.insert(0, sys.argv[1])
 import fuzz_batch, fuzz_codec_native, fuzz_compact, fuzz_get, fuzz_get_many, fuzz_indexmap
-import fuzz_items_in
+import fuzz_items_in, fuzz_prefix
 assert fuzz_indexmap.IndexMap is not None and fuzz_compact.native_copy_live is not None
-for target in (fuzz_indexmap, fuzz_items_in, fuzz_get, fuzz_get_many, fuzz_codec_native,
-               fuzz_batch):
+for target in (fuzz_indexmap, fuzz_items_in, fuzz_prefix, fuzz_get, fuzz_get_many,
+               fuzz_codec_native, fuzz_batch):
     rng, started, n = random.Random(99), time.monotonic(), 0
     while time.monotonic() - started < 10:  # random programs for 10 s each
         target.check_one(rng.randbytes(rng.randint(0, 3000)))

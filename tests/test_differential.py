@@ -5,14 +5,14 @@ result and every byte on disk.
 Issue 14's rule: the compiled kernels (the index map, the get and get_many kernels, the record
 codec, the batch kernel) must give the same results and write the same bytes as the
 pure-Python reference. Operations: put (with and without a ttl), get, get_many, delete, incr,
-batch (puts, deletes, ttls, absolute expiries), expire, clock steps, reopen, compact. What
-would differ between two runs of the same program is made deterministic on both sides: the
-clock is injected (a fixed start, moved only by the program), segment nonces come from a
-seeded generator (as fuzz_store.py does), no background thread runs (``auto_compact=False``,
-``sync="never"``), and paths in error messages are replaced by ``<path>``. The one file
-compared by name only is ``LOCK``, which holds the writer's process id; ``COMPACTION`` (the
-last compaction's summary) is compared field by field but for ``seconds``, how long the
-compaction took.
+batch (puts, deletes, ttls, absolute expiries), expire, clock steps, reopen, compact, and the
+keys under a prefix (listed, compared sorted, and counted). What would differ between two runs
+of the same program is made deterministic on both sides: the clock is injected (a fixed start,
+moved only by the program), segment nonces come from a seeded generator (as fuzz_store.py
+does), no background thread runs (``auto_compact=False``, ``sync="never"``), and paths in error
+messages are replaced by ``<path>``. The one file compared by name only is ``LOCK``, which
+holds the writer's process id; ``COMPACTION`` (the last compaction's summary) is compared field
+by field but for ``seconds``, how long the compaction took.
 
 The child is started once per test and runs each program hypothesis generates in a fresh
 directory, answering with its results and the directory's files.
@@ -99,6 +99,14 @@ def _items(db: bitkv.Store) -> list[tuple[bytes, bytes]]:
     return sorted(db.items())
 
 
+def _keys_under(db: bitkv.Store, prefix: bytes) -> list[bytes]:
+    return sorted(db.keys(prefix).snapshot())  # the order is no contract (KeysView)
+
+
+def _count_under(db: bitkv.Store, prefix: bytes) -> int:
+    return len(db.keys(prefix))
+
+
 def run_program(directory: str, program: list[list[Any]]) -> dict[str, Any]:
     """Run ``program`` on a new store in ``directory``; return every result and every file."""
     seg_mod.secrets = _SeededSecrets(len(program))  # type: ignore[attr-defined]
@@ -159,6 +167,10 @@ def run_program(directory: str, program: list[list[Any]]) -> dict[str, Any]:
                 results.append(_result(_compact, db))
             elif name == "items":
                 results.append(_result(_items, db))
+            elif name == "keys":  # the prefix listing and count (KeyDir.keys_with_prefix)
+                p = _b(args[0])
+                results.append(_result(_keys_under, db, p))
+                results.append(_result(_count_under, db, p))
         results.append(_result(_items, db))
         stats = db.stats()
         # COMPACTION (the last compaction's summary) holds how long it took: its size is
@@ -203,6 +215,9 @@ def child_main() -> None:
 HEXKEYS = st.sampled_from([k.hex() for k in KEYS])
 VALUES = st.one_of(st.just(b""), st.binary(max_size=40), st.binary(min_size=300, max_size=1500),
                    st.just(b"12"), st.just(b"x" * 5000)).map(bytes.hex)
+# Prefixes of KEYS, the empty prefix, keys themselves, and prefixes no key has.
+PREFIXES = st.sampled_from([b"", b"k", b"key:", b"key:1", b"key:10", b"\x00", b"\xff",
+                            b"\xff" * 4, b"kk", b"zz"]).map(bytes.hex)
 TTLS = st.one_of(st.none(), st.sampled_from([0.5, 1, 2.25, 10, 0.0015]))
 OPS = st.one_of(
     st.tuples(st.just("put"), HEXKEYS, VALUES, TTLS),
@@ -220,6 +235,7 @@ OPS = st.one_of(
     st.tuples(st.just("reopen")),
     st.tuples(st.just("compact")),
     st.tuples(st.just("items")),
+    st.tuples(st.just("keys"), PREFIXES),
 ).map(list)
 
 
@@ -272,7 +288,8 @@ def test_a_fixed_program_has_the_same_results_and_bytes(pure_child):
                ["get_many", [k[0], k[1], k[2], k[1], *k[3:], *k]],
                ["advance", 2], ["get", k[1]], ["reopen"], ["compact"], ["get", k[3]],
                *[["put", k[i % 7], bytes([i]).hex() * 200, None] for i in range(40)],
-               ["compact"], ["reopen"], ["items"]]
+               ["compact"], ["reopen"], ["items"], ["keys", b"key:".hex()], ["keys", ""],
+               ["keys", b"\xff".hex()], ["keys", b"zz".hex()]]
     _compare(pure_child, program)
 
 

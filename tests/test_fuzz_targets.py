@@ -29,6 +29,7 @@ import fuzz_get_many
 import fuzz_hint
 import fuzz_indexmap
 import fuzz_items_in
+import fuzz_prefix
 import fuzz_put
 import fuzz_rdb
 import fuzz_rdb_types
@@ -135,6 +136,8 @@ TARGETS = [
     # IndexMap.items_in (KeyDir.entries_in) against a comprehension over a dict.
     Target(fuzz_items_in, 2000, 37, 1000, _random_bytes(600),
            _compiled("IndexMap", fuzz_items_in)),
+    # The compiled prefix scans (keys_with_prefix, count_with_prefix) against the dict's.
+    Target(fuzz_prefix, 2000, 21, 1000, _random_bytes(400), _compiled("IndexMap", fuzz_prefix)),
     # The compiled RESP parser against PyParser: commands, errors, idle(), buffered().
     Target(fuzz_resp, 4000, 19, 1500, _random_bytes(300), _compiled("RespParser", fuzz_resp)),
     # The get, record codec and batch kernels against their Python rules (each target

@@ -815,6 +815,142 @@ IndexMap_reserve(IndexMap *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* Call ``visit(k, n, ctx)`` for each live key starting with ``prefix`` (``plen`` bytes), in
+ * insertion order. The walk is the iterator's (the arena, sequentially), but each record is
+ * compared with the prefix first and only one that matches is hashed to learn whether it is
+ * live (record_slot): a prefix that matches few keys costs one pass of memcmp over the arena,
+ * with no hashing and no allocation for the keys it does not match.
+ * 0, or -1 on error (set), including -1 from ``visit``, which ends the walk. */
+typedef int (*prefix_visitor)(const unsigned char *k, size_t n, void *ctx);
+
+static int
+walk_prefix(IndexMap *self, const unsigned char *prefix, size_t plen, prefix_visitor visit,
+            void *ctx)
+{
+    /* ``visit`` may allocate. Allocating bytes or growing a list runs no Python code today,
+     * but if anything it calls ever did (and changed this map), ``k`` would point into a
+     * freed arena: the version is checked after each call, as the iterator checks it. */
+    uint64_t version = self->version;
+    size_t pos = 1; /* arena offset 0 is the unused byte */
+    while (pos < self->arena_len) {
+        const unsigned char *k;
+        size_t n;
+        if (arena_record(self, pos, &k, &n) < 0) {
+            corrupt();
+            return -1;
+        }
+        size_t off = pos;
+        pos = (size_t)(k - self->arena) + n;
+        if (n < plen || memcmp(k, prefix, plen) != 0) {
+            continue;
+        }
+        if (record_slot(self, off, k, n) < 0) {
+            continue; /* dead: its key was deleted since (if put again, a later record is live) */
+        }
+        if (visit(k, n, ctx) < 0) {
+            return -1;
+        }
+        if (self->version != version) {
+            PyErr_SetString(PyExc_RuntimeError, "IndexMap changed size during a prefix scan");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Where append_key puts the keys: ``list`` has ``filled`` of them; it may have been made
+ * with room for all (every key wanted: the count is known), else it grows by appending. */
+typedef struct {
+    PyObject *list;
+    Py_ssize_t filled;
+} KeyList;
+
+static int
+append_key(const unsigned char *k, size_t n, void *ctx)
+{
+    KeyList *out = (KeyList *)ctx;
+    PyObject *key = PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)n);
+    if (key == NULL) {
+        return -1;
+    }
+    if (out->filled < PyList_GET_SIZE(out->list)) {
+        PyList_SET_ITEM(out->list, out->filled, key); /* steals the reference */
+        out->filled++;
+        return 0;
+    }
+    int rc = PyList_Append(out->list, key);
+    Py_DECREF(key);
+    if (rc == 0) {
+        out->filled++;
+    }
+    return rc;
+}
+
+static int
+count_key(const unsigned char *k, size_t n, void *count)
+{
+    (void)k;
+    (void)n;
+    (*(size_t *)count)++;
+    return 0;
+}
+
+/* A prefix must be bytes, as keys must (TypeError otherwise). */
+static int
+prefix_arg(PyObject *arg, const unsigned char **prefix, size_t *plen)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "IndexMap prefixes must be bytes, not %.200s",
+                     Py_TYPE(arg)->tp_name);
+        return -1;
+    }
+    *prefix = (const unsigned char *)PyBytes_AS_STRING(arg);
+    *plen = (size_t)PyBytes_GET_SIZE(arg);
+    return 0;
+}
+
+static PyObject *
+IndexMap_keys_with_prefix(IndexMap *self, PyObject *arg)
+{
+    const unsigned char *prefix;
+    size_t plen;
+    if (prefix_arg(arg, &prefix, &plen) < 0) {
+        return NULL;
+    }
+    /* Every key wanted: the list is made in its final size, as list(map) would make it. */
+    KeyList out = {PyList_New(plen == 0 ? (Py_ssize_t)self->count : 0), 0};
+    if (out.list == NULL) {
+        return NULL;
+    }
+    if (walk_prefix(self, prefix, plen, append_key, &out) < 0) {
+        Py_DECREF(out.list); /* unfilled items are NULL, which a list's dealloc skips */
+        return NULL;
+    }
+    if (out.filled != PyList_GET_SIZE(out.list)) { /* fewer live records than keys */
+        Py_DECREF(out.list);
+        return corrupt();
+    }
+    return out.list;
+}
+
+static PyObject *
+IndexMap_count_with_prefix(IndexMap *self, PyObject *arg)
+{
+    const unsigned char *prefix;
+    size_t plen;
+    if (prefix_arg(arg, &prefix, &plen) < 0) {
+        return NULL;
+    }
+    if (plen == 0) {
+        return PyLong_FromSize_t(self->count);
+    }
+    size_t count = 0;
+    if (walk_prefix(self, prefix, plen, count_key, &count) < 0) {
+        return NULL;
+    }
+    return PyLong_FromSize_t(count);
+}
+
 static PyObject *
 make_iter(IndexMap *self, int items)
 {
@@ -997,6 +1133,11 @@ static PyMethodDef IndexMap_methods[] = {
     {"items_in", (PyCFunction)(void (*)(void))IndexMap_items_in, METH_FASTCALL,
      "items_in(shift, bitmap, /): a list of the (key, value) pairs whose value >> shift is a "
      "bit set in bitmap (bytes; bit i is bit i & 7 of byte i >> 3), in insertion order."},
+    {"keys_with_prefix", (PyCFunction)IndexMap_keys_with_prefix, METH_O,
+     "keys_with_prefix(prefix, /): a list of the keys starting with prefix (bytes; b\"\": "
+     "every key), in insertion order. Only matching keys become bytes objects."},
+    {"count_with_prefix", (PyCFunction)IndexMap_count_with_prefix, METH_O,
+     "count_with_prefix(prefix, /): how many keys start with prefix (bytes; b\"\": len)."},
     {"reserve", (PyCFunction)IndexMap_reserve, METH_O,
      "reserve(n, /): size the table for n keys at once, so that inserting up to n keys does "
      "not rehash; never shrinks it. ValueError if n is negative or absurdly large."},
