@@ -24,19 +24,13 @@
 #include "native.h"
 #include <structmember.h>
 
-#define SLOT_SHIFT 44
-#define SIZE_BITS 12
-#define SIZE_MASK 0xFFFu
-#define OFFSET_MASK 0xFFFFFFFFu
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *entries;   /* IndexMap, or NULL once detached */
-    PyObject *expiries;  /* dict: key -> expiry_ms, only keys with a TTL */
-    PyObject *slots;     /* list: slot -> Segment or None (the SegmentTable's own list) */
-    PyObject *store_ref; /* weakref to the Store */
-    PyObject *fallback;  /* Store.get, the function: fallback(store, key, default) */
-    int plain_ok;        /* 0 in a strict encrypted store: no plain record is served here */
+    BitkvBound bound;   /* owner: the Store; fallback: Store.get(store, key, default) */
+    PyObject *entries;  /* IndexMap, or NULL once detached */
+    PyObject *expiries; /* dict: key -> expiry_ms, only keys with a TTL */
+    PyObject *slots;    /* list: slot -> Segment or None (the SegmentTable's own list) */
+    int plain_ok;       /* 0 in a strict encrypted store: no plain record is served here */
 } Reader;
 
 static PyObject *str_mm; /* interned "mm" */
@@ -83,23 +77,16 @@ reader_init(Reader *self, PyObject *args, PyObject *kwds)
                                      &store, &fallback, &plain_ok)) {
         return -1;
     }
-    if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "fallback must be callable");
-        return -1;
-    }
-    PyObject *ref = PyWeakref_NewRef(store, NULL);
-    if (ref == NULL) {
+    if (bitkv_bound_init(&self->bound, store, fallback,
+                         "the store this get belonged to is gone") < 0) {
         return -1;
     }
     Py_INCREF(entries);
     Py_INCREF(expiries);
     Py_INCREF(slots);
-    Py_INCREF(fallback);
     Py_XSETREF(self->entries, entries);
     Py_XSETREF(self->expiries, expiries);
     Py_XSETREF(self->slots, slots);
-    Py_XSETREF(self->store_ref, ref);
-    Py_XSETREF(self->fallback, fallback);
     self->plain_ok = plain_ok;
     return 0;
 }
@@ -110,9 +97,7 @@ reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->entries);
     Py_VISIT(self->expiries);
     Py_VISIT(self->slots);
-    Py_VISIT(self->store_ref);
-    Py_VISIT(self->fallback);
-    return 0;
+    return bitkv_bound_traverse((PyObject *)self, visit, arg);
 }
 
 static int
@@ -121,40 +106,7 @@ reader_clear(Reader *self)
     Py_CLEAR(self->entries);
     Py_CLEAR(self->expiries);
     Py_CLEAR(self->slots);
-    Py_CLEAR(self->store_ref);
-    Py_CLEAR(self->fallback);
-    return 0;
-}
-
-static void
-reader_dealloc(Reader *self)
-{
-    PyObject_GC_UnTrack(self);
-    reader_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* The reference: Store.get(store, key, default). */
-static PyObject *
-reader_fallback(Reader *self, PyObject *key, PyObject *dflt)
-{
-    if (self->store_ref == NULL || self->fallback == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Reader is not initialised");
-        return NULL;
-    }
-    PyObject *store = PyWeakref_GetObject(self->store_ref); /* borrowed */
-    if (store == NULL) {
-        return NULL;
-    }
-    if (store == Py_None) {
-        PyErr_SetString(PyExc_ReferenceError, "the store this get belonged to is gone");
-        return NULL;
-    }
-    Py_INCREF(store);
-    PyObject *args[3] = {store, key, dflt};
-    PyObject *result = PyObject_Vectorcall(self->fallback, args, 3, NULL);
-    Py_DECREF(store);
-    return result;
+    return bitkv_bound_clear((PyObject *)self);
 }
 
 /* The value of the record at ``entry`` if the fast path can serve it, else NULL with no
@@ -162,9 +114,9 @@ reader_fallback(Reader *self, PyObject *key, PyObject *dflt)
 static PyObject *
 read_plain(Reader *self, const unsigned char *key, size_t klen, uint64_t entry)
 {
-    size_t size = (size_t)(entry & SIZE_MASK);
-    size_t slot = (size_t)(entry >> SLOT_SHIFT);
-    size_t offset = (size_t)((entry >> SIZE_BITS) & OFFSET_MASK);
+    size_t size = (size_t)bitkv_entry_size(entry);
+    size_t slot = (size_t)bitkv_entry_slot(entry);
+    size_t offset = (size_t)bitkv_entry_offset(entry);
     if (size < BITKV_HEADER_SIZE || !self->plain_ok
         || slot >= (size_t)PyList_GET_SIZE(self->slots)) {
         return NULL;
@@ -213,44 +165,18 @@ read_plain(Reader *self, const unsigned char *key, size_t klen, uint64_t entry)
 static PyObject *
 reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *key = NULL, *dflt = Py_None;
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
-        /* get(key=..., default=...): rare; the reference parses it. */
-        PyObject *store = self->store_ref ? PyWeakref_GetObject(self->store_ref) : NULL;
-        if (store == NULL || store == Py_None || self->fallback == NULL) {
-            PyErr_SetString(PyExc_ReferenceError, "the store this get belonged to is gone");
-            return NULL;
-        }
-        Py_INCREF(store);
-        PyObject *full[8];
-        Py_ssize_t n = nargs + PyTuple_GET_SIZE(kwnames);
-        if (n > 7) {
-            Py_DECREF(store);
-            PyErr_SetString(PyExc_TypeError, "get() takes at most 2 arguments");
-            return NULL;
-        }
-        full[0] = store;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            full[i + 1] = args[i];
-        }
-        PyObject *r = PyObject_Vectorcall(self->fallback, full, (size_t)nargs + 1, kwnames);
-        Py_DECREF(store);
-        return r;
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames)) || nargs < 1 || nargs > 2) {
+        /* get(key=..., default=...), or a wrong call: rare; the reference parses it (and
+         * says what is wrong, in its words). */
+        return bitkv_bound_fallback(&self->bound, args, nargs, kwnames);
     }
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "get() takes 1 or 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    key = args[0];
-    if (nargs == 2) {
-        dflt = args[1];
-    }
+    PyObject *key = args[0], *dflt = nargs == 2 ? args[1] : Py_None;
     if (self->entries == NULL || !PyBytes_CheckExact(key)) {
-        return reader_fallback(self, key, dflt);
+        return bitkv_bound_fallback(&self->bound, args, nargs, NULL);
     }
     Py_ssize_t klen = PyBytes_GET_SIZE(key);
-    if (klen == 0 || klen > 0xFFFF) {
-        return reader_fallback(self, key, dflt); /* the reference raises what it raises */
+    if (klen == 0 || klen > 0xFFFF) { /* the reference raises what it raises */
+        return bitkv_bound_fallback(&self->bound, args, nargs, NULL);
     }
     const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(key);
     /* The candidate entry, found without reading the key's bytes in the index's arena (one
@@ -268,8 +194,8 @@ reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         if (has_ttl < 0) {
             return NULL;
         }
-        if (has_ttl) {
-            return reader_fallback(self, key, dflt); /* the clock is the store's */
+        if (has_ttl) { /* the clock is the store's */
+            return bitkv_bound_fallback(&self->bound, args, nargs, NULL);
         }
     }
     PyObject *value = read_plain(self, k, (size_t)klen, entry);
@@ -279,7 +205,7 @@ reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     if (PyErr_Occurred()) {
         return NULL;
     }
-    return reader_fallback(self, key, dflt);
+    return bitkv_bound_fallback(&self->bound, args, nargs, NULL);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -326,7 +252,8 @@ typedef struct {
 static PyObject *
 get_many_fallback(Reader *self, PyObject *key, PyObject *dflt)
 {
-    return reader_fallback(self, key, dflt);
+    PyObject *args[2] = {key, dflt};
+    return bitkv_bound_fallback(&self->bound, args, 2, NULL);
 }
 
 /* Step (2) for a key whose candidate entry is ``entry``: take its segment's buffer, and if
@@ -335,9 +262,9 @@ get_many_fallback(Reader *self, PyObject *key, PyObject *dflt)
 static int
 get_many_take_record(Reader *self, GetManyKey *g, uint64_t entry)
 {
-    size_t size = (size_t)(entry & SIZE_MASK);
-    size_t slot = (size_t)(entry >> SLOT_SHIFT);
-    size_t offset = (size_t)((entry >> SIZE_BITS) & OFFSET_MASK);
+    size_t size = (size_t)bitkv_entry_size(entry);
+    size_t slot = (size_t)bitkv_entry_slot(entry);
+    size_t offset = (size_t)bitkv_entry_offset(entry);
     if (size < BITKV_HEADER_SIZE || !self->plain_ok
         || slot >= (size_t)PyList_GET_SIZE(self->slots)) {
         return 0;
@@ -538,17 +465,14 @@ reader_get_many(Reader *self, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* Also lets go of the index: a store's reader is replaced at refresh, and one bound earlier
+ * must not keep the old index alive. */
 static PyObject *
 reader_detach(Reader *self, PyObject *Py_UNUSED(ignored))
 {
+    self->bound.attached = 0;
     Py_CLEAR(self->entries);
     Py_RETURN_NONE;
-}
-
-static PyObject *
-reader_attached(Reader *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(self->entries != NULL);
 }
 
 static PyMethodDef reader_methods[] = {
@@ -563,36 +487,23 @@ static PyMethodDef reader_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef reader_getset[] = {
-    {"attached", (getter)reader_attached, NULL, "False once detach() was called.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
 static PyTypeObject Reader_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "bitkv._native.Reader",
     .tp_basicsize = sizeof(Reader),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Reader(entries, expiries, slots, store, fallback, plain_ok): Store.get in C.",
-    .tp_new = PyType_GenericNew,
     .tp_init = (initproc)reader_init,
-    .tp_dealloc = (destructor)reader_dealloc,
     .tp_traverse = (traverseproc)reader_traverse,
     .tp_clear = (inquiry)reader_clear,
     .tp_methods = reader_methods,
-    .tp_getset = reader_getset,
+    BITKV_BOUND_TYPE_SLOTS,
 };
 
 int
 bitkv_get_init(PyObject *m)
 {
     str_mm = PyUnicode_InternFromString("mm");
-    if (str_mm == NULL || PyType_Ready(&Reader_Type) < 0) {
-        return -1;
-    }
-    Py_INCREF(&Reader_Type);
-    if (PyModule_AddObject(m, "Reader", (PyObject *)&Reader_Type) < 0) {
-        Py_DECREF(&Reader_Type);
+    if (str_mm == NULL || PyModule_AddType(m, &Reader_Type) < 0) {
         return -1;
     }
     return 0;
