@@ -423,7 +423,7 @@ def test_bound_methods_answer_every_odd_call_as_the_reference(tmp_path):
     what both modes must raise. Reference counts of the arguments are unchanged."""
     from bitkv.batch import Batch
 
-    held = [b"odd-call value" * 2]  # not a local name of compare(): its frame holds none
+    held = [b"odd-call value" * 2]  # the value whose references are counted
     with bitkv.open(str(tmp_path / "db")) as db:
         db.put(b"k", b"v")
         before = sys.getrefcount(held[0])
@@ -434,8 +434,8 @@ def test_bound_methods_answer_every_odd_call_as_the_reference(tmp_path):
                      (db.put, lambda *a, **kw: Store.put(db, *a, **kw)),
                      (batch.put, lambda *a, **kw: Batch.put(reference_batch, *a, **kw))]
             for bound, reference in pairs:
-                for args, kwargs in _ODD_CALLS + [((b"k", held[0]), {}),
-                                                  ((b"k", held[0]), {"x": 1})]:
+                for args, kwargs in [*_ODD_CALLS, ((b"k", held[0]), {}),
+                                     ((b"k", held[0]), {"x": 1})]:
                     want = outcome(reference, *args, **kwargs)
                     assert outcome(bound, *args, **kwargs) == want, (bound, args, kwargs)
             assert len(batch) == len(reference_batch) == 1  # the one plain put

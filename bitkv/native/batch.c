@@ -21,9 +21,6 @@
 #include "native.h"
 #include <math.h>
 
-
-static PyObject *str_live_bytes, *str_record_size_at;
-
 /* The expiry in ms of one op, as Store._commit_batch computes it; 0 = none. Returns 0 on
  * success, 1 if the kernel does not handle this expiry (the Python loop does). */
 static int
@@ -145,30 +142,6 @@ py_encode_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
     return out;
 }
 
-/* owner.live_bytes -= size (a segment other than the one being written). */
-static int
-sub_live_bytes(PyObject *owner, uint64_t size)
-{
-    PyObject *cur = PyObject_GetAttr(owner, str_live_bytes);
-    if (cur == NULL) {
-        return -1;
-    }
-    PyObject *amount = PyLong_FromUnsignedLongLong(size);
-    if (amount == NULL) {
-        Py_DECREF(cur);
-        return -1;
-    }
-    PyObject *now = PyNumber_Subtract(cur, amount);
-    Py_DECREF(cur);
-    Py_DECREF(amount);
-    if (now == NULL) {
-        return -1;
-    }
-    int rc = PyObject_SetAttr(owner, str_live_bytes, now);
-    Py_DECREF(now);
-    return rc;
-}
-
 static PyObject *
 py_apply_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -246,27 +219,15 @@ py_apply_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
             }
             PyObject *owner = PyList_GET_ITEM(slots, (Py_ssize_t)oslot);
             Py_INCREF(owner);
-            uint64_t osize = bitkv_entry_size(old);
-            if (!osize) {
-                PyObject *off = PyLong_FromUnsignedLongLong(bitkv_entry_offset(old));
-                PyObject *r = off ? PyObject_CallMethodOneArg(owner, str_record_size_at, off)
-                                  : NULL;
-                Py_XDECREF(off);
-                if (r == NULL) {
-                    Py_DECREF(owner);
-                    goto fail_key;
-                }
-                osize = PyLong_AsUnsignedLongLong(r);
-                Py_DECREF(r);
-                if (osize == (uint64_t)-1 && PyErr_Occurred()) {
-                    Py_DECREF(owner);
-                    goto fail_key;
-                }
+            uint64_t osize;
+            if (bitkv_entry_record_size(owner, old, &osize) < 0) {
+                Py_DECREF(owner);
+                goto fail_key;
             }
             if (owner == seg) {
                 live_delta -= (long long)osize;
             }
-            else if (sub_live_bytes(owner, osize) < 0) {
+            else if (bitkv_add_live_bytes(owner, -(int64_t)osize) < 0) {
                 Py_DECREF(owner);
                 goto fail_key;
             }
@@ -454,10 +415,7 @@ static PyMethodDef batch_methods[] = {
 int
 bitkv_batch_init(PyObject *m)
 {
-    str_live_bytes = PyUnicode_InternFromString("live_bytes");
-    str_record_size_at = PyUnicode_InternFromString("record_size_at");
-    if (str_live_bytes == NULL || str_record_size_at == NULL
-        || PyModule_AddType(m, &BatchPut_Type) < 0) {
+    if (PyModule_AddType(m, &BatchPut_Type) < 0) {
         return -1;
     }
     return PyModule_AddFunctions(m, batch_methods);

@@ -237,6 +237,50 @@ bitkv_entry_offset(uint64_t e)
 /* The size hint: the record's size, or 0 if it is 4096 bytes or more. */
 static inline uint64_t bitkv_entry_size(uint64_t e) { return e & BITKV_ENTRY_SIZE_MASK; }
 
+/* The size of the record an entry points at, ``owner`` being its segment: the size hint, else
+ * what the record's header says, through Segment.record_size_at (KeyDir.forget's rule). 0,
+ * or -1 with an error set (a negative size is an OverflowError). */
+static inline int
+bitkv_entry_record_size(PyObject *owner, uint64_t entry, uint64_t *size)
+{
+    static PyObject *name; /* "record_size_at", interned once by each file using this */
+    *size = bitkv_entry_size(entry);
+    if (*size) {
+        return 0;
+    }
+    if (name == NULL && (name = PyUnicode_InternFromString("record_size_at")) == NULL) {
+        return -1;
+    }
+    PyObject *offset = PyLong_FromUnsignedLongLong(bitkv_entry_offset(entry));
+    PyObject *r = offset != NULL ? PyObject_CallMethodOneArg(owner, name, offset) : NULL;
+    Py_XDECREF(offset);
+    if (r == NULL) {
+        return -1;
+    }
+    *size = PyLong_AsUnsignedLongLong(r);
+    Py_DECREF(r);
+    return *size == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* owner.live_bytes += delta: a segment's count of its bytes still indexed (KeyDir's
+ * accounting). 0, or -1 with an error set. */
+static inline int
+bitkv_add_live_bytes(PyObject *owner, int64_t delta)
+{
+    static PyObject *name; /* "live_bytes", interned once by each file using this */
+    if (name == NULL && (name = PyUnicode_InternFromString("live_bytes")) == NULL) {
+        return -1;
+    }
+    PyObject *live = PyObject_GetAttr(owner, name);
+    PyObject *change = live != NULL ? PyLong_FromLongLong(delta) : NULL;
+    PyObject *sum = change != NULL ? PyNumber_Add(live, change) : NULL;
+    int rc = sum != NULL ? PyObject_SetAttr(owner, name, sum) : -1;
+    Py_XDECREF(sum);
+    Py_XDECREF(change);
+    Py_XDECREF(live);
+    return rc;
+}
+
 /* A hint file's entry (docs/format.md, "Hint files"; bitkv/hint.py's ENTRY): flags u8 | 0 u8 |
  * key_len u16 | value_len u32 | offset u32 | seq u64 | expiry_ms u64, little-endian.
  * compact.c writes them, replay.c reads them. */

@@ -125,15 +125,7 @@ apply_flush(Apply *a)
         }
         PyObject *owner = PyList_GET_ITEM(a->slots, i);
         Py_INCREF(owner);
-        PyObject *live = PyObject_GetAttrString(owner, "live_bytes");
-        PyObject *change = live ? PyLong_FromLongLong(a->delta[i]) : NULL;
-        PyObject *sum = change ? PyNumber_Add(live, change) : NULL;
-        if (sum == NULL || PyObject_SetAttrString(owner, "live_bytes", sum) < 0) {
-            rc = -1;
-        }
-        Py_XDECREF(sum);
-        Py_XDECREF(change);
-        Py_XDECREF(live);
+        rc = bitkv_add_live_bytes(owner, a->delta[i]);
         Py_DECREF(owner);
         a->delta[i] = 0;
     }
@@ -172,23 +164,16 @@ old_size(Apply *a, uint64_t old, Py_ssize_t *owner_slot)
         return -1;
     }
     *owner_slot = (Py_ssize_t)slot;
-    if (bitkv_entry_size(old)) {
-        return (int64_t)bitkv_entry_size(old);
-    }
     PyObject *owner = PyList_GET_ITEM(a->slots, (Py_ssize_t)slot);
     Py_INCREF(owner);
-    PyObject *size = PyObject_CallMethod(owner, "record_size_at", "K",
-                                         (unsigned long long)bitkv_entry_offset(old));
+    uint64_t size;
+    int rc = bitkv_entry_record_size(owner, old, &size);
     Py_DECREF(owner);
-    if (size == NULL) {
-        return -1;
+    if (rc == 0 && size > INT64_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "record_size_at: size out of range");
+        rc = -1;
     }
-    long long n = PyLong_AsLongLong(size);
-    Py_DECREF(size);
-    if (n == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    return (int64_t)n;
+    return rc < 0 ? -1 : (int64_t)size;
 }
 
 /* Make the key object once, when a dict first needs it. */
