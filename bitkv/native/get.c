@@ -109,57 +109,105 @@ reader_clear(Reader *self)
     return bitkv_bound_clear((PyObject *)self);
 }
 
-/* The value of the record at ``entry`` if the fast path can serve it, else NULL with no
- * error set (the caller falls back). NULL with an error set only for MemoryError. */
-static PyObject *
-read_plain(Reader *self, const unsigned char *key, size_t klen, uint64_t entry)
+enum { GM_FALLBACK, GM_LOOKUP, GM_DONE, GM_READ }; /* a key's state in get_many (below) */
+
+/* One key's read, by get and get_many alike: the key, and once its record is taken, the
+ * segment map's buffer held and the record in it. ``state`` and ``h`` are get_many's. */
+typedef struct {
+    int state;
+    const unsigned char *key; /* the key's bytes (the keys tuple keeps the object alive) */
+    size_t klen;
+    uint64_t h;
+    PyObject *mm; /* GM_READ: a strong reference to the map, whose buffer ``view`` is held */
+    Py_buffer view;
+    const unsigned char *record; /* GM_READ: inside view, ``size`` bytes */
+    size_t size;
+} KeyRead;
+
+/* For a key whose candidate entry is ``entry`` (get_many's step 2): take its segment's
+ * buffer, and if the entry's size hint lies inside it, prefetch the record and return 1 (the
+ * buffer held, for record_value, then release_record); 0 (nothing held) where the fast path
+ * declines. Never fails. */
+static int
+take_record(Reader *self, KeyRead *g, uint64_t entry)
 {
     size_t size = (size_t)bitkv_entry_size(entry);
     size_t slot = (size_t)bitkv_entry_slot(entry);
     size_t offset = (size_t)bitkv_entry_offset(entry);
     if (size < BITKV_HEADER_SIZE || !self->plain_ok
         || slot >= (size_t)PyList_GET_SIZE(self->slots)) {
-        return NULL;
+        return 0;
     }
     PyObject *seg = PyList_GET_ITEM(self->slots, (Py_ssize_t)slot); /* borrowed */
     if (seg == Py_None) {
-        return NULL;
+        return 0;
     }
     Py_INCREF(seg);
     PyObject *mm = segment_mm(seg);
     Py_DECREF(seg);
     if (mm == NULL) {
         PyErr_Clear();
-        return NULL;
+        return 0;
     }
-    if (mm == Py_None) {
+    if (mm == Py_None || PyObject_GetBuffer(mm, &g->view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* a closed map (compaction, close()): the reference decides */
         Py_DECREF(mm);
-        return NULL;
+        return 0;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(mm, &view, PyBUF_SIMPLE) < 0) { /* closed by compaction, close() */
-        PyErr_Clear();
-        Py_DECREF(mm);
-        return NULL;
-    }
-    PyObject *result = NULL;
     /* offset + size cannot overflow: both came from a 44-bit field. */
-    if (view.len >= 0 && offset + size <= (size_t)view.len) {
-        const unsigned char *p = (const unsigned char *)view.buf + offset;
-        BitkvHeader h;
-        bitkv_read_header(p, &h);
-        /* Batch bits are fine (the record is a plain value); any other flag is not. */
-        if (!(h.flags & (uint8_t)~BITKV_BATCH_FLAGS) && h.key_len == klen
-            && BITKV_HEADER_SIZE + klen + (size_t)h.value_len == size
-            && memcmp(p + BITKV_HEADER_SIZE, key, klen) == 0
-            && bitkv_crc32c_extend(0, p + 4, size - 4) == h.crc) {
-            result = PyBytes_FromStringAndSize((const char *)p + BITKV_HEADER_SIZE + klen,
-                                               (Py_ssize_t)h.value_len);
-        }
+    if (g->view.len < 0 || offset + size > (size_t)g->view.len) {
+        PyBuffer_Release(&g->view);
+        Py_DECREF(mm);
+        return 0;
     }
-    PyBuffer_Release(&view);
-    Py_DECREF(mm);
-    return result;
+    g->mm = mm;
+    g->record = (const unsigned char *)g->view.buf + offset;
+    g->size = size;
+    __builtin_prefetch(g->record);
+    __builtin_prefetch(g->record + size - 1); /* a record may straddle two cache lines */
+    return 1;
+}
+
+static void
+release_record(KeyRead *g)
+{
+    PyBuffer_Release(&g->view);
+    Py_CLEAR(g->mm);
+    g->state = GM_FALLBACK;
+}
+
+/* The value if the record taken is an intact plain record of the key (get_many's step 3),
+ * else NULL with no error set (the fallback decides), or NULL with MemoryError. */
+static PyObject *
+record_value(const KeyRead *g)
+{
+    const unsigned char *p = g->record;
+    BitkvHeader h;
+    bitkv_read_header(p, &h);
+    /* Batch bits are fine (the record is a plain value); any other flag is not. */
+    if (!(h.flags & (uint8_t)~BITKV_BATCH_FLAGS) && h.key_len == g->klen
+        && BITKV_HEADER_SIZE + g->klen + (size_t)h.value_len == g->size
+        && memcmp(p + BITKV_HEADER_SIZE, g->key, g->klen) == 0
+        && bitkv_crc32c_extend(0, p + 4, g->size - 4) == h.crc) {
+        return PyBytes_FromStringAndSize((const char *)p + BITKV_HEADER_SIZE + g->klen,
+                                         (Py_ssize_t)h.value_len);
+    }
+    return NULL;
+}
+
+/* The value of the record at ``entry`` if the fast path can serve it, else NULL with no
+ * error set (the caller falls back). NULL with an error set only for MemoryError. A get is
+ * get_many's steps 2 and 3 for a group of one: the same bounds, the same checks. */
+static PyObject *
+read_plain(Reader *self, const unsigned char *key, size_t klen, uint64_t entry)
+{
+    KeyRead r = {.key = key, .klen = klen};
+    if (!take_record(self, &r, entry)) {
+        return NULL;
+    }
+    PyObject *value = record_value(&r);
+    release_record(&r);
+    return value;
 }
 
 static PyObject *
@@ -235,19 +283,6 @@ reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
 #define GET_MANY_YIELD_KEYS 4096
 #endif
 
-enum { GM_FALLBACK, GM_LOOKUP, GM_DONE, GM_READ };
-
-typedef struct {
-    int state;
-    const unsigned char *key; /* the key's bytes (the keys tuple keeps the object alive) */
-    size_t klen;
-    uint64_t h;
-    PyObject *mm; /* GM_READ: a strong reference to the map, whose buffer ``view`` is held */
-    Py_buffer view;
-    const unsigned char *record; /* GM_READ: inside view, ``size`` bytes */
-    size_t size;
-} GetManyKey;
-
 /* The one call to the reference for a key the kernel does not serve (Store.get). */
 static PyObject *
 get_many_fallback(Reader *self, PyObject *key, PyObject *dflt)
@@ -256,86 +291,13 @@ get_many_fallback(Reader *self, PyObject *key, PyObject *dflt)
     return bitkv_bound_fallback(&self->bound, args, 2, NULL);
 }
 
-/* Step (2) for a key whose candidate entry is ``entry``: take its segment's buffer, and if
- * the entry's size hint lies inside it, prefetch the record and return 1 (the buffer held);
- * 0 (nothing held) where reader_get's read_plain would decline. Never fails. */
-static int
-get_many_take_record(Reader *self, GetManyKey *g, uint64_t entry)
-{
-    size_t size = (size_t)bitkv_entry_size(entry);
-    size_t slot = (size_t)bitkv_entry_slot(entry);
-    size_t offset = (size_t)bitkv_entry_offset(entry);
-    if (size < BITKV_HEADER_SIZE || !self->plain_ok
-        || slot >= (size_t)PyList_GET_SIZE(self->slots)) {
-        return 0;
-    }
-    PyObject *seg = PyList_GET_ITEM(self->slots, (Py_ssize_t)slot); /* borrowed */
-    if (seg == Py_None) {
-        return 0;
-    }
-    Py_INCREF(seg);
-    PyObject *mm = segment_mm(seg);
-    Py_DECREF(seg);
-    if (mm == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    if (mm == Py_None || PyObject_GetBuffer(mm, &g->view, PyBUF_SIMPLE) < 0) {
-        PyErr_Clear(); /* a closed map (compaction, close()): the reference decides */
-        Py_DECREF(mm);
-        return 0;
-    }
-    /* offset + size cannot overflow: both came from a 44-bit field. */
-    if (g->view.len < 0 || offset + size > (size_t)g->view.len) {
-        PyBuffer_Release(&g->view);
-        Py_DECREF(mm);
-        return 0;
-    }
-    g->mm = mm;
-    g->record = (const unsigned char *)g->view.buf + offset;
-    g->size = size;
-    __builtin_prefetch(g->record);
-    __builtin_prefetch(g->record + size - 1); /* a record may straddle two cache lines */
-    return 1;
-}
-
-static void
-get_many_release(GetManyKey *g)
-{
-    PyBuffer_Release(&g->view);
-    Py_CLEAR(g->mm);
-    g->state = GM_FALLBACK;
-}
-
-/* Step (3): the value if the record is an intact plain record of the key, else NULL with no
- * error set (the fallback decides), or NULL with MemoryError. These are read_plain's checks,
- * as get_many_take_record's are its bounds: a change to one is a change to both (kept apart
- * only while get.c's Reader is being reshaped on another branch; read_plain can then become
- * take, value, release). */
-static PyObject *
-get_many_value(const GetManyKey *g)
-{
-    const unsigned char *p = g->record;
-    BitkvHeader h;
-    bitkv_read_header(p, &h);
-    /* Batch bits are fine (the record is a plain value); any other flag is not. */
-    if (!(h.flags & (uint8_t)~BITKV_BATCH_FLAGS) && h.key_len == g->klen
-        && BITKV_HEADER_SIZE + g->klen + (size_t)h.value_len == g->size
-        && memcmp(p + BITKV_HEADER_SIZE, g->key, g->klen) == 0
-        && bitkv_crc32c_extend(0, p + 4, g->size - 4) == h.crc) {
-        return PyBytes_FromStringAndSize((const char *)p + BITKV_HEADER_SIZE + g->klen,
-                                         (Py_ssize_t)h.value_len);
-    }
-    return NULL;
-}
-
 /* Fill out[start : start + n] with the results of keys[start : start + n] (n at most
  * GET_MANY_GROUP). 0, or -1 with an error set (every buffer released). */
 static int
 get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyObject *dflt,
                PyObject *out)
 {
-    GetManyKey group[GET_MANY_GROUP];
+    KeyRead group[GET_MANY_GROUP];
     /* NULL once detached: every key to the fallback. A strong reference for the group:
      * segment_mm's getattr (a Segment that is not the usual class) may run Python code, and
      * another thread could then detach the reader and drop the last reference. */
@@ -344,7 +306,7 @@ get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyO
     int has_ttls = PyDict_GET_SIZE(self->expiries) > 0;
     /* (1) hash and prefetch the home slots */
     for (Py_ssize_t i = 0; i < n; i++) {
-        GetManyKey *g = &group[i];
+        KeyRead *g = &group[i];
         PyObject *key = PyTuple_GET_ITEM(keys, start + i);
         g->state = GM_FALLBACK;
         g->mm = NULL;
@@ -361,7 +323,7 @@ get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyO
     }
     /* (2) read the slots, take the maps' buffers, prefetch the records */
     for (Py_ssize_t i = 0; i < n; i++) {
-        GetManyKey *g = &group[i];
+        KeyRead *g = &group[i];
         if (g->state != GM_LOOKUP) {
             continue;
         }
@@ -382,18 +344,18 @@ get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyO
                 continue; /* the clock is the store's */
             }
         }
-        if (get_many_take_record(self, g, entry)) {
+        if (take_record(self, g, entry)) {
             g->state = GM_READ;
         }
     }
     /* (3) verify and copy */
     for (Py_ssize_t i = 0; i < n; i++) {
-        GetManyKey *g = &group[i];
+        KeyRead *g = &group[i];
         if (g->state != GM_READ) {
             continue;
         }
-        PyObject *value = get_many_value(g);
-        get_many_release(g);
+        PyObject *value = record_value(g);
+        release_record(g);
         if (value != NULL) {
             PyList_SET_ITEM(out, start + i, value);
             g->state = GM_DONE;
@@ -416,7 +378,7 @@ get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyO
 error:
     for (Py_ssize_t i = 0; i < n; i++) {
         if (group[i].state == GM_READ) {
-            get_many_release(&group[i]);
+            release_record(&group[i]);
         }
     }
     Py_XDECREF(entries);
