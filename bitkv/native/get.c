@@ -128,7 +128,7 @@ typedef struct {
  * buffer, and if the entry's size hint lies inside it, prefetch the record and return 1 (the
  * buffer held, for record_value, then release_record); 0 (nothing held) where the fast path
  * declines. Never fails. */
-static int
+static inline int
 take_record(Reader *self, KeyRead *g, uint64_t entry)
 {
     size_t size = (size_t)bitkv_entry_size(entry);
@@ -168,7 +168,7 @@ take_record(Reader *self, KeyRead *g, uint64_t entry)
     return 1;
 }
 
-static void
+static inline void
 release_record(KeyRead *g)
 {
     PyBuffer_Release(&g->view);
@@ -178,7 +178,7 @@ release_record(KeyRead *g)
 
 /* The value if the record taken is an intact plain record of the key (get_many's step 3),
  * else NULL with no error set (the fallback decides), or NULL with MemoryError. */
-static PyObject *
+static inline PyObject *
 record_value(const KeyRead *g)
 {
     const unsigned char *p = g->record;
@@ -201,7 +201,9 @@ record_value(const KeyRead *g)
 static PyObject *
 read_plain(Reader *self, const unsigned char *key, size_t klen, uint64_t entry)
 {
-    KeyRead r = {.key = key, .klen = klen};
+    KeyRead r; /* not zeroed (~16 stores a get): take_record sets what release_record reads */
+    r.key = key;
+    r.klen = klen;
     if (!take_record(self, &r, entry)) {
         return NULL;
     }
