@@ -21,13 +21,6 @@
 #include "native.h"
 #include <math.h>
 
-#define SLOT_SHIFT 44
-#define SIZE_BITS 12
-#define SIZE_MASK 0xFFFu
-#define OFFSET_MASK 0xFFFFFFFFu
-
-static PyObject *str_live_bytes, *str_record_size_at;
-
 /* The expiry in ms of one op, as Store._commit_batch computes it; 0 = none. Returns 0 on
  * success, 1 if the kernel does not handle this expiry (the Python loop does). */
 static int
@@ -142,58 +135,11 @@ py_encode_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
             flags |= batch_bits | (i == 0 ? BITKV_BATCH_FIRST : 0)
                      | (i == n - 1 ? BITKV_BATCH_LAST : 0);
         }
-        p[4] = flags;
-        p[5] = 0;
-        bitkv_put_le16(p + 6, (uint16_t)klen);
-        bitkv_put_le32(p + 8, (uint32_t)vlen);
-        bitkv_put_le64(p + 12, first_seq + (uint64_t)i);
-        bitkv_put_le64(p + 20, exp);
-        memcpy(p + BITKV_HEADER_SIZE, PyBytes_AS_STRING(k), klen);
-        if (vlen) {
-            memcpy(p + BITKV_HEADER_SIZE + klen, PyBytes_AS_STRING(v), vlen);
-        }
-        size_t size = BITKV_HEADER_SIZE + klen + vlen;
-        bitkv_put_le32(p, bitkv_crc32c_extend(0, p + 4, size - 4));
-        p += size;
+        p += bitkv_write_record(p, flags, PyBytes_AS_STRING(k), klen,
+                                v == Py_None ? NULL : PyBytes_AS_STRING(v), vlen,
+                                first_seq + (uint64_t)i, exp);
     }
     return out;
-}
-
-/* owner.live_bytes -= size (a segment other than the one being written). */
-static int
-sub_live_bytes(PyObject *owner, uint64_t size)
-{
-    PyObject *cur = PyObject_GetAttr(owner, str_live_bytes);
-    if (cur == NULL) {
-        return -1;
-    }
-    PyObject *amount = PyLong_FromUnsignedLongLong(size);
-    if (amount == NULL) {
-        Py_DECREF(cur);
-        return -1;
-    }
-    PyObject *now = PyNumber_Subtract(cur, amount);
-    Py_DECREF(cur);
-    Py_DECREF(amount);
-    if (now == NULL) {
-        return -1;
-    }
-    int rc = PyObject_SetAttr(owner, str_live_bytes, now);
-    Py_DECREF(now);
-    return rc;
-}
-
-/* dict.pop(key, None) */
-static int
-dict_discard(PyObject *d, PyObject *key)
-{
-    if (PyDict_DelItem(d, key) < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_KeyError)) {
-            return -1;
-        }
-        PyErr_Clear();
-    }
-    return 0;
 }
 
 static PyObject *
@@ -257,7 +203,7 @@ py_apply_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
         bitkv_read_header(p, &h);
         size = BITKV_HEADER_SIZE + (size_t)h.key_len + (size_t)h.value_len;
         if (size > left || h.key_len != klen || memcmp(p + BITKV_HEADER_SIZE, k, klen) != 0
-            || pos > OFFSET_MASK) {
+            || pos > BITKV_MAX_OFFSET) {
             goto bad_data;
         }
         uint64_t old;
@@ -266,34 +212,22 @@ py_apply_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
             goto fail_key;
         }
         if (found) { /* KeyDir.forget(old) */
-            size_t oslot = (size_t)(old >> SLOT_SHIFT);
+            size_t oslot = (size_t)bitkv_entry_slot(old);
             if (oslot >= (size_t)PyList_GET_SIZE(slots)) {
                 PyErr_SetString(PyExc_IndexError, "apply_batch: entry names no open slot");
                 goto fail_key;
             }
             PyObject *owner = PyList_GET_ITEM(slots, (Py_ssize_t)oslot);
             Py_INCREF(owner);
-            uint64_t osize = old & SIZE_MASK;
-            if (!osize) {
-                PyObject *off = PyLong_FromUnsignedLongLong((old >> SIZE_BITS) & OFFSET_MASK);
-                PyObject *r = off ? PyObject_CallMethodOneArg(owner, str_record_size_at, off)
-                                  : NULL;
-                Py_XDECREF(off);
-                if (r == NULL) {
-                    Py_DECREF(owner);
-                    goto fail_key;
-                }
-                osize = PyLong_AsUnsignedLongLong(r);
-                Py_DECREF(r);
-                if (osize == (uint64_t)-1 && PyErr_Occurred()) {
-                    Py_DECREF(owner);
-                    goto fail_key;
-                }
+            uint64_t osize;
+            if (bitkv_entry_record_size(owner, old, &osize) < 0) {
+                Py_DECREF(owner);
+                goto fail_key;
             }
             if (owner == seg) {
                 live_delta -= (long long)osize;
             }
-            else if (sub_live_bytes(owner, osize) < 0) {
+            else if (bitkv_add_live_bytes(owner, -(int64_t)osize) < 0) {
                 Py_DECREF(owner);
                 goto fail_key;
             }
@@ -306,7 +240,7 @@ py_apply_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
                 if (bitkv_index_delete(entries, k, klen) < 0) {
                     goto fail_key;
                 }
-                if (PyDict_GET_SIZE(expiries) && dict_discard(expiries, key) < 0) {
+                if (PyDict_GET_SIZE(expiries) && bitkv_dict_discard(expiries, key) < 0) {
                     goto fail_key;
                 }
             }
@@ -321,11 +255,11 @@ py_apply_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
             }
         }
         else {
-            if (hidden != Py_None && PyDict_GET_SIZE(hidden) && dict_discard(hidden, key) < 0) {
+            if (hidden != Py_None && PyDict_GET_SIZE(hidden)
+                && bitkv_dict_discard(hidden, key) < 0) {
                 goto fail_key;
             }
-            uint64_t entry = slot << SLOT_SHIFT | pos << SIZE_BITS
-                             | (size <= SIZE_MASK ? size : 0);
+            uint64_t entry = bitkv_entry(slot, pos, size);
             int had_old;
             uint64_t prev;
             if (bitkv_index_set(entries, key, entry, &had_old, &prev) < 0) {
@@ -343,7 +277,7 @@ py_apply_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
                     min_expiry = h.expiry_ms;
                 }
             }
-            else if (found && PyDict_GET_SIZE(expiries) && dict_discard(expiries, key) < 0) {
+            else if (found && PyDict_GET_SIZE(expiries) && bitkv_dict_discard(expiries, key) < 0) {
                 goto fail_key;
             }
         }
@@ -373,13 +307,12 @@ fail:
 /* The batch is held strongly until detach: ``db.batch().put(...)`` must find its batch
  * alive. That is a cycle (the batch's instance dict holds the bound put), broken by detach at
  * commit and discard, else left to the cyclic GC (tp_traverse); after detach a put bound
- * earlier reaches the batch through a weak reference (the Python put then raises). */
+ * earlier reaches the batch through its BitkvBound's weak reference (the Python put then
+ * raises). */
 typedef struct {
-    PyObject_HEAD
-    PyObject *ops;       /* the batch's list of operations; NULL once detached */
-    PyObject *batch;     /* the Batch; NULL once detached */
-    PyObject *batch_ref; /* weakref to the Batch */
-    PyObject *fallback;  /* Batch.put, the function */
+    BitkvBound bound; /* owner: the Batch; fallback: Batch.put(batch, key, value, **options) */
+    PyObject *ops;    /* the batch's list of operations; NULL once detached */
+    PyObject *batch;  /* the Batch; NULL once detached */
 } BatchPut;
 
 static int
@@ -391,17 +324,14 @@ batchput_init(BatchPut *self, PyObject *args, PyObject *kwds)
                                      &batch, &fallback)) {
         return -1;
     }
-    PyObject *ref = PyWeakref_NewRef(batch, NULL);
-    if (ref == NULL) {
+    if (bitkv_bound_init(&self->bound, batch, fallback,
+                         "the batch this put belonged to is gone") < 0) {
         return -1;
     }
     Py_INCREF(ops);
-    Py_INCREF(fallback);
     Py_INCREF(batch);
     Py_XSETREF(self->ops, ops);
     Py_XSETREF(self->batch, batch);
-    Py_XSETREF(self->batch_ref, ref);
-    Py_XSETREF(self->fallback, fallback);
     return 0;
 }
 
@@ -410,9 +340,7 @@ batchput_traverse(BatchPut *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->ops);
     Py_VISIT(self->batch);
-    Py_VISIT(self->batch_ref);
-    Py_VISIT(self->fallback);
-    return 0;
+    return bitkv_bound_traverse((PyObject *)self, visit, arg);
 }
 
 static int
@@ -420,17 +348,7 @@ batchput_clear(BatchPut *self)
 {
     Py_CLEAR(self->ops);
     Py_CLEAR(self->batch);
-    Py_CLEAR(self->batch_ref);
-    Py_CLEAR(self->fallback);
-    return 0;
-}
-
-static void
-batchput_dealloc(BatchPut *self)
-{
-    PyObject_GC_UnTrack(self);
-    batchput_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    return bitkv_bound_clear((PyObject *)self);
 }
 
 static PyObject *
@@ -451,38 +369,15 @@ batchput_put(BatchPut *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
         }
         Py_RETURN_NONE;
     }
-    if (self->batch_ref == NULL || self->fallback == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BatchPut is not initialised");
-        return NULL;
-    }
-    PyObject *batch = self->batch != NULL ? self->batch
-                                           : PyWeakref_GetObject(self->batch_ref); /* borrowed */
-    if (batch == NULL) {
-        return NULL;
-    }
-    if (batch == Py_None) {
-        PyErr_SetString(PyExc_ReferenceError, "the batch this put belonged to is gone");
-        return NULL;
-    }
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs + nkw > 8) {
-        PyErr_SetString(PyExc_TypeError, "put() got too many arguments");
-        return NULL;
-    }
-    PyObject *full[9];
-    full[0] = batch;
-    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
-        full[i + 1] = args[i];
-    }
-    Py_INCREF(batch);
-    PyObject *r = PyObject_Vectorcall(self->fallback, full, (size_t)nargs + 1, kwnames);
-    Py_DECREF(batch);
-    return r;
+    /* Options, other types, or a committed or discarded batch: the reference. */
+    return bitkv_bound_fallback(&self->bound, args, nargs, kwnames);
 }
 
+/* Also lets go of the operations and the batch (the cycle). */
 static PyObject *
 batchput_detach(BatchPut *self, PyObject *Py_UNUSED(ignored))
 {
+    self->bound.attached = 0;
     Py_CLEAR(self->ops);
     Py_CLEAR(self->batch);
     Py_RETURN_NONE;
@@ -500,14 +395,12 @@ static PyTypeObject BatchPut_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "bitkv._native.BatchPut",
     .tp_basicsize = sizeof(BatchPut),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "BatchPut(ops, batch, fallback): Batch.put's common case in C.",
-    .tp_new = PyType_GenericNew,
     .tp_init = (initproc)batchput_init,
-    .tp_dealloc = (destructor)batchput_dealloc,
     .tp_traverse = (traverseproc)batchput_traverse,
     .tp_clear = (inquiry)batchput_clear,
     .tp_methods = batchput_methods,
+    BITKV_BOUND_TYPE_SLOTS,
 };
 
 static PyMethodDef batch_methods[] = {
@@ -522,14 +415,7 @@ static PyMethodDef batch_methods[] = {
 int
 bitkv_batch_init(PyObject *m)
 {
-    str_live_bytes = PyUnicode_InternFromString("live_bytes");
-    str_record_size_at = PyUnicode_InternFromString("record_size_at");
-    if (str_live_bytes == NULL || str_record_size_at == NULL || PyType_Ready(&BatchPut_Type) < 0) {
-        return -1;
-    }
-    Py_INCREF(&BatchPut_Type);
-    if (PyModule_AddObject(m, "BatchPut", (PyObject *)&BatchPut_Type) < 0) {
-        Py_DECREF(&BatchPut_Type);
+    if (PyModule_AddType(m, &BatchPut_Type) < 0) {
         return -1;
     }
     return PyModule_AddFunctions(m, batch_methods);

@@ -26,10 +26,6 @@
 #include <time.h>
 
 #define SEGMENT_HEADER_SIZE 40 /* segment.HEADER_SIZE: an output holding only it is empty */
-#define HINT_ENTRY_SIZE 28     /* hint.ENTRY: flags, 0, key_len, value_len, offset, seq, expiry */
-#define SIZE_HINT_LIMIT 4096   /* the keydir's size hint holds sizes below this, else 0 */
-#define SLOT_SHIFT 44
-#define OFFSET_SHIFT 12
 #define PLAIN_FLAGS (BITKV_TOMBSTONE | BITKV_COMPRESSED | BITKV_ENCRYPTED | BITKV_CLIENT_FLAGS)
 #define COPY_DONE 0
 #define COPY_FULL 1
@@ -117,7 +113,7 @@ emit_batch(const unsigned char *src, const Rec *recs, size_t n, unsigned char *d
             bitkv_put_le32(fixed + 8, r->out_off);
             bitkv_put_le64(fixed + 12, r->seq);
             bitkv_put_le64(fixed + 20, r->expiry_ms);
-            fixed += HINT_ENTRY_SIZE;
+            fixed += BITKV_HINT_ENTRY_SIZE;
             memcpy(keys, src + r->off + BITKV_HEADER_SIZE, r->key_len);
             keys += r->key_len;
             len += r->size;
@@ -182,6 +178,22 @@ arg_u64(PyObject *o, uint64_t *out)
     return 0;
 }
 
+/* The source segment's buffer, which must hold its first ``end`` bytes (every read is bounded
+ * by it): 0, or -1 with an error set (``who``: the function, for the ValueError's text). */
+static int
+source_buffer(PyObject *src, Py_ssize_t end, const char *who, Py_buffer *in)
+{
+    if (PyObject_GetBuffer(src, in, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    if (end > in->len) {
+        PyBuffer_Release(in);
+        PyErr_Format(PyExc_ValueError, "%s: end is past the buffer's end", who);
+        return -1;
+    }
+    return 0;
+}
+
 static int
 check_bytearray(PyObject *o, const char *name)
 {
@@ -197,7 +209,7 @@ check_bytearray(PyObject *o, const char *name)
  * (fewer than n when a live record does not fit: *full is then set), or -1 on error (set).
  * GIL held. */
 static Py_ssize_t
-decide_batch(PyObject *entries, const unsigned char *src, Rec *recs, size_t n, uint64_t base,
+decide_batch(PyObject *entries, const unsigned char *src, Rec *recs, size_t n, uint64_t slot,
              uint64_t now_ms, int64_t *out_size, int64_t max_size, uint64_t *min_seq,
              uint64_t *max_seq, PyObject *expired, size_t *copied, size_t *dropped,
              size_t *data_add, size_t *keys_add, int *full)
@@ -214,8 +226,7 @@ decide_batch(PyObject *entries, const unsigned char *src, Rec *recs, size_t n, u
     }
     for (size_t i = 0; i < n; i++) {
         Rec *r = &recs[i];
-        uint64_t entry = base | (uint64_t)r->off << OFFSET_SHIFT
-                         | (r->size < SIZE_HINT_LIMIT ? (uint64_t)r->size : 0);
+        uint64_t entry = bitkv_entry(slot, r->off, r->size);
         uint64_t found;
         int hit = bitkv_index_lookup_hashed(entries, src + r->off + BITKV_HEADER_SIZE,
                                             r->key_len, r->hash, &found);
@@ -302,16 +313,10 @@ copy_live(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_buffer in;
-    if (PyObject_GetBuffer(args[0], &in, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (end > in.len) {
-        PyBuffer_Release(&in);
-        PyErr_SetString(PyExc_ValueError, "copy_live: end is past the buffer's end");
+    if (source_buffer(args[0], end, "copy_live", &in) < 0) {
         return NULL;
     }
     const unsigned char *src = (const unsigned char *)in.buf;
-    uint64_t base = (uint64_t)slot << SLOT_SHIFT;
     int64_t out_size = (int64_t)out_size_arg, max_size = (int64_t)max_size_arg;
     size_t at = (size_t)pos, copied = 0, dropped = 0;
     int status = COPY_DONE;
@@ -325,7 +330,7 @@ copy_live(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     for (;;) {
         size_t data_add = 0, keys_add = 0;
         int full;
-        Py_ssize_t decided = decide_batch(entries, src, recs, n, base, now_ms, &out_size,
+        Py_ssize_t decided = decide_batch(entries, src, recs, n, (uint64_t)slot, now_ms, &out_size,
                                           max_size, &min_seq, &max_seq, expired, &copied,
                                           &dropped, &data_add, &keys_add, &full);
         if (decided < 0) {
@@ -340,7 +345,7 @@ copy_live(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         if (grow(data, data_add, &dv, &d) < 0) {
             goto error;
         }
-        if (grow(fixed, live * HINT_ENTRY_SIZE, &fv, &f) < 0) {
+        if (grow(fixed, live * BITKV_HINT_ENTRY_SIZE, &fv, &f) < 0) {
             PyBuffer_Release(&dv);
             goto error;
         }
@@ -414,16 +419,10 @@ switch_copies(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     }
     const unsigned char *bitmap = (const unsigned char *)PyBytes_AS_STRING(inputs);
     Py_buffer in;
-    if (PyObject_GetBuffer(args[0], &in, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (end > in.len) {
-        PyBuffer_Release(&in);
-        PyErr_SetString(PyExc_ValueError, "switch_copies: end is past the buffer's end");
+    if (source_buffer(args[0], end, "switch_copies", &in) < 0) {
         return NULL;
     }
     const unsigned char *src = (const unsigned char *)in.buf;
-    uint64_t base = (uint64_t)slot << SLOT_SHIFT;
     size_t at = (size_t)pos, live = 0;
     Py_ssize_t switched = 0;
     Py_ssize_t left = max_keys;
@@ -457,21 +456,20 @@ switch_copies(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         }
         for (size_t i = 0; i < n; i++) {
             const unsigned char *key = src + offs[i] + BITKV_HEADER_SIZE;
-            uint64_t hint = sizes[i] < SIZE_HINT_LIMIT ? (uint64_t)sizes[i] : 0, old = 0;
+            uint64_t entry = bitkv_entry((uint64_t)slot, offs[i], sizes[i]), old = 0;
             int hit = bitkv_index_lookup_hashed(entries, key, key_lens[i], hashes[i], &old);
             if (hit < 0) {
                 goto error;
             }
-            uint64_t old_slot = old >> SLOT_SHIFT;
+            uint64_t old_slot = bitkv_entry_slot(old);
             if (!hit || old_slot > 0xFFFF || !(bitmap[old_slot >> 3] >> (old_slot & 7) & 1)
-                || (old & (SIZE_HINT_LIMIT - 1)) != hint) {
+                || bitkv_entry_size(old) != bitkv_entry_size(entry)) {
                 continue;
             }
             /* Nothing runs between the lookup and this set (no Python object is made), so the
              * key still holds ``old``: the conditional put is exact. */
             int had_old;
-            if (bitkv_index_set_hashed(entries, key, key_lens[i], hashes[i],
-                                       base | (uint64_t)offs[i] << OFFSET_SHIFT | hint, &had_old,
+            if (bitkv_index_set_hashed(entries, key, key_lens[i], hashes[i], entry, &had_old,
                                        &old) < 0) {
                 goto error;
             }

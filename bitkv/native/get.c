@@ -24,19 +24,13 @@
 #include "native.h"
 #include <structmember.h>
 
-#define SLOT_SHIFT 44
-#define SIZE_BITS 12
-#define SIZE_MASK 0xFFFu
-#define OFFSET_MASK 0xFFFFFFFFu
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *entries;   /* IndexMap, or NULL once detached */
-    PyObject *expiries;  /* dict: key -> expiry_ms, only keys with a TTL */
-    PyObject *slots;     /* list: slot -> Segment or None (the SegmentTable's own list) */
-    PyObject *store_ref; /* weakref to the Store */
-    PyObject *fallback;  /* Store.get, the function: fallback(store, key, default) */
-    int plain_ok;        /* 0 in a strict encrypted store: no plain record is served here */
+    BitkvBound bound;   /* owner: the Store; fallback: Store.get(store, key, default) */
+    PyObject *entries;  /* IndexMap, or NULL once detached */
+    PyObject *expiries; /* dict: key -> expiry_ms, only keys with a TTL */
+    PyObject *slots;    /* list: slot -> Segment or None (the SegmentTable's own list) */
+    int plain_ok;       /* 0 in a strict encrypted store: no plain record is served here */
 } Reader;
 
 static PyObject *str_mm; /* interned "mm" */
@@ -83,23 +77,16 @@ reader_init(Reader *self, PyObject *args, PyObject *kwds)
                                      &store, &fallback, &plain_ok)) {
         return -1;
     }
-    if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "fallback must be callable");
-        return -1;
-    }
-    PyObject *ref = PyWeakref_NewRef(store, NULL);
-    if (ref == NULL) {
+    if (bitkv_bound_init(&self->bound, store, fallback,
+                         "the store this get belonged to is gone") < 0) {
         return -1;
     }
     Py_INCREF(entries);
     Py_INCREF(expiries);
     Py_INCREF(slots);
-    Py_INCREF(fallback);
     Py_XSETREF(self->entries, entries);
     Py_XSETREF(self->expiries, expiries);
     Py_XSETREF(self->slots, slots);
-    Py_XSETREF(self->store_ref, ref);
-    Py_XSETREF(self->fallback, fallback);
     self->plain_ok = plain_ok;
     return 0;
 }
@@ -110,9 +97,7 @@ reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->entries);
     Py_VISIT(self->expiries);
     Py_VISIT(self->slots);
-    Py_VISIT(self->store_ref);
-    Py_VISIT(self->fallback);
-    return 0;
+    return bitkv_bound_traverse((PyObject *)self, visit, arg);
 }
 
 static int
@@ -121,196 +106,13 @@ reader_clear(Reader *self)
     Py_CLEAR(self->entries);
     Py_CLEAR(self->expiries);
     Py_CLEAR(self->slots);
-    Py_CLEAR(self->store_ref);
-    Py_CLEAR(self->fallback);
-    return 0;
+    return bitkv_bound_clear((PyObject *)self);
 }
 
-static void
-reader_dealloc(Reader *self)
-{
-    PyObject_GC_UnTrack(self);
-    reader_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+enum { GM_FALLBACK, GM_LOOKUP, GM_DONE, GM_READ }; /* a key's state in get_many (below) */
 
-/* The reference: Store.get(store, key, default). */
-static PyObject *
-reader_fallback(Reader *self, PyObject *key, PyObject *dflt)
-{
-    if (self->store_ref == NULL || self->fallback == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Reader is not initialised");
-        return NULL;
-    }
-    PyObject *store = PyWeakref_GetObject(self->store_ref); /* borrowed */
-    if (store == NULL) {
-        return NULL;
-    }
-    if (store == Py_None) {
-        PyErr_SetString(PyExc_ReferenceError, "the store this get belonged to is gone");
-        return NULL;
-    }
-    Py_INCREF(store);
-    PyObject *args[3] = {store, key, dflt};
-    PyObject *result = PyObject_Vectorcall(self->fallback, args, 3, NULL);
-    Py_DECREF(store);
-    return result;
-}
-
-/* The value of the record at ``entry`` if the fast path can serve it, else NULL with no
- * error set (the caller falls back). NULL with an error set only for MemoryError. */
-static PyObject *
-read_plain(Reader *self, const unsigned char *key, size_t klen, uint64_t entry)
-{
-    size_t size = (size_t)(entry & SIZE_MASK);
-    size_t slot = (size_t)(entry >> SLOT_SHIFT);
-    size_t offset = (size_t)((entry >> SIZE_BITS) & OFFSET_MASK);
-    if (size < BITKV_HEADER_SIZE || !self->plain_ok
-        || slot >= (size_t)PyList_GET_SIZE(self->slots)) {
-        return NULL;
-    }
-    PyObject *seg = PyList_GET_ITEM(self->slots, (Py_ssize_t)slot); /* borrowed */
-    if (seg == Py_None) {
-        return NULL;
-    }
-    Py_INCREF(seg);
-    PyObject *mm = segment_mm(seg);
-    Py_DECREF(seg);
-    if (mm == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
-    if (mm == Py_None) {
-        Py_DECREF(mm);
-        return NULL;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(mm, &view, PyBUF_SIMPLE) < 0) { /* closed by compaction, close() */
-        PyErr_Clear();
-        Py_DECREF(mm);
-        return NULL;
-    }
-    PyObject *result = NULL;
-    /* offset + size cannot overflow: both came from a 44-bit field. */
-    if (view.len >= 0 && offset + size <= (size_t)view.len) {
-        const unsigned char *p = (const unsigned char *)view.buf + offset;
-        BitkvHeader h;
-        bitkv_read_header(p, &h);
-        /* Batch bits are fine (the record is a plain value); any other flag is not. */
-        if (!(h.flags & (uint8_t)~BITKV_BATCH_FLAGS) && h.key_len == klen
-            && BITKV_HEADER_SIZE + klen + (size_t)h.value_len == size
-            && memcmp(p + BITKV_HEADER_SIZE, key, klen) == 0
-            && bitkv_crc32c_extend(0, p + 4, size - 4) == h.crc) {
-            result = PyBytes_FromStringAndSize((const char *)p + BITKV_HEADER_SIZE + klen,
-                                               (Py_ssize_t)h.value_len);
-        }
-    }
-    PyBuffer_Release(&view);
-    Py_DECREF(mm);
-    return result;
-}
-
-static PyObject *
-reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
-{
-    PyObject *key = NULL, *dflt = Py_None;
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
-        /* get(key=..., default=...): rare; the reference parses it. */
-        PyObject *store = self->store_ref ? PyWeakref_GetObject(self->store_ref) : NULL;
-        if (store == NULL || store == Py_None || self->fallback == NULL) {
-            PyErr_SetString(PyExc_ReferenceError, "the store this get belonged to is gone");
-            return NULL;
-        }
-        Py_INCREF(store);
-        PyObject *full[8];
-        Py_ssize_t n = nargs + PyTuple_GET_SIZE(kwnames);
-        if (n > 7) {
-            Py_DECREF(store);
-            PyErr_SetString(PyExc_TypeError, "get() takes at most 2 arguments");
-            return NULL;
-        }
-        full[0] = store;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            full[i + 1] = args[i];
-        }
-        PyObject *r = PyObject_Vectorcall(self->fallback, full, (size_t)nargs + 1, kwnames);
-        Py_DECREF(store);
-        return r;
-    }
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "get() takes 1 or 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    key = args[0];
-    if (nargs == 2) {
-        dflt = args[1];
-    }
-    if (self->entries == NULL || !PyBytes_CheckExact(key)) {
-        return reader_fallback(self, key, dflt);
-    }
-    Py_ssize_t klen = PyBytes_GET_SIZE(key);
-    if (klen == 0 || klen > 0xFFFF) {
-        return reader_fallback(self, key, dflt); /* the reference raises what it raises */
-    }
-    const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(key);
-    /* The candidate entry, found without reading the key's bytes in the index's arena (one
-     * cache miss fewer, ~15% of a get at 200k keys): read_plain compares the key with the
-     * record's, whose CRC covers it, so an entry of another key with the same hash bits is
-     * never served; it fails that check and the Python path looks the key up exactly. An
-     * entry always points at a record of its own key (or at damage, which fails the CRC). */
-    uint64_t entry;
-    if (!bitkv_index_candidate(self->entries, k, (size_t)klen, &entry)) {
-        Py_INCREF(dflt); /* no slot with the key's hash bits: certainly absent */
-        return dflt;
-    }
-    if (PyDict_GET_SIZE(self->expiries)) {
-        int has_ttl = PyDict_Contains(self->expiries, key);
-        if (has_ttl < 0) {
-            return NULL;
-        }
-        if (has_ttl) {
-            return reader_fallback(self, key, dflt); /* the clock is the store's */
-        }
-    }
-    PyObject *value = read_plain(self, k, (size_t)klen, entry);
-    if (value != NULL) {
-        return value;
-    }
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    return reader_fallback(self, key, dflt);
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* get_many: Store.get_many's kernel, many gets in one call, their DRAM misses overlapped.
- *
- * At tens of millions of keys a get takes two dependent cache misses (the IndexMap slot, then
- * the record's first bytes in the segment map) and a single get cannot overlap them. A batch
- * can (memory-level parallelism, as RocksDB's MultiGet): for a group of GET_MANY_GROUP keys,
- * (1) hash each key and prefetch its home slot, (2) read each slot and take its segment's
- * buffer and prefetch the record, (3) verify and copy each record. Each key gets exactly what
- * reader_get gives it: the same candidate lookup, the same TTL rule, the same checks, and
- * everything else goes to the same fallback, Store.get, one key at a time.
- *
- * The memory-safety rules of reader_get hold per group: the GIL is held from (2) to the end
- * of (3) and no Python code runs in between (the fallbacks of a group run after its buffers
- * are released; only segment_mm's getattr, for a segment of another class than the store's,
- * could run some, and even then a held buffer makes mmap.close() fail and the index is held
- * by a strong reference), every buffer is taken with PyObject_GetBuffer and every read
- * bounded by its length. The keys are first copied into a tuple of our own (a caller's list may change while
- * a fallback runs Python code); the result list is allocated before any buffer is taken (an
- * allocation of a GC-tracked object may run the collector, hence finalizers). Every
- * GET_MANY_YIELD_KEYS keys, with no buffer held, other threads may take the GIL. */
-#ifndef GET_MANY_GROUP
-#define GET_MANY_GROUP 16
-#endif
-#ifndef GET_MANY_YIELD_KEYS
-#define GET_MANY_YIELD_KEYS 4096
-#endif
-
-enum { GM_FALLBACK, GM_LOOKUP, GM_DONE, GM_READ };
-
+/* One key's read, by get and get_many alike: the key, and once its record is taken, the
+ * segment map's buffer held and the record in it. ``state`` and ``h`` are get_many's. */
 typedef struct {
     int state;
     const unsigned char *key; /* the key's bytes (the keys tuple keeps the object alive) */
@@ -320,24 +122,18 @@ typedef struct {
     Py_buffer view;
     const unsigned char *record; /* GM_READ: inside view, ``size`` bytes */
     size_t size;
-} GetManyKey;
+} KeyRead;
 
-/* The one call to the reference for a key the kernel does not serve (Store.get). */
-static PyObject *
-get_many_fallback(Reader *self, PyObject *key, PyObject *dflt)
+/* For a key whose candidate entry is ``entry`` (get_many's step 2): take its segment's
+ * buffer, and if the entry's size hint lies inside it, prefetch the record and return 1 (the
+ * buffer held, for record_value, then release_record); 0 (nothing held) where the fast path
+ * declines. Never fails. */
+static inline int
+take_record(Reader *self, KeyRead *g, uint64_t entry)
 {
-    return reader_fallback(self, key, dflt);
-}
-
-/* Step (2) for a key whose candidate entry is ``entry``: take its segment's buffer, and if
- * the entry's size hint lies inside it, prefetch the record and return 1 (the buffer held);
- * 0 (nothing held) where reader_get's read_plain would decline. Never fails. */
-static int
-get_many_take_record(Reader *self, GetManyKey *g, uint64_t entry)
-{
-    size_t size = (size_t)(entry & SIZE_MASK);
-    size_t slot = (size_t)(entry >> SLOT_SHIFT);
-    size_t offset = (size_t)((entry >> SIZE_BITS) & OFFSET_MASK);
+    size_t size = (size_t)bitkv_entry_size(entry);
+    size_t slot = (size_t)bitkv_entry_slot(entry);
+    size_t offset = (size_t)bitkv_entry_offset(entry);
     if (size < BITKV_HEADER_SIZE || !self->plain_ok
         || slot >= (size_t)PyList_GET_SIZE(self->slots)) {
         return 0;
@@ -372,21 +168,18 @@ get_many_take_record(Reader *self, GetManyKey *g, uint64_t entry)
     return 1;
 }
 
-static void
-get_many_release(GetManyKey *g)
+static inline void
+release_record(KeyRead *g)
 {
     PyBuffer_Release(&g->view);
     Py_CLEAR(g->mm);
     g->state = GM_FALLBACK;
 }
 
-/* Step (3): the value if the record is an intact plain record of the key, else NULL with no
- * error set (the fallback decides), or NULL with MemoryError. These are read_plain's checks,
- * as get_many_take_record's are its bounds: a change to one is a change to both (kept apart
- * only while get.c's Reader is being reshaped on another branch; read_plain can then become
- * take, value, release). */
-static PyObject *
-get_many_value(const GetManyKey *g)
+/* The value if the record taken is an intact plain record of the key (get_many's step 3),
+ * else NULL with no error set (the fallback decides), or NULL with MemoryError. */
+static inline PyObject *
+record_value(const KeyRead *g)
 {
     const unsigned char *p = g->record;
     BitkvHeader h;
@@ -402,13 +195,111 @@ get_many_value(const GetManyKey *g)
     return NULL;
 }
 
+/* The value of the record at ``entry`` if the fast path can serve it, else NULL with no
+ * error set (the caller falls back). NULL with an error set only for MemoryError. A get is
+ * get_many's steps 2 and 3 for a group of one: the same bounds, the same checks. */
+static PyObject *
+read_plain(Reader *self, const unsigned char *key, size_t klen, uint64_t entry)
+{
+    KeyRead r; /* not zeroed (~16 stores a get): take_record sets what release_record reads */
+    r.key = key;
+    r.klen = klen;
+    if (!take_record(self, &r, entry)) {
+        return NULL;
+    }
+    PyObject *value = record_value(&r);
+    release_record(&r);
+    return value;
+}
+
+static PyObject *
+reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames)) || nargs < 1 || nargs > 2) {
+        /* get(key=..., default=...), or a wrong call: rare; the reference parses it (and
+         * says what is wrong, in its words). */
+        return bitkv_bound_fallback(&self->bound, args, nargs, kwnames);
+    }
+    PyObject *key = args[0], *dflt = nargs == 2 ? args[1] : Py_None;
+    if (self->entries == NULL || !PyBytes_CheckExact(key)) {
+        return bitkv_bound_fallback(&self->bound, args, nargs, NULL);
+    }
+    Py_ssize_t klen = PyBytes_GET_SIZE(key);
+    if (klen == 0 || klen > 0xFFFF) { /* the reference raises what it raises */
+        return bitkv_bound_fallback(&self->bound, args, nargs, NULL);
+    }
+    const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(key);
+    /* The candidate entry, found without reading the key's bytes in the index's arena (one
+     * cache miss fewer, ~15% of a get at 200k keys): read_plain compares the key with the
+     * record's, whose CRC covers it, so an entry of another key with the same hash bits is
+     * never served; it fails that check and the Python path looks the key up exactly. An
+     * entry always points at a record of its own key (or at damage, which fails the CRC). */
+    uint64_t entry;
+    if (!bitkv_index_candidate(self->entries, k, (size_t)klen, &entry)) {
+        Py_INCREF(dflt); /* no slot with the key's hash bits: certainly absent */
+        return dflt;
+    }
+    if (PyDict_GET_SIZE(self->expiries)) {
+        int has_ttl = PyDict_Contains(self->expiries, key);
+        if (has_ttl < 0) {
+            return NULL;
+        }
+        if (has_ttl) { /* the clock is the store's */
+            return bitkv_bound_fallback(&self->bound, args, nargs, NULL);
+        }
+    }
+    PyObject *value = read_plain(self, k, (size_t)klen, entry);
+    if (value != NULL) {
+        return value;
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return bitkv_bound_fallback(&self->bound, args, nargs, NULL);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* get_many: Store.get_many's kernel, many gets in one call, their DRAM misses overlapped.
+ *
+ * At tens of millions of keys a get takes two dependent cache misses (the IndexMap slot, then
+ * the record's first bytes in the segment map) and a single get cannot overlap them. A batch
+ * can (memory-level parallelism, as RocksDB's MultiGet): for a group of GET_MANY_GROUP keys,
+ * (1) hash each key and prefetch its home slot, (2) read each slot and take its segment's
+ * buffer and prefetch the record, (3) verify and copy each record. Each key gets exactly what
+ * reader_get gives it: the same candidate lookup, the same TTL rule, the same checks, and
+ * everything else goes to the same fallback, Store.get, one key at a time.
+ *
+ * The memory-safety rules of reader_get hold per group: the GIL is held from (2) to the end
+ * of (3) and no Python code runs in between (the fallbacks of a group run after its buffers
+ * are released; only segment_mm's getattr, for a segment of another class than the store's,
+ * could run some, and even then a held buffer makes mmap.close() fail and the index is held
+ * by a strong reference), every buffer is taken with PyObject_GetBuffer and every read
+ * bounded by its length. The keys are first copied into a tuple of our own (a caller's list may change while
+ * a fallback runs Python code); the result list is allocated before any buffer is taken (an
+ * allocation of a GC-tracked object may run the collector, hence finalizers). Every
+ * GET_MANY_YIELD_KEYS keys, with no buffer held, other threads may take the GIL. */
+#ifndef GET_MANY_GROUP
+#define GET_MANY_GROUP 16
+#endif
+#ifndef GET_MANY_YIELD_KEYS
+#define GET_MANY_YIELD_KEYS 4096
+#endif
+
+/* The one call to the reference for a key the kernel does not serve (Store.get). */
+static PyObject *
+get_many_fallback(Reader *self, PyObject *key, PyObject *dflt)
+{
+    PyObject *args[2] = {key, dflt};
+    return bitkv_bound_fallback(&self->bound, args, 2, NULL);
+}
+
 /* Fill out[start : start + n] with the results of keys[start : start + n] (n at most
  * GET_MANY_GROUP). 0, or -1 with an error set (every buffer released). */
 static int
 get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyObject *dflt,
                PyObject *out)
 {
-    GetManyKey group[GET_MANY_GROUP];
+    KeyRead group[GET_MANY_GROUP];
     /* NULL once detached: every key to the fallback. A strong reference for the group:
      * segment_mm's getattr (a Segment that is not the usual class) may run Python code, and
      * another thread could then detach the reader and drop the last reference. */
@@ -417,7 +308,7 @@ get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyO
     int has_ttls = PyDict_GET_SIZE(self->expiries) > 0;
     /* (1) hash and prefetch the home slots */
     for (Py_ssize_t i = 0; i < n; i++) {
-        GetManyKey *g = &group[i];
+        KeyRead *g = &group[i];
         PyObject *key = PyTuple_GET_ITEM(keys, start + i);
         g->state = GM_FALLBACK;
         g->mm = NULL;
@@ -434,7 +325,7 @@ get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyO
     }
     /* (2) read the slots, take the maps' buffers, prefetch the records */
     for (Py_ssize_t i = 0; i < n; i++) {
-        GetManyKey *g = &group[i];
+        KeyRead *g = &group[i];
         if (g->state != GM_LOOKUP) {
             continue;
         }
@@ -455,18 +346,18 @@ get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyO
                 continue; /* the clock is the store's */
             }
         }
-        if (get_many_take_record(self, g, entry)) {
+        if (take_record(self, g, entry)) {
             g->state = GM_READ;
         }
     }
     /* (3) verify and copy */
     for (Py_ssize_t i = 0; i < n; i++) {
-        GetManyKey *g = &group[i];
+        KeyRead *g = &group[i];
         if (g->state != GM_READ) {
             continue;
         }
-        PyObject *value = get_many_value(g);
-        get_many_release(g);
+        PyObject *value = record_value(g);
+        release_record(g);
         if (value != NULL) {
             PyList_SET_ITEM(out, start + i, value);
             g->state = GM_DONE;
@@ -489,7 +380,7 @@ get_many_group(Reader *self, PyObject *keys, Py_ssize_t start, Py_ssize_t n, PyO
 error:
     for (Py_ssize_t i = 0; i < n; i++) {
         if (group[i].state == GM_READ) {
-            get_many_release(&group[i]);
+            release_record(&group[i]);
         }
     }
     Py_XDECREF(entries);
@@ -538,17 +429,14 @@ reader_get_many(Reader *self, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* Also lets go of the index: a store's reader is replaced at refresh, and one bound earlier
+ * must not keep the old index alive. */
 static PyObject *
 reader_detach(Reader *self, PyObject *Py_UNUSED(ignored))
 {
+    self->bound.attached = 0;
     Py_CLEAR(self->entries);
     Py_RETURN_NONE;
-}
-
-static PyObject *
-reader_attached(Reader *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(self->entries != NULL);
 }
 
 static PyMethodDef reader_methods[] = {
@@ -563,36 +451,23 @@ static PyMethodDef reader_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef reader_getset[] = {
-    {"attached", (getter)reader_attached, NULL, "False once detach() was called.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
 static PyTypeObject Reader_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "bitkv._native.Reader",
     .tp_basicsize = sizeof(Reader),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Reader(entries, expiries, slots, store, fallback, plain_ok): Store.get in C.",
-    .tp_new = PyType_GenericNew,
     .tp_init = (initproc)reader_init,
-    .tp_dealloc = (destructor)reader_dealloc,
     .tp_traverse = (traverseproc)reader_traverse,
     .tp_clear = (inquiry)reader_clear,
     .tp_methods = reader_methods,
-    .tp_getset = reader_getset,
+    BITKV_BOUND_TYPE_SLOTS,
 };
 
 int
 bitkv_get_init(PyObject *m)
 {
     str_mm = PyUnicode_InternFromString("mm");
-    if (str_mm == NULL || PyType_Ready(&Reader_Type) < 0) {
-        return -1;
-    }
-    Py_INCREF(&Reader_Type);
-    if (PyModule_AddObject(m, "Reader", (PyObject *)&Reader_Type) < 0) {
-        Py_DECREF(&Reader_Type);
+    if (str_mm == NULL || PyModule_AddType(m, &Reader_Type) < 0) {
         return -1;
     }
     return 0;

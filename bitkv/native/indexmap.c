@@ -1403,13 +1403,8 @@ bitkv_index_delete(PyObject *map, const unsigned char *key, size_t len)
 int
 bitkv_indexmap_init(PyObject *m)
 {
-    if (seed_hash() < 0 || PyType_Ready(&IndexMap_Type) < 0
-        || PyType_Ready(&IndexMapIter_Type) < 0) {
-        return -1;
-    }
-    Py_INCREF(&IndexMap_Type);
-    if (PyModule_AddObject(m, "IndexMap", (PyObject *)&IndexMap_Type) < 0) {
-        Py_DECREF(&IndexMap_Type);
+    if (seed_hash() < 0 || PyType_Ready(&IndexMapIter_Type) < 0
+        || PyModule_AddType(m, &IndexMap_Type) < 0) {
         return -1;
     }
     return 0;

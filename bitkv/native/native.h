@@ -72,6 +72,76 @@ int bitkv_replay_init(PyObject *module);
 /* resp.c: RespParser, the server's RESP request parser (protocol.PyParser's twin). */
 int bitkv_resp_init(PyObject *module);
 
+/* bound.c: the part every compiled method bound to a Python object, its owner, shares
+ * (get.c's Reader, put.c's Writer, batch.c's BatchPut). Such a type's struct begins with a
+ * BitkvBound, its type object has BITKV_BOUND_TYPE_SLOTS, its tp_init calls
+ * bitkv_bound_init, its tp_traverse and tp_clear call (or are) bitkv_bound_traverse and
+ * bitkv_bound_clear, and whatever its kernel does not serve goes to bitkv_bound_fallback. */
+typedef struct {
+    PyObject_HEAD
+    /* Weak: the owner holds the bound method (its instance's ``get``, ``put``), so a strong
+     * reference back would make a cycle that only the cyclic GC could free. */
+    PyObject *owner_ref;
+    PyObject *fallback; /* the owner's Python method, the function: fallback(owner, ...) */
+    const char *gone;   /* the ReferenceError's text once the owner is gone (static) */
+    int attached;       /* 0 once detached (the owner closed): what the kernel serves changes */
+} BitkvBound;
+
+/* The shared part of tp_init: 0, or -1 with an error set (fallback not callable, an owner
+ * that cannot be weakly referenced), and then nothing is changed. */
+int bitkv_bound_init(BitkvBound *self, PyObject *owner, PyObject *fallback, const char *gone);
+int bitkv_bound_traverse(PyObject *self, visitproc visit, void *arg);
+int bitkv_bound_clear(PyObject *self);
+/* tp_dealloc: clears through the type's own tp_clear (its fields and the BitkvBound's). */
+void bitkv_bound_dealloc(PyObject *self);
+/* detach(), METH_NOARGS: ``attached`` becomes False. A type that must drop more at detach
+ * (what its kernel reads) has its own detach, which also clears ``attached``. */
+PyObject *bitkv_bound_detach(PyObject *self, PyObject *ignored);
+extern PyGetSetDef bitkv_bound_getset[]; /* ``attached`` */
+
+#define BITKV_BOUND_TYPE_SLOTS                                                                  \
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, .tp_new = PyType_GenericNew,           \
+    .tp_dealloc = bitkv_bound_dealloc, .tp_getset = bitkv_bound_getset
+
+/* NULL with the error that says why there is no owner to call (bitkv_bound_owner's slow
+ * path): RuntimeError if never initialised, ReferenceError (``gone``) if it was freed. */
+PyObject *bitkv_bound_missing_owner(BitkvBound *self);
+
+/* The owner, a new reference, or NULL with an error set. Inline: the put kernel asks for it
+ * on every call, before it knows whether it serves the call. */
+static inline PyObject *
+bitkv_bound_owner(BitkvBound *self)
+{
+    if (self->owner_ref != NULL) {
+        PyObject *owner = PyWeakref_GetObject(self->owner_ref); /* borrowed */
+        if (owner != NULL && owner != Py_None) {
+            Py_INCREF(owner);
+            return owner;
+        }
+    }
+    return bitkv_bound_missing_owner(self);
+}
+
+/* fallback(owner, *args, **kwargs) for a vectorcall's arguments (any number of them): the
+ * reference's result, or NULL with its error. */
+PyObject *bitkv_bound_call(BitkvBound *self, PyObject *owner, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames);
+/* The same, the owner looked up first (bitkv_bound_owner). */
+PyObject *bitkv_bound_fallback(BitkvBound *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames);
+
+/* dict.pop(key, None) for a dict: 0, or -1 with an error set. An absent key costs a lookup,
+ * not a KeyError made and cleared (most keys a kernel discards are absent). */
+static inline int
+bitkv_dict_discard(PyObject *d, PyObject *key)
+{
+    int has = PyDict_Contains(d, key);
+    if (has <= 0) {
+        return has;
+    }
+    return PyDict_DelItem(d, key);
+}
+
 /* A data record's 28-byte header (docs/format.md, "Data record"; bitkv/record.py is the
  * reference): crc32c u32 | flags u8 | reserved u8 | key_len u16 | value_len u32 | seq u64 |
  * expiry_ms u64, little-endian; the CRC covers every byte after its own field. */
@@ -143,6 +213,101 @@ bitkv_read_header(const unsigned char *p, BitkvHeader *h)
     h->expiry_ms = bitkv_le64(p + 20);
 }
 
+/* An index entry, the u64 the IndexMap holds for a key (bitkv/keydir.py's ``entry`` and
+ * ``unpack`` are the reference): slot << 44 | offset << 12 | size hint, the hint being the
+ * record's size when it is below 4096 and else 0 (then the record's header tells it). */
+#define BITKV_ENTRY_SLOT_SHIFT 44
+#define BITKV_ENTRY_OFFSET_SHIFT 12
+#define BITKV_ENTRY_SIZE_MASK UINT64_C(0xFFF)
+#define BITKV_MAX_OFFSET UINT64_C(0xFFFFFFFF) /* a record's offset in its segment */
+#define BITKV_MAX_SLOTS 65536                 /* segments open at once */
+
+static inline uint64_t
+bitkv_entry(uint64_t slot, uint64_t offset, uint64_t size)
+{
+    return slot << BITKV_ENTRY_SLOT_SHIFT | offset << BITKV_ENTRY_OFFSET_SHIFT
+           | (size <= BITKV_ENTRY_SIZE_MASK ? size : 0);
+}
+static inline uint64_t bitkv_entry_slot(uint64_t e) { return e >> BITKV_ENTRY_SLOT_SHIFT; }
+static inline uint64_t
+bitkv_entry_offset(uint64_t e)
+{
+    return (e >> BITKV_ENTRY_OFFSET_SHIFT) & BITKV_MAX_OFFSET;
+}
+/* The size hint: the record's size, or 0 if it is 4096 bytes or more. */
+static inline uint64_t bitkv_entry_size(uint64_t e) { return e & BITKV_ENTRY_SIZE_MASK; }
+
+/* The size of the record an entry points at, ``owner`` being its segment: the size hint, else
+ * what the record's header says, through Segment.record_size_at (KeyDir.forget's rule). 0,
+ * or -1 with an error set (a negative size is an OverflowError). */
+static inline int
+bitkv_entry_record_size(PyObject *owner, uint64_t entry, uint64_t *size)
+{
+    static PyObject *name; /* "record_size_at", interned once by each file using this */
+    *size = bitkv_entry_size(entry);
+    if (*size) {
+        return 0;
+    }
+    if (name == NULL && (name = PyUnicode_InternFromString("record_size_at")) == NULL) {
+        return -1;
+    }
+    PyObject *offset = PyLong_FromUnsignedLongLong(bitkv_entry_offset(entry));
+    PyObject *r = offset != NULL ? PyObject_CallMethodOneArg(owner, name, offset) : NULL;
+    Py_XDECREF(offset);
+    if (r == NULL) {
+        return -1;
+    }
+    *size = PyLong_AsUnsignedLongLong(r);
+    Py_DECREF(r);
+    return *size == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* owner.live_bytes += delta: a segment's count of its bytes still indexed (KeyDir's
+ * accounting). 0, or -1 with an error set. */
+static inline int
+bitkv_add_live_bytes(PyObject *owner, int64_t delta)
+{
+    static PyObject *name; /* "live_bytes", interned once by each file using this */
+    if (name == NULL && (name = PyUnicode_InternFromString("live_bytes")) == NULL) {
+        return -1;
+    }
+    PyObject *live = PyObject_GetAttr(owner, name);
+    PyObject *change = live != NULL ? PyLong_FromLongLong(delta) : NULL;
+    PyObject *sum = change != NULL ? PyNumber_Add(live, change) : NULL;
+    int rc = sum != NULL ? PyObject_SetAttr(owner, name, sum) : -1;
+    Py_XDECREF(sum);
+    Py_XDECREF(change);
+    Py_XDECREF(live);
+    return rc;
+}
+
+/* A hint file's entry (docs/format.md, "Hint files"; bitkv/hint.py's ENTRY): flags u8 | 0 u8 |
+ * key_len u16 | value_len u32 | offset u32 | seq u64 | expiry_ms u64, little-endian.
+ * compact.c writes them, replay.c reads them. */
+#define BITKV_HINT_ENTRY_SIZE 28
+
+/* Encode a data record at p, which has room for its BITKV_HEADER_SIZE + key_len + value_len
+ * bytes (record.encode's layout; the caller checked every length against its field), the CRC
+ * last, over every byte after its own field. Returns the record's size. */
+static inline size_t
+bitkv_write_record(unsigned char *p, uint8_t flags, const void *key, size_t key_len,
+                   const void *value, size_t value_len, uint64_t seq, uint64_t expiry_ms)
+{
+    p[4] = flags;
+    p[5] = 0; /* reserved */
+    bitkv_put_le16(p + 6, (uint16_t)key_len);
+    bitkv_put_le32(p + 8, (uint32_t)value_len);
+    bitkv_put_le64(p + 12, seq);
+    bitkv_put_le64(p + 20, expiry_ms);
+    memcpy(p + BITKV_HEADER_SIZE, key, key_len);
+    if (value_len) { /* a tombstone's value may be no buffer at all */
+        memcpy(p + BITKV_HEADER_SIZE + key_len, value, value_len);
+    }
+    size_t size = BITKV_HEADER_SIZE + key_len + value_len;
+    bitkv_put_le32(p, bitkv_crc32c_extend(0, p + 4, size - 4));
+    return size;
+}
+
 /* record.header_is_plausible: cheap structural checks before the CRC is computed. */
 static inline int
 bitkv_header_plausible(const BitkvHeader *h)
@@ -154,20 +319,19 @@ bitkv_header_plausible(const BitkvHeader *h)
 }
 
 /* The size of the intact record at p, 0 if there is none in the ``avail`` bytes from p
- * (record.intact_size_at). */
+ * (record.intact_size_at); *h is its header (when the size is 0, as far as it was read). */
 static inline size_t
-bitkv_intact_size(const unsigned char *p, size_t avail)
+bitkv_intact_record(const unsigned char *p, size_t avail, BitkvHeader *h)
 {
-    BitkvHeader h;
     if (avail < BITKV_HEADER_SIZE) {
         return 0;
     }
-    bitkv_read_header(p, &h);
-    if (!bitkv_header_plausible(&h)) {
+    bitkv_read_header(p, h);
+    if (!bitkv_header_plausible(h)) {
         return 0;
     }
-    size_t size = BITKV_HEADER_SIZE + (size_t)h.key_len + (size_t)h.value_len;
-    if (size > avail || bitkv_crc32c_extend(0, p + 4, size - 4) != h.crc) {
+    size_t size = BITKV_HEADER_SIZE + (size_t)h->key_len + (size_t)h->value_len;
+    if (size > avail || bitkv_crc32c_extend(0, p + 4, size - 4) != h->crc) {
         return 0;
     }
     return size;

@@ -26,12 +26,6 @@
 #include <structmember.h>
 
 #define KEY_MAX 65535u
-#define VALUE_MAX (64u * 1024 * 1024)
-#define SIZE_BITS 12
-#define SIZE_MASK ((1u << SIZE_BITS) - 1)
-#define SLOT_SHIFT (32 + SIZE_BITS)
-#define MAX_OFFSET 0xFFFFFFFFull
-#define MAX_SLOTS 65536
 
 /* -- attributes the fast way ------------------------------------------------------------ */
 
@@ -238,13 +232,7 @@ discard_from(FastAttr *fa, PyObject *owner, PyObject *key)
     int r = 0;
     if (PyDict_CheckExact(d)) {
         if (PyDict_GET_SIZE(d) > 0) {
-            PyObject *found = PyDict_GetItemWithError(d, key);
-            if (found != NULL) {
-                r = PyDict_DelItem(d, key);
-            }
-            else if (PyErr_Occurred()) {
-                r = -1;
-            }
+            r = bitkv_dict_discard(d, key);
         }
     }
     else if (d != Py_None && PyObject_IsTrue(d) != 0) { /* as the Python path: "if kd.hidden" */
@@ -267,7 +255,7 @@ discard_from(FastAttr *fa, PyObject *owner, PyObject *key)
 static int
 forget(PyObject *keydir, uint64_t old)
 {
-    unsigned size = (unsigned)(old & SIZE_MASK);
+    unsigned size = (unsigned)bitkv_entry_size(old);
     if (size == 0) {  /* no size hint: the record's header says it; the Python rule reads it */
         PyObject *o = PyLong_FromUnsignedLongLong(old);
         if (o == NULL) {
@@ -282,7 +270,7 @@ forget(PyObject *keydir, uint64_t old)
     if (slots == NULL) {
         return -1;
     }
-    Py_ssize_t slot = (Py_ssize_t)(old >> SLOT_SHIFT);
+    Py_ssize_t slot = (Py_ssize_t)bitkv_entry_slot(old);
     int r;
     if (!PyList_Check(slots) || slot >= PyList_GET_SIZE(slots)
         || PyList_GET_ITEM(slots, slot) == Py_None) {
@@ -343,7 +331,7 @@ put_locked(PyObject *store, PyObject *key, PyObject *value)
         goto done;
     }
     long long seq = int_attr(&a_next_seq, store, INT64_MAX - 1);
-    long long max_size = int_attr(&a_max_segment_size, store, (long long)MAX_OFFSET);
+    long long max_size = int_attr(&a_max_segment_size, store, (long long)BITKV_MAX_OFFSET);
     seg = fast_get(&a_active, log);
     if (seq == -2 || max_size == -2 || seg == NULL) {
         goto done;
@@ -352,9 +340,9 @@ put_locked(PyObject *store, PyObject *key, PyObject *value)
         result = 0;
         goto done;
     }
-    long long offset = int_attr(&a_size, seg, (long long)MAX_OFFSET);
-    long long allocated = int_attr(&a_allocated, seg, (long long)MAX_OFFSET);
-    long long slot = int_attr(&a_slot, seg, MAX_SLOTS - 1);
+    long long offset = int_attr(&a_size, seg, (long long)BITKV_MAX_OFFSET);
+    long long allocated = int_attr(&a_allocated, seg, (long long)BITKV_MAX_OFFSET);
+    long long slot = int_attr(&a_slot, seg, BITKV_MAX_SLOTS - 1);
     if (offset == -2 || allocated == -2 || slot == -2) {
         goto done;
     }
@@ -379,17 +367,9 @@ put_locked(PyObject *store, PyObject *key, PyObject *value)
         goto done;
     }
 
-    /* The record (docs/format.md, "Data records"), encoded in place. */
-    unsigned char *p = (unsigned char *)view.buf + offset;
-    p[4] = 0;  /* flags */
-    p[5] = 0;  /* reserved */
-    bitkv_put_le16(p + 6, (uint16_t)key_len);
-    bitkv_put_le32(p + 8, (uint32_t)value_len);
-    bitkv_put_le64(p + 12, (uint64_t)seq);
-    bitkv_put_le64(p + 20, 0);  /* expiry_ms */
-    memcpy(p + BITKV_HEADER_SIZE, kbytes, key_len);
-    memcpy(p + BITKV_HEADER_SIZE + key_len, PyBytes_AS_STRING(value), value_len);
-    bitkv_put_le32(p, bitkv_crc32c_extend(0, p + 4, (size_t)size - 4));
+    /* The record (docs/format.md, "Data records"), encoded in place: no flags, no expiry. */
+    bitkv_write_record((unsigned char *)view.buf + offset, 0, kbytes, key_len,
+                       PyBytes_AS_STRING(value), value_len, (uint64_t)seq, 0);
     PyBuffer_Release(&view);
     have_view = 0;
     /* The home slot is in cache by now: fetch the key it holds (if its hash bits match, an
@@ -400,8 +380,7 @@ put_locked(PyObject *store, PyObject *key, PyObject *value)
     if (set_int_attr(&a_size, seg, end) < 0 || set_int_attr(&a_next_seq, store, seq + 1) < 0) {
         goto done;
     }
-    uint64_t entry = ((uint64_t)slot << SLOT_SHIFT) | ((uint64_t)offset << SIZE_BITS)
-                     | (size <= (long long)SIZE_MASK ? (uint64_t)size : 0);
+    uint64_t entry = bitkv_entry((uint64_t)slot, (uint64_t)offset, (uint64_t)size);
     int had_old = 0;
     uint64_t old = 0;
     if (bitkv_index_set_hashed(entries, kbytes, key_len, hash, entry, &had_old, &old) < 0) {
@@ -437,7 +416,7 @@ plain_pair(PyObject *key, PyObject *value)
 {
     return PyBytes_CheckExact(key) && PyBytes_CheckExact(value) && PyBytes_GET_SIZE(key) > 0
            && (size_t)PyBytes_GET_SIZE(key) <= KEY_MAX
-           && (size_t)PyBytes_GET_SIZE(value) <= VALUE_MAX;
+           && (size_t)PyBytes_GET_SIZE(value) <= BITKV_MAX_VALUE_SIZE;
 }
 
 /* put_locked under the store's writer lock: 1 done, 0 declined, -1 error (set). */
@@ -492,10 +471,7 @@ native_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 /* -- Writer: the kernel bound as a store's ``put`` ----------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *store_ref; /* weakref to the Store */
-    PyObject *fallback;  /* Store.put, the function: fallback(store, key, value, **options) */
-    int attached;        /* 0 once detached: every call goes to fallback */
+    BitkvBound bound; /* owner: the Store; fallback: Store.put(store, key, value, **options) */
 } Writer;
 
 static int
@@ -506,62 +482,18 @@ writer_init(Writer *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:Writer", kwlist, &store, &fallback)) {
         return -1;
     }
-    if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "fallback must be callable");
-        return -1;
-    }
-    PyObject *ref = PyWeakref_NewRef(store, NULL);
-    if (ref == NULL) {
-        return -1;
-    }
-    Py_INCREF(fallback);
-    Py_XSETREF(self->store_ref, ref);
-    Py_XSETREF(self->fallback, fallback);
-    self->attached = 1;
-    return 0;
-}
-
-static int
-writer_traverse(Writer *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->store_ref);
-    Py_VISIT(self->fallback);
-    return 0;
-}
-
-static int
-writer_clear(Writer *self)
-{
-    Py_CLEAR(self->store_ref);
-    Py_CLEAR(self->fallback);
-    return 0;
-}
-
-static void
-writer_dealloc(Writer *self)
-{
-    PyObject_GC_UnTrack(self);
-    writer_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    return bitkv_bound_init(&self->bound, store, fallback,
+                            "the store this put belonged to is gone");
 }
 
 static PyObject *
 writer_put(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (self->store_ref == NULL || self->fallback == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Writer is not initialised");
-        return NULL;
-    }
-    PyObject *store = PyWeakref_GetObject(self->store_ref); /* borrowed */
+    PyObject *store = bitkv_bound_owner(&self->bound);
     if (store == NULL) {
         return NULL;
     }
-    if (store == Py_None) {
-        PyErr_SetString(PyExc_ReferenceError, "the store this put belonged to is gone");
-        return NULL;
-    }
-    Py_INCREF(store);
-    if (self->attached && nargs == 2 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)
+    if (self->bound.attached && nargs == 2 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)
         && plain_pair(args[0], args[1])) {
         int r = put_with_lock(store, args[0], args[1]);
         if (r != 0) {
@@ -573,68 +505,30 @@ writer_put(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         }
     }
     /* Options, a key or value to convert, or a put the kernel declined: the reference. */
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    PyObject *small[8];
-    PyObject **full = small;
-    if (nargs + nkw + 1 > 8) {
-        full = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
-        if (full == NULL) {
-            Py_DECREF(store);
-            return PyErr_NoMemory();
-        }
-    }
-    full[0] = store;
-    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
-        full[i + 1] = args[i];
-    }
-    PyObject *result = PyObject_Vectorcall(self->fallback, full, (size_t)nargs + 1, kwnames);
-    if (full != small) {
-        PyMem_Free(full);
-    }
+    PyObject *result = bitkv_bound_call(&self->bound, store, args, nargs, kwnames);
     Py_DECREF(store);
     return result;
-}
-
-static PyObject *
-writer_detach(Writer *self, PyObject *Py_UNUSED(ignored))
-{
-    self->attached = 0;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-writer_attached(Writer *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(self->attached);
 }
 
 static PyMethodDef writer_methods[] = {
     {"put", (PyCFunction)(void (*)(void))writer_put, METH_FASTCALL | METH_KEYWORDS,
      "put(key, value, **options): Store.put's result; the common case in C (the put kernel), "
      "everything else through the store's Python put."},
-    {"detach", (PyCFunction)writer_detach, METH_NOARGS,
+    {"detach", bitkv_bound_detach, METH_NOARGS,
      "Send every later put to the store's Python put (the store closed)."},
     {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef writer_getset[] = {
-    {"attached", (getter)writer_attached, NULL, "False once detach() was called.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject Writer_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "bitkv._native.Writer",
     .tp_basicsize = sizeof(Writer),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Writer(store, fallback): Store.put in C, bound as the store's put.",
-    .tp_new = PyType_GenericNew,
     .tp_init = (initproc)writer_init,
-    .tp_dealloc = (destructor)writer_dealloc,
-    .tp_traverse = (traverseproc)writer_traverse,
-    .tp_clear = (inquiry)writer_clear,
+    .tp_traverse = bitkv_bound_traverse, /* a Writer holds nothing beyond its BitkvBound */
+    .tp_clear = bitkv_bound_clear,
     .tp_methods = writer_methods,
-    .tp_getset = writer_getset,
+    BITKV_BOUND_TYPE_SLOTS,
 };
 
 static PyMethodDef put_methods[] = {
@@ -658,12 +552,7 @@ bitkv_put_init(PyObject *m)
     s_forget = PyUnicode_InternFromString("forget");
     s_pop = PyUnicode_InternFromString("pop");
     if (s_acquire == NULL || s_release == NULL || s_forget == NULL || s_pop == NULL
-        || PyType_Ready(&Writer_Type) < 0) {
-        return -1;
-    }
-    Py_INCREF(&Writer_Type);
-    if (PyModule_AddObject(m, "Writer", (PyObject *)&Writer_Type) < 0) {
-        Py_DECREF(&Writer_Type);
+        || PyModule_AddType(m, &Writer_Type) < 0) {
         return -1;
     }
     return PyModule_AddFunctions(m, put_methods);

@@ -101,16 +101,9 @@ py_encode_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     if (out == NULL) {
         return NULL;
     }
-    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
-    p[4] = (unsigned char)flags;
-    p[5] = 0;
-    bitkv_put_le16(p + 6, (uint16_t)klen);
-    bitkv_put_le32(p + 8, (uint32_t)vlen);
-    bitkv_put_le64(p + 12, seq);
-    bitkv_put_le64(p + 20, expiry);
-    memcpy(p + BITKV_HEADER_SIZE, PyBytes_AS_STRING(args[0]), klen);
-    memcpy(p + BITKV_HEADER_SIZE + klen, PyBytes_AS_STRING(args[1]), vlen);
-    bitkv_put_le32(p, bitkv_crc32c_extend(0, p + 4, size - 4));
+    bitkv_write_record((unsigned char *)PyBytes_AS_STRING(out), (uint8_t)flags,
+                       PyBytes_AS_STRING(args[0]), klen, PyBytes_AS_STRING(args[1]), vlen, seq,
+                       expiry);
     return out;
 }
 
@@ -130,10 +123,7 @@ py_decode_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     if (len < BITKV_HEADER_SIZE) {
         return call_ref(ref_decode, args, nargs, kwnames); /* raises ValueError */
     }
-    bitkv_read_header(p, &h);
-    size_t end = BITKV_HEADER_SIZE + (size_t)h.key_len + (size_t)h.value_len;
-    if (!bitkv_header_plausible(&h) || end != len
-        || bitkv_crc32c_extend(0, p + 4, len - 4) != h.crc
+    if (bitkv_intact_record(p, len, &h) != len /* one whole record, intact */
         || (nargs == 2 && args[1] != Py_None
             && ((size_t)PyBytes_GET_SIZE(args[1]) != h.key_len
                 || memcmp(PyBytes_AS_STRING(args[1]), p + BITKV_HEADER_SIZE, h.key_len)))) {
@@ -207,7 +197,9 @@ py_intact_size_at(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     }
     size_t size = 0;
     if (end > pos) {
-        size = bitkv_intact_size((const unsigned char *)view.buf + pos, (size_t)(end - pos));
+        BitkvHeader h;
+        size = bitkv_intact_record((const unsigned char *)view.buf + pos, (size_t)(end - pos),
+                                   &h);
     }
     PyBuffer_Release(&view);
     return PyLong_FromSize_t(size);

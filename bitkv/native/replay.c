@@ -24,13 +24,6 @@
 
 #include "native.h"
 
-#define HINT_ENTRY_SIZE 28
-#define SLOT_SHIFT 44
-#define SIZE_BITS 12
-#define SIZE_MASK ((UINT64_C(1) << SIZE_BITS) - 1)
-#define OFFSET_MASK UINT64_C(0xFFFFFFFF)
-#define MAX_SLOTS 65536
-
 /* The positional-argument count check of a METH_FASTCALL function (public API only). */
 static int
 check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t want)
@@ -51,7 +44,6 @@ typedef struct {
     PyObject *slots;    /* list of segments (or None) */
     Py_ssize_t nslots;
     int64_t *delta; /* live-byte change per slot */
-    uint64_t base;  /* slot << SLOT_SHIFT */
     Py_ssize_t slot;
     uint64_t now_ms; /* 0: nothing is expired (expiry_ms 0 means never) */
     Py_ssize_t loaded;
@@ -101,12 +93,11 @@ apply_init(Apply *a, PyObject *keydir, PyObject *slot_obj, PyObject *now_obj)
         return -1;
     }
     a->nslots = PyList_GET_SIZE(a->slots);
-    if (a->slot < 0 || a->slot >= a->nslots || a->nslots > MAX_SLOTS) {
+    if (a->slot < 0 || a->slot >= a->nslots || a->nslots > BITKV_MAX_SLOTS) {
         PyErr_SetString(PyExc_IndexError, "segment slot out of range");
         apply_release(a);
         return -1;
     }
-    a->base = (uint64_t)a->slot << SLOT_SHIFT;
     a->delta = PyMem_Calloc((size_t)a->nslots, sizeof(int64_t));
     if (a->delta == NULL) {
         PyErr_NoMemory();
@@ -134,15 +125,7 @@ apply_flush(Apply *a)
         }
         PyObject *owner = PyList_GET_ITEM(a->slots, i);
         Py_INCREF(owner);
-        PyObject *live = PyObject_GetAttrString(owner, "live_bytes");
-        PyObject *change = live ? PyLong_FromLongLong(a->delta[i]) : NULL;
-        PyObject *sum = change ? PyNumber_Add(live, change) : NULL;
-        if (sum == NULL || PyObject_SetAttrString(owner, "live_bytes", sum) < 0) {
-            rc = -1;
-        }
-        Py_XDECREF(sum);
-        Py_XDECREF(change);
-        Py_XDECREF(live);
+        rc = bitkv_add_live_bytes(owner, a->delta[i]);
         Py_DECREF(owner);
         a->delta[i] = 0;
     }
@@ -156,45 +139,41 @@ apply_flush(Apply *a)
     return rc;
 }
 
+/* The end of a call, whatever ended its loop: each slot's live-byte change added to its
+ * segment (also after an error, so that what was applied is accounted), the KeyDir's parts let
+ * go. The entries indexed, or -1 with an error set if ``rc`` was -1 or the accounting failed. */
+static Py_ssize_t
+apply_finish(Apply *a, int rc)
+{
+    if (apply_flush(a) < 0) {
+        rc = -1;
+    }
+    Py_ssize_t loaded = a->loaded;
+    apply_release(a);
+    return rc < 0 ? -1 : loaded;
+}
+
 /* The size of the record the old entry points at: its size hint, else its header (the
  * segment's record_size_at). -1 on error. */
 static int64_t
 old_size(Apply *a, uint64_t old, Py_ssize_t *owner_slot)
 {
-    uint64_t slot = old >> SLOT_SHIFT;
+    uint64_t slot = bitkv_entry_slot(old);
     if (slot >= (uint64_t)a->nslots) {
         PyErr_SetString(PyExc_IndexError, "keydir entry points at a slot that does not exist");
         return -1;
     }
     *owner_slot = (Py_ssize_t)slot;
-    if (old & SIZE_MASK) {
-        return (int64_t)(old & SIZE_MASK);
-    }
     PyObject *owner = PyList_GET_ITEM(a->slots, (Py_ssize_t)slot);
     Py_INCREF(owner);
-    PyObject *size = PyObject_CallMethod(owner, "record_size_at", "K",
-                                         (unsigned long long)((old >> SIZE_BITS) & OFFSET_MASK));
+    uint64_t size;
+    int rc = bitkv_entry_record_size(owner, old, &size);
     Py_DECREF(owner);
-    if (size == NULL) {
-        return -1;
+    if (rc == 0 && size > INT64_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "record_size_at: size out of range");
+        rc = -1;
     }
-    long long n = PyLong_AsLongLong(size);
-    Py_DECREF(size);
-    if (n == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    return (int64_t)n;
-}
-
-/* dict.pop(key, None) on a non-empty dict; 0 or -1. */
-static int
-dict_discard(PyObject *d, PyObject *key)
-{
-    int has = PyDict_Contains(d, key);
-    if (has <= 0) {
-        return has;
-    }
-    return PyDict_DelItem(d, key);
+    return rc < 0 ? -1 : (int64_t)size;
 }
 
 /* Make the key object once, when a dict first needs it. */
@@ -205,6 +184,33 @@ key_object(PyObject **kobj, const unsigned char *k, size_t len)
         *kobj = PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)len);
     }
     return *kobj;
+}
+
+/* d.pop(key, None), the key object made only if d is not empty. 0 or -1 on error (set). */
+static inline int
+discard_key(PyObject *d, PyObject **kobj, const unsigned char *k, size_t len)
+{
+    if (PyDict_GET_SIZE(d) == 0) {
+        return 0;
+    }
+    if (key_object(kobj, k, len) == NULL) {
+        return -1;
+    }
+    return bitkv_dict_discard(d, *kobj);
+}
+
+/* d[key] = value, a new reference this takes over (NULL: making it failed, error set). 0 or
+ * -1 on error (set). */
+static inline int
+set_key(PyObject *d, PyObject **kobj, const unsigned char *k, size_t len, PyObject *value)
+{
+    if (value == NULL || key_object(kobj, k, len) == NULL) {
+        Py_XDECREF(value);
+        return -1;
+    }
+    int rc = PyDict_SetItem(d, *kobj, value);
+    Py_DECREF(value);
+    return rc;
 }
 
 /* KeyDir.apply for one record of the segment at a->slot. 0 or -1 on error (set). */
@@ -232,37 +238,28 @@ apply_one(Apply *a, const unsigned char *k, size_t len, uint64_t h, uint64_t off
             if (bitkv_index_delete(a->entries, k, len) < 0) {
                 return -1;
             }
-            if (PyDict_GET_SIZE(a->expiries)
-                && (key_object(&kobj, k, len) == NULL || dict_discard(a->expiries, kobj) < 0)) {
+            if (discard_key(a->expiries, &kobj, k, len) < 0) {
                 goto done;
             }
         }
-        if (a->hidden != NULL) {
-            PyObject *why = Py_BuildValue("(KKIK)", (unsigned long long)offset,
-                                          (unsigned long long)size, flags & BITKV_TOMBSTONE,
-                                          (unsigned long long)expiry_ms);
-            if (why == NULL || key_object(&kobj, k, len) == NULL) {
-                Py_XDECREF(why);
-                goto done;
-            }
-            int set = PyDict_SetItem(a->hidden, kobj, why);
-            Py_DECREF(why);
-            if (set < 0) {
-                goto done;
-            }
+        if (a->hidden != NULL
+            && set_key(a->hidden, &kobj, k, len,
+                       Py_BuildValue("(KKIK)", (unsigned long long)offset,
+                                     (unsigned long long)size, flags & BITKV_TOMBSTONE,
+                                     (unsigned long long)expiry_ms)) < 0) {
+            goto done;
         }
         rc = 0;
         goto done;
     }
-    uint64_t entry = a->base | offset << SIZE_BITS | (size <= SIZE_MASK ? size : 0);
+    uint64_t entry = bitkv_entry((uint64_t)a->slot, offset, size);
     if (bitkv_index_set_hashed(a->entries, k, len, h, entry, &had, &old) < 0) {
         goto done;
     }
     /* A hidden key is never indexed (these rules remove it from one when they add it to the
      * other), so only a key that was not indexed can be in ``hidden``: an overwrite, nearly
      * every record of a segment with history, makes no key object for this. */
-    if (!had && a->hidden != NULL && PyDict_GET_SIZE(a->hidden)
-        && (key_object(&kobj, k, len) == NULL || dict_discard(a->hidden, kobj) < 0)) {
+    if (!had && a->hidden != NULL && discard_key(a->hidden, &kobj, k, len) < 0) {
         goto done;
     }
     if (had) {
@@ -275,19 +272,11 @@ apply_one(Apply *a, const unsigned char *k, size_t len, uint64_t h, uint64_t off
     a->delta[a->slot] += (int64_t)size;
     a->loaded++;
     if (expiry_ms) {
-        PyObject *exp = PyLong_FromUnsignedLongLong(expiry_ms);
-        if (exp == NULL || key_object(&kobj, k, len) == NULL) {
-            Py_XDECREF(exp);
-            goto done;
-        }
-        int set = PyDict_SetItem(a->expiries, kobj, exp);
-        Py_DECREF(exp);
-        if (set < 0) {
+        if (set_key(a->expiries, &kobj, k, len, PyLong_FromUnsignedLongLong(expiry_ms)) < 0) {
             goto done;
         }
     }
-    else if (had && PyDict_GET_SIZE(a->expiries)
-             && (key_object(&kobj, k, len) == NULL || dict_discard(a->expiries, kobj) < 0)) {
+    else if (had && discard_key(a->expiries, &kobj, k, len) < 0) {
         goto done;
     }
     rc = 0;
@@ -342,7 +331,7 @@ get_buffers(PyObject *fixed, PyObject *keys, Py_buffer *fb, Py_buffer *kb)
         PyBuffer_Release(fb);
         return -1;
     }
-    if (fb->len % HINT_ENTRY_SIZE) {
+    if (fb->len % BITKV_HINT_ENTRY_SIZE) {
         PyErr_SetString(PyExc_ValueError, "hint entry table is not a whole number of entries");
         PyBuffer_Release(fb);
         PyBuffer_Release(kb);
@@ -382,11 +371,11 @@ hint_check(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     const unsigned char *f = fb.buf;
-    size_t n = (size_t)fb.len / HINT_ENTRY_SIZE, keys_len = (size_t)kb.len, pos = 0;
+    size_t n = (size_t)fb.len / BITKV_HINT_ENTRY_SIZE, keys_len = (size_t)kb.len, pos = 0;
     int ok = 1;
     for (size_t i = 0; i < n; i++) {
         HintEntry e;
-        read_hint_entry(f + i * HINT_ENTRY_SIZE, &e);
+        read_hint_entry(f + i * BITKV_HINT_ENTRY_SIZE, &e);
         if (!hint_entry_ok(&e, pos, keys_len, covered)) {
             ok = 0;
             break;
@@ -433,7 +422,7 @@ hasher_run(void *arg)
                 break;
             }
         }
-        size_t key_len = bitkv_le16(hs->fixed + i * HINT_ENTRY_SIZE + 2);
+        size_t key_len = bitkv_le16(hs->fixed + i * BITKV_HINT_ENTRY_SIZE + 2);
         if (key_len > hs->keys_len - pos) {
             break; /* out of bounds: the loop stops at this entry (or before) itself */
         }
@@ -444,21 +433,43 @@ hasher_run(void *arg)
     PyThread_release_lock(hs->done);
 }
 
-/* Start the helper over the n entries; 0 if it is not running (then nothing to join). */
-static int
-hasher_start(Hasher *hs, const unsigned char *fixed, const unsigned char *keys, size_t n,
-             size_t keys_len)
+/* Stop the helper, if one was started, and wait for it (it is between two checks of ``stop``:
+ * a few microseconds), then free what it used; hs is then an empty Hasher (no helper), as
+ * hasher_start may leave it. The one place a helper is waited for and its memory freed: after
+ * the loop whatever stopped it (the end, a corrupt entry, an error), and for a start that
+ * failed halfway. The GIL is let go meanwhile. */
+static void
+hasher_join(Hasher *hs)
+{
+    if (hs->done != NULL) {
+        __atomic_store_n(&hs->stop, 1, __ATOMIC_RELAXED);
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(hs->done, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+        PyThread_release_lock(hs->done);
+        PyThread_free_lock(hs->done);
+    }
+    PyMem_RawFree(hs->hashes);
+    memset(hs, 0, sizeof(*hs));
+}
+
+/* Set hs up for the n entries: with a helper running if ``wanted`` and the hint is big
+ * enough, else empty (hasher_get then hashes every key in the loop). Never fails: without
+ * memory or a thread the loop hashes every key itself, as without a helper. Whatever it
+ * leaves, hasher_join ends. */
+static void
+hasher_start(Hasher *hs, int wanted, const unsigned char *fixed, const unsigned char *keys,
+             size_t n, size_t keys_len)
 {
     memset(hs, 0, sizeof(*hs));
-    if (n < HELPER_MIN_ENTRIES || n > SIZE_MAX / sizeof(uint64_t)) {
-        return 0;
+    if (!wanted || n < HELPER_MIN_ENTRIES || n > SIZE_MAX / sizeof(uint64_t)) {
+        return;
     }
     hs->hashes = PyMem_RawMalloc(n * sizeof(uint64_t));
     hs->done = hs->hashes != NULL ? PyThread_allocate_lock() : NULL;
     if (hs->done == NULL) {
-        PyMem_RawFree(hs->hashes);
-        hs->hashes = NULL;
-        return 0; /* no helper: the loop hashes every key itself, as without one */
+        hasher_join(hs); /* frees the hashes, if they were allocated */
+        return;
     }
     hs->fixed = fixed;
     hs->keys = keys;
@@ -466,13 +477,9 @@ hasher_start(Hasher *hs, const unsigned char *fixed, const unsigned char *keys, 
     hs->keys_len = keys_len;
     PyThread_acquire_lock(hs->done, WAIT_LOCK); /* free: it was just made */
     if (PyThread_start_new_thread(hasher_run, hs) == PYTHREAD_INVALID_THREAD_ID) {
-        PyThread_release_lock(hs->done);
-        PyThread_free_lock(hs->done);
-        PyMem_RawFree(hs->hashes);
-        memset(hs, 0, sizeof(*hs));
-        return 0;
+        PyThread_release_lock(hs->done); /* as the helper's last act would: none to wait for */
+        hasher_join(hs);
     }
-    return 1;
 }
 
 /* The hash of entry i (its key at ``key``): the helper's if it is there yet, else computed. */
@@ -485,35 +492,16 @@ hasher_get(Hasher *hs, size_t *ready, size_t i, const unsigned char *key, size_t
     }
     return bitkv_index_hash(key, len);
 }
-
-/* Stop the helper and wait for it (it is between two checks of ``stop``: a few microseconds),
- * then free what it used. The GIL is let go meanwhile. */
-static void
-hasher_join(Hasher *hs)
-{
-    if (hs->hashes == NULL) {
-        return;
-    }
-    __atomic_store_n(&hs->stop, 1, __ATOMIC_RELAXED);
-    Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(hs->done, WAIT_LOCK);
-    Py_END_ALLOW_THREADS
-    PyThread_release_lock(hs->done);
-    PyThread_free_lock(hs->done);
-    PyMem_RawFree(hs->hashes);
-    memset(hs, 0, sizeof(*hs));
-}
 #else
 typedef struct {
     uint64_t *hashes;
 } Hasher;
-static int
-hasher_start(Hasher *hs, const unsigned char *fixed, const unsigned char *keys, size_t n,
-             size_t keys_len)
+static void
+hasher_start(Hasher *hs, int wanted, const unsigned char *fixed, const unsigned char *keys,
+             size_t n, size_t keys_len)
 {
-    (void)fixed, (void)keys, (void)n, (void)keys_len;
+    (void)wanted, (void)fixed, (void)keys, (void)n, (void)keys_len;
     hs->hashes = NULL;
-    return 0;
 }
 static inline uint64_t
 hasher_get(Hasher *hs, size_t *ready, size_t i, const unsigned char *key, size_t len)
@@ -560,24 +548,19 @@ hint_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     const unsigned char *f = fb.buf, *keys = kb.buf;
-    size_t n = (size_t)fb.len / HINT_ENTRY_SIZE, keys_len = (size_t)kb.len, pos = 0;
+    size_t n = (size_t)fb.len / BITKV_HINT_ENTRY_SIZE, keys_len = (size_t)kb.len, pos = 0;
     int ok = 1, rc = 0;
     uint64_t ring[RING];
     size_t ahead = 0, ahead_pos = 0; /* the next entry to hash, and where its key starts */
     Hasher hs;
     size_t ready = 0; /* entries the helper is known to have hashed */
-    if (want_helper) {
-        (void)hasher_start(&hs, f, keys, n, keys_len);
-    }
-    else {
-        memset(&hs, 0, sizeof(hs));
-    }
+    hasher_start(&hs, want_helper, f, keys, n, keys_len);
     for (size_t i = 0; i < n; i++) {
         /* Hash and prefetch ahead, as far as the entries are in bounds (checked again below,
          * where they count). */
         while (ahead < n && ahead < i + PREFETCH_AHEAD) {
             HintEntry e;
-            read_hint_entry(f + ahead * HINT_ENTRY_SIZE, &e);
+            read_hint_entry(f + ahead * BITKV_HINT_ENTRY_SIZE, &e);
             if (e.key_len > keys_len - ahead_pos) {
                 break;
             }
@@ -591,7 +574,7 @@ hint_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             bitkv_index_prefetch_key(a.entries, ring[(i + KEY_AHEAD) % RING]);
         }
         HintEntry e;
-        read_hint_entry(f + i * HINT_ENTRY_SIZE, &e);
+        read_hint_entry(f + i * BITKV_HINT_ENTRY_SIZE, &e);
         if (!hint_entry_ok(&e, pos, keys_len, covered)) {
             ok = 0;
             break;
@@ -608,12 +591,8 @@ hint_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     hasher_join(&hs); /* before the buffers it reads are let go */
     PyBuffer_Release(&fb);
     PyBuffer_Release(&kb);
-    if (apply_flush(&a) < 0) {
-        rc = -1;
-    }
-    Py_ssize_t loaded = a.loaded;
-    apply_release(&a);
-    if (rc < 0) {
+    Py_ssize_t loaded = apply_finish(&a, rc);
+    if (loaded < 0) {
         return NULL;
     }
     return Py_BuildValue("(On)", ok && pos == keys_len ? Py_True : Py_False, loaded);
@@ -621,24 +600,6 @@ hint_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 
 /* ---------------------------------------------------------------------------------------- */
 /* Plain runs of records (recovery's fast path under replay.replay: replay.PlainRun).        */
-
-/* The intact record at p, ``avail`` bytes from p to the end of the run: its size, 0 if none. */
-static inline size_t
-intact_record(const unsigned char *p, size_t avail, BitkvHeader *h)
-{
-    if (avail < BITKV_HEADER_SIZE) {
-        return 0;
-    }
-    bitkv_read_header(p, h);
-    if (!bitkv_header_plausible(h)) {
-        return 0;
-    }
-    size_t size = BITKV_HEADER_SIZE + (size_t)h->key_len + (size_t)h->value_len;
-    if (size > avail || bitkv_crc32c_extend(0, p + 4, size - 4) != h->crc) {
-        return 0;
-    }
-    return size;
-}
 
 PyDoc_STRVAR(plain_run_doc,
 "plain_run(keydir, slot, buf, pos, end, max_seq, now_ms, /) -> (stop, max_seq, loaded)\n\n"
@@ -729,7 +690,7 @@ plain_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         stop = 1; /* unless the stretch ends at its length, at a commit */
         while (pos < end && end - pos >= BITKV_HEADER_SIZE) {
             BitkvHeader h;
-            size_t size = intact_record(buf + pos, (size_t)(end - pos), &h);
+            size_t size = bitkv_intact_record(buf + pos, (size_t)(end - pos), &h);
             if (size == 0) {
                 break;
             }
@@ -773,12 +734,8 @@ plain_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         max_seq = committed_max;
     }
     PyBuffer_Release(&b);
-    if (apply_flush(&a) < 0) {
-        rc = -1;
-    }
-    Py_ssize_t loaded = a.loaded;
-    apply_release(&a);
-    if (rc < 0) {
+    Py_ssize_t loaded = apply_finish(&a, rc);
+    if (loaded < 0) {
         return NULL;
     }
     return Py_BuildValue("(nKn)", committed, committed_max, loaded);

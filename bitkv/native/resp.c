@@ -577,13 +577,5 @@ PyTypeObject RespParser_Type = {
 int
 bitkv_resp_init(PyObject *module)
 {
-    if (PyType_Ready(&RespParser_Type) < 0) {
-        return -1;
-    }
-    Py_INCREF(&RespParser_Type);
-    if (PyModule_AddObject(module, "RespParser", (PyObject *)&RespParser_Type) < 0) {
-        Py_DECREF(&RespParser_Type);
-        return -1;
-    }
-    return 0;
+    return PyModule_AddType(module, &RespParser_Type);
 }
