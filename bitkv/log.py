@@ -36,15 +36,32 @@ from .segment import Segment, SegmentHeader
 
 log = logging.getLogger("bitkv")
 
-# The active segment is preallocated this far past the 2 MiB boundary its data reaches
-# (docs/format.md, "The zero tail"): one posix_fallocate and one remap per 2 MiB of appends
-# (~14,000 records of 144 bytes), and at most STEP + ALIGN zeros for a crash to leave or a
-# reader to scan. The room always ends on a 2 MiB boundary (the size of an x86-64 huge page)
-# so that the page cache can hold the segment in 2 MiB folios, which a read map then maps
-# with one page-table entry each: a folio never straddles the file's end, where the kernel
-# would have to fall back to 4 KiB pages (docs/performance.md, "Gets at scale").
-PREALLOC_STEP = 2 << 20
-PREALLOC_ALIGN = 2 << 20
+# The active segment is preallocated a step past the boundary its data reaches
+# (docs/format.md, "The zero tail"): one posix_fallocate and one remap per step of appends,
+# and at most STEP + ALIGN - 1 zeros for a crash to leave or a reader to scan.
+#
+# Where records are copied into a shared map (sync "interval" and "never"), the room ends on
+# a 2 MiB boundary (the size of an x86-64 huge page) and grows 2 MiB at a time, so that the
+# page cache holds the segment in 2 MiB folios, which a read map then maps with one
+# page-table entry each: a folio never straddles the file's end, where the kernel would have
+# to fall back to 4 KiB pages (docs/performance.md, "Gets at scale: huge folios").
+MAPPED_PREALLOC_STEP = 2 << 20
+MAPPED_PREALLOC_ALIGN = 2 << 20
+# Where records are pwritten and fdatasynced (sync "always"), the room is written with zeros
+# that the next fdatasync must flush: a 1 MiB step past the page, as small as keeps the
+# allocations rare (~7,000 records of 144 bytes a step). The 2 MiB geometry there made the
+# first fdatasync of every segment flush 4 MiB of zeros: 8 durable writers 15% slower
+# (docs/performance.md).
+PREALLOC_STEP = 1 << 20
+PREALLOC_ALIGN = 4096
+
+
+def room_geometry(map_writes: bool) -> tuple[int, int]:
+    """(alignment, step) of the active segment's preallocated room: see above."""
+    if map_writes:
+        return MAPPED_PREALLOC_ALIGN, MAPPED_PREALLOC_STEP
+    return PREALLOC_ALIGN, PREALLOC_STEP
+
 
 # How a leader whose fdatasync woke waiting writers lets them take the GIL (wait_durable).
 # Compiled: the GIL released for HANDOFF_US of spinning (bitkv/native/compact.c's
@@ -236,7 +253,8 @@ class LogWriter:
         cleanly and the store stays writable. A partial allocation the OS may leave is zeros
         past the data, a zero tail like any other."""
         cap = max(self.max_segment_size, end)
-        new = min(cap, -(-end // PREALLOC_ALIGN) * PREALLOC_ALIGN + PREALLOC_STEP)
+        align, step = room_geometry(self.map_writes)
+        new = min(cap, -(-end // align) * align + step)
         self.io.allocate(seg.fd, seg.allocated, new - seg.allocated)
         if self.zero_fill:
             # Write the zeros too: fallocate leaves *unwritten* extents, and the first write
