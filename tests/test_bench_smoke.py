@@ -189,13 +189,31 @@ def test_scale_targets_judge_only_48m_against_1m():
 
     small = [opened("bitkv", 1_000_000, 0.1, 1e6), opened("bitkv", 4_000_000, 0.5, 9e5)]
     rows = bench.scale_targets(small, nproc=2)
-    assert [r[3] for r in rows] == ["—", "—"]  # nothing judged below 48M
+    assert [r[3] for r in rows] == ["—", "—", "—"]  # nothing judged below 48M
     big = [opened("bitkv", 1_000_000, 0.1, 1e6), opened("bitkv", 48_000_000, 39.0, 8.1e5)]
     rows = bench.scale_targets(big, nproc=2)
     assert rows[0][0].endswith("(here, 2 cores: <= 40 s)")
-    assert [r[3] for r in rows] == ["met", "met"]
+    assert [r[3] for r in rows] == ["met", "met", "—"]  # no get_many measured: not judged
     slow = [opened("bitkv", 1_000_000, 0.1, 1e6), opened("bitkv", 48_000_000, 41.0, 7.9e5)]
-    assert [r[3] for r in bench.scale_targets(slow, nproc=2)] == ["**not met**"] * 2
+    assert [r[3] for r in bench.scale_targets(slow, nproc=2)][:2] == ["**not met**"] * 2
+
+
+def test_scale_targets_show_get_many_in_a_row_of_its_own():
+    """The batched get is judged in its own row, marked as not one of the issue's rows; the
+    issue's gets row stays the single get's."""
+    def opened(keys: int, get_us: float, many_us: float) -> dict[str, object]:
+        return {"backend": "bitkv", "keys": keys, "open_secs": 10.0, "open_cpu_secs": 5.0,
+                "gets_s": 1e5, "get_cpu_us": get_us, "get_cpu_us_again": get_us,
+                "get_many_cpu_us": many_us, "beyond_key_bytes": 30.0}
+
+    rows = bench.scale_targets([opened(1_000_000, 0.4, 0.1), opened(48_000_000, 0.8, 0.11)],
+                               nproc=2)
+    assert rows[1][3] == "**not met**" and rows[2][3] == "met"
+    assert "not one of the issue's rows" in rows[2][0]
+    assert rows[2][1].startswith("1.10x the CPU per key (48M ÷ 1M; 0.110 us ÷ 0.100 us)")
+    rows = bench.scale_targets([opened(1_000_000, 0.4, 0.1), opened(48_000_000, 0.45, 0.3)],
+                               nproc=2)
+    assert rows[1][3] == "met" and rows[2][3] == "**not met**"
 
 
 def test_scale_gets_target_judges_cpu_time_per_get():
