@@ -75,46 +75,73 @@ def model(entries, expiries, slots, key, default, plain_ok):
     return buf[record.HEADER_SIZE + key_len :]
 
 
+class World:
+    """What a program runs against, cut from the input: the segment bytes (``body``) mapped
+    into two fake segments, the slot list, an index and its TTLs; ``program`` is the rest."""
+
+    def __init__(self, data: bytes) -> None:
+        cut = int.from_bytes(data[:2], "little") % len(data)
+        self.body, self.program = data[2:cut] or b"\0", data[cut:]
+        self.maps = []
+        for _ in range(2):
+            mm = mmap.mmap(-1, len(self.body))
+            mm[:] = self.body
+            self.maps.append(mm)
+        self.slots: list[object] = [SlottedSegment(self.maps[0]), None,
+                                    PlainSegment(self.maps[1]), SlottedSegment(None)]
+        self.entries = IndexMap()
+        self.expiries: dict[bytes, int] = {}
+        self.store = FakeStore()
+        self.plain_ok = not (data[1] & 0x80)
+
+    def reader(self, fallback_fn=fallback):
+        return Reader(self.entries, self.expiries, self.slots, self.store, fallback_fn,
+                      self.plain_ok)
+
+    def step(self, pos: int, key_at: int) -> tuple[int, object]:
+        """Decode the program's step at ``pos`` (its key's bytes at ``pos + key_at`` when not
+        taken from the segment bytes), make the change it asks for (index the key with an
+        arbitrary entry, give it a TTL, swap a segment, close a map) and return (the step's
+        op byte, the key to read: sometimes a str, empty or too long)."""
+        program, body = self.program, self.body
+        op = program[pos]
+        klen = program[pos + 1] % 40
+        offset = int.from_bytes(program[pos + 2 : pos + 6], "little") % (len(body) + 64)
+        size = int.from_bytes(program[pos + 6 : pos + 8], "little") & 0xFFF
+        slot = program[pos + 8] % 5
+        key = body[offset + record.HEADER_SIZE : offset + record.HEADER_SIZE + klen] \
+            if op & 1 else program[pos + key_at : pos + key_at + klen]
+        if op & 2 and key:
+            self.entries[key] = slot << 44 | offset << 12 | size
+        if op & 4 and key:
+            self.expiries[key] = op
+        if op & 8:
+            self.slots[0 if op & 16 else 2] = SlottedSegment(None) if op & 32 else self.slots[3]
+        if op & 64 and op & 32:
+            self.maps[op & 1].close()
+        query: object = key
+        if op >= 0xF0:
+            query = key.decode("latin-1") if op & 1 else b"x" * 70000 if op & 2 else b""
+        return op, query
+
+    def close(self) -> None:
+        for mm in self.maps:
+            mm.close()
+
+
 def check_one(data: bytes) -> None:
     """Run the program ``data``; raise AssertionError where the kernel and model differ."""
     if Reader is None or len(data) < 2:
         return
-    cut = int.from_bytes(data[:2], "little") % len(data)
-    body, program = data[2:cut] or b"\0", data[cut:]
-    maps = []
-    for _ in range(2):
-        mm = mmap.mmap(-1, len(body))
-        mm[:] = body
-        maps.append(mm)
-    slots: list[object] = [SlottedSegment(maps[0]), None, PlainSegment(maps[1]),
-                           SlottedSegment(None)]
-    entries = IndexMap()
-    expiries: dict[bytes, int] = {}
-    store = FakeStore()
-    plain_ok = not (data[1] & 0x80)
-    reader = Reader(entries, expiries, slots, store, fallback, plain_ok)
+    world = World(data)
+    program, entries, expiries, slots = world.program, world.entries, world.expiries, world.slots
+    plain_ok = world.plain_ok
+    reader = world.reader()
     pos = 0
     try:
         while pos + 12 <= len(program):
-            op = program[pos]
-            klen = program[pos + 1] % 40
-            offset = int.from_bytes(program[pos + 2 : pos + 6], "little") % (len(body) + 64)
-            size = int.from_bytes(program[pos + 6 : pos + 8], "little") & 0xFFF
-            slot = program[pos + 8] % 5
-            key = body[offset + record.HEADER_SIZE : offset + record.HEADER_SIZE + klen] \
-                if op & 1 else program[pos + 9 : pos + 9 + klen]
+            op, query = world.step(pos, 9)
             pos += 12
-            if op & 2 and key:
-                entries[key] = slot << 44 | offset << 12 | size
-            if op & 4 and key:
-                expiries[key] = op
-            if op & 8:
-                slots[0 if op & 16 else 2] = SlottedSegment(None) if op & 32 else slots[3]
-            if op & 64 and op & 32:
-                maps[op & 1].close()
-            query: object = key
-            if op >= 0xF0:
-                query = key.decode("latin-1") if op & 1 else b"x" * 70000 if op & 2 else b""
             default = op if op & 1 else None
             got = reader.get(query, default) if op & 16 else reader.get(query)
             want = model(entries, expiries, slots, query, default if op & 16 else None,
@@ -132,8 +159,7 @@ def check_one(data: bytes) -> None:
         if pos < len(program):
             assert reader.get(program[pos:]) == fallback(None, program[pos:], None)
     finally:
-        for mm in maps:
-            mm.close()
+        world.close()
 
 
 def seeds() -> list[bytes]:

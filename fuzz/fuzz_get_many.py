@@ -21,11 +21,10 @@ goes to a reader whose fallback raises: the call must raise for the first key ha
 
 from __future__ import annotations
 
-import mmap
 import random
 
 import fuzz_get
-from fuzz_get import FakeStore, PlainSegment, SlottedSegment, fallback, model
+from fuzz_get import fallback, model
 
 from bitkv import record
 
@@ -75,48 +74,20 @@ def check_one(data: bytes) -> None:
     """Run the program ``data``; raise AssertionError where the kernel and model differ."""
     if Reader is None or len(data) < 2:
         return
-    cut = int.from_bytes(data[:2], "little") % len(data)
-    body, program = data[2:cut] or b"\0", data[cut:]
-    maps = []
-    for _ in range(2):
-        mm = mmap.mmap(-1, len(body))
-        mm[:] = body
-        maps.append(mm)
-    slots: list[object] = [SlottedSegment(maps[0]), None, PlainSegment(maps[1]),
-                           SlottedSegment(None)]
-    entries = IndexMap()
-    expiries: dict[bytes, int] = {}
-    store = FakeStore()
-    plain_ok = not (data[1] & 0x80)
-    reader = Reader(entries, expiries, slots, store, fallback, plain_ok)
-    raiser = Reader(entries, expiries, slots, store, raising_fallback, plain_ok)
-    state = (entries, expiries, slots, plain_ok)
+    world = fuzz_get.World(data)
+    program = world.program
+    reader = world.reader()
+    raiser = world.reader(raising_fallback)
+    state = (world.entries, world.expiries, world.slots, world.plain_ok)
     batch: list[object] = []
     pos = 0
     try:
         while pos + STEP <= len(program):
-            op = program[pos]
-            klen = program[pos + 1] % 40
-            offset = int.from_bytes(program[pos + 2 : pos + 6], "little") % (len(body) + 64)
-            size = int.from_bytes(program[pos + 6 : pos + 8], "little") & 0xFFF
-            slot = program[pos + 8] % 5
             flush = program[pos + 9] % 8 == 0 or len(batch) >= 60
-            key = body[offset + record.HEADER_SIZE : offset + record.HEADER_SIZE + klen] \
-                if op & 1 else program[pos + 10 : pos + 10 + klen]
-            pos += STEP
             # The index, TTLs and segments change only between batches, so the model of a
             # batch is the state it was sent in.
-            if op & 2 and key:
-                entries[key] = slot << 44 | offset << 12 | size
-            if op & 4 and key:
-                expiries[key] = op
-            if op & 8:
-                slots[0 if op & 16 else 2] = SlottedSegment(None) if op & 32 else slots[3]
-            if op & 64 and op & 32:
-                maps[op & 1].close()
-            query: object = key
-            if op >= 0xF0:
-                query = key.decode("latin-1") if op & 1 else b"x" * 70000 if op & 2 else b""
+            op, query = world.step(pos, 10)
+            pos += STEP
             batch.append(query)
             if op & 128 and batch and program[pos - 3] & 1:
                 batch.append(batch[0])  # a key twice in one batch
@@ -129,8 +100,7 @@ def check_one(data: bytes) -> None:
         tail = [program[pos:] or b"k", "str"]
         assert reader.get_many(tail, 1) == [fallback(None, k, 1) for k in tail]
     finally:
-        for mm in maps:
-            mm.close()
+        world.close()
 
 
 def seeds() -> list[bytes]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import random
 
+from programs import Program
+
 try:
     from bitkv._native import IndexMap
 except ImportError:  # not built: nothing to fuzz (the test skips)
@@ -80,27 +82,9 @@ def check_one(data: bytes) -> None:
         return
     native = IndexMap()
     model: dict[bytes, int] = {}
-    keys: list[bytes] = [b""]
-    pos = 0
-
-    def take(n: int) -> bytes:
-        nonlocal pos
-        chunk = data[pos : pos + n]
-        pos += n
-        return chunk
-
-    while pos < len(data):
-        op = data[pos] % _OPS
-        sel = data[pos] // _OPS
-        pos += 1
-        if sel < 6 and pos < len(data):  # a new key: a length byte, then that many bytes
-            n = data[pos]
-            pos += 1
-            key = take(n % 64 if n < 250 else n * 3)
-            keys.append(key)
-        else:
-            key = keys[sel % len(keys)]
-        value = int.from_bytes(take(8).ljust(8, b"\0"), "little")
+    program = Program(data)
+    for op, _choice, key in program.steps(_OPS, fresh=6, short=64, times=3):
+        value = int.from_bytes(program.take(8).ljust(8, b"\0"), "little")
         _run(native, model, op, key, value)
         assert len(native) == len(model)
     assert list(native) == list(model)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import random
 
+from programs import Program
+
 try:
     from bitkv._native import IndexMap
 except ImportError:  # not built: nothing to fuzz (the test skips)
@@ -56,24 +58,14 @@ def check_one(data: bytes) -> None:
         return
     native = IndexMap()
     model: dict[bytes, int] = {}
-    keys: list[bytes] = [b""]
-    pos = 0
-
-    def take(n: int) -> bytes:
-        nonlocal pos
-        chunk = data[pos : pos + n]
-        pos += n
-        return chunk
-
-    while pos < len(data):
-        op = data[pos]
-        pos += 1
+    program = Program(data)
+    take, keys = program.take, program.keys
+    while program.pos < len(data):
+        op = program.byte()
         kind = op & 7
         if kind <= 3:  # a put, often of a new key; values from few groups, so queries match
             if op & 0x80 or len(keys) < 2:
-                n = data[pos] if pos < len(data) else 0
-                pos += 1
-                keys.append(take(n % 48 if n < 240 else n * 2))
+                program.new_key(short=48, times=2, long_from=240)
             key = keys[(op >> 3) % len(keys)]
             raw = int.from_bytes(take(8).ljust(8, b"\0"), "little")
             value = raw if kind == 3 else (raw & 0xFFFF) | ((raw >> 16) % 5) << (12 + kind * 16)
@@ -85,8 +77,7 @@ def check_one(data: bytes) -> None:
             if kind == 5:
                 native[key] = model[key] = op
         elif kind == 6:  # a query
-            shift = data[pos] % 70 if pos < len(data) else 0
-            pos += 1
+            shift = program.byte() % 70
             if op & 0x80:
                 bits = bytearray(_KEYDIR_BITMAP)
                 for b in take(4):

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import random
 
+from programs import Program
+
 from bitkv.keydir import KeyDir
 
 try:
@@ -43,28 +45,11 @@ def check_one(data: bytes) -> None:
     native, ref = KeyDir(), KeyDir()
     native.entries = IndexMap()
     ref.entries = {}
-    keys: list[bytes] = [b""]
-    pos = 0
-
-    def take(n: int) -> bytes:
-        nonlocal pos
-        chunk = data[pos : pos + n]
-        pos += n
-        return chunk
-
-    while pos < len(data):
-        op = data[pos] % _OPS
-        sel = data[pos] // _OPS
-        pos += 1
-        if sel < 8 and pos < len(data):  # a new key: a length byte, then that many bytes
-            n = data[pos]
-            pos += 1
-            key = take(n % 24 if n < 250 else n * 2)
-            keys.append(key)
-        else:
-            key = keys[sel % len(keys)]
+    program = Program(data)
+    take = program.take
+    for op, sel, key in program.steps(_OPS, fresh=8, short=24, times=2):
         if op <= 2:
-            native.entries[key] = ref.entries[key] = pos
+            native.entries[key] = ref.entries[key] = program.pos
         elif op == 3:
             native.entries.pop(key, None)
             ref.entries.pop(key, None)
@@ -87,7 +72,7 @@ def check_one(data: bytes) -> None:
                 else:
                     raise AssertionError(f"{type(bad).__name__} prefix accepted")
         assert len(native) == len(ref)
-    for key in keys[-8:]:  # the last keys (a few: each scan reads the whole index)
+    for key in program.keys[-8:]:  # the last keys (a few: each scan reads the whole index)
         _scan(native, ref, key)
 
 
