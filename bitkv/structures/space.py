@@ -299,6 +299,21 @@ class Structures:
         check_user_key(key)
         return Edit(self, cls(key), True)
 
+    def remove(self, key: bytes, cls: type[Collection], subs: Iterable[bytes]) -> int:
+        """Delete those of ``subs`` that collection ``key`` (of type ``cls``) holds, each once,
+        in one edit (HDEL, SREM, ZREM); how many were deleted, 0 if there is no such key.
+        Raises :class:`WrongTypeError` as :meth:`find`."""
+        c = self.find(key, cls)
+        if c is None:
+            return 0
+        deleted = 0
+        with Edit(self, c, False) as e:
+            for sub in dict.fromkeys(subs):  # a sub named twice is deleted (and counted) once
+                if c.has(sub):
+                    e.delete(sub)
+                    deleted += 1
+        return deleted
+
     def read(self, c: Collection, sub: bytes) -> bytes | None:
         """The value of element ``sub`` of ``c`` (None if the store no longer has it)."""
         return self._db.get(c.prefix + sub)

@@ -161,16 +161,7 @@ def cmd_hmget(c: Connection, args: list[bytes]) -> bytes:
 @command("hdel", -3, F_WRITE | F_FAST, (1, 1, 1), "hash",
          "Delete one or more hash fields", "2.0.0")
 def cmd_hdel(c: Connection, args: list[bytes]) -> bytes:
-    h = c.structures.find(args[1], HashIndex)
-    if h is None:
-        return ZERO
-    gone: set[bytes] = set()
-    with c.structures.edit(args[1], HashIndex) as e:
-        for f in args[2:]:
-            if f in h.fields and f not in gone:
-                gone.add(f)
-                e.delete(f)
-    return integer(len(gone))
+    return integer(c.structures.remove(args[1], HashIndex, args[2:]))
 
 
 @command("hlen", 2, F_READONLY | F_FAST, (1, 1, 1), "hash",

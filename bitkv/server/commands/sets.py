@@ -87,16 +87,7 @@ def cmd_sadd(c: Connection, args: list[bytes]) -> bytes:
 @command("srem", -3, F_WRITE | F_FAST, (1, 1, 1), "set",
          "Remove one or more members from a set")
 def cmd_srem(c: Connection, args: list[bytes]) -> bytes:
-    s = c.structures.find(args[1], SetIndex)
-    if s is None:
-        return ZERO
-    gone: set[bytes] = set()
-    with c.structures.edit(args[1], SetIndex) as e:
-        for m in args[2:]:
-            if m in s.members and m not in gone:
-                gone.add(m)
-                e.delete(m)
-    return integer(len(gone))
+    return integer(c.structures.remove(args[1], SetIndex, args[2:]))
 
 
 @command("scard", 2, F_READONLY | F_FAST, (1, 1, 1), "set",

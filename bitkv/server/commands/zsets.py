@@ -282,16 +282,7 @@ def cmd_zincrby(c: Connection, args: list[bytes]) -> bytes:
 @command("zrem", -3, F_WRITE | F_FAST, (1, 1, 1), "sorted_set",
          "Remove one or more members from a sorted set", "1.2.0")
 def cmd_zrem(c: Connection, args: list[bytes]) -> bytes:
-    if _find(c, args[1]) is None:
-        return ZERO
-    deleted = 0
-    with c.structures.edit(args[1], ZSetIndex) as e:
-        z = e.collection
-        for m in dict.fromkeys(args[2:]):
-            if z.has(m):
-                e.delete(m)
-                deleted += 1
-    return integer(deleted)
+    return integer(c.structures.remove(args[1], ZSetIndex, args[2:]))
 
 
 # -- ZRANGE and its variants ------------------------------------------------------------------
