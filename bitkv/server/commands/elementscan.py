@@ -57,9 +57,19 @@ def parse_scan(args: list[bytes]) -> tuple[int, Callable[[bytes], bool] | None, 
     """``(cursor, match or None, count)`` from ``XSCAN key cursor [MATCH p] [COUNT n]``,
     refused with Redis's errors."""
     cursor = parse_cursor(args[2])
+    match, count, _type = parse_scan_options(args, 3)
+    return cursor, match, count
+
+
+def parse_scan_options(args: list[bytes], start: int, *, with_type: bool = False
+                       ) -> tuple[Callable[[bytes], bool] | None, int, str | None]:
+    """``(match or None, count, type or None)`` from the ``[MATCH p] [COUNT n]`` (and, for
+    SCAN, ``[TYPE t]``) options at ``args[start:]``, refused with Redis's errors: every SCAN
+    command's options. ``MATCH *`` matches everything, so it is None (no test per key)."""
     match = None
     count = 10
-    i = 3
+    wanted: str | None = None
+    i = start
     while i < len(args):
         o = args[i].upper()
         if i + 1 >= len(args):
@@ -71,10 +81,12 @@ def parse_scan(args: list[bytes]) -> tuple[int, Callable[[bytes], bool] | None, 
         elif o == b"MATCH":
             pattern = args[i + 1]
             match = None if pattern == b"*" else compile_glob(pattern)
+        elif o == b"TYPE" and with_type:
+            wanted = args[i + 1].lower().decode("utf-8", "replace")
         else:
             raise CommandError(SYNTAX)
         i += 2
-    return cursor, match, count
+    return match, count, wanted
 
 
 def scan_step(c: Collection, cursor: int, count: int, small: bool) -> tuple[int, list[bytes]]:

@@ -35,6 +35,7 @@ from ..protocol import (
     parse_ll,
 )
 from . import blocking
+from .elementscan import parse_scan_options
 from .encodings import encoding_of
 from .registry import (
     F_DENYOOM,
@@ -292,25 +293,7 @@ def cmd_scan(c: Connection, args: list[bytes]) -> bytes:
     if not cursor_arg.isdigit() or len(cursor_arg) > 20 or int(cursor_arg) >= 2**64:
         raise CommandError("ERR invalid cursor")
     cursor = int(cursor_arg)
-    match = None
-    count = 10
-    wanted: str | None = None
-    i = 2
-    while i < len(args):
-        o = args[i].upper()
-        if i + 1 >= len(args):
-            raise CommandError(SYNTAX)
-        if o == b"COUNT":
-            count = to_int(args[i + 1])
-            if count < 1:
-                raise CommandError(SYNTAX)
-        elif o == b"MATCH":
-            match = compile_glob(args[i + 1])
-        elif o == b"TYPE":
-            wanted = args[i + 1].lower().decode("utf-8", "replace")
-        else:
-            raise CommandError(SYNTAX)
-        i += 2
+    match, count, wanted = parse_scan_options(args, 2, with_type=True)
     control = c.control
     index = control.scan_index
     structures = c.structures

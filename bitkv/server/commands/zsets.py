@@ -21,9 +21,9 @@ from zlib import crc32
 
 from ...structures import SetIndex, WrongTypeError, ZSetIndex
 from ...structures.encoding import pack_score
-from ..glob import glob_match
 from ..protocol import EMPTY_ARRAY, NIL_ARRAY2, ZERO, array, bulk, integer
 from . import blocking, tuning
+from .elementscan import parse_scan_options
 from .encodings import rule, tuning_int
 from .registry import (
     F_ASYNC,
@@ -826,21 +826,7 @@ def cmd_zscan(c: Connection, args: list[bytes]) -> bytes:
     if not cursor_arg.isdigit() or len(cursor_arg) > 20 or int(cursor_arg) >= 2**64:
         raise CommandError("ERR invalid cursor")
     cursor = int(cursor_arg)
-    count, pattern = 10, None
-    i = 3
-    while i < len(args):
-        o = args[i].lower()
-        if i + 1 >= len(args):
-            raise CommandError(SYNTAX)
-        if o == b"count":
-            count = to_int(args[i + 1])
-            if count < 1:
-                raise CommandError(SYNTAX)
-        elif o == b"match":
-            pattern = args[i + 1]
-        else:
-            raise CommandError(SYNTAX)
-        i += 2
+    match, count, _type = parse_scan_options(args, 3)
     z = _find(c, args[1])
     if z is None:
         return b"*2\r\n$1\r\n0\r\n*0\r\n"
@@ -852,8 +838,8 @@ def cmd_zscan(c: Connection, args: list[bytes]) -> bytes:
         if cursor == 0 or not isinstance(index, ScanBuckets):
             index = z.scan_buckets = ScanBuckets(scores)
         members, nxt = index.step(cursor, count)
-    if pattern is not None and pattern != b"*":
-        members = [m for m in members if glob_match(pattern, m)]
+    if match is not None:
+        members = [m for m in members if match(m)]
     items: list[bytes] = []
     for m in members:
         score = scores.get(m)
