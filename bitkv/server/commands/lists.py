@@ -42,6 +42,7 @@ from .registry import (
     command,
     to_int,
 )
+from .zranges import rank_span
 
 if TYPE_CHECKING:
     from ...structures.space import Op
@@ -436,19 +437,6 @@ def cmd_lindex(c: Connection, args: list[bytes]) -> bytes:
     return bulk(_values(c, coll, [pos])[0])
 
 
-def _normalize(start: int, end: int, n: int) -> tuple[int, int]:
-    """Redis's range rule: negative from the end, clamped; (start, stop) with stop exclusive,
-    empty when start >= stop."""
-    if start < 0:
-        start += n
-    if end < 0:
-        end += n
-    start = max(start, 0)
-    if start > end or start >= n:
-        return 0, 0
-    return start, min(end, n - 1) + 1
-
-
 @command("lrange", 4, F_READONLY, (1, 1, 1), "list",
          "Get a range of elements from a list")
 def cmd_lrange(c: Connection, args: list[bytes]) -> bytes:
@@ -456,7 +444,7 @@ def cmd_lrange(c: Connection, args: list[bytes]) -> bytes:
     coll = _find(c, args[1])
     if coll is None:
         return EMPTY_ARRAY
-    lo, hi = _normalize(start, end, len(coll))
+    lo, hi = rank_span(start, end, len(coll))
     return bulk_array(_values(c, coll, _range(coll, lo, hi)))
 
 
@@ -550,7 +538,7 @@ def cmd_ltrim(c: Connection, args: list[bytes]) -> bytes:
     if coll is None:
         return OK
     n = len(coll)
-    lo, hi = _normalize(start, end, n)
+    lo, hi = rank_span(start, end, n)
     changes = Changes(c)
     ch = changes.open(args[1])
     if lo >= hi:

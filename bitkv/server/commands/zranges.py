@@ -211,8 +211,8 @@ class LexRange:
 
 
 def rank_span(start: int, end: int, n: int) -> tuple[int, int]:
-    """Redis's index rules for ZRANGE/ZREMRANGEBYRANK: negative from the end, clamped;
-    the ranks [start, stop)."""
+    """Redis's index rules for ZRANGE/ZREMRANGEBYRANK and LRANGE/LTRIM: negative from the
+    end, clamped; the ranks [start, stop), empty (0, 0) when start is past end or n."""
     if start < 0:
         start += n
     if end < 0:
